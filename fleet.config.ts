@@ -1,0 +1,30 @@
+import { z } from 'zod';
+import { defineConfig } from './src/config/resolve.js';
+
+/**
+ * The demo fleet that `npm start` runs. Processors point at compiled JS (`dist/`, built by
+ * `npm start`); your own may be `.ts` files too (loaded through tsx inside the sandbox).
+ */
+export default defineConfig({
+  jobTypes: [
+    {
+      name: 'echo',
+      description: 'Returns the message it is given.',
+      processor: './dist/demo/echo.js',
+      payloadSchema: z.object({ message: z.string().max(10_000) }),
+      isolation: 'pool',
+      concurrency: 8,
+      timeoutMs: 10_000,
+    },
+    {
+      name: 'hash',
+      description: 'Hashes text many times (CPU work, progress, cancellation).',
+      processor: './dist/demo/hash.js',
+      payloadSchema: z.object({ text: z.string(), rounds: z.number().int().min(1).max(10_000_000) }),
+      sensitivity: 'critical',
+      isolation: 'job',
+      concurrency: 2,
+      timeoutMs: 60_000,
+    },
+  ],
+});

@@ -1,0 +1,196 @@
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
+import { z } from 'zod';
+import { ConfigError } from '../errors.js';
+import {
+  CRITICAL_MAX_TIMEOUT_MS,
+  fleetConfigSchema,
+  type FleetConfigInput,
+  type jobTypeSchema,
+} from './schema.js';
+
+type ParsedJobType = z.output<typeof jobTypeSchema>;
+type ParsedConfig = z.output<typeof fleetConfigSchema>;
+
+/** A job type with every default filled in and its processor path made absolute. */
+export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb'> {
+  processorPath: string;
+  payload: z.ZodType;
+  /** The payload schema as JSON Schema (draft 2020-12), for callers outside TypeScript. */
+  payloadJsonSchema: Record<string, unknown>;
+  warmSandboxes: number;
+  recycleHeapUsedMb: number;
+}
+
+export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
+  /** Absolute path of the file this came from, or `null` when built in code. */
+  source: string | null;
+  dataDir: string;
+  jobTypes: ReadonlyMap<string, JobType>;
+}
+
+/** Identity helper giving config files type checking and editor help. */
+export function defineConfig(config: FleetConfigInput): FleetConfigInput {
+  return config;
+}
+
+const CONFIG_FILES = ['fleet.config.ts', 'fleet.config.js', 'fleet.config.mjs', 'fleet.config.json'];
+
+function formatZodIssues(error: z.ZodError): string {
+  return error.issues
+    .map((i) => `  - ${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`)
+    .join('\n');
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value && typeof value === 'object' && !Object.isFrozen(value) && !(value instanceof z.ZodType)) {
+    Object.freeze(value);
+    for (const v of Object.values(value)) deepFreeze(v);
+  }
+  return value;
+}
+
+function toPayloadSchema(name: string, schema: unknown): z.ZodType {
+  if (schema === undefined) return z.json();
+  if (schema instanceof z.ZodType) return schema;
+  try {
+    return z.fromJSONSchema(schema as Parameters<typeof z.fromJSONSchema>[0]);
+  } catch (err) {
+    throw new ConfigError(
+      `jobTypes.${name}.payloadSchema is not a JSON Schema zod can read: ${(err as Error).message}. ` +
+        'Fix: give a JSON Schema object (draft 2020-12) or, in a .ts/.js config, a zod schema.',
+      { cause: err },
+    );
+  }
+}
+
+function toJsonSchema(name: string, schema: z.ZodType): Record<string, unknown> {
+  try {
+    return z.toJSONSchema(schema, { unrepresentable: 'any' }) as Record<string, unknown>;
+  } catch (err) {
+    throw new ConfigError(`jobTypes.${name}.payloadSchema cannot be exported as JSON Schema: ${(err as Error).message}`, {
+      cause: err,
+    });
+  }
+}
+
+/**
+ * Validates and completes a configuration. Throws {@link ConfigError} naming each bad setting and
+ * how to fix it; refuses contradictory or unsafe combinations (see the checks below).
+ */
+export function resolveConfig(input: unknown, options: { baseDir?: string; source?: string | null } = {}): FleetConfig {
+  const parsed = fleetConfigSchema.safeParse(input);
+  if (!parsed.success) {
+    throw new ConfigError(`fleet config${options.source ? ` (${options.source})` : ''} is invalid:\n${formatZodIssues(parsed.error)}`);
+  }
+  const cfg = parsed.data;
+  const baseDir = options.baseDir ?? process.cwd();
+  const problems: string[] = [];
+  const jobTypes = new Map<string, JobType>();
+
+  for (const jt of cfg.jobTypes) {
+    const at = `jobTypes.${jt.name}`;
+    if (jobTypes.has(jt.name)) problems.push(`${at}: declared twice. Fix: give each job type a unique name.`);
+    if (jt.sensitivity === 'critical') {
+      if (jt.isolation !== 'job')
+        problems.push(`${at}.isolation is "${jt.isolation}" but the type is critical. Fix: set isolation: "job" (a fresh sandbox per job) or sensitivity: "routine".`);
+      if (jt.timeoutMs > CRITICAL_MAX_TIMEOUT_MS)
+        problems.push(`${at}.timeoutMs is ${jt.timeoutMs} but critical work must end within ${CRITICAL_MAX_TIMEOUT_MS} ms. Fix: lower timeoutMs to ≤ ${CRITICAL_MAX_TIMEOUT_MS}.`);
+    }
+    if (jt.abortGraceMs >= jt.timeoutMs)
+      problems.push(`${at}.abortGraceMs (${jt.abortGraceMs}) must be below timeoutMs (${jt.timeoutMs}). Fix: lower abortGraceMs.`);
+    if (jt.globalConcurrency !== undefined && jt.globalConcurrency < 1)
+      problems.push(`${at}.globalConcurrency must be ≥ 1.`);
+    const recycle = jt.recycleHeapUsedMb ?? jt.maxOldGenerationSizeMb * 0.75;
+    if (recycle > jt.maxOldGenerationSizeMb)
+      problems.push(`${at}.recycleHeapUsedMb (${recycle}) exceeds maxOldGenerationSizeMb (${jt.maxOldGenerationSizeMb}). Fix: lower it.`);
+    if (new Set(jt.secrets).size !== jt.secrets.length) problems.push(`${at}.secrets lists a name twice.`);
+
+    const processorPath = path.resolve(baseDir, jt.processor);
+    if (!existsSync(processorPath))
+      problems.push(`${at}.processor: ${processorPath} does not exist. Fix: give a path relative to the config file.`);
+
+    let payload: z.ZodType;
+    let payloadJsonSchema: Record<string, unknown> = {};
+    try {
+      payload = toPayloadSchema(jt.name, jt.payloadSchema);
+      payloadJsonSchema = toJsonSchema(jt.name, payload);
+    } catch (err) {
+      problems.push((err as Error).message);
+      payload = z.json();
+    }
+    const { payloadSchema: _omit, warmSandboxes, recycleHeapUsedMb: _r, ...rest } = jt;
+    jobTypes.set(jt.name, {
+      ...rest,
+      processorPath,
+      payload,
+      payloadJsonSchema,
+      warmSandboxes: warmSandboxes ?? (jt.isolation === 'job' ? jt.concurrency : 1),
+      recycleHeapUsedMb: recycle,
+    });
+  }
+
+  for (const p of cfg.producers) {
+    for (const t of p.jobTypes) {
+      if (t !== '*' && !jobTypes.has(t))
+        problems.push(`producers.${p.name}.jobTypes names "${t}", which is not a declared job type. Fix: declare it or remove it.`);
+    }
+  }
+  const hashes = new Set<string>();
+  for (const p of cfg.producers) {
+    if (hashes.has(p.tokenSha256)) problems.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
+    hashes.add(p.tokenSha256);
+  }
+
+  if (problems.length) {
+    throw new ConfigError(`fleet config${options.source ? ` (${options.source})` : ''} is refused:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+  }
+
+  const { jobTypes: _jt, ...top } = cfg;
+  return deepFreeze({
+    ...top,
+    redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
+    dataDir: path.resolve(baseDir, cfg.dataDir),
+    source: options.source ?? null,
+    jobTypes,
+  }) as FleetConfig;
+}
+
+/** Finds the config file: explicit path > `FLEET_CONFIG` > `fleet.config.{ts,js,mjs,json}` in `cwd`. */
+export function findConfigFile(explicit?: string, cwd = process.cwd()): string {
+  const chosen = explicit ?? process.env.FLEET_CONFIG;
+  if (chosen) {
+    const abs = path.resolve(cwd, chosen);
+    if (!existsSync(abs)) throw new ConfigError(`config file ${abs} does not exist (from ${explicit ? '--config' : 'FLEET_CONFIG'}). Fix: point it at your fleet.config.ts/.js/.json.`);
+    return abs;
+  }
+  for (const f of CONFIG_FILES) {
+    const abs = path.join(cwd, f);
+    if (existsSync(abs)) return abs;
+  }
+  throw new ConfigError(`no fleet config found in ${cwd}. Fix: create fleet.config.ts (see README "Configuration") or pass --config <path> / FLEET_CONFIG.`);
+}
+
+/** Loads, validates and freezes the config file. `.ts` files are loaded through tsx. */
+export async function loadConfig(options: { path?: string; cwd?: string } = {}): Promise<FleetConfig> {
+  const file = findConfigFile(options.path, options.cwd);
+  let raw: unknown;
+  try {
+    if (file.endsWith('.json')) {
+      const { readFile } = await import('node:fs/promises');
+      raw = JSON.parse(await readFile(file, 'utf8'));
+    } else if (file.endsWith('.ts')) {
+      const { tsImport } = await import('tsx/esm/api');
+      const mod = (await tsImport(pathToFileURL(file).href, import.meta.url)) as { default?: unknown };
+      raw = mod.default;
+    } else {
+      const mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
+      raw = mod.default;
+    }
+  } catch (err) {
+    throw new ConfigError(`could not read config file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+  if (raw === undefined) throw new ConfigError(`config file ${file} has no default export. Fix: export default defineConfig({...}).`);
+  return resolveConfig(raw, { baseDir: path.dirname(file), source: file });
+}

@@ -1,0 +1,128 @@
+import { z } from 'zod';
+
+/**
+ * The fleet configuration, as written in `fleet.config.ts|js|json`. Parsed once at start-up by
+ * {@link resolveConfig} into a frozen {@link FleetConfig} with every default filled in.
+ */
+
+/** Job type names become queue names, Redis hash tags and URL segments: keep them boring. */
+export const JOB_TYPE_NAME = /^[a-z][a-z0-9-]{0,62}$/;
+export const SECRET_NAME = /^[a-z][a-z0-9-]{0,126}$/;
+
+/** The production rule from the zero-trust checklist: critical work is killed within 120 s. */
+export const CRITICAL_MAX_TIMEOUT_MS = 120_000;
+
+const isZodSchema = (v: unknown): v is z.ZodType => v instanceof z.ZodType;
+
+const backoffSchema = z
+  .object({
+    /** @defaultValue `"exponential"` */
+    type: z.enum(['exponential', 'fixed']).default('exponential'),
+    /** First retry delay. @defaultValue 1000 */
+    delayMs: z.number().int().min(0).default(1000),
+  })
+  .strict();
+
+export const jobTypeSchema = z
+  .object({
+    /** Queue and URL name: lowercase letters, digits, dashes. */
+    name: z.string().regex(JOB_TYPE_NAME, 'use lowercase letters, digits and dashes, starting with a letter (max 63)'),
+    /** Path of the processor module (ESM, `.js`/`.mjs`/`.ts`), relative to the config file. */
+    processor: z.string().min(1),
+    /** A zod schema (TS/JS config) or a JSON Schema object (JSON config) for the payload. @defaultValue any JSON value */
+    payloadSchema: z.union([z.custom<z.ZodType>(isZodSchema), z.record(z.string(), z.unknown())]).optional(),
+    description: z.string().default(''),
+    /** `critical` work must use per-job isolation and a timeout ≤ 120 s. @defaultValue `"routine"` */
+    sensitivity: z.enum(['critical', 'routine']).default('routine'),
+    /** `job`: a fresh sandbox per job, destroyed at its end. `pool`: sandboxes reused within this type. @defaultValue `"job"` */
+    isolation: z.enum(['job', 'pool']).default('job'),
+    /** Hard limit: the sandbox is terminated at this point even if the code never yields. @defaultValue 300000 */
+    timeoutMs: z.number().int().positive().default(300_000),
+    /** How long before the hard kill the processor's `ctx.signal` is aborted. @defaultValue 1000 */
+    abortGraceMs: z.number().int().min(0).default(1000),
+    /** Jobs of this type run at once per supervisor. @defaultValue 4 */
+    concurrency: z.number().int().positive().max(1000).default(4),
+    /** Cap across all supervisors (BullMQ global concurrency). @defaultValue unlimited */
+    globalConcurrency: z.number().int().positive().optional(),
+    /** V8 old-generation heap limit of each sandbox. @defaultValue 128 */
+    maxOldGenerationSizeMb: z.number().int().min(8).default(128),
+    /** `pool` only: sandboxes are recycled after this many jobs. @defaultValue 1000 */
+    maxJobsPerSandbox: z.number().int().positive().default(1000),
+    /** `pool` only: a sandbox whose heap after a job exceeds this is recycled. @defaultValue 75% of maxOldGenerationSizeMb */
+    recycleHeapUsedMb: z.number().positive().optional(),
+    /** Sandboxes kept started and idle so a job never waits for a spawn. @defaultValue concurrency (job), 1 (pool) */
+    warmSandboxes: z.number().int().min(0).optional(),
+    /** Total tries, including the first. @defaultValue 3 */
+    attempts: z.number().int().positive().default(3),
+    backoff: backoffSchema.default({ type: 'exponential', delayMs: 1000 }),
+    /** Whether a timed-out job is retried (within `attempts`). @defaultValue true */
+    retryOnTimeout: z.boolean().default(true),
+    /** Results larger than this (JSON bytes) fail the job. @defaultValue 1048576 */
+    maxResultBytes: z.number().int().positive().default(1024 * 1024),
+    /** Names of the secrets this type may read; nothing else is ever handed to it. @defaultValue [] */
+    secrets: z.array(z.string().regex(SECRET_NAME)).default([]),
+    /** Finished jobs are kept this long (seconds), so their status and idempotency keys hold. @defaultValue 86400 */
+    keepCompletedSeconds: z.number().int().min(0).default(86_400),
+    /** @defaultValue 604800 */
+    keepFailedSeconds: z.number().int().min(0).default(604_800),
+  })
+  .strict();
+
+export const producerSchema = z
+  .object({
+    /** Shown in logs and audit records. */
+    name: z.string().min(1).max(100),
+    /** SHA-256 (hex) of the bearer token. Tokens themselves never sit in config. */
+    tokenSha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters: sha256 of the token'),
+    /** Job types this producer may enqueue and read; `"*"` for all. */
+    jobTypes: z.array(z.string()).min(1),
+  })
+  .strict();
+
+export const fleetConfigSchema = z
+  .object({
+    /** Folder for the embedded Redis, generated keys and local secrets. @defaultValue `".fleet"` */
+    dataDir: z.string().default('.fleet'),
+    redis: z
+      .object({
+        /** `redis://…`; unset means `npm start` runs a private redis-server. @defaultValue `$REDIS_URL` */
+        url: z.string().optional(),
+        /** Key prefix of every key the fleet writes. @defaultValue `"fleet"` */
+        prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default('fleet'),
+      })
+      .strict()
+      .default({ prefix: 'fleet' }),
+    api: z
+      .object({
+        /** @defaultValue `"127.0.0.1"` */
+        host: z.string().default('127.0.0.1'),
+        /** @defaultValue 8080 */
+        port: z.number().int().min(0).max(65535).default(8080),
+        /** Largest accepted request body. @defaultValue 1048576 */
+        bodyLimitBytes: z.number().int().positive().default(1024 * 1024),
+        /** Most jobs in one batch request. @defaultValue 1000 */
+        maxBatchSize: z.number().int().positive().default(1000),
+      })
+      .strict()
+      .default({ host: '127.0.0.1', port: 8080, bodyLimitBytes: 1024 * 1024, maxBatchSize: 1000 }),
+    supervisor: z
+      .object({
+        /** Port of this supervisor's `/metrics` and `/healthz`; 0 picks a free one. @defaultValue 9464 */
+        metricsPort: z.number().int().min(0).max(65535).default(9464),
+        /** @defaultValue `"127.0.0.1"` */
+        metricsHost: z.string().default('127.0.0.1'),
+        /** On SIGTERM, running jobs get this long to finish before they are cancelled and returned to wait. @defaultValue 30000 */
+        shutdownDeadlineMs: z.number().int().min(0).default(30_000),
+        /** How often liveness is written to Redis for `fleet status`. @defaultValue 5000 */
+        heartbeatMs: z.number().int().positive().default(5000),
+      })
+      .strict()
+      .default({ metricsPort: 9464, metricsHost: '127.0.0.1', shutdownDeadlineMs: 30_000, heartbeatMs: 5000 }),
+    /** Who may enqueue. Empty: `npm start` generates a dev token into dataDir and prints where. */
+    producers: z.array(producerSchema).default([]),
+    jobTypes: z.array(jobTypeSchema).min(1, 'declare at least one job type'),
+  })
+  .strict();
+
+export type FleetConfigInput = z.input<typeof fleetConfigSchema>;
+export type JobTypeInput = z.input<typeof jobTypeSchema>;

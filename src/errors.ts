@@ -1,0 +1,149 @@
+/**
+ * Every error the fleet raises on purpose. Each carries a stable `code` (machine-readable, used in
+ * HTTP bodies and in a failed job's reason), whether retrying can help (`retryable`), and the
+ * underlying `cause`. They survive a trip across the sandbox boundary through
+ * {@link serializeError} / {@link deserializeError}.
+ */
+export type ErrorCode =
+  | 'CONFIG_INVALID'
+  | 'CONFIG_NOT_FOUND'
+  | 'INVALID_JSON'
+  | 'INVALID_PAYLOAD'
+  | 'INVALID_REQUEST'
+  | 'PAYLOAD_TOO_LARGE'
+  | 'UNSUPPORTED_MEDIA_TYPE'
+  | 'UNKNOWN_JOB_TYPE'
+  | 'JOB_NOT_FOUND'
+  | 'UNAUTHENTICATED'
+  | 'FORBIDDEN'
+  | 'TIMEOUT'
+  | 'CANCELLED'
+  | 'SHUTDOWN'
+  | 'MEMORY_LIMIT'
+  | 'SANDBOX_CRASHED'
+  | 'PROCESSOR_FAILED'
+  | 'PROCESSOR_LOAD_FAILED'
+  | 'RESULT_NOT_SERIALIZABLE'
+  | 'RESULT_TOO_LARGE'
+  | 'REDIS_UNAVAILABLE'
+  | 'REDIS_NOT_INSTALLED'
+  | 'SECRET_SCOPE'
+  | 'SECRET_NOT_FOUND'
+  | 'SECRET_PROVIDER_UNAVAILABLE'
+  | 'SECRET_PERMISSION_DENIED'
+  | 'SECRET_AUTH_EXPIRED'
+  | 'SECRET_INTEGRITY'
+  | 'INTERNAL';
+
+export interface FleetErrorOptions {
+  cause?: unknown;
+  retryable?: boolean;
+  /** Extra machine-readable fields (never secret values). */
+  details?: Record<string, unknown>;
+}
+
+export class FleetError extends Error {
+  override name = 'FleetError';
+  readonly code: ErrorCode;
+  readonly retryable: boolean;
+  readonly details: Record<string, unknown> | undefined;
+
+  constructor(code: ErrorCode, message: string, options: FleetErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.code = code;
+    this.retryable = options.retryable ?? false;
+    this.details = options.details;
+  }
+}
+
+function define<N extends string>(name: N, code: ErrorCode, retryable: boolean) {
+  return class extends FleetError {
+    override name: string = name;
+    constructor(message: string, options: FleetErrorOptions = {}) {
+      super(code, message, { retryable, ...options });
+    }
+  };
+}
+
+export class ConfigError extends define('ConfigError', 'CONFIG_INVALID', false) {}
+export class ValidationError extends define('ValidationError', 'INVALID_PAYLOAD', false) {}
+export class UnknownJobTypeError extends define('UnknownJobTypeError', 'UNKNOWN_JOB_TYPE', false) {}
+export class JobNotFoundError extends define('JobNotFoundError', 'JOB_NOT_FOUND', false) {}
+export class AuthError extends define('AuthError', 'UNAUTHENTICATED', false) {}
+export class ForbiddenError extends define('ForbiddenError', 'FORBIDDEN', false) {}
+export class TimeoutError extends define('TimeoutError', 'TIMEOUT', true) {}
+export class CancelledError extends define('CancelledError', 'CANCELLED', false) {}
+export class ShutdownError extends define('ShutdownError', 'SHUTDOWN', true) {}
+export class MemoryLimitError extends define('MemoryLimitError', 'MEMORY_LIMIT', false) {}
+export class SandboxCrashError extends define('SandboxCrashError', 'SANDBOX_CRASHED', true) {}
+export class ProcessorError extends define('ProcessorError', 'PROCESSOR_FAILED', true) {}
+export class ProcessorLoadError extends define('ProcessorLoadError', 'PROCESSOR_LOAD_FAILED', false) {}
+export class ResultError extends define('ResultError', 'RESULT_NOT_SERIALIZABLE', false) {}
+export class RedisUnavailableError extends define('RedisUnavailableError', 'REDIS_UNAVAILABLE', true) {}
+export class SecretScopeError extends define('SecretScopeError', 'SECRET_SCOPE', false) {}
+
+/** A secret could not be produced; `code` tells why (missing, provider down, denied, auth expired, tampered). */
+export class SecretUnavailableError extends FleetError {
+  override name = 'SecretUnavailableError';
+}
+
+/** Coerces anything thrown into an `Error`, so callers never handle `unknown`. */
+export function toError(value: unknown): Error {
+  if (value instanceof Error) return value;
+  if (typeof value === 'string') return new Error(value);
+  let rendered: string;
+  try {
+    rendered = JSON.stringify(value) ?? String(value);
+  } catch {
+    rendered = String(value);
+  }
+  return new Error(`non-Error value thrown: ${rendered}`);
+}
+
+/** The plain shape of an error that crossed a thread or process boundary. */
+export interface SerializedError {
+  name: string;
+  code: ErrorCode;
+  message: string;
+  retryable: boolean;
+  stack?: string;
+  details?: Record<string, unknown>;
+}
+
+export function serializeError(value: unknown): SerializedError {
+  const err = toError(value);
+  const fleet = err instanceof FleetError ? err : undefined;
+  const out: SerializedError = {
+    name: err.name,
+    code: fleet?.code ?? 'PROCESSOR_FAILED',
+    message: err.message,
+    retryable: fleet?.retryable ?? true,
+  };
+  if (err.stack !== undefined) out.stack = err.stack;
+  if (fleet?.details !== undefined) out.details = fleet.details;
+  return out;
+}
+
+export function deserializeError(s: SerializedError): FleetError {
+  const err = new FleetError(s.code, s.message, {
+    retryable: s.retryable,
+    ...(s.details ? { details: s.details } : {}),
+  });
+  err.name = s.name;
+  if (s.stack !== undefined) err.stack = s.stack;
+  return err;
+}
+
+/**
+ * A failed job's reason is stored by BullMQ as a string; we prefix it with the code so that
+ * `GET /v1/jobs/:id` and the CLI can return it machine-readably: `"[TIMEOUT] job exceeded …"`.
+ */
+export function formatFailedReason(err: Error): string {
+  const code = err instanceof FleetError ? err.code : 'PROCESSOR_FAILED';
+  return `[${code}] ${err.message}`;
+}
+
+export function parseFailedReason(reason: string): { code: string; message: string } {
+  const m = /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(reason);
+  return m ? { code: m[1]!, message: m[2]! } : { code: 'PROCESSOR_FAILED', message: reason };
+}

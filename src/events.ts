@@ -1,0 +1,45 @@
+import { EventEmitter } from 'node:events';
+
+/**
+ * Typed events the core emits. Metrics, audit and logs subscribe to these instead of being
+ * sprinkled through the supervisor and sandboxes.
+ */
+export type JobOutcome = 'completed' | 'failed' | 'timeout' | 'cancelled' | 'oom' | 'crashed' | 'requeued';
+export type LifecycleState = 'starting' | 'running' | 'draining' | 'stopped' | 'failed';
+
+export interface FleetEvents {
+  'supervisor:state': { supervisorId: string; state: LifecycleState; previous: LifecycleState | null };
+  'job:started': { jobId: string; jobType: string; attempt: number; queuedMs: number };
+  'job:finished': {
+    jobId: string;
+    jobType: string;
+    outcome: JobOutcome;
+    durationMs: number;
+    errorCode?: string;
+    willRetry: boolean;
+    cpuMs?: number;
+    peakHeapBytes?: number;
+  };
+  'sandbox:spawned': { jobType: string; spawnMs: number };
+  'sandbox:destroyed': { jobType: string; reason: string };
+  'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
+}
+
+export type FleetEventName = keyof FleetEvents;
+
+export class FleetEventBus {
+  readonly #emitter = new EventEmitter({ captureRejections: false });
+
+  constructor() {
+    this.#emitter.setMaxListeners(100);
+  }
+
+  emit<E extends FleetEventName>(event: E, payload: FleetEvents[E]): void {
+    this.#emitter.emit(event, payload);
+  }
+
+  on<E extends FleetEventName>(event: E, listener: (payload: FleetEvents[E]) => void): () => void {
+    this.#emitter.on(event, listener);
+    return () => this.#emitter.off(event, listener);
+  }
+}

@@ -1,0 +1,275 @@
+import { Queue, type Job, type JobsOptions } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { z } from 'zod';
+import type { FleetConfig, JobType } from '../config/resolve.js';
+import {
+  FleetError,
+  JobNotFoundError,
+  parseFailedReason,
+  RedisUnavailableError,
+  UnknownJobTypeError,
+  ValidationError,
+  toError,
+} from '../errors.js';
+import type { FleetEventBus } from '../events.js';
+import { connectRedis, queuePrefix } from '../redis/connection.js';
+import { controlChannel, type ControlMessage } from '../workers/control.js';
+import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
+
+export interface EnqueueOptions {
+  /** A repeat with the same key (same producer and type) returns the first job's id. */
+  idempotencyKey?: string;
+  /** Start no earlier than this many ms from now. @defaultValue 0 */
+  delayMs?: number;
+  /** Lower runs first (1 is highest), as in BullMQ. @defaultValue none */
+  priority?: number;
+}
+
+export interface EnqueueResult {
+  id: string;
+  type: string;
+}
+
+export type JobState = 'waiting' | 'delayed' | 'prioritized' | 'active' | 'completed' | 'failed' | 'waiting-children' | 'unknown';
+
+/** What anyone may see of a job: never secret values (jobs never hold any). */
+export interface JobView {
+  id: string;
+  type: string;
+  state: JobState;
+  attemptsMade: number;
+  maxAttempts: number;
+  progress: unknown;
+  data: unknown;
+  result: unknown;
+  error: { code: string; message: string } | null;
+  timings: { enqueuedAt: number; startedAt: number | null; finishedAt: number | null; durationMs: number | null };
+}
+
+export interface JobTypeView {
+  name: string;
+  description: string;
+  sensitivity: 'critical' | 'routine';
+  isolation: 'job' | 'pool';
+  timeoutMs: number;
+  concurrency: number;
+  secrets: readonly string[];
+  payloadSchema: Record<string, unknown>;
+}
+
+/** Payload types of each job type of a config written with `defineConfig`. */
+export type PayloadsOf<C extends { jobTypes: readonly { name: string; payloadSchema?: unknown }[] }> = {
+  [J in C['jobTypes'][number] as J['name']]: J['payloadSchema'] extends z.ZodType ? z.input<J['payloadSchema']> : unknown;
+};
+
+export interface ProducerOptions {
+  config: FleetConfig;
+  /** An existing connection (kept open on close), or the URL to open one. @defaultValue config.redis.url */
+  redis?: Redis | string;
+  /** Name recorded with idempotency keys. @defaultValue `"client"` */
+  name?: string;
+  events?: FleetEventBus;
+  via?: 'http' | 'client';
+}
+
+/**
+ * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
+ * built on it, so both paths behave the same.
+ */
+export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
+  readonly config: FleetConfig;
+  readonly redis: Redis;
+  readonly #ownsRedis: boolean;
+  readonly #queues = new Map<string, Queue>();
+  readonly #name: string;
+  readonly #events: FleetEventBus | undefined;
+  readonly #via: 'http' | 'client';
+
+  constructor(options: ProducerOptions) {
+    this.config = options.config;
+    const r = options.redis ?? options.config.redis.url;
+    if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
+    this.#ownsRedis = typeof r === 'string';
+    this.redis = typeof r === 'string' ? connectRedis(r, 'producer') : r;
+    this.#name = options.name ?? 'client';
+    this.#events = options.events;
+    this.#via = options.via ?? 'client';
+  }
+
+  jobType(name: string): JobType {
+    const t = this.config.jobTypes.get(name);
+    if (!t) {
+      throw new UnknownJobTypeError(`unknown job type "${name}". Known: ${[...this.config.jobTypes.keys()].join(', ')}.`, {
+        details: { jobType: name },
+      });
+    }
+    return t;
+  }
+
+  queue(name: string): Queue {
+    let q = this.#queues.get(name);
+    if (!q) {
+      q = new Queue(name, { connection: this.redis, prefix: queuePrefix(this.config.redis.prefix, name) });
+      // A Queue re-emits connection errors; the caller of add() gets them as rejections.
+      q.on('error', () => undefined);
+      this.#queues.set(name, q);
+    }
+    return q;
+  }
+
+  /** Validates a payload against its type's schema; throws {@link ValidationError} listing each problem. */
+  validate(type: JobType, data: unknown): unknown {
+    const r = type.payload.safeParse(data);
+    if (r.success) return r.data;
+    throw new ValidationError(`payload does not match the schema of "${type.name}"`, {
+      details: { issues: r.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message, code: i.code })) },
+    });
+  }
+
+  #jobOptions(type: JobType, id: string, options: EnqueueOptions): JobsOptions {
+    const o: JobsOptions = {
+      jobId: id,
+      attempts: type.attempts,
+      backoff: { type: type.backoff.type, delay: type.backoff.delayMs },
+      removeOnComplete: { age: type.keepCompletedSeconds },
+      removeOnFail: { age: type.keepFailedSeconds },
+    };
+    if (options.delayMs) o.delay = options.delayMs;
+    if (options.priority !== undefined) o.priority = options.priority;
+    return o;
+  }
+
+  #idFor(type: JobType, options: EnqueueOptions): string {
+    if (options.idempotencyKey === undefined) return newJobId(type.name);
+    if (!IDEMPOTENCY_KEY.test(options.idempotencyKey)) {
+      throw new FleetError('INVALID_REQUEST', 'Idempotency-Key must be 1–200 visible ASCII characters');
+    }
+    return idempotentJobId(type.name, this.#name, options.idempotencyKey);
+  }
+
+  async #guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      if (err instanceof FleetError) throw err;
+      const e = toError(err);
+      throw new RedisUnavailableError(`${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
+    }
+  }
+
+  async enqueue<T extends keyof Payloads & string>(typeName: T, data: Payloads[T], options: EnqueueOptions = {}): Promise<EnqueueResult> {
+    const type = this.jobType(typeName);
+    const payload = this.validate(type, data);
+    const id = this.#idFor(type, options);
+    await this.#guard('enqueue', () => this.queue(type.name).add(type.name, payload, this.#jobOptions(type, id, options)));
+    this.#events?.emit('job:enqueued', { jobType: type.name, count: 1, via: this.#via });
+    return { id, type: type.name };
+  }
+
+  /**
+   * Enqueues many jobs of one type atomically (one MULTI). Every payload is validated first: one
+   * invalid item rejects the whole batch and nothing is enqueued.
+   */
+  async enqueueBatch<T extends keyof Payloads & string>(
+    typeName: T,
+    items: readonly { data: Payloads[T]; idempotencyKey?: string; delayMs?: number; priority?: number }[],
+  ): Promise<EnqueueResult[]> {
+    const type = this.jobType(typeName);
+    const problems: { index: number; issues: unknown }[] = [];
+    const prepared = items.map((item, index) => {
+      try {
+        const payload = this.validate(type, item.data);
+        return { name: type.name, data: payload, opts: this.#jobOptions(type, this.#idFor(type, item), item) };
+      } catch (err) {
+        problems.push({ index, issues: err instanceof FleetError ? (err.details?.issues ?? err.message) : toError(err).message });
+        return null;
+      }
+    });
+    if (problems.length) {
+      throw new ValidationError(`${problems.length} of ${items.length} payloads are invalid; nothing was enqueued`, { details: { items: problems } });
+    }
+    const jobs = prepared.filter((p) => p !== null);
+    await this.#guard('batch enqueue', () => this.queue(type.name).addBulk(jobs));
+    this.#events?.emit('job:enqueued', { jobType: type.name, count: jobs.length, via: this.#via });
+    return jobs.map((j) => ({ id: j.opts.jobId!, type: type.name }));
+  }
+
+  async #find(id: string): Promise<{ type: JobType; job: Job }> {
+    const typeName = jobTypeOfId(id);
+    const type = typeName ? this.config.jobTypes.get(typeName) : undefined;
+    const job = type ? await this.#guard('job lookup', () => this.queue(type.name).getJob(id)) : undefined;
+    if (!type || !job) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
+    return { type, job };
+  }
+
+  async getJob(id: string): Promise<JobView> {
+    const { type, job } = await this.#find(id);
+    const state = (await job.getState()) as JobState;
+    const failed = state === 'failed' || (job.failedReason && state !== 'completed') ? job.failedReason : '';
+    return {
+      id,
+      type: type.name,
+      state,
+      attemptsMade: job.attemptsMade,
+      maxAttempts: job.opts.attempts ?? 1,
+      progress: job.progress,
+      data: job.data,
+      result: state === 'completed' ? (job.returnvalue ?? null) : null,
+      error: failed ? parseFailedReason(failed) : null,
+      timings: {
+        enqueuedAt: job.timestamp,
+        startedAt: job.processedOn ?? null,
+        finishedAt: job.finishedOn ?? null,
+        durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : null,
+      },
+    };
+  }
+
+  /**
+   * Cancels a job: a waiting or delayed one is removed; an active one is aborted in its sandbox
+   * (the supervisor running it gets the message on the control channel). Finished jobs stay.
+   */
+  async cancel(id: string): Promise<{ id: string; previousState: JobState; outcome: 'removed' | 'cancelling' | 'already-finished' }> {
+    const { job } = await this.#find(id);
+    const state = (await job.getState()) as JobState;
+    if (state === 'completed' || state === 'failed') return { id, previousState: state, outcome: 'already-finished' };
+    if (state === 'active') {
+      const msg: ControlMessage = { kind: 'cancel', jobId: id };
+      await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
+      return { id, previousState: state, outcome: 'cancelling' };
+    }
+    try {
+      await job.remove();
+      return { id, previousState: state, outcome: 'removed' };
+    } catch {
+      // It became active between the state read and the removal: cancel it where it runs.
+      const msg: ControlMessage = { kind: 'cancel', jobId: id };
+      await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
+      return { id, previousState: 'active', outcome: 'cancelling' };
+    }
+  }
+
+  listJobTypes(): JobTypeView[] {
+    return [...this.config.jobTypes.values()].map((t) => ({
+      name: t.name,
+      description: t.description,
+      sensitivity: t.sensitivity,
+      isolation: t.isolation,
+      timeoutMs: t.timeoutMs,
+      concurrency: t.concurrency,
+      secrets: t.secrets,
+      payloadSchema: t.payloadJsonSchema,
+    }));
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#queues.values()].map((q) => q.close()));
+    this.#queues.clear();
+    if (this.#ownsRedis) this.redis.disconnect();
+  }
+}
+
+/** Creates a {@link Producer}. Pass `PayloadsOf<typeof config>` as the type argument for typed payloads. */
+export function createProducer<Payloads extends Record<string, unknown> = Record<string, unknown>>(options: ProducerOptions): Producer<Payloads> {
+  return new Producer<Payloads>(options);
+}

@@ -1,0 +1,92 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdirSync } from 'node:fs';
+import net from 'node:net';
+import { FleetError } from '../errors.js';
+
+export interface EmbeddedRedisOptions {
+  /** Working directory of the server (AOF, dump). */
+  dataDir: string;
+  /** `true`: AOF everysec, for `npm start`. `false`: no persistence at all, for tests. @defaultValue true */
+  persistent?: boolean;
+  /** @defaultValue a free loopback port */
+  port?: number;
+  /** Extra `redis-server` arguments, e.g. `['--appendfsync', 'always']`. */
+  args?: string[];
+}
+
+export interface EmbeddedRedis {
+  url: string;
+  port: number;
+  process: ChildProcess;
+  /** Stops the server (SIGTERM, then SIGKILL after 5 s). */
+  release(): Promise<void>;
+}
+
+export const REDIS_INSTALL_HINT =
+  'redis-server was not found on PATH. Fix: install it (Debian/Ubuntu: `sudo apt-get install -y redis-server`; macOS: `brew install redis`) or set REDIS_URL to an existing Redis ≥ 6.2.';
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      srv.close(() => (typeof addr === 'object' && addr ? resolve(addr.port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(port, '127.0.0.1');
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once('error', () => resolve(false));
+  });
+}
+
+export function hasRedisServer(): boolean {
+  return spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+/** Starts a private `redis-server` bound to 127.0.0.1 and waits until it accepts connections. */
+export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise<EmbeddedRedis> {
+  if (!hasRedisServer()) throw new FleetError('REDIS_NOT_INSTALLED', REDIS_INSTALL_HINT);
+  mkdirSync(options.dataDir, { recursive: true });
+  const port = options.port ?? (await freePort());
+  const persistence =
+    options.persistent === false
+      ? ['--save', '', '--appendonly', 'no']
+      : ['--appendonly', 'yes', '--appendfsync', 'everysec', '--save', ''];
+  const child = spawn(
+    'redis-server',
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', options.dataDir, '--maxmemory-policy', 'noeviction', '--protected-mode', 'yes', ...persistence, ...(options.args ?? [])],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  let stderr = '';
+  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+  const deadline = Date.now() + 10_000;
+  while (!(await canConnect(port))) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      child.kill('SIGKILL');
+      throw new FleetError('REDIS_UNAVAILABLE', `embedded redis-server on port ${port} did not start: ${stderr.trim() || 'no output'}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return {
+    url: `redis://127.0.0.1:${port}`,
+    port,
+    process: child,
+    async release() {
+      if (child.exitCode !== null) return;
+      child.kill('SIGTERM');
+      const t = setTimeout(() => child.kill('SIGKILL'), 5000);
+      await exited;
+      clearTimeout(t);
+    },
+  };
+}

@@ -1,0 +1,39 @@
+/**
+ * What a processor module sees. A processor is an ordinary ESM module:
+ *
+ * ```ts
+ * import type { Processor } from 'fleet';
+ * const run: Processor<{ name: string }> = async (job, ctx) => {
+ *   ctx.log.info('greeting', { name: job.data.name });
+ *   return { hello: job.data.name };
+ * };
+ * export default run;
+ * ```
+ */
+export interface ProcessorJob<Data = unknown> {
+  id: string;
+  type: string;
+  /** 1 for the first try. */
+  attempt: number;
+  data: Data;
+}
+
+export interface ProcessorLog {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export interface ProcessorContext {
+  /** Aborted shortly before the hard kill (timeout), on cancellation and on shutdown. */
+  signal: AbortSignal;
+  log: ProcessorLog;
+  /** Report progress (any JSON value); visible in `GET /v1/jobs/:id`. */
+  progress(value: unknown): void;
+}
+
+export type Processor<Data = unknown, Result = unknown> = (
+  job: ProcessorJob<Data>,
+  ctx: ProcessorContext,
+) => Promise<Result> | Result;

@@ -1,0 +1,122 @@
+import type { JobType } from '../config/resolve.js';
+import { toError } from '../errors.js';
+import type { FleetEventBus } from '../events.js';
+import type { Logger } from '../observability/logger.js';
+import { Sandbox } from './sandbox.js';
+
+export interface SandboxPoolStats {
+  jobType: string;
+  isolation: 'job' | 'pool';
+  warm: number;
+  busy: number;
+  starting: number;
+}
+
+/**
+ * The sandboxes of one job type. With `isolation: "job"` every sandbox runs exactly one job and is
+ * destroyed after it, while `warmSandboxes` spares are kept started so a job never waits for a
+ * spawn. With `isolation: "pool"` sandboxes are reused for jobs of this type only, and recycled
+ * after `maxJobsPerSandbox` jobs, when their heap passes `recycleHeapUsedMb`, or after any failure
+ * that may have left them dirty.
+ */
+export class SandboxPool {
+  readonly #type: JobType;
+  readonly #log: Logger;
+  readonly #events: FleetEventBus;
+  readonly #idle: Sandbox[] = [];
+  readonly #busy = new Set<Sandbox>();
+  #starting = 0;
+  #closed = false;
+  /** Set after a failed spawn so the refill loop does not spin on a broken processor. */
+  #lastSpawnError: Error | null = null;
+
+  constructor(type: JobType, log: Logger, events: FleetEventBus) {
+    this.#type = type;
+    this.#log = log.scope({ jobType: type.name });
+    this.#events = events;
+  }
+
+  /** Starts the warm sandboxes; rejects if the processor cannot be loaded. */
+  async start(): Promise<void> {
+    const n = this.#type.warmSandboxes;
+    const started = await Promise.all(Array.from({ length: n }, () => this.#spawn()));
+    this.#idle.push(...started);
+  }
+
+  async #spawn(): Promise<Sandbox> {
+    this.#starting += 1;
+    try {
+      const sb = await Sandbox.start({
+        processorPath: this.#type.processorPath,
+        jobType: this.#type.name,
+        maxResultBytes: this.#type.maxResultBytes,
+        maxOldGenerationSizeMb: this.#type.maxOldGenerationSizeMb,
+      });
+      this.#lastSpawnError = null;
+      this.#events.emit('sandbox:spawned', { jobType: this.#type.name, spawnMs: sb.spawnMs });
+      return sb;
+    } catch (err) {
+      this.#lastSpawnError = toError(err);
+      throw err;
+    } finally {
+      this.#starting -= 1;
+    }
+  }
+
+  /** Keeps `warmSandboxes` spares started, in the background. */
+  #refill(): void {
+    if (this.#closed || this.#lastSpawnError) return;
+    const missing = this.#type.warmSandboxes - this.#idle.length - this.#starting;
+    for (let i = 0; i < missing; i++) {
+      this.#spawn().then(
+        (sb) => {
+          if (this.#closed) void sb.destroy();
+          else this.#idle.push(sb);
+        },
+        (err: unknown) => this.#log.error('could not start a spare sandbox', { error: toError(err).message }),
+      );
+    }
+  }
+
+  /** A ready sandbox for one job: a warm spare if there is one, otherwise a fresh spawn. */
+  async acquire(): Promise<Sandbox> {
+    let sb = this.#idle.pop();
+    while (sb && !sb.alive) sb = this.#idle.pop();
+    if (!sb) sb = await this.#spawn();
+    this.#busy.add(sb);
+    if (this.#type.isolation === 'job') this.#refill();
+    return sb;
+  }
+
+  /** Returns a sandbox after its job. `clean: false` (any failure) always destroys it. */
+  release(sb: Sandbox, clean: boolean): void {
+    this.#busy.delete(sb);
+    const t = this.#type;
+    let reason: string | null = null;
+    if (t.isolation === 'job') reason = 'job-ended';
+    else if (!clean || !sb.alive) reason = 'job-failed';
+    else if (sb.jobsRun >= t.maxJobsPerSandbox) reason = 'max-jobs';
+    else if (sb.lastHeapUsedBytes > t.recycleHeapUsedMb * 1024 * 1024) reason = 'heap-threshold';
+    else if (this.#closed) reason = 'closing';
+
+    if (reason === null) {
+      this.#idle.push(sb);
+      return;
+    }
+    void sb.destroy();
+    this.#events.emit('sandbox:destroyed', { jobType: t.name, reason });
+    this.#refill();
+  }
+
+  stats(): SandboxPoolStats {
+    return { jobType: this.#type.name, isolation: this.#type.isolation, warm: this.#idle.length, busy: this.#busy.size, starting: this.#starting };
+  }
+
+  /** Destroys every sandbox, idle and busy. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    const all = [...this.#idle.splice(0), ...this.#busy];
+    this.#busy.clear();
+    await Promise.all(all.map((sb) => sb.destroy()));
+  }
+}

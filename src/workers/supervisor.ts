@@ -1,0 +1,288 @@
+import { hostname } from 'node:os';
+import { randomUUID } from 'node:crypto';
+import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { FleetConfig, JobType } from '../config/resolve.js';
+import {
+  FleetError,
+  ProcessorError,
+  ValidationError,
+  formatFailedReason,
+  toError,
+  ConfigError,
+} from '../errors.js';
+import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.js';
+import { silentLogger, type Logger } from '../observability/logger.js';
+import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { controlChannel, parseControlMessage } from './control.js';
+import { SandboxPool, type SandboxPoolStats } from './sandbox-pool.js';
+
+export interface SupervisorOptions {
+  config: FleetConfig;
+  /** @defaultValue config.redis.url */
+  redisUrl?: string;
+  logger?: Logger;
+  events?: FleetEventBus;
+  /** Only these job types; @defaultValue all */
+  jobTypes?: readonly string[];
+  /** @defaultValue `<hostname>-<pid>-<random>` */
+  supervisorId?: string;
+}
+
+export interface SupervisorStatus {
+  id: string;
+  host: string;
+  pid: number;
+  state: LifecycleState;
+  startedAt: number;
+  updatedAt: number;
+  types: (SandboxPoolStats & { concurrency: number; active: number })[];
+}
+
+const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
+  TIMEOUT: 'timeout',
+  CANCELLED: 'cancelled',
+  MEMORY_LIMIT: 'oom',
+  SANDBOX_CRASHED: 'crashed',
+};
+
+export function supervisorsKey(prefix: string): string {
+  return `${prefix}:supervisors`;
+}
+
+/**
+ * Takes jobs from Redis and runs each one in a sandbox of its type, with the type's hard timeout,
+ * memory limit and concurrency. Stateless: any number of supervisors on any hosts share the work.
+ *
+ * Lifecycle: `starting → running → draining → stopped` (or `failed` if start-up fails).
+ */
+export class Supervisor {
+  readonly id: string;
+  readonly events: FleetEventBus;
+  readonly #config: FleetConfig;
+  readonly #log: Logger;
+  readonly #redisUrl: string;
+  readonly #types: JobType[];
+  readonly #pools = new Map<string, SandboxPool>();
+  readonly #workers = new Map<string, Worker>();
+  /** Running jobs, so cancellation and shutdown can reach them. */
+  readonly #active = new Map<string, AbortController>();
+  #redis: Redis | null = null;
+  #subscriber: Redis | null = null;
+  #heartbeat: NodeJS.Timeout | null = null;
+  #state: LifecycleState | null = null;
+  #startedAt = 0;
+  #stopping: Promise<void> | null = null;
+
+  constructor(options: SupervisorOptions) {
+    this.#config = options.config;
+    this.events = options.events ?? new FleetEventBus();
+    this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+    this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
+    const url = options.redisUrl ?? options.config.redis.url;
+    if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
+    this.#redisUrl = url;
+    const wanted = options.jobTypes ?? [...options.config.jobTypes.keys()];
+    this.#types = wanted.map((n) => {
+      const t = options.config.jobTypes.get(n);
+      if (!t) throw new ConfigError(`supervisor asked to run unknown job type "${n}"`);
+      return t;
+    });
+  }
+
+  get state(): LifecycleState | null {
+    return this.#state;
+  }
+
+  #setState(state: LifecycleState): void {
+    const previous = this.#state;
+    this.#state = state;
+    this.#log.info(`supervisor ${state}`, { state, previous });
+    this.events.emit('supervisor:state', { supervisorId: this.id, state, previous });
+  }
+
+  async start(): Promise<void> {
+    this.#setState('starting');
+    this.#startedAt = Date.now();
+    try {
+      this.#redis = connectRedis(this.#redisUrl, 'worker');
+      this.#redis.on('error', (err) => this.#log.warn('redis connection error; reconnecting', { error: err.message }));
+      await waitForRedis(this.#redis);
+
+      await Promise.all(
+        this.#types.map(async (t) => {
+          const pool = new SandboxPool(t, this.#log, this.events);
+          this.#pools.set(t.name, pool);
+          await pool.start();
+        }),
+      );
+      for (const t of this.#types) await this.#applyGlobalConcurrency(t);
+
+      this.#subscriber = this.#redis.duplicate();
+      this.#subscriber.on('error', (err) => this.#log.warn('control channel error; reconnecting', { error: err.message }));
+      await this.#subscriber.subscribe(controlChannel(this.#config.redis.prefix));
+      this.#subscriber.on('message', (_channel, raw: string) => this.#onControl(raw));
+
+      for (const t of this.#types) this.#workers.set(t.name, this.#makeWorker(t));
+      await Promise.all([...this.#workers.values()].map((w) => w.waitUntilReady()));
+
+      await this.#beat();
+      this.#heartbeat = setInterval(() => void this.#beat().catch(() => undefined), this.#config.supervisor.heartbeatMs);
+      this.#heartbeat.unref();
+      this.#setState('running');
+    } catch (err) {
+      this.#setState('failed');
+      await this.#release();
+      throw err;
+    }
+  }
+
+  async #applyGlobalConcurrency(t: JobType): Promise<void> {
+    const q = new Queue(t.name, { connection: this.#redis!, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
+    try {
+      if (t.globalConcurrency !== undefined) await q.setGlobalConcurrency(t.globalConcurrency);
+      else await q.removeGlobalConcurrency();
+    } finally {
+      await q.close();
+    }
+  }
+
+  #makeWorker(t: JobType): Worker {
+    const worker = new Worker(t.name, (job, token) => this.#process(t, job, token), {
+      connection: this.#redis!,
+      prefix: queuePrefix(this.#config.redis.prefix, t.name),
+      concurrency: t.concurrency,
+      autorun: true,
+      // The lock is renewed from this thread, which never runs job code, so it stays short.
+      lockDuration: 30_000,
+    });
+    worker.on('error', (err) => this.#log.warn('worker error', { jobType: t.name, error: err.message }));
+    return worker;
+  }
+
+  #onControl(raw: string): void {
+    const msg = parseControlMessage(raw);
+    if (msg?.kind === 'cancel') {
+      const ctl = this.#active.get(msg.jobId);
+      if (ctl) {
+        this.#log.info('cancelling job on request', { jobId: msg.jobId });
+        ctl.abort('cancelled');
+      }
+    }
+  }
+
+  async #process(t: JobType, job: Job, token: string | undefined): Promise<unknown> {
+    const jobId = job.id!;
+    const log = this.#log.scope({ jobId, jobType: t.name });
+    const started = Date.now();
+    const attempt = job.attemptsMade + 1;
+    this.events.emit('job:started', { jobId, jobType: t.name, attempt, queuedMs: started - job.timestamp });
+
+    const controller = new AbortController();
+    this.#active.set(jobId, controller);
+    const pool = this.#pools.get(t.name)!;
+    let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
+    let clean = false;
+    try {
+      // Jobs can be written to Redis by anyone holding its credentials; check again here.
+      const parsed = t.payload.safeParse(job.data);
+      if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
+      sandbox = await pool.acquire();
+      const result = await sandbox.run(
+        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data },
+        {
+          timeoutMs: t.timeoutMs,
+          abortGraceMs: t.abortGraceMs,
+          signal: controller.signal,
+          onProgress: (value) => void job.updateProgress(value as object).catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
+          onLog: (level, msg, fields) => {
+            log[level](msg, { ...fields, source: 'processor' });
+            void job.log(`${level}: ${msg}`).catch(() => undefined);
+          },
+        },
+      );
+      clean = true;
+      this.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'completed', durationMs: Date.now() - started, willRetry: false, cpuMs: result.cpuMs, peakHeapBytes: result.peakHeapBytes });
+      return JSON.parse(result.resultJson) as unknown;
+    } catch (caught) {
+      const err = caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });
+      if (err.code === 'SHUTDOWN' && token) {
+        // Not a failure: the job goes back to wait for another supervisor, attempts untouched.
+        await job.moveToWait(token);
+        this.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'requeued', durationMs: Date.now() - started, willRetry: true });
+        log.info('job returned to the queue on shutdown');
+        throw new WaitingError();
+      }
+      const retryable = err.retryable && !(err.code === 'TIMEOUT' && !t.retryOnTimeout);
+      const willRetry = retryable && attempt < (job.opts.attempts ?? 1);
+      const outcome = OUTCOME_BY_CODE[err.code] ?? 'failed';
+      this.events.emit('job:finished', { jobId, jobType: t.name, outcome, durationMs: Date.now() - started, errorCode: err.code, willRetry });
+      log.warn('job failed', { errorCode: err.code, error: err.message, attempt, willRetry });
+      const reason = formatFailedReason(err);
+      const out = retryable ? new Error(reason) : new UnrecoverableError(reason);
+      out.stack = `${out.name}: ${reason}\n${err.stack?.split('\n').slice(1).join('\n') ?? ''}`;
+      throw out;
+    } finally {
+      this.#active.delete(jobId);
+      if (sandbox) pool.release(sandbox, clean);
+    }
+  }
+
+  status(): SupervisorStatus {
+    return {
+      id: this.id,
+      host: hostname(),
+      pid: process.pid,
+      state: this.#state ?? 'starting',
+      startedAt: this.#startedAt,
+      updatedAt: Date.now(),
+      types: this.#types.map((t) => ({
+        ...this.#pools.get(t.name)!.stats(),
+        concurrency: t.concurrency,
+        active: [...this.#active.keys()].filter((id) => id.startsWith(`${t.name}.`)).length,
+      })),
+    };
+  }
+
+  async #beat(): Promise<void> {
+    if (!this.#redis) return;
+    await this.#redis.hset(supervisorsKey(this.#config.redis.prefix), this.id, JSON.stringify(this.status()));
+  }
+
+  /**
+   * Graceful stop: take no new jobs, let running ones finish for up to `deadlineMs`, then abort
+   * them; aborted jobs return to wait (nothing is lost). Idempotent.
+   */
+  stop(deadlineMs = this.#config.supervisor.shutdownDeadlineMs): Promise<void> {
+    this.#stopping ??= this.#drain(deadlineMs);
+    return this.#stopping;
+  }
+
+  async #drain(deadlineMs: number): Promise<void> {
+    if (this.#state === 'stopped') return;
+    this.#setState('draining');
+    const timer = setTimeout(() => {
+      if (this.#active.size) this.#log.warn('shutdown deadline reached; returning running jobs to the queue', { jobs: this.#active.size });
+      for (const ctl of this.#active.values()) ctl.abort('shutdown');
+    }, deadlineMs);
+    try {
+      await Promise.all([...this.#workers.values()].map((w) => w.close()));
+    } finally {
+      clearTimeout(timer);
+      await this.#release();
+      this.#setState('stopped');
+    }
+  }
+
+  async #release(): Promise<void> {
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
+    await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
+    await Promise.all([...this.#pools.values()].map((p) => p.close()));
+    if (this.#redis?.status === 'ready') await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
+    this.#subscriber?.disconnect();
+    this.#redis?.disconnect();
+    this.#subscriber = null;
+    this.#redis = null;
+  }
+}
