@@ -12,7 +12,7 @@ import {
   toError,
 } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
-import { connectRedis, queuePrefix } from '../redis/connection.js';
+import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
 import { controlChannel, type ControlMessage } from '../workers/control.js';
 import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
 
@@ -80,20 +80,33 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   readonly config: FleetConfig;
   readonly redis: Redis;
   readonly #ownsRedis: boolean;
-  readonly #queues = new Map<string, Queue>();
+  readonly #queues: Map<string, Queue>;
   readonly #name: string;
   readonly #events: FleetEventBus | undefined;
   readonly #via: 'http' | 'client';
 
-  constructor(options: ProducerOptions) {
+  constructor(options: ProducerOptions, queues = new Map<string, Queue>()) {
     this.config = options.config;
     const r = options.redis ?? options.config.redis.url;
     if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
     this.#ownsRedis = typeof r === 'string';
     this.redis = typeof r === 'string' ? connectRedis(r, 'producer') : r;
+    this.#queues = queues;
+    // Errors surface as rejections of the call that hit them; keep the emitter from throwing.
+    if (this.#ownsRedis) this.redis.on('error', () => undefined);
     this.#name = options.name ?? 'client';
     this.#events = options.events;
     this.#via = options.via ?? 'client';
+  }
+
+  /**
+   * The same producer (connection, queues) under another name: idempotency keys are scoped per
+   * name, so two services using the same key get two jobs. Closing it closes nothing shared.
+   */
+  withName(name: string): Producer<Payloads> {
+    const opts: ProducerOptions = { config: this.config, redis: this.redis, name, via: this.#via };
+    if (this.#events) opts.events = this.#events;
+    return new Producer<Payloads>(opts, this.#queues);
   }
 
   jobType(name: string): JobType {
@@ -149,6 +162,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
 
   async #guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
+      await ensureReady(this.redis);
       return await fn();
     } catch (err) {
       if (err instanceof FleetError) throw err;

@@ -48,6 +48,25 @@ export async function waitForRedis(redis: Redis, timeoutMs = 10_000): Promise<vo
   );
 }
 
+/**
+ * Resolves once the connection is ready. Fail-fast connections refuse commands while they are
+ * (re)connecting; callers wait here a bounded time instead, then get a clear error.
+ */
+export function ensureReady(redis: Redis, timeoutMs = 5000): Promise<void> {
+  if (redis.status === 'ready') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      redis.off('ready', onReady);
+      reject(new RedisUnavailableError(`Redis is not reachable (connection ${redis.status} for ${timeoutMs} ms). Fix: check REDIS_URL and that Redis is up.`));
+    }, timeoutMs);
+    const onReady = (): void => {
+      clearTimeout(timer);
+      resolve();
+    };
+    redis.once('ready', onReady);
+  });
+}
+
 /** Redact credentials from a Redis URL before it is shown anywhere. */
 export function redactUrl(url: string): string {
   try {

@@ -99,6 +99,7 @@ export class Supervisor {
     this.#state = state;
     this.#log.info(`supervisor ${state}`, { state, previous });
     this.events.emit('supervisor:state', { supervisorId: this.id, state, previous });
+    if (state === 'running' || state === 'draining') void this.#beat().catch(() => undefined);
   }
 
   async start(): Promise<void> {
@@ -126,7 +127,6 @@ export class Supervisor {
       for (const t of this.#types) this.#workers.set(t.name, this.#makeWorker(t));
       await Promise.all([...this.#workers.values()].map((w) => w.waitUntilReady()));
 
-      await this.#beat();
       this.#heartbeat = setInterval(() => void this.#beat().catch(() => undefined), this.#config.supervisor.heartbeatMs);
       this.#heartbeat.unref();
       this.#setState('running');

@@ -1,0 +1,103 @@
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import type { Server } from 'node:http';
+import path from 'node:path';
+import type { FleetConfig } from './config/resolve.js';
+import { FleetEventBus } from './events.js';
+import type { Logger } from './observability/logger.js';
+import { ensureDevToken, type ProducerIdentity } from './producers/auth.js';
+import { createApiApp, listen } from './producers/http-api.js';
+import { Producer } from './producers/producer.js';
+import { redactUrl } from './redis/connection.js';
+import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
+import { Supervisor } from './workers/supervisor.js';
+
+export type Role = 'api' | 'worker' | 'all';
+export const ROLES: readonly Role[] = ['api', 'worker', 'all'];
+
+export interface FleetProcess {
+  redisUrl: string;
+  apiUrl: string | null;
+  supervisor: Supervisor | null;
+  producer: Producer | null;
+  events: FleetEventBus;
+  /** Stops everything this process started, in reverse order. */
+  release(): Promise<void>;
+}
+
+/** Where a running embedded Redis leaves its URL, so `fleet enqueue`/`status` find it. */
+export function embeddedUrlFile(config: FleetConfig): string {
+  return path.join(config.dataDir, 'redis.url');
+}
+
+/** The Redis URL for CLI commands: config/`REDIS_URL`, else a running embedded server's. */
+export function discoverRedisUrl(config: FleetConfig): string | undefined {
+  if (config.redis.url) return config.redis.url;
+  const f = embeddedUrlFile(config);
+  return existsSync(f) ? readFileSync(f, 'utf8').trim() : undefined;
+}
+
+/**
+ * Starts one process of the fleet in the given role. With no Redis configured it runs a private
+ * `redis-server` under `dataDir` (the embedded default for `npm start`).
+ */
+export async function startFleet(options: { config: FleetConfig; role: Role; logger: Logger }): Promise<FleetProcess> {
+  const { config, role, logger } = options;
+  const events = new FleetEventBus();
+  const cleanups: (() => Promise<void>)[] = [];
+  const release = async (): Promise<void> => {
+    for (const c of cleanups.reverse()) await c().catch((err: unknown) => logger.error('cleanup failed', { error: String(err) }));
+  };
+  try {
+    let redisUrl = config.redis.url;
+    if (!redisUrl) {
+      const dataDir = path.join(config.dataDir, 'redis');
+      const embedded: EmbeddedRedis = await startEmbeddedRedis({ dataDir, persistent: true });
+      redisUrl = embedded.url;
+      writeFileSync(embeddedUrlFile(config), `${redisUrl}\n`);
+      logger.info(`no REDIS_URL set: started a private redis-server at ${redisUrl} (data in ${dataDir}); set REDIS_URL to use your own`);
+      cleanups.push(async () => {
+        rmSync(embeddedUrlFile(config), { force: true });
+        await embedded.release();
+      });
+    } else {
+      logger.info(`using Redis at ${redactUrl(redisUrl)}`);
+    }
+
+    let supervisor: Supervisor | null = null;
+    if (role === 'worker' || role === 'all') {
+      supervisor = new Supervisor({ config, redisUrl, logger, events });
+      await supervisor.start();
+      cleanups.push(() => supervisor!.stop());
+    }
+
+    let apiUrl: string | null = null;
+    let producer: Producer | null = null;
+    if (role === 'api' || role === 'all') {
+      producer = new Producer({ config, redis: redisUrl, name: 'api', events, via: 'http' });
+      cleanups.push(() => producer!.close());
+      let producers: readonly ProducerIdentity[] = config.producers;
+      if (producers.length === 0) {
+        const dev = ensureDevToken(config.dataDir);
+        producers = [dev.identity];
+        logger.warn(`no producers configured: the API accepts the dev token in ${dev.tokenFile} (all job types). Configure producers before deploying.`);
+      }
+      const app = createApiApp({ producer, producers, logger });
+      const server: Server = await listen(app, config.api.host, config.api.port);
+      const addr = server.address();
+      const port = typeof addr === 'object' && addr ? addr.port : config.api.port;
+      apiUrl = `http://${config.api.host}:${port}`;
+      logger.info(`API listening on ${apiUrl}`);
+      cleanups.push(
+        () =>
+          new Promise<void>((resolve) => {
+            server.close(() => resolve());
+            server.closeIdleConnections();
+          }),
+      );
+    }
+    return { redisUrl, apiUrl, supervisor, producer, events, release };
+  } catch (err) {
+    await release();
+    throw err;
+  }
+}

@@ -1,0 +1,168 @@
+import { parseArgs } from 'node:util';
+import { Queue } from 'bullmq';
+import { discoverRedisUrl, ROLES, startFleet, type Role } from '../app.js';
+import { loadConfig, type FleetConfig } from '../config/resolve.js';
+import { FleetError, toError } from '../errors.js';
+import { makeLogger } from '../observability/logger.js';
+import { Producer } from '../producers/producer.js';
+import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
+import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
+
+const USAGE = `fleet — sandboxed job fleet on BullMQ
+
+Usage:
+  fleet start [--role api|worker|all]      run the fleet (default role: all)
+  fleet enqueue <type> <json> [--idempotency-key K]
+  fleet job <id>                           state, attempts, timings, result or error
+  fleet status --workers                   supervisors, sandboxes, concurrency, queue depths
+
+Options:
+  --config <path>   config file (default: $FLEET_CONFIG or ./fleet.config.{ts,js,mjs,json})
+  --json            machine-readable output
+  -h, --help        this text`;
+
+interface Io {
+  out: (s: string) => void;
+  err: (s: string) => void;
+}
+
+function need(config: FleetConfig): string {
+  const url = discoverRedisUrl(config);
+  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
+  return url;
+}
+
+async function withProducer<T>(config: FleetConfig, fn: (p: Producer) => Promise<T>): Promise<T> {
+  const p = new Producer({ config, redis: need(config), name: 'cli' });
+  try {
+    return await fn(p);
+  } finally {
+    await p.close();
+  }
+}
+
+async function status(config: FleetConfig): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
+  const url = need(config);
+  const redis = connectRedis(url, 'producer');
+  redis.on('error', () => undefined);
+  try {
+    await ensureReady(redis);
+    const raw = await redis.hgetall(supervisorsKey(config.redis.prefix));
+    const staleAfter = Date.now() - config.supervisor.heartbeatMs * 3;
+    const supervisors = Object.values(raw)
+      .map((v) => JSON.parse(v) as SupervisorStatus)
+      .filter((s) => s.updatedAt >= staleAfter);
+    const queues: Record<string, Record<string, number>> = {};
+    for (const name of config.jobTypes.keys()) {
+      const q = new Queue(name, { connection: redis, prefix: queuePrefix(config.redis.prefix, name) });
+      queues[name] = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
+      await q.close();
+    }
+    return { supervisors, queues };
+  } finally {
+    redis.disconnect();
+  }
+}
+
+function renderStatus(s: Awaited<ReturnType<typeof status>>): string {
+  const lines = [`supervisors: ${s.supervisors.length}`];
+  for (const sup of s.supervisors) {
+    lines.push(`  ${sup.id}  ${sup.state}  pid ${sup.pid}  up ${Math.round((Date.now() - sup.startedAt) / 1000)}s`);
+    for (const t of sup.types) lines.push(`    ${t.jobType.padEnd(20)} ${t.isolation.padEnd(4)} active ${t.active}/${t.concurrency}  sandboxes warm ${t.warm} busy ${t.busy} starting ${t.starting}`);
+  }
+  lines.push('queues:');
+  for (const [name, c] of Object.entries(s.queues)) {
+    lines.push(`  ${name.padEnd(20)} waiting ${c.waiting ?? 0}  active ${c.active ?? 0}  delayed ${c.delayed ?? 0}  failed ${c.failed ?? 0}  completed ${c.completed ?? 0}`);
+  }
+  return lines.join('\n');
+}
+
+/** Runs the CLI; resolves with the exit code. `start` resolves only after shutdown. */
+export async function main(argv: string[], io: Io = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) }): Promise<number> {
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      allowPositionals: true,
+      options: {
+        config: { type: 'string' },
+        role: { type: 'string', default: 'all' },
+        json: { type: 'boolean', default: false },
+        workers: { type: 'boolean', default: false },
+        'idempotency-key': { type: 'string' },
+        help: { type: 'boolean', short: 'h', default: false },
+      },
+    });
+  } catch (err) {
+    io.err(`${toError(err).message}\n\n${USAGE}`);
+    return 2;
+  }
+  const { values: opts, positionals } = parsed;
+  const [command, ...rest] = positionals;
+  if (opts.help || !command) {
+    io.out(USAGE);
+    return command || opts.help ? 0 : 2;
+  }
+  const print = (human: string, data: unknown): void => io.out(opts.json ? JSON.stringify(data) : human);
+
+  try {
+    const config = await loadConfig(opts.config ? { path: opts.config } : {});
+    switch (command) {
+      case 'start': {
+        if (!ROLES.includes(opts.role as Role)) throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
+        const logger = makeLogger();
+        const fleet = await startFleet({ config, role: opts.role as Role, logger });
+        await new Promise<void>((resolve) => {
+          let signalled = false;
+          const onSignal = (sig: NodeJS.Signals): void => {
+            if (signalled) {
+              logger.warn(`second ${sig}: exiting now`);
+              process.exit(130);
+            }
+            signalled = true;
+            logger.info(`${sig} received: draining`);
+            void fleet.release().then(resolve);
+          };
+          process.on('SIGTERM', onSignal);
+          process.on('SIGINT', onSignal);
+        });
+        return 0;
+      }
+      case 'enqueue': {
+        const [type, json] = rest;
+        if (!type || json === undefined) throw new FleetError('INVALID_REQUEST', 'usage: fleet enqueue <type> <json>');
+        let data: unknown;
+        try {
+          data = JSON.parse(json);
+        } catch (err) {
+          throw new FleetError('INVALID_JSON', `payload is not valid JSON: ${toError(err).message}`);
+        }
+        const key = opts['idempotency-key'];
+        const r = await withProducer(config, (p) => p.enqueue(type, data, key ? { idempotencyKey: key } : {}));
+        print(r.id, r);
+        return 0;
+      }
+      case 'job': {
+        const [id] = rest;
+        if (!id) throw new FleetError('INVALID_REQUEST', 'usage: fleet job <id>');
+        const job = await withProducer(config, (p) => p.getJob(id));
+        print(JSON.stringify(job, null, 2), job);
+        return 0;
+      }
+      case 'status': {
+        const s = await status(config);
+        print(renderStatus(s), s);
+        return 0;
+      }
+      default:
+        io.err(`unknown command "${command}"\n\n${USAGE}`);
+        return 2;
+    }
+  } catch (err) {
+    const e = toError(err);
+    const code = err instanceof FleetError ? err.code : 'INTERNAL';
+    if (opts.json) io.err(JSON.stringify({ error: { code, message: e.message, ...(err instanceof FleetError && err.details ? { details: err.details } : {}) } }));
+    else io.err(`error [${code}]: ${e.message}${err instanceof FleetError && err.details ? `\n${JSON.stringify(err.details, null, 2)}` : ''}`);
+    return 1;
+  }
+}

@@ -1,0 +1,193 @@
+import express, { type NextFunction, type Request, type Response } from 'express';
+import type { Server } from 'node:http';
+import { JOB_TYPE_NAME } from '../config/schema.js';
+import { FleetError, toError, type ErrorCode } from '../errors.js';
+import { silentLogger, type Logger } from '../observability/logger.js';
+import { ProducerAuth, type ProducerIdentity } from './auth.js';
+import { jobTypeOfId } from './job-id.js';
+import type { Producer } from './producer.js';
+
+export interface ApiOptions {
+  producer: Producer;
+  /** Who may call the API. @defaultValue config.producers */
+  producers?: readonly ProducerIdentity[];
+  logger?: Logger;
+  /** Extra routers mounted before the 404 handler (metrics, Bull Board, audit). */
+  mount?: (app: express.Express) => void;
+}
+
+const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
+  INVALID_JSON: 400,
+  INVALID_REQUEST: 400,
+  UNAUTHENTICATED: 401,
+  FORBIDDEN: 403,
+  UNKNOWN_JOB_TYPE: 404,
+  JOB_NOT_FOUND: 404,
+  JOB_FINISHED: 409,
+  PAYLOAD_TOO_LARGE: 413,
+  UNSUPPORTED_MEDIA_TYPE: 415,
+  INVALID_PAYLOAD: 422,
+  REDIS_UNAVAILABLE: 503,
+};
+
+interface ErrorBody {
+  error: { code: string; message: string; details?: Record<string, unknown> };
+}
+
+function send(res: Response, status: number, code: string, message: string, details?: Record<string, unknown>): void {
+  const body: ErrorBody = { error: { code, message, ...(details ? { details } : {}) } };
+  if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer realm="fleet"');
+  res.status(status).json(body);
+}
+
+/** Shortens anything user-supplied before it is echoed in an error. */
+const shown = (s: string): string => JSON.stringify(s.length > 80 ? `${s.slice(0, 80)}…` : s);
+
+type Authed = Request & { producer?: ProducerIdentity };
+
+/**
+ * The HTTP enqueue API (express 5). Every error is `{ error: { code, message, details? } }` with a
+ * precise status; a request that fails validation enqueues nothing.
+ */
+export function createApiApp(options: ApiOptions): express.Express {
+  const { producer } = options;
+  const log = (options.logger ?? silentLogger).scope({ component: 'api' });
+  const auth = new ProducerAuth(options.producers ?? producer.config.producers);
+  const cfg = producer.config.api;
+  const app = express();
+  app.disable('x-powered-by');
+  app.set('query parser', 'simple');
+
+  app.get('/healthz', (_req, res) => {
+    res.json({ status: 'ok' });
+  });
+  app.get('/readyz', async (_req, res) => {
+    try {
+      await producer.redis.ping();
+      res.json({ status: 'ready', checks: { redis: 'ok' } });
+    } catch (err) {
+      res.status(503).json({ status: 'unready', checks: { redis: toError(err).message } });
+    }
+  });
+  options.mount?.(app);
+
+  const v1 = express.Router();
+  v1.use((req: Authed, _res, next) => {
+    req.producer = auth.authenticate(req.get('authorization'));
+    next();
+  });
+  v1.use((req, _res, next) => {
+    if (req.method === 'POST' && !req.is('application/json')) {
+      throw new FleetError('UNSUPPORTED_MEDIA_TYPE', 'send the payload as JSON with "Content-Type: application/json"');
+    }
+    next();
+  });
+  v1.use(express.json({ limit: cfg.bodyLimitBytes, strict: false, type: 'application/json' }));
+
+  const jobTypeParam = (req: Authed): string => {
+    const name = String(req.params.type);
+    if (!JOB_TYPE_NAME.test(name) || !producer.config.jobTypes.has(name)) {
+      throw new FleetError('UNKNOWN_JOB_TYPE', `unknown job type ${shown(name)}. GET /v1/job-types lists them.`);
+    }
+    auth.authorize(req.producer!, name);
+    return name;
+  };
+  const jobIdParam = (req: Authed): string => {
+    const id = String(req.params.id);
+    const type = jobTypeOfId(id);
+    if (!type || !producer.config.jobTypes.has(type)) throw new FleetError('JOB_NOT_FOUND', `no job with id ${shown(id)}`);
+    auth.authorize(req.producer!, type);
+    return id;
+  };
+  const idempotencyKey = (req: Request): { idempotencyKey?: string } => {
+    const key = req.get('idempotency-key');
+    return key === undefined ? {} : { idempotencyKey: key };
+  };
+  // Each producer's idempotency keys are its own: two services may use the same key.
+  const producerFor = (req: Authed): Producer => producerByName(producer, req.producer!.name);
+
+  v1.get('/job-types', (req: Authed, res) => {
+    res.json({ jobTypes: producer.listJobTypes().filter((t) => auth.allows(req.producer!, t.name)) });
+  });
+
+  v1.post('/jobs/:type', async (req: Authed, res) => {
+    const type = jobTypeParam(req);
+    if (req.body === undefined) throw new FleetError('INVALID_JSON', 'request body is empty; send the payload as JSON');
+    const r = await producerFor(req).enqueue(type, req.body as never, idempotencyKey(req));
+    res.status(202).location(`/v1/jobs/${r.id}`).json(r);
+  });
+
+  v1.post('/jobs/:type/batch', async (req: Authed, res) => {
+    const type = jobTypeParam(req);
+    const body = req.body as { jobs?: unknown } | undefined;
+    const jobs = body && typeof body === 'object' && !Array.isArray(body) ? body.jobs : undefined;
+    if (!Array.isArray(jobs) || jobs.length === 0) {
+      throw new FleetError('INVALID_REQUEST', 'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job');
+    }
+    if (jobs.length > cfg.maxBatchSize) {
+      throw new FleetError('INVALID_REQUEST', `batch has ${jobs.length} jobs; the limit is api.maxBatchSize=${cfg.maxBatchSize}`);
+    }
+    const items = jobs.map((j: unknown, i) => {
+      if (!j || typeof j !== 'object' || !('data' in j)) throw new FleetError('INVALID_REQUEST', `jobs[${i}] must be an object with a "data" field`);
+      const { data, idempotencyKey: key } = j as { data: unknown; idempotencyKey?: unknown };
+      if (key !== undefined && typeof key !== 'string') throw new FleetError('INVALID_REQUEST', `jobs[${i}].idempotencyKey must be a string`);
+      return key === undefined ? { data: data as never } : { data: data as never, idempotencyKey: key };
+    });
+    const r = await producerFor(req).enqueueBatch(type, items);
+    res.status(202).json({ jobs: r });
+  });
+
+  v1.get('/jobs/:id', async (req: Authed, res) => {
+    res.json(await producer.getJob(jobIdParam(req)));
+  });
+
+  v1.delete('/jobs/:id', async (req: Authed, res) => {
+    const r = await producer.cancel(jobIdParam(req));
+    if (r.outcome === 'already-finished') {
+      send(res, 409, 'JOB_FINISHED', `job already ${r.previousState}; nothing to cancel`);
+      return;
+    }
+    res.status(r.outcome === 'removed' ? 200 : 202).json(r);
+  });
+
+  app.use('/v1', v1);
+
+  app.use((req, res) => send(res, 404, 'NOT_FOUND', `no route ${req.method} ${shown(req.path)}`));
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    const e = err as { type?: string; status?: number } & Error;
+    if (e.type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${e.message}`);
+    if (e.type === 'entity.too.large') return send(res, 413, 'PAYLOAD_TOO_LARGE', `body is larger than api.bodyLimitBytes=${cfg.bodyLimitBytes}`);
+    if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', e.message);
+    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) return send(res, e.status, 'INVALID_REQUEST', e.message);
+    if (err instanceof FleetError) {
+      const status = STATUS[err.code] ?? 500;
+      if (status >= 500) log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
+      return send(res, status, err.code, err.message, err.details);
+    }
+    log.error('unexpected error', { error: toError(err).message, stack: toError(err).stack, method: req.method, path: req.path });
+    send(res, 500, 'INTERNAL', 'internal error; see the server log');
+  });
+  return app;
+}
+
+const byName = new WeakMap<Producer, Map<string, Producer>>();
+/** Producers sharing one connection and config, differing only in the name their idempotency keys are scoped to. */
+function producerByName(base: Producer, name: string): Producer {
+  let m = byName.get(base);
+  if (!m) byName.set(base, (m = new Map()));
+  let p = m.get(name);
+  if (!p) {
+    p = base.withName(name);
+    m.set(name, p);
+  }
+  return p;
+}
+
+/** Starts the API on the configured host/port; resolves with the listening server. */
+export function listen(app: express.Express, host: string, port: number): Promise<Server> {
+  return new Promise((resolve, reject) => {
+    const server = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(server)));
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+  });
+}
