@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, caching builds outside the repo.
 #   redis-server, prometheus      Debian packages
-#   vault (HashiCorp Vault 1.14.10, the last MPL release) built from the Go module proxy
+#   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
 #   local-kms (nsmithuk/local-kms) built with `go install`
 # Re-running is cheap: each step is skipped when its binary is already cached.
 set -euo pipefail
 
 CACHE_DIR="${FLEET_SERVERS_CACHE:-$HOME/.cache/fleet-test-servers}"
-VAULT_VERSION="${FLEET_VAULT_VERSION:-v1.14.10}"
+# OpenBao (the Vault fork, same HTTP API). Its v2 tags are not valid versions of its module
+# path, so the v2.4.0 tag is pinned by its pseudo-version.
+OPENBAO_VERSION="${FLEET_OPENBAO_VERSION:-v0.0.0-20250828202315-f9407a27fbee}"
 LOCAL_KMS_VERSION="${FLEET_LOCAL_KMS_VERSION:-v3.12.0+incompatible}"
 mkdir -p "$CACHE_DIR/bin"
 log() { printf '[install-test-servers] %s\n' "$*"; }
@@ -27,23 +29,22 @@ for svc in redis-server prometheus prometheus-node-exporter; do
 done
 
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
-if [ ! -x "$CACHE_DIR/bin/vault" ]; then
-  log "building vault $VAULT_VERSION from the Go module proxy (several minutes, once)"
+if [ ! -x "$CACHE_DIR/bin/bao" ]; then
+  log "building OpenBao $OPENBAO_VERSION from the Go module proxy (several minutes, once)"
   work=$(mktemp -d)
-  (cd "$work" && go mod download -json "github.com/hashicorp/vault@$VAULT_VERSION" >mod.json)
-  src=$(sed -n 's/.*"Dir": "\(.*\)".*/\1/p' "$work/mod.json")
-  cp -r "$src" "$work/vault" && chmod -R u+w "$work/vault"
-  cd "$work/vault"
-  # The published module carries replace lines to sibling folders (./api, ./sdk) that are
-  # separate modules and absent from the zip; use the versions go.mod requires instead.
-  for r in $(go mod edit -json | sed -n 's/.*"Path": "\([^"]*\)".*/\1/p' | sort -u); do :; done
-  go mod edit -json | python3 -c '
-import json,sys
-m=json.load(sys.stdin)
-for r in m.get("Replace") or []:
-    if r["New"]["Path"].startswith("."):
-        print(r["Old"]["Path"])' | while read -r p; do go mod edit -dropreplace "$p"; done
-  go build -trimpath -o "$CACHE_DIR/bin/vault" .
+  src=$(cd "$work" && go mod download -json "github.com/openbao/openbao@$OPENBAO_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  [ -n "$src" ] || { log "could not download github.com/openbao/openbao@$OPENBAO_VERSION"; exit 1; }
+  cp -r "$src" "$work/openbao" && chmod -R u+w "$work/openbao"
+  cd "$work/openbao"
+  # The module zip lacks its sibling modules (./api, ./sdk): use the versions published from the
+  # same release instead of the local replace lines.
+  go mod edit \
+    -replace=github.com/openbao/openbao/api/v2=github.com/openbao/openbao/api/v2@v2.4.0 \
+    -replace=github.com/openbao/openbao/sdk/v2=github.com/openbao/openbao/sdk/v2@v2.4.0 \
+    -replace=github.com/openbao/openbao/api/auth/approle/v2=github.com/openbao/openbao/api/auth/approle/v2@v2.0.0 \
+    -replace=github.com/openbao/openbao/api/auth/userpass/v2=github.com/openbao/openbao/api/auth/userpass/v2@v2.0.0 \
+    -replace=github.com/openbao/openbao/api/auth/kubernetes/v2=github.com/openbao/openbao/api/auth/kubernetes/v2@v2.0.1
+  go build -trimpath -o "$CACHE_DIR/bin/bao" .
   cd / && rm -rf "$work"
 fi
 

@@ -46,7 +46,7 @@ function formatZodIssues(error: z.ZodError): string {
 function deepFreeze<T>(value: T): T {
   if (value && typeof value === 'object' && !Object.isFrozen(value) && !(value instanceof z.ZodType)) {
     Object.freeze(value);
-    for (const v of Object.values(value)) deepFreeze(v);
+    for (const v of value instanceof Map ? value.values() : Object.values(value)) deepFreeze(v);
   }
   return value;
 }

@@ -208,17 +208,26 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     return jobs.map((j) => ({ id: j.opts.jobId!, type: type.name }));
   }
 
-  async #find(id: string): Promise<{ type: JobType; job: Job }> {
+  /**
+   * The job and its state. The state is read first: a job hash read before a state that says
+   * "finished" could miss the result or reason written at that transition.
+   */
+  async #find(id: string): Promise<{ type: JobType; job: Job; state: JobState }> {
     const typeName = jobTypeOfId(id);
     const type = typeName ? this.config.jobTypes.get(typeName) : undefined;
-    const job = type ? await this.#guard('job lookup', () => this.queue(type.name).getJob(id)) : undefined;
-    if (!type || !job) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
-    return { type, job };
+    const found = type
+      ? await this.#guard('job lookup', async () => {
+          const q = this.queue(type.name);
+          const state = (await q.getJobState(id)) as JobState;
+          return state === 'unknown' ? undefined : { state, job: await q.getJob(id) };
+        })
+      : undefined;
+    if (!type || !found?.job) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
+    return { type, job: found.job, state: found.state };
   }
 
   async getJob(id: string): Promise<JobView> {
-    const { type, job } = await this.#find(id);
-    const state = (await job.getState()) as JobState;
+    const { type, job, state } = await this.#find(id);
     const failed = state === 'failed' || (job.failedReason && state !== 'completed') ? job.failedReason : '';
     return {
       id,
@@ -244,8 +253,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
    * (the supervisor running it gets the message on the control channel). Finished jobs stay.
    */
   async cancel(id: string): Promise<{ id: string; previousState: JobState; outcome: 'removed' | 'cancelling' | 'already-finished' }> {
-    const { job } = await this.#find(id);
-    const state = (await job.getState()) as JobState;
+    const { job, state } = await this.#find(id);
     if (state === 'completed' || state === 'failed') return { id, previousState: state, outcome: 'already-finished' };
     if (state === 'active') {
       const msg: ControlMessage = { kind: 'cancel', jobId: id };

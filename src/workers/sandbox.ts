@@ -42,6 +42,12 @@ function stopError(reason: StopReason, timeoutMs: number): FleetError {
   return new CancelledError('job was cancelled and its sandbox was terminated');
 }
 
+const live = new Set<Sandbox>();
+/** Sandboxes started and not yet destroyed in this process (tests assert it returns to 0). */
+export function liveSandboxCount(): number {
+  return live.size;
+}
+
 /**
  * One isolated execution instance: a worker thread with its own V8 heap (capped), its own module
  * graph, an empty environment and no access to the supervisor's memory. It runs one job at a
@@ -63,6 +69,8 @@ export class Sandbox {
     this.jobType = jobType;
     this.spawnMs = spawnMs;
     this.#maxOldGenerationSizeMb = maxOld;
+    live.add(this);
+    worker.on('exit', () => live.delete(this));
     worker.on('message', (msg: FromSandbox) => this.#onMessage?.(msg));
     worker.on('error', (err: Error & { code?: string }) => this.#die(this.#classify(err)));
     worker.on('exit', (code) => this.#die(new SandboxCrashError(`sandbox exited with code ${code} mid-job (process.exit() or a crash in the processor)`)));
@@ -179,7 +187,7 @@ export class Sandbox {
             settle();
             this.lastHeapUsedBytes = msg.heapUsedBytes;
             if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes });
-            else reject(stopping ? stopError(stopping, options.timeoutMs) : Object.assign(deserializeError(msg.error), { stats: msg }));
+            else reject(stopping ? stopError(stopping, options.timeoutMs) : deserializeError(msg.error));
             break;
           default:
             break;
@@ -197,9 +205,9 @@ export class Sandbox {
 
   /** Terminates the thread; everything it held (module state, secrets, heap) goes with it. */
   async destroy(): Promise<void> {
-    if (this.#dead && this.#worker.threadId === -1) return;
     this.#dead = true;
     this.#onDeath = null;
     await this.#worker.terminate();
+    live.delete(this);
   }
 }

@@ -1,0 +1,99 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { loadConfig, resolveConfig } from '../src/config/resolve.js';
+import { ConfigError } from '../src/errors.js';
+import { FIXTURES, fixtureType } from './helpers/fleet.js';
+
+const resolve = (input: unknown) => resolveConfig(input, { baseDir: FIXTURES });
+const refusal = (input: unknown): string => {
+  try {
+    resolve(input);
+  } catch (err) {
+    expect(err).toBeInstanceOf(ConfigError);
+    return (err as Error).message;
+  }
+  throw new Error('config was accepted');
+};
+
+describe('config', () => {
+  it('fills every default and freezes the result', () => {
+    const cfg = resolve({ jobTypes: [{ name: 'a', processor: './ok.mjs' }] });
+    const a = cfg.jobTypes.get('a')!;
+    expect(a).toMatchObject({ isolation: 'job', sensitivity: 'routine', timeoutMs: 300_000, concurrency: 4, warmSandboxes: 4, attempts: 3, maxOldGenerationSizeMb: 128, recycleHeapUsedMb: 96 });
+    expect(a.processorPath).toBe(path.join(FIXTURES, 'ok.mjs'));
+    expect(cfg.redis.prefix).toBe('fleet');
+    expect(cfg.api.port).toBe(8080);
+    expect(Object.isFrozen(cfg)).toBe(true);
+    expect(Object.isFrozen(a)).toBe(true);
+    expect(() => {
+      (a as { timeoutMs: number }).timeoutMs = 1;
+    }).toThrow();
+  });
+
+  it('refuses critical work in a reused sandbox, naming the setting and the fix', () => {
+    const msg = refusal({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', isolation: 'pool' }] });
+    expect(msg).toContain('jobTypes.pay.isolation');
+    expect(msg).toContain('isolation: "job"');
+  });
+
+  it('refuses critical work with a timeout above 120 s', () => {
+    const msg = refusal({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_001 }] });
+    expect(msg).toContain('jobTypes.pay.timeoutMs is 120001');
+    expect(msg).toContain('≤ 120000');
+  });
+
+  it('accepts critical work at exactly 120 s with per-job isolation', () => {
+    expect(() => resolve({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_000 }] })).not.toThrow();
+  });
+
+  it('reports every problem at once: unknown keys, bad names, missing processors, grace ≥ timeout', () => {
+    const msg = refusal({ jobTypes: [{ name: 'Bad Name', processor: './ok.mjs', colour: 'red' }] });
+    expect(msg).toContain('jobTypes.0.name');
+    expect(msg).toContain('colour');
+    const msg2 = refusal({ jobTypes: [{ name: 'a', processor: './missing.mjs', timeoutMs: 100, abortGraceMs: 100 }] });
+    expect(msg2).toContain('missing.mjs does not exist');
+    expect(msg2).toContain('abortGraceMs (100) must be below timeoutMs (100)');
+  });
+
+  it('refuses producers allowed a job type that does not exist', () => {
+    const msg = refusal({
+      jobTypes: [fixtureType('a', 'ok.mjs')],
+      producers: [{ name: 'svc', tokenSha256: 'a'.repeat(64), jobTypes: ['b'] }],
+    });
+    expect(msg).toContain('producers.svc.jobTypes names "b"');
+  });
+
+  it('exports the payload schema as JSON Schema', () => {
+    const cfg = resolve({ jobTypes: [{ name: 'a', processor: './ok.mjs', payloadSchema: z.object({ n: z.number().int() }) }] });
+    const js = cfg.jobTypes.get('a')!.payloadJsonSchema;
+    expect(js).toMatchObject({ type: 'object', properties: { n: { type: 'integer' } }, required: ['n'] });
+  });
+
+  it('loads a JSON config whose payload schema is JSON Schema', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-cfg-'));
+    writeFileSync(path.join(dir, 'p.mjs'), 'export default async () => 1;');
+    writeFileSync(
+      path.join(dir, 'fleet.config.json'),
+      JSON.stringify({ jobTypes: [{ name: 'j', processor: './p.mjs', payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] } }] }),
+    );
+    const cfg = await loadConfig({ cwd: dir });
+    const t = cfg.jobTypes.get('j')!;
+    expect(t.processorPath).toBe(path.join(dir, 'p.mjs'));
+    expect(t.payload.safeParse({ n: 1 }).success).toBe(true);
+    expect(t.payload.safeParse({ n: 'x' }).success).toBe(false);
+  });
+
+  it('loads the TypeScript demo config', async () => {
+    const cfg = await loadConfig({ cwd: path.join(FIXTURES, '..', '..') });
+    expect([...cfg.jobTypes.keys()]).toEqual(expect.arrayContaining(['echo', 'hash']));
+  });
+
+  it('says where it looked and how to fix a missing config', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-none-'));
+    await expect(loadConfig({ cwd: dir })).rejects.toThrow(/no fleet config found in .*Fix: create fleet.config.ts/);
+    await expect(loadConfig({ path: 'nope.json', cwd: dir })).rejects.toThrow(/nope.json does not exist \(from --config\)/);
+  });
+});

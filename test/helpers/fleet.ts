@@ -1,0 +1,62 @@
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { afterEach, expect } from 'vitest';
+import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
+import type { JobTypeInput } from '../../src/config/schema.js';
+import { liveSandboxCount } from '../../src/workers/sandbox.js';
+import { Supervisor, type SupervisorOptions } from '../../src/workers/supervisor.js';
+import { Producer } from '../../src/producers/producer.js';
+import { uniquePrefix } from './redis.js';
+
+export const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
+
+/** A job type running a fixture processor, with test-friendly defaults. */
+export function fixtureType(name: string, fixture: string, extra: Partial<JobTypeInput> = {}): JobTypeInput {
+  return { name, processor: `./${fixture}`, timeoutMs: 5000, abortGraceMs: 200, attempts: 1, warmSandboxes: 1, concurrency: 2, ...extra };
+}
+
+/** A resolved config over fixture processors, with its own Redis prefix. */
+export function testConfig(url: string, jobTypes: JobTypeInput[], extra: Record<string, unknown> = {}): FleetConfig {
+  return resolveConfig(
+    { redis: { url, prefix: uniquePrefix() }, supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000 }, jobTypes, ...extra },
+    { baseDir: FIXTURES },
+  );
+}
+
+const started: { release(): Promise<void> }[] = [];
+
+/** Starts a supervisor that is stopped after the test even if the test fails. */
+export async function startSupervisor(options: SupervisorOptions): Promise<Supervisor> {
+  const s = new Supervisor(options);
+  started.push({ release: () => s.stop(0) });
+  await s.start();
+  return s;
+}
+
+export function makeProducer(config: FleetConfig): Producer {
+  const p = new Producer({ config });
+  started.push({ release: () => p.close() });
+  return p;
+}
+
+/** Polls until the job reaches a finished state (or the time runs out). */
+export async function waitForJob(p: Producer, id: string, timeoutMs = 15_000): Promise<Awaited<ReturnType<Producer['getJob']>>> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const j = await p.getJob(id);
+    if (j.state === 'completed' || j.state === 'failed') return j;
+    if (Date.now() > deadline) throw new Error(`job ${id} still ${j.state} after ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
+/** Fails any test that leaves a supervisor or a sandbox running. */
+export function guardAgainstLeaks(): void {
+  afterEach(async () => {
+    const leftover = started.splice(0);
+    for (const s of leftover.reverse()) await s.release();
+    // Terminated threads report exit asynchronously; give them a moment.
+    for (let i = 0; i < 50 && liveSandboxCount() > 0; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0);
+  });
+}

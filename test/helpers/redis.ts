@@ -1,0 +1,49 @@
+import { randomUUID } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/redis/embedded-redis.js';
+
+/**
+ * A real redis-server for one test file: free loopback port, no persistence. Each test then
+ * takes its own key prefix from `uniquePrefix()`, so tests never see each other's queues.
+ */
+export async function startTestRedis(): Promise<EmbeddedRedis & { dir: string }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-redis-'));
+  const redis = await startEmbeddedRedis({ dataDir: dir, persistent: false });
+  return {
+    ...redis,
+    dir,
+    async release() {
+      await redis.release();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export function uniquePrefix(): string {
+  return `t${randomUUID().slice(0, 8)}`;
+}
+
+/** Every key and value under a prefix, for leak scans and assertions. */
+export async function dumpKeys(url: string, pattern = '*'): Promise<Map<string, string>> {
+  const r = new Redis(url);
+  try {
+    const out = new Map<string, string>();
+    for (const key of await r.keys(pattern)) {
+      const type = await r.type(key);
+      let v: unknown;
+      if (type === 'string') v = await r.get(key);
+      else if (type === 'hash') v = await r.hgetall(key);
+      else if (type === 'list') v = await r.lrange(key, 0, -1);
+      else if (type === 'set') v = await r.smembers(key);
+      else if (type === 'zset') v = await r.zrange(key, 0, -1, 'WITHSCORES');
+      else if (type === 'stream') v = await r.xrange(key, '-', '+');
+      out.set(key, JSON.stringify(v));
+    }
+    return out;
+  } finally {
+    r.disconnect();
+  }
+}

@@ -1,0 +1,211 @@
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { resolveConfig } from '../src/config/resolve.js';
+import type { JobTypeInput } from '../src/config/schema.js';
+import { FleetError } from '../src/errors.js';
+import { FleetEventBus } from '../src/events.js';
+import { silentLogger } from '../src/observability/logger.js';
+import { Sandbox } from '../src/workers/sandbox.js';
+import { SandboxPool } from '../src/workers/sandbox-pool.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks } from './helpers/fleet.js';
+
+guardAgainstLeaks();
+
+function start(fixture: string, maxOldGenerationSizeMb = 64, maxResultBytes = 1_000_000): Promise<Sandbox> {
+  return Sandbox.start({ processorPath: path.join(FIXTURES, fixture), jobType: 't', maxResultBytes, maxOldGenerationSizeMb });
+}
+
+const msg = (data: unknown = {}) => ({ type: 'run' as const, jobId: 't.1', jobType: 't', attempt: 1, data });
+
+async function failure(p: Promise<unknown>): Promise<FleetError> {
+  const err = await p.then(
+    () => {
+      throw new Error('expected the job to fail');
+    },
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(FleetError);
+  return err as FleetError;
+}
+
+async function withSandbox<T>(fixture: string, fn: (sb: Sandbox) => Promise<T>, maxOld = 64): Promise<T> {
+  const sb = await start(fixture, maxOld);
+  try {
+    return await fn(sb);
+  } finally {
+    await sb.destroy();
+  }
+}
+
+describe('sandbox', () => {
+  it('runs a processor and returns its JSON result with run stats', async () => {
+    const r = await withSandbox('ok.mjs', (sb) => sb.run(msg({ a: 1 }), { timeoutMs: 2000, abortGraceMs: 100 }));
+    expect(JSON.parse(r.resultJson)).toEqual({ got: { a: 1 }, attempt: 1 });
+    expect(r.cpuMs).toBeGreaterThanOrEqual(0);
+    expect(r.peakHeapBytes).toBeGreaterThan(0);
+  });
+
+  it('fails a job whose processor throws, keeping the message and a stack', async () => {
+    const err = await withSandbox('throws.mjs', (sb) => failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })));
+    expect(err.code).toBe('PROCESSOR_FAILED');
+    expect(err.message).toBe('boom from processor');
+    expect(err.stack).toContain('throws.mjs');
+    expect(err.retryable).toBe(true);
+  });
+
+  it('turns a thrown non-Error into an error that says so', async () => {
+    const err = await withSandbox('throws-non-error.mjs', (sb) => failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })));
+    expect(err.code).toBe('PROCESSOR_FAILED');
+    expect(err.message).toContain('non-Error value thrown: {"reason":"not an error object"}');
+  });
+
+  it('terminates an infinite loop at timeoutMs with a TimeoutError', async () => {
+    const sb = await start('infinite-loop.mjs');
+    const t0 = Date.now();
+    const err = await failure(sb.run(msg(), { timeoutMs: 500, abortGraceMs: 100 }));
+    const elapsed = Date.now() - t0;
+    expect(err.code).toBe('TIMEOUT');
+    expect(err.name).toBe('TimeoutError');
+    expect(elapsed).toBeGreaterThanOrEqual(490);
+    expect(elapsed).toBeLessThan(2500);
+    expect(sb.alive).toBe(false);
+  });
+
+  it('kills a processor that ignores its abort signal at the deadline', async () => {
+    const sb = await start('ignores-abort.mjs');
+    const err = await failure(sb.run(msg(), { timeoutMs: 400, abortGraceMs: 150 }));
+    expect(err.code).toBe('TIMEOUT');
+    expect(sb.alive).toBe(false);
+  });
+
+  it('gives a cooperative processor its abort signal before the deadline', async () => {
+    const sb = await start('slow.mjs');
+    const logs: string[] = [];
+    const err = await failure(sb.run(msg({ ms: 10_000 }), { timeoutMs: 600, abortGraceMs: 300, onLog: (_l, m) => logs.push(m) }));
+    // The processor rejected on abort (after ~300 ms); the job still reports the timeout, not the processor's reaction.
+    expect(err.code).toBe('TIMEOUT');
+    await sb.destroy();
+  });
+
+  it('fails a job that exceeds its memory limit with MEMORY_LIMIT', async () => {
+    const sb = await start('allocates.mjs', 32);
+    const err = await failure(sb.run(msg(), { timeoutMs: 20_000, abortGraceMs: 100 }));
+    expect(err.code).toBe('MEMORY_LIMIT');
+    expect(err.message).toContain('maxOldGenerationSizeMb=32');
+    expect(sb.alive).toBe(false);
+  });
+
+  it('fails the job, not the host, when the processor calls process.exit()', async () => {
+    const sb = await start('exits.mjs');
+    const err = await failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 }));
+    expect(err.code).toBe('SANDBOX_CRASHED');
+    expect(err.message).toContain('code 3');
+  });
+
+  it('rejects results that cannot be stored as JSON', async () => {
+    const err = await withSandbox('non-serializable.mjs', (sb) => failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })));
+    expect(err.code).toBe('RESULT_NOT_SERIALIZABLE');
+    expect(err.message).toContain('function');
+  });
+
+  it('rejects results above maxResultBytes', async () => {
+    const sb = await start('huge-result.mjs', 64, 1000);
+    const err = await failure(sb.run(msg({ bytes: 5000 }), { timeoutMs: 2000, abortGraceMs: 100 }));
+    await sb.destroy();
+    expect(err.code).toBe('RESULT_TOO_LARGE');
+  });
+
+  it('cancels through the same abort-then-kill path', async () => {
+    const sb = await start('ignores-abort.mjs');
+    const ctl = new AbortController();
+    const p = failure(sb.run(msg(), { timeoutMs: 10_000, abortGraceMs: 100, signal: ctl.signal }));
+    setTimeout(() => ctl.abort('cancelled'), 100);
+    const err = await p;
+    expect(err.code).toBe('CANCELLED');
+    expect(sb.alive).toBe(false);
+  });
+
+  it('starts with an empty environment and no argv from the host', async () => {
+    process.env.FLEET_TEST_HOST_SECRET = 'host-only-value';
+    const r = await withSandbox('env-probe.mjs', (sb) => sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 }));
+    delete process.env.FLEET_TEST_HOST_SECRET;
+    const seen = JSON.parse(r.resultJson) as { env: string[]; argv: string[] };
+    expect(seen.env).not.toContain('FLEET_TEST_HOST_SECRET');
+    expect(seen.env.length).toBeLessThanOrEqual(1);
+    expect(seen.argv).toEqual([]);
+  });
+
+  it('loads TypeScript processors', async () => {
+    const r = await withSandbox('typed.ts', (sb) => sb.run(msg({ n: 21 }), { timeoutMs: 10_000, abortGraceMs: 100 }));
+    expect(JSON.parse(r.resultJson)).toEqual({ doubled: 42 });
+  });
+
+  it('refuses to start a processor module without a default export', async () => {
+    const err = await failure(start('no-default.mjs'));
+    expect(err.code).toBe('PROCESSOR_LOAD_FAILED');
+    expect(err.message).toContain('default export');
+  });
+
+  it('forwards progress and log lines while the job runs', async () => {
+    const progress: unknown[] = [];
+    const logs: string[] = [];
+    await withSandbox('progress-log.mjs', (sb) =>
+      sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100, onProgress: (v) => progress.push(v), onLog: (l, m) => logs.push(`${l}:${m}`) }),
+    );
+    expect(progress).toEqual([{ step: 1 }, { step: 2 }]);
+    expect(logs).toEqual(['info:working']);
+  });
+});
+
+function pool(type: JobTypeInput): SandboxPool {
+  const cfg = resolveConfig({ redis: { url: 'redis://unused' }, jobTypes: [type] }, { baseDir: FIXTURES });
+  return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus());
+}
+
+async function runOn(p: SandboxPool): Promise<{ runs: number; touched: number }> {
+  const sb = await p.acquire();
+  try {
+    const r = await sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 });
+    p.release(sb, true);
+    return JSON.parse(r.resultJson) as { runs: number; touched: number };
+  } catch (err) {
+    p.release(sb, false);
+    throw err;
+  }
+}
+
+describe('sandbox pool', () => {
+  it('job isolation: every job gets a fresh sandbox, and spares are kept warm', async () => {
+    const p = pool(fixtureType('fresh', 'module-state.mjs', { isolation: 'job', warmSandboxes: 2 }));
+    await p.start();
+    expect(p.stats().warm).toBe(2);
+    const results = [await runOn(p), await runOn(p), await runOn(p)];
+    expect(results.map((r) => r.runs)).toEqual([1, 1, 1]);
+    expect(results.map((r) => r.touched)).toEqual([1, 1, 1]);
+    // Spares are refilled in the background after each hand-out.
+    for (let i = 0; i < 100 && p.stats().warm < 2; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(p.stats().warm).toBe(2);
+    await p.close();
+  });
+
+  it('pool isolation: reuses a sandbox and recycles it after maxJobsPerSandbox', async () => {
+    const p = pool(fixtureType('reused', 'module-state.mjs', { isolation: 'pool', warmSandboxes: 1, maxJobsPerSandbox: 3 }));
+    await p.start();
+    const runs = [];
+    for (let i = 0; i < 5; i++) runs.push((await runOn(p)).runs);
+    expect(runs).toEqual([1, 2, 3, 1, 2]);
+    await p.close();
+  });
+
+  it('pool isolation: a failed job never leaves its sandbox for the next one', async () => {
+    const p = pool(fixtureType('dirty', 'throws.mjs', { isolation: 'pool', warmSandboxes: 1 }));
+    await p.start();
+    const first = await p.acquire();
+    await expect(first.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })).rejects.toThrow('boom');
+    p.release(first, false);
+    const second = await p.acquire();
+    expect(second).not.toBe(first);
+    p.release(second, true);
+    await p.close();
+  });
+});

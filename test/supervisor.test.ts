@@ -1,0 +1,181 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { Queue } from 'bullmq';
+import { queuePrefix } from '../src/redis/connection.js';
+import type { FleetEvents } from '../src/events.js';
+import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { startTestRedis } from './helpers/redis.js';
+
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+beforeAll(async () => {
+  redis = await startTestRedis();
+});
+afterAll(async () => {
+  await redis?.release();
+});
+guardAgainstLeaks();
+
+/** Most jobs running at one instant (a sweep over start/end events; ends sort before starts). */
+function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): number {
+  const events = spans.flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  let now = 0;
+  let max = 0;
+  for (const [, d] of events) max = Math.max(max, (now += d));
+  return max;
+}
+
+describe('supervisor', () => {
+  it('runs an enqueued job in a sandbox and stores its result', async () => {
+    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const { id } = await p.enqueue('ok', { hello: 'world' });
+    const job = await waitForJob(p, id);
+    expect(job.state).toBe('completed');
+    expect(job.result).toEqual({ got: { hello: 'world' }, attempt: 1 });
+    expect(job.timings.startedAt).toBeGreaterThanOrEqual(job.timings.enqueuedAt);
+  });
+
+  it('fails each failure mode with its own code and keeps serving other jobs', async () => {
+    const config = testConfig(redis.url, [
+      fixtureType('throws', 'throws.mjs'),
+      fixtureType('nonerror', 'throws-non-error.mjs'),
+      fixtureType('loop', 'infinite-loop.mjs', { timeoutMs: 400, abortGraceMs: 100 }),
+      fixtureType('oom', 'allocates.mjs', { maxOldGenerationSizeMb: 32, timeoutMs: 20_000 }),
+      fixtureType('exit', 'exits.mjs'),
+      fixtureType('deaf', 'ignores-abort.mjs', { timeoutMs: 400, abortGraceMs: 100 }),
+      fixtureType('unserializable', 'non-serializable.mjs'),
+      fixtureType('ok', 'ok.mjs'),
+    ]);
+    const sup = await startSupervisor({ config });
+    const outcomes: FleetEvents['job:finished'][] = [];
+    sup.events.on('job:finished', (e) => outcomes.push(e));
+    const p = makeProducer(config);
+    const expected: Record<string, string> = {
+      throws: 'PROCESSOR_FAILED',
+      nonerror: 'PROCESSOR_FAILED',
+      loop: 'TIMEOUT',
+      oom: 'MEMORY_LIMIT',
+      exit: 'SANDBOX_CRASHED',
+      deaf: 'TIMEOUT',
+      unserializable: 'RESULT_NOT_SERIALIZABLE',
+    };
+    const ids = await Promise.all(Object.keys(expected).map(async (t) => [t, (await p.enqueue(t, {})).id] as const));
+    const ok = await p.enqueue('ok', { still: 'serving' });
+    for (const [type, id] of ids) {
+      const job = await waitForJob(p, id);
+      expect(job.state, type).toBe('failed');
+      expect(job.error?.code, type).toBe(expected[type]);
+    }
+    expect((await waitForJob(p, ok.id)).state).toBe('completed');
+    expect(sup.state).toBe('running');
+    expect(outcomes.find((o) => o.jobType === 'loop')?.outcome).toBe('timeout');
+    expect(outcomes.find((o) => o.jobType === 'oom')?.outcome).toBe('oom');
+  });
+
+  it('retries a failing job with backoff up to its attempts', async () => {
+    const config = testConfig(redis.url, [fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 50 } })]);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const { id } = await p.enqueue('flaky', {});
+    const job = await waitForJob(p, id);
+    expect(job.state).toBe('completed');
+    expect(job.result).toEqual({ attempt: 2 });
+    expect(job.attemptsMade).toBe(2);
+  });
+
+  it('does not retry a timeout when retryOnTimeout is false', async () => {
+    const config = testConfig(redis.url, [fixtureType('loop', 'infinite-loop.mjs', { timeoutMs: 300, abortGraceMs: 50, attempts: 3, retryOnTimeout: false })]);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const job = await waitForJob(p, (await p.enqueue('loop', {})).id);
+    expect(job.state).toBe('failed');
+    expect(job.attemptsMade).toBe(1);
+    expect(job.error?.code).toBe('TIMEOUT');
+  });
+
+  it('never runs more than `concurrency` jobs of a type at once', async () => {
+    const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, warmSandboxes: 2 })]);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const jobs = await p.enqueueBatch('slow', Array.from({ length: 6 }, () => ({ data: { ms: 150 } })));
+    const spans = [];
+    for (const j of jobs) spans.push((await waitForJob(p, j.id)).result as { startedAt: number; endedAt: number });
+    expect(maxSimultaneous(spans)).toBe(2);
+  });
+
+  it('holds a global concurrency cap across supervisors', async () => {
+    const config = testConfig(redis.url, [fixtureType('capped', 'slow.mjs', { concurrency: 3, warmSandboxes: 3, globalConcurrency: 2 })]);
+    await startSupervisor({ config });
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const jobs = await p.enqueueBatch('capped', Array.from({ length: 8 }, () => ({ data: { ms: 150 } })));
+    const spans = [];
+    for (const j of jobs) spans.push((await waitForJob(p, j.id)).result as { startedAt: number; endedAt: number });
+    expect(maxSimultaneous(spans)).toBe(2);
+  });
+
+  it('cancels an active job in its sandbox, and removes a waiting one', async () => {
+    const config = testConfig(redis.url, [fixtureType('deaf', 'ignores-abort.mjs', { concurrency: 1, timeoutMs: 20_000 })]);
+    const sup = await startSupervisor({ config });
+    const p = makeProducer(config);
+    const active = await p.enqueue('deaf', {});
+    const waiting = await p.enqueue('deaf', {});
+    for (let i = 0; i < 200 && (await p.getJob(active.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    expect(await p.cancel(waiting.id)).toMatchObject({ outcome: 'removed', previousState: 'waiting' });
+    await expect(p.getJob(waiting.id)).rejects.toMatchObject({ code: 'JOB_NOT_FOUND' });
+    expect(await p.cancel(active.id)).toMatchObject({ outcome: 'cancelling' });
+    const job = await waitForJob(p, active.id, 5000);
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('CANCELLED');
+    expect(job.attemptsMade).toBe(1);
+    expect(sup.status().types[0]!.active).toBe(0);
+  });
+
+  it('on stop, returns jobs still running at the deadline to the queue; another supervisor finishes them', async () => {
+    const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, timeoutMs: 20_000 })]);
+    const first = await startSupervisor({ config });
+    const states: string[] = [];
+    first.events.on('supervisor:state', (e) => states.push(e.state));
+    const p = makeProducer(config);
+    const a = await p.enqueue('slow', { ms: 4000 });
+    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    await first.stop(200);
+    expect(states).toEqual(['draining', 'stopped']);
+    const back = await p.getJob(a.id);
+    expect(back.state).toBe('waiting');
+    expect(back.error).toBeNull();
+    await startSupervisor({ config });
+    const done = await waitForJob(p, a.id, 15_000);
+    expect(done.state).toBe('completed');
+  });
+
+  it('lets running jobs finish when they end before the shutdown deadline', async () => {
+    const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs')]);
+    const sup = await startSupervisor({ config });
+    const p = makeProducer(config);
+    const a = await p.enqueue('slow', { ms: 300 });
+    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    await sup.stop(5000);
+    expect((await p.getJob(a.id)).state).toBe('completed');
+  });
+
+  it('fails a job whose payload was written to Redis behind the producer\'s back', async () => {
+    const config = testConfig(redis.url, [fixtureType('strict', 'ok.mjs', { payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] } })]);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const q = new Queue('strict', { connection: { url: redis.url }, prefix: queuePrefix(config.redis.prefix, 'strict') });
+    await q.add('strict', { n: 'not a number' }, { jobId: 'strict.0123456789abcdef0123456789abcdef' });
+    await q.close();
+    const job = await waitForJob(p, 'strict.0123456789abcdef0123456789abcdef');
+    expect(job.state).toBe('failed');
+    expect(job.error?.code).toBe('INVALID_PAYLOAD');
+  });
+
+  it('publishes its status for `fleet status`', async () => {
+    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { isolation: 'pool' })]);
+    const sup = await startSupervisor({ config });
+    const s = sup.status();
+    expect(s.state).toBe('running');
+    expect(s.types).toEqual([{ jobType: 'ok', isolation: 'pool', warm: 1, busy: 0, starting: 0, concurrency: 2, active: 0 }]);
+  });
+});
