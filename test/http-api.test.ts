@@ -1,0 +1,211 @@
+import type { Server } from 'node:http';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import type { FleetConfig } from '../src/config/resolve.js';
+import { sha256Hex } from '../src/producers/auth.js';
+import { createApiApp, listen } from '../src/producers/http-api.js';
+import { createHttpClient, FleetHttpError } from '../src/producers/http-client.js';
+import { Producer } from '../src/producers/producer.js';
+import { fixtureType, guardAgainstLeaks, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { dumpKeys, startTestRedis } from './helpers/redis.js';
+
+const ADMIN = 'admin-token-0123456789abcdef';
+const LIMITED = 'limited-token-0123456789abcdef';
+
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let config: FleetConfig;
+let server: Server;
+let base: string;
+let producer: Producer;
+
+beforeAll(async () => {
+  redis = await startTestRedis();
+});
+afterAll(async () => {
+  await redis?.release();
+});
+guardAgainstLeaks();
+
+/** A fresh API (own prefix) per test. */
+async function startApi(bodyLimitBytes = 10_000): Promise<void> {
+  config = testConfig(
+    redis.url,
+    [
+      fixtureType('greet', 'ok.mjs', { payloadSchema: z.object({ name: z.string().min(1), times: z.number().int().min(1).max(5).default(1) }) }),
+      fixtureType('other', 'ok.mjs'),
+    ],
+    {
+      api: { bodyLimitBytes, maxBatchSize: 50 },
+      producers: [
+        { name: 'admin', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'] },
+        { name: 'limited', tokenSha256: sha256Hex(LIMITED), jobTypes: ['other'] },
+      ],
+    },
+  );
+  producer = new Producer({ config, name: 'api' });
+  server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
+  const addr = server.address() as { port: number };
+  base = `http://127.0.0.1:${addr.port}`;
+}
+afterEach(async () => {
+  await new Promise<void>((r) => {
+    server.close(() => r());
+    server.closeAllConnections();
+  });
+  await producer.close();
+});
+
+async function call(method: string, path: string, opts: { token?: string | null; body?: string; headers?: Record<string, string> } = {}) {
+  const headers: Record<string, string> = { ...opts.headers };
+  if (opts.token !== null) headers.authorization = `Bearer ${opts.token ?? ADMIN}`;
+  if (opts.body !== undefined && !('content-type' in headers)) headers['content-type'] = 'application/json';
+  const res = await fetch(`${base}${path}`, { method, headers, ...(opts.body !== undefined ? { body: opts.body } : {}) });
+  const text = await res.text();
+  return { status: res.status, body: (text ? JSON.parse(text) : null) as Record<string, any> };
+}
+
+async function jobCount(): Promise<number> {
+  const keys = await dumpKeys(redis.url, `${config.redis.prefix}:*`);
+  return [...keys.keys()].filter((k) => /:[a-z]+\.k?[0-9a-f]{32,40}$/.test(k)).length;
+}
+
+describe('HTTP API', () => {
+  it('enqueues with 202 {id}, then reports the finished job', async () => {
+    await startApi();
+    await startSupervisor({ config });
+    const r = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'Ada' }) });
+    expect(r.status).toBe(202);
+    expect(r.body.id).toMatch(/^greet\.[0-9a-f]{32}$/);
+    await waitForJob(producer, r.body.id);
+    const j = await call('GET', `/v1/jobs/${r.body.id}`);
+    expect(j.status).toBe(200);
+    expect(j.body).toMatchObject({ id: r.body.id, type: 'greet', state: 'completed', attemptsMade: 1, result: { got: { name: 'Ada', times: 1 } }, error: null });
+    expect(j.body.timings.durationMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it('maps the same Idempotency-Key to the same job id, per producer', async () => {
+    await startApi();
+    const h = { 'idempotency-key': 'order-42' };
+    const a = await call('POST', '/v1/jobs/other', { body: '{}', headers: h });
+    const b = await call('POST', '/v1/jobs/other', { body: '{}', headers: h });
+    const c = await call('POST', '/v1/jobs/other', { body: '{}', headers: h, token: LIMITED });
+    expect(a.status).toBe(202);
+    expect(b.body.id).toBe(a.body.id);
+    expect(c.body.id).not.toBe(a.body.id);
+    expect(a.body.id).not.toContain('order-42');
+    expect(await jobCount()).toBe(2);
+  });
+
+  it('refuses missing, malformed and unknown tokens with 401', async () => {
+    await startApi();
+    for (const token of [null, 'short', 'x'.repeat(40)]) {
+      const r = await call('POST', '/v1/jobs/greet', { token, body: '{"name":"a"}' });
+      expect(r.status).toBe(401);
+      expect(r.body.error.code).toBe('UNAUTHENTICATED');
+    }
+    const bad = await fetch(`${base}/v1/job-types`, { headers: { authorization: 'Basic abc' } });
+    expect(bad.status).toBe(401);
+    expect(bad.headers.get('www-authenticate')).toContain('Bearer');
+    expect(await jobCount()).toBe(0);
+  });
+
+  it('refuses a job type the token is not allowed, with 403', async () => {
+    await startApi();
+    const r = await call('POST', '/v1/jobs/greet', { token: LIMITED, body: '{"name":"a"}' });
+    expect(r.status).toBe(403);
+    expect(r.body.error.code).toBe('FORBIDDEN');
+    expect(r.body.error.message).toContain('producers.limited.jobTypes');
+    const types = await call('GET', '/v1/job-types', { token: LIMITED });
+    expect(types.body.jobTypes.map((t: { name: string }) => t.name)).toEqual(['other']);
+    expect(await jobCount()).toBe(0);
+  });
+
+  it('answers each bad request with a precise 4xx and enqueues nothing', async () => {
+    await startApi(2000);
+    const cases: [string, string, Parameters<typeof call>[2], number, string][] = [
+      ['bad JSON', '/v1/jobs/greet', { body: '{"name":' }, 400, 'INVALID_JSON'],
+      ['schema mismatch', '/v1/jobs/greet', { body: '{"name":""}' }, 422, 'INVALID_PAYLOAD'],
+      ['wrong type', '/v1/jobs/greet', { body: '{"name":"a","times":"3"}' }, 422, 'INVALID_PAYLOAD'],
+      ['unknown type', '/v1/jobs/nope', { body: '{}' }, 404, 'UNKNOWN_JOB_TYPE'],
+      ['traversal in type', '/v1/jobs/..%2F..%2Fetc', { body: '{}' }, 404, 'UNKNOWN_JOB_TYPE'],
+      ['too large', '/v1/jobs/greet', { body: JSON.stringify({ name: 'x'.repeat(5000) }) }, 413, 'PAYLOAD_TOO_LARGE'],
+      ['not JSON', '/v1/jobs/greet', { body: 'name=a', headers: { 'content-type': 'text/plain' } }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
+      ['bad idempotency key', '/v1/jobs/greet', { body: '{"name":"a"}', headers: { 'idempotency-key': 'has space' } }, 400, 'INVALID_REQUEST'],
+      ['empty batch', '/v1/jobs/greet/batch', { body: '{"jobs":[]}' }, 400, 'INVALID_REQUEST'],
+    ];
+    for (const [what, path, opts, status, code] of cases) {
+      const r = await call('POST', path, opts);
+      expect(r.status, what).toBe(status);
+      expect(r.body.error.code, what).toBe(code);
+      expect(typeof r.body.error.message, what).toBe('string');
+    }
+    const invalid = await call('POST', '/v1/jobs/greet', { body: '{"name":""}' });
+    expect(invalid.body.error.details.issues[0]).toMatchObject({ path: 'name' });
+    const unknownJob = await call('GET', '/v1/jobs/greet.00000000000000000000000000000000');
+    expect(unknownJob.status).toBe(404);
+    expect(unknownJob.body.error.code).toBe('JOB_NOT_FOUND');
+    const junkId = await call('GET', '/v1/jobs/not-an-id');
+    expect(junkId.status).toBe(404);
+    expect(await jobCount()).toBe(0);
+  });
+
+  it('enqueues a batch atomically: one invalid item rejects all of them', async () => {
+    await startApi();
+    const bad = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 7 } }] }) });
+    expect(bad.status).toBe(422);
+    expect(bad.body.error.details.items).toEqual([expect.objectContaining({ index: 1 })]);
+    expect(await jobCount()).toBe(0);
+    const tooMany = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: Array.from({ length: 51 }, () => ({ data: { name: 'a' } })) }) });
+    expect(tooMany.status).toBe(400);
+    expect(tooMany.body.error.message).toContain('maxBatchSize=50');
+    const ok = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 'b' }, idempotencyKey: 'k1' }] }) });
+    expect(ok.status).toBe(202);
+    expect(ok.body.jobs).toHaveLength(2);
+    expect(await jobCount()).toBe(2);
+  });
+
+  it('cancels a waiting job with DELETE, and answers 409 for a finished one', async () => {
+    await startApi();
+    const r = await call('POST', '/v1/jobs/other', { body: '{}' });
+    const del = await call('DELETE', `/v1/jobs/${r.body.id}`);
+    expect(del.status).toBe(200);
+    expect(del.body).toMatchObject({ outcome: 'removed', previousState: 'waiting' });
+    expect((await call('GET', `/v1/jobs/${r.body.id}`)).status).toBe(404);
+
+    await startSupervisor({ config });
+    const done = await call('POST', '/v1/jobs/other', { body: '{}' });
+    await waitForJob(producer, done.body.id);
+    const again = await call('DELETE', `/v1/jobs/${done.body.id}`);
+    expect(again.status).toBe(409);
+    expect(again.body.error.code).toBe('JOB_FINISHED');
+  });
+
+  it('lists job types with their JSON Schema', async () => {
+    await startApi();
+    const r = await call('GET', '/v1/job-types');
+    const greet = r.body.jobTypes.find((t: { name: string }) => t.name === 'greet');
+    expect(greet.payloadSchema).toMatchObject({ type: 'object', properties: { name: { type: 'string', minLength: 1 } } });
+    expect(greet).toMatchObject({ isolation: 'job', sensitivity: 'routine', timeoutMs: 5000 });
+  });
+
+  it('serves /healthz and /readyz without auth', async () => {
+    await startApi();
+    expect((await call('GET', '/healthz', { token: null })).body).toEqual({ status: 'ok' });
+    expect((await call('GET', '/readyz', { token: null })).body).toMatchObject({ status: 'ready' });
+  });
+
+  it('the HTTP client enqueues, reads and reports errors with their codes', async () => {
+    await startApi();
+    await startSupervisor({ config });
+    const client = createHttpClient({ baseUrl: base, token: ADMIN });
+    const { id } = await client.enqueue('greet', { name: 'Lin' }, { idempotencyKey: 'c-1' });
+    expect((await client.enqueue('greet', { name: 'Lin' }, { idempotencyKey: 'c-1' })).id).toBe(id);
+    await waitForJob(producer, id);
+    expect(await client.getJob(id)).toMatchObject({ state: 'completed' });
+    const err = await client.enqueue('greet', { name: 3 }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(FleetHttpError);
+    expect(err).toMatchObject({ status: 422, code: 'INVALID_PAYLOAD' });
+    const batch = await client.enqueueBatch('other', [{ data: {} }, { data: {} }]);
+    expect(batch).toHaveLength(2);
+  });
+});
