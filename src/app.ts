@@ -5,7 +5,6 @@ import type { FleetConfig } from './config/resolve.js';
 import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './producers/auth.js';
-import { createApiApp, listen } from './producers/http-api.js';
 import { Producer } from './producers/producer.js';
 import { redactUrl } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
@@ -81,6 +80,8 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
         producers = [dev.identity];
         logger.warn(`no producers configured: the API accepts the dev token in ${dev.tokenFile} (all job types). Configure producers before deploying.`);
       }
+      // Loaded only for the API role: a worker-only process does not pay for express.
+      const { createApiApp, listen } = await import('./producers/http-api.js');
       const app = createApiApp({ producer, producers, logger });
       const server: Server = await listen(app, config.api.host, config.api.port);
       const addr = server.address();

@@ -1,0 +1,287 @@
+/**
+ * `npm run bench`: every figure measured in one run on one private Redis, so ratios compare like
+ * with like. `--json` prints one JSON object; `--jobs N` / `--concurrency C` size the run.
+ */
+import { spawn } from 'node:child_process';
+import http from 'node:http';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { parseArgs } from 'node:util';
+import { Queue, Worker, type Job } from 'bullmq';
+import { Redis } from 'ioredis';
+import { resolveConfig, type FleetConfig } from '../config/resolve.js';
+import { sha256Hex } from '../producers/auth.js';
+import { createApiApp, listen } from '../producers/http-api.js';
+import { Producer } from '../producers/producer.js';
+import { queuePrefix } from '../redis/connection.js';
+import { startEmbeddedRedis } from '../redis/embedded-redis.js';
+import { compiledPath } from '../runtime-path.js';
+import { Sandbox } from '../workers/sandbox.js';
+import { Supervisor } from '../workers/supervisor.js';
+
+const { values: args } = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    jobs: { type: 'string', default: '3000' },
+    'spawn-jobs': { type: 'string', default: '400' },
+    concurrency: { type: 'string', default: '8' },
+  },
+});
+const JOBS = Number(args.jobs);
+const SPAWN_JOBS = Number(args['spawn-jobs']);
+const C = Number(args.concurrency);
+const NOOP = compiledPath(import.meta.url, './noop-processor.js');
+const now = (): number => performance.timeOrigin + performance.now();
+const say = (s: string): void => {
+  if (!args.json) process.stderr.write(`${s}\n`);
+};
+
+interface RunFigures {
+  jobs: number;
+  jobsPerSecond: number;
+  p50StartMs: number;
+  p99StartMs: number;
+}
+
+function quantile(sorted: number[], q: number): number {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]!;
+}
+const round = (n: number, d = 2): number => Math.round(n * 10 ** d) / 10 ** d;
+
+let prefixSeq = 0;
+function benchConfig(url: string, isolation: 'job' | 'pool'): FleetConfig {
+  return resolveConfig(
+    {
+      redis: { url, prefix: `bench${++prefixSeq}` },
+      jobTypes: [{ name: 'noop', processor: NOOP, isolation, concurrency: C, warmSandboxes: C, attempts: 1, timeoutMs: 30_000, keepCompletedSeconds: 3600 }],
+    },
+    { baseDir: path.dirname(NOOP) },
+  );
+}
+
+/**
+ * Two phases per contender. Throughput: `jobs` no-ops pre-filled, clock from the worker's start
+ * to the last completion. Latency below saturation: jobs enqueued one at a time at half that
+ * throughput, so the queue is empty and spares have time to start; enqueue-to-start is taken
+ * inside the processor.
+ */
+async function measure(
+  name: string,
+  jobs: number,
+  queue: Queue,
+  start: () => Promise<{ onCompleted(cb: () => void): void; stop(): Promise<void> }>,
+): Promise<RunFigures> {
+  await queue.addBulk(Array.from({ length: jobs }, () => ({ name: 'noop', data: {}, opts: { attempts: 1 } })));
+  let done = 0;
+  let resolveAll!: () => void;
+  const all = new Promise<void>((r) => (resolveAll = r));
+  const runner = await start();
+  const t0 = performance.now();
+  runner.onCompleted(() => {
+    if (++done === jobs) resolveAll();
+  });
+  await all;
+  const seconds = (performance.now() - t0) / 1000;
+
+  // Latency phase, below saturation: jobs arrive at half the measured throughput, one at a time.
+  const latencyJobs = Math.min(200, Math.max(50, Math.round(jobs / 4)));
+  const intervalMs = 2000 / (jobs / seconds);
+  const lat: number[] = [];
+  for (let i = 0; i < latencyJobs; i++) {
+    const due = performance.now() + intervalMs;
+    const enqueuedAt = now();
+    const job = await queue.add('noop', {}, { attempts: 1 });
+    const result = await waitResult(queue, job.id!);
+    lat.push(result.startedAt - enqueuedAt);
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+  await runner.stop();
+  lat.sort((a, b) => a - b);
+  const figures = { jobs, jobsPerSecond: round(jobs / seconds, 0), p50StartMs: round(quantile(lat, 0.5)), p99StartMs: round(quantile(lat, 0.99)) };
+  say(`  ${name.padEnd(34)} ${String(figures.jobsPerSecond).padStart(7)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`);
+  return figures;
+}
+
+async function waitResult(queue: Queue, id: string): Promise<{ startedAt: number }> {
+  for (;;) {
+    const job: Job | undefined = await queue.getJob(id);
+    if (job?.returnvalue) return job.returnvalue as { startedAt: number };
+    if (job?.failedReason) throw new Error(`bench job failed: ${job.failedReason}`);
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+async function fleetRun(url: string, isolation: 'job' | 'pool', jobs: number): Promise<RunFigures> {
+  const config = benchConfig(url, isolation);
+  const queue = new Queue('noop', { connection: { url }, prefix: queuePrefix(config.redis.prefix, 'noop') });
+  const figures = await measure(`fleet isolation="${isolation}"`, jobs, queue, async () => {
+    const sup = new Supervisor({ config });
+    const listeners: (() => void)[] = [];
+    sup.events.on('job:finished', () => listeners.forEach((l) => l()));
+    await sup.start();
+    return { onCompleted: (cb) => listeners.push(cb), stop: () => sup.stop(0) };
+  });
+  await queue.obliterate({ force: true });
+  await queue.close();
+  return figures;
+}
+
+async function bullmqRun(url: string, mode: 'sandboxed' | 'inline', jobs: number): Promise<RunFigures> {
+  const prefix = `bench${++prefixSeq}`;
+  const queue = new Queue('noop', { connection: { url }, prefix });
+  const inline = async (): Promise<{ startedAt: number }> => ({ startedAt: now() });
+  const figures = await measure(mode === 'sandboxed' ? 'BullMQ sandboxed (useWorkerThreads)' : 'BullMQ inline (no isolation)', jobs, queue, async () => {
+    const worker =
+      mode === 'sandboxed'
+        ? new Worker('noop', NOOP, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C, useWorkerThreads: true })
+        : new Worker('noop', inline, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C });
+    await worker.waitUntilReady();
+    return { onCompleted: (cb) => worker.on('completed', cb), stop: () => worker.close() };
+  });
+  await queue.obliterate({ force: true });
+  await queue.close();
+  return figures;
+}
+
+/** Sandboxes started (module loaded, ready) and destroyed per second, C at a time. */
+async function rawSpawnRate(count: number): Promise<number> {
+  const t0 = performance.now();
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: C }, async () => {
+      while (next++ < count) {
+        const sb = await Sandbox.start({ processorPath: NOOP, jobType: 'noop', maxResultBytes: 1024, maxOldGenerationSizeMb: 128 });
+        await sb.destroy();
+      }
+    }),
+  );
+  const rate = round(count / ((performance.now() - t0) / 1000), 0);
+  say(`  ${'raw sandbox spawn+destroy'.padEnd(34)} ${String(rate).padStart(7)} sandboxes/s`);
+  return rate;
+}
+
+/** Enqueue rates: in-process Queue.add vs HTTP POST (16 in flight), addBulk vs HTTP batch. */
+async function enqueueRates(url: string): Promise<Record<string, number>> {
+  const token = 'bench-token-0123456789abcdef';
+  const config = resolveConfig(
+    { redis: { url, prefix: `bench${++prefixSeq}` }, producers: [{ name: 'bench', tokenSha256: sha256Hex(token), jobTypes: ['*'] }], jobTypes: [{ name: 'noop', processor: NOOP }] },
+    { baseDir: path.dirname(NOOP) },
+  );
+  const producer = new Producer({ config });
+  const server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
+  const queue = producer.queue('noop');
+  const N = 4000;
+  const inflight = 16;
+  const rate = async (n: number, op: () => Promise<unknown>): Promise<number> => {
+    let left = n;
+    const t0 = performance.now();
+    await Promise.all(Array.from({ length: inflight }, async () => {
+      while (left-- > 0) await op();
+    }));
+    return round(n / ((performance.now() - t0) / 1000), 0);
+  };
+  const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
+  const body = JSON.stringify({ n: 1 });
+  const agent = new http.Agent({ keepAlive: true, maxSockets: inflight });
+  const { port } = server.address() as { port: number };
+  /** A minimal keep-alive client: the load generator shares this process's cores with the API. */
+  const post = (urlPath: string, payload: string): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const req = http.request({ host: '127.0.0.1', port, path: urlPath, method: 'POST', agent, headers: { ...headers, 'content-length': Buffer.byteLength(payload) } }, (res) => {
+        res.resume();
+        res.on('end', () => (res.statusCode === 202 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))));
+      });
+      req.on('error', reject);
+      req.end(payload);
+    });
+  // Warm both paths up before measuring.
+  await rate(200, () => queue.add('noop', { n: 1 }));
+  await rate(200, () => post('/v1/jobs/noop', body));
+  const queueAdd = await rate(N, () => queue.add('noop', { n: 1 }));
+  const httpSingle = await rate(N, () => post('/v1/jobs/noop', body));
+  const B = 100;
+  const batchBody = JSON.stringify({ jobs: Array.from({ length: B }, () => ({ data: { n: 1 } })) });
+  const addBulk = B * (await rate(N / B, () => queue.addBulk(Array.from({ length: B }, () => ({ name: 'noop', data: { n: 1 } })))));
+  const httpBatch = B * (await rate(N / B, () => post('/v1/jobs/noop/batch', batchBody)));
+  agent.destroy();
+  server.close();
+  server.closeAllConnections();
+  await queue.obliterate({ force: true });
+  await producer.close();
+  const r = { queueAddPerSecond: queueAdd, httpSinglePerSecond: httpSingle, addBulkPerSecond: addBulk, httpBatchPerSecond: httpBatch };
+  say(`  ${'in-process Queue.add'.padEnd(34)} ${String(queueAdd).padStart(7)} jobs/s`);
+  say(`  ${'HTTP POST /v1/jobs/:type'.padEnd(34)} ${String(httpSingle).padStart(7)} jobs/s`);
+  say(`  ${'in-process addBulk (100/call)'.padEnd(34)} ${String(addBulk).padStart(7)} jobs/s`);
+  say(`  ${'HTTP batch (100/request)'.padEnd(34)} ${String(httpBatch).padStart(7)} jobs/s`);
+  return r;
+}
+
+/** RSS of a real, idle `fleet start --role worker` process running the demo config. */
+async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
+  const file = path.join(dir, 'fleet.config.json');
+  writeFileSync(file, JSON.stringify({ redis: { prefix: `bench${++prefixSeq}` }, jobTypes: [{ name: 'noop', processor: NOOP, isolation: 'pool', concurrency: 4 }] }));
+  const child = spawn(process.execPath, [path.resolve(path.dirname(NOOP), '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file], {
+    env: { ...process.env, REDIS_URL: url, LOG_LEVEL: 'warn' },
+    stdio: 'ignore',
+  });
+  await new Promise((r) => setTimeout(r, 4000));
+  const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
+  const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  child.kill('SIGTERM');
+  await new Promise((r) => child.once('exit', r));
+  rmSync(dir, { recursive: true, force: true });
+  const rssMb = round(rssKb / 1024, 1);
+  say(`  ${'idle supervisor RSS (1 warm sandbox)'.padEnd(34)} ${String(rssMb).padStart(7)} MB`);
+  return { rssMb, sandboxes: 1 };
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-redis-'));
+  const redis = await startEmbeddedRedis({ dataDir: dir, persistent: false });
+  const r = new Redis(redis.url);
+  const redisVersion = /redis_version:(\S+)/.exec(await r.info('server'))?.[1];
+  r.disconnect();
+  say(`fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`);
+  try {
+    const bullmqInline = await bullmqRun(redis.url, 'inline', JOBS);
+    const bullmqSandboxed = await bullmqRun(redis.url, 'sandboxed', JOBS);
+    const pool = await fleetRun(redis.url, 'pool', JOBS);
+    const spawnRate = await rawSpawnRate(SPAWN_JOBS);
+    const job = await fleetRun(redis.url, 'job', SPAWN_JOBS);
+    const enqueue = await enqueueRates(redis.url);
+    const idle = await idleSupervisorRss(redis.url);
+    const ratios = {
+      poolVsBullmqSandboxed: round(pool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
+      poolVsBullmqInline: round(pool.jobsPerSecond / bullmqInline.jobsPerSecond),
+      jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
+      httpSingleVsQueueAdd: round(enqueue.httpSinglePerSecond! / enqueue.queueAddPerSecond!),
+      httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond! / enqueue.addBulkPerSecond!),
+    };
+    const targets = {
+      poolVsBullmqSandboxed: { target: '≥ 1.5', met: ratios.poolVsBullmqSandboxed >= 1.5 },
+      jobVsRawSpawnRate: { target: '≥ 0.9', met: ratios.jobVsRawSpawnRate >= 0.9 },
+      jobP50StartMs: { target: '≤ 5', met: job.p50StartMs <= 5 },
+      httpSingleVsQueueAdd: { target: '≥ 0.5', met: ratios.httpSingleVsQueueAdd >= 0.5 },
+      httpBatchVsAddBulk: { target: '≥ 0.8', met: ratios.httpBatchVsAddBulk >= 0.8 },
+      idleRssMb: { target: '≤ 80', met: idle.rssMb <= 80 },
+    };
+    const out = { node: process.version, redis: redisVersion, concurrency: C, bullmqInline, bullmqSandboxed, pool, job, rawSpawnPerSecond: spawnRate, enqueue, idleSupervisor: idle, ratios, targets };
+    if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
+    else {
+      say('ratios:');
+      for (const [k, v] of Object.entries(ratios)) say(`  ${k.padEnd(24)} ${v}`);
+      say('targets:');
+      for (const [k, v] of Object.entries(targets)) say(`  ${k.padEnd(24)} ${v.target.padEnd(6)} ${v.met ? 'met' : 'NOT met'}`);
+    }
+  } finally {
+    await redis.release();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+await main();
