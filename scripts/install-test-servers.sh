@@ -2,7 +2,7 @@
 # Installs the real servers the test suite talks to, caching builds outside the repo.
 #   redis-server, prometheus      Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
-#   local-kms (nsmithuk/local-kms) built with `go install`
+#   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
 # Re-running is cheap: each step is skipped when its binary is already cached.
 set -euo pipefail
 
@@ -10,7 +10,7 @@ CACHE_DIR="${FLEET_SERVERS_CACHE:-$HOME/.cache/fleet-test-servers}"
 # OpenBao (the Vault fork, same HTTP API). Its v2 tags are not valid versions of its module
 # path, so the v2.4.0 tag is pinned by its pseudo-version.
 OPENBAO_VERSION="${FLEET_OPENBAO_VERSION:-v0.0.0-20250828202315-f9407a27fbee}"
-LOCAL_KMS_VERSION="${FLEET_LOCAL_KMS_VERSION:-v3.12.0+incompatible}"
+MOTO_VERSION="${FLEET_MOTO_VERSION:-5.2.5}"
 mkdir -p "$CACHE_DIR/bin"
 log() { printf '[install-test-servers] %s\n' "$*"; }
 
@@ -51,10 +51,13 @@ if [ ! -x "$CACHE_DIR/bin/bao" ]; then
   cd / && rm -rf "$work"
 fi
 
-if [ ! -x "$CACHE_DIR/bin/local-kms" ]; then
-  log "building local-kms $LOCAL_KMS_VERSION"
-  GOBIN="$CACHE_DIR/bin" go install "github.com/nsmithuk/local-kms@$LOCAL_KMS_VERSION" ||
-    log "WARNING: building local-kms failed; the KMS tests will be skipped with this reason"
+if [ ! -x "$CACHE_DIR/moto/bin/moto_server" ]; then
+  # local-kms is not served by this machine's Go module proxy; moto serves the same KMS API.
+  log "installing moto[server] $MOTO_VERSION (KMS API) into $CACHE_DIR/moto"
+  python3 -m venv "$CACHE_DIR/moto"
+  "$CACHE_DIR/moto/bin/pip" install --quiet --disable-pip-version-check "moto[server]==$MOTO_VERSION" ||
+    log "WARNING: installing moto failed; the KMS tests will be skipped with this reason"
 fi
+ln -sf "$CACHE_DIR/moto/bin/moto_server" "$CACHE_DIR/bin/moto_server"
 
 log "ready in $CACHE_DIR/bin: $(ls "$CACHE_DIR/bin" | tr '\n' ' ')"

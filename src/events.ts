@@ -23,6 +23,9 @@ export interface FleetEvents {
   'sandbox:spawned': { jobType: string; spawnMs: number };
   'sandbox:destroyed': { jobType: string; reason: string };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
+  'secret:accessed': { secret: string; jobType: string; outcome: 'granted' | 'denied' | 'error'; provider: string; latencyMs: number };
+  /** Secret values now held by sandboxes: +n when handed over, -n when the job ends and they are zeroed. */
+  'secret:values': { delta: number };
 }
 
 export type FleetEventName = keyof FleetEvents;

@@ -24,6 +24,8 @@ export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSand
 }
 
 export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
+  /** Which provider serves each secret named anywhere in the config. */
+  secretProviders: ReadonlyMap<string, 'local' | 'vault' | 'kms'>;
   /** Absolute path of the file this came from, or `null` when built in code. */
   source: string | null;
   dataDir: string;
@@ -137,6 +139,21 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
         problems.push(`producers.${p.name}.jobTypes names "${t}", which is not a declared job type. Fix: declare it or remove it.`);
     }
   }
+  const sec = cfg.secrets;
+  const secretProviders = new Map<string, 'local' | 'vault' | 'kms'>();
+  for (const t of jobTypes.values()) {
+    for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
+  }
+  for (const [name, item] of Object.entries(sec.items)) secretProviders.set(name, item.provider ?? sec.provider);
+  for (const [name, provider] of secretProviders) {
+    if (provider === 'vault' && !sec.vault)
+      problems.push(`secret "${name}" uses provider "vault" but secrets.vault is not configured. Fix: add secrets.vault ({ address, auth }) or pick another provider.`);
+    if (provider === 'kms' && !sec.kms)
+      problems.push(`secret "${name}" uses provider "kms" but secrets.kms is not configured. Fix: add secrets.kms ({ keyId, region, endpoint? }).`);
+  }
+  if (sec.vault && !(sec.vault.address ?? process.env.VAULT_ADDR))
+    problems.push('secrets.vault.address is not set and VAULT_ADDR is empty. Fix: set one of them.');
+
   const hashes = new Set<string>();
   for (const p of cfg.producers) {
     if (hashes.has(p.tokenSha256)) problems.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
@@ -153,6 +170,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
     dataDir: path.resolve(baseDir, cfg.dataDir),
     source: options.source ?? null,
+    secretProviders,
     jobTypes,
   }) as FleetConfig;
 }

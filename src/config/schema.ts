@@ -79,6 +79,95 @@ export const producerSchema = z
   })
   .strict();
 
+const providerKind = z.enum(['local', 'vault', 'kms']);
+
+export const secretsSchema = z
+  .object({
+    /** Provider of every secret not given one in `items`. @defaultValue `"local"` (dev only) */
+    provider: providerKind.default('local'),
+    /** Per-secret settings. A secret a job type names needs no entry unless it differs from the defaults. */
+    items: z
+      .record(
+        z.string().regex(SECRET_NAME),
+        z
+          .object({
+            provider: providerKind.optional(),
+            /** Drives rotation rules: API keys at least weekly, encryption keys daily. @defaultValue `"api-key"` */
+            kind: z.enum(['api-key', 'encryption-key', 'other']).default('api-key'),
+            description: z.string().default(''),
+          })
+          .strict(),
+      )
+      .default({}),
+    local: z
+      .object({
+        /** Encrypted store, relative to dataDir. @defaultValue `"secrets.enc.json"` */
+        file: z.string().default('secrets.enc.json'),
+        /** Generated master key (mode 0600), relative to dataDir. @defaultValue `"master.key"` */
+        keyFile: z.string().default('master.key'),
+        /** Env var with a base64 32-byte master key; wins over keyFile. @defaultValue `"FLEET_MASTER_KEY"` */
+        masterKeyEnv: z.string().default('FLEET_MASTER_KEY'),
+        /** @defaultValue 5 */
+        keepVersions: z.number().int().min(1).default(5),
+      })
+      .strict()
+      .prefault({}),
+    vault: z
+      .object({
+        /** @defaultValue `$VAULT_ADDR` */
+        address: z.string().optional(),
+        /** KV v2 mount. @defaultValue `"secret"` */
+        mount: z.string().default('secret'),
+        /** Folder under the mount. @defaultValue `"fleet"` */
+        prefix: z.string().default('fleet'),
+        /** `approle` for production; `token` reads a token from `tokenEnv` (dev). @defaultValue `"approle"` */
+        auth: z.enum(['approle', 'token']).default('approle'),
+        /** @defaultValue `"VAULT_TOKEN"` */
+        tokenEnv: z.string().default('VAULT_TOKEN'),
+        /** @defaultValue `"VAULT_ROLE_ID"` */
+        roleIdEnv: z.string().default('VAULT_ROLE_ID'),
+        /** @defaultValue `"VAULT_SECRET_ID"` */
+        secretIdEnv: z.string().default('VAULT_SECRET_ID'),
+        /** @defaultValue `"approle"` */
+        approleMount: z.string().default('approle'),
+        /** @defaultValue `"fleet-job"` */
+        tokenRole: z.string().default('fleet-job'),
+        /** @defaultValue `"fleet-job-"` */
+        policyPrefix: z.string().default('fleet-job-'),
+        /** Job tokens outlive the job's timeout by this much. @defaultValue 30000 */
+        tokenTtlMarginMs: z.number().int().min(0).default(30_000),
+        /** `num_uses` of a job token per declared secret. @defaultValue 4 */
+        readsPerSecret: z.number().int().min(1).default(4),
+        /** @defaultValue 5000 */
+        requestTimeoutMs: z.number().int().positive().default(5000),
+      })
+      .strict()
+      .optional(),
+    kms: z
+      .object({
+        /** Key id, ARN or alias of the customer master key. */
+        keyId: z.string().min(1),
+        /** @defaultValue `$AWS_REGION` or `"us-east-1"` */
+        region: z.string().optional(),
+        /** A local KMS-API server (moto, local-kms). @defaultValue AWS */
+        endpoint: z.string().optional(),
+        /** @defaultValue 5 */
+        keepVersions: z.number().int().min(1).default(5),
+        /** @defaultValue 5000 */
+        requestTimeoutMs: z.number().int().positive().default(5000),
+      })
+      .strict()
+      .optional(),
+    audit: z
+      .object({
+        /** Audit stream retention (entries, approximate). @defaultValue 100000 */
+        maxEntries: z.number().int().positive().default(100_000),
+      })
+      .strict()
+      .prefault({}),
+  })
+  .strict();
+
 export const fleetConfigSchema = z
   .object({
     /** Folder for the embedded Redis, generated keys and local secrets. @defaultValue `".fleet"` */
@@ -118,6 +207,7 @@ export const fleetConfigSchema = z
       })
       .strict()
       .default({ metricsPort: 9464, metricsHost: '127.0.0.1', shutdownDeadlineMs: 30_000, heartbeatMs: 5000 }),
+    secrets: secretsSchema.prefault({}),
     /** Who may enqueue. Empty: `npm start` generates a dev token into dataDir and prints where. */
     producers: z.array(producerSchema).default([]),
     jobTypes: z.array(jobTypeSchema).min(1, 'declare at least one job type'),

@@ -25,7 +25,22 @@ export interface ProcessorLog {
   error(msg: string, fields?: Record<string, unknown>): void;
 }
 
+/**
+ * The job type's secrets. Values arrive as bytes and are zero-filled when the job ends; anything
+ * a job writes out (logs, console, progress, result, errors) has them masked as `***`, including
+ * their base64, hex and URL-encoded forms.
+ */
+export interface ProcessorSecrets {
+  /** Names this job type may read. */
+  readonly names: readonly string[];
+  /** The value as bytes (zeroed at job end). Throws `SecretScopeError` for an undeclared name. */
+  get(name: string): Promise<Buffer>;
+  /** The value as a UTF-8 string. Strings cannot be zeroed: prefer `get` where a Buffer will do. */
+  text(name: string): Promise<string>;
+}
+
 export interface ProcessorContext {
+  secrets: ProcessorSecrets;
   /** Aborted shortly before the hard kill (timeout), on cancellation and on shutdown. */
   signal: AbortSignal;
   log: ProcessorLog;

@@ -7,8 +7,13 @@ export interface RunMessage {
   jobType: string;
   attempt: number;
   data: unknown;
+  /** Secret names this job type declares (names only; values come one by one on request). */
+  secretNames: string[];
 }
-export type ToSandbox = RunMessage | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
+export type SecretReply =
+  | { type: 'secret'; reqId: number; ok: true; value: Uint8Array; version: string }
+  | { type: 'secret'; reqId: number; ok: false; error: SerializedError };
+export type ToSandbox = RunMessage | SecretReply | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -19,13 +24,16 @@ export interface RunStats {
   heapUsedBytes: number;
   /** V8 heap reserved at job end; the heap does not shrink within a job, so this bounds the peak. */
   peakHeapBytes: number;
+  /** Secret values handed to the job and zero-filled at its end. */
+  secretsZeroed: number;
 }
 
 export type FromSandbox =
   | { type: 'ready' }
   | { type: 'load-failed'; error: SerializedError }
   | { type: 'progress'; value: unknown }
-  | { type: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown> }
+  | { type: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown>; source: 'processor' | 'console' }
+  | { type: 'secret-request'; reqId: number; name: string }
   | ({ type: 'done'; ok: true; resultJson: string } & RunStats)
   | ({ type: 'done'; ok: false; error: SerializedError } & RunStats);
 
@@ -34,4 +42,6 @@ export interface SandboxInit {
   processorPath: string;
   jobType: string;
   maxResultBytes: number;
+  /** Log lines a job may write (ctx.log and console together) before the rest is dropped. */
+  maxLogLines: number;
 }

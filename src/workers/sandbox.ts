@@ -1,13 +1,16 @@
 import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
+import type { SecretValue } from '../secrets/provider.js';
 import {
   CancelledError,
+  serializeError,
   deserializeError,
   FleetError,
   MemoryLimitError,
   ProcessorError,
   ProcessorLoadError,
   SandboxCrashError,
+  SecretScopeError,
   ShutdownError,
   TimeoutError,
 } from '../errors.js';
@@ -16,8 +19,10 @@ import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, ToSandbo
 
 const ENTRY = compiledPath(import.meta.url, './sandbox-entry.js');
 
-export interface SandboxOptions extends SandboxInit {
+export interface SandboxOptions extends Omit<SandboxInit, 'maxLogLines'> {
   maxOldGenerationSizeMb: number;
+  /** @defaultValue 1000 */
+  maxLogLines?: number;
 }
 
 export interface RunOptions {
@@ -26,7 +31,9 @@ export interface RunOptions {
   /** Aborting it cancels the job through the same path as a timeout; its reason picks the error. */
   signal?: AbortSignal;
   onProgress?: (value: unknown) => void;
-  onLog?: (level: LogLevel, msg: string, fields?: Record<string, unknown>) => void;
+  onLog?: (level: LogLevel, msg: string, fields: Record<string, unknown> | undefined, source: 'processor' | 'console') => void;
+  /** Serves `ctx.secrets.get(name)`; the value is transferred to the sandbox, nothing kept here. */
+  onSecretRequest?: (name: string) => Promise<SecretValue>;
 }
 
 export interface RunResult extends RunStats {
@@ -79,7 +86,7 @@ export class Sandbox {
   /** Spawns a sandbox and resolves once its processor module has loaded. */
   static start(options: SandboxOptions): Promise<Sandbox> {
     const started = performance.now();
-    const init: SandboxInit = { processorPath: options.processorPath, jobType: options.jobType, maxResultBytes: options.maxResultBytes };
+    const init: SandboxInit = { processorPath: options.processorPath, jobType: options.jobType, maxResultBytes: options.maxResultBytes, maxLogLines: options.maxLogLines ?? 1000 };
     const worker = new Worker(ENTRY, {
       workerData: init,
       // The sandbox sees none of the supervisor's environment (tokens, URLs) and no argv.
@@ -181,12 +188,15 @@ export class Sandbox {
             options.onProgress?.(msg.value);
             break;
           case 'log':
-            options.onLog?.(msg.level, msg.msg, msg.fields);
+            options.onLog?.(msg.level, msg.msg, msg.fields, msg.source);
+            break;
+          case 'secret-request':
+            this.#serveSecret(msg.reqId, msg.name, options.onSecretRequest);
             break;
           case 'done':
             settle();
             this.lastHeapUsedBytes = msg.heapUsedBytes;
-            if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes });
+            if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes, secretsZeroed: msg.secretsZeroed });
             else reject(stopping ? stopError(stopping, options.timeoutMs) : deserializeError(msg.error));
             break;
           default:
@@ -197,6 +207,27 @@ export class Sandbox {
       else options.signal?.addEventListener('abort', onAbort, { once: true });
       this.#post(message);
     });
+  }
+
+  #serveSecret(reqId: number, name: string, serve: RunOptions['onSecretRequest']): void {
+    const fail = (err: unknown): void => this.#post({ type: 'secret', reqId, ok: false, error: serializeError(err) });
+    if (!serve) {
+      fail(new SecretScopeError(`this job type declares no secrets; "${name}" is not available`));
+      return;
+    }
+    serve(name).then(
+      ({ value, version }) => {
+        // Transfer, not copy: after this the bytes exist only in the sandbox.
+        const own = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : value.slice();
+        if (own !== value) value.fill(0);
+        if (this.#dead) {
+          own.fill(0);
+          return;
+        }
+        this.#worker.postMessage({ type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox, [own.buffer as ArrayBuffer]);
+      },
+      fail,
+    );
   }
 
   #post(msg: ToSandbox): void {

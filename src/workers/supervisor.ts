@@ -14,6 +14,9 @@ import {
 import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { AuditLog } from '../secrets/audit.js';
+import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
+import { makeProviders } from '../secrets/providers.js';
 import { controlChannel, parseControlMessage } from './control.js';
 import { SandboxPool, type SandboxPoolStats } from './sandbox-pool.js';
 
@@ -68,6 +71,7 @@ export class Supervisor {
   /** Running jobs, so cancellation and shutdown can reach them. */
   readonly #active = new Map<string, AbortController>();
   #redis: Redis | null = null;
+  #secrets: SecretBroker | null = null;
   #subscriber: Redis | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -109,6 +113,7 @@ export class Supervisor {
       this.#redis = connectRedis(this.#redisUrl, 'worker');
       this.#redis.on('error', (err) => this.#log.warn('redis connection error; reconnecting', { error: err.message }));
       await waitForRedis(this.#redis);
+      await this.#startSecrets(this.#redis);
 
       await Promise.all(
         this.#types.map(async (t) => {
@@ -135,6 +140,18 @@ export class Supervisor {
       await this.#release();
       throw err;
     }
+  }
+
+  async #startSecrets(redis: Redis): Promise<void> {
+    const providers = await makeProviders(this.#config, { redis, logger: this.#log });
+    const audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, maxEntries: this.#config.secrets.audit.maxEntries });
+    this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
+    // An unreachable provider does not stop start-up: its jobs fail retryably until it is back.
+    await Promise.all(
+      [...providers.values()].map((p) =>
+        p.check().catch((err: unknown) => this.#log.warn(`secret provider "${p.kind}" is not ready; jobs that need it will fail and retry`, { error: toError(err).message })),
+      ),
+    );
   }
 
   async #applyGlobalConcurrency(t: JobType): Promise<void> {
@@ -183,21 +200,27 @@ export class Supervisor {
     const pool = this.#pools.get(t.name)!;
     let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
     let clean = false;
+    const secrets: JobSecrets = this.#secrets!.forJob(t, jobId);
     try {
       // Jobs can be written to Redis by anyone holding its credentials; check again here.
       const parsed = t.payload.safeParse(job.data);
       if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
       sandbox = await pool.acquire();
       const result = await sandbox.run(
-        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data },
+        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets] },
         {
           timeoutMs: t.timeoutMs,
           abortGraceMs: t.abortGraceMs,
           signal: controller.signal,
           onProgress: (value) => void job.updateProgress(value as object).catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
-          onLog: (level, msg, fields) => {
-            log[level](msg, { ...fields, source: 'processor' });
+          onLog: (level, msg, fields, source) => {
+            log[level](msg, { ...fields, source });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
+          },
+          onSecretRequest: async (name) => {
+            const v = await secrets.get(name);
+            this.events.emit('secret:values', { delta: 1 });
+            return v;
           },
         },
       );
@@ -225,6 +248,9 @@ export class Supervisor {
     } finally {
       this.#active.delete(jobId);
       if (sandbox) pool.release(sandbox, clean);
+      // The sandbox zeroed its copies (or was destroyed); credentials minted for the job are revoked.
+      if (secrets.handed) this.events.emit('secret:values', { delta: -secrets.handed });
+      await secrets.release();
     }
   }
 
@@ -279,6 +305,8 @@ export class Supervisor {
     this.#heartbeat = null;
     await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
+    await this.#secrets?.close().catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
+    this.#secrets = null;
     if (this.#redis?.status === 'ready') await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
     this.#subscriber?.disconnect();
     this.#redis?.disconnect();

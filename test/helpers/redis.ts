@@ -38,7 +38,7 @@ export async function dumpKeys(url: string, pattern = '*'): Promise<Map<string, 
       else if (type === 'hash') v = await r.hgetall(key);
       else if (type === 'list') v = await r.lrange(key, 0, -1);
       else if (type === 'set') v = await r.smembers(key);
-      else if (type === 'zset') v = await r.zrange(key, 0, -1, 'WITHSCORES');
+      else if (type === 'zset') v = await r.zrange(key, '0', '-1', 'WITHSCORES');
       else if (type === 'stream') v = await r.xrange(key, '-', '+');
       out.set(key, JSON.stringify(v));
     }

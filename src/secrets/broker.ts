@@ -1,0 +1,119 @@
+import { performance } from 'node:perf_hooks';
+import type { FleetConfig, JobType } from '../config/resolve.js';
+import { FleetError, SecretScopeError, SecretUnavailableError, toError } from '../errors.js';
+import type { FleetEventBus } from '../events.js';
+import type { Logger } from '../observability/logger.js';
+import type { AuditLog } from './audit.js';
+import type { ProviderKind, SecretLease, SecretProvider, SecretValue } from './provider.js';
+
+/**
+ * Hands secrets to one job: checks scope, fetches through a lease minted for this job (per
+ * provider, on first use), audits every attempt and counts it. `release()` revokes the leases;
+ * it runs at job end whatever happened, so a crashed or timed-out job leaves no live credential.
+ */
+export class JobSecrets {
+  readonly #broker: SecretBroker;
+  readonly #type: JobType;
+  readonly #jobId: string;
+  readonly #leases = new Map<ProviderKind, Promise<SecretLease>>();
+  /** Values handed to the sandbox in this job (for the values-alive gauge). */
+  handed = 0;
+
+  constructor(broker: SecretBroker, type: JobType, jobId: string) {
+    this.#broker = broker;
+    this.#type = type;
+    this.#jobId = jobId;
+  }
+
+  /** A fresh copy of the value for the sandbox; the caller transfers it and keeps nothing. */
+  async get(name: string): Promise<SecretValue> {
+    const b = this.#broker;
+    const started = performance.now();
+    const base = { secret: name, jobId: this.#jobId, jobType: this.#type.name, workerId: b.workerId, action: 'access' };
+    const provider = b.config.secretProviders.get(name) ?? b.config.secrets.provider;
+    if (!this.#type.secrets.includes(name)) {
+      const err = new SecretScopeError(`job type "${this.#type.name}" may not read secret "${name}"; it declares: ${this.#type.secrets.join(', ') || '(none)'}. Fix: add it to jobTypes.${this.#type.name}.secrets if this is intended.`);
+      b.audit({ ...base, provider, outcome: 'denied', reason: err.code, latencyMs: performance.now() - started });
+      throw err;
+    }
+    try {
+      const lease = await this.#lease(provider);
+      const v = await lease.read(name);
+      this.handed += 1;
+      b.audit({ ...base, provider, outcome: 'granted', version: v.version, latencyMs: performance.now() - started });
+      return v;
+    } catch (caught) {
+      const err = caught instanceof FleetError ? caught : new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `reading secret "${name}" failed: ${toError(caught).message}`, { retryable: true, cause: caught });
+      b.audit({ ...base, provider, outcome: err.code === 'SECRET_PERMISSION_DENIED' ? 'denied' : 'error', reason: err.code, latencyMs: performance.now() - started });
+      throw err;
+    }
+  }
+
+  #lease(kind: ProviderKind): Promise<SecretLease> {
+    let l = this.#leases.get(kind);
+    if (!l) {
+      l = this.#broker.provider(kind).lease({ jobId: this.#jobId, jobType: this.#type.name, names: this.#type.secrets.filter((n) => this.#broker.config.secretProviders.get(n) === kind), ttlMs: this.#type.timeoutMs });
+      // A failed mint is not kept: the next read tries again.
+      l.catch(() => this.#leases.delete(kind));
+      this.#leases.set(kind, l);
+    }
+    return l;
+  }
+
+  async release(): Promise<void> {
+    const leases = [...this.#leases.values()];
+    this.#leases.clear();
+    await Promise.all(
+      leases.map(async (p) => {
+        try {
+          await (await p).release();
+        } catch (err) {
+          this.#broker.log.warn('releasing a secret lease failed', { jobId: this.#jobId, error: toError(err).message });
+        }
+      }),
+    );
+  }
+}
+
+export class SecretBroker {
+  readonly config: FleetConfig;
+  readonly workerId: string;
+  readonly log: Logger;
+  readonly #providers: ReadonlyMap<ProviderKind, SecretProvider>;
+  readonly #audit: AuditLog;
+  readonly #events: FleetEventBus;
+
+  constructor(options: { config: FleetConfig; providers: ReadonlyMap<ProviderKind, SecretProvider>; audit: AuditLog; events: FleetEventBus; workerId: string; logger: Logger }) {
+    this.config = options.config;
+    this.#providers = options.providers;
+    this.#audit = options.audit;
+    this.#events = options.events;
+    this.workerId = options.workerId;
+    this.log = options.logger;
+  }
+
+  provider(kind: ProviderKind): SecretProvider {
+    const p = this.#providers.get(kind);
+    if (!p) throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `secret provider "${kind}" is not configured on this supervisor. Fix: add secrets.${kind} to the config.`);
+    return p;
+  }
+
+  get providers(): ReadonlyMap<ProviderKind, SecretProvider> {
+    return this.#providers;
+  }
+
+  forJob(type: JobType, jobId: string): JobSecrets {
+    return new JobSecrets(this, type, jobId);
+  }
+
+  audit(rec: Omit<Parameters<AuditLog['record']>[0], 'ts'>): void {
+    const full = { ts: Date.now(), ...rec, latencyMs: Math.round(rec.latencyMs * 1000) / 1000 };
+    this.#audit.record(full);
+    this.#events.emit('secret:accessed', { secret: rec.secret, jobType: rec.jobType, outcome: rec.outcome, provider: rec.provider, latencyMs: full.latencyMs });
+  }
+
+  async close(): Promise<void> {
+    await this.#audit.flush();
+    await Promise.all([...this.#providers.values()].map((p) => p.close()));
+  }
+}

@@ -1,0 +1,164 @@
+import { DecryptCommand, GenerateDataKeyCommand, DescribeKeyCommand, KMSClient, type KMSClientConfig } from '@aws-sdk/client-kms';
+import type { Redis } from 'ioredis';
+import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import { seal, unseal, type SealedBox } from './crypto.js';
+import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
+
+export interface KmsProviderOptions {
+  keyId: string;
+  region: string;
+  /** For local KMS-API servers (moto, local-kms). @defaultValue AWS */
+  endpoint?: string;
+  /** Where the ciphertexts live (shared by every supervisor). */
+  redis: Redis;
+  keyPrefix: string;
+  keepVersions: number;
+  requestTimeoutMs: number;
+}
+
+/** One stored version: the data key encrypted by KMS, and the value sealed under that data key. */
+interface Envelope extends SealedBox {
+  encryptedDataKey: string;
+  keyId: string;
+  createdAt: number;
+}
+
+/** The EncryptionContext KMS binds into the encrypted data key: a key for one secret version opens nothing else. */
+export function encryptionContext(name: string, version: string): Record<string, string> {
+  return { 'fleet:secret': name, 'fleet:version': version };
+}
+
+function kmsError(err: unknown, what: string, secret?: string): SecretUnavailableError {
+  const e = toError(err) as Error & { name: string; $metadata?: { httpStatusCode?: number }; code?: string };
+  const subject = secret ? `secret "${secret}"` : 'KMS';
+  const byName: Record<string, [ErrorCode, boolean, string]> = {
+    InvalidCiphertextException: ['SECRET_INTEGRITY', false, `KMS refused to decrypt the data key of ${subject}: the ciphertext or its encryption context does not match (tampered, or stored under another name/version).`],
+    IncorrectKeyException: ['SECRET_INTEGRITY', false, `${subject} was encrypted under a different KMS key.`],
+    AccessDeniedException: ['SECRET_PERMISSION_DENIED', false, `KMS denied ${what} for ${subject}. Fix: grant kms:Decrypt/GenerateDataKey on the key to the fleet's role.`],
+    NotFoundException: ['SECRET_NOT_FOUND', false, `KMS key for ${subject} does not exist. Fix: check secrets.kms.keyId.`],
+    DisabledException: ['SECRET_PERMISSION_DENIED', false, `KMS key for ${subject} is disabled. Fix: enable it.`],
+    KMSInvalidStateException: ['SECRET_PROVIDER_UNAVAILABLE', true, `KMS key for ${subject} is in an invalid state (pending deletion/import?).`],
+    ExpiredTokenException: ['SECRET_AUTH_EXPIRED', true, `AWS credentials expired during ${what} for ${subject}.`],
+    UnrecognizedClientException: ['SECRET_AUTH_EXPIRED', false, `AWS rejected the credentials during ${what} for ${subject}. Fix: check the AWS credentials of the supervisor.`],
+  };
+  const known = byName[e.name];
+  if (known) return new SecretUnavailableError(known[0], known[2], { retryable: known[1], cause: err });
+  return new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `KMS is unreachable or failed during ${what} for ${subject} (${e.name}: ${e.message}). Fix: check secrets.kms.endpoint/region and network.`, { retryable: true, cause: err });
+}
+
+/**
+ * AWS KMS envelope encryption. Each secret version is sealed (AES-256-GCM) under its own data key
+ * from `GenerateDataKey`, whose EncryptionContext names the secret and version; only the
+ * KMS-encrypted data key is stored. Reading calls `Decrypt` with that exact context.
+ */
+export class KmsProvider implements SecretProvider {
+  readonly kind = 'kms' as const;
+  readonly #o: KmsProviderOptions;
+  readonly #kms: KMSClient;
+
+  constructor(options: KmsProviderOptions) {
+    this.#o = options;
+    const cfg: KMSClientConfig = { region: options.region, maxAttempts: 2, requestHandler: { requestTimeout: options.requestTimeoutMs } as never };
+    if (options.endpoint) cfg.endpoint = options.endpoint;
+    this.#kms = new KMSClient(cfg);
+  }
+
+  #key(name: string): string {
+    return `${this.#o.keyPrefix}:kms-secret:{${name}}`;
+  }
+
+  async #decrypt(name: string, version: string, env: Envelope): Promise<SecretValue> {
+    let dataKey: Uint8Array | undefined;
+    try {
+      const res = await this.#kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(env.encryptedDataKey, 'base64'), EncryptionContext: encryptionContext(name, version), KeyId: env.keyId }));
+      dataKey = res.Plaintext;
+    } catch (err) {
+      throw kmsError(err, 'Decrypt', name);
+    }
+    if (!dataKey) throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `KMS returned no plaintext data key for secret "${name}"`, { retryable: true });
+    try {
+      return { value: unseal(dataKey, env, `fleet:${name}:${version}`, `KMS secret "${name}" v${version}`), version };
+    } finally {
+      dataKey.fill(0);
+    }
+  }
+
+  async readVersion(name: string, version?: string): Promise<SecretValue> {
+    let fields: Record<string, string>;
+    try {
+      fields = await this.#o.redis.hgetall(this.#key(name));
+    } catch (err) {
+      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from Redis: ${toError(err).message}`, { retryable: true, cause: err });
+    }
+    const v = version ?? fields.current;
+    const raw = v ? fields[`v${v}`] : undefined;
+    if (!v || !raw) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS ciphertext${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} --provider kms (value on stdin).`);
+    return this.#decrypt(name, v, JSON.parse(raw) as Envelope);
+  }
+
+  lease(request: LeaseRequest): Promise<SecretLease> {
+    const allowed = new Set(request.names);
+    return Promise.resolve({
+      read: (name: string) => {
+        if (!allowed.has(name)) return Promise.reject(new SecretUnavailableError('SECRET_PERMISSION_DENIED', `lease for ${request.jobId} does not cover "${name}"`));
+        return this.readVersion(name);
+      },
+      release: () => Promise.resolve(),
+    });
+  }
+
+  async write(name: string, value: Uint8Array): Promise<{ version: string }> {
+    const key = this.#key(name);
+    const version = String(await this.#o.redis.hincrby(key, 'seq', 1));
+    let dk;
+    try {
+      dk = await this.#kms.send(new GenerateDataKeyCommand({ KeyId: this.#o.keyId, KeySpec: 'AES_256', EncryptionContext: encryptionContext(name, version) }));
+    } catch (err) {
+      throw kmsError(err, 'GenerateDataKey', name);
+    }
+    const plaintextKey = dk.Plaintext!;
+    const env: Envelope = { ...seal(plaintextKey, value, `fleet:${name}:${version}`), encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'), keyId: dk.KeyId ?? this.#o.keyId, createdAt: Date.now() };
+    plaintextKey.fill(0);
+    const stale = Number(version) - this.#o.keepVersions;
+    const multi = this.#o.redis.multi().hset(key, `v${version}`, JSON.stringify(env), 'current', version, 'updatedAt', String(env.createdAt));
+    if (stale > 0) multi.hdel(key, `v${stale}`);
+    await multi.exec();
+    return { version };
+  }
+
+  async list(): Promise<SecretMetadata[]> {
+    const out: SecretMetadata[] = [];
+    const stream = this.#o.redis.scanStream({ match: `${this.#o.keyPrefix}:kms-secret:*`, count: 200 });
+    for await (const keys of stream as AsyncIterable<string[]>) {
+      for (const k of keys) {
+        const [current, updatedAt] = await this.#o.redis.hmget(k, 'current', 'updatedAt');
+        const name = /\{(.+)\}$/.exec(k)?.[1];
+        if (name && current) out.push({ name, version: current, updatedAt: Number(updatedAt) });
+      }
+    }
+    return out;
+  }
+
+  async remove(name: string): Promise<void> {
+    const n = await this.#o.redis.del(this.#key(name));
+    if (!n) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS ciphertext`);
+  }
+
+  async check(): Promise<void> {
+    try {
+      await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
+    } catch (err) {
+      throw kmsError(err, 'DescribeKey');
+    }
+  }
+
+  /** The underlying client, for key rotation (rotation issue). */
+  get client(): KMSClient {
+    return this.#kms;
+  }
+
+  close(): Promise<void> {
+    this.#kms.destroy();
+    return Promise.resolve();
+  }
+}

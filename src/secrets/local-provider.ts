@@ -1,0 +1,140 @@
+import { randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { ConfigError, SecretUnavailableError } from '../errors.js';
+import { seal, unseal, type SealedBox } from './crypto.js';
+import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
+
+export interface LocalProviderOptions {
+  /** Encrypted store file. */
+  file: string;
+  /** Master key file, generated (mode 0600) when absent and no env key is set. */
+  keyFile: string;
+  /** Env var holding a base64 32-byte master key; wins over the key file. */
+  masterKeyEnv: string;
+  /** Versions kept per secret (older ones are dropped). */
+  keepVersions: number;
+}
+
+interface StoredVersion extends SealedBox {
+  version: number;
+  createdAt: number;
+}
+interface Store {
+  format: 1;
+  secrets: Record<string, { current: number; versions: StoredVersion[] }>;
+}
+
+/**
+ * DEV ONLY: secrets in an AES-256-GCM encrypted file, for `npm start` with nothing installed.
+ * Real crypto (each value sealed with its name and version as AAD), but the master key sits on the
+ * same disk. Use `vault` or `kms` in production; `fleet doctor` flags `local`.
+ */
+export class LocalProvider implements SecretProvider {
+  readonly kind = 'local' as const;
+  readonly #o: LocalProviderOptions;
+  #key: Buffer | null = null;
+
+  constructor(options: LocalProviderOptions) {
+    this.#o = options;
+  }
+
+  #masterKey(): Buffer {
+    if (this.#key) return this.#key;
+    const fromEnv = process.env[this.#o.masterKeyEnv];
+    let key: Buffer;
+    if (fromEnv) {
+      key = Buffer.from(fromEnv, 'base64');
+      if (key.length !== 32) throw new ConfigError(`${this.#o.masterKeyEnv} must be 32 bytes, base64-encoded (got ${key.length}). Fix: openssl rand -base64 32`);
+    } else {
+      if (!existsSync(this.#o.keyFile)) {
+        mkdirSync(path.dirname(this.#o.keyFile), { recursive: true });
+        writeFileSync(this.#o.keyFile, randomBytes(32).toString('base64'), { mode: 0o600, flag: 'wx' });
+      }
+      const mode = statSync(this.#o.keyFile).mode & 0o777;
+      if (mode & 0o077) chmodSync(this.#o.keyFile, 0o600);
+      key = Buffer.from(readFileSync(this.#o.keyFile, 'utf8').trim(), 'base64');
+      if (key.length !== 32) throw new ConfigError(`master key file ${this.#o.keyFile} is not a base64 32-byte key. Fix: delete it to generate a new one (existing secrets become unreadable) or restore it.`);
+    }
+    this.#key = key;
+    return key;
+  }
+
+  #load(): Store {
+    if (!existsSync(this.#o.file)) return { format: 1, secrets: {} };
+    return JSON.parse(readFileSync(this.#o.file, 'utf8')) as Store;
+  }
+
+  #save(store: Store): void {
+    mkdirSync(path.dirname(this.#o.file), { recursive: true });
+    const tmp = `${this.#o.file}.${process.pid}.tmp`;
+    writeFileSync(tmp, JSON.stringify(store, null, 1), { mode: 0o600 });
+    renameSync(tmp, this.#o.file);
+  }
+
+  #readNow(name: string, version?: number): SecretValue {
+    const entry = this.#load().secrets[name];
+    const v = entry?.versions.find((x) => x.version === (version ?? entry.current));
+    if (!entry || !v) {
+      throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} (reads the value from stdin).`);
+    }
+    return { value: unseal(this.#masterKey(), v, `fleet:${name}:${v.version}`, `local secret "${name}" v${v.version}`), version: String(v.version) };
+  }
+
+  lease(request: LeaseRequest): Promise<SecretLease> {
+    const allowed = new Set(request.names);
+    return Promise.resolve({
+      read: async (name: string) => {
+        if (!allowed.has(name)) throw new SecretUnavailableError('SECRET_PERMISSION_DENIED', `lease for ${request.jobId} does not cover "${name}"`);
+        return this.#readNow(name);
+      },
+      release: () => Promise.resolve(),
+    });
+  }
+
+  /** A specific version, for rotation's test step and grace-window reads. */
+  readVersion(name: string, version: string): SecretValue {
+    return this.#readNow(name, Number(version));
+  }
+
+  write(name: string, value: Uint8Array): Promise<{ version: string }> {
+    const store = this.#load();
+    const entry = (store.secrets[name] ??= { current: 0, versions: [] });
+    const version = Math.max(0, ...entry.versions.map((v) => v.version)) + 1;
+    entry.versions.push({ version, createdAt: Date.now(), ...seal(this.#masterKey(), value, `fleet:${name}:${version}`) });
+    entry.versions = entry.versions.slice(-this.#o.keepVersions);
+    entry.current = version;
+    this.#save(store);
+    return Promise.resolve({ version: String(version) });
+  }
+
+  list(): Promise<SecretMetadata[]> {
+    return Promise.resolve(
+      Object.entries(this.#load().secrets).map(([name, e]) => ({
+        name,
+        version: String(e.current),
+        updatedAt: e.versions.find((v) => v.version === e.current)?.createdAt ?? 0,
+      })),
+    );
+  }
+
+  remove(name: string): Promise<void> {
+    const store = this.#load();
+    if (!store.secrets[name]) return Promise.reject(new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store`));
+    delete store.secrets[name];
+    this.#save(store);
+    return Promise.resolve();
+  }
+
+  check(): Promise<void> {
+    this.#masterKey();
+    this.#load();
+    return Promise.resolve();
+  }
+
+  close(): Promise<void> {
+    this.#key?.fill(0);
+    this.#key = null;
+    return Promise.resolve();
+  }
+}

@@ -1,0 +1,44 @@
+/**
+ * The one small interface every secret backend implements. The core never imports a backend SDK;
+ * it talks to these.
+ */
+export type ProviderKind = 'local' | 'vault' | 'kms';
+
+export interface SecretValue {
+  /** Plaintext in memory of its own (never Node's shared Buffer pool), so it can be zeroed or transferred. */
+  value: Uint8Array;
+  version: string;
+}
+
+/** Access for one job. `release()` always runs at job end, whatever happened to the job. */
+export interface SecretLease {
+  read(name: string): Promise<SecretValue>;
+  release(): Promise<void>;
+}
+
+export interface LeaseRequest {
+  jobId: string;
+  jobType: string;
+  /** Exactly the names the job type declares; a lease grants nothing else. */
+  names: readonly string[];
+  /** How long the job may run; credentials minted for it expire soon after. */
+  ttlMs: number;
+}
+
+export interface SecretMetadata {
+  name: string;
+  version: string;
+  updatedAt: number;
+}
+
+export interface SecretProvider {
+  readonly kind: ProviderKind;
+  lease(request: LeaseRequest): Promise<SecretLease>;
+  /** Writes a new version (CLI, rotation). */
+  write(name: string, value: Uint8Array): Promise<{ version: string }>;
+  list(): Promise<SecretMetadata[]>;
+  remove(name: string): Promise<void>;
+  /** Throws a clear error if the backend is unreachable or our credentials are not valid. */
+  check(): Promise<void>;
+  close(): Promise<void>;
+}

@@ -1,0 +1,62 @@
+import path from 'node:path';
+import type { Redis } from 'ioredis';
+import type { FleetConfig } from '../config/resolve.js';
+import { ConfigError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { ProviderKind, SecretProvider } from './provider.js';
+import { requireEnv, type VaultAuth } from './vault-provider.js';
+
+/** Provider kinds the config actually uses (by some secret), plus any explicitly asked for. */
+export function usedProviders(config: FleetConfig): Set<ProviderKind> {
+  return new Set(config.secretProviders.values());
+}
+
+export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false): VaultAuth {
+  if (v.auth === 'token' || (preferToken && process.env[v.tokenEnv])) return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
+  return { method: 'approle', roleId: requireEnv(v.roleIdEnv, 'secrets.vault (AppRole)'), secretId: requireEnv(v.secretIdEnv, 'secrets.vault (AppRole)'), mount: v.approleMount };
+}
+
+/**
+ * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
+ * local store never loads node-vault or the AWS SDK.
+ */
+export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis: Redis; logger: Logger; preferVaultToken?: boolean }): Promise<SecretProvider> {
+  const s = config.secrets;
+  if (kind === 'local') {
+    const { LocalProvider } = await import('./local-provider.js');
+    return new LocalProvider({ file: path.resolve(config.dataDir, s.local.file), keyFile: path.resolve(config.dataDir, s.local.keyFile), masterKeyEnv: s.local.masterKeyEnv, keepVersions: s.local.keepVersions });
+  }
+  if (kind === 'vault') {
+    if (!s.vault) throw new ConfigError('secrets.vault is not configured');
+    const { VaultProvider } = await import('./vault-provider.js');
+    return new VaultProvider({
+      address: s.vault.address ?? process.env.VAULT_ADDR ?? '',
+      mount: s.vault.mount,
+      prefix: s.vault.prefix,
+      auth: vaultAuthFromEnv(s.vault, deps.preferVaultToken),
+      tokenRole: s.vault.tokenRole,
+      policyPrefix: s.vault.policyPrefix,
+      tokenTtlMarginMs: s.vault.tokenTtlMarginMs,
+      readsPerSecret: s.vault.readsPerSecret,
+      requestTimeoutMs: s.vault.requestTimeoutMs,
+      logger: deps.logger,
+    });
+  }
+  if (!s.kms) throw new ConfigError('secrets.kms is not configured');
+  const { KmsProvider } = await import('./kms-provider.js');
+  return new KmsProvider({
+    keyId: s.kms.keyId,
+    region: s.kms.region ?? process.env.AWS_REGION ?? 'us-east-1',
+    ...(s.kms.endpoint ? { endpoint: s.kms.endpoint } : {}),
+    redis: deps.redis,
+    keyPrefix: config.redis.prefix,
+    keepVersions: s.kms.keepVersions,
+    requestTimeoutMs: s.kms.requestTimeoutMs,
+  });
+}
+
+export async function makeProviders(config: FleetConfig, deps: { redis: Redis; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
+  const out = new Map<ProviderKind, SecretProvider>();
+  for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
+  return out;
+}

@@ -1,0 +1,320 @@
+import nodeVault from 'node-vault';
+import { ConfigError, SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
+import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
+
+export type VaultAuth = { method: 'token'; token: string } | { method: 'approle'; roleId: string; secretId: string; mount: string };
+
+export interface VaultProviderOptions {
+  address: string;
+  /** KV v2 mount. @defaultValue `"secret"` */
+  mount: string;
+  /** Folder under the mount holding the fleet's secrets. @defaultValue `"fleet"` */
+  prefix: string;
+  auth: VaultAuth;
+  /** Token role the supervisor mints job tokens through. @defaultValue `"fleet-job"` */
+  tokenRole: string;
+  /** Job tokens carry the policy `<policyPrefix><jobType>`. @defaultValue `"fleet-job-"` */
+  policyPrefix: string;
+  /** Job tokens live this much longer than the job's timeout. @defaultValue 30000 */
+  tokenTtlMarginMs: number;
+  /** Reads allowed per declared secret on one job token (`num_uses`). @defaultValue 4 */
+  readsPerSecret: number;
+  requestTimeoutMs: number;
+  logger: Logger;
+}
+
+interface VaultApiError extends Error {
+  response?: { statusCode?: number; body?: unknown };
+  code?: string;
+}
+
+/** Maps a Vault failure to a specific, named error. */
+function vaultError(err: unknown, what: string, secret?: string): SecretUnavailableError {
+  const e = toError(err) as VaultApiError;
+  const status = e.response?.statusCode;
+  const name = secret ? `secret "${secret}"` : 'Vault';
+  let code: ErrorCode = 'SECRET_PROVIDER_UNAVAILABLE';
+  let retryable = true;
+  let message: string;
+  if (status === 404) {
+    code = 'SECRET_NOT_FOUND';
+    retryable = false;
+    message = `${name} is missing in Vault (${what}: 404). If it was just rotated or deleted, re-set it; otherwise check mount/prefix.`;
+  } else if (status === 403 && /invalid token|token.*expired|bad token/i.test(e.message)) {
+    code = 'SECRET_AUTH_EXPIRED';
+    message = `Vault authentication expired (${what}: ${e.message}). The supervisor re-authenticates; check the AppRole secret_id/token TTL if this repeats.`;
+  } else if (status === 403) {
+    code = 'SECRET_PERMISSION_DENIED';
+    retryable = false;
+    message = `Vault denied ${what} for ${name} (403 permission denied). Fix: run \`fleet vault setup\` so the job type's policy covers it.`;
+  } else if (status !== undefined) {
+    message = `Vault answered ${status} to ${what} for ${name}: ${e.message}`;
+  } else {
+    message = `Vault is unreachable (${what}${secret ? ` for ${name}` : ''}: ${e.code ?? e.message}). Fix: check VAULT_ADDR and that Vault is up and unsealed.`;
+  }
+  return new SecretUnavailableError(code, message, { retryable, cause: err });
+}
+
+/**
+ * HashiCorp Vault (or OpenBao) KV v2. The supervisor's own token can do nothing but mint job
+ * tokens through a token role, renew itself and revoke by accessor. Each job gets a child token
+ * whose policy reads exactly its type's secrets, expires shortly after the job's timeout, has
+ * bounded uses and cannot be renewed. The token is revoked by accessor at job end, so least
+ * privilege is enforced by Vault itself.
+ */
+export class VaultProvider implements SecretProvider {
+  readonly kind = 'vault' as const;
+  readonly #o: VaultProviderOptions;
+  readonly #client: nodeVault.client;
+  #token: string | null = null;
+  #renewTimer: NodeJS.Timeout | null = null;
+  #loggingIn: Promise<string> | null = null;
+
+  constructor(options: VaultProviderOptions) {
+    this.#o = options;
+    this.#client = nodeVault({
+      endpoint: options.address,
+      // Request bodies carry secrets: never let node-vault's debug output print them.
+      debug: () => undefined,
+      requestOptions: { timeout: options.requestTimeoutMs },
+    });
+    // Every request sets X-Vault-Token explicitly; the client-wide token stays empty.
+    this.#client.token = '';
+  }
+
+  #path(kind: 'data' | 'metadata', name?: string): string {
+    return `${this.#o.mount}/${kind}/${this.#o.prefix}${name ? `/${name}` : ''}`;
+  }
+
+  policyName(jobType: string): string {
+    return `${this.#o.policyPrefix}${jobType}`;
+  }
+
+  async #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
+    return (await this.#client.request({ method, path: `/${path}`, headers: { 'X-Vault-Token': token }, ...(json === undefined ? {} : { json }) })) as T;
+  }
+
+  /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
+  async #supervisorToken(): Promise<string> {
+    if (this.#token) return this.#token;
+    this.#loggingIn ??= this.#login().finally(() => (this.#loggingIn = null));
+    return this.#loggingIn;
+  }
+
+  async #login(): Promise<string> {
+    const auth = this.#o.auth;
+    let ttlSeconds = 0;
+    if (auth.method === 'token') {
+      this.#token = auth.token;
+      const self = await this.#call<{ data: { ttl: number; renewable: boolean } }>(auth.token, 'GET', 'auth/token/lookup-self').catch((err: unknown) => {
+        this.#token = null;
+        throw vaultError(err, 'token lookup');
+      });
+      ttlSeconds = self.data.renewable ? self.data.ttl : 0;
+    } else {
+      const res = await this.#client
+        .request({ method: 'POST', path: `/auth/${auth.mount}/login`, json: { role_id: auth.roleId, secret_id: auth.secretId } })
+        .catch((err: unknown) => {
+          throw vaultError(err, 'AppRole login');
+        });
+      const a = (res as { auth: { client_token: string; lease_duration: number } }).auth;
+      this.#token = a.client_token;
+      ttlSeconds = a.lease_duration;
+    }
+    this.#scheduleRenewal(ttlSeconds);
+    return this.#token!;
+  }
+
+  #scheduleRenewal(ttlSeconds: number): void {
+    if (this.#renewTimer) clearTimeout(this.#renewTimer);
+    if (!ttlSeconds) return;
+    this.#renewTimer = setTimeout(() => void this.#renew(), Math.max(1000, (ttlSeconds * 1000) / 2));
+    this.#renewTimer.unref();
+  }
+
+  async #renew(): Promise<void> {
+    const token = this.#token;
+    if (!token) return;
+    try {
+      const res = await this.#call<{ auth: { lease_duration: number } }>(token, 'POST', 'auth/token/renew-self', {});
+      this.#scheduleRenewal(res.auth.lease_duration);
+    } catch (err) {
+      this.#o.logger.warn('vault token renewal failed; logging in again', { error: toError(err).message });
+      this.#token = null;
+      await this.#supervisorToken().catch((e: unknown) => this.#o.logger.error('vault login failed', { error: toError(e).message }));
+    }
+  }
+
+  /** Mints the job token; one retry after re-login if the supervisor's own token expired. */
+  async #mint(request: LeaseRequest): Promise<{ token: string; accessor: string }> {
+    const body = {
+      policies: [this.policyName(request.jobType)],
+      ttl: `${Math.ceil((request.ttlMs + this.#o.tokenTtlMarginMs) / 1000)}s`,
+      explicit_max_ttl: `${Math.ceil((request.ttlMs + this.#o.tokenTtlMarginMs) / 1000)}s`,
+      num_uses: Math.max(1, request.names.length * this.#o.readsPerSecret),
+      renewable: false,
+      no_default_policy: true,
+      display_name: `job-${request.jobType}`,
+      meta: { job_id: request.jobId, job_type: request.jobType },
+    };
+    for (let attempt = 0; ; attempt++) {
+      const token = await this.#supervisorToken();
+      try {
+        const res = await this.#call<{ auth: { client_token: string; accessor: string } }>(token, 'POST', `auth/token/create/${this.#o.tokenRole}`, body);
+        return { token: res.auth.client_token, accessor: res.auth.accessor };
+      } catch (err) {
+        const e = vaultError(err, 'minting the job token');
+        if (e.code === 'SECRET_AUTH_EXPIRED' && attempt === 0) {
+          this.#token = null;
+          continue;
+        }
+        throw e;
+      }
+    }
+  }
+
+  async lease(request: LeaseRequest): Promise<SecretLease> {
+    const minted = await this.#mint(request);
+    let token: string | null = minted.token;
+    return {
+      read: async (name: string): Promise<SecretValue> => {
+        if (!token) throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
+        let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
+        try {
+          res = await this.#call(token, 'GET', this.#path('data', name));
+        } catch (err) {
+          throw vaultError(err, 'read', name);
+        }
+        const raw = res.data.data.value;
+        if (typeof raw !== 'string') {
+          throw new SecretUnavailableError('SECRET_NOT_FOUND', `Vault entry for secret "${name}" has no string field "value". Fix: vault kv put ${this.#o.mount}/${this.#o.prefix}/${name} value=…`, { retryable: false });
+        }
+        const bytes = Buffer.from(raw, 'utf8');
+        const value = new Uint8Array(bytes.length);
+        value.set(bytes);
+        bytes.fill(0);
+        return { value, version: String(res.data.metadata.version) };
+      },
+      release: async () => {
+        token = null;
+        const sup = await this.#supervisorToken();
+        try {
+          await this.#call(sup, 'POST', 'auth/token/revoke-accessor', { accessor: minted.accessor });
+        } catch (err) {
+          throw vaultError(err, `revoking job token of ${request.jobId} (it expires by TTL)`);
+        }
+      },
+    };
+  }
+
+  async write(name: string, value: Uint8Array): Promise<{ version: string }> {
+    const token = await this.#supervisorToken();
+    try {
+      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name), { data: { value: Buffer.from(value).toString('utf8') } });
+      return { version: String(res.data.version) };
+    } catch (err) {
+      throw vaultError(err, 'write', name);
+    }
+  }
+
+  async list(): Promise<SecretMetadata[]> {
+    const token = await this.#supervisorToken();
+    let keys: string[];
+    try {
+      keys = (await this.#call<{ data: { keys: string[] } }>(token, 'LIST', this.#path('metadata'))).data.keys;
+    } catch (err) {
+      if ((err as VaultApiError).response?.statusCode === 404) return [];
+      throw vaultError(err, 'list');
+    }
+    return Promise.all(
+      keys.map(async (name) => {
+        const m = await this.#call<{ data: { current_version: number; updated_time: string } }>(token, 'GET', this.#path('metadata', name));
+        return { name, version: String(m.data.current_version), updatedAt: Date.parse(m.data.updated_time) };
+      }),
+    );
+  }
+
+  async remove(name: string): Promise<void> {
+    const token = await this.#supervisorToken();
+    await this.#call(token, 'DELETE', this.#path('metadata', name)).catch((err: unknown) => {
+      throw vaultError(err, 'delete', name);
+    });
+  }
+
+  async check(): Promise<void> {
+    const token = await this.#supervisorToken();
+    await this.#call(token, 'GET', 'auth/token/lookup-self').catch((err: unknown) => {
+      throw vaultError(err, 'token lookup');
+    });
+  }
+
+  close(): Promise<void> {
+    if (this.#renewTimer) clearTimeout(this.#renewTimer);
+    this.#renewTimer = null;
+    this.#token = null;
+    return Promise.resolve();
+  }
+
+  /**
+   * One-time setup with an admin token (`fleet vault setup`): a read policy per job type, the
+   * token role job tokens are minted through, the supervisor's policy, and its AppRole. Returns
+   * the AppRole role_id and a fresh secret_id for the supervisors.
+   */
+  static async setup(options: {
+    address: string;
+    adminToken: string;
+    mount: string;
+    prefix: string;
+    tokenRole: string;
+    policyPrefix: string;
+    approleMount: string;
+    /** job type → secret names it may read from Vault */
+    scopes: ReadonlyMap<string, readonly string[]>;
+  }): Promise<{ roleId: string; secretId: string; policies: string[] }> {
+    const client = nodeVault({ endpoint: options.address, debug: () => undefined });
+    client.token = '';
+    const call = (method: 'GET' | 'POST' | 'PUT', path: string, json?: unknown): Promise<unknown> =>
+      client.request({ method, path: `/${path}`, headers: { 'X-Vault-Token': options.adminToken }, ...(json === undefined ? {} : { json }) }).catch((err: unknown) => {
+        throw vaultError(err, `setup: ${method} ${path}`);
+      });
+    const policies: string[] = [];
+    for (const [jobType, names] of options.scopes) {
+      const name = `${options.policyPrefix}${jobType}`;
+      const rules = names.length
+        ? names.map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`).join('\n')
+        : '# no secrets';
+      await call('PUT', `sys/policies/acl/${name}`, { policy: rules });
+      policies.push(name);
+    }
+    const supervisorPolicy = [
+      `path "auth/token/create/${options.tokenRole}" {\n  capabilities = ["create", "update"]\n}`,
+      'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}',
+      'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
+      'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
+    ].join('\n');
+    await call('PUT', 'sys/policies/acl/fleet-supervisor', { policy: supervisorPolicy });
+    policies.push('fleet-supervisor');
+    await call('POST', `auth/token/roles/${options.tokenRole}`, {
+      allowed_policies_glob: [`${options.policyPrefix}*`],
+      disallowed_policies: ['root', 'default'],
+      orphan: false,
+      renewable: false,
+      token_type: 'service',
+      token_explicit_max_ttl: 3600,
+    });
+    const auths = (await call('GET', 'sys/auth')) as Record<string, unknown>;
+    const mounts = (auths.data ?? auths) as Record<string, unknown>;
+    if (!(`${options.approleMount}/` in mounts)) await call('POST', `sys/auth/${options.approleMount}`, { type: 'approle' });
+    await call('POST', `auth/${options.approleMount}/role/fleet-supervisor`, { token_policies: ['fleet-supervisor'], token_ttl: '1h', token_max_ttl: '24h', secret_id_ttl: '0' });
+    const roleId = ((await call('GET', `auth/${options.approleMount}/role/fleet-supervisor/role-id`)) as { data: { role_id: string } }).data.role_id;
+    const secretId = ((await call('POST', `auth/${options.approleMount}/role/fleet-supervisor/secret-id`, {})) as { data: { secret_id: string } }).data.secret_id;
+    return { roleId, secretId, policies };
+  }
+}
+
+export function requireEnv(name: string, what: string): string {
+  const v = process.env[name];
+  if (!v) throw new ConfigError(`${what} needs the environment variable ${name}. Fix: export ${name}=… (never put credentials in the config file).`);
+  return v;
+}
