@@ -1,0 +1,94 @@
+import { createHash } from 'node:crypto';
+import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readAudit } from '../src/secrets/audit.js';
+import { KmsProvider } from '../src/secrets/kms-provider.js';
+import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
+import { startTestRedis } from './helpers/redis.js';
+import { startKms, useLocalAwsCredentials, type TestServer } from './helpers/servers.js';
+
+useLocalAwsCredentials();
+const kms = await startKms();
+if ('reason' in kms) console.warn(`SKIPPING KMS tests: ${kms.reason}`);
+else console.info(`KMS tests use ${kms.via} at ${kms.url}`);
+const server = 'reason' in kms ? null : (kms as TestServer);
+
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let r: Redis;
+let keyId: string;
+
+beforeAll(async () => {
+  redis = await startTestRedis();
+  r = new Redis(redis.url);
+  if (!server) return;
+  const client = new KMSClient({ region: 'us-east-1', endpoint: server.url });
+  keyId = (await client.send(new CreateKeyCommand({ Description: 'fleet tests' }))).KeyMetadata!.KeyId!;
+  client.destroy();
+}, 60_000);
+afterAll(async () => {
+  r?.disconnect();
+  await redis?.release();
+  await server?.release();
+});
+guardAgainstLeaks();
+
+function provider(prefix: string): KmsProvider {
+  return new KmsProvider({ keyId, region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: prefix, keepVersions: 3, requestTimeoutMs: 5000 });
+}
+
+describe.skipIf(!server)('KMS provider (real KMS API)', () => {
+  it('stores only envelope ciphertext in Redis; a job decrypts its secret with the bound context', async () => {
+    const value = 'enc-key-material-0123456789';
+    const config = testConfig(redis.url, [fixtureType('signer', 'secret-reader.mjs', { secrets: ['signing-key'] })], {
+      secrets: { provider: 'kms', kms: { keyId, endpoint: server!.url, region: 'us-east-1' } },
+    });
+    const prov = provider(config.redis.prefix);
+    expect(await prov.write('signing-key', Buffer.from(value))).toEqual({ version: '1' });
+    const { logger, lines } = capturingLogger();
+    await startSupervisor({ config, logger });
+    const p = makeProducer(config);
+    const job = await waitForJob(p, (await p.enqueue('signer', { names: ['signing-key'] })).id);
+    expect(job.result).toEqual({ 'signing-key': { length: value.length, sha256: sha(value) } });
+    const audit = await readAudit(r, config.redis.prefix);
+    expect(audit[0]).toMatchObject({ outcome: 'granted', provider: 'kms', secret: 'signing-key', version: '1' });
+    expect(await scanForLeaks(redis.url, [value], { logs: lines.join('') })).toEqual([]);
+    await prov.close();
+  });
+
+  it('refuses a ciphertext moved to another secret name (EncryptionContext binding)', async () => {
+    const prov = provider('kmsctx');
+    await prov.write('a', Buffer.from('value-of-secret-a'));
+    await prov.write('b', Buffer.from('value-of-secret-b'));
+    const a = await r.hget('kmsctx:kms-secret:{a}', 'v1');
+    await r.hset('kmsctx:kms-secret:{b}', 'v1', a!);
+    await expect(prov.readVersion('b')).rejects.toMatchObject({ code: 'SECRET_INTEGRITY', message: expect.stringContaining('encryption context does not match') });
+    expect(Buffer.from((await prov.readVersion('a')).value).toString()).toBe('value-of-secret-a');
+    await prov.close();
+  });
+
+  it('refuses a tampered ciphertext', async () => {
+    const prov = provider('kmstamper');
+    await prov.write('c', Buffer.from('value-of-secret-c'));
+    const env = JSON.parse((await r.hget('kmstamper:kms-secret:{c}', 'v1'))!) as { ct: string };
+    const ct = Buffer.from(env.ct, 'base64');
+    ct[0] = ct[0]! ^ 0xff;
+    await r.hset('kmstamper:kms-secret:{c}', 'v1', JSON.stringify({ ...env, ct: ct.toString('base64') }));
+    await expect(prov.readVersion('c')).rejects.toMatchObject({ code: 'SECRET_INTEGRITY' });
+    await prov.close();
+  });
+
+  it('keeps previous versions readable and serves the newest as current', async () => {
+    const prov = provider('kmsver');
+    await prov.write('d', Buffer.from('version-one-value'));
+    await prov.write('d', Buffer.from('version-two-value'));
+    const cur = await prov.readVersion('d');
+    expect([cur.version, Buffer.from(cur.value).toString()]).toEqual(['2', 'version-two-value']);
+    expect(Buffer.from((await prov.readVersion('d', '1')).value).toString()).toBe('version-one-value');
+    expect(await prov.list()).toEqual([expect.objectContaining({ name: 'd', version: '2' })]);
+    await expect(prov.readVersion('nope')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    await prov.close();
+  });
+});

@@ -1,0 +1,163 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FleetConfig } from '../src/config/resolve.js';
+import { readAudit } from '../src/secrets/audit.js';
+import { VaultProvider } from '../src/secrets/vault-provider.js';
+import { silentLogger } from '../src/observability/logger.js';
+import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
+import { startTestRedis } from './helpers/redis.js';
+import { startVault, type VaultServer } from './helpers/servers.js';
+
+const vault = await startVault();
+if ('reason' in vault) console.warn(`SKIPPING Vault tests: ${vault.reason}`);
+else console.info(`Vault tests use ${vault.via} at ${vault.url}`);
+const server = 'reason' in vault ? null : (vault as VaultServer);
+
+const SECRETS = { 'a-key': 'sk-a-0123456789abcdef', 'b-key': 'sk-b-fedcba9876543210' };
+const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
+
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+beforeAll(async () => {
+  redis = await startTestRedis();
+  if (!server) return;
+  const setup = await VaultProvider.setup({
+    address: server.url,
+    adminToken: server.rootToken,
+    mount: 'secret',
+    prefix: 'fleet',
+    tokenRole: 'fleet-job',
+    policyPrefix: 'fleet-job-',
+    approleMount: 'approle',
+    scopes: new Map([
+      ['reader', ['a-key']],
+      ['other', ['b-key']],
+      ['retrier', ['a-key']],
+    ]),
+  });
+  process.env.FLEET_TEST_VAULT_ROLE_ID = setup.roleId;
+  process.env.FLEET_TEST_VAULT_SECRET_ID = setup.secretId;
+  for (const [name, value] of Object.entries(SECRETS)) await root('POST', `secret/data/fleet/${name}`, { data: { value } });
+}, 60_000);
+afterAll(async () => {
+  await redis?.release();
+  await server?.release();
+});
+guardAgainstLeaks();
+
+async function root(method: string, p: string, body?: unknown): Promise<Record<string, any>> {
+  const r = await fetch(`${server!.url}/v1/${p}`, { method, headers: { 'X-Vault-Token': server!.rootToken }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  const text = await r.text();
+  if (!r.ok) throw Object.assign(new Error(`${method} ${p}: ${r.status} ${text}`), { status: r.status });
+  return text ? JSON.parse(text) : {};
+}
+
+/** Tokens minted for jobs that are still alive in Vault. */
+async function liveJobTokens(): Promise<string[]> {
+  const list = await root('GET', 'auth/token/accessors?list=true');
+  const live: string[] = [];
+  for (const accessor of list.data.keys as string[]) {
+    const info = await root('POST', 'auth/token/lookup-accessor', { accessor }).catch(() => null);
+    if (info?.data?.meta?.job_id) live.push(info.data.meta.job_id);
+  }
+  return live;
+}
+
+function vaultConfig(extraTypes: Parameters<typeof fixtureType>[] = []): FleetConfig {
+  return testConfig(
+    redis.url,
+    [fixtureType('reader', 'secret-reader.mjs', { secrets: ['a-key'], timeoutMs: 1500, abortGraceMs: 100 }), fixtureType('other', 'secret-reader.mjs', { secrets: ['b-key'] }), ...extraTypes.map((a) => fixtureType(...a))],
+    {
+      dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-')),
+      secrets: { provider: 'vault', vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', tokenTtlMarginMs: 5000 } },
+    },
+  );
+}
+
+function provider(config: FleetConfig): VaultProvider {
+  const v = config.secrets.vault!;
+  return new VaultProvider({
+    address: server!.url,
+    mount: v.mount,
+    prefix: v.prefix,
+    auth: { method: 'approle', roleId: process.env.FLEET_TEST_VAULT_ROLE_ID!, secretId: process.env.FLEET_TEST_VAULT_SECRET_ID!, mount: 'approle' },
+    tokenRole: v.tokenRole,
+    policyPrefix: v.policyPrefix,
+    tokenTtlMarginMs: v.tokenTtlMarginMs,
+    readsPerSecret: v.readsPerSecret,
+    requestTimeoutMs: v.requestTimeoutMs,
+    logger: silentLogger,
+  });
+}
+
+describe.skipIf(!server)('Vault provider (real Vault API)', () => {
+  it('a job reads its secret through a token minted for it, which is revoked when the job ends', async () => {
+    const config = vaultConfig();
+    const { logger, lines } = capturingLogger();
+    await startSupervisor({ config, logger });
+    const p = makeProducer(config);
+    const job = await waitForJob(p, (await p.enqueue('reader', { names: ['a-key'] })).id);
+    expect(job.state).toBe('completed');
+    expect(job.result).toEqual({ 'a-key': { length: SECRETS['a-key'].length, sha256: sha(SECRETS['a-key']) } });
+    expect(await liveJobTokens()).toEqual([]);
+    const r = new Redis(redis.url);
+    const audit = await readAudit(r, config.redis.prefix);
+    r.disconnect();
+    expect(audit[0]).toMatchObject({ outcome: 'granted', secret: 'a-key', provider: 'vault', version: '1', jobId: job.id });
+    expect(await scanForLeaks(redis.url, Object.values(SECRETS), { logs: lines.join('') })).toEqual([]);
+  });
+
+  it('Vault itself refuses a job token another type\'s secret (least privilege is not only our check)', async () => {
+    const config = vaultConfig();
+    const prov = provider(config);
+    const lease = await prov.lease({ jobId: 'reader.x', jobType: 'reader', names: ['a-key'], ttlMs: 5000 });
+    expect(Buffer.from((await lease.read('a-key')).value).toString()).toBe(SECRETS['a-key']);
+    // VaultProvider does not filter names itself: this read goes to Vault with the job token.
+    await expect(lease.read('b-key')).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    expect(await liveJobTokens()).toEqual(['reader.x']);
+    await lease.release();
+    expect(await liveJobTokens()).toEqual([]);
+    await expect(lease.read('a-key')).rejects.toMatchObject({ code: 'SECRET_AUTH_EXPIRED' });
+    await prov.close();
+  });
+
+  it('the supervisor\'s own AppRole token cannot read any secret', async () => {
+    const login = await fetch(`${server!.url}/v1/auth/approle/login`, {
+      method: 'POST',
+      body: JSON.stringify({ role_id: process.env.FLEET_TEST_VAULT_ROLE_ID, secret_id: process.env.FLEET_TEST_VAULT_SECRET_ID }),
+    }).then((r) => r.json() as Promise<{ auth: { client_token: string } }>);
+    const read = await fetch(`${server!.url}/v1/secret/data/fleet/a-key`, { headers: { 'X-Vault-Token': login.auth.client_token } });
+    expect(read.status).toBe(403);
+  });
+
+  it('revokes the job token after a timeout and after a crash too', async () => {
+    const config = vaultConfig();
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const spun = await p.enqueue('reader', { names: ['a-key'], spin: true });
+    const crashed = await p.enqueue('reader', { names: ['a-key'], exit: true });
+    const a = await waitForJob(p, spun.id);
+    const b = await waitForJob(p, crashed.id);
+    expect([a.error?.code, b.error?.code]).toEqual(['TIMEOUT', 'SANDBOX_CRASHED']);
+    expect(await liveJobTokens()).toEqual([]);
+  });
+
+  it('while Vault is down, jobs fail retryably with a message naming Vault, and the supervisor keeps running', async () => {
+    const config = vaultConfig([['retrier', 'secret-reader.mjs', { secrets: ['a-key'], attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }]]);
+    const sup = await startSupervisor({ config });
+    const p = makeProducer(config);
+    await waitForJob(p, (await p.enqueue('retrier', { names: ['a-key'] })).id);
+    await server!.kill();
+    const job = await waitForJob(p, (await p.enqueue('retrier', { names: ['a-key'] })).id, 30_000);
+    expect(job.state).toBe('failed');
+    expect(job.error!.code).toBe('SECRET_PROVIDER_UNAVAILABLE');
+    expect(job.error!.message).toContain('Vault is unreachable');
+    // Retryable: both attempts were made.
+    expect(job.attemptsMade).toBe(2);
+    expect(sup.state).toBe('running');
+  });
+});
