@@ -7,6 +7,8 @@ import { makeLogger } from '../observability/logger.js';
 import { Producer } from '../producers/producer.js';
 import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
 import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
+import type { Redis } from 'ioredis';
+import * as sec from './secrets-commands.js';
 
 const USAGE = `fleet — sandboxed job fleet on BullMQ
 
@@ -14,7 +16,11 @@ Usage:
   fleet start [--role api|worker|all]      run the fleet (default role: all)
   fleet enqueue <type> <json> [--idempotency-key K]
   fleet job <id>                           state, attempts, timings, result or error
-  fleet status --workers                   supervisors, sandboxes, concurrency, queue depths
+  fleet status [--workers] [--secrets]     supervisors, sandboxes, queue depths; secrets and their use
+  fleet secrets set <name> [--provider P]  store a new version; the value is read from stdin
+  fleet secrets list | delete <name>
+  fleet audit [--since 24h] [--secret X] [--denied] [--limit N]
+  fleet vault setup                        write Vault policies, token role and AppRole (admin VAULT_TOKEN)
 
 Options:
   --config <path>   config file (default: $FLEET_CONFIG or ./fleet.config.{ts,js,mjs,json})
@@ -38,6 +44,17 @@ async function withProducer<T>(config: FleetConfig, fn: (p: Producer) => Promise
     return await fn(p);
   } finally {
     await p.close();
+  }
+}
+
+async function withRedis<T>(config: FleetConfig, fn: (r: Redis) => Promise<T>): Promise<T> {
+  const redis = connectRedis(need(config), 'producer');
+  redis.on('error', () => undefined);
+  try {
+    await ensureReady(redis);
+    return await fn(redis);
+  } finally {
+    redis.disconnect();
   }
 }
 
@@ -90,6 +107,12 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         json: { type: 'boolean', default: false },
         workers: { type: 'boolean', default: false },
         'idempotency-key': { type: 'string' },
+        secrets: { type: 'boolean', default: false },
+        provider: { type: 'string' },
+        since: { type: 'string' },
+        secret: { type: 'string' },
+        denied: { type: 'boolean', default: false },
+        limit: { type: 'string' },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -150,8 +173,56 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         return 0;
       }
       case 'status': {
-        const s = await status(config);
-        print(renderStatus(s), s);
+        const both = !opts.workers && !opts.secrets;
+        const out: Record<string, unknown> = {};
+        const human: string[] = [];
+        if (opts.workers || both) {
+          const s = await status(config);
+          Object.assign(out, s);
+          human.push(renderStatus(s));
+        }
+        if (opts.secrets || both) {
+          const rows = await withRedis(config, (r) => sec.secretsStatus(config, r));
+          out.secrets = rows;
+          human.push(`secrets:\n${sec.renderSecretsStatus(rows)}`);
+        }
+        print(human.join('\n'), out);
+        return 0;
+      }
+      case 'secrets': {
+        const [sub, name] = rest;
+        const url = discoverRedisUrl(config);
+        const redis = url ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+        redis?.on('error', () => undefined);
+        try {
+          if (sub === 'set' && name) {
+            const value = await sec.readValueFromStdin(process.stdin, (m) => io.err(m));
+            const r = await sec.secretsSet(config, redis, name, value, opts.provider);
+            print(`${r.name}: stored version ${r.version} in ${r.provider}`, r);
+          } else if (sub === 'list') {
+            const rows = await sec.secretsList(config, redis);
+            print(rows.map((m) => `${m.name.padEnd(24)} ${m.provider.padEnd(6)} v${m.version}  ${new Date(m.updatedAt).toISOString()}`).join('\n') || 'no secrets stored', rows);
+          } else if (sub === 'delete' && name) {
+            await sec.secretsDelete(config, redis, name, opts.provider);
+            print(`${name}: deleted`, { name, deleted: true });
+          } else throw new FleetError('INVALID_REQUEST', 'usage: fleet secrets set <name> | list | delete <name>');
+        } finally {
+          redis?.disconnect();
+        }
+        return 0;
+      }
+      case 'audit': {
+        const rows = await withRedis(config, (r) =>
+          sec.audit(config, r, { ...(opts.since ? { since: opts.since } : {}), ...(opts.secret ? { secret: opts.secret } : {}), denied: opts.denied, ...(opts.limit ? { limit: Number(opts.limit) } : {}) }),
+        );
+        print(sec.renderAudit(rows), rows);
+        return 0;
+      }
+      case 'vault': {
+        if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');
+        const r = await sec.vaultSetup(config);
+        io.err('Store the secret_id like a password: give it to supervisors as VAULT_SECRET_ID, never in config.');
+        print(`policies: ${r.policies.join(', ')}\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}`, r);
         return 0;
       }
       default:

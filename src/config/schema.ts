@@ -76,6 +76,8 @@ export const producerSchema = z
     tokenSha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters: sha256 of the token'),
     /** Job types this producer may enqueue and read; `"*"` for all. */
     jobTypes: z.array(z.string()).min(1),
+    /** May read the audit log (`GET /v1/audit`). @defaultValue false */
+    admin: z.boolean().default(false),
   })
   .strict();
 

@@ -7,6 +7,7 @@ export interface ProducerIdentity {
   name: string;
   tokenSha256: string;
   jobTypes: readonly string[];
+  admin?: boolean;
 }
 
 export function sha256Hex(value: string): string {
@@ -62,5 +63,5 @@ export function ensureDevToken(dataDir: string): { identity: ProducerIdentity; t
   }
   chmodSync(tokenFile, 0o600);
   const token = readFileSync(tokenFile, 'utf8').trim();
-  return { identity: { name: 'dev', tokenSha256: sha256Hex(token), jobTypes: ['*'] }, tokenFile };
+  return { identity: { name: 'dev', tokenSha256: sha256Hex(token), jobTypes: ['*'], admin: true }, tokenFile };
 }

@@ -4,6 +4,7 @@ import { JOB_TYPE_NAME } from '../config/schema.js';
 import { FleetError, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { ProducerAuth, type ProducerIdentity } from './auth.js';
+import { parseDuration } from '../config/duration.js';
 import { jobTypeOfId } from './job-id.js';
 import type { Producer } from './producer.js';
 
@@ -148,6 +149,21 @@ export function createApiApp(options: ApiOptions): express.Express {
       return;
     }
     res.status(r.outcome === 'removed' ? 200 : 202).json(r);
+  });
+
+  v1.get('/audit', async (req: Authed, res) => {
+    if (!req.producer!.admin) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may not read the audit log. Fix: set admin: true on it.`);
+    const q = req.query as Record<string, string | undefined>;
+    const limit = q.limit === undefined ? 1000 : Number(q.limit);
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new FleetError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
+    const sinceMs = q.since === undefined ? undefined : Date.now() - parseDuration(q.since);
+    const records = await producer.audit({
+      limit,
+      ...(sinceMs !== undefined ? { sinceMs } : {}),
+      ...(q.secret ? { secret: q.secret } : {}),
+      ...(q.denied === 'true' ? { deniedOnly: true } : {}),
+    });
+    res.json({ records });
   });
 
   app.use('/v1', v1);

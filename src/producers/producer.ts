@@ -13,6 +13,7 @@ import {
 } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
+import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
 import { controlChannel, type ControlMessage } from '../workers/control.js';
 import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
 
@@ -269,6 +270,11 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
       return { id, previousState: 'active', outcome: 'cancelling' };
     }
+  }
+
+  /** The secret-access audit log, newest first. */
+  audit(query: AuditQuery): Promise<AuditRecord[]> {
+    return this.#guard('audit read', () => readAudit(this.redis, this.config.redis.prefix, query));
   }
 
   listJobTypes(): JobTypeView[] {

@@ -20,7 +20,7 @@ export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>
  * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
  * local store never loads node-vault or the AWS SDK.
  */
-export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis: Redis; logger: Logger; preferVaultToken?: boolean }): Promise<SecretProvider> {
+export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean }): Promise<SecretProvider> {
   const s = config.secrets;
   if (kind === 'local') {
     const { LocalProvider } = await import('./local-provider.js');
@@ -43,6 +43,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
     });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
+  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
   const { KmsProvider } = await import('./kms-provider.js');
   return new KmsProvider({
     keyId: s.kms.keyId,
@@ -55,7 +56,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
   });
 }
 
-export async function makeProviders(config: FleetConfig, deps: { redis: Redis; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
+export async function makeProviders(config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
   const out = new Map<ProviderKind, SecretProvider>();
   for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
   return out;

@@ -1,0 +1,162 @@
+import type { Redis } from 'ioredis';
+import type { FleetConfig } from '../config/resolve.js';
+import { parseDuration } from '../config/duration.js';
+import { FleetError, toError } from '../errors.js';
+import { silentLogger } from '../observability/logger.js';
+import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.js';
+import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
+import { makeProvider, usedProviders } from '../secrets/providers.js';
+import { VaultProvider, requireEnv } from '../secrets/vault-provider.js';
+
+function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
+  if (explicit) {
+    if (!['local', 'vault', 'kms'].includes(explicit)) throw new FleetError('INVALID_REQUEST', `--provider must be local, vault or kms`);
+    return explicit as ProviderKind;
+  }
+  return config.secretProviders.get(name) ?? config.secrets.provider;
+}
+
+/** Reads a secret value from stdin; the value never appears in argv or shell history. */
+export async function readValueFromStdin(stdin: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin, prompt: (s: string) => void = () => undefined): Promise<Buffer> {
+  if (stdin.isTTY) prompt('enter the value, then Ctrl-D:');
+  const chunks: Buffer[] = [];
+  for await (const c of stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
+  const all = Buffer.concat(chunks);
+  chunks.forEach((c) => c.fill(0));
+  // One trailing newline (from echo or a terminal) is not part of the value.
+  const end = all.at(-1) === 0x0a ? (all.at(-2) === 0x0d ? all.length - 2 : all.length - 1) : all.length;
+  const value = Buffer.alloc(end);
+  all.copy(value, 0, 0, end);
+  all.fill(0);
+  if (!value.length) throw new FleetError('INVALID_REQUEST', 'no value on stdin. Fix: printf %s "$VALUE" | fleet secrets set <name>');
+  return value;
+}
+
+export async function secretsSet(config: FleetConfig, redis: Redis | undefined, name: string, value: Buffer, explicit?: string): Promise<{ name: string; provider: ProviderKind; version: string }> {
+  const kind = providerFor(config, name, explicit);
+  const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+  try {
+    const { version } = await p.write(name, value);
+    return { name, provider: kind, version };
+  } finally {
+    value.fill(0);
+    await p.close();
+  }
+}
+
+export async function secretsList(config: FleetConfig, redis: Redis | undefined): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
+  const kinds = new Set<ProviderKind>([...usedProviders(config), config.secrets.provider]);
+  const out: (SecretMetadata & { provider: ProviderKind })[] = [];
+  for (const kind of kinds) {
+    const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+    try {
+      for (const m of await p.list()) out.push({ ...m, provider: kind });
+    } finally {
+      await p.close();
+    }
+  }
+  return out.sort((a, b) => a.name.localeCompare(b.name));
+}
+
+export async function secretsDelete(config: FleetConfig, redis: Redis | undefined, name: string, explicit?: string): Promise<void> {
+  const p = await makeProvider(providerFor(config, name, explicit), config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+  try {
+    await p.remove(name);
+  } finally {
+    await p.close();
+  }
+}
+
+export interface SecretStatusRow {
+  secret: string;
+  provider: ProviderKind;
+  version: string | null;
+  updatedAt: number | null;
+  lastAccessAt: number | null;
+  granted: number;
+  denied: number;
+  errors: number;
+  usedBy: string[];
+  /** Why the version could not be read (provider down, no credentials), if so. */
+  problem?: string;
+}
+
+/** `fleet status --secrets`: each secret the config names, with its provider, version and access counts. */
+export async function secretsStatus(config: FleetConfig, redis: Redis): Promise<SecretStatusRow[]> {
+  const names = [...config.secretProviders.keys()].sort();
+  const stats = await readSecretStats(redis, config.redis.prefix, names);
+  const meta = new Map<string, SecretMetadata>();
+  const problems = new Map<ProviderKind, string>();
+  for (const kind of new Set(config.secretProviders.values())) {
+    try {
+      const p = await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true });
+      try {
+        for (const m of await p.list()) meta.set(m.name, m);
+      } finally {
+        await p.close();
+      }
+    } catch (err) {
+      problems.set(kind, toError(err).message);
+    }
+  }
+  return names.map((secret, i) => {
+    const provider = config.secretProviders.get(secret)!;
+    const m = meta.get(secret);
+    const s = stats[i]!;
+    const problem = problems.get(provider);
+    return {
+      secret,
+      provider,
+      version: m?.version ?? null,
+      updatedAt: m?.updatedAt ?? null,
+      lastAccessAt: s.lastAccessAt,
+      granted: s.granted,
+      denied: s.denied,
+      errors: s.errors,
+      usedBy: [...config.jobTypes.values()].filter((t) => t.secrets.includes(secret)).map((t) => t.name),
+      ...(problem ? { problem } : {}),
+    };
+  });
+}
+
+export function renderSecretsStatus(rows: SecretStatusRow[]): string {
+  if (!rows.length) return 'no secrets declared';
+  const when = (t: number | null): string => (t ? new Date(t).toISOString() : '-');
+  return rows
+    .map((r) => `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  updated ${when(r.updatedAt)}  last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${r.usedBy.join(',') || '-'}${r.problem ? `\n    ! ${r.problem}` : ''}`)
+    .join('\n');
+}
+
+export async function audit(config: FleetConfig, redis: Redis, opts: { since?: string; secret?: string; denied?: boolean; limit?: number }): Promise<AuditRecord[]> {
+  return readAudit(redis, config.redis.prefix, {
+    ...(opts.since ? { sinceMs: Date.now() - parseDuration(opts.since) } : {}),
+    ...(opts.secret ? { secret: opts.secret } : {}),
+    ...(opts.denied ? { deniedOnly: true } : {}),
+    limit: opts.limit ?? 1000,
+  });
+}
+
+export function renderAudit(rows: AuditRecord[]): string {
+  if (!rows.length) return 'no audit records match';
+  return rows
+    .map((r) => `${new Date(r.ts).toISOString()}  ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.jobType}/${r.jobId}  ${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`)
+    .join('\n');
+}
+
+/** `fleet vault setup`: policies, token role and AppRole, with the admin token in VAULT_TOKEN. */
+export async function vaultSetup(config: FleetConfig): Promise<{ roleId: string; secretId: string; policies: string[] }> {
+  const v = config.secrets.vault;
+  if (!v) throw new FleetError('CONFIG_INVALID', 'secrets.vault is not configured. Fix: add secrets.vault to the config.');
+  const scopes = new Map<string, string[]>();
+  for (const t of config.jobTypes.values()) scopes.set(t.name, t.secrets.filter((n) => config.secretProviders.get(n) === 'vault'));
+  return VaultProvider.setup({
+    address: v.address ?? process.env.VAULT_ADDR ?? '',
+    adminToken: requireEnv(v.tokenEnv, '`fleet vault setup` (an admin token)'),
+    mount: v.mount,
+    prefix: v.prefix,
+    tokenRole: v.tokenRole,
+    policyPrefix: v.policyPrefix,
+    approleMount: v.approleMount,
+    scopes,
+  });
+}
