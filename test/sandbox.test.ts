@@ -15,7 +15,7 @@ function start(fixture: string, maxOldGenerationSizeMb = 64, maxResultBytes = 1_
   return Sandbox.start({ processorPath: path.join(FIXTURES, fixture), jobType: 't', maxResultBytes, maxOldGenerationSizeMb });
 }
 
-const msg = (data: unknown = {}) => ({ type: 'run' as const, jobId: 't.1', jobType: 't', attempt: 1, data, secretNames: [] as string[] });
+const msg = (data: unknown = {}) => ({ type: 'run' as const, jobId: 't.1', jobType: 't', attempt: 1, data, secretNames: [] as string[], secrets: [] });
 
 async function failure(p: Promise<unknown>): Promise<FleetError> {
   const err = await p.then(

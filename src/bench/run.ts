@@ -19,6 +19,10 @@ import { queuePrefix } from '../redis/connection.js';
 import { startEmbeddedRedis } from '../redis/embedded-redis.js';
 import { compiledPath } from '../runtime-path.js';
 import { Sandbox } from '../workers/sandbox.js';
+import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
+import { LocalProvider } from '../secrets/local-provider.js';
+import { KmsProvider } from '../secrets/kms-provider.js';
+import { VaultProvider } from '../secrets/vault-provider.js';
 import { Supervisor } from '../workers/supervisor.js';
 
 const { values: args } = parseArgs({
@@ -27,12 +31,15 @@ const { values: args } = parseArgs({
     jobs: { type: 'string', default: '3000' },
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
+    'secret-jobs': { type: 'string', default: '1000' },
   },
 });
 const JOBS = Number(args.jobs);
 const SPAWN_JOBS = Number(args['spawn-jobs']);
 const C = Number(args.concurrency);
 const NOOP = compiledPath(import.meta.url, './noop-processor.js');
+const WITH_SECRET = compiledPath(import.meta.url, './secret-processor.js');
+const SECRET_JOBS = Number(args['secret-jobs']);
 const now = (): number => performance.timeOrigin + performance.now();
 const say = (s: string): void => {
   if (!args.json) process.stderr.write(`${s}\n`);
@@ -52,19 +59,33 @@ function quantile(sorted: number[], q: number): number {
 const round = (n: number, d = 2): number => Math.round(n * 10 ** d) / 10 ** d;
 
 let prefixSeq = 0;
-function benchConfig(url: string, isolation: 'job' | 'pool'): FleetConfig {
+function benchConfig(url: string, isolation: 'job' | 'pool', extra: { processor?: string; secrets?: Record<string, unknown>; dataDir?: string } = {}): FleetConfig {
   return resolveConfig(
     {
       redis: { url, prefix: `bench${++prefixSeq}` },
-      jobTypes: [{ name: 'noop', processor: NOOP, isolation, concurrency: C, warmSandboxes: C, attempts: 1, timeoutMs: 30_000, keepCompletedSeconds: 3600 }],
+      ...(extra.secrets ? { secrets: extra.secrets } : {}),
+      ...(extra.dataDir ? { dataDir: extra.dataDir } : {}),
+      jobTypes: [
+        {
+          name: 'noop',
+          processor: extra.processor ?? NOOP,
+          isolation,
+          concurrency: C,
+          warmSandboxes: C,
+          attempts: 1,
+          timeoutMs: 30_000,
+          keepCompletedSeconds: 3600,
+          ...(extra.secrets ? { secrets: ['bench-key'] } : {}),
+        },
+      ],
     },
     { baseDir: path.dirname(NOOP) },
   );
 }
 
 /**
- * Two phases per contender. Throughput: `jobs` no-ops pre-filled, clock from the worker's start
- * to the last completion. Latency below saturation: jobs enqueued one at a time at half that
+ * Two phases per contender. Throughput: the worker is started and idle, then `jobs` no-ops are
+ * enqueued (1000 per addBulk); the clock runs from the first enqueue to the last completion. Latency below saturation: jobs enqueued one at a time at half that
  * throughput, so the queue is empty and spares have time to start; enqueue-to-start is taken
  * inside the processor.
  */
@@ -74,15 +95,18 @@ async function measure(
   queue: Queue,
   start: () => Promise<{ onCompleted(cb: () => void): void; stop(): Promise<void> }>,
 ): Promise<RunFigures> {
-  await queue.addBulk(Array.from({ length: jobs }, () => ({ name: 'noop', data: {}, opts: { attempts: 1 } })));
   let done = 0;
   let resolveAll!: () => void;
   const all = new Promise<void>((r) => (resolveAll = r));
+  // The runner is started (sandboxes warm, providers ready) before the clock starts.
   const runner = await start();
-  const t0 = performance.now();
   runner.onCompleted(() => {
     if (++done === jobs) resolveAll();
   });
+  const t0 = performance.now();
+  for (let i = 0; i < jobs; i += 1000) {
+    await queue.addBulk(Array.from({ length: Math.min(1000, jobs - i) }, () => ({ name: 'noop', data: {}, opts: { attempts: 1 } })));
+  }
   await all;
   const seconds = (performance.now() - t0) / 1000;
 
@@ -101,7 +125,7 @@ async function measure(
   }
   await runner.stop();
   lat.sort((a, b) => a - b);
-  const figures = { jobs, jobsPerSecond: round(jobs / seconds, 0), p50StartMs: round(quantile(lat, 0.5)), p99StartMs: round(quantile(lat, 0.99)) };
+  const figures: RunFigures = { jobs, jobsPerSecond: round(jobs / seconds, 0), p50StartMs: round(quantile(lat, 0.5)), p99StartMs: round(quantile(lat, 0.99)) };
   say(`  ${name.padEnd(34)} ${String(figures.jobsPerSecond).padStart(7)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`);
   return figures;
 }
@@ -115,10 +139,9 @@ async function waitResult(queue: Queue, id: string): Promise<{ startedAt: number
   }
 }
 
-async function fleetRun(url: string, isolation: 'job' | 'pool', jobs: number): Promise<RunFigures> {
-  const config = benchConfig(url, isolation);
+async function fleetRun(url: string, isolation: 'job' | 'pool', jobs: number, config = benchConfig(url, isolation), label = `fleet isolation="${isolation}"`): Promise<RunFigures> {
   const queue = new Queue('noop', { connection: { url }, prefix: queuePrefix(config.redis.prefix, 'noop') });
-  const figures = await measure(`fleet isolation="${isolation}"`, jobs, queue, async () => {
+  const figures = await measure(label, jobs, queue, async () => {
     const sup = new Supervisor({ config });
     const listeners: (() => void)[] = [];
     sup.events.on('job:finished', () => listeners.forEach((l) => l()));
@@ -220,6 +243,57 @@ async function enqueueRates(url: string): Promise<Record<string, number>> {
   return r;
 }
 
+type SecretFigures = (RunFigures & { server: string }) | { skipped: string };
+
+/** Pool isolation, one secret fetched per job, from each provider (real servers where installed). */
+async function secretRuns(url: string, jobs: number): Promise<Record<'local' | 'vault' | 'kms', SecretFigures>> {
+  const { startVault, startKms, useLocalAwsCredentials } = await import('../dev/test-servers.js');
+  const value = Buffer.from('bench-secret-value-0123456789abcdef');
+  const out = {} as Record<'local' | 'vault' | 'kms', SecretFigures>;
+
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-secrets-'));
+  const local = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_BENCH_NO_ENV', keepVersions: 2 });
+  await local.write('bench-key', value);
+  out.local = { ...(await fleetRun(url, 'pool', jobs, benchConfig(url, 'pool', { processor: WITH_SECRET, dataDir, secrets: { provider: 'local' } }), 'fleet pool + 1 secret (local)')), server: 'local file' };
+  rmSync(dataDir, { recursive: true, force: true });
+
+  const vault = await startVault();
+  if ('reason' in vault) out.vault = { skipped: vault.reason };
+  else {
+    try {
+      const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['noop', ['bench-key']]]) });
+      process.env.FLEET_BENCH_ROLE_ID = setup.roleId;
+      process.env.FLEET_BENCH_SECRET_ID = setup.secretId;
+      await fetch(`${vault.url}/v1/secret/data/fleet/bench-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: value.toString() } }) });
+      const secrets = { provider: 'vault', vault: { address: vault.url, auth: 'approle', roleIdEnv: 'FLEET_BENCH_ROLE_ID', secretIdEnv: 'FLEET_BENCH_SECRET_ID' } };
+      out.vault = { ...(await fleetRun(url, 'pool', jobs, benchConfig(url, 'pool', { processor: WITH_SECRET, secrets }), 'fleet pool + 1 secret (Vault)')), server: vault.via };
+    } finally {
+      await vault.release();
+    }
+  }
+
+  useLocalAwsCredentials();
+  const kms = await startKms();
+  if ('reason' in kms) out.kms = { skipped: kms.reason };
+  else {
+    const redis = new Redis(url);
+    try {
+      const client = new KMSClient({ region: 'us-east-1', endpoint: kms.url });
+      const keyId = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
+      client.destroy();
+      const config = benchConfig(url, 'pool', { processor: WITH_SECRET, secrets: { provider: 'kms', kms: { keyId, endpoint: kms.url, region: 'us-east-1' } } });
+      const writer = new KmsProvider({ keyId, region: 'us-east-1', endpoint: kms.url, redis, keyPrefix: config.redis.prefix, keepVersions: 2, requestTimeoutMs: 5000 });
+      await writer.write('bench-key', value);
+      await writer.close();
+      out.kms = { ...(await fleetRun(url, 'pool', jobs, config, 'fleet pool + 1 secret (KMS)')), server: kms.via };
+    } finally {
+      redis.disconnect();
+      await kms.release();
+    }
+  }
+  return out;
+}
+
 /** RSS of a real, idle `fleet start --role worker` process running the demo config. */
 async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
@@ -253,6 +327,8 @@ async function main(): Promise<void> {
     const pool = await fleetRun(redis.url, 'pool', JOBS);
     const spawnRate = await rawSpawnRate(SPAWN_JOBS);
     const job = await fleetRun(redis.url, 'job', SPAWN_JOBS);
+    const poolSameSize = SECRET_JOBS === JOBS ? pool : await fleetRun(redis.url, 'pool', SECRET_JOBS, undefined, `fleet isolation="pool" (${SECRET_JOBS} jobs)`);
+    const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
     const idle = await idleSupervisorRss(redis.url);
     const ratios = {
@@ -261,7 +337,12 @@ async function main(): Promise<void> {
       jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
       httpSingleVsQueueAdd: round(enqueue.httpSinglePerSecond! / enqueue.queueAddPerSecond!),
       httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond! / enqueue.addBulkPerSecond!),
+      oneLocalSecretVsNone: 'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / poolSameSize.jobsPerSecond) : NaN,
     };
+    // Secrets are fetched before the processor starts, so their cost shows in enqueue→start latency.
+    const overhead = (f: SecretFigures): number => ('p50StartMs' in f ? round(f.p50StartMs - poolSameSize.p50StartMs) : NaN);
+    const secretOverheadP50Ms = { local: overhead(secrets.local), vault: overhead(secrets.vault), kms: overhead(secrets.kms) };
+    say(`secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms`);
     const targets = {
       poolVsBullmqSandboxed: { target: '≥ 1.5', met: ratios.poolVsBullmqSandboxed >= 1.5 },
       jobVsRawSpawnRate: { target: '≥ 0.9', met: ratios.jobVsRawSpawnRate >= 0.9 },
@@ -269,8 +350,11 @@ async function main(): Promise<void> {
       httpSingleVsQueueAdd: { target: '≥ 0.5', met: ratios.httpSingleVsQueueAdd >= 0.5 },
       httpBatchVsAddBulk: { target: '≥ 0.8', met: ratios.httpBatchVsAddBulk >= 0.8 },
       idleRssMb: { target: '≤ 80', met: idle.rssMb <= 80 },
+      oneLocalSecretVsNone: { target: '≥ 0.9', met: ratios.oneLocalSecretVsNone >= 0.9 },
+      vaultOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.vault <= 2 },
+      kmsOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.kms <= 2 },
     };
-    const out = { node: process.version, redis: redisVersion, concurrency: C, bullmqInline, bullmqSandboxed, pool, job, rawSpawnPerSecond: spawnRate, enqueue, idleSupervisor: idle, ratios, targets };
+    const out = { node: process.version, redis: redisVersion, concurrency: C, bullmqInline, bullmqSandboxed, pool, job, rawSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, idleSupervisor: idle, ratios, targets };
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');

@@ -49,6 +49,8 @@ export class AuditLog {
   readonly #log: Logger;
   readonly #maxEntries: number;
   readonly #pending: AuditRecord[] = [];
+  /** Records of this tick, written together in one MULTI. */
+  #batch: AuditRecord[] = [];
   #retry: NodeJS.Timeout | null = null;
   #inflight = new Set<Promise<void>>();
 
@@ -61,19 +63,34 @@ export class AuditLog {
 
   record(rec: AuditRecord): void {
     this.#log.info('secret access', { audit: true, ...rec });
-    const p = this.#write([rec]).finally(() => this.#inflight.delete(p));
+    this.#batch.push(rec);
+    if (this.#batch.length === 1) setImmediate(() => this.#flushBatch());
+  }
+
+  #flushBatch(): void {
+    const batch = this.#batch;
+    this.#batch = [];
+    if (!batch.length) return;
+    const p = this.#write(batch).finally(() => this.#inflight.delete(p));
     this.#inflight.add(p);
   }
 
   async #write(records: AuditRecord[]): Promise<void> {
     try {
       const multi = this.#redis.multi();
+      const perSecret = new Map<string, { counts: Map<AuditOutcome, number>; last: AuditRecord }>();
       for (const r of records) {
         const fields = Object.entries(r).flatMap(([k, v]) => (v === undefined ? [] : [k, String(v)]));
         multi.xadd(auditStreamKey(this.#prefix), 'MAXLEN', '~', String(this.#maxEntries), '*', ...fields);
-        const stats = secretStatsKey(this.#prefix, r.secret);
-        multi.hincrby(stats, r.outcome, 1).hset(stats, 'lastAccessAt', String(r.ts));
-        if (r.version) multi.hset(stats, 'lastVersion', r.version);
+        const agg = perSecret.get(r.secret) ?? { counts: new Map(), last: r };
+        agg.counts.set(r.outcome, (agg.counts.get(r.outcome) ?? 0) + 1);
+        if (r.ts >= agg.last.ts) agg.last = r;
+        perSecret.set(r.secret, agg);
+      }
+      for (const [secret, { counts, last }] of perSecret) {
+        const stats = secretStatsKey(this.#prefix, secret);
+        for (const [outcome, n] of counts) multi.hincrby(stats, outcome, n);
+        multi.hset(stats, 'lastAccessAt', String(last.ts), ...(last.version ? ['lastVersion', last.version] : []));
       }
       const res = await multi.exec();
       const failed = res?.find(([err]) => err);
@@ -95,6 +112,7 @@ export class AuditLog {
 
   /** Waits for writes under way and tries once more to write anything pending. */
   async flush(): Promise<void> {
+    this.#flushBatch();
     await Promise.all(this.#inflight);
     if (this.#retry) clearTimeout(this.#retry);
     this.#retry = null;

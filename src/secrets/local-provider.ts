@@ -34,6 +34,8 @@ export class LocalProvider implements SecretProvider {
   readonly kind = 'local' as const;
   readonly #o: LocalProviderOptions;
   #key: Buffer | null = null;
+  /** Parsed store, reused while the file's mtime and size are unchanged (rotation writes a new file). */
+  #cache: { mtimeMs: number; size: number; store: Store } | null = null;
 
   constructor(options: LocalProviderOptions) {
     this.#o = options;
@@ -61,11 +63,16 @@ export class LocalProvider implements SecretProvider {
   }
 
   #load(): Store {
-    if (!existsSync(this.#o.file)) return { format: 1, secrets: {} };
-    return JSON.parse(readFileSync(this.#o.file, 'utf8')) as Store;
+    const st = statSync(this.#o.file, { throwIfNoEntry: false });
+    if (!st) return { format: 1, secrets: {} };
+    if (this.#cache && this.#cache.mtimeMs === st.mtimeMs && this.#cache.size === st.size) return this.#cache.store;
+    const store = JSON.parse(readFileSync(this.#o.file, 'utf8')) as Store;
+    this.#cache = { mtimeMs: st.mtimeMs, size: st.size, store };
+    return store;
   }
 
   #save(store: Store): void {
+    this.#cache = null;
     mkdirSync(path.dirname(this.#o.file), { recursive: true });
     const tmp = `${this.#o.file}.${process.pid}.tmp`;
     writeFileSync(tmp, JSON.stringify(store, null, 1), { mode: 0o600 });
@@ -98,7 +105,7 @@ export class LocalProvider implements SecretProvider {
   }
 
   write(name: string, value: Uint8Array): Promise<{ version: string }> {
-    const store = this.#load();
+    const store = structuredClone(this.#load());
     const entry = (store.secrets[name] ??= { current: 0, versions: [] });
     const version = Math.max(0, ...entry.versions.map((v) => v.version)) + 1;
     entry.versions.push({ version, createdAt: Date.now(), ...seal(this.#masterKey(), value, `fleet:${name}:${version}`) });
@@ -119,7 +126,7 @@ export class LocalProvider implements SecretProvider {
   }
 
   remove(name: string): Promise<void> {
-    const store = this.#load();
+    const store = structuredClone(this.#load());
     if (!store.secrets[name]) return Promise.reject(new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store`));
     delete store.secrets[name];
     this.#save(store);

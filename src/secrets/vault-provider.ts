@@ -1,3 +1,5 @@
+import http from 'node:http';
+import https from 'node:https';
 import nodeVault from 'node-vault';
 import { ConfigError, SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -67,6 +69,8 @@ export class VaultProvider implements SecretProvider {
   readonly kind = 'vault' as const;
   readonly #o: VaultProviderOptions;
   readonly #client: nodeVault.client;
+  /** Keep-alive: node-vault (axios) would otherwise open a TCP (and TLS) connection per call. */
+  readonly #agents = { httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }), httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }) };
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   #loggingIn: Promise<string> | null = null;
@@ -92,7 +96,14 @@ export class VaultProvider implements SecretProvider {
   }
 
   async #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
-    return (await this.#client.request({ method, path: `/${path}`, headers: { 'X-Vault-Token': token }, ...(json === undefined ? {} : { json }) })) as T;
+    return (await this.#client.request({
+      method,
+      path: `/${path}`,
+      headers: { 'X-Vault-Token': token },
+      timeout: this.#o.requestTimeoutMs,
+      ...this.#agents,
+      ...(json === undefined ? {} : { json }),
+    } as nodeVault.RequestOption)) as T;
   }
 
   /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
@@ -114,7 +125,7 @@ export class VaultProvider implements SecretProvider {
       ttlSeconds = self.data.renewable ? self.data.ttl : 0;
     } else {
       const res = await this.#client
-        .request({ method: 'POST', path: `/auth/${auth.mount}/login`, json: { role_id: auth.roleId, secret_id: auth.secretId } })
+        .request({ method: 'POST', path: `/auth/${auth.mount}/login`, json: { role_id: auth.roleId, secret_id: auth.secretId }, timeout: this.#o.requestTimeoutMs, ...this.#agents } as nodeVault.RequestOption)
         .catch((err: unknown) => {
           throw vaultError(err, 'AppRole login');
         });
@@ -253,6 +264,8 @@ export class VaultProvider implements SecretProvider {
     if (this.#renewTimer) clearTimeout(this.#renewTimer);
     this.#renewTimer = null;
     this.#token = null;
+    this.#agents.httpAgent.destroy();
+    this.#agents.httpsAgent.destroy();
     return Promise.resolve();
   }
 

@@ -7,8 +7,10 @@ export interface RunMessage {
   jobType: string;
   attempt: number;
   data: unknown;
-  /** Secret names this job type declares (names only; values come one by one on request). */
+  /** Secret names this job type declares. */
   secretNames: string[];
+  /** The declared secrets, fetched at job start and transferred (not copied) into the sandbox. */
+  secrets: { name: string; value: Uint8Array; version: string }[];
 }
 export type SecretReply =
   | { type: 'secret'; reqId: number; ok: true; value: Uint8Array; version: string }

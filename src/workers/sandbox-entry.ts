@@ -113,6 +113,17 @@ function onSecretReply(msg: SecretReply): void {
 async function run(processor: Processor, msg: RunMessage): Promise<void> {
   const c: Current = { controller: new AbortController(), mask: new SecretMask(), handed: [], pending: new Map(), logLines: 0 };
   current = c;
+  const delivered = new Map<string, Uint8Array>();
+  for (const s of msg.secrets) {
+    delivered.set(s.name, s.value);
+    c.handed.push(s.value);
+    c.mask.add(s.value);
+  }
+  /** Declared secrets were delivered at job start; anything else is asked for, so the denial is audited. */
+  const bytesOf = (name: string): Promise<Uint8Array> => {
+    const v = delivered.get(name);
+    return v ? Promise.resolve(v) : requestSecret(c, name);
+  };
   const eluStart = performance.eventLoopUtilization();
   const logAt =
     (level: LogLevel) =>
@@ -125,11 +136,11 @@ async function run(processor: Processor, msg: RunMessage): Promise<void> {
     secrets: {
       names: Object.freeze([...msg.secretNames]),
       get: async (name) => {
-        const bytes = await requestSecret(c, name);
+        const bytes = await bytesOf(name);
         return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
       },
       text: async (name) => {
-        const bytes = await requestSecret(c, name);
+        const bytes = await bytesOf(name);
         return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
       },
     },

@@ -32,7 +32,7 @@ export interface RunOptions {
   signal?: AbortSignal;
   onProgress?: (value: unknown) => void;
   onLog?: (level: LogLevel, msg: string, fields: Record<string, unknown> | undefined, source: 'processor' | 'console') => void;
-  /** Serves `ctx.secrets.get(name)`; the value is transferred to the sandbox, nothing kept here. */
+  /** Serves `ctx.secrets.get(name)` for names not delivered at job start (undeclared: denied and audited). */
   onSecretRequest?: (name: string) => Promise<SecretValue>;
 }
 
@@ -41,6 +41,14 @@ export interface RunResult extends RunStats {
 }
 
 type StopReason = 'timeout' | 'cancelled' | 'shutdown';
+
+/** A view that owns its whole ArrayBuffer, so it can be transferred; a copy (and the original zeroed) otherwise. */
+function ownBuffer(value: Uint8Array): Uint8Array {
+  if (value.byteOffset === 0 && value.byteLength === value.buffer.byteLength) return value;
+  const own = value.slice();
+  value.fill(0);
+  return own;
+}
 
 /** The error a job ends with when it is stopped from outside. */
 function stopError(reason: StopReason, timeoutMs: number): FleetError {
@@ -205,7 +213,8 @@ export class Sandbox {
       };
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener('abort', onAbort, { once: true });
-      this.#post(message);
+      // Secret bytes are transferred: after this line the supervisor holds no copy.
+      this.#worker.postMessage(message, message.secrets.map((s) => ownBuffer(s.value).buffer as ArrayBuffer));
     });
   }
 
@@ -218,8 +227,7 @@ export class Sandbox {
     serve(name).then(
       ({ value, version }) => {
         // Transfer, not copy: after this the bytes exist only in the sandbox.
-        const own = value.byteOffset === 0 && value.byteLength === value.buffer.byteLength ? value : value.slice();
-        if (own !== value) value.fill(0);
+        const own = ownBuffer(value);
         if (this.#dead) {
           own.fill(0);
           return;

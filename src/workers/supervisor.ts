@@ -205,9 +205,16 @@ export class Supervisor {
       // Jobs can be written to Redis by anyone holding its credentials; check again here.
       const parsed = t.payload.safeParse(job.data);
       if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
-      sandbox = await pool.acquire();
-      const result = await sandbox.run(
-        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets] },
+      // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
+      const [acquired, delivered] = await Promise.allSettled([pool.acquire(), Promise.all(t.secrets.map(async (name) => ({ name, ...(await secrets.get(name)) })))]);
+      if (acquired.status === 'fulfilled') sandbox = acquired.value;
+      if (delivered.status === 'rejected' || acquired.status === 'rejected') {
+        if (delivered.status === 'fulfilled') for (const s of delivered.value) s.value.fill(0);
+        throw delivered.status === 'rejected' ? delivered.reason : (acquired as PromiseRejectedResult).reason;
+      }
+      if (delivered.value.length) this.events.emit('secret:values', { delta: delivered.value.length });
+      const result = await sandbox!.run(
+        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: delivered.value },
         {
           timeoutMs: t.timeoutMs,
           abortGraceMs: t.abortGraceMs,
