@@ -9,6 +9,8 @@ import { Producer } from './producers/producer.js';
 import { redactUrl } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import { Supervisor } from './workers/supervisor.js';
+import { FleetMetrics } from './observability/metrics.js';
+import { startMetricsServer } from './observability/metrics-server.js';
 
 export type Role = 'api' | 'worker' | 'all';
 export const ROLES: readonly Role[] = ['api', 'worker', 'all'];
@@ -16,6 +18,9 @@ export const ROLES: readonly Role[] = ['api', 'worker', 'all'];
 export interface FleetProcess {
   redisUrl: string;
   apiUrl: string | null;
+  /** The supervisor's own /metrics, /healthz, /readyz server. */
+  metricsUrl: string | null;
+  metrics: FleetMetrics;
   supervisor: Supervisor | null;
   producer: Producer | null;
   events: FleetEventBus;
@@ -42,6 +47,8 @@ export function discoverRedisUrl(config: FleetConfig): string | undefined {
 export async function startFleet(options: { config: FleetConfig; role: Role; logger: Logger }): Promise<FleetProcess> {
   const { config, role, logger } = options;
   const events = new FleetEventBus();
+  const metrics = new FleetMetrics();
+  metrics.attach(events);
   const cleanups: (() => Promise<void>)[] = [];
   const release = async (): Promise<void> => {
     for (const c of cleanups.reverse()) await c().catch((err: unknown) => logger.error('cleanup failed', { error: String(err) }));
@@ -63,10 +70,26 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
     }
 
     let supervisor: Supervisor | null = null;
+    let metricsUrl: string | null = null;
     if (role === 'worker' || role === 'all') {
-      supervisor = new Supervisor({ config, redisUrl, logger, events });
-      await supervisor.start();
-      cleanups.push(() => supervisor!.stop());
+      const sup = new Supervisor({ config, redisUrl, logger, events });
+      supervisor = sup;
+      await sup.start();
+      cleanups.push(() => sup.stop());
+      metrics.onCollect(async () => {
+        for (const t of sup.status().types) {
+          for (const state of ['warm', 'busy', 'starting'] as const) metrics.sandboxes.labels(t.jobType, state).set(t[state]);
+          metrics.concurrencyLimit.labels(t.jobType).set(t.concurrency);
+          metrics.concurrencyInUse.labels(t.jobType).set(t.active);
+        }
+        for (const [type, counts] of Object.entries(await sup.queueCounts())) {
+          for (const [state, n] of Object.entries(counts)) metrics.queueJobs.labels(type, state).set(n);
+        }
+      });
+      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: config.supervisor.metricsPort, ready: () => sup.ready() });
+      metricsUrl = server.url;
+      logger.info(`supervisor metrics on ${server.url}/metrics`);
+      cleanups.push(() => server.release());
     }
 
     let apiUrl: string | null = null;
@@ -82,7 +105,7 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
       }
       // Loaded only for the API role: a worker-only process does not pay for express.
       const { createApiApp, listen } = await import('./producers/http-api.js');
-      const app = createApiApp({ producer, producers, logger });
+      const app = createApiApp({ producer, producers, logger, metrics });
       const server: Server = await listen(app, config.api.host, config.api.port);
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.api.port;
@@ -96,7 +119,7 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
           }),
       );
     }
-    return { redisUrl, apiUrl, supervisor, producer, events, release };
+    return { redisUrl, apiUrl, metricsUrl, metrics, supervisor, producer, events, release };
   } catch (err) {
     await release();
     throw err;

@@ -193,9 +193,20 @@ export const fleetConfigSchema = z
         bodyLimitBytes: z.number().int().positive().default(1024 * 1024),
         /** Most jobs in one batch request. @defaultValue 1000 */
         maxBatchSize: z.number().int().positive().default(1000),
+        bullBoard: z
+          .object({
+            /** @defaultValue true (admin producers only) */
+            enabled: z.boolean().default(true),
+            /** @defaultValue `"/admin/queues"` */
+            path: z.string().regex(/^\/[A-Za-z0-9/_-]+$/).default('/admin/queues'),
+            /** No retries, removals or cleaning from the UI. @defaultValue true */
+            readOnly: z.boolean().default(true),
+          })
+          .strict()
+          .prefault({}),
       })
       .strict()
-      .default({ host: '127.0.0.1', port: 8080, bodyLimitBytes: 1024 * 1024, maxBatchSize: 1000 }),
+      .prefault({}),
     supervisor: z
       .object({
         /** Port of this supervisor's `/metrics` and `/healthz`; 0 picks a free one. @defaultValue 9464 */

@@ -3,6 +3,8 @@ import type { Server } from 'node:http';
 import { JOB_TYPE_NAME } from '../config/schema.js';
 import { FleetError, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
+import { mountBullBoard } from '../observability/bull-board.js';
+import type { FleetMetrics } from '../observability/metrics.js';
 import { ProducerAuth, type ProducerIdentity } from './auth.js';
 import { parseDuration } from '../config/duration.js';
 import { jobTypeOfId } from './job-id.js';
@@ -10,6 +12,8 @@ import type { Producer } from './producer.js';
 
 export interface ApiOptions {
   producer: Producer;
+  /** Serve `/metrics` from this registry and time every request. */
+  metrics?: FleetMetrics;
   /** Who may call the API. @defaultValue config.producers */
   producers?: readonly ProducerIdentity[];
   logger?: Logger;
@@ -58,6 +62,25 @@ export function createApiApp(options: ApiOptions): express.Express {
   const app = express();
   app.disable('x-powered-by');
   app.set('query parser', 'simple');
+
+  const metrics = options.metrics;
+  if (metrics) {
+    app.use((req, res, next) => {
+      const end = metrics.httpDuration.startTimer();
+      res.on('finish', () => {
+        // The matched route pattern, never the raw path (ids would make labels unbounded).
+        const route = req.route ? `${req.baseUrl}${String(req.route.path)}` : 'unmatched';
+        metrics.httpRequests.labels(req.method, route, String(res.statusCode)).inc();
+        end({ method: req.method, route });
+      });
+      next();
+    });
+    app.get('/metrics', async (_req, res) => {
+      const m = await metrics.render();
+      res.type(m.contentType).send(m.body);
+    });
+  }
+  if (cfg.bullBoard.enabled) mountBullBoard(app, { producer, auth, path: cfg.bullBoard.path, readOnly: cfg.bullBoard.readOnly });
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });

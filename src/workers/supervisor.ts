@@ -277,6 +277,39 @@ export class Supervisor {
     };
   }
 
+  /** Jobs in Redis per type and state, for the queue-depth gauges. */
+  async queueCounts(): Promise<Record<string, Record<string, number>>> {
+    const out: Record<string, Record<string, number>> = {};
+    if (!this.#redis) return out;
+    for (const t of this.#types) {
+      const q = new Queue(t.name, { connection: this.#redis, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
+      try {
+        out[t.name] = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
+      } finally {
+        await q.close();
+      }
+    }
+    return out;
+  }
+
+  /** Readiness: Redis answers and every secret provider in use is reachable. */
+  async ready(): Promise<Record<string, string>> {
+    const checks: Record<string, string> = {};
+    checks.state = this.#state === 'running' ? 'ok' : `supervisor is ${this.#state ?? 'not started'}`;
+    try {
+      checks.redis = this.#redis && (await this.#redis.ping()) === 'PONG' ? 'ok' : 'not connected';
+    } catch (err) {
+      checks.redis = toError(err).message;
+    }
+    for (const [kind, p] of this.#secrets?.providers ?? []) {
+      checks[`secrets:${kind}`] = await p.check().then(
+        () => 'ok',
+        (err: unknown) => toError(err).message,
+      );
+    }
+    return checks;
+  }
+
   async #beat(): Promise<void> {
     if (!this.#redis) return;
     await this.#redis.hset(supervisorsKey(this.#config.redis.prefix), this.id, JSON.stringify(this.status()));

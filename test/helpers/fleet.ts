@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterEach, expect } from 'vitest';
+import { afterAll, afterEach, expect } from 'vitest';
 import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
 import type { JobTypeInput } from '../../src/config/schema.js';
 import { liveSandboxCount } from '../../src/workers/sandbox.js';
@@ -50,9 +50,13 @@ export async function waitForJob(p: Producer, id: string, timeoutMs = 15_000): P
   }
 }
 
-/** Fails any test that leaves a supervisor or a sandbox running. */
-export function guardAgainstLeaks(): void {
-  afterEach(async () => {
+/**
+ * Fails any test that leaves a supervisor or a sandbox running. `file`: checked once after the
+ * file's own afterAll hooks (call it before them; vitest runs after-hooks as a stack), for files
+ * that keep one fleet running across their tests.
+ */
+export function guardAgainstLeaks(scope: 'each' | 'file' = 'each'): void {
+  (scope === 'each' ? afterEach : afterAll)(async () => {
     const leftover = started.splice(0);
     for (const s of leftover.reverse()) await s.release();
     // Terminated threads report exit asynchronously; give them a moment.

@@ -1,0 +1,79 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { FleetEventBus, LifecycleState } from '../events.js';
+
+/**
+ * The fleet's Prometheus metrics. One registry per process; the supervisor and the API attach to
+ * it by subscribing to core events, so the core never calls metrics directly. Labels are bounded:
+ * job type, outcome, state, provider, secret *name*, route pattern, never a job id or a value.
+ */
+export class FleetMetrics {
+  readonly registry = new Registry();
+  readonly #collectors: (() => Promise<void> | void)[] = [];
+
+  readonly jobDuration = new Histogram({
+    name: 'fleet_job_duration_seconds',
+    help: 'Time from a job entering its sandbox to its end, by job type and outcome.',
+    labelNames: ['job_type', 'outcome'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
+    registers: [this.registry],
+  });
+  readonly jobs = new Counter({ name: 'fleet_jobs_total', help: 'Jobs ended, by type and outcome (completed, failed, timeout, cancelled, oom, crashed, requeued).', labelNames: ['job_type', 'outcome'] as const, registers: [this.registry] });
+  readonly timeouts = new Counter({ name: 'fleet_job_timeouts_total', help: 'Jobs whose sandbox was terminated at timeoutMs.', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly retries = new Counter({ name: 'fleet_job_retries_total', help: 'Failed attempts that will be retried.', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly queueWait = new Histogram({ name: 'fleet_job_queue_wait_seconds', help: 'Time from enqueue to start.', labelNames: ['job_type'] as const, buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120], registers: [this.registry] });
+  readonly jobCpu = new Histogram({ name: 'fleet_job_cpu_seconds', help: "Time the sandbox's event loop was busy during a job (per-thread CPU proxy).", labelNames: ['job_type'] as const, buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [this.registry] });
+  readonly jobHeap = new Histogram({ name: 'fleet_job_peak_heap_bytes', help: 'V8 heap reserved by the sandbox at job end.', labelNames: ['job_type'] as const, buckets: [4e6, 8e6, 16e6, 32e6, 64e6, 128e6, 256e6, 512e6, 1e9], registers: [this.registry] });
+  readonly spawn = new Histogram({ name: 'fleet_sandbox_spawn_seconds', help: 'Time to start a sandbox and load its processor.', labelNames: ['job_type'] as const, buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [this.registry] });
+  readonly sandboxes = new Gauge({ name: 'fleet_sandboxes', help: 'Sandboxes by state (warm, busy, starting).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
+  readonly concurrencyLimit = new Gauge({ name: 'fleet_concurrency_limit', help: 'Per-supervisor concurrency of each job type.', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly concurrencyInUse = new Gauge({ name: 'fleet_concurrency_in_use', help: 'Jobs of each type running now.', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly queueJobs = new Gauge({ name: 'fleet_queue_jobs', help: 'Jobs in Redis by type and state (waiting, active, delayed, prioritized, failed).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
+  readonly supervisorState = new Gauge({ name: 'fleet_supervisor_state', help: '1 for the state this supervisor is in.', labelNames: ['state'] as const, registers: [this.registry] });
+  readonly enqueued = new Counter({ name: 'fleet_jobs_enqueued_total', help: 'Jobs enqueued, by type and path (http, client).', labelNames: ['job_type', 'via'] as const, registers: [this.registry] });
+  readonly httpRequests = new Counter({ name: 'fleet_http_requests_total', help: 'API requests by method, route pattern and status.', labelNames: ['method', 'route', 'status'] as const, registers: [this.registry] });
+  readonly httpDuration = new Histogram({ name: 'fleet_http_request_duration_seconds', help: 'API request latency by method and route pattern.', labelNames: ['method', 'route'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
+  readonly secretAccesses = new Counter({ name: 'fleet_secret_accesses_total', help: 'Secret access attempts by secret name, job type and outcome (granted, denied, error).', labelNames: ['secret', 'job_type', 'outcome'] as const, registers: [this.registry] });
+  readonly secretFetch = new Histogram({ name: 'fleet_secret_fetch_seconds', help: 'Time to fetch one secret, by provider.', labelNames: ['provider'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2], registers: [this.registry] });
+  readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
+
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
+    this.secretValuesAlive.set(0);
+  }
+
+  /** Subscribes to a supervisor's or API's events. Returns the unsubscribe function. */
+  attach(events: FleetEventBus): () => void {
+    const offs = [
+      events.on('job:started', (e) => this.queueWait.labels(e.jobType).observe(Math.max(0, e.queuedMs) / 1000)),
+      events.on('job:finished', (e) => {
+        this.jobs.labels(e.jobType, e.outcome).inc();
+        this.jobDuration.labels(e.jobType, e.outcome).observe(e.durationMs / 1000);
+        if (e.outcome === 'timeout') this.timeouts.labels(e.jobType).inc();
+        if (e.willRetry && e.outcome !== 'requeued') this.retries.labels(e.jobType).inc();
+        if (e.cpuMs !== undefined) this.jobCpu.labels(e.jobType).observe(e.cpuMs / 1000);
+        if (e.peakHeapBytes !== undefined) this.jobHeap.labels(e.jobType).observe(e.peakHeapBytes);
+      }),
+      events.on('sandbox:spawned', (e) => this.spawn.labels(e.jobType).observe(e.spawnMs / 1000)),
+      events.on('job:enqueued', (e) => this.enqueued.labels(e.jobType, e.via).inc(e.count)),
+      events.on('secret:accessed', (e) => {
+        this.secretAccesses.labels(e.secret, e.jobType, e.outcome).inc();
+        if (e.outcome === 'granted') this.secretFetch.labels(e.provider).observe(e.latencyMs / 1000);
+      }),
+      events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
+      events.on('supervisor:state', (e) => {
+        for (const s of ['starting', 'running', 'draining', 'stopped', 'failed'] satisfies LifecycleState[]) this.supervisorState.labels(s).set(s === e.state ? 1 : 0);
+      }),
+    ];
+    return () => offs.forEach((off) => off());
+  }
+
+  /** Registers work to do right before each scrape (gauges read from pools and Redis). */
+  onCollect(fn: () => Promise<void> | void): void {
+    this.#collectors.push(fn);
+  }
+
+  async render(): Promise<{ contentType: string; body: string }> {
+    await Promise.all(this.#collectors.map(async (c) => c()));
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+}

@@ -1,0 +1,205 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { startFleet, type FleetProcess } from '../src/app.js';
+import { sha256Hex } from '../src/producers/auth.js';
+import { LocalProvider } from '../src/secrets/local-provider.js';
+import { silentLogger } from '../src/observability/logger.js';
+import { freePort } from '../src/redis/embedded-redis.js';
+import { allDashboards } from '../grafana/dashboards.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, testConfig } from './helpers/fleet.js';
+import { startTestRedis } from './helpers/redis.js';
+
+const ROOT = path.join(FIXTURES, '..', '..');
+const PROMETHEUS = spawnSync('prometheus', ['--version']).status === 0 ? 'prometheus' : null;
+if (!PROMETHEUS) console.warn('SKIPPING Prometheus e2e: no `prometheus` on PATH. Fix: apt-get install -y prometheus (scripts/install-test-servers.sh does).');
+
+const TOKEN = 'e2e-admin-token-0123456789abcdef';
+const SECRET_VALUE = 'e2e-secret-value-do-not-leak-42';
+
+/** Every PromQL expression in the dashboards and alert rules (alerts without their threshold). */
+function allExpressions(): { where: string; expr: string }[] {
+  const out: { where: string; expr: string }[] = [];
+  for (const [file, d] of Object.entries(allDashboards())) {
+    for (const panel of d.panels ?? []) {
+      for (const t of ('targets' in panel ? panel.targets : undefined) ?? []) {
+        const expr = (t as { expr?: string }).expr;
+        if (expr) out.push({ where: `${file} / ${'title' in panel ? panel.title : '?'}`, expr });
+      }
+    }
+  }
+  const rules = readFileSync(path.join(ROOT, 'prometheus', 'alerts.yml'), 'utf8');
+  for (const m of rules.matchAll(/- alert: (\w+)\n\s+expr: (.+)\n/g)) {
+    out.push({ where: `alert ${m[1]}`, expr: m[2]!.replace(/\s*(>|<|>=|<=|==|!=)\s*[\d.]+\s*$/, '') });
+  }
+  return out;
+}
+
+guardAgainstLeaks('file');
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let fleet: FleetProcess;
+let prom: ChildProcess;
+let promUrl: string;
+let promDir: string;
+let loadRunning = true;
+let load: Promise<void>;
+
+beforeAll(async () => {
+  redis = await startTestRedis();
+  if (!PROMETHEUS) return;
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
+  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_E2E_NONE', keepVersions: 2 }).write('api-key', Buffer.from(SECRET_VALUE));
+  const config = testConfig(
+    redis.url,
+    [
+      fixtureType('ok', 'ok.mjs', { isolation: 'pool' }),
+      fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 10 } }),
+      fixtureType('loop', 'infinite-loop.mjs', { timeoutMs: 200, abortGraceMs: 50 }),
+      fixtureType('throws', 'throws.mjs', { isolation: 'pool' }),
+      fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
+      fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['api-key'] }),
+      fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'] }),
+    ],
+    { dataDir, api: { port: 0 }, producers: [{ name: 'e2e', tokenSha256: sha256Hex(TOKEN), jobTypes: ['*'], admin: true }] },
+  );
+  fleet = await startFleet({ config, role: 'all', logger: silentLogger });
+
+  promDir = mkdtempSync(path.join(tmpdir(), 'fleet-prom-'));
+  const port = await freePort();
+  promUrl = `http://127.0.0.1:${port}`;
+  const host = (u: string): string => new URL(u).host;
+  writeFileSync(
+    path.join(promDir, 'prometheus.yml'),
+    `global: { scrape_interval: 1s, evaluation_interval: 1s }
+rule_files: ['${path.join(ROOT, 'prometheus', 'alerts.yml')}']
+scrape_configs:
+  - job_name: fleet-api
+    static_configs: [{ targets: ['${host(fleet.apiUrl!)}'] }]
+  - job_name: fleet-worker
+    static_configs: [{ targets: ['${host(fleet.metricsUrl!)}'] }]
+`,
+  );
+  prom = spawn(PROMETHEUS, [`--config.file=${path.join(promDir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(promDir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+  for (let i = 0; i < 100; i++) {
+    if ((await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  console.info(`Prometheus e2e uses ${PROMETHEUS} at ${promUrl}`);
+
+  // A mixed load over HTTP, kept running while queries are evaluated so every rate has samples.
+  const post = (type: string, data: unknown): Promise<Response> =>
+    fetch(`${fleet.apiUrl}/v1/jobs/${type}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(data) });
+  load = (async () => {
+    while (loadRunning) {
+      await Promise.all([
+        post('ok', { n: 1 }),
+        post('ok', { n: 2 }),
+        post('flaky', {}),
+        post('loop', {}),
+        post('throws', {}),
+        post('reader', { names: ['api-key'] }),
+        post('nosy', { name: 'someone-elses-key' }),
+        post('missing', { names: ['no-such-key'] }),
+        fetch(`${fleet.apiUrl}/v1/jobs/nope`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' }),
+      ]);
+      await new Promise((r) => setTimeout(r, 300));
+    }
+  })();
+  // Enough scrapes for 30 s windows to hold several samples.
+  await new Promise((r) => setTimeout(r, 12_000));
+}, 90_000);
+
+afterAll(async () => {
+  loadRunning = false;
+  await load?.catch(() => undefined);
+  prom?.kill('SIGTERM');
+  await fleet?.release();
+  await redis?.release();
+  if (promDir) rmSync(promDir, { recursive: true, force: true });
+}, 60_000);
+
+async function promQuery(expr: string): Promise<{ status: string; error?: string; data?: { result: unknown[] } }> {
+  const query = expr.replaceAll('$__rate_interval', '30s').replaceAll('$__interval', '5s');
+  const r = await fetch(`${promUrl}/api/v1/query?query=${encodeURIComponent(query)}`);
+  return (await r.json()) as { status: string; error?: string; data?: { result: unknown[] } };
+}
+
+describe('dashboards and alert rules', () => {
+  it('regenerating the dashboards from code changes nothing', () => {
+    for (const [file, d] of Object.entries(allDashboards())) {
+      const committed = readFileSync(path.join(ROOT, 'grafana', 'dashboards', file), 'utf8');
+      expect(committed, `grafana/dashboards/${file} is stale: run npm run dashboards`).toBe(`${JSON.stringify(d, null, 2)}\n`);
+    }
+  });
+
+  it('dashboard JSON has the structure Grafana provisioning needs', () => {
+    const panel = z.object({
+      type: z.enum(['timeseries', 'stat', 'row']),
+      title: z.string().min(1),
+      gridPos: z.object({ h: z.number().positive(), w: z.number().positive(), x: z.number().min(0), y: z.number().min(0) }),
+      datasource: z.object({ type: z.literal('prometheus'), uid: z.literal('prometheus') }).optional(),
+      targets: z.array(z.object({ expr: z.string().min(1), refId: z.string().regex(/^[A-Z]$/), datasource: z.object({ uid: z.literal('prometheus') }) })).optional(),
+    });
+    const uids = new Set<string>();
+    for (const [file, d] of Object.entries(allDashboards())) {
+      expect(d.schemaVersion, file).toBeGreaterThanOrEqual(39);
+      expect(d.uid, file).toMatch(/^[a-z0-9-]+$/);
+      uids.add(d.uid!);
+      for (const p of d.panels ?? []) {
+        const parsed = panel.safeParse(p);
+        expect(parsed.success, `${file}: ${JSON.stringify(parsed.error?.issues)}`).toBe(true);
+        if (p.type !== 'row') {
+          const refIds = ((p as { targets?: { refId: string }[] }).targets ?? []).map((t) => t.refId);
+          expect(new Set(refIds).size, `${file} ${'title' in p ? p.title : ''} refIds`).toBe(refIds.length);
+          expect(refIds.length).toBeGreaterThan(0);
+        }
+      }
+    }
+    expect(uids.size).toBe(Object.keys(allDashboards()).length);
+    const provisioning = readFileSync(path.join(ROOT, 'grafana', 'provisioning', 'datasources', 'prometheus.yml'), 'utf8');
+    expect(provisioning).toContain('uid: prometheus');
+  });
+});
+
+describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', () => {
+  it('scrapes every fleet endpoint and loads every alert rule', async () => {
+    const targets = (await (await fetch(`${promUrl}/api/v1/targets`)).json()) as { data: { activeTargets: { health: string; labels: { job: string } }[] } };
+    expect(targets.data.activeTargets.map((t) => [t.labels.job, t.health]).sort()).toEqual([
+      ['fleet-api', 'up'],
+      ['fleet-worker', 'up'],
+    ]);
+    const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
+    const loaded = rules.data.groups.flatMap((g) => g.rules);
+    expect(loaded.length).toBe(6);
+    for (const r of loaded) expect(r.health, r.name).not.toBe('err');
+  });
+
+  it('every dashboard and alert expression is valid and returns series', async () => {
+    const failures: string[] = [];
+    const exprs = allExpressions();
+    expect(exprs.length).toBeGreaterThan(30);
+    for (const { where, expr } of exprs) {
+      const r = await promQuery(expr);
+      if (r.status !== 'success') failures.push(`${where}: invalid: ${r.error}`);
+      else if (!r.data?.result.length) failures.push(`${where}: no series for ${expr}`);
+    }
+    expect(failures).toEqual([]);
+  });
+
+  it('no metric label carries a job id or a secret value', async () => {
+    const body = await (await fetch(`${fleet.metricsUrl}/metrics`)).text();
+    const api = await (await fetch(`${fleet.apiUrl}/metrics`)).text();
+    for (const text of [body, api]) {
+      expect(text).not.toMatch(/[a-z-]+\.k?[0-9a-f]{32,40}/);
+      expect(text).not.toContain(SECRET_VALUE);
+      expect(text).not.toContain(Buffer.from(SECRET_VALUE).toString('base64'));
+    }
+    const r = await promQuery('count by (__name__) ({job=~"fleet.*", job_type!=""})');
+    expect(r.data!.result.length).toBeGreaterThan(5);
+    const values = await (await fetch(`${promUrl}/api/v1/label/route/values`)).json() as { data: string[] };
+    for (const route of values.data) expect(route).toMatch(/^(unmatched|\/[a-z0-9/:_-]*)$/);
+  });
+});
