@@ -80,6 +80,13 @@ export function secretsDashboard(): Dashboard {
     .withPanel(series('Fetch errors by secret', 'short', '', q('sum by (secret) (increase(fleet_secret_accesses_total{outcome="error"}[$__rate_interval]))', '{{secret}}')))
     .withPanel(series('Fetch latency by provider', 's', 'p50 / p95 / p99 (Vault: mint + read; KMS: Decrypt).', ...quantiles('fleet_secret_fetch_seconds', 'provider', '{{provider}}')))
     .withPanel(series('Secret values in memory', 'short', '', q('sum(fleet_secret_values_alive)', 'alive')))
+    .withRow(new RowBuilder('Rotation'))
+    .withPanel(series('Exposure risk', 'short', 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24 h): 0 healthy, ≥ 1 needs action.', q('max by (secret) (fleet_secret_exposure_risk)', '{{secret}}')))
+    .withPanel(series('Age of current version', 's', 'API keys must rotate at least weekly, encryption keys daily.', q('max by (secret) (fleet_secret_age_seconds)', '{{secret}}')))
+    .withPanel(series('Time since last successful rotation', 's', '', q('time() - max by (secret) (fleet_secret_last_rotation_timestamp_seconds)', '{{secret}}')))
+    .withPanel(series('Rotations', 'short', 'By outcome.', q('sum by (secret, outcome) (increase(fleet_secret_rotations_total[$__rate_interval]))', '{{secret}} {{outcome}}')))
+    .withPanel(series('Rotation failures by step', 'short', 'create, set, test, promote or retire; the current version stays in place.', q('sum by (secret, step) (increase(fleet_secret_rotation_failures_total[$__rate_interval]))', '{{secret}} {{step}}')))
+    .withPanel(series('Rotation overdue', 'short', '1 while a secret is past its due time.', q('max by (secret) (fleet_secret_rotation_overdue)', '{{secret}}')))
     .build();
 }
 

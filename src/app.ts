@@ -10,10 +10,11 @@ import { redactUrl } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import { Supervisor } from './workers/supervisor.js';
 import { FleetMetrics } from './observability/metrics.js';
+import { RotationService } from './rotation/rotation-service.js';
 import { startMetricsServer } from './observability/metrics-server.js';
 
-export type Role = 'api' | 'worker' | 'all';
-export const ROLES: readonly Role[] = ['api', 'worker', 'all'];
+export type Role = 'api' | 'worker' | 'scheduler' | 'all';
+export const ROLES: readonly Role[] = ['api', 'worker', 'scheduler', 'all'];
 
 export interface FleetProcess {
   redisUrl: string;
@@ -22,6 +23,7 @@ export interface FleetProcess {
   metricsUrl: string | null;
   metrics: FleetMetrics;
   supervisor: Supervisor | null;
+  rotation: RotationService | null;
   producer: Producer | null;
   events: FleetEventBus;
   /** Stops everything this process started, in reverse order. */
@@ -86,9 +88,30 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
           for (const [state, n] of Object.entries(counts)) metrics.queueJobs.labels(type, state).set(n);
         }
       });
-      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: config.supervisor.metricsPort, ready: () => sup.ready() });
+    }
+
+    let rotation: RotationService | null = null;
+    if (role === 'scheduler' || role === 'all') {
+      const rot = new RotationService({ config, redisUrl, events, logger });
+      rotation = rot;
+      await rot.start();
+      cleanups.push(() => rot.stop());
+      metrics.onCollect(async () => {
+        for (const h of await rot.health()) {
+          metrics.secretAge.labels(h.secret).set(h.ageSeconds ?? 0);
+          metrics.exposureRisk.labels(h.secret).set(h.exposureRisk);
+          metrics.rotationOverdue.labels(h.secret).set(h.overdue ? 1 : 0);
+          if (h.rotation.lastSuccessAt) metrics.lastRotation.labels(h.secret).set(h.rotation.lastSuccessAt / 1000);
+        }
+      });
+    }
+
+    if (supervisor || rotation) {
+      const sup = supervisor;
+      const ready = async (): Promise<Record<string, string>> => ({ ...(sup ? await sup.ready() : {}), ...(rotation ? { rotation: 'ok' } : {}) });
+      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: config.supervisor.metricsPort, ready });
       metricsUrl = server.url;
-      logger.info(`supervisor metrics on ${server.url}/metrics`);
+      logger.info(`metrics on ${server.url}/metrics`);
       cleanups.push(() => server.release());
     }
 
@@ -119,7 +142,7 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
           }),
       );
     }
-    return { redisUrl, apiUrl, metricsUrl, metrics, supervisor, producer, events, release };
+    return { redisUrl, apiUrl, metricsUrl, metrics, supervisor, rotation, producer, events, release };
   } catch (err) {
     await release();
     throw err;

@@ -24,6 +24,7 @@ export interface FleetEvents {
   'sandbox:destroyed': { jobType: string; reason: string };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
   'secret:accessed': { secret: string; jobType: string; outcome: 'granted' | 'denied' | 'error'; provider: string; latencyMs: number };
+  'rotation:finished': { secret: string; ok: boolean; step?: 'create' | 'set' | 'test' | 'promote' | 'retire'; durationMs: number };
   /** Secret values now held by sandboxes: +n when handed over, -n when the job ends and they are zeroed. */
   'secret:values': { delta: number };
 }

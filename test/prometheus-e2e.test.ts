@@ -63,7 +63,18 @@ beforeAll(async () => {
       fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['api-key'] }),
       fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'] }),
     ],
-    { dataDir, api: { port: 0 }, producers: [{ name: 'e2e', tokenSha256: sha256Hex(TOKEN), jobTypes: ['*'], admin: true }] },
+    {
+      dataDir,
+      api: { port: 0 },
+      producers: [{ name: 'e2e', tokenSha256: sha256Hex(TOKEN), jobTypes: ['*'], admin: true }],
+      secrets: {
+        items: {
+          // Rotated every second while jobs read it; and one whose rotation always fails its test step.
+          'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 2 } },
+          'partner-key': { rotation: { schedule: '1s', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') }, attempts: 1 } },
+        },
+      },
+    },
   );
   fleet = await startFleet({ config, role: 'all', logger: silentLogger });
 
@@ -173,7 +184,7 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
     ]);
     const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
     const loaded = rules.data.groups.flatMap((g) => g.rules);
-    expect(loaded.length).toBe(6);
+    expect(loaded.length).toBe(9);
     for (const r of loaded) expect(r.health, r.name).not.toBe('err');
   });
 

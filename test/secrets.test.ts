@@ -61,7 +61,7 @@ describe('local provider (dev store)', () => {
     const v = await lease.read('api-key');
     expect(Buffer.from(v.value).toString()).toBe('second-value');
     expect(v.version).toBe('2');
-    expect(Buffer.from(provider.readVersion('api-key', '1').value).toString()).toBe('first-value');
+    expect(Buffer.from((await provider.readVersion('api-key', '1')).value).toString()).toBe('first-value');
     expect(statSync(path.join(config.dataDir, 'master.key')).mode & 0o777).toBe(0o600);
     expect(readFileSync(path.join(config.dataDir, 'secrets.enc.json'), 'utf8')).not.toContain('value');
     expect(await provider.list()).toEqual([expect.objectContaining({ name: 'api-key', version: '2' })]);

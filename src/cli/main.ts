@@ -9,18 +9,20 @@ import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
 import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
 import type { Redis } from 'ioredis';
 import * as sec from './secrets-commands.js';
+import { requestRotation, rotationQueue } from '../rotation/rotation-service.js';
 
 const USAGE = `fleet — sandboxed job fleet on BullMQ
 
 Usage:
-  fleet start [--role api|worker|all]      run the fleet (default role: all)
+  fleet start [--role api|worker|scheduler|all]   run the fleet (default role: all)
   fleet enqueue <type> <json> [--idempotency-key K]
   fleet job <id>                           state, attempts, timings, result or error
   fleet status [--workers] [--secrets]     supervisors, sandboxes, queue depths; secrets and their use
   fleet secrets set <name> [--provider P]  store a new version; the value is read from stdin
   fleet secrets list | delete <name>
   fleet audit [--since 24h] [--secret X] [--denied] [--limit N]
-  fleet vault setup                        write Vault policies, token role and AppRole (admin VAULT_TOKEN)
+  fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
+  fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
 
 Options:
   --config <path>   config file (default: $FLEET_CONFIG or ./fleet.config.{ts,js,mjs,json})
@@ -108,6 +110,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         workers: { type: 'boolean', default: false },
         'idempotency-key': { type: 'string' },
         secrets: { type: 'boolean', default: false },
+        now: { type: 'boolean', default: false },
         provider: { type: 'string' },
         since: { type: 'string' },
         secret: { type: 'string' },
@@ -218,11 +221,34 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         print(sec.renderAudit(rows), rows);
         return 0;
       }
+      case 'rotate': {
+        const [secret] = rest;
+        if (!secret) throw new FleetError('INVALID_REQUEST', 'usage: fleet rotate <secret> [--now]');
+        const out: { secret: string; jobId: string | undefined; state: string; version?: string; error?: string } = await withRedis(config, async (r) => {
+          const queue = rotationQueue(config, r);
+          try {
+            const job = await requestRotation(config, queue, secret);
+            if (!opts.now) return { secret, jobId: job.id, state: 'queued' };
+            for (;;) {
+              const state = await job.getState();
+              if (state === 'completed' || (state === 'failed' && (await queue.getJob(job.id!))?.finishedOn)) {
+                const fresh = (await queue.getJob(job.id!))!;
+                return { secret, jobId: job.id, state, ...(state === 'completed' ? { version: (fresh.returnvalue as { version: string }).version } : { error: fresh.failedReason }) };
+              }
+              await new Promise((res) => setTimeout(res, 100));
+            }
+          } finally {
+            await queue.close();
+          }
+        });
+        print(out.state === 'completed' ? `${secret}: rotated to version ${out.version}` : out.state === 'queued' ? `${secret}: rotation queued (${out.jobId}); a scheduler role runs it` : `${secret}: rotation failed: ${out.error}`, out);
+        return out.state === 'failed' ? 1 : 0;
+      }
       case 'vault': {
         if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');
         const r = await sec.vaultSetup(config);
         io.err('Store the secret_id like a password: give it to supervisors as VAULT_SECRET_ID, never in config.');
-        print(`policies: ${r.policies.join(', ')}\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}`, r);
+        print(`policies: ${r.policies.join(', ')}\n# supervisors (worker role)\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}\n# rotation scheduler (scheduler role)\nVAULT_ROTATOR_ROLE_ID=${r.rotator.roleId}\nVAULT_ROTATOR_SECRET_ID=${r.rotator.secretId}`, r);
         return 0;
       }
       default:

@@ -7,6 +7,7 @@ import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.j
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { makeProvider, usedProviders } from '../secrets/providers.js';
 import { VaultProvider, requireEnv } from '../secrets/vault-provider.js';
+import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
   if (explicit) {
@@ -67,7 +68,7 @@ export async function secretsDelete(config: FleetConfig, redis: Redis | undefine
   }
 }
 
-export interface SecretStatusRow {
+export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider' | 'version'> {
   secret: string;
   provider: ProviderKind;
   version: string | null;
@@ -99,12 +100,14 @@ export async function secretsStatus(config: FleetConfig, redis: Redis): Promise<
       problems.set(kind, toError(err).message);
     }
   }
+  const health = new Map((await secretHealth(config, redis, meta)).map((h) => [h.secret, h]));
   return names.map((secret, i) => {
     const provider = config.secretProviders.get(secret)!;
     const m = meta.get(secret);
     const s = stats[i]!;
     const problem = problems.get(provider);
     return {
+      ...health.get(secret)!,
       secret,
       provider,
       version: m?.version ?? null,
@@ -122,8 +125,14 @@ export async function secretsStatus(config: FleetConfig, redis: Redis): Promise<
 export function renderSecretsStatus(rows: SecretStatusRow[]): string {
   if (!rows.length) return 'no secrets declared';
   const when = (t: number | null): string => (t ? new Date(t).toISOString() : '-');
+  const age = (s: number | null): string => (s === null ? '?' : s < 3600 ? `${Math.round(s / 60)}m` : s < 172_800 ? `${Math.round(s / 3600)}h` : `${Math.round(s / 86_400)}d`);
   return rows
-    .map((r) => `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  updated ${when(r.updatedAt)}  last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${r.usedBy.join(',') || '-'}${r.problem ? `\n    ! ${r.problem}` : ''}`)
+    .map((r) => {
+      const rot = r.hasPolicy
+        ? `last rotation ${r.rotation.lastOutcome ?? 'never'} ${when(r.rotation.lastRotationAt)}  next due ${when(r.nextDueAt)}${r.overdue ? '  OVERDUE' : ''}`
+        : 'no rotation policy';
+      return `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  age ${age(r.ageSeconds)}  risk ${r.exposureRisk}  ${rot}\n    last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${r.usedBy.join(',') || '-'}${r.problem ? `\n    ! ${r.problem}` : ''}`;
+    })
     .join('\n');
 }
 
@@ -144,7 +153,7 @@ export function renderAudit(rows: AuditRecord[]): string {
 }
 
 /** `fleet vault setup`: policies, token role and AppRole, with the admin token in VAULT_TOKEN. */
-export async function vaultSetup(config: FleetConfig): Promise<{ roleId: string; secretId: string; policies: string[] }> {
+export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnType<typeof VaultProvider.setup>>> {
   const v = config.secrets.vault;
   if (!v) throw new FleetError('CONFIG_INVALID', 'secrets.vault is not configured. Fix: add secrets.vault to the config.');
   const scopes = new Map<string, string[]>();

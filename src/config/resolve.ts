@@ -3,6 +3,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
+import { scheduleOf } from './schedule.js';
 import {
   CRITICAL_MAX_TIMEOUT_MS,
   fleetConfigSchema,
@@ -150,6 +151,22 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push(`secret "${name}" uses provider "vault" but secrets.vault is not configured. Fix: add secrets.vault ({ address, auth }) or pick another provider.`);
     if (provider === 'kms' && !sec.kms)
       problems.push(`secret "${name}" uses provider "kms" but secrets.kms is not configured. Fix: add secrets.kms ({ keyId, region, endpoint? }).`);
+  }
+  for (const [name, item] of Object.entries(sec.items)) {
+    const r = item.rotation;
+    if (!r) continue;
+    try {
+      scheduleOf(r.schedule);
+    } catch (err) {
+      problems.push(`secrets.items.${name}.rotation.schedule: ${(err as Error).message}`);
+    }
+    if (r.rotator.type === 'kms-rewrap' && secretProviders.get(name) !== 'kms')
+      problems.push(`secrets.items.${name}.rotation.rotator "kms-rewrap" needs provider "kms". Fix: set provider: "kms" or use another rotator.`);
+    if (r.rotator.type === 'module') {
+      const abs = path.resolve(baseDir, r.rotator.path);
+      if (!existsSync(abs)) problems.push(`secrets.items.${name}.rotation.rotator.path: ${abs} does not exist.`);
+      else r.rotator.path = abs;
+    }
   }
   if (sec.vault && !(sec.vault.address ?? process.env.VAULT_ADDR))
     problems.push('secrets.vault.address is not set and VAULT_ADDR is empty. Fix: set one of them.');

@@ -83,6 +83,35 @@ export const producerSchema = z
 
 const providerKind = z.enum(['local', 'vault', 'kms']);
 
+export const rotationSchema = z
+  .object({
+    /** `daily`, `weekly`, an interval (`90s`, `6h`, `2d`) or a cron pattern (`0 3 * * *`, with `tz`). */
+    schedule: z.string().min(1),
+    /** Time zone of a cron schedule. @defaultValue UTC */
+    tz: z.string().optional(),
+    rotator: z.discriminatedUnion('type', [
+      z.object({
+        /** Mint a random token ourselves. */
+        type: z.literal('random'),
+        /** @defaultValue 32 */
+        bytes: z.number().int().min(16).max(1024).default(32),
+        /** @defaultValue `"base64url"` */
+        encoding: z.enum(['hex', 'base64', 'base64url']).default('base64url'),
+      }).strict(),
+      /** KMS only: re-encrypt the same value under a fresh data key. */
+      z.object({ type: z.literal('kms-rewrap') }).strict(),
+      /** A module exporting `create`, and optionally `set`, `test`, `finish` (external credentials). */
+      z.object({ type: z.literal('module'), path: z.string().min(1) }).strict(),
+    ]),
+    /** How long the previous version stays readable after promotion. @defaultValue 3600 */
+    graceSeconds: z.number().int().min(0).default(3600),
+    /** Tries of a failing rotation (exponential backoff). @defaultValue 5 */
+    attempts: z.number().int().min(1).default(5),
+    /** @defaultValue 5000 */
+    backoffMs: z.number().int().min(0).default(5000),
+  })
+  .strict();
+
 export const secretsSchema = z
   .object({
     /** Provider of every secret not given one in `items`. @defaultValue `"local"` (dev only) */
@@ -97,6 +126,7 @@ export const secretsSchema = z
             /** Drives rotation rules: API keys at least weekly, encryption keys daily. @defaultValue `"api-key"` */
             kind: z.enum(['api-key', 'encryption-key', 'other']).default('api-key'),
             description: z.string().default(''),
+            rotation: rotationSchema.optional(),
           })
           .strict(),
       )
@@ -132,6 +162,10 @@ export const secretsSchema = z
         secretIdEnv: z.string().default('VAULT_SECRET_ID'),
         /** @defaultValue `"approle"` */
         approleMount: z.string().default('approle'),
+        /** The scheduler role's AppRole (`fleet-rotator`, written by `fleet vault setup`). @defaultValue `"VAULT_ROTATOR_ROLE_ID"` */
+        rotatorRoleIdEnv: z.string().default('VAULT_ROTATOR_ROLE_ID'),
+        /** @defaultValue `"VAULT_ROTATOR_SECRET_ID"` */
+        rotatorSecretIdEnv: z.string().default('VAULT_ROTATOR_SECRET_ID'),
         /** @defaultValue `"fleet-job"` */
         tokenRole: z.string().default('fleet-job'),
         /** @defaultValue `"fleet-job-"` */

@@ -34,6 +34,12 @@ export class FleetMetrics {
   readonly httpDuration = new Histogram({ name: 'fleet_http_request_duration_seconds', help: 'API request latency by method and route pattern.', labelNames: ['method', 'route'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
   readonly secretAccesses = new Counter({ name: 'fleet_secret_accesses_total', help: 'Secret access attempts by secret name, job type and outcome (granted, denied, error).', labelNames: ['secret', 'job_type', 'outcome'] as const, registers: [this.registry] });
   readonly secretFetch = new Histogram({ name: 'fleet_secret_fetch_seconds', help: 'Time to fetch one secret, by provider.', labelNames: ['provider'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2], registers: [this.registry] });
+  readonly rotations = new Counter({ name: 'fleet_secret_rotations_total', help: 'Rotations by secret and outcome (ok, failed).', labelNames: ['secret', 'outcome'] as const, registers: [this.registry] });
+  readonly rotationFailures = new Counter({ name: 'fleet_secret_rotation_failures_total', help: 'Failed rotations by secret and the step that failed (create, set, test, promote, retire).', labelNames: ['secret', 'step'] as const, registers: [this.registry] });
+  readonly lastRotation = new Gauge({ name: 'fleet_secret_last_rotation_timestamp_seconds', help: 'When the secret was last rotated successfully (Unix time).', labelNames: ['secret'] as const, registers: [this.registry] });
+  readonly secretAge = new Gauge({ name: 'fleet_secret_age_seconds', help: 'Age of the current version.', labelNames: ['secret'] as const, registers: [this.registry] });
+  readonly rotationOverdue = new Gauge({ name: 'fleet_secret_rotation_overdue', help: '1 when the secret is past its rotation due time.', labelNames: ['secret'] as const, registers: [this.registry] });
+  readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
@@ -60,6 +66,10 @@ export class FleetMetrics {
         if (e.outcome === 'granted') this.secretFetch.labels(e.provider).observe(e.latencyMs / 1000);
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
+      events.on('rotation:finished', (e) => {
+        this.rotations.labels(e.secret, e.ok ? 'ok' : 'failed').inc();
+        if (!e.ok) this.rotationFailures.labels(e.secret, e.step ?? 'create').inc();
+      }),
       events.on('supervisor:state', (e) => {
         for (const s of ['starting', 'running', 'draining', 'stopped', 'failed'] satisfies LifecycleState[]) this.supervisorState.labels(s).set(s === e.state ? 1 : 0);
       }),

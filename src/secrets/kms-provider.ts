@@ -84,6 +84,7 @@ export class KmsProvider implements SecretProvider {
   }
 
   async readVersion(name: string, version?: string): Promise<SecretValue> {
+    // (version omitted: the current one)
     let fields: Record<string, string>;
     try {
       fields = await this.#o.redis.hgetall(this.#key(name));
@@ -107,7 +108,40 @@ export class KmsProvider implements SecretProvider {
     });
   }
 
-  async write(name: string, value: Uint8Array): Promise<{ version: string }> {
+  write(name: string, value: Uint8Array): Promise<{ version: string }> {
+    return this.#add(name, value, true);
+  }
+
+  writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
+    return this.#add(name, value, false);
+  }
+
+  async promote(name: string, pendingVersion: string): Promise<{ version: string }> {
+    const key = this.#key(name);
+    if (!(await this.#o.redis.hexists(key, `v${pendingVersion}`))) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS version ${pendingVersion} to promote`);
+    await this.#o.redis.hset(key, 'current', pendingVersion, 'updatedAt', String(Date.now()));
+    return { version: pendingVersion };
+  }
+
+  async retire(name: string, version: string): Promise<void> {
+    const key = this.#key(name);
+    if ((await this.#o.redis.hget(key, 'current')) !== version) await this.#o.redis.hdel(key, `v${version}`);
+  }
+
+  /**
+   * Re-encrypts the current value under a fresh data key as a new pending version (the value does
+   * not change): "encryption keys daily" without touching consumers.
+   */
+  async rewrapPending(name: string): Promise<{ version: string }> {
+    const cur = await this.readVersion(name);
+    try {
+      return await this.#add(name, cur.value, false);
+    } finally {
+      cur.value.fill(0);
+    }
+  }
+
+  async #add(name: string, value: Uint8Array, makeCurrent: boolean): Promise<{ version: string }> {
     const key = this.#key(name);
     const version = String(await this.#o.redis.hincrby(key, 'seq', 1));
     let dk;
@@ -120,8 +154,9 @@ export class KmsProvider implements SecretProvider {
     const env: Envelope = { ...seal(plaintextKey, value, `fleet:${name}:${version}`), encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'), keyId: dk.KeyId ?? this.#o.keyId, createdAt: Date.now() };
     plaintextKey.fill(0);
     const stale = Number(version) - this.#o.keepVersions;
-    const multi = this.#o.redis.multi().hset(key, `v${version}`, JSON.stringify(env), 'current', version, 'updatedAt', String(env.createdAt));
-    if (stale > 0) multi.hdel(key, `v${stale}`);
+    const multi = this.#o.redis.multi().hset(key, `v${version}`, JSON.stringify(env));
+    if (makeCurrent) multi.hset(key, 'current', version, 'updatedAt', String(env.createdAt));
+    if (stale > 0 && String(stale) !== (await this.#o.redis.hget(key, 'current'))) multi.hdel(key, `v${stale}`);
     await multi.exec();
     return { version };
   }

@@ -99,20 +99,56 @@ export class LocalProvider implements SecretProvider {
     });
   }
 
-  /** A specific version, for rotation's test step and grace-window reads. */
-  readVersion(name: string, version: string): SecretValue {
-    return this.#readNow(name, Number(version));
+  readVersion(name: string, version: string): Promise<SecretValue> {
+    try {
+      return Promise.resolve(this.#readNow(name, Number(version)));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
-  write(name: string, value: Uint8Array): Promise<{ version: string }> {
+  #add(name: string, value: Uint8Array, makeCurrent: boolean): { version: string } {
     const store = structuredClone(this.#load());
     const entry = (store.secrets[name] ??= { current: 0, versions: [] });
     const version = Math.max(0, ...entry.versions.map((v) => v.version)) + 1;
     entry.versions.push({ version, createdAt: Date.now(), ...seal(this.#masterKey(), value, `fleet:${name}:${version}`) });
-    entry.versions = entry.versions.slice(-this.#o.keepVersions);
-    entry.current = version;
+    // Keep the newest versions, never dropping the current one.
+    while (entry.versions.length > this.#o.keepVersions) {
+      const i = entry.versions.findIndex((v) => v.version !== entry.current);
+      entry.versions.splice(i, 1);
+    }
+    if (makeCurrent) entry.current = version;
     this.#save(store);
-    return Promise.resolve({ version: String(version) });
+    return { version: String(version) };
+  }
+
+  write(name: string, value: Uint8Array): Promise<{ version: string }> {
+    return Promise.resolve(this.#add(name, value, true));
+  }
+
+  writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
+    return Promise.resolve(this.#add(name, value, false));
+  }
+
+  promote(name: string, pendingVersion: string): Promise<{ version: string }> {
+    const store = structuredClone(this.#load());
+    const entry = store.secrets[name];
+    if (!entry?.versions.some((v) => v.version === Number(pendingVersion))) {
+      return Promise.reject(new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no version ${pendingVersion} to promote`));
+    }
+    entry.current = Number(pendingVersion);
+    this.#save(store);
+    return Promise.resolve({ version: pendingVersion });
+  }
+
+  retire(name: string, version: string): Promise<void> {
+    const store = structuredClone(this.#load());
+    const entry = store.secrets[name];
+    if (entry && entry.current !== Number(version)) {
+      entry.versions = entry.versions.filter((v) => v.version !== Number(version));
+      this.#save(store);
+    }
+    return Promise.resolve();
   }
 
   list(): Promise<SecretMetadata[]> {

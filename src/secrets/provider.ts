@@ -34,8 +34,16 @@ export interface SecretMetadata {
 export interface SecretProvider {
   readonly kind: ProviderKind;
   lease(request: LeaseRequest): Promise<SecretLease>;
-  /** Writes a new version (CLI, rotation). */
+  /** Writes a new version and makes it current (CLI). */
   write(name: string, value: Uint8Array): Promise<{ version: string }>;
+  /** Rotation: stores a new version as *pending*; jobs keep getting the current one. */
+  writePending(name: string, value: Uint8Array): Promise<{ version: string }>;
+  /** Rotation: makes the pending version current; returns the new current version. */
+  promote(name: string, pendingVersion: string): Promise<{ version: string }>;
+  /** A specific version (pending, current or a previous one still in its grace window). */
+  readVersion(name: string, version: string): Promise<SecretValue>;
+  /** Rotation: drops a version (pending that failed its test, or previous after its grace window). */
+  retire(name: string, version: string): Promise<void>;
   list(): Promise<SecretMetadata[]>;
   remove(name: string): Promise<void>;
   /** Throws a clear error if the backend is unreachable or our credentials are not valid. */

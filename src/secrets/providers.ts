@@ -11,8 +11,11 @@ export function usedProviders(config: FleetConfig): Set<ProviderKind> {
   return new Set(config.secretProviders.values());
 }
 
-export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false): VaultAuth {
+export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false, identity: 'supervisor' | 'rotator' = 'supervisor'): VaultAuth {
   if (v.auth === 'token' || (preferToken && process.env[v.tokenEnv])) return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
+  if (identity === 'rotator') {
+    return { method: 'approle', roleId: requireEnv(v.rotatorRoleIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), secretId: requireEnv(v.rotatorSecretIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), mount: v.approleMount };
+  }
   return { method: 'approle', roleId: requireEnv(v.roleIdEnv, 'secrets.vault (AppRole)'), secretId: requireEnv(v.secretIdEnv, 'secrets.vault (AppRole)'), mount: v.approleMount };
 }
 
@@ -20,7 +23,7 @@ export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>
  * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
  * local store never loads node-vault or the AWS SDK.
  */
-export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean }): Promise<SecretProvider> {
+export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean; vaultIdentity?: 'supervisor' | 'rotator' }): Promise<SecretProvider> {
   const s = config.secrets;
   if (kind === 'local') {
     const { LocalProvider } = await import('./local-provider.js');
@@ -33,7 +36,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
       address: s.vault.address ?? process.env.VAULT_ADDR ?? '',
       mount: s.vault.mount,
       prefix: s.vault.prefix,
-      auth: vaultAuthFromEnv(s.vault, deps.preferVaultToken),
+      auth: vaultAuthFromEnv(s.vault, deps.preferVaultToken, deps.vaultIdentity),
       tokenRole: s.vault.tokenRole,
       policyPrefix: s.vault.policyPrefix,
       tokenTtlMarginMs: s.vault.tokenTtlMarginMs,

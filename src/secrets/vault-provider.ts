@@ -87,8 +87,8 @@ export class VaultProvider implements SecretProvider {
     this.#client.token = '';
   }
 
-  #path(kind: 'data' | 'metadata', name?: string): string {
-    return `${this.#o.mount}/${kind}/${this.#o.prefix}${name ? `/${name}` : ''}`;
+  #path(kind: 'data' | 'metadata' | 'destroy', name?: string, pending = false): string {
+    return `${this.#o.mount}/${kind}/${this.#o.prefix}${pending ? '-pending' : ''}${name ? `/${name}` : ''}`;
   }
 
   policyName(jobType: string): string {
@@ -229,6 +229,61 @@ export class VaultProvider implements SecretProvider {
     }
   }
 
+  /**
+   * Rotation: the pending value sits at `<prefix>-pending/<name>` (KV v2 has no pending state),
+   * so jobs keep reading the current version until promotion.
+   */
+  async writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
+    const token = await this.#supervisorToken();
+    try {
+      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name, true), { data: { value: Buffer.from(value).toString('utf8') } });
+      return { version: `pending-${res.data.version}` };
+    } catch (err) {
+      throw vaultError(err, 'write pending', name);
+    }
+  }
+
+  async readVersion(name: string, version: string): Promise<SecretValue> {
+    const token = await this.#supervisorToken();
+    const pending = version.startsWith('pending-');
+    const v = pending ? version.slice('pending-'.length) : version;
+    let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
+    try {
+      res = await this.#call(token, 'GET', `${this.#path('data', name, pending)}?version=${encodeURIComponent(v)}`);
+    } catch (err) {
+      throw vaultError(err, `read version ${version}`, name);
+    }
+    const raw = res.data.data?.value;
+    if (typeof raw !== 'string') throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" version ${version} has no value (destroyed or deleted)`);
+    const bytes = Buffer.from(raw, 'utf8');
+    const out = new Uint8Array(bytes.length);
+    out.set(bytes);
+    bytes.fill(0);
+    return { value: out, version };
+  }
+
+  /** Writes the pending value as the new current KV version; the previous one stays readable by version. */
+  async promote(name: string, pendingVersion: string): Promise<{ version: string }> {
+    const pending = await this.readVersion(name, pendingVersion);
+    try {
+      const { version } = await this.write(name, pending.value);
+      await this.retire(name, pendingVersion);
+      return { version };
+    } finally {
+      pending.value.fill(0);
+    }
+  }
+
+  async retire(name: string, version: string): Promise<void> {
+    const token = await this.#supervisorToken();
+    try {
+      if (version.startsWith('pending-')) await this.#call(token, 'DELETE', this.#path('metadata', name, true));
+      else await this.#call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
+    } catch (err) {
+      throw vaultError(err, `retire version ${version}`, name);
+    }
+  }
+
   async list(): Promise<SecretMetadata[]> {
     const token = await this.#supervisorToken();
     let keys: string[];
@@ -284,7 +339,7 @@ export class VaultProvider implements SecretProvider {
     approleMount: string;
     /** job type → secret names it may read from Vault */
     scopes: ReadonlyMap<string, readonly string[]>;
-  }): Promise<{ roleId: string; secretId: string; policies: string[] }> {
+  }): Promise<{ roleId: string; secretId: string; rotator: { roleId: string; secretId: string }; policies: string[] }> {
     const client = nodeVault({ endpoint: options.address, debug: () => undefined });
     client.token = '';
     const call = (method: 'GET' | 'POST' | 'PUT', path: string, json?: unknown): Promise<unknown> =>
@@ -308,6 +363,20 @@ export class VaultProvider implements SecretProvider {
     ].join('\n');
     await call('PUT', 'sys/policies/acl/fleet-supervisor', { policy: supervisorPolicy });
     policies.push('fleet-supervisor');
+    // The rotation scheduler writes new versions; it cannot mint job tokens.
+    const base = `${options.mount}/%s/${options.prefix}`;
+    const rotatorPolicy = [
+      `path "${base.replace('%s', 'data')}/*" {\n  capabilities = ["create", "update", "read"]\n}`,
+      `path "${base.replace('%s', 'data')}-pending/*" {\n  capabilities = ["create", "update", "read"]\n}`,
+      `path "${base.replace('%s', 'metadata')}-pending/*" {\n  capabilities = ["delete"]\n}`,
+      `path "${base.replace('%s', 'metadata')}/*" {\n  capabilities = ["read", "list"]\n}`,
+      `path "${base.replace('%s', 'metadata')}" {\n  capabilities = ["list"]\n}`,
+      `path "${base.replace('%s', 'destroy')}/*" {\n  capabilities = ["update"]\n}`,
+      'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
+      'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
+    ].join('\n');
+    await call('PUT', 'sys/policies/acl/fleet-rotator', { policy: rotatorPolicy });
+    policies.push('fleet-rotator');
     await call('POST', `auth/token/roles/${options.tokenRole}`, {
       allowed_policies_glob: [`${options.policyPrefix}*`],
       disallowed_policies: ['root', 'default'],
@@ -319,10 +388,15 @@ export class VaultProvider implements SecretProvider {
     const auths = (await call('GET', 'sys/auth')) as Record<string, unknown>;
     const mounts = (auths.data ?? auths) as Record<string, unknown>;
     if (!(`${options.approleMount}/` in mounts)) await call('POST', `sys/auth/${options.approleMount}`, { type: 'approle' });
-    await call('POST', `auth/${options.approleMount}/role/fleet-supervisor`, { token_policies: ['fleet-supervisor'], token_ttl: '1h', token_max_ttl: '24h', secret_id_ttl: '0' });
-    const roleId = ((await call('GET', `auth/${options.approleMount}/role/fleet-supervisor/role-id`)) as { data: { role_id: string } }).data.role_id;
-    const secretId = ((await call('POST', `auth/${options.approleMount}/role/fleet-supervisor/secret-id`, {})) as { data: { secret_id: string } }).data.secret_id;
-    return { roleId, secretId, policies };
+    const creds = async (role: string, policy: string): Promise<{ roleId: string; secretId: string }> => {
+      await call('POST', `auth/${options.approleMount}/role/${role}`, { token_policies: [policy], token_ttl: '1h', token_max_ttl: '24h', secret_id_ttl: '0' });
+      const roleId = ((await call('GET', `auth/${options.approleMount}/role/${role}/role-id`)) as { data: { role_id: string } }).data.role_id;
+      const secretId = ((await call('POST', `auth/${options.approleMount}/role/${role}/secret-id`, {})) as { data: { secret_id: string } }).data.secret_id;
+      return { roleId, secretId };
+    };
+    const supervisor = await creds('fleet-supervisor', 'fleet-supervisor');
+    const rotator = await creds('fleet-rotator', 'fleet-rotator');
+    return { ...supervisor, rotator, policies };
   }
 }
 

@@ -1,0 +1,338 @@
+import { hostname } from 'node:os';
+import { performance } from 'node:perf_hooks';
+import { Queue, Worker, type Job } from 'bullmq';
+import type { Redis } from 'ioredis';
+import type { FleetConfig } from '../config/resolve.js';
+import { scheduleOf } from '../config/schedule.js';
+import type { rotationSchema } from '../config/schema.js';
+import { FleetError, toError } from '../errors.js';
+import type { FleetEventBus } from '../events.js';
+import { silentLogger, type Logger } from '../observability/logger.js';
+import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { AuditLog } from '../secrets/audit.js';
+import type { KmsProvider } from '../secrets/kms-provider.js';
+import type { ProviderKind, SecretMetadata, SecretProvider } from '../secrets/provider.js';
+import { secretHealth, type SecretHealth } from './secret-health.js';
+import { makeProvider } from '../secrets/providers.js';
+import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
+import type { z } from 'zod';
+
+type RotationPolicy = z.output<typeof rotationSchema>;
+export type RotationStep = 'create' | 'set' | 'test' | 'promote' | 'retire';
+
+export const ROTATION_QUEUE = 'rotation';
+
+export function rotationQueue(config: FleetConfig, connection: Redis): Queue {
+  return new Queue(ROTATION_QUEUE, { connection, prefix: queuePrefix(config.redis.prefix, ROTATION_QUEUE) });
+}
+
+/** Enqueues an immediate rotation of `secret` (used by `fleet rotate`). */
+export function requestRotation(config: FleetConfig, queue: Queue, secret: string): Promise<Job> {
+  const policy = config.secrets.items[secret]?.rotation;
+  if (!policy) return Promise.reject(new FleetError('INVALID_REQUEST', `secret "${secret}" has no rotation policy. Fix: add secrets.items.${secret}.rotation.`));
+  return queue.add('rotate', { secret, force: true }, { jobId: `rotate-now-${secret}-${Date.now()}`, attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } });
+}
+
+export function rotationStateKey(prefix: string, secret: string): string {
+  return `${prefix}:rotation:{${secret}}`;
+}
+
+/** What `fleet status --secrets` and the metrics show about one secret's rotation. */
+export interface RotationState {
+  secret: string;
+  currentVersion: string | null;
+  lastRotationAt: number | null;
+  lastOutcome: 'ok' | 'failed' | null;
+  lastFailedStep: RotationStep | null;
+  lastError: string | null;
+  lastSuccessAt: number | null;
+  rotations: number;
+  failures: number;
+  /** Versions waiting for the end of their grace window: version → retire-at (ms). */
+  retiring: Record<string, number>;
+}
+
+export async function readRotationState(redis: Redis, prefix: string, secret: string): Promise<RotationState> {
+  const h = await redis.hgetall(rotationStateKey(prefix, secret));
+  const retiring: Record<string, number> = {};
+  for (const [k, v] of Object.entries(h)) if (k.startsWith('retire:')) retiring[k.slice(7)] = Number(v);
+  return {
+    secret,
+    currentVersion: h.currentVersion ?? null,
+    lastRotationAt: h.lastRotationAt ? Number(h.lastRotationAt) : null,
+    lastOutcome: (h.lastOutcome as 'ok' | 'failed' | undefined) ?? null,
+    lastFailedStep: (h.lastFailedStep as RotationStep | undefined) ?? null,
+    lastError: h.lastError ?? null,
+    lastSuccessAt: h.lastSuccessAt ? Number(h.lastSuccessAt) : null,
+    rotations: Number(h.rotations ?? 0),
+    failures: Number(h.failures ?? 0),
+    retiring,
+  };
+}
+
+class StepError extends FleetError {
+  override name = 'RotationStepError';
+  constructor(
+    readonly step: RotationStep,
+    cause: unknown,
+  ) {
+    const e = toError(cause);
+    super(e instanceof FleetError ? e.code : 'INTERNAL', `rotation step "${step}" failed: ${e.message}`, { cause, retryable: true });
+  }
+}
+
+/**
+ * Keeps secrets fresh with BullMQ Job Schedulers on a dedicated queue with global concurrency 1.
+ * Scheduler ids are fixed (`rotate-<secret>`), so any number of replicas can start at once and
+ * upsert the same schedules: no duplicate schedules, no duplicate runs; a window missed while the
+ * fleet was down runs once. Each rotation creates a pending version, lets the rotator apply and
+ * test it, and only then promotes it; the previous version stays readable for the grace window.
+ */
+export class RotationService {
+  readonly #config: FleetConfig;
+  readonly #log: Logger;
+  readonly #events: FleetEventBus;
+  readonly #redisUrl: string;
+  readonly #id = `${hostname()}-${process.pid}`;
+  #redis: Redis | null = null;
+  #queue: Queue | null = null;
+  #worker: Worker | null = null;
+  #audit: AuditLog | null = null;
+  #sweeper: NodeJS.Timeout | null = null;
+  readonly #providers = new Map<ProviderKind, SecretProvider>();
+  readonly #rotators = new Map<string, Rotator | 'kms-rewrap'>();
+
+  constructor(options: { config: FleetConfig; redisUrl: string; events: FleetEventBus; logger?: Logger }) {
+    this.#config = options.config;
+    this.#redisUrl = options.redisUrl;
+    this.#events = options.events;
+    this.#log = (options.logger ?? silentLogger).scope({ component: 'rotation' });
+  }
+
+  /** Secrets with a rotation policy. */
+  policies(): Map<string, RotationPolicy> {
+    const out = new Map<string, RotationPolicy>();
+    for (const [name, item] of Object.entries(this.#config.secrets.items)) if (item.rotation) out.set(name, item.rotation);
+    return out;
+  }
+
+  get queue(): Queue {
+    if (!this.#queue) throw new Error('rotation service not started');
+    return this.#queue;
+  }
+
+  async start(): Promise<void> {
+    this.#redis = connectRedis(this.#redisUrl, 'worker');
+    this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
+    await waitForRedis(this.#redis);
+    const prefix = queuePrefix(this.#config.redis.prefix, ROTATION_QUEUE);
+    this.#queue = rotationQueue(this.#config, this.#redis);
+    this.#queue.on('error', (err) => this.#log.warn('rotation queue error', { error: err.message }));
+    this.#audit = new AuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, maxEntries: this.#config.secrets.audit.maxEntries });
+    await this.#queue.setGlobalConcurrency(1);
+
+    const policies = this.policies();
+    for (const [name, policy] of policies) {
+      const s = scheduleOf(policy.schedule);
+      await this.#queue.upsertJobScheduler(
+        `rotate-${name}`,
+        'every' in s ? { every: s.every } : { pattern: s.pattern, ...(policy.tz ? { tz: policy.tz } : {}) },
+        { name: 'rotate', data: { secret: name }, opts: { attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } } },
+      );
+    }
+    // Schedules of secrets that lost their policy are removed.
+    for (const s of await this.#queue.getJobSchedulers()) {
+      const name = s.key.startsWith('rotate-') ? s.key.slice('rotate-'.length) : null;
+      if (name && !policies.has(name)) await this.#queue.removeJobScheduler(s.key);
+    }
+
+    this.#worker = new Worker(ROTATION_QUEUE, (job: Job<{ secret: string; force?: boolean }>) => this.#rotate(job.data.secret, job, job.data.force === true), { connection: this.#redis, prefix, concurrency: 1 });
+    this.#worker.on('error', (err) => this.#log.warn('rotation worker error', { error: err.message }));
+    await this.#worker.waitUntilReady();
+    const sweepMs = Math.max(250, Math.min(30_000, ...[...policies.values()].map((p) => (p.graceSeconds * 1000) / 2)));
+    this.#sweeper = setInterval(() => void this.sweep().catch((err: unknown) => this.#log.warn('retire sweep failed', { error: toError(err).message })), sweepMs);
+    this.#sweeper.unref();
+    this.#log.info('rotation scheduler running', { secrets: [...policies.keys()] });
+  }
+
+  async #provider(name: string): Promise<SecretProvider> {
+    const kind = this.#config.secretProviders.get(name) ?? this.#config.secrets.provider;
+    let p = this.#providers.get(kind);
+    if (!p) {
+      p = await makeProvider(kind, this.#config, { redis: this.#redis!, logger: this.#log, vaultIdentity: 'rotator' });
+      this.#providers.set(kind, p);
+    }
+    return p;
+  }
+
+  async #rotator(name: string): Promise<Rotator | 'kms-rewrap'> {
+    let r = this.#rotators.get(name);
+    if (!r) {
+      r = await loadRotator(this.policies().get(name)!.rotator);
+      this.#rotators.set(name, r);
+    }
+    return r;
+  }
+
+  #auditStep(secret: string, step: RotationStep, outcome: 'granted' | 'error', started: number, extra: { version?: string; reason?: string } = {}): void {
+    this.#audit?.record({
+      ts: Date.now(),
+      outcome,
+      secret,
+      jobId: 'rotation',
+      jobType: 'rotation',
+      workerId: this.#id,
+      provider: this.#config.secretProviders.get(secret) ?? this.#config.secrets.provider,
+      latencyMs: Math.round((performance.now() - started) * 1000) / 1000,
+      action: `rotate:${step}`,
+      ...extra,
+    });
+  }
+
+  async #step<T>(secret: string, step: RotationStep, fn: () => Promise<T>, version?: (r: T) => string | undefined): Promise<T> {
+    const t = performance.now();
+    try {
+      const r = await fn();
+      const v = version?.(r);
+      this.#auditStep(secret, step, 'granted', t, v ? { version: v } : {});
+      return r;
+    } catch (err) {
+      this.#auditStep(secret, step, 'error', t, { reason: err instanceof FleetError ? err.code : toError(err).message.slice(0, 200) });
+      throw new StepError(step, err);
+    }
+  }
+
+  /**
+   * A scheduled tick rotates only a secret that is due (its current version is at least one
+   * interval old, less 10% slack): a new scheduler's first tick, ticks bunched up after downtime
+   * and several replicas all end in at most one rotation per window. `force` (fleet rotate) skips
+   * the check.
+   */
+  async #isDue(secret: string, policy: RotationPolicy, provider: SecretProvider): Promise<boolean> {
+    const { intervalMs } = scheduleOf(policy.schedule);
+    if (intervalMs === null) return true;
+    const state = await readRotationState(this.#redis!, this.#config.redis.prefix, secret);
+    const since = state.lastSuccessAt ?? (await provider.list()).find((m) => m.name === secret)?.updatedAt ?? 0;
+    return Date.now() - since >= intervalMs - Math.min(intervalMs * 0.1, 60_000);
+  }
+
+  /** One rotation: create (pending) → set → test → promote; the old version retires after the grace window. */
+  async #rotate(secret: string, job?: Job, force = true): Promise<{ version: string } | { skipped: 'not-due' }> {
+    const policy = this.policies().get(secret);
+    if (!policy) throw new FleetError('CONFIG_INVALID', `secret "${secret}" has no rotation policy`);
+    const provider = await this.#provider(secret);
+    if (!force && !(await this.#isDue(secret, policy, provider))) return { skipped: 'not-due' };
+    const rotator = await this.#rotator(secret);
+    const key = rotationStateKey(this.#config.redis.prefix, secret);
+    const started = Date.now();
+    const t0 = performance.now();
+    const held: Uint8Array[] = [];
+    const ctx: RotatorContext = {
+      secret,
+      current: async () => {
+        const cur = (await provider.list()).find((m) => m.name === secret);
+        if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
+        const v = await provider.readVersion(secret, cur.version);
+        held.push(v.value);
+        return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
+      },
+    };
+    let pending: { version: string } | null = null;
+    try {
+      const previous = (await provider.list()).find((m) => m.name === secret)?.version ?? null;
+      let value: Uint8Array | null = null;
+      if (rotator === 'kms-rewrap') {
+        pending = await this.#step(secret, 'create', () => (provider as KmsProvider).rewrapPending(secret), (r) => r.version);
+      } else {
+        const created = await this.#step(
+          secret,
+          'create',
+          async () => {
+            const v = await rotator.create(ctx);
+            held.push(v);
+            return { value: v, ...(await provider.writePending(secret, v)) };
+          },
+          (r) => r.version,
+        );
+        value = created.value;
+        pending = { version: created.version };
+        const v = value;
+        if (rotator.set) await this.#step(secret, 'set', async () => rotator.set!(ctx, v));
+      }
+      const p = pending;
+      await this.#step(secret, 'test', async () => {
+        // The stored pending version must decrypt/read back to what was created (for rewraps: to the current value).
+        const back = await provider.readVersion(secret, p.version);
+        held.push(back.value);
+        const expected = value ?? (previous ? (await provider.readVersion(secret, previous)).value : null);
+        if (expected) held.push(expected);
+        if (!expected || Buffer.compare(Buffer.from(back.value), Buffer.from(expected)) !== 0) throw new Error('pending version does not read back as created');
+        if (rotator !== 'kms-rewrap' && rotator.test) await rotator.test(ctx, back.value);
+      });
+      const promoted = await this.#step(secret, 'promote', () => provider.promote(secret, p.version), (r) => r.version);
+      pending = null;
+      const multi = this.#redis!.multi().hset(key, 'currentVersion', promoted.version, 'lastRotationAt', String(started), 'lastSuccessAt', String(Date.now()), 'lastOutcome', 'ok').hdel(key, 'lastFailedStep', 'lastError').hincrby(key, 'rotations', 1);
+      if (previous && previous !== promoted.version) multi.hset(key, `retire:${previous}`, String(Date.now() + policy.graceSeconds * 1000));
+      await multi.exec();
+      this.#events.emit('rotation:finished', { secret, ok: true, durationMs: performance.now() - t0 });
+      this.#log.info('secret rotated', { secret, version: promoted.version, previous });
+      if (policy.graceSeconds === 0) await this.sweep();
+      return promoted;
+    } catch (err) {
+      const step = err instanceof StepError ? err.step : 'create';
+      if (pending) {
+        const abandoned = pending.version;
+        await provider.retire(secret, abandoned).catch((e: unknown) => this.#log.warn('could not drop the failed pending version', { secret, version: abandoned, error: toError(e).message }));
+      }
+      await this.#redis!.multi().hset(key, 'lastRotationAt', String(started), 'lastOutcome', 'failed', 'lastFailedStep', step, 'lastError', toError(err).message.slice(0, 500)).hincrby(key, 'failures', 1).exec();
+      this.#events.emit('rotation:finished', { secret, ok: false, step, durationMs: performance.now() - t0 });
+      this.#log.warn('secret rotation failed; the current version stays in place', { secret, step, error: toError(err).message, attempt: job ? job.attemptsMade + 1 : 1 });
+      throw err;
+    } finally {
+      for (const b of held) b.fill(0);
+    }
+  }
+
+  /** Retires versions whose grace window has ended (and runs the rotator's finish step). */
+  async sweep(): Promise<void> {
+    if (!this.#redis) return;
+    for (const secret of this.policies().keys()) {
+      const state = await readRotationState(this.#redis, this.#config.redis.prefix, secret);
+      for (const [version, at] of Object.entries(state.retiring)) {
+        if (at > Date.now()) continue;
+        const provider = await this.#provider(secret);
+        const rotator = await this.#rotator(secret);
+        await this.#step(secret, 'retire', async () => {
+          await provider.retire(secret, version);
+          if (rotator !== 'kms-rewrap' && rotator.finish) await rotator.finish({ secret, retiredVersion: version, current: async () => Buffer.alloc(0) });
+        }, () => version);
+        await this.#redis.hdel(rotationStateKey(this.#config.redis.prefix, secret), `retire:${version}`);
+      }
+    }
+  }
+
+  /** `fleet rotate <secret>`: an immediate rotation, outside the schedule (still one at a time). */
+  rotateNow(secret: string): Promise<Job> {
+    return requestRotation(this.#config, this.queue, secret);
+  }
+
+  /** Health of every secret the config names (for metrics and status). */
+  async health(): Promise<SecretHealth[]> {
+    const meta = new Map<string, SecretMetadata>();
+    for (const kind of new Set(this.#config.secretProviders.values())) {
+      const name = [...this.#config.secretProviders].find(([, k]) => k === kind)![0];
+      for (const m of await (await this.#provider(name)).list()) meta.set(m.name, m);
+    }
+    return secretHealth(this.#config, this.#redis!, meta);
+  }
+
+  async stop(): Promise<void> {
+    if (this.#sweeper) clearInterval(this.#sweeper);
+    await this.#worker?.close();
+    await this.#queue?.close();
+    await this.#audit?.flush();
+    for (const p of this.#providers.values()) await p.close();
+    this.#redis?.disconnect();
+    this.#redis = null;
+  }
+}

@@ -1,0 +1,52 @@
+import { randomBytes } from 'node:crypto';
+import { pathToFileURL } from 'node:url';
+import { ConfigError } from '../errors.js';
+
+/** What a rotator gets: the secret's name and, on demand, its current value (zeroed afterwards by the caller). */
+export interface RotatorContext {
+  secret: string;
+  current(): Promise<Buffer>;
+}
+
+/**
+ * Rotation steps, like the well-known create → set → test → finish sequence. Only `create` is
+ * required. `set` applies the new value to the external service, `test` proves it works (throw to
+ * refuse it), `finish` runs when the previous version is retired after its grace window (revoke
+ * the old credential there).
+ */
+export interface Rotator {
+  create(ctx: RotatorContext): Promise<Uint8Array> | Uint8Array;
+  set?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
+  test?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
+  finish?(ctx: RotatorContext & { retiredVersion: string }): Promise<void> | void;
+}
+
+export type RotatorConfig = { type: 'random'; bytes: number; encoding: 'hex' | 'base64' | 'base64url' } | { type: 'kms-rewrap' } | { type: 'module'; path: string };
+
+/** Random token of `bytes` bytes, encoded as text (what most API keys we mint ourselves look like). */
+export function randomRotator(bytes: number, encoding: 'hex' | 'base64' | 'base64url'): Rotator {
+  return {
+    create: () => {
+      const raw = randomBytes(bytes);
+      const text = Buffer.from(raw.toString(encoding));
+      raw.fill(0);
+      const out = new Uint8Array(text.length);
+      out.set(text);
+      text.fill(0);
+      return out;
+    },
+  };
+}
+
+export async function loadRotator(cfg: RotatorConfig): Promise<Rotator | 'kms-rewrap'> {
+  if (cfg.type === 'random') return randomRotator(cfg.bytes, cfg.encoding);
+  if (cfg.type === 'kms-rewrap') return 'kms-rewrap';
+  if (/\.[cm]?ts$/.test(cfg.path)) {
+    const { register } = await import('tsx/esm/api');
+    register();
+  }
+  const mod = (await import(pathToFileURL(cfg.path).href)) as { default?: Partial<Rotator> } & Partial<Rotator>;
+  const r = (mod.default ?? mod) as Partial<Rotator>;
+  if (typeof r.create !== 'function') throw new ConfigError(`rotator module ${cfg.path} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`);
+  return r as Rotator;
+}

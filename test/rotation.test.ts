@@ -1,0 +1,172 @@
+import { createHash } from 'node:crypto';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { FleetConfig } from '../src/config/resolve.js';
+import type { JobTypeInput } from '../src/config/schema.js';
+import { FleetEventBus, type FleetEvents } from '../src/events.js';
+import { FleetMetrics } from '../src/observability/metrics.js';
+import { readAudit } from '../src/secrets/audit.js';
+import { LocalProvider } from '../src/secrets/local-provider.js';
+import { readRotationState, RotationService } from '../src/rotation/rotation-service.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { startTestRedis } from './helpers/redis.js';
+
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let r: Redis;
+beforeAll(async () => {
+  redis = await startTestRedis();
+  r = new Redis(redis.url);
+});
+afterAll(async () => {
+  r?.disconnect();
+  await redis?.release();
+});
+guardAgainstLeaks();
+
+const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+const running: RotationService[] = [];
+
+async function setup(rotation: Record<string, unknown>, types: JobTypeInput[] = [fixtureType('t', 'ok.mjs')]): Promise<{ config: FleetConfig; local: LocalProvider }> {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-rot-'));
+  const config = testConfig(redis.url, types, { dataDir, secrets: { items: { 'api-key': { rotation } } } });
+  const local = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ROT_NONE', keepVersions: 10 });
+  await local.write('api-key', Buffer.from('initial-value-0001'));
+  return { config, local };
+}
+
+async function startRotation(config: FleetConfig, events = new FleetEventBus()): Promise<RotationService> {
+  const s = new RotationService({ config, redisUrl: redis.url, events });
+  running.push(s);
+  await s.start();
+  return s;
+}
+
+async function stopAll(): Promise<void> {
+  for (const s of running.splice(0)) await s.stop();
+}
+
+async function currentVersion(local: LocalProvider): Promise<string> {
+  return (await local.list()).find((m) => m.name === 'api-key')!.version;
+}
+
+async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+describe('secret rotation', () => {
+  it('a schedule fires, each rotation promotes a new version, audits every step and moves the metrics', async () => {
+    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 60 });
+    const events = new FleetEventBus();
+    const metrics = new FleetMetrics({ defaultMetrics: false });
+    metrics.attach(events);
+    const svc = await startRotation(config, events);
+    await until('two rotations', async () => Number(await currentVersion(local)) >= 3);
+    const state = await readRotationState(r, config.redis.prefix, 'api-key');
+    expect(state.lastOutcome).toBe('ok');
+    expect(state.rotations).toBeGreaterThanOrEqual(2);
+    expect(Object.keys(state.retiring).length).toBeGreaterThanOrEqual(2);
+    const value = Buffer.from((await local.readVersion('api-key', await currentVersion(local))).value).toString();
+    expect(value).toMatch(/^[A-Za-z0-9_-]{32}$/);
+    const actions = (await readAudit(r, config.redis.prefix, { secret: 'api-key' })).map((a) => a.action);
+    for (const step of ['rotate:create', 'rotate:test', 'rotate:promote']) expect(actions).toContain(step);
+    expect(await metrics.registry.getSingleMetricAsString('fleet_secret_rotations_total')).toMatch(/fleet_secret_rotations_total\{secret="api-key",outcome="ok"\} [2-9]/);
+    const health = (await svc.health()).find((h) => h.secret === 'api-key')!;
+    expect(health).toMatchObject({ hasPolicy: true, overdue: false });
+    expect(health.exposureRisk).toBeLessThan(1);
+    await stopAll();
+  });
+
+  it('many schedulers starting at once make one schedule and no duplicate runs', async () => {
+    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+    await Promise.all(Array.from({ length: 4 }, () => startRotation(config)));
+    const t0 = Date.now();
+    await sleep(3500);
+    const schedulers = await running[0]!.queue.getJobSchedulers();
+    expect(schedulers.map((s) => s.key)).toEqual(['rotate-api-key']);
+    const rotations = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    const elapsedWindows = Math.ceil((Date.now() - t0) / 1000);
+    expect(rotations).toBeGreaterThanOrEqual(2);
+    expect(rotations).toBeLessThanOrEqual(elapsedWindows + 1);
+    expect(Number(await currentVersion(local))).toBe(1 + rotations);
+    await stopAll();
+  });
+
+  it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
+    const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+    await startRotation(config);
+    await until('first rotation', async () => (await readRotationState(r, config.redis.prefix, 'api-key')).rotations >= 1);
+    await stopAll();
+    const before = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    await sleep(3500); // three windows pass with nothing running
+    await startRotation(config);
+    await sleep(700);
+    const after = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    expect(after - before).toBe(1);
+    await stopAll();
+  });
+
+  it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async () => {
+    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') }, attempts: 2, backoffMs: 20 });
+    const events = new FleetEventBus();
+    const finished: FleetEvents['rotation:finished'][] = [];
+    events.on('rotation:finished', (e) => finished.push(e));
+    const svc = await startRotation(config, events);
+    const job = await svc.rotateNow('api-key');
+    await until('both attempts', async () => (await job.getState()) === 'failed');
+    expect(await currentVersion(local)).toBe('1');
+    expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
+    await expect(local.readVersion('api-key', '2')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    const state = await readRotationState(r, config.redis.prefix, 'api-key');
+    expect(state).toMatchObject({ lastOutcome: 'failed', lastFailedStep: 'test', failures: 2, rotations: 0 });
+    expect(state.lastError).toContain('rejected the new credential');
+    expect(finished.map((f) => [f.ok, f.step])).toEqual([
+      [false, 'test'],
+      [false, 'test'],
+    ]);
+    const audit = await readAudit(r, config.redis.prefix, { secret: 'api-key' });
+    expect(audit.filter((a) => a.action === 'rotate:test' && a.outcome === 'error')).toHaveLength(2);
+    expect((await svc.health()).find((h) => h.secret === 'api-key')!.exposureRisk).toBeGreaterThanOrEqual(1);
+    await stopAll();
+  });
+
+  it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
+    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') }, graceSeconds: 1 });
+    const rotator = (await import(path.join(FIXTURES, 'rotator-external.mjs'))) as { calls: string[] };
+    const svc = await startRotation(config);
+    const job = await svc.rotateNow('api-key');
+    await until('rotation', async () => (await job.getState()) === 'completed');
+    expect(await currentVersion(local)).toBe('2');
+    expect(Buffer.from((await local.readVersion('api-key', '2')).value).toString()).toMatch(/^18-next-\d+$/);
+    expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
+    await sleep(1200);
+    await svc.sweep();
+    await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    expect(rotator.calls).toEqual(['create', 'set', 'test', 'finish:1']);
+    await stopAll();
+  });
+
+  it('jobs starting after a promotion get the new version; a job already running keeps its copy', async () => {
+    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })]);
+    await startSupervisor({ config });
+    const svc = await startRotation(config);
+    const p = makeProducer(config);
+    const inFlight = await p.enqueue('reader', { names: ['api-key'], holdMs: 1500 });
+    await until('in-flight job active', async () => (await p.getJob(inFlight.id)).state === 'active');
+    const job = await svc.rotateNow('api-key');
+    await until('rotation', async () => (await job.getState()) === 'completed');
+    const v2 = Buffer.from((await local.readVersion('api-key', '2')).value);
+    const after = await waitForJob(p, (await p.enqueue('reader', { names: ['api-key'] })).id);
+    const before = await waitForJob(p, inFlight.id);
+    expect(before.result).toEqual({ 'api-key': { length: 18, sha256: sha('initial-value-0001') } });
+    expect(after.result).toEqual({ 'api-key': { length: v2.length, sha256: sha(v2) } });
+    await stopAll();
+  });
+});
