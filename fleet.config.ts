@@ -26,5 +26,27 @@ export default defineConfig({
       concurrency: 2,
       timeoutMs: 60_000,
     },
+    {
+      name: 'sign-webhook',
+      description: 'Signs a webhook body with HMAC-SHA256 using a scoped secret.',
+      processor: './dist/demo/sign-webhook.js',
+      payloadSchema: z.object({ url: z.string().url(), body: z.string().max(100_000) }),
+      sensitivity: 'critical',
+      isolation: 'job',
+      concurrency: 2,
+      timeoutMs: 10_000,
+      secrets: ['webhook-signing-key'],
+    },
   ],
+  secrets: {
+    // Dev default: the encrypted local store under .fleet/. Production: 'vault' or 'kms'.
+    provider: 'local',
+    items: {
+      'webhook-signing-key': {
+        kind: 'api-key',
+        description: 'HMAC key for outgoing webhooks',
+        rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 32, encoding: 'hex' }, graceSeconds: 86_400 },
+      },
+    },
+  },
 });

@@ -148,7 +148,7 @@ export async function audit(config: FleetConfig, redis: Redis, opts: { since?: s
 export function renderAudit(rows: AuditRecord[]): string {
   if (!rows.length) return 'no audit records match';
   return rows
-    .map((r) => `${new Date(r.ts).toISOString()}  ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.jobType}/${r.jobId}  ${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`)
+    .map((r) => `${new Date(r.ts).toISOString()}  ${r.action.padEnd(14)} ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.action === 'access' ? `${r.jobId}  ` : ''}${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`)
     .join('\n');
 }
 
