@@ -7,3 +7,8 @@ export { createProducer, Producer, type EnqueueOptions, type EnqueueResult, type
 export { Supervisor, type SupervisorOptions, type SupervisorStatus } from './workers/supervisor.js';
 export type { Processor, ProcessorContext, ProcessorJob } from './workers/processor-api.js';
 export { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
+export type { Rotator, RotatorContext } from './rotation/rotators.js';
+export { RotationService } from './rotation/rotation-service.js';
+export type { ProcessorSecrets } from './workers/processor-api.js';
+export type { SecretProvider, SecretValue, ProviderKind } from './secrets/provider.js';
+export { startFleet, type FleetProcess, type Role } from './app.js';
