@@ -12,7 +12,7 @@ export function usedProviders(config: FleetConfig): Set<ProviderKind> {
 }
 
 export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false, identity: 'supervisor' | 'rotator' = 'supervisor'): VaultAuth {
-  if (v.auth === 'token' || (preferToken && process.env[v.tokenEnv])) return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
+  if (v.auth === 'token' || (preferToken && (process.env[v.tokenEnv] || process.env[`${v.tokenEnv}_FILE`]))) return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
   if (identity === 'rotator') {
     return { method: 'approle', roleId: requireEnv(v.rotatorRoleIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), secretId: requireEnv(v.rotatorSecretIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), mount: v.approleMount };
   }

@@ -1,0 +1,16 @@
+#!/bin/sh
+# One-shot: configure the dev Vault for the fleet (policies, token role, AppRoles), hand the
+# AppRole credentials to the other services through a shared volume, and seed example secrets.
+set -eu
+CREDS=/run/fleet-vault
+until node -e "fetch(process.env.VAULT_ADDR + '/v1/sys/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; do sleep 1; done
+node bin/fleet.js vault setup --json > /tmp/setup.json
+node -e "
+const fs = require('fs'); const s = JSON.parse(fs.readFileSync('/tmp/setup.json', 'utf8'));
+for (const [f, v] of [['role-id', s.roleId], ['secret-id', s.secretId], ['rotator-role-id', s.rotator.roleId], ['rotator-secret-id', s.rotator.secretId]])
+  fs.writeFileSync('$CREDS/' + f, v, { mode: 0o644 });"
+rm -f /tmp/setup.json
+# Example secrets (values generated here, never in the repo).
+node -e "process.stdout.write(require('crypto').randomBytes(32).toString('hex'))" | node bin/fleet.js secrets set webhook-signing-key --provider vault
+node -e "process.stdout.write(require('crypto').randomBytes(32).toString('base64'))" | node bin/fleet.js secrets set payload-encryption-key --provider kms
+echo "vault-init: done"

@@ -1,0 +1,185 @@
+/**
+ * There is no Docker engine on our machines, so the compose stack is checked against the code and
+ * config instead of being run: images pinned, env vars the app reads set (and none it does not),
+ * ports and Prometheus targets consistent, mounted files present, Dockerfile production-minded.
+ */
+import { spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { parse } from 'yaml';
+import { resolveConfig } from '../src/config/resolve.js';
+import { FIXTURES } from './helpers/fleet.js';
+
+const ROOT = path.join(FIXTURES, '..', '..');
+const read = (f: string): string => readFileSync(path.join(ROOT, f), 'utf8');
+
+interface Service {
+  image?: string;
+  build?: unknown;
+  command?: string[];
+  entrypoint?: string[];
+  environment?: Record<string, string>;
+  volumes?: string[];
+  ports?: string[];
+  healthcheck?: { test?: string[]; disable?: boolean };
+  depends_on?: Record<string, { condition: string }> | string[];
+  deploy?: { replicas?: number };
+}
+const compose = parse(read('docker-compose.yml'), { merge: true }) as { services: Record<string, Service> };
+const services = compose.services;
+const FLEET_ROLES: Record<string, string> = { api: 'api', worker: 'worker', scheduler: 'scheduler' };
+
+/** Every `process.env.X` the source reads, plus the env names the config points at. */
+function envVarsTheAppReads(): Set<string> {
+  const names = new Set<string>();
+  const walk = (dir: string): void => {
+    for (const f of readdirSync(dir)) {
+      const p = path.join(dir, f);
+      if (statSync(p).isDirectory()) walk(p);
+      else if (p.endsWith('.ts')) for (const m of readFileSync(p, 'utf8').matchAll(/process\.env\.([A-Z_]+)/g)) names.add(m[1]!);
+    }
+  };
+  walk(path.join(ROOT, 'src'));
+  const schema = read('src/config/schema.ts');
+  for (const m of schema.matchAll(/Env: z\.string\(\)\.default\('([A-Z_]+)'\)/g)) {
+    names.add(m[1]!);
+    names.add(`${m[1]}_FILE`);
+  }
+  // Read by libraries and the image: the AWS SDK's credential chain, Node, the Dockerfile healthcheck.
+  for (const n of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'NODE_ENV', 'HEALTH_URL']) names.add(n);
+  return names;
+}
+
+/** The compose config, resolved under the worker service's own compose environment. */
+const composeConfig = (): ReturnType<typeof resolveConfig> => {
+  const raw = JSON.parse(read('deploy/fleet.compose.json')) as Record<string, unknown>;
+  const env = services.worker!.environment ?? {};
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    return resolveConfig(raw, { baseDir: path.join(ROOT, 'deploy'), source: 'deploy/fleet.compose.json' });
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+};
+
+describe('docker compose stack (checked statically: no Docker engine here)', () => {
+  it('pins every image to a version', () => {
+    for (const [name, s] of Object.entries(services)) {
+      expect(s.image, `${name} has an image`).toBeTruthy();
+      expect(s.image, name).toMatch(/:[\w.-]*\d[\w.-]*$/);
+      expect(s.image, name).not.toMatch(/:latest$/);
+    }
+    expect(read('Dockerfile')).not.toMatch(/FROM \S+:latest|FROM [^:\s]+\s/);
+  });
+
+  it('runs Redis with noeviction, AOF persistence and a healthcheck', () => {
+    const cmd = services.redis!.command!.join(' ');
+    expect(cmd).toContain('--maxmemory-policy noeviction');
+    expect(cmd).toContain('--appendonly yes');
+    expect(services.redis!.healthcheck?.test).toBeTruthy();
+  });
+
+  it('starts services in dependency order through healthchecks', () => {
+    for (const [name, s] of Object.entries(services)) {
+      const deps = Array.isArray(s.depends_on) ? Object.fromEntries(s.depends_on.map((d) => [d, { condition: 'service_started' }])) : (s.depends_on ?? {});
+      for (const [dep, { condition }] of Object.entries(deps)) {
+        expect(services[dep], `${name} depends on unknown ${dep}`).toBeTruthy();
+        // A fleet image has a Dockerfile HEALTHCHECK; others need their own.
+        if (condition === 'service_healthy') expect(Boolean(services[dep]!.healthcheck?.test) || Boolean(services[dep]!.build), `${dep} needs a healthcheck`).toBe(true);
+      }
+    }
+    expect(services.worker!.depends_on).toMatchObject({ 'vault-init': { condition: 'service_completed_successfully' } });
+    expect(services.worker!.deploy?.replicas).toBeGreaterThanOrEqual(2);
+  });
+
+  it('sets every environment variable each role needs, and none the app does not read', () => {
+    const reads = envVarsTheAppReads();
+    const config = composeConfig();
+    const needs: Record<string, string[]> = {
+      api: ['REDIS_URL', 'FLEET_CONFIG'],
+      worker: ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', `${config.secrets.vault!.roleIdEnv}_FILE`, `${config.secrets.vault!.secretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
+      scheduler: ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', `${config.secrets.vault!.rotatorRoleIdEnv}_FILE`, `${config.secrets.vault!.rotatorSecretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID'],
+      'vault-init': ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', config.secrets.vault!.tokenEnv],
+    };
+    for (const [name, vars] of Object.entries(needs)) {
+      const env = services[name]!.environment ?? {};
+      for (const v of vars) expect(env[v], `${name} needs ${v}`).toBeTruthy();
+      for (const v of Object.keys(env)) expect(reads.has(v), `${name} sets ${v}, which nothing reads (typo?)`).toBe(true);
+    }
+    // Credential files are mounted where the env vars point.
+    for (const name of ['worker', 'scheduler']) {
+      const env = services[name]!.environment!;
+      const mounts = (services[name]!.volumes ?? []).map((v) => v.split(':')[1]);
+      for (const [k, v] of Object.entries(env)) if (k.endsWith('_FILE')) expect(mounts.some((m) => v.startsWith(`${m}/`)), `${name} ${k}`).toBe(true);
+    }
+    expect(services['vault-init']!.entrypoint!.join(' ')).toContain('deploy/vault-init.sh');
+  });
+
+  it('uses a config that the fleet accepts, with ports matching compose and Prometheus', () => {
+    const config = composeConfig();
+    expect(services.api!.environment!.FLEET_CONFIG).toBe('/app/deploy/fleet.compose.json');
+    expect(config.api.host).toBe('0.0.0.0');
+    expect(config.supervisor.metricsHost).toBe('0.0.0.0');
+    expect(services.api!.ports).toContain(`${config.api.port}:${config.api.port}`);
+    expect(services.api!.command).toEqual(['start', '--role', 'api']);
+    for (const [svc, role] of Object.entries(FLEET_ROLES)) {
+      expect(services[svc]!.command).toEqual(['start', '--role', role]);
+      const port = svc === 'api' ? config.api.port : config.supervisor.metricsPort;
+      expect(services[svc]!.environment!.HEALTH_URL).toBe(`http://127.0.0.1:${port}/healthz`);
+    }
+    const prom = parse(read('deploy/prometheus.yml')) as { rule_files: string[]; scrape_configs: { job_name: string; static_configs?: { targets: string[] }[]; dns_sd_configs?: { names: string[]; port: number }[] }[] };
+    const targets = prom.scrape_configs.flatMap((c) => [...(c.static_configs ?? []).flatMap((s) => s.targets), ...(c.dns_sd_configs ?? []).flatMap((d) => d.names.map((n) => `${n}:${d.port}`))]);
+    expect(targets.sort()).toEqual([`api:${config.api.port}`, `scheduler:${config.supervisor.metricsPort}`, `worker:${config.supervisor.metricsPort}`]);
+    for (const t of targets) expect(services[t.split(':')[0]!], t).toBeTruthy();
+    // The kms-seed alias is the key the config uses.
+    expect(read('deploy/kms-seed.yaml')).toContain(`AliasName: ${config.secrets.kms!.keyId}`);
+    expect(config.secrets.kms!.endpoint).toBe('http://kms:8080');
+  });
+
+  it('mounts Prometheus and Grafana files that exist, at the paths their configs name', () => {
+    for (const name of ['prometheus', 'grafana']) {
+      for (const v of services[name]!.volumes ?? []) {
+        const src = v.split(':')[0]!;
+        if (src.startsWith('./')) expect(existsSync(path.join(ROOT, src)), `${name} mounts ${src}`).toBe(true);
+      }
+    }
+    const prom = parse(read('deploy/prometheus.yml')) as { rule_files: string[] };
+    const promMounts = services.prometheus!.volumes!.map((v) => v.split(':')[1]);
+    for (const f of prom.rule_files) expect(promMounts).toContain(f);
+    const dash = parse(read('grafana/provisioning/dashboards/fleet.yml')) as { providers: { options: { path: string } }[] };
+    const grafanaMounts = services.grafana!.volumes!.map((v) => v.split(':')[1]);
+    expect(grafanaMounts).toContain(dash.providers[0]!.options.path);
+    expect(grafanaMounts).toContain('/etc/grafana/provisioning');
+    const ds = parse(read('grafana/provisioning/datasources/prometheus.yml')) as { datasources: { url: string; uid: string }[] };
+    expect(ds.datasources[0]!.url).toBe('http://prometheus:9090');
+    expect(services.prometheus!.ports).toContain('9090:9090');
+  });
+
+  it('Prometheus accepts the compose scrape config (promtool)', () => {
+    if (spawnSync('promtool', ['--version']).status !== 0) {
+      console.warn('SKIPPING promtool check: promtool not installed (apt-get install prometheus)');
+      return;
+    }
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-promtool-'));
+    writeFileSync(path.join(dir, 'alerts.yml'), read('prometheus/alerts.yml'));
+    writeFileSync(path.join(dir, 'prometheus.yml'), read('deploy/prometheus.yml').replace('/etc/prometheus/alerts.yml', path.join(dir, 'alerts.yml')));
+    const r = spawnSync('promtool', ['check', 'config', path.join(dir, 'prometheus.yml')], { encoding: 'utf8' });
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+  });
+
+  it('has a production-minded Dockerfile: multi-stage, non-root, prod deps only, healthcheck, node as PID 1', () => {
+    const df = read('Dockerfile');
+    expect(df.match(/^FROM /gm)!.length).toBeGreaterThanOrEqual(2);
+    expect(df).toMatch(/^USER node$/m);
+    expect(df).toContain('npm ci --omit=dev');
+    expect(df).toMatch(/^HEALTHCHECK /m);
+    expect(df).toMatch(/^ENTRYPOINT \["node", "bin\/fleet.js"\]$/m);
+    expect(services.worker!.command![0]).toBe('start');
+  });
+});
