@@ -125,6 +125,14 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await prov.close();
   });
 
+  it('fleet doctor\'s probe confirms a type\'s policy, and names the gap when it does not cover a secret', async () => {
+    const prov = provider(vaultConfig());
+    expect(await prov.probeJobPolicy('reader', ['a-key'])).toBeNull();
+    expect(await prov.probeJobPolicy('reader', ['b-key'])).toContain('a reader job token cannot read "b-key"');
+    expect(await liveJobTokens()).toEqual([]);
+    await prov.close();
+  });
+
   it('the supervisor\'s own AppRole token cannot read any secret', async () => {
     const login = await fetch(`${server!.url}/v1/auth/approle/login`, {
       method: 'POST',

@@ -9,6 +9,7 @@ import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
 import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
 import type { Redis } from 'ioredis';
 import * as sec from './secrets-commands.js';
+import { doctor, renderChecks } from './doctor.js';
 import { requestRotation, rotationQueue } from '../rotation/rotation-service.js';
 
 const USAGE = `fleet — sandboxed job fleet on BullMQ
@@ -23,6 +24,8 @@ Usage:
   fleet audit [--since 24h] [--secret X] [--denied] [--limit N]
   fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
   fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
+  fleet doctor [--production] [--metrics-url U]... [--prometheus-url U]
+                                           pre-deploy checklist; exits 1 if any check FAILs
 
 Options:
   --config <path>   config file (default: $FLEET_CONFIG or ./fleet.config.{ts,js,mjs,json})
@@ -111,6 +114,9 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         'idempotency-key': { type: 'string' },
         secrets: { type: 'boolean', default: false },
         now: { type: 'boolean', default: false },
+        production: { type: 'boolean', default: process.env.NODE_ENV === 'production' },
+        'metrics-url': { type: 'string', multiple: true },
+        'prometheus-url': { type: 'string' },
         provider: { type: 'string' },
         since: { type: 'string' },
         secret: { type: 'string' },
@@ -243,6 +249,15 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         });
         print(out.state === 'completed' ? `${secret}: rotated to version ${out.version}` : out.state === 'queued' ? `${secret}: rotation queued (${out.jobId}); a scheduler role runs it` : `${secret}: rotation failed: ${out.error}`, out);
         return out.state === 'failed' ? 1 : 0;
+      }
+      case 'doctor': {
+        const checks = await withRedis(config, (r) =>
+          doctor(config, r, { production: opts.production, metricsUrls: opts['metrics-url'] ?? [], ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}) }),
+        );
+        const failed = checks.filter((c) => c.status === 'FAIL').length;
+        const warned = checks.filter((c) => c.status === 'WARN').length;
+        print(`${renderChecks(checks)}\n\n${checks.length} checks: ${checks.length - failed - warned} pass, ${warned} warn, ${failed} fail`, { checks, failed, warned });
+        return failed ? 1 : 0;
       }
       case 'vault': {
         if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');

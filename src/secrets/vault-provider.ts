@@ -220,6 +220,28 @@ export class VaultProvider implements SecretProvider {
     };
   }
 
+  /**
+   * `fleet doctor`: mints a short-lived job token for `jobType` through the token role and checks
+   * it can read each of `names` (values are zeroed at once); the token is revoked afterwards.
+   * Returns a problem description, or null.
+   */
+  async probeJobPolicy(jobType: string, names: readonly string[]): Promise<string | null> {
+    const lease = await this.lease({ jobId: `doctor.${Date.now()}`, jobType, names, ttlMs: 10_000 }).catch((err: unknown) => toError(err));
+    if (lease instanceof Error) return `cannot mint a job token through role "${this.#o.tokenRole}": ${lease.message}`;
+    try {
+      for (const name of names) {
+        try {
+          (await lease.read(name)).value.fill(0);
+        } catch (err) {
+          return `a ${jobType} job token cannot read "${name}": ${toError(err).message}`;
+        }
+      }
+      return null;
+    } finally {
+      await lease.release().catch(() => undefined);
+    }
+  }
+
   async write(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {

@@ -1,0 +1,145 @@
+import type { Redis } from 'ioredis';
+import type { FleetConfig } from '../config/resolve.js';
+import { scheduleOf } from '../config/schedule.js';
+import { CRITICAL_MAX_TIMEOUT_MS } from '../config/schema.js';
+import { toError } from '../errors.js';
+import { silentLogger } from '../observability/logger.js';
+import { MAX_AGE_MS, secretHealth } from '../rotation/secret-health.js';
+import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
+import { makeProvider } from '../secrets/providers.js';
+import type { VaultProvider } from '../secrets/vault-provider.js';
+
+export type CheckStatus = 'PASS' | 'WARN' | 'FAIL';
+export interface Check {
+  status: CheckStatus;
+  check: string;
+  detail: string;
+  fix?: string;
+}
+
+export interface DoctorOptions {
+  /** Production rules (no `local` secrets, persistence required). @defaultValue NODE_ENV === 'production' */
+  production: boolean;
+  /** URLs whose /metrics must answer (API, supervisors). */
+  metricsUrls: string[];
+  /** A Prometheus to ask whether it scrapes the fleet. */
+  prometheusUrl?: string;
+}
+
+const pass = (check: string, detail: string): Check => ({ status: 'PASS', check, detail });
+const warn = (check: string, detail: string, fix: string): Check => ({ status: 'WARN', check, detail, fix });
+const fail = (check: string, detail: string, fix: string): Check => ({ status: 'FAIL', check, detail, fix });
+
+/**
+ * The pre-deploy checklist of the zero-trust rules, as checks: external secrets, per-job isolation
+ * and short timeouts for critical work, concurrency caps, monitoring, Redis settings, Vault/KMS
+ * credentials and policies, rotation policies and overdue rotations.
+ */
+export async function doctor(config: FleetConfig, redis: Redis, options: DoctorOptions): Promise<Check[]> {
+  const out: Check[] = [];
+
+  // Secrets come from an external manager.
+  for (const [name, kind] of config.secretProviders) {
+    if (kind === 'local') {
+      out.push(options.production
+        ? fail(`secret ${name}: external provider`, 'served by the dev-only local store', `set secrets.items.${name}.provider (or secrets.provider) to "vault" or "kms"`)
+        : warn(`secret ${name}: external provider`, 'served by the dev-only local store (fine for development)', 'use "vault" or "kms" in production'));
+    } else out.push(pass(`secret ${name}: external provider`, kind));
+  }
+
+  // Critical work: request-bound execution with a short timeout; concurrency caps.
+  for (const t of config.jobTypes.values()) {
+    if (t.sensitivity === 'critical') {
+      out.push(t.isolation === 'job' && t.timeoutMs <= CRITICAL_MAX_TIMEOUT_MS
+        ? pass(`job type ${t.name}: critical isolation`, `fresh sandbox per job (auto-destroy), timeout ${t.timeoutMs} ms`)
+        : fail(`job type ${t.name}: critical isolation`, `isolation ${t.isolation}, timeout ${t.timeoutMs} ms`, 'isolation "job" and timeoutMs ≤ 120000'));
+      out.push(t.globalConcurrency !== undefined
+        ? pass(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor, ${t.globalConcurrency} fleet-wide`)
+        : warn(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor, no fleet-wide cap`, `set jobTypes.${t.name}.globalConcurrency`));
+    } else {
+      out.push(pass(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor${t.globalConcurrency ? `, ${t.globalConcurrency} fleet-wide` : ''}`));
+      if (t.timeoutMs > 300_000 && t.isolation === 'pool') out.push(warn(`job type ${t.name}: timeout`, `${t.timeoutMs} ms in a reused sandbox`, 'routine work: ≤ 300 s, or a concurrency limit for long-running work'));
+    }
+  }
+
+  // Redis: no eviction (jobs and audit records must never be evicted), persistence.
+  try {
+    const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as [string, string];
+    out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
+    const [, aof] = (await redis.config('GET', 'appendonly')) as [string, string];
+    const [, save] = (await redis.config('GET', 'save')) as [string, string];
+    if (aof === 'yes') out.push(pass('redis: persistence', 'AOF on'));
+    else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
+    else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
+  } catch (err) {
+    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis?`, 'confirm noeviction and persistence with your provider'));
+  }
+
+  // Providers: credentials valid, Vault policies present, KMS key reachable.
+  const meta = new Map<string, SecretMetadata>();
+  for (const kind of new Set(config.secretProviders.values()) as Set<ProviderKind>) {
+    let provider;
+    try {
+      provider = await makeProvider(kind, config, { redis, logger: silentLogger });
+      await provider.check();
+      out.push(pass(`${kind}: credentials`, kind === 'vault' ? 'supervisor token valid' : kind === 'kms' ? `key ${config.secrets.kms!.keyId} reachable` : 'master key readable'));
+      for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
+      if (kind === 'vault') {
+        for (const t of config.jobTypes.values()) {
+          const names = t.secrets.filter((n) => config.secretProviders.get(n) === 'vault');
+          if (!names.length) continue;
+          const problem = await (provider as VaultProvider).probeJobPolicy(t.name, names);
+          out.push(problem ? fail(`vault: policy for ${t.name}`, problem, 'run `fleet vault setup` with an admin token') : pass(`vault: policy for ${t.name}`, `job token reads exactly ${names.join(', ')}`));
+        }
+      }
+    } catch (err) {
+      out.push(fail(`${kind}: credentials`, toError(err).message, kind === 'vault' ? 'check VAULT_ADDR and the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID)' : kind === 'kms' ? 'check secrets.kms.keyId/region/endpoint and AWS credentials' : 'check the master key'));
+    } finally {
+      await provider?.close();
+    }
+  }
+
+  // Rotation: every secret has a policy within its kind's limit, nothing overdue or failing.
+  for (const h of await secretHealth(config, redis, meta)) {
+    const policy = config.secrets.items[h.secret]?.rotation;
+    const limit = MAX_AGE_MS[h.kind];
+    if (!policy) {
+      out.push(fail(`secret ${h.secret}: rotation policy`, 'none', `add secrets.items.${h.secret}.rotation (${h.kind === 'encryption-key' ? 'daily' : 'weekly or more often'})`));
+      continue;
+    }
+    const interval = scheduleOf(policy.schedule).intervalMs;
+    if (interval === null) out.push(warn(`secret ${h.secret}: rotation policy`, `cron "${policy.schedule}": cadence not checked`, `make sure it runs at least every ${limit / 86_400_000} day(s)`));
+    else if (interval > limit) out.push(fail(`secret ${h.secret}: rotation policy`, `every ${Math.round(interval / 3_600_000)} h, longer than allowed for ${h.kind} (${limit / 3_600_000} h)`, `rotate ${h.kind === 'encryption-key' ? 'daily' : 'at least weekly'}`));
+    else out.push(pass(`secret ${h.secret}: rotation policy`, `${policy.schedule} (${policy.rotator.type})`));
+    if (h.overdue) out.push(fail(`secret ${h.secret}: rotation due`, `overdue since ${new Date(h.nextDueAt!).toISOString()}`, 'run a scheduler role, or fleet rotate ' + h.secret));
+    else if (h.rotation.lastOutcome === 'failed') out.push(fail(`secret ${h.secret}: last rotation`, `failed at step ${h.rotation.lastFailedStep}: ${h.rotation.lastError}`, `fleet audit --secret ${h.secret}; fix the rotator, then fleet rotate ${h.secret} --now`));
+    else out.push(pass(`secret ${h.secret}: rotation due`, h.nextDueAt ? `next ${new Date(h.nextDueAt).toISOString()}` : 'scheduled'));
+  }
+
+  // Monitoring.
+  if (!options.metricsUrls.length) out.push(warn('monitoring: metrics endpoint', 'no --metrics-url given', 'pass the API and supervisor /metrics URLs'));
+  for (const url of options.metricsUrls) {
+    try {
+      const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+      const body = await r.text();
+      out.push(r.ok && body.includes('fleet_') ? pass(`monitoring: ${url}`, 'serves fleet metrics') : fail(`monitoring: ${url}`, `HTTP ${r.status}`, 'is the process running with that port?'));
+    } catch (err) {
+      out.push(fail(`monitoring: ${url}`, toError(err).message, 'is the process running with that port?'));
+    }
+  }
+  if (options.prometheusUrl) {
+    try {
+      const r = (await (await fetch(`${options.prometheusUrl}/api/v1/targets`, { signal: AbortSignal.timeout(3000) })).json()) as { data: { activeTargets: { labels: { job: string }; health: string }[] } };
+      const fleet = r.data.activeTargets.filter((t) => t.labels.job.startsWith('fleet'));
+      const down = fleet.filter((t) => t.health !== 'up');
+      out.push(!fleet.length ? fail('monitoring: prometheus targets', 'no fleet-* scrape jobs', 'add the fleet to the scrape config (deploy/prometheus.yml)') : down.length ? fail('monitoring: prometheus targets', `${down.length} of ${fleet.length} down`, 'check the targets page') : pass('monitoring: prometheus targets', `${fleet.length} fleet targets up`));
+    } catch (err) {
+      out.push(fail('monitoring: prometheus', toError(err).message, 'check --prometheus-url'));
+    }
+  }
+  return out;
+}
+
+export function renderChecks(checks: Check[]): string {
+  return checks.map((c) => `${c.status.padEnd(4)}  ${c.check}: ${c.detail}${c.fix ? `  → fix: ${c.fix}` : ''}`).join('\n');
+}

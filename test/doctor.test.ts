@@ -1,0 +1,67 @@
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Redis } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { doctor } from '../src/cli/doctor.js';
+import { FIXTURES, fixtureType, testConfig } from './helpers/fleet.js';
+import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+
+const run = promisify(execFile);
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let r: Redis;
+beforeAll(async () => {
+  redis = await startTestRedis();
+  r = new Redis(redis.url);
+});
+afterAll(async () => {
+  r?.disconnect();
+  await redis?.release();
+});
+
+describe('fleet doctor', () => {
+  it('flags what the zero-trust checklist forbids, each with its fix', async () => {
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-'));
+    const config = testConfig(
+      redis.url,
+      [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', secrets: ['api-key', 'enc-key', 'orphan-key'], timeoutMs: 60_000 })],
+      {
+        dataDir,
+        secrets: {
+          items: {
+            'api-key': { rotation: { schedule: 'weekly', rotator: { type: 'random' } } },
+            'enc-key': { kind: 'encryption-key', rotation: { schedule: 'weekly', rotator: { type: 'random' } } },
+          },
+        },
+      },
+    );
+    const checks = await doctor(config, r, { production: true, metricsUrls: ['http://127.0.0.1:1/metrics'] });
+    const byName = (prefix: string) => checks.filter((c) => c.check.startsWith(prefix));
+    expect(byName('secret api-key: external provider')[0]).toMatchObject({ status: 'FAIL', fix: expect.stringContaining('"vault" or "kms"') });
+    expect(byName('secret orphan-key: rotation policy')[0]).toMatchObject({ status: 'FAIL' });
+    expect(byName('secret enc-key: rotation policy')[0]).toMatchObject({ status: 'FAIL', detail: expect.stringContaining('longer than allowed for encryption-key') });
+    expect(byName('secret api-key: rotation policy')[0]).toMatchObject({ status: 'PASS' });
+    expect(byName('job type pay: critical isolation')[0]).toMatchObject({ status: 'PASS' });
+    expect(byName('job type pay: concurrency caps')[0]).toMatchObject({ status: 'WARN' });
+    expect(byName('redis: eviction policy')[0]).toMatchObject({ status: 'PASS' });
+    // The test Redis runs without persistence: refused in production mode.
+    expect(byName('redis: persistence')[0]).toMatchObject({ status: 'FAIL', fix: expect.stringContaining('--appendonly yes') });
+    expect(byName('monitoring: http://127.0.0.1:1/metrics')[0]).toMatchObject({ status: 'FAIL' });
+    for (const c of checks) if (c.status !== 'PASS') expect(c.fix, c.check).toBeTruthy();
+  });
+
+  it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-cli-'));
+    const file = path.join(dir, 'fleet.config.json');
+    const base = { dataDir: dir, redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] };
+    writeFileSync(file, JSON.stringify(base));
+    const env = { ...process.env, REDIS_URL: redis.url, NODE_ENV: 'development' };
+    const ok = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--config', file], { env });
+    expect(ok.stdout).toMatch(/\d+ checks: \d+ pass, 2 warn, 0 fail/);
+    const failing = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--production', '--json', '--config', file], { env }).catch((e: { code: number; stdout: string }) => e);
+    expect((failing as { code: number }).code).toBe(1);
+    expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);
+  });
+});
