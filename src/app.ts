@@ -6,7 +6,7 @@ import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './producers/auth.js';
 import { Producer } from './producers/producer.js';
-import { redactUrl } from './redis/connection.js';
+import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import { Supervisor } from './workers/supervisor.js';
 import { FleetMetrics } from './observability/metrics.js';
@@ -69,6 +69,14 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
       });
     } else {
       logger.info(`using Redis at ${redactUrl(redisUrl)}`);
+    }
+    const probe = connectRedis(redisUrl, 'worker');
+    probe.on('error', () => undefined);
+    try {
+      await waitForRedis(probe);
+      await checkRedisSettings(probe, (msg) => logger.warn(msg));
+    } finally {
+      probe.disconnect();
     }
 
     let supervisor: Supervisor | null = null;

@@ -126,3 +126,21 @@ describe('CLI', () => {
     expect((err as { stderr: string }).stderr).toContain('jobTypes.pay.timeoutMs is 300000');
   });
 });
+
+describe('Redis requirements at start-up', () => {
+  it('refuses a Redis that evicts keys, naming the setting and the fix', async () => {
+    const { Redis } = await import('ioredis');
+    const r = new Redis(redis.url);
+    await r.config('SET', 'maxmemory-policy', 'allkeys-lru');
+    try {
+      const file = writeConfig();
+      const err = await run(process.execPath, [FLEET, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url } }).catch((e: { code: number; stderr: string }) => e);
+      expect((err as { code: number }).code).toBe(1);
+      expect((err as { stderr: string }).stderr).toContain('maxmemory-policy is "allkeys-lru"');
+      expect((err as { stderr: string }).stderr).toContain('noeviction');
+    } finally {
+      await r.config('SET', 'maxmemory-policy', 'noeviction');
+      r.disconnect();
+    }
+  });
+});

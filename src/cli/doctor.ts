@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import { CRITICAL_MAX_TIMEOUT_MS } from '../config/schema.js';
@@ -32,10 +32,10 @@ const fail = (check: string, detail: string, fix: string): Check => ({ status: '
 
 /**
  * The pre-deploy checklist of the zero-trust rules, as checks: external secrets, per-job isolation
- * and short timeouts for critical work, concurrency caps, monitoring, Redis settings, Vault/KMS
+ * and short timeouts for critical work, concurrency caps, monitoring, RedisClient settings, Vault/KMS
  * credentials and policies, rotation policies and overdue rotations.
  */
-export async function doctor(config: FleetConfig, redis: Redis, options: DoctorOptions): Promise<Check[]> {
+export async function doctor(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
   const out: Check[] = [];
 
   // Secrets come from an external manager.
@@ -62,7 +62,7 @@ export async function doctor(config: FleetConfig, redis: Redis, options: DoctorO
     }
   }
 
-  // Redis: no eviction (jobs and audit records must never be evicted), persistence.
+  // RedisClient: no eviction (jobs and audit records must never be evicted), persistence.
   try {
     const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as [string, string];
     out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
@@ -72,7 +72,7 @@ export async function doctor(config: FleetConfig, redis: Redis, options: DoctorO
     else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
     else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
   } catch (err) {
-    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis?`, 'confirm noeviction and persistence with your provider'));
+    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed RedisClient?`, 'confirm noeviction and persistence with your provider'));
   }
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.

@@ -7,7 +7,7 @@ import { makeLogger } from '../observability/logger.js';
 import { Producer } from '../producers/producer.js';
 import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
 import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import * as sec from './secrets-commands.js';
 import { doctor, renderChecks } from './doctor.js';
 import { requestRotation, rotationQueue } from '../rotation/rotation-service.js';
@@ -39,7 +39,7 @@ interface Io {
 
 function need(config: FleetConfig): string {
   const url = discoverRedisUrl(config);
-  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
+  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no RedisClient to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private RedisClient) in this folder first.');
   return url;
 }
 
@@ -52,7 +52,7 @@ async function withProducer<T>(config: FleetConfig, fn: (p: Producer) => Promise
   }
 }
 
-async function withRedis<T>(config: FleetConfig, fn: (r: Redis) => Promise<T>): Promise<T> {
+async function withRedis<T>(config: FleetConfig, fn: (r: RedisClient) => Promise<T>): Promise<T> {
   const redis = connectRedis(need(config), 'producer');
   redis.on('error', () => undefined);
   try {

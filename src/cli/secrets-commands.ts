@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
 import { FleetError, toError } from '../errors.js';
@@ -33,7 +33,7 @@ export async function readValueFromStdin(stdin: NodeJS.ReadableStream & { isTTY?
   return value;
 }
 
-export async function secretsSet(config: FleetConfig, redis: Redis | undefined, name: string, value: Buffer, explicit?: string): Promise<{ name: string; provider: ProviderKind; version: string }> {
+export async function secretsSet(config: FleetConfig, redis: RedisClient | undefined, name: string, value: Buffer, explicit?: string): Promise<{ name: string; provider: ProviderKind; version: string }> {
   const kind = providerFor(config, name, explicit);
   const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
   try {
@@ -45,7 +45,7 @@ export async function secretsSet(config: FleetConfig, redis: Redis | undefined, 
   }
 }
 
-export async function secretsList(config: FleetConfig, redis: Redis | undefined): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
+export async function secretsList(config: FleetConfig, redis: RedisClient | undefined): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
   const kinds = new Set<ProviderKind>([...usedProviders(config), config.secrets.provider]);
   const out: (SecretMetadata & { provider: ProviderKind })[] = [];
   for (const kind of kinds) {
@@ -59,7 +59,7 @@ export async function secretsList(config: FleetConfig, redis: Redis | undefined)
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }
 
-export async function secretsDelete(config: FleetConfig, redis: Redis | undefined, name: string, explicit?: string): Promise<void> {
+export async function secretsDelete(config: FleetConfig, redis: RedisClient | undefined, name: string, explicit?: string): Promise<void> {
   const p = await makeProvider(providerFor(config, name, explicit), config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
   try {
     await p.remove(name);
@@ -83,7 +83,7 @@ export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider
 }
 
 /** `fleet status --secrets`: each secret the config names, with its provider, version and access counts. */
-export async function secretsStatus(config: FleetConfig, redis: Redis): Promise<SecretStatusRow[]> {
+export async function secretsStatus(config: FleetConfig, redis: RedisClient): Promise<SecretStatusRow[]> {
   const names = [...config.secretProviders.keys()].sort();
   const stats = await readSecretStats(redis, config.redis.prefix, names);
   const meta = new Map<string, SecretMetadata>();
@@ -136,7 +136,7 @@ export function renderSecretsStatus(rows: SecretStatusRow[]): string {
     .join('\n');
 }
 
-export async function audit(config: FleetConfig, redis: Redis, opts: { since?: string; secret?: string; denied?: boolean; limit?: number }): Promise<AuditRecord[]> {
+export async function audit(config: FleetConfig, redis: RedisClient, opts: { since?: string; secret?: string; denied?: boolean; limit?: number }): Promise<AuditRecord[]> {
   return readAudit(redis, config.redis.prefix, {
     ...(opts.since ? { sinceMs: Date.now() - parseDuration(opts.since) } : {}),
     ...(opts.secret ? { secret: opts.secret } : {}),

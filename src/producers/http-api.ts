@@ -87,7 +87,7 @@ export function createApiApp(options: ApiOptions): express.Express {
   });
   app.get('/readyz', async (_req, res) => {
     try {
-      await producer.redis.ping();
+      await producer.ping();
       res.json({ status: 'ready', checks: { redis: 'ok' } });
     } catch (err) {
       res.status(503).json({ status: 'unready', checks: { redis: toError(err).message } });

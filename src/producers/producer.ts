@@ -1,5 +1,5 @@
 import { Queue, type Job, type JobsOptions } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { z } from 'zod';
 import type { FleetConfig, JobType } from '../config/resolve.js';
 import {
@@ -66,7 +66,7 @@ export type PayloadsOf<C extends { jobTypes: readonly { name: string; payloadSch
 export interface ProducerOptions {
   config: FleetConfig;
   /** An existing connection (kept open on close), or the URL to open one. @defaultValue config.redis.url */
-  redis?: Redis | string;
+  redis?: RedisClient | string;
   /** Name recorded with idempotency keys. @defaultValue `"client"` */
   name?: string;
   events?: FleetEventBus;
@@ -74,12 +74,12 @@ export interface ProducerOptions {
 }
 
 /**
- * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
+ * Enqueues jobs straight into RedisClient with the same validation as the HTTP API. The HTTP API is
  * built on it, so both paths behave the same.
  */
 export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
   readonly config: FleetConfig;
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   readonly #ownsRedis: boolean;
   readonly #queues: Map<string, Queue>;
   readonly #name: string;
@@ -89,7 +89,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   constructor(options: ProducerOptions, queues = new Map<string, Queue>()) {
     this.config = options.config;
     const r = options.redis ?? options.config.redis.url;
-    if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
+    if (!r) throw new RedisUnavailableError('no RedisClient to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
     this.#ownsRedis = typeof r === 'string';
     this.redis = typeof r === 'string' ? connectRedis(r, 'producer') : r;
     this.#queues = queues;
@@ -168,7 +168,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     } catch (err) {
       if (err instanceof FleetError) throw err;
       const e = toError(err);
-      throw new RedisUnavailableError(`${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
+      throw new RedisUnavailableError(`${what} failed: RedisClient is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
     }
   }
 
@@ -270,6 +270,11 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
       return { id, previousState: 'active', outcome: 'cancelling' };
     }
+  }
+
+  /** Redis answers (waits for a connection in progress, up to the ready timeout). */
+  async ping(): Promise<void> {
+    await this.#guard('ping', () => this.redis.ping());
   }
 
   /** The secret-access audit log, newest first. */

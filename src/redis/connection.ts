@@ -1,4 +1,12 @@
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster, Redis, type RedisOptions } from 'ioredis';
+
+/** A single Redis or a Redis Cluster; every part of the fleet works with either. */
+export type RedisClient = Redis | Cluster;
+
+/** `redis-cluster://host1:port1,host2:port2` names cluster seed nodes. */
+export function isClusterUrl(url: string): boolean {
+  return url.startsWith('redis-cluster://') || url.startsWith('rediss-cluster://');
+}
 import { RedisUnavailableError } from '../errors.js';
 
 /**
@@ -16,22 +24,39 @@ export type ConnectionRole =
   /** Producers and the API: fail fast so a caller gets an error, never a silent drop. */
   | 'producer';
 
-/** A Redis connection tuned for its role. The URL is never logged (it may carry a password). */
-export function connectRedis(url: string, role: ConnectionRole, extra: RedisOptions = {}): Redis {
+/**
+ * A Redis connection tuned for its role. `redis-cluster://a:7000,b:7001` connects to a Redis
+ * Cluster (credentials as in a redis:// URL). The URL is never logged (it may carry a password).
+ */
+export function connectRedis(url: string, role: ConnectionRole, extra: RedisOptions = {}): RedisClient {
   const base: RedisOptions =
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
       : { maxRetriesPerRequest: 2, enableOfflineQueue: false, connectTimeout: 5000 };
-  return new Redis(url, {
-    ...base,
-    retryStrategy: (times) => Math.min(times * 200, 2000),
-    lazyConnect: false,
-    ...extra,
+  const options: RedisOptions = { ...base, retryStrategy: (times) => Math.min(times * 200, 2000), lazyConnect: false, ...extra };
+  if (!isClusterUrl(url)) return new Redis(url, options);
+  const u = new URL(url.replace(/^(rediss?)-cluster:/, '$1:').replace(/,.*$/, ''));
+  const hosts = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/\/.*$/, '').split(',');
+  const nodes = hosts.map((h) => {
+    const [host, port] = h.split(':');
+    return { host: host!, port: Number(port ?? 6379) };
+  });
+  const { retryStrategy: _r, enableOfflineQueue, lazyConnect, maxRetriesPerRequest, ...redisOptions } = options;
+  return new Cluster(nodes, {
+    redisOptions: { ...redisOptions, maxRetriesPerRequest, ...(u.password ? { password: decodeURIComponent(u.password) } : {}), ...(u.username ? { username: decodeURIComponent(u.username) } : {}), ...(u.protocol === 'rediss:' ? { tls: {} } : {}) },
+    enableOfflineQueue: enableOfflineQueue ?? true,
+    lazyConnect: lazyConnect ?? false,
+    clusterRetryStrategy: (times) => Math.min(times * 200, 2000),
   });
 }
 
+/** A second connection like `client` (for pub/sub). */
+export function duplicateClient(client: RedisClient): RedisClient {
+  return client instanceof Cluster ? client.duplicate() : client.duplicate();
+}
+
 /** Waits until the connection answers PING, or fails with a message naming Redis and the fix. */
-export async function waitForRedis(redis: Redis, timeoutMs = 10_000): Promise<void> {
+export async function waitForRedis(redis: RedisClient, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   while (Date.now() < deadline) {
@@ -52,7 +77,7 @@ export async function waitForRedis(redis: Redis, timeoutMs = 10_000): Promise<vo
  * Resolves once the connection is ready. Fail-fast connections refuse commands while they are
  * (re)connecting; callers wait here a bounded time instead, then get a clear error.
  */
-export function ensureReady(redis: Redis, timeoutMs = 5000): Promise<void> {
+export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void> {
   if (redis.status === 'ready') return Promise.resolve();
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
@@ -67,8 +92,31 @@ export function ensureReady(redis: Redis, timeoutMs = 5000): Promise<void> {
   });
 }
 
+/**
+ * Start-up check of the Redis the fleet will use: an evicting Redis silently loses jobs and audit
+ * records, so it is refused; missing persistence is a warning (fine for development).
+ */
+export async function checkRedisSettings(redis: RedisClient, warn: (msg: string) => void): Promise<void> {
+  const client = redis instanceof Cluster ? redis.nodes('master')[0] : redis;
+  if (!client) return;
+  let policy: string;
+  let aof: string;
+  try {
+    policy = ((await client.config('GET', 'maxmemory-policy')) as string[])[1] ?? '';
+    aof = ((await client.config('GET', 'appendonly')) as string[])[1] ?? '';
+  } catch (err) {
+    warn(`could not read Redis CONFIG (${(err as Error).message}); make sure maxmemory-policy is noeviction and persistence is on`);
+    return;
+  }
+  if (policy !== 'noeviction') {
+    throw new RedisUnavailableError(`Redis maxmemory-policy is "${policy}": evicted keys are lost jobs and audit records. Fix: set maxmemory-policy noeviction (redis-server --maxmemory-policy noeviction).`, { retryable: false });
+  }
+  if (aof !== 'yes') warn('Redis persistence: AOF is off, so a Redis restart can lose queued jobs. For production: redis-server --appendonly yes.');
+}
+
 /** Redact credentials from a Redis URL before it is shown anywhere. */
 export function redactUrl(url: string): string {
+  if (isClusterUrl(url)) return url.replace(/\/\/[^@]*@/, '//***@');
   try {
     const u = new URL(url);
     if (u.password) u.password = '***';

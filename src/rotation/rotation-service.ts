@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import type { rotationSchema } from '../config/schema.js';
@@ -22,7 +22,7 @@ export type RotationStep = 'create' | 'set' | 'test' | 'promote' | 'retire';
 
 export const ROTATION_QUEUE = 'rotation';
 
-export function rotationQueue(config: FleetConfig, connection: Redis): Queue {
+export function rotationQueue(config: FleetConfig, connection: RedisClient): Queue {
   return new Queue(ROTATION_QUEUE, { connection, prefix: queuePrefix(config.redis.prefix, ROTATION_QUEUE) });
 }
 
@@ -52,7 +52,7 @@ export interface RotationState {
   retiring: Record<string, number>;
 }
 
-export async function readRotationState(redis: Redis, prefix: string, secret: string): Promise<RotationState> {
+export async function readRotationState(redis: RedisClient, prefix: string, secret: string): Promise<RotationState> {
   const h = await redis.hgetall(rotationStateKey(prefix, secret));
   const retiring: Record<string, number> = {};
   for (const [k, v] of Object.entries(h)) if (k.startsWith('retire:')) retiring[k.slice(7)] = Number(v);
@@ -94,7 +94,7 @@ export class RotationService {
   readonly #events: FleetEventBus;
   readonly #redisUrl: string;
   readonly #id = `${hostname()}-${process.pid}`;
-  #redis: Redis | null = null;
+  #redis: RedisClient | null = null;
   #queue: Queue | null = null;
   #worker: Worker | null = null;
   #audit: AuditLog | null = null;

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import { readAudit } from '../secrets/audit.js';
@@ -28,7 +28,7 @@ export interface SecretHealth {
   exposureRisk: number;
 }
 
-export async function secretHealth(config: FleetConfig, redis: Redis, meta: ReadonlyMap<string, SecretMetadata>, now = Date.now()): Promise<SecretHealth[]> {
+export async function secretHealth(config: FleetConfig, redis: RedisClient, meta: ReadonlyMap<string, SecretMetadata>, now = Date.now()): Promise<SecretHealth[]> {
   const names = [...config.secretProviders.keys()].sort();
   const denied = await readAudit(redis, config.redis.prefix, { sinceMs: now - 86_400_000, deniedOnly: true, limit: 10_000 });
   return Promise.all(

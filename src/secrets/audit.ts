@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import { toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -31,20 +31,22 @@ export interface SecretStats {
   lastVersion: string | null;
 }
 
+// One hash tag for the stream and the counters: they are written in one MULTI, which a Redis
+// Cluster allows only within one slot.
 export function auditStreamKey(prefix: string): string {
-  return `${prefix}:audit`;
+  return `${prefix}:{audit}`;
 }
 export function secretStatsKey(prefix: string, name: string): string {
-  return `${prefix}:secret-stats:${name}`;
+  return `${prefix}:{audit}:secret-stats:${name}`;
 }
 
 /**
- * Appends every access attempt to a Redis Stream (bounded by `maxEntries`) and writes it as a
- * structured log line. If Redis refuses the write, the record is kept in memory and retried: an
+ * Appends every access attempt to a RedisClient Stream (bounded by `maxEntries`) and writes it as a
+ * structured log line. If RedisClient refuses the write, the record is kept in memory and retried: an
  * audit record is never silently dropped (the log line is always written).
  */
 export class AuditLog {
-  readonly #redis: Redis;
+  readonly #redis: RedisClient;
   readonly #prefix: string;
   readonly #log: Logger;
   readonly #maxEntries: number;
@@ -54,7 +56,7 @@ export class AuditLog {
   #retry: NodeJS.Timeout | null = null;
   #inflight = new Set<Promise<void>>();
 
-  constructor(options: { redis: Redis; prefix: string; logger: Logger; maxEntries: number }) {
+  constructor(options: { redis: RedisClient; prefix: string; logger: Logger; maxEntries: number }) {
     this.#redis = options.redis;
     this.#prefix = options.prefix;
     this.#log = options.logger.scope({ component: 'audit' });
@@ -97,7 +99,7 @@ export class AuditLog {
       if (!res || failed) throw failed?.[0] ?? new Error('transaction aborted');
     } catch (err) {
       this.#pending.push(...records);
-      this.#log.error('audit write to Redis failed; kept in memory and retried', { error: toError(err).message, pending: this.#pending.length });
+      this.#log.error('audit write to RedisClient failed; kept in memory and retried', { error: toError(err).message, pending: this.#pending.length });
       this.#retry ??= setTimeout(() => {
         this.#retry = null;
         const batch = this.#pending.splice(0);
@@ -132,7 +134,7 @@ export interface AuditQuery {
 }
 
 /** Newest first. */
-export async function readAudit(redis: Redis, prefix: string, q: AuditQuery = {}): Promise<AuditRecord[]> {
+export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuery = {}): Promise<AuditRecord[]> {
   const limit = q.limit ?? 1000;
   const out: AuditRecord[] = [];
   let end = '+';
@@ -168,7 +170,7 @@ export async function readAudit(redis: Redis, prefix: string, q: AuditQuery = {}
   return out;
 }
 
-export async function readSecretStats(redis: Redis, prefix: string, names: readonly string[]): Promise<SecretStats[]> {
+export async function readSecretStats(redis: RedisClient, prefix: string, names: readonly string[]): Promise<SecretStats[]> {
   return Promise.all(
     names.map(async (secret) => {
       const h = await redis.hgetall(secretStatsKey(prefix, secret));

@@ -1,5 +1,5 @@
 import { DecryptCommand, GenerateDataKeyCommand, DescribeKeyCommand, KMSClient, type KMSClientConfig } from '@aws-sdk/client-kms';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
@@ -10,7 +10,7 @@ export interface KmsProviderOptions {
   /** For local KMS-API servers (moto, local-kms). @defaultValue AWS */
   endpoint?: string;
   /** Where the ciphertexts live (shared by every supervisor). */
-  redis: Redis;
+  redis: RedisClient;
   keyPrefix: string;
   keepVersions: number;
   requestTimeoutMs: number;
@@ -67,6 +67,11 @@ export class KmsProvider implements SecretProvider {
     return `${this.#o.keyPrefix}:kms-secret:{${name}}`;
   }
 
+  /** Names with a stored ciphertext (a set, because a keyspace SCAN does not span a cluster). */
+  #index(): string {
+    return `${this.#o.keyPrefix}:{kms-index}`;
+  }
+
   async #decrypt(name: string, version: string, env: Envelope): Promise<SecretValue> {
     let dataKey: Uint8Array | undefined;
     try {
@@ -89,7 +94,7 @@ export class KmsProvider implements SecretProvider {
     try {
       fields = await this.#o.redis.hgetall(this.#key(name));
     } catch (err) {
-      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from Redis: ${toError(err).message}`, { retryable: true, cause: err });
+      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from RedisClient: ${toError(err).message}`, { retryable: true, cause: err });
     }
     const v = version ?? fields.current;
     const raw = v ? fields[`v${v}`] : undefined;
@@ -158,23 +163,21 @@ export class KmsProvider implements SecretProvider {
     if (makeCurrent) multi.hset(key, 'current', version, 'updatedAt', String(env.createdAt));
     if (stale > 0 && String(stale) !== (await this.#o.redis.hget(key, 'current'))) multi.hdel(key, `v${stale}`);
     await multi.exec();
+    await this.#o.redis.sadd(this.#index(), name);
     return { version };
   }
 
   async list(): Promise<SecretMetadata[]> {
     const out: SecretMetadata[] = [];
-    const stream = this.#o.redis.scanStream({ match: `${this.#o.keyPrefix}:kms-secret:*`, count: 200 });
-    for await (const keys of stream as AsyncIterable<string[]>) {
-      for (const k of keys) {
-        const [current, updatedAt] = await this.#o.redis.hmget(k, 'current', 'updatedAt');
-        const name = /\{(.+)\}$/.exec(k)?.[1];
-        if (name && current) out.push({ name, version: current, updatedAt: Number(updatedAt) });
-      }
+    for (const name of (await this.#o.redis.smembers(this.#index())).sort()) {
+      const [current, updatedAt] = await this.#o.redis.hmget(this.#key(name), 'current', 'updatedAt');
+      if (current) out.push({ name, version: current, updatedAt: Number(updatedAt) });
     }
     return out;
   }
 
   async remove(name: string): Promise<void> {
+    await this.#o.redis.srem(this.#index(), name);
     const n = await this.#o.redis.del(this.#key(name));
     if (!n) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS ciphertext`);
   }

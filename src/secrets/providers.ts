@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -23,7 +23,7 @@ export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>
  * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
  * local store never loads node-vault or the AWS SDK.
  */
-export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean; vaultIdentity?: 'supervisor' | 'rotator' }): Promise<SecretProvider> {
+export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean; vaultIdentity?: 'supervisor' | 'rotator' }): Promise<SecretProvider> {
   const s = config.secrets;
   if (kind === 'local') {
     const { LocalProvider } = await import('./local-provider.js');
@@ -46,7 +46,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
     });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
-  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
+  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in RedisClient. Fix: set REDIS_URL (or run `npm start`).');
   const { KmsProvider } = await import('./kms-provider.js');
   return new KmsProvider({
     keyId: s.kms.keyId,
@@ -59,7 +59,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
   });
 }
 
-export async function makeProviders(config: FleetConfig, deps: { redis?: Redis; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
+export async function makeProviders(config: FleetConfig, deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
   const out = new Map<ProviderKind, SecretProvider>();
   for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
   return out;

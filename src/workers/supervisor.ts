@@ -1,7 +1,7 @@
 import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
-import type { Redis } from 'ioredis';
+import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig, JobType } from '../config/resolve.js';
 import {
   FleetError,
@@ -13,7 +13,7 @@ import {
 } from '../errors.js';
 import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
-import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { connectRedis, duplicateClient, queuePrefix, waitForRedis } from '../redis/connection.js';
 import { AuditLog } from '../secrets/audit.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
@@ -54,7 +54,7 @@ export function supervisorsKey(prefix: string): string {
 }
 
 /**
- * Takes jobs from Redis and runs each one in a sandbox of its type, with the type's hard timeout,
+ * Takes jobs from RedisClient and runs each one in a sandbox of its type, with the type's hard timeout,
  * memory limit and concurrency. Stateless: any number of supervisors on any hosts share the work.
  *
  * Lifecycle: `starting → running → draining → stopped` (or `failed` if start-up fails).
@@ -70,9 +70,9 @@ export class Supervisor {
   readonly #workers = new Map<string, Worker>();
   /** Running jobs, so cancellation and shutdown can reach them. */
   readonly #active = new Map<string, AbortController>();
-  #redis: Redis | null = null;
+  #redis: RedisClient | null = null;
   #secrets: SecretBroker | null = null;
-  #subscriber: Redis | null = null;
+  #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
   #startedAt = 0;
@@ -84,7 +84,7 @@ export class Supervisor {
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
     const url = options.redisUrl ?? options.config.redis.url;
-    if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
+    if (!url) throw new ConfigError('the supervisor needs RedisClient. Fix: set REDIS_URL or redis.url.');
     this.#redisUrl = url;
     const wanted = options.jobTypes ?? [...options.config.jobTypes.keys()];
     this.#types = wanted.map((n) => {
@@ -124,7 +124,7 @@ export class Supervisor {
       );
       for (const t of this.#types) await this.#applyGlobalConcurrency(t);
 
-      this.#subscriber = this.#redis.duplicate();
+      this.#subscriber = duplicateClient(this.#redis);
       this.#subscriber.on('error', (err) => this.#log.warn('control channel error; reconnecting', { error: err.message }));
       await this.#subscriber.subscribe(controlChannel(this.#config.redis.prefix));
       this.#subscriber.on('message', (_channel, raw: string) => this.#onControl(raw));
@@ -142,7 +142,7 @@ export class Supervisor {
     }
   }
 
-  async #startSecrets(redis: Redis): Promise<void> {
+  async #startSecrets(redis: RedisClient): Promise<void> {
     const providers = await makeProviders(this.#config, { redis, logger: this.#log });
     const audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, maxEntries: this.#config.secrets.audit.maxEntries });
     this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
@@ -202,7 +202,7 @@ export class Supervisor {
     let clean = false;
     const secrets: JobSecrets = this.#secrets!.forJob(t, jobId);
     try {
-      // Jobs can be written to Redis by anyone holding its credentials; check again here.
+      // Jobs can be written to RedisClient by anyone holding its credentials; check again here.
       const parsed = t.payload.safeParse(job.data);
       if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
       // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
@@ -277,7 +277,7 @@ export class Supervisor {
     };
   }
 
-  /** Jobs in Redis per type and state, for the queue-depth gauges. */
+  /** Jobs in RedisClient per type and state, for the queue-depth gauges. */
   async queueCounts(): Promise<Record<string, Record<string, number>>> {
     const out: Record<string, Record<string, number>> = {};
     if (!this.#redis) return out;
@@ -292,7 +292,7 @@ export class Supervisor {
     return out;
   }
 
-  /** Readiness: Redis answers and every secret provider in use is reachable. */
+  /** Readiness: RedisClient answers and every secret provider in use is reachable. */
   async ready(): Promise<Record<string, string>> {
     const checks: Record<string, string> = {};
     checks.state = this.#state === 'running' ? 'ok' : `supervisor is ${this.#state ?? 'not started'}`;

@@ -1,0 +1,66 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadConfig } from '../src/config/resolve.js';
+import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob } from './helpers/fleet.js';
+import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+
+let redis: Awaited<ReturnType<typeof startTestRedis>>;
+beforeAll(async () => {
+  redis = await startTestRedis();
+});
+afterAll(async () => {
+  await redis?.release();
+});
+guardAgainstLeaks();
+
+describe('many supervisors (separate processes, as on separate hosts)', () => {
+  it('share the work: every job runs exactly once and the fleet-wide cap holds', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-many-'));
+    const file = path.join(dir, 'fleet.config.json');
+    writeFileSync(
+      file,
+      JSON.stringify({
+        dataDir: dir,
+        redis: { prefix: uniquePrefix() },
+        supervisor: { metricsPort: 0, heartbeatMs: 500 },
+        jobTypes: [{ name: 'slow', processor: path.join(FIXTURES, 'slow.mjs'), isolation: 'pool', concurrency: 3, warmSandboxes: 3, globalConcurrency: 4, attempts: 1 }],
+      }),
+    );
+    const procs: ChildProcess[] = [];
+    const outputs: string[] = [];
+    for (let i = 0; i < 3; i++) {
+      const child = spawn(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url }, stdio: ['ignore', 'pipe', 'pipe'] });
+      outputs.push('');
+      child.stdout!.on('data', (d: Buffer) => (outputs[i] += d.toString()));
+      procs.push(child);
+    }
+    try {
+      for (let i = 0; i < 300 && !outputs.every((o) => o.includes('"supervisor running"')); i++) await new Promise((r) => setTimeout(r, 50));
+      const config = await loadConfig({ path: file });
+      const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
+      const jobs = await p.enqueueBatch('slow', Array.from({ length: 60 }, () => ({ data: { ms: 80 } })));
+      const results = [];
+      for (const j of jobs) {
+        const done = await waitForJob(p, j.id, 30_000);
+        expect(done.state).toBe('completed');
+        expect(done.attemptsMade).toBe(1);
+        results.push(done.result as { startedAt: number; endedAt: number; pid: number });
+      }
+      const events = results.flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      let now = 0;
+      let max = 0;
+      for (const [, d] of events) max = Math.max(max, (now += d));
+      expect(max).toBeLessThanOrEqual(4);
+      expect(new Set(results.map((r) => r.pid)).size).toBeGreaterThan(1);
+      // Completed exactly once: each job id done once, and the queue holds exactly 60 completions.
+      expect(new Set(jobs.map((j) => j.id)).size).toBe(60);
+      expect((await p.queue('slow').getJobCounts('completed')).completed).toBe(60);
+    } finally {
+      for (const c of procs) c.kill('SIGTERM');
+      await Promise.all(procs.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
+    }
+  });
+});

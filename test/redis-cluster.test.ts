@@ -1,0 +1,114 @@
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Cluster } from 'ioredis';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startFleet, type FleetProcess } from '../src/app.js';
+import { silentLogger } from '../src/observability/logger.js';
+import { sha256Hex } from '../src/producers/auth.js';
+import { Producer } from '../src/producers/producer.js';
+import { freePort } from '../src/redis/embedded-redis.js';
+import { readAudit } from '../src/secrets/audit.js';
+import { LocalProvider } from '../src/secrets/local-provider.js';
+import { readRotationState } from '../src/rotation/rotation-service.js';
+import { fixtureType, guardAgainstLeaks, testConfig, waitForJob } from './helpers/fleet.js';
+
+const HAS_CLI = spawnSync('redis-cli', ['--version']).status === 0;
+if (!HAS_CLI) console.warn('SKIPPING Redis Cluster tests: redis-cli not found. Fix: apt-get install -y redis-server (it ships redis-cli).');
+
+const TOKEN = 'cluster-admin-token-0123456789';
+guardAgainstLeaks('file');
+let dir: string;
+const nodes: { port: number; proc: ChildProcess }[] = [];
+let url: string;
+let fleet: FleetProcess;
+let producer: Producer;
+let admin: Cluster;
+
+/** A real 3-master Redis Cluster on loopback ports, no persistence. */
+async function startCluster(): Promise<void> {
+  dir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-'));
+  for (let i = 0; i < 3; i++) {
+    const port = await freePort();
+    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--dir', dir, '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' });
+    nodes.push({ port, proc });
+  }
+  for (const n of nodes) {
+    for (let i = 0; i < 100 && spawnSync('redis-cli', ['-p', String(n.port), 'ping']).stdout?.toString().trim() !== 'PONG'; i++) await new Promise((r) => setTimeout(r, 50));
+  }
+  const create = spawnSync('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' });
+  if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`);
+  for (let i = 0; i < 200; i++) {
+    if (nodes.every((n) => spawnSync('redis-cli', ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout.includes('cluster_state:ok'))) return;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  throw new Error('cluster did not reach cluster_state:ok');
+}
+
+const TYPES = ['alpha', 'bravo', 'charlie', 'delta', 'echo'];
+
+beforeAll(async () => {
+  if (!HAS_CLI) return;
+  await startCluster();
+  url = `redis-cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`;
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-data-'));
+  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_CLUSTER_NONE', keepVersions: 5 }).write('api-key', Buffer.from('cluster-secret-value-123'));
+  const config = testConfig(
+    url,
+    [...TYPES.map((t) => fixtureType(t, 'ok.mjs', { isolation: 'pool' })), fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }), fixtureType('deaf', 'ignores-abort.mjs', { timeoutMs: 20_000 })],
+    {
+      dataDir,
+      api: { port: 0 },
+      producers: [{ name: 'ops', tokenSha256: sha256Hex(TOKEN), jobTypes: ['*'], admin: true }],
+      secrets: { items: { 'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 16 } } } } },
+    },
+  );
+  fleet = await startFleet({ config, role: 'all', logger: silentLogger });
+  producer = new Producer({ config, redis: url });
+  admin = new Cluster(nodes.map((n) => ({ host: '127.0.0.1', port: n.port })));
+}, 60_000);
+
+afterAll(async () => {
+  await producer?.close();
+  await fleet?.release();
+  admin?.disconnect();
+  for (const n of nodes) n.proc.kill('SIGKILL');
+  if (dir) rmSync(dir, { recursive: true, force: true });
+}, 60_000);
+
+describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
+  it('enqueues over HTTP and processes jobs of every type; queues spread over shards', async () => {
+    const ids: string[] = [];
+    for (const t of TYPES) {
+      const r = await fetch(`${fleet.apiUrl}/v1/jobs/${t}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ t }) });
+      expect(r.status).toBe(202);
+      ids.push(((await r.json()) as { id: string }).id);
+    }
+    for (const id of ids) expect((await waitForJob(producer, id)).state).toBe('completed');
+    // Each queue lives in one slot (hash tag {type}); the types land on more than one master.
+    const slots = (await admin.cluster('SLOTS')) as unknown as [number, number, [string, number]][];
+    const owner = (slot: number): number => slots.find(([a, b]) => slot >= a && slot <= b)![2][1];
+    const owners = new Set<number>();
+    for (const t of TYPES) owners.add(owner(Number(await admin.cluster('KEYSLOT', `${fleet.producer!.config.redis.prefix}:{${t}}:${t}:wait`))));
+    expect(owners.size).toBeGreaterThan(1);
+  });
+
+  it('hands scoped secrets to jobs, audits them, and rotates on schedule', async () => {
+    const job = await waitForJob(producer, (await producer.enqueue('reader', { names: ['api-key'] })).id);
+    expect(job.state).toBe('completed');
+    const prefix = producer.config.redis.prefix;
+    for (let i = 0; i < 100 && (await readRotationState(admin, prefix, 'api-key')).rotations < 1; i++) await new Promise((r) => setTimeout(r, 50));
+    expect((await readRotationState(admin, prefix, 'api-key')).rotations).toBeGreaterThanOrEqual(1);
+    const audit = await readAudit(admin, prefix, { secret: 'api-key' });
+    expect(audit.some((a) => a.action === 'access' && a.jobId === job.id)).toBe(true);
+    expect(audit.some((a) => a.action === 'rotate:promote')).toBe(true);
+  });
+
+  it('cancels an active job through the control channel', async () => {
+    const { id } = await producer.enqueue('deaf', {});
+    for (let i = 0; i < 200 && (await producer.getJob(id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 25));
+    expect(await producer.cancel(id)).toMatchObject({ outcome: 'cancelling' });
+    expect((await waitForJob(producer, id)).error?.code).toBe('CANCELLED');
+  });
+});
