@@ -132,6 +132,7 @@ describe('HTTP API', () => {
       ['not JSON', '/v1/jobs/greet', { body: 'name=a', headers: { 'content-type': 'text/plain' } }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
       ['bad idempotency key', '/v1/jobs/greet', { body: '{"name":"a"}', headers: { 'idempotency-key': 'has space' } }, 400, 'INVALID_REQUEST'],
       ['empty batch', '/v1/jobs/greet/batch', { body: '{"jobs":[]}' }, 400, 'INVALID_REQUEST'],
+      ['invalid UTF-8', '/v1/jobs/greet', { body: Buffer.from([0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xc0, 0x22, 0x7d]) as unknown as string }, 400, 'INVALID_JSON'],
     ];
     for (const [what, path, opts, status, code] of cases) {
       const r = await call('POST', path, opts);

@@ -197,7 +197,7 @@ describe('sandbox pool', () => {
     await p.close();
   });
 
-  it('pool isolation: a failed job never leaves its sandbox for the next one', async () => {
+  it('pool isolation: a sandbox released as dirty is never handed to the next job', async () => {
     const p = pool(fixtureType('dirty', 'throws.mjs', { isolation: 'pool', warmSandboxes: 1 }));
     await p.start();
     const first = await p.acquire();

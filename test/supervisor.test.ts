@@ -171,6 +171,19 @@ describe('supervisor', () => {
     expect(job.error?.code).toBe('INVALID_PAYLOAD');
   });
 
+  it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async () => {
+    const config = testConfig(redis.url, [fixtureType('mixed', 'module-state.mjs', { isolation: 'pool', concurrency: 1 }), fixtureType('boom', 'throws.mjs', { isolation: 'pool', concurrency: 1 })]);
+    const sup = await startSupervisor({ config });
+    const destroyed: string[] = [];
+    sup.events.on('sandbox:destroyed', (e) => destroyed.push(`${e.jobType}:${e.reason}`));
+    const p = makeProducer(config);
+    for (let i = 0; i < 3; i++) await waitForJob(p, (await p.enqueue('boom', {})).id);
+    expect(destroyed).toEqual([]);
+    const runs = [];
+    for (let i = 0; i < 3; i++) runs.push(((await waitForJob(p, (await p.enqueue('mixed', {})).id)).result as { runs: number }).runs);
+    expect(runs).toEqual([1, 2, 3]);
+  });
+
   it('publishes its status for `fleet status`', async () => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { isolation: 'pool' })]);
     const sup = await startSupervisor({ config });

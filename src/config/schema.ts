@@ -251,9 +251,13 @@ export const fleetConfigSchema = z
         shutdownDeadlineMs: z.number().int().min(0).default(30_000),
         /** How often liveness is written to Redis for `fleet status`. @defaultValue 5000 */
         heartbeatMs: z.number().int().positive().default(5000),
+        /** Job lock; a supervisor that dies (SIGKILL, power loss) releases its jobs after this. @defaultValue 30000 */
+        lockDurationMs: z.number().int().min(1000).default(30_000),
+        /** How often stalled jobs (of dead supervisors) are looked for. @defaultValue 30000 */
+        stalledIntervalMs: z.number().int().min(500).default(30_000),
       })
       .strict()
-      .default({ metricsPort: 9464, metricsHost: '127.0.0.1', shutdownDeadlineMs: 30_000, heartbeatMs: 5000 }),
+      .prefault({}),
     secrets: secretsSchema.prefault({}),
     /** Who may enqueue. Empty: `npm start` generates a dev token into dataDir and prints where. */
     producers: z.array(producerSchema).default([]),

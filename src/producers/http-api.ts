@@ -106,7 +106,22 @@ export function createApiApp(options: ApiOptions): express.Express {
     }
     next();
   });
-  v1.use(express.json({ limit: cfg.bodyLimitBytes, strict: false, type: 'application/json' }));
+  const utf8 = new TextDecoder('utf-8', { fatal: true });
+  v1.use(
+    express.json({
+      limit: cfg.bodyLimitBytes,
+      strict: false,
+      type: 'application/json',
+      // Invalid UTF-8 is refused, not silently turned into U+FFFD.
+      verify: (_req, _res, buf) => {
+        try {
+          utf8.decode(buf);
+        } catch {
+          throw new FleetError('INVALID_JSON', 'body is not valid UTF-8');
+        }
+      },
+    }),
+  );
 
   const jobTypeParam = (req: Authed): string => {
     const name = String(req.params.type);
@@ -197,12 +212,12 @@ export function createApiApp(options: ApiOptions): express.Express {
     if (e.type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${e.message}`);
     if (e.type === 'entity.too.large') return send(res, 413, 'PAYLOAD_TOO_LARGE', `body is larger than api.bodyLimitBytes=${cfg.bodyLimitBytes}`);
     if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', e.message);
-    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) return send(res, e.status, 'INVALID_REQUEST', e.message);
     if (err instanceof FleetError) {
       const status = STATUS[err.code] ?? 500;
       if (status >= 500) log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
       return send(res, status, err.code, err.message, err.details);
     }
+    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) return send(res, e.status, 'INVALID_REQUEST', e.message);
     log.error('unexpected error', { error: toError(err).message, stack: toError(err).stack, method: req.method, path: req.path });
     send(res, 500, 'INTERNAL', 'internal error; see the server log');
   });

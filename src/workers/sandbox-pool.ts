@@ -88,7 +88,7 @@ export class SandboxPool {
     return sb;
   }
 
-  /** Returns a sandbox after its job. `clean: false` (any failure) always destroys it. */
+  /** Returns a sandbox after its job. `clean: false` (its state is in doubt) always destroys it. */
   release(sb: Sandbox, clean: boolean): void {
     this.#busy.delete(sb);
     const t = this.#type;

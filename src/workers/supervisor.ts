@@ -170,8 +170,9 @@ export class Supervisor {
       prefix: queuePrefix(this.#config.redis.prefix, t.name),
       concurrency: t.concurrency,
       autorun: true,
-      // The lock is renewed from this thread, which never runs job code, so it stays short.
-      lockDuration: 30_000,
+      // The lock is renewed from this thread, which never runs job code, so it can stay short.
+      lockDuration: this.#config.supervisor.lockDurationMs,
+      stalledInterval: this.#config.supervisor.stalledIntervalMs,
     });
     worker.on('error', (err) => this.#log.warn('worker error', { jobType: t.name, error: err.message }));
     return worker;
@@ -254,7 +255,9 @@ export class Supervisor {
       throw out;
     } finally {
       this.#active.delete(jobId);
-      if (sandbox) pool.release(sandbox, clean);
+      // A job that threw leaves a healthy sandbox; one that was terminated (timeout, OOM, crash,
+      // cancel) is dead and gets replaced.
+      if (sandbox) pool.release(sandbox, clean || sandbox.alive);
       // The sandbox zeroed its copies (or was destroyed); credentials minted for the job are revoked.
       if (secrets.handed) this.events.emit('secret:values', { delta: -secrets.handed });
       await secrets.release();

@@ -1,0 +1,103 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { resolveConfig, type FleetConfig } from '../config/resolve.js';
+import { Producer } from '../producers/producer.js';
+import { compiledPath } from '../runtime-path.js';
+
+/** Shared pieces of the chaos scenarios: real supervisor processes over a JSON config. */
+export const CHAOS_PROCESSORS = path.dirname(compiledPath(import.meta.url, './processors/work.js'));
+const FLEET_BIN = path.resolve(CHAOS_PROCESSORS, '..', '..', '..', 'bin', 'fleet.js');
+
+export interface ChaosFleet {
+  dir: string;
+  file: string;
+  config: FleetConfig;
+  producer: Producer;
+  supervisors: SupervisorProcess[];
+  spawnSupervisor(): Promise<SupervisorProcess>;
+  release(): Promise<void>;
+}
+
+export interface SupervisorProcess {
+  child: ChildProcess;
+  /** False once the process has exited, by any means (a SIGKILLed child keeps exitCode null). */
+  alive: () => boolean;
+  exited: Promise<void>;
+  output: () => string;
+  rssMb: () => number;
+}
+
+export async function chaosFleet(redisUrl: string, input: Record<string, unknown>): Promise<ChaosFleet> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-chaos-'));
+  const file = path.join(dir, 'fleet.config.json');
+  const raw = { dataDir: dir, redis: { prefix: `chaos${Date.now().toString(36)}` }, ...input, supervisor: { metricsPort: 0, heartbeatMs: 500, ...(input.supervisor as object) } };
+  writeFileSync(file, JSON.stringify(raw));
+  const config = resolveConfig({ ...raw, redis: { ...(raw.redis as object), url: redisUrl } }, { baseDir: dir, source: file });
+  const producer = new Producer({ config, redis: redisUrl, name: 'chaos' });
+  const supervisors: SupervisorProcess[] = [];
+  const spawnSupervisor = async (): Promise<SupervisorProcess> => {
+    const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
+    child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
+    let alive = true;
+    const exited = new Promise<void>((r) =>
+      child.once('exit', () => {
+        alive = false;
+        r();
+      }),
+    );
+    const sp: SupervisorProcess = {
+      child,
+      alive: () => alive,
+      exited,
+      output: () => out,
+      rssMb: () => {
+        try {
+          return Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${child.pid}/status`, 'utf8'))?.[1] ?? 0) / 1024;
+        } catch {
+          return 0;
+        }
+      },
+    };
+    supervisors.push(sp);
+    // Ready when its heartbeat says running.
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      const h = await producer.redis.hgetall(`${config.redis.prefix}:supervisors`).catch(() => ({}) as Record<string, string>);
+      if (Object.values(h).some((v) => (JSON.parse(v) as { pid: number; state: string }).pid === child.pid && v.includes('"running"'))) break;
+      if (!alive || Date.now() > deadline) throw new Error(`supervisor did not start: ${out.slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    return sp;
+  };
+  return {
+    dir,
+    file,
+    config,
+    producer,
+    supervisors,
+    spawnSupervisor,
+    async release() {
+      for (const s of supervisors) if (s.alive()) s.child.kill('SIGKILL');
+      await Promise.all(supervisors.map((s) => s.exited));
+      await producer.close();
+    },
+  };
+}
+
+/** Waits until `check` holds, polling; throws with `what` after `timeoutMs`. */
+export async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > end) throw new Error(`chaos: timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+export function quantile(values: number[], q: number): number {
+  const s = [...values].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(q * s.length))]! : NaN;
+}

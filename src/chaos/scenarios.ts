@@ -1,0 +1,301 @@
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { sha256Hex } from '../producers/auth.js';
+import { createApiApp, listen } from '../producers/http-api.js';
+import { Producer } from '../producers/producer.js';
+import { resolveConfig } from '../config/resolve.js';
+import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../redis/embedded-redis.js';
+import { CHAOS_PROCESSORS, chaosFleet, quantile, until } from './harness.js';
+
+const p = (f: string): string => path.join(CHAOS_PROCESSORS, f);
+
+async function redisFor(persistent: boolean, args: string[] = [], port?: number, dir?: string): Promise<EmbeddedRedis & { dir: string }> {
+  const d = dir ?? mkdtempSync(path.join(tmpdir(), 'fleet-chaos-redis-'));
+  const r = await startEmbeddedRedis({ dataDir: d, persistent, args, ...(port ? { port } : {}) });
+  return { ...r, dir: d };
+}
+
+/** 1. Supervisors SIGKILLed mid-job under load: every job ends exactly once, none lost. */
+export async function killWorkers(opts: { jobs: number; kills: number }): Promise<Record<string, number>> {
+  const redis = await redisFor(false);
+  const fleet = await chaosFleet(redis.url, {
+    supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownDeadlineMs: 1000 },
+    jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 4, attempts: 5, backoff: { type: 'fixed', delayMs: 100 }, timeoutMs: 10_000 }],
+  });
+  const log = path.join(fleet.dir, 'executions.log');
+  try {
+    await fleet.spawnSupervisor();
+    await fleet.spawnSupervisor();
+    const ids = (await fleet.producer.enqueueBatch('work', Array.from({ length: opts.jobs }, () => ({ data: { ms: 40, log } })))).map((j) => j.id);
+    for (let k = 0; k < opts.kills; k++) {
+      await new Promise((r) => setTimeout(r, 700));
+      const victim = fleet.supervisors.find((s) => s.alive())!;
+      victim.child.kill('SIGKILL');
+      await victim.exited;
+      await fleet.spawnSupervisor();
+    }
+    const q = fleet.producer.queue('work');
+    await until('all jobs to end', async () => {
+      const c = await q.getJobCounts('completed', 'failed');
+      return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
+    }, 120_000);
+    const c = await q.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
+    const executions = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').length : 0;
+    let retried = 0;
+    for (const id of ids) if (((await q.getJob(id))?.attemptsMade ?? 0) > 1) retried++;
+    return { jobs: opts.jobs, kills: opts.kills, completed: c.completed ?? 0, failed: c.failed ?? 0, lost: opts.jobs - (c.completed ?? 0) - (c.failed ?? 0), leftInQueue: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0), executions, reExecuted: executions - opts.jobs, retried };
+  } finally {
+    await fleet.release();
+    await redis.release();
+    rmSync(redis.dir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * 2. Redis SIGKILLed and restarted under load. Producers must get an error or an acknowledgement,
+ * never a silent drop. With `appendfsync always` every acknowledged job survives; with
+ * `everysec` up to about one second of acknowledged writes can be lost on a crash (reported).
+ */
+export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds: number }): Promise<Record<string, number | string>> {
+  const port = await freePort();
+  let redis = await redisFor(true, ['--appendfsync', opts.fsync], port);
+  const dir = redis.dir;
+  const fleet = await chaosFleet(redis.url, {
+    supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000 },
+    jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 2, attempts: 5, backoff: { type: 'fixed', delayMs: 200 }, keepCompletedSeconds: 3600 }],
+  });
+  const acked: string[] = [];
+  let errors = 0;
+  try {
+    await fleet.spawnSupervisor();
+    const stopAt = Date.now() + opts.seconds * 1000;
+    const load = Promise.all(
+      Array.from({ length: 4 }, async () => {
+        while (Date.now() < stopAt) {
+          try {
+            acked.push((await fleet.producer.enqueue('work', { ms: 5 })).id);
+          } catch {
+            errors++;
+            await new Promise((r) => setTimeout(r, 50));
+          }
+        }
+      }),
+    );
+    await new Promise((r) => setTimeout(r, (opts.seconds * 1000) / 3));
+    redis.process.kill('SIGKILL');
+    await new Promise((r) => redis.process.once('exit', r));
+    await new Promise((r) => setTimeout(r, 1000));
+    redis = await redisFor(true, ['--appendfsync', opts.fsync], port, dir);
+    await load;
+    const q = fleet.producer.queue('work');
+    let lost = 0;
+    await until('acknowledged jobs to be processed', async () => {
+      lost = 0;
+      let pending = 0;
+      for (const id of acked) {
+        const state = await q.getJobState(id).catch(() => 'unknown');
+        if (state === 'unknown') lost++;
+        else if (state !== 'completed' && state !== 'failed') pending++;
+      }
+      return pending === 0;
+    }, 60_000);
+    const supervisorAlive = fleet.supervisors.every((s) => s.alive()) ? 1 : 0;
+    return { fsync: opts.fsync, acknowledged: acked.length, producerErrors: errors, processed: acked.length - lost, lostAcknowledged: lost, supervisorAlive };
+  } finally {
+    await fleet.release();
+    await redis.release();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** 4. Runaway jobs are contained while another job type keeps being served (its latency measured). */
+export async function runaways(): Promise<Record<string, number | string>> {
+  const redis = await redisFor(false);
+  const timeoutMs = 2000;
+  const fleet = await chaosFleet(redis.url, {
+    jobTypes: [
+      { name: 'runaway', processor: p('runaway.js'), isolation: 'job', concurrency: 5, warmSandboxes: 5, attempts: 1, timeoutMs, abortGraceMs: 200, maxOldGenerationSizeMb: 128, maxResultBytes: 1_048_576 },
+      { name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 2, warmSandboxes: 2, attempts: 1 },
+    ],
+  });
+  try {
+    const sup = await fleet.spawnSupervisor();
+    const modes = ['loop', 'alloc', 'timers', 'huge', 'flood'] as const;
+    const ids = await Promise.all(modes.map(async (mode) => [mode, (await fleet.producer.enqueue('runaway', { mode })).id] as const));
+    const latencies: number[] = [];
+    const q = fleet.producer.queue('runaway');
+    const started = Date.now();
+    while (Date.now() - started < timeoutMs + 1500) {
+      const { id } = await fleet.producer.enqueue('work', { ms: 1 });
+      await until('work job', async () => (await fleet.producer.getJob(id)).state === 'completed', 10_000);
+      const j = await fleet.producer.getJob(id);
+      latencies.push(j.timings.finishedAt! - j.timings.enqueuedAt);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    await until('runaways to end', async () => (await Promise.all(ids.map(([, id]) => q.getJobState(id)))).every((s) => s === 'failed' || s === 'completed'), 30_000);
+    const out: Record<string, number | string> = {};
+    for (const [mode, id] of ids) {
+      const j = await fleet.producer.getJob(id);
+      out[`${mode}Outcome`] = j.error?.code ?? j.state;
+      if (mode === 'loop') out.loopKilledAfterMs = j.timings.durationMs ?? -1;
+    }
+    out.timeoutMs = timeoutMs;
+    out.otherTypeP50Ms = quantile(latencies, 0.5);
+    out.otherTypeP99Ms = quantile(latencies, 0.99);
+    out.otherTypeJobs = latencies.length;
+    out.supervisorAlive = sup.alive() ? 1 : 0;
+    out.supervisorRssMb = Math.round(sup.rssMb());
+    return out;
+  } finally {
+    await fleet.release();
+    await redis.release();
+    rmSync(redis.dir, { recursive: true, force: true });
+  }
+}
+
+/** 5. A bounded fuzz of hostile HTTP input: every answer a precise 4xx, server alive, nothing enqueued. */
+export async function fuzz(opts: { requests: number; seed?: number }): Promise<Record<string, number>> {
+  const redis = await redisFor(false);
+  const token = 'fuzz-token-0123456789abcdef';
+  const limited = 'fuzz-limited-0123456789abcdef';
+  const config = resolveConfig(
+    {
+      redis: { url: redis.url, prefix: 'fuzz' },
+      api: { bodyLimitBytes: 65_536 },
+      producers: [
+        { name: 'fuzz', tokenSha256: sha256Hex(token), jobTypes: ['*'] },
+        { name: 'limited', tokenSha256: sha256Hex(limited), jobTypes: ['other'] },
+      ],
+      jobTypes: [
+        { name: 'greet', processor: p('work.js'), payloadSchema: { type: 'object', properties: { name: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['name'], additionalProperties: false } },
+        { name: 'other', processor: p('work.js') },
+      ],
+    },
+    { baseDir: CHAOS_PROCESSORS },
+  );
+  const producer = new Producer({ config });
+  const server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
+  const port = (server.address() as { port: number }).port;
+  let seed = opts.seed ?? 42;
+  const rand = (n: number): number => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
+  const deep = (n: number): string => '['.repeat(n) + ']'.repeat(n);
+  const bodies = [
+    '{"name":', '{name: "x"}', '', 'null', '[]', '"just a string"', '{"name": 42}', '{"name": ""}', '{"name": "x", "extra": 1}',
+    `{"name": "${'x'.repeat(200)}"}`, JSON.stringify({ nom\u0065: 1, '\u0000\u202e\ud800': 'x' }), `{"n\\u0061me": ${'1'.repeat(400)}}`, `{"nombre": "${'\\ud83d'.repeat(10)}"}`, Buffer.from([0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xc0, 0x22, 0x7d]), deep(5000), deep(200_000), 'x'.repeat(70_000),
+    '{"__proto__": {"polluted": true}}', '{"constructor": {"prototype": {"polluted": 1}}}', '\uFEFF{"nome":"bom"}',
+  ];
+  const paths = ['/v1/jobs/greet', '/v1/jobs/..%2F..%2Fetc%2Fpasswd', '/v1/jobs/%00', '/v1/jobs/GREET', '/v1/jobs/greet%20', '/v1/jobs/' + 'a'.repeat(300), '/v1/jobs/greet/batch', '/v1/jobs/../../etc/passwd', '/v1/jobs/%2e%2e', '/v1/jobs/other'];
+  const auths = [`Bearer ${token}`, `Bearer ${token}`, `Bearer ${token}`, undefined, 'Bearer ', 'Basic abc', `Bearer ${token}x`, `Bearer ${limited}`, `bearer ${token}`, `Bearer ${'x'.repeat(600)}`];
+  const byStatus: Record<string, number> = {};
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+  const send = (i: number): Promise<number> =>
+    new Promise((resolve) => {
+      const path_ = paths[rand(paths.length)]!;
+      let body = bodies[rand(bodies.length)]!;
+      const auth = auths[rand(auths.length)];
+      // `other` accepts any JSON: its requests always get broken JSON, so every request has a flaw.
+      if (path_ === '/v1/jobs/other') body = '{"name":';
+      const headers: Record<string, string> = { 'content-type': rand(10) === 0 ? 'text/plain' : 'application/json' };
+      if (auth !== undefined) headers.authorization = auth;
+      if (rand(20) === 0) headers['x-junk'] = 'y'.repeat(20_000);
+      if (rand(15) === 0) headers['idempotency-key'] = 'bad key with spaces';
+      const req = http.request({ host: '127.0.0.1', port, path: path_, method: i % 17 === 0 ? 'PUT' : 'POST', headers, agent }, (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode ?? 0));
+      });
+      req.on('error', () => resolve(-1));
+      req.end(body);
+    });
+  try {
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: 8 }, async () => {
+        while (next < opts.requests) {
+          const status = await send(next++);
+          const k = status === -1 ? 'connection-error' : String(status);
+          byStatus[k] = (byStatus[k] ?? 0) + 1;
+        }
+      }),
+    );
+    const alive = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/healthz' }, (res) => resolve(res.statusCode === 200 ? 1 : 0)).on('error', () => resolve(0)));
+    const enqueued = (await producer.queue('greet').getJobCounts('waiting', 'delayed', 'prioritized')).waiting! + (await producer.queue('other').getJobCounts('waiting')).waiting!;
+    const not4xx = Object.entries(byStatus).filter(([s]) => !/^4\d\d$/.test(s)).reduce((n, [, c]) => n + c, 0);
+    const prototypePolluted = 'polluted' in ({} as Record<string, unknown>) ? 1 : 0;
+    return { requests: opts.requests, ...Object.fromEntries(Object.entries(byStatus).map(([k, v]) => [`status${k}`, v])), not4xx, enqueued, serverAlive: alive, prototypePolluted };
+  } finally {
+    agent.destroy();
+    server.close();
+    server.closeAllConnections();
+    await producer.close();
+    await redis.release();
+    rmSync(redis.dir, { recursive: true, force: true });
+  }
+}
+
+/** 7. Sustained mixed load for `seconds`: throughput, latency, RSS over time, spares back at the end. */
+export async function load(opts: { seconds: number }): Promise<Record<string, number | string>> {
+  const redis = await redisFor(false);
+  const fleet = await chaosFleet(redis.url, {
+    jobTypes: [
+      { name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 4, attempts: 1, timeoutMs: 300, abortGraceMs: 50, keepCompletedSeconds: 3600, keepFailedSeconds: 3600 },
+      { name: 'fresh', processor: p('work.js'), isolation: 'job', concurrency: 2, warmSandboxes: 2, attempts: 1 },
+    ],
+  });
+  try {
+    const sup = await fleet.spawnSupervisor();
+    const rss: number[] = [];
+    const sampler = setInterval(() => rss.push(Math.round(sup.rssMb())), 1000);
+    const stopAt = Date.now() + opts.seconds * 1000;
+    let enqueued = 0;
+    const q = fleet.producer.queue('work');
+    while (Date.now() < stopAt) {
+      const waiting = (await q.getJobCounts('waiting')).waiting ?? 0;
+      if (waiting > 500) {
+        await new Promise((r) => setTimeout(r, 20));
+        continue;
+      }
+      const batch = Array.from({ length: 50 }, (_, i) => ({ data: i % 20 === 0 ? { ms: 1000 } : i % 10 === 1 ? { ms: 2, fail: true } : { ms: 2 } }));
+      await fleet.producer.enqueueBatch('work', batch);
+      if (enqueued % 500 === 0) await fleet.producer.enqueue('fresh', { ms: 2 });
+      enqueued += batch.length;
+    }
+    await until('queue to drain', async () => {
+      const c = await q.getJobCounts('waiting', 'active', 'delayed');
+      return (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) === 0;
+    }, 60_000);
+    clearInterval(sampler);
+    const finished = [...(await q.getJobs(['completed'], 0, -1)), ...(await q.getJobs(['failed'], 0, -1))];
+    const lat = finished.map((j) => (j.finishedOn ?? 0) - j.timestamp).filter((x) => x >= 0);
+    const first = Math.min(...finished.map((j) => j.timestamp));
+    const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
+    const counts = await q.getJobCounts('completed', 'failed');
+    await new Promise((r) => setTimeout(r, 1500));
+    const status = Object.values(await fleet.producer.redis.hgetall(`${fleet.config.redis.prefix}:supervisors`)).map((v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] });
+    const mine = status.find((s) => s.pid === sup.child.pid);
+    const warm = mine?.types.find((t) => t.jobType === 'fresh')?.warm ?? -1;
+    return {
+      seconds: opts.seconds,
+      enqueued,
+      completed: counts.completed ?? 0,
+      failed: counts.failed ?? 0,
+      jobsPerSecond: Math.round(finished.length / ((last - first) / 1000)),
+      p50Ms: quantile(lat, 0.5),
+      p99Ms: quantile(lat, 0.99),
+      rssFirstMb: rss[0] ?? 0,
+      rssMaxMb: Math.max(...rss),
+      rssLastMb: rss.at(-1) ?? 0,
+      rssSamples: rss.join(' '),
+      freshWarmSparesAtEnd: warm,
+      freshWarmSparesConfigured: 2,
+    };
+  } finally {
+    await fleet.release();
+    await redis.release();
+    rmSync(redis.dir, { recursive: true, force: true });
+  }
+}

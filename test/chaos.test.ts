@@ -1,0 +1,55 @@
+/**
+ * The fast subset of the reliability suite (`npm run test:chaos` runs the full sizes and prints
+ * the figures). Same scenario code, smaller sizes, hard assertions on what must never happen.
+ */
+import { describe, expect, it } from 'vitest';
+import { fuzz, killWorkers, load, redisRestart, runaways } from '../src/chaos/scenarios.js';
+
+describe('chaos (fast subset)', () => {
+  it('supervisors SIGKILLed mid-job: every job ends exactly once, none lost', async () => {
+    const r = await killWorkers({ jobs: 150, kills: 2 });
+    console.info('killWorkers', JSON.stringify(r));
+    expect(r.lost).toBe(0);
+    expect(r.leftInQueue).toBe(0);
+    expect(Number(r.completed) + Number(r.failed)).toBe(150);
+    expect(r.failed).toBe(0);
+  }, 120_000);
+
+  it('Redis killed and restarted under load (appendfsync always): every acknowledged job is processed', async () => {
+    const r = await redisRestart({ fsync: 'always', seconds: 4 });
+    console.info('redisRestart', JSON.stringify(r));
+    expect(r.lostAcknowledged).toBe(0);
+    expect(r.supervisorAlive).toBe(1);
+    expect(Number(r.acknowledged)).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('runaway jobs are contained and another type keeps being served', async () => {
+    const r = await runaways();
+    console.info('runaways', JSON.stringify(r));
+    expect(r.loopOutcome).toBe('TIMEOUT');
+    expect(Number(r.loopKilledAfterMs)).toBeLessThanOrEqual(Number(r.timeoutMs) * 1.1);
+    expect(r.allocOutcome).toBe('MEMORY_LIMIT');
+    expect(['TIMEOUT', 'MEMORY_LIMIT']).toContain(r.timersOutcome);
+    expect(['RESULT_TOO_LARGE', 'MEMORY_LIMIT']).toContain(r.hugeOutcome);
+    expect(r.floodOutcome).toBe('completed');
+    expect(r.supervisorAlive).toBe(1);
+    expect(Number(r.otherTypeJobs)).toBeGreaterThan(5);
+  }, 120_000);
+
+  it('hostile HTTP input: every answer a 4xx, server alive, nothing enqueued', async () => {
+    const r = await fuzz({ requests: 1500 });
+    console.info('fuzz', JSON.stringify(r));
+    expect(r.not4xx).toBe(0);
+    expect(r.enqueued).toBe(0);
+    expect(r.serverAlive).toBe(1);
+    expect(r.prototypePolluted).toBe(0);
+  }, 120_000);
+
+  it('sustained mixed load: everything ends, spares return, memory does not run away', async () => {
+    const r = await load({ seconds: 8 });
+    console.info('load', JSON.stringify(r));
+    expect(Number(r.completed) + Number(r.failed)).toBe(Number(r.enqueued));
+    expect(r.freshWarmSparesAtEnd).toBe(r.freshWarmSparesConfigured);
+    expect(Number(r.rssLastMb)).toBeLessThan(Number(r.rssFirstMb) + 150);
+  }, 120_000);
+});
