@@ -3,7 +3,7 @@
  * the figures). Same scenario code, smaller sizes, hard assertions on what must never happen.
  */
 import { describe, expect, it } from 'vitest';
-import { fuzz, killWorkers, load, redisRestart, runaways } from '../src/chaos/scenarios.js';
+import { fuzz, killWorkers, load, redisRestart, runaways, vaultOutage } from '../src/chaos/scenarios.js';
 
 describe('chaos (fast subset)', () => {
   it('supervisors SIGKILLed mid-job: every job ends exactly once, none lost', async () => {
@@ -21,6 +21,20 @@ describe('chaos (fast subset)', () => {
     expect(r.lostAcknowledged).toBe(0);
     expect(r.supervisorAlive).toBe(1);
     expect(Number(r.acknowledged)).toBeGreaterThan(0);
+  }, 120_000);
+
+  it('Vault unreachable during load: jobs fail retryably, succeed after recovery, and the audit is complete', async () => {
+    const r = await vaultOutage({ jobs: 60, outageMs: 2000 });
+    console.info('vaultOutage', JSON.stringify(r));
+    if ('skipped' in r) {
+      console.warn(`SKIPPING Vault outage scenario: ${r.skipped}`);
+      return;
+    }
+    expect(r.completed).toBe(60);
+    expect(r.failed).toBe(0);
+    expect(Number(r.retriedJobs)).toBeGreaterThan(0);
+    expect(r.auditGranted).toBe(r.completed);
+    expect(r.auditErrors).toBe(r.failedAttempts);
   }, 120_000);
 
   it('runaway jobs are contained and another type keeps being served', async () => {

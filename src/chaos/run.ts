@@ -3,7 +3,7 @@
  * scenario's figures (`--json`: one JSON object). `--quick` runs the smaller sizes used by CI.
  */
 import { parseArgs } from 'node:util';
-import { fuzz, killWorkers, load, redisRestart, runaways } from './scenarios.js';
+import { fuzz, killWorkers, load, redisRestart, runaways, vaultOutage } from './scenarios.js';
 
 const { values: args } = parseArgs({ options: { json: { type: 'boolean', default: false }, quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
 const quick = args.quick;
@@ -11,6 +11,7 @@ const scenarios: [string, () => Promise<Record<string, unknown>>][] = [
   ['killWorkers', () => killWorkers({ jobs: quick ? 200 : 1000, kills: quick ? 2 : 5 })],
   ['redisRestartAlways', () => redisRestart({ fsync: 'always', seconds: quick ? 4 : 10 })],
   ['redisRestartEverysec', () => redisRestart({ fsync: 'everysec', seconds: quick ? 4 : 10 })],
+  ['vaultOutage', () => vaultOutage({ jobs: quick ? 60 : 200, outageMs: quick ? 2000 : 4000 })],
   ['runaways', () => runaways()],
   ['fuzz', () => fuzz({ requests: quick ? 2000 : 10_000 })],
   ['load', () => load({ seconds: quick ? 10 : 60 })],

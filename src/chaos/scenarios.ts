@@ -299,3 +299,100 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     rmSync(redis.dir, { recursive: true, force: true });
   }
 }
+
+/** A TCP proxy that can cut every connection and refuse new ones for a while: a real outage. */
+async function outageProxy(targetPort: number): Promise<{ port: number; cut(): Promise<void>; restore(): Promise<void>; close(): Promise<void> }> {
+  const net = await import('node:net');
+  const port = await freePort();
+  const sockets = new Set<import('node:net').Socket>();
+  let server: import('node:net').Server | null = null;
+  const listen = (): Promise<void> =>
+    new Promise((resolve) => {
+      server = net.createServer((client) => {
+        const upstream = net.connect(targetPort, '127.0.0.1');
+        for (const s of [client, upstream]) {
+          sockets.add(s);
+          s.on('close', () => sockets.delete(s));
+          s.on('error', () => s.destroy());
+        }
+        client.pipe(upstream).pipe(client);
+      });
+      server.listen(port, '127.0.0.1', () => resolve());
+    });
+  const cut = (): Promise<void> =>
+    new Promise((resolve) => {
+      for (const s of sockets) s.destroy();
+      if (server) server.close(() => resolve());
+      else resolve();
+      server = null;
+    });
+  await listen();
+  return { port, cut, restore: listen, close: cut };
+}
+
+/**
+ * 3. Vault unreachable for a few seconds during load: jobs needing secrets fail retryably and
+ * succeed after recovery; every delivery and every failed fetch is in the audit stream.
+ */
+export async function vaultOutage(opts: { jobs: number; outageMs: number }): Promise<Record<string, number | string>> {
+  const { startVault } = await import('../dev/test-servers.js');
+  const { VaultProvider } = await import('../secrets/vault-provider.js');
+  const { readAudit } = await import('../secrets/audit.js');
+  const vault = await startVault();
+  if ('reason' in vault) return { skipped: vault.reason };
+  const redis = await redisFor(false);
+  const proxy = await outageProxy(Number(new URL(vault.url).port));
+  try {
+    const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['work', ['api-key']]]) });
+    await fetch(`${vault.url}/v1/secret/data/fleet/api-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: 'chaos-vault-secret-0123456789' } }) });
+    process.env.FLEET_CHAOS_ROLE_ID = setup.roleId;
+    process.env.FLEET_CHAOS_SECRET_ID = setup.secretId;
+    const fleet = await chaosFleet(redis.url, {
+      secrets: { provider: 'vault', vault: { address: `http://127.0.0.1:${proxy.port}`, auth: 'approle', roleIdEnv: 'FLEET_CHAOS_ROLE_ID', secretIdEnv: 'FLEET_CHAOS_SECRET_ID', requestTimeoutMs: 1000 } },
+      jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 2, attempts: 20, backoff: { type: 'fixed', delayMs: 300 }, secrets: ['api-key'], keepCompletedSeconds: 3600 }],
+    });
+    try {
+      await fleet.spawnSupervisor();
+      const ids: string[] = [];
+      const spacing = 6000 / opts.jobs;
+      const enqueueing = (async () => {
+        for (let i = 0; i < opts.jobs; i++) {
+          ids.push((await fleet.producer.enqueue('work', { ms: 5 })).id);
+          await new Promise((r) => setTimeout(r, spacing));
+        }
+      })();
+      await new Promise((r) => setTimeout(r, 1500));
+      await proxy.cut();
+      await new Promise((r) => setTimeout(r, opts.outageMs));
+      await proxy.restore();
+      await enqueueing;
+      const q = fleet.producer.queue('work');
+      await until('jobs to end after recovery', async () => {
+        const c = await q.getJobCounts('completed', 'failed');
+        return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
+      }, 60_000);
+      const c = await q.getJobCounts('completed', 'failed');
+      let retried = 0;
+      let attempts = 0;
+      for (const id of ids) {
+        const j = await q.getJob(id);
+        attempts += j?.attemptsMade ?? 0;
+        if ((j?.attemptsMade ?? 0) > 1) retried++;
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      const audit = await readAudit(fleet.producer.redis, fleet.config.redis.prefix, { limit: 100_000 });
+      const granted = audit.filter((a) => a.outcome === 'granted' && a.action === 'access').length;
+      const errors = audit.filter((a) => a.outcome === 'error').length;
+      await fleet.release();
+      return { jobs: opts.jobs, outageMs: opts.outageMs, completed: c.completed ?? 0, failed: c.failed ?? 0, retriedJobs: retried, failedAttempts: attempts - (c.completed ?? 0) - (c.failed ?? 0), auditGranted: granted, auditErrors: errors, server: vault.via };
+    } catch (err) {
+      await fleet.release();
+      throw err;
+    }
+  } finally {
+    await proxy.close();
+    await redis.release();
+    rmSync(redis.dir, { recursive: true, force: true });
+    await vault.release();
+  }
+}
