@@ -2,25 +2,19 @@ import type { Server } from 'node:http';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { sha256Hex } from '../src/producers/auth.js';
 import { createApiApp, listen } from '../src/producers/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { fixtureType, guardAgainstLeaks, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
-import { startTestRedis } from './helpers/redis.js';
+import { useTestRedis } from './helpers/redis.js';
 
 const ADMIN = 'board-admin-token-0123456789';
 const PLAIN = 'board-plain-token-0123456789';
 const SECRET_VALUE = 'board-secret-value-987654321';
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 const basic = (token: string): string => `Basic ${Buffer.from(`anyone:${token}`).toString('base64')}`;

@@ -2,22 +2,16 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
 import { sha256Hex } from '../src/producers/auth.js';
 import { createApiApp, listen } from '../src/producers/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob } from './helpers/fleet.js';
-import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const FLEET = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 function fleet(args: string[], file: string, stdin?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {

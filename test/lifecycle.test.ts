@@ -3,22 +3,16 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
 import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob } from './helpers/fleet.js';
-import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const FLEET = path.join(ROOT, 'bin', 'fleet.js');
 const run = promisify(execFile);
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 /** A JSON config file over the fixtures, with its own prefix. */

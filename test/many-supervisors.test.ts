@@ -2,18 +2,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
 import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob } from './helpers/fleet.js';
-import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 describe('many supervisors (separate processes, as on separate hosts)', () => {

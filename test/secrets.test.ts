@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { readAudit, readSecretStats } from '../src/secrets/audit.js';
@@ -11,15 +11,9 @@ import { LocalProvider } from '../src/secrets/local-provider.js';
 import { encodings, SecretMask } from '../src/workers/secret-mask.js';
 import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
-import { startTestRedis } from './helpers/redis.js';
+import { useTestRedis } from './helpers/redis.js';
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');

@@ -1,17 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/connection.js';
 import type { FleetEvents } from '../src/events.js';
 import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
-import { startTestRedis } from './helpers/redis.js';
+import { useTestRedis } from './helpers/redis.js';
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-beforeAll(async () => {
-  redis = await startTestRedis();
-});
-afterAll(async () => {
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 /** Most jobs running at one instant (a sweep over start/end events; ends sort before starts). */

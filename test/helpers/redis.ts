@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
+import { afterAll, beforeAll } from 'vitest';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/redis/embedded-redis.js';
 
 /**
@@ -18,6 +19,23 @@ export async function startTestRedis(): Promise<EmbeddedRedis & { dir: string }>
     async release() {
       await redis.release();
       rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** A test Redis for the whole file: started before its tests, released after them. */
+export function useTestRedis(): { readonly url: string } {
+  let server: Awaited<ReturnType<typeof startTestRedis>> | undefined;
+  beforeAll(async () => {
+    server = await startTestRedis();
+  });
+  afterAll(async () => {
+    await server?.release();
+  });
+  return {
+    get url(): string {
+      if (!server) throw new Error('test Redis is not started yet (use it inside tests or hooks)');
+      return server.url;
     },
   };
 }
