@@ -154,6 +154,21 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(await liveJobTokens()).toEqual([]);
   });
 
+  it('after the supervisor\'s Vault login expires, it logs in again and the next job still gets its secret', async () => {
+    const config = vaultConfig();
+    const events: string[] = [];
+    const sup = await startSupervisor({ config });
+    sup.events.on('secret:accessed', (e) => events.push(e.outcome));
+    const p = makeProducer(config);
+    expect((await waitForJob(p, (await p.enqueue('reader', { names: ['a-key'] })).id)).state).toBe('completed');
+    // Revoke every AppRole login (the supervisor's token included), as an expiry would.
+    await root('PUT', 'sys/leases/revoke-prefix/auth/approle/login');
+    const after = await waitForJob(p, (await p.enqueue('reader', { names: ['a-key'] })).id);
+    expect(after.state).toBe('completed');
+    expect(after.attemptsMade).toBe(1);
+    expect(events).toEqual(['granted', 'granted']);
+  });
+
   it('while Vault is down, jobs fail retryably with a message naming Vault, and the supervisor keeps running', async () => {
     const config = vaultConfig([['retrier', 'secret-reader.mjs', { secrets: ['a-key'], attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }]]);
     const sup = await startSupervisor({ config });

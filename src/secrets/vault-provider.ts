@@ -177,12 +177,24 @@ export class VaultProvider implements SecretProvider {
         return { token: res.auth.client_token, accessor: res.auth.accessor };
       } catch (err) {
         const e = vaultError(err, 'minting the job token');
-        if (e.code === 'SECRET_AUTH_EXPIRED' && attempt === 0) {
+        // Vault answers an expired or revoked token with a plain 403, like a missing permission:
+        // ask whether our own token is still alive before calling it either.
+        if ((e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED') && !(await this.#tokenAlive(token))) {
           this.#token = null;
-          continue;
+          if (attempt === 0) continue;
+          throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', 'Vault authentication expired and logging in again did not help. Fix: check the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID) and its token TTLs.', { retryable: true, cause: err });
         }
         throw e;
       }
+    }
+  }
+
+  async #tokenAlive(token: string): Promise<boolean> {
+    try {
+      await this.#call(token, 'GET', 'auth/token/lookup-self');
+      return true;
+    } catch {
+      return false;
     }
   }
 

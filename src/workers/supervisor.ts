@@ -55,7 +55,7 @@ export function supervisorsKey(prefix: string): string {
 
 /**
  * Takes jobs from RedisClient and runs each one in a sandbox of its type, with the type's hard timeout,
- * memory limit and concurrency. Stateless: any number of supervisors on any hosts share the work.
+ * memory limit and concurrency. Stateless: supervisors on many hosts share the work.
  *
  * Lifecycle: `starting → running → draining → stopped` (or `failed` if start-up fails).
  */
