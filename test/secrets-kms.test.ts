@@ -80,6 +80,32 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     await prov.close();
   });
 
+  it('kms-rewrap rotation re-encrypts under a fresh data key: same value, new version, new envelope', async () => {
+    const { RotationService } = await import('../src/rotation/rotation-service.js');
+    const { FleetEventBus } = await import('../src/events.js');
+    const config = testConfig(redis.url, [fixtureType('signer', 'secret-reader.mjs', { secrets: ['enc-key'] })], {
+      secrets: { provider: 'kms', kms: { keyId, endpoint: server!.url, region: 'us-east-1' }, items: { 'enc-key': { kind: 'encryption-key', rotation: { schedule: 'daily', rotator: { type: 'kms-rewrap' } } } } },
+    });
+    const prov = provider(config.redis.prefix);
+    await prov.write('enc-key', Buffer.from('stable-encryption-key-material'));
+    const before = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v1'))!) as { encryptedDataKey: string };
+    const svc = new RotationService({ config, redisUrl: redis.url, events: new FleetEventBus() });
+    await svc.start();
+    try {
+      const job = await svc.rotateNow('enc-key');
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((res) => setTimeout(res, 50));
+      expect(await job.getState()).toBe('completed');
+      const cur = await prov.readVersion('enc-key');
+      expect(cur.version).toBe('2');
+      expect(Buffer.from(cur.value).toString()).toBe('stable-encryption-key-material');
+      const after = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v2'))!) as { encryptedDataKey: string };
+      expect(after.encryptedDataKey).not.toBe(before.encryptedDataKey);
+    } finally {
+      await svc.stop();
+      await prov.close();
+    }
+  });
+
   it('keeps previous versions readable and serves the newest as current', async () => {
     const prov = provider('kmsver');
     await prov.write('d', Buffer.from('version-one-value'));

@@ -22,6 +22,7 @@ const SECRETS = { 'a-key': 'sk-a-0123456789abcdef', 'b-key': 'sk-b-fedcba9876543
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 let redis: Awaited<ReturnType<typeof startTestRedis>>;
+let rotatorCreds: { roleId: string; secretId: string };
 beforeAll(async () => {
   redis = await startTestRedis();
   if (!server) return;
@@ -39,6 +40,7 @@ beforeAll(async () => {
       ['retrier', ['a-key']],
     ]),
   });
+  rotatorCreds = setup.rotator;
   process.env.FLEET_TEST_VAULT_ROLE_ID = setup.roleId;
   process.env.FLEET_TEST_VAULT_SECRET_ID = setup.secretId;
   for (const [name, value] of Object.entries(SECRETS)) await root('POST', `secret/data/fleet/${name}`, { data: { value } });
@@ -167,6 +169,47 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(after.state).toBe('completed');
     expect(after.attemptsMade).toBe(1);
     expect(events).toEqual(['granted', 'granted']);
+  });
+
+  it('rotates a Vault secret with the fleet-rotator AppRole: pending path, promotion, previous version readable, then destroyed', async () => {
+    const { RotationService } = await import('../src/rotation/rotation-service.js');
+    const { FleetEventBus } = await import('../src/events.js');
+    process.env.FLEET_TEST_VAULT_ROTATOR_ROLE_ID = rotatorCreds.roleId;
+    process.env.FLEET_TEST_VAULT_ROTATOR_SECRET_ID = rotatorCreds.secretId;
+    const config = testConfig(redis.url, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['a-key'] })], {
+      dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-')),
+      secrets: {
+        provider: 'vault',
+        vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', rotatorRoleIdEnv: 'FLEET_TEST_VAULT_ROTATOR_ROLE_ID', rotatorSecretIdEnv: 'FLEET_TEST_VAULT_ROTATOR_SECRET_ID' },
+        items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, graceSeconds: 1 } } },
+      },
+    });
+    const before = (await root('GET', 'secret/metadata/fleet/a-key')).data.current_version as number;
+    const svc = new RotationService({ config, redisUrl: redis.url, events: new FleetEventBus() });
+    await svc.start();
+    try {
+      const job = await svc.rotateNow('a-key');
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await job.getState()).toBe('completed');
+      const meta = await root('GET', 'secret/metadata/fleet/a-key');
+      expect(meta.data.current_version).toBe(before + 1);
+      const previous = await root('GET', `secret/data/fleet/a-key?version=${before}`);
+      expect(previous.data.data.value).toBe(SECRETS['a-key']);
+      await expect(root('GET', 'secret/metadata/fleet-pending/a-key')).rejects.toMatchObject({ status: 404 });
+      // Jobs now get the new value.
+      await startSupervisor({ config });
+      const p = makeProducer(config);
+      const res = await waitForJob(p, (await p.enqueue('reader', { names: ['a-key'] })).id);
+      expect((res.result as Record<string, { length: number }>)['a-key']!.length).toBe(22);
+      await new Promise((r) => setTimeout(r, 1200));
+      await svc.sweep();
+      const destroyed = await root('GET', 'secret/metadata/fleet/a-key');
+      expect(destroyed.data.versions[String(before)].destroyed).toBe(true);
+    } finally {
+      await svc.stop();
+      // Restore the value other tests expect.
+      await root('POST', 'secret/data/fleet/a-key', { data: { value: SECRETS['a-key'] } });
+    }
   });
 
   it('while Vault is down, jobs fail retryably with a message naming Vault, and the supervisor keeps running', async () => {
