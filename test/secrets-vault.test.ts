@@ -39,6 +39,7 @@ beforeAll(async () => {
       ['other', ['b-key']],
       ['retrier', ['a-key']],
     ]),
+    rotated: ['a-key'],
   });
   rotatorCreds = setup.rotator;
   process.env.FLEET_TEST_VAULT_ROLE_ID = setup.roleId;
@@ -169,6 +170,30 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(after.state).toBe('completed');
     expect(after.attemptsMade).toBe(1);
     expect(events).toEqual(['granted', 'granted']);
+  });
+
+  it('a rotation token can write the one secret it rotates and nothing else (enforced by Vault)', async () => {
+    const rotator = new VaultProvider({
+      address: server!.url,
+      mount: 'secret',
+      prefix: 'fleet',
+      auth: { method: 'approle', roleId: rotatorCreds.roleId, secretId: rotatorCreds.secretId, mount: 'approle' },
+      tokenRole: 'fleet-job',
+      policyPrefix: 'fleet-job-',
+      tokenTtlMarginMs: 5000,
+      readsPerSecret: 4,
+      requestTimeoutMs: 5000,
+      logger: silentLogger,
+    });
+    // The rotator's own token cannot write secrets at all.
+    await expect(rotator.writePending('a-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    const scope = await rotator.scopedTo('a-key');
+    await expect(scope.provider.writePending('b-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    await expect(scope.provider.readVersion('b-key', '1')).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    const pending = await scope.provider.writePending('a-key', Buffer.from('pending-value-123'));
+    await scope.provider.retire('a-key', pending.version);
+    await scope.release();
+    await rotator.close();
   });
 
   it('rotates a Vault secret with the fleet-rotator AppRole: pending path, promotion, previous version readable, then destroyed', async () => {

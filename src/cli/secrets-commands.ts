@@ -167,5 +167,8 @@ export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnTyp
     policyPrefix: v.policyPrefix,
     approleMount: v.approleMount,
     scopes,
+    rotated: Object.entries(config.secrets.items)
+      .filter(([name, item]) => item.rotation && config.secretProviders.get(name) === 'vault')
+      .map(([name]) => name),
   });
 }

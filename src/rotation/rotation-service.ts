@@ -11,6 +11,7 @@ import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
 import { AuditLog } from '../secrets/audit.js';
 import type { KmsProvider } from '../secrets/kms-provider.js';
+import type { VaultProvider } from '../secrets/vault-provider.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from '../secrets/provider.js';
 import { secretHealth, type SecretHealth } from './secret-health.js';
 import { makeProvider } from '../secrets/providers.js';
@@ -220,8 +221,11 @@ export class RotationService {
   async #rotate(secret: string, job?: Job, force = true): Promise<{ version: string } | { skipped: 'not-due' }> {
     const policy = this.policies().get(secret);
     if (!policy) throw new FleetError('CONFIG_INVALID', `secret "${secret}" has no rotation policy`);
-    const provider = await this.#provider(secret);
-    if (!force && !(await this.#isDue(secret, policy, provider))) return { skipped: 'not-due' };
+    const base = await this.#provider(secret);
+    if (!force && !(await this.#isDue(secret, policy, base))) return { skipped: 'not-due' };
+    // Vault: the steps run with a token that can write this one secret only.
+    const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+    const provider: SecretProvider = scope?.provider ?? base;
     const rotator = await this.#rotator(secret);
     const key = rotationStateKey(this.#config.redis.prefix, secret);
     const started = Date.now();
@@ -230,7 +234,7 @@ export class RotationService {
     const ctx: RotatorContext = {
       secret,
       current: async () => {
-        const cur = (await provider.list()).find((m) => m.name === secret);
+        const cur = (await base.list()).find((m) => m.name === secret);
         if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
         const v = await provider.readVersion(secret, cur.version);
         held.push(v.value);
@@ -239,7 +243,7 @@ export class RotationService {
     };
     let pending: { version: string } | null = null;
     try {
-      const previous = (await provider.list()).find((m) => m.name === secret)?.version ?? null;
+      const previous = (await base.list()).find((m) => m.name === secret)?.version ?? null;
       let value: Uint8Array | null = null;
       if (rotator === 'kms-rewrap') {
         pending = await this.#step(secret, 'create', () => (provider as KmsProvider).rewrapPending(secret), (r) => r.version);
@@ -290,6 +294,7 @@ export class RotationService {
       throw err;
     } finally {
       for (const b of held) b.fill(0);
+      await scope?.release();
     }
   }
 
@@ -300,10 +305,15 @@ export class RotationService {
       const state = await readRotationState(this.#redis, this.#config.redis.prefix, secret);
       for (const [version, at] of Object.entries(state.retiring)) {
         if (at > Date.now()) continue;
-        const provider = await this.#provider(secret);
+        const base = await this.#provider(secret);
         const rotator = await this.#rotator(secret);
         await this.#step(secret, 'retire', async () => {
-          await provider.retire(secret, version);
+          const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+          try {
+            await (scope?.provider ?? base).retire(secret, version);
+          } finally {
+            await scope?.release();
+          }
           if (rotator !== 'kms-rewrap' && rotator.finish) await rotator.finish({ secret, retiredVersion: version, current: async () => Buffer.alloc(0) });
         }, () => version);
         await this.#redis.hdel(rotationStateKey(this.#config.redis.prefix, secret), `retire:${version}`);

@@ -6,6 +6,10 @@ import { ConfigError, SecretUnavailableError, toError, type ErrorCode } from '..
 import type { Logger } from '../observability/logger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
+/** Rotation tokens are minted through this role, each with the policy of exactly one secret. */
+export const ROTATE_TOKEN_ROLE = 'fleet-rotate';
+export const ROTATE_POLICY_PREFIX = 'fleet-rotate-';
+
 export type VaultAuth = { method: 'token'; token: string } | { method: 'approle'; roleId: string; secretId: string; mount: string };
 
 export interface VaultProviderOptions {
@@ -233,6 +237,35 @@ export class VaultProvider implements SecretProvider {
   }
 
   /**
+   * Rotation: a provider bound to a short-lived token that can write exactly `secret` (and its
+   * pending path); `release()` revokes the token. So a rotation cannot touch any other secret,
+   * enforced by Vault.
+   */
+  async scopedTo(secret: string, ttlMs = 300_000): Promise<{ provider: VaultProvider; release(): Promise<void> }> {
+    const sup = await this.#supervisorToken();
+    let res: { auth: { client_token: string; accessor: string } };
+    try {
+      res = await this.#call(sup, 'POST', `auth/token/create/${ROTATE_TOKEN_ROLE}`, {
+        policies: [`${ROTATE_POLICY_PREFIX}${secret}`],
+        ttl: `${Math.ceil(ttlMs / 1000)}s`,
+        renewable: false,
+        display_name: `rotate-${secret}`,
+        meta: { rotating: secret },
+      });
+    } catch (err) {
+      throw vaultError(err, `minting the rotation token (run \`fleet vault setup\` after adding a rotation policy)`, secret);
+    }
+    const provider = new VaultProvider({ ...this.#o, auth: { method: 'token', token: res.auth.client_token } });
+    return {
+      provider,
+      release: async () => {
+        await provider.close();
+        await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor: res.auth.accessor }).catch(() => undefined);
+      },
+    };
+  }
+
+  /**
    * `fleet doctor`: mints a short-lived job token for `jobType` through the token role and checks
    * it can read each of `names` (values are zeroed at once); the token is revoked afterwards.
    * Returns a problem description, or null.
@@ -374,6 +407,8 @@ export class VaultProvider implements SecretProvider {
     approleMount: string;
     /** job type → secret names it may read from Vault */
     scopes: ReadonlyMap<string, readonly string[]>;
+    /** Vault secrets with a rotation policy: each gets a write policy of its own. */
+    rotated?: readonly string[];
   }): Promise<{ roleId: string; secretId: string; rotator: { roleId: string; secretId: string }; policies: string[] }> {
     const client = nodeVault({ endpoint: options.address, debug: () => undefined });
     client.token = '';
@@ -398,20 +433,38 @@ export class VaultProvider implements SecretProvider {
     ].join('\n');
     await call('PUT', 'sys/policies/acl/fleet-supervisor', { policy: supervisorPolicy });
     policies.push('fleet-supervisor');
-    // The rotation scheduler writes new versions; it cannot mint job tokens.
-    const base = `${options.mount}/%s/${options.prefix}`;
+    // The rotation scheduler reads metadata and mints, per rotation, a token that can write exactly
+    // the one secret being rotated (policy fleet-rotate-<secret>); it cannot mint job tokens.
+    const path = (kind: string, suffix: string): string => `${options.mount}/${kind}/${options.prefix}${suffix}`;
+    for (const secret of options.rotated ?? []) {
+      const rules = [
+        `path "${path('data', `/${secret}`)}" {\n  capabilities = ["create", "update", "read"]\n}`,
+        `path "${path('data', `-pending/${secret}`)}" {\n  capabilities = ["create", "update", "read"]\n}`,
+        `path "${path('metadata', `-pending/${secret}`)}" {\n  capabilities = ["delete"]\n}`,
+        `path "${path('metadata', `/${secret}`)}" {\n  capabilities = ["read"]\n}`,
+        `path "${path('destroy', `/${secret}`)}" {\n  capabilities = ["update"]\n}`,
+      ].join('\n');
+      await call('PUT', `sys/policies/acl/${ROTATE_POLICY_PREFIX}${secret}`, { policy: rules });
+      policies.push(`${ROTATE_POLICY_PREFIX}${secret}`);
+    }
     const rotatorPolicy = [
-      `path "${base.replace('%s', 'data')}/*" {\n  capabilities = ["create", "update", "read"]\n}`,
-      `path "${base.replace('%s', 'data')}-pending/*" {\n  capabilities = ["create", "update", "read"]\n}`,
-      `path "${base.replace('%s', 'metadata')}-pending/*" {\n  capabilities = ["delete"]\n}`,
-      `path "${base.replace('%s', 'metadata')}/*" {\n  capabilities = ["read", "list"]\n}`,
-      `path "${base.replace('%s', 'metadata')}" {\n  capabilities = ["list"]\n}`,
-      `path "${base.replace('%s', 'destroy')}/*" {\n  capabilities = ["update"]\n}`,
+      `path "auth/token/create/${ROTATE_TOKEN_ROLE}" {\n  capabilities = ["create", "update"]\n}`,
+      'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}',
+      `path "${path('metadata', '/*')}" {\n  capabilities = ["read", "list"]\n}`,
+      `path "${path('metadata', '')}" {\n  capabilities = ["list"]\n}`,
       'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
       'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
     ].join('\n');
     await call('PUT', 'sys/policies/acl/fleet-rotator', { policy: rotatorPolicy });
     policies.push('fleet-rotator');
+    await call('POST', `auth/token/roles/${ROTATE_TOKEN_ROLE}`, {
+      allowed_policies_glob: [`${ROTATE_POLICY_PREFIX}*`],
+      disallowed_policies: ['root'],
+      orphan: false,
+      renewable: false,
+      token_type: 'service',
+      token_explicit_max_ttl: 900,
+    });
     await call('POST', `auth/token/roles/${options.tokenRole}`, {
       allowed_policies_glob: [`${options.policyPrefix}*`],
       disallowed_policies: ['root', 'default'],
