@@ -89,9 +89,12 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     const prov = provider(config.redis.prefix);
     await prov.write('enc-key', Buffer.from('stable-encryption-key-material'));
     const before = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v1'))!) as { encryptedDataKey: string };
+    expect(await prov.keyRotationEnabled()).toBe(false);
     const svc = new RotationService({ config, redisUrl: redis.url, events: new FleetEventBus() });
     await svc.start();
     try {
+      // The scheduler turned on automatic rotation of the customer key (secrets.kms.enableKeyRotation).
+      expect(await prov.keyRotationEnabled()).toBe(true);
       const job = await svc.rotateNow('enc-key');
       for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((res) => setTimeout(res, 50));
       expect(await job.getState()).toBe('completed');
@@ -100,6 +103,9 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
       expect(Buffer.from(cur.value).toString()).toBe('stable-encryption-key-material');
       const after = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v2'))!) as { encryptedDataKey: string };
       expect(after.encryptedDataKey).not.toBe(before.encryptedDataKey);
+      // On-demand rotation of the customer key: existing envelopes still decrypt.
+      await prov.rotateKeyNow();
+      expect(Buffer.from((await prov.readVersion('enc-key')).value).toString()).toBe('stable-encryption-key-material');
     } finally {
       await svc.stop();
       await prov.close();

@@ -8,6 +8,7 @@ import { MAX_AGE_MS, secretHealth } from '../rotation/secret-health.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { makeProvider } from '../secrets/providers.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
+import type { KmsProvider } from '../secrets/kms-provider.js';
 
 export type CheckStatus = 'PASS' | 'WARN' | 'FAIL';
 export interface Check {
@@ -84,6 +85,10 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       await provider.check();
       out.push(pass(`${kind}: credentials`, kind === 'vault' ? 'supervisor token valid' : kind === 'kms' ? `key ${config.secrets.kms!.keyId} reachable` : 'master key readable'));
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
+      if (kind === 'kms') {
+        const on = await (provider as KmsProvider).keyRotationEnabled();
+        out.push(on ? pass('kms: customer key rotation', 'automatic rotation on') : warn('kms: customer key rotation', 'automatic rotation off', 'set secrets.kms.enableKeyRotation (the scheduler turns it on) or aws kms enable-key-rotation'));
+      }
       if (kind === 'vault') {
         for (const t of config.jobTypes.values()) {
           const names = t.secrets.filter((n) => config.secretProviders.get(n) === 'vault');

@@ -24,6 +24,7 @@ Usage:
   fleet audit [--since 24h] [--secret X] [--denied] [--limit N]
   fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
   fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
+  fleet kms rotate-key                     rotate the KMS customer key now (RotateKeyOnDemand)
   fleet doctor [--production] [--metrics-url U]... [--prometheus-url U]
                                            pre-deploy checklist; exits 1 if any check FAILs
 
@@ -249,6 +250,21 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         });
         print(out.state === 'completed' ? `${secret}: rotated to version ${out.version}` : out.state === 'queued' ? `${secret}: rotation queued (${out.jobId}); a scheduler role runs it` : `${secret}: rotation failed: ${out.error}`, out);
         return out.state === 'failed' ? 1 : 0;
+      }
+      case 'kms': {
+        if (rest[0] !== 'rotate-key') throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key');
+        if (!config.secrets.kms) throw new FleetError('CONFIG_INVALID', 'secrets.kms is not configured');
+        await withRedis(config, async (r) => {
+          const { makeProvider } = await import('../secrets/providers.js');
+          const kms = (await makeProvider('kms', config, { redis: r, logger: makeLogger({ level: 'silent' }) })) as import('../secrets/kms-provider.js').KmsProvider;
+          try {
+            await kms.rotateKeyNow();
+          } finally {
+            await kms.close();
+          }
+        });
+        print(`KMS key ${config.secrets.kms.keyId}: rotated on demand (existing data keys stay decryptable)`, { keyId: config.secrets.kms.keyId, rotated: true });
+        return 0;
       }
       case 'doctor': {
         const checks = await withRedis(config, (r) =>

@@ -187,6 +187,8 @@ export const secretsSchema = z
         region: z.string().optional(),
         /** A local KMS-API server (moto, local-kms). @defaultValue AWS */
         endpoint: z.string().optional(),
+        /** The scheduler turns on KMS automatic rotation of the customer key at start. @defaultValue true */
+        enableKeyRotation: z.boolean().default(true),
         /** @defaultValue 5 */
         keepVersions: z.number().int().min(1).default(5),
         /** @defaultValue 5000 */

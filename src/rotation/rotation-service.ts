@@ -153,6 +153,14 @@ export class RotationService {
     const sweepMs = Math.max(250, Math.min(30_000, ...[...policies.values()].map((p) => (p.graceSeconds * 1000) / 2)));
     this.#sweeper = setInterval(() => void this.sweep().catch((err: unknown) => this.#log.warn('retire sweep failed', { error: toError(err).message })), sweepMs);
     this.#sweeper.unref();
+    const kms = this.#config.secrets.kms;
+    if (kms?.enableKeyRotation && [...this.#config.secretProviders.values()].includes('kms')) {
+      const name = [...this.#config.secretProviders].find(([, k]) => k === 'kms')![0];
+      await ((await this.#provider(name)) as KmsProvider)
+        .enableKeyRotation()
+        .then(() => this.#log.info('KMS automatic rotation of the customer key is on', { keyId: kms.keyId }))
+        .catch((err: unknown) => this.#log.warn('could not enable KMS key rotation', { keyId: kms.keyId, error: toError(err).message }));
+    }
     this.#log.info('rotation scheduler running', { secrets: [...policies.keys()] });
   }
 

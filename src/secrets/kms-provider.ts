@@ -1,4 +1,4 @@
-import { DecryptCommand, GenerateDataKeyCommand, DescribeKeyCommand, KMSClient, type KMSClientConfig } from '@aws-sdk/client-kms';
+import { DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, GenerateDataKeyCommand, GetKeyRotationStatusCommand, KMSClient, RotateKeyOnDemandCommand, type KMSClientConfig } from '@aws-sdk/client-kms';
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
@@ -190,9 +190,37 @@ export class KmsProvider implements SecretProvider {
     }
   }
 
-  /** The underlying client, for key rotation (rotation issue). */
-  get client(): KMSClient {
-    return this.#kms;
+  /** Customer-key rotation: turn on KMS's automatic rotation (yearly by default in AWS). */
+  async enableKeyRotation(): Promise<void> {
+    try {
+      await this.#kms.send(new EnableKeyRotationCommand({ KeyId: await this.#keyArnOrId() }));
+    } catch (err) {
+      throw kmsError(err, 'EnableKeyRotation');
+    }
+  }
+
+  async keyRotationEnabled(): Promise<boolean> {
+    try {
+      return (await this.#kms.send(new GetKeyRotationStatusCommand({ KeyId: await this.#keyArnOrId() }))).KeyRotationEnabled === true;
+    } catch (err) {
+      throw kmsError(err, 'GetKeyRotationStatus');
+    }
+  }
+
+  /** Customer-key rotation now (`fleet kms rotate-key`); stored data keys stay decryptable. */
+  async rotateKeyNow(): Promise<void> {
+    try {
+      await this.#kms.send(new RotateKeyOnDemandCommand({ KeyId: await this.#keyArnOrId() }));
+    } catch (err) {
+      throw kmsError(err, 'RotateKeyOnDemand');
+    }
+  }
+
+  /** Rotation APIs take a key id or ARN, not an alias. */
+  async #keyArnOrId(): Promise<string> {
+    if (!this.#o.keyId.startsWith('alias/')) return this.#o.keyId;
+    const d = await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
+    return d.KeyMetadata!.KeyId!;
   }
 
   close(): Promise<void> {
