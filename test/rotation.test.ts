@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -139,7 +139,8 @@ describe('secret rotation', () => {
 
   it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
     const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') }, graceSeconds: 1 });
-    const rotator = (await import(path.join(FIXTURES, 'rotator-external.mjs'))) as { calls: string[] };
+    const callsFile = path.join(FIXTURES, 'rotator-external.calls');
+    rmSync(callsFile, { force: true });
     const svc = await startRotation(config);
     const job = await svc.rotateNow('api-key');
     await until('rotation', async () => (await job.getState()) === 'completed');
@@ -149,7 +150,8 @@ describe('secret rotation', () => {
     await sleep(1200);
     await svc.sweep();
     await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
-    expect(rotator.calls).toEqual(['create', 'set', 'test', 'finish:1']);
+    // Each step ran in a sandbox with an empty environment (NODE_ENV only).
+    expect(readFileSync(callsFile, 'utf8').trim().split('\n')).toEqual(['create env=1', 'set', 'test', 'finish:1']);
     await stopAll();
   });
 

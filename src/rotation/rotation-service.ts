@@ -16,6 +16,7 @@ import type { ProviderKind, SecretMetadata, SecretProvider } from '../secrets/pr
 import { secretHealth, type SecretHealth } from './secret-health.js';
 import { makeProvider } from '../secrets/providers.js';
 import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
+import { runRotatorStep } from './sandboxed-rotator.js';
 import type { z } from 'zod';
 
 type RotationPolicy = z.output<typeof rotationSchema>;
@@ -177,10 +178,33 @@ export class RotationService {
   async #rotator(name: string): Promise<Rotator | 'kms-rewrap'> {
     let r = this.#rotators.get(name);
     if (!r) {
-      r = await loadRotator(this.policies().get(name)!.rotator);
+      const cfg = this.policies().get(name)!.rotator;
+      r = cfg.type === 'module' ? this.#sandboxed(name, cfg.path) : await loadRotator(cfg);
       this.#rotators.set(name, r);
     }
     return r;
+  }
+
+  /**
+   * A module rotator whose every step runs in a fresh sandbox thread (empty environment, capped
+   * heap, hard timeout), given only this secret's current value (and the new one), as bytes.
+   */
+  #sandboxed(secret: string, rotatorPath: string): Rotator {
+    const opts = { timeoutMs: 60_000, maxOldGenerationSizeMb: 128, log: this.#log };
+    const current = async (ctx: RotatorContext): Promise<{ current?: Uint8Array }> => {
+      const cur = await ctx.current().catch(() => null);
+      return cur ? { current: new Uint8Array(cur) } : {};
+    };
+    return {
+      create: async (ctx) => {
+        const v = await runRotatorStep(rotatorPath, { step: 'create', secret, ...(await current(ctx)) }, opts);
+        if (!v) throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
+        return v;
+      },
+      set: async (ctx, value) => void (await runRotatorStep(rotatorPath, { step: 'set', secret, value: new Uint8Array(value), ...(await current(ctx)) }, opts)),
+      test: async (ctx, value) => void (await runRotatorStep(rotatorPath, { step: 'test', secret, value: new Uint8Array(value), ...(await current(ctx)) }, opts)),
+      finish: async (ctx) => void (await runRotatorStep(rotatorPath, { step: 'finish', secret, retiredVersion: ctx.retiredVersion }, opts)),
+    };
   }
 
   #auditStep(secret: string, step: RotationStep, outcome: 'granted' | 'error', started: number, extra: { version?: string; reason?: string } = {}): void {
