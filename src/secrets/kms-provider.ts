@@ -63,6 +63,15 @@ export class KmsProvider implements SecretProvider {
     this.#kms = new KMSClient(cfg);
   }
 
+  /** Sends one KMS command; failures become specific, named errors. */
+  async #send<T>(what: string, send: () => Promise<T>, secret?: string): Promise<T> {
+    try {
+      return await send();
+    } catch (err) {
+      throw kmsError(err, what, secret);
+    }
+  }
+
   #key(name: string): string {
     return `${this.#o.keyPrefix}:kms-secret:{${name}}`;
   }
@@ -73,13 +82,8 @@ export class KmsProvider implements SecretProvider {
   }
 
   async #decrypt(name: string, version: string, env: Envelope): Promise<SecretValue> {
-    let dataKey: Uint8Array | undefined;
-    try {
-      const res = await this.#kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(env.encryptedDataKey, 'base64'), EncryptionContext: encryptionContext(name, version), KeyId: env.keyId }));
-      dataKey = res.Plaintext;
-    } catch (err) {
-      throw kmsError(err, 'Decrypt', name);
-    }
+    const res = await this.#send('Decrypt', () => this.#kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(env.encryptedDataKey, 'base64'), EncryptionContext: encryptionContext(name, version), KeyId: env.keyId })), name);
+    const dataKey = res.Plaintext;
     if (!dataKey) throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `KMS returned no plaintext data key for secret "${name}"`, { retryable: true });
     try {
       return { value: unseal(dataKey, env, `fleet:${name}:${version}`, `KMS secret "${name}" v${version}`), version };
@@ -149,12 +153,7 @@ export class KmsProvider implements SecretProvider {
   async #add(name: string, value: Uint8Array, makeCurrent: boolean): Promise<{ version: string }> {
     const key = this.#key(name);
     const version = String(await this.#o.redis.hincrby(key, 'seq', 1));
-    let dk;
-    try {
-      dk = await this.#kms.send(new GenerateDataKeyCommand({ KeyId: this.#o.keyId, KeySpec: 'AES_256', EncryptionContext: encryptionContext(name, version) }));
-    } catch (err) {
-      throw kmsError(err, 'GenerateDataKey', name);
-    }
+    const dk = await this.#send('GenerateDataKey', () => this.#kms.send(new GenerateDataKeyCommand({ KeyId: this.#o.keyId, KeySpec: 'AES_256', EncryptionContext: encryptionContext(name, version) })), name);
     const plaintextKey = dk.Plaintext!;
     const env: Envelope = { ...seal(plaintextKey, value, `fleet:${name}:${version}`), encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'), keyId: dk.KeyId ?? this.#o.keyId, createdAt: Date.now() };
     plaintextKey.fill(0);
@@ -183,37 +182,22 @@ export class KmsProvider implements SecretProvider {
   }
 
   async check(): Promise<void> {
-    try {
-      await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
-    } catch (err) {
-      throw kmsError(err, 'DescribeKey');
-    }
+    await this.#send('DescribeKey', () => this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId })));
   }
 
   /** Customer-key rotation: turn on KMS's automatic rotation (yearly by default in AWS). */
   async enableKeyRotation(): Promise<void> {
-    try {
-      await this.#kms.send(new EnableKeyRotationCommand({ KeyId: await this.#keyArnOrId() }));
-    } catch (err) {
-      throw kmsError(err, 'EnableKeyRotation');
-    }
+    await this.#send('EnableKeyRotation', async () => this.#kms.send(new EnableKeyRotationCommand({ KeyId: await this.#keyArnOrId() })));
   }
 
   async keyRotationEnabled(): Promise<boolean> {
-    try {
-      return (await this.#kms.send(new GetKeyRotationStatusCommand({ KeyId: await this.#keyArnOrId() }))).KeyRotationEnabled === true;
-    } catch (err) {
-      throw kmsError(err, 'GetKeyRotationStatus');
-    }
+    const res = await this.#send('GetKeyRotationStatus', async () => this.#kms.send(new GetKeyRotationStatusCommand({ KeyId: await this.#keyArnOrId() })));
+    return res.KeyRotationEnabled === true;
   }
 
   /** Customer-key rotation now (`fleet kms rotate-key`); stored data keys stay decryptable. */
   async rotateKeyNow(): Promise<void> {
-    try {
-      await this.#kms.send(new RotateKeyOnDemandCommand({ KeyId: await this.#keyArnOrId() }));
-    } catch (err) {
-      throw kmsError(err, 'RotateKeyOnDemand');
-    }
+    await this.#send('RotateKeyOnDemand', async () => this.#kms.send(new RotateKeyOnDemandCommand({ KeyId: await this.#keyArnOrId() })));
   }
 
   /** Rotation APIs take a key id or ARN, not an alias. */
