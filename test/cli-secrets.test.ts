@@ -1,13 +1,11 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
 import { sha256Hex } from '../src/producers/auth.js';
 import { createApiApp, listen } from '../src/producers/http-api.js';
 import { Producer } from '../src/producers/producer.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob } from './helpers/fleet.js';
+import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const FLEET = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
@@ -31,19 +29,16 @@ const PLAIN = 'plain-token-0123456789abcdef';
 
 describe('secrets and audit from the CLI and the API', () => {
   it('set (value from stdin), list, use in a job, then audit and status --secrets show it', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-cli-sec-'));
-    const file = path.join(dir, 'fleet.config.json');
-    writeFileSync(
-      file,
-      JSON.stringify({
-        dataDir: dir,
+    const { file } = writeJsonConfig(
+      {
         redis: { prefix: uniquePrefix() },
         producers: [
           { name: 'ops', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'], admin: true },
           { name: 'svc', tokenSha256: sha256Hex(PLAIN), jobTypes: ['*'] },
         ],
         jobTypes: [{ name: 'reader', processor: path.join(FIXTURES, 'secret-reader.mjs'), secrets: ['api-key'], attempts: 1 }],
-      }),
+      },
+      'cli-sec',
     );
     const set = await fleet(['secrets', 'set', 'api-key'], file, 'sk-from-stdin-123456\n');
     expect(set.stderr).toBe('');

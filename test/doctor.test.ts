@@ -1,25 +1,15 @@
 import { execFile } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { doctor } from '../src/cli/doctor.js';
-import { FIXTURES, fixtureType, testConfig } from './helpers/fleet.js';
-import { startTestRedis, uniquePrefix } from './helpers/redis.js';
+import { FIXTURES, fixtureType, testConfig, writeJsonConfig } from './helpers/fleet.js';
+import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const run = promisify(execFile);
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-let r: Redis;
-beforeAll(async () => {
-  redis = await startTestRedis();
-  r = new Redis(redis.url);
-});
-afterAll(async () => {
-  r?.disconnect();
-  await redis?.release();
-});
+const redis = useTestRedis();
 
 describe('fleet doctor', () => {
   it('flags what the zero-trust checklist forbids, each with its fix', async () => {
@@ -37,7 +27,7 @@ describe('fleet doctor', () => {
         },
       },
     );
-    const checks = await doctor(config, r, { production: true, metricsUrls: ['http://127.0.0.1:1/metrics'] });
+    const checks = await doctor(config, redis.client, { production: true, metricsUrls: ['http://127.0.0.1:1/metrics'] });
     const byName = (prefix: string) => checks.filter((c) => c.check.startsWith(prefix));
     expect(byName('secret api-key: external provider')[0]).toMatchObject({ status: 'FAIL', fix: expect.stringContaining('"vault" or "kms"') });
     expect(byName('secret orphan-key: rotation policy')[0]).toMatchObject({ status: 'FAIL' });
@@ -53,10 +43,7 @@ describe('fleet doctor', () => {
   });
 
   it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-cli-'));
-    const file = path.join(dir, 'fleet.config.json');
-    const base = { dataDir: dir, redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] };
-    writeFileSync(file, JSON.stringify(base));
+    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] }, 'doctor-cli');
     const env = { ...process.env, REDIS_URL: redis.url, NODE_ENV: 'development' };
     const ok = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--config', file], { env });
     expect(ok.stdout).toMatch(/\d+ checks: \d+ pass, 2 warn, 0 fail/);

@@ -1,10 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob } from './helpers/fleet.js';
+import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const redis = useTestRedis();
@@ -12,16 +10,13 @@ guardAgainstLeaks();
 
 describe('many supervisors (separate processes, as on separate hosts)', () => {
   it('share the work: every job runs exactly once and the fleet-wide cap holds', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-many-'));
-    const file = path.join(dir, 'fleet.config.json');
-    writeFileSync(
-      file,
-      JSON.stringify({
-        dataDir: dir,
+    const { file } = writeJsonConfig(
+      {
         redis: { prefix: uniquePrefix() },
         supervisor: { metricsPort: 0, heartbeatMs: 500 },
         jobTypes: [{ name: 'slow', processor: path.join(FIXTURES, 'slow.mjs'), isolation: 'pool', concurrency: 3, warmSandboxes: 3, globalConcurrency: 4, attempts: 1 }],
-      }),
+      },
+      'many',
     );
     const procs: ChildProcess[] = [];
     const outputs: string[] = [];

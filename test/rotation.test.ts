@@ -2,8 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { Redis } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { FleetEventBus, type FleetEvents } from '../src/events.js';
@@ -12,18 +11,9 @@ import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { readRotationState, RotationService } from '../src/rotation/rotation-service.js';
 import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
-import { startTestRedis } from './helpers/redis.js';
+import { useTestRedis } from './helpers/redis.js';
 
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
-let r: Redis;
-beforeAll(async () => {
-  redis = await startTestRedis();
-  r = new Redis(redis.url);
-});
-afterAll(async () => {
-  r?.disconnect();
-  await redis?.release();
-});
+const redis = useTestRedis();
 guardAgainstLeaks();
 
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
@@ -69,13 +59,13 @@ describe('secret rotation', () => {
     metrics.attach(events);
     const svc = await startRotation(config, events);
     await until('two rotations', async () => Number(await currentVersion(local)) >= 3);
-    const state = await readRotationState(r, config.redis.prefix, 'api-key');
+    const state = await readRotationState(redis.client, config.redis.prefix, 'api-key');
     expect(state.lastOutcome).toBe('ok');
     expect(state.rotations).toBeGreaterThanOrEqual(2);
     expect(Object.keys(state.retiring).length).toBeGreaterThanOrEqual(2);
     const value = Buffer.from((await local.readVersion('api-key', await currentVersion(local))).value).toString();
     expect(value).toMatch(/^[A-Za-z0-9_-]{32}$/);
-    const actions = (await readAudit(r, config.redis.prefix, { secret: 'api-key' })).map((a) => a.action);
+    const actions = (await readAudit(redis.client, config.redis.prefix, { secret: 'api-key' })).map((a) => a.action);
     for (const step of ['rotate:create', 'rotate:test', 'rotate:promote']) expect(actions).toContain(step);
     expect(await metrics.registry.getSingleMetricAsString('fleet_secret_rotations_total')).toMatch(/fleet_secret_rotations_total\{secret="api-key",outcome="ok"\} [2-9]/);
     const health = (await svc.health()).find((h) => h.secret === 'api-key')!;
@@ -91,7 +81,7 @@ describe('secret rotation', () => {
     await sleep(3500);
     const schedulers = await running[0]!.queue.getJobSchedulers();
     expect(schedulers.map((s) => s.key)).toEqual(['rotate-api-key']);
-    const rotations = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    const rotations = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     const elapsedWindows = Math.ceil((Date.now() - t0) / 1000);
     expect(rotations).toBeGreaterThanOrEqual(2);
     expect(rotations).toBeLessThanOrEqual(elapsedWindows + 1);
@@ -102,13 +92,13 @@ describe('secret rotation', () => {
   it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
     const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
     await startRotation(config);
-    await until('first rotation', async () => (await readRotationState(r, config.redis.prefix, 'api-key')).rotations >= 1);
+    await until('first rotation', async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1);
     await stopAll();
-    const before = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    const before = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     await sleep(3500); // three windows pass with nothing running
     await startRotation(config);
     await sleep(700);
-    const after = (await readRotationState(r, config.redis.prefix, 'api-key')).rotations;
+    const after = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     expect(after - before).toBe(1);
     await stopAll();
   });
@@ -124,14 +114,14 @@ describe('secret rotation', () => {
     expect(await currentVersion(local)).toBe('1');
     expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
     await expect(local.readVersion('api-key', '2')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
-    const state = await readRotationState(r, config.redis.prefix, 'api-key');
+    const state = await readRotationState(redis.client, config.redis.prefix, 'api-key');
     expect(state).toMatchObject({ lastOutcome: 'failed', lastFailedStep: 'test', failures: 2, rotations: 0 });
     expect(state.lastError).toContain('rejected the new credential');
     expect(finished.map((f) => [f.ok, f.step])).toEqual([
       [false, 'test'],
       [false, 'test'],
     ]);
-    const audit = await readAudit(r, config.redis.prefix, { secret: 'api-key' });
+    const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-key' });
     expect(audit.filter((a) => a.action === 'rotate:test' && a.outcome === 'error')).toHaveLength(2);
     expect((await svc.health()).find((h) => h.secret === 'api-key')!.exposureRisk).toBeGreaterThanOrEqual(1);
     await stopAll();

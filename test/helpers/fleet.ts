@@ -1,3 +1,5 @@
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, expect } from 'vitest';
@@ -9,6 +11,14 @@ import { Producer } from '../../src/producers/producer.js';
 import { uniquePrefix } from './redis.js';
 
 export const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
+
+/** Writes a JSON config file into a fresh temp dir (also its dataDir unless given). */
+export function writeJsonConfig(content: Record<string, unknown>, name = 'fleet'): { dir: string; file: string } {
+  const dir = mkdtempSync(path.join(tmpdir(), `fleet-${name}-`));
+  const file = path.join(dir, 'fleet.config.json');
+  writeFileSync(file, JSON.stringify({ dataDir: dir, ...content }));
+  return { dir, file };
+}
 
 /** A job type running a fixture processor, with test-friendly defaults. */
 export function fixtureType(name: string, fixture: string, extra: Partial<JobTypeInput> = {}): JobTypeInput {

@@ -23,19 +23,25 @@ export async function startTestRedis(): Promise<EmbeddedRedis & { dir: string }>
   };
 }
 
-/** A test Redis for the whole file: started before its tests, released after them. */
-export function useTestRedis(): { readonly url: string } {
+/** A test Redis for the whole file (and a client to it): started before its tests, released after them. */
+export function useTestRedis(): { readonly url: string; readonly client: Redis } {
   let server: Awaited<ReturnType<typeof startTestRedis>> | undefined;
+  let client: Redis | undefined;
   beforeAll(async () => {
     server = await startTestRedis();
   });
   afterAll(async () => {
+    client?.disconnect();
     await server?.release();
   });
   return {
     get url(): string {
       if (!server) throw new Error('test Redis is not started yet (use it inside tests or hooks)');
       return server.url;
+    },
+    get client(): Redis {
+      client ??= new Redis(this.url);
+      return client;
     },
   };
 }
