@@ -10,6 +10,8 @@ const fs = require('fs'); const s = JSON.parse(fs.readFileSync('/tmp/setup.json'
 for (const [f, v] of [['role-id', s.roleId], ['secret-id', s.secretId], ['rotator-role-id', s.rotator.roleId], ['rotator-secret-id', s.rotator.secretId]])
   fs.writeFileSync('$CREDS/' + f, v, { mode: 0o644 });"
 rm -f /tmp/setup.json
+# The KMS key the config names (alias/fleet), created once per KMS server (moto keeps keys in memory).
+node bin/fleet.js kms ensure-key
 # Example secrets (values generated here, never in the repo).
 node -e "process.stdout.write(require('crypto').randomBytes(32).toString('hex'))" | node bin/fleet.js secrets set webhook-signing-key --provider vault
 node -e "process.stdout.write(require('crypto').randomBytes(32).toString('base64'))" | node bin/fleet.js secrets set payload-encryption-key --provider kms

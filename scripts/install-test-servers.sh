@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, caching builds outside the repo.
-#   redis-server, prometheus      Debian packages
+#   redis-server, prometheus, bubblewrap   Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
 #   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
 # Re-running is cheap: each step is skipped when its binary is already cached.
@@ -17,6 +17,8 @@ log() { printf '[install-test-servers] %s\n' "$*"; }
 need_apt=()
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus   >/dev/null 2>&1 || need_apt+=(prometheus)
+# bwrap: the OS layer of process sandboxes (user, PID, mount, IPC and network namespaces).
+command -v bwrap        >/dev/null 2>&1 || need_apt+=(bubblewrap)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   log "apt-get install ${need_apt[*]}"
@@ -59,5 +61,18 @@ if [ ! -x "$CACHE_DIR/moto/bin/moto_server" ]; then
     log "WARNING: installing moto failed; the KMS tests will be skipped with this reason"
 fi
 ln -sf "$CACHE_DIR/moto/bin/moto_server" "$CACHE_DIR/bin/moto_server"
+
+# compose-check: docker-compose.yml loaded by compose-go (the loader Docker Compose uses), built
+# from test/compose-check; rebuilt when its go.sum changes.
+repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
+cc_sum="$(sha256sum "$repo_dir/test/compose-check/go.sum" "$repo_dir/test/compose-check/main.go" | sha256sum | cut -c1-16)"
+if [ ! -x "$CACHE_DIR/bin/compose-check" ] || [ "$(cat "$CACHE_DIR/compose-check.sum" 2>/dev/null)" != "$cc_sum" ]; then
+  log "building compose-check (compose-go) from the Go module proxy"
+  if (cd "$repo_dir/test/compose-check" && go build -trimpath -o "$CACHE_DIR/bin/compose-check" .); then
+    echo "$cc_sum" >"$CACHE_DIR/compose-check.sum"
+  else
+    log "WARNING: building compose-check failed; the compose-go test will be skipped with this reason"
+  fi
+fi
 
 log "ready in $CACHE_DIR/bin: $(ls "$CACHE_DIR/bin" | tr '\n' ' ')"

@@ -1,16 +1,31 @@
-// Prints "N passed, N failed, N skipped" from vitest's JSON report; exits 1 if the report is missing.
+// Prints "N passed, N failed" summed over vitest JSON reports (one per Node version), after a
+// line per report; exits 1 if a report is missing or unreadable.
 import { readFileSync } from 'node:fs';
 
-const file = process.argv[2] ?? 'test-results/vitest.json';
-let report;
-try {
-  report = JSON.parse(readFileSync(file, 'utf8'));
-} catch (err) {
-  console.log(`0 passed, 1 failed`);
-  console.error(`test summary: could not read ${file}: ${err.message}`);
-  process.exit(1);
+const files = process.argv.slice(2);
+if (files.length === 0) files.push('test-results/vitest.json');
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+let status = 0;
+for (const file of files) {
+  let report;
+  try {
+    report = JSON.parse(readFileSync(file, 'utf8'));
+  } catch (err) {
+    console.error(`test summary: could not read ${file}: ${err.message}`);
+    failed += 1;
+    status = 1;
+    continue;
+  }
+  // A file that fails to load counts as a failure even though none of its tests ran.
+  const brokenFiles = (report.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).length === 0).length;
+  const s = (report.numPendingTests ?? 0) + (report.numTodoTests ?? 0);
+  console.log(`${file}: ${report.numPassedTests} passed, ${report.numFailedTests + brokenFiles} failed, ${s} skipped`);
+  passed += report.numPassedTests;
+  failed += report.numFailedTests + brokenFiles;
+  skipped += s;
 }
-const skipped = (report.numPendingTests ?? 0) + (report.numTodoTests ?? 0);
-// A file that fails to load counts as a failure even though none of its tests ran.
-const brokenFiles = (report.testResults ?? []).filter((f) => f.status === 'failed' && (f.assertionResults ?? []).length === 0).length;
-console.log(`${report.numPassedTests} passed, ${report.numFailedTests + brokenFiles} failed, ${skipped} skipped`);
+if (skipped) console.log(`(${skipped} skipped in all; see the reasons printed above)`);
+console.log(`${passed} passed, ${failed} failed`);
+process.exit(status);

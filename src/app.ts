@@ -128,6 +128,8 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
     if (role === 'api' || role === 'all') {
       producer = new Producer({ config, redis: redisUrl, name: 'api', events, via: 'http' });
       cleanups.push(() => producer!.close());
+      // Bull Board builds its queues now; they must see a ready connection (see Producer#readyQueue).
+      await waitForRedis(producer.redis);
       let producers: readonly ProducerIdentity[] = config.producers;
       if (producers.length === 0) {
         const dev = ensureDevToken(config.dataDir);

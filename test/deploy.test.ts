@@ -11,6 +11,7 @@ import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
 import { resolveConfig } from '../src/config/resolve.js';
 import { FIXTURES } from './helpers/fleet.js';
+import { findBinary } from './helpers/servers.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const read = (f: string): string => readFileSync(path.join(ROOT, f), 'utf8');
@@ -137,9 +138,10 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     const targets = prom.scrape_configs.flatMap((c) => [...(c.static_configs ?? []).flatMap((s) => s.targets), ...(c.dns_sd_configs ?? []).flatMap((d) => d.names.map((n) => `${n}:${d.port}`))]);
     expect(targets.sort()).toEqual([`api:${config.api.port}`, `scheduler:${config.supervisor.metricsPort}`, `worker:${config.supervisor.metricsPort}`]);
     for (const t of targets) expect(services[t.split(':')[0]!], t).toBeTruthy();
-    // The kms-seed alias is the key the config uses.
-    expect(read('deploy/kms-seed.yaml')).toContain(`AliasName: ${config.secrets.kms!.keyId}`);
-    expect(config.secrets.kms!.endpoint).toBe('http://kms:8080');
+    // vault-init creates the KMS key the config names on the compose KMS server (moto, port 5000).
+    expect(config.secrets.kms!.keyId).toMatch(/^alias\//);
+    expect(read('deploy/vault-init.sh')).toContain('fleet.js kms ensure-key');
+    expect(config.secrets.kms!.endpoint).toBe('http://kms:5000');
   });
 
   it('mounts Prometheus and Grafana files that exist, at the paths their configs name', () => {
@@ -181,5 +183,44 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(df).toMatch(/^HEALTHCHECK /m);
     expect(df).toMatch(/^ENTRYPOINT \["node", "bin\/fleet.js"\]$/m);
     expect(services.worker!.command![0]).toBe('start');
+  });
+
+  describe('loaded by compose-go, the loader Docker Compose itself uses', () => {
+    const bin = findBinary(['compose-check']);
+    if (!bin) console.warn('SKIPPING compose-go checks: compose-check is not built. Fix: bash scripts/install-test-servers.sh (builds test/compose-check from the Go module proxy)');
+    const load = (file: string): { status: number | null; project?: { services: Record<string, { image: string; depends_on?: Record<string, { condition: string }>; deploy?: { replicas?: number }; environment?: Record<string, string | null> }> }; stderr: string } => {
+      const r = spawnSync(bin!, [file], { encoding: 'utf8', cwd: ROOT, env: { PATH: process.env.PATH ?? '' } });
+      return { status: r.status, stderr: r.stderr, ...(r.status === 0 ? { project: JSON.parse(r.stdout) as never } : {}) };
+    };
+
+    it.skipIf(!bin)('accepts docker-compose.yml: schema, interpolation and every reference resolve', () => {
+      const r = load(path.join(ROOT, 'docker-compose.yml'));
+      expect(r.status, r.stderr).toBe(0);
+      const svcs = r.project!.services;
+      expect(Object.keys(svcs).sort()).toEqual(Object.keys(services).sort());
+      // Interpolated defaults and the YAML anchors are resolved the way Docker Compose resolves them.
+      expect(svcs['vault-init']!.environment!.VAULT_TOKEN).toBe('fleet-dev-root');
+      expect(svcs.worker!.environment!.REDIS_URL).toBe('redis://redis:6379');
+      expect(svcs.worker!.deploy?.replicas).toBe(services.worker!.deploy!.replicas);
+      expect(svcs.worker!.depends_on!['vault-init']!.condition).toBe('service_completed_successfully');
+    });
+
+    it.skipIf(!bin)('refuses a compose file with a broken reference (the check can fail)', () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'fleet-compose-'));
+      writeFileSync(path.join(dir, 'docker-compose.yml'), read('docker-compose.yml').replace('redis: { condition: service_healthy }', 'rediss: { condition: service_healthy }'));
+      const r = load(path.join(dir, 'docker-compose.yml'));
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/rediss/);
+    });
+  });
+
+  it('uses maintained releases: current Node LTS base image, Prometheus 3, Redis 8, Grafana 12, moto for KMS', () => {
+    const df = read('Dockerfile');
+    for (const from of df.match(/^FROM \S+/gm)!) expect(from).toMatch(/^FROM node:26\.\d+\.\d+-trixie-slim$/);
+    expect(df).not.toMatch(/node:2[02]\b/);
+    expect(services.prometheus!.image).toMatch(/^prom\/prometheus:v3\./);
+    expect(services.redis!.image).toMatch(/^redis:8\./);
+    expect(services.grafana!.image).toMatch(/^grafana\/grafana:12\./);
+    expect(services.kms!.image).toMatch(/^motoserver\/moto:5\./);
   });
 });

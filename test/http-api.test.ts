@@ -1,3 +1,4 @@
+import { connect } from 'node:net';
 import type { Server } from 'node:http';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
@@ -208,5 +209,35 @@ describe('HTTP API', () => {
     expect(err).toMatchObject({ status: 422, code: 'INVALID_PAYLOAD' });
     const batch = await client.enqueueBatch('other', [{ data: {} }, { data: {} }]);
     expect(batch).toHaveLength(2);
+  });
+});
+
+describe('requests the HTTP parser refuses', () => {
+  /** Writes raw bytes to the API and returns what comes back before the server closes. */
+  const raw = (bytes: string | Buffer): Promise<string> =>
+    new Promise((resolve, reject) => {
+      const { port } = server.address() as { port: number };
+      const sock = connect(port, '127.0.0.1', () => sock.write(bytes));
+      let out = '';
+      sock.setEncoding('utf8');
+      sock.on('data', (d: string) => (out += d));
+      sock.on('end', () => resolve(out));
+      sock.on('error', reject);
+    });
+
+  it('answers bytes that are not HTTP at all with a JSON 400 and closes', async () => {
+    await startApi();
+    const answer = await raw('\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage, e.g. a TLS hello\r\n\r\n');
+    expect(answer).toMatch(/^HTTP\/1\.1 400 Bad Request\r\n/);
+    expect(answer).toContain('Connection: close');
+    expect(JSON.parse(answer.split('\r\n\r\n')[1]!)).toMatchObject({ error: { code: 'BAD_HTTP_REQUEST' } });
+  });
+
+  it('answers oversized headers with 431 even while the client is still sending a large body', async () => {
+    await startApi();
+    const head = `POST /v1/jobs/greet HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer ${ADMIN}\r\nContent-Type: application/json\r\nX-Junk: ${'y'.repeat(20_000)}\r\nContent-Length: 70000\r\n\r\n`;
+    const answer = await raw(Buffer.concat([Buffer.from(head), Buffer.alloc(70_000, 0x78)]));
+    expect(answer).toMatch(/^HTTP\/1\.1 431 /);
+    expect(JSON.parse(answer.split('\r\n\r\n')[1]!)).toMatchObject({ error: { code: 'HEADERS_TOO_LARGE' } });
   });
 });

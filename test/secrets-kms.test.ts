@@ -123,4 +123,18 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     await expect(prov.readVersion('nope')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
     await prov.close();
   });
+
+  it('ensure-key creates the key an alias names once, then finds it; an unknown key id is an error', async () => {
+    const alias = `alias/fleet-ensure-${Date.now()}`;
+    const prov = new KmsProvider({ keyId: alias, region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: 'kmsensure', keepVersions: 3, requestTimeoutMs: 5000 });
+    const first = await prov.ensureKey();
+    expect(first.created).toBe(true);
+    expect(await prov.ensureKey()).toEqual({ keyId: first.keyId, created: false });
+    expect(await prov.write('e', Buffer.from('value-under-created-key'))).toEqual({ version: '1' });
+    expect(Buffer.from((await prov.readVersion('e')).value).toString()).toBe('value-under-created-key');
+    await prov.close();
+    const missing = new KmsProvider({ keyId: '00000000-0000-4000-8000-000000000000', region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: 'kmsensure2', keepVersions: 3, requestTimeoutMs: 5000 });
+    await expect(missing.ensureKey()).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    await missing.close();
+  });
 });

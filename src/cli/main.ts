@@ -25,6 +25,7 @@ Usage:
   fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
   fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
   fleet kms rotate-key                     rotate the KMS customer key now (RotateKeyOnDemand)
+  fleet kms ensure-key                     create the key secrets.kms.keyId names, when it is an alias to no key
   fleet doctor [--production] [--metrics-url U]... [--prometheus-url U]
                                            pre-deploy checklist; exits 1 if any check FAILs
 
@@ -252,18 +253,23 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         return out.state === 'failed' ? 1 : 0;
       }
       case 'kms': {
-        if (rest[0] !== 'rotate-key') throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key');
-        if (!config.secrets.kms) throw new FleetError('CONFIG_INVALID', 'secrets.kms is not configured');
-        await withRedis(config, async (r) => {
+        const action = rest[0];
+        if (action !== 'rotate-key' && action !== 'ensure-key') throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key | fleet kms ensure-key');
+        if (!config.secrets.kms) throw new FleetError('CONFIG_INVALID', 'secrets.kms is not configured. Fix: add secrets.kms { keyId, region } to the config.');
+        const keyId = config.secrets.kms.keyId;
+        const out = await withRedis(config, async (r) => {
           const { makeProvider } = await import('../secrets/providers.js');
           const kms = (await makeProvider('kms', config, { redis: r, logger: makeLogger({ level: 'silent' }) })) as import('../secrets/kms-provider.js').KmsProvider;
           try {
+            if (action === 'ensure-key') return await kms.ensureKey();
             await kms.rotateKeyNow();
+            return null;
           } finally {
             await kms.close();
           }
         });
-        print(`KMS key ${config.secrets.kms.keyId}: rotated on demand (existing data keys stay decryptable)`, { keyId: config.secrets.kms.keyId, rotated: true });
+        if (out) print(out.created ? `KMS key ${keyId}: created (${out.keyId})` : `KMS key ${keyId}: exists (${out.keyId})`, { keyId, kmsKeyId: out.keyId, created: out.created });
+        else print(`KMS key ${keyId}: rotated on demand (existing data keys stay decryptable)`, { keyId, rotated: true });
         return 0;
       }
       case 'doctor': {

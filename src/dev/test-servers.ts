@@ -20,7 +20,8 @@ export interface TestServer {
 
 const CACHE_BIN = process.env.FLEET_SERVERS_BIN ?? path.join(homedir(), '.cache', 'fleet-test-servers', 'bin');
 
-function findBinary(names: string[]): string | null {
+/** A server binary from the test-servers cache, else from PATH. */
+export function findBinary(names: string[]): string | null {
   for (const name of names) {
     const cached = path.join(CACHE_BIN, name);
     if (existsSync(cached)) return cached;

@@ -1,5 +1,5 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
-import type { Server } from 'node:http';
+import { STATUS_CODES, type Server } from 'node:http';
 import { JOB_TYPE_NAME } from '../config/schema.js';
 import { FleetError, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
@@ -237,11 +237,49 @@ function producerByName(base: Producer, name: string): Producer {
   return p;
 }
 
+/** How long a connection refused by the HTTP parser is read (and discarded) after its answer. */
+const LINGER_MS = 2000;
+
+/** The answer to a request Node's HTTP parser refused, before express saw it. */
+function parserRefusal(err: NodeJS.ErrnoException): { status: number; code: string; message: string } {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return { status: 431, code: 'HEADERS_TOO_LARGE', message: 'request headers are larger than the server accepts (16 KiB in all)' };
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return { status: 408, code: 'REQUEST_TIMEOUT', message: 'the request was not received in time' };
+    default:
+      return { status: 400, code: 'BAD_HTTP_REQUEST', message: `not a valid HTTP/1.1 request (${err.code ?? 'parse error'})` };
+  }
+}
+
+/**
+ * A request the HTTP parser refuses (oversized headers, malformed request line, not HTTP at all)
+ * still gets a JSON error envelope. Node's default answer closes the socket at once: with the
+ * client still sending its body, the kernel then resets the connection and the client reads a
+ * connection error instead of the answer. Here the answer is sent, the write side closed, and
+ * what the client still sends is read and discarded for a short while (a "lingering close").
+ */
+function answerParserErrors(server: Server): void {
+  server.on('clientError', (err: NodeJS.ErrnoException, socket) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const r = parserRefusal(err);
+    const body = JSON.stringify({ error: { code: r.code, message: r.message } });
+    socket.end(`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    socket.on('error', () => undefined);
+    socket.resume();
+    setTimeout(() => socket.destroy(), LINGER_MS).unref();
+  });
+}
+
 /** Starts the API on the configured host/port; resolves with the listening server. */
 export function listen(app: express.Express, host: string, port: number): Promise<Server> {
   return new Promise((resolve, reject) => {
     const server = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(server)));
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;
+    answerParserErrors(server);
   });
 }

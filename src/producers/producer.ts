@@ -161,6 +161,26 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     return idempotentJobId(type.name, this.#name, options.idempotencyKey);
   }
 
+  /**
+   * BullMQ checks a Queue's connection once, when the Queue is made, and keeps a failed check
+   * forever. A Queue made while the connection was still coming up (Bull Board makes them at API
+   * start; a Redis Cluster client reports 'connect' before 'ready') would refuse every later call,
+   * so one whose check failed is replaced by a fresh one once Redis is ready.
+   */
+  async #readyQueue(name: string): Promise<Queue> {
+    const q = this.queue(name);
+    try {
+      await q.waitUntilReady();
+      return q;
+    } catch {
+      if (this.#queues.get(name) === q) this.#queues.delete(name);
+      void q.close().catch(() => undefined);
+      const fresh = this.queue(name);
+      await fresh.waitUntilReady();
+      return fresh;
+    }
+  }
+
   async #guard<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
       await ensureReady(this.redis);
@@ -176,7 +196,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const type = this.jobType(typeName);
     const payload = this.validate(type, data);
     const id = this.#idFor(type, options);
-    await this.#guard('enqueue', () => this.queue(type.name).add(type.name, payload, this.#jobOptions(type, id, options)));
+    await this.#guard('enqueue', async () => (await this.#readyQueue(type.name)).add(type.name, payload, this.#jobOptions(type, id, options)));
     this.#events?.emit('job:enqueued', { jobType: type.name, count: 1, via: this.#via });
     return { id, type: type.name };
   }
@@ -204,7 +224,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       throw new ValidationError(`${problems.length} of ${items.length} payloads are invalid; nothing was enqueued`, { details: { items: problems } });
     }
     const jobs = prepared.filter((p) => p !== null);
-    await this.#guard('batch enqueue', () => this.queue(type.name).addBulk(jobs));
+    await this.#guard('batch enqueue', async () => (await this.#readyQueue(type.name)).addBulk(jobs));
     this.#events?.emit('job:enqueued', { jobType: type.name, count: jobs.length, via: this.#via });
     return jobs.map((j) => ({ id: j.opts.jobId!, type: type.name }));
   }
@@ -218,7 +238,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const type = typeName ? this.config.jobTypes.get(typeName) : undefined;
     const found = type
       ? await this.#guard('job lookup', async () => {
-          const q = this.queue(type.name);
+          const q = await this.#readyQueue(type.name);
           const state = (await q.getJobState(id)) as JobState;
           return state === 'unknown' ? undefined : { state, job: await q.getJob(id) };
         })

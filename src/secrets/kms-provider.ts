@@ -1,4 +1,4 @@
-import { DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, GenerateDataKeyCommand, GetKeyRotationStatusCommand, KMSClient, RotateKeyOnDemandCommand, type KMSClientConfig } from '@aws-sdk/client-kms';
+import { CreateAliasCommand, CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, GenerateDataKeyCommand, GetKeyRotationStatusCommand, KMSClient, RotateKeyOnDemandCommand, type KMSClientConfig } from '@aws-sdk/client-kms';
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
@@ -183,6 +183,24 @@ export class KmsProvider implements SecretProvider {
 
   async check(): Promise<void> {
     await this.#send('DescribeKey', () => this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId })));
+  }
+
+  /**
+   * Makes sure the configured key exists: when `keyId` is an alias that names no key, creates a
+   * symmetric key and points the alias at it (`fleet kms ensure-key`, for dev KMS servers that keep
+   * keys in memory). A key id or ARN that does not exist is an error; keys are never guessed.
+   */
+  async ensureKey(): Promise<{ keyId: string; created: boolean }> {
+    try {
+      const d = await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
+      return { keyId: d.KeyMetadata!.KeyId!, created: false };
+    } catch (err) {
+      if ((err as Error).name !== 'NotFoundException' || !this.#o.keyId.startsWith('alias/')) throw kmsError(err, 'DescribeKey');
+    }
+    const created = await this.#send('CreateKey', () => this.#kms.send(new CreateKeyCommand({ Description: `fleet secrets (${this.#o.keyId})`, KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' })));
+    const keyId = created.KeyMetadata!.KeyId!;
+    await this.#send('CreateAlias', () => this.#kms.send(new CreateAliasCommand({ AliasName: this.#o.keyId, TargetKeyId: keyId })));
+    return { keyId, created: true };
   }
 
   /** Customer-key rotation: turn on KMS's automatic rotation (yearly by default in AWS). */
