@@ -22,6 +22,8 @@ export interface FleetEvents {
   };
   'sandbox:spawned': { jobType: string; spawnMs: number };
   'sandbox:destroyed': { jobType: string; reason: string };
+  /** A process sandbox tried to reach a destination outside its type's egress policy. */
+  'egress:refused': { jobType: string; jobId: string | null; destination: string; reason: string };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
   'secret:accessed': { secret: string; jobType: string; outcome: 'granted' | 'denied' | 'error'; provider: string; latencyMs: number };
   'rotation:finished': { secret: string; ok: boolean; step?: 'create' | 'set' | 'test' | 'promote' | 'retire'; durationMs: number };

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -12,6 +12,8 @@ import { LocalProvider } from '../src/secrets/local-provider.js';
 import { readRotationState, RotationService } from '../src/rotation/rotation-service.js';
 import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
+import { capturingLogger } from './helpers/leaks.js';
+import type { Logger } from '../src/observability/logger.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
@@ -28,8 +30,8 @@ async function setup(rotation: Record<string, unknown>, types: JobTypeInput[] = 
   return { config, local };
 }
 
-async function startRotation(config: FleetConfig, events = new FleetEventBus()): Promise<RotationService> {
-  const s = new RotationService({ config, redisUrl: redis.url, events });
+async function startRotation(config: FleetConfig, events = new FleetEventBus(), logger?: Logger): Promise<RotationService> {
+  const s = new RotationService({ config, redisUrl: redis.url, events, ...(logger ? { logger } : {}) });
   running.push(s);
   await s.start();
   return s;
@@ -129,9 +131,8 @@ describe('secret rotation', () => {
 
   it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
     const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') }, graceSeconds: 1 });
-    const callsFile = path.join(FIXTURES, 'rotator-external.calls');
-    rmSync(callsFile, { force: true });
-    const svc = await startRotation(config);
+    const { logger, lines } = capturingLogger();
+    const svc = await startRotation(config, new FleetEventBus(), logger);
     const job = await svc.rotateNow('api-key');
     await until('rotation', async () => (await job.getState()) === 'completed');
     expect(await currentVersion(local)).toBe('2');
@@ -140,8 +141,14 @@ describe('secret rotation', () => {
     await sleep(1200);
     await svc.sweep();
     await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
-    // Each step ran in a sandbox with an empty environment (NODE_ENV only).
-    expect(readFileSync(callsFile, 'utf8').trim().split('\n')).toEqual(['create env=1', 'set', 'test', 'finish:1']);
+    // Each step ran in its own sandbox with no credential in its environment (proxy and temp settings only).
+    const calls = lines.flatMap((l) => (JSON.parse(l) as { msg: string }).msg.match(/^rotator-call (.*)$/)?.slice(1) ?? []);
+    expect(calls.map((c) => c.replace(/^create env=.*/, 'create'))).toEqual(['create', 'set', 'test', 'finish:1']);
+    const env = calls[0]!.replace('create env=', '').split(',');
+    const allowed = new Set(['HOME', 'TMPDIR', 'NODE_ENV', 'PWD', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'NODE_USE_ENV_PROXY']);
+    expect(env.filter((k) => !allowed.has(k))).toEqual([]);
+    // The new value was masked in the rotator's console output.
+    expect(lines.some((l) => l.includes('testing the new value ***'))).toBe(true);
     await stopAll();
   });
 

@@ -159,7 +159,7 @@ describe('sandbox', () => {
 
 function pool(type: JobTypeInput): SandboxPool {
   const cfg = resolveConfig({ redis: { url: 'redis://unused' }, jobTypes: [type] }, { baseDir: FIXTURES });
-  return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus());
+  return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus(), { osLayer: { available: false, reason: 'thread sandboxes', bwrapPath: 'bwrap' }, forbiddenPaths: [], fleetAddresses: [] });
 }
 
 async function runOn(p: SandboxPool): Promise<{ runs: number; touched: number }> {

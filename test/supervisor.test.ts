@@ -183,6 +183,6 @@ describe('supervisor', () => {
     const sup = await startSupervisor({ config });
     const s = sup.status();
     expect(s.state).toBe('running');
-    expect(s.types).toEqual([{ jobType: 'ok', isolation: 'pool', warm: 1, busy: 0, starting: 0, concurrency: 2, active: 0 }]);
+    expect(s.types).toEqual([{ jobType: 'ok', isolation: 'pool', layers: ['thread'], warm: 1, busy: 0, starting: 0, concurrency: 2, active: 0 }]);
   });
 });

@@ -15,8 +15,10 @@ type ParsedJobType = z.output<typeof jobTypeSchema>;
 type ParsedConfig = z.output<typeof fleetConfigSchema>;
 
 /** A job type with every default filled in and its processor path made absolute. */
-export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb'> {
+export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox'> {
   processorPath: string;
+  /** `process` for types with secrets or `critical` ones unless set otherwise. */
+  sandbox: 'process' | 'thread';
   payload: z.ZodType;
   /** The payload schema as JSON Schema (draft 2020-12), for callers outside TypeScript. */
   payloadJsonSchema: Record<string, unknown>;
@@ -110,6 +112,15 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push(`${at}.recycleHeapUsedMb (${recycle}) exceeds maxOldGenerationSizeMb (${jt.maxOldGenerationSizeMb}). Fix: lower it.`);
     if (new Set(jt.secrets).size !== jt.secrets.length) problems.push(`${at}.secrets lists a name twice.`);
 
+    const sandbox = jt.sandbox ?? (jt.secrets.length > 0 || jt.sensitivity === 'critical' ? 'process' : 'thread');
+    if (sandbox === 'thread' && jt.secrets.length > 0)
+      problems.push(`${at}.sandbox is "thread" but the type declares secrets; a thread shares the supervisor's process and credentials. Fix: remove sandbox (process sandboxes are the default) or the secrets.`);
+    if (sandbox === 'thread' && jt.sensitivity === 'critical')
+      problems.push(`${at}.sandbox is "thread" but the type is critical. Fix: remove sandbox: "thread" (critical types run in process sandboxes).`);
+    if (sandbox === 'thread' && jt.egress !== 'none')
+      problems.push(`${at}.egress is only enforced for process sandboxes, and sandbox is "thread". Fix: set sandbox: "process".`);
+    const readPaths = jt.readPaths.map((p) => path.resolve(baseDir, p));
+    for (const p of readPaths) if (!existsSync(p)) problems.push(`${at}.readPaths: ${p} does not exist.`);
     const processorPath = path.resolve(baseDir, jt.processor);
     if (!existsSync(processorPath))
       problems.push(`${at}.processor: ${processorPath} does not exist. Fix: give a path relative to the config file.`);
@@ -123,9 +134,11 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push((err as Error).message);
       payload = z.json();
     }
-    const { payloadSchema: _omit, warmSandboxes, recycleHeapUsedMb: _r, ...rest } = jt;
+    const { payloadSchema: _omit, warmSandboxes, recycleHeapUsedMb: _r, sandbox: _s, readPaths: _rp, ...rest } = jt;
     jobTypes.set(jt.name, {
       ...rest,
+      sandbox,
+      readPaths,
       processorPath,
       payload,
       payloadJsonSchema,

@@ -61,6 +61,25 @@ export const jobTypeSchema = z
     maxResultBytes: z.number().int().positive().default(1024 * 1024),
     /** Names of the secrets this type may read; nothing else is ever handed to it. @defaultValue [] */
     secrets: z.array(z.string().regex(SECRET_NAME)).default([]),
+    /**
+     * The boundary each sandbox of this type runs behind. `process`: its own OS process with an
+     * empty environment, under Node's permission model and (on Linux) its own namespaces.
+     * `thread`: a worker thread of the supervisor, which bounds time and memory but is no security
+     * boundary; refused for types with secrets or `critical` ones. @defaultValue `"process"` when
+     * the type declares secrets or is critical, else `"thread"`
+     */
+    sandbox: z.enum(['process', 'thread']).optional(),
+    /**
+     * Where a process sandbox may connect, enforced outside it by the supervisor's egress proxy:
+     * `"none"`, `"any"` (public addresses only), or a list of `host:port` / `*.domain:port`
+     * patterns (port defaults to 443). Loopback, link-local (cloud metadata), private addresses and
+     * the fleet's own Redis/Vault/KMS are refused unless listed by address. @defaultValue `"none"`
+     */
+    egress: z.union([z.enum(['none', 'any']), z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1)]).default('none'),
+    /** Size cap of a process sandbox's private /tmp (OS layer). @defaultValue 64 */
+    tmpSizeMb: z.number().int().min(1).max(4096).default(64),
+    /** Extra read-only paths a process sandbox may read besides its processor's directory (absolute or relative to the config). @defaultValue [] */
+    readPaths: z.array(z.string().min(1)).default([]),
     /** Finished jobs are kept this long (seconds), so their status and idempotency keys hold. @defaultValue 86400 */
     keepCompletedSeconds: z.number().int().min(0).default(86_400),
     /** @defaultValue 604800 */
@@ -101,7 +120,12 @@ export const rotationSchema = z
       /** KMS only: re-encrypt the same value under a fresh data key. */
       z.object({ type: z.literal('kms-rewrap') }).strict(),
       /** A module exporting `create`, and optionally `set`, `test`, `finish` (external credentials). */
-      z.object({ type: z.literal('module'), path: z.string().min(1) }).strict(),
+      z.object({
+        type: z.literal('module'),
+        path: z.string().min(1),
+        /** Where the rotator's sandbox may connect (the service it sets the credential on). Same syntax as a job type's egress. @defaultValue `"any"` (public addresses only) */
+        egress: z.union([z.enum(['none', 'any']), z.array(z.string().min(1)).min(1)]).default('any'),
+      }).strict(),
     ]),
     /** How long the previous version stays readable after promotion. @defaultValue 3600 */
     graceSeconds: z.number().int().min(0).default(3600),
@@ -257,6 +281,14 @@ export const fleetConfigSchema = z
         lockDurationMs: z.number().int().min(1000).default(30_000),
         /** How often stalled jobs (of dead supervisors) are looked for. @defaultValue 30000 */
         stalledIntervalMs: z.number().int().min(500).default(30_000),
+        /**
+         * The OS layer of process sandboxes (Linux namespaces through bubblewrap). `auto`: used when
+         * it works here, otherwise the supervisor says why and runs without it. `required`: start-up
+         * fails without it. `off`: never (the permission model alone). @defaultValue `"auto"`
+         */
+        osLayer: z.enum(['auto', 'required', 'off']).default('auto'),
+        /** The bubblewrap binary. @defaultValue `"bwrap"` (from PATH) */
+        bwrapPath: z.string().default('bwrap'),
       })
       .strict()
       .prefault({}),

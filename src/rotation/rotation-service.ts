@@ -186,11 +186,13 @@ export class RotationService {
   }
 
   /**
-   * A module rotator whose every step runs in a fresh sandbox thread (empty environment, capped
-   * heap, hard timeout), given only this secret's current value (and the new one), as bytes.
+   * A module rotator whose every step runs in a fresh process sandbox (the job processors' own
+   * primitive: empty environment, permission model, namespaces, egress policy, capped heap, hard
+   * timeout), given only this secret's current value (and the new one), as bytes.
    */
   #sandboxed(secret: string, rotatorPath: string): Rotator {
-    const opts = { timeoutMs: 60_000, maxOldGenerationSizeMb: 128, log: this.#log };
+    const policy = this.policies().get(secret)!.rotator;
+    const opts = { timeoutMs: 60_000, maxOldGenerationSizeMb: 128, log: this.#log, config: this.#config, egress: policy.type === 'module' ? policy.egress : ('none' as const) };
     const current = async (ctx: RotatorContext): Promise<{ current?: Uint8Array }> => {
       const cur = await ctx.current().catch(() => null);
       return cur ? { current: new Uint8Array(cur) } : {};

@@ -1,41 +1,67 @@
-import { Worker } from 'node:worker_threads';
-import { deserializeError, TimeoutError } from '../errors.js';
+import type { FleetConfig } from '../config/resolve.js';
+import { FleetError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import { compiledPath } from '../runtime-path.js';
-import type { RotatorStepMessage, RotatorStepReply } from './rotator-entry.js';
+import { Sandbox } from '../workers/sandbox.js';
+import { probeOsLayer, type Egress } from '../workers/sandbox-boundary.js';
+import { fleetServiceAddresses } from '../workers/fleet-addresses.js';
 
-const ENTRY = compiledPath(import.meta.url, './rotator-entry.js');
+export interface RotatorStepMessage {
+  step: 'create' | 'set' | 'test' | 'finish';
+  secret: string;
+  current?: Uint8Array;
+  value?: Uint8Array;
+  retiredVersion?: string;
+}
+
+export interface RotatorStepOptions {
+  timeoutMs: number;
+  maxOldGenerationSizeMb: number;
+  log: Logger;
+  config: FleetConfig;
+  /** Where the rotator may connect (the service whose credential it rotates). */
+  egress: Egress;
+}
 
 /**
- * Runs one rotator step in a fresh sandbox thread that is destroyed afterwards. Values in the
- * message are transferred (the caller keeps no copy of them); a created value comes back the same
- * way. The step is killed at `timeoutMs`.
+ * Runs one rotator step in a fresh process sandbox, the same primitive as job processors (empty
+ * environment, permission model, namespaces where available, egress policy, every output channel
+ * masked), destroyed afterwards. Values travel like a job's secrets (`current`, `value`) and are
+ * zero-filled here once sent; a created value comes back as bytes. Killed at `timeoutMs`.
  */
-export function runRotatorStep(rotatorPath: string, msg: RotatorStepMessage, options: { timeoutMs: number; maxOldGenerationSizeMb: number; log: Logger }): Promise<Uint8Array | undefined> {
-  const worker = new Worker(ENTRY, {
-    workerData: { rotatorPath },
-    env: { NODE_ENV: process.env.NODE_ENV ?? 'production' },
-    argv: [],
-    resourceLimits: { maxOldGenerationSizeMb: options.maxOldGenerationSizeMb },
-  });
-  return new Promise<Uint8Array | undefined>((resolve, reject) => {
-    let settled = false;
-    const finish = (fn: () => void): void => {
-      if (settled) return;
-      settled = true;
-      clearTimeout(timer);
-      void worker.terminate();
-      fn();
-    };
-    const timer = setTimeout(() => finish(() => reject(new TimeoutError(`rotator step "${msg.step}" of ${msg.secret} exceeded ${options.timeoutMs} ms; its sandbox was terminated`))), options.timeoutMs);
-    worker.on('message', (m: RotatorStepReply) => {
-      if (m.type === 'ready') {
-        const transfer = [msg.current, msg.value].filter((v): v is Uint8Array => v !== undefined).map((v) => v.buffer as ArrayBuffer);
-        worker.postMessage(msg, transfer);
-      } else if (m.type === 'log') options.log.info(m.msg, { secret: msg.secret, step: msg.step, source: 'rotator' });
-      else if (m.type === 'done') finish(() => (m.ok ? resolve(m.value) : reject(deserializeError(m.error))));
+export async function runRotatorStep(rotatorPath: string, msg: RotatorStepMessage, options: RotatorStepOptions): Promise<Uint8Array | undefined> {
+  const { config, log } = options;
+  const secrets = (['current', 'value'] as const).flatMap((name) => (msg[name] ? [{ name, value: msg[name], version: '' }] : []));
+  const jobType = `rotator:${msg.secret}`;
+  let sandbox: Sandbox;
+  try {
+    sandbox = await Sandbox.start({
+      kind: 'rotator',
+      processorPath: rotatorPath,
+      jobType,
+      maxResultBytes: 1024,
+      maxOldGenerationSizeMb: options.maxOldGenerationSizeMb,
+      process: {
+        osLayer: await probeOsLayer(config.supervisor.osLayer, config.supervisor.bwrapPath),
+        egress: options.egress,
+        tmpSizeMb: 16,
+        readPaths: [],
+        forbiddenPaths: [config.dataDir],
+        fleetAddresses: await fleetServiceAddresses(config, config.redis.url ?? ''),
+        onEgressRefused: (r) => log.warn('rotator egress refused', { secret: msg.secret, step: msg.step, destination: r.destination, reason: r.reason }),
+      },
     });
-    worker.on('error', (err) => finish(() => reject(err)));
-    worker.on('exit', (code) => finish(() => reject(new Error(`rotator sandbox exited with code ${code} during step "${msg.step}"`))));
-  });
+  } catch (err) {
+    for (const s of secrets) s.value.fill(0);
+    throw err;
+  }
+  try {
+    const r = await sandbox.run(
+      { type: 'run', jobId: `rotation:${msg.secret}:${msg.step}`, jobType, attempt: 1, data: { step: msg.step, secret: msg.secret, ...(msg.retiredVersion ? { retiredVersion: msg.retiredVersion } : {}) }, secretNames: secrets.map((s) => s.name), secrets },
+      { timeoutMs: options.timeoutMs, abortGraceMs: Math.min(1000, options.timeoutMs / 2), onLog: (_level, m) => log.info(m, { secret: msg.secret, step: msg.step, source: 'rotator' }) },
+    );
+    if (msg.step === 'create' && !r.value) throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
+    return r.value;
+  } finally {
+    await sandbox.destroy();
+  }
 }

@@ -112,6 +112,11 @@ export class SecretBroker {
     this.#events.emit('secret:accessed', { secret: rec.secret, jobType: rec.jobType, outcome: rec.outcome, provider: rec.provider, latencyMs: full.latencyMs });
   }
 
+  /** An audit record that is not a secret read (an egress refusal): written, not counted as an access. */
+  auditEvent(rec: Omit<Parameters<AuditLog['record']>[0], 'ts'>): void {
+    this.#audit.record({ ts: Date.now(), ...rec });
+  }
+
   async close(): Promise<void> {
     await this.#audit.flush();
     await Promise.all([...this.#providers.values()].map((p) => p.close()));

@@ -15,7 +15,12 @@ export interface RunMessage {
 export type SecretReply =
   | { type: 'secret'; reqId: number; ok: true; value: Uint8Array; version: string }
   | { type: 'secret'; reqId: number; ok: false; error: SerializedError };
-export type ToSandbox = RunMessage | SecretReply | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
+/** A process sandbox gets its init as the first message (threads get it as `workerData`). */
+export interface InitMessage {
+  type: 'init';
+  init: SandboxInit;
+}
+export type ToSandbox = RunMessage | SecretReply | InitMessage | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 
@@ -36,14 +41,18 @@ export type FromSandbox =
   | { type: 'progress'; value: unknown }
   | { type: 'log'; level: LogLevel; msg: string; fields?: Record<string, unknown>; source: 'processor' | 'console' }
   | { type: 'secret-request'; reqId: number; name: string }
-  | ({ type: 'done'; ok: true; resultJson: string } & RunStats)
+  | ({ type: 'done'; ok: true; resultJson: string; /** A rotator's created value. */ value?: Uint8Array } & RunStats)
   | ({ type: 'done'; ok: false; error: SerializedError } & RunStats);
 
-/** What a sandbox is started with (`workerData`). */
+/** What a sandbox is started with (`workerData`, or the `init` message of a process). */
 export interface SandboxInit {
+  /** `processor`: a job processor (default export). `rotator`: a rotator module (create/set/test/finish). */
+  kind?: 'processor' | 'rotator';
   processorPath: string;
   jobType: string;
   maxResultBytes: number;
   /** Log lines a job may write (ctx.log and console together) before the rest is dropped. */
   maxLogLines: number;
+  /** OS layer: a loopback listener inside the sandbox's network namespace, relayed to the egress proxy's socket. */
+  egressForwarder?: { port: number; socket: string };
 }

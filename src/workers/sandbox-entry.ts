@@ -1,9 +1,12 @@
 /**
- * Runs inside a sandbox thread: loads one processor module, then runs the jobs it is sent, one
- * at a time. Everything leaving this thread goes through `post`, after secret masking, so nothing
- * reaches the supervisor that is not a plain, checked, masked message.
+ * Runs inside a sandbox (a worker thread, or its own process): loads one processor module (or a
+ * rotator module), then runs the jobs it is sent, one at a time. Everything leaving the sandbox
+ * goes through `post`, after secret masking, so nothing reaches the supervisor that is not a
+ * plain, checked, masked message. One entry for both kinds of sandbox and both kinds of module,
+ * so every output channel is masked the same way everywhere.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { createServer, connect } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { format } from 'node:util';
@@ -11,12 +14,20 @@ import v8 from 'node:v8';
 import { CancelledError, ProcessorLoadError, ResultError, ShutdownError, TimeoutError, deserializeError, serializeError, type SerializedError } from '../errors.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
+import type { Rotator } from '../rotation/rotators.js';
 import { SecretMask } from './secret-mask.js';
 
-const init = workerData as SandboxInit;
-const port = parentPort!;
-const post = (msg: FromSandbox): void => port.postMessage(msg);
-
+/** The channel to the supervisor: the thread's port, or the process's IPC channel. */
+const port = parentPort;
+const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
+  if (port) port.postMessage(msg, transfer);
+  else process.send?.(msg);
+};
+const onMessage = (fn: (msg: ToSandbox) => void): void => {
+  if (port) port.on('message', fn);
+  else process.on('message', fn as (m: unknown) => void);
+};
+let init: SandboxInit = (port ? workerData : null) as SandboxInit;
 /** State of the job running now; reset after each job. */
 interface Current {
   controller: AbortController;
@@ -53,17 +64,56 @@ for (const [stream, level] of [[process.stdout, 'info'], [process.stderr, 'warn'
   }) as typeof stream.write;
 }
 
-async function load(): Promise<Processor> {
-  if (/\.[cm]?ts$/.test(init.processorPath)) {
-    // TypeScript processors need a loader in this thread; JS processors skip the cost.
+/** The module's export: a processor function, or a rotator object. */
+async function load(): Promise<Processor | Rotator> {
+  if (port && /\.[cm]?ts$/.test(init.processorPath)) {
+    // TypeScript in a thread: through tsx. A process sandbox strips types natively (Node ≥ 22.18,
+    // or --experimental-strip-types): tsx's esbuild would need a child process, which it may not start.
     const { register } = await import('tsx/esm/api');
     register();
   }
-  const mod = (await import(pathToFileURL(init.processorPath).href)) as { default?: unknown };
+  const mod = (await import(pathToFileURL(init.processorPath).href)) as { default?: unknown } & Partial<Rotator>;
+  if (init.kind === 'rotator') {
+    const r = (mod.default ?? mod) as Partial<Rotator>;
+    if (typeof r.create !== 'function') throw new ProcessorLoadError(`rotator module ${init.processorPath} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`);
+    return r as Rotator;
+  }
   if (typeof mod.default !== 'function') {
     throw new ProcessorLoadError(`processor ${init.processorPath} has no default export function. Fix: export default async function (job, ctx) { … }`);
   }
   return mod.default as Processor;
+}
+
+/** Data of a rotator step's run message. */
+interface RotatorStepData {
+  step: 'create' | 'set' | 'test' | 'finish';
+  secret: string;
+  retiredVersion?: string;
+}
+
+/** Runs one rotator step: `current` and `value` arrive as the job's secrets; `create` returns new bytes. */
+async function rotatorStep(rotator: Rotator, msg: RunMessage, bytes: (name: string) => Uint8Array | undefined): Promise<{ value?: Uint8Array }> {
+  const d = msg.data as RotatorStepData;
+  const view = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
+  const ctx = {
+    secret: d.secret,
+    current: () => {
+      const c = bytes('current');
+      return c ? Promise.resolve(view(c)) : Promise.reject(new Error(`secret "${d.secret}" has no current version`));
+    },
+  };
+  const value = bytes('value');
+  if (d.step === 'create') {
+    const created = await rotator.create(ctx);
+    const out = new Uint8Array(created.byteLength);
+    out.set(created);
+    created.fill(0);
+    return { value: out };
+  }
+  if (d.step === 'set') await rotator.set?.(ctx, value!);
+  else if (d.step === 'test') await rotator.test?.(ctx, value!);
+  else await rotator.finish?.({ ...ctx, retiredVersion: d.retiredVersion ?? '' });
+  return {};
 }
 
 function abortReasonError(reason: string): Error {
@@ -110,7 +160,7 @@ function onSecretReply(msg: SecretReply): void {
   waiter.resolve(msg.value);
 }
 
-async function run(processor: Processor, msg: RunMessage): Promise<void> {
+async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> {
   const c: Current = { controller: new AbortController(), mask: new SecretMask(), handed: [], pending: new Map(), logLines: 0 };
   current = c;
   const delivered = new Map<string, Uint8Array>();
@@ -146,8 +196,11 @@ async function run(processor: Processor, msg: RunMessage): Promise<void> {
     },
   };
   let outcome: { ok: true; resultJson: string } | { ok: false; error: SerializedError };
+  let produced: Uint8Array | undefined;
   try {
-    const result = await processor({ id: msg.jobId, type: msg.jobType, attempt: msg.attempt, data: msg.data }, ctx);
+    let result: unknown;
+    if (typeof module === 'function') result = await module({ id: msg.jobId, type: msg.jobType, attempt: msg.attempt, data: msg.data }, ctx);
+    else produced = (await rotatorStep(module, msg, (n) => delivered.get(n))).value;
     const resultJson = c.mask.text(JSON.stringify(result ?? null, rejectUnserializable));
     const bytes = Buffer.byteLength(resultJson);
     outcome =
@@ -168,19 +221,79 @@ async function run(processor: Processor, msg: RunMessage): Promise<void> {
   for (const b of c.handed) b.fill(0);
   for (const w of c.pending.values()) w.reject(new CancelledError('job ended'));
   current = null;
-  post({ type: 'done', ...outcome, ...stats(eluStart, c.handed.length) } as FromSandbox);
+  // A rotator's created value leaves as bytes (moved, for threads), never through the masked text paths.
+  const done = { type: 'done', ...outcome, ...stats(eluStart, c.handed.length), ...(produced && outcome.ok ? { value: produced } : {}) } as FromSandbox;
+  post(done, produced && port ? [produced.buffer as ArrayBuffer] : []);
+  if (produced && !port) produced.fill(0);
+}
+
+/**
+ * OS layer: the sandbox's network namespace has only loopback. HTTP clients use the proxy
+ * settings (`HTTPS_PROXY`, `NODE_USE_ENV_PROXY`) pointing here; this relays each connection to the
+ * supervisor's egress proxy socket, which decides. Tampering with it gains nothing: the decision is
+ * outside.
+ */
+function startEgressForwarder(f: { port: number; socket: string }): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const server = createServer((client) => {
+      const up = connect(f.socket);
+      client.pipe(up).pipe(client);
+      const end = (): void => {
+        client.destroy();
+        up.destroy();
+      };
+      client.on('error', end);
+      up.on('error', end);
+    });
+    server.on('error', reject);
+    server.listen(f.port, '127.0.0.1', () => {
+      server.unref();
+      resolve();
+    });
+  });
+}
+
+/**
+ * Seat belts for a process sandbox, set before any processor code runs. The OS layer makes them
+ * moot (nothing outside is visible); without it they keep a processor from signalling the
+ * supervisor by pid. Node's permission model already denies child processes, workers, addons,
+ * WASI, the inspector and `process.binding`.
+ */
+function harden(): void {
+  const denied = (): never => {
+    throw Object.assign(new Error('process.kill is not available in a fleet sandbox'), { code: 'ERR_ACCESS_DENIED' });
+  };
+  Object.defineProperty(process, 'kill', { value: denied, writable: false, configurable: false });
+  Reflect.deleteProperty(process, '_kill');
+  Reflect.deleteProperty(process, '_debugProcess');
 }
 
 async function main(): Promise<void> {
-  let processor: Processor;
+  if (!port) {
+    // A process sandbox: its init is the first IPC message.
+    init = await new Promise<SandboxInit>((resolve) => {
+      const first = (m: ToSandbox): void => {
+        if (m.type === 'init') {
+          process.off('message', first as (m: unknown) => void);
+          resolve(m.init);
+        }
+      };
+      process.on('message', first as (m: unknown) => void);
+    });
+    harden();
+    // The IPC channel must not keep an idle sandbox alive after the supervisor is gone.
+    process.on('disconnect', () => process.exit(0));
+    if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
+  }
+  let module: Processor | Rotator;
   try {
-    processor = await load();
+    module = await load();
   } catch (err) {
     post({ type: 'load-failed', error: serializeError(err instanceof ProcessorLoadError ? err : new ProcessorLoadError(`could not load processor ${init.processorPath}: ${(err as Error).message}`)) });
     return;
   }
-  port.on('message', (msg: ToSandbox) => {
-    if (msg.type === 'run') void run(processor, msg);
+  onMessage((msg: ToSandbox) => {
+    if (msg.type === 'run') void run(module, msg);
     else if (msg.type === 'secret') onSecretReply(msg);
     else if (msg.type === 'abort') current?.controller.abort(msg.reason);
   });

@@ -3,10 +3,22 @@ import { toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import { Sandbox } from './sandbox.js';
+import type { OsLayer, SandboxLayer } from './sandbox-boundary.js';
+
+/** What process sandboxes of every type share: the OS layer probe, and what none may reach. */
+export interface ProcessBoundary {
+  osLayer: OsLayer;
+  /** Paths no sandbox may read (the data dir). */
+  forbiddenPaths: readonly string[];
+  /** Addresses of Redis, Vault and KMS, refused by every egress proxy unless listed. */
+  fleetAddresses: readonly string[];
+}
 
 export interface SandboxPoolStats {
   jobType: string;
   isolation: 'job' | 'pool';
+  /** The layers this type's sandboxes run behind. */
+  layers: readonly SandboxLayer[];
   warm: number;
   busy: number;
   starting: number;
@@ -30,10 +42,19 @@ export class SandboxPool {
   /** Set after a failed spawn so the refill loop does not spin on a broken processor. */
   #lastSpawnError: Error | null = null;
 
-  constructor(type: JobType, log: Logger, events: FleetEventBus) {
+  readonly #boundary: ProcessBoundary;
+  #layers: readonly SandboxLayer[];
+
+  constructor(type: JobType, log: Logger, events: FleetEventBus, boundary: ProcessBoundary) {
     this.#type = type;
     this.#log = log.scope({ jobType: type.name });
     this.#events = events;
+    this.#boundary = boundary;
+    this.#layers = type.sandbox === 'thread' ? ['thread'] : [];
+  }
+
+  get layers(): readonly SandboxLayer[] {
+    return this.#layers;
   }
 
   /** Starts the warm sandboxes; rejects if the processor cannot be loaded. */
@@ -46,12 +67,28 @@ export class SandboxPool {
   async #spawn(): Promise<Sandbox> {
     this.#starting += 1;
     try {
+      const t = this.#type;
+      const b = this.#boundary;
       const sb = await Sandbox.start({
-        processorPath: this.#type.processorPath,
-        jobType: this.#type.name,
-        maxResultBytes: this.#type.maxResultBytes,
-        maxOldGenerationSizeMb: this.#type.maxOldGenerationSizeMb,
+        processorPath: t.processorPath,
+        jobType: t.name,
+        maxResultBytes: t.maxResultBytes,
+        maxOldGenerationSizeMb: t.maxOldGenerationSizeMb,
+        ...(t.sandbox === 'process'
+          ? {
+              process: {
+                osLayer: b.osLayer,
+                egress: t.egress,
+                tmpSizeMb: t.tmpSizeMb,
+                readPaths: t.readPaths,
+                forbiddenPaths: b.forbiddenPaths,
+                fleetAddresses: b.fleetAddresses,
+                onEgressRefused: (r) => this.#events.emit('egress:refused', { jobType: t.name, jobId: r.jobId, destination: r.destination, reason: r.reason }),
+              },
+            }
+          : {}),
       });
+      this.#layers = sb.layers;
       this.#lastSpawnError = null;
       this.#events.emit('sandbox:spawned', { jobType: this.#type.name, spawnMs: sb.spawnMs });
       return sb;
@@ -109,7 +146,7 @@ export class SandboxPool {
   }
 
   stats(): SandboxPoolStats {
-    return { jobType: this.#type.name, isolation: this.#type.isolation, warm: this.#idle.length, busy: this.#busy.size, starting: this.#starting };
+    return { jobType: this.#type.name, isolation: this.#type.isolation, layers: this.#layers, warm: this.#idle.length, busy: this.#busy.size, starting: this.#starting };
   }
 
   /** Destroys every sandbox, idle and busy. */

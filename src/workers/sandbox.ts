@@ -1,4 +1,3 @@
-import { Worker } from 'node:worker_threads';
 import { performance } from 'node:perf_hooks';
 import type { SecretValue } from '../secrets/provider.js';
 import {
@@ -6,23 +5,21 @@ import {
   serializeError,
   deserializeError,
   FleetError,
-  MemoryLimitError,
-  ProcessorError,
-  ProcessorLoadError,
   SandboxCrashError,
   SecretScopeError,
   ShutdownError,
   TimeoutError,
 } from '../errors.js';
-import { compiledPath } from '../runtime-path.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './protocol.js';
+import type { SandboxLayer } from './sandbox-boundary.js';
+import { startProcessHost, startThreadHost, type ProcessHostOptions, type SandboxHost } from './sandbox-host.js';
 
-const ENTRY = compiledPath(import.meta.url, './sandbox-entry.js');
-
-export interface SandboxOptions extends Omit<SandboxInit, 'maxLogLines'> {
+export interface SandboxOptions extends Omit<SandboxInit, 'maxLogLines' | 'egressForwarder'> {
   maxOldGenerationSizeMb: number;
   /** @defaultValue 1000 */
   maxLogLines?: number;
+  /** Run as its own OS process with these settings; a worker thread when absent. */
+  process?: ProcessHostOptions;
 }
 
 export interface RunOptions {
@@ -38,6 +35,8 @@ export interface RunOptions {
 
 export interface RunResult extends RunStats {
   resultJson: string;
+  /** A rotator step's created value. */
+  value?: Uint8Array;
 }
 
 type StopReason = 'timeout' | 'cancelled' | 'shutdown';
@@ -64,86 +63,54 @@ export function liveSandboxCount(): number {
 }
 
 /**
- * One isolated execution instance: a worker thread with its own V8 heap (capped), its own module
- * graph, an empty environment and no access to the supervisor's memory. It runs one job at a
- * time. `terminate()` stops it even inside `while (true) {}`.
+ * One isolated execution instance that runs one job at a time: a worker thread (own V8 heap,
+ * module graph, empty environment) or its own OS process behind the permission model and, on
+ * Linux, namespaces (see {@link startProcessHost}). `destroy()` stops it even inside
+ * `while (true) {}`.
  */
 export class Sandbox {
   readonly jobType: string;
   readonly spawnMs: number;
+  /** The layers this sandbox runs behind (`thread`, or `process`, `permission-model`, `namespaces`, `egress-proxy`). */
+  readonly layers: readonly SandboxLayer[];
   jobsRun = 0;
   lastHeapUsedBytes = 0;
-  #worker: Worker;
+  #host: SandboxHost;
   #dead = false;
   #onDeath: ((err: FleetError) => void) | null = null;
   #onMessage: ((msg: FromSandbox) => void) | null = null;
-  readonly #maxOldGenerationSizeMb: number;
 
-  private constructor(worker: Worker, jobType: string, spawnMs: number, maxOld: number) {
-    this.#worker = worker;
+  private constructor(host: SandboxHost, jobType: string, spawnMs: number) {
+    this.#host = host;
     this.jobType = jobType;
     this.spawnMs = spawnMs;
-    this.#maxOldGenerationSizeMb = maxOld;
+    this.layers = host.layers;
     live.add(this);
-    worker.on('exit', () => live.delete(this));
-    worker.on('message', (msg: FromSandbox) => this.#onMessage?.(msg));
-    worker.on('error', (err: Error & { code?: string }) => this.#die(this.#classify(err)));
-    worker.on('exit', (code) => this.#die(new SandboxCrashError(`sandbox exited with code ${code} mid-job (process.exit() or a crash in the processor)`)));
+    host.onMessage((msg) => this.#onMessage?.(msg));
+    host.onDeath((err) => {
+      live.delete(this);
+      if (this.#dead) return;
+      this.#dead = true;
+      this.#onDeath?.(err);
+    });
   }
 
   /** Spawns a sandbox and resolves once its processor module has loaded. */
-  static start(options: SandboxOptions): Promise<Sandbox> {
+  static async start(options: SandboxOptions): Promise<Sandbox> {
     const started = performance.now();
-    const init: SandboxInit = { processorPath: options.processorPath, jobType: options.jobType, maxResultBytes: options.maxResultBytes, maxLogLines: options.maxLogLines ?? 1000 };
-    const worker = new Worker(ENTRY, {
-      workerData: init,
-      // The sandbox sees none of the supervisor's environment (tokens, URLs) and no argv.
-      env: { NODE_ENV: process.env.NODE_ENV ?? 'production' },
-      argv: [],
-      stdout: false,
-      stderr: false,
-      resourceLimits: { maxOldGenerationSizeMb: options.maxOldGenerationSizeMb, maxYoungGenerationSizeMb: 16, stackSizeMb: 4 },
-    });
-    return new Promise<Sandbox>((resolve, reject) => {
-      const fail = (err: Error): void => {
-        cleanup();
-        void worker.terminate();
-        reject(err);
-      };
-      const onMessage = (msg: FromSandbox): void => {
-        if (msg.type === 'ready') {
-          cleanup();
-          resolve(new Sandbox(worker, options.jobType, performance.now() - started, options.maxOldGenerationSizeMb));
-        } else if (msg.type === 'load-failed') fail(deserializeError(msg.error));
-      };
-      const onError = (err: Error): void => fail(new ProcessorLoadError(`sandbox for ${options.jobType} failed to start: ${err.message}`, { cause: err }));
-      const onExit = (code: number): void => fail(new ProcessorLoadError(`sandbox for ${options.jobType} exited with code ${code} while loading ${options.processorPath}`));
-      const cleanup = (): void => {
-        worker.off('message', onMessage);
-        worker.off('error', onError);
-        worker.off('exit', onExit);
-      };
-      worker.on('message', onMessage);
-      worker.on('error', onError);
-      worker.on('exit', onExit);
-    });
+    const init: SandboxInit = {
+      processorPath: options.processorPath,
+      jobType: options.jobType,
+      maxResultBytes: options.maxResultBytes,
+      maxLogLines: options.maxLogLines ?? 1000,
+      ...(options.kind ? { kind: options.kind } : {}),
+    };
+    const host = options.process ? await startProcessHost(init, options.maxOldGenerationSizeMb, options.process) : await startThreadHost(init, options.maxOldGenerationSizeMb);
+    return new Sandbox(host, options.jobType, performance.now() - started);
   }
 
   get alive(): boolean {
     return !this.#dead;
-  }
-
-  #classify(err: Error & { code?: string }): FleetError {
-    if (err.code === 'ERR_WORKER_OUT_OF_MEMORY') {
-      return new MemoryLimitError(`job exceeded its memory limit (maxOldGenerationSizeMb=${this.#maxOldGenerationSizeMb}) and its sandbox was terminated`);
-    }
-    return new ProcessorError(`uncaught error in sandbox: ${err.message}`, { cause: err });
-  }
-
-  #die(err: FleetError): void {
-    if (this.#dead) return;
-    this.#dead = true;
-    this.#onDeath?.(err);
   }
 
   /** Runs one job. Rejects with a {@link FleetError} describing how it failed. */
@@ -161,6 +128,7 @@ export class Sandbox {
         options.signal?.removeEventListener('abort', onAbort);
         this.#onMessage = null;
         this.#onDeath = null;
+        this.#host.setJob(null);
       };
       /** Abort signal first, hard kill after the grace period (or at the deadline for timeouts). */
       const stop = (reason: StopReason, killAfterMs: number): void => {
@@ -204,7 +172,7 @@ export class Sandbox {
           case 'done':
             settle();
             this.lastHeapUsedBytes = msg.heapUsedBytes;
-            if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes, secretsZeroed: msg.secretsZeroed });
+            if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes, secretsZeroed: msg.secretsZeroed, ...(msg.value ? { value: msg.value } : {}) });
             else reject(stopping ? stopError(stopping, options.timeoutMs) : deserializeError(msg.error));
             break;
           default:
@@ -213,8 +181,14 @@ export class Sandbox {
       };
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener('abort', onAbort, { once: true });
-      // Secret bytes are transferred: after this line the supervisor holds no copy.
-      this.#worker.postMessage(message, message.secrets.map((s) => ownBuffer(s.value).buffer as ArrayBuffer));
+      this.#host.setJob(message.jobId);
+      // Secret bytes are transferred to a thread; for a process they are serialized onto the IPC
+      // channel and this side's bytes are zero-filled as soon as they have left.
+      const values = message.secrets.map((s) => ownBuffer(s.value));
+      const secrets = message.secrets.map((s, i) => ({ ...s, value: values[i]! }));
+      this.#host.post({ ...message, secrets }, values.map((v) => v.buffer as ArrayBuffer), () => {
+        for (const v of values) if (v.byteLength) v.fill(0);
+      });
     });
   }
 
@@ -232,21 +206,24 @@ export class Sandbox {
           own.fill(0);
           return;
         }
-        this.#worker.postMessage({ type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox, [own.buffer as ArrayBuffer]);
+        this.#host.post({ type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox, [own.buffer as ArrayBuffer], () => {
+          if (own.byteLength) own.fill(0);
+        });
       },
       fail,
     );
   }
 
   #post(msg: ToSandbox): void {
-    if (!this.#dead) this.#worker.postMessage(msg);
+    if (!this.#dead) this.#host.post(msg);
   }
 
-  /** Terminates the thread; everything it held (module state, secrets, heap) goes with it. */
+  /** Ends the sandbox; everything it held (module state, secrets, heap, private /tmp) goes with it. */
   async destroy(): Promise<void> {
     this.#dead = true;
     this.#onDeath = null;
-    await this.#worker.terminate();
+    this.#host.setJob(null);
+    await this.#host.kill();
     live.delete(this);
   }
 }

@@ -18,7 +18,9 @@ import { AuditLog } from '../secrets/audit.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
 import { controlChannel, parseControlMessage } from './control.js';
-import { SandboxPool, type SandboxPoolStats } from './sandbox-pool.js';
+import { SandboxPool, type ProcessBoundary, type SandboxPoolStats } from './sandbox-pool.js';
+import { probeOsLayer } from './sandbox-boundary.js';
+import { fleetServiceAddresses } from './fleet-addresses.js';
 
 export interface SupervisorOptions {
   config: FleetConfig;
@@ -115,9 +117,10 @@ export class Supervisor {
       await waitForRedis(this.#redis);
       await this.#startSecrets(this.#redis);
 
+      const boundary = await this.#processBoundary();
       await Promise.all(
         this.#types.map(async (t) => {
-          const pool = new SandboxPool(t, this.#log, this.events);
+          const pool = new SandboxPool(t, this.#log, this.events, boundary);
           this.#pools.set(t.name, pool);
           await pool.start();
         }),
@@ -140,6 +143,30 @@ export class Supervisor {
       await this.#release();
       throw err;
     }
+  }
+
+  /**
+   * Probes the OS layer once and says, per type, which layers its sandboxes run behind; with
+   * `supervisor.osLayer: "required"` a missing OS layer stops start-up.
+   */
+  async #processBoundary(): Promise<ProcessBoundary> {
+    const sv = this.#config.supervisor;
+    const osLayer = await probeOsLayer(sv.osLayer, sv.bwrapPath);
+    const processTypes = this.#types.filter((t) => t.sandbox === 'process');
+    if (!osLayer.available && processTypes.length) {
+      if (sv.osLayer === 'required') throw new ConfigError(`supervisor.osLayer is "required" but the OS layer is unavailable: ${osLayer.reason}`);
+      this.#log.warn(`process sandboxes run WITHOUT the OS layer (namespaces): ${osLayer.reason}`, { jobTypes: processTypes.map((t) => t.name) });
+    }
+    for (const t of this.#types) {
+      const layers = t.sandbox === 'thread' ? ['thread (bounds time and memory; no security boundary)'] : ['process', 'permission-model', ...(osLayer.available ? ['namespaces'] : []), ...(t.egress !== 'none' ? [osLayer.available ? 'egress-proxy' : 'egress-proxy (advisory without namespaces)'] : [])];
+      this.#log.info(`sandbox layers of ${t.name}: ${layers.join(', ')}`, { jobType: t.name, layers, egress: t.egress });
+    }
+    // The audit trail of every refused connection, with the job that tried it.
+    this.events.on('egress:refused', (r) => {
+      this.#log.warn('egress refused', { jobType: r.jobType, jobId: r.jobId, destination: r.destination, reason: r.reason });
+      this.#secrets?.auditEvent({ action: 'egress-refused', outcome: 'denied', secret: '-', jobId: r.jobId ?? '-', jobType: r.jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: `${r.destination}: ${r.reason}` });
+    });
+    return { osLayer, forbiddenPaths: [this.#config.dataDir], fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl) };
   }
 
   async #startSecrets(redis: RedisClient): Promise<void> {

@@ -28,7 +28,8 @@ export function fixtureType(name: string, fixture: string, extra: Partial<JobTyp
 /** A resolved config over fixture processors, with its own Redis prefix. */
 export function testConfig(url: string, jobTypes: JobTypeInput[], extra: Record<string, unknown> = {}): FleetConfig {
   return resolveConfig(
-    { redis: { url, prefix: uniquePrefix() }, supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000 }, jobTypes, ...extra },
+    // A data dir of its own: never inside the fixtures, which every fixture's sandbox may read.
+    { redis: { url, prefix: uniquePrefix() }, dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-data-')), supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000 }, jobTypes, ...extra },
     { baseDir: FIXTURES },
   );
 }

@@ -1,0 +1,35 @@
+import { lookup } from 'node:dns/promises';
+import { isIP } from 'node:net';
+import type { FleetConfig } from '../config/resolve.js';
+
+/** Host names in a Redis URL (`redis://`, `rediss://`, `redis-cluster://a:1,b:2`). */
+function redisHosts(url: string): string[] {
+  const hostPart = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/\/.*$/, '');
+  return hostPart.split(',').map((h) => h.replace(/^\[/, '').replace(/\](:\d+)?$/, '').replace(/:\d+$/, ''));
+}
+
+/**
+ * The addresses of the fleet's own services (Redis, Vault, KMS endpoint): every egress proxy
+ * refuses them unless a type lists them by address. Names that do not resolve are skipped (they
+ * are unreachable anyway).
+ */
+export async function fleetServiceAddresses(config: FleetConfig, redisUrl: string): Promise<string[]> {
+  const hosts = new Set<string>(redisHosts(redisUrl));
+  const vault = config.secrets.vault?.address ?? (config.secrets.vault ? process.env.VAULT_ADDR : undefined);
+  for (const u of [vault, config.secrets.kms?.endpoint]) {
+    if (!u) continue;
+    try {
+      hosts.add(new URL(u).hostname.replace(/^\[|\]$/g, ''));
+    } catch {
+      /* validated elsewhere */
+    }
+  }
+  const out = new Set<string>();
+  await Promise.all(
+    [...hosts].filter(Boolean).map(async (h) => {
+      if (isIP(h)) out.add(h);
+      else for (const a of await lookup(h, { all: true }).catch(() => [])) out.add(a.address);
+    }),
+  );
+  return [...out];
+}
