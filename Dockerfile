@@ -11,6 +11,9 @@ RUN npm run build
 # Runtime stage: production dependencies only, non-root, node as PID 1 so SIGTERM reaches it.
 FROM node:26.10.0-trixie-slim
 ENV NODE_ENV=production
+# bubblewrap: the OS layer of process sandboxes (namespaces). See README "Deploy" for the
+# seccomp/AppArmor setting the worker container needs for unprivileged user namespaces.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
@@ -23,5 +26,5 @@ EXPOSE 8080 9464
 ENV HEALTH_URL=http://127.0.0.1:8080/healthz
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
   CMD ["node", "-e", "fetch(process.env.HEALTH_URL).then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-ENTRYPOINT ["node", "bin/fleet.js"]
+ENTRYPOINT ["node", "--disable-sigusr1", "bin/fleet.js"]
 CMD ["start", "--role", "all"]

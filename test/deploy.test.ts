@@ -181,7 +181,7 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(df).toMatch(/^USER node$/m);
     expect(df).toContain('npm ci --omit=dev');
     expect(df).toMatch(/^HEALTHCHECK /m);
-    expect(df).toMatch(/^ENTRYPOINT \["node", "bin\/fleet.js"\]$/m);
+    expect(df).toMatch(/^ENTRYPOINT \["node", "--disable-sigusr1", "bin\/fleet.js"\]$/m);
     expect(services.worker!.command![0]).toBe('start');
   });
 
@@ -222,5 +222,16 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(services.redis!.image).toMatch(/^redis:8\./);
     expect(services.grafana!.image).toMatch(/^grafana\/grafana:12\./);
     expect(services.kms!.image).toMatch(/^motoserver\/moto:5\./);
+  });
+
+  it('lets the worker and scheduler create sandbox namespaces, and requires the OS layer there', () => {
+    const df = read('Dockerfile');
+    expect(df).toMatch(/apt-get install[^\n]*bubblewrap/);
+    for (const name of ['worker', 'scheduler']) {
+      expect((services[name] as { security_opt?: string[] }).security_opt, name).toEqual(expect.arrayContaining(['seccomp=unconfined', 'apparmor=unconfined']));
+    }
+    // The API runs no sandboxes: it keeps Docker's default profiles.
+    expect((services.api as { security_opt?: string[] }).security_opt).toBeUndefined();
+    expect(composeConfig().supervisor.osLayer).toBe('required');
   });
 });

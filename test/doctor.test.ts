@@ -5,11 +5,12 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { doctor } from '../src/cli/doctor.js';
-import { FIXTURES, fixtureType, testConfig, writeJsonConfig } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, startSupervisor, testConfig, writeJsonConfig } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const run = promisify(execFile);
 const redis = useTestRedis();
+guardAgainstLeaks();
 
 describe('fleet doctor', () => {
   it('flags what the zero-trust checklist forbids, each with its fix', async () => {
@@ -50,5 +51,16 @@ describe('fleet doctor', () => {
     const failing = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--production', '--json', '--config', file], { env }).catch((e: { code: number; stdout: string }) => e);
     expect((failing as { code: number }).code).toBe(1);
     expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);
+  });
+
+  it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async () => {
+    const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
+    const off = testConfig(redis.url, types, { supervisor: { metricsPort: 0, heartbeatMs: 200, osLayer: 'off' } });
+    await startSupervisor({ config: off });
+    await new Promise((r) => setTimeout(r, 300));
+    const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
+    expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL', detail: expect.stringContaining('process+permission-model'), fix: expect.stringContaining('bubblewrap') });
+    const dev = await doctor(off, redis.client, { production: false, metricsUrls: [] });
+    expect(dev.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'WARN' });
   });
 });

@@ -62,6 +62,8 @@ beforeAll(async () => {
       fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
       fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['api-key'] }),
       fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'] }),
+      // A processor that tries the cloud metadata address through its egress proxy.
+      fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any' }),
     ],
     {
       dataDir,
@@ -114,6 +116,7 @@ scrape_configs:
         post('reader', { names: ['api-key'] }),
         post('nosy', { name: 'someone-elses-key' }),
         post('missing', { names: ['no-such-key'] }),
+        post('exfil', { attack: 'fetch', url: 'http://169.254.169.254/latest/meta-data/' }),
         fetch(`${fleet.apiUrl}/v1/jobs/nope`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' }),
       ]);
       await new Promise((r) => setTimeout(r, 300));

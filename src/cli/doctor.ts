@@ -1,3 +1,4 @@
+import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
 import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
@@ -61,6 +62,19 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       out.push(pass(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor${t.globalConcurrency ? `, ${t.globalConcurrency} fleet-wide` : ''}`));
       if (t.timeoutMs > 300_000 && t.isolation === 'pool') out.push(warn(`job type ${t.name}: timeout`, `${t.timeoutMs} ms in a reused sandbox`, 'routine work: ≤ 300 s, or a concurrency limit for long-running work'));
     }
+  }
+
+  // Critical types need the OS layer (namespaces) in production: without it a compromised
+  // processor keeps the host's network and can fill disk (see README "Threat model").
+  const reports = Object.values(await redis.hgetall(supervisorsKey(config.redis.prefix)).catch(() => ({}) as Record<string, string>)).map((v) => JSON.parse(v) as SupervisorStatus);
+  for (const t of config.jobTypes.values()) {
+    if (t.sensitivity !== 'critical') continue;
+    const seen = reports.flatMap((r) => r.types.filter((x) => x.jobType === t.name && x.layers.length).map((x) => ({ id: r.id, layers: x.layers })));
+    const without = seen.filter((x) => !x.layers.includes('namespaces'));
+    const what = `job type ${t.name}: sandbox OS layer`;
+    if (!seen.length) out.push(warn(what, 'no running supervisor reports this type', 'start a worker, then run fleet doctor again'));
+    else if (without.length) out.push((options.production ? fail : warn)(what, `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]!.layers.join('+')})`, 'install bubblewrap and allow user namespaces on the worker hosts (README "Deploy"), or set supervisor.osLayer: "required"'));
+    else out.push(pass(what, `${seen[0]!.layers.join('+')} on ${seen.length} supervisor(s)`));
   }
 
   // RedisClient: no eviction (jobs and audit records must never be evicted), persistence.

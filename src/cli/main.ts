@@ -92,7 +92,7 @@ function renderStatus(s: Awaited<ReturnType<typeof status>>): string {
   const lines = [`supervisors: ${s.supervisors.length}`];
   for (const sup of s.supervisors) {
     lines.push(`  ${sup.id}  ${sup.state}  pid ${sup.pid}  up ${Math.round((Date.now() - sup.startedAt) / 1000)}s`);
-    for (const t of sup.types) lines.push(`    ${t.jobType.padEnd(20)} ${t.isolation.padEnd(4)} active ${t.active}/${t.concurrency}  sandboxes warm ${t.warm} busy ${t.busy} starting ${t.starting}`);
+    for (const t of sup.types) lines.push(`    ${t.jobType.padEnd(20)} ${t.isolation.padEnd(4)} active ${t.active}/${t.concurrency}  sandboxes warm ${t.warm} busy ${t.busy} starting ${t.starting}  layers ${(t.layers ?? []).join('+') || '(none started)'}`);
   }
   lines.push('queues:');
   for (const [name, c] of Object.entries(s.queues)) {

@@ -55,7 +55,7 @@ function emitLog(level: LogLevel, msg: string, fields: Record<string, unknown> |
 // Console and stdout/stderr go through the same masked, capped path as ctx.log.
 const consoleLevels: Record<string, LogLevel> = { log: 'info', info: 'info', debug: 'debug', warn: 'warn', error: 'error', trace: 'debug' };
 for (const [method, level] of Object.entries(consoleLevels)) {
-  (console as unknown as Record<string, (...a: unknown[]) => void>)[method] = (...args: unknown[]) => emitLog(level, format(...args), undefined, 'console');
+  (console as unknown as Record<string, (...a: unknown[]) => void>)[method] = (...args: unknown[]) => emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console');
 }
 for (const [stream, level] of [[process.stdout, 'info'], [process.stderr, 'warn']] as const) {
   stream.write = ((chunk: unknown) => {

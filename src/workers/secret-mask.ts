@@ -1,11 +1,21 @@
 /**
  * Masks secret values in text the way CI systems do: the raw value and its common encodings
- * (base64 with and without padding, base64url, hex, URL-encoding, JSON-escaping) become `***`.
+ * (base64 with and without padding, base64url, hex in either case, Buffer inspect form,
+ * URL-encoding, JSON-escaping, and base64 runs that decode to something holding the value, as in
+ * `Basic base64(user:secret)`) become `***`. It catches accidents; a hostile processor can encode
+ * around any mask (see README "Threat model").
  * Values shorter than {@link MIN_MASK_LENGTH} characters are not masked: they would shred
  * ordinary output.
  */
 export const MIN_MASK_LENGTH = 4;
 export const MASK = '***';
+
+function spacedHex(b: Buffer): string {
+  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(' ');
+}
+
+/** Runs of base64/base64url text long enough to hide a secret inside (`Basic base64(user:secret)`). */
+const BASE64_RUN = /[A-Za-z0-9+/_-]{8,}={0,2}/g;
 
 export function encodings(bytes: Uint8Array): string[] {
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
@@ -23,6 +33,9 @@ export function encodings(bytes: Uint8Array): string[] {
     b.toString('base64url'),
     b.toString('hex'),
     b.toString('hex').toUpperCase(),
+    // util.inspect of a Buffer: `<Buffer 4d 2d 53 …>`, the first 50 bytes at most.
+    spacedHex(b.subarray(0, 50)),
+    spacedHex(b.subarray(0, 50)).toUpperCase(),
   ]) {
     if (v.length >= MIN_MASK_LENGTH) out.add(v);
   }
@@ -31,20 +44,40 @@ export function encodings(bytes: Uint8Array): string[] {
 
 export class SecretMask {
   #variants: string[] = [];
+  /** The values themselves (views of the job's own buffers, zeroed with them at job end). */
+  #values: Uint8Array[] = [];
 
   add(bytes: Uint8Array): void {
+    if (bytes.byteLength >= MIN_MASK_LENGTH) this.#values.push(bytes);
     // Longest first, so a value inside a longer encoding is not half-masked.
     this.#variants = [...new Set([...this.#variants, ...encodings(bytes)])].sort((a, b) => b.length - a.length);
   }
 
   get empty(): boolean {
-    return this.#variants.length === 0;
+    return this.#variants.length === 0 && this.#values.length === 0;
+  }
+
+  #holdsSecret(bytes: Uint8Array): boolean {
+    const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    return this.#values.some((v) => v.byteLength > 0 && b.includes(Buffer.from(v.buffer, v.byteOffset, v.byteLength)));
   }
 
   text(s: string): string {
     let out = s;
     for (const v of this.#variants) if (out.includes(v)) out = out.split(v).join(MASK);
-    return out;
+    if (this.#values.length === 0) return out;
+    // A secret inside a longer base64 run (`Authorization: Basic base64(user:secret)`, a JWT
+    // segment): the run is decoded and masked whole when it holds a value.
+    return out.replace(BASE64_RUN, (run) => {
+      const decoded = Buffer.from(run.replace(/-/g, '+').replace(/_/g, '/'), 'base64');
+      return this.#holdsSecret(decoded) ? MASK : run;
+    });
+  }
+
+  /** Console arguments: a Buffer or typed array holding a value is replaced before it is formatted. */
+  args(args: unknown[]): unknown[] {
+    if (this.#values.length === 0) return args;
+    return args.map((a) => (ArrayBuffer.isView(a) && this.#holdsSecret(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)) ? MASK : a));
   }
 
   /** Masks any JSON-able value (by its JSON text); returns it unchanged when nothing is masked. */
