@@ -86,7 +86,7 @@ beforeAll(async () => {
   const host = (u: string): string => new URL(u).host;
   writeFileSync(
     path.join(promDir, 'prometheus.yml'),
-    `global: { scrape_interval: 1s, evaluation_interval: 1s }
+    `global: { scrape_interval: 2s, scrape_timeout: 2s, evaluation_interval: 1s }
 rule_files: ['${path.join(ROOT, 'prometheus', 'alerts.yml')}']
 scrape_configs:
   - job_name: fleet-api
@@ -180,14 +180,14 @@ describe('dashboards and alert rules', () => {
 
 describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', () => {
   it('scrapes every fleet endpoint and loads every alert rule', async () => {
-    const targets = (await (await fetch(`${promUrl}/api/v1/targets`)).json()) as { data: { activeTargets: { health: string; labels: { job: string } }[] } };
-    expect(targets.data.activeTargets.map((t) => [t.labels.job, t.health]).sort()).toEqual([
+    const targets = (await (await fetch(`${promUrl}/api/v1/targets`)).json()) as { data: { activeTargets: { health: string; lastError: string; labels: { job: string } }[] } };
+    expect(targets.data.activeTargets.map((t) => [t.labels.job, t.health]).sort(), JSON.stringify(targets.data.activeTargets.map((t) => t.lastError))).toEqual([
       ['fleet-api', 'up'],
       ['fleet-worker', 'up'],
     ]);
     const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
     const loaded = rules.data.groups.flatMap((g) => g.rules);
-    expect(loaded.length).toBe(9);
+    expect(loaded.length).toBe(10);
     for (const r of loaded) expect(r.health, r.name).not.toBe('err');
   });
 

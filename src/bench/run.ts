@@ -4,7 +4,7 @@
  */
 import { spawn } from 'node:child_process';
 import http from 'node:http';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -19,6 +19,7 @@ import { queuePrefix } from '../redis/connection.js';
 import { startEmbeddedRedis } from '../redis/embedded-redis.js';
 import { compiledPath } from '../runtime-path.js';
 import { Sandbox } from '../workers/sandbox.js';
+import { probeOsLayer, type OsLayer } from '../workers/sandbox-boundary.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../secrets/local-provider.js';
 import { KmsProvider } from '../secrets/kms-provider.js';
@@ -59,12 +60,21 @@ function quantile(sorted: number[], q: number): number {
 const round = (n: number, d = 2): number => Math.round(n * 10 ** d) / 10 ** d;
 
 let prefixSeq = 0;
-function benchConfig(url: string, isolation: 'job' | 'pool', extra: { processor?: string; secrets?: Record<string, unknown>; dataDir?: string } = {}): FleetConfig {
+interface BenchExtra {
+  processor?: string;
+  secrets?: Record<string, unknown>;
+  dataDir?: string;
+  sandbox?: 'process' | 'thread';
+  osLayer?: 'auto' | 'off';
+}
+function benchConfig(url: string, isolation: 'job' | 'pool', extra: BenchExtra = {}): FleetConfig {
   return resolveConfig(
     {
       redis: { url, prefix: `bench${++prefixSeq}` },
       ...(extra.secrets ? { secrets: extra.secrets } : {}),
-      ...(extra.dataDir ? { dataDir: extra.dataDir } : {}),
+      // Never beside the processors: every sandbox may read its processor's directory.
+      dataDir: extra.dataDir ?? mkdtempSync(path.join(tmpdir(), 'fleet-bench-data-')),
+      supervisor: { metricsPort: 0, osLayer: extra.osLayer ?? 'auto' },
       jobTypes: [
         {
           name: 'noop',
@@ -76,6 +86,7 @@ function benchConfig(url: string, isolation: 'job' | 'pool', extra: { processor?
           timeoutMs: 30_000,
           keepCompletedSeconds: 3600,
           ...(extra.secrets ? { secrets: ['bench-key'] } : {}),
+          ...(extra.sandbox ? { sandbox: extra.sandbox } : {}),
         },
       ],
     },
@@ -153,15 +164,16 @@ async function fleetRun(url: string, isolation: 'job' | 'pool', jobs: number, co
   return figures;
 }
 
-async function bullmqRun(url: string, mode: 'sandboxed' | 'inline', jobs: number): Promise<RunFigures> {
+async function bullmqRun(url: string, mode: 'sandboxed' | 'sandboxed-process' | 'inline', jobs: number): Promise<RunFigures> {
   const prefix = `bench${++prefixSeq}`;
   const queue = new Queue('noop', { connection: { url }, prefix });
   const inline = async (): Promise<{ startedAt: number }> => ({ startedAt: now() });
-  const figures = await measure(mode === 'sandboxed' ? 'BullMQ sandboxed (useWorkerThreads)' : 'BullMQ inline (no isolation)', jobs, queue, async () => {
+  const label = { sandboxed: 'BullMQ sandboxed (worker threads)', 'sandboxed-process': 'BullMQ sandboxed (child processes)', inline: 'BullMQ inline (no isolation)' }[mode];
+  const figures = await measure(label, jobs, queue, async () => {
     const worker =
-      mode === 'sandboxed'
-        ? new Worker('noop', NOOP, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C, useWorkerThreads: true })
-        : new Worker('noop', inline, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C });
+      mode === 'inline'
+        ? new Worker('noop', inline, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C })
+        : new Worker('noop', NOOP, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C, useWorkerThreads: mode === 'sandboxed' });
     await worker.waitUntilReady();
     return { onCompleted: (cb) => worker.on('completed', cb), stop: () => worker.close() };
   });
@@ -170,21 +182,72 @@ async function bullmqRun(url: string, mode: 'sandboxed' | 'inline', jobs: number
   return figures;
 }
 
-/** Sandboxes started (module loaded, ready) and destroyed per second, C at a time. */
-async function rawSpawnRate(count: number): Promise<number> {
+type Boundary = 'thread' | 'process' | 'process+permission' | 'process+permission+namespaces' | 'process+permission+namespaces+egress';
+const BOUNDARIES: Boundary[] = ['thread', 'process', 'process+permission', 'process+permission+namespaces', 'process+permission+namespaces+egress'];
+
+function sandboxOptions(boundary: Boundary, osLayer: OsLayer): Parameters<typeof Sandbox.start>[0] {
+  const base = { processorPath: NOOP, jobType: 'noop', maxResultBytes: 1024, maxOldGenerationSizeMb: 128 };
+  if (boundary === 'thread') return base;
+  const off: OsLayer = { available: false, reason: 'bench', bwrapPath: osLayer.bwrapPath };
+  const withNs = boundary.includes('namespaces');
+  return {
+    ...base,
+    process: {
+      osLayer: withNs ? osLayer : off,
+      egress: boundary.endsWith('egress') ? 'any' : 'none',
+      tmpSizeMb: 64,
+      readPaths: [],
+      forbiddenPaths: [],
+      fleetAddresses: [],
+      ...(boundary === 'process' ? { permissionModel: false } : {}),
+    },
+  };
+}
+
+/** Sandboxes of one boundary started (module loaded, ready) and destroyed per second, C at a time. */
+async function rawSpawnRate(count: number, boundary: Boundary, osLayer: OsLayer): Promise<number> {
   const t0 = performance.now();
   let next = 0;
   await Promise.all(
     Array.from({ length: C }, async () => {
       while (next++ < count) {
-        const sb = await Sandbox.start({ processorPath: NOOP, jobType: 'noop', maxResultBytes: 1024, maxOldGenerationSizeMb: 128 });
+        const sb = await Sandbox.start(sandboxOptions(boundary, osLayer));
         await sb.destroy();
       }
     }),
   );
   const rate = round(count / ((performance.now() - t0) / 1000), 0);
-  say(`  ${'raw sandbox spawn+destroy'.padEnd(34)} ${String(rate).padStart(7)} sandboxes/s`);
+  say(`  ${`spawn+destroy: ${boundary}`.padEnd(44)} ${String(rate).padStart(7)} sandboxes/s`);
   return rate;
+}
+
+/** Resident memory of a process and its descendants (bubblewrap and the node inside it). */
+function treeRssKb(pid: number): number {
+  let kb = 0;
+  try {
+    kb = Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+    for (const tid of readdirSync(`/proc/${pid}/task`)) {
+      for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) kb += treeRssKb(Number(child));
+    }
+  } catch {
+    /* exited */
+  }
+  return kb;
+}
+
+/** RSS per warm process sandbox (OS layer as available), after one job each. */
+async function processSandboxRss(osLayer: OsLayer): Promise<{ rssMbPerSandbox: number; sandboxes: number }> {
+  const n = 4;
+  const boxes = await Promise.all(Array.from({ length: n }, () => Sandbox.start(sandboxOptions(osLayer.available ? 'process+permission+namespaces' : 'process+permission', osLayer))));
+  try {
+    for (const sb of boxes) await sb.run({ type: 'run', jobId: 'noop.1', jobType: 'noop', attempt: 1, data: {}, secretNames: [], secrets: [] }, { timeoutMs: 5000, abortGraceMs: 100 });
+    await new Promise((r) => setTimeout(r, 300));
+    const mb = boxes.reduce((sum, sb) => sum + treeRssKb(sb.pid!), 0) / 1024 / n;
+    say(`  ${'RSS per warm process sandbox'.padEnd(44)} ${round(mb, 1)} MB`);
+    return { rssMbPerSandbox: round(mb, 1), sandboxes: n };
+  } finally {
+    await Promise.all(boxes.map((sb) => sb.destroy()));
+  }
 }
 
 /** Enqueue rates: in-process Queue.add vs HTTP POST (16 in flight), addBulk vs HTTP batch. */
@@ -322,16 +385,30 @@ async function main(): Promise<void> {
   r.disconnect();
   say(`fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`);
   try {
+    const osLayer = await probeOsLayer('auto');
+    say(`OS layer: ${osLayer.available ? 'available (bubblewrap namespaces)' : `unavailable: ${osLayer.reason}`}`);
     const bullmqInline = await bullmqRun(redis.url, 'inline', JOBS);
     const bullmqSandboxed = await bullmqRun(redis.url, 'sandboxed', JOBS);
+    const bullmqProcesses = await bullmqRun(redis.url, 'sandboxed-process', JOBS);
     const pool = await fleetRun(redis.url, 'pool', JOBS);
-    const spawnRate = await rawSpawnRate(SPAWN_JOBS);
+    const processPool = await fleetRun(redis.url, 'pool', JOBS, benchConfig(redis.url, 'pool', { sandbox: 'process' }), 'fleet pool, process sandboxes');
+    const processPoolNoOs = await fleetRun(redis.url, 'pool', JOBS, benchConfig(redis.url, 'pool', { sandbox: 'process', osLayer: 'off' }), 'fleet pool, process, no OS layer');
+    const spawnRates = {} as Record<Boundary, number>;
+    for (const b of BOUNDARIES) if (osLayer.available || !b.includes('namespaces')) spawnRates[b] = await rawSpawnRate(Math.min(SPAWN_JOBS, b === 'thread' ? SPAWN_JOBS : 200), b, osLayer);
+    const spawnRate = spawnRates.thread;
     const job = await fleetRun(redis.url, 'job', SPAWN_JOBS);
+    const processBoundary: Boundary = osLayer.available ? 'process+permission+namespaces' : 'process+permission';
+    const processJobs = Math.min(SPAWN_JOBS, 200);
+    const processJob = await fleetRun(redis.url, 'job', processJobs, benchConfig(redis.url, 'job', { sandbox: 'process' }), 'fleet job, process sandboxes');
+    const processRss = await processSandboxRss(osLayer);
     const poolSameSize = SECRET_JOBS === JOBS ? pool : await fleetRun(redis.url, 'pool', SECRET_JOBS, undefined, `fleet isolation="pool" (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
     const idle = await idleSupervisorRss(redis.url);
     const ratios = {
+      processPoolVsBullmqThreads: round(processPool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
+      processPoolVsBullmqProcesses: round(processPool.jobsPerSecond / bullmqProcesses.jobsPerSecond),
+      processJobVsRawSpawnRate: round(processJob.jobsPerSecond / spawnRates[processBoundary]),
       poolVsBullmqSandboxed: round(pool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
       poolVsBullmqInline: round(pool.jobsPerSecond / bullmqInline.jobsPerSecond),
       jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
@@ -343,7 +420,21 @@ async function main(): Promise<void> {
     const overhead = (f: SecretFigures): number => ('p50StartMs' in f ? round(f.p50StartMs - poolSameSize.p50StartMs) : NaN);
     const secretOverheadP50Ms = { local: overhead(secrets.local), vault: overhead(secrets.vault), kms: overhead(secrets.kms) };
     say(`secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms`);
+    // Spawn cost of each layer: milliseconds per sandbox added by it (C in parallel on this machine).
+    const msPer = (b: Boundary): number => (spawnRates[b] ? 1000 / spawnRates[b] : NaN);
+    const layerCostMs = {
+      process: round(msPer('process') - msPer('thread')),
+      permissionModel: round(msPer('process+permission') - msPer('process')),
+      namespaces: round(msPer('process+permission+namespaces') - msPer('process+permission')),
+      egressProxy: round(msPer('process+permission+namespaces+egress') - msPer('process+permission+namespaces')),
+    };
+    say(`spawn cost per layer (ms per sandbox, ${C} at a time): ${JSON.stringify(layerCostMs)}`);
     const targets = {
+      processPoolVsBullmqThreads: { target: '≥ 1.0', met: ratios.processPoolVsBullmqThreads >= 1.0 },
+      processPoolVsBullmqProcesses: { target: '≥ 1.5', met: ratios.processPoolVsBullmqProcesses >= 1.5 },
+      processJobVsRawSpawnRate: { target: '≥ 0.9', met: ratios.processJobVsRawSpawnRate >= 0.9 },
+      processJobP50StartMs: { target: '≤ 5', met: processJob.p50StartMs <= 5 },
+      processSandboxRssMb: { target: '≤ 40', met: processRss.rssMbPerSandbox <= 40 },
       poolVsBullmqSandboxed: { target: '≥ 1.5', met: ratios.poolVsBullmqSandboxed >= 1.5 },
       jobVsRawSpawnRate: { target: '≥ 0.9', met: ratios.jobVsRawSpawnRate >= 0.9 },
       jobP50StartMs: { target: '≤ 5', met: job.p50StartMs <= 5 },
@@ -354,7 +445,7 @@ async function main(): Promise<void> {
       vaultOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.vault <= 2 },
       kmsOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.kms <= 2 },
     };
-    const out = { node: process.version, redis: redisVersion, concurrency: C, bullmqInline, bullmqSandboxed, pool, job, rawSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, idleSupervisor: idle, ratios, targets };
+    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, idleSupervisor: idle, ratios, targets };
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');

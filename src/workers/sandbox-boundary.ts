@@ -139,6 +139,8 @@ export interface ProcessSandboxSpec {
   osLayer: OsLayer;
   /** Paths no sandbox may read (the fleet's data dir: master key, dev token, embedded Redis). */
   forbiddenPaths: readonly string[];
+  /** Only `npm run bench` turns this off, to price the permission model alone. @defaultValue true */
+  permissionModel?: boolean;
 }
 
 /** The readable tree of a sandbox: its processor directory, packages, the sandbox runtime and Node. */
@@ -161,14 +163,20 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
   const os = spec.osLayer.available;
   const tmpInside = os ? SANDBOX_TMP : spec.tmpDir;
   const networked = spec.egress !== 'none';
+  const permission =
+    spec.permissionModel === false
+      ? []
+      : [
+          '--permission',
+          ...roots.map((r) => `--allow-fs-read=${r}`),
+          `--allow-fs-write=${tmpInside}`,
+          `--allow-fs-read=${tmpInside}`,
+          // The in-sandbox forwarder reaches the egress proxy's socket (only the network
+          // namespace's loopback and that socket exist there).
+          ...(networked && PERMISSION_MODEL_COVERS_NETWORK ? ['--allow-net'] : []),
+        ];
   const nodeArgs = [
-    '--permission',
-    ...roots.map((r) => `--allow-fs-read=${r}`),
-    `--allow-fs-write=${tmpInside}`,
-    `--allow-fs-read=${tmpInside}`,
-    // The in-sandbox forwarder reaches the egress proxy's socket (only the network namespace's
-    // loopback and that socket exist there).
-    ...(networked && PERMISSION_MODEL_COVERS_NETWORK ? ['--allow-net'] : []),
+    ...permission,
     '--disable-sigusr1',
     `--max-old-space-size=${spec.maxOldGenerationSizeMb}`,
     '--max-semi-space-size=16',
@@ -183,7 +191,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     Object.assign(env, { HTTP_PROXY: proxy, HTTPS_PROXY: proxy, http_proxy: proxy, https_proxy: proxy, NODE_USE_ENV_PROXY: '1' });
   }
   const node = realpathSync(process.execPath);
-  const layers: SandboxLayer[] = ['process', 'permission-model'];
+  const layers: SandboxLayer[] = spec.permissionModel === false ? ['process'] : ['process', 'permission-model'];
   if (!os) return { command: node, args: nodeArgs, env, layers };
 
   layers.push('namespaces');

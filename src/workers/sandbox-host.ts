@@ -21,6 +21,8 @@ export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.js')
 
 export interface SandboxHost {
   readonly layers: readonly SandboxLayer[];
+  /** The OS process (bubblewrap's, with the OS layer); absent for threads. */
+  readonly pid?: number;
   /** Sends a message; `transfer` moves ArrayBuffers (threads); `sent` runs once the bytes left this process. */
   post(msg: ToSandbox, transfer?: ArrayBuffer[], sent?: () => void): void;
   onMessage(fn: (msg: FromSandbox) => void): void;
@@ -40,6 +42,8 @@ export interface ProcessHostOptions {
   forbiddenPaths: readonly string[];
   fleetAddresses: readonly string[];
   onEgressRefused?: (refusal: EgressRefusal & { jobId: string | null }) => void;
+  /** Only `npm run bench` turns this off, to price the permission model alone. @defaultValue true */
+  permissionModel?: boolean;
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
@@ -159,6 +163,7 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
       proxyUrl,
       osLayer: options.osLayer,
       forbiddenPaths: options.forbiddenPaths,
+      ...(options.permissionModel === false ? { permissionModel: false } : {}),
     });
     child = spawn(cmd.command, cmd.args, {
       env: cmd.env,
@@ -195,6 +200,7 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
     });
     const host: SandboxHost = {
       layers: cmd.layers,
+      ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
       post: (msg, _transfer, sent) => {
         if (dead || !proc.connected) return;
         // `sent` runs once the serialized copy left for the sandbox (or failed to): the caller

@@ -113,6 +113,11 @@ export class Sandbox {
     return !this.#dead;
   }
 
+  /** The sandbox's OS process (for RSS figures); undefined for threads. */
+  get pid(): number | undefined {
+    return this.#host.pid;
+  }
+
   /** Runs one job. Rejects with a {@link FleetError} describing how it failed. */
   run(message: RunMessage, options: RunOptions): Promise<RunResult> {
     if (this.#dead) return Promise.reject(new SandboxCrashError('sandbox is no longer running'));
