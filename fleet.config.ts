@@ -3,7 +3,7 @@ import { defineConfig } from './src/config/resolve.js';
 
 /**
  * The demo fleet that `npm start` runs. Processors point at compiled JS (`dist/`, built by
- * `npm start`); your own may be `.ts` files too (loaded through tsx inside the sandbox).
+ * `npm start`); your own may be `.ts` files too (type-stripped natively in process sandboxes).
  */
 export default defineConfig({
   jobTypes: [

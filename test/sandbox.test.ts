@@ -1,3 +1,5 @@
+import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { resolveConfig } from '../src/config/resolve.js';
@@ -7,6 +9,8 @@ import { FleetEventBus } from '../src/events.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { Sandbox } from '../src/workers/sandbox.js';
 import { SandboxPool } from '../src/workers/sandbox-pool.js';
+import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
+import type { ProcessHostOptions } from '../src/workers/sandbox-host.js';
 import { FIXTURES, fixtureType, guardAgainstLeaks } from './helpers/fleet.js';
 
 guardAgainstLeaks();
@@ -207,5 +211,64 @@ describe('sandbox pool', () => {
     expect(second).not.toBe(first);
     p.release(second, true);
     await p.close();
+  });
+});
+
+const OS_LAYER = await probeOsLayer('auto');
+if (!OS_LAYER.available) console.warn(`SKIPPING process sandbox tests with the OS layer: ${OS_LAYER.reason}`);
+
+describe.each([
+  ['OS layer off', false],
+  ['OS layer on', true],
+])('process sandbox (%s)', (_name, wantOs) => {
+  const layer = async (): Promise<OsLayer> => (wantOs ? probeOsLayer('auto') : { available: false, reason: 'test', bwrapPath: 'bwrap' });
+  const startProcess = async (fixture: string, extra: Partial<ProcessHostOptions> = {}): Promise<Sandbox> =>
+    Sandbox.start({ processorPath: path.join(FIXTURES, fixture), jobType: 't', maxResultBytes: 1_000_000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [], fleetAddresses: [], ...extra } });
+  const skip = wantOs && !OS_LAYER.available;
+
+  it.skipIf(skip)('runs processors (TypeScript too, by native type stripping) and reports its layers', async () => {
+    const sb = await startProcess('typed.ts');
+    try {
+      expect(JSON.parse((await sb.run(msg({ n: 21 }), { timeoutMs: 10_000, abortGraceMs: 100 })).resultJson)).toEqual({ doubled: 42 });
+      expect(sb.layers).toEqual(wantOs ? ['process', 'permission-model', 'namespaces'] : ['process', 'permission-model']);
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it.skipIf(skip)('kills an endless loop at the timeout, reports a heap overrun and an exit, each as its own code', async () => {
+    const loop = await startProcess('infinite-loop.mjs');
+    expect((await failure(loop.run(msg(), { timeoutMs: 500, abortGraceMs: 100 }))).code).toBe('TIMEOUT');
+    expect(loop.alive).toBe(false);
+    const hog = await startProcess('allocates.mjs');
+    expect((await failure(hog.run(msg(), { timeoutMs: 20_000, abortGraceMs: 100 }))).code).toBe('MEMORY_LIMIT');
+    const exits = await startProcess('exits.mjs');
+    const crash = await failure(exits.run(msg(), { timeoutMs: 5000, abortGraceMs: 100 }));
+    expect(crash.code).toBe('SANDBOX_CRASHED');
+    expect(crash.message).toContain('code 3');
+    await Promise.all([loop.destroy(), hog.destroy(), exits.destroy()]);
+  });
+
+  it.skipIf(skip)('zero-fills the secret bytes on both sides once the job ends', async () => {
+    const sb = await startProcess('secret-keeper.mjs');
+    try {
+      const value = new Uint8Array(Buffer.from('process-secret-value-42'));
+      await sb.run({ ...msg({ name: 'k' }), secretNames: ['k'], secrets: [{ name: 'k', value, version: '1' }] }, { timeoutMs: 5000, abortGraceMs: 100 });
+      expect(value.every((b) => b === 0)).toBe(true);
+      const second = await sb.run({ ...msg({ name: 'k' }), secretNames: ['k'], secrets: [{ name: 'k', value: new Uint8Array(Buffer.from('second-value-000000')), version: '2' }] }, { timeoutMs: 5000, abortGraceMs: 100 });
+      expect(JSON.parse(second.resultJson)).toEqual({ previous: { length: 23, allZero: true } });
+    } finally {
+      await sb.destroy();
+    }
+  });
+
+  it.skipIf(skip)('refuses a processor tree with a symlink that leaves it, and one that holds the data dir', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-proc-'));
+    writeFileSync(path.join(dir, 'p.mjs'), 'export default () => 1;');
+    symlinkSync('/etc', path.join(dir, 'escape'));
+    await expect(Sandbox.start({ processorPath: path.join(dir, 'p.mjs'), jobType: 't', maxResultBytes: 1000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [], fleetAddresses: [] } })).rejects.toThrow(/symlink that leaves it: .*escape -> \/etc/);
+    rmSync(path.join(dir, 'escape'));
+    await expect(Sandbox.start({ processorPath: path.join(dir, 'p.mjs'), jobType: 't', maxResultBytes: 1000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [path.join(dir, '.fleet')], fleetAddresses: [] } })).rejects.toThrow(/would be able to read .*\.fleet.*Fix: keep processors in a directory of their own/);
+    rmSync(dir, { recursive: true, force: true });
   });
 });
