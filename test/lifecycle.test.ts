@@ -36,6 +36,38 @@ function writeConfig(extra: Record<string, unknown> = {}): string {
 }
 
 describe('supervisor process lifecycle', () => {
+
+  it('ignores SIGUSR1 (no V8 inspector opens in a supervisor), where a plain node process opens one', async () => {
+    const sendUsr1 = async (child: ReturnType<typeof spawn>, ready: () => boolean, out: () => string): Promise<string> => {
+      for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
+      child.kill('SIGUSR1');
+      await new Promise((r) => setTimeout(r, 700));
+      return out();
+    };
+    // Control: without the flag, SIGUSR1 opens the inspector (so this check can fail).
+    const plain = spawn(process.execPath, ['--inspect-port=0', '-e', 'console.log("up"); setInterval(() => {}, 1000)'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let plainOut = '';
+    plain.stdout.on('data', (d: Buffer) => (plainOut += d.toString()));
+    plain.stderr.on('data', (d: Buffer) => (plainOut += d.toString()));
+    expect(await sendUsr1(plain, () => plainOut.includes('up'), () => plainOut)).toContain('Debugger listening');
+    plain.kill('SIGKILL');
+
+    // bin/fleet.js run as an executable (its shebang passes --disable-sigusr1).
+    const file = writeConfig();
+    const child = spawn(FLEET, ['start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    try {
+      const after = await sendUsr1(child, () => out.includes('"supervisor running"'), () => out);
+      expect(after).toContain('"supervisor running"');
+      expect(after).not.toContain('Debugger listening');
+      expect(child.exitCode).toBeNull();
+      expect(child.signalCode).toBeNull();
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
     it(`on ${signal} mid-job: drains, returns the unfinished job to wait, exits 0; nothing is lost`, async () => {
       const file = writeConfig();

@@ -59,11 +59,13 @@ beforeAll(async () => {
       fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 10 } }),
       fixtureType('loop', 'infinite-loop.mjs', { timeoutMs: 200, abortGraceMs: 50 }),
       fixtureType('throws', 'throws.mjs', { isolation: 'pool' }),
-      fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
-      fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['api-key'] }),
-      fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'] }),
+      // Types with secrets run in process sandboxes; `pool` reuses them, so this steady load does
+      // not spend the two cores on process start-up (which starves the scrapes).
+      fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'], isolation: 'pool' }),
+      fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['api-key'], isolation: 'pool' }),
+      fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'], isolation: 'pool' }),
       // A processor that tries the cloud metadata address through its egress proxy.
-      fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any' }),
+      fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any', isolation: 'pool' }),
     ],
     {
       dataDir,
