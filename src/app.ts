@@ -46,7 +46,13 @@ export function discoverRedisUrl(config: FleetConfig): string | undefined {
  * Starts one process of the fleet in the given role. With no Redis configured it runs a private
  * `redis-server` under `dataDir` (the embedded default for `npm start`).
  */
-export async function startFleet(options: { config: FleetConfig; role: Role; logger: Logger }): Promise<FleetProcess> {
+export async function startFleet(options: {
+  config: FleetConfig;
+  role: Role;
+  logger: Logger;
+  /** Overrides supervisor.metricsPort (`--metrics-port`, `FLEET_METRICS_PORT`); 0 picks a free port. */
+  metricsPort?: number;
+}): Promise<FleetProcess> {
   const { config, role, logger } = options;
   const events = new FleetEventBus();
   const metrics = new FleetMetrics();
@@ -117,7 +123,7 @@ export async function startFleet(options: { config: FleetConfig; role: Role; log
     if (supervisor || rotation) {
       const sup = supervisor;
       const ready = async (): Promise<Record<string, string>> => ({ ...(sup ? await sup.ready() : {}), ...(rotation ? { rotation: 'ok' } : {}) });
-      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: config.supervisor.metricsPort, ready });
+      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: options.metricsPort ?? config.supervisor.metricsPort, ready });
       metricsUrl = server.url;
       logger.info(`metrics on ${server.url}/metrics`);
       cleanups.push(() => server.release());

@@ -1,4 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
@@ -50,6 +52,47 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
     } finally {
       for (const c of procs) c.kill('SIGTERM');
       await Promise.all(procs.map((c) => new Promise((r) => (c.exitCode !== null ? r(null) : c.once('exit', r)))));
+    }
+  });
+
+  it('a second supervisor on a taken metrics port stops with the setting and fix named; --metrics-port and FLEET_METRICS_PORT override it', async () => {
+    const busy = http.createServer();
+    await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
+    const port = (busy.address() as AddressInfo).port;
+    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, supervisor: { metricsPort: port }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs'), sandbox: 'thread' }] }, 'port');
+    const bin = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
+    const run = (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [bin, 'start', '--role', 'worker', '--config', file, ...args], { env: { ...process.env, REDIS_URL: redis.url, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+        const timer = setInterval(() => {
+          if (!out.includes('"supervisor running"')) return;
+          clearInterval(timer);
+          child.kill('SIGTERM');
+        }, 50);
+        child.once('exit', (code) => {
+          clearInterval(timer);
+          resolve({ code, out });
+        });
+      });
+    try {
+      const taken = await run([]);
+      expect(taken.code).toBe(1);
+      expect(taken.out).toContain(`metrics port 127.0.0.1:${port} is already in use`);
+      expect(taken.out).toContain('--metrics-port');
+      expect(taken.out).not.toContain('INTERNAL');
+      const flag = await run(['--metrics-port', '0']);
+      expect(flag.out).toContain('"supervisor running"');
+      expect(flag.code).toBe(0);
+      const env = await run([], { FLEET_METRICS_PORT: '0' });
+      expect(env.out).toContain('"supervisor running"');
+      const bad = await run(['--metrics-port', 'abc']);
+      expect(bad.code).toBe(1);
+      expect(bad.out).toContain('--metrics-port / FLEET_METRICS_PORT must be a port number');
+    } finally {
+      busy.close();
     }
   });
 });

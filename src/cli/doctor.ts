@@ -34,7 +34,7 @@ const fail = (check: string, detail: string, fix: string): Check => ({ status: '
 
 /**
  * The pre-deploy checklist of the zero-trust rules, as checks: external secrets, per-job isolation
- * and short timeouts for critical work, concurrency caps, monitoring, RedisClient settings, Vault/KMS
+ * and short timeouts for critical work, concurrency caps, monitoring, Redis settings, Vault/KMS
  * credentials and policies, rotation policies and overdue rotations.
  */
 export async function doctor(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
@@ -77,7 +77,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     else out.push(pass(what, `${seen[0]!.layers.join('+')} on ${seen.length} supervisor(s)`));
   }
 
-  // RedisClient: no eviction (jobs and audit records must never be evicted), persistence.
+  // Redis: no eviction (jobs and audit records must never be evicted), persistence.
   try {
     const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as [string, string];
     out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
@@ -87,7 +87,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
     else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
   } catch (err) {
-    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed RedisClient?`, 'confirm noeviction and persistence with your provider'));
+    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis?`, 'confirm noeviction and persistence with your provider'));
   }
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.

@@ -15,7 +15,9 @@ import { requestRotation, rotationQueue } from '../rotation/rotation-service.js'
 const USAGE = `fleet — sandboxed job fleet on BullMQ
 
 Usage:
-  fleet start [--role api|worker|scheduler|all]   run the fleet (default role: all)
+  fleet start [--role api|worker|scheduler|all] [--metrics-port N]
+                                           run the fleet (default role: all); --metrics-port or
+                                           FLEET_METRICS_PORT overrides supervisor.metricsPort (0: any free port)
   fleet enqueue <type> <json> [--idempotency-key K]
   fleet job <id>                           state, attempts, timings, result or error
   fleet status [--workers] [--secrets]     supervisors, sandboxes, queue depths; secrets and their use
@@ -41,7 +43,7 @@ interface Io {
 
 function need(config: FleetConfig): string {
   const url = discoverRedisUrl(config);
-  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no RedisClient to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private RedisClient) in this folder first.');
+  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
   return url;
 }
 
@@ -111,6 +113,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
       options: {
         config: { type: 'string' },
         role: { type: 'string', default: 'all' },
+        'metrics-port': { type: 'string' },
         json: { type: 'boolean', default: false },
         workers: { type: 'boolean', default: false },
         'idempotency-key': { type: 'string' },
@@ -145,21 +148,31 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
       case 'start': {
         if (!ROLES.includes(opts.role as Role)) throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
         const logger = makeLogger();
-        const fleet = await startFleet({ config, role: opts.role as Role, logger });
-        await new Promise<void>((resolve) => {
-          let signalled = false;
-          const onSignal = (sig: NodeJS.Signals): void => {
-            if (signalled) {
-              logger.warn(`second ${sig}: exiting now`);
-              process.exit(130);
-            }
-            signalled = true;
-            logger.info(`${sig} received: draining`);
-            void fleet.release().then(resolve);
-          };
-          process.on('SIGTERM', onSignal);
-          process.on('SIGINT', onSignal);
-        });
+        // Several supervisors on one host each need their own metrics port: flag > env > config.
+        const portText = opts['metrics-port'] ?? process.env.FLEET_METRICS_PORT;
+        const metricsPort = portText === undefined ? undefined : Number(portText);
+        if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort <= 65535)) {
+          throw new FleetError('CONFIG_INVALID', `--metrics-port / FLEET_METRICS_PORT must be a port number 0–65535 (0 picks a free one); got "${portText}"`);
+        }
+        // Signal handlers go in before start-up, so a SIGTERM that arrives while it runs still drains.
+        let fleet: Awaited<ReturnType<typeof startFleet>> | null = null;
+        let signalled = false;
+        let stop!: () => void;
+        const stopped = new Promise<void>((resolve) => (stop = resolve));
+        const onSignal = (sig: NodeJS.Signals): void => {
+          if (signalled) {
+            logger.warn(`second ${sig}: exiting now`);
+            process.exit(130);
+          }
+          signalled = true;
+          logger.info(`${sig} received: draining`);
+          if (fleet) void fleet.release().then(stop);
+        };
+        process.on('SIGTERM', onSignal);
+        process.on('SIGINT', onSignal);
+        fleet = await startFleet({ config, role: opts.role as Role, logger, ...(metricsPort !== undefined ? { metricsPort } : {}) });
+        if (signalled) void fleet.release().then(stop);
+        await stopped;
         return 0;
       }
       case 'enqueue': {

@@ -19,13 +19,21 @@ export interface LoggerOptions {
   destination?: DestinationStream;
 }
 
-function wrap(p: PinoLogger): Logger {
+/**
+ * Scoped fields are merged here rather than bound with pino's `child()`: a child that binds a key
+ * its parent bound too (a `component` inside a `component`) writes the key twice in one JSON line,
+ * and JSON readers keep only one of them. Later scopes and per-line fields win.
+ */
+function wrap(p: PinoLogger, bound: Record<string, unknown> = {}): Logger {
+  const at = (level: 'debug' | 'info' | 'warn' | 'error') => (msg: string, fields?: Record<string, unknown>) => {
+    if (p.isLevelEnabled(level)) p[level](fields ? { ...bound, ...fields } : bound, msg);
+  };
   return {
-    debug: (msg, fields) => p.debug(fields ?? {}, msg),
-    info: (msg, fields) => p.info(fields ?? {}, msg),
-    warn: (msg, fields) => p.warn(fields ?? {}, msg),
-    error: (msg, fields) => p.error(fields ?? {}, msg),
-    scope: (fields) => wrap(p.child(fields)),
+    debug: at('debug'),
+    info: at('info'),
+    warn: at('warn'),
+    error: at('error'),
+    scope: (fields) => wrap(p, { ...bound, ...fields }),
   };
 }
 

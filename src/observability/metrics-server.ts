@@ -1,5 +1,5 @@
 import http from 'node:http';
-import { toError } from '../errors.js';
+import { ConfigError, toError } from '../errors.js';
 import type { FleetMetrics } from './metrics.js';
 
 export interface MetricsServer {
@@ -37,7 +37,13 @@ export function startMetricsServer(options: { metrics: FleetMetrics; host: strin
   });
   server.headersTimeout = 10_000;
   return new Promise((resolve, reject) => {
-    server.once('error', reject);
+    server.once('error', (err: NodeJS.ErrnoException) =>
+      reject(
+        err.code === 'EADDRINUSE'
+          ? new ConfigError(`the metrics port ${options.host}:${options.port} is already in use (another supervisor on this host?). Fix: give each supervisor its own port with --metrics-port <n> or FLEET_METRICS_PORT=<n> (0 picks a free one), or set supervisor.metricsPort.`, { cause: err })
+          : err,
+      ),
+    );
     server.listen(options.port, options.host, () => {
       const addr = server.address() as { port: number };
       resolve({

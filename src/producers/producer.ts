@@ -74,7 +74,7 @@ export interface ProducerOptions {
 }
 
 /**
- * Enqueues jobs straight into RedisClient with the same validation as the HTTP API. The HTTP API is
+ * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
  * built on it, so both paths behave the same.
  */
 export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
@@ -89,7 +89,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   constructor(options: ProducerOptions, queues = new Map<string, Queue>()) {
     this.config = options.config;
     const r = options.redis ?? options.config.redis.url;
-    if (!r) throw new RedisUnavailableError('no RedisClient to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
+    if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
     this.#ownsRedis = typeof r === 'string';
     this.redis = typeof r === 'string' ? connectRedis(r, 'producer') : r;
     this.#queues = queues;
@@ -188,7 +188,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     } catch (err) {
       if (err instanceof FleetError) throw err;
       const e = toError(err);
-      throw new RedisUnavailableError(`${what} failed: RedisClient is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
+      throw new RedisUnavailableError(`${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
     }
   }
 

@@ -41,8 +41,8 @@ export function secretStatsKey(prefix: string, name: string): string {
 }
 
 /**
- * Appends every access attempt to a RedisClient Stream (bounded by `maxEntries`) and writes it as a
- * structured log line. If RedisClient refuses the write, the record is kept in memory and retried: an
+ * Appends every access attempt to a Redis Stream (bounded by `maxEntries`) and writes it as a
+ * structured log line. If Redis refuses the write, the record is kept in memory and retried: an
  * audit record is never silently dropped (the log line is always written).
  */
 export class AuditLog {
@@ -99,7 +99,7 @@ export class AuditLog {
       if (!res || failed) throw failed?.[0] ?? new Error('transaction aborted');
     } catch (err) {
       this.#pending.push(...records);
-      this.#log.error('audit write to RedisClient failed; kept in memory and retried', { error: toError(err).message, pending: this.#pending.length });
+      this.#log.error('audit write to Redis failed; kept in memory and retried', { error: toError(err).message, pending: this.#pending.length });
       this.#retry ??= setTimeout(() => {
         this.#retry = null;
         const batch = this.#pending.splice(0);

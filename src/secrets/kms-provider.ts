@@ -98,7 +98,7 @@ export class KmsProvider implements SecretProvider {
     try {
       fields = await this.#o.redis.hgetall(this.#key(name));
     } catch (err) {
-      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from RedisClient: ${toError(err).message}`, { retryable: true, cause: err });
+      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from Redis: ${toError(err).message}`, { retryable: true, cause: err });
     }
     const v = version ?? fields.current;
     const raw = v ? fields[`v${v}`] : undefined;

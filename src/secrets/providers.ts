@@ -46,7 +46,7 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
     });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
-  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in RedisClient. Fix: set REDIS_URL (or run `npm start`).');
+  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
   const { KmsProvider } = await import('./kms-provider.js');
   return new KmsProvider({
     keyId: s.kms.keyId,

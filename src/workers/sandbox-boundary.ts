@@ -206,10 +206,12 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     '--uid', '65534', '--gid', '65534',
     '--hostname', 'sandbox',
     ...systemMounts(),
-    ...binds,
     '--proc', '/proc',
     '--dev', '/dev',
+    // The private /tmp first: bubblewrap mounts in order, and a processor tree that lives under
+    // /tmp (a CI checkout) must be bound on top of it, not hidden by it.
     '--size', String(spec.tmpSizeMb * 1024 * 1024), '--tmpfs', SANDBOX_TMP,
+    ...binds,
     ...(networked && spec.egressSocket ? ['--dir', '/run/fleet', '--bind', spec.egressSocket, SANDBOX_EGRESS_SOCKET] : []),
     '--chdir', SANDBOX_TMP,
     '--',

@@ -56,7 +56,7 @@ export function supervisorsKey(prefix: string): string {
 }
 
 /**
- * Takes jobs from RedisClient and runs each one in a sandbox of its type, with the type's hard timeout,
+ * Takes jobs from Redis and runs each one in a sandbox of its type, with the type's hard timeout,
  * memory limit and concurrency. Stateless: supervisors on many hosts share the work.
  *
  * Lifecycle: `starting → running → draining → stopped` (or `failed` if start-up fails).
@@ -86,7 +86,7 @@ export class Supervisor {
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
     const url = options.redisUrl ?? options.config.redis.url;
-    if (!url) throw new ConfigError('the supervisor needs RedisClient. Fix: set REDIS_URL or redis.url.');
+    if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
     this.#redisUrl = url;
     const wanted = options.jobTypes ?? [...options.config.jobTypes.keys()];
     this.#types = wanted.map((n) => {
@@ -230,7 +230,7 @@ export class Supervisor {
     let clean = false;
     const secrets: JobSecrets = this.#secrets!.forJob(t, jobId);
     try {
-      // Jobs can be written to RedisClient by anyone holding its credentials; check again here.
+      // Jobs can be written to Redis by anyone holding its credentials; check again here.
       const parsed = t.payload.safeParse(job.data);
       if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
       // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
@@ -307,7 +307,7 @@ export class Supervisor {
     };
   }
 
-  /** Jobs in RedisClient per type and state, for the queue-depth gauges. */
+  /** Jobs in Redis per type and state, for the queue-depth gauges. */
   async queueCounts(): Promise<Record<string, Record<string, number>>> {
     const out: Record<string, Record<string, number>> = {};
     if (!this.#redis) return out;
