@@ -26,6 +26,7 @@ export type ErrorCode =
   | 'RESULT_NOT_SERIALIZABLE'
   | 'RESULT_TOO_LARGE'
   | 'REDIS_UNAVAILABLE'
+  | 'REDIS_FULL'
   | 'REDIS_NOT_INSTALLED'
   | 'SECRET_SCOPE'
   | 'SECRET_NOT_FOUND'
@@ -80,6 +81,8 @@ export class ProcessorError extends define('ProcessorError', 'PROCESSOR_FAILED',
 export class ProcessorLoadError extends define('ProcessorLoadError', 'PROCESSOR_LOAD_FAILED', false) {}
 export class ResultError extends define('ResultError', 'RESULT_NOT_SERIALIZABLE', false) {}
 export class RedisUnavailableError extends define('RedisUnavailableError', 'REDIS_UNAVAILABLE', true) {}
+/** Redis refused a write because it is at `maxmemory` (noeviction): retrying cannot help until memory is freed. */
+export class RedisFullError extends define('RedisFullError', 'REDIS_FULL', false) {}
 export class SecretScopeError extends define('SecretScopeError', 'SECRET_SCOPE', false) {}
 
 /** A secret could not be produced; `code` tells why (missing, provider down, denied, auth expired, tampered). */

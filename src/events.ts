@@ -25,6 +25,8 @@ export interface FleetEvents {
   /** A process sandbox tried to reach a destination outside its type's egress policy. */
   'egress:refused': { jobType: string; jobId: string | null; destination: string; reason: string };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
+  /** Redis refused a write because it is at maxmemory. */
+  'redis:full': { operation: string };
   'secret:accessed': { secret: string; jobType: string; outcome: 'granted' | 'denied' | 'error'; provider: string; latencyMs: number };
   'rotation:finished': { secret: string; ok: boolean; step?: 'create' | 'set' | 'test' | 'promote' | 'retire'; durationMs: number };
   /** Secret values now held by sandboxes: +n when handed over, -n when the job ends and they are zeroed. */

@@ -1,5 +1,6 @@
 import { connect } from 'node:net';
 import type { Server } from 'node:http';
+import { Redis } from 'ioredis';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import type { FleetConfig } from '../src/config/resolve.js';
@@ -7,6 +8,8 @@ import { sha256Hex } from '../src/producers/auth.js';
 import { createApiApp, listen } from '../src/producers/http-api.js';
 import { createHttpClient, FleetHttpError } from '../src/producers/http-client.js';
 import { Producer } from '../src/producers/producer.js';
+import { FleetEventBus } from '../src/events.js';
+import { FleetMetrics } from '../src/observability/metrics.js';
 import { fixtureType, guardAgainstLeaks, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { dumpKeys, startTestRedis } from './helpers/redis.js';
 
@@ -209,6 +212,35 @@ describe('HTTP API', () => {
     expect(err).toMatchObject({ status: 422, code: 'INVALID_PAYLOAD' });
     const batch = await client.enqueueBatch('other', [{ data: {} }, { data: {} }]);
     expect(batch).toHaveLength(2);
+  });
+});
+
+describe('when Redis is full', () => {
+  it('answers 507 REDIS_FULL naming what is full and what frees it (not a retryable 503), counts it, and enqueues nothing', async () => {
+    await startApi();
+    const admin = new Redis(redis.url);
+    const used = Number(/used_memory:(\d+)/.exec(await admin.info('memory'))![1]);
+    await admin.config('SET', 'maxmemory-policy', 'noeviction');
+    await admin.config('SET', 'maxmemory', String(Math.max(1, used - 1024)));
+    try {
+      const r = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'x' }) });
+      expect(r.status).toBe(507);
+      const body = r.body as { error: { code: string; message: string } };
+      expect(body.error.code).toBe('REDIS_FULL');
+      expect(body.error.message).toMatch(/Redis is full.*maxmemory.*retrying will not help.*keepCompletedSeconds/);
+      // The same refusal through the TypeScript client's path, counted for the FleetRedisFull alert.
+      const events = new FleetEventBus();
+      const metrics = new FleetMetrics({ defaultMetrics: false });
+      metrics.attach(events);
+      const direct = new Producer({ config, events });
+      await expect(direct.enqueue('greet', { name: 'y' })).rejects.toMatchObject({ code: 'REDIS_FULL', retryable: false });
+      await direct.close();
+      expect(await metrics.registry.getSingleMetricAsString('fleet_redis_full_total')).toContain('fleet_redis_full_total{operation="enqueue"} 1');
+    } finally {
+      await admin.config('SET', 'maxmemory', '0');
+      admin.disconnect();
+    }
+    expect((await producer.queue('greet').getJobCounts('waiting')).waiting).toBe(0);
   });
 });
 

@@ -196,6 +196,42 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await rotator.close();
   });
 
+  it('a rotation whose Vault rotation token cannot be minted is a failed rotation: recorded, reported, retried', async () => {
+    const { RotationService, readRotationState } = await import('../src/rotation/rotation-service.js');
+    const { FleetEventBus } = await import('../src/events.js');
+    // A rotator identity Vault does not know: the login behind the rotation-token mint fails.
+    process.env.FLEET_TEST_VAULT_BAD_ROLE_ID = '00000000-0000-4000-8000-000000000000';
+    process.env.FLEET_TEST_VAULT_BAD_SECRET_ID = '00000000-0000-4000-8000-000000000001';
+    const config = testConfig(redis.url, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['a-key'] })], {
+      dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-bad-')),
+      secrets: {
+        provider: 'vault',
+        vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', rotatorRoleIdEnv: 'FLEET_TEST_VAULT_BAD_ROLE_ID', rotatorSecretIdEnv: 'FLEET_TEST_VAULT_BAD_SECRET_ID' },
+        items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, attempts: 1 } } },
+      },
+    });
+    const events = new FleetEventBus();
+    const finished: { ok: boolean; step?: string }[] = [];
+    events.on('rotation:finished', (e) => finished.push(e));
+    const svc = new RotationService({ config, redisUrl: redis.url, events });
+    await svc.start().catch(() => undefined);
+    try {
+      const job = await svc.rotateNow('a-key');
+      for (let i = 0; i < 100 && (await job.getState()) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await job.getState()).toBe('failed');
+      // The scheduler's first tick may try too: every attempt is a recorded failure.
+      expect(finished.length).toBeGreaterThan(0);
+      expect(finished.every((e) => !e.ok)).toBe(true);
+      const stateClient = new Redis(redis.url);
+      const state = await readRotationState(stateClient, config.redis.prefix, 'a-key');
+      stateClient.disconnect();
+      expect(state).toMatchObject({ lastOutcome: 'failed' });
+      expect(state.failures).toBe(finished.length);
+    } finally {
+      await svc.stop();
+    }
+  });
+
   it('rotates a Vault secret with the fleet-rotator AppRole: pending path, promotion, previous version readable, then destroyed', async () => {
     const { RotationService } = await import('../src/rotation/rotation-service.js');
     const { FleetEventBus } = await import('../src/events.js');

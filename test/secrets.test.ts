@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { describe, expect, it } from 'vitest';
+import { describe, expect, it, vi } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { readAudit, readSecretStats } from '../src/secrets/audit.js';
@@ -94,6 +94,41 @@ describe('secrets in jobs', () => {
     expect(audit[0]!.latencyMs).toBeGreaterThanOrEqual(0);
     expect(await readSecretStats(r, config.redis.prefix, ['api-key'])).toEqual([expect.objectContaining({ granted: 1, denied: 0, lastVersion: '1' })]);
     r.disconnect();
+  });
+
+  it('when one of several secrets fails, the values already fetched are zero-filled and the values-alive gauge never goes negative', async () => {
+    const { config } = await withLocalSecrets([fixtureType('two', 'secret-reader.mjs', { secrets: ['present', 'absent'], isolation: 'job' })], { present: 'value-that-was-fetched-1' });
+    const fetched: Uint8Array[] = [];
+    const lease = LocalProvider.prototype.lease;
+    const spy = vi.spyOn(LocalProvider.prototype, 'lease').mockImplementation(async function (this: LocalProvider, req) {
+      const real = await lease.call(this, req);
+      return {
+        read: async (name: string) => {
+          const v = await real.read(name);
+          fetched.push(v.value);
+          return v;
+        },
+        release: () => real.release(),
+      };
+    });
+    try {
+      const sup = await startSupervisor({ config });
+      let alive = 0;
+      let lowest = 0;
+      sup.events.on('secret:values', (e) => {
+        alive += e.delta;
+        lowest = Math.min(lowest, alive);
+      });
+      const p = makeProducer(config);
+      const job = await waitForJob(p, (await p.enqueue('two', { names: ['present', 'absent'] })).id);
+      expect(job.error?.code).toBe('SECRET_NOT_FOUND');
+      expect(fetched).toHaveLength(1);
+      expect(fetched[0]!.every((b) => b === 0)).toBe(true);
+      expect(alive).toBe(0);
+      expect(lowest).toBe(0);
+    } finally {
+      spy.mockRestore();
+    }
   });
 
   it('denies an undeclared secret with SecretScopeError, audits the denial, and never fetches it', async () => {

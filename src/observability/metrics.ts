@@ -40,12 +40,15 @@ export class FleetMetrics {
   readonly secretAge = new Gauge({ name: 'fleet_secret_age_seconds', help: 'Age of the current version.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly rotationOverdue = new Gauge({ name: 'fleet_secret_rotation_overdue', help: '1 when the secret is past its rotation due time.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
+  readonly redisFull = new Counter({ name: 'fleet_redis_full_total', help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).', labelNames: ['operation'] as const, registers: [this.registry] });
   readonly egressRefused = new Counter({ name: 'fleet_egress_refused_total', help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).', labelNames: ['job_type'] as const, registers: [this.registry] });
   readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.secretValuesAlive.set(0);
+    // Present from the first scrape, so an alert on its increase has a series to compare with.
+    for (const op of ['enqueue', 'batch enqueue']) this.redisFull.labels(op).inc(0);
   }
 
   /** Subscribes to a supervisor's or API's events. Returns the unsubscribe function. */
@@ -68,6 +71,7 @@ export class FleetMetrics {
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
+      events.on('redis:full', (e) => this.redisFull.labels(e.operation).inc()),
       events.on('rotation:finished', (e) => {
         this.rotations.labels(e.secret, e.ok ? 'ok' : 'failed').inc();
         if (!e.ok) this.rotationFailures.labels(e.secret, e.step ?? 'create').inc();

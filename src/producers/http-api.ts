@@ -33,6 +33,7 @@ const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   UNSUPPORTED_MEDIA_TYPE: 415,
   INVALID_PAYLOAD: 422,
   REDIS_UNAVAILABLE: 503,
+  REDIS_FULL: 507,
 };
 
 interface ErrorBody {

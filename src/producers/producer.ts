@@ -6,6 +6,7 @@ import {
   FleetError,
   JobNotFoundError,
   parseFailedReason,
+  RedisFullError,
   RedisUnavailableError,
   UnknownJobTypeError,
   ValidationError,
@@ -188,6 +189,13 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     } catch (err) {
       if (err instanceof FleetError) throw err;
       const e = toError(err);
+      if (/^OOM /.test(e.message)) {
+        this.#events?.emit('redis:full', { operation: what });
+        throw new RedisFullError(
+          `${what} failed: Redis is full (used memory is above maxmemory, and noeviction keeps it from dropping jobs or audit records). Nothing was enqueued, and retrying will not help until memory is freed. Fix: raise maxmemory, or free memory: lower jobTypes.*.keepCompletedSeconds / keepFailedSeconds and secrets.audit.maxEntries, or remove old jobs.`,
+          { cause: e },
+        );
+      }
       throw new RedisUnavailableError(`${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
     }
   }

@@ -255,32 +255,38 @@ export class RotationService {
   async #rotate(secret: string, job?: Job, force = true): Promise<{ version: string } | { skipped: 'not-due' }> {
     const policy = this.policies().get(secret);
     if (!policy) throw new FleetError('CONFIG_INVALID', `secret "${secret}" has no rotation policy`);
-    const base = await this.#provider(secret);
-    if (!force && !(await this.#isDue(secret, policy, base))) return { skipped: 'not-due' };
-    // Vault: the steps run with a token that can write this one secret only.
-    const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
-    const provider: SecretProvider = scope?.provider ?? base;
-    const rotator = await this.#rotator(secret);
     const key = rotationStateKey(this.#config.redis.prefix, secret);
     const started = Date.now();
     const t0 = performance.now();
     const held: Uint8Array[] = [];
-    const ctx: RotatorContext = {
-      secret,
-      current: async () => {
-        const cur = (await base.list()).find((m) => m.name === secret);
-        if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
-        const v = await provider.readVersion(secret, cur.version);
-        held.push(v.value);
-        return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
-      },
-    };
+    let scope: Awaited<ReturnType<VaultProvider['scopedTo']>> | null = null;
     let pending: { version: string } | null = null;
+    let provider: SecretProvider | null = null;
+    // Everything from here on is inside the try: a failed due-check, rotation-token mint or
+    // rotator lookup is a failed rotation (recorded, counted, visible to fleet doctor), and a
+    // minted rotation token is revoked whatever fails after it.
     try {
+      const base = await this.#provider(secret);
+      if (!force && !(await this.#isDue(secret, policy, base))) return { skipped: 'not-due' };
+      // Vault: the steps run with a token that can write this one secret only.
+      scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+      const scoped: SecretProvider = scope?.provider ?? base;
+      provider = scoped;
+      const rotator = await this.#rotator(secret);
+      const ctx: RotatorContext = {
+        secret,
+        current: async () => {
+          const cur = (await base.list()).find((m) => m.name === secret);
+          if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
+          const v = await scoped.readVersion(secret, cur.version);
+          held.push(v.value);
+          return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
+        },
+      };
       const previous = (await base.list()).find((m) => m.name === secret)?.version ?? null;
       let value: Uint8Array | null = null;
       if (rotator === 'kms-rewrap') {
-        pending = await this.#step(secret, 'create', () => (provider as KmsProvider).rewrapPending(secret), (r) => r.version);
+        pending = await this.#step(secret, 'create', () => (scoped as KmsProvider).rewrapPending(secret), (r) => r.version);
       } else {
         const created = await this.#step(
           secret,
@@ -288,7 +294,7 @@ export class RotationService {
           async () => {
             const v = await rotator.create(ctx);
             held.push(v);
-            return { value: v, ...(await provider.writePending(secret, v)) };
+            return { value: v, ...(await scoped.writePending(secret, v)) };
           },
           (r) => r.version,
         );
@@ -300,14 +306,14 @@ export class RotationService {
       const p = pending;
       await this.#step(secret, 'test', async () => {
         // The stored pending version must decrypt/read back to what was created (for rewraps: to the current value).
-        const back = await provider.readVersion(secret, p.version);
+        const back = await scoped.readVersion(secret, p.version);
         held.push(back.value);
-        const expected = value ?? (previous ? (await provider.readVersion(secret, previous)).value : null);
+        const expected = value ?? (previous ? (await scoped.readVersion(secret, previous)).value : null);
         if (expected) held.push(expected);
         if (!expected || Buffer.compare(Buffer.from(back.value), Buffer.from(expected)) !== 0) throw new Error('pending version does not read back as created');
         if (rotator !== 'kms-rewrap' && rotator.test) await rotator.test(ctx, back.value);
       });
-      const promoted = await this.#step(secret, 'promote', () => provider.promote(secret, p.version), (r) => r.version);
+      const promoted = await this.#step(secret, 'promote', () => scoped.promote(secret, p.version), (r) => r.version);
       pending = null;
       const multi = this.#redis!.multi().hset(key, 'currentVersion', promoted.version, 'lastRotationAt', String(started), 'lastSuccessAt', String(Date.now()), 'lastOutcome', 'ok').hdel(key, 'lastFailedStep', 'lastError').hincrby(key, 'rotations', 1);
       if (previous && previous !== promoted.version) multi.hset(key, `retire:${previous}`, String(Date.now() + policy.graceSeconds * 1000));
@@ -318,7 +324,7 @@ export class RotationService {
       return promoted;
     } catch (err) {
       const step = err instanceof StepError ? err.step : 'create';
-      if (pending) {
+      if (pending && provider) {
         const abandoned = pending.version;
         await provider.retire(secret, abandoned).catch((e: unknown) => this.#log.warn('could not drop the failed pending version', { secret, version: abandoned, error: toError(e).message }));
       }
@@ -328,7 +334,7 @@ export class RotationService {
       throw err;
     } finally {
       for (const b of held) b.fill(0);
-      await scope?.release();
+      await scope?.release().catch((e: unknown) => this.#log.error('could not revoke the rotation token; it expires by its TTL', { secret, error: toError(e).message }));
     }
   }
 
@@ -339,18 +345,25 @@ export class RotationService {
       const state = await readRotationState(this.#redis, this.#config.redis.prefix, secret);
       for (const [version, at] of Object.entries(state.retiring)) {
         if (at > Date.now()) continue;
-        const base = await this.#provider(secret);
-        const rotator = await this.#rotator(secret);
+        // Claim the retirement first (HDEL answers 1 to exactly one caller): the periodic sweep,
+        // an explicit one and other scheduler replicas never retire a version, or run the
+        // rotator's finish step, twice. A failed retirement is put back for the next sweep.
+        const key = rotationStateKey(this.#config.redis.prefix, secret);
+        if ((await this.#redis.hdel(key, `retire:${version}`)) !== 1) continue;
         await this.#step(secret, 'retire', async () => {
+          const base = await this.#provider(secret);
+          const rotator = await this.#rotator(secret);
           const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
           try {
             await (scope?.provider ?? base).retire(secret, version);
           } finally {
-            await scope?.release();
+            await scope?.release().catch((e: unknown) => this.#log.error('could not revoke the rotation token; it expires by its TTL', { secret, error: toError(e).message }));
           }
           if (rotator !== 'kms-rewrap' && rotator.finish) await rotator.finish({ secret, retiredVersion: version, current: async () => Buffer.alloc(0) });
-        }, () => version);
-        await this.#redis.hdel(rotationStateKey(this.#config.redis.prefix, secret), `retire:${version}`);
+        }, () => version).catch(async (err: unknown) => {
+          await this.#redis?.hset(key, `retire:${version}`, String(at));
+          throw err;
+        });
       }
     }
   }

@@ -39,7 +39,9 @@ export class JobSecrets {
     try {
       const lease = await this.#lease(provider);
       const v = await lease.read(name);
+      // Counted the moment a value exists here; release() counts them all back down.
       this.handed += 1;
+      b.valuesAlive(1);
       b.audit({ ...base, provider, outcome: 'granted', version: v.version, latencyMs: performance.now() - started });
       return v;
     } catch (caught) {
@@ -60,7 +62,26 @@ export class JobSecrets {
     return l;
   }
 
+  /**
+   * Every secret the type declares, fetched in parallel for the hand-off at job start. If any
+   * fails, the values already fetched are zero-filled before the first error is thrown: nothing
+   * fetched for a job that cannot start stays in memory.
+   */
+  async fetchDeclared(): Promise<(SecretValue & { name: string })[]> {
+    const settled = await Promise.allSettled(this.#type.secrets.map(async (name) => ({ name, ...(await this.get(name)) })));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    const values = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    if (failed) {
+      for (const v of values) v.value.fill(0);
+      throw failed.reason;
+    }
+    return values;
+  }
+
+  /** Revokes the job's leases and counts its values as gone (the sandbox zeroed them or was destroyed). */
   async release(): Promise<void> {
+    if (this.handed) this.#broker.valuesAlive(-this.handed);
+    this.handed = 0;
     const leases = [...this.#leases.values()];
     this.#leases.clear();
     await Promise.all(
@@ -110,6 +131,11 @@ export class SecretBroker {
     const full = { ts: Date.now(), ...rec, latencyMs: Math.round(rec.latencyMs * 1000) / 1000 };
     this.#audit.record(full);
     this.#events.emit('secret:accessed', { secret: rec.secret, jobType: rec.jobType, outcome: rec.outcome, provider: rec.provider, latencyMs: full.latencyMs });
+  }
+
+  /** The `fleet_secret_values_alive` gauge: +n when values are fetched for a job, -n when it ends. */
+  valuesAlive(delta: number): void {
+    this.#events.emit('secret:values', { delta });
   }
 
   /** An audit record that is not a secret read (an egress refusal): written, not counted as an access. */

@@ -258,9 +258,15 @@ export class VaultProvider implements SecretProvider {
     const provider = new VaultProvider({ ...this.#o, auth: { method: 'token', token: res.auth.client_token } });
     return {
       provider,
+      // Like a job token's: a failed revoke is reported (the caller logs it); the token still
+      // expires by its TTL.
       release: async () => {
         await provider.close();
-        await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor: res.auth.accessor }).catch(() => undefined);
+        try {
+          await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor: res.auth.accessor });
+        } catch (err) {
+          throw vaultError(err, `revoking the rotation token of ${secret} (it expires by TTL in ${Math.ceil(ttlMs / 1000)} s)`, secret);
+        }
       },
     };
   }

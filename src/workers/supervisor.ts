@@ -234,13 +234,12 @@ export class Supervisor {
       const parsed = t.payload.safeParse(job.data);
       if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
       // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
-      const [acquired, delivered] = await Promise.allSettled([pool.acquire(), Promise.all(t.secrets.map(async (name) => ({ name, ...(await secrets.get(name)) })))]);
+      const [acquired, delivered] = await Promise.allSettled([pool.acquire(), secrets.fetchDeclared()]);
       if (acquired.status === 'fulfilled') sandbox = acquired.value;
       if (delivered.status === 'rejected' || acquired.status === 'rejected') {
         if (delivered.status === 'fulfilled') for (const s of delivered.value) s.value.fill(0);
         throw delivered.status === 'rejected' ? delivered.reason : (acquired as PromiseRejectedResult).reason;
       }
-      if (delivered.value.length) this.events.emit('secret:values', { delta: delivered.value.length });
       const result = await sandbox!.run(
         { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: delivered.value },
         {
@@ -252,11 +251,7 @@ export class Supervisor {
             log[level](msg, { ...fields, source });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
           },
-          onSecretRequest: async (name) => {
-            const v = await secrets.get(name);
-            this.events.emit('secret:values', { delta: 1 });
-            return v;
-          },
+          onSecretRequest: (name) => secrets.get(name),
         },
       );
       clean = true;
@@ -286,7 +281,6 @@ export class Supervisor {
       // cancel) is dead and gets replaced.
       if (sandbox) pool.release(sandbox, clean || sandbox.alive);
       // The sandbox zeroed its copies (or was destroyed); credentials minted for the job are revoked.
-      if (secrets.handed) this.events.emit('secret:values', { delta: -secrets.handed });
       await secrets.release();
     }
   }
