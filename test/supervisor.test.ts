@@ -166,7 +166,7 @@ describe('supervisor', () => {
   });
 
   it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async () => {
-    const config = testConfig(redis.url, [fixtureType('mixed', 'module-state.mjs', { isolation: 'pool', concurrency: 1 }), fixtureType('boom', 'throws.mjs', { isolation: 'pool', concurrency: 1 })]);
+    const config = testConfig(redis.url, [fixtureType('mixed', 'state-or-spin.mjs', { isolation: 'pool', concurrency: 1, timeoutMs: 500, abortGraceMs: 100, retryOnTimeout: false }), fixtureType('boom', 'throws.mjs', { isolation: 'pool', concurrency: 1 })]);
     const sup = await startSupervisor({ config });
     const destroyed: string[] = [];
     sup.events.on('sandbox:destroyed', (e) => destroyed.push(`${e.jobType}:${e.reason}`));
@@ -176,6 +176,11 @@ describe('supervisor', () => {
     const runs = [];
     for (let i = 0; i < 3; i++) runs.push(((await waitForJob(p, (await p.enqueue('mixed', {})).id)).result as { runs: number }).runs);
     expect(runs).toEqual([1, 2, 3]);
+    // A job that never yields is terminated at its timeout; its sandbox is destroyed and replaced.
+    expect((await waitForJob(p, (await p.enqueue('mixed', { spin: true })).id)).error?.code).toBe('TIMEOUT');
+    expect(destroyed).toEqual(['mixed:job-failed']);
+    const after = (await waitForJob(p, (await p.enqueue('mixed', {})).id)).result as { runs: number };
+    expect(after.runs).toBe(1);
   });
 
   it('publishes its status for `fleet status`', async () => {

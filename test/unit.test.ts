@@ -2,6 +2,7 @@
 import { readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { Writable } from 'node:stream';
+import { spawnSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
 import { makeLogger } from '../src/observability/logger.js';
 import { FIXTURES } from './helpers/fleet.js';
@@ -37,5 +38,27 @@ describe('logs and messages', () => {
     };
     walk(SRC);
     expect(hits).toEqual([]);
+  });
+
+  it('loads no backend SDK when the provider registry is imported (node-vault and the AWS SDK load on demand)', () => {
+    const dist = path.join(SRC, '..', 'dist');
+    const script = `const { createRequire } = await import('node:module');
+      await import(${JSON.stringify(path.join(dist, 'secrets', 'providers.js'))});
+      const loaded = Object.keys(createRequire(import.meta.url).cache);
+      console.log(JSON.stringify(loaded.filter((k) => /node_modules[\\/](node-vault|@aws-sdk)/.test(k)).length));`;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toBe(0);
+    // The check can fail: importing the Vault provider itself does load node-vault.
+    const control = spawnSync(process.execPath, ['--input-type=module', '-e', script.replace('providers.js', 'vault-provider.js')], { encoding: 'utf8' });
+    expect(JSON.parse(control.stdout)).toBeGreaterThan(0);
+  });
+
+  it('packs only the product: dist (without bench, chaos, test servers) and bin', () => {
+    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: path.join(SRC, '..'), encoding: 'utf8' });
+    const files = (JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
+    expect(files).toContain('bin/fleet.js');
+    expect(files).toContain('dist/workers/sandbox-entry.js');
+    expect(files.filter((f) => /^(test|src|scripts|\.ci)\/|^dist\/(bench|chaos|dev)\//.test(f))).toEqual([]);
   });
 });

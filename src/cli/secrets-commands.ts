@@ -6,7 +6,8 @@ import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { makeProvider, usedProviders } from '../secrets/providers.js';
-import { VaultProvider, requireEnv } from '../secrets/vault-provider.js';
+import { VaultProvider } from '../secrets/vault-provider.js';
+import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {

@@ -92,6 +92,7 @@ class StepError extends FleetError {
  */
 export class RotationService {
   readonly #config: FleetConfig;
+  #sweeps: Promise<void> = Promise.resolve();
   readonly #log: Logger;
   readonly #events: FleetEventBus;
   readonly #redisUrl: string;
@@ -338,8 +339,18 @@ export class RotationService {
     }
   }
 
-  /** Retires versions whose grace window has ended (and runs the rotator's finish step). */
-  async sweep(): Promise<void> {
+  /**
+   * Retires versions whose grace window has ended (and runs the rotator's finish step). Sweeps of
+   * one service run one after another, so a caller's sweep returns only once the retirements an
+   * earlier (periodic) sweep claimed are done too.
+   */
+  sweep(): Promise<void> {
+    const run = this.#sweeps.then(() => this.#sweepOnce());
+    this.#sweeps = run.catch(() => undefined);
+    return run;
+  }
+
+  async #sweepOnce(): Promise<void> {
     if (!this.#redis) return;
     for (const secret of this.policies().keys()) {
       const state = await readRotationState(this.#redis, this.#config.redis.prefix, secret);

@@ -4,7 +4,8 @@ import type { FleetConfig } from '../config/resolve.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretProvider } from './provider.js';
-import { requireEnv, type VaultAuth } from './vault-provider.js';
+import { requireEnv } from '../config/credentials.js';
+import type { VaultAuth } from './vault-provider.js';
 
 /** Provider kinds the config actually uses (by some secret), plus any explicitly asked for. */
 export function usedProviders(config: FleetConfig): Set<ProviderKind> {
