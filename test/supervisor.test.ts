@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
-import { queuePrefix } from '../src/redis/connection.js';
+import { queuePrefix } from '../src/redis/keys.js';
 import type { FleetEvents } from '../src/events.js';
 import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';

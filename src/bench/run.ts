@@ -15,7 +15,7 @@ import { resolveConfig, type FleetConfig } from '../config/resolve.js';
 import { sha256Hex } from '../producers/auth.js';
 import { createApiApp, listen } from '../producers/http-api.js';
 import { Producer } from '../producers/producer.js';
-import { queuePrefix } from '../redis/connection.js';
+import { queuePrefix } from '../redis/keys.js';
 import { startEmbeddedRedis } from '../redis/embedded-redis.js';
 import { compiledPath } from '../runtime-path.js';
 import { Sandbox } from '../workers/sandbox.js';

@@ -1,3 +1,4 @@
+import { supervisorsKey } from '../redis/keys.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -66,7 +67,7 @@ export async function chaosFleet(redisUrl: string, input: Record<string, unknown
     // Ready when its heartbeat says running.
     const deadline = Date.now() + 20_000;
     for (;;) {
-      const h = await producer.redis.hgetall(`${config.redis.prefix}:supervisors`).catch(() => ({}) as Record<string, string>);
+      const h = await producer.redis.hgetall(supervisorsKey(config.redis.prefix)).catch(() => ({}) as Record<string, string>);
       if (Object.values(h).some((v) => (JSON.parse(v) as { pid: number; state: string }).pid === child.pid && v.includes('"running"'))) break;
       if (!alive || Date.now() > deadline) throw new Error(`supervisor did not start: ${out.slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 50));

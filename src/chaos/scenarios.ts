@@ -1,3 +1,4 @@
+import { supervisorsKey } from '../redis/keys.js';
 import type { Redis } from 'ioredis';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
@@ -290,7 +291,7 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
     const counts = await q.getJobCounts('completed', 'failed');
     await new Promise((r) => setTimeout(r, 1500));
-    const status = Object.values(await fleet.producer.redis.hgetall(`${fleet.config.redis.prefix}:supervisors`)).map((v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] });
+    const status = Object.values(await fleet.producer.redis.hgetall(supervisorsKey(fleet.config.redis.prefix))).map((v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] });
     const mine = status.find((s) => s.pid === sup.child.pid);
     const warm = mine?.types.find((t) => t.jobType === 'fresh')?.warm ?? -1;
     return {

@@ -1,4 +1,5 @@
-import { supervisorsKey, type SupervisorStatus } from '../workers/supervisor.js';
+import { supervisorsKey } from '../redis/keys.js';
+import type { SupervisorStatus } from '../workers/supervisor.js';
 import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';

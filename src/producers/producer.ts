@@ -13,9 +13,10 @@ import {
   toError,
 } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
-import { connectRedis, ensureReady, queuePrefix } from '../redis/connection.js';
+import { connectRedis, ensureReady } from '../redis/connection.js';
+import { controlChannel, queuePrefix } from '../redis/keys.js';
 import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
-import { controlChannel, type ControlMessage } from '../workers/control.js';
+import type { ControlMessage } from '../workers/control.js';
 import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
 
 export interface EnqueueOptions {

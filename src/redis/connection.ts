@@ -9,14 +9,6 @@ export function isClusterUrl(url: string): boolean {
 }
 import { RedisUnavailableError } from '../errors.js';
 
-/**
- * Every queue of a job type lives under its own hash tag (`fleet:{echo}:echo:*`): in a Redis
- * Cluster one queue's keys share a slot, as BullMQ's scripts need, while different types spread
- * over shards.
- */
-export function queuePrefix(prefix: string, jobType: string): string {
-  return `${prefix}:{${jobType}}`;
-}
 
 export type ConnectionRole =
   /** Blocking BullMQ workers: commands wait for a reconnect instead of failing. */

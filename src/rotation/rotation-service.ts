@@ -8,7 +8,8 @@ import type { rotationSchema } from '../config/schema.js';
 import { FleetError, toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
-import { connectRedis, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { connectRedis, waitForRedis } from '../redis/connection.js';
+import { queuePrefix, rotationStateKey } from '../redis/keys.js';
 import { AuditLog } from '../secrets/audit.js';
 import type { KmsProvider } from '../secrets/kms-provider.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
@@ -35,9 +36,6 @@ export function requestRotation(config: FleetConfig, queue: Queue, secret: strin
   return queue.add('rotate', { secret, force: true }, { jobId: `rotate-now-${secret}-${Date.now()}`, attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } });
 }
 
-export function rotationStateKey(prefix: string, secret: string): string {
-  return `${prefix}:rotation:{${secret}}`;
-}
 
 /** What `fleet status --secrets` and the metrics show about one secret's rotation. */
 export interface RotationState {

@@ -1,5 +1,6 @@
 import type { RedisClient } from '../redis/connection.js';
 import { toError } from '../errors.js';
+import { auditStreamKey, secretStatsKey } from '../redis/keys.js';
 import type { Logger } from '../observability/logger.js';
 
 export type AuditOutcome = 'granted' | 'denied' | 'error';
@@ -31,14 +32,6 @@ export interface SecretStats {
   lastVersion: string | null;
 }
 
-// One hash tag for the stream and the counters: they are written in one MULTI, which a Redis
-// Cluster allows only within one slot.
-export function auditStreamKey(prefix: string): string {
-  return `${prefix}:{audit}`;
-}
-export function secretStatsKey(prefix: string, name: string): string {
-  return `${prefix}:{audit}:secret-stats:${name}`;
-}
 
 /**
  * Appends every access attempt to a Redis Stream (bounded by `maxEntries`) and writes it as a

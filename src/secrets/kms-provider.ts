@@ -2,6 +2,7 @@ import { CreateAliasCommand, CreateKeyCommand, DecryptCommand, DescribeKeyComman
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
+import { kmsIndexKey, kmsSecretKey } from '../redis/keys.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 export interface KmsProviderOptions {
@@ -73,12 +74,12 @@ export class KmsProvider implements SecretProvider {
   }
 
   #key(name: string): string {
-    return `${this.#o.keyPrefix}:kms-secret:{${name}}`;
+    return kmsSecretKey(this.#o.keyPrefix, name);
   }
 
   /** Names with a stored ciphertext (a set, because a keyspace SCAN does not span a cluster). */
   #index(): string {
-    return `${this.#o.keyPrefix}:{kms-index}`;
+    return kmsIndexKey(this.#o.keyPrefix);
   }
 
   async #decrypt(name: string, version: string, env: Envelope): Promise<SecretValue> {

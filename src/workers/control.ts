@@ -1,10 +1,6 @@
 /** Messages on the fleet's control channel (Redis pub/sub), heard by every supervisor. */
 export type ControlMessage = { kind: 'cancel'; jobId: string };
 
-export function controlChannel(prefix: string): string {
-  return `${prefix}:control`;
-}
-
 export function parseControlMessage(raw: string): ControlMessage | null {
   try {
     const m = JSON.parse(raw) as Partial<ControlMessage>;

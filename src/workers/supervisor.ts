@@ -13,11 +13,12 @@ import {
 } from '../errors.js';
 import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
-import { connectRedis, duplicateClient, queuePrefix, waitForRedis } from '../redis/connection.js';
+import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
+import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
 import { AuditLog } from '../secrets/audit.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
-import { controlChannel, parseControlMessage } from './control.js';
+import { parseControlMessage } from './control.js';
 import { SandboxPool, type ProcessBoundary, type SandboxPoolStats } from './sandbox-pool.js';
 import { probeOsLayer } from './sandbox-boundary.js';
 import { fleetServiceAddresses } from './fleet-addresses.js';
@@ -51,9 +52,6 @@ const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
   SANDBOX_CRASHED: 'crashed',
 };
 
-export function supervisorsKey(prefix: string): string {
-  return `${prefix}:supervisors`;
-}
 
 /**
  * Takes jobs from Redis and runs each one in a sandbox of its type, with the type's hard timeout,
@@ -70,6 +68,7 @@ export class Supervisor {
   readonly #types: JobType[];
   readonly #pools = new Map<string, SandboxPool>();
   readonly #workers = new Map<string, Worker>();
+  readonly #queues = new Map<string, Queue>();
   /** Running jobs, so cancellation and shutdown can reach them. */
   readonly #active = new Map<string, AbortController>();
   #redis: RedisClient | null = null;
@@ -181,14 +180,21 @@ export class Supervisor {
     );
   }
 
-  async #applyGlobalConcurrency(t: JobType): Promise<void> {
-    const q = new Queue(t.name, { connection: this.#redis!, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
-    try {
-      if (t.globalConcurrency !== undefined) await q.setGlobalConcurrency(t.globalConcurrency);
-      else await q.removeGlobalConcurrency();
-    } finally {
-      await q.close();
+  /** One BullMQ Queue per type for the supervisor's life (global concurrency, queue-depth gauges): a scrape builds none. */
+  #queue(t: JobType): Queue {
+    let q = this.#queues.get(t.name);
+    if (!q) {
+      q = new Queue(t.name, { connection: this.#redis!, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
+      q.on('error', (err) => this.#log.warn('queue error', { jobType: t.name, error: err.message }));
+      this.#queues.set(t.name, q);
     }
+    return q;
+  }
+
+  async #applyGlobalConcurrency(t: JobType): Promise<void> {
+    const q = this.#queue(t);
+    if (t.globalConcurrency !== undefined) await q.setGlobalConcurrency(t.globalConcurrency);
+    else await q.removeGlobalConcurrency();
   }
 
   #makeWorker(t: JobType): Worker {
@@ -305,14 +311,7 @@ export class Supervisor {
   async queueCounts(): Promise<Record<string, Record<string, number>>> {
     const out: Record<string, Record<string, number>> = {};
     if (!this.#redis) return out;
-    for (const t of this.#types) {
-      const q = new Queue(t.name, { connection: this.#redis, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
-      try {
-        out[t.name] = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed');
-      } finally {
-        await q.close();
-      }
-    }
+    await Promise.all(this.#types.map(async (t) => (out[t.name] = await this.#queue(t).getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed'))));
     return out;
   }
 
@@ -369,6 +368,8 @@ export class Supervisor {
     this.#heartbeat = null;
     await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
+    await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => undefined)));
+    this.#queues.clear();
     await this.#secrets?.close().catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
     this.#secrets = null;
     if (this.#redis?.status === 'ready') await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);

@@ -1,0 +1,60 @@
+/**
+ * Every Redis key the fleet writes, named in one place (like BullMQ's `QueueKeys`), so that key
+ * strings do not drift apart across modules and access rules (Redis ACLs) have one list of
+ * patterns to be built from. `prefix` is `config.redis.prefix`.
+ *
+ * Hash tags (`{…}`) decide the Redis Cluster slot: a job type's queue keys share one, the audit
+ * stream and its counters share one (they are written in one MULTI), and each secret's rotation
+ * state and KMS ciphertexts sit in the secret's own.
+ */
+
+/** BullMQ's prefix for one job type's queue: `fleet:{echo}` (BullMQ appends `:echo:wait`, …). */
+export function queuePrefix(prefix: string, jobType: string): string {
+  return `${prefix}:{${jobType}}`;
+}
+
+/** The audit stream (every secret access, every egress refusal). */
+export function auditStreamKey(prefix: string): string {
+  return `${prefix}:{audit}`;
+}
+
+/** Access counters of one secret, beside the audit stream. */
+export function secretStatsKey(prefix: string, name: string): string {
+  return `${prefix}:{audit}:secret-stats:${name}`;
+}
+
+/** Rotation state of one secret: current version, outcomes, versions waiting to retire. */
+export function rotationStateKey(prefix: string, secret: string): string {
+  return `${prefix}:rotation:{${secret}}`;
+}
+
+/** Pub/sub channel for cancellations sent to supervisors. */
+export function controlChannel(prefix: string): string {
+  return `${prefix}:control`;
+}
+
+/** Hash of supervisor heartbeats (`fleet status`, `fleet doctor`). */
+export function supervisorsKey(prefix: string): string {
+  return `${prefix}:supervisors`;
+}
+
+/** KMS envelopes of one secret (every stored version). */
+export function kmsSecretKey(prefix: string, name: string): string {
+  return `${prefix}:kms-secret:{${name}}`;
+}
+
+/** Names with a stored KMS envelope (a set: a keyspace SCAN does not span a cluster). */
+export function kmsIndexKey(prefix: string): string {
+  return `${prefix}:{kms-index}`;
+}
+
+/** The key patterns of each concern, for access rules: `~pattern` in a Redis ACL. */
+export function keyPatterns(prefix: string): Record<'queues' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
+  return {
+    queues: [`${prefix}:{*}:*`],
+    audit: [auditStreamKey(prefix), secretStatsKey(prefix, '*')],
+    rotation: [rotationStateKey(prefix, '*')],
+    supervisors: [supervisorsKey(prefix)],
+    kms: [kmsSecretKey(prefix, '*'), kmsIndexKey(prefix)],
+  };
+}
