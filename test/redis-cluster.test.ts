@@ -11,7 +11,7 @@ import { Producer } from '../src/producers/producer.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
-import { readRotationState } from '../src/rotation/rotation-service.js';
+import { readRotationState } from '../src/rotation/state.js';
 import { fixtureType, guardAgainstLeaks, testConfig, waitForJob } from './helpers/fleet.js';
 
 const HAS_CLI = spawnSync('redis-cli', ['--version']).status === 0;

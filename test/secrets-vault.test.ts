@@ -197,7 +197,8 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
   });
 
   it('a rotation whose Vault rotation token cannot be minted is a failed rotation: recorded, reported, retried', async () => {
-    const { RotationService, readRotationState } = await import('../src/rotation/rotation-service.js');
+    const { RotationService } = await import('../src/rotation/rotation-service.js');
+    const { readRotationState } = await import('../src/rotation/state.js');
     const { FleetEventBus } = await import('../src/events.js');
     // A rotator identity Vault does not know: the login behind the rotation-token mint fails.
     process.env.FLEET_TEST_VAULT_BAD_ROLE_ID = '00000000-0000-4000-8000-000000000000';

@@ -10,6 +10,8 @@ import type { FleetEventBus } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, waitForRedis } from '../redis/connection.js';
 import { queuePrefix, rotationStateKey } from '../redis/keys.js';
+import { readRotationState, type RotationStep } from './state.js';
+
 import { AuditLog } from '../secrets/audit.js';
 import type { KmsProvider } from '../secrets/kms-provider.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
@@ -21,7 +23,6 @@ import { runRotatorStep } from './sandboxed-rotator.js';
 import type { z } from 'zod';
 
 type RotationPolicy = z.output<typeof rotationSchema>;
-export type RotationStep = 'create' | 'set' | 'test' | 'promote' | 'retire';
 
 export const ROTATION_QUEUE = 'rotation';
 
@@ -36,39 +37,6 @@ export function requestRotation(config: FleetConfig, queue: Queue, secret: strin
   return queue.add('rotate', { secret, force: true }, { jobId: `rotate-now-${secret}-${Date.now()}`, attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } });
 }
 
-
-/** What `fleet status --secrets` and the metrics show about one secret's rotation. */
-export interface RotationState {
-  secret: string;
-  currentVersion: string | null;
-  lastRotationAt: number | null;
-  lastOutcome: 'ok' | 'failed' | null;
-  lastFailedStep: RotationStep | null;
-  lastError: string | null;
-  lastSuccessAt: number | null;
-  rotations: number;
-  failures: number;
-  /** Versions waiting for the end of their grace window: version → retire-at (ms). */
-  retiring: Record<string, number>;
-}
-
-export async function readRotationState(redis: RedisClient, prefix: string, secret: string): Promise<RotationState> {
-  const h = await redis.hgetall(rotationStateKey(prefix, secret));
-  const retiring: Record<string, number> = {};
-  for (const [k, v] of Object.entries(h)) if (k.startsWith('retire:')) retiring[k.slice(7)] = Number(v);
-  return {
-    secret,
-    currentVersion: h.currentVersion ?? null,
-    lastRotationAt: h.lastRotationAt ? Number(h.lastRotationAt) : null,
-    lastOutcome: (h.lastOutcome as 'ok' | 'failed' | undefined) ?? null,
-    lastFailedStep: (h.lastFailedStep as RotationStep | undefined) ?? null,
-    lastError: h.lastError ?? null,
-    lastSuccessAt: h.lastSuccessAt ? Number(h.lastSuccessAt) : null,
-    rotations: Number(h.rotations ?? 0),
-    failures: Number(h.failures ?? 0),
-    retiring,
-  };
-}
 
 class StepError extends FleetError {
   override name = 'RotationStepError';

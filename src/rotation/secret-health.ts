@@ -3,7 +3,7 @@ import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import { readAudit } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
-import { readRotationState, type RotationState } from './rotation-service.js';
+import { readRotationState, type RotationState } from './state.js';
 
 /** The longest a secret of each kind may live (the zero-trust rules: API keys weekly, encryption keys daily). */
 export const MAX_AGE_MS = { 'api-key': 7 * 86_400_000, 'encryption-key': 86_400_000, other: 7 * 86_400_000 } as const;
