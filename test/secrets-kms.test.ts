@@ -1,12 +1,14 @@
+import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import path from 'node:path';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAudit } from '../src/secrets/audit.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
-import { startTestRedis } from './helpers/redis.js';
+import { startTestRedis, uniquePrefix } from './helpers/redis.js';
 import { startKms, useLocalAwsCredentials, type TestServer } from './helpers/servers.js';
 
 useLocalAwsCredentials();
@@ -136,5 +138,23 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     const missing = new KmsProvider({ keyId: '00000000-0000-4000-8000-000000000000', region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: 'kmsensure2', keepVersions: 3, requestTimeoutMs: 5000 });
     await expect(missing.ensureKey()).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
     await missing.close();
+  });
+
+  it('fleet secrets set --provider kms stores a value from stdin (the CLI connects before it writes)', async () => {
+    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, secrets: { kms: { keyId, endpoint: server!.url, region: 'us-east-1' } }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] }, 'kms-cli');
+    const run = (args: string[], stdin = ''): Promise<{ code: number | null; out: string }> =>
+      new Promise((resolve) => {
+        const child = spawn(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), ...args, '--config', file], { env: { ...process.env, REDIS_URL: redis.url } });
+        let out = '';
+        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+        child.on('exit', (code) => resolve({ code, out }));
+        child.stdin.end(stdin);
+      });
+    const set = await run(['secrets', 'set', 'cli-kms-key', '--provider', 'kms'], 'value-from-the-cli-0123');
+    expect(set.out).toContain('cli-kms-key: stored version 1 in kms');
+    expect(set.code).toBe(0);
+    const list = await run(['secrets', 'list']);
+    expect(list.out).toMatch(/cli-kms-key\s+kms\s+v1/);
   });
 });

@@ -47,7 +47,9 @@ export async function secretsSet(config: FleetConfig, redis: RedisClient | undef
 }
 
 export async function secretsList(config: FleetConfig, redis: RedisClient | undefined): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
-  const kinds = new Set<ProviderKind>([...usedProviders(config), config.secrets.provider]);
+  // Every provider in use, the default, and KMS when configured (`fleet secrets set --provider kms`
+  // can store a value before any job type names it).
+  const kinds = new Set<ProviderKind>([...usedProviders(config), config.secrets.provider, ...(config.secrets.kms ? (['kms'] as const) : [])]);
   const out: (SecretMetadata & { provider: ProviderKind })[] = [];
   for (const kind of kinds) {
     const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });

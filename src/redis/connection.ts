@@ -71,6 +71,8 @@ export async function waitForRedis(redis: RedisClient, timeoutMs = 10_000): Prom
  */
 export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void> {
   if (redis.status === 'ready') return Promise.resolve();
+  // A lazy connection (the CLI opens one only for commands that need Redis) starts here.
+  if (redis.status === 'wait') void redis.connect().catch(() => undefined);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       redis.off('ready', onReady);

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import type { RedisClient } from '../redis/connection.js';
+import { ensureReady, type RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
@@ -48,6 +48,9 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
   if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
+  // Its ciphertexts are read and written through this connection: it must be up before the
+  // first command (a fail-fast connection refuses commands while it is still connecting).
+  await ensureReady(deps.redis, 10_000);
   const { KmsProvider } = await import('./kms-provider.js');
   return new KmsProvider({
     keyId: s.kms.keyId,
