@@ -87,6 +87,26 @@ describe('HTTP API', () => {
     expect(j.body.timings.durationMs).toBeGreaterThanOrEqual(0);
   });
 
+  it('refuses an Idempotency-Key reused with a different body (422), also inside one batch, and enqueues nothing', async () => {
+    await startApi();
+    const h = { 'idempotency-key': 'order-77' };
+    const first = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'a', times: 1 }), headers: h });
+    expect(first.status).toBe(202);
+    // The same body in another key order is the same request.
+    expect((await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ times: 1, name: 'a' }), headers: h })).body.id).toBe(first.body.id);
+    const other = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'b' }), headers: h });
+    expect(other.status).toBe(422);
+    expect(other.body.error).toMatchObject({ code: 'IDEMPOTENCY_KEY_REUSED', details: { jobId: first.body.id } });
+    expect(((await producer.getJob(first.body.id as string)).data as { name: string }).name).toBe('a');
+    const inBatch = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'x' }, idempotencyKey: 'k9' }, { data: { name: 'y' } }, { data: { name: 'z' }, idempotencyKey: 'k9' }] }) });
+    expect(inBatch.status).toBe(422);
+    expect(inBatch.body.error).toMatchObject({ code: 'IDEMPOTENCY_KEY_REUSED', details: { index: 2, firstIndex: 0 } });
+    const againstStored = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'new' } }, { data: { name: 'c' }, idempotencyKey: 'order-77' }] }) });
+    expect(againstStored.status).toBe(422);
+    expect(againstStored.body.error.details).toMatchObject({ index: 1, jobId: first.body.id });
+    expect((await producer.queue('greet').getJobCounts('waiting')).waiting).toBe(1);
+  });
+
   it('maps the same Idempotency-Key to the same job id, per producer', async () => {
     await startApi();
     const h = { 'idempotency-key': 'order-42' };
@@ -212,6 +232,23 @@ describe('HTTP API', () => {
     expect(err).toMatchObject({ status: 422, code: 'INVALID_PAYLOAD' });
     const batch = await client.enqueueBatch('other', [{ data: {} }, { data: {} }]);
     expect(batch).toHaveLength(2);
+  });
+});
+
+describe('deeply nested bodies', () => {
+  it('answers 400 PAYLOAD_TOO_DEEP before parsing, for any-JSON and schema types alike; the limit itself is accepted', async () => {
+    await startApi(200_000);
+    const nest = (n: number): string => '['.repeat(n) + ']'.repeat(n);
+    for (const type of ['other', 'greet']) {
+      const deep = await call('POST', `/v1/jobs/${type}`, { body: nest(3000) });
+      expect(deep.status, type).toBe(400);
+      expect(deep.body.error.code).toBe('PAYLOAD_TOO_DEEP');
+      expect(deep.body.error.message).toContain('api.maxJsonDepth=100');
+    }
+    // Brackets inside strings are not nesting.
+    expect((await call('POST', '/v1/jobs/other', { body: JSON.stringify({ s: '['.repeat(5000) }) })).status).toBe(202);
+    expect((await call('POST', '/v1/jobs/other', { body: nest(100) })).status).toBe(202);
+    expect((await call('POST', '/v1/jobs/other', { body: nest(101) })).status).toBe(400);
   });
 });
 

@@ -253,6 +253,8 @@ export const fleetConfigSchema = z
         bodyLimitBytes: z.number().int().positive().default(1024 * 1024),
         /** Most jobs in one batch request. @defaultValue 1000 */
         maxBatchSize: z.number().int().positive().default(1000),
+        /** Deepest nesting of arrays/objects a JSON body may have (checked on the raw bytes, before parsing); deeper gets 400 PAYLOAD_TOO_DEEP. @defaultValue 100 */
+        maxJsonDepth: z.number().int().min(1).max(10_000).default(100),
         bullBoard: z
           .object({
             /** @defaultValue true (admin producers only) */

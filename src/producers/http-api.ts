@@ -24,6 +24,7 @@ export interface ApiOptions {
 const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   INVALID_JSON: 400,
   INVALID_REQUEST: 400,
+  PAYLOAD_TOO_DEEP: 400,
   UNAUTHENTICATED: 401,
   FORBIDDEN: 403,
   UNKNOWN_JOB_TYPE: 404,
@@ -32,6 +33,7 @@ const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   PAYLOAD_TOO_LARGE: 413,
   UNSUPPORTED_MEDIA_TYPE: 415,
   INVALID_PAYLOAD: 422,
+  IDEMPOTENCY_KEY_REUSED: 422,
   REDIS_UNAVAILABLE: 503,
   REDIS_FULL: 507,
 };
@@ -44,6 +46,26 @@ function send(res: Response, status: number, code: string, message: string, deta
   const body: ErrorBody = { error: { code, message, ...(details ? { details } : {}) } };
   if (status === 401) res.setHeader('WWW-Authenticate', 'Bearer realm="fleet"');
   res.status(status).json(body);
+}
+
+/**
+ * Whether JSON text nests arrays/objects deeper than `max`, read from the raw bytes (brackets
+ * inside strings do not count). Linear, no recursion, stops at the first level too deep.
+ */
+export function exceedsDepth(buf: Uint8Array, max: number): boolean {
+  let depth = 0;
+  let inString = false;
+  for (let i = 0; i < buf.length; i++) {
+    const c = buf[i];
+    if (inString) {
+      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      else if (c === 0x22) inString = false;
+    } else if (c === 0x22) inString = true;
+    else if (c === 0x5b || c === 0x7b) {
+      if (++depth > max) return true;
+    } else if (c === 0x5d || c === 0x7d) depth--;
+  }
+  return false;
 }
 
 /** Shortens anything user-supplied before it is echoed in an error. */
@@ -119,6 +141,11 @@ export function createApiApp(options: ApiOptions): express.Express {
           utf8.decode(buf);
         } catch {
           throw new FleetError('INVALID_JSON', 'body is not valid UTF-8');
+        }
+        // Before JSON.parse: a deeply nested body would otherwise reach validation code that
+        // recurses once per level (a stack overflow, answered 5xx).
+        if (exceedsDepth(buf, cfg.maxJsonDepth)) {
+          throw new FleetError('PAYLOAD_TOO_DEEP', `body nests arrays/objects deeper than api.maxJsonDepth=${cfg.maxJsonDepth}`);
         }
       },
     }),

@@ -79,6 +79,11 @@ export interface ProducerOptions {
  * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
  * built on it, so both paths behave the same.
  */
+/** JSON with object keys sorted, so two equal payloads compare equal whatever their key order. */
+function canonicalJson(v: unknown): string {
+  return JSON.stringify(v, (_k, x: unknown) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : x));
+}
+
 export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
   readonly config: FleetConfig;
   readonly redis: RedisClient;
@@ -205,9 +210,30 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const type = this.jobType(typeName);
     const payload = this.validate(type, data);
     const id = this.#idFor(type, options);
-    await this.#guard('enqueue', async () => (await this.#readyQueue(type.name)).add(type.name, payload, this.#jobOptions(type, id, options)));
+    await this.#guard('enqueue', async () => {
+      const q = await this.#readyQueue(type.name);
+      await q.add(type.name, payload, this.#jobOptions(type, id, options));
+      if (options.idempotencyKey !== undefined) await this.#sameBodyOrRefuse(q, [{ id, key: options.idempotencyKey, payload }]);
+    });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: 1, via: this.#via });
     return { id, type: type.name };
+  }
+
+  /**
+   * The IETF Idempotency-Key rule: a key reused with a *different* body is refused (422), never
+   * answered with the first job's id while the second body is dropped. BullMQ keeps the first job
+   * when an id exists, so the stored payload is compared with the one just sent.
+   */
+  async #sameBodyOrRefuse(q: Queue, sent: { id: string; key: string; payload: unknown; index?: number }[]): Promise<void> {
+    const stored = await Promise.all(sent.map((s) => q.getJob(s.id)));
+    sent.forEach((s, i) => {
+      const job = stored[i];
+      if (job && canonicalJson(job.data) !== canonicalJson(s.payload)) {
+        throw new FleetError('IDEMPOTENCY_KEY_REUSED', `Idempotency-Key ${JSON.stringify(s.key)}${s.index === undefined ? '' : ` (jobs[${s.index}])`} was already used with a different body, for job ${s.id}. Fix: send a new key for a new request, or resend the original body.`, {
+          details: { jobId: s.id, ...(s.index === undefined ? {} : { index: s.index }) },
+        });
+      }
+    });
   }
 
   /**
@@ -233,7 +259,22 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       throw new ValidationError(`${problems.length} of ${items.length} payloads are invalid; nothing was enqueued`, { details: { items: problems } });
     }
     const jobs = prepared.filter((p) => p !== null);
-    await this.#guard('batch enqueue', async () => (await this.#readyQueue(type.name)).addBulk(jobs));
+    // The same key twice in one batch must carry the same body too.
+    const keyed = items.flatMap((item, index) => (item.idempotencyKey === undefined ? [] : [{ id: jobs[index]!.opts.jobId!, key: item.idempotencyKey, payload: jobs[index]!.data, index }]));
+    const firstByKey = new Map<string, (typeof keyed)[number]>();
+    for (const k of keyed) {
+      const first = firstByKey.get(k.key);
+      if (!first) firstByKey.set(k.key, k);
+      else if (canonicalJson(first.payload) !== canonicalJson(k.payload)) {
+        throw new FleetError('IDEMPOTENCY_KEY_REUSED', `jobs[${k.index}] reuses the Idempotency-Key ${JSON.stringify(k.key)} of jobs[${first.index}] with a different body; nothing was enqueued.`, { details: { index: k.index, firstIndex: first.index } });
+      }
+    }
+    await this.#guard('batch enqueue', async () => {
+      const q = await this.#readyQueue(type.name);
+      // Checked before adding: a refused batch enqueues nothing.
+      if (keyed.length) await this.#sameBodyOrRefuse(q, [...firstByKey.values()]);
+      await q.addBulk(jobs);
+    });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: jobs.length, via: this.#via });
     return jobs.map((j) => ({ id: j.opts.jobId!, type: type.name }));
   }
