@@ -15,6 +15,8 @@ import { dumpKeys, startTestRedis } from './helpers/redis.js';
 
 const ADMIN = 'admin-token-0123456789abcdef';
 const LIMITED = 'limited-token-0123456789abcdef';
+const PEER = 'peer-token-0123456789abcdef01';
+const READER = 'reader-token-0123456789abcdef';
 
 let redis: Awaited<ReturnType<typeof startTestRedis>>;
 let config: FleetConfig;
@@ -43,6 +45,8 @@ async function startApi(bodyLimitBytes = 10_000): Promise<void> {
       producers: [
         { name: 'admin', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'] },
         { name: 'limited', tokenSha256: sha256Hex(LIMITED), jobTypes: ['other'] },
+        { name: 'peer', tokenSha256: sha256Hex(PEER), jobTypes: ['other'] },
+        { name: 'auditor', tokenSha256: sha256Hex(READER), jobTypes: ['other'], read: ['other'] },
       ],
     },
   );
@@ -85,6 +89,25 @@ describe('HTTP API', () => {
     expect(j.status).toBe(200);
     expect(j.body).toMatchObject({ id: r.body.id, type: 'greet', state: 'completed', attemptsMade: 1, result: { got: { name: 'Ada', times: 1 } }, error: null });
     expect(j.body.timings.durationMs).toBeGreaterThanOrEqual(0);
+  });
+
+  it("a producer reads and cancels its own jobs; others' are 404 unless a read scope lets it see (not cancel) them", async () => {
+    await startApi();
+    const mine = await call('POST', '/v1/jobs/other', { body: '{"secret-ish":"data of limited"}', token: LIMITED });
+    expect(mine.status).toBe(202);
+    const id = mine.body.id as string;
+    const own = await call('GET', `/v1/jobs/${id}`, { token: LIMITED });
+    expect(own.body).toMatchObject({ id, owner: 'limited' });
+    // Another producer of the same type: exactly what an unknown id gets.
+    const peer = await call('GET', `/v1/jobs/${id}`, { token: PEER });
+    const unknown = await call('GET', `/v1/jobs/other.00000000000000000000000000000000`, { token: PEER });
+    expect([peer.status, peer.body.error.code]).toEqual([404, 'JOB_NOT_FOUND']);
+    expect(peer.body.error.message.replace(id, 'ID')).toBe(unknown.body.error.message.replace('other.00000000000000000000000000000000', 'ID'));
+    expect((await call('DELETE', `/v1/jobs/${id}`, { token: PEER })).status).toBe(404);
+    // A read scope shows it, but cancelling stays with the owner (or an admin).
+    expect((await call('GET', `/v1/jobs/${id}`, { token: READER })).body).toMatchObject({ id, data: { 'secret-ish': 'data of limited' } });
+    expect((await call('DELETE', `/v1/jobs/${id}`, { token: READER })).status).toBe(403);
+    expect((await call('DELETE', `/v1/jobs/${id}`, { token: LIMITED })).status).toBe(200);
   });
 
   it('refuses an Idempotency-Key reused with a different body (422), also inside one batch, and enqueues nothing', async () => {

@@ -97,6 +97,8 @@ export const producerSchema = z
     jobTypes: z.array(z.string()).min(1),
     /** May read the audit log (`GET /v1/audit`). @defaultValue false */
     admin: z.boolean().default(false),
+    /** Job types whose jobs it may read although other producers enqueued them (`"*"` for all); it always reads and cancels its own. @defaultValue [] */
+    read: z.array(z.string()).default([]),
   })
   .strict();
 

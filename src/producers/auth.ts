@@ -8,6 +8,21 @@ export interface ProducerIdentity {
   tokenSha256: string;
   jobTypes: readonly string[];
   admin?: boolean;
+  /** Job types whose jobs it may read although others enqueued them (`"*"` for all). */
+  read?: readonly string[];
+}
+
+/**
+ * Whether `p` may see a job: its own, any job of a type in its `read` scope, or any job at all for
+ * an admin. Callers answer 404 otherwise, so job ids do not reveal that a job exists.
+ */
+export function maySeeJob(p: ProducerIdentity, job: { owner: string; type: string }): boolean {
+  return p.admin === true || job.owner === p.name || (p.read ?? []).some((t) => t === '*' || t === job.type);
+}
+
+/** Whether `p` may cancel a job: its own, or any as an admin (a read scope does not grant it). */
+export function mayCancelJob(p: ProducerIdentity, job: { owner: string }): boolean {
+  return p.admin === true || job.owner === p.name;
 }
 
 export function sha256Hex(value: string): string {

@@ -1,14 +1,14 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { STATUS_CODES, type Server } from 'node:http';
 import { JOB_TYPE_NAME } from '../config/schema.js';
-import { FleetError, toError, type ErrorCode } from '../errors.js';
+import { FleetError, JobNotFoundError, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { mountBullBoard } from '../observability/bull-board.js';
 import type { FleetMetrics } from '../observability/metrics.js';
-import { ProducerAuth, type ProducerIdentity } from './auth.js';
+import { mayCancelJob, maySeeJob, ProducerAuth, type ProducerIdentity } from './auth.js';
 import { parseDuration } from '../config/duration.js';
 import { jobTypeOfId } from './job-id.js';
-import type { Producer } from './producer.js';
+import type { JobView, Producer } from './producer.js';
 
 export interface ApiOptions {
   producer: Producer;
@@ -204,12 +204,22 @@ export function createApiApp(options: ApiOptions): express.Express {
     res.status(202).json({ jobs: r });
   });
 
+  /** A job the caller may see, or the same 404 a missing job gets (ids do not reveal existence). */
+  const visibleJob = async (req: Authed, may: (p: ProducerIdentity, j: JobView) => boolean): Promise<JobView> => {
+    const id = jobIdParam(req);
+    const job = await producer.getJob(id);
+    if (!may(req.producer!, job)) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
+    return job;
+  };
+
   v1.get('/jobs/:id', async (req: Authed, res) => {
-    res.json(await producer.getJob(jobIdParam(req)));
+    res.json(await visibleJob(req, maySeeJob));
   });
 
   v1.delete('/jobs/:id', async (req: Authed, res) => {
-    const r = await producer.cancel(jobIdParam(req));
+    const job = await visibleJob(req, maySeeJob);
+    if (!mayCancelJob(req.producer!, job)) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`);
+    const r = await producer.cancel(job.id);
     if (r.outcome === 'already-finished') {
       send(res, 409, 'JOB_FINISHED', `job already ${r.previousState}; nothing to cancel`);
       return;

@@ -39,6 +39,8 @@ export type JobState = 'waiting' | 'delayed' | 'prioritized' | 'active' | 'compl
 export interface JobView {
   id: string;
   type: string;
+  /** The producer that enqueued it (HTTP: the token's producer name; TypeScript client: its `name`). */
+  owner: string;
   state: JobState;
   attemptsMade: number;
   maxAttempts: number;
@@ -212,7 +214,8 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const id = this.#idFor(type, options);
     await this.#guard('enqueue', async () => {
       const q = await this.#readyQueue(type.name);
-      await q.add(type.name, payload, this.#jobOptions(type, id, options));
+      // The BullMQ job name records who enqueued it: the owner that may read and cancel it.
+      await q.add(this.#name, payload, this.#jobOptions(type, id, options));
       if (options.idempotencyKey !== undefined) await this.#sameBodyOrRefuse(q, [{ id, key: options.idempotencyKey, payload }]);
     });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: 1, via: this.#via });
@@ -249,7 +252,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const prepared = items.map((item, index) => {
       try {
         const payload = this.validate(type, item.data);
-        return { name: type.name, data: payload, opts: this.#jobOptions(type, this.#idFor(type, item), item) };
+        return { name: this.#name, data: payload, opts: this.#jobOptions(type, this.#idFor(type, item), item) };
       } catch (err) {
         problems.push({ index, issues: err instanceof FleetError ? (err.details?.issues ?? err.message) : toError(err).message });
         return null;
@@ -303,6 +306,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     return {
       id,
       type: type.name,
+      owner: job.name,
       state,
       attemptsMade: job.attemptsMade,
       maxAttempts: job.opts.attempts ?? 1,
