@@ -3,6 +3,8 @@
 #   redis-server, prometheus, bubblewrap   Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
 #   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
+#   st (schemathesis, contract fuzzing of the HTTP API) in a virtualenv
+#   compose-check (compose-go, the Docker Compose loader) built from the Go module proxy
 # Re-running is cheap: each step is skipped when its binary is already cached.
 set -euo pipefail
 
@@ -61,6 +63,15 @@ if [ ! -x "$CACHE_DIR/moto/bin/moto_server" ]; then
     log "WARNING: installing moto failed; the KMS tests will be skipped with this reason"
 fi
 ln -sf "$CACHE_DIR/moto/bin/moto_server" "$CACHE_DIR/bin/moto_server"
+
+SCHEMATHESIS_VERSION="${FLEET_SCHEMATHESIS_VERSION:-4.32.5}"
+if [ ! -x "$CACHE_DIR/schemathesis/bin/st" ]; then
+  # Schemathesis: the third-party contract fuzzer run against the live API by the tests.
+  log "installing schemathesis $SCHEMATHESIS_VERSION into $CACHE_DIR/schemathesis"
+  python3 -m venv "$CACHE_DIR/schemathesis"
+  "$CACHE_DIR/schemathesis/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION" ||
+    log "WARNING: installing schemathesis failed; the contract fuzzing test will be skipped with this reason"
+fi
 
 # compose-check: docker-compose.yml loaded by compose-go (the loader Docker Compose uses), built
 # from test/compose-check; rebuilt when its go.sum changes.

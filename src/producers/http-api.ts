@@ -8,6 +8,10 @@ import type { FleetMetrics } from '../observability/metrics.js';
 import { mayCancelJob, maySeeJob, ProducerAuth, type ProducerIdentity } from './auth.js';
 import { parseDuration } from '../config/duration.js';
 import { jobTypeOfId } from './job-id.js';
+import { auditQuerySchema, batchBodySchema, openApiDocument } from './api-schemas.js';
+
+/** The API's version in its OpenAPI document. */
+const API_VERSION = '1.0.0';
 import type { JobView, Producer } from './producer.js';
 
 export interface ApiOptions {
@@ -118,9 +122,32 @@ export function createApiApp(options: ApiOptions): express.Express {
   });
   options.mount?.(app);
 
+  const known = (type: string | undefined): boolean => type !== undefined && producer.config.jobTypes.has(type);
+  const allowedMethods = (p: string): string | undefined => {
+    const m = /^\/v1\/jobs\/([^/]+?)(\/batch)?$/.exec(p);
+    if (m) return known(m[1]) ? 'POST' : /^[a-z][a-z0-9-]{0,62}\./.test(m[1]!) && !m[2] ? 'GET, DELETE' : undefined;
+    if (/^\/v1\/(job-types|audit|openapi\.json)$/.test(p) || /^\/(healthz|readyz|metrics)$/.test(p)) return 'GET';
+    return undefined;
+  };
   const v1 = express.Router();
   v1.use((req: Authed, _res, next) => {
     req.producer = auth.authenticate(req.get('authorization'));
+    next();
+  });
+  // Methods first: a method a path does not have is 405 with the exact Allow list (OPTIONS
+  // answers that list), before any check of the body it would have carried.
+  v1.use((req, res, next) => {
+    const allow = allowedMethods(`${req.baseUrl}${req.path}`);
+    if (!allow) return next();
+    if (req.method === 'OPTIONS') {
+      res.setHeader('Allow', allow);
+      res.status(204).end();
+      return;
+    }
+    if (!allow.split(', ').includes(req.method) && !(req.method === 'HEAD' && allow.includes('GET'))) {
+      res.setHeader('Allow', allow);
+      return send(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`);
+    }
     next();
   });
   v1.use((req, _res, next) => {
@@ -177,31 +204,34 @@ export function createApiApp(options: ApiOptions): express.Express {
     res.json({ jobTypes: producer.listJobTypes().filter((t) => auth.allows(req.producer!, t.name)) });
   });
 
-  v1.post('/jobs/:type', async (req: Authed, res) => {
+  v1.post('/jobs/:type', async (req: Authed, res, next) => {
+    if (isJobId(req)) return next();
     const type = jobTypeParam(req);
     if (req.body === undefined) throw new FleetError('INVALID_JSON', 'request body is empty; send the payload as JSON');
     const r = await producerFor(req).enqueue(type, req.body as never, idempotencyKey(req));
     res.status(202).location(`/v1/jobs/${r.id}`).json(r);
   });
 
+  const batchBody = batchBodySchema(cfg.maxBatchSize);
   v1.post('/jobs/:type/batch', async (req: Authed, res) => {
     const type = jobTypeParam(req);
-    const body = req.body as { jobs?: unknown } | undefined;
-    const jobs = body && typeof body === 'object' && !Array.isArray(body) ? body.jobs : undefined;
-    if (!Array.isArray(jobs) || jobs.length === 0) {
-      throw new FleetError('INVALID_REQUEST', 'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job');
+    const parsed = batchBody.safeParse(req.body);
+    if (!parsed.success) {
+      const jobs = (req.body as { jobs?: unknown } | undefined)?.jobs;
+      if (Array.isArray(jobs) && jobs.length > cfg.maxBatchSize) throw new FleetError('INVALID_REQUEST', `batch has ${jobs.length} jobs; the limit is api.maxBatchSize=${cfg.maxBatchSize}`);
+      if (!Array.isArray(jobs) || jobs.length === 0) throw new FleetError('INVALID_REQUEST', 'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job');
+      const issue = parsed.error.issues[0]!;
+      const at = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
+      throw new FleetError('INVALID_REQUEST', `${at || 'batch body'}: ${issue.message}`, { details: { issues: parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })) } });
     }
-    if (jobs.length > cfg.maxBatchSize) {
-      throw new FleetError('INVALID_REQUEST', `batch has ${jobs.length} jobs; the limit is api.maxBatchSize=${cfg.maxBatchSize}`);
-    }
-    const items = jobs.map((j: unknown, i) => {
-      if (!j || typeof j !== 'object' || !('data' in j)) throw new FleetError('INVALID_REQUEST', `jobs[${i}] must be an object with a "data" field`);
-      const { data, idempotencyKey: key } = j as { data: unknown; idempotencyKey?: unknown };
-      if (key !== undefined && typeof key !== 'string') throw new FleetError('INVALID_REQUEST', `jobs[${i}].idempotencyKey must be a string`);
-      return key === undefined ? { data: data as never } : { data: data as never, idempotencyKey: key };
-    });
+    const items = parsed.data.jobs.map((j) => (j.idempotencyKey === undefined ? { data: j.data as never } : { data: j.data as never, idempotencyKey: j.idempotencyKey }));
     const r = await producerFor(req).enqueueBatch(type, items);
     res.status(202).json({ jobs: r });
+  });
+
+  v1.get('/openapi.json', (req: Authed, res) => {
+    const types = [...producer.config.jobTypes.values()].filter((t) => auth.allows(req.producer!, t.name));
+    res.json(openApiDocument(types, { maxBatchSize: cfg.maxBatchSize, version: API_VERSION }));
   });
 
   /** A job the caller may see, or the same 404 a missing job gets (ids do not reveal existence). */
@@ -212,11 +242,16 @@ export function createApiApp(options: ApiOptions): express.Express {
     return job;
   };
 
-  v1.get('/jobs/:id', async (req: Authed, res) => {
+  // `/v1/jobs/<type>` and `/v1/jobs/<type>.<hex>` share a shape: a segment without a dot is a
+  // type (POST only), one with a dot a job id (GET, DELETE); the rest is answered 405 below.
+  const isJobId = (req: Request): boolean => /^[a-z][a-z0-9-]{0,62}\./.test(String(req.params.id ?? req.params.type));
+  v1.get('/jobs/:id', async (req: Authed, res, next) => {
+    if (!isJobId(req)) return next();
     res.json(await visibleJob(req, maySeeJob));
   });
 
-  v1.delete('/jobs/:id', async (req: Authed, res) => {
+  v1.delete('/jobs/:id', async (req: Authed, res, next) => {
+    if (!isJobId(req)) return next();
     const job = await visibleJob(req, maySeeJob);
     if (!mayCancelJob(req.producer!, job)) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`);
     const r = await producer.cancel(job.id);
@@ -229,10 +264,16 @@ export function createApiApp(options: ApiOptions): express.Express {
 
   v1.get('/audit', async (req: Authed, res) => {
     if (!req.producer!.admin) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may not read the audit log. Fix: set admin: true on it.`);
-    const q = req.query as Record<string, string | undefined>;
+    const parsedQuery = auditQuerySchema.safeParse(req.query);
+    if (!parsedQuery.success) {
+      const issue = parsedQuery.error.issues[0]!;
+      throw new FleetError('INVALID_REQUEST', `query ${issue.path.join('.') || ''}: ${issue.message}`.replace('query : ', 'query: '));
+    }
+    const q = parsedQuery.data;
     const limit = q.limit === undefined ? 1000 : Number(q.limit);
     if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new FleetError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
-    const sinceMs = q.since === undefined ? undefined : Date.now() - parseDuration(q.since);
+    // A window longer than the stream's life reads from its start (never a negative stream id).
+    const sinceMs = q.since === undefined ? undefined : Math.max(0, Date.now() - parseDuration(q.since));
     const records = await producer.audit({
       limit,
       ...(sinceMs !== undefined ? { sinceMs } : {}),
@@ -244,7 +285,15 @@ export function createApiApp(options: ApiOptions): express.Express {
 
   app.use('/v1', v1);
 
-  app.use((req, res) => send(res, 404, 'NOT_FOUND', `no route ${req.method} ${shown(req.path)}`));
+  // A known path with a method it does not have: 405 with Allow (HTTP semantics), not 404.
+  app.use((req, res) => {
+    const allow = allowedMethods(req.path);
+    if (allow && !allow.split(', ').includes(req.method)) {
+      res.setHeader('Allow', allow);
+      return send(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`);
+    }
+    send(res, 404, 'NOT_FOUND', `no route ${req.method} ${shown(req.path)}`);
+  });
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const e = err as { type?: string; status?: number } & Error;
     if (e.type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${e.message}`);

@@ -1,0 +1,89 @@
+/**
+ * The HTTP API as a published contract: the OpenAPI document it serves is valid OpenAPI 3.1 (by a
+ * real validator), and Schemathesis (a third-party contract fuzzer, from PyPI) runs every default
+ * check against a live API built from that document: no 5xx, responses match the document, and so on.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import { homedir } from 'node:os';
+import type { Server } from 'node:http';
+import path from 'node:path';
+import { Validator } from '@seriousme/openapi-schema-validator';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
+import { sha256Hex } from '../src/producers/auth.js';
+import { createApiApp, listen } from '../src/producers/http-api.js';
+import { Producer } from '../src/producers/producer.js';
+import { API_ERRORS } from '../src/producers/api-schemas.js';
+import { FIXTURES, fixtureType, testConfig } from './helpers/fleet.js';
+import { useTestRedis } from './helpers/redis.js';
+
+const ADMIN = 'contract-admin-token-0123456789';
+const ST = process.env.FLEET_SCHEMATHESIS ?? path.join(homedir(), '.cache', 'fleet-test-servers', 'schemathesis', 'bin', 'st');
+const redis = useTestRedis();
+let server: Server;
+let producer: Producer;
+let base: string;
+
+beforeAll(async () => {
+  const config = testConfig(
+    redis.url,
+    [
+      fixtureType('greet', 'ok.mjs', { payloadSchema: z.object({ name: z.string().min(1).max(50), times: z.number().int().min(1).max(5).default(1) }).strict(), description: 'Says hello' }),
+      fixtureType('any-json', 'ok.mjs'),
+    ],
+    { api: { bodyLimitBytes: 65_536, maxBatchSize: 20 }, producers: [{ name: 'contract', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'], admin: true }] },
+  );
+  producer = new Producer({ config, name: 'api' });
+  server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
+  base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+});
+afterAll(async () => {
+  server?.closeAllConnections();
+  await new Promise<void>((r) => (server ? server.close(() => r()) : r()));
+  await producer?.close();
+});
+
+async function document(): Promise<Record<string, unknown>> {
+  const r = await fetch(`${base}/v1/openapi.json`, { headers: { authorization: `Bearer ${ADMIN}` } });
+  expect(r.status).toBe(200);
+  return (await r.json()) as Record<string, unknown>;
+}
+
+describe('the API contract', () => {
+  it('serves a valid OpenAPI 3.1 document with a path per job type (its payload schema) and every error code', async () => {
+    const doc = await document();
+    const result = await new Validator().validate(doc as never);
+    expect(result.errors ?? [], JSON.stringify(result.errors)).toEqual([]);
+    expect(result.valid).toBe(true);
+    const paths = doc.paths as Record<string, { post?: { requestBody?: { content: Record<string, { schema: { properties?: Record<string, unknown> } }> } } }>;
+    expect(Object.keys(paths).sort()).toEqual(['/v1/audit', '/v1/job-types', '/v1/jobs/any-json', '/v1/jobs/any-json/batch', '/v1/jobs/greet', '/v1/jobs/greet/batch', '/v1/jobs/{id}', '/v1/openapi.json']);
+    expect(Object.keys(paths['/v1/jobs/greet']!.post!.requestBody!.content['application/json']!.schema.properties!)).toEqual(['name', 'times']);
+    const codes = ((doc.components as { schemas: { Error: { properties: { error: { properties: { code: { enum: string[] } } } } } } }).schemas.Error.properties.error.properties.code.enum);
+    expect(codes.sort()).toEqual([...new Set(Object.values(API_ERRORS).flat())].sort());
+  });
+
+  it.skipIf(!existsSync(ST))('passes Schemathesis with all its default checks against the live API (bounded)', async () => {
+    const reports = path.join(FIXTURES, '..', '..', 'test-results', 'schemathesis');
+    mkdirSync(reports, { recursive: true });
+    // Asynchronously: the API it tests is served by this very process.
+    const r = await new Promise<{ status: number | null; stdout: string; stderr: string }>((resolve) => {
+      const child = spawn(ST, ['--config-file', path.join(FIXTURES, '..', 'contract', 'schemathesis.toml'), 'run', `${base}/v1/openapi.json`, '--header', `Authorization: Bearer ${ADMIN}`, '--max-examples', '25', '--seed', '7', '--request-timeout', '10', '--report', 'junit', '--report-dir', reports, '--no-color'], {
+        env: { ...process.env, SCHEMATHESIS_TELEMETRY: 'false' },
+      });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const timer = setTimeout(() => child.kill('SIGKILL'), 240_000);
+      child.on('exit', (status) => {
+        clearTimeout(timer);
+        resolve({ status, stdout, stderr });
+      });
+    });
+    const out = `${r.stdout}\n${r.stderr}`;
+    console.info(out.split('\n').slice(-25).join('\n'));
+    expect(r.status, out.slice(-6000)).toBe(0);
+  }, 300_000);
+});
+if (!existsSync(ST)) console.warn(`SKIPPING the Schemathesis run: ${ST} not found. Fix: bash scripts/install-test-servers.sh (installs schemathesis from PyPI)`);
