@@ -15,18 +15,23 @@ import { sha256Hex } from '../src/producers/auth.js';
 import { createApiApp, listen } from '../src/producers/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import { API_ERRORS } from '../src/producers/api-schemas.js';
-import { FIXTURES, fixtureType, testConfig } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, startSupervisor, testConfig } from './helpers/fleet.js';
+import type { FleetConfig } from '../src/config/resolve.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const ADMIN = 'contract-admin-token-0123456789';
 const ST = process.env.FLEET_SCHEMATHESIS ?? path.join(homedir(), '.cache', 'fleet-test-servers', 'schemathesis', 'bin', 'st');
+/** The schemathesis virtualenv's Python has `requests`, all the example client needs. */
+const PYTHON = path.join(path.dirname(ST), 'python3');
 const redis = useTestRedis();
+guardAgainstLeaks();
 let server: Server;
 let producer: Producer;
 let base: string;
+let config: FleetConfig;
 
 beforeAll(async () => {
-  const config = testConfig(
+  config = testConfig(
     redis.url,
     [
       fixtureType('greet', 'ok.mjs', { payloadSchema: z.object({ name: z.string().min(1).max(50), times: z.number().int().min(1).max(5).default(1) }).strict(), description: 'Says hello' }),
@@ -85,5 +90,20 @@ describe('the API contract', () => {
     console.info(out.split('\n').slice(-25).join('\n'));
     expect(r.status, out.slice(-6000)).toBe(0);
   }, 300_000);
+
+  it.skipIf(!existsSync(PYTHON))('a Python client written against the document alone enqueues, polls and cancels (examples/python)', async () => {
+    await startSupervisor({ config });
+    const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
+      const child = spawn(PYTHON, [path.join(FIXTURES, '..', '..', 'examples', 'python', 'fleet_client.py'), 'greet', '{"name": "from python"}'], { env: { PATH: process.env.PATH ?? '', FLEET_URL: base, FLEET_TOKEN: ADMIN } });
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      child.on('exit', (status) => resolve({ status, out }));
+    });
+    expect(r.status, r.out).toBe(0);
+    const report = JSON.parse(r.out.trim().split('\n').pop()!) as { sameIdOnRetry: boolean; state: string; result: unknown; cancel: string };
+    expect(report).toMatchObject({ sameIdOnRetry: true, state: 'completed', result: { got: { name: 'from python', times: 1 } } });
+    expect(['removed', 'cancelling']).toContain(report.cancel);
+  }, 60_000);
 });
 if (!existsSync(ST)) console.warn(`SKIPPING the Schemathesis run: ${ST} not found. Fix: bash scripts/install-test-servers.sh (installs schemathesis from PyPI)`);
