@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, caching builds outside the repo.
-#   redis-server, prometheus, bubblewrap   Debian packages
+#   redis-server, prometheus, bubblewrap, chromium   Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
 #   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
 #   st (schemathesis, contract fuzzing of the HTTP API) in a virtualenv
@@ -21,6 +21,8 @@ command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 command -v prometheus   >/dev/null 2>&1 || need_apt+=(prometheus)
 # bwrap: the OS layer of process sandboxes (user, PID, mount, IPC and network namespaces).
 command -v bwrap        >/dev/null 2>&1 || need_apt+=(bubblewrap)
+# chromium: the real browser the Bull Board test drives (through playwright-core).
+command -v chromium     >/dev/null 2>&1 || need_apt+=(chromium)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   log "apt-get install ${need_apt[*]}"
