@@ -91,6 +91,26 @@ describe('HTTP API', () => {
     expect(j.body.timings.durationMs).toBeGreaterThanOrEqual(0);
   });
 
+  it('answers 409 to a request whose Idempotency-Key is still in flight, then the same id once the first is done', async () => {
+    await startApi();
+    const admin = new Redis(redis.url);
+    try {
+      // The in-flight marker a first request leaves while it is still being enqueued.
+      const { idempotencyInFlightKey } = await import('../src/redis/keys.js');
+      const { idempotentJobId } = await import('../src/producers/job-id.js');
+      const pendingId = idempotentJobId('other', 'admin', 'in-flight-key');
+      await admin.set(idempotencyInFlightKey(config.redis.prefix, 'other', pendingId), '1', 'PX', 5000);
+      const second = await call('POST', '/v1/jobs/other', { body: '{}', headers: { 'idempotency-key': 'in-flight-key' } });
+      expect(second.status).toBe(409);
+      expect(second.body.error.code).toBe('IDEMPOTENCY_KEY_IN_FLIGHT');
+      await admin.del(idempotencyInFlightKey(config.redis.prefix, 'other', pendingId));
+      const third = await call('POST', '/v1/jobs/other', { body: '{}', headers: { 'idempotency-key': 'in-flight-key' } });
+      expect([third.status, third.body.id]).toEqual([202, pendingId]);
+    } finally {
+      admin.disconnect();
+    }
+  });
+
   it("a producer reads and cancels its own jobs; others' are 404 unless a read scope lets it see (not cancel) them", async () => {
     await startApi();
     const mine = await call('POST', '/v1/jobs/other', { body: '{"secret-ish":"data of limited"}', token: LIMITED });

@@ -62,7 +62,7 @@ export const API_ERRORS: Record<number, readonly (ErrorCode | 'NOT_FOUND' | 'JOB
   404: ['UNKNOWN_JOB_TYPE', 'JOB_NOT_FOUND', 'NOT_FOUND'],
   405: ['METHOD_NOT_ALLOWED'],
   408: ['REQUEST_TIMEOUT'],
-  409: ['JOB_FINISHED'],
+  409: ['JOB_FINISHED', 'IDEMPOTENCY_KEY_IN_FLIGHT'],
   413: ['PAYLOAD_TOO_LARGE'],
   415: ['UNSUPPORTED_MEDIA_TYPE'],
   422: ['INVALID_PAYLOAD', 'IDEMPOTENCY_KEY_REUSED'],
@@ -127,7 +127,7 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
         description: t.description || undefined,
         parameters: [{ name: 'Idempotency-Key', in: 'header', required: false, schema: schema(idempotencyKeySchema) }],
         requestBody: { required: true, content: { 'application/json': { schema: payload } } },
-        responses: { '202': json(ref('EnqueueResult'), 'enqueued'), ...errors(400, 403, 413, 415, 422, 507), ...common },
+        responses: { '202': json(ref('EnqueueResult'), 'enqueued'), ...errors(400, 403, 409, 413, 415, 422, 507), ...common },
       },
     };
     const batch = hoisted(schema(batchBodySchema(options.maxBatchSize)), 'batch', components) as Json & { properties: { jobs: { items: { properties: Json } } } };

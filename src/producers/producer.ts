@@ -14,7 +14,10 @@ import {
 } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import { connectRedis, ensureReady } from '../redis/connection.js';
-import { controlChannel, queuePrefix } from '../redis/keys.js';
+import { controlChannel, idempotencyInFlightKey, queuePrefix } from '../redis/keys.js';
+
+/** How long an Idempotency-Key counts as in flight if its request dies before finishing. */
+const IN_FLIGHT_MS = 10_000;
 import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
 import type { ControlMessage } from '../workers/control.js';
 import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
@@ -214,9 +217,25 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const id = this.#idFor(type, options);
     await this.#guard('enqueue', async () => {
       const q = await this.#readyQueue(type.name);
+      const key = options.idempotencyKey;
       // The BullMQ job name records who enqueued it: the owner that may read and cancel it.
-      await q.add(this.#name, payload, this.#jobOptions(type, id, options));
-      if (options.idempotencyKey !== undefined) await this.#sameBodyOrRefuse(q, [{ id, key: options.idempotencyKey, payload }]);
+      if (key === undefined) {
+        await q.add(this.#name, payload, this.#jobOptions(type, id, options));
+        return;
+      }
+      // While the first request with a key is being enqueued, a second one gets 409 (IETF
+      // Idempotency-Key draft); once the job exists, repeats compare bodies instead.
+      const marker = idempotencyInFlightKey(this.config.redis.prefix, type.name, id);
+      const first = (await this.redis.set(marker, '1', 'PX', IN_FLIGHT_MS, 'NX')) === 'OK';
+      if (!first && !(await q.getJob(id))) {
+        throw new FleetError('IDEMPOTENCY_KEY_IN_FLIGHT', `a request with Idempotency-Key ${JSON.stringify(key)} is still being processed; retry after it completes.`, { retryable: true, details: { jobId: id } });
+      }
+      try {
+        await q.add(this.#name, payload, this.#jobOptions(type, id, options));
+        await this.#sameBodyOrRefuse(q, [{ id, key, payload }]);
+      } finally {
+        if (first) await this.redis.del(marker);
+      }
     });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: 1, via: this.#via });
     return { id, type: type.name };

@@ -28,6 +28,11 @@ export function rotationStateKey(prefix: string, secret: string): string {
   return `${prefix}:rotation:{${secret}}`;
 }
 
+/** Marks an Idempotency-Key whose first request is still being enqueued (short TTL), in the job's queue slot. */
+export function idempotencyInFlightKey(prefix: string, jobType: string, jobId: string): string {
+  return `${queuePrefix(prefix, jobType)}:in-flight:${jobId}`;
+}
+
 /** Pub/sub channel for cancellations sent to supervisors. */
 export function controlChannel(prefix: string): string {
   return `${prefix}:control`;
