@@ -15,7 +15,14 @@ export const batchBodySchema = (maxBatchSize: number) =>
   z
     .object({
       jobs: z
-        .array(z.object({ data: z.json(), idempotencyKey: idempotencyKeySchema.optional() }).strict())
+        // `data` is checked against the job type's own payload schema afterwards (once, not twice);
+        // here it only has to be present. The OpenAPI document shows the payload schema in its place.
+        .array(
+          z
+            .object({ data: z.unknown(), idempotencyKey: idempotencyKeySchema.optional() })
+            .strict()
+            .refine((j) => j.data !== undefined, { message: 'each job needs a "data" field', path: ['data'] }),
+        )
         .min(1)
         .max(maxBatchSize),
     })
