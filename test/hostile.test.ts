@@ -153,14 +153,16 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
 
   it.skipIf(skip)('through its proxy, cannot reach a cloud-metadata stand-in on loopback nor 169.254.169.254; each refusal is reported', async () => {
     const refusals: EgressRefusal[] = [];
-    for (const url of [`http://127.0.0.1:${metadataPort}/latest/meta-data/iam`, 'http://169.254.169.254/latest/meta-data/']) {
-      const r = await attack(layer, { attack: 'fetch', url }, { egress: 'any', onRefused: (x) => refusals.push(x) });
-      expect(r.achieved, r.detail).toBe(false);
-      // fetch sends http:// URLs to the proxy in absolute form (Node 26: the 403 body reaches the
-      // processor) or through CONNECT (Node 22/24: undici reports a refused tunnel as "cancelled").
-      expect(r.detail).toMatch(/^403 fleet egress proxy refused|Request was cancelled/);
+    for (const via of ['fetch', 'http-get']) {
+      for (const url of [`http://127.0.0.1:${metadataPort}/latest/meta-data/iam`, 'http://169.254.169.254/latest/meta-data/']) {
+        const r = await attack(layer, { attack: via, url }, { egress: 'any', onRefused: (x) => refusals.push(x) });
+        expect(r.achieved, `${via}: ${r.detail}`).toBe(false);
+        // http:// URLs reach the proxy in absolute form (the 403 body reaches the processor) or
+        // through CONNECT (Node 22/24 fetch: undici reports a refused tunnel as "cancelled").
+        expect(r.detail, via).toMatch(/^403 fleet egress proxy refused|Request was cancelled/);
+      }
     }
-    expect(refusals.map((x) => x.destination)).toEqual([`127.0.0.1:${metadataPort}`, '169.254.169.254:80']);
+    expect(refusals.map((x) => x.destination)).toEqual([`127.0.0.1:${metadataPort}`, '169.254.169.254:80', `127.0.0.1:${metadataPort}`, '169.254.169.254:80']);
   });
 
   it.skipIf(skip)(`cannot fill more than its temp dir's size cap${on ? '' : ' — EXCEPT without the OS layer: no cap applies'}`, async () => {
@@ -203,6 +205,8 @@ describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor 
     const producer = makeProducer(config);
     const ok = await waitForJob(producer, (await producer.enqueue('agent', { attack: 'fetch', url: `http://127.0.0.1:${allowedPort}/` })).id);
     expect(ok.result).toMatchObject({ achieved: true, detail: '200 allowed-upstream' });
+    const okHttp = await waitForJob(producer, (await producer.enqueue('agent', { attack: 'http-get', url: `http://127.0.0.1:${allowedPort}/` })).id);
+    expect(okHttp.result).toMatchObject({ achieved: true, detail: '200 allowed-upstream' });
     const refusedJob = await producer.enqueue('agent', { attack: 'fetch', url: `http://127.0.0.1:${metadataPort}/latest/meta-data/` });
     const refused = await waitForJob(producer, refusedJob.id);
     expect(refused.result).toMatchObject({ achieved: false });

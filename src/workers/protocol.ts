@@ -55,4 +55,6 @@ export interface SandboxInit {
   maxLogLines: number;
   /** OS layer: a loopback listener inside the sandbox's network namespace, relayed to the egress proxy's socket. */
   egressForwarder?: { port: number; socket: string };
+  /** Switch HTTP clients to HTTP(S)_PROXY on their first use (Node ≥ 24), not at start-up. */
+  lazyProxy?: boolean;
 }

@@ -268,6 +268,35 @@ function harden(): void {
   Reflect.deleteProperty(process, '_debugProcess');
 }
 
+/**
+ * Applies the proxy settings when the processor first reaches for an HTTP client rather than at
+ * start-up: the first `fetch()`, or the first import of `http`/`https` (a module hook), arms
+ * `http.setGlobalProxyFromEnv()` once. A sandbox that never connects never loads it.
+ */
+async function armProxyOnFirstUse(): Promise<void> {
+  const { createRequire, registerHooks } = await import('node:module');
+  const require = createRequire(import.meta.url);
+  let armed = false;
+  const arm = (): void => {
+    if (armed) return;
+    armed = true;
+    (require('node:http') as { setGlobalProxyFromEnv(): void }).setGlobalProxyFromEnv();
+  };
+  const originalFetch = globalThis.fetch;
+  globalThis.fetch = ((...args: Parameters<typeof fetch>) => {
+    arm();
+    globalThis.fetch = originalFetch;
+    return originalFetch(...args);
+  }) as typeof fetch;
+  const clients = new Set(['http', 'https', 'node:http', 'node:https']);
+  registerHooks({
+    resolve(specifier, context, nextResolve) {
+      if (clients.has(specifier)) arm();
+      return nextResolve(specifier, context);
+    },
+  });
+}
+
 async function main(): Promise<void> {
   if (!port) {
     // A process sandbox: its init is the first IPC message.
@@ -284,6 +313,7 @@ async function main(): Promise<void> {
     // The IPC channel must not keep an idle sandbox alive after the supervisor is gone.
     process.on('disconnect', () => process.exit(0));
     if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
+    if (init.lazyProxy) await armProxyOnFirstUse();
   }
   let module: Processor | Rotator;
   try {

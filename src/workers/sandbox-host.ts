@@ -218,7 +218,8 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
         await cleanup();
       },
     };
-    proc.once('spawn', () => proc.send({ type: 'init', init: processInit }));
+    const init2: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
+    proc.once('spawn', () => proc.send({ type: 'init', init: init2 }));
     return await awaitReady(host, `sandbox process for ${init.jobType}`);
   } catch (err) {
     child?.kill('SIGKILL');
