@@ -100,8 +100,7 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
   const host: SandboxHost = {
     layers: ['thread'],
     post: (msg, transfer = [], sent) => {
-      if (dead) return;
-      worker.postMessage(msg, transfer);
+      if (!dead) worker.postMessage(msg, transfer);
       sent?.();
     },
     onMessage: (fn) => (onMessage = fn),
@@ -202,9 +201,12 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
       layers: cmd.layers,
       ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
       post: (msg, _transfer, sent) => {
-        if (dead || !proc.connected) return;
-        // `sent` runs once the serialized copy left for the sandbox (or failed to): the caller
-        // zero-fills its bytes then.
+        // `sent` runs once the serialized copy left for the sandbox, or at once when it cannot
+        // be sent: either way the caller zero-fills its bytes then.
+        if (dead || !proc.connected) {
+          sent?.();
+          return;
+        }
         proc.send(msg, () => sent?.());
       },
       onMessage: (fn) => (onMessage = fn),
@@ -218,8 +220,8 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
         await cleanup();
       },
     };
-    const init2: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
-    proc.once('spawn', () => proc.send({ type: 'init', init: init2 }));
+    const initMessage: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
+    proc.once('spawn', () => proc.send({ type: 'init', init: initMessage }));
     return await awaitReady(host, `sandbox process for ${init.jobType}`);
   } catch (err) {
     child?.kill('SIGKILL');

@@ -120,7 +120,11 @@ export class Sandbox {
 
   /** Runs one job. Rejects with a {@link FleetError} describing how it failed. */
   run(message: RunMessage, options: RunOptions): Promise<RunResult> {
-    if (this.#dead) return Promise.reject(new SandboxCrashError('sandbox is no longer running'));
+    if (this.#dead) {
+      // The values were fetched for this job: they never leave, so they are zeroed here.
+      for (const secret of message.secrets) secret.value.fill(0);
+      return Promise.reject(new SandboxCrashError('sandbox is no longer running'));
+    }
     this.jobsRun += 1;
     return new Promise<RunResult>((resolve, reject) => {
       let stopping: StopReason | null = null;
