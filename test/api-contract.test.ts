@@ -36,6 +36,7 @@ beforeAll(async () => {
     [
       fixtureType('greet', 'ok.mjs', { payloadSchema: z.object({ name: z.string().min(1).max(50), times: z.number().int().min(1).max(5).default(1) }).strict(), description: 'Says hello' }),
       fixtureType('any-json', 'ok.mjs'),
+      fixtureType('slow', 'slow.mjs', { payloadSchema: z.object({ ms: z.number().int().min(0).max(10_000) }).strict(), timeoutMs: 20_000 }),
     ],
     { api: { bodyLimitBytes: 65_536, maxBatchSize: 20 }, producers: [{ name: 'contract', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'], admin: true }] },
   );
@@ -62,7 +63,7 @@ describe('the API contract', () => {
     expect(result.errors ?? [], JSON.stringify(result.errors)).toEqual([]);
     expect(result.valid).toBe(true);
     const paths = doc.paths as Record<string, { post?: { requestBody?: { content: Record<string, { schema: { properties?: Record<string, unknown> } }> } } }>;
-    expect(Object.keys(paths).sort()).toEqual(['/v1/audit', '/v1/job-types', '/v1/jobs/any-json', '/v1/jobs/any-json/batch', '/v1/jobs/greet', '/v1/jobs/greet/batch', '/v1/jobs/{id}', '/v1/openapi.json']);
+    expect(Object.keys(paths).sort()).toEqual(['/v1/audit', '/v1/job-types', '/v1/jobs/any-json', '/v1/jobs/any-json/batch', '/v1/jobs/greet', '/v1/jobs/greet/batch', '/v1/jobs/slow', '/v1/jobs/slow/batch', '/v1/jobs/{id}', '/v1/openapi.json']);
     expect(Object.keys(paths['/v1/jobs/greet']!.post!.requestBody!.content['application/json']!.schema.properties!)).toEqual(['name', 'times']);
     const codes = ((doc.components as { schemas: { Error: { properties: { error: { properties: { code: { enum: string[] } } } } } } }).schemas.Error.properties.error.properties.code.enum);
     expect(codes.sort()).toEqual([...new Set(Object.values(API_ERRORS).flat())].sort());
@@ -94,7 +95,7 @@ describe('the API contract', () => {
   it.skipIf(!existsSync(PYTHON))('a Python client written against the document alone enqueues, polls and cancels (examples/python)', async () => {
     await startSupervisor({ config });
     const r = await new Promise<{ status: number | null; out: string }>((resolve) => {
-      const child = spawn(PYTHON, [path.join(FIXTURES, '..', '..', 'examples', 'python', 'fleet_client.py'), 'greet', '{"name": "from python"}'], { env: { PATH: process.env.PATH ?? '', FLEET_URL: base, FLEET_TOKEN: ADMIN } });
+      const child = spawn(PYTHON, [path.join(FIXTURES, '..', '..', 'examples', 'python', 'fleet_client.py'), 'greet', '{"name": "from python"}', 'slow', '{"ms": 10000}'], { env: { PATH: process.env.PATH ?? '', FLEET_URL: base, FLEET_TOKEN: ADMIN } });
       let out = '';
       child.stdout.on('data', (d: Buffer) => (out += d.toString()));
       child.stderr.on('data', (d: Buffer) => (out += d.toString()));

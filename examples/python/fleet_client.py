@@ -4,7 +4,11 @@ It reads GET /v1/openapi.json, finds the enqueue operation of a job type by its 
 enqueues a job (with an Idempotency-Key), polls it until it ends, enqueues a second one and
 cancels it. Needs only `requests`.
 
-    FLEET_URL=http://127.0.0.1:8080 FLEET_TOKEN=... python3 fleet_client.py echo '{"message": "hi"}'
+    FLEET_URL=http://127.0.0.1:8080 FLEET_TOKEN=... python3 fleet_client.py echo '{"message": "hi"}' \
+        hash '{"text": "x", "rounds": 5000000}'
+
+The second type and payload (optional; the first pair again by default) name a job slow enough
+to cancel while it waits or runs.
 """
 import json
 import os
@@ -64,12 +68,14 @@ class FleetClient:
 
 def main() -> int:
     job_type, payload = sys.argv[1], json.loads(sys.argv[2])
+    cancel_type = sys.argv[3] if len(sys.argv) > 3 else job_type
+    cancel_payload = json.loads(sys.argv[4]) if len(sys.argv) > 4 else payload
     client = FleetClient(os.environ["FLEET_URL"], os.environ["FLEET_TOKEN"])
     key = str(uuid.uuid4())
     first = client.enqueue(job_type, payload, idempotency_key=key)
     again = client.enqueue(job_type, payload, idempotency_key=key)
     done = client.wait(first["id"])
-    second = client.enqueue(job_type, payload)
+    second = client.enqueue(cancel_type, cancel_payload)
     cancelled = client.cancel(second["id"])
     print(json.dumps({"id": first["id"], "sameIdOnRetry": again["id"] == first["id"], "state": done["state"], "result": done["result"], "cancel": cancelled["outcome"]}))
     return 0 if done["state"] == "completed" else 1
