@@ -3,17 +3,12 @@
  * the pages render, that no secret value reaches the DOM, and that read-only mode offers no
  * actions that change jobs. Screenshots land in test-results/bull-board/.
  */
-import { existsSync, mkdirSync, mkdtempSync } from 'node:fs';
-import type { Server } from 'node:http';
-import { tmpdir } from 'node:os';
+import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
 import { afterAll, describe, expect, it } from 'vitest';
-import { sha256Hex } from '../src/producers/auth.js';
-import { createApiApp, listen } from '../src/producers/http-api.js';
-import { Producer } from '../src/producers/producer.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { FIXTURES, guardAgainstLeaks } from './helpers/fleet.js';
+import { boardFleet } from './helpers/board.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const CHROMIUM = process.env.FLEET_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
@@ -33,22 +28,9 @@ afterAll(async () => {
 describe.skipIf(!CHROMIUM)('Bull Board in Chromium', () => {
   it('refuses non-admins, renders queues and jobs for an admin with masked data and no secret value in the DOM, and offers no write actions', async () => {
     mkdirSync(SHOTS, { recursive: true });
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-browser-'));
-    await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_BROWSER_NONE', keepVersions: 2 }).write('api-key', Buffer.from(SECRET_VALUE));
-    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { attempts: 1 }), fixtureType('leaky', 'secret-leaker.mjs', { secrets: ['api-key'], attempts: 1 })], {
-      dataDir,
-      producers: [
-        { name: 'ops', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'], admin: true },
-        { name: 'svc', tokenSha256: sha256Hex(PLAIN), jobTypes: ['*'] },
-      ],
-    });
-    await startSupervisor({ config });
-    const producer = new Producer({ config });
-    const server: Server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
-    const base = `http://127.0.0.1:${(server.address() as { port: number }).port}/admin/queues`;
+    const board = await boardFleet(redis.url, { admin: ADMIN, plain: PLAIN }, SECRET_VALUE);
+    const { base, jobs } = board;
     try {
-      const jobs = [await producer.enqueue('ok', { apiToken: 'tok-in-payload-123456', note: 'hello' }), await producer.enqueue('leaky', { name: 'api-key' }), await producer.enqueue('leaky', { name: 'api-key', throw: true })];
-      for (const j of jobs) await waitForJob(producer, j.id);
       browser = await chromium.launch({ executablePath: CHROMIUM!, args: ['--no-sandbox', '--disable-gpu'] });
 
       // No credentials, and a producer that is not an admin: refused.
@@ -104,9 +86,7 @@ describe.skipIf(!CHROMIUM)('Bull Board in Chromium', () => {
       for (const leak of [SECRET_VALUE, Buffer.from(SECRET_VALUE).toString('base64'), Buffer.from(SECRET_VALUE).toString('hex'), 'tok-in-payload-123456']) expect(all).not.toContain(leak);
       await admin.close();
     } finally {
-      server.closeAllConnections();
-      server.close();
-      await producer.close();
+      await board.release();
     }
   }, 90_000);
 });
