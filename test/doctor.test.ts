@@ -62,5 +62,10 @@ describe('fleet doctor', () => {
     expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL', detail: expect.stringContaining('process+permission-model'), fix: expect.stringContaining('bubblewrap') });
     const dev = await doctor(off, redis.client, { production: false, metricsUrls: [] });
     expect(dev.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'WARN' });
+    // A heartbeat record that is not one (written by something else) is named, never trusted.
+    await redis.client.hset(`${off.redis.prefix}:supervisors`, 'forged', JSON.stringify({ id: 'forged', types: [{ jobType: 'pay', layers: ['namespaces'] }] }));
+    const forged = await doctor(off, redis.client, { production: true, metricsUrls: [] });
+    expect(forged.find((c) => c.check === 'supervisors: heartbeats')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('forged') });
+    expect(forged.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL' });
   });
 });

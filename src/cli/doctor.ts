@@ -1,5 +1,5 @@
 import { supervisorsKey } from '../redis/keys.js';
-import type { SupervisorStatus } from '../workers/supervisor.js';
+import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
@@ -67,7 +67,8 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
 
   // Critical types need the OS layer (namespaces) in production: without it a compromised
   // processor keeps the host's network and can fill disk (see README "Threat model").
-  const reports = Object.values(await redis.hgetall(supervisorsKey(config.redis.prefix)).catch(() => ({}) as Record<string, string>)).map((v) => JSON.parse(v) as SupervisorStatus);
+  const { live: reports, invalid } = await readSupervisorStatuses(redis, config.redis.prefix, config.supervisor.heartbeatMs).catch(() => ({ live: [], invalid: [] }));
+  if (invalid.length) out.push(warn('supervisors: heartbeats', `${invalid.length} record(s) in ${supervisorsKey(config.redis.prefix)} are not valid heartbeats: ${invalid.slice(0, 5).join(', ')}`, 'find what writes them; only supervisors should (Redis ACLs)'));
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity !== 'critical') continue;
     const seen = reports.flatMap((r) => r.types.filter((x) => x.jobType === t.name && x.layers.length).map((x) => ({ id: r.id, layers: x.layers })));

@@ -6,8 +6,8 @@ import { FleetError, toError } from '../errors.js';
 import { makeLogger } from '../observability/logger.js';
 import { Producer } from '../producers/producer.js';
 import { connectRedis, ensureReady } from '../redis/connection.js';
-import { queuePrefix, supervisorsKey } from '../redis/keys.js';
-import type { SupervisorStatus } from '../workers/supervisor.js';
+import { queuePrefix } from '../redis/keys.js';
+import { readSupervisorStatuses, type SupervisorStatus } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import * as sec from './secrets-commands.js';
 import { doctor, renderChecks } from './doctor.js';
@@ -74,11 +74,7 @@ async function status(config: FleetConfig): Promise<{ supervisors: SupervisorSta
   redis.on('error', () => undefined);
   try {
     await ensureReady(redis);
-    const raw = await redis.hgetall(supervisorsKey(config.redis.prefix));
-    const staleAfter = Date.now() - config.supervisor.heartbeatMs * 3;
-    const supervisors = Object.values(raw)
-      .map((v) => JSON.parse(v) as SupervisorStatus)
-      .filter((s) => s.updatedAt >= staleAfter);
+    const { live: supervisors } = await readSupervisorStatuses(redis, config.redis.prefix, config.supervisor.heartbeatMs);
     const queues: Record<string, Record<string, number>> = {};
     for (const name of config.jobTypes.keys()) {
       const q = new Queue(name, { connection: redis, prefix: queuePrefix(config.redis.prefix, name) });

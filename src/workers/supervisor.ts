@@ -19,7 +19,10 @@ import { AuditLog } from '../secrets/audit.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
 import { parseControlMessage } from './control.js';
-import { SandboxPool, type ProcessBoundary, type SandboxPoolStats } from './sandbox-pool.js';
+import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
+import type { SupervisorStatus } from './supervisor-status.js';
+
+export type { SupervisorStatus } from './supervisor-status.js';
 import { probeOsLayer } from './sandbox-boundary.js';
 import { fleetServiceAddresses } from './fleet-addresses.js';
 
@@ -35,15 +38,6 @@ export interface SupervisorOptions {
   supervisorId?: string;
 }
 
-export interface SupervisorStatus {
-  id: string;
-  host: string;
-  pid: number;
-  state: LifecycleState;
-  startedAt: number;
-  updatedAt: number;
-  types: (SandboxPoolStats & { concurrency: number; active: number })[];
-}
 
 const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
   TIMEOUT: 'timeout',
