@@ -18,7 +18,7 @@ const USAGE = `fleet — sandboxed job fleet on BullMQ
 Usage:
   fleet start [--role api|worker|scheduler|all] [--metrics-port N]
                                            run the fleet (default role: all); --metrics-port or
-                                           FLEET_METRICS_PORT overrides supervisor.metricsPort (0: any free port)
+                                           FLEET_METRICS_PORT overrides supervisor.metricsPort (0: a free port)
   fleet enqueue <type> <json> [--idempotency-key K]
   fleet job <id>                           state, attempts, timings, result or error
   fleet status [--workers] [--secrets]     supervisors, sandboxes, queue depths; secrets and their use

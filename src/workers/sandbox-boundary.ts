@@ -61,7 +61,13 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
 }
 
 /** The system directories every sandbox needs read-only to start Node (its shared libraries). */
+let mounts: string[] | null = null;
 function systemMounts(): string[] {
+  mounts ??= readSystemMounts();
+  return mounts;
+}
+
+function readSystemMounts(): string[] {
   const out: string[] = ['--ro-bind', '/usr', '/usr'];
   // Debian/Ubuntu merged /usr: /lib, /lib64, /bin are links into /usr.
   for (const d of ['/lib', '/lib64', '/lib32', '/bin', '/sbin']) {
@@ -157,13 +163,32 @@ export function readableRoots(spec: Pick<ProcessSandboxSpec, 'entry' | 'processo
 }
 
 /** The command line of one process sandbox: `bwrap … node …` with the OS layer, `node …` without. */
-export function processSandboxCommand(spec: ProcessSandboxSpec): { command: string; args: string[]; env: Record<string, string>; layers: SandboxLayer[]; lazyProxy: boolean } {
+/** How long a checked processor tree is trusted before it is walked again. */
+const TREE_CHECK_TTL_MS = 30_000;
+const checkedTrees = new Map<string, { roots: string[]; at: number }>();
+
+/**
+ * The readable roots of a sandbox, after refusing a tree that reaches the data dir or leaves
+ * itself through a symlink. The walk is synchronous, and `job` isolation starts a sandbox per job
+ * on the supervisor's main thread, so a tree that passed is trusted for {@link TREE_CHECK_TTL_MS}
+ * (sandboxes cannot write to it; an operator's change is seen at the next walk).
+ */
+function checkedRoots(spec: ProcessSandboxSpec): string[] {
+  const key = JSON.stringify([spec.entry, spec.processorPath, spec.readPaths, spec.forbiddenPaths]);
+  const cached = checkedTrees.get(key);
+  if (cached && Date.now() - cached.at < TREE_CHECK_TTL_MS) return cached.roots;
   const roots = readableRoots(spec);
   for (const f of spec.forbiddenPaths) {
     const root = roots.find((r) => f === r || f.startsWith(r + path.sep));
     if (root) throw new ProcessorLoadError(`the sandbox of ${spec.processorPath} would be able to read ${f} (through ${root}). Fix: keep processors in a directory of their own, away from dataDir.`);
   }
   assertNoEscapingLinks(realpathSync(path.dirname(spec.processorPath)), roots);
+  checkedTrees.set(key, { roots, at: Date.now() });
+  return roots;
+}
+
+export function processSandboxCommand(spec: ProcessSandboxSpec): { command: string; args: string[]; env: Record<string, string>; layers: SandboxLayer[]; lazyProxy: boolean } {
+  const roots = checkedRoots(spec);
   const os = spec.osLayer.available;
   const tmpInside = os ? SANDBOX_TMP : spec.tmpDir;
   const networked = spec.egress !== 'none';
