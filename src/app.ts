@@ -8,6 +8,7 @@ import { ensureDevToken, type ProducerIdentity } from './producers/auth.js';
 import { Producer } from './producers/producer.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
+import { embeddedUsersFile, ensureEmbeddedUsers, readEmbeddedUsers, RedisAccess, roleCredentialsFromEnv, rolePasswordEnv, type RedisRole } from './redis/acl.js';
 import { Supervisor } from './workers/supervisor.js';
 import { FleetMetrics } from './observability/metrics.js';
 import { RotationService } from './rotation/rotation-service.js';
@@ -43,6 +44,21 @@ export function discoverRedisUrl(config: FleetConfig): string | undefined {
 }
 
 /**
+ * How each component of this process reaches Redis: the URL (config/`REDIS_URL`, else a running
+ * embedded server's), with each role's credentials from `FLEET_REDIS_<ROLE>_PASSWORD[_FILE]` or,
+ * for the embedded server, the users `npm start` generated in dataDir.
+ */
+export function discoverRedisAccess(config: FleetConfig): RedisAccess | undefined {
+  const url = discoverRedisUrl(config);
+  if (!url) return undefined;
+  const embedded = config.redis.url ? null : readEmbeddedUsers(config.dataDir);
+  return new RedisAccess(url, { ...embedded?.roles, ...roleCredentialsFromEnv() }, embedded?.admin ?? null);
+}
+
+/** Roles each fleet role's components connect as. */
+const REDIS_ROLES_OF: Record<Role, readonly RedisRole[]> = { api: ['api', 'ops'], worker: ['worker'], scheduler: ['scheduler', 'retention'], all: ['api', 'ops', 'worker', 'scheduler', 'retention'] };
+
+/**
  * Starts one process of the fleet in the given role. With no Redis configured it runs a private
  * `redis-server` under `dataDir` (the embedded default for `npm start`).
  */
@@ -62,21 +78,27 @@ export async function startFleet(options: {
     for (const c of cleanups.reverse()) await c().catch((err: unknown) => logger.error('cleanup failed', { error: String(err) }));
   };
   try {
-    let redisUrl = config.redis.url;
-    if (!redisUrl) {
+    let access: RedisAccess;
+    if (!config.redis.url) {
       const dataDir = path.join(config.dataDir, 'redis');
-      const embedded: EmbeddedRedis = await startEmbeddedRedis({ dataDir, persistent: true });
-      redisUrl = embedded.url;
-      writeFileSync(embeddedUrlFile(config), `${redisUrl}\n`);
-      logger.info(`no REDIS_URL set: started a private redis-server at ${redisUrl} (data in ${dataDir}); set REDIS_URL to use your own`);
+      // One ACL user per role, passwords generated once into dataDir (0600); the default user is off.
+      const users = ensureEmbeddedUsers(config.dataDir);
+      const embedded: EmbeddedRedis = await startEmbeddedRedis({ dataDir, persistent: true, acl: { prefix: config.redis.prefix, users } });
+      access = new RedisAccess(embedded.url, { ...users.roles, ...roleCredentialsFromEnv() }, users.admin);
+      writeFileSync(embeddedUrlFile(config), `${embedded.url}\n`);
+      logger.info(`no REDIS_URL set: started a private redis-server at ${embedded.url} (data in ${dataDir}, one ACL user per role, passwords in ${embeddedUsersFile(config.dataDir)}); set REDIS_URL to use your own`);
       cleanups.push(async () => {
         rmSync(embeddedUrlFile(config), { force: true });
         await embedded.release();
       });
     } else {
-      logger.info(`using Redis at ${redactUrl(redisUrl)}`);
+      access = new RedisAccess(config.redis.url, roleCredentialsFromEnv());
+      logger.info(`using Redis at ${redactUrl(config.redis.url)}`);
+      const missing = access.missingRoles(REDIS_ROLES_OF[role]);
+      if (missing.length) logger.warn(`Redis roles ${missing.join(', ')} have no credentials of their own (${missing.map(rolePasswordEnv).join(', ')}): they connect with REDIS_URL's identity. For production run \`fleet redis setup\` and give each role its password.`);
     }
-    const probe = connectRedis(redisUrl, 'worker');
+    const redisUrl = access.url;
+    const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]!), 'worker');
     probe.on('error', () => undefined);
     try {
       await waitForRedis(probe);
@@ -88,7 +110,7 @@ export async function startFleet(options: {
     let supervisor: Supervisor | null = null;
     let metricsUrl: string | null = null;
     if (role === 'worker' || role === 'all') {
-      const sup = new Supervisor({ config, redisUrl, logger, events });
+      const sup = new Supervisor({ config, redisUrl: access.urlFor('worker'), logger, events });
       supervisor = sup;
       await sup.start();
       cleanups.push(() => sup.stop());
@@ -106,7 +128,7 @@ export async function startFleet(options: {
 
     let rotation: RotationService | null = null;
     if (role === 'scheduler' || role === 'all') {
-      const rot = new RotationService({ config, redisUrl, events, logger });
+      const rot = new RotationService({ config, redisUrl: access.urlFor('scheduler'), retentionUrl: access.urlFor('retention'), events, logger });
       rotation = rot;
       await rot.start();
       cleanups.push(() => rot.stop());
@@ -132,7 +154,7 @@ export async function startFleet(options: {
     let apiUrl: string | null = null;
     let producer: Producer | null = null;
     if (role === 'api' || role === 'all') {
-      producer = new Producer({ config, redis: redisUrl, name: 'api', events, via: 'http' });
+      producer = new Producer({ config, redis: access.urlFor('api'), name: 'api', events, via: 'http' });
       cleanups.push(() => producer!.close());
       // Bull Board builds its queues now; they must see a ready connection (see Producer#readyQueue).
       await waitForRedis(producer.redis);
@@ -144,7 +166,15 @@ export async function startFleet(options: {
       }
       // Loaded only for the API role: a worker-only process does not pay for express.
       const { createApiApp, listen } = await import('./producers/http-api.js');
-      const app = createApiApp({ producer, producers, logger, metrics });
+      // A read-only Bull Board reads through the ops role (it cannot write even if its read-only mode had a hole).
+      let boardProducer: Producer | undefined;
+      if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {
+        const board = new Producer({ config, redis: access.urlFor('ops'), name: 'bull-board' });
+        boardProducer = board;
+        cleanups.push(() => board.close());
+        await waitForRedis(board.redis);
+      }
+      const app = createApiApp({ producer, producers, logger, metrics, ...(boardProducer ? { boardProducer } : {}) });
       const server: Server = await listen(app, config.api.host, config.api.port);
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.api.port;

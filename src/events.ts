@@ -24,6 +24,8 @@ export interface FleetEvents {
   'sandbox:destroyed': { jobType: string; reason: string };
   /** A process sandbox tried to reach a destination outside its type's egress policy. */
   'egress:refused': { jobType: string; jobId: string | null; destination: string; reason: string };
+  /** A check of the audit trail's MAC chain (supervisors' tail check, the retention pass). */
+  'audit:verified': { by: 'tail' | 'retention'; ok: boolean; records: number; firstBreak: { at: string; writer: string; reason: string } | null };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
   /** Redis refused a write because it is at maxmemory. */
   'redis:full': { operation: string };

@@ -40,6 +40,7 @@ beforeAll(async () => {
       ['retrier', ['a-key']],
     ]),
     rotated: ['a-key'],
+    systemSecrets: ['audit-mac-key'],
   });
   rotatorCreds = setup.rotator;
   process.env.FLEET_TEST_VAULT_ROLE_ID = setup.roleId;

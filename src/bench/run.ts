@@ -336,7 +336,7 @@ async function secretRuns(url: string, jobs: number): Promise<Record<'local' | '
   if ('reason' in vault) out.vault = { skipped: vault.reason };
   else {
     try {
-      const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['noop', ['bench-key']]]) });
+      const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['noop', ['bench-key']]]), systemSecrets: ['audit-mac-key'] });
       process.env.FLEET_BENCH_ROLE_ID = setup.roleId;
       process.env.FLEET_BENCH_SECRET_ID = setup.secretId;
       await fetch(`${vault.url}/v1/secret/data/fleet/bench-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: value.toString() } }) });

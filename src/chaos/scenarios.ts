@@ -359,7 +359,7 @@ export async function vaultOutage(opts: { jobs: number; outageMs: number }): Pro
   const redis = await redisFor(false);
   const proxy = await outageProxy(Number(new URL(vault.url).port));
   try {
-    const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['work', ['api-key']]]) });
+    const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['work', ['api-key']]]), systemSecrets: ['audit-mac-key'] });
     await fetch(`${vault.url}/v1/secret/data/fleet/api-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: 'chaos-vault-secret-0123456789' } }) });
     process.env.FLEET_CHAOS_ROLE_ID = setup.roleId;
     process.env.FLEET_CHAOS_SECRET_ID = setup.secretId;

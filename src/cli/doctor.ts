@@ -1,4 +1,6 @@
-import { supervisorsKey } from '../redis/keys.js';
+import { auditStreamKey, supervisorsKey } from '../redis/keys.js';
+import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js';
+import { connectRedis, ensureReady } from '../redis/connection.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import type { FleetConfig } from '../config/resolve.js';
@@ -27,6 +29,66 @@ export interface DoctorOptions {
   metricsUrls: string[];
   /** A Prometheus to ask whether it scrapes the fleet. */
   prometheusUrl?: string;
+  /** Each Redis role's identity, to check that none runs as `default` or with more than its rights. */
+  access?: RedisAccess;
+}
+
+/**
+ * Harmless forms of what no role may run: each does nothing even where it is allowed (trim below
+ * the first id, delete an id that cannot exist, match keys that do not exist, read one setting).
+ */
+function forbiddenProbes(prefix: string): { what: string; args: [string, ...string[]] }[] {
+  const audit = auditStreamKey(prefix);
+  return [
+    { what: 'CONFIG', args: ['CONFIG', 'GET', 'maxmemory'] },
+    { what: 'KEYS', args: ['KEYS', `${prefix}:doctor-probe-none-*`] },
+    { what: 'DEBUG', args: ['DEBUG', 'SLEEP', '0'] },
+    { what: 'ACL', args: ['ACL', 'LIST'] },
+    { what: 'XDEL on the audit stream', args: ['XDEL', audit, '0-1'] },
+    { what: 'XTRIM on the audit stream', args: ['XTRIM', audit, 'MINID', '0'] },
+    { what: 'RENAME on the audit stream', args: ['RENAME', audit, audit] },
+    // PERSIST (no TTL to remove) stands for the keyspace writes (DEL, EXPIRE, UNLINK): one rule allows or refuses them all.
+    { what: 'keyspace writes (DEL, EXPIRE) on the audit stream', args: ['PERSIST', audit] },
+  ];
+}
+
+/** Per role: its own ACL user (not `default`), and refused on every forbidden command. */
+export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, production: boolean): Promise<Check[]> {
+  const out: Check[] = [];
+  for (const role of REDIS_ROLES) {
+    const what = `redis role ${role}`;
+    if (!access.hasRole(role)) {
+      out.push((production ? fail : warn)(what, `no credentials of its own (${rolePasswordEnv(role)}): it connects with REDIS_URL's identity, which can do anything`, 'run `fleet redis setup` with an admin REDIS_URL and give each role its password'));
+      continue;
+    }
+    const redis = connectRedis(access.urlFor(role), 'producer', { lazyConnect: true });
+    redis.on('error', () => undefined);
+    try {
+      await ensureReady(redis);
+      const user = String(await redis.call('ACL', 'WHOAMI'));
+      if (user === 'default') {
+        out.push(fail(what, 'runs as the `default` user', 'run `fleet redis setup` and use the fleet-<role> users'));
+        continue;
+      }
+      const allowed: string[] = [];
+      for (const probe of forbiddenProbes(config.redis.prefix)) {
+        const args = probe.args;
+        if (probe.what.startsWith('XTRIM') && role === 'retention') continue;
+        try {
+          await redis.call(args[0]!, ...args.slice(1));
+          allowed.push(probe.what);
+        } catch (err) {
+          if (!/NOPERM/.test(toError(err).message)) allowed.push(`${probe.what} (answered: ${toError(err).message.slice(0, 60)})`);
+        }
+      }
+      out.push(allowed.length ? fail(what, `user ${user} may run ${allowed.join(', ')}: more than the role needs`, 'run `fleet redis setup` again to reset its rules') : pass(what, `user ${user}, refused CONFIG, KEYS, DEBUG, ACL and deleting or trimming the audit stream${role === 'retention' ? ' (may trim: the retention path)' : ''}`));
+    } catch (err) {
+      out.push(fail(what, `cannot connect as its user: ${toError(err).message}`, `check ${rolePasswordEnv(role)} and that \`fleet redis setup\` ran on this Redis`));
+    } finally {
+      redis.disconnect();
+    }
+  }
+  return out;
 }
 
 const pass = (check: string, detail: string): Check => ({ status: 'PASS', check, detail });
@@ -79,17 +141,38 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     else out.push(pass(what, `${seen[0]!.layers.join('+')} on ${seen.length} supervisor(s)`));
   }
 
-  // Redis: no eviction (jobs and audit records must never be evicted), persistence.
+  if (options.access) out.push(...(await redisRoleChecks(config, options.access, options.production)));
+
+  // Redis: no eviction (jobs and audit records must never be evicted), persistence. CONFIG needs
+  // an admin identity (the roles may not read it): the embedded server's, or REDIS_URL's own.
+  const adminUrl = options.access?.admin ? options.access.adminUrl() : options.access?.url;
+  const admin = adminUrl ? connectRedis(adminUrl, 'producer', { lazyConnect: true }) : redis;
+  admin.on('error', () => undefined);
   try {
-    const [, policy] = (await redis.config('GET', 'maxmemory-policy')) as [string, string];
+    if (admin !== redis) await ensureReady(admin);
+    const [, policy] = (await admin.config('GET', 'maxmemory-policy')) as [string, string];
     out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
-    const [, aof] = (await redis.config('GET', 'appendonly')) as [string, string];
-    const [, save] = (await redis.config('GET', 'save')) as [string, string];
+    const [, aof] = (await admin.config('GET', 'appendonly')) as [string, string];
+    const [, save] = (await admin.config('GET', 'save')) as [string, string];
     if (aof === 'yes') out.push(pass('redis: persistence', 'AOF on'));
     else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
     else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
   } catch (err) {
-    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis?`, 'confirm noeviction and persistence with your provider'));
+    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis, or REDIS_URL without an admin user?`, 'confirm noeviction and persistence with your provider, or run fleet doctor with an admin user in REDIS_URL'));
+  } finally {
+    if (admin !== redis) admin.disconnect();
+  }
+
+  // Audit trail: retention keeps up, and the MAC chain verifies.
+  try {
+    const length = await redis.xlen(auditStreamKey(config.redis.prefix));
+    const max = config.secrets.audit.maxEntries;
+    out.push(length > max * 2 ? warn('audit: retention', `${length} records, over twice secrets.audit.maxEntries (${max})`, 'run a scheduler role (it trims behind signed checkpoints with the retention Redis role)') : pass('audit: retention', `${length} records (limit ${max})`));
+    const { auditVerify } = await import('./trail-commands.js');
+    const r = await auditVerify(config, redis, {});
+    out.push(r.ok ? pass('audit: MAC chain', `${r.records} records from ${r.writers} writer(s) verify`) : fail('audit: MAC chain', `broken at ${r.firstBreak!.at} (writer ${r.firstBreak!.writer}): ${r.firstBreak!.reason}`, 'someone with Redis access changed the audit stream: compare with the exported copy; find the credential used'));
+  } catch (err) {
+    out.push(warn('audit: MAC chain', `not verified: ${toError(err).message}`, 'fleet audit verify with an identity that can read secrets.audit.macKey'));
   }
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.

@@ -1,6 +1,8 @@
 import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
-import { discoverRedisUrl, ROLES, startFleet, type Role } from '../app.js';
+import { discoverRedisAccess, ROLES, startFleet, type Role } from '../app.js';
+import { REDIS_ROLES, roleCredentialsFromEnv, rolePasswordEnv, type RedisRole } from '../redis/acl.js';
+import * as trail from './trail-commands.js';
 import { loadConfig, type FleetConfig } from '../config/resolve.js';
 import { FleetError, toError } from '../errors.js';
 import { makeLogger } from '../observability/logger.js';
@@ -25,6 +27,15 @@ Usage:
   fleet secrets set <name> [--provider P]  store a new version; the value is read from stdin
   fleet secrets list | delete <name>
   fleet audit [--since 24h] [--secret X] [--denied] [--limit N]
+  fleet audit verify [--since 24h] [--file F]
+                                           check the audit MAC chain (Redis, or an exported file);
+                                           exits 1 at a deleted, inserted, edited or reordered record
+  fleet audit export [--since 24h]         the audit stream as JSON lines with MACs (stdout)
+  fleet audit init-key                     create the audit MAC key (secrets.audit.macKey) if missing
+  fleet redis setup [--role R]... [--keep-old | --drop-old]
+                                           write the per-role ACL users (admin REDIS_URL) and print
+                                           their passwords; --keep-old keeps current passwords valid
+                                           (rotation), --drop-old then removes them
   fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
   fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
   fleet kms rotate-key                     rotate the KMS customer key now (RotateKeyOnDemand)
@@ -42,14 +53,15 @@ interface Io {
   err: (s: string) => void;
 }
 
-function need(config: FleetConfig): string {
-  const url = discoverRedisUrl(config);
-  if (!url) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
-  return url;
+/** The Redis URL for a command, as the Redis role that command needs (see `fleet redis setup`). */
+function need(config: FleetConfig, role: RedisRole): string {
+  const access = discoverRedisAccess(config);
+  if (!access) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
+  return access.urlFor(role);
 }
 
-async function withProducer<T>(config: FleetConfig, fn: (p: Producer) => Promise<T>): Promise<T> {
-  const p = new Producer({ config, redis: need(config), name: 'cli' });
+async function withProducer<T>(config: FleetConfig, role: 'api' | 'ops', fn: (p: Producer) => Promise<T>): Promise<T> {
+  const p = new Producer({ config, redis: need(config, role), name: 'cli' });
   try {
     return await fn(p);
   } finally {
@@ -57,8 +69,8 @@ async function withProducer<T>(config: FleetConfig, fn: (p: Producer) => Promise
   }
 }
 
-async function withRedis<T>(config: FleetConfig, fn: (r: RedisClient) => Promise<T>): Promise<T> {
-  const redis = connectRedis(need(config), 'producer');
+async function withRedis<T>(config: FleetConfig, role: RedisRole, fn: (r: RedisClient) => Promise<T>): Promise<T> {
+  const redis = connectRedis(need(config, role), 'producer');
   redis.on('error', () => undefined);
   try {
     await ensureReady(redis);
@@ -69,8 +81,7 @@ async function withRedis<T>(config: FleetConfig, fn: (r: RedisClient) => Promise
 }
 
 async function status(config: FleetConfig): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
-  const url = need(config);
-  const redis = connectRedis(url, 'producer');
+  const redis = connectRedis(need(config, 'ops'), 'producer');
   redis.on('error', () => undefined);
   try {
     await ensureReady(redis);
@@ -124,6 +135,9 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         secret: { type: 'string' },
         denied: { type: 'boolean', default: false },
         limit: { type: 'string' },
+        file: { type: 'string' },
+        'keep-old': { type: 'boolean', default: false },
+        'drop-old': { type: 'boolean', default: false },
         help: { type: 'boolean', short: 'h', default: false },
       },
     });
@@ -182,14 +196,14 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
           throw new FleetError('INVALID_JSON', `payload is not valid JSON: ${toError(err).message}`);
         }
         const key = opts['idempotency-key'];
-        const r = await withProducer(config, (p) => p.enqueue(type, data, key ? { idempotencyKey: key } : {}));
+        const r = await withProducer(config, 'api', (p) => p.enqueue(type, data, key ? { idempotencyKey: key } : {}));
         print(r.id, r);
         return 0;
       }
       case 'job': {
         const [id] = rest;
         if (!id) throw new FleetError('INVALID_REQUEST', 'usage: fleet job <id>');
-        const job = await withProducer(config, (p) => p.getJob(id));
+        const job = await withProducer(config, 'ops', (p) => p.getJob(id));
         print(JSON.stringify(job, null, 2), job);
         return 0;
       }
@@ -203,7 +217,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
           human.push(renderStatus(s));
         }
         if (opts.secrets || both) {
-          const rows = await withRedis(config, (r) => sec.secretsStatus(config, r));
+          const rows = await withRedis(config, 'ops', (r) => sec.secretsStatus(config, r));
           out.secrets = rows;
           human.push(`secrets:\n${sec.renderSecretsStatus(rows)}`);
         }
@@ -212,7 +226,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
       }
       case 'secrets': {
         const [sub, name] = rest;
-        const url = discoverRedisUrl(config);
+        const url = discoverRedisAccess(config)?.urlFor('scheduler');
         const redis = url ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
         redis?.on('error', () => undefined);
         try {
@@ -233,7 +247,39 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         return 0;
       }
       case 'audit': {
-        const rows = await withRedis(config, (r) =>
+        const sub = rest[0];
+        if (sub === 'verify') {
+          const url = discoverRedisAccess(config)?.urlFor('ops');
+          const redis = url && !opts.file ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+          redis?.on('error', () => undefined);
+          try {
+            if (redis) await ensureReady(redis);
+            const r = await trail.auditVerify(config, redis, { ...(opts.since ? { since: opts.since } : {}), ...(opts.file ? { file: opts.file } : {}) });
+            print(trail.renderVerify(r), { ok: r.ok, records: r.records, writers: r.writers, breaks: r.breaks, firstBreak: r.firstBreak, checkpoint: r.checkpoint });
+            return r.ok ? 0 : 1;
+          } finally {
+            redis?.disconnect();
+          }
+        }
+        if (sub === 'export') {
+          const n = await withRedis(config, 'ops', (r) => trail.auditExport(config, r, opts.since ? { since: opts.since } : {}, (line) => io.out(line)));
+          io.err(`${n} records exported`);
+          return 0;
+        }
+        if (sub === 'init-key') {
+          const url = discoverRedisAccess(config)?.urlFor('scheduler');
+          const redis = url ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+          redis?.on('error', () => undefined);
+          try {
+            const r = await trail.auditInitKey(config, redis);
+            print(`audit MAC key ${r.secret}: version ${r.version} in ${r.provider}`, r);
+          } finally {
+            redis?.disconnect();
+          }
+          return 0;
+        }
+        if (sub) throw new FleetError('INVALID_REQUEST', `unknown audit subcommand "${sub}". Use: fleet audit [verify | export | init-key]`);
+        const rows = await withRedis(config, 'ops', (r) =>
           sec.audit(config, r, { ...(opts.since ? { since: opts.since } : {}), ...(opts.secret ? { secret: opts.secret } : {}), denied: opts.denied, ...(opts.limit ? { limit: Number(opts.limit) } : {}) }),
         );
         print(sec.renderAudit(rows), rows);
@@ -242,7 +288,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
       case 'rotate': {
         const [secret] = rest;
         if (!secret) throw new FleetError('INVALID_REQUEST', 'usage: fleet rotate <secret> [--now]');
-        const out: { secret: string; jobId: string | undefined; state: string; version?: string; error?: string } = await withRedis(config, async (r) => {
+        const out: { secret: string; jobId: string | undefined; state: string; version?: string; error?: string } = await withRedis(config, 'scheduler', async (r) => {
           const queue = rotationQueue(config, r);
           try {
             const job = await requestRotation(config, queue, secret);
@@ -267,7 +313,7 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         if (action !== 'rotate-key' && action !== 'ensure-key') throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key | fleet kms ensure-key');
         if (!config.secrets.kms) throw new FleetError('CONFIG_INVALID', 'secrets.kms is not configured. Fix: add secrets.kms { keyId, region } to the config.');
         const keyId = config.secrets.kms.keyId;
-        const out = await withRedis(config, async (r) => {
+        const out = await withRedis(config, 'scheduler', async (r) => {
           const { makeProvider } = await import('../secrets/providers.js');
           const kms = (await makeProvider('kms', config, { redis: r, logger: makeLogger({ level: 'silent' }) })) as import('../secrets/kms-provider.js').KmsProvider;
           try {
@@ -283,13 +329,29 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         return 0;
       }
       case 'doctor': {
-        const checks = await withRedis(config, (r) =>
-          doctor(config, r, { production: opts.production, metricsUrls: opts['metrics-url'] ?? [], ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}) }),
+        const checks = await withRedis(config, 'ops', (r) =>
+          doctor(config, r, {
+            access: discoverRedisAccess(config)!, production: opts.production, metricsUrls: opts['metrics-url'] ?? [], ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}) }),
         );
         const failed = checks.filter((c) => c.status === 'FAIL').length;
         const warned = checks.filter((c) => c.status === 'WARN').length;
         print(`${renderChecks(checks)}\n\n${checks.length} checks: ${checks.length - failed - warned} pass, ${warned} warn, ${failed} fail`, { checks, failed, warned });
         return failed ? 1 : 0;
+      }
+      case 'redis': {
+        if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet redis setup [--role R]... [--keep-old | --drop-old]');
+        const adminUrl = discoverRedisAccess(config)?.adminUrl() ?? config.redis.url;
+        if (!adminUrl) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to set up. Fix: set REDIS_URL to the server, with an admin user in it (redis://admin:…@host:6379).');
+        const roles = (opts.role === 'all' ? [...REDIS_ROLES] : (opts.role ?? '').split(',')) as RedisRole[];
+        for (const r of roles) if (!REDIS_ROLES.includes(r)) throw new FleetError('INVALID_REQUEST', `--role ${r}: not a Redis role. Roles: ${REDIS_ROLES.join(', ')}`);
+        if (opts['keep-old'] && opts['drop-old']) throw new FleetError('INVALID_REQUEST', '--keep-old and --drop-old exclude each other: the first adds a new password, the second then removes the old ones.');
+        // --drop-old keeps the passwords the roles have now (from the environment) and removes every other one.
+        const passwords = opts['drop-old'] ? roleCredentialsFromEnv() : undefined;
+        if (opts['drop-old']) for (const r of roles) if (!passwords?.[r]) throw new FleetError('INVALID_REQUEST', `--drop-old keeps the password in ${rolePasswordEnv(r)} and removes the others; it is not set. Fix: export the new password first.`);
+        const r = await trail.redisSetup(config, adminUrl, { roles, keepOld: opts['keep-old'], dropOld: opts['drop-old'], ...(passwords ? { passwords } : {}) });
+        io.err('Store each password like any credential: give each role only its own, as FLEET_REDIS_<ROLE>_PASSWORD or _FILE.');
+        print(trail.renderRedisSetup(r), { nodes: r.nodes, saved: r.saved, credentials: r.credentials });
+        return 0;
       }
       case 'vault': {
         if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');

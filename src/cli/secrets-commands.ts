@@ -173,5 +173,6 @@ export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnTyp
     rotated: Object.entries(config.secrets.items)
       .filter(([name, item]) => item.rotation && config.secretProviders.get(name) === 'vault')
       .map(([name]) => name),
+    systemSecrets: config.secretProviders.get(config.secrets.audit.macKey) === 'vault' ? [config.secrets.audit.macKey] : [],
   });
 }

@@ -159,6 +159,11 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
   }
   for (const [name, item] of Object.entries(sec.items)) secretProviders.set(name, item.provider ?? sec.provider);
+  secretProviders.set(sec.audit.macKey, sec.items[sec.audit.macKey]?.provider ?? sec.provider);
+  for (const t of jobTypes.values()) {
+    if (t.secrets.includes(sec.audit.macKey))
+      problems.push(`job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`);
+  }
   for (const [name, provider] of secretProviders) {
     if (provider === 'vault' && !sec.vault)
       problems.push(`secret "${name}" uses provider "vault" but secrets.vault is not configured. Fix: add secrets.vault ({ address, auth }) or pick another provider.`);
@@ -198,6 +203,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   return deepFreeze({
     ...top,
     redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
+    secrets: { ...cfg.secrets, audit: { ...cfg.secrets.audit, ...(cfg.secrets.audit.export && cfg.secrets.audit.export !== '-' ? { export: path.resolve(baseDir, cfg.secrets.audit.export) } : {}) } },
     dataDir: path.resolve(baseDir, cfg.dataDir),
     source: options.source ?? null,
     secretProviders,

@@ -224,8 +224,22 @@ export const secretsSchema = z
       .optional(),
     audit: z
       .object({
-        /** Audit stream retention (entries, approximate). @defaultValue 100000 */
+        /** Audit stream retention: the scheduler trims to this many records (once 10% over), leaving a signed checkpoint. @defaultValue 100000 */
         maxEntries: z.number().int().positive().default(100_000),
+        /**
+         * The secret holding the audit trail's MAC key (provider as for any secret: `items` or the
+         * default). Created on first start where the identity may write it (the local store), else
+         * by `fleet audit init-key` / `fleet vault setup`. No job type may declare it. @defaultValue `"audit-mac-key"`
+         */
+        macKey: z.string().regex(SECRET_NAME).default('audit-mac-key'),
+        /** Also write every sealed record as a JSON line to this file (appended; relative to the config) or `"-"` (stdout), for a log shipper or SIEM. @defaultValue none */
+        export: z.string().min(1).optional(),
+        /** How often each supervisor verifies the newest records of the chain (and its own head). @defaultValue 60000 */
+        verifyEveryMs: z.number().int().min(1000).default(60_000),
+        /** How many of the newest records that check covers. @defaultValue 2000 */
+        verifyTail: z.number().int().min(10).default(2000),
+        /** How often the scheduler's retention pass runs. @defaultValue 60000 */
+        retentionEveryMs: z.number().int().min(500).default(60_000),
       })
       .strict()
       .prefault({}),

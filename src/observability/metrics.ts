@@ -42,6 +42,9 @@ export class FleetMetrics {
   readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly redisFull = new Counter({ name: 'fleet_redis_full_total', help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).', labelNames: ['operation'] as const, registers: [this.registry] });
   readonly egressRefused = new Counter({ name: 'fleet_egress_refused_total', help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly auditChainOk = new Gauge({ name: 'fleet_audit_chain_ok', help: '1 when the last check of the audit MAC chain passed, 0 when it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).', registers: [this.registry] });
+  readonly auditChainBreaks = new Counter({ name: 'fleet_audit_chain_breaks_total', help: 'Audit chain checks that found a broken link.', labelNames: ['by'] as const, registers: [this.registry] });
+  readonly auditRecordsChecked = new Counter({ name: 'fleet_audit_records_verified_total', help: 'Audit records whose MAC and link were checked.', registers: [this.registry] });
   readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
@@ -71,6 +74,11 @@ export class FleetMetrics {
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
+      events.on('audit:verified', (e) => {
+        this.auditChainOk.set(e.ok ? 1 : 0);
+        this.auditRecordsChecked.inc(e.records);
+        if (!e.ok) this.auditChainBreaks.labels(e.by).inc();
+      }),
       events.on('redis:full', (e) => this.redisFull.labels(e.operation).inc()),
       events.on('rotation:finished', (e) => {
         this.rotations.labels(e.secret, e.ok ? 'ok' : 'failed').inc();

@@ -21,6 +21,8 @@ export interface ApiOptions {
   /** Who may call the API. @defaultValue config.producers */
   producers?: readonly ProducerIdentity[];
   logger?: Logger;
+  /** Bull Board's queues come from this producer (a read-only Redis role) when given. @defaultValue producer */
+  boardProducer?: Producer;
   /** Extra routers mounted before the 404 handler (metrics, Bull Board, audit). */
   mount?: (app: express.Express) => void;
 }
@@ -108,7 +110,7 @@ export function createApiApp(options: ApiOptions): express.Express {
       res.type(m.contentType).send(m.body);
     });
   }
-  if (cfg.bullBoard.enabled) mountBullBoard(app, { producer, auth, path: cfg.bullBoard.path, readOnly: cfg.bullBoard.readOnly });
+  if (cfg.bullBoard.enabled) mountBullBoard(app, { producer: options.boardProducer ?? producer, auth, path: cfg.bullBoard.path, readOnly: cfg.bullBoard.readOnly });
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });

@@ -1,7 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
 import net from 'node:net';
 import { FleetError } from '../errors.js';
+import { aclFileText, serverFeatures, type RoleCredential, type RoleCredentials } from './acl.js';
 
 export interface EmbeddedRedisOptions {
   /** Working directory of the server (AOF, dump). */
@@ -12,6 +14,17 @@ export interface EmbeddedRedisOptions {
   port?: number;
   /** Extra `redis-server` arguments, e.g. `['--appendfsync', 'always']`. */
   args?: string[];
+  /**
+   * Runs the server with the fleet's per-role ACL users (written to `dataDir/users.acl`, mode
+   * 0600; the `default` user off). Without it the server has only the passwordless default user.
+   */
+  acl?: { prefix: string; users: { roles: RoleCredentials; admin: RoleCredential } };
+}
+
+/** The version of the `redis-server` on PATH, e.g. `7.0.15`. */
+export function redisServerVersion(): string {
+  const out = spawnSync('redis-server', ['--version'], { encoding: 'utf8' }).stdout ?? '';
+  return /v=([\d.]+)/.exec(out)?.[1] ?? '0';
 }
 
 export interface EmbeddedRedis {
@@ -61,9 +74,15 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
     options.persistent === false
       ? ['--save', '', '--appendonly', 'no']
       : ['--appendonly', 'yes', '--appendfsync', 'everysec', '--save', ''];
+  const aclArgs: string[] = [];
+  if (options.acl) {
+    const file = path.join(options.dataDir, 'users.acl');
+    writeFileSync(file, aclFileText(options.acl.prefix, options.acl.users, serverFeatures(redisServerVersion())), { mode: 0o600 });
+    aclArgs.push('--aclfile', file);
+  }
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', options.dataDir, '--maxmemory-policy', 'noeviction', '--protected-mode', 'yes', ...persistence, ...(options.args ?? [])],
+    ['--port', String(port), '--bind', '127.0.0.1', '--dir', options.dataDir, '--maxmemory-policy', 'noeviction', '--protected-mode', 'yes', ...aclArgs, ...persistence, ...(options.args ?? [])],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';

@@ -18,9 +18,25 @@ export function auditStreamKey(prefix: string): string {
   return `${prefix}:{audit}`;
 }
 
-/** Access counters of one secret, beside the audit stream. */
+/**
+ * Access counters of one secret, beside the audit stream (same slot). Not under `prefix:{…}:`, so
+ * the queue key pattern of the Redis ACL roles does not cover it.
+ */
 export function secretStatsKey(prefix: string, name: string): string {
-  return `${prefix}:{audit}:secret-stats:${name}`;
+  return `${prefix}:audit-stats:{audit}:${name}`;
+}
+
+/** The last (seq, MAC) of each audit writer's chain, beside the audit stream (written in the same MULTI). */
+export function auditHeadsKey(prefix: string): string {
+  return `${prefix}:audit-heads:{audit}`;
+}
+
+/**
+ * BullMQ's prefix for the scheduler's rotation queue: outside the job queues' `prefix:{…}:*`
+ * pattern, so the api and worker roles cannot touch rotation jobs.
+ */
+export function rotationQueuePrefix(prefix: string): string {
+  return `${prefix}:sched:{rotation}`;
 }
 
 /** Rotation state of one secret: current version, outcomes, versions waiting to retire. */
@@ -53,11 +69,15 @@ export function kmsIndexKey(prefix: string): string {
   return `${prefix}:{kms-index}`;
 }
 
-/** The key patterns of each concern, for access rules: `~pattern` in a Redis ACL. */
-export function keyPatterns(prefix: string): Record<'queues' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
+/**
+ * The key patterns of each concern, for access rules: `~pattern` in a Redis ACL. The patterns do
+ * not overlap: `prefix:{*}:*` (job queues) matches none of the others' keys.
+ */
+export function keyPatterns(prefix: string): Record<'queues' | 'rotationQueue' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
   return {
     queues: [`${prefix}:{*}:*`],
-    audit: [auditStreamKey(prefix), secretStatsKey(prefix, '*')],
+    rotationQueue: [`${rotationQueuePrefix(prefix)}:*`],
+    audit: [auditStreamKey(prefix), secretStatsKey(prefix, '*'), auditHeadsKey(prefix)],
     rotation: [rotationStateKey(prefix, '*')],
     supervisors: [supervisorsKey(prefix)],
     kms: [kmsSecretKey(prefix, '*'), kmsIndexKey(prefix)],

@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
@@ -9,10 +10,11 @@ import { FleetError, toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, waitForRedis } from '../redis/connection.js';
-import { queuePrefix, rotationStateKey } from '../redis/keys.js';
+import { rotationQueuePrefix, rotationStateKey } from '../redis/keys.js';
 import { readRotationState, type RotationStep } from './state.js';
 
-import { AuditLog } from '../secrets/audit.js';
+import { openAuditLog, trimAuditWithCheckpoint, type AuditLog } from '../secrets/audit.js';
+import { ChainWriter, type AuditKeyRing } from '../secrets/audit-chain.js';
 import type { KmsProvider } from '../secrets/kms-provider.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from '../secrets/provider.js';
@@ -27,7 +29,7 @@ type RotationPolicy = z.output<typeof rotationSchema>;
 export const ROTATION_QUEUE = 'rotation';
 
 export function rotationQueue(config: FleetConfig, connection: RedisClient): Queue {
-  return new Queue(ROTATION_QUEUE, { connection, prefix: queuePrefix(config.redis.prefix, ROTATION_QUEUE) });
+  return new Queue(ROTATION_QUEUE, { connection, prefix: rotationQueuePrefix(config.redis.prefix) });
 }
 
 /** Enqueues an immediate rotation of `secret` (used by `fleet rotate`). */
@@ -62,7 +64,12 @@ export class RotationService {
   readonly #log: Logger;
   readonly #events: FleetEventBus;
   readonly #redisUrl: string;
-  readonly #id = `${hostname()}-${process.pid}`;
+  readonly #id = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+  readonly #retentionUrl: string;
+  #retentionRedis: RedisClient | null = null;
+  #retention: NodeJS.Timeout | null = null;
+  #retentionRun: Promise<void> = Promise.resolve();
+  #auditKeys: AuditKeyRing | null = null;
   #redis: RedisClient | null = null;
   #queue: Queue | null = null;
   #worker: Worker | null = null;
@@ -71,9 +78,17 @@ export class RotationService {
   readonly #providers = new Map<ProviderKind, SecretProvider>();
   readonly #rotators = new Map<string, Rotator | 'kms-rewrap'>();
 
-  constructor(options: { config: FleetConfig; redisUrl: string; events: FleetEventBus; logger?: Logger }) {
+  constructor(options: {
+    config: FleetConfig;
+    redisUrl: string;
+    /** The audit retention path's connection (the `retention` Redis role, the only one that may trim the audit stream). @defaultValue redisUrl */
+    retentionUrl?: string;
+    events: FleetEventBus;
+    logger?: Logger;
+  }) {
     this.#config = options.config;
     this.#redisUrl = options.redisUrl;
+    this.#retentionUrl = options.retentionUrl ?? options.redisUrl;
     this.#events = options.events;
     this.#log = (options.logger ?? silentLogger).scope({ component: 'rotation' });
   }
@@ -94,10 +109,20 @@ export class RotationService {
     this.#redis = connectRedis(this.#redisUrl, 'worker');
     this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
     await waitForRedis(this.#redis);
-    const prefix = queuePrefix(this.#config.redis.prefix, ROTATION_QUEUE);
+    const prefix = rotationQueuePrefix(this.#config.redis.prefix);
     this.#queue = rotationQueue(this.#config, this.#redis);
     this.#queue.on('error', (err) => this.#log.warn('rotation queue error', { error: err.message }));
-    this.#audit = new AuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, maxEntries: this.#config.secrets.audit.maxEntries });
+    const auditCfg = this.#config.secrets.audit;
+    const opened = await openAuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: await this.#provider(auditCfg.macKey), audit: auditCfg, writer: `rotation-${this.#id}` });
+    this.#audit = opened.log;
+    this.#auditKeys = opened.keys;
+    this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker');
+    this.#retentionRedis.on('error', (err) => this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }));
+    const retentionChain = new ChainWriter(`retention-${this.#id}`, opened.keys);
+    this.#retention = setInterval(() => {
+      this.#retentionRun = this.#retentionRun.then(() => this.trimAudit(retentionChain)).then(() => undefined);
+    }, auditCfg.retentionEveryMs);
+    this.#retention.unref();
     await this.#queue.setGlobalConcurrency(1);
 
     const policies = this.policies();
@@ -360,11 +385,35 @@ export class RotationService {
     return secretHealth(this.#config, this.#redis!, meta);
   }
 
+  /**
+   * Audit retention: trims the stream to `secrets.audit.maxEntries` behind a signed checkpoint. A
+   * segment whose chain does not verify is left in place and reported.
+   */
+  async trimAudit(chain = new ChainWriter(`retention-${this.#id}`, this.#auditKeys!)): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
+    const redis = this.#retentionRedis;
+    if (!redis || !this.#auditKeys) return null;
+    try {
+      const r = await trimAuditWithCheckpoint(redis, this.#config.redis.prefix, { maxEntries: this.#config.secrets.audit.maxEntries, chain, keys: this.#auditKeys });
+      if (r.report) this.#events.emit('audit:verified', { by: 'retention', ok: r.report.ok, records: r.report.records, firstBreak: r.report.firstBreak });
+      if (r.report && !r.report.ok) this.#log.error('audit retention refused to trim: the records it would drop do not verify', { firstBreak: r.report.firstBreak });
+      else if (r.trimmed) this.#log.info(`audit retention: trimmed ${r.trimmed} records behind checkpoint ${r.checkpoint}`);
+      return { trimmed: r.trimmed, checkpoint: r.checkpoint, ok: r.report?.ok ?? true };
+    } catch (err) {
+      this.#log.warn('audit retention could not run', { error: toError(err).message });
+      return null;
+    }
+  }
+
   async stop(): Promise<void> {
+    if (this.#retention) clearInterval(this.#retention);
+    await this.#retentionRun;
+    this.#retentionRedis?.disconnect();
+    this.#retentionRedis = null;
     if (this.#sweeper) clearInterval(this.#sweeper);
     await this.#worker?.close();
     await this.#queue?.close();
-    await this.#audit?.flush();
+    await this.#audit?.close();
+    this.#auditKeys?.discard();
     for (const p of this.#providers.values()) await p.close();
     this.#redis?.disconnect();
     this.#redis = null;

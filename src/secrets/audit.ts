@@ -1,6 +1,9 @@
 import type { RedisClient } from '../redis/connection.js';
 import { toError } from '../errors.js';
-import { auditStreamKey, secretStatsKey } from '../redis/keys.js';
+import { closeSync, openSync, writeSync } from 'node:fs';
+import { auditHeadsKey, auditStreamKey, secretStatsKey } from '../redis/keys.js';
+import { ChainWriter, compareIds, decodeChains, encodeChains, loadAuditKeys, verifyEntries, type AuditEntry, type AuditKeyRing, type ChainLink, type VerifyReport } from './audit-chain.js';
+import type { SecretProvider } from './provider.js';
 import type { Logger } from '../observability/logger.js';
 
 export type AuditOutcome = 'granted' | 'denied' | 'error';
@@ -33,88 +36,141 @@ export interface SecretStats {
 }
 
 
+/** Where audit records are copied outside Redis, as JSON lines with their MAC chain fields. */
+export interface AuditSink {
+  write(line: string): void;
+  close(): Promise<void>;
+}
+
+/** JSON lines appended to a file (O_APPEND, so several writers may share it) or written to stdout. */
+export function openAuditSink(target: string): AuditSink {
+  if (target === '-' || target === 'stdout') return { write: (line) => void process.stdout.write(`${line}\n`), close: () => Promise.resolve() };
+  const fd = openSync(target, 'a', 0o600);
+  return {
+    write: (line) => void writeSync(fd, `${line}\n`),
+    close: () => {
+      closeSync(fd);
+      return Promise.resolve();
+    },
+  };
+}
+
+function fieldsOf(rec: AuditRecord): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const [k, v] of Object.entries(rec)) if (v !== undefined) out[k] = String(v);
+  return out;
+}
+
 /**
- * Appends every access attempt to a Redis Stream (bounded by `maxEntries`) and writes it as a
- * structured log line. If Redis refuses the write, the record is kept in memory and retried: an
- * audit record is never silently dropped (the log line is always written).
+ * Appends every access attempt to a Redis Stream and writes it as a structured log line (and to
+ * the export sink, if any). Each record is sealed into this writer's MAC chain (see
+ * audit-chain.ts) and the chain's head is written in the same MULTI. Writes go one transaction at
+ * a time, in order, so the stream holds each writer's records in its own order. If Redis refuses
+ * a write, the records stay queued and are retried: an audit record is never silently dropped
+ * (the log line is always written). Trimming is not the writers' business: the retention path
+ * trims, leaving a signed checkpoint.
  */
 export class AuditLog {
   readonly #redis: RedisClient;
   readonly #prefix: string;
   readonly #log: Logger;
-  readonly #maxEntries: number;
-  readonly #pending: AuditRecord[] = [];
-  /** Records of this tick, written together in one MULTI. */
-  #batch: AuditRecord[] = [];
+  readonly #chain: ChainWriter | null;
+  readonly #sink: AuditSink | null;
+  /** Sealed records not yet in Redis, oldest first. */
+  #queue: Record<string, string>[] = [];
+  #writing: Promise<void> | null = null;
   #retry: NodeJS.Timeout | null = null;
-  #inflight = new Set<Promise<void>>();
+  #scheduled = false;
 
-  constructor(options: { redis: RedisClient; prefix: string; logger: Logger; maxEntries: number }) {
+  constructor(options: { redis: RedisClient; prefix: string; logger: Logger; chain: ChainWriter | null; sink?: AuditSink | null }) {
     this.#redis = options.redis;
     this.#prefix = options.prefix;
     this.#log = options.logger.scope({ component: 'audit' });
-    this.#maxEntries = options.maxEntries;
+    this.#chain = options.chain;
+    this.#sink = options.sink ?? null;
   }
 
   record(rec: AuditRecord): void {
-    this.#log.info('secret access', { audit: true, ...rec });
-    this.#batch.push(rec);
-    if (this.#batch.length === 1) setImmediate(() => this.#flushBatch());
-  }
-
-  #flushBatch(): void {
-    const batch = this.#batch;
-    this.#batch = [];
-    if (!batch.length) return;
-    const p = this.#write(batch).finally(() => this.#inflight.delete(p));
-    this.#inflight.add(p);
-  }
-
-  async #write(records: AuditRecord[]): Promise<void> {
-    try {
-      const multi = this.#redis.multi();
-      const perSecret = new Map<string, { counts: Map<AuditOutcome, number>; last: AuditRecord }>();
-      for (const r of records) {
-        const fields = Object.entries(r).flatMap(([k, v]) => (v === undefined ? [] : [k, String(v)]));
-        multi.xadd(auditStreamKey(this.#prefix), 'MAXLEN', '~', String(this.#maxEntries), '*', ...fields);
-        const agg = perSecret.get(r.secret) ?? { counts: new Map(), last: r };
-        agg.counts.set(r.outcome, (agg.counts.get(r.outcome) ?? 0) + 1);
-        if (r.ts >= agg.last.ts) agg.last = r;
-        perSecret.set(r.secret, agg);
-      }
-      for (const [secret, { counts, last }] of perSecret) {
-        const stats = secretStatsKey(this.#prefix, secret);
-        for (const [outcome, n] of counts) multi.hincrby(stats, outcome, n);
-        multi.hset(stats, 'lastAccessAt', String(last.ts), ...(last.version ? ['lastVersion', last.version] : []));
-      }
-      const res = await multi.exec();
-      const failed = res?.find(([err]) => err);
-      if (!res || failed) throw failed?.[0] ?? new Error('transaction aborted');
-    } catch (err) {
-      this.#pending.push(...records);
-      this.#log.error('audit write to Redis failed; kept in memory and retried', { error: toError(err).message, pending: this.#pending.length });
-      this.#retry ??= setTimeout(() => {
-        this.#retry = null;
-        const batch = this.#pending.splice(0);
-        if (batch.length) void this.#write(batch);
-      }, 1000);
+    const sealed = this.#chain ? this.#chain.seal(fieldsOf(rec)) : fieldsOf(rec);
+    this.#log.info('secret access', { audit: true, ...rec, ...(this.#chain ? { writer: sealed.writer, seq: Number(sealed.seq) } : {}) });
+    this.#sink?.write(JSON.stringify(sealed));
+    this.#queue.push(sealed);
+    if (!this.#scheduled && !this.#retry) {
+      this.#scheduled = true;
+      setImmediate(() => {
+        this.#scheduled = false;
+        void this.#drain();
+      });
     }
   }
 
+  /** Writes everything queued, one MULTI at a time. */
+  #drain(): Promise<void> {
+    this.#writing ??= (async () => {
+      try {
+        while (this.#queue.length) {
+          const batch = this.#queue.slice(0, 500);
+          await this.#write(batch);
+          this.#queue.splice(0, batch.length);
+        }
+      } catch (err) {
+        this.#log.error('audit write to Redis failed; kept in memory and retried', { error: toError(err).message, pending: this.#queue.length });
+        this.#retry ??= setTimeout(() => {
+          this.#retry = null;
+          void this.#drain();
+        }, 1000);
+      } finally {
+        this.#writing = null;
+      }
+    })();
+    return this.#writing;
+  }
+
+  async #write(records: Record<string, string>[]): Promise<void> {
+    const multi = this.#redis.multi();
+    const perSecret = new Map<string, { counts: Map<string, number>; last: Record<string, string> }>();
+    for (const r of records) {
+      multi.xadd(auditStreamKey(this.#prefix), '*', ...Object.entries(r).flat());
+      const secret = r.secret ?? '-';
+      const agg = perSecret.get(secret) ?? { counts: new Map(), last: r };
+      agg.counts.set(r.outcome ?? 'error', (agg.counts.get(r.outcome ?? 'error') ?? 0) + 1);
+      if (Number(r.ts) >= Number(agg.last.ts)) agg.last = r;
+      perSecret.set(secret, agg);
+    }
+    for (const [secret, { counts, last }] of perSecret) {
+      const stats = secretStatsKey(this.#prefix, secret);
+      for (const [outcome, n] of counts) multi.hincrby(stats, outcome, n);
+      multi.hset(stats, 'lastAccessAt', last.ts ?? '0', ...(last.version ? ['lastVersion', last.version] : []));
+    }
+    const newest = records[records.length - 1]!;
+    if (newest.writer) multi.hset(auditHeadsKey(this.#prefix), newest.writer, `${newest.seq}:${newest.mac}`);
+    const res = await multi.exec();
+    const failed = res?.find(([err]) => err);
+    if (!res || failed) throw failed?.[0] ?? new Error('transaction aborted');
+  }
+
   get pending(): number {
-    return this.#pending.length;
+    return this.#queue.length;
+  }
+
+  /** This writer's newest sealed record, for its own tail check. */
+  get head(): ChainLink | null {
+    return this.#chain?.head ?? null;
   }
 
   /** Waits for writes under way and tries once more to write anything pending. */
   async flush(): Promise<void> {
-    this.#flushBatch();
-    await Promise.all(this.#inflight);
     if (this.#retry) clearTimeout(this.#retry);
     this.#retry = null;
-    const batch = this.#pending.splice(0);
-    if (batch.length) await this.#write(batch);
+    await this.#writing;
+    await this.#drain();
     if (this.#retry) clearTimeout(this.#retry);
     this.#retry = null;
+  }
+
+  async close(): Promise<void> {
+    await this.flush();
+    await this.#sink?.close();
   }
 }
 
@@ -177,4 +233,143 @@ export async function readSecretStats(redis: RedisClient, prefix: string, names:
       };
     }),
   );
+}
+
+/** Where the latest checkpoint sits, kept in the heads hash (a locator only: the checkpoint itself is signed). */
+const CHECKPOINT_FIELD = ':checkpoint';
+
+const toEntry = ([id, flat]: [string, string[]]): AuditEntry => {
+  const fields: Record<string, string> = {};
+  for (let i = 0; i < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
+  return { id, fields };
+};
+
+/** Each writer's head (`seq:mac`) as Redis holds it. */
+export async function readHeads(redis: RedisClient, prefix: string): Promise<Map<string, ChainLink>> {
+  const raw = await redis.hgetall(auditHeadsKey(prefix));
+  const out = new Map<string, ChainLink>();
+  for (const [writer, v] of Object.entries(raw)) {
+    if (writer.startsWith(':')) continue;
+    const [seq, mac] = v.split(':');
+    out.set(writer, { seq: Number(seq), mac: mac ?? '' });
+  }
+  return out;
+}
+
+/** Records in stream order from `start` (inclusive) to `end`, paged; at most `limit`. */
+export async function readEntries(redis: RedisClient, prefix: string, start = '-', end = '+', limit = Infinity): Promise<AuditEntry[]> {
+  const out: AuditEntry[] = [];
+  let from = start;
+  while (out.length < limit) {
+    const page = (await redis.xrange(auditStreamKey(prefix), from, end, 'COUNT', Math.min(1000, limit - out.length))) as [string, string[]][];
+    out.push(...page.map(toEntry));
+    if (page.length < 1000) break;
+    from = `(${page[page.length - 1]![0]}`;
+  }
+  return out;
+}
+
+/** Verifies the audit stream (all of it, or the records since `sinceMs`, or the newest `tail`). */
+export async function verifyAuditTrail(redis: RedisClient, prefix: string, keys: AuditKeyRing, window: { sinceMs?: number; tail?: number } = {}): Promise<VerifyReport> {
+  // Heads first: every record a head names was written with it, so the records read after cover them.
+  const heads = await readHeads(redis, prefix);
+  let entries: AuditEntry[];
+  if (window.tail) entries = ((await redis.xrevrange(auditStreamKey(prefix), '+', '-', 'COUNT', window.tail)) as [string, string[]][]).map(toEntry).reverse();
+  else entries = await readEntries(redis, prefix, window.sinceMs ? `${window.sinceMs}-0` : '-');
+  const anchored = window.tail !== undefined || window.sinceMs !== undefined;
+  return verifyEntries(entries, keys, { mode: anchored ? 'anchored' : 'full', heads });
+}
+
+/** The signed checkpoint that covers the stream's head (the one with the largest cut at or before `firstId`). */
+async function findCheckpoint(redis: RedisClient, prefix: string, firstId: string): Promise<Map<string, ChainLink> | null> {
+  const usable = (e: AuditEntry | undefined): Map<string, ChainLink> | null => {
+    if (!e || e.fields.action !== 'checkpoint' || !e.fields.cut || compareIds(e.fields.cut, firstId) > 0) return null;
+    return decodeChains(e.fields.chains);
+  };
+  const locator = await redis.hget(auditHeadsKey(prefix), CHECKPOINT_FIELD);
+  if (locator) {
+    const [hit] = ((await redis.xrange(auditStreamKey(prefix), locator, locator)) as [string, string[]][]).map(toEntry);
+    const chains = usable(hit);
+    if (chains) return chains;
+  }
+  // No locator (or a stale one): look through the stream, newest first.
+  let end = '+';
+  for (;;) {
+    const page = ((await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)) as [string, string[]][]).map(toEntry);
+    for (const e of page) {
+      const chains = usable(e);
+      if (chains) return chains;
+    }
+    if (page.length < 1000) return null;
+    end = `(${page[page.length - 1]!.id}`;
+  }
+}
+
+/**
+ * The retention path (the `retention` Redis role, run by the scheduler): when the stream holds
+ * more than `maxEntries` (+10%), verifies the oldest records from the last checkpoint on, writes a
+ * signed checkpoint with every chain's state at the cut, and trims the records before the cut in
+ * the same MULTI. A segment that does not verify is not trimmed (trimming it would launder the
+ * tampering): the caller reports the break instead.
+ */
+export async function trimAuditWithCheckpoint(
+  redis: RedisClient,
+  prefix: string,
+  options: { maxEntries: number; chain: ChainWriter; keys: AuditKeyRing },
+): Promise<{ trimmed: number; checkpoint: string | null; report: VerifyReport | null }> {
+  const length = await redis.xlen(auditStreamKey(prefix));
+  if (length <= Math.ceil(options.maxEntries * 1.1)) return { trimmed: 0, checkpoint: null, report: null };
+  const drop = length - options.maxEntries;
+  const entries = await readEntries(redis, prefix, '-', '+', drop + 1);
+  const segment = entries.slice(0, drop);
+  const cut = entries[drop]?.id;
+  if (!cut || !segment.length) return { trimmed: 0, checkpoint: null, report: null };
+  const start = (await findCheckpoint(redis, prefix, segment[0]!.id!)) ?? undefined;
+  const report = await verifyEntries(segment, options.keys, { mode: 'full', ...(start ? { start } : {}) });
+  if (!report.ok) return { trimmed: 0, checkpoint: null, report };
+  const sealed = options.chain.seal({
+    ts: String(Date.now()),
+    outcome: 'granted',
+    action: 'checkpoint',
+    secret: '-',
+    jobId: '-',
+    jobType: '-',
+    workerId: options.chain.writer,
+    provider: 'audit',
+    latencyMs: '0',
+    cut,
+    trimmed: String(segment.length),
+    chains: encodeChains(report.state),
+  });
+  const res = await redis
+    .multi()
+    .xadd(auditStreamKey(prefix), '*', ...Object.entries(sealed).flat())
+    .xtrim(auditStreamKey(prefix), 'MINID', cut)
+    .hset(auditHeadsKey(prefix), options.chain.writer, `${sealed.seq}:${sealed.mac}`)
+    .exec();
+  const failed = res?.find(([err]) => err);
+  if (!res || failed) throw failed?.[0] ?? new Error('checkpoint transaction aborted');
+  const checkpoint = res[0]![1] as string;
+  await redis.hset(auditHeadsKey(prefix), CHECKPOINT_FIELD, checkpoint);
+  return { trimmed: Number(res[1]![1]), checkpoint, report };
+}
+
+/**
+ * An audit writer for one fleet component: the MAC key from the secret store, a chain of its own
+ * (`writer`), and the export sink if configured. `createKey`: make the key if it does not exist and
+ * this identity may (the local store on first start).
+ */
+export async function openAuditLog(options: {
+  redis: RedisClient;
+  prefix: string;
+  logger: Logger;
+  provider: SecretProvider;
+  audit: { macKey: string; export?: string | undefined };
+  writer: string;
+  createKey?: boolean;
+}): Promise<{ log: AuditLog; keys: AuditKeyRing }> {
+  const keys = await loadAuditKeys(options.provider, options.audit.macKey, { create: options.createKey ?? options.provider.kind === 'local' });
+  const sink = options.audit.export ? openAuditSink(options.audit.export) : null;
+  const log = new AuditLog({ redis: options.redis, prefix: options.prefix, logger: options.logger, chain: new ChainWriter(options.writer, keys), sink });
+  return { log, keys };
 }

@@ -143,8 +143,12 @@ export class SecretBroker {
     this.#audit.record({ ts: Date.now(), ...rec });
   }
 
+  get auditLog(): AuditLog {
+    return this.#audit;
+  }
+
   async close(): Promise<void> {
-    await this.#audit.flush();
+    await this.#audit.close();
     await Promise.all([...this.#providers.values()].map((p) => p.close()));
   }
 }

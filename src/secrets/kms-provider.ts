@@ -93,6 +93,10 @@ export class KmsProvider implements SecretProvider {
     }
   }
 
+  readCurrent(name: string): Promise<SecretValue> {
+    return this.readVersion(name);
+  }
+
   async readVersion(name: string, version?: string): Promise<SecretValue> {
     // (version omitted: the current one)
     let fields: Record<string, string>;

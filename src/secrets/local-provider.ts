@@ -99,6 +99,14 @@ export class LocalProvider implements SecretProvider {
     });
   }
 
+  readCurrent(name: string): Promise<SecretValue> {
+    try {
+      return Promise.resolve(this.#readNow(name));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
+
   readVersion(name: string, version: string): Promise<SecretValue> {
     try {
       return Promise.resolve(this.#readNow(name, Number(version)));

@@ -40,6 +40,11 @@ export interface SecretProvider {
   writePending(name: string, value: Uint8Array): Promise<{ version: string }>;
   /** Rotation: makes the pending version current; returns the new current version. */
   promote(name: string, pendingVersion: string): Promise<{ version: string }>;
+  /**
+   * The current version, read with the provider's own identity (the supervisor's or scheduler's),
+   * not through a job lease: for the fleet's own keys (the audit MAC key), never for job secrets.
+   */
+  readCurrent(name: string): Promise<SecretValue>;
   /** A specific version (pending, current or a previous one still in its grace window). */
   readVersion(name: string, version: string): Promise<SecretValue>;
   /** Rotation: drops a version (pending that failed its test, or previous after its grace window). */

@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import nodeVault from 'node-vault';
@@ -316,13 +317,17 @@ export class VaultProvider implements SecretProvider {
     }
   }
 
+  readCurrent(name: string): Promise<SecretValue> {
+    return this.readVersion(name, 'current');
+  }
+
   async readVersion(name: string, version: string): Promise<SecretValue> {
     const token = await this.#supervisorToken();
     const pending = version.startsWith('pending-');
     const v = pending ? version.slice('pending-'.length) : version;
     let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
     try {
-      res = await this.#call(token, 'GET', `${this.#path('data', name, pending)}?version=${encodeURIComponent(v)}`);
+      res = await this.#call(token, 'GET', version === 'current' ? this.#path('data', name) : `${this.#path('data', name, pending)}?version=${encodeURIComponent(v)}`);
     } catch (err) {
       throw vaultError(err, `read version ${version}`, name);
     }
@@ -332,7 +337,7 @@ export class VaultProvider implements SecretProvider {
     const out = new Uint8Array(bytes.length);
     out.set(bytes);
     bytes.fill(0);
-    return { value: out, version };
+    return { value: out, version: version === 'current' ? String(res.data.metadata.version) : version };
   }
 
   /** Writes the pending value as the new current KV version; the previous one stays readable by version. */
@@ -414,6 +419,11 @@ export class VaultProvider implements SecretProvider {
     scopes: ReadonlyMap<string, readonly string[]>;
     /** Vault secrets with a rotation policy: each gets a write policy of its own. */
     rotated?: readonly string[];
+    /**
+     * The fleet's own keys (the audit MAC key), read by supervisors and the scheduler with their own
+     * identity; created (64 random hex characters) when missing.
+     */
+    systemSecrets?: readonly string[];
   }): Promise<{ roleId: string; secretId: string; rotator: { roleId: string; secretId: string }; policies: string[] }> {
     const client = nodeVault({ endpoint: options.address, debug: () => undefined });
     client.token = '';
@@ -430,7 +440,19 @@ export class VaultProvider implements SecretProvider {
       await call('PUT', `sys/policies/acl/${name}`, { policy: rules });
       policies.push(name);
     }
+    const systemReads = (options.systemSecrets ?? []).map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`);
+    for (const n of options.systemSecrets ?? []) {
+      const exists = await client
+        .request({ method: 'GET', path: `/${options.mount}/data/${options.prefix}/${n}`, headers: { 'X-Vault-Token': options.adminToken } })
+        .then(() => true)
+        .catch((err: { response?: { statusCode?: number } }) => {
+          if (err.response?.statusCode === 404) return false;
+          throw vaultError(err, `setup: GET ${n}`);
+        });
+      if (!exists) await call('PUT', `${options.mount}/data/${options.prefix}/${n}`, { data: { value: randomBytes(32).toString('hex') } });
+    }
     const supervisorPolicy = [
+      ...systemReads,
       `path "auth/token/create/${options.tokenRole}" {\n  capabilities = ["create", "update"]\n}`,
       'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}',
       'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
@@ -453,6 +475,7 @@ export class VaultProvider implements SecretProvider {
       policies.push(`${ROTATE_POLICY_PREFIX}${secret}`);
     }
     const rotatorPolicy = [
+      ...systemReads,
       `path "auth/token/create/${ROTATE_TOKEN_ROLE}" {\n  capabilities = ["create", "update"]\n}`,
       'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}',
       `path "${path('metadata', '/*')}" {\n  capabilities = ["read", "list"]\n}`,

@@ -15,7 +15,8 @@ import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.j
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
 import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
-import { AuditLog } from '../secrets/audit.js';
+import { openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
+import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
 import { parseControlMessage } from './control.js';
@@ -67,6 +68,8 @@ export class Supervisor {
   readonly #active = new Map<string, AbortController>();
   #redis: RedisClient | null = null;
   #secrets: SecretBroker | null = null;
+  #auditKeys: AuditKeyRing | null = null;
+  #auditCheck: NodeJS.Timeout | null = null;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -164,7 +167,14 @@ export class Supervisor {
 
   async #startSecrets(redis: RedisClient): Promise<void> {
     const providers = await makeProviders(this.#config, { redis, logger: this.#log });
-    const audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, maxEntries: this.#config.secrets.audit.maxEntries });
+    const auditCfg = this.#config.secrets.audit;
+    const { log: audit, keys } = await openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(this.#config.secretProviders.get(auditCfg.macKey)!)!, audit: auditCfg, writer: this.id }).catch(async (err: unknown) => {
+      await Promise.all([...providers.values()].map((p) => p.close()));
+      throw err;
+    });
+    this.#auditKeys = keys;
+    this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
+    this.#auditCheck.unref();
     this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
     // An unreachable provider does not stop start-up: its jobs fail retryably until it is back.
     await Promise.all(
@@ -327,6 +337,37 @@ export class Supervisor {
     return checks;
   }
 
+  /**
+   * Verifies the newest records of the audit chain (MACs, links, every writer's head) and this
+   * supervisor's own head: a head in Redis behind what this writer wrote means its tail was cut.
+   */
+  async checkAuditTail(): Promise<VerifyReport | null> {
+    const redis = this.#redis;
+    const keys = this.#auditKeys;
+    const audit = this.#secrets?.auditLog;
+    if (!redis || !keys || !audit) return null;
+    try {
+      await audit.flush();
+      const mine = audit.pending === 0 ? audit.head : null;
+      const report = await verifyAuditTrail(redis, this.#config.redis.prefix, keys, { tail: this.#config.secrets.audit.verifyTail });
+      if (mine && mine.seq > 0) {
+        const stored = (await readHeads(redis, this.#config.redis.prefix)).get(this.id);
+        if (!stored || stored.seq !== mine.seq || stored.mac !== mine.mac) {
+          const brk = { at: 'head', writer: this.id, reason: `this supervisor wrote ${mine.seq} records but its head in Redis says ${stored?.seq ?? 'nothing'}: its records were removed and the head rewritten` };
+          report.ok = false;
+          report.breaks++;
+          report.firstBreak ??= brk;
+        }
+      }
+      if (!report.ok) this.#log.error('audit trail MAC chain is broken', { firstBreak: report.firstBreak, breaks: report.breaks });
+      this.events.emit('audit:verified', { by: 'tail', ok: report.ok, records: report.records, firstBreak: report.firstBreak });
+      return report;
+    } catch (err) {
+      this.#log.warn('audit tail check could not run', { error: toError(err).message });
+      return null;
+    }
+  }
+
   async #beat(): Promise<void> {
     if (!this.#redis) return;
     await this.#redis.hset(supervisorsKey(this.#config.redis.prefix), this.id, JSON.stringify(this.status()));
@@ -360,12 +401,16 @@ export class Supervisor {
   async #release(): Promise<void> {
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
+    if (this.#auditCheck) clearInterval(this.#auditCheck);
+    this.#auditCheck = null;
     await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => undefined)));
     this.#queues.clear();
     await this.#secrets?.close().catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
     this.#secrets = null;
+    this.#auditKeys?.discard();
+    this.#auditKeys = null;
     if (this.#redis?.status === 'ready') await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
     this.#subscriber?.disconnect();
     this.#redis?.disconnect();
