@@ -1,4 +1,5 @@
 import { supervisorsKey } from '../redis/keys.js';
+import { REDIS_ROLES, rolePasswordEnv, urlWithCredential, type RoleCredentials } from '../redis/acl.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -30,16 +31,25 @@ export interface SupervisorProcess {
   rssMb: () => number;
 }
 
-export async function chaosFleet(redisUrl: string, input: Record<string, unknown>): Promise<ChaosFleet> {
+/** A chaos Redis: it runs with the fleet's per-role ACL users, built for `prefix`. */
+export interface ChaosRedis {
+  url: string;
+  prefix: string;
+  users: { roles: RoleCredentials };
+}
+
+export async function chaosFleet(redis: ChaosRedis, input: Record<string, unknown>): Promise<ChaosFleet> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-chaos-'));
   const file = path.join(dir, 'fleet.config.json');
-  const raw = { dataDir: dir, redis: { prefix: `chaos${Date.now().toString(36)}` }, ...input, supervisor: { metricsPort: 0, heartbeatMs: 500, ...(input.supervisor as object) } };
+  const raw = { dataDir: dir, redis: { prefix: redis.prefix }, ...input, supervisor: { metricsPort: 0, heartbeatMs: 500, ...(input.supervisor as object) } };
   writeFileSync(file, JSON.stringify(raw));
+  const redisUrl = redis.url;
   const config = resolveConfig({ ...raw, redis: { ...(raw.redis as object), url: redisUrl } }, { baseDir: dir, source: file });
-  const producer = new Producer({ config, redis: redisUrl, name: 'chaos' });
+  const producer = new Producer({ config, redis: urlWithCredential(redisUrl, redis.users.roles.api!), name: 'chaos' });
+  const roleEnv = Object.fromEntries(REDIS_ROLES.map((r) => [rolePasswordEnv(r), redis.users.roles[r]!.password]));
   const supervisors: SupervisorProcess[] = [];
   const spawnSupervisor = async (): Promise<SupervisorProcess> => {
-    const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, ...roleEnv, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
     let out = '';
     child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
     child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));

@@ -9,20 +9,23 @@ import { createApiApp, listen } from '../producers/http-api.js';
 import { Producer } from '../producers/producer.js';
 import { resolveConfig } from '../config/resolve.js';
 import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../redis/embedded-redis.js';
-import { CHAOS_PROCESSORS, chaosFleet, quantile, until } from './harness.js';
+import { CHAOS_PROCESSORS, chaosFleet, quantile, until, type ChaosRedis } from './harness.js';
+import { ensureEmbeddedUsers, urlWithCredential } from '../redis/acl.js';
 
 const p = (f: string): string => path.join(CHAOS_PROCESSORS, f);
 
-async function redisFor(persistent: boolean, args: string[] = [], port?: number, dir?: string): Promise<EmbeddedRedis & { dir: string }> {
+/** A chaos Redis with the fleet's ACL users (generated once per dir, so a restart keeps them). */
+async function redisFor(persistent: boolean, args: string[] = [], port?: number, dir?: string, prefix = `chaos${Date.now().toString(36)}`): Promise<EmbeddedRedis & ChaosRedis & { dir: string }> {
   const d = dir ?? mkdtempSync(path.join(tmpdir(), 'fleet-chaos-redis-'));
-  const r = await startEmbeddedRedis({ dataDir: d, persistent, args, ...(port ? { port } : {}) });
-  return { ...r, dir: d };
+  const users = ensureEmbeddedUsers(d);
+  const r = await startEmbeddedRedis({ dataDir: d, persistent, args, acl: { prefix, users }, ...(port ? { port } : {}) });
+  return { ...r, dir: d, prefix, users };
 }
 
 /** 1. Supervisors SIGKILLed mid-job under load: every job ends exactly once, none lost. */
 export async function killWorkers(opts: { jobs: number; kills: number }): Promise<Record<string, number>> {
   const redis = await redisFor(false);
-  const fleet = await chaosFleet(redis.url, {
+  const fleet = await chaosFleet(redis, {
     supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownDeadlineMs: 1000 },
     jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 4, attempts: 5, backoff: { type: 'fixed', delayMs: 100 }, timeoutMs: 10_000 }],
   });
@@ -64,7 +67,7 @@ export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds
   const port = await freePort();
   let redis = await redisFor(true, ['--appendfsync', opts.fsync], port);
   const dir = redis.dir;
-  const fleet = await chaosFleet(redis.url, {
+  const fleet = await chaosFleet(redis, {
     supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000 },
     jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 2, attempts: 5, backoff: { type: 'fixed', delayMs: 200 }, keepCompletedSeconds: 3600 }],
   });
@@ -89,7 +92,7 @@ export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds
     redis.process.kill('SIGKILL');
     await new Promise((r) => redis.process.once('exit', r));
     await new Promise((r) => setTimeout(r, 1000));
-    redis = await redisFor(true, ['--appendfsync', opts.fsync], port, dir);
+    redis = await redisFor(true, ['--appendfsync', opts.fsync], port, dir, redis.prefix);
     await load;
     const q = fleet.producer.queue('work');
     // The chaos Redis is a single server (never a cluster).
@@ -126,7 +129,7 @@ export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds
 export async function runaways(): Promise<Record<string, number | string>> {
   const redis = await redisFor(false);
   const timeoutMs = 2000;
-  const fleet = await chaosFleet(redis.url, {
+  const fleet = await chaosFleet(redis, {
     jobTypes: [
       { name: 'runaway', processor: p('runaway.js'), isolation: 'job', concurrency: 5, warmSandboxes: 5, attempts: 1, timeoutMs, abortGraceMs: 200, maxOldGenerationSizeMb: 128, maxResultBytes: 1_048_576 },
       // Memory hogs get a long timeout: their outcome must be the memory limit, however slowly a
@@ -178,7 +181,7 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
   const limited = 'fuzz-limited-0123456789abcdef';
   const config = resolveConfig(
     {
-      redis: { url: redis.url, prefix: 'fuzz' },
+      redis: { url: urlWithCredential(redis.url, redis.users.roles.api!), prefix: redis.prefix },
       api: { bodyLimitBytes: 65_536 },
       producers: [
         { name: 'fuzz', tokenSha256: sha256Hex(token), jobTypes: ['*'] },
@@ -256,7 +259,7 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
 /** 7. Sustained mixed load for `seconds`: throughput, latency, RSS over time, spares back at the end. */
 export async function load(opts: { seconds: number }): Promise<Record<string, number | string>> {
   const redis = await redisFor(false);
-  const fleet = await chaosFleet(redis.url, {
+  const fleet = await chaosFleet(redis, {
     jobTypes: [
       { name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 4, attempts: 1, timeoutMs: 300, abortGraceMs: 50, keepCompletedSeconds: 3600, keepFailedSeconds: 3600 },
       { name: 'fresh', processor: p('work.js'), isolation: 'job', concurrency: 2, warmSandboxes: 2, attempts: 1 },
@@ -363,7 +366,7 @@ export async function vaultOutage(opts: { jobs: number; outageMs: number }): Pro
     await fetch(`${vault.url}/v1/secret/data/fleet/api-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: 'chaos-vault-secret-0123456789' } }) });
     process.env.FLEET_CHAOS_ROLE_ID = setup.roleId;
     process.env.FLEET_CHAOS_SECRET_ID = setup.secretId;
-    const fleet = await chaosFleet(redis.url, {
+    const fleet = await chaosFleet(redis, {
       secrets: { provider: 'vault', vault: { address: `http://127.0.0.1:${proxy.port}`, auth: 'approle', roleIdEnv: 'FLEET_CHAOS_ROLE_ID', secretIdEnv: 'FLEET_CHAOS_SECRET_ID', requestTimeoutMs: 1000 } },
       jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 2, attempts: 20, backoff: { type: 'fixed', delayMs: 300 }, secrets: ['api-key'], keepCompletedSeconds: 3600 }],
     });

@@ -154,7 +154,20 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
     const [, aof] = (await admin.config('GET', 'appendonly')) as [string, string];
     const [, save] = (await admin.config('GET', 'save')) as [string, string];
-    if (aof === 'yes') out.push(pass('redis: persistence', 'AOF on'));
+    if (aof === 'yes') {
+      out.push(pass('redis: persistence', 'AOF on'));
+      // Redis replays the AOF's MULTI/EXEC blocks as `default` and re-checks its ACL (redis/redis#14541).
+      const user = (await admin.call('ACL', 'GETUSER', 'default').catch(() => null)) as unknown[] | null;
+      if (user) {
+        const flags = (user[user.indexOf('flags') + 1] as string[]) ?? [];
+        const commands = String(user[user.indexOf('commands') + 1] ?? '');
+        out.push(flags.includes('off') || !commands.startsWith('+@all')
+          ? fail('redis: default user and AOF', `the default user is ${flags.includes('off') ? 'off' : `restricted (${commands.slice(0, 40)})`}: Redis replays the AOF's transactions as default and drops the ones it may not run (redis/redis#14541), so a restart silently loses jobs and audit records`, 'keep default on with +@all ~* &* behind a strong password (it is the admin); give the fleet the fleet-<role> users')
+          : flags.includes('nopass')
+            ? (options.production ? fail : warn)('redis: default user', 'no password: whoever reaches Redis has every right, and the per-role users protect nothing', 'requirepass <strong password> (default stays the admin); the fleet uses the fleet-<role> users')
+            : pass('redis: default user and AOF', 'default keeps its rights (AOF transactions replay), behind a password'));
+      }
+    }
     else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
     else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
   } catch (err) {

@@ -128,11 +128,11 @@ export function ensureEmbeddedUsers(dataDir: string, userPrefix = 'fleet-'): { r
   const file = embeddedUsersFile(dataDir);
   if (existsSync(file)) {
     const saved = JSON.parse(readFileSync(file, 'utf8')) as { roles: RoleCredentials; admin: RoleCredential };
-    if (REDIS_ROLES.every((r) => saved.roles[r]?.password) && saved.admin?.password) return saved;
+    if (REDIS_ROLES.every((r) => saved.roles[r]?.password) && saved.admin?.password && saved.admin.username === 'default') return saved;
   }
   const gen = (username: string): RoleCredential => ({ username, password: randomBytes(24).toString('hex') });
   const roles = Object.fromEntries(REDIS_ROLES.map((r) => [r, gen(roleUsername(r, userPrefix))])) as RoleCredentials;
-  const out = { roles, admin: gen(`${userPrefix}admin`) };
+  const out = { roles, admin: gen('default') };
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`, { mode: 0o600 });
   return out;
@@ -152,11 +152,14 @@ export function readEmbeddedUsers(dataDir: string): { roles: RoleCredentials; ad
 const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /**
- * An ACL file for the embedded Redis: the `default` user off, one admin user (kept for the fleet's
- * own start-up checks), and the role users with hashed passwords.
+ * An ACL file for the embedded Redis: the role users with hashed passwords, and `default` as the
+ * admin (all rights, behind a generated password; the fleet itself uses it only to read CONFIG at
+ * start-up). `default` is not turned off: Redis replays MULTI/EXEC blocks from the AOF as
+ * `default` and re-checks its ACL (redis/redis#14541, fixed upstream by redis/redis#14545; valkey#3983), so a
+ * restricted `default` silently drops every transaction at restart (BullMQ's and the audit's).
  */
 export function aclFileText(prefix: string, creds: { roles: RoleCredentials; admin: RoleCredential }, server?: RedisServerFeatures): string {
-  const lines = ['user default off resetkeys resetchannels -@all', `user ${creds.admin.username} on #${sha256(creds.admin.password)} ~* &* +@all`];
+  const lines = [`user default on #${sha256(creds.admin.password)} ~* &* +@all`];
   for (const role of REDIS_ROLES) {
     const c = creds.roles[role];
     if (c) lines.push(`user ${c.username} on #${sha256(c.password)} ${roleRules(role, prefix, server).join(' ')}`);
