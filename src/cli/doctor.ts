@@ -44,6 +44,7 @@ function forbiddenProbes(prefix: string): { what: string; args: [string, ...stri
     { what: 'KEYS', args: ['KEYS', `${prefix}:doctor-probe-none-*`] },
     { what: 'DEBUG', args: ['DEBUG', 'SLEEP', '0'] },
     { what: 'ACL', args: ['ACL', 'LIST'] },
+    { what: 'FUNCTION', args: ['FUNCTION', 'LIST', 'LIBRARYNAME', 'doctor-probe-none'] },
     { what: 'XDEL on the audit stream', args: ['XDEL', audit, '0-1'] },
     { what: 'XTRIM on the audit stream', args: ['XTRIM', audit, 'MINID', '0'] },
     { what: 'RENAME on the audit stream', args: ['RENAME', audit, audit] },
@@ -78,7 +79,8 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
           await redis.call(args[0]!, ...args.slice(1));
           allowed.push(probe.what);
         } catch (err) {
-          if (!/NOPERM/.test(toError(err).message)) allowed.push(`${probe.what} (answered: ${toError(err).message.slice(0, 60)})`);
+          // DEBUG may also be refused by the server itself (enable-debug-command no), before the ACL.
+          if (!/NOPERM|DEBUG command not allowed/.test(toError(err).message)) allowed.push(`${probe.what} (answered: ${toError(err).message.slice(0, 60)})`);
         }
       }
       out.push(allowed.length ? fail(what, `user ${user} may run ${allowed.join(', ')}: more than the role needs`, 'run `fleet redis setup` again to reset its rules') : pass(what, `user ${user}, refused CONFIG, KEYS, DEBUG, ACL and deleting or trimming the audit stream${role === 'retention' ? ' (may trim: the retention path)' : ''}`));

@@ -33,7 +33,7 @@ const BASE = [
 ];
 
 /** BullMQ: its Lua scripts run with the caller's rights, so these cover what the scripts call. */
-const QUEUE_COMMANDS = ['+@read', '+@write', '+@transaction', '+eval', '+evalsha', '+script|load', '+script|exists', '+bzpopmin', '+blmove', '+brpoplpush', '-@dangerous', '-rename', '-renamenx'];
+const QUEUE_COMMANDS = ['+@read', '+@write', '+@transaction', '+eval', '+evalsha', '+script|load', '+script|exists', '+bzpopmin', '+blmove', '+brpoplpush', '-@dangerous', '-function', '-rename', '-renamenx'];
 
 /** Read-only commands. */
 const READ_COMMANDS = ['+@read', '-@dangerous', '-keys'];

@@ -70,6 +70,7 @@ export class RotationService {
   #retention: NodeJS.Timeout | null = null;
   #retentionRun: Promise<void> = Promise.resolve();
   #auditKeys: AuditKeyRing | null = null;
+  #retentionChain: ChainWriter | null = null;
   #redis: RedisClient | null = null;
   #queue: Queue | null = null;
   #worker: Worker | null = null;
@@ -118,10 +119,8 @@ export class RotationService {
     this.#auditKeys = opened.keys;
     this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker');
     this.#retentionRedis.on('error', (err) => this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }));
-    const retentionChain = new ChainWriter(`retention-${this.#id}`, opened.keys);
-    this.#retention = setInterval(() => {
-      this.#retentionRun = this.#retentionRun.then(() => this.trimAudit(retentionChain)).then(() => undefined);
-    }, auditCfg.retentionEveryMs);
+    this.#retentionChain = new ChainWriter(`retention-${this.#id}`, opened.keys);
+    this.#retention = setInterval(() => void this.trimAudit(), auditCfg.retentionEveryMs);
     this.#retention.unref();
     await this.#queue.setGlobalConcurrency(1);
 
@@ -389,9 +388,17 @@ export class RotationService {
    * Audit retention: trims the stream to `secrets.audit.maxEntries` behind a signed checkpoint. A
    * segment whose chain does not verify is left in place and reported.
    */
-  async trimAudit(chain = new ChainWriter(`retention-${this.#id}`, this.#auditKeys!)): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
+  trimAudit(): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
+    // One pass at a time: the retention chain's records must be sealed and written in order.
+    const run = this.#retentionRun.then(() => this.#trimAudit());
+    this.#retentionRun = run.then(() => undefined);
+    return run;
+  }
+
+  async #trimAudit(): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
     const redis = this.#retentionRedis;
-    if (!redis || !this.#auditKeys) return null;
+    const chain = this.#retentionChain;
+    if (!redis || !this.#auditKeys || !chain) return null;
     try {
       const r = await trimAuditWithCheckpoint(redis, this.#config.redis.prefix, { maxEntries: this.#config.secrets.audit.maxEntries, chain, keys: this.#auditKeys });
       if (r.report) this.#events.emit('audit:verified', { by: 'retention', ok: r.report.ok, records: r.report.records, firstBreak: r.report.firstBreak });
@@ -400,6 +407,9 @@ export class RotationService {
       return { trimmed: r.trimmed, checkpoint: r.checkpoint, ok: r.report?.ok ?? true };
     } catch (err) {
       this.#log.warn('audit retention could not run', { error: toError(err).message });
+      // A checkpoint may have been sealed but not written: continue on a fresh chain, so the
+      // next one does not leave a gap in this one (its head in Redis stays at its last record).
+      this.#retentionChain = new ChainWriter(`retention-${this.#id}-${randomUUID().slice(0, 4)}`, this.#auditKeys);
       return null;
     }
   }
