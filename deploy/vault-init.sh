@@ -1,8 +1,14 @@
 #!/bin/sh
-# One-shot: configure the dev Vault for the fleet (policies, token role, AppRoles), hand the
-# AppRole credentials to the other services through a shared volume, and seed example secrets.
+# One-shot: write the Redis ACL users (one per fleet role) and configure the dev Vault for the
+# fleet (policies, token role, AppRoles, the audit MAC key), hand each service its credentials
+# through a shared volume, and seed example secrets. REDIS_URL here carries the Redis admin.
 set -eu
 CREDS=/run/fleet-vault
+node bin/fleet.js redis setup --json > /tmp/redis.json
+node -e "
+const fs = require('fs'); const s = JSON.parse(fs.readFileSync('/tmp/redis.json', 'utf8'));
+for (const [role, c] of Object.entries(s.credentials)) fs.writeFileSync('$CREDS/redis-' + role, c.password, { mode: 0o644 });"
+rm -f /tmp/redis.json
 until node -e "fetch(process.env.VAULT_ADDR + '/v1/sys/health').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"; do sleep 1; done
 node bin/fleet.js vault setup --json > /tmp/setup.json
 node -e "

@@ -79,7 +79,7 @@ describe('audit MAC chain', () => {
           // Rewrite record 7 with one field changed (delete + re-add is the only edit a stream allows)…
           // …so edit the content of a fresh stream instead: same id order, one field different.
           const key = auditStreamKey(p);
-          const copy = all.map(([id, f]) => [id, [...f]] as const);
+          const copy: [string, string[]][] = all.map(([id, f]) => [id, [...f]]);
           copy[7]![1][copy[7]![1].indexOf('outcome') + 1] = 'denied';
           await redis.client.del(key);
           for (const [id, f] of copy) await redis.client.xadd(key, id, ...f);

@@ -9,6 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parse } from 'yaml';
+import { REDIS_ROLES, rolePasswordEnv } from '../src/redis/acl.js';
 import { resolveConfig } from '../src/config/resolve.js';
 import { FIXTURES } from './helpers/fleet.js';
 import { findBinary } from './helpers/servers.js';
@@ -48,6 +49,8 @@ function envVarsTheAppReads(): Set<string> {
     names.add(m[1]!);
     names.add(`${m[1]}_FILE`);
   }
+  // The Redis role passwords (named from the role list).
+  for (const role of REDIS_ROLES) for (const n of [rolePasswordEnv(role), `${rolePasswordEnv(role)}_FILE`]) names.add(n);
   // Read by libraries and the image: the AWS SDK's credential chain, Node, the Dockerfile healthcheck.
   for (const n of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'NODE_ENV', 'HEALTH_URL']) names.add(n);
   return names;
@@ -79,11 +82,17 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(read('Dockerfile')).not.toMatch(/FROM \S+:latest|FROM [^:\s]+\s/);
   });
 
-  it('runs Redis with noeviction, AOF persistence and a healthcheck', () => {
+  it('runs Redis with noeviction, AOF persistence, a healthcheck and ACLs: default is a password-protected admin, each role its own user', () => {
     const cmd = services.redis!.command!.join(' ');
     expect(cmd).toContain('--maxmemory-policy noeviction');
     expect(cmd).toContain('--appendonly yes');
+    expect(cmd).toContain('--aclfile /data/users.acl');
+    // default keeps +@all (AOF replay runs as default, redis/redis#14541) behind the admin password.
+    expect(cmd).toMatch(/user default on >\$\$REDIS_ADMIN_PASSWORD ~\* &\* \+@all/);
     expect(services.redis!.healthcheck?.test).toBeTruthy();
+    // No fleet service gets the admin password; only the one-shot init does (it runs `fleet redis setup`).
+    for (const name of ['api', 'worker', 'scheduler']) expect(JSON.stringify(services[name]!.environment)).not.toContain('REDIS_ADMIN_PASSWORD');
+    expect(read('deploy/vault-init.sh')).toContain('fleet.js redis setup');
   });
 
   it('starts services in dependency order through healthchecks', () => {
@@ -103,9 +112,9 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     const reads = envVarsTheAppReads();
     const config = composeConfig();
     const needs: Record<string, string[]> = {
-      api: ['REDIS_URL', 'FLEET_CONFIG'],
-      worker: ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', `${config.secrets.vault!.roleIdEnv}_FILE`, `${config.secrets.vault!.secretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
-      scheduler: ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', `${config.secrets.vault!.rotatorRoleIdEnv}_FILE`, `${config.secrets.vault!.rotatorSecretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID'],
+      api: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_API_PASSWORD_FILE', 'FLEET_REDIS_OPS_PASSWORD_FILE'],
+      worker: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_WORKER_PASSWORD_FILE', 'VAULT_ADDR', `${config.secrets.vault!.roleIdEnv}_FILE`, `${config.secrets.vault!.secretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
+      scheduler: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_SCHEDULER_PASSWORD_FILE', 'FLEET_REDIS_RETENTION_PASSWORD_FILE', 'VAULT_ADDR', `${config.secrets.vault!.rotatorRoleIdEnv}_FILE`, `${config.secrets.vault!.rotatorSecretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID'],
       'vault-init': ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', config.secrets.vault!.tokenEnv],
     };
     for (const [name, vars] of Object.entries(needs)) {
@@ -114,7 +123,7 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
       for (const v of Object.keys(env)) expect(reads.has(v), `${name} sets ${v}, which nothing reads (typo?)`).toBe(true);
     }
     // Credential files are mounted where the env vars point.
-    for (const name of ['worker', 'scheduler']) {
+    for (const name of ['api', 'worker', 'scheduler']) {
       const env = services[name]!.environment!;
       const mounts = (services[name]!.volumes ?? []).map((v) => v.split(':')[1]);
       for (const [k, v] of Object.entries(env)) if (k.endsWith('_FILE')) expect(mounts.some((m) => v.startsWith(`${m}/`)), `${name} ${k}`).toBe(true);

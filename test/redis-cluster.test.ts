@@ -9,6 +9,10 @@ import { silentLogger } from '../src/observability/logger.js';
 import { sha256Hex } from '../src/producers/auth.js';
 import { Producer } from '../src/producers/producer.js';
 import { freePort } from '../src/redis/embedded-redis.js';
+import { REDIS_ROLES, rolePasswordEnv, setupRoleUsers, urlWithCredential, type RedisRole } from '../src/redis/acl.js';
+import { connectRedis, ensureReady } from '../src/redis/connection.js';
+import { verifyAuditTrail } from '../src/secrets/audit.js';
+import { loadAuditKeys } from '../src/secrets/audit-chain.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { readRotationState } from '../src/rotation/state.js';
@@ -25,6 +29,7 @@ let url: string;
 let fleet: FleetProcess;
 let producer: Producer;
 let admin: Cluster;
+let roleUrl: (role: RedisRole) => string;
 
 /** A real 3-master Redis Cluster on loopback ports, no persistence. */
 async function startCluster(): Promise<void> {
@@ -64,12 +69,19 @@ beforeAll(async () => {
       secrets: { items: { 'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 16 } } } } },
     },
   );
-  fleet = await startFleet({ config, role: 'all', logger: silentLogger });
-  producer = new Producer({ config, redis: url });
+  // The fleet runs with its per-role ACL users, written on every node by `fleet redis setup`'s code.
   admin = new Cluster(nodes.map((n) => ({ host: '127.0.0.1', port: n.port })));
+  await admin.ping();
+  const setup = await setupRoleUsers(admin, { prefix: config.redis.prefix });
+  expect(setup.nodes).toBe(3);
+  for (const role of REDIS_ROLES) process.env[rolePasswordEnv(role)] = setup.credentials[role]!.password;
+  roleUrl = (role) => urlWithCredential(url, setup.credentials[role]!);
+  fleet = await startFleet({ config, role: 'all', logger: silentLogger });
+  producer = new Producer({ config, redis: roleUrl('api') });
 }, 60_000);
 
 afterAll(async () => {
+  for (const role of REDIS_ROLES) delete process.env[rolePasswordEnv(role)];
   await producer?.close();
   await fleet?.release();
   admin?.disconnect();
@@ -103,6 +115,32 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
     const audit = await readAudit(admin, prefix, { secret: 'api-key' });
     expect(audit.some((a) => a.action === 'access' && a.jobId === job.id)).toBe(true);
     expect(audit.some((a) => a.action === 'rotate:promote')).toBe(true);
+  });
+
+  it('runs every component as its own ACL user on every node; the audit chain verifies; a role is refused elsewhere', async () => {
+    for (const node of admin.nodes('master')) {
+      const users = (await node.call('ACL', 'USERS')) as string[];
+      for (const role of REDIS_ROLES) expect(users).toContain(`fleet-${role}`);
+    }
+    const prefix = producer.config.redis.prefix;
+    const ops = connectRedis(roleUrl('ops'), 'producer');
+    try {
+      await ensureReady(ops);
+      const keys = await loadAuditKeys(new LocalProvider({ file: path.join(producer.config.dataDir, 'secrets.enc.json'), keyFile: path.join(producer.config.dataDir, 'master.key'), masterKeyEnv: 'FLEET_CLUSTER_NONE', keepVersions: 5 }), 'audit-mac-key', { create: false });
+      const report = await verifyAuditTrail(ops, prefix, keys);
+      expect(report.firstBreak).toBeNull();
+      expect(report.records).toBeGreaterThan(0);
+      await expect(ops.xtrim(`${prefix}:{audit}`, 'MAXLEN', 0)).rejects.toThrow(/NOPERM/);
+    } finally {
+      ops.disconnect();
+    }
+    const worker = connectRedis(roleUrl('worker'), 'producer');
+    try {
+      await ensureReady(worker);
+      await expect(worker.hset(`${prefix}:rotation:{api-key}`, 'current', '9')).rejects.toThrow(/NOPERM/);
+    } finally {
+      worker.disconnect();
+    }
   });
 
   it('cancels an active job through the control channel', async () => {
