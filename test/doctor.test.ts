@@ -47,7 +47,8 @@ describe('fleet doctor', () => {
     const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] }, 'doctor-cli');
     const env = { ...process.env, REDIS_URL: redis.url, NODE_ENV: 'development' };
     const ok = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--config', file], { env });
-    expect(ok.stdout).toMatch(/\d+ checks: \d+ pass, 2 warn, 0 fail/);
+    // Warnings: the local store (job secrets none; the audit MAC key), five Redis roles on the shared identity, no persistence, no metrics URL.
+    expect(ok.stdout).toMatch(/\d+ checks: \d+ pass, 8 warn, 0 fail/);
     const failing = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--production', '--json', '--config', file], { env }).catch((e: { code: number; stdout: string }) => e);
     expect((failing as { code: number }).code).toBe(1);
     expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);

@@ -3,7 +3,7 @@ import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js'
 import { connectRedis, ensureReady } from '../redis/connection.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
-import type { FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import { CRITICAL_MAX_TIMEOUT_MS } from '../config/schema.js';
 import { toError } from '../errors.js';
@@ -114,6 +114,11 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     } else out.push(pass(`secret ${name}: external provider`, kind));
   }
 
+  const macKind = auditKeyProvider(config);
+  const macCheck = `audit MAC key ${config.secrets.audit.macKey}: external provider`;
+  if (macKind === 'local') out.push((options.production ? fail : warn)(macCheck, 'in the dev-only local store, whose master key sits beside the data', `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`));
+  else out.push(pass(macCheck, macKind));
+
   // Critical work: request-bound execution with a short timeout; concurrency caps.
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity === 'critical') {
@@ -183,11 +188,13 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     const length = await redis.xlen(auditStreamKey(config.redis.prefix));
     const max = config.secrets.audit.maxEntries;
     out.push(length > max * 2 ? warn('audit: retention', `${length} records, over twice secrets.audit.maxEntries (${max})`, 'run a scheduler role (it trims behind signed checkpoints with the retention Redis role)') : pass('audit: retention', `${length} records (limit ${max})`));
+    if (length === 0) throw Object.assign(new Error('no records yet'), { empty: true });
     const { auditVerify } = await import('./trail-commands.js');
     const r = await auditVerify(config, redis, {});
     out.push(r.ok ? pass('audit: MAC chain', `${r.records} records from ${r.writers} writer(s) verify`) : fail('audit: MAC chain', `broken at ${r.firstBreak!.at} (writer ${r.firstBreak!.writer}): ${r.firstBreak!.reason}`, 'someone with Redis access changed the audit stream: compare with the exported copy; find the credential used'));
   } catch (err) {
-    out.push(warn('audit: MAC chain', `not verified: ${toError(err).message}`, 'fleet audit verify with an identity that can read secrets.audit.macKey'));
+    if ((err as { empty?: boolean }).empty) out.push(pass('audit: MAC chain', 'no records yet'));
+    else out.push(warn('audit: MAC chain', `not verified: ${toError(err).message}`, 'fleet audit verify with an identity that can read secrets.audit.macKey'));
   }
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.

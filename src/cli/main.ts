@@ -1,7 +1,7 @@
 import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
 import { discoverRedisAccess, ROLES, startFleet, type Role } from '../app.js';
-import { REDIS_ROLES, roleCredentialsFromEnv, rolePasswordEnv, type RedisRole } from '../redis/acl.js';
+import { REDIS_ROLES, roleCredentialsFromEnv, rolePasswordEnv, roleRules, type RedisRole } from '../redis/acl.js';
 import * as trail from './trail-commands.js';
 import { loadConfig, type FleetConfig } from '../config/resolve.js';
 import { FleetError, toError } from '../errors.js';
@@ -36,6 +36,7 @@ Usage:
                                            write the per-role ACL users (admin REDIS_URL) and print
                                            their passwords; --keep-old keeps current passwords valid
                                            (rotation), --drop-old then removes them
+  fleet redis rules                        the ACL rules of each role, as ACL SETUSER lines
   fleet vault setup                        write Vault policies, token role and AppRoles (admin VAULT_TOKEN)
   fleet rotate <secret> [--now]            rotate outside the schedule (--now: wait for the result)
   fleet kms rotate-key                     rotate the KMS customer key now (RotateKeyOnDemand)
@@ -339,7 +340,12 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         return failed ? 1 : 0;
       }
       case 'redis': {
-        if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet redis setup [--role R]... [--keep-old | --drop-old]');
+        if (rest[0] === 'rules') {
+          // The exact rules, for managed Redis or your own tooling (passwords are yours to add).
+          print(REDIS_ROLES.map((r) => `ACL SETUSER fleet-${r} on clearselectors ${roleRules(r, config.redis.prefix).join(' ')}`).join('\n'), Object.fromEntries(REDIS_ROLES.map((r) => [r, roleRules(r, config.redis.prefix)])));
+          return 0;
+        }
+        if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet redis setup [--role R]... [--keep-old | --drop-old] | fleet redis rules');
         const adminUrl = discoverRedisAccess(config)?.adminUrl() ?? config.redis.url;
         if (!adminUrl) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to set up. Fix: set REDIS_URL to the server, with an admin user in it (redis://admin:…@host:6379).');
         const roles = (opts.role === 'all' ? [...REDIS_ROLES] : (opts.role ?? '').split(',')) as RedisRole[];

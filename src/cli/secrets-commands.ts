@@ -1,5 +1,5 @@
 import type { RedisClient } from '../redis/connection.js';
-import type { FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
 import { FleetError, toError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
@@ -173,6 +173,6 @@ export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnTyp
     rotated: Object.entries(config.secrets.items)
       .filter(([name, item]) => item.rotation && config.secretProviders.get(name) === 'vault')
       .map(([name]) => name),
-    systemSecrets: config.secretProviders.get(config.secrets.audit.macKey) === 'vault' ? [config.secrets.audit.macKey] : [],
+    systemSecrets: auditKeyProvider(config) === 'vault' ? [config.secrets.audit.macKey] : [],
   });
 }

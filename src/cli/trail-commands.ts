@@ -1,5 +1,5 @@
 import { readFileSync } from 'node:fs';
-import type { FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
@@ -42,7 +42,7 @@ export function roleTable(prefix: string): string {
 
 /** The audit MAC key's provider, with the CLI's identity (VAULT_TOKEN preferred for Vault). */
 async function macKeyProvider(config: FleetConfig, redis: RedisClient | undefined): Promise<SecretProvider> {
-  const kind = config.secretProviders.get(config.secrets.audit.macKey) ?? config.secrets.provider;
+  const kind = auditKeyProvider(config);
   return makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
 }
 

@@ -159,7 +159,6 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
   }
   for (const [name, item] of Object.entries(sec.items)) secretProviders.set(name, item.provider ?? sec.provider);
-  secretProviders.set(sec.audit.macKey, sec.items[sec.audit.macKey]?.provider ?? sec.provider);
   for (const t of jobTypes.values()) {
     if (t.secrets.includes(sec.audit.macKey))
       problems.push(`job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`);
@@ -209,6 +208,11 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     secretProviders,
     jobTypes,
   }) as FleetConfig;
+}
+
+/** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
+export function auditKeyProvider(config: FleetConfig): 'local' | 'vault' | 'kms' {
+  return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
 }
 
 /** Finds the config file: explicit path > `FLEET_CONFIG` > `fleet.config.{ts,js,mjs,json}` in `cwd`. */

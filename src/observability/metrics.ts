@@ -42,7 +42,7 @@ export class FleetMetrics {
   readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly redisFull = new Counter({ name: 'fleet_redis_full_total', help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).', labelNames: ['operation'] as const, registers: [this.registry] });
   readonly egressRefused = new Counter({ name: 'fleet_egress_refused_total', help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly auditChainOk = new Gauge({ name: 'fleet_audit_chain_ok', help: '1 when the last check of the audit MAC chain passed, 0 when it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).', registers: [this.registry] });
+  readonly auditChainOk = new Gauge({ name: 'fleet_audit_chain_ok', help: '1 until a check of the audit MAC chain finds a break, then 0: it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).', registers: [this.registry] });
   readonly auditChainBreaks = new Counter({ name: 'fleet_audit_chain_breaks_total', help: 'Audit chain checks that found a broken link.', labelNames: ['by'] as const, registers: [this.registry] });
   readonly auditRecordsChecked = new Counter({ name: 'fleet_audit_records_verified_total', help: 'Audit records whose MAC and link were checked.', registers: [this.registry] });
   readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
@@ -50,6 +50,7 @@ export class FleetMetrics {
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.secretValuesAlive.set(0);
+    this.auditChainOk.set(1);
     // Present from the first scrape, so an alert on its increase has a series to compare with.
     for (const op of ['enqueue', 'batch enqueue']) this.redisFull.labels(op).inc(0);
   }

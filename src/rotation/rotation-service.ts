@@ -71,6 +71,7 @@ export class RotationService {
   #retentionRun: Promise<void> = Promise.resolve();
   #auditKeys: AuditKeyRing | null = null;
   #retentionChain: ChainWriter | null = null;
+  #stopAuditKeys: (() => void) | null = null;
   #redis: RedisClient | null = null;
   #queue: Queue | null = null;
   #worker: Worker | null = null;
@@ -114,12 +115,15 @@ export class RotationService {
     this.#queue = rotationQueue(this.#config, this.#redis);
     this.#queue.on('error', (err) => this.#log.warn('rotation queue error', { error: err.message }));
     const auditCfg = this.#config.secrets.audit;
-    const opened = await openAuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: await this.#provider(auditCfg.macKey), audit: auditCfg, writer: `rotation-${this.#id}` });
+    const opened = openAuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: await this.#provider(auditCfg.macKey), audit: auditCfg, writer: `rotation-${this.#id}` });
     this.#audit = opened.log;
-    this.#auditKeys = opened.keys;
+    this.#stopAuditKeys = opened.stop;
+    void opened.keys.then((k) => {
+      this.#auditKeys = k;
+      this.#retentionChain = new ChainWriter(`retention-${this.#id}`, k);
+    }, () => undefined);
     this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker');
     this.#retentionRedis.on('error', (err) => this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }));
-    this.#retentionChain = new ChainWriter(`retention-${this.#id}`, opened.keys);
     this.#retention = setInterval(() => void this.trimAudit(), auditCfg.retentionEveryMs);
     this.#retention.unref();
     await this.#queue.setGlobalConcurrency(1);
@@ -415,6 +419,7 @@ export class RotationService {
   }
 
   async stop(): Promise<void> {
+    this.#stopAuditKeys?.();
     if (this.#retention) clearInterval(this.#retention);
     await this.#retentionRun;
     this.#retentionRedis?.disconnect();

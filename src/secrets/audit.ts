@@ -74,27 +74,61 @@ export class AuditLog {
   readonly #redis: RedisClient;
   readonly #prefix: string;
   readonly #log: Logger;
-  readonly #chain: ChainWriter | null;
+  #chain: ChainWriter | null;
   readonly #sink: AuditSink | null;
+  /** Records waiting for the MAC key (a chain), oldest first. */
+  #unsealed: Record<string, string>[] = [];
   /** Sealed records not yet in Redis, oldest first. */
   #queue: Record<string, string>[] = [];
+  /** Without a chain, records wait for one (`attach`) instead of being written unsealed. */
+  readonly #awaitChain: boolean;
   #writing: Promise<void> | null = null;
   #retry: NodeJS.Timeout | null = null;
   #scheduled = false;
 
-  constructor(options: { redis: RedisClient; prefix: string; logger: Logger; chain: ChainWriter | null; sink?: AuditSink | null }) {
+  constructor(options: {
+    redis: RedisClient;
+    prefix: string;
+    logger: Logger;
+    /** `'pending'`: the MAC key is still being read; records wait for `attach()`. */
+    chain: ChainWriter | null | 'pending';
+    sink?: AuditSink | null;
+  }) {
     this.#redis = options.redis;
     this.#prefix = options.prefix;
     this.#log = options.logger.scope({ component: 'audit' });
-    this.#chain = options.chain;
+    this.#chain = options.chain === 'pending' ? null : options.chain;
+    this.#awaitChain = options.chain === 'pending';
     this.#sink = options.sink ?? null;
   }
 
+  /** The chain, once the MAC key has been read: records waiting for it are sealed in order and written. */
+  attach(chain: ChainWriter): void {
+    this.#chain = chain;
+    void this.#drain();
+  }
+
+  get sealing(): boolean {
+    return this.#chain !== null;
+  }
+
   record(rec: AuditRecord): void {
-    const sealed = this.#chain ? this.#chain.seal(fieldsOf(rec)) : fieldsOf(rec);
-    this.#log.info('secret access', { audit: true, ...rec, ...(this.#chain ? { writer: sealed.writer, seq: Number(sealed.seq) } : {}) });
-    this.#sink?.write(JSON.stringify(sealed));
-    this.#queue.push(sealed);
+    this.#log.info('secret access', { audit: true, ...rec });
+    this.#unsealed.push(fieldsOf(rec));
+    this.#schedule();
+  }
+
+  /** Seals what waits (in record order) and copies it to the export sink. */
+  #seal(force = false): void {
+    if (!this.#unsealed.length || (!this.#chain && this.#awaitChain && !force)) return;
+    for (const fields of this.#unsealed.splice(0)) {
+      const sealed = this.#chain ? this.#chain.seal(fields) : fields;
+      this.#sink?.write(JSON.stringify(sealed));
+      this.#queue.push(sealed);
+    }
+  }
+
+  #schedule(): void {
     if (!this.#scheduled && !this.#retry) {
       this.#scheduled = true;
       setImmediate(() => {
@@ -106,9 +140,11 @@ export class AuditLog {
 
   /** Writes everything queued, one MULTI at a time. */
   #drain(): Promise<void> {
-    this.#writing ??= (async () => {
+    if (this.#writing) return this.#writing;
+    const run = async (): Promise<void> => {
       try {
-        while (this.#queue.length) {
+        // Records that arrive while a write is under way are sealed on the next turn.
+        for (this.#seal(); this.#queue.length; this.#seal()) {
           const batch = this.#queue.slice(0, 500);
           await this.#write(batch);
           this.#queue.splice(0, batch.length);
@@ -119,11 +155,15 @@ export class AuditLog {
           this.#retry = null;
           void this.#drain();
         }, 1000);
-      } finally {
-        this.#writing = null;
       }
-    })();
-    return this.#writing;
+    };
+    // Cleared in a later microtask: a run with nothing to write finishes synchronously, and
+    // clearing inside it would be overwritten by this assignment.
+    const writing = run().finally(() => {
+      if (this.#writing === writing) this.#writing = null;
+    });
+    this.#writing = writing;
+    return writing;
   }
 
   async #write(records: Record<string, string>[]): Promise<void> {
@@ -150,7 +190,7 @@ export class AuditLog {
   }
 
   get pending(): number {
-    return this.#queue.length;
+    return this.#queue.length + this.#unsealed.length;
   }
 
   /** This writer's newest sealed record, for its own tail check. */
@@ -168,7 +208,15 @@ export class AuditLog {
     this.#retry = null;
   }
 
+  /**
+   * Flushes and closes the sink. Records still waiting for the MAC key (it never became readable)
+   * are written unsealed rather than lost: `fleet audit verify` reports them as such.
+   */
   async close(): Promise<void> {
+    if (this.#unsealed.length && !this.#chain) {
+      this.#log.error(`the audit MAC key never became readable: ${this.#unsealed.length} record(s) are written without a MAC (verify will report them)`);
+      this.#seal(true);
+    }
     await this.flush();
     await this.#sink?.close();
   }
@@ -359,7 +407,7 @@ export async function trimAuditWithCheckpoint(
  * (`writer`), and the export sink if configured. `createKey`: make the key if it does not exist and
  * this identity may (the local store on first start).
  */
-export async function openAuditLog(options: {
+export function openAuditLog(options: {
   redis: RedisClient;
   prefix: string;
   logger: Logger;
@@ -367,9 +415,26 @@ export async function openAuditLog(options: {
   audit: { macKey: string; export?: string | undefined };
   writer: string;
   createKey?: boolean;
-}): Promise<{ log: AuditLog; keys: AuditKeyRing }> {
-  const keys = await loadAuditKeys(options.provider, options.audit.macKey, { create: options.createKey ?? options.provider.kind === 'local' });
+}): { log: AuditLog; keys: Promise<AuditKeyRing>; stop: () => void } {
   const sink = options.audit.export ? openAuditSink(options.audit.export) : null;
-  const log = new AuditLog({ redis: options.redis, prefix: options.prefix, logger: options.logger, chain: new ChainWriter(options.writer, keys), sink });
-  return { log, keys };
+  const log = new AuditLog({ redis: options.redis, prefix: options.prefix, logger: options.logger, chain: 'pending', sink });
+  // The key is read in the background, retried while the store is unreachable (a supervisor starts
+  // even when Vault is down, like its jobs' secrets); records wait for it, in order.
+  let stopped = false;
+  const keys = (async (): Promise<AuditKeyRing> => {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const ring = await loadAuditKeys(options.provider, options.audit.macKey, { create: options.createKey ?? true });
+        log.attach(new ChainWriter(options.writer, ring));
+        return ring;
+      } catch (err) {
+        if (stopped) throw err;
+        if (attempt === 0 || attempt % 30 === 0) options.logger.error('audit records wait for the audit MAC key', { error: toError(err).message, retryingEveryMs: 2000 });
+        await new Promise((r) => setTimeout(r, 2000).unref());
+        if (stopped) throw err;
+      }
+    }
+  })();
+  keys.catch(() => undefined);
+  return { log, keys, stop: () => (stopped = true) };
 }

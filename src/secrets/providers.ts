@@ -1,15 +1,15 @@
 import path from 'node:path';
 import { ensureReady, type RedisClient } from '../redis/connection.js';
-import type { FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { ConfigError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretProvider } from './provider.js';
 import { requireEnv } from '../config/credentials.js';
 import type { VaultAuth } from './vault-provider.js';
 
-/** Provider kinds the config actually uses (by some secret), plus any explicitly asked for. */
+/** Provider kinds the config actually uses: by some secret, or for the audit MAC key. */
 export function usedProviders(config: FleetConfig): Set<ProviderKind> {
-  return new Set(config.secretProviders.values());
+  return new Set([...config.secretProviders.values(), auditKeyProvider(config)]);
 }
 
 export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false, identity: 'supervisor' | 'rotator' = 'supervisor'): VaultAuth {

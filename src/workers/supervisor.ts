@@ -2,7 +2,7 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
-import type { FleetConfig, JobType } from '../config/resolve.js';
+import { auditKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
 import {
   FleetError,
   ProcessorError,
@@ -70,6 +70,7 @@ export class Supervisor {
   #secrets: SecretBroker | null = null;
   #auditKeys: AuditKeyRing | null = null;
   #auditCheck: NodeJS.Timeout | null = null;
+  #stopAuditKeys: (() => void) | null = null;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -168,11 +169,10 @@ export class Supervisor {
   async #startSecrets(redis: RedisClient): Promise<void> {
     const providers = await makeProviders(this.#config, { redis, logger: this.#log });
     const auditCfg = this.#config.secrets.audit;
-    const { log: audit, keys } = await openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(this.#config.secretProviders.get(auditCfg.macKey)!)!, audit: auditCfg, writer: this.id }).catch(async (err: unknown) => {
-      await Promise.all([...providers.values()].map((p) => p.close()));
-      throw err;
-    });
-    this.#auditKeys = keys;
+    const opened = openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(auditKeyProvider(this.#config))!, audit: auditCfg, writer: this.id });
+    const audit = opened.log;
+    this.#stopAuditKeys = opened.stop;
+    void opened.keys.then((k) => (this.#auditKeys = k), () => undefined);
     this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
     this.#auditCheck.unref();
     this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
@@ -334,6 +334,7 @@ export class Supervisor {
         (err: unknown) => toError(err).message,
       );
     }
+    checks.audit = this.#auditKeys ? 'ok' : `records wait for the audit MAC key "${this.#config.secrets.audit.macKey}" (see the log)`;
     return checks;
   }
 
@@ -403,6 +404,7 @@ export class Supervisor {
     this.#heartbeat = null;
     if (this.#auditCheck) clearInterval(this.#auditCheck);
     this.#auditCheck = null;
+    this.#stopAuditKeys?.();
     await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => undefined)));
