@@ -17,6 +17,7 @@ import { createApiApp, listen } from '../producers/http-api.js';
 import { Producer } from '../producers/producer.js';
 import { queuePrefix } from '../redis/keys.js';
 import { startEmbeddedRedis } from '../redis/embedded-redis.js';
+import { ensureEmbeddedUsers, urlWithCredential } from '../redis/acl.js';
 import { compiledPath } from '../runtime-path.js';
 import { Sandbox } from '../workers/sandbox.js';
 import { probeOsLayer, type OsLayer } from '../workers/sandbox-boundary.js';
@@ -33,6 +34,8 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
+    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison. */
+    only: { type: 'string' },
   },
 });
 const JOBS = Number(args.jobs);
@@ -66,11 +69,13 @@ interface BenchExtra {
   dataDir?: string;
   sandbox?: 'process' | 'thread';
   osLayer?: 'auto' | 'off';
+  /** Key prefix (the Redis ACL users are built for one). @defaultValue a fresh `benchN` */
+  prefix?: string;
 }
 function benchConfig(url: string, isolation: 'job' | 'pool', extra: BenchExtra = {}): FleetConfig {
   return resolveConfig(
     {
-      redis: { url, prefix: `bench${++prefixSeq}` },
+      redis: { url, prefix: extra.prefix ?? `bench${++prefixSeq}` },
       ...(extra.secrets ? { secrets: extra.secrets } : {}),
       // Never beside the processors: every sandbox may read its processor's directory.
       dataDir: extra.dataDir ?? mkdtempSync(path.join(tmpdir(), 'fleet-bench-data-')),
@@ -150,10 +155,17 @@ async function waitResult(queue: Queue, id: string): Promise<{ startedAt: number
   }
 }
 
-async function fleetRun(url: string, isolation: 'job' | 'pool', jobs: number, config = benchConfig(url, isolation), label = `fleet isolation="${isolation}"`): Promise<RunFigures> {
+async function fleetRun(
+  url: string,
+  isolation: 'job' | 'pool',
+  jobs: number,
+  config = benchConfig(url, isolation),
+  label = `fleet isolation="${isolation}"`,
+  supervisor: { redisUrl?: string; sealAudit?: boolean } = {},
+): Promise<RunFigures> {
   const queue = new Queue('noop', { connection: { url }, prefix: queuePrefix(config.redis.prefix, 'noop') });
   const figures = await measure(label, jobs, queue, async () => {
-    const sup = new Supervisor({ config });
+    const sup = new Supervisor({ config, ...supervisor });
     const listeners: (() => void)[] = [];
     sup.events.on('job:finished', () => listeners.forEach((l) => l()));
     await sup.start();
@@ -369,6 +381,63 @@ async function secretRuns(url: string, jobs: number): Promise<Record<'local' | '
   return out;
 }
 
+/**
+ * The cost of least privilege, on one Redis that has the fleet's ACL users: enqueue (Queue.add)
+ * as the `api` user vs as the admin, and pool jobs with one local secret (one audit record each)
+ * run by the `worker` user with the audit MAC chain vs the admin without it. Each contender runs
+ * twice, interleaved, and the mean is kept (single runs on this machine swing by ±30%).
+ */
+async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: number; enqueueApiUserPerSecond: number; jobsAdminUnsealedPerSecond: number; jobsRoleUsersChainPerSecond: number }> {
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-acl-'));
+  const prefix = 'benchacl';
+  const users = ensureEmbeddedUsers(dir);
+  const server = await startEmbeddedRedis({ dataDir: path.join(dir, 'redis'), persistent: false, acl: { prefix, users } });
+  const admin = urlWithCredential(server.url, users.admin);
+  const as = (role: 'api' | 'worker'): string => urlWithCredential(server.url, users.roles[role]!);
+  try {
+    const enqueueRate = async (url: string): Promise<number> => {
+      const queue = new Queue('noop', { connection: { url }, prefix: queuePrefix(prefix, 'noop') });
+      const run = async (n: number): Promise<number> => {
+        let left = n;
+        const t0 = performance.now();
+        await Promise.all(Array.from({ length: 16 }, async () => {
+          while (left-- > 0) await queue.add('noop', { n: 1 });
+        }));
+        return n / ((performance.now() - t0) / 1000);
+      };
+      await run(200);
+      const rate = round(await run(4000), 0);
+      await queue.obliterate({ force: true });
+      await queue.close();
+      return rate;
+    };
+    const mean = (xs: number[]): number => round(xs.reduce((a, b) => a + b, 0) / xs.length, 0);
+    const enqueueAdmin: number[] = [];
+    const enqueueApi: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      enqueueAdmin.push(await enqueueRate(admin));
+      enqueueApi.push(await enqueueRate(as('api')));
+    }
+    const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-acl-data-'));
+    await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_BENCH_NO_ENV', keepVersions: 2 }).write('bench-key', Buffer.from('bench-secret-value-0123456789abcdef'));
+    const config = benchConfig(server.url, 'pool', { processor: WITH_SECRET, dataDir, prefix, secrets: { provider: 'local' } });
+    const jobsAdmin: number[] = [];
+    const jobsRoles: number[] = [];
+    for (let i = 0; i < 2; i++) {
+      jobsAdmin.push((await fleetRun(admin, 'pool', jobs, config, 'pool + 1 secret, admin, no MAC chain', { redisUrl: admin, sealAudit: false })).jobsPerSecond);
+      jobsRoles.push((await fleetRun(as('api'), 'pool', jobs, config, 'pool + 1 secret, role users + chain', { redisUrl: as('worker'), sealAudit: true })).jobsPerSecond);
+    }
+    rmSync(dataDir, { recursive: true, force: true });
+    const out = { enqueueAdminPerSecond: mean(enqueueAdmin), enqueueApiUserPerSecond: mean(enqueueApi), jobsAdminUnsealedPerSecond: mean(jobsAdmin), jobsRoleUsersChainPerSecond: mean(jobsRoles) };
+    say(`  ${'Queue.add as admin / as api user'.padEnd(34)} ${out.enqueueAdminPerSecond} / ${out.enqueueApiUserPerSecond} jobs/s (mean of 2 each)`);
+    say(`  ${'1-secret jobs: admin unsealed / roles + chain'.padEnd(34)} ${out.jobsAdminUnsealedPerSecond} / ${out.jobsRoleUsersChainPerSecond} jobs/s (mean of 2 each)`);
+    return out;
+  } finally {
+    await server.release();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
 /** RSS of a real, idle `fleet start --role worker` process running the demo config. */
 async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
@@ -397,6 +466,13 @@ async function main(): Promise<void> {
   r.disconnect();
   say(`fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`);
   try {
+    if (args.only === 'least-privilege') {
+      const lp = await aclAndChainRuns(SECRET_JOBS);
+      const ratios = { aclEnqueueVsNone: round(lp.enqueueApiUserPerSecond / lp.enqueueAdminPerSecond), aclAndAuditChainJobsVsNone: round(lp.jobsRoleUsersChainPerSecond / lp.jobsAdminUnsealedPerSecond) };
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, redis: redisVersion, leastPrivilege: lp, ratios })}\n`);
+      else say(`ratios: ${JSON.stringify(ratios)}`);
+      return;
+    }
     const osLayer = await probeOsLayer('auto');
     say(`OS layer: ${osLayer.available ? 'available (bubblewrap namespaces)' : `unavailable: ${osLayer.reason}`}`);
     const bullmqInline = await bullmqRun(redis.url, 'inline', JOBS);
@@ -416,6 +492,7 @@ async function main(): Promise<void> {
     const poolSameSize = SECRET_JOBS === JOBS ? pool : await fleetRun(redis.url, 'pool', SECRET_JOBS, undefined, `fleet isolation="pool" (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
+    const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
     const idle = await idleSupervisorRss(redis.url);
     const ratios = {
       processPoolVsBullmqThreads: round(processPool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
@@ -427,6 +504,8 @@ async function main(): Promise<void> {
       httpSingleVsQueueAdd: round(enqueue.httpSinglePerSecond! / enqueue.queueAddPerSecond!),
       httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond! / enqueue.addBulkPerSecond!),
       oneLocalSecretVsNone: 'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / poolSameSize.jobsPerSecond) : NaN,
+      aclEnqueueVsNone: round(leastPrivilege.enqueueApiUserPerSecond / leastPrivilege.enqueueAdminPerSecond),
+      aclAndAuditChainJobsVsNone: round(leastPrivilege.jobsRoleUsersChainPerSecond / leastPrivilege.jobsAdminUnsealedPerSecond),
     };
     // Secrets are fetched before the processor starts, so their cost shows in enqueue→start latency.
     const overhead = (f: SecretFigures): number => ('p50StartMs' in f ? round(f.p50StartMs - poolSameSize.p50StartMs) : NaN);
@@ -457,8 +536,10 @@ async function main(): Promise<void> {
       oneLocalSecretVsNone: { target: '≥ 0.9', met: ratios.oneLocalSecretVsNone >= 0.9 },
       vaultOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.vault <= 2 },
       kmsOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.kms <= 2 },
+      aclEnqueueVsNone: { target: '≥ 0.95', met: ratios.aclEnqueueVsNone >= 0.95 },
+      aclAndAuditChainJobsVsNone: { target: '≥ 0.95', met: ratios.aclAndAuditChainJobsVsNone >= 0.95 },
     };
-    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, idleSupervisor: idle, ratios, targets };
+    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, leastPrivilege, idleSupervisor: idle, ratios, targets };
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');

@@ -15,7 +15,7 @@ import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.j
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
 import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
-import { openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
+import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { makeProviders } from '../secrets/providers.js';
@@ -37,6 +37,11 @@ export interface SupervisorOptions {
   jobTypes?: readonly string[];
   /** @defaultValue `<hostname>-<pid>-<random>` */
   supervisorId?: string;
+  /**
+   * Audit records without the MAC chain: only the baseline `npm run bench` measures the chain's
+   * cost against. Not a configuration setting. @defaultValue true
+   */
+  sealAudit?: boolean;
 }
 
 
@@ -71,6 +76,7 @@ export class Supervisor {
   #auditKeys: AuditKeyRing | null = null;
   #auditCheck: NodeJS.Timeout | null = null;
   #stopAuditKeys: (() => void) | null = null;
+  readonly #sealAudit: boolean;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -81,6 +87,7 @@ export class Supervisor {
     this.#config = options.config;
     this.events = options.events ?? new FleetEventBus();
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
+    this.#sealAudit = options.sealAudit ?? true;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
     const url = options.redisUrl ?? options.config.redis.url;
     if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
@@ -169,10 +176,13 @@ export class Supervisor {
   async #startSecrets(redis: RedisClient): Promise<void> {
     const providers = await makeProviders(this.#config, { redis, logger: this.#log });
     const auditCfg = this.#config.secrets.audit;
-    const opened = openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(auditKeyProvider(this.#config))!, audit: auditCfg, writer: this.id });
-    const audit = opened.log;
-    this.#stopAuditKeys = opened.stop;
-    void opened.keys.then((k) => (this.#auditKeys = k), () => undefined);
+    let audit: AuditLog;
+    if (this.#sealAudit) {
+      const opened = openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(auditKeyProvider(this.#config))!, audit: auditCfg, writer: this.id });
+      audit = opened.log;
+      this.#stopAuditKeys = opened.stop;
+      void opened.keys.then((k) => (this.#auditKeys = k), () => undefined);
+    } else audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, chain: null });
     this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
     this.#auditCheck.unref();
     this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
