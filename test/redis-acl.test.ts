@@ -244,3 +244,61 @@ describe('fleet redis setup', () => {
     expect(refused.err).toMatch(/FLEET_REDIS_API_PASSWORD/);
   });
 });
+
+describe('npm start (embedded Redis)', () => {
+  it('runs its private Redis with the role users: passwords in a 0600 file, default locked, each component as its own user, the CLI too', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-acl-start-'));
+    const file = path.join(dir, 'fleet.config.json');
+    writeFileSync(file, JSON.stringify({ dataDir: path.join(dir, 'data'), api: { port: 0 }, supervisor: { metricsPort: 0 }, jobTypes: [{ name: 'echo', processor: path.resolve('test/fixtures/ok.mjs'), sandbox: 'thread' }] }));
+    const savedUrl = process.env.REDIS_URL;
+    delete process.env.REDIS_URL;
+    const { loadConfig } = await import('../src/config/resolve.js');
+    const { startFleet } = await import('../src/app.js');
+    const { silentLogger } = await import('../src/observability/logger.js');
+    const config = await loadConfig({ path: file });
+    const fleet = await startFleet({ config, role: 'all', logger: silentLogger });
+    try {
+      const usersFile = path.join(dir, 'data', 'redis', 'users.json');
+      const { statSync, readFileSync } = await import('node:fs');
+      expect(statSync(usersFile).mode & 0o777).toBe(0o600);
+      const saved = JSON.parse(readFileSync(usersFile, 'utf8')) as ReturnType<typeof ensureEmbeddedUsers>;
+      // Without a password nothing works; the admin sees each component connected as its own user.
+      const { createConnection } = await import('node:net');
+      const port = Number(new URL(fleet.redisUrl).port);
+      const reply = await new Promise<string>((resolve, reject) => {
+        const s = createConnection(port, '127.0.0.1', () => s.write('GET x\r\n'));
+        s.once('data', (d) => {
+          resolve(d.toString());
+          s.destroy();
+        });
+        s.once('error', reject);
+      });
+      expect(reply).toMatch(/^-NOAUTH/);
+      const admin = new Redis(urlWithCredential(fleet.redisUrl, saved.admin));
+      clients.push(admin);
+      const self = String(await admin.call('CLIENT', 'ID'));
+      const others = String(await admin.call('CLIENT', 'LIST')).split('\n').filter((l) => l && !l.startsWith(`id=${self} `));
+      const users = new Set(others.map((l) => / user=(\S+)/.exec(l)?.[1]));
+      for (const role of ['api', 'worker', 'scheduler', 'retention', 'ops']) expect(users).toContain(`fleet-${role}`);
+      expect(users).not.toContain('default');
+      // The CLI finds the embedded Redis and its users: enqueue as api, status as ops.
+      let out = '';
+      const io = { out: (s: string) => (out += `${s}\n`), err: (s: string) => (out += `${s}\n`) };
+      expect(await main(['enqueue', 'echo', '{"hi":1}', '--config', file], io)).toBe(0);
+      const id = out.trim().split('\n').pop()!;
+      for (let i = 0; i < 100; i++) {
+        out = '';
+        await main(['job', id, '--json', '--config', file], io);
+        if (out.includes('"completed"')) break;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      expect(out).toContain('"completed"');
+      out = '';
+      expect(await main(['status', '--json', '--config', file], io)).toBe(0);
+      expect(JSON.parse(out).supervisors).toHaveLength(1);
+    } finally {
+      await fleet.release();
+      if (savedUrl !== undefined) process.env.REDIS_URL = savedUrl;
+    }
+  }, 60_000);
+});
