@@ -24,6 +24,10 @@ export interface FleetEvents {
   'sandbox:destroyed': { jobType: string; reason: string };
   /** A process sandbox tried to reach a destination outside its type's egress policy. */
   'egress:refused': { jobType: string; jobId: string | null; destination: string; reason: string };
+  /** The egress proxy put an injected secret's value into a request toward its bound host. */
+  'secret:injected': { jobType: string; secret: string };
+  /** The egress proxy refused a request for a secret placeholder in it (wrong host, header, URL, job, or a replay). */
+  'secret:inject-refused': { jobType: string; secret: string };
   /** A check of the audit trail's MAC chain (supervisors' tail check, the retention pass). */
   'audit:verified': { by: 'tail' | 'retention'; ok: boolean; records: number; firstBreak: { at: string; writer: string; reason: string } | null };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };

@@ -189,7 +189,7 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
     ]);
     const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
     const loaded = rules.data.groups.flatMap((g) => g.rules);
-    expect(loaded.length).toBe(12);
+    expect(loaded.length).toBe(13);
     for (const r of loaded) expect(r.health, r.name).not.toBe('err');
   });
 

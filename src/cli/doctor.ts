@@ -119,6 +119,15 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   if (macKind === 'local') out.push((options.production ? fail : warn)(macCheck, 'in the dev-only local store, whose master key sits beside the data', `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`));
   else out.push(pass(macCheck, macKind));
 
+  // Secrets a type holds in its sandbox although they could be injected at egress.
+  for (const t of config.jobTypes.values()) {
+    for (const [name, mode] of t.secretModes) {
+      const binding = config.secrets.items[name]?.binding;
+      if (mode === 'deliver' && binding) out.push(warn(`job type ${t.name}: secret ${name} mode`, `delivered into the sandbox although it has a binding (${binding.hosts.join(', ')}): a compromised processor can read and leak it`, `take it as "${name}" (inject, the default with a binding) unless the job needs the value itself`));
+      else if (mode === 'inject') out.push(pass(`job type ${t.name}: secret ${name} mode`, `injected at egress toward ${binding!.hosts.join(', ')}; the sandbox holds a placeholder`));
+    }
+  }
+
   // Critical work: request-bound execution with a short timeout; concurrency caps.
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity === 'critical') {

@@ -81,6 +81,10 @@ export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider
   denied: number;
   errors: number;
   usedBy: string[];
+  /** How each type that uses it gets it: `deliver` (the value in the sandbox) or `inject` (a placeholder; the value added at egress). */
+  modes: Record<string, 'deliver' | 'inject'>;
+  /** Where an injected value may go: hosts, header and format, body. */
+  binding: { hosts: readonly string[]; header: string; format: string; body: boolean } | null;
   /** Why the version could not be read (provider down, no credentials), if so. */
   problem?: string;
 }
@@ -120,6 +124,8 @@ export async function secretsStatus(config: FleetConfig, redis: RedisClient): Pr
       denied: s.denied,
       errors: s.errors,
       usedBy: [...config.jobTypes.values()].filter((t) => t.secrets.includes(secret)).map((t) => t.name),
+      modes: Object.fromEntries([...config.jobTypes.values()].flatMap((t) => (t.secretModes.has(secret) ? [[t.name, t.secretModes.get(secret)!]] : []))),
+      binding: config.secrets.items[secret]?.binding ?? null,
       ...(problem ? { problem } : {}),
     };
   });
@@ -134,7 +140,7 @@ export function renderSecretsStatus(rows: SecretStatusRow[]): string {
       const rot = r.hasPolicy
         ? `last rotation ${r.rotation.lastOutcome ?? 'never'} ${when(r.rotation.lastRotationAt)}  next due ${when(r.nextDueAt)}${r.overdue ? '  OVERDUE' : ''}`
         : 'no rotation policy';
-      return `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  age ${age(r.ageSeconds)}  risk ${r.exposureRisk}  ${rot}\n    last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${r.usedBy.join(',') || '-'}${r.problem ? `\n    ! ${r.problem}` : ''}`;
+      return `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  age ${age(r.ageSeconds)}  risk ${r.exposureRisk}  ${rot}\n    last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${Object.entries(r.modes).map(([t, m]) => `${t} (${m})`).join(', ') || '-'}${r.binding ? `\n    binding: ${r.binding.hosts.join(', ')}  ${r.binding.header}: ${r.binding.format}${r.binding.body ? '  (+ body)' : ''}` : ''}${r.problem ? `\n    ! ${r.problem}` : ''}`;
     })
     .join('\n');
 }

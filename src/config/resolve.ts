@@ -4,6 +4,7 @@ import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { scheduleOf } from './schedule.js';
+import { patternCovered } from './hosts.js';
 import {
   CRITICAL_MAX_TIMEOUT_MS,
   fleetConfigSchema,
@@ -15,7 +16,11 @@ type ParsedJobType = z.output<typeof jobTypeSchema>;
 type ParsedConfig = z.output<typeof fleetConfigSchema>;
 
 /** A job type with every default filled in and its processor path made absolute. */
-export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox'> {
+export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox' | 'secrets'> {
+  /** Names of the secrets this type may use. */
+  secrets: string[];
+  /** How each of them reaches the job: handed to the sandbox, or injected at egress. */
+  secretModes: ReadonlyMap<string, SecretMode>;
   processorPath: string;
   /** `process` for types with secrets or `critical` ones unless set otherwise. */
   sandbox: 'process' | 'thread';
@@ -34,6 +39,8 @@ export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
   dataDir: string;
   jobTypes: ReadonlyMap<string, JobType>;
 }
+
+export type SecretMode = 'deliver' | 'inject';
 
 /** Identity helper giving config files type checking and editor help. */
 export function defineConfig(config: FleetConfigInput): FleetConfigInput {
@@ -94,8 +101,21 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   const problems: string[] = [];
   const jobTypes = new Map<string, JobType>();
 
-  for (const jt of cfg.jobTypes) {
-    const at = `jobTypes.${jt.name}`;
+  for (const jt0 of cfg.jobTypes) {
+    const at = `jobTypes.${jt0.name}`;
+    const secretModes = new Map<string, SecretMode>();
+    for (const s of jt0.secrets) {
+      const name = typeof s === 'string' ? s : s.name;
+      const binding = cfg.secrets.items[name]?.binding;
+      const mode: SecretMode = typeof s === 'string' ? (binding ? 'inject' : 'deliver') : s.mode;
+      if (mode === 'inject' && !binding) problems.push(`${at}.secrets: "${name}" is to be injected but has no binding. Fix: add secrets.items.${name}.binding { hosts: [...] }, or take it as { name: "${name}", mode: "deliver" }.`);
+      if (mode === 'inject' && binding && jt0.egress !== 'any') {
+        for (const h of binding.hosts) if (!patternCovered(h, jt0.egress === 'none' ? [] : jt0.egress))
+          problems.push(`${at}.egress does not allow ${h}, where its injected secret "${name}" is bound. Fix: add "${h}" to the type's egress.`);
+      }
+      secretModes.set(name, mode);
+    }
+    const jt = { ...jt0, secrets: jt0.secrets.map((s) => (typeof s === 'string' ? s : s.name)) };
     if (jobTypes.has(jt.name)) problems.push(`${at}: declared twice. Fix: give each job type a unique name.`);
     if (jt.sensitivity === 'critical') {
       if (jt.isolation !== 'job')
@@ -139,6 +159,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       ...rest,
       sandbox,
       readPaths,
+      secretModes,
       processorPath,
       payload,
       payloadJsonSchema,

@@ -59,8 +59,14 @@ export const jobTypeSchema = z
     retryOnTimeout: z.boolean().default(true),
     /** Results larger than this (JSON bytes) fail the job. @defaultValue 1048576 */
     maxResultBytes: z.number().int().positive().default(1024 * 1024),
-    /** Names of the secrets this type may read; nothing else is ever handed to it. @defaultValue [] */
-    secrets: z.array(z.string().regex(SECRET_NAME)).default([]),
+    /**
+     * The secrets this type may use; nothing else is ever handed to it. A name alone takes the
+     * secret's default mode: `inject` when the secret has a `binding`, else `deliver`. Or
+     * `{ name, mode }`: `deliver` hands the value to the sandbox (keys used locally: signing,
+     * decryption); `inject` gives it only a placeholder, swapped for the value by the egress proxy
+     * toward the secret's bound hosts. @defaultValue []
+     */
+    secrets: z.array(z.union([z.string().regex(SECRET_NAME), z.object({ name: z.string().regex(SECRET_NAME), mode: z.enum(['deliver', 'inject']) }).strict()])).default([]),
     /**
      * The boundary each sandbox of this type runs behind. `process`: its own OS process with an
      * empty environment, under Node's permission model and (on Linux) its own namespaces.
@@ -153,6 +159,24 @@ export const secretsSchema = z
             kind: z.enum(['api-key', 'encryption-key', 'other']).default('api-key'),
             description: z.string().default(''),
             rotation: rotationSchema.optional(),
+            /**
+             * Where the value may be used, for `inject`: the egress proxy swaps a job's placeholder
+             * for the value only in requests to these hosts (`host`, `host:port`, `*.domain`; port
+             * 443 by default), only in `header` (shaped as `format`), and in the body only with
+             * `body: true`.
+             */
+            binding: z
+              .object({
+                hosts: z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1),
+                /** @defaultValue `"authorization"` */
+                header: z.string().regex(/^[A-Za-z0-9-]+$/).default('authorization'),
+                /** The header's whole value, `{value}` standing for the secret. @defaultValue `"Bearer {value}"` */
+                format: z.string().includes('{value}', { message: 'must contain {value}' }).default('Bearer {value}'),
+                /** Also swap placeholders in request bodies to these hosts. @defaultValue false */
+                body: z.boolean().default(false),
+              })
+              .strict()
+              .optional(),
           })
           .strict(),
       )
@@ -307,6 +331,14 @@ export const fleetConfigSchema = z
         osLayer: z.enum(['auto', 'required', 'off']).default('auto'),
         /** The bubblewrap binary. @defaultValue `"bwrap"` (from PATH) */
         bwrapPath: z.string().default('bwrap'),
+        /**
+         * Extra CA certificates (PEM file, relative to the config) the egress proxy trusts for its
+         * own upstream TLS connections when it injects secrets, besides Node's bundled roots: a
+         * private service's CA. @defaultValue none
+         */
+        upstreamCaFile: z.string().min(1).optional(),
+        /** Largest request body the egress proxy buffers to look for placeholders. @defaultValue 16777216 */
+        injectMaxBodyBytes: z.number().int().positive().default(16 * 1024 * 1024),
       })
       .strict()
       .prefault({}),

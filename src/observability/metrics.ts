@@ -42,6 +42,8 @@ export class FleetMetrics {
   readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
   readonly redisFull = new Counter({ name: 'fleet_redis_full_total', help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).', labelNames: ['operation'] as const, registers: [this.registry] });
   readonly egressRefused = new Counter({ name: 'fleet_egress_refused_total', help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).', labelNames: ['job_type'] as const, registers: [this.registry] });
+  readonly secretInjections = new Counter({ name: 'fleet_secret_injections_total', help: 'Requests the egress proxy sent with an injected secret put in (toward its bound host).', labelNames: ['job_type', 'secret'] as const, registers: [this.registry] });
+  readonly secretInjectionsRefused = new Counter({ name: 'fleet_secret_injection_refused_total', help: 'Requests refused for a secret placeholder sent where its binding does not allow (other host or header, URL, body, another job, a replay): possible exfiltration, each one audited.', labelNames: ['job_type', 'secret'] as const, registers: [this.registry] });
   readonly auditChainOk = new Gauge({ name: 'fleet_audit_chain_ok', help: '1 until a check of the audit MAC chain finds a break, then 0: it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).', registers: [this.registry] });
   readonly auditChainBreaks = new Counter({ name: 'fleet_audit_chain_breaks_total', help: 'Audit chain checks that found a broken link.', labelNames: ['by'] as const, registers: [this.registry] });
   readonly auditRecordsChecked = new Counter({ name: 'fleet_audit_records_verified_total', help: 'Audit records whose MAC and link were checked.', registers: [this.registry] });
@@ -75,6 +77,8 @@ export class FleetMetrics {
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
+      events.on('secret:injected', (e) => this.secretInjections.labels(e.jobType, e.secret).inc()),
+      events.on('secret:inject-refused', (e) => this.secretInjectionsRefused.labels(e.jobType, e.secret).inc()),
       events.on('audit:verified', (e) => {
         this.auditChainOk.set(e.ok ? 1 : 0);
         this.auditRecordsChecked.inc(e.records);

@@ -25,6 +25,20 @@ export class JobSecrets {
     this.#jobId = jobId;
   }
 
+  /**
+   * A sandbox asked for a secret by name (IPC). Never the value of one its type takes as
+   * `inject`: that value does not enter a sandbox, whatever the sandbox sends.
+   */
+  async request(name: string): Promise<SecretValue> {
+    if (this.#type.secretModes.get(name) === 'inject') {
+      const b = this.#broker;
+      const err = new SecretScopeError(`secret "${name}" is injected at egress for job type "${this.#type.name}": its value is never handed to a sandbox. Fix: use ctx.secrets.placeholder("${name}").`);
+      b.audit({ secret: name, jobId: this.#jobId, jobType: this.#type.name, workerId: b.workerId, action: 'access', provider: b.config.secretProviders.get(name) ?? b.config.secrets.provider, outcome: 'denied', reason: 'SECRET_INJECT_ONLY', latencyMs: 0 });
+      throw err;
+    }
+    return this.get(name);
+  }
+
   /** A fresh copy of the value for the sandbox; the caller transfers it and keeps nothing. */
   async get(name: string): Promise<SecretValue> {
     const b = this.#broker;

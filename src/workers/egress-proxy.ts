@@ -11,17 +11,48 @@
  */
 import { lookup } from 'node:dns/promises';
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import https from 'node:https';
+import tls from 'node:tls';
+import { Transform, type TransformCallback } from 'node:stream';
+import { bindingAllows, PLACEHOLDER, type Injection, type InjectionRegistry } from '../secrets/injection.js';
+import type { EgressCa } from './egress-ca.js';
 import { BlockList, isIP, connect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Egress } from './sandbox-boundary.js';
+import { matchesEgress, splitHostPort } from '../config/hosts.js';
 
 export interface EgressRefusal {
   destination: string;
   reason: string;
 }
 
+/** A request the proxy would not send because of a secret placeholder in it. */
+export interface InjectionRefusal {
+  jobId: string | null;
+  /** Filled in by the sandbox host (the proxy serves one type). */
+  jobType?: string;
+  /** The secret the placeholder stands for, when known. */
+  secret: string | null;
+  destination: string;
+  reason: string;
+}
+
+/** Secret injection: set for sandboxes of types that take a secret as `inject`. */
+export interface InjectOptions {
+  ca: EgressCa;
+  registry: InjectionRegistry;
+  /** The job the sandbox runs now. */
+  currentJob: () => string | null;
+  /** Extra CA certificates (PEM) trusted upstream, besides Node's bundled roots. */
+  upstreamCa?: string;
+  maxBodyBytes: number;
+  onInjected: (e: { injection: Injection; destination: string }) => void;
+  onRefused: (e: InjectionRefusal) => void;
+}
+
 export interface EgressProxyOptions {
   egress: Egress;
+  inject?: InjectOptions;
   /** Addresses of the fleet's own services (Redis, Vault, KMS) that no sandbox may reach unless listed. */
   fleetAddresses?: readonly string[];
   onRefused: (refusal: EgressRefusal) => void;
@@ -41,30 +72,73 @@ function family(ip: string): 'ipv4' | 'ipv6' {
   return isIP(ip) === 6 ? 'ipv6' : 'ipv4';
 }
 
-/** `host:port` split, with IPv6 brackets removed. */
-export function splitHostPort(target: string, defaultPort: number): { host: string; port: number } | null {
-  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(target) ?? /^([^:]+)(?::(\d+))?$/.exec(target);
-  if (!m) return null;
-  const port = m[2] ? Number(m[2]) : defaultPort;
-  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
-  return { host: m[1]!.toLowerCase().replace(/\.$/, ''), port };
+export { matchesEgress, splitHostPort } from '../config/hosts.js';
+
+const HOP_BY_HOP = ['connection', 'proxy-connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+
+/** Every occurrence of `needle` in `buf` replaced by `by`. */
+function replaceBytes(buf: Buffer, needle: Uint8Array, by: Uint8Array): Buffer<ArrayBufferLike> {
+  if (!needle.length) return buf;
+  let at = buf.indexOf(needle);
+  if (at < 0) return buf;
+  const parts: Buffer[] = [];
+  let from = 0;
+  while (at >= 0) {
+    parts.push(buf.subarray(from, at), Buffer.from(by));
+    from = at + needle.length;
+    at = buf.indexOf(needle, from);
+  }
+  parts.push(buf.subarray(from));
+  return Buffer.concat(parts);
 }
 
-/** Whether `host:port` matches one policy entry (`host`, `host:port`, `*.domain`, `*.domain:port`; port defaults to 443). */
-export function matchesEgress(pattern: string, host: string, port: number): boolean {
-  const p = splitHostPort(pattern.toLowerCase(), 443);
-  if (!p || p.port !== port) return false;
-  if (p.host.startsWith('*.')) return host.endsWith(p.host.slice(1)) && host.length > p.host.length - 1;
-  return host === p.host;
+/**
+ * Replaces each value with its placeholder in a stream, across chunk boundaries: the last
+ * (longest value − 1) bytes wait for the next chunk, so a value split in two is still found.
+ */
+export class ValueMasker extends Transform {
+  #carry = Buffer.alloc(0);
+  readonly #pairs: { value: Uint8Array; by: Uint8Array }[];
+  readonly #keep: number;
+  constructor(pairs: { value: Uint8Array; by: Uint8Array }[]) {
+    super();
+    this.#pairs = pairs.filter((p) => p.value.length > 0);
+    this.#keep = Math.max(0, ...this.#pairs.map((p) => p.value.length - 1));
+  }
+  #mask(buf: Buffer): Buffer {
+    let out = buf;
+    for (const p of this.#pairs) out = replaceBytes(out, p.value, p.by);
+    return out;
+  }
+  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
+    const all = this.#mask(Buffer.concat([this.#carry, chunk]));
+    const cut = Math.max(0, all.length - this.#keep);
+    this.#carry = Buffer.from(all.subarray(cut));
+    cb(null, all.subarray(0, cut));
+  }
+  override _flush(cb: TransformCallback): void {
+    cb(null, this.#mask(this.#carry));
+  }
+}
+
+/** A header value with every value replaced by its placeholder. */
+function maskText(text: string, pairs: { value: Uint8Array; by: Uint8Array }[]): string {
+  let out: Buffer<ArrayBufferLike> = Buffer.from(text, 'latin1');
+  for (const p of pairs) out = replaceBytes(out, p.value, p.by);
+  return out.toString('latin1');
 }
 
 export class EgressProxy {
   readonly #o: EgressProxyOptions;
   readonly #server: http.Server;
+  /** Parses the requests of TLS connections the proxy terminated (injection). */
+  readonly #inner: http.Server | null = null;
+  readonly #targets = new WeakMap<object, { host: string; port: number; address: string }>();
+  readonly #agent: https.Agent | null = null;
   readonly #sockets = new Set<Socket | Duplex>();
   readonly #fleet: Set<string>;
-  /** Counted for tests and `fleet status`: connections allowed and refused. */
-  readonly stats = { allowed: 0, refused: 0 };
+  /** Counted for tests and `fleet status`: connections allowed and refused, requests refused for a placeholder. */
+  readonly stats = { allowed: 0, refused: 0, injectionsRefused: 0 };
 
   constructor(options: EgressProxyOptions) {
     this.#o = options;
@@ -75,6 +149,10 @@ export class EgressProxy {
       this.#sockets.add(s);
       s.on('close', () => this.#sockets.delete(s));
     });
+    if (options.inject) {
+      this.#inner = http.createServer((req, res) => void this.#onInjectable(req, res));
+      this.#agent = new https.Agent({ keepAlive: true, ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}) });
+    }
   }
 
   /** Listens on a Unix socket path (OS layer) or a loopback TCP port (`0` picks one). */
@@ -133,6 +211,26 @@ export class EgressProxy {
       return;
     }
     this.stats.allowed += 1;
+    if (this.#inner && this.#o.inject) {
+      // Injection: terminate the sandbox's TLS with a certificate of the fleet CA for this host,
+      // read its HTTP requests, and send each on over a TLS connection of our own.
+      socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
+      if (head.length) (socket as Socket).unshift(head);
+      let context: tls.SecureContext;
+      try {
+        context = await this.#o.inject.ca.contextFor(target.host);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      const tlsSocket = new tls.TLSSocket(socket as Socket, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
+      tlsSocket.on('error', () => tlsSocket.destroy());
+      this.#sockets.add(tlsSocket);
+      tlsSocket.on('close', () => this.#sockets.delete(tlsSocket));
+      this.#targets.set(tlsSocket, { host: target.host, port: target.port, address: verdict.address });
+      this.#inner.emit('connection', tlsSocket);
+      return;
+    }
     const upstream = connect({ host: verdict.address, port: target.port, timeout: this.#o.connectTimeoutMs ?? 10_000 });
     this.#sockets.add(upstream);
     upstream.on('close', () => this.#sockets.delete(upstream));
@@ -172,7 +270,119 @@ export class EgressProxy {
       return;
     }
     this.stats.allowed += 1;
+    if (this.#o.inject) {
+      // Injected secrets travel only over TLS: a placeholder in a plain-HTTP request is refused.
+      const found = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
+      if (found.length) {
+        const s = this.#o.inject.registry.lookup(found[0]!);
+        this.#refuseInjection(res, { jobId: this.#o.inject.currentJob(), secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null, destination: dest, reason: 'a secret placeholder in a plain-HTTP request: injected secrets are sent only over https' });
+        return;
+      }
+    }
     this.#forward(req, res, verdict.address, port, url);
+  }
+
+  #refuseInjection(res: ServerResponse, refusal: InjectionRefusal): void {
+    this.stats.injectionsRefused += 1;
+    this.#o.inject?.onRefused(refusal);
+    res.writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' }).end(`fleet egress proxy refused to send a secret placeholder to ${refusal.destination}: ${refusal.reason}\n`);
+  }
+
+  /**
+   * One request on a terminated TLS connection: every placeholder in it must belong to the
+   * sandbox's current job, sit where its secret's binding allows (host, header in its format,
+   * body if allowed) and nowhere else; then each is swapped for its value, and the response is
+   * sent back with every value of the job replaced by its placeholder.
+   */
+  async #onInjectable(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const inject = this.#o.inject!;
+    const t = this.#targets.get(req.socket);
+    if (!t) {
+      res.writeHead(502).end();
+      return;
+    }
+    const destination = `${t.host}:${t.port}`;
+    const jobId = inject.currentJob();
+    const chunks: Buffer[] = [];
+    let size = 0;
+    for await (const c of req as AsyncIterable<Buffer>) {
+      size += c.length;
+      if (size > inject.maxBodyBytes) {
+        res.writeHead(413, { 'content-type': 'text/plain', connection: 'close' }).end(`fleet egress proxy: request bodies above ${inject.maxBodyBytes} bytes are not sent by a sandbox with injected secrets (supervisor.injectMaxBodyBytes)\n`);
+        return;
+      }
+      chunks.push(c);
+    }
+    let body: Buffer<ArrayBufferLike> = Buffer.concat(chunks);
+    const swaps = new Map<string, Injection>();
+    const check = (ph: string, where: { header: string; value: string } | 'body' | 'url'): InjectionRefusal | null => {
+      const s = inject.registry.lookup(ph);
+      const refusal = (secret: string | null, reason: string): InjectionRefusal => ({ jobId, secret, destination, reason });
+      if (s.state === 'unknown') return refusal(null, 'an unknown secret placeholder');
+      if (s.state === 'retired') return refusal(s.secret, `the placeholder of job ${s.jobId}, which has ended (a replay)`);
+      const inj = s.injection;
+      if (inj.jobId !== jobId) return refusal(inj.secret, `the placeholder of another job (${inj.jobId})`);
+      if (where === 'url') return refusal(inj.secret, 'a secret placeholder in the URL (paths and query strings end up in logs)');
+      if (!bindingAllows(inj.binding, t.host, t.port)) return refusal(inj.secret, `"${inj.secret}" is bound to ${inj.binding.hosts.join(', ')}, not ${destination}`);
+      if (where === 'body') {
+        if (!inj.binding.body) return refusal(inj.secret, `a placeholder of "${inj.secret}" in the request body, which its binding does not allow (body: true)`);
+      } else {
+        if (where.header !== inj.binding.header.toLowerCase()) return refusal(inj.secret, `a placeholder of "${inj.secret}" in header ${where.header}; it may only be sent in ${inj.binding.header}`);
+        if (where.value !== inj.binding.format.replace('{value}', ph)) return refusal(inj.secret, `header ${where.header} must be exactly "${inj.binding.format}" with the placeholder as {value}`);
+      }
+      swaps.set(ph, inj);
+      return null;
+    };
+    const problems: InjectionRefusal[] = [];
+    for (const m of (req.url ?? '').matchAll(PLACEHOLDER)) problems.push(check(m[0], 'url')!);
+    const headers: http.OutgoingHttpHeaders = {};
+    for (const [name, raw] of Object.entries(req.headers)) {
+      if (HOP_BY_HOP.includes(name) || raw === undefined) continue;
+      for (const value of Array.isArray(raw) ? raw : [raw]) for (const m of value.matchAll(PLACEHOLDER)) {
+        const p = check(m[0], { header: name, value });
+        if (p) problems.push(p);
+      }
+      headers[name] = raw;
+    }
+    for (const m of body.toString('latin1').matchAll(PLACEHOLDER)) {
+      const p = check(m[0], 'body');
+      if (p) problems.push(p);
+    }
+    if (problems.length) {
+      this.#refuseInjection(res, problems[0]!);
+      return;
+    }
+    for (const [ph, inj] of swaps) {
+      const value = Buffer.from(inj.value);
+      for (const [name, raw] of Object.entries(headers)) {
+        if (typeof raw === 'string' && raw.includes(ph)) headers[name] = raw.split(ph).join(value.toString('latin1'));
+      }
+      body = replaceBytes(body, Buffer.from(ph), value);
+      value.fill(0);
+      inject.onInjected({ injection: inj, destination });
+    }
+    if (body.length || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) headers['content-length'] = body.length;
+    // Responses are searched for the values: they must arrive uncompressed.
+    headers['accept-encoding'] = 'identity';
+    const pairs = inject.registry.valuesOf(jobId).map((i) => ({ value: i.value, by: Buffer.from(i.placeholder) }));
+    const upstream = https.request(
+      { host: t.address, port: t.port, ...(isIP(t.host) ? {} : { servername: t.host }), method: req.method, path: req.url, headers, agent: this.#agent!, timeout: this.#o.connectTimeoutMs ?? 10_000 },
+      (up) => {
+        const out: http.OutgoingHttpHeaders = {};
+        for (const [name, raw] of Object.entries(up.headers)) {
+          if (HOP_BY_HOP.includes(name) || name === 'content-length' || raw === undefined) continue;
+          out[name] = Array.isArray(raw) ? raw.map((v) => maskText(v, pairs)) : maskText(raw, pairs);
+        }
+        res.writeHead(up.statusCode ?? 502, out);
+        up.pipe(new ValueMasker(pairs)).pipe(res);
+      },
+    );
+    upstream.on('timeout', () => upstream.destroy(new Error('upstream timeout')));
+    upstream.on('error', (err) => {
+      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain', 'x-fleet-egress': 'upstream-error' }).end(`fleet egress proxy: ${destination}: ${err.message}\n`);
+      else res.destroy();
+    });
+    upstream.end(body);
   }
 
   #forward(req: IncomingMessage, res: ServerResponse, address: string, port: number, url: URL): void {
@@ -191,6 +401,7 @@ export class EgressProxy {
   }
 
   async close(): Promise<void> {
+    this.#agent?.destroy();
     for (const s of this.#sockets) s.destroy();
     await new Promise<void>((resolve) => this.#server.close(() => resolve()));
   }

@@ -37,6 +37,13 @@ export interface ProcessorSecrets {
   get(name: string): Promise<Buffer>;
   /** The value as a UTF-8 string. Strings cannot be zeroed: prefer `get` where a Buffer will do. */
   text(name: string): Promise<string>;
+  /**
+   * For a secret injected at egress (`inject`): this job's placeholder, to put where the value
+   * goes (e.g. `Authorization: Bearer ${placeholder}` toward the secret's bound host). The egress
+   * proxy swaps it for the value on the way out; the sandbox never holds the value, and the
+   * placeholder is worthless anywhere else and after the job. `get`/`text` refuse such a secret.
+   */
+  placeholder(name: string): string;
 }
 
 export interface ProcessorContext {

@@ -9,8 +9,10 @@ export interface RunMessage {
   data: unknown;
   /** Secret names this job type declares. */
   secretNames: string[];
-  /** The declared secrets, fetched at job start and transferred (not copied) into the sandbox. */
+  /** The declared `deliver` secrets, fetched at job start and transferred (not copied) into the sandbox. */
   secrets: { name: string; value: Uint8Array; version: string }[];
+  /** The declared `inject` secrets: only a per-job placeholder each; the values stay with the supervisor. */
+  placeholders?: { name: string; placeholder: string }[];
 }
 export type SecretReply =
   | { type: 'secret'; reqId: number; ok: true; value: Uint8Array; version: string }

@@ -12,6 +12,8 @@ import { ProcessorLoadError } from '../errors.js';
 /** Where a sandbox's private temp dir, and its egress socket, appear inside the OS layer. */
 export const SANDBOX_TMP = '/tmp';
 export const SANDBOX_EGRESS_SOCKET = '/run/fleet/egress.sock';
+/** Where the fleet egress CA's certificate appears inside a sandbox (types with injected secrets). */
+export const SANDBOX_CA_CERT = '/run/fleet/ca.pem';
 /** The port the in-sandbox forwarder listens on (its own network namespace, so no clash). */
 export const SANDBOX_PROXY_PORT = 3128;
 
@@ -135,6 +137,8 @@ export function assertNoEscapingLinks(root: string, allowed: readonly string[], 
 export interface ProcessSandboxSpec {
   entry: string;
   processorPath: string;
+  /** The fleet egress CA certificate the sandbox trusts (types with injected secrets). */
+  caCertFile?: string;
   /** Read-only paths besides the processor's directory (resolved). */
   readPaths: readonly string[];
   /** The sandbox's private temp dir on the host (created by the caller, removed with the sandbox). */
@@ -200,6 +204,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
           ...roots.map((r) => `--allow-fs-read=${r}`),
           `--allow-fs-write=${tmpInside}`,
           `--allow-fs-read=${tmpInside}`,
+          ...(spec.caCertFile ? [`--allow-fs-read=${os ? SANDBOX_CA_CERT : spec.caCertFile}`] : []),
           // The in-sandbox forwarder reaches the egress proxy's socket (only the network
           // namespace's loopback and that socket exist there).
           ...(networked && PERMISSION_MODEL_COVERS_NETWORK ? ['--allow-net'] : []),
@@ -215,6 +220,10 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     spec.entry,
   ];
   const env: Record<string, string> = { NODE_ENV: process.env.NODE_ENV ?? 'production', TMPDIR: tmpInside, HOME: tmpInside };
+  // Injected secrets: the sandbox trusts the fleet egress CA (its certificate only; the key stays
+  // in the supervisor's data dir, which no sandbox can read).
+  const caInside = spec.caCertFile ? (os ? SANDBOX_CA_CERT : spec.caCertFile) : null;
+  if (caInside) env.NODE_EXTRA_CA_CERTS = caInside;
   // Node ≥ 24 can switch its HTTP clients to the proxy at run time: the sandbox entry does it on
   // the first connection, so a sandbox that never connects does not pay ~40 ms at start-up for
   // loading the proxy support. Node 22 reads NODE_USE_ENV_PROXY at start-up only.
@@ -246,6 +255,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     '--size', String(spec.tmpSizeMb * 1024 * 1024), '--tmpfs', SANDBOX_TMP,
     ...binds,
     ...(networked && spec.egressSocket ? ['--dir', '/run/fleet', '--bind', spec.egressSocket, SANDBOX_EGRESS_SOCKET] : []),
+    ...(spec.caCertFile ? ['--ro-bind', spec.caCertFile, SANDBOX_CA_CERT] : []),
     '--chdir', SANDBOX_TMP,
     '--',
     node,

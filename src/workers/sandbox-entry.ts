@@ -11,7 +11,7 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { format } from 'node:util';
 import v8 from 'node:v8';
-import { CancelledError, ProcessorLoadError, ResultError, ShutdownError, TimeoutError, deserializeError, serializeError, type SerializedError } from '../errors.js';
+import { CancelledError, ProcessorLoadError, ResultError, SecretScopeError, ShutdownError, TimeoutError, deserializeError, serializeError, type SerializedError } from '../errors.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import type { Rotator } from '../rotation/rotators.js';
@@ -169,10 +169,13 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
     c.handed.push(s.value);
     c.mask.add(s.value);
   }
+  const placeholders = new Map((msg.placeholders ?? []).map((p) => [p.name, p.placeholder]));
   /** Declared secrets were delivered at job start; anything else is asked for, so the denial is audited. */
   const bytesOf = (name: string): Promise<Uint8Array> => {
     const v = delivered.get(name);
-    return v ? Promise.resolve(v) : requestSecret(c, name);
+    if (v) return Promise.resolve(v);
+    if (placeholders.has(name)) return Promise.reject(new SecretScopeError(`secret "${name}" is injected at egress: this sandbox never holds its value. Fix: send ctx.secrets.placeholder("${name}") where the value goes (its binding's host and header); the egress proxy puts the value in.`));
+    return requestSecret(c, name);
   };
   const eluStart = performance.eventLoopUtilization();
   const logAt =
@@ -192,6 +195,12 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
       text: async (name) => {
         const bytes = await bytesOf(name);
         return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength).toString('utf8');
+      },
+      placeholder: (name) => {
+        const p = placeholders.get(name);
+        if (p) return p;
+        if (delivered.has(name)) throw new SecretScopeError(`secret "${name}" is delivered to this job, not injected: use ctx.secrets.get("${name}"), or give it a binding (secrets.items.${name}.binding) to have it injected.`);
+        throw new SecretScopeError(`secret "${name}" is not injected for job type ${msg.jobType}. Fix: declare it in the type's secrets with a binding (secrets.items.${name}.binding).`);
       },
     },
   };

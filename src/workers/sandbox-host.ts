@@ -13,7 +13,7 @@ import path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { FleetError, MemoryLimitError, ProcessorError, ProcessorLoadError, SandboxCrashError, deserializeError } from '../errors.js';
 import { compiledPath } from '../runtime-path.js';
-import { EgressProxy, type EgressRefusal } from './egress-proxy.js';
+import { EgressProxy, type EgressRefusal, type InjectOptions } from './egress-proxy.js';
 import type { FromSandbox, SandboxInit, ToSandbox } from './protocol.js';
 import { processSandboxCommand, SANDBOX_EGRESS_SOCKET, SANDBOX_PROXY_PORT, type Egress, type OsLayer, type SandboxLayer } from './sandbox-boundary.js';
 
@@ -42,6 +42,8 @@ export interface ProcessHostOptions {
   forbiddenPaths: readonly string[];
   fleetAddresses: readonly string[];
   onEgressRefused?: (refusal: EgressRefusal & { jobId: string | null }) => void;
+  /** The type takes a secret as `inject`: the egress proxy terminates TLS (fleet CA) and swaps placeholders. */
+  inject?: Omit<InjectOptions, 'currentJob'>;
   /** Only `npm run bench` turns this off, to price the permission model alone. @defaultValue true */
   permissionModel?: boolean;
 }
@@ -139,7 +141,12 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
     let proxyUrl: string | null = null;
     let processInit: SandboxInit = init;
     if (options.egress !== 'none') {
-      proxy = new EgressProxy({ egress: options.egress, fleetAddresses: options.fleetAddresses, onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }) });
+      proxy = new EgressProxy({
+        egress: options.egress,
+        fleetAddresses: options.fleetAddresses,
+        onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }),
+        ...(options.inject ? { inject: { ...options.inject, currentJob: () => jobId, onRefused: (r) => options.inject!.onRefused({ ...r, jobType: init.jobType }) } } : {}),
+      });
       if (os) {
         egressSocket = path.join(hostDir, 'egress.sock');
         await proxy.listen(egressSocket);
@@ -162,6 +169,7 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
       proxyUrl,
       osLayer: options.osLayer,
       forbiddenPaths: options.forbiddenPaths,
+      ...(options.inject ? { caCertFile: options.inject.ca.certFile } : {}),
       ...(options.permissionModel === false ? { permissionModel: false } : {}),
     });
     child = spawn(cmd.command, cmd.args, {

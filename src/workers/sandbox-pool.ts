@@ -4,6 +4,7 @@ import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import { Sandbox } from './sandbox.js';
 import type { OsLayer, SandboxLayer } from './sandbox-boundary.js';
+import type { InjectOptions } from './egress-proxy.js';
 
 /** What process sandboxes of every type share: the OS layer probe, and what none may reach. */
 export interface ProcessBoundary {
@@ -12,6 +13,8 @@ export interface ProcessBoundary {
   forbiddenPaths: readonly string[];
   /** Addresses of Redis, Vault and KMS, refused by every egress proxy unless listed. */
   fleetAddresses: readonly string[];
+  /** Secret injection at egress, for the types that take a secret as `inject`. */
+  inject?: Omit<InjectOptions, 'currentJob'>;
 }
 
 export interface SandboxPoolStats {
@@ -83,6 +86,7 @@ export class SandboxPool {
                 readPaths: t.readPaths,
                 forbiddenPaths: b.forbiddenPaths,
                 fleetAddresses: b.fleetAddresses,
+                ...(b.inject && [...t.secretModes.values()].includes('inject') ? { inject: b.inject } : {}),
                 onEgressRefused: (r) => this.#events.emit('egress:refused', { jobType: t.name, jobId: r.jobId, destination: r.destination, reason: r.reason }),
               },
             }

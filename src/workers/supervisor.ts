@@ -1,4 +1,6 @@
+import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
+import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
@@ -18,6 +20,8 @@ import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
 import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
+import { InjectionRegistry } from '../secrets/injection.js';
+import { EgressCa } from './egress-ca.js';
 import { makeProviders } from '../secrets/providers.js';
 import { parseControlMessage } from './control.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
@@ -73,6 +77,7 @@ export class Supervisor {
   readonly #active = new Map<string, AbortController>();
   #redis: RedisClient | null = null;
   #secrets: SecretBroker | null = null;
+  #injections: InjectionRegistry | null = null;
   #auditKeys: AuditKeyRing | null = null;
   #auditCheck: NodeJS.Timeout | null = null;
   #stopAuditKeys: (() => void) | null = null;
@@ -170,7 +175,49 @@ export class Supervisor {
       this.#log.warn('egress refused', { jobType: r.jobType, jobId: r.jobId, destination: r.destination, reason: r.reason });
       this.#secrets?.auditEvent({ action: 'egress-refused', outcome: 'denied', secret: '-', jobId: r.jobId ?? '-', jobType: r.jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: `${r.destination}: ${r.reason}` });
     });
-    return { osLayer, forbiddenPaths: [this.#config.dataDir], fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl) };
+    const boundary: ProcessBoundary = { osLayer, forbiddenPaths: [this.#config.dataDir], fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl) };
+    if (this.#types.some((t) => [...t.secretModes.values()].includes('inject'))) boundary.inject = await this.#injection();
+    return boundary;
+  }
+
+  /**
+   * Secrets injected at egress: the fleet egress CA (generated once under dataDir), the registry
+   * of this supervisor's placeholders, and what a use or a refusal leaves in the audit trail.
+   */
+  async #injection(): Promise<NonNullable<ProcessBoundary['inject']>> {
+    const sv = this.#config.supervisor;
+    const ca = await EgressCa.load(path.join(this.#config.dataDir, 'egress-ca'));
+    const registry = (this.#injections = new InjectionRegistry());
+    let upstreamCa: string | undefined;
+    if (sv.upstreamCaFile) {
+      try {
+        upstreamCa = readFileSync(sv.upstreamCaFile, 'utf8');
+      } catch (err) {
+        throw new ConfigError(`supervisor.upstreamCaFile: ${sv.upstreamCaFile} cannot be read (${toError(err).message}). Fix: point it at a PEM file of CA certificates.`);
+      }
+    }
+    /** First use of each (job, secret, destination): one audit record, not one per request. */
+    const seen = new Set<string>();
+    return {
+      ca,
+      registry,
+      ...(upstreamCa ? { upstreamCa } : {}),
+      maxBodyBytes: sv.injectMaxBodyBytes,
+      onInjected: ({ injection: i, destination }) => {
+        this.events.emit('secret:injected', { jobType: i.jobType, secret: i.secret });
+        const key = `${i.jobId}\n${i.secret}\n${destination}`;
+        if (seen.has(key)) return;
+        seen.add(key);
+        if (seen.size > 10_000) seen.clear();
+        this.#secrets?.auditEvent({ action: 'inject', outcome: 'granted', secret: i.secret, jobId: i.jobId, jobType: i.jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: destination });
+      },
+      onRefused: (r) => {
+        const jobType = r.jobType ?? '-';
+        this.#log.warn('secret placeholder refused at egress (possible exfiltration)', { jobType, jobId: r.jobId, secret: r.secret, destination: r.destination, reason: r.reason });
+        this.events.emit('secret:inject-refused', { jobType, secret: r.secret ?? '-' });
+        this.#secrets?.auditEvent({ action: 'inject-refused', outcome: 'denied', secret: r.secret ?? '-', jobId: r.jobId ?? '-', jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: `${r.destination}: ${r.reason}` });
+      },
+    };
   }
 
   async #startSecrets(redis: RedisClient): Promise<void> {
@@ -260,8 +307,16 @@ export class Supervisor {
         if (delivered.status === 'fulfilled') for (const s of delivered.value) s.value.fill(0);
         throw delivered.status === 'rejected' ? delivered.reason : (acquired as PromiseRejectedResult).reason;
       }
+      // `inject` secrets stay here: the sandbox gets a placeholder, the egress proxy the value.
+      const handOver: typeof delivered.value = [];
+      const placeholders: { name: string; placeholder: string }[] = [];
+      for (const s of delivered.value) {
+        const binding = this.#config.secrets.items[s.name]?.binding;
+        if (t.secretModes.get(s.name) === 'inject' && binding && this.#injections) placeholders.push({ name: s.name, placeholder: this.#injections.issue(jobId, t.name, s.name, s.value, binding) });
+        else handOver.push(s);
+      }
       const result = await sandbox!.run(
-        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: delivered.value },
+        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: handOver, ...(placeholders.length ? { placeholders } : {}) },
         {
           timeoutMs: t.timeoutMs,
           abortGraceMs: t.abortGraceMs,
@@ -271,7 +326,7 @@ export class Supervisor {
             log[level](msg, { ...fields, source });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
           },
-          onSecretRequest: (name) => secrets.get(name),
+          onSecretRequest: (name) => secrets.request(name),
         },
       );
       clean = true;
@@ -300,6 +355,8 @@ export class Supervisor {
       // A job that threw leaves a healthy sandbox; one that was terminated (timeout, OOM, crash,
       // cancel) is dead and gets replaced.
       if (sandbox) pool.release(sandbox, clean || sandbox.alive);
+      // Injected values are zero-filled and their placeholders retired (a later use is a replay).
+      this.#injections?.endJob(jobId);
       // The sandbox zeroed its copies (or was destroyed); credentials minted for the job are revoked.
       await secrets.release();
     }

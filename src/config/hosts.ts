@@ -1,0 +1,30 @@
+/** Host patterns shared by egress policies and secret bindings: `host`, `host:port`, `*.domain[:port]` (port 443 by default). */
+
+/** `host:port` split, with IPv6 brackets removed. */
+export function splitHostPort(target: string, defaultPort: number): { host: string; port: number } | null {
+  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(target) ?? /^([^:]+)(?::(\d+))?$/.exec(target);
+  if (!m) return null;
+  const port = m[2] ? Number(m[2]) : defaultPort;
+  if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
+  return { host: m[1]!.toLowerCase().replace(/\.$/, ''), port };
+}
+
+/** Whether `host:port` matches one pattern (`host`, `host:port`, `*.domain`, `*.domain:port`; port defaults to 443). */
+export function matchesEgress(pattern: string, host: string, port: number): boolean {
+  const p = splitHostPort(pattern.toLowerCase(), 443);
+  if (!p || p.port !== port) return false;
+  if (p.host.startsWith('*.')) return host.endsWith(p.host.slice(1)) && host.length > p.host.length - 1;
+  return host === p.host;
+}
+
+/** Whether every destination `pattern` names is also allowed by one of `allowed` (same wildcard, or a wildcard covering it). */
+export function patternCovered(pattern: string, allowed: readonly string[]): boolean {
+  const p = splitHostPort(pattern.toLowerCase(), 443);
+  if (!p) return false;
+  return allowed.some((a) => {
+    const q = splitHostPort(a.toLowerCase(), 443);
+    if (!q || q.port !== p.port) return false;
+    if (q.host === p.host) return true;
+    return q.host.startsWith('*.') && p.host.endsWith(q.host.slice(1));
+  });
+}
