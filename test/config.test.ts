@@ -58,6 +58,27 @@ describe('config', () => {
     expect(msg2).toContain('abortGraceMs (100) must be below timeoutMs (100)');
   });
 
+  it('secret modes: inject by default with a binding, deliver without or when asked; inject needs a binding and egress to its hosts', () => {
+    const items = { 'stripe-key': { binding: { hosts: ['api.stripe.com'] } }, 'signing-key': {} };
+    const c = resolve({
+      secrets: { items },
+      jobTypes: [
+        fixtureType('charge', 'ok.mjs', { secrets: ['stripe-key', 'signing-key'], egress: ['api.stripe.com'] }),
+        fixtureType('legacy', 'ok.mjs', { secrets: [{ name: 'stripe-key', mode: 'deliver' }], egress: ['api.stripe.com'] }),
+      ],
+    });
+    expect(Object.fromEntries(c.jobTypes.get('charge')!.secretModes)).toEqual({ 'stripe-key': 'inject', 'signing-key': 'deliver' });
+    expect(c.jobTypes.get('legacy')!.secrets).toEqual(['stripe-key']);
+    expect(c.secrets.items['stripe-key']!.binding).toEqual({ hosts: ['api.stripe.com'], header: 'authorization', format: 'Bearer {value}', body: false });
+    const msg = refusal({
+      secrets: { items },
+      jobTypes: [fixtureType('a', 'ok.mjs', { secrets: [{ name: 'signing-key', mode: 'inject' }, 'stripe-key'], egress: ['api.example.com'] })],
+    });
+    expect(msg).toContain('"signing-key" is to be injected but has no binding');
+    expect(msg).toContain('jobTypes.a.egress does not allow api.stripe.com, where its injected secret "stripe-key" is bound');
+    expect(refusal({ secrets: { items: { k: { binding: { hosts: ['x.example.com'], format: 'Bearer' } } } }, jobTypes: [fixtureType('a', 'ok.mjs')] })).toContain('secrets.items.k.binding.format: must contain {value}');
+  });
+
   it('refuses producers allowed a job type that does not exist', () => {
     const msg = refusal({
       jobTypes: [fixtureType('a', 'ok.mjs')],

@@ -52,6 +52,7 @@ beforeAll(async () => {
   if (!PROMETHEUS) return;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
   await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_E2E_NONE', keepVersions: 2 }).write('api-key', Buffer.from(SECRET_VALUE));
+  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_E2E_NONE', keepVersions: 2 }).write('bound-key', Buffer.from(`${SECRET_VALUE}-bound`));
   const config = testConfig(
     redis.url,
     [
@@ -66,6 +67,8 @@ beforeAll(async () => {
       fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'], isolation: 'pool' }),
       // A processor that tries the cloud metadata address through its egress proxy.
       fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any', isolation: 'pool' }),
+      // A processor that sends its injected secret's placeholder to an allowed but unbound host.
+      fixtureType('injector', 'inject-client.mjs', { secrets: ['bound-key'], egress: ['127.0.0.1:9', '127.0.0.1:10'], isolation: 'pool' }),
     ],
     {
       dataDir,
@@ -75,6 +78,7 @@ beforeAll(async () => {
         items: {
           // Rotated every second while jobs read it; and one whose rotation always fails its test step.
           'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 2 } },
+          'bound-key': { binding: { hosts: ['127.0.0.1:9'] } },
           'partner-key': { rotation: { schedule: '1s', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') }, attempts: 1 } },
         },
       },
@@ -119,6 +123,7 @@ scrape_configs:
         post('nosy', { name: 'someone-elses-key' }),
         post('missing', { names: ['no-such-key'] }),
         post('exfil', { attack: 'fetch', url: 'http://169.254.169.254/latest/meta-data/' }),
+        post('injector', { url: 'https://127.0.0.1:10/', where: 'header', secret: 'bound-key' }),
         fetch(`${fleet.apiUrl}/v1/jobs/nope`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' }),
       ]);
       await new Promise((r) => setTimeout(r, 300));

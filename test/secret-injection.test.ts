@@ -162,6 +162,28 @@ describe('secrets injected at egress', () => {
   });
 });
 
+describe('operators see the modes', () => {
+  it('fleet status --secrets shows each secret\'s mode per type and its binding; fleet doctor warns about a delivered secret that has a binding', async () => {
+    const { secretsStatus, renderSecretsStatus } = await import('../src/cli/secrets-commands.js');
+    const { doctor } = await import('../src/cli/doctor.js');
+    const b = `127.0.0.1:${bound.port}`;
+    const config = testConfig(
+      redis.url,
+      [
+        fixtureType('caller', 'inject-client.mjs', { secrets: ['api-token'], egress: [b] }),
+        fixtureType('legacy', 'inject-client.mjs', { secrets: [{ name: 'api-token', mode: 'deliver' }], egress: [b] }),
+      ],
+      { secrets: { items: { 'api-token': { binding: { hosts: [b] } } } } },
+    );
+    const rows = await secretsStatus(config, redis.client);
+    expect(rows.find((r) => r.secret === 'api-token')).toMatchObject({ modes: { caller: 'inject', legacy: 'deliver' }, binding: { hosts: [b], header: 'authorization', format: 'Bearer {value}', body: false } });
+    expect(renderSecretsStatus(rows)).toMatch(/used by caller \(inject\), legacy \(deliver\)\n\s+binding: 127\.0\.0\.1:\d+  authorization: Bearer \{value\}/);
+    const checks = await doctor(config, redis.client, { production: false, metricsUrls: [] });
+    expect(checks.find((c) => c.check === 'job type legacy: secret api-token mode')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('delivered into the sandbox although it has a binding') });
+    expect(checks.find((c) => c.check === 'job type caller: secret api-token mode')).toMatchObject({ status: 'PASS' });
+  });
+});
+
 describe('hostile: a processor misusing an injected secret', () => {
   it('cannot send it to an allowed but unbound host: refused, audited, counted; the host receives nothing', async () => {
     await withFleet(async ({ run, config, metrics }) => {

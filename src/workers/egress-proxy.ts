@@ -133,6 +133,7 @@ export class EgressProxy {
   readonly #server: http.Server;
   /** Parses the requests of TLS connections the proxy terminated (injection). */
   readonly #inner: http.Server | null = null;
+  readonly #plainInner: http.Server | null = null;
   readonly #targets = new WeakMap<object, { host: string; port: number; address: string }>();
   readonly #agent: https.Agent | null = null;
   readonly #sockets = new Set<Socket | Duplex>();
@@ -151,6 +152,7 @@ export class EgressProxy {
     });
     if (options.inject) {
       this.#inner = http.createServer((req, res) => void this.#onInjectable(req, res));
+      this.#plainInner = http.createServer((req, res) => this.#onTunneledPlain(req, res));
       this.#agent = new https.Agent({ keepAlive: true, ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}) });
     }
   }
@@ -216,6 +218,23 @@ export class EgressProxy {
       // read its HTTP requests, and send each on over a TLS connection of our own.
       socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
       if (head.length) (socket as Socket).unshift(head);
+      // Some clients tunnel plain HTTP through CONNECT too (Node 22's fetch): a first byte that
+      // does not open a TLS handshake is plain HTTP, checked like an absolute-form request.
+      const first = await new Promise<Buffer | null>((resolve) => {
+        socket.once('data', (chunk: Buffer) => {
+          socket.pause();
+          (socket as Socket).unshift(chunk);
+          resolve(chunk);
+        });
+        socket.once('close', () => resolve(null));
+      });
+      if (!first) return;
+      if (first[0] !== 0x16) {
+        this.#targets.set(socket, { host: target.host, port: target.port, address: verdict.address });
+        this.#plainInner!.emit('connection', socket);
+        socket.resume();
+        return;
+      }
       let context: tls.SecureContext;
       try {
         context = await this.#o.inject.ca.contextFor(target.host);
@@ -270,16 +289,30 @@ export class EgressProxy {
       return;
     }
     this.stats.allowed += 1;
-    if (this.#o.inject) {
-      // Injected secrets travel only over TLS: a placeholder in a plain-HTTP request is refused.
-      const found = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
-      if (found.length) {
-        const s = this.#o.inject.registry.lookup(found[0]!);
-        this.#refuseInjection(res, { jobId: this.#o.inject.currentJob(), secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null, destination: dest, reason: 'a secret placeholder in a plain-HTTP request: injected secrets are sent only over https' });
-        return;
-      }
-    }
+    if (this.#placeholderInPlainHttp(req, res, dest)) return;
     this.#forward(req, res, verdict.address, port, url);
+  }
+
+  /** Injected secrets travel only over TLS: a placeholder in a plain-HTTP request is refused (true). */
+  #placeholderInPlainHttp(req: IncomingMessage, res: ServerResponse, dest: string): boolean {
+    if (!this.#o.inject) return false;
+    const found = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
+    if (!found.length) return false;
+    const s = this.#o.inject.registry.lookup(found[0]!);
+    this.#refuseInjection(res, { jobId: this.#o.inject.currentJob(), secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null, destination: dest, reason: 'a secret placeholder in a plain-HTTP request: injected secrets are sent only over https' });
+    return true;
+  }
+
+  /** Plain HTTP that arrived through CONNECT (origin-form requests). */
+  #onTunneledPlain(req: IncomingMessage, res: ServerResponse): void {
+    const t = this.#targets.get(req.socket);
+    if (!t) {
+      res.writeHead(502).end();
+      return;
+    }
+    const dest = `${t.host}:${t.port}`;
+    if (this.#placeholderInPlainHttp(req, res, dest)) return;
+    this.#forward(req, res, t.address, t.port, new URL(req.url ?? '/', `http://${dest}`));
   }
 
   #refuseInjection(res: ServerResponse, refusal: InjectionRefusal): void {
