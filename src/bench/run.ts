@@ -34,7 +34,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison. */
+    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead. */
     only: { type: 'string' },
   },
 });
@@ -438,6 +438,72 @@ async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: n
   }
 }
 
+/**
+ * Secret injection's cost per proxied HTTPS request, p50 on loopback: the same request (keep-alive,
+ * sequential) through the egress proxy as a plain CONNECT tunnel, through the proxy terminating
+ * TLS without a placeholder in it, and with a placeholder swapped for the value.
+ */
+async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: number; tunnelP99Ms: number; terminatedP50Ms: number; injectP50Ms: number; injectP99Ms: number; overheadP50Ms: number }> {
+  const { EgressProxy } = await import('../workers/egress-proxy.js');
+  const { EgressCa } = await import('../workers/egress-ca.js');
+  const { InjectionRegistry } = await import('../secrets/injection.js');
+  const https = await import('node:https');
+  const upstreamCa = await EgressCa.load(mkdtempSync(path.join(tmpdir(), 'fleet-bench-upstream-ca-')));
+  const fleetCa = await EgressCa.load(mkdtempSync(path.join(tmpdir(), 'fleet-bench-egress-ca-')));
+  const server = https.createServer({ ...(await upstreamCa.leafPem('127.0.0.1')), keepAlive: true }, (req, res) => {
+    req.resume();
+    req.on('end', () => res.end('{"ok":true}'));
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+  const port = (server.address() as { port: number }).port;
+  const egress = [`127.0.0.1:${port}`];
+  const registry = new InjectionRegistry();
+  const placeholder = registry.issue('bench.1', 'bench', 'bench-key', Buffer.from('sk-bench-0123456789abcdef0123456789'), { hosts: egress, header: 'authorization', format: 'Bearer {value}', body: false });
+  const tunnel = new EgressProxy({ egress, onRefused: () => undefined });
+  const terminating = new EgressProxy({ egress, onRefused: () => undefined, inject: { ca: fleetCa, registry, currentJob: () => 'bench.1', upstreamCa: upstreamCa.certPem, maxBodyBytes: 1 << 20, onInjected: () => undefined, onRefused: () => undefined } });
+  const urls = { tunnel: await tunnel.listen(0), terminating: await terminating.listen(0) };
+  const run = async (proxyUrl: string, ca: string, headers: Record<string, string>): Promise<number[]> => {
+    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca, proxyEnv: { HTTPS_PROXY: proxyUrl } } as ConstructorParameters<typeof https.Agent>[0]);
+    const once = (): Promise<number> =>
+      new Promise((resolve, reject) => {
+        const t0 = performance.now();
+        const req = https.request(`https://127.0.0.1:${port}/v1/charges`, { agent, headers }, (res) => {
+          res.resume();
+          res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(`HTTP ${res.statusCode}`))));
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    for (let i = 0; i < 50; i++) await once();
+    const lat: number[] = [];
+    for (let i = 0; i < requests; i++) lat.push(await once());
+    agent.destroy();
+    return lat.sort((a, b) => a - b);
+  };
+  try {
+    const auth = { authorization: `Bearer ${placeholder}` };
+    const plainAuth = { authorization: 'Bearer not-a-secret-0123456789' };
+    const t = await run(urls.tunnel, upstreamCa.certPem, plainAuth);
+    const m = await run(urls.terminating, fleetCa.certPem, plainAuth);
+    const i = await run(urls.terminating, fleetCa.certPem, auth);
+    const out = {
+      tunnelP50Ms: round(quantile(t, 0.5), 3),
+      tunnelP99Ms: round(quantile(t, 0.99), 3),
+      terminatedP50Ms: round(quantile(m, 0.5), 3),
+      injectP50Ms: round(quantile(i, 0.5), 3),
+      injectP99Ms: round(quantile(i, 0.99), 3),
+      overheadP50Ms: round(quantile(i, 0.5) - quantile(t, 0.5), 3),
+    };
+    say(`  ${'HTTPS via proxy: tunnel / terminated / injected'.padEnd(34)} p50 ${out.tunnelP50Ms} / ${out.terminatedP50Ms} / ${out.injectP50Ms} ms (p99 ${out.tunnelP99Ms} / ${out.injectP99Ms} ms), ${requests} requests each`);
+    return out;
+  } finally {
+    registry.endJob('bench.1');
+    await tunnel.close();
+    await terminating.close();
+    server.close();
+  }
+}
+
 /** RSS of a real, idle `fleet start --role worker` process running the demo config. */
 async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
@@ -466,6 +532,12 @@ async function main(): Promise<void> {
   r.disconnect();
   say(`fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`);
   try {
+    if (args.only === 'injection') {
+      const inj = await injectionOverhead(1000);
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, injection: inj })}\n`);
+      else say(`injection overhead p50: ${inj.overheadP50Ms} ms (target ≤ 2)`);
+      return;
+    }
     if (args.only === 'least-privilege') {
       const lp = await aclAndChainRuns(SECRET_JOBS);
       const ratios = { aclEnqueueVsNone: round(lp.enqueueApiUserPerSecond / lp.enqueueAdminPerSecond), aclAndAuditChainJobsVsNone: round(lp.jobsRoleUsersChainPerSecond / lp.jobsAdminUnsealedPerSecond) };
@@ -493,6 +565,7 @@ async function main(): Promise<void> {
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
+    const injection = await injectionOverhead(1000);
     const idle = await idleSupervisorRss(redis.url);
     const ratios = {
       processPoolVsBullmqThreads: round(processPool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
@@ -538,8 +611,9 @@ async function main(): Promise<void> {
       kmsOverheadP50Ms: { target: '≤ 2', met: secretOverheadP50Ms.kms <= 2 },
       aclEnqueueVsNone: { target: '≥ 0.95', met: ratios.aclEnqueueVsNone >= 0.95 },
       aclAndAuditChainJobsVsNone: { target: '≥ 0.95', met: ratios.aclAndAuditChainJobsVsNone >= 0.95 },
+      injectionOverheadP50Ms: { target: '≤ 2', met: injection.overheadP50Ms <= 2 },
     };
-    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, leastPrivilege, idleSupervisor: idle, ratios, targets };
+    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, leastPrivilege, injection, idleSupervisor: idle, ratios, targets };
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');
