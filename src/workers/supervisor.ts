@@ -21,7 +21,6 @@ import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
 import { InjectionRegistry } from '../secrets/injection.js';
-import { EgressCa } from './egress-ca.js';
 import { makeProviders } from '../secrets/providers.js';
 import { parseControlMessage } from './control.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
@@ -186,6 +185,8 @@ export class Supervisor {
    */
   async #injection(): Promise<NonNullable<ProcessBoundary['inject']>> {
     const sv = this.#config.supervisor;
+    // Loaded only here: a supervisor without injected secrets never loads the X.509 library.
+    const { EgressCa } = await import('./egress-ca.js');
     const ca = await EgressCa.load(path.join(this.#config.dataDir, 'egress-ca'));
     const registry = (this.#injections = new InjectionRegistry());
     let upstreamCa: string | undefined;
