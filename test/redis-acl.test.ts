@@ -174,6 +174,63 @@ describe('Redis ACL users per role', () => {
   });
 });
 
+describe('rotating a role password as a rotation policy (rotator redis-acl)', () => {
+  it('sets the new password beside the old, tests it, and removes the old one when the previous version retires', async () => {
+    const store = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ACL_NONE', keepVersions: 5 });
+    const original = users.roles.ops!.password;
+    await store.write('redis-ops-password', Buffer.from(original));
+    const config = aclConfig({ secrets: { items: { 'redis-ops-password': { kind: 'other', rotation: { schedule: 'weekly', graceSeconds: 1, rotator: { type: 'redis-acl', role: 'ops' } } } } } });
+    const canLogIn = async (password: string): Promise<boolean> => {
+      const c = new Redis(urlWithCredential(server.url, { username: 'fleet-ops', password }), { maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+      c.on('error', () => undefined);
+      try {
+        await c.connect();
+        return String(await c.call('ACL', 'WHOAMI')) === 'fleet-ops';
+      } catch {
+        return false;
+      } finally {
+        c.disconnect();
+      }
+    };
+    const rotation = new RotationService({ config, redisUrl: url('scheduler'), retentionUrl: url('retention'), events: new FleetEventBus() });
+    const saved = process.env.FLEET_REDIS_ADMIN_URL;
+    process.env.FLEET_REDIS_ADMIN_URL = urlWithCredential(server.url, users.admin);
+    await rotation.start();
+    try {
+      const job = await rotation.rotateNow('redis-ops-password');
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 50));
+      expect(await job.getState()).toBe('completed');
+      const fresh = (await store.readCurrent('redis-ops-password')).value;
+      const next = Buffer.from(fresh).toString('utf8');
+      expect(next).not.toBe(original);
+      // Within the grace window both work; after it, only the new one.
+      expect(await canLogIn(original)).toBe(true);
+      expect(await canLogIn(next)).toBe(true);
+      await new Promise((r) => setTimeout(r, 1100));
+      await rotation.sweep();
+      expect(await canLogIn(original)).toBe(false);
+      expect(await canLogIn(next)).toBe(true);
+      // The role's rules are unchanged: still refused what ops may not do.
+      const ops = new Redis(urlWithCredential(server.url, { username: 'fleet-ops', password: next }));
+      clients.push(ops);
+      await expect(ops.call('XTRIM', auditStreamKey(PREFIX), 'MAXLEN', '0')).rejects.toThrow(/NOPERM/);
+      // Without the admin URL the rotation fails at its set step, naming the variable.
+      delete process.env.FLEET_REDIS_ADMIN_URL;
+      const failing = await rotation.rotateNow('redis-ops-password');
+      for (let i = 0; i < 100 && !(await failing.getState()).match(/failed|completed/); i++) await new Promise((r) => setTimeout(r, 50));
+      expect((await rotation.queue.getJob(failing.id!))?.failedReason).toMatch(/FLEET_REDIS_ADMIN_URL/);
+      expect(await canLogIn(next)).toBe(true);
+    } finally {
+      await rotation.stop();
+      if (saved === undefined) delete process.env.FLEET_REDIS_ADMIN_URL;
+      else process.env.FLEET_REDIS_ADMIN_URL = saved;
+      const admin = new Redis(urlWithCredential(server.url, users.admin));
+      clients.push(admin);
+      await setupRoleUsers(admin, { prefix: PREFIX, roles: ['ops'], passwords: { ops: users.roles.ops! } });
+    }
+  }, 60_000);
+});
+
 describe('fleet redis setup', () => {
   let plain: EmbeddedRedis;
   const adminPassword = 'setup-admin-password-0123456789';

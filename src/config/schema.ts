@@ -127,6 +127,18 @@ export const rotationSchema = z
       }).strict(),
       /** KMS only: re-encrypt the same value under a fresh data key. */
       z.object({ type: z.literal('kms-rewrap') }).strict(),
+      /**
+       * The password of one fleet Redis role (the secret's value): set on every Redis node with
+       * `ACL SETUSER` next to the current one, tested by logging in, and the old one removed when
+       * the previous version retires (after `graceSeconds`). Needs an admin Redis URL in the
+       * scheduler's environment, `adminUrlEnv`.
+       */
+      z.object({
+        type: z.literal('redis-acl'),
+        role: z.enum(['api', 'worker', 'scheduler', 'ops', 'retention']),
+        /** @defaultValue `"FLEET_REDIS_ADMIN_URL"` */
+        adminUrlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).default('FLEET_REDIS_ADMIN_URL'),
+      }).strict(),
       /** A module exporting `create`, and optionally `set`, `test`, `finish` (external credentials). */
       z.object({
         type: z.literal('module'),

@@ -22,6 +22,7 @@ import { secretHealth, type SecretHealth } from './secret-health.js';
 import { makeProvider } from '../secrets/providers.js';
 import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
 import { runRotatorStep } from './sandboxed-rotator.js';
+import { redisAclRotator } from './redis-acl-rotator.js';
 import type { z } from 'zod';
 
 type RotationPolicy = z.output<typeof rotationSchema>;
@@ -174,7 +175,12 @@ export class RotationService {
     let r = this.#rotators.get(name);
     if (!r) {
       const cfg = this.policies().get(name)!.rotator;
-      r = cfg.type === 'module' ? this.#sandboxed(name, cfg.path) : await loadRotator(cfg);
+      r =
+        cfg.type === 'module'
+          ? this.#sandboxed(name, cfg.path)
+          : cfg.type === 'redis-acl'
+            ? redisAclRotator({ role: cfg.role, prefix: this.#config.redis.prefix, adminUrlEnv: cfg.adminUrlEnv })
+            : await loadRotator(cfg);
       this.#rotators.set(name, r);
     }
     return r;
@@ -361,10 +367,20 @@ export class RotationService {
           const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
           try {
             await (scope?.provider ?? base).retire(secret, version);
+            if (rotator !== 'kms-rewrap' && rotator.finish) {
+              // finish gets the current value (the one that stays), read like the rotation reads it.
+              const reader = scope?.provider ?? base;
+              const current = async (): Promise<Buffer> => {
+                const cur = (await base.list()).find((m) => m.name === secret);
+                if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version`);
+                const v = await reader.readVersion(secret, cur.version);
+                return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
+              };
+              await rotator.finish({ secret, retiredVersion: version, current });
+            }
           } finally {
             await scope?.release().catch((e: unknown) => this.#log.error('could not revoke the rotation token; it expires by its TTL', { secret, error: toError(e).message }));
           }
-          if (rotator !== 'kms-rewrap' && rotator.finish) await rotator.finish({ secret, retiredVersion: version, current: async () => Buffer.alloc(0) });
         }, () => version).catch(async (err: unknown) => {
           await this.#redis?.hset(key, `retire:${version}`, String(at));
           throw err;

@@ -21,7 +21,11 @@ export interface Rotator {
   finish?(ctx: RotatorContext & { retiredVersion: string }): Promise<void> | void;
 }
 
-export type RotatorConfig = { type: 'random'; bytes: number; encoding: 'hex' | 'base64' | 'base64url' } | { type: 'kms-rewrap' } | { type: 'module'; path: string };
+export type RotatorConfig =
+  | { type: 'random'; bytes: number; encoding: 'hex' | 'base64' | 'base64url' }
+  | { type: 'kms-rewrap' }
+  | { type: 'module'; path: string }
+  | { type: 'redis-acl'; role: 'api' | 'worker' | 'scheduler' | 'ops' | 'retention'; adminUrlEnv: string };
 
 /** Random token of `bytes` bytes, encoded as text (what most API keys we mint ourselves look like). */
 export function randomRotator(bytes: number, encoding: 'hex' | 'base64' | 'base64url'): Rotator {
@@ -41,6 +45,7 @@ export function randomRotator(bytes: number, encoding: 'hex' | 'base64' | 'base6
 export async function loadRotator(cfg: RotatorConfig): Promise<Rotator | 'kms-rewrap'> {
   if (cfg.type === 'random') return randomRotator(cfg.bytes, cfg.encoding);
   if (cfg.type === 'kms-rewrap') return 'kms-rewrap';
+  if (cfg.type === 'redis-acl') throw new ConfigError('redis-acl rotators are built by the rotation service (they need the key prefix)');
   if (/\.[cm]?ts$/.test(cfg.path)) {
     const { register } = await import('tsx/esm/api');
     register();
