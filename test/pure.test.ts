@@ -1,0 +1,123 @@
+/**
+ * Unit tests of the pure modules: no servers, no processes, milliseconds. `npm run test:unit`
+ * runs them alone; `npm test` runs them with everything else.
+ */
+import { Readable } from 'node:stream';
+import { describe, expect, it } from 'vitest';
+import { parseDuration } from '../src/config/duration.js';
+import { matchesEgress, patternCovered, splitHostPort } from '../src/config/hosts.js';
+import { scheduleOf } from '../src/config/schedule.js';
+import { deserializeError, formatFailedReason, parseFailedReason, SecretScopeError, serializeError, TimeoutError } from '../src/errors.js';
+import { idempotentJobId, jobTypeOfId, newJobId } from '../src/producers/job-id.js';
+import { REDIS_ROLES, roleRules, serverFeatures, urlWithCredential } from '../src/redis/acl.js';
+import { isClusterUrl, redactUrl } from '../src/redis/connection.js';
+import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
+import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
+import { ValueMasker } from '../src/workers/egress-proxy.js';
+
+describe('pure modules', () => {
+  it('durations and schedules', () => {
+    expect(parseDuration('90s')).toBe(90_000);
+    expect(parseDuration('2w')).toBe(1_209_600_000);
+    expect(() => parseDuration('5 minutes')).toThrow(/not a duration/);
+    expect(scheduleOf('daily')).toEqual({ every: 86_400_000, intervalMs: 86_400_000 });
+    expect(scheduleOf('6h')).toEqual({ every: 21_600_000, intervalMs: 21_600_000 });
+    expect(scheduleOf('0 3 * * *')).toEqual({ pattern: '0 3 * * *', intervalMs: 86_400_000 });
+    expect(scheduleOf('0 3 * * 1')).toEqual({ pattern: '0 3 * * 1', intervalMs: 604_800_000 });
+    expect(scheduleOf('*/5 * * * *')).toEqual({ pattern: '*/5 * * * *', intervalMs: null });
+    expect(() => scheduleOf('500ms')).toThrow(/not a schedule/);
+    expect(() => scheduleOf('0s')).toThrow(/below 1s/);
+  });
+
+  it('job ids carry their type; idempotent ids are stable and reveal nothing of the key', () => {
+    const id = newJobId('charge');
+    expect(jobTypeOfId(id)).toBe('charge');
+    const a = idempotentJobId('charge', 'shop', 'order-42');
+    expect(a).toBe(idempotentJobId('charge', 'shop', 'order-42'));
+    expect(a).not.toBe(idempotentJobId('charge', 'other-shop', 'order-42'));
+    expect(a).not.toContain('order-42');
+    expect(jobTypeOfId(a)).toBe('charge');
+    expect(jobTypeOfId('../etc/passwd')).toBeNull();
+    expect(jobTypeOfId('charge.xyz')).toBeNull();
+  });
+
+  it('errors keep their code and retryability across the sandbox boundary and in failedReason', () => {
+    const back = deserializeError(serializeError(new TimeoutError('took too long')));
+    expect(back).toMatchObject({ code: 'TIMEOUT', message: 'took too long', retryable: true });
+    expect(deserializeError(serializeError(new SecretScopeError('nope')))).toMatchObject({ code: 'SECRET_SCOPE', retryable: false });
+    expect(serializeError('a thrown string')).toMatchObject({ message: 'a thrown string' });
+    expect(parseFailedReason(formatFailedReason(new TimeoutError('slow')))).toEqual({ code: 'TIMEOUT', message: 'slow' });
+  });
+
+  it('Redis URLs: cluster detection, redaction, a role credential put in (URL-encoded)', () => {
+    expect(isClusterUrl('redis-cluster://a:7000,b:7001')).toBe(true);
+    expect(isClusterUrl('redis://a:6379')).toBe(false);
+    expect(redactUrl('redis://u:secret@h:6379/0')).not.toContain('secret');
+    expect(redactUrl('redis-cluster://u:secret@a:1,b:2')).toBe('redis-cluster://***@a:1,b:2');
+    expect(urlWithCredential('redis://old:pw@h:6379', { username: 'fleet-api', password: 'p@ss/w' })).toBe('redis://fleet-api:p%40ss%2Fw@h:6379');
+    expect(urlWithCredential('redis-cluster://a:1,b:2', { username: 'fleet-ops', password: 'x' })).toBe('redis-cluster://fleet-ops:x@a:1,b:2');
+  });
+
+  it('ACL rules: every role drops @dangerous, CLIENT SETINFO only where the server knows it', () => {
+    for (const role of REDIS_ROLES) {
+      const rules = roleRules(role, 'fleet');
+      expect(rules.slice(0, 3)).toEqual(['resetkeys', 'resetchannels', '-@all']);
+      expect(rules).not.toContain('+@all');
+      expect(rules).not.toContain('+client|setinfo');
+      expect(roleRules(role, 'fleet', serverFeatures('7.2.4'))).toContain('+client|setinfo');
+    }
+    expect(serverFeatures('7.0.15').clientSetinfo).toBe(false);
+    expect(serverFeatures('8.2.3').clientSetinfo).toBe(true);
+    // No job-queue pattern covers the audit keys.
+    expect(roleRules('worker', 'fleet').filter((r) => r.startsWith('~') && !r.startsWith('(')).join(' ')).toBe('~fleet:{*}:*');
+  });
+
+  it('host patterns of egress policies and secret bindings', () => {
+    expect(splitHostPort('[::1]:8443', 443)).toEqual({ host: '::1', port: 8443 });
+    expect(matchesEgress('*.stripe.com', 'api.stripe.com', 443)).toBe(true);
+    expect(matchesEgress('*.stripe.com', 'stripe.com', 443)).toBe(false);
+    expect(matchesEgress('api.stripe.com', 'api.stripe.com', 80)).toBe(false);
+    expect(patternCovered('api.stripe.com', ['*.stripe.com'])).toBe(true);
+    expect(patternCovered('api.stripe.com:8443', ['*.stripe.com'])).toBe(false);
+    expect(bindingAllows({ hosts: ['api.stripe.com'], header: 'authorization', format: 'Bearer {value}', body: false }, 'evil.com', 443)).toBe(false);
+  });
+
+  it('placeholders: issued per job, zero-filled and retired at job end', () => {
+    const reg = new InjectionRegistry();
+    const value = new Uint8Array(Buffer.from('sk-value-0123'));
+    const binding = { hosts: ['a.example'], header: 'authorization', format: 'Bearer {value}', body: false };
+    const ph = reg.issue('t.1', 't', 'k', value, binding);
+    expect(ph).toMatch(PLACEHOLDER);
+    expect(reg.lookup(ph)).toMatchObject({ state: 'active' });
+    expect(reg.valuesOf('t.1')).toHaveLength(1);
+    expect(reg.endJob('t.1')).toBe(1);
+    expect([...value].every((b) => b === 0)).toBe(true);
+    expect(reg.lookup(ph)).toEqual({ state: 'retired', jobId: 't.1', jobType: 't', secret: 'k' });
+    expect(reg.lookup('fleet-ph-' + '0'.repeat(40))).toEqual({ state: 'unknown' });
+  });
+
+  it('the response masker finds a value split across chunks', async () => {
+    const value = Buffer.from('sk-live-0123456789');
+    const masker = new ValueMasker([{ value, by: Buffer.from('PLACEHOLDER') }]);
+    const chunks = ['{"key":"sk-live-01', '23456789","again":"sk-', 'live-0123456789"}'];
+    const out: Buffer[] = [];
+    for await (const c of Readable.from(chunks.map((c) => Buffer.from(c))).pipe(masker)) out.push(c as Buffer);
+    expect(Buffer.concat(out).toString()).toBe('{"key":"PLACEHOLDER","again":"PLACEHOLDER"}');
+  });
+
+  it('audit chain: canonical form, sealing and verification without Redis', async () => {
+    expect(canonical({ b: '2', a: '1', mac: 'x' })).toBe('[["a","1"],["b","2"]]');
+    expect(compareIds('5-10', '5-9')).toBeGreaterThan(0);
+    const keys = new AuditKeyRing({ version: '1', key: new Uint8Array(Buffer.from('k'.repeat(64))) });
+    const w = new ChainWriter('w1', keys);
+    const recs = [0, 1, 2].map((i) => ({ fields: w.seal({ ts: String(i), action: 'access', outcome: 'granted', secret: 's' }) }));
+    expect((await verifyEntries(recs, keys, { mode: 'full' })).ok).toBe(true);
+    const swapped = [recs[0]!, recs[2]!, recs[1]!];
+    expect((await verifyEntries(swapped, keys, { mode: 'full' })).firstBreak?.reason).toMatch(/missing before it/);
+    const edited = recs.map((r, i) => (i === 1 ? { fields: { ...r.fields, outcome: 'denied' } } : r));
+    expect((await verifyEntries(edited, keys, { mode: 'full' })).firstBreak).toMatchObject({ at: 'line 2', reason: expect.stringMatching(/MAC does not match/) });
+    // A window: the first record of each writer is taken as given.
+    expect((await verifyEntries(recs.slice(1), keys, { mode: 'anchored' })).ok).toBe(true);
+    expect((await verifyEntries(recs.slice(1), keys, { mode: 'full' })).ok).toBe(false);
+  });
+});
