@@ -14,6 +14,7 @@ import { isClusterUrl, redactUrl } from '../src/redis/connection.js';
 import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
 import { ValueMasker } from '../src/workers/egress-proxy.js';
+import { makeLogger, prettyLine } from '../src/observability/logger.js';
 
 describe('pure modules', () => {
   it('durations and schedules', () => {
@@ -94,6 +95,16 @@ describe('pure modules', () => {
     expect([...value].every((b) => b === 0)).toBe(true);
     expect(reg.lookup(ph)).toEqual({ state: 'retired', jobId: 't.1', jobType: 't', secret: 'k' });
     expect(reg.lookup('fleet-ph-' + '0'.repeat(40))).toEqual({ state: 'unknown' });
+  });
+
+  it('logs: one readable line per event on a terminal, JSON otherwise', () => {
+    const lines: string[] = [];
+    const dest = { write: (s: string) => void lines.push(s) };
+    makeLogger({ destination: dest, format: 'pretty' }).scope({ jobType: 'echo' }).warn('job failed', { attempt: 2, error: 'boom here' });
+    expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d WARN  job failed {2}jobType=echo attempt=2 error="boom here"\n$/);
+    makeLogger({ destination: dest, format: 'json' }).info('plain');
+    expect(JSON.parse(lines[1]!)).toMatchObject({ level: 30, msg: 'plain' });
+    expect(prettyLine('not json')).toBe('not json');
   });
 
   it('the response masker finds a value split across chunks', async () => {

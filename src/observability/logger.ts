@@ -17,6 +17,29 @@ export interface LoggerOptions {
   level?: string;
   /** Where lines go. @defaultValue stdout */
   destination?: DestinationStream;
+  /** `pretty`: one readable line per event (a terminal); `json`: one JSON object per line. @defaultValue `$LOG_FORMAT`, else `pretty` when stdout is a TTY, else `json` */
+  format?: 'json' | 'pretty';
+}
+
+const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
+const COLORS: Record<number, string> = { 20: '\x1b[90m', 30: '\x1b[36m', 40: '\x1b[33m', 50: '\x1b[31m', 60: '\x1b[31m' };
+
+/** `12:03:04 INFO  message  key=value …` for a person at a terminal (the same fields as the JSON). */
+export function prettyLine(json: string, color = false): string {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(json) as Record<string, unknown>;
+  } catch {
+    return json;
+  }
+  const { level, time, msg, pid: _pid, ...fields } = o;
+  const t = new Date(Number(time)).toISOString().slice(11, 19);
+  const lv = LEVELS[Number(level)] ?? String(level);
+  const rest = Object.entries(fields)
+    .map(([k, v]) => `${k}=${typeof v === 'string' && !/\s/.test(v) ? v : JSON.stringify(v)}`)
+    .join(' ');
+  const head = color ? `${COLORS[Number(level)] ?? ''}${lv}\x1b[0m` : lv;
+  return `${t} ${head} ${String(msg ?? '')}${rest ? `  ${color ? '\x1b[90m' : ''}${rest}${color ? '\x1b[0m' : ''}` : ''}\n`;
 }
 
 /**
@@ -39,9 +62,15 @@ function wrap(p: PinoLogger, bound: Record<string, unknown> = {}): Logger {
 
 export function makeLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? process.env.LOG_LEVEL ?? 'info';
-  const p = options.destination
-    ? pino({ level, base: { pid: process.pid } }, options.destination)
-    : pino({ level, base: { pid: process.pid } });
+  const envFormat = process.env.LOG_FORMAT === 'json' || process.env.LOG_FORMAT === 'pretty' ? process.env.LOG_FORMAT : undefined;
+  const format = options.format ?? envFormat ?? (!options.destination && process.stdout.isTTY ? 'pretty' : 'json');
+  let destination = options.destination;
+  if (format === 'pretty') {
+    const out = options.destination ?? process.stdout;
+    const color = !options.destination && process.stdout.isTTY === true && !process.env.NO_COLOR;
+    destination = { write: (line: string) => void out.write(prettyLine(line, color)) };
+  }
+  const p = destination ? pino({ level, base: { pid: process.pid } }, destination) : pino({ level, base: { pid: process.pid } });
   return wrap(p);
 }
 
