@@ -4,7 +4,7 @@ import path from 'node:path';
 import type { FleetConfig } from './config/resolve.js';
 import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
-import { ensureDevToken, type ProducerIdentity } from './producers/auth.js';
+import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
 import { Producer } from './producers/producer.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
@@ -165,7 +165,7 @@ export async function startFleet(options: {
         logger.warn(`no producers configured: the API accepts the dev token in ${dev.tokenFile} (all job types). Configure producers before deploying.`);
       }
       // Loaded only for the API role: a worker-only process does not pay for express.
-      const { createApiApp, listen } = await import('./producers/http-api.js');
+      const { createApiApp, listen } = await import('./api/http-api.js');
       // A read-only Bull Board reads through the ops role (it cannot write even if its read-only mode had a hole).
       let boardProducer: Producer | undefined;
       if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {

@@ -12,7 +12,7 @@ import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { auditHeadsKey, auditStreamKey } from '../src/redis/keys.js';
-import { AuditLog, openAuditSink, trimAuditWithCheckpoint, verifyAuditTrail, type AuditRecord } from '../src/secrets/audit.js';
+import { AuditLog, openAuditSink, readAudit, trimAuditWithCheckpoint, verifyAuditTrail, type AuditRecord } from '../src/secrets/audit.js';
 import { ChainWriter, loadAuditKeys, type AuditKeyRing } from '../src/secrets/audit-chain.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
@@ -131,6 +131,10 @@ describe('audit MAC chain', () => {
     await redis.client.xadd(auditStreamKey(other), '*', 'ts', '1', 'action', 'access', 'outcome', 'granted', 'secret', 'api-key');
     r = await verifyAuditTrail(redis.client, other, keys);
     expect(r.firstBreak?.reason).toMatch(/no MAC chain fields/);
+    // Read back for `fleet audit` / GET /v1/audit, a stored outcome that is none of ours is not passed on.
+    await redis.client.xadd(auditStreamKey(other), '*', 'ts', 'soon', 'outcome', '<script>', 'secret', 'api-key');
+    const [newest] = await readAudit(redis.client, other, { limit: 1 });
+    expect(newest).toMatchObject({ outcome: 'error', ts: 0, reason: expect.stringContaining('no valid outcome') });
   });
 
   it('a legitimate trim leaves a signed checkpoint and the stream still verifies; trimming without one (XADD MAXLEN) is found', async () => {

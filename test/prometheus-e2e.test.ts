@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startFleet, type FleetProcess } from '../src/app.js';
-import { sha256Hex } from '../src/producers/auth.js';
+import { sha256Hex } from '../src/api/auth.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { freePort } from '../src/redis/embedded-redis.js';

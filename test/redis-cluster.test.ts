@@ -6,7 +6,7 @@ import { Cluster } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startFleet, type FleetProcess } from '../src/app.js';
 import { silentLogger } from '../src/observability/logger.js';
-import { sha256Hex } from '../src/producers/auth.js';
+import { sha256Hex } from '../src/api/auth.js';
 import { Producer } from '../src/producers/producer.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { REDIS_ROLES, rolePasswordEnv, setupRoleUsers, urlWithCredential, type RedisRole } from '../src/redis/acl.js';

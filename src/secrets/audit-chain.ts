@@ -1,4 +1,5 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
+import { z } from 'zod';
 import type { SecretProvider, SecretValue } from './provider.js';
 import { SecretUnavailableError } from '../errors.js';
 
@@ -164,14 +165,19 @@ export function encodeChains(state: ReadonlyMap<string, ChainLink>): string {
   return JSON.stringify(Object.fromEntries([...state].map(([w, l]) => [w, [l.seq, l.mac]])));
 }
 
+const chainsSchema = z.record(z.string(), z.tuple([z.number().int().min(0), z.string()]));
+
+/** A checkpoint's `chains`, validated (a malformed one is no checkpoint: verification then fails at the stream's head). */
 export function decodeChains(text: string | undefined): Map<string, ChainLink> | null {
   if (!text) return null;
+  let parsed: unknown;
   try {
-    const raw = JSON.parse(text) as Record<string, [number, string]>;
-    return new Map(Object.entries(raw).map(([w, [seq, mac]]) => [w, { seq, mac }]));
+    parsed = JSON.parse(text);
   } catch {
     return null;
   }
+  const r = chainsSchema.safeParse(parsed);
+  return r.success ? new Map(Object.entries(r.data).map(([w, [seq, mac]]) => [w, { seq, mac }])) : null;
 }
 
 /** Stream ids compare as (ms, seq). */

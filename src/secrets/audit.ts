@@ -7,6 +7,7 @@ import type { SecretProvider } from './provider.js';
 import type { Logger } from '../observability/logger.js';
 
 export type AuditOutcome = 'granted' | 'denied' | 'error';
+const OUTCOMES = new Set<AuditOutcome>(['granted', 'denied', 'error']);
 
 /** One secret access attempt. Never holds the value. */
 export interface AuditRecord {
@@ -242,18 +243,21 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
     for (const [, fields] of page) {
       const r: Record<string, string> = {};
       for (let i = 0; i < fields.length; i += 2) r[fields[i]!] = fields[i + 1]!;
+      // Stored fields are whatever Redis holds (anyone with write access could put anything there):
+      // an outcome that is none of ours is shown as an error with the reason, never passed on as is.
+      const outcome = OUTCOMES.has(r.outcome as AuditOutcome) ? (r.outcome as AuditOutcome) : null;
       const rec: AuditRecord = {
-        ts: Number(r.ts),
-        outcome: r.outcome as AuditOutcome,
+        ts: Number(r.ts) || 0,
+        outcome: outcome ?? 'error',
         secret: r.secret ?? '',
         jobId: r.jobId ?? '',
         jobType: r.jobType ?? '',
         workerId: r.workerId ?? '',
         provider: r.provider ?? '',
-        latencyMs: Number(r.latencyMs),
+        latencyMs: Number(r.latencyMs) || 0,
         action: r.action ?? 'access',
         ...(r.version ? { version: r.version } : {}),
-        ...(r.reason ? { reason: r.reason } : {}),
+        ...(r.reason || !outcome ? { reason: outcome ? r.reason! : `stored record has no valid outcome (${JSON.stringify(r.outcome ?? null).slice(0, 40)}): see fleet audit verify` } : {}),
       };
       if (q.secret && rec.secret !== q.secret) continue;
       if (q.deniedOnly && rec.outcome !== 'denied') continue;

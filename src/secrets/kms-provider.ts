@@ -1,4 +1,5 @@
 import { CreateAliasCommand, CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, GenerateDataKeyCommand, GetKeyRotationStatusCommand, KMSClient, RotateKeyOnDemandCommand, type KMSClientConfig } from '@aws-sdk/client-kms';
+import { z } from 'zod';
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
@@ -18,10 +19,20 @@ export interface KmsProviderOptions {
 }
 
 /** One stored version: the data key encrypted by KMS, and the value sealed under that data key. */
-interface Envelope extends SealedBox {
-  encryptedDataKey: string;
-  keyId: string;
-  createdAt: number;
+/** One stored KMS envelope, validated when read back from Redis (anyone with Redis access can write there). */
+const envelopeSchema = z.object({ iv: z.string(), tag: z.string(), ct: z.string(), encryptedDataKey: z.string().min(1), keyId: z.string().min(1), createdAt: z.number() });
+type Envelope = z.infer<typeof envelopeSchema> & SealedBox;
+
+function parseEnvelope(name: string, version: string, raw: string): Envelope {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(raw);
+  } catch {
+    parsed = null;
+  }
+  const r = envelopeSchema.safeParse(parsed);
+  if (!r.success) throw new SecretUnavailableError('SECRET_INTEGRITY', `the stored KMS envelope of secret "${name}" v${version} is not an envelope (${r.error.issues[0]?.path.join('.') || 'not JSON'}): it was altered in Redis. Fix: fleet secrets set ${name} --provider kms.`);
+  return r.data;
 }
 
 /** The EncryptionContext KMS binds into the encrypted data key: a key for one secret version opens nothing else. */
@@ -108,7 +119,7 @@ export class KmsProvider implements SecretProvider {
     const v = version ?? fields.current;
     const raw = v ? fields[`v${v}`] : undefined;
     if (!v || !raw) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS ciphertext${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} --provider kms (value on stdin).`);
-    return this.#decrypt(name, v, JSON.parse(raw) as Envelope);
+    return this.#decrypt(name, v, parseEnvelope(name, v, raw));
   }
 
   lease(request: LeaseRequest): Promise<SecretLease> {

@@ -3,16 +3,16 @@ import { STATUS_CODES, type Server } from 'node:http';
 import { JOB_TYPE_NAME } from '../config/schema.js';
 import { FleetError, JobNotFoundError, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
-import { mountBullBoard } from '../observability/bull-board.js';
+import { mountBullBoard } from './bull-board.js';
 import type { FleetMetrics } from '../observability/metrics.js';
 import { mayCancelJob, maySeeJob, ProducerAuth, type ProducerIdentity } from './auth.js';
 import { parseDuration } from '../config/duration.js';
-import { jobTypeOfId } from './job-id.js';
+import { jobTypeOfId } from '../producers/job-id.js';
 import { auditQuerySchema, batchBodySchema, openApiDocument } from './api-schemas.js';
 
 /** The API's version in its OpenAPI document. */
 const API_VERSION = '1.0.0';
-import type { JobView, Producer } from './producer.js';
+import type { JobView, Producer } from '../producers/producer.js';
 
 export interface ApiOptions {
   producer: Producer;

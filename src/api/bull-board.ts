@@ -2,7 +2,7 @@ import { createBullBoard } from '@bull-board/api';
 import { BullMQAdapter } from '@bull-board/api/bullMQAdapter';
 import { ExpressAdapter } from '@bull-board/express';
 import type express from 'express';
-import type { ProducerAuth } from '../producers/auth.js';
+import type { ProducerAuth } from './auth.js';
 import type { Producer } from '../producers/producer.js';
 
 /** Field names whose values Bull Board never shows, even though job data should hold no secrets. */

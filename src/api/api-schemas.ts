@@ -6,7 +6,7 @@
 import { z } from 'zod';
 import type { JobType } from '../config/resolve.js';
 import type { ErrorCode } from '../errors.js';
-import { IDEMPOTENCY_KEY } from './job-id.js';
+import { IDEMPOTENCY_KEY } from '../producers/job-id.js';
 
 /** `Idempotency-Key`: 1–200 visible ASCII characters. */
 export const idempotencyKeySchema = z.string().regex(IDEMPOTENCY_KEY, 'Idempotency-Key must be 1–200 visible ASCII characters');
