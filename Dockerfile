@@ -4,9 +4,11 @@ FROM node:26.10.0-trixie-slim AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
-COPY tsconfig.json tsconfig.build.json ./
+COPY tsconfig.json tsconfig.build.json tsconfig.examples.json ./
 COPY src ./src
-RUN npm run build
+COPY examples/demo ./examples/demo
+# The product, then the demo processors the compose config runs (bench and test tooling stay out).
+RUN npx tsc -p tsconfig.build.json && npx tsc -p tsconfig.examples.json
 
 # Runtime stage: production dependencies only, non-root, node as PID 1 so SIGTERM reaches it.
 FROM node:26.10.0-trixie-slim
@@ -18,6 +20,7 @@ WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force
 COPY --from=build /app/dist ./dist
+COPY --from=build /app/build/examples ./build/examples
 COPY bin ./bin
 COPY deploy ./deploy
 USER node

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { defineConfig } from './src/config/resolve.js';
 
 /**
- * The demo fleet that `npm start` runs. Processors point at compiled JS (`dist/`, built by
+ * The demo fleet that `npm start` runs. Processors point at compiled JS (`build/examples/`, built by
  * `npm start`); your own may be `.ts` files too (type-stripped natively in process sandboxes).
  */
 export default defineConfig({
@@ -10,7 +10,7 @@ export default defineConfig({
     {
       name: 'echo',
       description: 'Returns the message it is given.',
-      processor: './dist/demo/echo.js',
+      processor: './build/examples/demo/echo.js',
       payloadSchema: z.object({ message: z.string().max(10_000) }),
       isolation: 'pool',
       concurrency: 8,
@@ -19,7 +19,7 @@ export default defineConfig({
     {
       name: 'hash',
       description: 'Hashes text many times (CPU work, progress, cancellation).',
-      processor: './dist/demo/hash.js',
+      processor: './build/examples/demo/hash.js',
       payloadSchema: z.object({ text: z.string(), rounds: z.number().int().min(1).max(10_000_000) }),
       sensitivity: 'critical',
       isolation: 'job',
@@ -29,7 +29,7 @@ export default defineConfig({
     {
       name: 'sign-webhook',
       description: 'Signs a webhook body with HMAC-SHA256 using a scoped secret.',
-      processor: './dist/demo/sign-webhook.js',
+      processor: './build/examples/demo/sign-webhook.js',
       payloadSchema: z.object({ url: z.string().url(), body: z.string().max(100_000) }),
       sensitivity: 'critical',
       isolation: 'job',

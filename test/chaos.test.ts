@@ -3,7 +3,7 @@
  * the figures). Same scenario code, smaller sizes, hard assertions on what must never happen.
  */
 import { describe, expect, it } from 'vitest';
-import { fuzz, killWorkers, load, redisRestart, runaways, vaultOutage } from '../src/chaos/scenarios.js';
+import { fuzz, killWorkers, load, redisRestart, runaways, vaultOutage } from './chaos/scenarios.js';
 
 describe('chaos (fast subset)', () => {
   it('supervisors SIGKILLed mid-job: every job ends exactly once, none lost', async () => {

@@ -1,1 +1,1 @@
-export * from '../../src/dev/test-servers.js';
+export * from '../servers/test-servers.js';

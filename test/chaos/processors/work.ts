@@ -1,5 +1,5 @@
 import { appendFileSync } from 'node:fs';
-import type { Processor } from '../../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /** Chaos: sleeps `ms`, and records each execution (to count re-runs after a supervisor is killed). */
 const work: Processor<{ ms?: number; log?: string; fail?: boolean }> = async (job, ctx) => {

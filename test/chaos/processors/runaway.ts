@@ -1,4 +1,4 @@
-import type { Processor } from '../../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /** Chaos: each mode misbehaves in its own way; the fleet must contain all of them. */
 const runaway: Processor<{ mode: 'loop' | 'alloc' | 'timers' | 'huge' | 'flood' }> = async (job) => {

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import type { Processor } from '../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /** Demo: CPU work that reports progress and honours cancellation. */
 const hash: Processor<{ text: string; rounds: number }> = async (job, ctx) => {

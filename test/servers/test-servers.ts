@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
-import { freePort } from '../redis/embedded-redis.js';
+import { freePort } from '../../src/redis/embedded-redis.js';
 
 /**
  * Real Vault-API and KMS-API servers for the tests and the benchmark. Local binaries installed by

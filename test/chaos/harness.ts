@@ -1,16 +1,16 @@
-import { supervisorsKey } from '../redis/keys.js';
-import { REDIS_ROLES, rolePasswordEnv, urlWithCredential, type RoleCredentials } from '../redis/acl.js';
+import { supervisorsKey } from '../../src/redis/keys.js';
+import { REDIS_ROLES, rolePasswordEnv, urlWithCredential, type RoleCredentials } from '../../src/redis/acl.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { resolveConfig, type FleetConfig } from '../config/resolve.js';
-import { Producer } from '../producers/producer.js';
-import { compiledPath } from '../runtime-path.js';
+import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
+import { Producer } from '../../src/producers/producer.js';
+import { compiledPath, projectRoot } from '../../src/runtime-path.js';
 
 /** Shared pieces of the chaos scenarios: real supervisor processes over a JSON config. */
 export const CHAOS_PROCESSORS = path.dirname(compiledPath(import.meta.url, './processors/work.js'));
-const FLEET_BIN = path.resolve(CHAOS_PROCESSORS, '..', '..', '..', 'bin', 'fleet.js');
+const FLEET_BIN = path.join(projectRoot(CHAOS_PROCESSORS), 'bin', 'fleet.js');
 
 export interface ChaosFleet {
   dir: string;

@@ -1,5 +1,5 @@
 import { createHmac } from 'node:crypto';
-import type { Processor } from '../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /**
  * Demo: signs a webhook body with a secret the job type is scoped to. The key arrives as bytes at

@@ -1,16 +1,16 @@
-import { supervisorsKey } from '../redis/keys.js';
+import { supervisorsKey } from '../../src/redis/keys.js';
 import type { Redis } from 'ioredis';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { sha256Hex } from '../api/auth.js';
-import { createApiApp, listen } from '../api/http-api.js';
-import { Producer } from '../producers/producer.js';
-import { resolveConfig } from '../config/resolve.js';
-import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../redis/embedded-redis.js';
+import { sha256Hex } from '../../src/api/auth.js';
+import { createApiApp, listen } from '../../src/api/http-api.js';
+import { Producer } from '../../src/producers/producer.js';
+import { resolveConfig } from '../../src/config/resolve.js';
+import { freePort, startEmbeddedRedis, type EmbeddedRedis } from '../../src/redis/embedded-redis.js';
 import { CHAOS_PROCESSORS, chaosFleet, quantile, until, type ChaosRedis } from './harness.js';
-import { ensureEmbeddedUsers, urlWithCredential } from '../redis/acl.js';
+import { ensureEmbeddedUsers, urlWithCredential } from '../../src/redis/acl.js';
 
 const p = (f: string): string => path.join(CHAOS_PROCESSORS, f);
 
@@ -354,9 +354,9 @@ async function outageProxy(targetPort: number): Promise<{ port: number; cut(): P
  * succeed after recovery; every delivery and every failed fetch is in the audit stream.
  */
 export async function vaultOutage(opts: { jobs: number; outageMs: number }): Promise<Record<string, number | string>> {
-  const { startVault } = await import('../dev/test-servers.js');
-  const { VaultProvider } = await import('../secrets/vault-provider.js');
-  const { readAudit } = await import('../secrets/audit.js');
+  const { startVault } = await import('../servers/test-servers.js');
+  const { VaultProvider } = await import('../../src/secrets/vault-provider.js');
+  const { readAudit } = await import('../../src/secrets/audit.js');
   const vault = await startVault();
   if ('reason' in vault) return { skipped: vault.reason };
   const redis = await redisFor(false);

@@ -1,5 +1,5 @@
 import { performance } from 'node:perf_hooks';
-import type { Processor } from '../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /** Benchmark processor: reads its one secret (delivered at job start) and notes when it started. */
 const withSecret: Processor<unknown, { startedAt: number; length: number }> = async (_job, ctx) => {

@@ -11,21 +11,21 @@ import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import { Queue, Worker, type Job } from 'bullmq';
 import { Redis } from 'ioredis';
-import { resolveConfig, type FleetConfig } from '../config/resolve.js';
-import { sha256Hex } from '../api/auth.js';
-import { createApiApp, listen } from '../api/http-api.js';
-import { Producer } from '../producers/producer.js';
-import { queuePrefix } from '../redis/keys.js';
-import { startEmbeddedRedis } from '../redis/embedded-redis.js';
-import { ensureEmbeddedUsers, urlWithCredential } from '../redis/acl.js';
-import { compiledPath } from '../runtime-path.js';
-import { Sandbox } from '../workers/sandbox.js';
-import { probeOsLayer, type OsLayer } from '../workers/sandbox-boundary.js';
+import { resolveConfig, type FleetConfig } from '../src/config/resolve.js';
+import { sha256Hex } from '../src/api/auth.js';
+import { createApiApp, listen } from '../src/api/http-api.js';
+import { Producer } from '../src/producers/producer.js';
+import { queuePrefix } from '../src/redis/keys.js';
+import { startEmbeddedRedis } from '../src/redis/embedded-redis.js';
+import { ensureEmbeddedUsers, urlWithCredential } from '../src/redis/acl.js';
+import { compiledPath } from '../src/runtime-path.js';
+import { Sandbox } from '../src/workers/sandbox.js';
+import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
-import { LocalProvider } from '../secrets/local-provider.js';
-import { KmsProvider } from '../secrets/kms-provider.js';
-import { VaultProvider } from '../secrets/vault-provider.js';
-import { Supervisor } from '../workers/supervisor.js';
+import { LocalProvider } from '../src/secrets/local-provider.js';
+import { KmsProvider } from '../src/secrets/kms-provider.js';
+import { VaultProvider } from '../src/secrets/vault-provider.js';
+import { Supervisor } from '../src/workers/supervisor.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -334,7 +334,7 @@ type SecretFigures = (RunFigures & { server: string }) | { skipped: string };
 
 /** Pool isolation, one secret fetched per job, from each provider (real servers where installed). */
 async function secretRuns(url: string, jobs: number): Promise<Record<'local' | 'vault' | 'kms', SecretFigures>> {
-  const { startVault, startKms, useLocalAwsCredentials } = await import('../dev/test-servers.js');
+  const { startVault, startKms, useLocalAwsCredentials } = await import('../test/servers/test-servers.js');
   const value = Buffer.from('bench-secret-value-0123456789abcdef');
   const out = {} as Record<'local' | 'vault' | 'kms', SecretFigures>;
 
@@ -444,9 +444,9 @@ async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: n
  * TLS without a placeholder in it, and with a placeholder swapped for the value.
  */
 async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: number; tunnelP99Ms: number; terminatedP50Ms: number; injectP50Ms: number; injectP99Ms: number; overheadP50Ms: number }> {
-  const { EgressProxy } = await import('../workers/egress-proxy.js');
-  const { EgressCa } = await import('../workers/egress-ca.js');
-  const { InjectionRegistry } = await import('../secrets/injection.js');
+  const { EgressProxy } = await import('../src/workers/egress-proxy.js');
+  const { EgressCa } = await import('../src/workers/egress-ca.js');
+  const { InjectionRegistry } = await import('../src/secrets/injection.js');
   const https = await import('node:https');
   const upstreamCa = await EgressCa.load(mkdtempSync(path.join(tmpdir(), 'fleet-bench-upstream-ca-')));
   const fleetCa = await EgressCa.load(mkdtempSync(path.join(tmpdir(), 'fleet-bench-egress-ca-')));

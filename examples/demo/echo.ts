@@ -1,4 +1,4 @@
-import type { Processor } from '../workers/processor-api.js';
+import type { Processor } from 'fleet';
 
 /** Demo: returns what it was given, with a timestamp. */
 const echo: Processor<{ message: string }> = async (job, ctx) => {
