@@ -9,7 +9,7 @@ import { makeLogger } from '../observability/logger.js';
 import { Producer } from '../producers/producer.js';
 import { connectRedis, ensureReady } from '../redis/connection.js';
 import { queuePrefix } from '../redis/keys.js';
-import { readSupervisorStatuses, type SupervisorStatus } from '../workers/supervisor-status.js';
+import { queueDepths, readSupervisorStatuses, type SupervisorStatus } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import * as sec from './secrets-commands.js';
 import { doctor, renderChecks } from './doctor.js';
@@ -81,22 +81,17 @@ async function withRedis<T>(config: FleetConfig, role: RedisRole, fn: (r: RedisC
   }
 }
 
-async function status(config: FleetConfig): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
-  const redis = connectRedis(need(config, 'ops'), 'producer');
-  redis.on('error', () => undefined);
-  try {
-    await ensureReady(redis);
+function status(config: FleetConfig): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
+  return withRedis(config, 'ops', async (redis) => {
     const { live: supervisors } = await readSupervisorStatuses(redis, config.redis.prefix, config.supervisor.heartbeatMs);
     const queues: Record<string, Record<string, number>> = {};
     for (const name of config.jobTypes.keys()) {
       const q = new Queue(name, { connection: redis, prefix: queuePrefix(config.redis.prefix, name) });
-      queues[name] = await q.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed');
+      queues[name] = await queueDepths(q);
       await q.close();
     }
     return { supervisors, queues };
-  } finally {
-    redis.disconnect();
-  }
+  });
 }
 
 function renderStatus(s: Awaited<ReturnType<typeof status>>): string {

@@ -1,11 +1,11 @@
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
-import { FleetError, toError } from '../errors.js';
+import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
-import { makeProvider, usedProviders } from '../secrets/providers.js';
+import { listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
 import { VaultProvider } from '../secrets/vault-provider.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
@@ -93,20 +93,7 @@ export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider
 export async function secretsStatus(config: FleetConfig, redis: RedisClient): Promise<SecretStatusRow[]> {
   const names = [...config.secretProviders.keys()].sort();
   const stats = await readSecretStats(redis, config.redis.prefix, names);
-  const meta = new Map<string, SecretMetadata>();
-  const problems = new Map<ProviderKind, string>();
-  for (const kind of new Set(config.secretProviders.values())) {
-    try {
-      const p = await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true });
-      try {
-        for (const m of await p.list()) meta.set(m.name, m);
-      } finally {
-        await p.close();
-      }
-    } catch (err) {
-      problems.set(kind, toError(err).message);
-    }
-  }
+  const { meta, problems } = await listSecrets(config.secretProviders.values(), async (kind) => ({ provider: await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true }), close: true }));
   const health = new Map((await secretHealth(config, redis, meta)).map((h) => [h.secret, h]));
   return names.map((secret, i) => {
     const provider = config.secretProviders.get(secret)!;

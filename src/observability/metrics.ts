@@ -27,7 +27,7 @@ export class FleetMetrics {
   readonly sandboxes = new Gauge({ name: 'fleet_sandboxes', help: 'Sandboxes by state (warm, busy, starting).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
   readonly concurrencyLimit = new Gauge({ name: 'fleet_concurrency_limit', help: 'Per-supervisor concurrency of each job type.', labelNames: ['job_type'] as const, registers: [this.registry] });
   readonly concurrencyInUse = new Gauge({ name: 'fleet_concurrency_in_use', help: 'Jobs of each type running now.', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly queueJobs = new Gauge({ name: 'fleet_queue_jobs', help: 'Jobs in Redis by type and state (waiting, active, delayed, prioritized, failed).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
+  readonly queueJobs = new Gauge({ name: 'fleet_queue_jobs', help: 'Jobs in Redis by type and state (waiting, active, delayed, prioritized, completed, failed).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
   readonly supervisorState = new Gauge({ name: 'fleet_supervisor_state', help: '1 for the state this supervisor is in.', labelNames: ['state'] as const, registers: [this.registry] });
   readonly enqueued = new Counter({ name: 'fleet_jobs_enqueued_total', help: 'Jobs enqueued, by type and path (http, client).', labelNames: ['job_type', 'via'] as const, registers: [this.registry] });
   readonly httpRequests = new Counter({ name: 'fleet_http_requests_total', help: 'API requests by method, route pattern and status.', labelNames: ['method', 'route', 'status'] as const, registers: [this.registry] });

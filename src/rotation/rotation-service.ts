@@ -17,9 +17,9 @@ import { openAuditLog, trimAuditWithCheckpoint, type AuditLog } from '../secrets
 import { ChainWriter, type AuditKeyRing } from '../secrets/audit-chain.js';
 import type { KmsProvider } from '../secrets/kms-provider.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
-import type { ProviderKind, SecretMetadata, SecretProvider } from '../secrets/provider.js';
+import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { secretHealth, type SecretHealth } from './secret-health.js';
-import { makeProvider } from '../secrets/providers.js';
+import { listSecrets, makeProvider } from '../secrets/providers.js';
 import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
 import { runRotatorStep } from './sandboxed-rotator.js';
 import { redisAclRotator } from './redis-acl-rotator.js';
@@ -396,11 +396,12 @@ export class RotationService {
 
   /** Health of every secret the config names (for metrics and status). */
   async health(): Promise<SecretHealth[]> {
-    const meta = new Map<string, SecretMetadata>();
-    for (const kind of new Set(this.#config.secretProviders.values())) {
+    const { meta, problems } = await listSecrets(this.#config.secretProviders.values(), async (kind) => {
       const name = [...this.#config.secretProviders].find(([, k]) => k === kind)![0];
-      for (const m of await (await this.#provider(name)).list()) meta.set(m.name, m);
-    }
+      return { provider: await this.#provider(name), close: false };
+    });
+    // A provider that cannot list leaves its secrets without a version here; say why once.
+    for (const [kind, error] of problems) this.#log.warn(`secret provider "${kind}" could not list its secrets; their age is unknown`, { error });
     return secretHealth(this.#config, this.#redis!, meta);
   }
 

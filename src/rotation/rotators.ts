@@ -2,24 +2,9 @@ import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
 import { ConfigError } from '../errors.js';
 
-/** What a rotator gets: the secret's name and, on demand, its current value (zeroed afterwards by the caller). */
-export interface RotatorContext {
-  secret: string;
-  current(): Promise<Buffer>;
-}
-
-/**
- * Rotation steps, like the well-known create → set → test → finish sequence. Only `create` is
- * required. `set` applies the new value to the external service, `test` proves it works (throw to
- * refuse it), `finish` runs when the previous version is retired after its grace window (revoke
- * the old credential there).
- */
-export interface Rotator {
-  create(ctx: RotatorContext): Promise<Uint8Array> | Uint8Array;
-  set?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
-  test?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
-  finish?(ctx: RotatorContext & { retiredVersion: string }): Promise<void> | void;
-}
+// The rotator module shape lives with the other module shapes a sandbox loads (processor-api).
+import type { Rotator } from '../workers/processor-api.js';
+export type { Rotator, RotatorContext } from '../workers/processor-api.js';
 
 export type RotatorConfig =
   | { type: 'random'; bytes: number; encoding: 'hex' | 'base64' | 'base64url' }

@@ -4,6 +4,7 @@ import { FleetError, SecretScopeError, SecretUnavailableError, toError } from '.
 import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuditLog } from './audit.js';
+import type { InjectionRegistry } from './injection.js';
 import type { ProviderKind, SecretLease, SecretProvider, SecretValue } from './provider.js';
 
 /**
@@ -18,6 +19,8 @@ export class JobSecrets {
   readonly #leases = new Map<ProviderKind, Promise<SecretLease>>();
   /** Values handed to the sandbox in this job (for the values-alive gauge). */
   handed = 0;
+  /** Where this job's injected values are kept, once there are any. */
+  #injections: InjectionRegistry | null = null;
 
   constructor(broker: SecretBroker, type: JobType, jobId: string) {
     this.#broker = broker;
@@ -92,8 +95,32 @@ export class JobSecrets {
     return values;
   }
 
-  /** Revokes the job's leases and counts its values as gone (the sandbox zeroed them or was destroyed). */
+  /**
+   * The hand-off at job start: every declared secret fetched; `deliver` values returned for the
+   * sandbox (the caller transfers them and keeps nothing), `inject` values kept in `injections`
+   * behind a per-job placeholder each (the sandbox gets only the placeholder).
+   */
+  async fetchForSandbox(injections: InjectionRegistry | null): Promise<{ deliver: (SecretValue & { name: string })[]; placeholders: { name: string; placeholder: string }[] }> {
+    const values = await this.fetchDeclared();
+    const deliver: (SecretValue & { name: string })[] = [];
+    const placeholders: { name: string; placeholder: string }[] = [];
+    for (const s of values) {
+      const binding = this.#broker.config.secrets.items[s.name]?.binding;
+      if (this.#type.secretModes.get(s.name) === 'inject' && binding && injections) {
+        this.#injections = injections;
+        placeholders.push({ name: s.name, placeholder: injections.issue(this.#jobId, this.#type.name, s.name, s.value, binding) });
+      } else deliver.push(s);
+    }
+    return { deliver, placeholders };
+  }
+
+  /**
+   * Job end: injected values zero-filled and their placeholders retired (a later use is a replay),
+   * the job's leases revoked, and its values counted as gone (the sandbox zeroed them or was destroyed).
+   */
   async release(): Promise<void> {
+    this.#injections?.endJob(this.#jobId);
+    this.#injections = null;
     if (this.handed) this.#broker.valuesAlive(-this.handed);
     this.handed = 0;
     const leases = [...this.#leases.values()];

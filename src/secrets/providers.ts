@@ -1,9 +1,9 @@
 import path from 'node:path';
 import { ensureReady, type RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
-import { ConfigError } from '../errors.js';
+import { ConfigError, toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
-import type { ProviderKind, SecretProvider } from './provider.js';
+import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
 import { requireEnv } from '../config/credentials.js';
 import type { VaultAuth } from './vault-provider.js';
 
@@ -67,4 +67,31 @@ export async function makeProviders(config: FleetConfig, deps: { redis?: RedisCl
   const out = new Map<ProviderKind, SecretProvider>();
   for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
   return out;
+}
+
+/**
+ * The stored metadata of every secret over the given providers (`fleet status --secrets`,
+ * `fleet secrets list`, the scheduler's secret health). A provider that cannot be opened or listed
+ * is reported in `problems`, not fatal. `open` says whether the caller's provider is to be closed
+ * afterwards (one made for this listing) or kept (a long-lived one).
+ */
+export async function listSecrets(
+  kinds: Iterable<ProviderKind>,
+  open: (kind: ProviderKind) => Promise<{ provider: SecretProvider; close: boolean }>,
+): Promise<{ meta: Map<string, SecretMetadata & { provider: ProviderKind }>; problems: Map<ProviderKind, string> }> {
+  const meta = new Map<string, SecretMetadata & { provider: ProviderKind }>();
+  const problems = new Map<ProviderKind, string>();
+  for (const kind of new Set(kinds)) {
+    try {
+      const { provider, close } = await open(kind);
+      try {
+        for (const m of await provider.list()) meta.set(m.name, { ...m, provider: kind });
+      } finally {
+        if (close) await provider.close();
+      }
+    } catch (err) {
+      problems.set(kind, toError(err).message);
+    }
+  }
+  return { meta, problems };
 }

@@ -59,3 +59,22 @@ export type Processor<Data = unknown, Result = unknown> = (
   job: ProcessorJob<Data>,
   ctx: ProcessorContext,
 ) => Promise<Result> | Result;
+
+/** What a rotator gets: the secret's name and, on demand, its current value (zeroed afterwards by the caller). */
+export interface RotatorContext {
+  secret: string;
+  current(): Promise<Buffer>;
+}
+
+/**
+ * Rotation steps, like the well-known create → set → test → finish sequence. Only `create` is
+ * required. `set` applies the new value to the external service, `test` proves it works (throw to
+ * refuse it), `finish` runs when the previous version is retired after its grace window (revoke
+ * the old credential there).
+ */
+export interface Rotator {
+  create(ctx: RotatorContext): Promise<Uint8Array> | Uint8Array;
+  set?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
+  test?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;
+  finish?(ctx: RotatorContext & { retiredVersion: string }): Promise<void> | void;
+}

@@ -14,7 +14,7 @@ import v8 from 'node:v8';
 import { CancelledError, ProcessorLoadError, ResultError, SecretScopeError, ShutdownError, TimeoutError, deserializeError, serializeError, type SerializedError } from '../errors.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
-import type { Rotator } from '../rotation/rotators.js';
+import type { Rotator } from './processor-api.js';
 import { SecretMask } from './secret-mask.js';
 
 /** The channel to the supervisor: the thread's port, or the process's IPC channel. */

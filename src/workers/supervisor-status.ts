@@ -47,3 +47,11 @@ export async function readSupervisorStatuses(redis: RedisClient, prefix: string,
   }
   return { live, invalid };
 }
+
+/** The job states `fleet status` and the queue-depth gauges count, in one place. */
+export const COUNTED_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'] as const;
+
+/** Jobs in one queue per counted state (one Lua call). */
+export function queueDepths(queue: { getJobCounts(...types: string[]): Promise<Record<string, number>> }): Promise<Record<string, number>> {
+  return queue.getJobCounts(...COUNTED_STATES);
+}

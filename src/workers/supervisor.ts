@@ -2,29 +2,23 @@ import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { randomUUID } from 'node:crypto';
-import { Queue, UnrecoverableError, WaitingError, Worker, type Job } from 'bullmq';
+import { Queue, Worker } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
-import {
-  FleetError,
-  ProcessorError,
-  ValidationError,
-  formatFailedReason,
-  toError,
-  ConfigError,
-} from '../errors.js';
-import { FleetEventBus, type JobOutcome, type LifecycleState } from '../events.js';
+import { toError, ConfigError } from '../errors.js';
+import { FleetEventBus, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
 import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
 import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
-import { SecretBroker, type JobSecrets } from '../secrets/broker.js';
+import { SecretBroker } from '../secrets/broker.js';
 import { InjectionRegistry } from '../secrets/injection.js';
 import { makeProviders } from '../secrets/providers.js';
 import { parseControlMessage } from './control.js';
+import { JobRunner } from './job-runner.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
-import type { SupervisorStatus } from './supervisor-status.js';
+import { queueDepths, type SupervisorStatus } from './supervisor-status.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
 import { probeOsLayer } from './sandbox-boundary.js';
@@ -48,12 +42,6 @@ export interface SupervisorOptions {
 }
 
 
-const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
-  TIMEOUT: 'timeout',
-  CANCELLED: 'cancelled',
-  MEMORY_LIMIT: 'oom',
-  SANDBOX_CRASHED: 'crashed',
-};
 
 
 /**
@@ -70,6 +58,8 @@ export class Supervisor {
   readonly #redisUrl: string;
   readonly #types: JobType[];
   readonly #pools = new Map<string, SandboxPool>();
+  /** The per-job path: validation, secrets hand-off, the sandbox run, outcome and clean-up. */
+  readonly #runner: JobRunner;
   readonly #workers = new Map<string, Worker>();
   readonly #queues = new Map<string, Queue>();
   /** Running jobs, so cancellation and shutdown can reach them. */
@@ -93,6 +83,15 @@ export class Supervisor {
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#sealAudit = options.sealAudit ?? true;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
+    this.#runner = new JobRunner({
+      config: this.#config,
+      events: this.events,
+      log: this.#log,
+      pools: this.#pools,
+      active: this.#active,
+      broker: () => this.#secrets,
+      injections: () => this.#injections,
+    });
     const url = options.redisUrl ?? options.config.redis.url;
     if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
     this.#redisUrl = url;
@@ -260,7 +259,7 @@ export class Supervisor {
   }
 
   #makeWorker(t: JobType): Worker {
-    const worker = new Worker(t.name, (job, token) => this.#process(t, job, token), {
+    const worker = new Worker(t.name, (job, token) => this.#runner.run(t, job, token), {
       connection: this.#redis!,
       prefix: queuePrefix(this.#config.redis.prefix, t.name),
       concurrency: t.concurrency,
@@ -284,85 +283,6 @@ export class Supervisor {
     }
   }
 
-  async #process(t: JobType, job: Job, token: string | undefined): Promise<unknown> {
-    const jobId = job.id!;
-    const log = this.#log.scope({ jobId, jobType: t.name });
-    const started = Date.now();
-    const attempt = job.attemptsMade + 1;
-    this.events.emit('job:started', { jobId, jobType: t.name, attempt, queuedMs: started - job.timestamp });
-
-    const controller = new AbortController();
-    this.#active.set(jobId, controller);
-    const pool = this.#pools.get(t.name)!;
-    let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
-    let clean = false;
-    const secrets: JobSecrets = this.#secrets!.forJob(t, jobId);
-    try {
-      // Jobs can be written to Redis by anyone holding its credentials; check again here.
-      const parsed = t.payload.safeParse(job.data);
-      if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
-      // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
-      const [acquired, delivered] = await Promise.allSettled([pool.acquire(), secrets.fetchDeclared()]);
-      if (acquired.status === 'fulfilled') sandbox = acquired.value;
-      if (delivered.status === 'rejected' || acquired.status === 'rejected') {
-        if (delivered.status === 'fulfilled') for (const s of delivered.value) s.value.fill(0);
-        throw delivered.status === 'rejected' ? delivered.reason : (acquired as PromiseRejectedResult).reason;
-      }
-      // `inject` secrets stay here: the sandbox gets a placeholder, the egress proxy the value.
-      const handOver: typeof delivered.value = [];
-      const placeholders: { name: string; placeholder: string }[] = [];
-      for (const s of delivered.value) {
-        const binding = this.#config.secrets.items[s.name]?.binding;
-        if (t.secretModes.get(s.name) === 'inject' && binding && this.#injections) placeholders.push({ name: s.name, placeholder: this.#injections.issue(jobId, t.name, s.name, s.value, binding) });
-        else handOver.push(s);
-      }
-      const result = await sandbox!.run(
-        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: handOver, ...(placeholders.length ? { placeholders } : {}) },
-        {
-          timeoutMs: t.timeoutMs,
-          abortGraceMs: t.abortGraceMs,
-          signal: controller.signal,
-          onProgress: (value) => void job.updateProgress(value as object).catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
-          onLog: (level, msg, fields, source) => {
-            log[level](msg, { ...fields, source });
-            void job.log(`${level}: ${msg}`).catch(() => undefined);
-          },
-          onSecretRequest: (name) => secrets.request(name),
-        },
-      );
-      clean = true;
-      this.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'completed', durationMs: Date.now() - started, willRetry: false, cpuMs: result.cpuMs, peakHeapBytes: result.peakHeapBytes });
-      return JSON.parse(result.resultJson) as unknown;
-    } catch (caught) {
-      const err = caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });
-      if (err.code === 'SHUTDOWN' && token) {
-        // Not a failure: the job goes back to wait for another supervisor, attempts untouched.
-        await job.moveToWait(token);
-        this.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'requeued', durationMs: Date.now() - started, willRetry: true });
-        log.info('job returned to the queue on shutdown');
-        throw new WaitingError();
-      }
-      const retryable = err.retryable && !(err.code === 'TIMEOUT' && !t.retryOnTimeout);
-      const willRetry = retryable && attempt < (job.opts.attempts ?? 1);
-      const outcome = OUTCOME_BY_CODE[err.code] ?? 'failed';
-      this.events.emit('job:finished', { jobId, jobType: t.name, outcome, durationMs: Date.now() - started, errorCode: err.code, willRetry });
-      log.warn('job failed', { errorCode: err.code, error: err.message, attempt, willRetry });
-      const reason = formatFailedReason(err);
-      const out = retryable ? new Error(reason) : new UnrecoverableError(reason);
-      out.stack = `${out.name}: ${reason}\n${err.stack?.split('\n').slice(1).join('\n') ?? ''}`;
-      throw out;
-    } finally {
-      this.#active.delete(jobId);
-      // A job that threw leaves a healthy sandbox; one that was terminated (timeout, OOM, crash,
-      // cancel) is dead and gets replaced.
-      if (sandbox) pool.release(sandbox, clean || sandbox.alive);
-      // Injected values are zero-filled and their placeholders retired (a later use is a replay).
-      this.#injections?.endJob(jobId);
-      // The sandbox zeroed its copies (or was destroyed); credentials minted for the job are revoked.
-      await secrets.release();
-    }
-  }
-
   status(): SupervisorStatus {
     return {
       id: this.id,
@@ -383,7 +303,7 @@ export class Supervisor {
   async queueCounts(): Promise<Record<string, Record<string, number>>> {
     const out: Record<string, Record<string, number>> = {};
     if (!this.#redis) return out;
-    await Promise.all(this.#types.map(async (t) => (out[t.name] = await this.#queue(t).getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'failed'))));
+    await Promise.all(this.#types.map(async (t) => (out[t.name] = await queueDepths(this.#queue(t)))));
     return out;
   }
 
