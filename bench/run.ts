@@ -24,7 +24,6 @@ import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
-import { VaultProvider } from '../src/secrets/vault-provider.js';
 import { Supervisor } from '../src/workers/supervisor.js';
 
 const { values: args } = parseArgs({
@@ -121,7 +120,9 @@ async function measure(
   });
   const t0 = performance.now();
   for (let i = 0; i < jobs; i += 1000) {
-    await queue.addBulk(Array.from({ length: Math.min(1000, jobs - i) }, () => ({ name: 'noop', data: {}, opts: { attempts: 1 } })));
+    await queue.addBulk(
+      Array.from({ length: Math.min(1000, jobs - i) }, () => ({ name: 'noop', data: {}, opts: { attempts: 1 } })),
+    );
   }
   await all;
   const seconds = (performance.now() - t0) / 1000;
@@ -141,8 +142,15 @@ async function measure(
   }
   await runner.stop();
   lat.sort((a, b) => a - b);
-  const figures: RunFigures = { jobs, jobsPerSecond: round(jobs / seconds, 0), p50StartMs: round(quantile(lat, 0.5)), p99StartMs: round(quantile(lat, 0.99)) };
-  say(`  ${name.padEnd(34)} ${String(figures.jobsPerSecond).padStart(7)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`);
+  const figures: RunFigures = {
+    jobs,
+    jobsPerSecond: round(jobs / seconds, 0),
+    p50StartMs: round(quantile(lat, 0.5)),
+    p99StartMs: round(quantile(lat, 0.99)),
+  };
+  say(
+    `  ${name.padEnd(34)} ${String(figures.jobsPerSecond).padStart(7)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`,
+  );
   return figures;
 }
 
@@ -176,16 +184,29 @@ async function fleetRun(
   return figures;
 }
 
-async function bullmqRun(url: string, mode: 'sandboxed' | 'sandboxed-process' | 'inline', jobs: number): Promise<RunFigures> {
+async function bullmqRun(
+  url: string,
+  mode: 'sandboxed' | 'sandboxed-process' | 'inline',
+  jobs: number,
+): Promise<RunFigures> {
   const prefix = `bench${++prefixSeq}`;
   const queue = new Queue('noop', { connection: { url }, prefix });
   const inline = async (): Promise<{ startedAt: number }> => ({ startedAt: now() });
-  const label = { sandboxed: 'BullMQ sandboxed (worker threads)', 'sandboxed-process': 'BullMQ sandboxed (child processes)', inline: 'BullMQ inline (no isolation)' }[mode];
+  const label = {
+    sandboxed: 'BullMQ sandboxed (worker threads)',
+    'sandboxed-process': 'BullMQ sandboxed (child processes)',
+    inline: 'BullMQ inline (no isolation)',
+  }[mode];
   const figures = await measure(label, jobs, queue, async () => {
     const worker =
       mode === 'inline'
         ? new Worker('noop', inline, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C })
-        : new Worker('noop', NOOP, { connection: { url, maxRetriesPerRequest: null }, prefix, concurrency: C, useWorkerThreads: mode === 'sandboxed' });
+        : new Worker('noop', NOOP, {
+            connection: { url, maxRetriesPerRequest: null },
+            prefix,
+            concurrency: C,
+            useWorkerThreads: mode === 'sandboxed',
+          });
     await worker.waitUntilReady();
     return { onCompleted: (cb) => worker.on('completed', cb), stop: () => worker.close() };
   });
@@ -194,8 +215,19 @@ async function bullmqRun(url: string, mode: 'sandboxed' | 'sandboxed-process' | 
   return figures;
 }
 
-type Boundary = 'thread' | 'process' | 'process+permission' | 'process+permission+namespaces' | 'process+permission+namespaces+egress';
-const BOUNDARIES: Boundary[] = ['thread', 'process', 'process+permission', 'process+permission+namespaces', 'process+permission+namespaces+egress'];
+type Boundary =
+  | 'thread'
+  | 'process'
+  | 'process+permission'
+  | 'process+permission+namespaces'
+  | 'process+permission+namespaces+egress';
+const BOUNDARIES: Boundary[] = [
+  'thread',
+  'process',
+  'process+permission',
+  'process+permission+namespaces',
+  'process+permission+namespaces+egress',
+];
 
 function sandboxOptions(boundary: Boundary, osLayer: OsLayer): Parameters<typeof Sandbox.start>[0] {
   const base = { processorPath: NOOP, jobType: 'noop', maxResultBytes: 1024, maxOldGenerationSizeMb: 128 };
@@ -245,7 +277,10 @@ function treeMemoryKb(pid: number): { rss: number; pss: number } {
     out.rss = Number(/^Rss:\s+(\d+)/m.exec(rollup)?.[1] ?? 0);
     out.pss = Number(/^Pss:\s+(\d+)/m.exec(rollup)?.[1] ?? 0);
     for (const tid of readdirSync(`/proc/${pid}/task`)) {
-      for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean)) {
+      for (const child of readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8')
+        .trim()
+        .split(/\s+/)
+        .filter(Boolean)) {
         const c = treeMemoryKb(Number(child));
         out.rss += c.rss;
         out.pss += c.pss;
@@ -258,11 +293,23 @@ function treeMemoryKb(pid: number): { rss: number; pss: number } {
 }
 
 /** Memory per warm process sandbox (OS layer as available), after one job each. */
-async function processSandboxRss(osLayer: OsLayer): Promise<{ rssMbPerSandbox: number; pssMbPerSandbox: number; sandboxes: number }> {
+async function processSandboxRss(
+  osLayer: OsLayer,
+): Promise<{ rssMbPerSandbox: number; pssMbPerSandbox: number; sandboxes: number }> {
   const n = 4;
-  const boxes = await Promise.all(Array.from({ length: n }, () => Sandbox.start(sandboxOptions(osLayer.available ? 'process+permission+namespaces' : 'process+permission', osLayer))));
+  const boxes = await Promise.all(
+    Array.from({ length: n }, () =>
+      Sandbox.start(
+        sandboxOptions(osLayer.available ? 'process+permission+namespaces' : 'process+permission', osLayer),
+      ),
+    ),
+  );
   try {
-    for (const sb of boxes) await sb.run({ type: 'run', jobId: 'noop.1', jobType: 'noop', attempt: 1, data: {}, secretNames: [], secrets: [] }, { timeoutMs: 5000, abortGraceMs: 100 });
+    for (const sb of boxes)
+      await sb.run(
+        { type: 'run', jobId: 'noop.1', jobType: 'noop', attempt: 1, data: {}, secretNames: [], secrets: [] },
+        { timeoutMs: 5000, abortGraceMs: 100 },
+      );
     await new Promise((r) => setTimeout(r, 300));
     const mem = boxes.map((sb) => treeMemoryKb(sb.pid!));
     const rss = round(mem.reduce((a, m) => a + m.rss, 0) / 1024 / n, 1);
@@ -278,7 +325,11 @@ async function processSandboxRss(osLayer: OsLayer): Promise<{ rssMbPerSandbox: n
 async function enqueueRates(url: string): Promise<Record<string, number>> {
   const token = 'bench-token-0123456789abcdef';
   const config = resolveConfig(
-    { redis: { url, prefix: `bench${++prefixSeq}` }, producers: [{ name: 'bench', tokenSha256: sha256Hex(token), jobTypes: ['*'] }], jobTypes: [{ name: 'noop', processor: NOOP }] },
+    {
+      redis: { url, prefix: `bench${++prefixSeq}` },
+      producers: [{ name: 'bench', tokenSha256: sha256Hex(token), jobTypes: ['*'] }],
+      jobTypes: [{ name: 'noop', processor: NOOP }],
+    },
     { baseDir: path.dirname(NOOP) },
   );
   const producer = new Producer({ config });
@@ -289,9 +340,11 @@ async function enqueueRates(url: string): Promise<Record<string, number>> {
   const rate = async (n: number, op: () => Promise<unknown>): Promise<number> => {
     let left = n;
     const t0 = performance.now();
-    await Promise.all(Array.from({ length: inflight }, async () => {
-      while (left-- > 0) await op();
-    }));
+    await Promise.all(
+      Array.from({ length: inflight }, async () => {
+        while (left-- > 0) await op();
+      }),
+    );
     return round(n / ((performance.now() - t0) / 1000), 0);
   };
   const headers = { authorization: `Bearer ${token}`, 'content-type': 'application/json' };
@@ -301,10 +354,20 @@ async function enqueueRates(url: string): Promise<Record<string, number>> {
   /** A minimal keep-alive client: the load generator shares this process's cores with the API. */
   const post = (urlPath: string, payload: string): Promise<void> =>
     new Promise((resolve, reject) => {
-      const req = http.request({ host: '127.0.0.1', port, path: urlPath, method: 'POST', agent, headers: { ...headers, 'content-length': Buffer.byteLength(payload) } }, (res) => {
-        res.resume();
-        res.on('end', () => (res.statusCode === 202 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))));
-      });
+      const req = http.request(
+        {
+          host: '127.0.0.1',
+          port,
+          path: urlPath,
+          method: 'POST',
+          agent,
+          headers: { ...headers, 'content-length': Buffer.byteLength(payload) },
+        },
+        (res) => {
+          res.resume();
+          res.on('end', () => (res.statusCode === 202 ? resolve() : reject(new Error(`HTTP ${res.statusCode}`))));
+        },
+      );
       req.on('error', reject);
       req.end(payload);
     });
@@ -315,14 +378,20 @@ async function enqueueRates(url: string): Promise<Record<string, number>> {
   const httpSingle = await rate(N, () => post('/v1/jobs/noop', body));
   const B = 100;
   const batchBody = JSON.stringify({ jobs: Array.from({ length: B }, () => ({ data: { n: 1 } })) });
-  const addBulk = B * (await rate(N / B, () => queue.addBulk(Array.from({ length: B }, () => ({ name: 'noop', data: { n: 1 } })))));
+  const addBulk =
+    B * (await rate(N / B, () => queue.addBulk(Array.from({ length: B }, () => ({ name: 'noop', data: { n: 1 } })))));
   const httpBatch = B * (await rate(N / B, () => post('/v1/jobs/noop/batch', batchBody)));
   agent.destroy();
   server.close();
   server.closeAllConnections();
   await queue.obliterate({ force: true });
   await producer.close();
-  const r = { queueAddPerSecond: queueAdd, httpSinglePerSecond: httpSingle, addBulkPerSecond: addBulk, httpBatchPerSecond: httpBatch };
+  const r = {
+    queueAddPerSecond: queueAdd,
+    httpSinglePerSecond: httpSingle,
+    addBulkPerSecond: addBulk,
+    httpBatchPerSecond: httpBatch,
+  };
   say(`  ${'in-process Queue.add'.padEnd(34)} ${String(queueAdd).padStart(7)} jobs/s`);
   say(`  ${'HTTP POST /v1/jobs/:type'.padEnd(34)} ${String(httpSingle).padStart(7)} jobs/s`);
   say(`  ${'in-process addBulk (100/call)'.padEnd(34)} ${String(addBulk).padStart(7)} jobs/s`);
@@ -334,26 +403,62 @@ type SecretFigures = (RunFigures & { server: string }) | { skipped: string };
 
 /** Pool isolation, one secret fetched per job, from each provider (real servers where installed). */
 async function secretRuns(url: string, jobs: number): Promise<Record<'local' | 'vault' | 'kms', SecretFigures>> {
-  const { startVault, startKms, useLocalAwsCredentials } = await import('../test/servers/test-servers.js');
+  const { startVault, startKms, useLocalAwsCredentials, setupDevVault } =
+    await import('../test/servers/test-servers.js');
   const value = Buffer.from('bench-secret-value-0123456789abcdef');
   const out = {} as Record<'local' | 'vault' | 'kms', SecretFigures>;
 
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-secrets-'));
-  const local = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_BENCH_NO_ENV', keepVersions: 2 });
+  const local = new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_BENCH_NO_ENV',
+    keepVersions: 2,
+  });
   await local.write('bench-key', value);
-  out.local = { ...(await fleetRun(url, 'pool', jobs, benchConfig(url, 'pool', { processor: WITH_SECRET, dataDir, secrets: { provider: 'local' } }), 'fleet pool + 1 secret (local)')), server: 'local file' };
+  out.local = {
+    ...(await fleetRun(
+      url,
+      'pool',
+      jobs,
+      benchConfig(url, 'pool', { processor: WITH_SECRET, dataDir, secrets: { provider: 'local' } }),
+      'fleet pool + 1 secret (local)',
+    )),
+    server: 'local file',
+  };
   rmSync(dataDir, { recursive: true, force: true });
 
   const vault = await startVault();
   if ('reason' in vault) out.vault = { skipped: vault.reason };
   else {
     try {
-      const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['noop', ['bench-key']]]), systemSecrets: ['audit-mac-key'] });
+      const setup = await setupDevVault(vault, [['noop', ['bench-key']]]);
       process.env.FLEET_BENCH_ROLE_ID = setup.roleId;
       process.env.FLEET_BENCH_SECRET_ID = setup.secretId;
-      await fetch(`${vault.url}/v1/secret/data/fleet/bench-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: value.toString() } }) });
-      const secrets = { provider: 'vault', vault: { address: vault.url, auth: 'approle', roleIdEnv: 'FLEET_BENCH_ROLE_ID', secretIdEnv: 'FLEET_BENCH_SECRET_ID' } };
-      out.vault = { ...(await fleetRun(url, 'pool', jobs, benchConfig(url, 'pool', { processor: WITH_SECRET, secrets }), 'fleet pool + 1 secret (Vault)')), server: vault.via };
+      await fetch(`${vault.url}/v1/secret/data/fleet/bench-key`, {
+        method: 'POST',
+        headers: { 'X-Vault-Token': vault.rootToken },
+        body: JSON.stringify({ data: { value: value.toString() } }),
+      });
+      const secrets = {
+        provider: 'vault',
+        vault: {
+          address: vault.url,
+          auth: 'approle',
+          roleIdEnv: 'FLEET_BENCH_ROLE_ID',
+          secretIdEnv: 'FLEET_BENCH_SECRET_ID',
+        },
+      };
+      out.vault = {
+        ...(await fleetRun(
+          url,
+          'pool',
+          jobs,
+          benchConfig(url, 'pool', { processor: WITH_SECRET, secrets }),
+          'fleet pool + 1 secret (Vault)',
+        )),
+        server: vault.via,
+      };
     } finally {
       await vault.release();
     }
@@ -368,8 +473,19 @@ async function secretRuns(url: string, jobs: number): Promise<Record<'local' | '
       const client = new KMSClient({ region: 'us-east-1', endpoint: kms.url });
       const keyId = (await client.send(new CreateKeyCommand({}))).KeyMetadata!.KeyId!;
       client.destroy();
-      const config = benchConfig(url, 'pool', { processor: WITH_SECRET, secrets: { provider: 'kms', kms: { keyId, endpoint: kms.url, region: 'us-east-1' } } });
-      const writer = new KmsProvider({ keyId, region: 'us-east-1', endpoint: kms.url, redis, keyPrefix: config.redis.prefix, keepVersions: 2, requestTimeoutMs: 5000 });
+      const config = benchConfig(url, 'pool', {
+        processor: WITH_SECRET,
+        secrets: { provider: 'kms', kms: { keyId, endpoint: kms.url, region: 'us-east-1' } },
+      });
+      const writer = new KmsProvider({
+        keyId,
+        region: 'us-east-1',
+        endpoint: kms.url,
+        redis,
+        keyPrefix: config.redis.prefix,
+        keepVersions: 2,
+        requestTimeoutMs: 5000,
+      });
       await writer.write('bench-key', value);
       await writer.close();
       out.kms = { ...(await fleetRun(url, 'pool', jobs, config, 'fleet pool + 1 secret (KMS)')), server: kms.via };
@@ -387,11 +503,20 @@ async function secretRuns(url: string, jobs: number): Promise<Record<'local' | '
  * run by the `worker` user with the audit MAC chain vs the admin without it. Each contender runs
  * twice, interleaved, and the mean is kept (single runs on this machine swing by ±30%).
  */
-async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: number; enqueueApiUserPerSecond: number; jobsAdminUnsealedPerSecond: number; jobsRoleUsersChainPerSecond: number }> {
+async function aclAndChainRuns(jobs: number): Promise<{
+  enqueueAdminPerSecond: number;
+  enqueueApiUserPerSecond: number;
+  jobsAdminUnsealedPerSecond: number;
+  jobsRoleUsersChainPerSecond: number;
+}> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-acl-'));
   const prefix = 'benchacl';
   const users = ensureEmbeddedUsers(dir);
-  const server = await startEmbeddedRedis({ dataDir: path.join(dir, 'redis'), persistent: false, acl: { prefix, users } });
+  const server = await startEmbeddedRedis({
+    dataDir: path.join(dir, 'redis'),
+    persistent: false,
+    acl: { prefix, users },
+  });
   const admin = urlWithCredential(server.url, users.admin);
   const as = (role: 'api' | 'worker'): string => urlWithCredential(server.url, users.roles[role]!);
   try {
@@ -400,9 +525,11 @@ async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: n
       const run = async (n: number): Promise<number> => {
         let left = n;
         const t0 = performance.now();
-        await Promise.all(Array.from({ length: 16 }, async () => {
-          while (left-- > 0) await queue.add('noop', { n: 1 });
-        }));
+        await Promise.all(
+          Array.from({ length: 16 }, async () => {
+            while (left-- > 0) await queue.add('noop', { n: 1 });
+          }),
+        );
         return n / ((performance.now() - t0) / 1000);
       };
       await run(200);
@@ -419,18 +546,51 @@ async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: n
       enqueueApi.push(await enqueueRate(as('api')));
     }
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-acl-data-'));
-    await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_BENCH_NO_ENV', keepVersions: 2 }).write('bench-key', Buffer.from('bench-secret-value-0123456789abcdef'));
-    const config = benchConfig(server.url, 'pool', { processor: WITH_SECRET, dataDir, prefix, secrets: { provider: 'local' } });
+    await new LocalProvider({
+      file: path.join(dataDir, 'secrets.enc.json'),
+      keyFile: path.join(dataDir, 'master.key'),
+      masterKeyEnv: 'FLEET_BENCH_NO_ENV',
+      keepVersions: 2,
+    }).write('bench-key', Buffer.from('bench-secret-value-0123456789abcdef'));
+    const config = benchConfig(server.url, 'pool', {
+      processor: WITH_SECRET,
+      dataDir,
+      prefix,
+      secrets: { provider: 'local' },
+    });
     const jobsAdmin: number[] = [];
     const jobsRoles: number[] = [];
     for (let i = 0; i < 2; i++) {
-      jobsAdmin.push((await fleetRun(admin, 'pool', jobs, config, 'pool + 1 secret, admin, no MAC chain', { redisUrl: admin, sealAudit: false })).jobsPerSecond);
-      jobsRoles.push((await fleetRun(as('api'), 'pool', jobs, config, 'pool + 1 secret, role users + chain', { redisUrl: as('worker'), sealAudit: true })).jobsPerSecond);
+      jobsAdmin.push(
+        (
+          await fleetRun(admin, 'pool', jobs, config, 'pool + 1 secret, admin, no MAC chain', {
+            redisUrl: admin,
+            sealAudit: false,
+          })
+        ).jobsPerSecond,
+      );
+      jobsRoles.push(
+        (
+          await fleetRun(as('api'), 'pool', jobs, config, 'pool + 1 secret, role users + chain', {
+            redisUrl: as('worker'),
+            sealAudit: true,
+          })
+        ).jobsPerSecond,
+      );
     }
     rmSync(dataDir, { recursive: true, force: true });
-    const out = { enqueueAdminPerSecond: mean(enqueueAdmin), enqueueApiUserPerSecond: mean(enqueueApi), jobsAdminUnsealedPerSecond: mean(jobsAdmin), jobsRoleUsersChainPerSecond: mean(jobsRoles) };
-    say(`  ${'Queue.add as admin / as api user'.padEnd(34)} ${out.enqueueAdminPerSecond} / ${out.enqueueApiUserPerSecond} jobs/s (mean of 2 each)`);
-    say(`  ${'1-secret jobs: admin unsealed / roles + chain'.padEnd(34)} ${out.jobsAdminUnsealedPerSecond} / ${out.jobsRoleUsersChainPerSecond} jobs/s (mean of 2 each)`);
+    const out = {
+      enqueueAdminPerSecond: mean(enqueueAdmin),
+      enqueueApiUserPerSecond: mean(enqueueApi),
+      jobsAdminUnsealedPerSecond: mean(jobsAdmin),
+      jobsRoleUsersChainPerSecond: mean(jobsRoles),
+    };
+    say(
+      `  ${'Queue.add as admin / as api user'.padEnd(34)} ${out.enqueueAdminPerSecond} / ${out.enqueueApiUserPerSecond} jobs/s (mean of 2 each)`,
+    );
+    say(
+      `  ${'1-secret jobs: admin unsealed / roles + chain'.padEnd(34)} ${out.jobsAdminUnsealedPerSecond} / ${out.jobsRoleUsersChainPerSecond} jobs/s (mean of 2 each)`,
+    );
     return out;
   } finally {
     await server.release();
@@ -443,7 +603,14 @@ async function aclAndChainRuns(jobs: number): Promise<{ enqueueAdminPerSecond: n
  * sequential) through the egress proxy as a plain CONNECT tunnel, through the proxy terminating
  * TLS without a placeholder in it, and with a placeholder swapped for the value.
  */
-async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: number; tunnelP99Ms: number; terminatedP50Ms: number; injectP50Ms: number; injectP99Ms: number; overheadP50Ms: number }> {
+async function injectionOverhead(requests: number): Promise<{
+  tunnelP50Ms: number;
+  tunnelP99Ms: number;
+  terminatedP50Ms: number;
+  injectP50Ms: number;
+  injectP99Ms: number;
+  overheadP50Ms: number;
+}> {
   const { EgressProxy } = await import('../src/workers/egress-proxy.js');
   const { EgressCa } = await import('../src/workers/egress-ca.js');
   const { InjectionRegistry } = await import('../src/secrets/injection.js');
@@ -458,18 +625,43 @@ async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: numbe
   const port = (server.address() as { port: number }).port;
   const egress = [`127.0.0.1:${port}`];
   const registry = new InjectionRegistry();
-  const placeholder = registry.issue('bench.1', 'bench', 'bench-key', Buffer.from('sk-bench-0123456789abcdef0123456789'), { hosts: egress, header: 'authorization', format: 'Bearer {value}', body: false });
+  const placeholder = registry.issue(
+    'bench.1',
+    'bench',
+    'bench-key',
+    Buffer.from('sk-bench-0123456789abcdef0123456789'),
+    { hosts: egress, header: 'authorization', format: 'Bearer {value}', body: false },
+  );
   const tunnel = new EgressProxy({ egress, onRefused: () => undefined });
-  const terminating = new EgressProxy({ egress, onRefused: () => undefined, inject: { ca: fleetCa, registry, currentJob: () => 'bench.1', upstreamCa: upstreamCa.certPem, maxBodyBytes: 1 << 20, onInjected: () => undefined, onRefused: () => undefined } });
+  const terminating = new EgressProxy({
+    egress,
+    onRefused: () => undefined,
+    inject: {
+      ca: fleetCa,
+      registry,
+      currentJob: () => 'bench.1',
+      upstreamCa: upstreamCa.certPem,
+      maxBodyBytes: 1 << 20,
+      onInjected: () => undefined,
+      onRefused: () => undefined,
+    },
+  });
   const urls = { tunnel: await tunnel.listen(0), terminating: await terminating.listen(0) };
   const run = async (proxyUrl: string, ca: string, headers: Record<string, string>): Promise<number[]> => {
-    const agent = new https.Agent({ keepAlive: true, maxSockets: 1, ca, proxyEnv: { HTTPS_PROXY: proxyUrl } } as ConstructorParameters<typeof https.Agent>[0]);
+    const agent = new https.Agent({
+      keepAlive: true,
+      maxSockets: 1,
+      ca,
+      proxyEnv: { HTTPS_PROXY: proxyUrl },
+    } as ConstructorParameters<typeof https.Agent>[0]);
     const once = (): Promise<number> =>
       new Promise((resolve, reject) => {
         const t0 = performance.now();
         const req = https.request(`https://127.0.0.1:${port}/v1/charges`, { agent, headers }, (res) => {
           res.resume();
-          res.on('end', () => (res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(`HTTP ${res.statusCode}`))));
+          res.on('end', () =>
+            res.statusCode === 200 ? resolve(performance.now() - t0) : reject(new Error(`HTTP ${res.statusCode}`)),
+          );
         });
         req.on('error', reject);
         req.end();
@@ -494,7 +686,9 @@ async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: numbe
       injectP99Ms: round(quantile(i, 0.99), 3),
       overheadP50Ms: round(quantile(i, 0.5) - quantile(t, 0.5), 3),
     };
-    say(`  ${'HTTPS via proxy: tunnel / terminated / injected'.padEnd(34)} p50 ${out.tunnelP50Ms} / ${out.terminatedP50Ms} / ${out.injectP50Ms} ms (p99 ${out.tunnelP99Ms} / ${out.injectP99Ms} ms), ${requests} requests each`);
+    say(
+      `  ${'HTTPS via proxy: tunnel / terminated / injected'.padEnd(34)} p50 ${out.tunnelP50Ms} / ${out.terminatedP50Ms} / ${out.injectP50Ms} ms (p99 ${out.tunnelP99Ms} / ${out.injectP99Ms} ms), ${requests} requests each`,
+    );
     return out;
   } finally {
     registry.endJob('bench.1');
@@ -508,11 +702,21 @@ async function injectionOverhead(requests: number): Promise<{ tunnelP50Ms: numbe
 async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
   const file = path.join(dir, 'fleet.config.json');
-  writeFileSync(file, JSON.stringify({ redis: { prefix: `bench${++prefixSeq}` }, jobTypes: [{ name: 'noop', processor: NOOP, isolation: 'pool', concurrency: 4 }] }));
-  const child = spawn(process.execPath, [path.resolve(path.dirname(NOOP), '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file], {
-    env: { ...process.env, REDIS_URL: url, LOG_LEVEL: 'warn' },
-    stdio: 'ignore',
-  });
+  writeFileSync(
+    file,
+    JSON.stringify({
+      redis: { prefix: `bench${++prefixSeq}` },
+      jobTypes: [{ name: 'noop', processor: NOOP, isolation: 'pool', concurrency: 4 }],
+    }),
+  );
+  const child = spawn(
+    process.execPath,
+    [path.resolve(path.dirname(NOOP), '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file],
+    {
+      env: { ...process.env, REDIS_URL: url, LOG_LEVEL: 'warn' },
+      stdio: 'ignore',
+    },
+  );
   await new Promise((r) => setTimeout(r, 4000));
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
   const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
@@ -530,7 +734,9 @@ async function main(): Promise<void> {
   const r = new Redis(redis.url);
   const redisVersion = /redis_version:(\S+)/.exec(await r.info('server'))?.[1];
   r.disconnect();
-  say(`fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`);
+  say(
+    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`,
+  );
   try {
     if (args.only === 'injection') {
       const inj = await injectionOverhead(1000);
@@ -540,8 +746,14 @@ async function main(): Promise<void> {
     }
     if (args.only === 'least-privilege') {
       const lp = await aclAndChainRuns(SECRET_JOBS);
-      const ratios = { aclEnqueueVsNone: round(lp.enqueueApiUserPerSecond / lp.enqueueAdminPerSecond), aclAndAuditChainJobsVsNone: round(lp.jobsRoleUsersChainPerSecond / lp.jobsAdminUnsealedPerSecond) };
-      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, redis: redisVersion, leastPrivilege: lp, ratios })}\n`);
+      const ratios = {
+        aclEnqueueVsNone: round(lp.enqueueApiUserPerSecond / lp.enqueueAdminPerSecond),
+        aclAndAuditChainJobsVsNone: round(lp.jobsRoleUsersChainPerSecond / lp.jobsAdminUnsealedPerSecond),
+      };
+      if (args.json)
+        process.stdout.write(
+          `${JSON.stringify({ node: process.version, redis: redisVersion, leastPrivilege: lp, ratios })}\n`,
+        );
       else say(`ratios: ${JSON.stringify(ratios)}`);
       return;
     }
@@ -551,17 +763,40 @@ async function main(): Promise<void> {
     const bullmqSandboxed = await bullmqRun(redis.url, 'sandboxed', JOBS);
     const bullmqProcesses = await bullmqRun(redis.url, 'sandboxed-process', JOBS);
     const pool = await fleetRun(redis.url, 'pool', JOBS);
-    const processPool = await fleetRun(redis.url, 'pool', JOBS, benchConfig(redis.url, 'pool', { sandbox: 'process' }), 'fleet pool, process sandboxes');
-    const processPoolNoOs = await fleetRun(redis.url, 'pool', JOBS, benchConfig(redis.url, 'pool', { sandbox: 'process', osLayer: 'off' }), 'fleet pool, process, no OS layer');
+    const processPool = await fleetRun(
+      redis.url,
+      'pool',
+      JOBS,
+      benchConfig(redis.url, 'pool', { sandbox: 'process' }),
+      'fleet pool, process sandboxes',
+    );
+    const processPoolNoOs = await fleetRun(
+      redis.url,
+      'pool',
+      JOBS,
+      benchConfig(redis.url, 'pool', { sandbox: 'process', osLayer: 'off' }),
+      'fleet pool, process, no OS layer',
+    );
     const spawnRates = {} as Record<Boundary, number>;
-    for (const b of BOUNDARIES) if (osLayer.available || !b.includes('namespaces')) spawnRates[b] = await rawSpawnRate(Math.min(SPAWN_JOBS, b === 'thread' ? SPAWN_JOBS : 200), b, osLayer);
+    for (const b of BOUNDARIES)
+      if (osLayer.available || !b.includes('namespaces'))
+        spawnRates[b] = await rawSpawnRate(Math.min(SPAWN_JOBS, b === 'thread' ? SPAWN_JOBS : 200), b, osLayer);
     const spawnRate = spawnRates.thread;
     const job = await fleetRun(redis.url, 'job', SPAWN_JOBS);
     const processBoundary: Boundary = osLayer.available ? 'process+permission+namespaces' : 'process+permission';
     const processJobs = Math.min(SPAWN_JOBS, 200);
-    const processJob = await fleetRun(redis.url, 'job', processJobs, benchConfig(redis.url, 'job', { sandbox: 'process' }), 'fleet job, process sandboxes');
+    const processJob = await fleetRun(
+      redis.url,
+      'job',
+      processJobs,
+      benchConfig(redis.url, 'job', { sandbox: 'process' }),
+      'fleet job, process sandboxes',
+    );
     const processRss = await processSandboxRss(osLayer);
-    const poolSameSize = SECRET_JOBS === JOBS ? pool : await fleetRun(redis.url, 'pool', SECRET_JOBS, undefined, `fleet isolation="pool" (${SECRET_JOBS} jobs)`);
+    const poolSameSize =
+      SECRET_JOBS === JOBS
+        ? pool
+        : await fleetRun(redis.url, 'pool', SECRET_JOBS, undefined, `fleet isolation="pool" (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
@@ -576,14 +811,24 @@ async function main(): Promise<void> {
       jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
       httpSingleVsQueueAdd: round(enqueue.httpSinglePerSecond! / enqueue.queueAddPerSecond!),
       httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond! / enqueue.addBulkPerSecond!),
-      oneLocalSecretVsNone: 'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / poolSameSize.jobsPerSecond) : NaN,
+      oneLocalSecretVsNone:
+        'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / poolSameSize.jobsPerSecond) : NaN,
       aclEnqueueVsNone: round(leastPrivilege.enqueueApiUserPerSecond / leastPrivilege.enqueueAdminPerSecond),
-      aclAndAuditChainJobsVsNone: round(leastPrivilege.jobsRoleUsersChainPerSecond / leastPrivilege.jobsAdminUnsealedPerSecond),
+      aclAndAuditChainJobsVsNone: round(
+        leastPrivilege.jobsRoleUsersChainPerSecond / leastPrivilege.jobsAdminUnsealedPerSecond,
+      ),
     };
     // Secrets are fetched before the processor starts, so their cost shows in enqueue→start latency.
-    const overhead = (f: SecretFigures): number => ('p50StartMs' in f ? round(f.p50StartMs - poolSameSize.p50StartMs) : NaN);
-    const secretOverheadP50Ms = { local: overhead(secrets.local), vault: overhead(secrets.vault), kms: overhead(secrets.kms) };
-    say(`secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms`);
+    const overhead = (f: SecretFigures): number =>
+      'p50StartMs' in f ? round(f.p50StartMs - poolSameSize.p50StartMs) : NaN;
+    const secretOverheadP50Ms = {
+      local: overhead(secrets.local),
+      vault: overhead(secrets.vault),
+      kms: overhead(secrets.kms),
+    };
+    say(
+      `secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms`,
+    );
     // Spawn cost of each layer: milliseconds per sandbox added by it (C in parallel on this machine).
     const msPer = (b: Boundary): number => (spawnRates[b] ? 1000 / spawnRates[b] : NaN);
     const layerCostMs = {
@@ -613,13 +858,39 @@ async function main(): Promise<void> {
       aclAndAuditChainJobsVsNone: { target: '≥ 0.95', met: ratios.aclAndAuditChainJobsVsNone >= 0.95 },
       injectionOverheadP50Ms: { target: '≤ 2', met: injection.overheadP50Ms <= 2 },
     };
-    const out = { node: process.version, redis: redisVersion, concurrency: C, osLayer: osLayer.available, bullmqInline, bullmqSandboxed, bullmqProcesses, pool, processPool, processPoolNoOs, job, processJob, rawSpawnPerSecond: spawnRates, layerCostMs, processRss, rawThreadSpawnPerSecond: spawnRate, secrets, secretOverheadP50Ms, enqueue, leastPrivilege, injection, idleSupervisor: idle, ratios, targets };
+    const out = {
+      node: process.version,
+      redis: redisVersion,
+      concurrency: C,
+      osLayer: osLayer.available,
+      bullmqInline,
+      bullmqSandboxed,
+      bullmqProcesses,
+      pool,
+      processPool,
+      processPoolNoOs,
+      job,
+      processJob,
+      rawSpawnPerSecond: spawnRates,
+      layerCostMs,
+      processRss,
+      rawThreadSpawnPerSecond: spawnRate,
+      secrets,
+      secretOverheadP50Ms,
+      enqueue,
+      leastPrivilege,
+      injection,
+      idleSupervisor: idle,
+      ratios,
+      targets,
+    };
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');
       for (const [k, v] of Object.entries(ratios)) say(`  ${k.padEnd(24)} ${v}`);
       say('targets:');
-      for (const [k, v] of Object.entries(targets)) say(`  ${k.padEnd(24)} ${v.target.padEnd(6)} ${v.met ? 'met' : 'NOT met'}`);
+      for (const [k, v] of Object.entries(targets))
+        say(`  ${k.padEnd(24)} ${v.target.padEnd(6)} ${v.met ? 'met' : 'NOT met'}`);
     }
   } finally {
     await redis.release();

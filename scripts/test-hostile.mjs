@@ -7,7 +7,12 @@ import { mkdirSync, readFileSync } from 'node:fs';
 const json = process.argv.includes('--json');
 const out = 'test-results/hostile.json';
 if (json) mkdirSync('test-results', { recursive: true });
-const args = ['vitest', 'run', 'test/hostile.test.ts', ...(json ? ['--reporter=json', `--outputFile=${out}`, '--silent'] : [])];
+const args = [
+  'vitest',
+  'run',
+  'test/hostile.test.ts',
+  ...(json ? ['--reporter=json', `--outputFile=${out}`, '--silent'] : []),
+];
 const r = spawnSync('npx', args, { stdio: json ? ['ignore', 'ignore', 'inherit'] : 'inherit' });
 if (json) process.stdout.write(readFileSync(out, 'utf8'));
 process.exit(r.status ?? 1);

@@ -8,7 +8,15 @@ import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
 import { Producer } from './producers/producer.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
-import { embeddedUsersFile, ensureEmbeddedUsers, readEmbeddedUsers, RedisAccess, roleCredentialsFromEnv, rolePasswordEnv, type RedisRole } from './redis/acl.js';
+import {
+  embeddedUsersFile,
+  ensureEmbeddedUsers,
+  readEmbeddedUsers,
+  RedisAccess,
+  roleCredentialsFromEnv,
+  rolePasswordEnv,
+  type RedisRole,
+} from './redis/acl.js';
 import { Supervisor } from './workers/supervisor.js';
 import { FleetMetrics } from './observability/metrics.js';
 import { RotationService } from './rotation/rotation-service.js';
@@ -56,7 +64,12 @@ export function discoverRedisAccess(config: FleetConfig): RedisAccess | undefine
 }
 
 /** Roles each fleet role's components connect as. */
-const REDIS_ROLES_OF: Record<Role, readonly RedisRole[]> = { api: ['api', 'ops'], worker: ['worker'], scheduler: ['scheduler', 'retention'], all: ['api', 'ops', 'worker', 'scheduler', 'retention'] };
+const REDIS_ROLES_OF: Record<Role, readonly RedisRole[]> = {
+  api: ['api', 'ops'],
+  worker: ['worker'],
+  scheduler: ['scheduler', 'retention'],
+  all: ['api', 'ops', 'worker', 'scheduler', 'retention'],
+};
 
 /**
  * Starts one process of the fleet in the given role. With no Redis configured it runs a private
@@ -75,7 +88,8 @@ export async function startFleet(options: {
   metrics.attach(events);
   const cleanups: (() => Promise<void>)[] = [];
   const release = async (): Promise<void> => {
-    for (const c of cleanups.reverse()) await c().catch((err: unknown) => logger.error('cleanup failed', { error: String(err) }));
+    for (const c of cleanups.reverse())
+      await c().catch((err: unknown) => logger.error('cleanup failed', { error: String(err) }));
   };
   try {
     let access: RedisAccess;
@@ -83,10 +97,16 @@ export async function startFleet(options: {
       const dataDir = path.join(config.dataDir, 'redis');
       // One ACL user per role, passwords generated once into dataDir (0600); the default user is off.
       const users = ensureEmbeddedUsers(config.dataDir);
-      const embedded: EmbeddedRedis = await startEmbeddedRedis({ dataDir, persistent: true, acl: { prefix: config.redis.prefix, users } });
+      const embedded: EmbeddedRedis = await startEmbeddedRedis({
+        dataDir,
+        persistent: true,
+        acl: { prefix: config.redis.prefix, users },
+      });
       access = new RedisAccess(embedded.url, { ...users.roles, ...roleCredentialsFromEnv() }, users.admin);
       writeFileSync(embeddedUrlFile(config), `${embedded.url}\n`);
-      logger.info(`no REDIS_URL set: started a private redis-server at ${embedded.url} (data in ${dataDir}, one ACL user per role, passwords in ${embeddedUsersFile(config.dataDir)}); set REDIS_URL to use your own`);
+      logger.info(
+        `no REDIS_URL set: started a private redis-server at ${embedded.url} (data in ${dataDir}, one ACL user per role, passwords in ${embeddedUsersFile(config.dataDir)}); set REDIS_URL to use your own`,
+      );
       cleanups.push(async () => {
         rmSync(embeddedUrlFile(config), { force: true });
         await embedded.release();
@@ -95,7 +115,10 @@ export async function startFleet(options: {
       access = new RedisAccess(config.redis.url, roleCredentialsFromEnv());
       logger.info(`using Redis at ${redactUrl(config.redis.url)}`);
       const missing = access.missingRoles(REDIS_ROLES_OF[role]);
-      if (missing.length) logger.warn(`Redis roles ${missing.join(', ')} have no credentials of their own (${missing.map(rolePasswordEnv).join(', ')}): they connect with REDIS_URL's identity. For production run \`fleet redis setup\` and give each role its password.`);
+      if (missing.length)
+        logger.warn(
+          `Redis roles ${missing.join(', ')} have no credentials of their own (${missing.map(rolePasswordEnv).join(', ')}): they connect with REDIS_URL's identity. For production run \`fleet redis setup\` and give each role its password.`,
+        );
     }
     const redisUrl = access.url;
     const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]!), 'worker');
@@ -116,7 +139,8 @@ export async function startFleet(options: {
       cleanups.push(() => sup.stop());
       metrics.onCollect(async () => {
         for (const t of sup.status().types) {
-          for (const state of ['warm', 'busy', 'starting'] as const) metrics.sandboxes.labels(t.jobType, state).set(t[state]);
+          for (const state of ['warm', 'busy', 'starting'] as const)
+            metrics.sandboxes.labels(t.jobType, state).set(t[state]);
           metrics.concurrencyLimit.labels(t.jobType).set(t.concurrency);
           metrics.concurrencyInUse.labels(t.jobType).set(t.active);
         }
@@ -128,7 +152,13 @@ export async function startFleet(options: {
 
     let rotation: RotationService | null = null;
     if (role === 'scheduler' || role === 'all') {
-      const rot = new RotationService({ config, redisUrl: access.urlFor('scheduler'), retentionUrl: access.urlFor('retention'), events, logger });
+      const rot = new RotationService({
+        config,
+        redisUrl: access.urlFor('scheduler'),
+        retentionUrl: access.urlFor('retention'),
+        events,
+        logger,
+      });
       rotation = rot;
       await rot.start();
       cleanups.push(() => rot.stop());
@@ -144,8 +174,16 @@ export async function startFleet(options: {
 
     if (supervisor || rotation) {
       const sup = supervisor;
-      const ready = async (): Promise<Record<string, string>> => ({ ...(sup ? await sup.ready() : {}), ...(rotation ? { rotation: 'ok' } : {}) });
-      const server = await startMetricsServer({ metrics, host: config.supervisor.metricsHost, port: options.metricsPort ?? config.supervisor.metricsPort, ready });
+      const ready = async (): Promise<Record<string, string>> => ({
+        ...(sup ? await sup.ready() : {}),
+        ...(rotation ? { rotation: 'ok' } : {}),
+      });
+      const server = await startMetricsServer({
+        metrics,
+        host: config.supervisor.metricsHost,
+        port: options.metricsPort ?? config.supervisor.metricsPort,
+        ready,
+      });
       metricsUrl = server.url;
       logger.info(`metrics on ${server.url}/metrics`);
       cleanups.push(() => server.release());
@@ -162,7 +200,9 @@ export async function startFleet(options: {
       if (producers.length === 0) {
         const dev = ensureDevToken(config.dataDir);
         producers = [dev.identity];
-        logger.warn(`no producers configured: the API accepts the dev token in ${dev.tokenFile} (all job types). Configure producers before deploying.`);
+        logger.warn(
+          `no producers configured: the API accepts the dev token in ${dev.tokenFile} (all job types). Configure producers before deploying.`,
+        );
       }
       // Loaded only for the API role: a worker-only process does not pay for express.
       const { createApiApp, listen } = await import('./api/http-api.js');

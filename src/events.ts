@@ -29,12 +29,28 @@ export interface FleetEvents {
   /** The egress proxy refused a request for a secret placeholder in it (wrong host, header, URL, job, or a replay). */
   'secret:inject-refused': { jobType: string; secret: string };
   /** A check of the audit trail's MAC chain (supervisors' tail check, the retention pass). */
-  'audit:verified': { by: 'tail' | 'retention'; ok: boolean; records: number; firstBreak: { at: string; writer: string; reason: string } | null };
+  'audit:verified': {
+    by: 'tail' | 'retention';
+    ok: boolean;
+    records: number;
+    firstBreak: { at: string; writer: string; reason: string } | null;
+  };
   'job:enqueued': { jobType: string; count: number; via: 'http' | 'client' };
   /** Redis refused a write because it is at maxmemory. */
   'redis:full': { operation: string };
-  'secret:accessed': { secret: string; jobType: string; outcome: 'granted' | 'denied' | 'error'; provider: string; latencyMs: number };
-  'rotation:finished': { secret: string; ok: boolean; step?: 'create' | 'set' | 'test' | 'promote' | 'retire'; durationMs: number };
+  'secret:accessed': {
+    secret: string;
+    jobType: string;
+    outcome: 'granted' | 'denied' | 'error';
+    provider: string;
+    latencyMs: number;
+  };
+  'rotation:finished': {
+    secret: string;
+    ok: boolean;
+    step?: 'create' | 'set' | 'test' | 'promote' | 'retire';
+    durationMs: number;
+  };
   /** Secret values now held by sandboxes: +n when handed over, -n when the job ends and they are zeroed. */
   'secret:values': { delta: number };
 }

@@ -1,9 +1,24 @@
-export { defineConfig, loadConfig, resolveConfig, findConfigFile, type FleetConfig, type JobType } from './config/resolve.js';
+export {
+  defineConfig,
+  loadConfig,
+  resolveConfig,
+  findConfigFile,
+  type FleetConfig,
+  type JobType,
+} from './config/resolve.js';
 export type { FleetConfigInput, JobTypeInput } from './config/schema.js';
 export * from './errors.js';
 export { FleetEventBus, type FleetEvents, type JobOutcome, type LifecycleState } from './events.js';
 export { makeLogger, type Logger } from './observability/logger.js';
-export { createProducer, Producer, type EnqueueOptions, type EnqueueResult, type JobView, type JobTypeView, type PayloadsOf } from './producers/producer.js';
+export {
+  createProducer,
+  Producer,
+  type EnqueueOptions,
+  type EnqueueResult,
+  type JobView,
+  type JobTypeView,
+  type PayloadsOf,
+} from './producers/producer.js';
 export { Supervisor, type SupervisorOptions, type SupervisorStatus } from './workers/supervisor.js';
 export type { Processor, ProcessorContext, ProcessorJob } from './workers/processor-api.js';
 export { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';

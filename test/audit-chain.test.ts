@@ -12,30 +12,67 @@ import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { auditHeadsKey, auditStreamKey } from '../src/redis/keys.js';
-import { AuditLog, openAuditSink, readAudit, trimAuditWithCheckpoint, verifyAuditTrail, type AuditRecord } from '../src/secrets/audit.js';
+import {
+  AuditLog,
+  openAuditSink,
+  readAudit,
+  trimAuditWithCheckpoint,
+  verifyAuditTrail,
+  type AuditRecord,
+} from '../src/secrets/audit.js';
 import { ChainWriter, loadAuditKeys, type AuditKeyRing } from '../src/secrets/audit-chain.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { uniquePrefix, useTestRedis } from './helpers/redis.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
 
 function localStore(dir: string): LocalProvider {
-  return new LocalProvider({ file: path.join(dir, 'secrets.enc.json'), keyFile: path.join(dir, 'master.key'), masterKeyEnv: 'FLEET_AUDIT_TEST_NONE', keepVersions: 5 });
+  return new LocalProvider({
+    file: path.join(dir, 'secrets.enc.json'),
+    keyFile: path.join(dir, 'master.key'),
+    masterKeyEnv: 'FLEET_AUDIT_TEST_NONE',
+    keepVersions: 5,
+  });
 }
 
-async function keyRing(dir = mkdtempSync(path.join(tmpdir(), 'fleet-audit-'))): Promise<{ keys: AuditKeyRing; dir: string }> {
+async function keyRing(
+  dir = mkdtempSync(path.join(tmpdir(), 'fleet-audit-')),
+): Promise<{ keys: AuditKeyRing; dir: string }> {
   return { keys: await loadAuditKeys(localStore(dir), 'audit-mac-key', { create: true }), dir };
 }
 
-const record = (i: number, writer: string): AuditRecord => ({ ts: Date.now(), outcome: 'granted', secret: 'api-key', version: '1', jobId: `job-${i}`, jobType: 'reader', workerId: writer, provider: 'local', latencyMs: 1, action: 'access' });
+const record = (i: number, writer: string): AuditRecord => ({
+  ts: Date.now(),
+  outcome: 'granted',
+  secret: 'api-key',
+  version: '1',
+  jobId: `job-${i}`,
+  jobType: 'reader',
+  workerId: writer,
+  provider: 'local',
+  latencyMs: 1,
+  action: 'access',
+});
 
 /** Three writers appending interleaved records, as three supervisors do. */
 async function writeStream(prefix: string, keys: AuditKeyRing, perWriter = 10): Promise<void> {
   // A writer id names one chain from start to stop: each call is a fresh set of supervisors.
   const run = uniquePrefix();
-  const logs = ['sup-a', 'sup-b', 'sup-c'].map((w) => `${w}-${run}`).map((w) => ({ w, log: new AuditLog({ redis: redis.client, prefix, logger: silentLogger, chain: new ChainWriter(w, keys) }) }));
+  const logs = ['sup-a', 'sup-b', 'sup-c']
+    .map((w) => `${w}-${run}`)
+    .map((w) => ({
+      w,
+      log: new AuditLog({ redis: redis.client, prefix, logger: silentLogger, chain: new ChainWriter(w, keys) }),
+    }));
   for (let i = 0; i < perWriter; i++) for (const { w, log } of logs) log.record(record(i, w));
   for (const { log } of logs) await log.flush();
 }
@@ -54,7 +91,11 @@ function nextOfSameWriter(all: [string, string[]][], i: number): string {
 describe('audit MAC chain', () => {
   it('verify names the first broken link: a deleted record, an inserted forgery, an edited field, a reorder, a truncated tail', async () => {
     const { keys } = await keyRing();
-    const cases: { name: string; tamper: (prefix: string, all: [string, string[]][]) => Promise<string>; reason: RegExp }[] = [
+    const cases: {
+      name: string;
+      tamper: (prefix: string, all: [string, string[]][]) => Promise<string>;
+      reason: RegExp;
+    }[] = [
       {
         name: 'deleted',
         tamper: async (p, all) => {
@@ -128,7 +169,18 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak?.reason).toMatch(/reordered or replayed/);
     const other = uniquePrefix();
     await writeStream(other, keys, 3);
-    await redis.client.xadd(auditStreamKey(other), '*', 'ts', '1', 'action', 'access', 'outcome', 'granted', 'secret', 'api-key');
+    await redis.client.xadd(
+      auditStreamKey(other),
+      '*',
+      'ts',
+      '1',
+      'action',
+      'access',
+      'outcome',
+      'granted',
+      'secret',
+      'api-key',
+    );
     r = await verifyAuditTrail(redis.client, other, keys);
     expect(r.firstBreak?.reason).toMatch(/no MAC chain fields/);
     // Read back for `fleet audit` / GET /v1/audit, a stored outcome that is none of ours is not passed on.
@@ -168,7 +220,11 @@ describe('audit MAC chain', () => {
     await writeStream(prefix, keys, 10);
     await redis.client.xdel(auditStreamKey(prefix), (await entries(prefix))[2]![0]);
     const before = await redis.client.xlen(auditStreamKey(prefix));
-    const r = await trimAuditWithCheckpoint(redis.client, prefix, { maxEntries: 12, chain: new ChainWriter('retention-test', keys), keys });
+    const r = await trimAuditWithCheckpoint(redis.client, prefix, {
+      maxEntries: 12,
+      chain: new ChainWriter('retention-test', keys),
+      keys,
+    });
     expect(r).toMatchObject({ trimmed: 0, checkpoint: null });
     expect(r.report?.ok).toBe(false);
     expect(await redis.client.xlen(auditStreamKey(prefix))).toBe(before);
@@ -176,13 +232,19 @@ describe('audit MAC chain', () => {
 
   it('several supervisors writing at once and a restarted one all verify; the export file verifies on its own and shows an edit', async () => {
     const exportFile = path.join(mkdtempSync(path.join(tmpdir(), 'fleet-audit-export-')), 'audit.jsonl');
-    const config = testConfig(redis.url, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'], concurrency: 4, warmSandboxes: 2 })], { secrets: { audit: { export: exportFile } } });
+    const config = testConfig(
+      redis.url,
+      [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'], concurrency: 4, warmSandboxes: 2 })],
+      { secrets: { audit: { export: exportFile } } },
+    );
     await localStore(config.dataDir).write('api-key', Buffer.from('chain-secret-value-42'));
     const a = await startSupervisor({ config });
     const b = await startSupervisor({ config });
     const producer = makeProducer(config);
     const run = async (n: number): Promise<void> => {
-      const ids = await Promise.all(Array.from({ length: n }, () => producer.enqueue('reader', { names: ['api-key'] }).then((j) => j.id)));
+      const ids = await Promise.all(
+        Array.from({ length: n }, () => producer.enqueue('reader', { names: ['api-key'] }).then((j) => j.id)),
+      );
       for (const id of ids) expect((await waitForJob(producer, id)).state).toBe('completed');
     };
     await run(30);
@@ -196,18 +258,38 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak).toBeNull();
     expect(r.records).toBe(40);
     expect(r.writers).toBeGreaterThanOrEqual(2);
-    expect(new Set((await entries(config.redis.prefix)).map(([, f]) => f[f.indexOf('writer') + 1])).size).toBe(r.writers);
+    expect(new Set((await entries(config.redis.prefix)).map(([, f]) => f[f.indexOf('writer') + 1])).size).toBe(
+      r.writers,
+    );
 
     // The CLI, against Redis and against the export.
     const cfgFile = path.join(config.dataDir, 'fleet.config.json');
-    writeFileSync(cfgFile, JSON.stringify({ dataDir: config.dataDir, redis: { url: redis.url, prefix: config.redis.prefix }, jobTypes: [{ name: 'reader', processor: path.resolve('test/fixtures/secret-reader.mjs'), secrets: ['api-key'] }] }));
+    writeFileSync(
+      cfgFile,
+      JSON.stringify({
+        dataDir: config.dataDir,
+        redis: { url: redis.url, prefix: config.redis.prefix },
+        jobTypes: [
+          { name: 'reader', processor: path.resolve('test/fixtures/secret-reader.mjs'), secrets: ['api-key'] },
+        ],
+      }),
+    );
     const cli = async (args: string[]): Promise<{ code: number; out: string }> => {
       let out = '';
-      const code = await main([...args, '--config', cfgFile], { out: (s) => (out += `${s}\n`), err: (s) => (out += `${s}\n`) });
+      const code = await main([...args, '--config', cfgFile], {
+        out: (s) => (out += `${s}\n`),
+        err: (s) => (out += `${s}\n`),
+      });
       return { code, out };
     };
-    expect(await cli(['audit', 'verify'])).toMatchObject({ code: 0, out: expect.stringMatching(/audit chain OK: 40 records/) });
-    expect(await cli(['audit', 'verify', '--file', exportFile])).toMatchObject({ code: 0, out: expect.stringMatching(/audit chain OK: 40 records/) });
+    expect(await cli(['audit', 'verify'])).toMatchObject({
+      code: 0,
+      out: expect.stringMatching(/audit chain OK: 40 records/),
+    });
+    expect(await cli(['audit', 'verify', '--file', exportFile])).toMatchObject({
+      code: 0,
+      out: expect.stringMatching(/audit chain OK: 40 records/),
+    });
     const lines = readFileSync(exportFile, 'utf8').trim().split('\n');
     const edited = JSON.parse(lines[5]!) as Record<string, string>;
     edited.outcome = 'denied';
@@ -221,7 +303,12 @@ describe('audit MAC chain', () => {
     await redis.client.xdel(auditStreamKey(config.redis.prefix), victim);
     expect(await cli(['audit', 'verify'])).toMatchObject({ code: 1, out: expect.stringMatching(/audit chain BROKEN/) });
     const exported = await cli(['audit', 'export']);
-    expect(exported.out.trim().split('\n').filter((l) => l.startsWith('{'))).toHaveLength(39);
+    expect(
+      exported.out
+        .trim()
+        .split('\n')
+        .filter((l) => l.startsWith('{')),
+    ).toHaveLength(39);
   }, 60_000);
 
   it("a supervisor's tail check turns the metric to 0 when the chain breaks, and notices its own head was rolled back", async () => {
@@ -232,9 +319,14 @@ describe('audit MAC chain', () => {
     metrics.attach(events);
     const sup = await startSupervisor({ config, events });
     const producer = makeProducer(config);
-    for (let i = 0; i < 5; i++) expect((await waitForJob(producer, (await producer.enqueue('reader', { names: ['api-key'] })).id)).state).toBe('completed');
+    for (let i = 0; i < 5; i++)
+      expect((await waitForJob(producer, (await producer.enqueue('reader', { names: ['api-key'] })).id)).state).toBe(
+        'completed',
+      );
     expect((await sup.checkAuditTail())?.ok).toBe(true);
-    expect((await metrics.registry.getSingleMetricAsString('fleet_audit_chain_ok')).trim().split('\n').pop()).toBe('fleet_audit_chain_ok 1');
+    expect((await metrics.registry.getSingleMetricAsString('fleet_audit_chain_ok')).trim().split('\n').pop()).toBe(
+      'fleet_audit_chain_ok 1',
+    );
     // Cut the newest record and point the head at the one before: consistent inside Redis, but
     // the supervisor remembers what it wrote.
     const key = auditStreamKey(config.redis.prefix);
@@ -242,21 +334,43 @@ describe('audit MAC chain', () => {
     const [lastId] = all[all.length - 1]!;
     const prev = all[all.length - 2]![1];
     await redis.client.xdel(key, lastId);
-    await redis.client.hset(auditHeadsKey(config.redis.prefix), sup.id, `${prev[prev.indexOf('seq') + 1]}:${prev[prev.indexOf('mac') + 1]}`);
+    await redis.client.hset(
+      auditHeadsKey(config.redis.prefix),
+      sup.id,
+      `${prev[prev.indexOf('seq') + 1]}:${prev[prev.indexOf('mac') + 1]}`,
+    );
     const r = await sup.checkAuditTail();
     expect(r?.ok).toBe(false);
     expect(r?.firstBreak?.reason).toMatch(/this supervisor wrote 5 records but its head in Redis says 4/);
-    expect((await metrics.registry.getSingleMetricAsString('fleet_audit_chain_ok')).trim().split('\n').pop()).toBe('fleet_audit_chain_ok 0');
-    expect(await metrics.registry.getSingleMetricAsString('fleet_audit_chain_breaks_total')).toMatch(/fleet_audit_chain_breaks_total\{by="tail"\} 1/);
+    expect((await metrics.registry.getSingleMetricAsString('fleet_audit_chain_ok')).trim().split('\n').pop()).toBe(
+      'fleet_audit_chain_ok 0',
+    );
+    expect(await metrics.registry.getSingleMetricAsString('fleet_audit_chain_breaks_total')).toMatch(
+      /fleet_audit_chain_breaks_total\{by="tail"\} 1/,
+    );
   });
 
   it('the export sink appends JSON lines with the chain fields, and a job type may not declare the MAC key', async () => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'fleet-audit-sink-')), 'a.jsonl');
     const { keys } = await keyRing();
-    const log = new AuditLog({ redis: redis.client, prefix: uniquePrefix(), logger: silentLogger, chain: new ChainWriter('w', keys), sink: openAuditSink(file) });
+    const log = new AuditLog({
+      redis: redis.client,
+      prefix: uniquePrefix(),
+      logger: silentLogger,
+      chain: new ChainWriter('w', keys),
+      sink: openAuditSink(file),
+    });
     log.record(record(1, 'w'));
     await log.close();
-    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({ writer: 'w', seq: '1', prev: 'genesis', kv: keys.current.version, mac: expect.stringMatching(/^[0-9a-f]{64}$/) });
-    expect(() => testConfig(redis.url, [fixtureType('thief', 'ok.mjs', { secrets: ['audit-mac-key'] })])).toThrow(/the audit trail's MAC key/);
+    expect(JSON.parse(readFileSync(file, 'utf8'))).toMatchObject({
+      writer: 'w',
+      seq: '1',
+      prev: 'genesis',
+      kv: keys.current.version,
+      mac: expect.stringMatching(/^[0-9a-f]{64}$/),
+    });
+    expect(() => testConfig(redis.url, [fixtureType('thief', 'ok.mjs', { secrets: ['audit-mac-key'] })])).toThrow(
+      /the audit trail's MAC key/,
+    );
   });
 });

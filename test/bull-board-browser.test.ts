@@ -11,8 +11,12 @@ import { FIXTURES, guardAgainstLeaks } from './helpers/fleet.js';
 import { boardFleet } from './helpers/board.js';
 import { useTestRedis } from './helpers/redis.js';
 
-const CHROMIUM = process.env.FLEET_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
-if (!CHROMIUM) console.warn('SKIPPING the Bull Board browser test: no Chromium. Fix: apt-get install -y chromium (scripts/install-test-servers.sh does).');
+const CHROMIUM =
+  process.env.FLEET_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
+if (!CHROMIUM)
+  console.warn(
+    'SKIPPING the Bull Board browser test: no Chromium. Fix: apt-get install -y chromium (scripts/install-test-servers.sh does).',
+  );
 const ADMIN = 'browser-admin-token-0123456789';
 const PLAIN = 'browser-plain-token-0123456789';
 const SECRET_VALUE = 'browser-secret-value-5550123';
@@ -63,10 +67,15 @@ describe.skipIf(!CHROMIUM)('Bull Board in Chromium', () => {
       const dom: string[] = [await page.content()];
       for (const status of ['completed', 'failed']) {
         await page.goto(`${base}/queue/leaky?status=${status}`);
-        await page.getByText(jobs[status === 'completed' ? 1 : 2]!.id.split('.')[1]!.slice(0, 8), { exact: false }).first().waitFor({ timeout: 15_000 }).catch(() => undefined);
+        await page
+          .getByText(jobs[status === 'completed' ? 1 : 2]!.id.split('.')[1]!.slice(0, 8), { exact: false })
+          .first()
+          .waitFor({ timeout: 15_000 })
+          .catch(() => undefined);
         await page.waitForLoadState('networkidle');
         // Open every job card's data view the UI offers.
-        for (const tab of await page.getByRole('button', { name: /^data$/i }).all()) await tab.click().catch(() => undefined);
+        for (const tab of await page.getByRole('button', { name: /^data$/i }).all())
+          await tab.click().catch(() => undefined);
         await page.screenshot({ path: path.join(SHOTS, `leaky-${status}.png`), fullPage: true });
         dom.push(await page.content());
         // Read-only: none of the actions that change jobs.
@@ -76,14 +85,21 @@ describe.skipIf(!CHROMIUM)('Bull Board in Chromium', () => {
       }
       await page.goto(`${base}/queue/ok?status=completed`);
       await page.waitForLoadState('networkidle');
-      for (const tab of await page.getByRole('button', { name: /^data$/i }).all()) await tab.click().catch(() => undefined);
+      for (const tab of await page.getByRole('button', { name: /^data$/i }).all())
+        await tab.click().catch(() => undefined);
       dom.push(await page.content());
       await page.screenshot({ path: path.join(SHOTS, 'ok-completed.png'), fullPage: true });
 
       const all = dom.join('\n');
       expect(all).toContain('(secret references)');
       expect(all).toContain('api-key');
-      for (const leak of [SECRET_VALUE, Buffer.from(SECRET_VALUE).toString('base64'), Buffer.from(SECRET_VALUE).toString('hex'), 'tok-in-payload-123456']) expect(all).not.toContain(leak);
+      for (const leak of [
+        SECRET_VALUE,
+        Buffer.from(SECRET_VALUE).toString('base64'),
+        Buffer.from(SECRET_VALUE).toString('hex'),
+        'tok-in-payload-123456',
+      ])
+        expect(all).not.toContain(leak);
       await admin.close();
     } finally {
       await board.release();

@@ -16,16 +16,25 @@ describe('Bull Board', () => {
   it('refuses anyone but an admin producer, is read-only, and shows no secret value', async () => {
     const board = await boardFleet(redis.url, { admin: ADMIN, plain: PLAIN }, SECRET_VALUE);
     const { base, producer } = board;
-    const [a, b, c] = board.jobs as [{ id: string }, { id: string }, { id: string }];
+    const [_a, b, c] = board.jobs as [{ id: string }, { id: string }, { id: string }];
     try {
       expect((await fetch(`${base}/`)).status).toBe(401);
       expect((await fetch(`${base}/`, { headers: { authorization: basic(PLAIN) } })).status).toBe(401);
-      expect((await fetch(`${base}/`, { headers: { authorization: basic('wrong-token-0123456789abc') } })).status).toBe(401);
+      expect((await fetch(`${base}/`, { headers: { authorization: basic('wrong-token-0123456789abc') } })).status).toBe(
+        401,
+      );
       expect((await fetch(`${base}/`, { headers: { authorization: basic(ADMIN) } })).status).toBe(200);
 
       const bodies: string[] = [];
-      for (const [queue, status] of [['ok', 'completed'], ['leaky', 'completed'], ['leaky', 'failed'], ['ok', 'latest']]) {
-        const r = await fetch(`${base}/api/queues?activeQueue=${queue}&status=${status}&page=1`, { headers: { authorization: `Bearer ${ADMIN}` } });
+      for (const [queue, status] of [
+        ['ok', 'completed'],
+        ['leaky', 'completed'],
+        ['leaky', 'failed'],
+        ['ok', 'latest'],
+      ]) {
+        const r = await fetch(`${base}/api/queues?activeQueue=${queue}&status=${status}&page=1`, {
+          headers: { authorization: `Bearer ${ADMIN}` },
+        });
         expect(r.status).toBe(200);
         bodies.push(await r.text());
       }
@@ -37,9 +46,13 @@ describe('Bull Board', () => {
       expect(all).toContain('"apiToken":"***"');
       expect(all).toContain('(secret references)');
       expect(all).toContain('hello');
-      for (const leak of [SECRET_VALUE, Buffer.from(SECRET_VALUE).toString('base64'), 'tok-in-payload-123456']) expect(all).not.toContain(leak);
+      for (const leak of [SECRET_VALUE, Buffer.from(SECRET_VALUE).toString('base64'), 'tok-in-payload-123456'])
+        expect(all).not.toContain(leak);
 
-      const retry = await fetch(`${base}/api/queues/leaky/retry/failed`, { method: 'PUT', headers: { authorization: `Bearer ${ADMIN}` } });
+      const retry = await fetch(`${base}/api/queues/leaky/retry/failed`, {
+        method: 'PUT',
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
       expect(retry.status).toBeGreaterThanOrEqual(400);
       expect((await producer.getJob(c.id)).state).toBe('failed');
     } finally {

@@ -5,16 +5,29 @@ import { loadConfig } from '../src/config/resolve.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { createApiApp, listen } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob, writeJsonConfig } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  waitForJob,
+  writeJsonConfig,
+} from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const FLEET = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
 const redis = useTestRedis();
 guardAgainstLeaks();
 
-function fleet(args: string[], file: string, stdin?: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function fleet(
+  args: string[],
+  file: string,
+  stdin?: string,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FLEET, ...args, '--config', file], { env: { ...process.env, REDIS_URL: redis.url } });
+    const child = spawn(process.execPath, [FLEET, ...args, '--config', file], {
+      env: { ...process.env, REDIS_URL: redis.url },
+    });
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
@@ -36,7 +49,9 @@ describe('secrets and audit from the CLI and the API', () => {
           { name: 'ops', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'], admin: true },
           { name: 'svc', tokenSha256: sha256Hex(PLAIN), jobTypes: ['*'] },
         ],
-        jobTypes: [{ name: 'reader', processor: path.join(FIXTURES, 'secret-reader.mjs'), secrets: ['api-key'], attempts: 1 }],
+        jobTypes: [
+          { name: 'reader', processor: path.join(FIXTURES, 'secret-reader.mjs'), secrets: ['api-key'], attempts: 1 },
+        ],
       },
       'cli-sec',
     );
@@ -44,7 +59,9 @@ describe('secrets and audit from the CLI and the API', () => {
     expect(set.stderr).toBe('');
     expect(set.stdout.trim()).toBe('api-key: stored version 1 in local');
     const list = await fleet(['secrets', 'list', '--json'], file);
-    expect(JSON.parse(list.stdout)).toEqual([expect.objectContaining({ name: 'api-key', version: '1', provider: 'local' })]);
+    expect(JSON.parse(list.stdout)).toEqual([
+      expect.objectContaining({ name: 'api-key', version: '1', provider: 'local' }),
+    ]);
     expect(list.stdout).not.toContain('sk-from-stdin');
 
     const config = await loadConfig({ path: file });
@@ -56,17 +73,30 @@ describe('secrets and audit from the CLI and the API', () => {
     await new Promise((r) => setTimeout(r, 100));
 
     const audit = await fleet(['audit', '--since', '1h', '--secret', 'api-key', '--json'], file);
-    expect(JSON.parse(audit.stdout)).toEqual([expect.objectContaining({ outcome: 'granted', secret: 'api-key', jobId: job.id, version: '1' })]);
+    expect(JSON.parse(audit.stdout)).toEqual([
+      expect.objectContaining({ outcome: 'granted', secret: 'api-key', jobId: job.id, version: '1' }),
+    ]);
     expect(JSON.parse((await fleet(['audit', '--denied', '--json'], file)).stdout)).toEqual([]);
     const status = JSON.parse((await fleet(['status', '--secrets', '--json'], file)).stdout) as { secrets: unknown[] };
-    expect(status.secrets).toEqual([expect.objectContaining({ secret: 'api-key', provider: 'local', version: '1', granted: 1, denied: 0, usedBy: ['reader'] })]);
+    expect(status.secrets).toEqual([
+      expect.objectContaining({
+        secret: 'api-key',
+        provider: 'local',
+        version: '1',
+        granted: 1,
+        denied: 0,
+        usedBy: ['reader'],
+      }),
+    ]);
     expect((await fleet(['audit', '--since', 'yesterday'], file)).stderr).toContain('not a duration');
 
     const producer = new Producer({ config: cfg });
     const server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
     const base = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
     try {
-      const ok = await fetch(`${base}/v1/audit?since=1h&secret=api-key`, { headers: { authorization: `Bearer ${ADMIN}` } });
+      const ok = await fetch(`${base}/v1/audit?since=1h&secret=api-key`, {
+        headers: { authorization: `Bearer ${ADMIN}` },
+      });
       expect(ok.status).toBe(200);
       expect(((await ok.json()) as { records: unknown[] }).records).toHaveLength(1);
       const denied = await fetch(`${base}/v1/audit`, { headers: { authorization: `Bearer ${PLAIN}` } });
@@ -81,7 +111,9 @@ describe('secrets and audit from the CLI and the API', () => {
 
     expect((await fleet(['secrets', 'delete', 'api-key'], file)).code).toBe(0);
     // Left: only the audit trail's MAC key, which the supervisor created in the local store.
-    expect((JSON.parse((await fleet(['secrets', 'list', '--json'], file)).stdout) as { name: string }[]).map((s) => s.name)).toEqual(['audit-mac-key']);
+    expect(
+      (JSON.parse((await fleet(['secrets', 'list', '--json'], file)).stdout) as { name: string }[]).map((s) => s.name),
+    ).toEqual(['audit-mac-key']);
     const empty = await fleet(['secrets', 'set', 'x'], file, '');
     expect(empty.code).toBe(1);
     expect(empty.stderr).toContain('no value on stdin');

@@ -22,7 +22,16 @@ describe('config', () => {
   it('fills every default and freezes the result', () => {
     const cfg = resolve({ jobTypes: [{ name: 'a', processor: './ok.mjs' }] });
     const a = cfg.jobTypes.get('a')!;
-    expect(a).toMatchObject({ isolation: 'job', sensitivity: 'routine', timeoutMs: 300_000, concurrency: 4, warmSandboxes: 4, attempts: 3, maxOldGenerationSizeMb: 128, recycleHeapUsedMb: 96 });
+    expect(a).toMatchObject({
+      isolation: 'job',
+      sensitivity: 'routine',
+      timeoutMs: 300_000,
+      concurrency: 4,
+      warmSandboxes: 4,
+      attempts: 3,
+      maxOldGenerationSizeMb: 128,
+      recycleHeapUsedMb: 96,
+    });
     expect(a.processorPath).toBe(path.join(FIXTURES, 'ok.mjs'));
     expect(cfg.redis.prefix).toBe('fleet');
     expect(cfg.api.port).toBe(8080);
@@ -34,19 +43,25 @@ describe('config', () => {
   });
 
   it('refuses critical work in a reused sandbox, naming the setting and the fix', () => {
-    const msg = refusal({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', isolation: 'pool' }] });
+    const msg = refusal({
+      jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', isolation: 'pool' }],
+    });
     expect(msg).toContain('jobTypes.pay.isolation');
     expect(msg).toContain('isolation: "job"');
   });
 
   it('refuses critical work with a timeout above 120 s', () => {
-    const msg = refusal({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_001 }] });
+    const msg = refusal({
+      jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_001 }],
+    });
     expect(msg).toContain('jobTypes.pay.timeoutMs is 120001');
     expect(msg).toContain('≤ 120000');
   });
 
   it('accepts critical work at exactly 120 s with per-job isolation', () => {
-    expect(() => resolve({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_000 }] })).not.toThrow();
+    expect(() =>
+      resolve({ jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_000 }] }),
+    ).not.toThrow();
   });
 
   it('reports every problem at once: unknown keys, bad names, missing processors, grace ≥ timeout', () => {
@@ -64,19 +79,42 @@ describe('config', () => {
       secrets: { items },
       jobTypes: [
         fixtureType('charge', 'ok.mjs', { secrets: ['stripe-key', 'signing-key'], egress: ['api.stripe.com'] }),
-        fixtureType('legacy', 'ok.mjs', { secrets: [{ name: 'stripe-key', mode: 'deliver' }], egress: ['api.stripe.com'] }),
+        fixtureType('legacy', 'ok.mjs', {
+          secrets: [{ name: 'stripe-key', mode: 'deliver' }],
+          egress: ['api.stripe.com'],
+        }),
       ],
     });
-    expect(Object.fromEntries(c.jobTypes.get('charge')!.secretModes)).toEqual({ 'stripe-key': 'inject', 'signing-key': 'deliver' });
+    expect(Object.fromEntries(c.jobTypes.get('charge')!.secretModes)).toEqual({
+      'stripe-key': 'inject',
+      'signing-key': 'deliver',
+    });
     expect(c.jobTypes.get('legacy')!.secrets).toEqual(['stripe-key']);
-    expect(c.secrets.items['stripe-key']!.binding).toEqual({ hosts: ['api.stripe.com'], header: 'authorization', format: 'Bearer {value}', body: false });
+    expect(c.secrets.items['stripe-key']!.binding).toEqual({
+      hosts: ['api.stripe.com'],
+      header: 'authorization',
+      format: 'Bearer {value}',
+      body: false,
+    });
     const msg = refusal({
       secrets: { items },
-      jobTypes: [fixtureType('a', 'ok.mjs', { secrets: [{ name: 'signing-key', mode: 'inject' }, 'stripe-key'], egress: ['api.example.com'] })],
+      jobTypes: [
+        fixtureType('a', 'ok.mjs', {
+          secrets: [{ name: 'signing-key', mode: 'inject' }, 'stripe-key'],
+          egress: ['api.example.com'],
+        }),
+      ],
     });
     expect(msg).toContain('"signing-key" is to be injected but has no binding');
-    expect(msg).toContain('jobTypes.a.egress does not allow api.stripe.com, where its injected secret "stripe-key" is bound');
-    expect(refusal({ secrets: { items: { k: { binding: { hosts: ['x.example.com'], format: 'Bearer' } } } }, jobTypes: [fixtureType('a', 'ok.mjs')] })).toContain('secrets.items.k.binding.format: must contain {value}');
+    expect(msg).toContain(
+      'jobTypes.a.egress does not allow api.stripe.com, where its injected secret "stripe-key" is bound',
+    );
+    expect(
+      refusal({
+        secrets: { items: { k: { binding: { hosts: ['x.example.com'], format: 'Bearer' } } } },
+        jobTypes: [fixtureType('a', 'ok.mjs')],
+      }),
+    ).toContain('secrets.items.k.binding.format: must contain {value}');
   });
 
   it('refuses producers allowed a job type that does not exist', () => {
@@ -88,7 +126,9 @@ describe('config', () => {
   });
 
   it('exports the payload schema as JSON Schema', () => {
-    const cfg = resolve({ jobTypes: [{ name: 'a', processor: './ok.mjs', payloadSchema: z.object({ n: z.number().int() }) }] });
+    const cfg = resolve({
+      jobTypes: [{ name: 'a', processor: './ok.mjs', payloadSchema: z.object({ n: z.number().int() }) }],
+    });
     const js = cfg.jobTypes.get('a')!.payloadJsonSchema;
     expect(js).toMatchObject({ type: 'object', properties: { n: { type: 'integer' } }, required: ['n'] });
   });
@@ -98,7 +138,15 @@ describe('config', () => {
     writeFileSync(path.join(dir, 'p.mjs'), 'export default async () => 1;');
     writeFileSync(
       path.join(dir, 'fleet.config.json'),
-      JSON.stringify({ jobTypes: [{ name: 'j', processor: './p.mjs', payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] } }] }),
+      JSON.stringify({
+        jobTypes: [
+          {
+            name: 'j',
+            processor: './p.mjs',
+            payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] },
+          },
+        ],
+      }),
     );
     const cfg = await loadConfig({ cwd: dir });
     const t = cfg.jobTypes.get('j')!;
@@ -115,6 +163,8 @@ describe('config', () => {
   it('says where it looked and how to fix a missing config', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-none-'));
     await expect(loadConfig({ cwd: dir })).rejects.toThrow(/no fleet config found in .*Fix: create fleet.config.ts/);
-    await expect(loadConfig({ path: 'nope.json', cwd: dir })).rejects.toThrow(/nope.json does not exist \(from --config\)/);
+    await expect(loadConfig({ path: 'nope.json', cwd: dir })).rejects.toThrow(
+      /nope.json does not exist \(from --config\)/,
+    );
   });
 });

@@ -40,7 +40,8 @@ function envVarsTheAppReads(): Set<string> {
     for (const f of readdirSync(dir)) {
       const p = path.join(dir, f);
       if (statSync(p).isDirectory()) walk(p);
-      else if (p.endsWith('.ts')) for (const m of readFileSync(p, 'utf8').matchAll(/process\.env\.([A-Z_]+)/g)) names.add(m[1]!);
+      else if (p.endsWith('.ts'))
+        for (const m of readFileSync(p, 'utf8').matchAll(/process\.env\.([A-Z_]+)/g)) names.add(m[1]!);
     }
   };
   walk(path.join(ROOT, 'src'));
@@ -50,7 +51,8 @@ function envVarsTheAppReads(): Set<string> {
     names.add(`${m[1]}_FILE`);
   }
   // The Redis role passwords (named from the role list).
-  for (const role of REDIS_ROLES) for (const n of [rolePasswordEnv(role), `${rolePasswordEnv(role)}_FILE`]) names.add(n);
+  for (const role of REDIS_ROLES)
+    for (const n of [rolePasswordEnv(role), `${rolePasswordEnv(role)}_FILE`]) names.add(n);
   // Read by libraries and the image: the AWS SDK's credential chain, Node, the Dockerfile healthcheck.
   for (const n of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'NODE_ENV', 'HEALTH_URL']) names.add(n);
   return names;
@@ -91,20 +93,29 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(cmd).toMatch(/user default on >\$\$REDIS_ADMIN_PASSWORD ~\* &\* \+@all/);
     expect(services.redis!.healthcheck?.test).toBeTruthy();
     // No fleet service gets the admin password; only the one-shot init does (it runs `fleet redis setup`).
-    for (const name of ['api', 'worker', 'scheduler']) expect(JSON.stringify(services[name]!.environment)).not.toContain('REDIS_ADMIN_PASSWORD');
+    for (const name of ['api', 'worker', 'scheduler'])
+      expect(JSON.stringify(services[name]!.environment)).not.toContain('REDIS_ADMIN_PASSWORD');
     expect(read('deploy/vault-init.sh')).toContain('fleet.js redis setup');
   });
 
   it('starts services in dependency order through healthchecks', () => {
     for (const [name, s] of Object.entries(services)) {
-      const deps = Array.isArray(s.depends_on) ? Object.fromEntries(s.depends_on.map((d) => [d, { condition: 'service_started' }])) : (s.depends_on ?? {});
+      const deps = Array.isArray(s.depends_on)
+        ? Object.fromEntries(s.depends_on.map((d) => [d, { condition: 'service_started' }]))
+        : (s.depends_on ?? {});
       for (const [dep, { condition }] of Object.entries(deps)) {
         expect(services[dep], `${name} depends on unknown ${dep}`).toBeTruthy();
         // A fleet image has a Dockerfile HEALTHCHECK; others need their own.
-        if (condition === 'service_healthy') expect(Boolean(services[dep]!.healthcheck?.test) || Boolean(services[dep]!.build), `${dep} needs a healthcheck`).toBe(true);
+        if (condition === 'service_healthy')
+          expect(
+            Boolean(services[dep]!.healthcheck?.test) || Boolean(services[dep]!.build),
+            `${dep} needs a healthcheck`,
+          ).toBe(true);
       }
     }
-    expect(services.worker!.depends_on).toMatchObject({ 'vault-init': { condition: 'service_completed_successfully' } });
+    expect(services.worker!.depends_on).toMatchObject({
+      'vault-init': { condition: 'service_completed_successfully' },
+    });
     expect(services.worker!.deploy?.replicas).toBeGreaterThanOrEqual(2);
   });
 
@@ -113,20 +124,44 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     const config = composeConfig();
     const needs: Record<string, string[]> = {
       api: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_API_PASSWORD_FILE', 'FLEET_REDIS_OPS_PASSWORD_FILE'],
-      worker: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_WORKER_PASSWORD_FILE', 'VAULT_ADDR', `${config.secrets.vault!.roleIdEnv}_FILE`, `${config.secrets.vault!.secretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY'],
-      scheduler: ['REDIS_URL', 'FLEET_CONFIG', 'FLEET_REDIS_SCHEDULER_PASSWORD_FILE', 'FLEET_REDIS_RETENTION_PASSWORD_FILE', 'VAULT_ADDR', `${config.secrets.vault!.rotatorRoleIdEnv}_FILE`, `${config.secrets.vault!.rotatorSecretIdEnv}_FILE`, 'AWS_ACCESS_KEY_ID'],
+      worker: [
+        'REDIS_URL',
+        'FLEET_CONFIG',
+        'FLEET_REDIS_WORKER_PASSWORD_FILE',
+        'VAULT_ADDR',
+        `${config.secrets.vault!.roleIdEnv}_FILE`,
+        `${config.secrets.vault!.secretIdEnv}_FILE`,
+        'AWS_ACCESS_KEY_ID',
+        'AWS_SECRET_ACCESS_KEY',
+      ],
+      scheduler: [
+        'REDIS_URL',
+        'FLEET_CONFIG',
+        'FLEET_REDIS_SCHEDULER_PASSWORD_FILE',
+        'FLEET_REDIS_RETENTION_PASSWORD_FILE',
+        'VAULT_ADDR',
+        `${config.secrets.vault!.rotatorRoleIdEnv}_FILE`,
+        `${config.secrets.vault!.rotatorSecretIdEnv}_FILE`,
+        'AWS_ACCESS_KEY_ID',
+      ],
       'vault-init': ['REDIS_URL', 'FLEET_CONFIG', 'VAULT_ADDR', config.secrets.vault!.tokenEnv],
     };
     for (const [name, vars] of Object.entries(needs)) {
       const env = services[name]!.environment ?? {};
       for (const v of vars) expect(env[v], `${name} needs ${v}`).toBeTruthy();
-      for (const v of Object.keys(env)) expect(reads.has(v), `${name} sets ${v}, which nothing reads (typo?)`).toBe(true);
+      for (const v of Object.keys(env))
+        expect(reads.has(v), `${name} sets ${v}, which nothing reads (typo?)`).toBe(true);
     }
     // Credential files are mounted where the env vars point.
     for (const name of ['api', 'worker', 'scheduler']) {
       const env = services[name]!.environment!;
       const mounts = (services[name]!.volumes ?? []).map((v) => v.split(':')[1]);
-      for (const [k, v] of Object.entries(env)) if (k.endsWith('_FILE')) expect(mounts.some((m) => v.startsWith(`${m}/`)), `${name} ${k}`).toBe(true);
+      for (const [k, v] of Object.entries(env))
+        if (k.endsWith('_FILE'))
+          expect(
+            mounts.some((m) => v.startsWith(`${m}/`)),
+            `${name} ${k}`,
+          ).toBe(true);
     }
     expect(services['vault-init']!.entrypoint!.join(' ')).toContain('deploy/vault-init.sh');
   });
@@ -143,9 +178,23 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
       const port = svc === 'api' ? config.api.port : config.supervisor.metricsPort;
       expect(services[svc]!.environment!.HEALTH_URL).toBe(`http://127.0.0.1:${port}/healthz`);
     }
-    const prom = parse(read('deploy/prometheus.yml')) as { rule_files: string[]; scrape_configs: { job_name: string; static_configs?: { targets: string[] }[]; dns_sd_configs?: { names: string[]; port: number }[] }[] };
-    const targets = prom.scrape_configs.flatMap((c) => [...(c.static_configs ?? []).flatMap((s) => s.targets), ...(c.dns_sd_configs ?? []).flatMap((d) => d.names.map((n) => `${n}:${d.port}`))]);
-    expect(targets.sort()).toEqual([`api:${config.api.port}`, `scheduler:${config.supervisor.metricsPort}`, `worker:${config.supervisor.metricsPort}`]);
+    const prom = parse(read('deploy/prometheus.yml')) as {
+      rule_files: string[];
+      scrape_configs: {
+        job_name: string;
+        static_configs?: { targets: string[] }[];
+        dns_sd_configs?: { names: string[]; port: number }[];
+      }[];
+    };
+    const targets = prom.scrape_configs.flatMap((c) => [
+      ...(c.static_configs ?? []).flatMap((s) => s.targets),
+      ...(c.dns_sd_configs ?? []).flatMap((d) => d.names.map((n) => `${n}:${d.port}`)),
+    ]);
+    expect(targets.sort()).toEqual([
+      `api:${config.api.port}`,
+      `scheduler:${config.supervisor.metricsPort}`,
+      `worker:${config.supervisor.metricsPort}`,
+    ]);
     for (const t of targets) expect(services[t.split(':')[0]!], t).toBeTruthy();
     // vault-init creates the KMS key the config names on the compose KMS server (moto, port 5000).
     expect(config.secrets.kms!.keyId).toMatch(/^alias\//);
@@ -163,11 +212,15 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     const prom = parse(read('deploy/prometheus.yml')) as { rule_files: string[] };
     const promMounts = services.prometheus!.volumes!.map((v) => v.split(':')[1]);
     for (const f of prom.rule_files) expect(promMounts).toContain(f);
-    const dash = parse(read('grafana/provisioning/dashboards/fleet.yml')) as { providers: { options: { path: string } }[] };
+    const dash = parse(read('grafana/provisioning/dashboards/fleet.yml')) as {
+      providers: { options: { path: string } }[];
+    };
     const grafanaMounts = services.grafana!.volumes!.map((v) => v.split(':')[1]);
     expect(grafanaMounts).toContain(dash.providers[0]!.options.path);
     expect(grafanaMounts).toContain('/etc/grafana/provisioning');
-    const ds = parse(read('grafana/provisioning/datasources/prometheus.yml')) as { datasources: { url: string; uid: string }[] };
+    const ds = parse(read('grafana/provisioning/datasources/prometheus.yml')) as {
+      datasources: { url: string; uid: string }[];
+    };
     expect(ds.datasources[0]!.url).toBe('http://prometheus:9090');
     expect(services.prometheus!.ports).toContain('9090:9090');
   });
@@ -179,7 +232,10 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     }
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-promtool-'));
     writeFileSync(path.join(dir, 'alerts.yml'), read('prometheus/alerts.yml'));
-    writeFileSync(path.join(dir, 'prometheus.yml'), read('deploy/prometheus.yml').replace('/etc/prometheus/alerts.yml', path.join(dir, 'alerts.yml')));
+    writeFileSync(
+      path.join(dir, 'prometheus.yml'),
+      read('deploy/prometheus.yml').replace('/etc/prometheus/alerts.yml', path.join(dir, 'alerts.yml')),
+    );
     const r = spawnSync('promtool', ['check', 'config', path.join(dir, 'prometheus.yml')], { encoding: 'utf8' });
     expect(r.status, r.stdout + r.stderr).toBe(0);
   });
@@ -196,10 +252,33 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
 
   describe('loaded by compose-go, the loader Docker Compose itself uses', () => {
     const bin = findBinary(['compose-check']);
-    if (!bin) console.warn('SKIPPING compose-go checks: compose-check is not built. Fix: bash scripts/install-test-servers.sh (builds test/compose-check from the Go module proxy)');
-    const load = (file: string): { status: number | null; project?: { services: Record<string, { image: string; depends_on?: Record<string, { condition: string }>; deploy?: { replicas?: number }; environment?: Record<string, string | null> }> }; stderr: string } => {
+    if (!bin)
+      console.warn(
+        'SKIPPING compose-go checks: compose-check is not built. Fix: bash scripts/install-test-servers.sh (builds test/compose-check from the Go module proxy)',
+      );
+    const load = (
+      file: string,
+    ): {
+      status: number | null;
+      project?: {
+        services: Record<
+          string,
+          {
+            image: string;
+            depends_on?: Record<string, { condition: string }>;
+            deploy?: { replicas?: number };
+            environment?: Record<string, string | null>;
+          }
+        >;
+      };
+      stderr: string;
+    } => {
       const r = spawnSync(bin!, [file], { encoding: 'utf8', cwd: ROOT, env: { PATH: process.env.PATH ?? '' } });
-      return { status: r.status, stderr: r.stderr, ...(r.status === 0 ? { project: JSON.parse(r.stdout) as never } : {}) };
+      return {
+        status: r.status,
+        stderr: r.stderr,
+        ...(r.status === 0 ? { project: JSON.parse(r.stdout) as never } : {}),
+      };
     };
 
     it.skipIf(!bin)('accepts docker-compose.yml: schema, interpolation and every reference resolve', () => {
@@ -216,7 +295,13 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
 
     it.skipIf(!bin)('refuses a compose file with a broken reference (the check can fail)', () => {
       const dir = mkdtempSync(path.join(tmpdir(), 'fleet-compose-'));
-      writeFileSync(path.join(dir, 'docker-compose.yml'), read('docker-compose.yml').replace('redis: { condition: service_healthy }', 'rediss: { condition: service_healthy }'));
+      writeFileSync(
+        path.join(dir, 'docker-compose.yml'),
+        read('docker-compose.yml').replace(
+          'redis: { condition: service_healthy }',
+          'rediss: { condition: service_healthy }',
+        ),
+      );
       const r = load(path.join(dir, 'docker-compose.yml'));
       expect(r.status).toBe(1);
       expect(r.stderr).toMatch(/rediss/);
@@ -237,7 +322,9 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     const df = read('Dockerfile');
     expect(df).toMatch(/apt-get install[^\n]*bubblewrap/);
     for (const name of ['worker', 'scheduler']) {
-      expect((services[name] as { security_opt?: string[] }).security_opt, name).toEqual(expect.arrayContaining(['seccomp=unconfined', 'apparmor=unconfined']));
+      expect((services[name] as { security_opt?: string[] }).security_opt, name).toEqual(
+        expect.arrayContaining(['seccomp=unconfined', 'apparmor=unconfined']),
+      );
     }
     // The API runs no sandboxes: it keeps Docker's default profiles.
     expect((services.api as { security_opt?: string[] }).security_opt).toBeUndefined();

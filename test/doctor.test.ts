@@ -5,7 +5,14 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { doctor } from '../src/cli/doctor.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, startSupervisor, testConfig, writeJsonConfig } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  fixtureType,
+  guardAgainstLeaks,
+  startSupervisor,
+  testConfig,
+  writeJsonConfig,
+} from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const run = promisify(execFile);
@@ -17,7 +24,13 @@ describe('fleet doctor', () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-'));
     const config = testConfig(
       redis.url,
-      [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', secrets: ['api-key', 'enc-key', 'orphan-key'], timeoutMs: 60_000 })],
+      [
+        fixtureType('pay', 'ok.mjs', {
+          sensitivity: 'critical',
+          secrets: ['api-key', 'enc-key', 'orphan-key'],
+          timeoutMs: 60_000,
+        }),
+      ],
       {
         dataDir,
         secrets: {
@@ -28,28 +41,51 @@ describe('fleet doctor', () => {
         },
       },
     );
-    const checks = await doctor(config, redis.client, { production: true, metricsUrls: ['http://127.0.0.1:1/metrics'] });
+    const checks = await doctor(config, redis.client, {
+      production: true,
+      metricsUrls: ['http://127.0.0.1:1/metrics'],
+    });
     const byName = (prefix: string) => checks.filter((c) => c.check.startsWith(prefix));
-    expect(byName('secret api-key: external provider')[0]).toMatchObject({ status: 'FAIL', fix: expect.stringContaining('"vault" or "kms"') });
+    expect(byName('secret api-key: external provider')[0]).toMatchObject({
+      status: 'FAIL',
+      fix: expect.stringContaining('"vault" or "kms"'),
+    });
     expect(byName('secret orphan-key: rotation policy')[0]).toMatchObject({ status: 'FAIL' });
-    expect(byName('secret enc-key: rotation policy')[0]).toMatchObject({ status: 'FAIL', detail: expect.stringContaining('longer than allowed for encryption-key') });
+    expect(byName('secret enc-key: rotation policy')[0]).toMatchObject({
+      status: 'FAIL',
+      detail: expect.stringContaining('longer than allowed for encryption-key'),
+    });
     expect(byName('secret api-key: rotation policy')[0]).toMatchObject({ status: 'PASS' });
     expect(byName('job type pay: critical isolation')[0]).toMatchObject({ status: 'PASS' });
     expect(byName('job type pay: concurrency caps')[0]).toMatchObject({ status: 'WARN' });
     expect(byName('redis: eviction policy')[0]).toMatchObject({ status: 'PASS' });
     // The test Redis runs without persistence: refused in production mode.
-    expect(byName('redis: persistence')[0]).toMatchObject({ status: 'FAIL', fix: expect.stringContaining('--appendonly yes') });
+    expect(byName('redis: persistence')[0]).toMatchObject({
+      status: 'FAIL',
+      fix: expect.stringContaining('--appendonly yes'),
+    });
     expect(byName('monitoring: http://127.0.0.1:1/metrics')[0]).toMatchObject({ status: 'FAIL' });
     for (const c of checks) if (c.status !== 'PASS') expect(c.fix, c.check).toBeTruthy();
   });
 
   it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {
-    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] }, 'doctor-cli');
+    const { file } = writeJsonConfig(
+      { redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] },
+      'doctor-cli',
+    );
     const env = { ...process.env, REDIS_URL: redis.url, NODE_ENV: 'development' };
-    const ok = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--config', file], { env });
+    const ok = await run(
+      process.execPath,
+      [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--config', file],
+      { env },
+    );
     // Warnings: the local store (job secrets none; the audit MAC key), five Redis roles on the shared identity, no persistence, no metrics URL.
     expect(ok.stdout).toMatch(/\d+ checks: \d+ pass, 8 warn, 0 fail/);
-    const failing = await run(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--production', '--json', '--config', file], { env }).catch((e: { code: number; stdout: string }) => e);
+    const failing = await run(
+      process.execPath,
+      [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'doctor', '--production', '--json', '--config', file],
+      { env },
+    ).catch((e: { code: number; stdout: string }) => e);
     expect((failing as { code: number }).code).toBe(1);
     expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);
   });
@@ -60,13 +96,24 @@ describe('fleet doctor', () => {
     await startSupervisor({ config: off });
     await new Promise((r) => setTimeout(r, 300));
     const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
-    expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL', detail: expect.stringContaining('process+permission-model'), fix: expect.stringContaining('bubblewrap') });
+    expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({
+      status: 'FAIL',
+      detail: expect.stringContaining('process+permission-model'),
+      fix: expect.stringContaining('bubblewrap'),
+    });
     const dev = await doctor(off, redis.client, { production: false, metricsUrls: [] });
     expect(dev.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'WARN' });
     // A heartbeat record that is not one (written by something else) is named, never trusted.
-    await redis.client.hset(`${off.redis.prefix}:supervisors`, 'forged', JSON.stringify({ id: 'forged', types: [{ jobType: 'pay', layers: ['namespaces'] }] }));
+    await redis.client.hset(
+      `${off.redis.prefix}:supervisors`,
+      'forged',
+      JSON.stringify({ id: 'forged', types: [{ jobType: 'pay', layers: ['namespaces'] }] }),
+    );
     const forged = await doctor(off, redis.client, { production: true, metricsUrls: [] });
-    expect(forged.find((c) => c.check === 'supervisors: heartbeats')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('forged') });
+    expect(forged.find((c) => c.check === 'supervisors: heartbeats')).toMatchObject({
+      status: 'WARN',
+      detail: expect.stringContaining('forged'),
+    });
     expect(forged.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL' });
   });
 });

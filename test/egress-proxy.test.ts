@@ -7,7 +7,13 @@ import { EgressProxy, matchesEgress, type EgressRefusal } from '../src/workers/e
 function viaProxy(proxyUrl: string, target: string, method: 'GET' | 'CONNECT'): Promise<number> {
   const u = new URL(proxyUrl);
   return new Promise((resolve, reject) => {
-    const req = http.request({ host: u.hostname, port: u.port, method, path: method === 'CONNECT' ? target : `http://${target}/`, headers: { host: target } });
+    const req = http.request({
+      host: u.hostname,
+      port: u.port,
+      method,
+      path: method === 'CONNECT' ? target : `http://${target}/`,
+      headers: { host: target },
+    });
     req.on('connect', (res, socket) => {
       socket.destroy();
       resolve(res.statusCode ?? 0);
@@ -43,13 +49,21 @@ describe('egress policy', () => {
 
   it("refuses a listed name that resolves to a fleet service's address, and allows the same address listed by address", async () => {
     const refusals: EgressRefusal[] = [];
-    const byName = new EgressProxy({ egress: [`localhost:${port}`], fleetAddresses: ['127.0.0.1', '::1'], onRefused: (r) => refusals.push(r) });
+    const byName = new EgressProxy({
+      egress: [`localhost:${port}`],
+      fleetAddresses: ['127.0.0.1', '::1'],
+      onRefused: (r) => refusals.push(r),
+    });
     const url = await byName.listen(0);
     expect(await viaProxy(url, `localhost:${port}`, 'CONNECT')).toBe(403);
     expect(await viaProxy(url, `localhost:${port}`, 'GET')).toBe(403);
     expect(refusals[0]!.reason).toMatch(/fleet's own services|loopback/);
     await byName.close();
-    const byAddress = new EgressProxy({ egress: [`127.0.0.1:${port}`], fleetAddresses: ['127.0.0.1'], onRefused: (r) => refusals.push(r) });
+    const byAddress = new EgressProxy({
+      egress: [`127.0.0.1:${port}`],
+      fleetAddresses: ['127.0.0.1'],
+      onRefused: (r) => refusals.push(r),
+    });
     const url2 = await byAddress.listen(0);
     expect(await viaProxy(url2, `127.0.0.1:${port}`, 'CONNECT')).toBe(200);
     expect(await viaProxy(url2, `127.0.0.1:${port}`, 'GET')).toBe(200);
@@ -71,6 +85,12 @@ describe('egress policy', () => {
       expect(await viaProxy(url, target, 'CONNECT'), `${JSON.stringify(egress)} ${target}`).toBe(403);
       await p.close();
     }
-    expect(refusals.map((r) => r.destination)).toEqual([`127.0.0.1:${port}`, 'other.example.com:443', '169.254.169.254:80', '10.1.2.3:443', '::1:443']);
+    expect(refusals.map((r) => r.destination)).toEqual([
+      `127.0.0.1:${port}`,
+      'other.example.com:443',
+      '169.254.169.254:80',
+      '10.1.2.3:443',
+      '::1:443',
+    ]);
   });
 });

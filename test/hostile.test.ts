@@ -11,13 +11,26 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../src/workers/sandbox.js';
-import { PERMISSION_MODEL_COVERS_NETWORK, probeOsLayer, type Egress, type OsLayer } from '../src/workers/sandbox-boundary.js';
+import {
+  PERMISSION_MODEL_COVERS_NETWORK,
+  probeOsLayer,
+  type Egress,
+  type OsLayer,
+} from '../src/workers/sandbox-boundary.js';
 import type { EgressRefusal } from '../src/workers/egress-proxy.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { FleetEventBus } from '../src/events.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const ATTACK = path.join(FIXTURES, 'hostile', 'attack.mjs');
@@ -52,16 +65,31 @@ interface Outcome {
   detail: string;
 }
 
-async function attack(layer: OsLayer, data: Record<string, unknown>, opts: { egress?: Egress; tmpSizeMb?: number; onRefused?: (r: EgressRefusal) => void } = {}): Promise<Outcome> {
+async function attack(
+  layer: OsLayer,
+  data: Record<string, unknown>,
+  opts: { egress?: Egress; tmpSizeMb?: number; onRefused?: (r: EgressRefusal) => void } = {},
+): Promise<Outcome> {
   const sb = await Sandbox.start({
     processorPath: ATTACK,
     jobType: 'hostile',
     maxResultBytes: 100_000,
     maxOldGenerationSizeMb: 64,
-    process: { osLayer: layer, egress: opts.egress ?? 'none', tmpSizeMb: opts.tmpSizeMb ?? 4, readPaths: [], forbiddenPaths: [], fleetAddresses: [], ...(opts.onRefused ? { onEgressRefused: opts.onRefused } : {}) },
+    process: {
+      osLayer: layer,
+      egress: opts.egress ?? 'none',
+      tmpSizeMb: opts.tmpSizeMb ?? 4,
+      readPaths: [],
+      forbiddenPaths: [],
+      fleetAddresses: [],
+      ...(opts.onRefused ? { onEgressRefused: opts.onRefused } : {}),
+    },
   });
   try {
-    const r = await sb.run({ type: 'run', jobId: 'hostile.1', jobType: 'hostile', attempt: 1, data, secretNames: [], secrets: [] }, { timeoutMs: 10_000, abortGraceMs: 200 });
+    const r = await sb.run(
+      { type: 'run', jobId: 'hostile.1', jobType: 'hostile', attempt: 1, data, secretNames: [], secrets: [] },
+      { timeoutMs: 10_000, abortGraceMs: 200 },
+    );
     return JSON.parse(r.resultJson) as Outcome;
   } finally {
     await sb.destroy();
@@ -87,39 +115,51 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
     expect(r.achieved, r.detail).toBe(false);
   });
 
-  it.skipIf(skip)("cannot read the data dir (local store's master key, dev token) nor files beside its processor tree", async () => {
-    const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-hostile-data-'));
-    writeFileSync(path.join(dataDir, 'master.key'), 'k'.repeat(44), { mode: 0o600 });
-    const disk = await attack(layer, { attack: 'read-data-dir', dataDir });
-    expect(disk.achieved, disk.detail).toBe(false);
-    const outside = await attack(layer, { attack: 'read-outside', file: path.join(FIXTURES, '..', '..', 'package.json') });
-    expect(outside.achieved, outside.detail).toBe(false);
-    rmSync(dataDir, { recursive: true, force: true });
-  });
+  it.skipIf(skip)(
+    "cannot read the data dir (local store's master key, dev token) nor files beside its processor tree",
+    async () => {
+      const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-hostile-data-'));
+      writeFileSync(path.join(dataDir, 'master.key'), 'k'.repeat(44), { mode: 0o600 });
+      const disk = await attack(layer, { attack: 'read-data-dir', dataDir });
+      expect(disk.achieved, disk.detail).toBe(false);
+      const outside = await attack(layer, {
+        attack: 'read-outside',
+        file: path.join(FIXTURES, '..', '..', 'package.json'),
+      });
+      expect(outside.achieved, outside.detail).toBe(false);
+      rmSync(dataDir, { recursive: true, force: true });
+    },
+  );
 
-  it.skipIf(skip)('cannot signal the supervisor (SIGUSR1 would open its inspector, SIGKILL would end every job)', async () => {
-    let got = 0;
-    const count = (): void => void got++;
-    process.on('SIGUSR2', count);
-    try {
-      const r = await attack(layer, { attack: 'signal-supervisor', signal: 'SIGUSR2' });
-      expect(r.achieved, r.detail).toBe(false);
-      // SIGKILL too: if this got through, this test process (the supervisor) would be dead.
-      expect((await attack(layer, { attack: 'signal-supervisor', signal: 'SIGKILL' })).achieved).toBe(false);
-      await new Promise((r) => setTimeout(r, 100));
-      expect(got).toBe(0);
-    } finally {
-      process.off('SIGUSR2', count);
-    }
-  });
+  it.skipIf(skip)(
+    'cannot signal the supervisor (SIGUSR1 would open its inspector, SIGKILL would end every job)',
+    async () => {
+      let got = 0;
+      const count = (): void => void got++;
+      process.on('SIGUSR2', count);
+      try {
+        const r = await attack(layer, { attack: 'signal-supervisor', signal: 'SIGUSR2' });
+        expect(r.achieved, r.detail).toBe(false);
+        // SIGKILL too: if this got through, this test process (the supervisor) would be dead.
+        expect((await attack(layer, { attack: 'signal-supervisor', signal: 'SIGKILL' })).achieved).toBe(false);
+        await new Promise((r) => setTimeout(r, 100));
+        expect(got).toBe(0);
+      } finally {
+        process.off('SIGUSR2', count);
+      }
+    },
+  );
 
-  it.skipIf(skip)('cannot open an inspector, spawn a process, start a worker, fork-bomb, load a native addon or use WASI', async () => {
-    for (const a of ['inspector', 'spawn', 'worker', 'fork-bomb', 'addon', 'wasi']) {
-      const r = await attack(layer, { attack: a });
-      expect(r.achieved, `${a}: ${r.detail}`).toBe(false);
-      expect(r.detail, a).toMatch(/ERR_ACCESS_DENIED|ERR_DLOPEN_DISABLED/);
-    }
-  });
+  it.skipIf(skip)(
+    'cannot open an inspector, spawn a process, start a worker, fork-bomb, load a native addon or use WASI',
+    async () => {
+      for (const a of ['inspector', 'spawn', 'worker', 'fork-bomb', 'addon', 'wasi']) {
+        const r = await attack(layer, { attack: a });
+        expect(r.achieved, `${a}: ${r.detail}`).toBe(false);
+        expect(r.detail, a).toMatch(/ERR_ACCESS_DENIED|ERR_DLOPEN_DISABLED/);
+      }
+    },
+  );
 
   it.skipIf(skip)('cannot write into its processor directory to poison later jobs', async () => {
     const r = await attack(layer, { attack: 'write-processor-dir' });
@@ -139,51 +179,87 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
     expect(r.achieved, r.detail).toBe(false);
   });
 
-  it.skipIf(skip)(`cannot open a raw connection to Redis with egress "none"${on || PERMISSION_MODEL_COVERS_NETWORK ? '' : ' — EXCEPT without the OS layer on Node < 25, whose permission model does not cover the network'}`, async () => {
-    const port = Number(new URL(redis.url).port);
-    const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port });
-    expect(r.achieved, r.detail).toBe(!on && !PERMISSION_MODEL_COVERS_NETWORK);
-  });
+  it.skipIf(skip)(
+    `cannot open a raw connection to Redis with egress "none"${on || PERMISSION_MODEL_COVERS_NETWORK ? '' : ' — EXCEPT without the OS layer on Node < 25, whose permission model does not cover the network'}`,
+    async () => {
+      const port = Number(new URL(redis.url).port);
+      const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port });
+      expect(r.achieved, r.detail).toBe(!on && !PERMISSION_MODEL_COVERS_NETWORK);
+    },
+  );
 
-  it.skipIf(skip)(`with egress "any": reaches no loopback service directly${on ? '' : ' — EXCEPT without the OS layer, where the proxy is advisory and a raw socket gets through'}`, async () => {
-    const port = Number(new URL(redis.url).port);
-    const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port }, { egress: 'any' });
-    expect(r.achieved, r.detail).toBe(!on);
-  });
+  it.skipIf(skip)(
+    `with egress "any": reaches no loopback service directly${on ? '' : ' — EXCEPT without the OS layer, where the proxy is advisory and a raw socket gets through'}`,
+    async () => {
+      const port = Number(new URL(redis.url).port);
+      const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port }, { egress: 'any' });
+      expect(r.achieved, r.detail).toBe(!on);
+    },
+  );
 
-  it.skipIf(skip)('through its proxy, cannot reach a cloud-metadata stand-in on loopback nor 169.254.169.254; each refusal is reported', async () => {
-    const refusals: EgressRefusal[] = [];
-    for (const via of ['fetch', 'http-get']) {
-      for (const url of [`http://127.0.0.1:${metadataPort}/latest/meta-data/iam`, 'http://169.254.169.254/latest/meta-data/']) {
-        const r = await attack(layer, { attack: via, url }, { egress: 'any', onRefused: (x) => refusals.push(x) });
-        expect(r.achieved, `${via}: ${r.detail}`).toBe(false);
-        // http:// URLs reach the proxy in absolute form (the 403 body reaches the processor) or
-        // through CONNECT (Node 22/24 fetch: undici reports a refused tunnel as "cancelled").
-        expect(r.detail, via).toMatch(/^403 fleet egress proxy refused|Request was cancelled/);
+  it.skipIf(skip)(
+    'through its proxy, cannot reach a cloud-metadata stand-in on loopback nor 169.254.169.254; each refusal is reported',
+    async () => {
+      const refusals: EgressRefusal[] = [];
+      for (const via of ['fetch', 'http-get']) {
+        for (const url of [
+          `http://127.0.0.1:${metadataPort}/latest/meta-data/iam`,
+          'http://169.254.169.254/latest/meta-data/',
+        ]) {
+          const r = await attack(layer, { attack: via, url }, { egress: 'any', onRefused: (x) => refusals.push(x) });
+          expect(r.achieved, `${via}: ${r.detail}`).toBe(false);
+          // http:// URLs reach the proxy in absolute form (the 403 body reaches the processor) or
+          // through CONNECT (Node 22/24 fetch: undici reports a refused tunnel as "cancelled").
+          expect(r.detail, via).toMatch(/^403 fleet egress proxy refused|Request was cancelled/);
+        }
       }
-    }
-    expect(refusals.map((x) => x.destination)).toEqual([`127.0.0.1:${metadataPort}`, '169.254.169.254:80', `127.0.0.1:${metadataPort}`, '169.254.169.254:80']);
-  });
+      expect(refusals.map((x) => x.destination)).toEqual([
+        `127.0.0.1:${metadataPort}`,
+        '169.254.169.254:80',
+        `127.0.0.1:${metadataPort}`,
+        '169.254.169.254:80',
+      ]);
+    },
+  );
 
-  it.skipIf(skip)(`cannot fill more than its temp dir's size cap${on ? '' : ' — EXCEPT without the OS layer: no cap applies'}`, async () => {
-    const r = await attack(layer, { attack: 'fill-tmp', mb: 2 }, { tmpSizeMb: 2 });
-    expect(r.achieved, r.detail).toBe(!on);
-    if (on) expect(r.detail).toContain('ENOSPC');
-  });
+  it.skipIf(skip)(
+    `cannot fill more than its temp dir's size cap${on ? '' : ' — EXCEPT without the OS layer: no cap applies'}`,
+    async () => {
+      const r = await attack(layer, { attack: 'fill-tmp', mb: 2 }, { tmpSizeMb: 2 });
+      expect(r.achieved, r.detail).toBe(!on);
+      if (on) expect(r.detail).toContain('ENOSPC');
+    },
+  );
 });
 
 describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor (OS layer on)', () => {
   it("cannot find another type's secret value in any memory or environment it can reach while that job runs", async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-hostile-'));
     const value = `other-types-secret-${Date.now()}-value`;
-    await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_HOSTILE_NONE', keepVersions: 2 }).write('payments-key', Buffer.from(value));
-    const config = testConfig(redis.url, [fixtureType('holder', 'secret-reader.mjs', { secrets: ['payments-key'], timeoutMs: 10_000 }), fixtureType('hostile', 'hostile/attack.mjs', { sandbox: 'process', timeoutMs: 10_000 })], { dataDir });
+    await new LocalProvider({
+      file: path.join(dataDir, 'secrets.enc.json'),
+      keyFile: path.join(dataDir, 'master.key'),
+      masterKeyEnv: 'FLEET_HOSTILE_NONE',
+      keepVersions: 2,
+    }).write('payments-key', Buffer.from(value));
+    const config = testConfig(
+      redis.url,
+      [
+        fixtureType('holder', 'secret-reader.mjs', { secrets: ['payments-key'], timeoutMs: 10_000 }),
+        fixtureType('hostile', 'hostile/attack.mjs', { sandbox: 'process', timeoutMs: 10_000 }),
+      ],
+      { dataDir },
+    );
     await startSupervisor({ config });
     const producer = makeProducer(config);
     const holder = await producer.enqueue('holder', { names: ['payments-key'], holdMs: 2500 });
     await new Promise((r) => setTimeout(r, 500));
     const results = [];
-    for (const data of [{ attack: 'parent-memory', sentinel: value }, { attack: 'proc-environ', sentinel: value }, { attack: 'read-data-dir', dataDir }]) {
+    for (const data of [
+      { attack: 'parent-memory', sentinel: value },
+      { attack: 'proc-environ', sentinel: value },
+      { attack: 'read-data-dir', dataDir },
+    ]) {
       const job = await waitForJob(producer, (await producer.enqueue('hostile', data)).id);
       expect(job.state).toBe('completed');
       results.push(job.result as Outcome);
@@ -200,20 +276,40 @@ describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor 
     const metrics = new FleetMetrics({ defaultMetrics: false });
     metrics.attach(events);
     // Loopback is refused unless listed by address: this type lists one port of it.
-    const config = testConfig(redis.url, [fixtureType('agent', 'hostile/attack.mjs', { sandbox: 'process', egress: [`127.0.0.1:${allowedPort}`] })]);
+    const config = testConfig(redis.url, [
+      fixtureType('agent', 'hostile/attack.mjs', { sandbox: 'process', egress: [`127.0.0.1:${allowedPort}`] }),
+    ]);
     await startSupervisor({ config, events });
     const producer = makeProducer(config);
-    const ok = await waitForJob(producer, (await producer.enqueue('agent', { attack: 'fetch', url: `http://127.0.0.1:${allowedPort}/` })).id);
+    const ok = await waitForJob(
+      producer,
+      (await producer.enqueue('agent', { attack: 'fetch', url: `http://127.0.0.1:${allowedPort}/` })).id,
+    );
     expect(ok.result).toMatchObject({ achieved: true, detail: '200 allowed-upstream' });
-    const okHttp = await waitForJob(producer, (await producer.enqueue('agent', { attack: 'http-get', url: `http://127.0.0.1:${allowedPort}/` })).id);
+    const okHttp = await waitForJob(
+      producer,
+      (await producer.enqueue('agent', { attack: 'http-get', url: `http://127.0.0.1:${allowedPort}/` })).id,
+    );
     expect(okHttp.result).toMatchObject({ achieved: true, detail: '200 allowed-upstream' });
-    const refusedJob = await producer.enqueue('agent', { attack: 'fetch', url: `http://127.0.0.1:${metadataPort}/latest/meta-data/` });
+    const refusedJob = await producer.enqueue('agent', {
+      attack: 'fetch',
+      url: `http://127.0.0.1:${metadataPort}/latest/meta-data/`,
+    });
     const refused = await waitForJob(producer, refusedJob.id);
     expect(refused.result).toMatchObject({ achieved: false });
     allowed.close();
     await new Promise((r) => setTimeout(r, 200));
     const audit = (await readAudit(redis.client, config.redis.prefix, {})).filter((a) => a.action === 'egress-refused');
-    expect(audit).toEqual([expect.objectContaining({ outcome: 'denied', jobType: 'agent', jobId: refusedJob.id, reason: expect.stringContaining(`127.0.0.1:${metadataPort}`) })]);
-    expect(await metrics.registry.getSingleMetricAsString('fleet_egress_refused_total')).toContain('fleet_egress_refused_total{job_type="agent"} 1');
+    expect(audit).toEqual([
+      expect.objectContaining({
+        outcome: 'denied',
+        jobType: 'agent',
+        jobId: refusedJob.id,
+        reason: expect.stringContaining(`127.0.0.1:${metadataPort}`),
+      }),
+    ]);
+    expect(await metrics.registry.getSingleMetricAsString('fleet_egress_refused_total')).toContain(
+      'fleet_egress_refused_total{job_type="agent"} 1',
+    );
   });
 });

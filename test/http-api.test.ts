@@ -37,7 +37,9 @@ async function startApi(bodyLimitBytes = 10_000): Promise<void> {
   config = testConfig(
     redis.url,
     [
-      fixtureType('greet', 'ok.mjs', { payloadSchema: z.object({ name: z.string().min(1), times: z.number().int().min(1).max(5).default(1) }) }),
+      fixtureType('greet', 'ok.mjs', {
+        payloadSchema: z.object({ name: z.string().min(1), times: z.number().int().min(1).max(5).default(1) }),
+      }),
       fixtureType('other', 'ok.mjs'),
     ],
     {
@@ -63,12 +65,21 @@ afterEach(async () => {
   await producer.close();
 });
 
-async function call(method: string, path: string, opts: { token?: string | null; body?: string; headers?: Record<string, string> } = {}) {
+async function call(
+  method: string,
+  path: string,
+  opts: { token?: string | null; body?: string; headers?: Record<string, string> } = {},
+) {
   const headers: Record<string, string> = { ...opts.headers };
   if (opts.token !== null) headers.authorization = `Bearer ${opts.token ?? ADMIN}`;
   if (opts.body !== undefined && !('content-type' in headers)) headers['content-type'] = 'application/json';
-  const res = await fetch(`${base}${path}`, { method, headers, ...(opts.body !== undefined ? { body: opts.body } : {}) });
+  const res = await fetch(`${base}${path}`, {
+    method,
+    headers,
+    ...(opts.body !== undefined ? { body: opts.body } : {}),
+  });
   const text = await res.text();
+  // eslint-disable-next-line @typescript-eslint/no-explicit-any -- response bodies are probed field by field
   return { status: res.status, body: (text ? JSON.parse(text) : null) as Record<string, any> };
 }
 
@@ -87,7 +98,14 @@ describe('HTTP API', () => {
     await waitForJob(producer, r.body.id);
     const j = await call('GET', `/v1/jobs/${r.body.id}`);
     expect(j.status).toBe(200);
-    expect(j.body).toMatchObject({ id: r.body.id, type: 'greet', state: 'completed', attemptsMade: 1, result: { got: { name: 'Ada', times: 1 } }, error: null });
+    expect(j.body).toMatchObject({
+      id: r.body.id,
+      type: 'greet',
+      state: 'completed',
+      attemptsMade: 1,
+      result: { got: { name: 'Ada', times: 1 } },
+      error: null,
+    });
     expect(j.body.timings.durationMs).toBeGreaterThanOrEqual(0);
   });
 
@@ -100,11 +118,17 @@ describe('HTTP API', () => {
       const { idempotentJobId } = await import('../src/producers/job-id.js');
       const pendingId = idempotentJobId('other', 'admin', 'in-flight-key');
       await admin.set(idempotencyInFlightKey(config.redis.prefix, 'other', pendingId), '1', 'PX', 5000);
-      const second = await call('POST', '/v1/jobs/other', { body: '{}', headers: { 'idempotency-key': 'in-flight-key' } });
+      const second = await call('POST', '/v1/jobs/other', {
+        body: '{}',
+        headers: { 'idempotency-key': 'in-flight-key' },
+      });
       expect(second.status).toBe(409);
       expect(second.body.error.code).toBe('IDEMPOTENCY_KEY_IN_FLIGHT');
       await admin.del(idempotencyInFlightKey(config.redis.prefix, 'other', pendingId));
-      const third = await call('POST', '/v1/jobs/other', { body: '{}', headers: { 'idempotency-key': 'in-flight-key' } });
+      const third = await call('POST', '/v1/jobs/other', {
+        body: '{}',
+        headers: { 'idempotency-key': 'in-flight-key' },
+      });
       expect([third.status, third.body.id]).toEqual([202, pendingId]);
     } finally {
       admin.disconnect();
@@ -122,10 +146,15 @@ describe('HTTP API', () => {
     const peer = await call('GET', `/v1/jobs/${id}`, { token: PEER });
     const unknown = await call('GET', `/v1/jobs/other.00000000000000000000000000000000`, { token: PEER });
     expect([peer.status, peer.body.error.code]).toEqual([404, 'JOB_NOT_FOUND']);
-    expect(peer.body.error.message.replace(id, 'ID')).toBe(unknown.body.error.message.replace('other.00000000000000000000000000000000', 'ID'));
+    expect(peer.body.error.message.replace(id, 'ID')).toBe(
+      unknown.body.error.message.replace('other.00000000000000000000000000000000', 'ID'),
+    );
     expect((await call('DELETE', `/v1/jobs/${id}`, { token: PEER })).status).toBe(404);
     // A read scope shows it, but cancelling stays with the owner (or an admin).
-    expect((await call('GET', `/v1/jobs/${id}`, { token: READER })).body).toMatchObject({ id, data: { 'secret-ish': 'data of limited' } });
+    expect((await call('GET', `/v1/jobs/${id}`, { token: READER })).body).toMatchObject({
+      id,
+      data: { 'secret-ish': 'data of limited' },
+    });
     expect((await call('DELETE', `/v1/jobs/${id}`, { token: READER })).status).toBe(403);
     expect((await call('DELETE', `/v1/jobs/${id}`, { token: LIMITED })).status).toBe(200);
   });
@@ -136,15 +165,27 @@ describe('HTTP API', () => {
     const first = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'a', times: 1 }), headers: h });
     expect(first.status).toBe(202);
     // The same body in another key order is the same request.
-    expect((await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ times: 1, name: 'a' }), headers: h })).body.id).toBe(first.body.id);
+    expect(
+      (await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ times: 1, name: 'a' }), headers: h })).body.id,
+    ).toBe(first.body.id);
     const other = await call('POST', '/v1/jobs/greet', { body: JSON.stringify({ name: 'b' }), headers: h });
     expect(other.status).toBe(422);
     expect(other.body.error).toMatchObject({ code: 'IDEMPOTENCY_KEY_REUSED', details: { jobId: first.body.id } });
     expect(((await producer.getJob(first.body.id as string)).data as { name: string }).name).toBe('a');
-    const inBatch = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'x' }, idempotencyKey: 'k9' }, { data: { name: 'y' } }, { data: { name: 'z' }, idempotencyKey: 'k9' }] }) });
+    const inBatch = await call('POST', '/v1/jobs/greet/batch', {
+      body: JSON.stringify({
+        jobs: [
+          { data: { name: 'x' }, idempotencyKey: 'k9' },
+          { data: { name: 'y' } },
+          { data: { name: 'z' }, idempotencyKey: 'k9' },
+        ],
+      }),
+    });
     expect(inBatch.status).toBe(422);
     expect(inBatch.body.error).toMatchObject({ code: 'IDEMPOTENCY_KEY_REUSED', details: { index: 2, firstIndex: 0 } });
-    const againstStored = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'new' } }, { data: { name: 'c' }, idempotencyKey: 'order-77' }] }) });
+    const againstStored = await call('POST', '/v1/jobs/greet/batch', {
+      body: JSON.stringify({ jobs: [{ data: { name: 'new' } }, { data: { name: 'c' }, idempotencyKey: 'order-77' }] }),
+    });
     expect(againstStored.status).toBe(422);
     expect(againstStored.body.error.details).toMatchObject({ index: 1, jobId: first.body.id });
     expect((await producer.queue('greet').getJobCounts('waiting')).waiting).toBe(1);
@@ -196,10 +237,32 @@ describe('HTTP API', () => {
       ['unknown type', '/v1/jobs/nope', { body: '{}' }, 404, 'UNKNOWN_JOB_TYPE'],
       ['traversal in type', '/v1/jobs/..%2F..%2Fetc', { body: '{}' }, 404, 'UNKNOWN_JOB_TYPE'],
       ['too large', '/v1/jobs/greet', { body: JSON.stringify({ name: 'x'.repeat(5000) }) }, 413, 'PAYLOAD_TOO_LARGE'],
-      ['not JSON', '/v1/jobs/greet', { body: 'name=a', headers: { 'content-type': 'text/plain' } }, 415, 'UNSUPPORTED_MEDIA_TYPE'],
-      ['bad idempotency key', '/v1/jobs/greet', { body: '{"name":"a"}', headers: { 'idempotency-key': 'has space' } }, 400, 'INVALID_REQUEST'],
+      [
+        'not JSON',
+        '/v1/jobs/greet',
+        { body: 'name=a', headers: { 'content-type': 'text/plain' } },
+        415,
+        'UNSUPPORTED_MEDIA_TYPE',
+      ],
+      [
+        'bad idempotency key',
+        '/v1/jobs/greet',
+        { body: '{"name":"a"}', headers: { 'idempotency-key': 'has space' } },
+        400,
+        'INVALID_REQUEST',
+      ],
       ['empty batch', '/v1/jobs/greet/batch', { body: '{"jobs":[]}' }, 400, 'INVALID_REQUEST'],
-      ['invalid UTF-8', '/v1/jobs/greet', { body: Buffer.from([0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xc0, 0x22, 0x7d]) as unknown as string }, 400, 'INVALID_JSON'],
+      [
+        'invalid UTF-8',
+        '/v1/jobs/greet',
+        {
+          body: Buffer.from([
+            0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xc0, 0x22, 0x7d,
+          ]) as unknown as string,
+        },
+        400,
+        'INVALID_JSON',
+      ],
     ];
     for (const [what, path, opts, status, code] of cases) {
       const r = await call('POST', path, opts);
@@ -219,14 +282,20 @@ describe('HTTP API', () => {
 
   it('enqueues a batch atomically: one invalid item rejects all of them', async () => {
     await startApi();
-    const bad = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 7 } }] }) });
+    const bad = await call('POST', '/v1/jobs/greet/batch', {
+      body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 7 } }] }),
+    });
     expect(bad.status).toBe(422);
     expect(bad.body.error.details.items).toEqual([expect.objectContaining({ index: 1 })]);
     expect(await jobCount()).toBe(0);
-    const tooMany = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: Array.from({ length: 51 }, () => ({ data: { name: 'a' } })) }) });
+    const tooMany = await call('POST', '/v1/jobs/greet/batch', {
+      body: JSON.stringify({ jobs: Array.from({ length: 51 }, () => ({ data: { name: 'a' } })) }),
+    });
     expect(tooMany.status).toBe(400);
     expect(tooMany.body.error.message).toContain('maxBatchSize=50');
-    const ok = await call('POST', '/v1/jobs/greet/batch', { body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 'b' }, idempotencyKey: 'k1' }] }) });
+    const ok = await call('POST', '/v1/jobs/greet/batch', {
+      body: JSON.stringify({ jobs: [{ data: { name: 'a' } }, { data: { name: 'b' }, idempotencyKey: 'k1' }] }),
+    });
     expect(ok.status).toBe(202);
     expect(ok.body.jobs).toHaveLength(2);
     expect(await jobCount()).toBe(2);
@@ -252,7 +321,10 @@ describe('HTTP API', () => {
     await startApi();
     const r = await call('GET', '/v1/job-types');
     const greet = r.body.jobTypes.find((t: { name: string }) => t.name === 'greet');
-    expect(greet.payloadSchema).toMatchObject({ type: 'object', properties: { name: { type: 'string', minLength: 1 } } });
+    expect(greet.payloadSchema).toMatchObject({
+      type: 'object',
+      properties: { name: { type: 'string', minLength: 1 } },
+    });
     expect(greet).toMatchObject({ isolation: 'job', sensitivity: 'routine', timeoutMs: 5000 });
   });
 
@@ -313,9 +385,14 @@ describe('when Redis is full', () => {
       const metrics = new FleetMetrics({ defaultMetrics: false });
       metrics.attach(events);
       const direct = new Producer({ config, events });
-      await expect(direct.enqueue('greet', { name: 'y' })).rejects.toMatchObject({ code: 'REDIS_FULL', retryable: false });
+      await expect(direct.enqueue('greet', { name: 'y' })).rejects.toMatchObject({
+        code: 'REDIS_FULL',
+        retryable: false,
+      });
       await direct.close();
-      expect(await metrics.registry.getSingleMetricAsString('fleet_redis_full_total')).toContain('fleet_redis_full_total{operation="enqueue"} 1');
+      expect(await metrics.registry.getSingleMetricAsString('fleet_redis_full_total')).toContain(
+        'fleet_redis_full_total{operation="enqueue"} 1',
+      );
     } finally {
       await admin.config('SET', 'maxmemory', '0');
       admin.disconnect();

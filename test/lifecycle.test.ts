@@ -26,8 +26,19 @@ function writeConfig(extra: Record<string, unknown> = {}): string {
       dataDir: dir,
       supervisor: { metricsPort: 0, shutdownDeadlineMs: 300, heartbeatMs: 300 },
       jobTypes: [
-        { name: 'slow', processor: path.join(FIXTURES, 'slow.mjs'), timeoutMs: 30_000, attempts: 1, concurrency: 2, warmSandboxes: 1 },
-        { name: 'ok', processor: path.join(FIXTURES, 'ok.mjs'), payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] } },
+        {
+          name: 'slow',
+          processor: path.join(FIXTURES, 'slow.mjs'),
+          timeoutMs: 30_000,
+          attempts: 1,
+          concurrency: 2,
+          warmSandboxes: 1,
+        },
+        {
+          name: 'ok',
+          processor: path.join(FIXTURES, 'ok.mjs'),
+          payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] },
+        },
       ],
       ...extra,
     }),
@@ -36,30 +47,50 @@ function writeConfig(extra: Record<string, unknown> = {}): string {
 }
 
 describe('supervisor process lifecycle', () => {
-
   it('ignores SIGUSR1 (no V8 inspector opens in a supervisor), where a plain node process opens one', async () => {
-    const sendUsr1 = async (child: ReturnType<typeof spawn>, ready: () => boolean, out: () => string): Promise<string> => {
+    const sendUsr1 = async (
+      child: ReturnType<typeof spawn>,
+      ready: () => boolean,
+      out: () => string,
+    ): Promise<string> => {
       for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
       child.kill('SIGUSR1');
       await new Promise((r) => setTimeout(r, 700));
       return out();
     };
     // Control: without the flag, SIGUSR1 opens the inspector (so this check can fail).
-    const plain = spawn(process.execPath, ['--inspect-port=0', '-e', 'console.log("up"); setInterval(() => {}, 1000)'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const plain = spawn(
+      process.execPath,
+      ['--inspect-port=0', '-e', 'console.log("up"); setInterval(() => {}, 1000)'],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let plainOut = '';
     plain.stdout.on('data', (d: Buffer) => (plainOut += d.toString()));
     plain.stderr.on('data', (d: Buffer) => (plainOut += d.toString()));
-    expect(await sendUsr1(plain, () => plainOut.includes('up'), () => plainOut)).toContain('Debugger listening');
+    expect(
+      await sendUsr1(
+        plain,
+        () => plainOut.includes('up'),
+        () => plainOut,
+      ),
+    ).toContain('Debugger listening');
     plain.kill('SIGKILL');
 
     // bin/fleet.js run as an executable (its shebang passes --disable-sigusr1).
     const file = writeConfig();
-    const child = spawn(FLEET, ['start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url, LOG_LEVEL: 'info' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(FLEET, ['start', '--role', 'worker', '--config', file], {
+      env: { ...process.env, REDIS_URL: redis.url, LOG_LEVEL: 'info' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr.on('data', (d: Buffer) => (out += d.toString()));
     try {
-      const after = await sendUsr1(child, () => out.includes('"supervisor running"'), () => out);
+      const after = await sendUsr1(
+        child,
+        () => out.includes('"supervisor running"'),
+        () => out,
+      );
       expect(after).toContain('"supervisor running"');
       expect(after).not.toContain('Debugger listening');
       expect(child.exitCode).toBeNull();
@@ -81,13 +112,15 @@ describe('supervisor process lifecycle', () => {
       child.stderr.on('data', (d: Buffer) => (out += d.toString()));
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       try {
-        for (let i = 0; i < 300 && !out.includes('"supervisor running"'); i++) await new Promise((r) => setTimeout(r, 50));
+        for (let i = 0; i < 300 && !out.includes('"supervisor running"'); i++)
+          await new Promise((r) => setTimeout(r, 50));
         expect(out).toContain('"supervisor running"');
 
         const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
         const long = await p.enqueue('slow', { ms: 20_000 });
         const short = await p.enqueue('slow', { ms: 50 });
-        for (let i = 0; i < 200 && (await p.getJob(long.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 25));
+        for (let i = 0; i < 200 && (await p.getJob(long.id)).state !== 'active'; i++)
+          await new Promise((r) => setTimeout(r, 25));
         await waitForJob(p, short.id);
 
         child.kill(signal);
@@ -119,15 +152,24 @@ describe('CLI', () => {
     const config = await loadConfig({ path: file });
     await startSupervisor({ config: { ...config, redis: { ...config.redis, url: redis.url } } });
     const env = { ...process.env, REDIS_URL: redis.url };
-    const { stdout: enq } = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{"n":1}', '--json', '--config', file], { env });
+    const { stdout: enq } = await run(
+      process.execPath,
+      [FLEET, 'enqueue', 'ok', '{"n":1}', '--json', '--config', file],
+      { env },
+    );
     const { id } = JSON.parse(enq) as { id: string };
     expect(id).toMatch(/^ok\./);
     const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
     await waitForJob(p, id);
     const { stdout: job } = await run(process.execPath, [FLEET, 'job', id, '--json', '--config', file], { env });
     expect(JSON.parse(job)).toMatchObject({ id, state: 'completed', result: { got: { n: 1 } } });
-    const { stdout: status } = await run(process.execPath, [FLEET, 'status', '--workers', '--json', '--config', file], { env });
-    const s = JSON.parse(status) as { supervisors: { state: string; types: { jobType: string }[] }[]; queues: Record<string, { completed: number }> };
+    const { stdout: status } = await run(process.execPath, [FLEET, 'status', '--workers', '--json', '--config', file], {
+      env,
+    });
+    const s = JSON.parse(status) as {
+      supervisors: { state: string; types: { jobType: string }[] }[];
+      queues: Record<string, { completed: number }>;
+    };
     expect(s.supervisors).toHaveLength(1);
     expect(s.supervisors[0]!.state).toBe('running');
     expect(s.queues.ok!.completed).toBe(1);
@@ -138,16 +180,26 @@ describe('CLI', () => {
   it('rejects a bad payload with its code and exit status 1, enqueuing nothing', async () => {
     const file = writeConfig();
     const env = { ...process.env, REDIS_URL: redis.url };
-    const err = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{"n":"x"}', '--json', '--config', file], { env }).catch((e: { code: number; stderr: string }) => e);
+    const err = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{"n":"x"}', '--json', '--config', file], {
+      env,
+    }).catch((e: { code: number; stderr: string }) => e);
     expect((err as { code: number }).code).toBe(1);
     expect(JSON.parse((err as { stderr: string }).stderr).error.code).toBe('INVALID_PAYLOAD');
-    const bad = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{oops', '--config', file], { env }).catch((e: { stderr: string }) => e);
+    const bad = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{oops', '--config', file], { env }).catch(
+      (e: { stderr: string }) => e,
+    );
     expect((bad as { stderr: string }).stderr).toContain('INVALID_JSON');
   });
 
   it('refuses an unsafe config at start-up, naming the setting', async () => {
-    const file = writeConfig({ jobTypes: [{ name: 'pay', processor: path.join(FIXTURES, 'ok.mjs'), sensitivity: 'critical', timeoutMs: 300_000 }] });
-    const err = await run(process.execPath, [FLEET, 'start', '--config', file], { env: { ...process.env, REDIS_URL: redis.url } }).catch((e: { code: number; stderr: string }) => e);
+    const file = writeConfig({
+      jobTypes: [
+        { name: 'pay', processor: path.join(FIXTURES, 'ok.mjs'), sensitivity: 'critical', timeoutMs: 300_000 },
+      ],
+    });
+    const err = await run(process.execPath, [FLEET, 'start', '--config', file], {
+      env: { ...process.env, REDIS_URL: redis.url },
+    }).catch((e: { code: number; stderr: string }) => e);
     expect((err as { code: number }).code).toBe(1);
     expect((err as { stderr: string }).stderr).toContain('jobTypes.pay.timeoutMs is 300000');
   });
@@ -160,7 +212,9 @@ describe('Redis requirements at start-up', () => {
     await r.config('SET', 'maxmemory-policy', 'allkeys-lru');
     try {
       const file = writeConfig();
-      const err = await run(process.execPath, [FLEET, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url } }).catch((e: { code: number; stderr: string }) => e);
+      const err = await run(process.execPath, [FLEET, 'start', '--role', 'worker', '--config', file], {
+        env: { ...process.env, REDIS_URL: redis.url },
+      }).catch((e: { code: number; stderr: string }) => e);
       expect((err as { code: number }).code).toBe(1);
       expect((err as { stderr: string }).stderr).toContain('maxmemory-policy is "allkeys-lru"');
       expect((err as { stderr: string }).stderr).toContain('noeviction');

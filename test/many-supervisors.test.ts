@@ -16,23 +16,41 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
       {
         redis: { prefix: uniquePrefix() },
         supervisor: { metricsPort: 0, heartbeatMs: 500 },
-        jobTypes: [{ name: 'slow', processor: path.join(FIXTURES, 'slow.mjs'), isolation: 'pool', concurrency: 3, warmSandboxes: 3, globalConcurrency: 4, attempts: 1 }],
+        jobTypes: [
+          {
+            name: 'slow',
+            processor: path.join(FIXTURES, 'slow.mjs'),
+            isolation: 'pool',
+            concurrency: 3,
+            warmSandboxes: 3,
+            globalConcurrency: 4,
+            attempts: 1,
+          },
+        ],
       },
       'many',
     );
     const procs: ChildProcess[] = [];
     const outputs: string[] = [];
     for (let i = 0; i < 3; i++) {
-      const child = spawn(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file], { env: { ...process.env, REDIS_URL: redis.url }, stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn(
+        process.execPath,
+        [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file],
+        { env: { ...process.env, REDIS_URL: redis.url }, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
       outputs.push('');
       child.stdout!.on('data', (d: Buffer) => (outputs[i] += d.toString()));
       procs.push(child);
     }
     try {
-      for (let i = 0; i < 300 && !outputs.every((o) => o.includes('"supervisor running"')); i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 300 && !outputs.every((o) => o.includes('"supervisor running"')); i++)
+        await new Promise((r) => setTimeout(r, 50));
       const config = await loadConfig({ path: file });
       const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
-      const jobs = await p.enqueueBatch('slow', Array.from({ length: 60 }, () => ({ data: { ms: 80 } })));
+      const jobs = await p.enqueueBatch(
+        'slow',
+        Array.from({ length: 60 }, () => ({ data: { ms: 80 } })),
+      );
       const results = [];
       for (const j of jobs) {
         const done = await waitForJob(p, j.id, 30_000);
@@ -40,7 +58,9 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
         expect(done.attemptsMade).toBe(1);
         results.push(done.result as { startedAt: number; endedAt: number; pid: number });
       }
-      const events = results.flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+      const events = results
+        .flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const])
+        .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
       let now = 0;
       let max = 0;
       for (const [, d] of events) max = Math.max(max, (now += d));
@@ -59,11 +79,21 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
     const busy = http.createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
     const port = (busy.address() as AddressInfo).port;
-    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, supervisor: { metricsPort: port }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs'), sandbox: 'thread' }] }, 'port');
+    const { file } = writeJsonConfig(
+      {
+        redis: { prefix: uniquePrefix() },
+        supervisor: { metricsPort: port },
+        jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs'), sandbox: 'thread' }],
+      },
+      'port',
+    );
     const bin = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
     const run = (args: string[], env: Record<string, string> = {}): Promise<{ code: number | null; out: string }> =>
       new Promise((resolve) => {
-        const child = spawn(process.execPath, [bin, 'start', '--role', 'worker', '--config', file, ...args], { env: { ...process.env, REDIS_URL: redis.url, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+        const child = spawn(process.execPath, [bin, 'start', '--role', 'worker', '--config', file, ...args], {
+          env: { ...process.env, REDIS_URL: redis.url, ...env },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
         let out = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr.on('data', (d: Buffer) => (out += d.toString()));

@@ -15,7 +15,10 @@ import { startTestRedis } from './helpers/redis.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const PROMETHEUS = spawnSync('prometheus', ['--version']).status === 0 ? 'prometheus' : null;
-if (!PROMETHEUS) console.warn('SKIPPING Prometheus e2e: no `prometheus` on PATH. Fix: apt-get install -y prometheus (scripts/install-test-servers.sh does).');
+if (!PROMETHEUS)
+  console.warn(
+    'SKIPPING Prometheus e2e: no `prometheus` on PATH. Fix: apt-get install -y prometheus (scripts/install-test-servers.sh does).',
+  );
 
 const TOKEN = 'e2e-admin-token-0123456789abcdef';
 const SECRET_VALUE = 'e2e-secret-value-do-not-leak-42';
@@ -51,8 +54,18 @@ beforeAll(async () => {
   redis = await startTestRedis();
   if (!PROMETHEUS) return;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
-  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_E2E_NONE', keepVersions: 2 }).write('api-key', Buffer.from(SECRET_VALUE));
-  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_E2E_NONE', keepVersions: 2 }).write('bound-key', Buffer.from(`${SECRET_VALUE}-bound`));
+  await new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_E2E_NONE',
+    keepVersions: 2,
+  }).write('api-key', Buffer.from(SECRET_VALUE));
+  await new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_E2E_NONE',
+    keepVersions: 2,
+  }).write('bound-key', Buffer.from(`${SECRET_VALUE}-bound`));
   const config = testConfig(
     redis.url,
     [
@@ -68,7 +81,11 @@ beforeAll(async () => {
       // A processor that tries the cloud metadata address through its egress proxy.
       fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any', isolation: 'pool' }),
       // A processor that sends its injected secret's placeholder to an allowed but unbound host.
-      fixtureType('injector', 'inject-client.mjs', { secrets: ['bound-key'], egress: ['127.0.0.1:9', '127.0.0.1:10'], isolation: 'pool' }),
+      fixtureType('injector', 'inject-client.mjs', {
+        secrets: ['bound-key'],
+        egress: ['127.0.0.1:9', '127.0.0.1:10'],
+        isolation: 'pool',
+      }),
     ],
     {
       dataDir,
@@ -79,7 +96,13 @@ beforeAll(async () => {
           // Rotated every second while jobs read it; and one whose rotation always fails its test step.
           'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 2 } },
           'bound-key': { binding: { hosts: ['127.0.0.1:9'] } },
-          'partner-key': { rotation: { schedule: '1s', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') }, attempts: 1 } },
+          'partner-key': {
+            rotation: {
+              schedule: '1s',
+              rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') },
+              attempts: 1,
+            },
+          },
         },
       },
     },
@@ -101,7 +124,15 @@ scrape_configs:
     static_configs: [{ targets: ['${host(fleet.metricsUrl!)}'] }]
 `,
   );
-  prom = spawn(PROMETHEUS, [`--config.file=${path.join(promDir, 'prometheus.yml')}`, `--storage.tsdb.path=${path.join(promDir, 'data')}`, `--web.listen-address=127.0.0.1:${port}`], { stdio: 'ignore' });
+  prom = spawn(
+    PROMETHEUS,
+    [
+      `--config.file=${path.join(promDir, 'prometheus.yml')}`,
+      `--storage.tsdb.path=${path.join(promDir, 'data')}`,
+      `--web.listen-address=127.0.0.1:${port}`,
+    ],
+    { stdio: 'ignore' },
+  );
   for (let i = 0; i < 100; i++) {
     if ((await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok) break;
     await new Promise((r) => setTimeout(r, 100));
@@ -110,7 +141,11 @@ scrape_configs:
 
   // A mixed load over HTTP, kept running while queries are evaluated so every rate has samples.
   const post = (type: string, data: unknown): Promise<Response> =>
-    fetch(`${fleet.apiUrl}/v1/jobs/${type}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify(data) });
+    fetch(`${fleet.apiUrl}/v1/jobs/${type}`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+      body: JSON.stringify(data),
+    });
   load = (async () => {
     while (loadRunning) {
       await Promise.all([
@@ -124,7 +159,11 @@ scrape_configs:
         post('missing', { names: ['no-such-key'] }),
         post('exfil', { attack: 'fetch', url: 'http://169.254.169.254/latest/meta-data/' }),
         post('injector', { url: 'https://127.0.0.1:10/', where: 'header', secret: 'bound-key' }),
-        fetch(`${fleet.apiUrl}/v1/jobs/nope`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: '{}' }),
+        fetch(`${fleet.apiUrl}/v1/jobs/nope`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+          body: '{}',
+        }),
       ]);
       await new Promise((r) => setTimeout(r, 300));
     }
@@ -152,7 +191,9 @@ describe('dashboards and alert rules', () => {
   it('regenerating the dashboards from code changes nothing', () => {
     for (const [file, d] of Object.entries(allDashboards())) {
       const committed = readFileSync(path.join(ROOT, 'grafana', 'dashboards', file), 'utf8');
-      expect(committed, `grafana/dashboards/${file} is stale: run npm run dashboards`).toBe(`${JSON.stringify(d, null, 2)}\n`);
+      expect(committed, `grafana/dashboards/${file} is stale: run npm run dashboards`).toBe(
+        `${JSON.stringify(d, null, 2)}\n`,
+      );
     }
   });
 
@@ -160,9 +201,22 @@ describe('dashboards and alert rules', () => {
     const panel = z.object({
       type: z.enum(['timeseries', 'stat', 'row']),
       title: z.string().min(1),
-      gridPos: z.object({ h: z.number().positive(), w: z.number().positive(), x: z.number().min(0), y: z.number().min(0) }),
+      gridPos: z.object({
+        h: z.number().positive(),
+        w: z.number().positive(),
+        x: z.number().min(0),
+        y: z.number().min(0),
+      }),
       datasource: z.object({ type: z.literal('prometheus'), uid: z.literal('prometheus') }).optional(),
-      targets: z.array(z.object({ expr: z.string().min(1), refId: z.string().regex(/^[A-Z]$/), datasource: z.object({ uid: z.literal('prometheus') }) })).optional(),
+      targets: z
+        .array(
+          z.object({
+            expr: z.string().min(1),
+            refId: z.string().regex(/^[A-Z]$/),
+            datasource: z.object({ uid: z.literal('prometheus') }),
+          }),
+        )
+        .optional(),
     });
     const uids = new Set<string>();
     for (const [file, d] of Object.entries(allDashboards())) {
@@ -180,19 +234,29 @@ describe('dashboards and alert rules', () => {
       }
     }
     expect(uids.size).toBe(Object.keys(allDashboards()).length);
-    const provisioning = readFileSync(path.join(ROOT, 'grafana', 'provisioning', 'datasources', 'prometheus.yml'), 'utf8');
+    const provisioning = readFileSync(
+      path.join(ROOT, 'grafana', 'provisioning', 'datasources', 'prometheus.yml'),
+      'utf8',
+    );
     expect(provisioning).toContain('uid: prometheus');
   });
 });
 
 describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', () => {
   it('scrapes every fleet endpoint and loads every alert rule', async () => {
-    const targets = (await (await fetch(`${promUrl}/api/v1/targets`)).json()) as { data: { activeTargets: { health: string; lastError: string; labels: { job: string } }[] } };
-    expect(targets.data.activeTargets.map((t) => [t.labels.job, t.health]).sort(), JSON.stringify(targets.data.activeTargets.map((t) => t.lastError))).toEqual([
+    const targets = (await (await fetch(`${promUrl}/api/v1/targets`)).json()) as {
+      data: { activeTargets: { health: string; lastError: string; labels: { job: string } }[] };
+    };
+    expect(
+      targets.data.activeTargets.map((t) => [t.labels.job, t.health]).sort(),
+      JSON.stringify(targets.data.activeTargets.map((t) => t.lastError)),
+    ).toEqual([
       ['fleet-api', 'up'],
       ['fleet-worker', 'up'],
     ]);
-    const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as { data: { groups: { rules: { name: string; health: string }[] }[] } };
+    const rules = (await (await fetch(`${promUrl}/api/v1/rules`)).json()) as {
+      data: { groups: { rules: { name: string; health: string }[] }[] };
+    };
     const loaded = rules.data.groups.flatMap((g) => g.rules);
     expect(loaded.length).toBe(13);
     for (const r of loaded) expect(r.health, r.name).not.toBe('err');
@@ -220,7 +284,7 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
     }
     const r = await promQuery('count by (__name__) ({job=~"fleet.*", job_type!=""})');
     expect(r.data!.result.length).toBeGreaterThan(5);
-    const values = await (await fetch(`${promUrl}/api/v1/label/route/values`)).json() as { data: string[] };
+    const values = (await (await fetch(`${promUrl}/api/v1/label/route/values`)).json()) as { data: string[] };
     for (const route of values.data) expect(route).toMatch(/^(unmatched|\/[a-z0-9/:_-]*)$/);
   });
 });

@@ -7,7 +7,14 @@ import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../src/config/duration.js';
 import { matchesEgress, patternCovered, splitHostPort } from '../src/config/hosts.js';
 import { scheduleOf } from '../src/config/schedule.js';
-import { deserializeError, formatFailedReason, parseFailedReason, SecretScopeError, serializeError, TimeoutError } from '../src/errors.js';
+import {
+  deserializeError,
+  formatFailedReason,
+  parseFailedReason,
+  SecretScopeError,
+  serializeError,
+  TimeoutError,
+} from '../src/errors.js';
 import { idempotentJobId, jobTypeOfId, newJobId } from '../src/producers/job-id.js';
 import { REDIS_ROLES, roleRules, serverFeatures, urlWithCredential } from '../src/redis/acl.js';
 import { isClusterUrl, redactUrl } from '../src/redis/connection.js';
@@ -45,9 +52,15 @@ describe('pure modules', () => {
   it('errors keep their code and retryability across the sandbox boundary and in failedReason', () => {
     const back = deserializeError(serializeError(new TimeoutError('took too long')));
     expect(back).toMatchObject({ code: 'TIMEOUT', message: 'took too long', retryable: true });
-    expect(deserializeError(serializeError(new SecretScopeError('nope')))).toMatchObject({ code: 'SECRET_SCOPE', retryable: false });
+    expect(deserializeError(serializeError(new SecretScopeError('nope')))).toMatchObject({
+      code: 'SECRET_SCOPE',
+      retryable: false,
+    });
     expect(serializeError('a thrown string')).toMatchObject({ message: 'a thrown string' });
-    expect(parseFailedReason(formatFailedReason(new TimeoutError('slow')))).toEqual({ code: 'TIMEOUT', message: 'slow' });
+    expect(parseFailedReason(formatFailedReason(new TimeoutError('slow')))).toEqual({
+      code: 'TIMEOUT',
+      message: 'slow',
+    });
   });
 
   it('Redis URLs: cluster detection, redaction, a role credential put in (URL-encoded)', () => {
@@ -55,8 +68,12 @@ describe('pure modules', () => {
     expect(isClusterUrl('redis://a:6379')).toBe(false);
     expect(redactUrl('redis://u:secret@h:6379/0')).not.toContain('secret');
     expect(redactUrl('redis-cluster://u:secret@a:1,b:2')).toBe('redis-cluster://***@a:1,b:2');
-    expect(urlWithCredential('redis://old:pw@h:6379', { username: 'fleet-api', password: 'p@ss/w' })).toBe('redis://fleet-api:p%40ss%2Fw@h:6379');
-    expect(urlWithCredential('redis-cluster://a:1,b:2', { username: 'fleet-ops', password: 'x' })).toBe('redis-cluster://fleet-ops:x@a:1,b:2');
+    expect(urlWithCredential('redis://old:pw@h:6379', { username: 'fleet-api', password: 'p@ss/w' })).toBe(
+      'redis://fleet-api:p%40ss%2Fw@h:6379',
+    );
+    expect(urlWithCredential('redis-cluster://a:1,b:2', { username: 'fleet-ops', password: 'x' })).toBe(
+      'redis-cluster://fleet-ops:x@a:1,b:2',
+    );
   });
 
   it('ACL rules: every role drops @dangerous, CLIENT SETINFO only where the server knows it', () => {
@@ -70,7 +87,11 @@ describe('pure modules', () => {
     expect(serverFeatures('7.0.15').clientSetinfo).toBe(false);
     expect(serverFeatures('8.2.3').clientSetinfo).toBe(true);
     // No job-queue pattern covers the audit keys.
-    expect(roleRules('worker', 'fleet').filter((r) => r.startsWith('~') && !r.startsWith('(')).join(' ')).toBe('~fleet:{*}:*');
+    expect(
+      roleRules('worker', 'fleet')
+        .filter((r) => r.startsWith('~') && !r.startsWith('('))
+        .join(' '),
+    ).toBe('~fleet:{*}:*');
   });
 
   it('host patterns of egress policies and secret bindings', () => {
@@ -80,7 +101,13 @@ describe('pure modules', () => {
     expect(matchesEgress('api.stripe.com', 'api.stripe.com', 80)).toBe(false);
     expect(patternCovered('api.stripe.com', ['*.stripe.com'])).toBe(true);
     expect(patternCovered('api.stripe.com:8443', ['*.stripe.com'])).toBe(false);
-    expect(bindingAllows({ hosts: ['api.stripe.com'], header: 'authorization', format: 'Bearer {value}', body: false }, 'evil.com', 443)).toBe(false);
+    expect(
+      bindingAllows(
+        { hosts: ['api.stripe.com'], header: 'authorization', format: 'Bearer {value}', body: false },
+        'evil.com',
+        443,
+      ),
+    ).toBe(false);
   });
 
   it('placeholders: issued per job, zero-filled and retired at job end', () => {
@@ -100,7 +127,9 @@ describe('pure modules', () => {
   it('logs: one readable line per event on a terminal, JSON otherwise', () => {
     const lines: string[] = [];
     const dest = { write: (s: string) => void lines.push(s) };
-    makeLogger({ destination: dest, format: 'pretty' }).scope({ jobType: 'echo' }).warn('job failed', { attempt: 2, error: 'boom here' });
+    makeLogger({ destination: dest, format: 'pretty' })
+      .scope({ jobType: 'echo' })
+      .warn('job failed', { attempt: 2, error: 'boom here' });
     expect(lines[0]).toMatch(/^\d\d:\d\d:\d\d WARN  job failed {2}jobType=echo attempt=2 error="boom here"\n$/);
     makeLogger({ destination: dest, format: 'json' }).info('plain');
     expect(JSON.parse(lines[1]!)).toMatchObject({ level: 30, msg: 'plain' });
@@ -121,12 +150,17 @@ describe('pure modules', () => {
     expect(compareIds('5-10', '5-9')).toBeGreaterThan(0);
     const keys = new AuditKeyRing({ version: '1', key: new Uint8Array(Buffer.from('k'.repeat(64))) });
     const w = new ChainWriter('w1', keys);
-    const recs = [0, 1, 2].map((i) => ({ fields: w.seal({ ts: String(i), action: 'access', outcome: 'granted', secret: 's' }) }));
+    const recs = [0, 1, 2].map((i) => ({
+      fields: w.seal({ ts: String(i), action: 'access', outcome: 'granted', secret: 's' }),
+    }));
     expect((await verifyEntries(recs, keys, { mode: 'full' })).ok).toBe(true);
     const swapped = [recs[0]!, recs[2]!, recs[1]!];
     expect((await verifyEntries(swapped, keys, { mode: 'full' })).firstBreak?.reason).toMatch(/missing before it/);
     const edited = recs.map((r, i) => (i === 1 ? { fields: { ...r.fields, outcome: 'denied' } } : r));
-    expect((await verifyEntries(edited, keys, { mode: 'full' })).firstBreak).toMatchObject({ at: 'line 2', reason: expect.stringMatching(/MAC does not match/) });
+    expect((await verifyEntries(edited, keys, { mode: 'full' })).firstBreak).toMatchObject({
+      at: 'line 2',
+      reason: expect.stringMatching(/MAC does not match/),
+    });
     // A window: the first record of each writer is taken as given.
     expect((await verifyEntries(recs.slice(1), keys, { mode: 'anchored' })).ok).toBe(true);
     expect((await verifyEntries(recs.slice(1), keys, { mode: 'full' })).ok).toBe(false);

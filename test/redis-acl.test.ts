@@ -14,9 +14,23 @@ import { FleetEventBus } from '../src/events.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { createApiApp, listen } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
-import { ensureEmbeddedUsers, RedisAccess, REDIS_ROLES, setupRoleUsers, urlWithCredential, type RedisRole } from '../src/redis/acl.js';
+import {
+  ensureEmbeddedUsers,
+  RedisAccess,
+  REDIS_ROLES,
+  setupRoleUsers,
+  urlWithCredential,
+  type RedisRole,
+} from '../src/redis/acl.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../src/redis/embedded-redis.js';
-import { auditHeadsKey, auditStreamKey, queuePrefix, rotationQueuePrefix, rotationStateKey, supervisorsKey } from '../src/redis/keys.js';
+import {
+  auditHeadsKey,
+  auditStreamKey,
+  queuePrefix,
+  rotationQueuePrefix,
+  rotationStateKey,
+  supervisorsKey,
+} from '../src/redis/keys.js';
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readAudit, verifyAuditTrail } from '../src/secrets/audit.js';
 import { loadAuditKeys } from '../src/secrets/audit-chain.js';
@@ -41,7 +55,11 @@ const as = (role: RedisRole): Redis => {
 
 beforeAll(async () => {
   users = ensureEmbeddedUsers(dataDir);
-  server = await startEmbeddedRedis({ dataDir: path.join(dataDir, 'redis'), persistent: false, acl: { prefix: PREFIX, users } });
+  server = await startEmbeddedRedis({
+    dataDir: path.join(dataDir, 'redis'),
+    persistent: false,
+    acl: { prefix: PREFIX, users },
+  });
 });
 afterAll(async () => {
   for (const c of clients) c.disconnect();
@@ -49,13 +67,20 @@ afterAll(async () => {
 });
 
 function aclConfig(extra: Record<string, unknown> = {}): ReturnType<typeof testConfig> {
-  const config = testConfig(server.url, [fixtureType('echo', 'ok.mjs'), fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })], {
-    dataDir,
-    api: { port: 0 },
-    producers: [{ name: 'ops', tokenSha256: sha256Hex(ADMIN_TOKEN), jobTypes: ['*'], admin: true }],
-    secrets: { items: { 'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 16 } } } }, audit: { maxEntries: 12, retentionEveryMs: 500 } },
-    ...extra,
-  });
+  const config = testConfig(
+    server.url,
+    [fixtureType('echo', 'ok.mjs'), fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })],
+    {
+      dataDir,
+      api: { port: 0 },
+      producers: [{ name: 'ops', tokenSha256: sha256Hex(ADMIN_TOKEN), jobTypes: ['*'], admin: true }],
+      secrets: {
+        items: { 'api-key': { rotation: { schedule: '1s', rotator: { type: 'random', bytes: 16 } } } },
+        audit: { maxEntries: 12, retentionEveryMs: 500 },
+      },
+      ...extra,
+    },
+  );
   // The ACL users are built for one prefix; the test config takes a unique one otherwise.
   return { ...config, redis: { ...config.redis, prefix: PREFIX } };
 }
@@ -63,10 +88,20 @@ function aclConfig(extra: Record<string, unknown> = {}): ReturnType<typeof testC
 describe('Redis ACL users per role', () => {
   it('each role does its job end to end: api enqueues, worker runs a job with its secret, scheduler rotates and retention trims, ops reads status, audit and Bull Board', async () => {
     const config = aclConfig();
-    await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ACL_NONE', keepVersions: 5 }).write('api-key', Buffer.from('acl-secret-value-0123'));
+    await new LocalProvider({
+      file: path.join(dataDir, 'secrets.enc.json'),
+      keyFile: path.join(dataDir, 'master.key'),
+      masterKeyEnv: 'FLEET_ACL_NONE',
+      keepVersions: 5,
+    }).write('api-key', Buffer.from('acl-secret-value-0123'));
     const events = new FleetEventBus();
     await startSupervisor({ config, redisUrl: url('worker'), events });
-    const rotation = new RotationService({ config, redisUrl: url('scheduler'), retentionUrl: url('retention'), events });
+    const rotation = new RotationService({
+      config,
+      redisUrl: url('scheduler'),
+      retentionUrl: url('retention'),
+      events,
+    });
     await rotation.start();
     const producer = new Producer({ config, redis: url('api') });
     const board = new Producer({ config, redis: url('ops'), name: 'bull-board' });
@@ -79,8 +114,15 @@ describe('Redis ACL users per role', () => {
       // Rotation (scheduler role) on its 1 s schedule, and retention (retention role) trims the
       // audit stream to 12 records behind a signed checkpoint.
       const ops = as('ops');
-      for (let i = 0; i < 100 && !(await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote'); i++) await new Promise((r) => setTimeout(r, 100));
-      expect((await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote')).toBe(true);
+      for (
+        let i = 0;
+        i < 100 && !(await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote');
+        i++
+      )
+        await new Promise((r) => setTimeout(r, 100));
+      expect((await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote')).toBe(
+        true,
+      );
       let trimmed = await rotation.trimAudit();
       for (let i = 0; i < 50 && !trimmed?.checkpoint; i++) trimmed = await rotation.trimAudit();
       expect(trimmed).toMatchObject({ ok: true });
@@ -89,7 +131,16 @@ describe('Redis ACL users per role', () => {
       expect(left.map((a) => a.action)).toContain('checkpoint');
 
       // ops: status, audit, job counts and the chain, read only.
-      const keys = await loadAuditKeys(new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ACL_NONE', keepVersions: 5 }), config.secrets.audit.macKey, { create: false });
+      const keys = await loadAuditKeys(
+        new LocalProvider({
+          file: path.join(dataDir, 'secrets.enc.json'),
+          keyFile: path.join(dataDir, 'master.key'),
+          masterKeyEnv: 'FLEET_ACL_NONE',
+          keepVersions: 5,
+        }),
+        config.secrets.audit.macKey,
+        { create: false },
+      );
       const report = await verifyAuditTrail(ops, PREFIX, keys);
       expect(report.firstBreak).toBeNull();
       expect(report.checkpoint).not.toBeNull();
@@ -104,7 +155,10 @@ describe('Redis ACL users per role', () => {
       const api = await listen(app, '127.0.0.1', 0);
       try {
         const port = (api.address() as { port: number }).port;
-        const res = await fetch(`http://127.0.0.1:${port}${config.api.bullBoard.path}/api/queues?activeQueue=reader&status=completed&page=1`, { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } });
+        const res = await fetch(
+          `http://127.0.0.1:${port}${config.api.bullBoard.path}/api/queues?activeQueue=reader&status=completed&page=1`,
+          { headers: { authorization: `Bearer ${ADMIN_TOKEN}` } },
+        );
         expect(res.status).toBe(200);
         const body = (await res.json()) as { queues: { name: string; counts: Record<string, number> }[] };
         expect(body.queues.find((x) => x.name === 'reader')?.counts.completed).toBe(20);
@@ -122,16 +176,58 @@ describe('Redis ACL users per role', () => {
   it('every role is refused what it must not do, and only retention may trim the audit stream', async () => {
     const audit = auditStreamKey(PREFIX);
     const everywhere: [string, ...string[]][] = [
-      ['FLUSHALL'], ['FLUSHDB'], ['CONFIG', 'GET', 'maxmemory'], ['CONFIG', 'SET', 'maxmemory-policy', 'allkeys-lru'], ['KEYS', '*'], ['DEBUG', 'SLEEP', '0'], ['MODULE', 'LIST'],
-      ['SCRIPT', 'FLUSH'], ['FUNCTION', 'FLUSH'], ['ACL', 'SETUSER', 'evil', 'on', '>x', '+@all', '~*'], ['ACL', 'LIST'], ['SHUTDOWN', 'NOSAVE'], ['SWAPDB', '0', '1'], ['REPLICAOF', 'NO', 'ONE'],
-      ['XDEL', audit, '0-1'], ['DEL', audit], ['UNLINK', audit], ['RENAME', audit, `${audit}-moved`], ['EXPIRE', audit, '1'], ['SET', audit, 'x'], ['DEL', auditHeadsKey(PREFIX)],
+      ['FLUSHALL'],
+      ['FLUSHDB'],
+      ['CONFIG', 'GET', 'maxmemory'],
+      ['CONFIG', 'SET', 'maxmemory-policy', 'allkeys-lru'],
+      ['KEYS', '*'],
+      ['DEBUG', 'SLEEP', '0'],
+      ['MODULE', 'LIST'],
+      ['SCRIPT', 'FLUSH'],
+      ['FUNCTION', 'FLUSH'],
+      ['ACL', 'SETUSER', 'evil', 'on', '>x', '+@all', '~*'],
+      ['ACL', 'LIST'],
+      ['SHUTDOWN', 'NOSAVE'],
+      ['SWAPDB', '0', '1'],
+      ['REPLICAOF', 'NO', 'ONE'],
+      ['XDEL', audit, '0-1'],
+      ['DEL', audit],
+      ['UNLINK', audit],
+      ['RENAME', audit, `${audit}-moved`],
+      ['EXPIRE', audit, '1'],
+      ['SET', audit, 'x'],
+      ['DEL', auditHeadsKey(PREFIX)],
     ];
     const extra: Record<RedisRole, [string, ...string[]][]> = {
-      api: [['XTRIM', audit, 'MAXLEN', '0'], ['XADD', audit, '*', 'forged', '1'], ['HSET', supervisorsKey(PREFIX), 'x', '1'], ['HSET', rotationStateKey(PREFIX, 'api-key'), 'current', '9'], ['LPUSH', `${rotationQueuePrefix(PREFIX)}:rotation:wait`, 'x']],
-      worker: [['XTRIM', audit, 'MAXLEN', '0'], ['HSET', rotationStateKey(PREFIX, 'api-key'), 'current', '9'], ['LPUSH', `${rotationQueuePrefix(PREFIX)}:rotation:wait`, 'x'], ['PUBLISH', 'elsewhere', 'x']],
-      scheduler: [['XTRIM', audit, 'MAXLEN', '0'], ['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'], ['HSET', supervisorsKey(PREFIX), 'x', '1']],
-      ops: [['XTRIM', audit, 'MAXLEN', '0'], ['XADD', audit, '*', 'forged', '1'], ['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'], ['HSET', supervisorsKey(PREFIX), 'x', '1'], ['PUBLISH', `${PREFIX}:control`, 'x']],
-      retention: [['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'], ['HSET', supervisorsKey(PREFIX), 'x', '1']],
+      api: [
+        ['XTRIM', audit, 'MAXLEN', '0'],
+        ['XADD', audit, '*', 'forged', '1'],
+        ['HSET', supervisorsKey(PREFIX), 'x', '1'],
+        ['HSET', rotationStateKey(PREFIX, 'api-key'), 'current', '9'],
+        ['LPUSH', `${rotationQueuePrefix(PREFIX)}:rotation:wait`, 'x'],
+      ],
+      worker: [
+        ['XTRIM', audit, 'MAXLEN', '0'],
+        ['HSET', rotationStateKey(PREFIX, 'api-key'), 'current', '9'],
+        ['LPUSH', `${rotationQueuePrefix(PREFIX)}:rotation:wait`, 'x'],
+        ['PUBLISH', 'elsewhere', 'x'],
+      ],
+      scheduler: [
+        ['XTRIM', audit, 'MAXLEN', '0'],
+        ['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'],
+        ['HSET', supervisorsKey(PREFIX), 'x', '1'],
+      ],
+      ops: [
+        ['XTRIM', audit, 'MAXLEN', '0'],
+        ['XADD', audit, '*', 'forged', '1'],
+        ['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'],
+        ['HSET', supervisorsKey(PREFIX), 'x', '1'],
+        ['PUBLISH', `${PREFIX}:control`, 'x'],
+      ],
+      retention: [
+        ['LPUSH', `${queuePrefix(PREFIX, 'echo')}:echo:wait`, 'x'],
+        ['HSET', supervisorsKey(PREFIX), 'x', '1'],
+      ],
     };
     const allowed: string[] = [];
     for (const role of REDIS_ROLES) {
@@ -142,7 +238,8 @@ describe('Redis ACL users per role', () => {
           await c.call(cmd[0], ...cmd.slice(1));
           allowed.push(`${role}: ${cmd.join(' ')}`);
         } catch (err) {
-          if (!/NOPERM|DEBUG command not allowed/.test((err as Error).message)) allowed.push(`${role}: ${cmd.join(' ')} → ${(err as Error).message}`);
+          if (!/NOPERM|DEBUG command not allowed/.test((err as Error).message))
+            allowed.push(`${role}: ${cmd.join(' ')} → ${(err as Error).message}`);
         }
       }
     }
@@ -162,26 +259,53 @@ describe('Redis ACL users per role', () => {
     try {
       const again = await redisRoleChecks(config, access, true);
       expect(again[0]).toMatchObject({ status: 'FAIL', check: 'redis role api' });
-      expect(again[0]!.detail).toMatch(/may run CONFIG, KEYS, ACL, FUNCTION, XDEL on the audit stream, XTRIM on the audit stream, RENAME on the audit stream/);
+      expect(again[0]!.detail).toMatch(
+        /may run CONFIG, KEYS, ACL, FUNCTION, XDEL on the audit stream, XTRIM on the audit stream, RENAME on the audit stream/,
+      );
     } finally {
       await setupRoleUsers(admin, { prefix: PREFIX, roles: ['api'], passwords: { api: users.roles.api! } });
     }
     expect((await redisRoleChecks(config, access, true))[0]!.status).toBe('PASS');
     const asDefault = new RedisAccess(server.url, { ...users.roles, worker: users.admin });
-    expect((await redisRoleChecks(config, asDefault, true))[1]).toMatchObject({ status: 'FAIL', detail: 'runs as the `default` user' });
+    expect((await redisRoleChecks(config, asDefault, true))[1]).toMatchObject({
+      status: 'FAIL',
+      detail: 'runs as the `default` user',
+    });
     const shared = new RedisAccess(server.url, {});
-    expect((await redisRoleChecks(config, shared, true)).every((c) => c.status === 'FAIL' && /no credentials of its own/.test(c.detail))).toBe(true);
+    expect(
+      (await redisRoleChecks(config, shared, true)).every(
+        (c) => c.status === 'FAIL' && /no credentials of its own/.test(c.detail),
+      ),
+    ).toBe(true);
   });
 });
 
 describe('rotating a role password as a rotation policy (rotator redis-acl)', () => {
   it('sets the new password beside the old, tests it, and removes the old one when the previous version retires', async () => {
-    const store = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ACL_NONE', keepVersions: 5 });
+    const store = new LocalProvider({
+      file: path.join(dataDir, 'secrets.enc.json'),
+      keyFile: path.join(dataDir, 'master.key'),
+      masterKeyEnv: 'FLEET_ACL_NONE',
+      keepVersions: 5,
+    });
     const original = users.roles.ops!.password;
     await store.write('redis-ops-password', Buffer.from(original));
-    const config = aclConfig({ secrets: { items: { 'redis-ops-password': { kind: 'other', rotation: { schedule: 'weekly', graceSeconds: 1, rotator: { type: 'redis-acl', role: 'ops' } } } } } });
+    const config = aclConfig({
+      secrets: {
+        items: {
+          'redis-ops-password': {
+            kind: 'other',
+            rotation: { schedule: 'weekly', graceSeconds: 1, rotator: { type: 'redis-acl', role: 'ops' } },
+          },
+        },
+      },
+    });
     const canLogIn = async (password: string): Promise<boolean> => {
-      const c = new Redis(urlWithCredential(server.url, { username: 'fleet-ops', password }), { maxRetriesPerRequest: 0, retryStrategy: () => null, lazyConnect: true });
+      const c = new Redis(urlWithCredential(server.url, { username: 'fleet-ops', password }), {
+        maxRetriesPerRequest: 0,
+        retryStrategy: () => null,
+        lazyConnect: true,
+      });
       c.on('error', () => undefined);
       try {
         await c.connect();
@@ -192,13 +316,19 @@ describe('rotating a role password as a rotation policy (rotator redis-acl)', ()
         c.disconnect();
       }
     };
-    const rotation = new RotationService({ config, redisUrl: url('scheduler'), retentionUrl: url('retention'), events: new FleetEventBus() });
+    const rotation = new RotationService({
+      config,
+      redisUrl: url('scheduler'),
+      retentionUrl: url('retention'),
+      events: new FleetEventBus(),
+    });
     const saved = process.env.FLEET_REDIS_ADMIN_URL;
     process.env.FLEET_REDIS_ADMIN_URL = urlWithCredential(server.url, users.admin);
     await rotation.start();
     try {
       const job = await rotation.rotateNow('redis-ops-password');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
+        await new Promise((r) => setTimeout(r, 50));
       expect(await job.getState()).toBe('completed');
       const fresh = (await store.readCurrent('redis-ops-password')).value;
       const next = Buffer.from(fresh).toString('utf8');
@@ -217,7 +347,8 @@ describe('rotating a role password as a rotation policy (rotator redis-acl)', ()
       // Without the admin URL the rotation fails at its set step, naming the variable.
       delete process.env.FLEET_REDIS_ADMIN_URL;
       const failing = await rotation.rotateNow('redis-ops-password');
-      for (let i = 0; i < 100 && !(await failing.getState()).match(/failed|completed/); i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100 && !(await failing.getState()).match(/failed|completed/); i++)
+        await new Promise((r) => setTimeout(r, 50));
       expect((await rotation.queue.getJob(failing.id!))?.failedReason).toMatch(/FLEET_REDIS_ADMIN_URL/);
       expect(await canLogIn(next)).toBe(true);
     } finally {
@@ -235,23 +366,40 @@ describe('fleet redis setup', () => {
   let plain: EmbeddedRedis;
   const adminPassword = 'setup-admin-password-0123456789';
   beforeAll(async () => {
-    plain = await startEmbeddedRedis({ dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-acl-setup-')), persistent: false, args: ['--requirepass', adminPassword] });
+    plain = await startEmbeddedRedis({
+      dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-acl-setup-')),
+      persistent: false,
+      args: ['--requirepass', adminPassword],
+    });
   });
   afterAll(async () => {
     await plain?.release();
   });
 
-  async function cli(args: string[], env: Record<string, string> = {}): Promise<{ code: number; out: string; err: string }> {
+  async function cli(
+    args: string[],
+    env: Record<string, string> = {},
+  ): Promise<{ code: number; out: string; err: string }> {
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-acl-cli-'));
     const file = path.join(dir, 'fleet.config.json');
-    writeFileSync(file, JSON.stringify({ dataDir: dir, redis: { url: `redis://default:${adminPassword}@127.0.0.1:${plain.port}`, prefix: 'setup' }, jobTypes: [{ name: 'echo', processor: './x.mjs' }] }));
+    writeFileSync(
+      file,
+      JSON.stringify({
+        dataDir: dir,
+        redis: { url: `redis://default:${adminPassword}@127.0.0.1:${plain.port}`, prefix: 'setup' },
+        jobTypes: [{ name: 'echo', processor: './x.mjs' }],
+      }),
+    );
     writeFileSync(path.join(dir, 'x.mjs'), 'export default () => 1;');
     const saved = { ...process.env };
     Object.assign(process.env, env);
     let out = '';
     let err = '';
     try {
-      const code = await main([...args, '--config', file], { out: (s) => (out += `${s}\n`), err: (s) => (err += `${s}\n`) });
+      const code = await main([...args, '--config', file], {
+        out: (s) => (out += `${s}\n`),
+        err: (s) => (err += `${s}\n`),
+      });
       return { code, out, err };
     } finally {
       for (const k of Object.keys(env)) delete process.env[k];
@@ -261,7 +409,15 @@ describe('fleet redis setup', () => {
 
   /** Who Redis says we are with these credentials, or the reason it refused them. */
   const whoami = async (user: string, password: string): Promise<string> => {
-    const c = new Redis({ port: plain.port, host: '127.0.0.1', username: user, password, lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
+    const c = new Redis({
+      port: plain.port,
+      host: '127.0.0.1',
+      username: user,
+      password,
+      lazyConnect: true,
+      maxRetriesPerRequest: 0,
+      retryStrategy: () => null,
+    });
     let refused = '';
     c.on('error', (err: Error) => (refused ||= err.message));
     try {
@@ -277,7 +433,8 @@ describe('fleet redis setup', () => {
   it('writes the role users with the admin identity and prints their passwords; --keep-old then --drop-old rotate one without downtime', async () => {
     const first = await cli(['redis', 'setup']);
     expect(first.code, first.err).toBe(0);
-    const pw = (out: string, role: string): string => new RegExp(`FLEET_REDIS_${role.toUpperCase()}_PASSWORD=(\\w+)`).exec(out)![1]!;
+    const pw = (out: string, role: string): string =>
+      new RegExp(`FLEET_REDIS_${role.toUpperCase()}_PASSWORD=(\\w+)`).exec(out)![1]!;
     for (const role of REDIS_ROLES) expect(await whoami(`fleet-${role}`, pw(first.out, role))).toBe(`fleet-${role}`);
     expect(first.out).toMatch(/ACL SAVE failed|no aclfile/);
 
@@ -306,7 +463,15 @@ describe('npm start (embedded Redis)', () => {
   it('runs its private Redis with the role users: passwords in a 0600 file, default locked, each component as its own user, the CLI too', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-acl-start-'));
     const file = path.join(dir, 'fleet.config.json');
-    writeFileSync(file, JSON.stringify({ dataDir: path.join(dir, 'data'), api: { port: 0 }, supervisor: { metricsPort: 0 }, jobTypes: [{ name: 'echo', processor: path.resolve('test/fixtures/ok.mjs'), sandbox: 'thread' }] }));
+    writeFileSync(
+      file,
+      JSON.stringify({
+        dataDir: path.join(dir, 'data'),
+        api: { port: 0 },
+        supervisor: { metricsPort: 0 },
+        jobTypes: [{ name: 'echo', processor: path.resolve('test/fixtures/ok.mjs'), sandbox: 'thread' }],
+      }),
+    );
     const savedUrl = process.env.REDIS_URL;
     delete process.env.REDIS_URL;
     const { loadConfig } = await import('../src/config/resolve.js');
@@ -334,7 +499,9 @@ describe('npm start (embedded Redis)', () => {
       const admin = new Redis(urlWithCredential(fleet.redisUrl, saved.admin));
       clients.push(admin);
       const self = String(await admin.call('CLIENT', 'ID'));
-      const others = String(await admin.call('CLIENT', 'LIST')).split('\n').filter((l) => l && !l.startsWith(`id=${self} `));
+      const others = String(await admin.call('CLIENT', 'LIST'))
+        .split('\n')
+        .filter((l) => l && !l.startsWith(`id=${self} `));
       const users = new Set(others.map((l) => / user=(\S+)/.exec(l)?.[1]));
       for (const role of ['api', 'worker', 'scheduler', 'retention', 'ops']) expect(users).toContain(`fleet-${role}`);
       expect(users).not.toContain('default');

@@ -19,7 +19,10 @@ import { readRotationState } from '../src/rotation/state.js';
 import { fixtureType, guardAgainstLeaks, testConfig, waitForJob } from './helpers/fleet.js';
 
 const HAS_CLI = spawnSync('redis-cli', ['--version']).status === 0;
-if (!HAS_CLI) console.warn('SKIPPING Redis Cluster tests: redis-cli not found. Fix: apt-get install -y redis-server (it ships redis-cli).');
+if (!HAS_CLI)
+  console.warn(
+    'SKIPPING Redis Cluster tests: redis-cli not found. Fix: apt-get install -y redis-server (it ships redis-cli).',
+  );
 
 const TOKEN = 'cluster-admin-token-0123456789';
 guardAgainstLeaks('file');
@@ -36,16 +39,56 @@ async function startCluster(): Promise<void> {
   dir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-'));
   for (let i = 0; i < 3; i++) {
     const port = await freePort();
-    const proc = spawn('redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes', '--cluster-config-file', `nodes-${port}.conf`, '--dir', dir, '--save', '', '--appendonly', 'no', '--maxmemory-policy', 'noeviction'], { stdio: 'ignore' });
+    const proc = spawn(
+      'redis-server',
+      [
+        '--port',
+        String(port),
+        '--bind',
+        '127.0.0.1',
+        '--cluster-enabled',
+        'yes',
+        '--cluster-config-file',
+        `nodes-${port}.conf`,
+        '--dir',
+        dir,
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--maxmemory-policy',
+        'noeviction',
+      ],
+      { stdio: 'ignore' },
+    );
     nodes.push({ port, proc });
   }
   for (const n of nodes) {
-    for (let i = 0; i < 100 && spawnSync('redis-cli', ['-p', String(n.port), 'ping']).stdout?.toString().trim() !== 'PONG'; i++) await new Promise((r) => setTimeout(r, 50));
+    for (
+      let i = 0;
+      i < 100 &&
+      spawnSync('redis-cli', ['-p', String(n.port), 'ping'])
+        .stdout?.toString()
+        .trim() !== 'PONG';
+      i++
+    )
+      await new Promise((r) => setTimeout(r, 50));
   }
-  const create = spawnSync('redis-cli', ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'], { encoding: 'utf8' });
+  const create = spawnSync(
+    'redis-cli',
+    ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
+    { encoding: 'utf8' },
+  );
   if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`);
   for (let i = 0; i < 200; i++) {
-    if (nodes.every((n) => spawnSync('redis-cli', ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout.includes('cluster_state:ok'))) return;
+    if (
+      nodes.every((n) =>
+        spawnSync('redis-cli', ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout.includes(
+          'cluster_state:ok',
+        ),
+      )
+    )
+      return;
     await new Promise((r) => setTimeout(r, 50));
   }
   throw new Error('cluster did not reach cluster_state:ok');
@@ -58,10 +101,19 @@ beforeAll(async () => {
   await startCluster();
   url = `redis-cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-data-'));
-  await new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_CLUSTER_NONE', keepVersions: 5 }).write('api-key', Buffer.from('cluster-secret-value-123'));
+  await new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_CLUSTER_NONE',
+    keepVersions: 5,
+  }).write('api-key', Buffer.from('cluster-secret-value-123'));
   const config = testConfig(
     url,
-    [...TYPES.map((t) => fixtureType(t, 'ok.mjs', { isolation: 'pool' })), fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }), fixtureType('deaf', 'ignores-abort.mjs', { timeoutMs: 20_000 })],
+    [
+      ...TYPES.map((t) => fixtureType(t, 'ok.mjs', { isolation: 'pool' })),
+      fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
+      fixtureType('deaf', 'ignores-abort.mjs', { timeoutMs: 20_000 }),
+    ],
     {
       dataDir,
       api: { port: 0 },
@@ -93,7 +145,11 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
   it('enqueues over HTTP and processes jobs of every type; queues spread over shards', async () => {
     const ids: string[] = [];
     for (const t of TYPES) {
-      const r = await fetch(`${fleet.apiUrl}/v1/jobs/${t}`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' }, body: JSON.stringify({ t }) });
+      const r = await fetch(`${fleet.apiUrl}/v1/jobs/${t}`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ t }),
+      });
       expect(r.status).toBe(202);
       ids.push(((await r.json()) as { id: string }).id);
     }
@@ -102,7 +158,10 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
     const slots = (await admin.cluster('SLOTS')) as unknown as [number, number, [string, number]][];
     const owner = (slot: number): number => slots.find(([a, b]) => slot >= a && slot <= b)![2][1];
     const owners = new Set<number>();
-    for (const t of TYPES) owners.add(owner(Number(await admin.cluster('KEYSLOT', `${fleet.producer!.config.redis.prefix}:{${t}}:${t}:wait`))));
+    for (const t of TYPES)
+      owners.add(
+        owner(Number(await admin.cluster('KEYSLOT', `${fleet.producer!.config.redis.prefix}:{${t}}:${t}:wait`))),
+      );
     expect(owners.size).toBeGreaterThan(1);
   });
 
@@ -110,7 +169,8 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
     const job = await waitForJob(producer, (await producer.enqueue('reader', { names: ['api-key'] })).id);
     expect(job.state).toBe('completed');
     const prefix = producer.config.redis.prefix;
-    for (let i = 0; i < 100 && (await readRotationState(admin, prefix, 'api-key')).rotations < 1; i++) await new Promise((r) => setTimeout(r, 50));
+    for (let i = 0; i < 100 && (await readRotationState(admin, prefix, 'api-key')).rotations < 1; i++)
+      await new Promise((r) => setTimeout(r, 50));
     expect((await readRotationState(admin, prefix, 'api-key')).rotations).toBeGreaterThanOrEqual(1);
     const audit = await readAudit(admin, prefix, { secret: 'api-key' });
     expect(audit.some((a) => a.action === 'access' && a.jobId === job.id)).toBe(true);
@@ -126,7 +186,16 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
     const ops = connectRedis(roleUrl('ops'), 'producer');
     try {
       await ensureReady(ops);
-      const keys = await loadAuditKeys(new LocalProvider({ file: path.join(producer.config.dataDir, 'secrets.enc.json'), keyFile: path.join(producer.config.dataDir, 'master.key'), masterKeyEnv: 'FLEET_CLUSTER_NONE', keepVersions: 5 }), 'audit-mac-key', { create: false });
+      const keys = await loadAuditKeys(
+        new LocalProvider({
+          file: path.join(producer.config.dataDir, 'secrets.enc.json'),
+          keyFile: path.join(producer.config.dataDir, 'master.key'),
+          masterKeyEnv: 'FLEET_CLUSTER_NONE',
+          keepVersions: 5,
+        }),
+        'audit-mac-key',
+        { create: false },
+      );
       const report = await verifyAuditTrail(ops, prefix, keys);
       expect(report.firstBreak).toBeNull();
       expect(report.records).toBeGreaterThan(0);
@@ -145,7 +214,8 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
 
   it('cancels an active job through the control channel', async () => {
     const { id } = await producer.enqueue('deaf', {});
-    for (let i = 0; i < 200 && (await producer.getJob(id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 25));
+    for (let i = 0; i < 200 && (await producer.getJob(id)).state !== 'active'; i++)
+      await new Promise((r) => setTimeout(r, 25));
     expect(await producer.cancel(id)).toMatchObject({ outcome: 'cancelling' });
     expect((await waitForJob(producer, id)).error?.code).toBe('CANCELLED');
   });

@@ -11,7 +11,15 @@ import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readRotationState } from '../src/rotation/state.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
 import type { Logger } from '../src/observability/logger.js';
@@ -23,15 +31,27 @@ const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).d
 const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
 const running: RotationService[] = [];
 
-async function setup(rotation: Record<string, unknown>, types: JobTypeInput[] = [fixtureType('t', 'ok.mjs')]): Promise<{ config: FleetConfig; local: LocalProvider }> {
+async function setup(
+  rotation: Record<string, unknown>,
+  types: JobTypeInput[] = [fixtureType('t', 'ok.mjs')],
+): Promise<{ config: FleetConfig; local: LocalProvider }> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-rot-'));
   const config = testConfig(redis.url, types, { dataDir, secrets: { items: { 'api-key': { rotation } } } });
-  const local = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_ROT_NONE', keepVersions: 10 });
+  const local = new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_ROT_NONE',
+    keepVersions: 10,
+  });
   await local.write('api-key', Buffer.from('initial-value-0001'));
   return { config, local };
 }
 
-async function startRotation(config: FleetConfig, events = new FleetEventBus(), logger?: Logger): Promise<RotationService> {
+async function startRotation(
+  config: FleetConfig,
+  events = new FleetEventBus(),
+  logger?: Logger,
+): Promise<RotationService> {
   const s = new RotationService({ config, redisUrl: redis.url, events, ...(logger ? { logger } : {}) });
   running.push(s);
   await s.start();
@@ -70,7 +90,9 @@ describe('secret rotation', () => {
     expect(value).toMatch(/^[A-Za-z0-9_-]{32}$/);
     const actions = (await readAudit(redis.client, config.redis.prefix, { secret: 'api-key' })).map((a) => a.action);
     for (const step of ['rotate:create', 'rotate:test', 'rotate:promote']) expect(actions).toContain(step);
-    expect(await metrics.registry.getSingleMetricAsString('fleet_secret_rotations_total')).toMatch(/fleet_secret_rotations_total\{secret="api-key",outcome="ok"\} [2-9]/);
+    expect(await metrics.registry.getSingleMetricAsString('fleet_secret_rotations_total')).toMatch(
+      /fleet_secret_rotations_total\{secret="api-key",outcome="ok"\} [2-9]/,
+    );
     const health = (await svc.health()).find((h) => h.secret === 'api-key')!;
     expect(health).toMatchObject({ hasPolicy: true, overdue: false });
     expect(health.exposureRisk).toBeLessThan(1);
@@ -95,7 +117,10 @@ describe('secret rotation', () => {
   it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
     const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
     await startRotation(config);
-    await until('first rotation', async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1);
+    await until(
+      'first rotation',
+      async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1,
+    );
     await stopAll();
     const before = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     await sleep(3500); // three windows pass with nothing running
@@ -107,7 +132,12 @@ describe('secret rotation', () => {
   });
 
   it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async () => {
-    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') }, attempts: 2, backoffMs: 20 });
+    const { config, local } = await setup({
+      schedule: 'weekly',
+      rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') },
+      attempts: 2,
+      backoffMs: 20,
+    });
     const events = new FleetEventBus();
     const finished: FleetEvents['rotation:finished'][] = [];
     events.on('rotation:finished', (e) => finished.push(e));
@@ -131,7 +161,11 @@ describe('secret rotation', () => {
   });
 
   it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
-    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') }, graceSeconds: 1 });
+    const { config, local } = await setup({
+      schedule: 'weekly',
+      rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') },
+      graceSeconds: 1,
+    });
     const { logger, lines } = capturingLogger();
     const svc = await startRotation(config, new FleetEventBus(), logger);
     const job = await svc.rotateNow('api-key');
@@ -143,10 +177,22 @@ describe('secret rotation', () => {
     await svc.sweep();
     await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
     // Each step ran in its own sandbox with no credential in its environment (proxy and temp settings only).
-    const calls = lines.flatMap((l) => (JSON.parse(l) as { msg: string }).msg.match(/^rotator-call (.*)$/)?.slice(1) ?? []);
+    const calls = lines.flatMap(
+      (l) => (JSON.parse(l) as { msg: string }).msg.match(/^rotator-call (.*)$/)?.slice(1) ?? [],
+    );
     expect(calls.map((c) => c.replace(/^create env=.*/, 'create'))).toEqual(['create', 'set', 'test', 'finish:1']);
     const env = calls[0]!.replace('create env=', '').split(',');
-    const allowed = new Set(['HOME', 'TMPDIR', 'NODE_ENV', 'PWD', 'HTTP_PROXY', 'HTTPS_PROXY', 'http_proxy', 'https_proxy', 'NODE_USE_ENV_PROXY']);
+    const allowed = new Set([
+      'HOME',
+      'TMPDIR',
+      'NODE_ENV',
+      'PWD',
+      'HTTP_PROXY',
+      'HTTPS_PROXY',
+      'http_proxy',
+      'https_proxy',
+      'NODE_USE_ENV_PROXY',
+    ]);
     expect(env.filter((k) => !allowed.has(k))).toEqual([]);
     // The new value was masked in the rotator's console output.
     expect(lines.some((l) => l.includes('testing the new value ***'))).toBe(true);
@@ -154,7 +200,9 @@ describe('secret rotation', () => {
   });
 
   it('jobs starting after a promotion get the new version; a job already running keeps its copy', async () => {
-    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })]);
+    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [
+      fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
+    ]);
     await startSupervisor({ config });
     const svc = await startRotation(config);
     const p = makeProducer(config);

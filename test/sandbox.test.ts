@@ -16,10 +16,23 @@ import { FIXTURES, fixtureType, guardAgainstLeaks } from './helpers/fleet.js';
 guardAgainstLeaks();
 
 function start(fixture: string, maxOldGenerationSizeMb = 64, maxResultBytes = 1_000_000): Promise<Sandbox> {
-  return Sandbox.start({ processorPath: path.join(FIXTURES, fixture), jobType: 't', maxResultBytes, maxOldGenerationSizeMb });
+  return Sandbox.start({
+    processorPath: path.join(FIXTURES, fixture),
+    jobType: 't',
+    maxResultBytes,
+    maxOldGenerationSizeMb,
+  });
 }
 
-const msg = (data: unknown = {}) => ({ type: 'run' as const, jobId: 't.1', jobType: 't', attempt: 1, data, secretNames: [] as string[], secrets: [] });
+const msg = (data: unknown = {}) => ({
+  type: 'run' as const,
+  jobId: 't.1',
+  jobType: 't',
+  attempt: 1,
+  data,
+  secretNames: [] as string[],
+  secrets: [],
+});
 
 async function failure(p: Promise<unknown>): Promise<FleetError> {
   const err = await p.then(
@@ -58,7 +71,9 @@ describe('sandbox', () => {
   });
 
   it('turns a thrown non-Error into an error that says so', async () => {
-    const err = await withSandbox('throws-non-error.mjs', (sb) => failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })));
+    const err = await withSandbox('throws-non-error.mjs', (sb) =>
+      failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })),
+    );
     expect(err.code).toBe('PROCESSOR_FAILED');
     expect(err.message).toContain('non-Error value thrown: {"reason":"not an error object"}');
   });
@@ -113,7 +128,9 @@ describe('sandbox', () => {
   });
 
   it('rejects results that cannot be stored as JSON', async () => {
-    const err = await withSandbox('non-serializable.mjs', (sb) => failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })));
+    const err = await withSandbox('non-serializable.mjs', (sb) =>
+      failure(sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100 })),
+    );
     expect(err.code).toBe('RESULT_NOT_SERIALIZABLE');
     expect(err.message).toContain('function');
   });
@@ -160,7 +177,12 @@ describe('sandbox', () => {
     const progress: unknown[] = [];
     const logs: string[] = [];
     await withSandbox('progress-log.mjs', (sb) =>
-      sb.run(msg(), { timeoutMs: 2000, abortGraceMs: 100, onProgress: (v) => progress.push(v), onLog: (l, m) => logs.push(`${l}:${m}`) }),
+      sb.run(msg(), {
+        timeoutMs: 2000,
+        abortGraceMs: 100,
+        onProgress: (v) => progress.push(v),
+        onLog: (l, m) => logs.push(`${l}:${m}`),
+      }),
     );
     expect(progress).toEqual([{ step: 1 }, { step: 2 }]);
     expect(logs).toEqual(['info:working']);
@@ -169,7 +191,11 @@ describe('sandbox', () => {
 
 function pool(type: JobTypeInput): SandboxPool {
   const cfg = resolveConfig({ redis: { url: 'redis://unused' }, jobTypes: [type] }, { baseDir: FIXTURES });
-  return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus(), { osLayer: { available: false, reason: 'thread sandboxes', bwrapPath: 'bwrap' }, forbiddenPaths: [], fleetAddresses: [] });
+  return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus(), {
+    osLayer: { available: false, reason: 'thread sandboxes', bwrapPath: 'bwrap' },
+    forbiddenPaths: [],
+    fleetAddresses: [],
+  });
 }
 
 async function runOn(p: SandboxPool): Promise<{ runs: number; touched: number }> {
@@ -199,7 +225,9 @@ describe('sandbox pool', () => {
   });
 
   it('pool isolation: reuses a sandbox and recycles it after maxJobsPerSandbox', async () => {
-    const p = pool(fixtureType('reused', 'module-state.mjs', { isolation: 'pool', warmSandboxes: 1, maxJobsPerSandbox: 3 }));
+    const p = pool(
+      fixtureType('reused', 'module-state.mjs', { isolation: 'pool', warmSandboxes: 1, maxJobsPerSandbox: 3 }),
+    );
     await p.start();
     const runs = [];
     for (let i = 0; i < 5; i++) runs.push((await runOn(p)).runs);
@@ -227,54 +255,119 @@ describe.each([
   ['OS layer off', false],
   ['OS layer on', true],
 ])('process sandbox (%s)', (_name, wantOs) => {
-  const layer = async (): Promise<OsLayer> => (wantOs ? probeOsLayer('auto') : { available: false, reason: 'test', bwrapPath: 'bwrap' });
+  const layer = async (): Promise<OsLayer> =>
+    wantOs ? probeOsLayer('auto') : { available: false, reason: 'test', bwrapPath: 'bwrap' };
   const startProcess = async (fixture: string, extra: Partial<ProcessHostOptions> = {}): Promise<Sandbox> =>
-    Sandbox.start({ processorPath: path.join(FIXTURES, fixture), jobType: 't', maxResultBytes: 1_000_000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [], fleetAddresses: [], ...extra } });
+    Sandbox.start({
+      processorPath: path.join(FIXTURES, fixture),
+      jobType: 't',
+      maxResultBytes: 1_000_000,
+      maxOldGenerationSizeMb: 64,
+      process: {
+        osLayer: await layer(),
+        egress: 'none',
+        tmpSizeMb: 8,
+        readPaths: [],
+        forbiddenPaths: [],
+        fleetAddresses: [],
+        ...extra,
+      },
+    });
   const skip = wantOs && !OS_LAYER.available;
 
   it.skipIf(skip)('runs processors (TypeScript too, by native type stripping) and reports its layers', async () => {
     const sb = await startProcess('typed.ts');
     try {
-      expect(JSON.parse((await sb.run(msg({ n: 21 }), { timeoutMs: 10_000, abortGraceMs: 100 })).resultJson)).toEqual({ doubled: 42 });
-      expect(sb.layers).toEqual(wantOs ? ['process', 'permission-model', 'namespaces'] : ['process', 'permission-model']);
+      expect(JSON.parse((await sb.run(msg({ n: 21 }), { timeoutMs: 10_000, abortGraceMs: 100 })).resultJson)).toEqual({
+        doubled: 42,
+      });
+      expect(sb.layers).toEqual(
+        wantOs ? ['process', 'permission-model', 'namespaces'] : ['process', 'permission-model'],
+      );
     } finally {
       await sb.destroy();
     }
   });
 
-  it.skipIf(skip)('kills an endless loop at the timeout, reports a heap overrun and an exit, each as its own code', async () => {
-    const loop = await startProcess('infinite-loop.mjs');
-    expect((await failure(loop.run(msg(), { timeoutMs: 500, abortGraceMs: 100 }))).code).toBe('TIMEOUT');
-    expect(loop.alive).toBe(false);
-    const hog = await startProcess('allocates.mjs');
-    expect((await failure(hog.run(msg(), { timeoutMs: 20_000, abortGraceMs: 100 }))).code).toBe('MEMORY_LIMIT');
-    const exits = await startProcess('exits.mjs');
-    const crash = await failure(exits.run(msg(), { timeoutMs: 5000, abortGraceMs: 100 }));
-    expect(crash.code).toBe('SANDBOX_CRASHED');
-    expect(crash.message).toContain('code 3');
-    await Promise.all([loop.destroy(), hog.destroy(), exits.destroy()]);
-  });
+  it.skipIf(skip)(
+    'kills an endless loop at the timeout, reports a heap overrun and an exit, each as its own code',
+    async () => {
+      const loop = await startProcess('infinite-loop.mjs');
+      expect((await failure(loop.run(msg(), { timeoutMs: 500, abortGraceMs: 100 }))).code).toBe('TIMEOUT');
+      expect(loop.alive).toBe(false);
+      const hog = await startProcess('allocates.mjs');
+      expect((await failure(hog.run(msg(), { timeoutMs: 20_000, abortGraceMs: 100 }))).code).toBe('MEMORY_LIMIT');
+      const exits = await startProcess('exits.mjs');
+      const crash = await failure(exits.run(msg(), { timeoutMs: 5000, abortGraceMs: 100 }));
+      expect(crash.code).toBe('SANDBOX_CRASHED');
+      expect(crash.message).toContain('code 3');
+      await Promise.all([loop.destroy(), hog.destroy(), exits.destroy()]);
+    },
+  );
 
   it.skipIf(skip)('zero-fills the secret bytes on both sides once the job ends', async () => {
     const sb = await startProcess('secret-keeper.mjs');
     try {
       const value = new Uint8Array(Buffer.from('process-secret-value-42'));
-      await sb.run({ ...msg({ name: 'k' }), secretNames: ['k'], secrets: [{ name: 'k', value, version: '1' }] }, { timeoutMs: 5000, abortGraceMs: 100 });
+      await sb.run(
+        { ...msg({ name: 'k' }), secretNames: ['k'], secrets: [{ name: 'k', value, version: '1' }] },
+        { timeoutMs: 5000, abortGraceMs: 100 },
+      );
       expect(value.every((b) => b === 0)).toBe(true);
-      const second = await sb.run({ ...msg({ name: 'k' }), secretNames: ['k'], secrets: [{ name: 'k', value: new Uint8Array(Buffer.from('second-value-000000')), version: '2' }] }, { timeoutMs: 5000, abortGraceMs: 100 });
+      const second = await sb.run(
+        {
+          ...msg({ name: 'k' }),
+          secretNames: ['k'],
+          secrets: [{ name: 'k', value: new Uint8Array(Buffer.from('second-value-000000')), version: '2' }],
+        },
+        { timeoutMs: 5000, abortGraceMs: 100 },
+      );
       expect(JSON.parse(second.resultJson)).toEqual({ previous: { length: 23, allZero: true } });
     } finally {
       await sb.destroy();
     }
   });
 
-  it.skipIf(skip)('refuses a processor tree with a symlink that leaves it, and one that holds the data dir', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-proc-'));
-    writeFileSync(path.join(dir, 'p.mjs'), 'export default () => 1;');
-    symlinkSync('/etc', path.join(dir, 'escape'));
-    await expect(Sandbox.start({ processorPath: path.join(dir, 'p.mjs'), jobType: 't', maxResultBytes: 1000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [], fleetAddresses: [] } })).rejects.toThrow(/symlink that leaves it: .*escape -> \/etc/);
-    rmSync(path.join(dir, 'escape'));
-    await expect(Sandbox.start({ processorPath: path.join(dir, 'p.mjs'), jobType: 't', maxResultBytes: 1000, maxOldGenerationSizeMb: 64, process: { osLayer: await layer(), egress: 'none', tmpSizeMb: 8, readPaths: [], forbiddenPaths: [path.join(dir, '.fleet')], fleetAddresses: [] } })).rejects.toThrow(/would be able to read .*\.fleet.*Fix: keep processors in a directory of their own/);
-    rmSync(dir, { recursive: true, force: true });
-  });
+  it.skipIf(skip)(
+    'refuses a processor tree with a symlink that leaves it, and one that holds the data dir',
+    async () => {
+      const dir = mkdtempSync(path.join(tmpdir(), 'fleet-proc-'));
+      writeFileSync(path.join(dir, 'p.mjs'), 'export default () => 1;');
+      symlinkSync('/etc', path.join(dir, 'escape'));
+      await expect(
+        Sandbox.start({
+          processorPath: path.join(dir, 'p.mjs'),
+          jobType: 't',
+          maxResultBytes: 1000,
+          maxOldGenerationSizeMb: 64,
+          process: {
+            osLayer: await layer(),
+            egress: 'none',
+            tmpSizeMb: 8,
+            readPaths: [],
+            forbiddenPaths: [],
+            fleetAddresses: [],
+          },
+        }),
+      ).rejects.toThrow(/symlink that leaves it: .*escape -> \/etc/);
+      rmSync(path.join(dir, 'escape'));
+      await expect(
+        Sandbox.start({
+          processorPath: path.join(dir, 'p.mjs'),
+          jobType: 't',
+          maxResultBytes: 1000,
+          maxOldGenerationSizeMb: 64,
+          process: {
+            osLayer: await layer(),
+            egress: 'none',
+            tmpSizeMb: 8,
+            readPaths: [],
+            forbiddenPaths: [path.join(dir, '.fleet')],
+            fleetAddresses: [],
+          },
+        }),
+      ).rejects.toThrow(/would be able to read .*\.fleet.*Fix: keep processors in a directory of their own/);
+      rmSync(dir, { recursive: true, force: true });
+    },
+  );
 });

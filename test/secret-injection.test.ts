@@ -15,7 +15,14 @@ import { FleetMetrics } from '../src/observability/metrics.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { EgressCa } from '../src/workers/egress-ca.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const TOKEN = 'sk-live-injected-0123456789abcdef';
@@ -30,7 +37,10 @@ interface Seen {
   body: string;
 }
 /** A loopback HTTPS service of the test CA; it echoes the Authorization header back (an API that does is the masking case). */
-async function service(pem: { key: string; cert: string }): Promise<{ server: https.Server; port: number; seen: Seen[] }> {
+async function service(pem: {
+  key: string;
+  cert: string;
+}): Promise<{ server: https.Server; port: number; seen: Seen[] }> {
   const seen: Seen[] = [];
   const server = https.createServer(pem, (req, res) => {
     let body = '';
@@ -63,7 +73,14 @@ function injectConfig(extra: { isolation?: 'job' | 'pool' } = {}): ReturnType<ty
   const b = `127.0.0.1:${bound.port}`;
   return testConfig(
     redis.url,
-    [fixtureType('caller', 'inject-client.mjs', { secrets: ['api-token', 'body-token'], egress: [b, `127.0.0.1:${unbound.port}`], isolation: extra.isolation ?? 'pool', timeoutMs: 10_000 })],
+    [
+      fixtureType('caller', 'inject-client.mjs', {
+        secrets: ['api-token', 'body-token'],
+        egress: [b, `127.0.0.1:${unbound.port}`],
+        isolation: extra.isolation ?? 'pool',
+        timeoutMs: 10_000,
+      }),
+    ],
     {
       supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000, upstreamCaFile: testCa.certFile },
       secrets: {
@@ -76,9 +93,22 @@ function injectConfig(extra: { isolation?: 'job' | 'pool' } = {}): ReturnType<ty
   );
 }
 
-async function withFleet<T>(fn: (ctx: { run: (data: Record<string, unknown>) => Promise<Record<string, unknown> & { jobId: string }>; config: ReturnType<typeof injectConfig>; events: FleetEventBus; metrics: FleetMetrics }) => Promise<T>, isolation: 'job' | 'pool' = 'pool'): Promise<T> {
+async function withFleet<T>(
+  fn: (ctx: {
+    run: (data: Record<string, unknown>) => Promise<Record<string, unknown> & { jobId: string }>;
+    config: ReturnType<typeof injectConfig>;
+    events: FleetEventBus;
+    metrics: FleetMetrics;
+  }) => Promise<T>,
+  isolation: 'job' | 'pool' = 'pool',
+): Promise<T> {
   const config = injectConfig({ isolation });
-  const store = new LocalProvider({ file: path.join(config.dataDir, 'secrets.enc.json'), keyFile: path.join(config.dataDir, 'master.key'), masterKeyEnv: 'FLEET_INJECT_NONE', keepVersions: 2 });
+  const store = new LocalProvider({
+    file: path.join(config.dataDir, 'secrets.enc.json'),
+    keyFile: path.join(config.dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_INJECT_NONE',
+    keepVersions: 2,
+  });
   await store.write('api-token', Buffer.from(TOKEN));
   await store.write('body-token', Buffer.from(BODY_TOKEN));
   const events = new FleetEventBus();
@@ -113,8 +143,15 @@ describe('secrets injected at egress', () => {
       expect(r.text).toContain(String(r.placeholder));
       expect(JSON.stringify(r)).not.toContain(TOKEN);
       const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-token' });
-      expect(audit.find((a) => a.action === 'inject')).toMatchObject({ outcome: 'granted', jobId: r.jobId, jobType: 'caller', reason: `127.0.0.1:${bound.port}` });
-      expect(await metrics.registry.getSingleMetricAsString('fleet_secret_injections_total')).toMatch(/job_type="caller",secret="api-token"\} 1/);
+      expect(audit.find((a) => a.action === 'inject')).toMatchObject({
+        outcome: 'granted',
+        jobId: r.jobId,
+        jobType: 'caller',
+        reason: `127.0.0.1:${bound.port}`,
+      });
+      expect(await metrics.registry.getSingleMetricAsString('fleet_secret_injections_total')).toMatch(
+        /job_type="caller",secret="api-token"\} 1/,
+      );
     });
   });
 
@@ -124,7 +161,13 @@ describe('secrets injected at egress', () => {
       const ok = await run({ url: boundUrl(), where: 'body', secret: 'body-token' });
       expect(ok.status).toBe(200);
       expect(bound.seen.slice(before).map((s) => s.body)).toEqual([JSON.stringify({ key: BODY_TOKEN })]);
-      const header = await run({ url: boundUrl(), where: 'header', secret: 'body-token', header: 'x-api-key', format: '{value}' });
+      const header = await run({
+        url: boundUrl(),
+        where: 'header',
+        secret: 'body-token',
+        header: 'x-api-key',
+        format: '{value}',
+      });
       expect(header.status).toBe(200);
       expect(bound.seen.at(-1)!.headers['x-api-key']).toBe(BODY_TOKEN);
       const n = bound.seen.length;
@@ -163,7 +206,7 @@ describe('secrets injected at egress', () => {
 });
 
 describe('operators see the modes', () => {
-  it('fleet status --secrets shows each secret\'s mode per type and its binding; fleet doctor warns about a delivered secret that has a binding', async () => {
+  it("fleet status --secrets shows each secret's mode per type and its binding; fleet doctor warns about a delivered secret that has a binding", async () => {
     const { secretsStatus, renderSecretsStatus } = await import('../src/cli/secrets-commands.js');
     const { doctor } = await import('../src/cli/doctor.js');
     const b = `127.0.0.1:${bound.port}`;
@@ -176,10 +219,18 @@ describe('operators see the modes', () => {
       { secrets: { items: { 'api-token': { binding: { hosts: [b] } } } } },
     );
     const rows = await secretsStatus(config, redis.client);
-    expect(rows.find((r) => r.secret === 'api-token')).toMatchObject({ modes: { caller: 'inject', legacy: 'deliver' }, binding: { hosts: [b], header: 'authorization', format: 'Bearer {value}', body: false } });
-    expect(renderSecretsStatus(rows)).toMatch(/used by caller \(inject\), legacy \(deliver\)\n\s+binding: 127\.0\.0\.1:\d+  authorization: Bearer \{value\}/);
+    expect(rows.find((r) => r.secret === 'api-token')).toMatchObject({
+      modes: { caller: 'inject', legacy: 'deliver' },
+      binding: { hosts: [b], header: 'authorization', format: 'Bearer {value}', body: false },
+    });
+    expect(renderSecretsStatus(rows)).toMatch(
+      /used by caller \(inject\), legacy \(deliver\)\n\s+binding: 127\.0\.0\.1:\d+  authorization: Bearer \{value\}/,
+    );
     const checks = await doctor(config, redis.client, { production: false, metricsUrls: [] });
-    expect(checks.find((c) => c.check === 'job type legacy: secret api-token mode')).toMatchObject({ status: 'WARN', detail: expect.stringContaining('delivered into the sandbox although it has a binding') });
+    expect(checks.find((c) => c.check === 'job type legacy: secret api-token mode')).toMatchObject({
+      status: 'WARN',
+      detail: expect.stringContaining('delivered into the sandbox although it has a binding'),
+    });
     expect(checks.find((c) => c.check === 'job type caller: secret api-token mode')).toMatchObject({ status: 'PASS' });
   });
 });
@@ -192,8 +243,15 @@ describe('hostile: a processor misusing an injected secret', () => {
       expect(r.text).toMatch(/"api-token" is bound to 127\.0\.0\.1:\d+, not 127\.0\.0\.1:\d+/);
       expect(unbound.seen).toHaveLength(0);
       const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-token' });
-      expect(audit.find((a) => a.action === 'inject-refused')).toMatchObject({ outcome: 'denied', jobId: r.jobId, jobType: 'caller', reason: expect.stringContaining(`127.0.0.1:${unbound.port}`) });
-      expect(await metrics.registry.getSingleMetricAsString('fleet_secret_injection_refused_total')).toMatch(/job_type="caller",secret="api-token"\} 1/);
+      expect(audit.find((a) => a.action === 'inject-refused')).toMatchObject({
+        outcome: 'denied',
+        jobId: r.jobId,
+        jobType: 'caller',
+        reason: expect.stringContaining(`127.0.0.1:${unbound.port}`),
+      });
+      expect(await metrics.registry.getSingleMetricAsString('fleet_secret_injection_refused_total')).toMatch(
+        /job_type="caller",secret="api-token"\} 1/,
+      );
     });
   });
 
@@ -221,7 +279,9 @@ describe('hostile: a processor misusing an injected secret', () => {
         const n = bound.seen.length;
         const replay = await run({ url: boundUrl(), where: 'header', placeholder: first.placeholder });
         expect(replay.status).toBe(403);
-        expect(replay.text).toMatch(new RegExp(`placeholder of job ${String(first.jobId).replace('.', '\\.')}, which has ended \\(a replay\\)`));
+        expect(replay.text).toMatch(
+          new RegExp(`placeholder of job ${String(first.jobId).replace('.', '\\.')}, which has ended \\(a replay\\)`),
+        );
         expect(bound.seen.length).toBe(n);
         const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-token' });
         expect(audit.some((a) => a.action === 'inject-refused' && a.jobId === replay.jobId)).toBe(true);

@@ -14,7 +14,14 @@ describe('secret masking', () => {
   it('masks the raw value and its encodings, in either hex case', () => {
     const b = Buffer.from(SECRET);
     const m = mask();
-    for (const form of [SECRET, b.toString('base64'), b.toString('base64url'), b.toString('hex'), b.toString('hex').toUpperCase(), encodeURIComponent(SECRET)]) {
+    for (const form of [
+      SECRET,
+      b.toString('base64'),
+      b.toString('base64url'),
+      b.toString('hex'),
+      b.toString('hex').toUpperCase(),
+      encodeURIComponent(SECRET),
+    ]) {
       expect(m.text(`before ${form} after`)).toBe('before *** after');
     }
   });

@@ -6,7 +6,16 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readAudit } from '../src/secrets/audit.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob, writeJsonConfig } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+  writeJsonConfig,
+} from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { startTestRedis, uniquePrefix } from './helpers/redis.js';
 import { startKms, useLocalAwsCredentials, type TestServer } from './helpers/servers.js';
@@ -38,7 +47,15 @@ afterAll(async () => {
 guardAgainstLeaks();
 
 function provider(prefix: string): KmsProvider {
-  return new KmsProvider({ keyId, region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: prefix, keepVersions: 3, requestTimeoutMs: 5000 });
+  return new KmsProvider({
+    keyId,
+    region: 'us-east-1',
+    endpoint: server!.url,
+    redis: r,
+    keyPrefix: prefix,
+    keepVersions: 3,
+    requestTimeoutMs: 5000,
+  });
 }
 
 describe.skipIf(!server)('KMS provider (real KMS API)', () => {
@@ -66,7 +83,10 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     await prov.write('b', Buffer.from('value-of-secret-b'));
     const a = await r.hget('kmsctx:kms-secret:{a}', 'v1');
     await r.hset('kmsctx:kms-secret:{b}', 'v1', a!);
-    await expect(prov.readVersion('b')).rejects.toMatchObject({ code: 'SECRET_INTEGRITY', message: expect.stringContaining('encryption context does not match') });
+    await expect(prov.readVersion('b')).rejects.toMatchObject({
+      code: 'SECRET_INTEGRITY',
+      message: expect.stringContaining('encryption context does not match'),
+    });
     expect(Buffer.from((await prov.readVersion('a')).value).toString()).toBe('value-of-secret-a');
     await prov.close();
   });
@@ -86,11 +106,19 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
     const { RotationService } = await import('../src/rotation/rotation-service.js');
     const { FleetEventBus } = await import('../src/events.js');
     const config = testConfig(redis.url, [fixtureType('signer', 'secret-reader.mjs', { secrets: ['enc-key'] })], {
-      secrets: { provider: 'kms', kms: { keyId, endpoint: server!.url, region: 'us-east-1' }, items: { 'enc-key': { kind: 'encryption-key', rotation: { schedule: 'daily', rotator: { type: 'kms-rewrap' } } } } },
+      secrets: {
+        provider: 'kms',
+        kms: { keyId, endpoint: server!.url, region: 'us-east-1' },
+        items: {
+          'enc-key': { kind: 'encryption-key', rotation: { schedule: 'daily', rotator: { type: 'kms-rewrap' } } },
+        },
+      },
     });
     const prov = provider(config.redis.prefix);
     await prov.write('enc-key', Buffer.from('stable-encryption-key-material'));
-    const before = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v1'))!) as { encryptedDataKey: string };
+    const before = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v1'))!) as {
+      encryptedDataKey: string;
+    };
     expect(await prov.keyRotationEnabled()).toBe(false);
     const svc = new RotationService({ config, redisUrl: redis.url, events: new FleetEventBus() });
     await svc.start();
@@ -98,12 +126,15 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
       // The scheduler turned on automatic rotation of the customer key (secrets.kms.enableKeyRotation).
       expect(await prov.keyRotationEnabled()).toBe(true);
       const job = await svc.rotateNow('enc-key');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((res) => setTimeout(res, 50));
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
+        await new Promise((res) => setTimeout(res, 50));
       expect(await job.getState()).toBe('completed');
       const cur = await prov.readVersion('enc-key');
       expect(cur.version).toBe('2');
       expect(Buffer.from(cur.value).toString()).toBe('stable-encryption-key-material');
-      const after = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v2'))!) as { encryptedDataKey: string };
+      const after = JSON.parse((await r.hget(`${config.redis.prefix}:kms-secret:{enc-key}`, 'v2'))!) as {
+        encryptedDataKey: string;
+      };
       expect(after.encryptedDataKey).not.toBe(before.encryptedDataKey);
       // On-demand rotation of the customer key: existing envelopes still decrypt.
       await prov.rotateKeyNow();
@@ -128,23 +159,50 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
 
   it('ensure-key creates the key an alias names once, then finds it; an unknown key id is an error', async () => {
     const alias = `alias/fleet-ensure-${Date.now()}`;
-    const prov = new KmsProvider({ keyId: alias, region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: 'kmsensure', keepVersions: 3, requestTimeoutMs: 5000 });
+    const prov = new KmsProvider({
+      keyId: alias,
+      region: 'us-east-1',
+      endpoint: server!.url,
+      redis: r,
+      keyPrefix: 'kmsensure',
+      keepVersions: 3,
+      requestTimeoutMs: 5000,
+    });
     const first = await prov.ensureKey();
     expect(first.created).toBe(true);
     expect(await prov.ensureKey()).toEqual({ keyId: first.keyId, created: false });
     expect(await prov.write('e', Buffer.from('value-under-created-key'))).toEqual({ version: '1' });
     expect(Buffer.from((await prov.readVersion('e')).value).toString()).toBe('value-under-created-key');
     await prov.close();
-    const missing = new KmsProvider({ keyId: '00000000-0000-4000-8000-000000000000', region: 'us-east-1', endpoint: server!.url, redis: r, keyPrefix: 'kmsensure2', keepVersions: 3, requestTimeoutMs: 5000 });
+    const missing = new KmsProvider({
+      keyId: '00000000-0000-4000-8000-000000000000',
+      region: 'us-east-1',
+      endpoint: server!.url,
+      redis: r,
+      keyPrefix: 'kmsensure2',
+      keepVersions: 3,
+      requestTimeoutMs: 5000,
+    });
     await expect(missing.ensureKey()).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
     await missing.close();
   });
 
   it('fleet secrets set --provider kms stores a value from stdin (the CLI connects before it writes)', async () => {
-    const { file } = writeJsonConfig({ redis: { prefix: uniquePrefix() }, secrets: { kms: { keyId, endpoint: server!.url, region: 'us-east-1' } }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] }, 'kms-cli');
+    const { file } = writeJsonConfig(
+      {
+        redis: { prefix: uniquePrefix() },
+        secrets: { kms: { keyId, endpoint: server!.url, region: 'us-east-1' } },
+        jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }],
+      },
+      'kms-cli',
+    );
     const run = (args: string[], stdin = ''): Promise<{ code: number | null; out: string }> =>
       new Promise((resolve) => {
-        const child = spawn(process.execPath, [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), ...args, '--config', file], { env: { ...process.env, REDIS_URL: redis.url } });
+        const child = spawn(
+          process.execPath,
+          [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), ...args, '--config', file],
+          { env: { ...process.env, REDIS_URL: redis.url } },
+        );
         let out = '';
         child.stdout.on('data', (d: Buffer) => (out += d.toString()));
         child.stderr.on('data', (d: Buffer) => (out += d.toString()));

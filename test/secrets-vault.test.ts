@@ -8,10 +8,17 @@ import type { FleetConfig } from '../src/config/resolve.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { VaultProvider } from '../src/secrets/vault-provider.js';
 import { silentLogger } from '../src/observability/logger.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { startTestRedis } from './helpers/redis.js';
-import { startVault, type VaultServer } from './helpers/servers.js';
+import { setupDevVault, startVault, type VaultServer } from './helpers/servers.js';
 
 const vault = await startVault();
 if ('reason' in vault) console.warn(`SKIPPING Vault tests: ${vault.reason}`);
@@ -26,26 +33,20 @@ let rotatorCreds: { roleId: string; secretId: string };
 beforeAll(async () => {
   redis = await startTestRedis();
   if (!server) return;
-  const setup = await VaultProvider.setup({
-    address: server.url,
-    adminToken: server.rootToken,
-    mount: 'secret',
-    prefix: 'fleet',
-    tokenRole: 'fleet-job',
-    policyPrefix: 'fleet-job-',
-    approleMount: 'approle',
-    scopes: new Map([
+  const setup = await setupDevVault(
+    server,
+    [
       ['reader', ['a-key']],
       ['other', ['b-key']],
       ['retrier', ['a-key']],
-    ]),
-    rotated: ['a-key'],
-    systemSecrets: ['audit-mac-key'],
-  });
+    ],
+    ['a-key'],
+  );
   rotatorCreds = setup.rotator;
   process.env.FLEET_TEST_VAULT_ROLE_ID = setup.roleId;
   process.env.FLEET_TEST_VAULT_SECRET_ID = setup.secretId;
-  for (const [name, value] of Object.entries(SECRETS)) await root('POST', `secret/data/fleet/${name}`, { data: { value } });
+  for (const [name, value] of Object.entries(SECRETS))
+    await root('POST', `secret/data/fleet/${name}`, { data: { value } });
 }, 60_000);
 afterAll(async () => {
   await redis?.release();
@@ -53,8 +54,13 @@ afterAll(async () => {
 });
 guardAgainstLeaks();
 
+// eslint-disable-next-line @typescript-eslint/no-explicit-any -- Vault's answers are probed field by field
 async function root(method: string, p: string, body?: unknown): Promise<Record<string, any>> {
-  const r = await fetch(`${server!.url}/v1/${p}`, { method, headers: { 'X-Vault-Token': server!.rootToken }, ...(body ? { body: JSON.stringify(body) } : {}) });
+  const r = await fetch(`${server!.url}/v1/${p}`, {
+    method,
+    headers: { 'X-Vault-Token': server!.rootToken },
+    ...(body ? { body: JSON.stringify(body) } : {}),
+  });
   const text = await r.text();
   if (!r.ok) throw Object.assign(new Error(`${method} ${p}: ${r.status} ${text}`), { status: r.status });
   return text ? JSON.parse(text) : {};
@@ -74,10 +80,23 @@ async function liveJobTokens(): Promise<string[]> {
 function vaultConfig(extraTypes: Parameters<typeof fixtureType>[] = []): FleetConfig {
   return testConfig(
     redis.url,
-    [fixtureType('reader', 'secret-reader.mjs', { secrets: ['a-key'], timeoutMs: 1500, abortGraceMs: 100 }), fixtureType('other', 'secret-reader.mjs', { secrets: ['b-key'] }), ...extraTypes.map((a) => fixtureType(...a))],
+    [
+      fixtureType('reader', 'secret-reader.mjs', { secrets: ['a-key'], timeoutMs: 1500, abortGraceMs: 100 }),
+      fixtureType('other', 'secret-reader.mjs', { secrets: ['b-key'] }),
+      ...extraTypes.map((a) => fixtureType(...a)),
+    ],
     {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-')),
-      secrets: { provider: 'vault', vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', tokenTtlMarginMs: 5000 } },
+      secrets: {
+        provider: 'vault',
+        vault: {
+          address: server!.url,
+          auth: 'approle',
+          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
+          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+          tokenTtlMarginMs: 5000,
+        },
+      },
     },
   );
 }
@@ -88,7 +107,12 @@ function provider(config: FleetConfig): VaultProvider {
     address: server!.url,
     mount: v.mount,
     prefix: v.prefix,
-    auth: { method: 'approle', roleId: process.env.FLEET_TEST_VAULT_ROLE_ID!, secretId: process.env.FLEET_TEST_VAULT_SECRET_ID!, mount: 'approle' },
+    auth: {
+      method: 'approle',
+      roleId: process.env.FLEET_TEST_VAULT_ROLE_ID!,
+      secretId: process.env.FLEET_TEST_VAULT_SECRET_ID!,
+      mount: 'approle',
+    },
     tokenRole: v.tokenRole,
     policyPrefix: v.policyPrefix,
     tokenTtlMarginMs: v.tokenTtlMarginMs,
@@ -111,11 +135,17 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     const r = new Redis(redis.url);
     const audit = await readAudit(r, config.redis.prefix);
     r.disconnect();
-    expect(audit[0]).toMatchObject({ outcome: 'granted', secret: 'a-key', provider: 'vault', version: '1', jobId: job.id });
+    expect(audit[0]).toMatchObject({
+      outcome: 'granted',
+      secret: 'a-key',
+      provider: 'vault',
+      version: '1',
+      jobId: job.id,
+    });
     expect(await scanForLeaks(redis.url, Object.values(SECRETS), { logs: lines.join('') })).toEqual([]);
   });
 
-  it('Vault itself refuses a job token another type\'s secret (least privilege is not only our check)', async () => {
+  it("Vault itself refuses a job token another type's secret (least privilege is not only our check)", async () => {
     const config = vaultConfig();
     const prov = provider(config);
     const lease = await prov.lease({ jobId: 'reader.x', jobType: 'reader', names: ['a-key'], ttlMs: 5000 });
@@ -129,7 +159,7 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await prov.close();
   });
 
-  it('fleet doctor\'s probe confirms a type\'s policy, and names the gap when it does not cover a secret', async () => {
+  it("fleet doctor's probe confirms a type's policy, and names the gap when it does not cover a secret", async () => {
     const prov = provider(vaultConfig());
     expect(await prov.probeJobPolicy('reader', ['a-key'])).toBeNull();
     expect(await prov.probeJobPolicy('reader', ['b-key'])).toContain('a reader job token cannot read "b-key"');
@@ -137,12 +167,17 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await prov.close();
   });
 
-  it('the supervisor\'s own AppRole token cannot read any secret', async () => {
+  it("the supervisor's own AppRole token cannot read any secret", async () => {
     const login = await fetch(`${server!.url}/v1/auth/approle/login`, {
       method: 'POST',
-      body: JSON.stringify({ role_id: process.env.FLEET_TEST_VAULT_ROLE_ID, secret_id: process.env.FLEET_TEST_VAULT_SECRET_ID }),
+      body: JSON.stringify({
+        role_id: process.env.FLEET_TEST_VAULT_ROLE_ID,
+        secret_id: process.env.FLEET_TEST_VAULT_SECRET_ID,
+      }),
     }).then((r) => r.json() as Promise<{ auth: { client_token: string } }>);
-    const read = await fetch(`${server!.url}/v1/secret/data/fleet/a-key`, { headers: { 'X-Vault-Token': login.auth.client_token } });
+    const read = await fetch(`${server!.url}/v1/secret/data/fleet/a-key`, {
+      headers: { 'X-Vault-Token': login.auth.client_token },
+    });
     expect(read.status).toBe(403);
   });
 
@@ -158,7 +193,7 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(await liveJobTokens()).toEqual([]);
   });
 
-  it('after the supervisor\'s Vault login expires, it logs in again and the next job still gets its secret', async () => {
+  it("after the supervisor's Vault login expires, it logs in again and the next job still gets its secret", async () => {
     const config = vaultConfig();
     const events: string[] = [];
     const sup = await startSupervisor({ config });
@@ -187,9 +222,13 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       logger: silentLogger,
     });
     // The rotator's own token cannot write secrets at all.
-    await expect(rotator.writePending('a-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    await expect(rotator.writePending('a-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({
+      code: 'SECRET_PERMISSION_DENIED',
+    });
     const scope = await rotator.scopedTo('a-key');
-    await expect(scope.provider.writePending('b-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    await expect(scope.provider.writePending('b-key', Buffer.from('nope-nope-nope'))).rejects.toMatchObject({
+      code: 'SECRET_PERMISSION_DENIED',
+    });
     await expect(scope.provider.readVersion('b-key', '1')).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
     const pending = await scope.provider.writePending('a-key', Buffer.from('pending-value-123'));
     await scope.provider.retire('a-key', pending.version);
@@ -208,7 +247,14 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-bad-')),
       secrets: {
         provider: 'vault',
-        vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', rotatorRoleIdEnv: 'FLEET_TEST_VAULT_BAD_ROLE_ID', rotatorSecretIdEnv: 'FLEET_TEST_VAULT_BAD_SECRET_ID' },
+        vault: {
+          address: server!.url,
+          auth: 'approle',
+          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
+          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+          rotatorRoleIdEnv: 'FLEET_TEST_VAULT_BAD_ROLE_ID',
+          rotatorSecretIdEnv: 'FLEET_TEST_VAULT_BAD_SECRET_ID',
+        },
         items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, attempts: 1 } } },
       },
     });
@@ -243,8 +289,17 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-')),
       secrets: {
         provider: 'vault',
-        vault: { address: server!.url, auth: 'approle', roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID', secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID', rotatorRoleIdEnv: 'FLEET_TEST_VAULT_ROTATOR_ROLE_ID', rotatorSecretIdEnv: 'FLEET_TEST_VAULT_ROTATOR_SECRET_ID' },
-        items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, graceSeconds: 1 } } },
+        vault: {
+          address: server!.url,
+          auth: 'approle',
+          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
+          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+          rotatorRoleIdEnv: 'FLEET_TEST_VAULT_ROTATOR_ROLE_ID',
+          rotatorSecretIdEnv: 'FLEET_TEST_VAULT_ROTATOR_SECRET_ID',
+        },
+        items: {
+          'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, graceSeconds: 1 } },
+        },
       },
     });
     const before = (await root('GET', 'secret/metadata/fleet/a-key')).data.current_version as number;
@@ -252,7 +307,8 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await svc.start();
     try {
       const job = await svc.rotateNow('a-key');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++) await new Promise((r) => setTimeout(r, 50));
+      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
+        await new Promise((r) => setTimeout(r, 50));
       expect(await job.getState()).toBe('completed');
       const meta = await root('GET', 'secret/metadata/fleet/a-key');
       expect(meta.data.current_version).toBe(before + 1);
@@ -276,7 +332,9 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
   });
 
   it('while Vault is down, jobs fail retryably with a message naming Vault, and the supervisor keeps running', async () => {
-    const config = vaultConfig([['retrier', 'secret-reader.mjs', { secrets: ['a-key'], attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }]]);
+    const config = vaultConfig([
+      ['retrier', 'secret-reader.mjs', { secrets: ['a-key'], attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }],
+    ]);
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
     await waitForJob(p, (await p.enqueue('retrier', { names: ['a-key'] })).id);

@@ -9,7 +9,14 @@ import type { JobTypeInput } from '../src/config/schema.js';
 import { readAudit, readSecretStats } from '../src/secrets/audit.js';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { encodings, SecretMask } from '../src/workers/secret-mask.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { useTestRedis } from './helpers/redis.js';
 
@@ -19,10 +26,18 @@ guardAgainstLeaks();
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /** A config using the local provider in a fresh data dir, with the given secrets stored. */
-async function withLocalSecrets(types: JobTypeInput[], secrets: Record<string, string>): Promise<{ config: FleetConfig; provider: LocalProvider }> {
+async function withLocalSecrets(
+  types: JobTypeInput[],
+  secrets: Record<string, string>,
+): Promise<{ config: FleetConfig; provider: LocalProvider }> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-secrets-'));
   const config = testConfig(redis.url, types, { dataDir });
-  const provider = new LocalProvider({ file: path.join(dataDir, 'secrets.enc.json'), keyFile: path.join(dataDir, 'master.key'), masterKeyEnv: 'FLEET_TEST_NO_SUCH_ENV', keepVersions: 3 });
+  const provider = new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_TEST_NO_SUCH_ENV',
+    keepVersions: 3,
+  });
   for (const [name, value] of Object.entries(secrets)) await provider.write(name, Buffer.from(value));
   return { config, provider };
 }
@@ -62,7 +77,10 @@ describe('local provider (dev store)', () => {
   });
 
   it('fails loudly on a tampered ciphertext or one moved to another name', async () => {
-    const { config, provider } = await withLocalSecrets([fixtureType('t', 'ok.mjs')], { a: 'value-of-a', b: 'value-of-b' });
+    const { config, provider } = await withLocalSecrets([fixtureType('t', 'ok.mjs')], {
+      a: 'value-of-a',
+      b: 'value-of-b',
+    });
     const file = path.join(config.dataDir, 'secrets.enc.json');
     const store = JSON.parse(readFileSync(file, 'utf8'));
     store.secrets.b.versions[0].ct = store.secrets.a.versions[0].ct;
@@ -78,7 +96,9 @@ describe('local provider (dev store)', () => {
 
 describe('secrets in jobs', () => {
   it('hands a declared secret to the job, audits the access and leaves no value alive', async () => {
-    const { config } = await withLocalSecrets([fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })], { 'api-key': 'sk-live-abcdef123456' });
+    const { config } = await withLocalSecrets([fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })], {
+      'api-key': 'sk-live-abcdef123456',
+    });
     const sup = await startSupervisor({ config });
     let alive = 0;
     sup.events.on('secret:values', (e) => (alive += e.delta));
@@ -90,17 +110,36 @@ describe('secrets in jobs', () => {
     const r = new Redis(redis.url);
     await new Promise((res) => setTimeout(res, 100));
     const audit = await readAudit(r, config.redis.prefix);
-    expect(audit).toEqual([expect.objectContaining({ outcome: 'granted', secret: 'api-key', version: '1', jobId: job.id, jobType: 'reader', workerId: sup.id, provider: 'local', action: 'access' })]);
+    expect(audit).toEqual([
+      expect.objectContaining({
+        outcome: 'granted',
+        secret: 'api-key',
+        version: '1',
+        jobId: job.id,
+        jobType: 'reader',
+        workerId: sup.id,
+        provider: 'local',
+        action: 'access',
+      }),
+    ]);
     expect(audit[0]!.latencyMs).toBeGreaterThanOrEqual(0);
-    expect(await readSecretStats(r, config.redis.prefix, ['api-key'])).toEqual([expect.objectContaining({ granted: 1, denied: 0, lastVersion: '1' })]);
+    expect(await readSecretStats(r, config.redis.prefix, ['api-key'])).toEqual([
+      expect.objectContaining({ granted: 1, denied: 0, lastVersion: '1' }),
+    ]);
     r.disconnect();
   });
 
   it('when one of several secrets fails, the values already fetched are zero-filled and the values-alive gauge never goes negative', async () => {
-    const { config } = await withLocalSecrets([fixtureType('two', 'secret-reader.mjs', { secrets: ['present', 'absent'], isolation: 'job' })], { present: 'value-that-was-fetched-1' });
+    const { config } = await withLocalSecrets(
+      [fixtureType('two', 'secret-reader.mjs', { secrets: ['present', 'absent'], isolation: 'job' })],
+      { present: 'value-that-was-fetched-1' },
+    );
     const fetched: Uint8Array[] = [];
     const lease = LocalProvider.prototype.lease;
-    const spy = vi.spyOn(LocalProvider.prototype, 'lease').mockImplementation(async function (this: LocalProvider, req) {
+    const spy = vi.spyOn(LocalProvider.prototype, 'lease').mockImplementation(async function (
+      this: LocalProvider,
+      req,
+    ) {
       const real = await lease.call(this, req);
       return {
         read: async (name: string) => {
@@ -133,7 +172,10 @@ describe('secrets in jobs', () => {
 
   it('denies an undeclared secret with SecretScopeError, audits the denial, and never fetches it', async () => {
     const { config } = await withLocalSecrets(
-      [fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['mine'] }), fixtureType('plain', 'secret-undeclared.mjs', { attempts: 1 })],
+      [
+        fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['mine'] }),
+        fixtureType('plain', 'secret-undeclared.mjs', { attempts: 1 }),
+      ],
       { mine: 'value-mine-1234', theirs: 'value-theirs-5678' },
     );
     const sup = await startSupervisor({ config });
@@ -160,7 +202,10 @@ describe('secrets in jobs', () => {
 
   it('masks the value in logs, console, stdout, progress, result and errors; a leak scan finds nothing', async () => {
     const value = 'hunter2-Sup3r/Secret?&=';
-    const { config } = await withLocalSecrets([fixtureType('leaky', 'secret-leaker.mjs', { secrets: ['db-password'], attempts: 1 })], { 'db-password': value });
+    const { config } = await withLocalSecrets(
+      [fixtureType('leaky', 'secret-leaker.mjs', { secrets: ['db-password'], attempts: 1 })],
+      { 'db-password': value },
+    );
     const { logger, lines } = capturingLogger();
     await startSupervisor({ config, logger });
     const p = makeProducer(config);
@@ -178,7 +223,10 @@ describe('secrets in jobs', () => {
   });
 
   it('zero-fills the bytes handed to a job when it ends', async () => {
-    const { config } = await withLocalSecrets([fixtureType('keeper', 'secret-keeper.mjs', { secrets: ['k'], isolation: 'pool', concurrency: 1 })], { k: 'keep-me-if-you-can' });
+    const { config } = await withLocalSecrets(
+      [fixtureType('keeper', 'secret-keeper.mjs', { secrets: ['k'], isolation: 'pool', concurrency: 1 })],
+      { k: 'keep-me-if-you-can' },
+    );
     await startSupervisor({ config });
     const p = makeProducer(config);
     await waitForJob(p, (await p.enqueue('keeper', { name: 'k' })).id);
@@ -187,7 +235,10 @@ describe('secrets in jobs', () => {
   });
 
   it('fails with SECRET_NOT_FOUND naming the secret and the fix, without retrying', async () => {
-    const { config } = await withLocalSecrets([fixtureType('reader', 'secret-reader.mjs', { secrets: ['missing-key'], attempts: 3 })], {});
+    const { config } = await withLocalSecrets(
+      [fixtureType('reader', 'secret-reader.mjs', { secrets: ['missing-key'], attempts: 3 })],
+      {},
+    );
     await startSupervisor({ config });
     const p = makeProducer(config);
     const job = await waitForJob(p, (await p.enqueue('reader', { names: ['missing-key'] })).id);
@@ -197,7 +248,7 @@ describe('secrets in jobs', () => {
     expect(job.error!.message).toContain('fleet secrets set missing-key');
   });
 
-  it('keeps the supervisor\'s environment out of the sandbox', async () => {
+  it("keeps the supervisor's environment out of the sandbox", async () => {
     process.env.VAULT_TOKEN_FOR_TEST = 'hvs.supervisor-only';
     const config = testConfig(redis.url, [fixtureType('probe', 'env-probe.mjs')]);
     await startSupervisor({ config });

@@ -2,7 +2,14 @@ import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/keys.js';
 import type { FleetEvents } from '../src/events.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const redis = useTestRedis();
@@ -10,7 +17,9 @@ guardAgainstLeaks();
 
 /** Most jobs running at one instant (a sweep over start/end events; ends sort before starts). */
 function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): number {
-  const events = spans.flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const]).sort((a, b) => a[0] - b[0] || a[1] - b[1]);
+  const events = spans
+    .flatMap((s) => [[s.startedAt, 1] as const, [s.endedAt, -1] as const])
+    .sort((a, b) => a[0] - b[0] || a[1] - b[1]);
   let now = 0;
   let max = 0;
   for (const [, d] of events) max = Math.max(max, (now += d));
@@ -67,7 +76,9 @@ describe('supervisor', () => {
   });
 
   it('retries a failing job with backoff up to its attempts', async () => {
-    const config = testConfig(redis.url, [fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 50 } })]);
+    const config = testConfig(redis.url, [
+      fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }),
+    ]);
     await startSupervisor({ config });
     const p = makeProducer(config);
     const { id } = await p.enqueue('flaky', {});
@@ -78,7 +89,14 @@ describe('supervisor', () => {
   });
 
   it('does not retry a timeout when retryOnTimeout is false', async () => {
-    const config = testConfig(redis.url, [fixtureType('loop', 'infinite-loop.mjs', { timeoutMs: 300, abortGraceMs: 50, attempts: 3, retryOnTimeout: false })]);
+    const config = testConfig(redis.url, [
+      fixtureType('loop', 'infinite-loop.mjs', {
+        timeoutMs: 300,
+        abortGraceMs: 50,
+        attempts: 3,
+        retryOnTimeout: false,
+      }),
+    ]);
     await startSupervisor({ config });
     const p = makeProducer(config);
     const job = await waitForJob(p, (await p.enqueue('loop', {})).id);
@@ -91,30 +109,41 @@ describe('supervisor', () => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, warmSandboxes: 2 })]);
     await startSupervisor({ config });
     const p = makeProducer(config);
-    const jobs = await p.enqueueBatch('slow', Array.from({ length: 6 }, () => ({ data: { ms: 150 } })));
+    const jobs = await p.enqueueBatch(
+      'slow',
+      Array.from({ length: 6 }, () => ({ data: { ms: 150 } })),
+    );
     const spans = [];
     for (const j of jobs) spans.push((await waitForJob(p, j.id)).result as { startedAt: number; endedAt: number });
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
   it('holds a global concurrency cap across supervisors', async () => {
-    const config = testConfig(redis.url, [fixtureType('capped', 'slow.mjs', { concurrency: 3, warmSandboxes: 3, globalConcurrency: 2 })]);
+    const config = testConfig(redis.url, [
+      fixtureType('capped', 'slow.mjs', { concurrency: 3, warmSandboxes: 3, globalConcurrency: 2 }),
+    ]);
     await startSupervisor({ config });
     await startSupervisor({ config });
     const p = makeProducer(config);
-    const jobs = await p.enqueueBatch('capped', Array.from({ length: 8 }, () => ({ data: { ms: 150 } })));
+    const jobs = await p.enqueueBatch(
+      'capped',
+      Array.from({ length: 8 }, () => ({ data: { ms: 150 } })),
+    );
     const spans = [];
     for (const j of jobs) spans.push((await waitForJob(p, j.id)).result as { startedAt: number; endedAt: number });
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
   it('cancels an active job in its sandbox, and removes a waiting one', async () => {
-    const config = testConfig(redis.url, [fixtureType('deaf', 'ignores-abort.mjs', { concurrency: 1, timeoutMs: 20_000 })]);
+    const config = testConfig(redis.url, [
+      fixtureType('deaf', 'ignores-abort.mjs', { concurrency: 1, timeoutMs: 20_000 }),
+    ]);
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
     const active = await p.enqueue('deaf', {});
     const waiting = await p.enqueue('deaf', {});
-    for (let i = 0; i < 200 && (await p.getJob(active.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 200 && (await p.getJob(active.id)).state !== 'active'; i++)
+      await new Promise((r) => setTimeout(r, 20));
     expect(await p.cancel(waiting.id)).toMatchObject({ outcome: 'removed', previousState: 'waiting' });
     await expect(p.getJob(waiting.id)).rejects.toMatchObject({ code: 'JOB_NOT_FOUND' });
     expect(await p.cancel(active.id)).toMatchObject({ outcome: 'cancelling' });
@@ -132,7 +161,8 @@ describe('supervisor', () => {
     first.events.on('supervisor:state', (e) => states.push(e.state));
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 4000 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
+      await new Promise((r) => setTimeout(r, 20));
     await first.stop(200);
     expect(states).toEqual(['draining', 'stopped']);
     const back = await p.getJob(a.id);
@@ -148,16 +178,24 @@ describe('supervisor', () => {
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 300 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++) await new Promise((r) => setTimeout(r, 20));
+    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
+      await new Promise((r) => setTimeout(r, 20));
     await sup.stop(5000);
     expect((await p.getJob(a.id)).state).toBe('completed');
   });
 
-  it('fails a job whose payload was written to Redis behind the producer\'s back', async () => {
-    const config = testConfig(redis.url, [fixtureType('strict', 'ok.mjs', { payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] } })]);
+  it("fails a job whose payload was written to Redis behind the producer's back", async () => {
+    const config = testConfig(redis.url, [
+      fixtureType('strict', 'ok.mjs', {
+        payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] },
+      }),
+    ]);
     await startSupervisor({ config });
     const p = makeProducer(config);
-    const q = new Queue('strict', { connection: { url: redis.url }, prefix: queuePrefix(config.redis.prefix, 'strict') });
+    const q = new Queue('strict', {
+      connection: { url: redis.url },
+      prefix: queuePrefix(config.redis.prefix, 'strict'),
+    });
     await q.add('strict', { n: 'not a number' }, { jobId: 'strict.0123456789abcdef0123456789abcdef' });
     await q.close();
     const job = await waitForJob(p, 'strict.0123456789abcdef0123456789abcdef');
@@ -166,7 +204,16 @@ describe('supervisor', () => {
   });
 
   it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async () => {
-    const config = testConfig(redis.url, [fixtureType('mixed', 'state-or-spin.mjs', { isolation: 'pool', concurrency: 1, timeoutMs: 500, abortGraceMs: 100, retryOnTimeout: false }), fixtureType('boom', 'throws.mjs', { isolation: 'pool', concurrency: 1 })]);
+    const config = testConfig(redis.url, [
+      fixtureType('mixed', 'state-or-spin.mjs', {
+        isolation: 'pool',
+        concurrency: 1,
+        timeoutMs: 500,
+        abortGraceMs: 100,
+        retryOnTimeout: false,
+      }),
+      fixtureType('boom', 'throws.mjs', { isolation: 'pool', concurrency: 1 }),
+    ]);
     const sup = await startSupervisor({ config });
     const destroyed: string[] = [];
     sup.events.on('sandbox:destroyed', (e) => destroyed.push(`${e.jobType}:${e.reason}`));
@@ -174,7 +221,8 @@ describe('supervisor', () => {
     for (let i = 0; i < 3; i++) await waitForJob(p, (await p.enqueue('boom', {})).id);
     expect(destroyed).toEqual([]);
     const runs = [];
-    for (let i = 0; i < 3; i++) runs.push(((await waitForJob(p, (await p.enqueue('mixed', {})).id)).result as { runs: number }).runs);
+    for (let i = 0; i < 3; i++)
+      runs.push(((await waitForJob(p, (await p.enqueue('mixed', {})).id)).result as { runs: number }).runs);
     expect(runs).toEqual([1, 2, 3]);
     // A job that never yields is terminated at its timeout; its sandbox is destroyed and replaced.
     expect((await waitForJob(p, (await p.enqueue('mixed', { spin: true })).id)).error?.code).toBe('TIMEOUT');
@@ -188,6 +236,17 @@ describe('supervisor', () => {
     const sup = await startSupervisor({ config });
     const s = sup.status();
     expect(s.state).toBe('running');
-    expect(s.types).toEqual([{ jobType: 'ok', isolation: 'pool', layers: ['thread'], warm: 1, busy: 0, starting: 0, concurrency: 2, active: 0 }]);
+    expect(s.types).toEqual([
+      {
+        jobType: 'ok',
+        isolation: 'pool',
+        layers: ['thread'],
+        warm: 1,
+        busy: 0,
+        starting: 0,
+        concurrency: 2,
+        active: 0,
+      },
+    ]);
   });
 });

@@ -28,11 +28,13 @@ describe('logs and messages', () => {
         const p = path.join(dir, f);
         if (statSync(p).isDirectory()) walk(p);
         else if (p.endsWith('.ts')) {
-          readFileSync(p, 'utf8').split('\n').forEach((line, i) => {
-            // Type positions (imports, annotations, generics, unions) are the type's own name.
-            const prose = line.replace(/^import .*$/, '').replace(/(: |<|\(|\| |type |as )RedisClient\b/g, '');
-            if (/\bRedisClient\b/.test(prose)) hits.push(`${path.relative(SRC, p)}:${i + 1}: ${line.trim()}`);
-          });
+          readFileSync(p, 'utf8')
+            .split('\n')
+            .forEach((line, i) => {
+              // Type positions (imports, annotations, generics, unions) are the type's own name.
+              const prose = line.replace(/^import .*$/, '').replace(/(: |<|\(|\| |type |as )RedisClient\b/g, '');
+              if (/\bRedisClient\b/.test(prose)) hits.push(`${path.relative(SRC, p)}:${i + 1}: ${line.trim()}`);
+            });
         }
       }
     };
@@ -50,14 +52,21 @@ describe('logs and messages', () => {
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toBe(0);
     // The check can fail: importing the Vault provider itself does load node-vault.
-    const control = spawnSync(process.execPath, ['--input-type=module', '-e', script.replace('providers.js', 'vault-provider.js')], { encoding: 'utf8' });
+    const control = spawnSync(
+      process.execPath,
+      ['--input-type=module', '-e', script.replace('providers.js', 'vault-provider.js')],
+      { encoding: 'utf8' },
+    );
     expect(JSON.parse(control.stdout)).toBeGreaterThan(0);
   });
 
   it('a supervisor loads the X.509 library (and its Reflect polyfill) only for types with injected secrets', () => {
     const dist = path.join(SRC, '..', 'dist');
-    const script = (file: string): string => `await import(${JSON.stringify(path.join(dist, 'workers', file))}); console.log(typeof Reflect.getMetadata);`;
-    const sup = spawnSync(process.execPath, ['--input-type=module', '-e', script('supervisor.js')], { encoding: 'utf8' });
+    const script = (file: string): string =>
+      `await import(${JSON.stringify(path.join(dist, 'workers', file))}); console.log(typeof Reflect.getMetadata);`;
+    const sup = spawnSync(process.execPath, ['--input-type=module', '-e', script('supervisor.js')], {
+      encoding: 'utf8',
+    });
     expect(sup.stderr).toBe('');
     expect(sup.stdout.trim()).toBe('undefined');
     // The check can fail: the CA module does load it.
@@ -66,7 +75,10 @@ describe('logs and messages', () => {
   });
 
   it('packs only the product: dist (without bench, chaos, test servers) and bin', () => {
-    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: path.join(SRC, '..'), encoding: 'utf8' });
+    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
+      cwd: path.join(SRC, '..'),
+      encoding: 'utf8',
+    });
     const files = (JSON.parse(r.stdout) as { files: { path: string }[] }[])[0]!.files.map((f) => f.path);
     expect(files).toContain('bin/fleet.js');
     expect(files).toContain('dist/workers/sandbox-entry.js');

@@ -9,7 +9,9 @@ import type { ErrorCode } from '../errors.js';
 import { IDEMPOTENCY_KEY } from '../producers/job-id.js';
 
 /** `Idempotency-Key`: 1–200 visible ASCII characters. */
-export const idempotencyKeySchema = z.string().regex(IDEMPOTENCY_KEY, 'Idempotency-Key must be 1–200 visible ASCII characters');
+export const idempotencyKeySchema = z
+  .string()
+  .regex(IDEMPOTENCY_KEY, 'Idempotency-Key must be 1–200 visible ASCII characters');
 
 export const batchBodySchema = (maxBatchSize: number) =>
   z
@@ -31,8 +33,14 @@ export const batchBodySchema = (maxBatchSize: number) =>
 /** `GET /v1/audit` query: each parameter at most once. */
 export const auditQuerySchema = z
   .object({
-    limit: z.string().regex(/^[0-9]{1,5}$/, 'limit must be an integer from 1 to 10000').optional(),
-    since: z.string().regex(/^[0-9]+(s|m|h|d|w)$/, 'since must be a duration such as 90s, 30m, 24h, 7d, 2w').optional(),
+    limit: z
+      .string()
+      .regex(/^[0-9]{1,5}$/, 'limit must be an integer from 1 to 10000')
+      .optional(),
+    since: z
+      .string()
+      .regex(/^[0-9]+(s|m|h|d|w)$/, 'since must be a duration such as 90s, 30m, 24h, 7d, 2w')
+      .optional(),
     secret: z.string().max(200).optional(),
     denied: z.enum(['true', 'false']).optional(),
   })
@@ -40,7 +48,16 @@ export const auditQuerySchema = z
 
 export const enqueueResultSchema = z.object({ id: z.string(), type: z.string() });
 
-const jobStates = ['waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed', 'waiting-children', 'unknown'] as const;
+const jobStates = [
+  'waiting',
+  'active',
+  'delayed',
+  'prioritized',
+  'completed',
+  'failed',
+  'waiting-children',
+  'unknown',
+] as const;
 export const jobViewSchema = z.object({
   id: z.string(),
   type: z.string(),
@@ -52,17 +69,37 @@ export const jobViewSchema = z.object({
   data: z.json(),
   result: z.json(),
   error: z.object({ code: z.string(), message: z.string() }).nullable(),
-  timings: z.object({ enqueuedAt: z.number(), startedAt: z.number().nullable(), finishedAt: z.number().nullable(), durationMs: z.number().nullable() }),
+  timings: z.object({
+    enqueuedAt: z.number(),
+    startedAt: z.number().nullable(),
+    finishedAt: z.number().nullable(),
+    durationMs: z.number().nullable(),
+  }),
 });
 
-export const cancelResultSchema = z.object({ id: z.string(), previousState: z.enum(jobStates), outcome: z.enum(['removed', 'cancelling']) });
+export const cancelResultSchema = z.object({
+  id: z.string(),
+  previousState: z.enum(jobStates),
+  outcome: z.enum(['removed', 'cancelling']),
+});
 
 export const errorEnvelopeSchema = z.object({
   error: z.object({ code: z.string(), message: z.string(), details: z.record(z.string(), z.unknown()).optional() }),
 });
 
 /** Every error code the HTTP API answers with, by status. */
-export const API_ERRORS: Record<number, readonly (ErrorCode | 'NOT_FOUND' | 'JOB_FINISHED' | 'METHOD_NOT_ALLOWED' | 'HEADERS_TOO_LARGE' | 'BAD_HTTP_REQUEST' | 'REQUEST_TIMEOUT')[]> = {
+export const API_ERRORS: Record<
+  number,
+  readonly (
+    | ErrorCode
+    | 'NOT_FOUND'
+    | 'JOB_FINISHED'
+    | 'METHOD_NOT_ALLOWED'
+    | 'HEADERS_TOO_LARGE'
+    | 'BAD_HTTP_REQUEST'
+    | 'REQUEST_TIMEOUT'
+  )[]
+> = {
   400: ['INVALID_JSON', 'INVALID_REQUEST', 'PAYLOAD_TOO_DEEP', 'BAD_HTTP_REQUEST'],
   401: ['UNAUTHENTICATED'],
   403: ['FORBIDDEN'],
@@ -93,7 +130,12 @@ function hoisted(root: Json, prefix: string, components: Record<string, Json>): 
     if (Array.isArray(v)) return v.map(rewrite);
     if (v && typeof v === 'object') {
       return Object.fromEntries(
-        Object.entries(v as Json).map(([k, x]) => [k, k === '$ref' && typeof x === 'string' && x.startsWith('#/$defs/') ? `#/components/schemas/${prefix}_${x.slice(8)}` : rewrite(x)]),
+        Object.entries(v as Json).map(([k, x]) => [
+          k,
+          k === '$ref' && typeof x === 'string' && x.startsWith('#/$defs/')
+            ? `#/components/schemas/${prefix}_${x.slice(8)}`
+            : rewrite(x),
+        ]),
       );
     }
     return v;
@@ -109,7 +151,10 @@ function errors(...statuses: number[]): Record<string, Json> {
   return Object.fromEntries(
     statuses.map((s) => [
       String(s),
-      { description: `error: ${(API_ERRORS[s] ?? []).join(', ')}`, content: { 'application/json': { schema: ref('Error') } } },
+      {
+        description: `error: ${(API_ERRORS[s] ?? []).join(', ')}`,
+        content: { 'application/json': { schema: ref('Error') } },
+      },
     ]),
   );
 }
@@ -126,7 +171,11 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
   const common = errors(401, 500, 503);
   for (const t of types) {
     // What a client sends: the input side of the schema (fields with defaults are optional).
-    const payload = hoisted(z.toJSONSchema(t.payload, { unrepresentable: 'any', io: 'input' }) as Json, `payload_${t.name.replace(/-/g, '_')}`, components);
+    const payload = hoisted(
+      z.toJSONSchema(t.payload, { unrepresentable: 'any', io: 'input' }) as Json,
+      `payload_${t.name.replace(/-/g, '_')}`,
+      components,
+    );
     paths[`/v1/jobs/${t.name}`] = {
       post: {
         operationId: `enqueue_${t.name.replace(/-/g, '_')}`,
@@ -134,32 +183,78 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
         description: t.description || undefined,
         parameters: [{ name: 'Idempotency-Key', in: 'header', required: false, schema: schema(idempotencyKeySchema) }],
         requestBody: { required: true, content: { 'application/json': { schema: payload } } },
-        responses: { '202': json(ref('EnqueueResult'), 'enqueued'), ...errors(400, 403, 409, 413, 415, 422, 507), ...common },
+        responses: {
+          '202': json(ref('EnqueueResult'), 'enqueued'),
+          ...errors(400, 403, 409, 413, 415, 422, 507),
+          ...common,
+        },
       },
     };
-    const batch = hoisted(schema(batchBodySchema(options.maxBatchSize)), 'batch', components) as Json & { properties: { jobs: { items: { properties: Json } } } };
+    const batch = hoisted(schema(batchBodySchema(options.maxBatchSize)), 'batch', components) as Json & {
+      properties: { jobs: { items: { properties: Json } } };
+    };
     batch.properties.jobs.items.properties.data = payload;
     paths[`/v1/jobs/${t.name}/batch`] = {
       post: {
         operationId: `enqueue_batch_${t.name.replace(/-/g, '_')}`,
         summary: `Enqueue ${t.name} jobs, all or nothing`,
         requestBody: { required: true, content: { 'application/json': { schema: batch } } },
-        responses: { '202': json({ type: 'object', properties: { jobs: { type: 'array', items: ref('EnqueueResult') } }, required: ['jobs'] }, 'all enqueued'), ...errors(400, 403, 413, 415, 422, 507), ...common },
+        responses: {
+          '202': json(
+            {
+              type: 'object',
+              properties: { jobs: { type: 'array', items: ref('EnqueueResult') } },
+              required: ['jobs'],
+            },
+            'all enqueued',
+          ),
+          ...errors(400, 403, 413, 415, 422, 507),
+          ...common,
+        },
       },
     };
   }
-  const idParam = { name: 'id', in: 'path', required: true, schema: { type: 'string', pattern: '^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{32}$' } };
+  const idParam = {
+    name: 'id',
+    in: 'path',
+    required: true,
+    schema: { type: 'string', pattern: '^[a-z][a-z0-9-]{0,62}\\.[0-9a-f]{32}$' },
+  };
   paths['/v1/jobs/{id}'] = {
-    get: { operationId: 'getJob', summary: 'A job you enqueued (or may read)', parameters: [idParam], responses: { '200': json(ref('Job'), 'the job'), ...errors(403, 404), ...common } },
+    get: {
+      operationId: 'getJob',
+      summary: 'A job you enqueued (or may read)',
+      parameters: [idParam],
+      responses: { '200': json(ref('Job'), 'the job'), ...errors(403, 404), ...common },
+    },
     delete: {
       operationId: 'cancelJob',
       summary: 'Cancel a job you enqueued',
       parameters: [idParam],
-      responses: { '200': json(ref('CancelResult'), 'removed from the queue'), '202': json(ref('CancelResult'), 'aborting in its sandbox'), ...errors(403, 404, 409), ...common },
+      responses: {
+        '200': json(ref('CancelResult'), 'removed from the queue'),
+        '202': json(ref('CancelResult'), 'aborting in its sandbox'),
+        ...errors(403, 404, 409),
+        ...common,
+      },
     },
   };
   paths['/v1/job-types'] = {
-    get: { operationId: 'listJobTypes', summary: 'Job types this token may use, with payload schemas', responses: { '200': json({ type: 'object', properties: { jobTypes: { type: 'array', items: { type: 'object' } } }, required: ['jobTypes'] }, 'job types'), ...common } },
+    get: {
+      operationId: 'listJobTypes',
+      summary: 'Job types this token may use, with payload schemas',
+      responses: {
+        '200': json(
+          {
+            type: 'object',
+            properties: { jobTypes: { type: 'array', items: { type: 'object' } } },
+            required: ['jobTypes'],
+          },
+          'job types',
+        ),
+        ...common,
+      },
+    },
   };
   paths['/v1/audit'] = {
     get: {
@@ -171,21 +266,53 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
         { name: 'secret', in: 'query', schema: { type: 'string', maxLength: 200 } },
         { name: 'denied', in: 'query', schema: { type: 'string', enum: ['true', 'false'] } },
       ],
-      responses: { '200': json({ type: 'object', properties: { records: { type: 'array', items: { type: 'object' } } }, required: ['records'] }, 'audit records, newest first'), ...errors(400, 403), ...common },
+      responses: {
+        '200': json(
+          {
+            type: 'object',
+            properties: { records: { type: 'array', items: { type: 'object' } } },
+            required: ['records'],
+          },
+          'audit records, newest first',
+        ),
+        ...errors(400, 403),
+        ...common,
+      },
     },
   };
-  paths['/v1/openapi.json'] = { get: { operationId: 'openApi', summary: 'This document', responses: { '200': json({ type: 'object' }, 'the OpenAPI document'), ...common } } };
-  const errorSchema = hoisted(schema(errorEnvelopeSchema), 'error', components) as Json & { properties: { error: { properties: { code: Json } } } };
-  errorSchema.properties.error.properties.code = { type: 'string', enum: [...new Set(Object.values(API_ERRORS).flat())] };
+  paths['/v1/openapi.json'] = {
+    get: {
+      operationId: 'openApi',
+      summary: 'This document',
+      responses: { '200': json({ type: 'object' }, 'the OpenAPI document'), ...common },
+    },
+  };
+  const errorSchema = hoisted(schema(errorEnvelopeSchema), 'error', components) as Json & {
+    properties: { error: { properties: { code: Json } } };
+  };
+  errorSchema.properties.error.properties.code = {
+    type: 'string',
+    enum: [...new Set(Object.values(API_ERRORS).flat())],
+  };
   const strip = (s: z.ZodType, name: string): Json => hoisted(schema(s), name, components);
   return {
     openapi: '3.1.0',
-    info: { title: 'fleet', version: options.version, description: 'Enqueue jobs into a fleet of sandboxed workers; read and cancel the jobs you enqueued.' },
+    info: {
+      title: 'fleet',
+      version: options.version,
+      description: 'Enqueue jobs into a fleet of sandboxed workers; read and cancel the jobs you enqueued.',
+    },
     security: [{ bearer: [] }],
     paths,
     components: {
       securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } },
-      schemas: { Error: errorSchema, EnqueueResult: strip(enqueueResultSchema, 'enqueue_result'), Job: strip(jobViewSchema, 'job'), CancelResult: strip(cancelResultSchema, 'cancel_result'), ...components },
+      schemas: {
+        Error: errorSchema,
+        EnqueueResult: strip(enqueueResultSchema, 'enqueue_result'),
+        Job: strip(jobViewSchema, 'job'),
+        CancelResult: strip(cancelResultSchema, 'cancel_result'),
+        ...components,
+      },
     },
   };
 }

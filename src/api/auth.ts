@@ -57,7 +57,9 @@ export class ProducerAuth {
   /** Throws {@link ForbiddenError} unless the producer may use this job type. */
   authorize(p: ProducerIdentity, jobType: string): void {
     if (!p.jobTypes.includes('*') && !p.jobTypes.includes(jobType)) {
-      throw new ForbiddenError(`producer "${p.name}" may not use job type "${jobType}". Fix: add it to producers.${p.name}.jobTypes.`);
+      throw new ForbiddenError(
+        `producer "${p.name}" may not use job type "${jobType}". Fix: add it to producers.${p.name}.jobTypes.`,
+      );
     }
   }
 

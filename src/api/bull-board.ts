@@ -11,7 +11,9 @@ const SENSITIVE_KEY = /secret|token|password|passwd|credential|api[-_]?key|priva
 export function maskFields(value: unknown, depth = 0): unknown {
   if (depth > 20 || value === null || typeof value !== 'object') return value;
   if (Array.isArray(value)) return value.map((v) => maskFields(v, depth + 1));
-  return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, SENSITIVE_KEY.test(k) ? '***' : maskFields(v, depth + 1)]));
+  return Object.fromEntries(
+    Object.entries(value).map(([k, v]) => [k, SENSITIVE_KEY.test(k) ? '***' : maskFields(v, depth + 1)]),
+  );
 }
 
 /**
@@ -19,13 +21,23 @@ export function maskFields(value: unknown, depth = 0): unknown {
  * a Bearer token), read-only unless configured otherwise. Job data and results pass a formatter
  * that masks sensitive-looking fields and lists the job type's secret *references*.
  */
-export function mountBullBoard(app: express.Express, options: { producer: Producer; auth: ProducerAuth; path: string; readOnly: boolean }): void {
+export function mountBullBoard(
+  app: express.Express,
+  options: { producer: Producer; auth: ProducerAuth; path: string; readOnly: boolean },
+): void {
   const { producer, auth } = options;
   const serverAdapter = new ExpressAdapter();
   serverAdapter.setBasePath(options.path);
   const queues = [...producer.config.jobTypes.values()].map((t) => {
-    const adapter = new BullMQAdapter(producer.queue(t.name), { readOnlyMode: options.readOnly, allowRetries: !options.readOnly, description: t.description });
-    adapter.setFormatter('data', (data: unknown) => ({ ...(maskFields(data) as object), ...(t.secrets.length ? { '(secret references)': t.secrets } : {}) }));
+    const adapter = new BullMQAdapter(producer.queue(t.name), {
+      readOnlyMode: options.readOnly,
+      allowRetries: !options.readOnly,
+      description: t.description,
+    });
+    adapter.setFormatter('data', (data: unknown) => ({
+      ...(maskFields(data) as object),
+      ...(t.secrets.length ? { '(secret references)': t.secrets } : {}),
+    }));
     adapter.setFormatter('returnValue', (v: unknown) => maskFields(v));
     adapter.setFormatter('progress', (v: unknown) => maskFields(v));
     return adapter;
@@ -47,7 +59,12 @@ export function mountBullBoard(app: express.Express, options: { producer: Produc
         next();
       } catch {
         res.setHeader('WWW-Authenticate', 'Basic realm="fleet queues", charset="UTF-8"');
-        res.status(401).json({ error: { code: 'UNAUTHENTICATED', message: 'Bull Board needs an admin producer token (HTTP Basic password or Bearer).' } });
+        res.status(401).json({
+          error: {
+            code: 'UNAUTHENTICATED',
+            message: 'Bull Board needs an admin producer token (HTTP Basic password or Bearer).',
+          },
+        });
       }
     },
     serverAdapter.getRouter() as express.Router,

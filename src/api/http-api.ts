@@ -65,7 +65,8 @@ export function exceedsDepth(buf: Uint8Array, max: number): boolean {
   for (let i = 0; i < buf.length; i++) {
     const c = buf[i];
     if (inString) {
-      if (c === 0x5c) i++; // backslash: skip the escaped byte
+      if (c === 0x5c)
+        i++; // backslash: skip the escaped byte
       else if (c === 0x22) inString = false;
     } else if (c === 0x22) inString = true;
     else if (c === 0x5b || c === 0x7b) {
@@ -110,7 +111,13 @@ export function createApiApp(options: ApiOptions): express.Express {
       res.type(m.contentType).send(m.body);
     });
   }
-  if (cfg.bullBoard.enabled) mountBullBoard(app, { producer: options.boardProducer ?? producer, auth, path: cfg.bullBoard.path, readOnly: cfg.bullBoard.readOnly });
+  if (cfg.bullBoard.enabled)
+    mountBullBoard(app, {
+      producer: options.boardProducer ?? producer,
+      auth,
+      path: cfg.bullBoard.path,
+      readOnly: cfg.bullBoard.readOnly,
+    });
 
   app.get('/healthz', (_req, res) => {
     res.json({ status: 'ok' });
@@ -149,7 +156,12 @@ export function createApiApp(options: ApiOptions): express.Express {
     }
     if (!allow.split(', ').includes(req.method) && !(req.method === 'HEAD' && allow.includes('GET'))) {
       res.setHeader('Allow', allow);
-      return send(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`);
+      return send(
+        res,
+        405,
+        'METHOD_NOT_ALLOWED',
+        `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`,
+      );
     }
     next();
   });
@@ -175,7 +187,10 @@ export function createApiApp(options: ApiOptions): express.Express {
         // Before JSON.parse: a deeply nested body would otherwise reach validation code that
         // recurses once per level (a stack overflow, answered 5xx).
         if (exceedsDepth(buf, cfg.maxJsonDepth)) {
-          throw new FleetError('PAYLOAD_TOO_DEEP', `body nests arrays/objects deeper than api.maxJsonDepth=${cfg.maxJsonDepth}`);
+          throw new FleetError(
+            'PAYLOAD_TOO_DEEP',
+            `body nests arrays/objects deeper than api.maxJsonDepth=${cfg.maxJsonDepth}`,
+          );
         }
       },
     }),
@@ -192,7 +207,8 @@ export function createApiApp(options: ApiOptions): express.Express {
   const jobIdParam = (req: Authed): string => {
     const id = String(req.params.id);
     const type = jobTypeOfId(id);
-    if (!type || !producer.config.jobTypes.has(type)) throw new FleetError('JOB_NOT_FOUND', `no job with id ${shown(id)}`);
+    if (!type || !producer.config.jobTypes.has(type))
+      throw new FleetError('JOB_NOT_FOUND', `no job with id ${shown(id)}`);
     auth.authorize(req.producer!, type);
     return id;
   };
@@ -221,13 +237,32 @@ export function createApiApp(options: ApiOptions): express.Express {
     const parsed = batchBody.safeParse(req.body);
     if (!parsed.success) {
       const jobs = (req.body as { jobs?: unknown } | undefined)?.jobs;
-      if (Array.isArray(jobs) && jobs.length > cfg.maxBatchSize) throw new FleetError('INVALID_REQUEST', `batch has ${jobs.length} jobs; the limit is api.maxBatchSize=${cfg.maxBatchSize}`);
-      if (!Array.isArray(jobs) || jobs.length === 0) throw new FleetError('INVALID_REQUEST', 'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job');
+      if (Array.isArray(jobs) && jobs.length > cfg.maxBatchSize)
+        throw new FleetError(
+          'INVALID_REQUEST',
+          `batch has ${jobs.length} jobs; the limit is api.maxBatchSize=${cfg.maxBatchSize}`,
+        );
+      if (!Array.isArray(jobs) || jobs.length === 0)
+        throw new FleetError(
+          'INVALID_REQUEST',
+          'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job',
+        );
       const issue = parsed.error.issues[0]!;
-      const at = issue.path.map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`)).join('').replace(/^\./, '');
-      throw new FleetError('INVALID_REQUEST', `${at || 'batch body'}: ${issue.message}`, { details: { issues: parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })) } });
+      const at = issue.path
+        .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
+        .join('')
+        .replace(/^\./, '');
+      throw new FleetError('INVALID_REQUEST', `${at || 'batch body'}: ${issue.message}`, {
+        details: {
+          issues: parsed.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message })),
+        },
+      });
     }
-    const items = parsed.data.jobs.map((j) => (j.idempotencyKey === undefined ? { data: j.data as never } : { data: j.data as never, idempotencyKey: j.idempotencyKey }));
+    const items = parsed.data.jobs.map((j) =>
+      j.idempotencyKey === undefined
+        ? { data: j.data as never }
+        : { data: j.data as never, idempotencyKey: j.idempotencyKey },
+    );
     const r = await producerFor(req).enqueueBatch(type, items);
     res.status(202).json({ jobs: r });
   });
@@ -241,7 +276,10 @@ export function createApiApp(options: ApiOptions): express.Express {
   const visibleJob = async (req: Authed, may: (p: ProducerIdentity, j: JobView) => boolean): Promise<JobView> => {
     const id = jobIdParam(req);
     const job = await producer.getJob(id);
-    if (!may(req.producer!, job)) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
+    if (!may(req.producer!, job))
+      throw new JobNotFoundError(
+        `no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`,
+      );
     return job;
   };
 
@@ -256,7 +294,11 @@ export function createApiApp(options: ApiOptions): express.Express {
   v1.delete('/jobs/:id', async (req: Authed, res, next) => {
     if (!isJobId(req)) return next();
     const job = await visibleJob(req, maySeeJob);
-    if (!mayCancelJob(req.producer!, job)) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`);
+    if (!mayCancelJob(req.producer!, job))
+      throw new FleetError(
+        'FORBIDDEN',
+        `producer "${req.producer!.name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`,
+      );
     const r = await producer.cancel(job.id);
     if (r.outcome === 'already-finished') {
       send(res, 409, 'JOB_FINISHED', `job already ${r.previousState}; nothing to cancel`);
@@ -266,15 +308,23 @@ export function createApiApp(options: ApiOptions): express.Express {
   });
 
   v1.get('/audit', async (req: Authed, res) => {
-    if (!req.producer!.admin) throw new FleetError('FORBIDDEN', `producer "${req.producer!.name}" may not read the audit log. Fix: set admin: true on it.`);
+    if (!req.producer!.admin)
+      throw new FleetError(
+        'FORBIDDEN',
+        `producer "${req.producer!.name}" may not read the audit log. Fix: set admin: true on it.`,
+      );
     const parsedQuery = auditQuerySchema.safeParse(req.query);
     if (!parsedQuery.success) {
       const issue = parsedQuery.error.issues[0]!;
-      throw new FleetError('INVALID_REQUEST', `query ${issue.path.join('.') || ''}: ${issue.message}`.replace('query : ', 'query: '));
+      throw new FleetError(
+        'INVALID_REQUEST',
+        `query ${issue.path.join('.') || ''}: ${issue.message}`.replace('query : ', 'query: '),
+      );
     }
     const q = parsedQuery.data;
     const limit = q.limit === undefined ? 1000 : Number(q.limit);
-    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000) throw new FleetError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
+    if (!Number.isInteger(limit) || limit < 1 || limit > 10_000)
+      throw new FleetError('INVALID_REQUEST', 'limit must be an integer from 1 to 10000');
     // A window longer than the stream's life reads from its start (never a negative stream id).
     const sinceMs = q.since === undefined ? undefined : Math.max(0, Date.now() - parseDuration(q.since));
     const records = await producer.audit({
@@ -293,22 +343,36 @@ export function createApiApp(options: ApiOptions): express.Express {
     const allow = allowedMethods(req.path);
     if (allow && !allow.split(', ').includes(req.method)) {
       res.setHeader('Allow', allow);
-      return send(res, 405, 'METHOD_NOT_ALLOWED', `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`);
+      return send(
+        res,
+        405,
+        'METHOD_NOT_ALLOWED',
+        `${req.method} is not allowed on ${shown(req.path)}; allowed: ${allow}`,
+      );
     }
     send(res, 404, 'NOT_FOUND', `no route ${req.method} ${shown(req.path)}`);
   });
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
     const e = err as { type?: string; status?: number } & Error;
     if (e.type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${e.message}`);
-    if (e.type === 'entity.too.large') return send(res, 413, 'PAYLOAD_TOO_LARGE', `body is larger than api.bodyLimitBytes=${cfg.bodyLimitBytes}`);
-    if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported') return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', e.message);
+    if (e.type === 'entity.too.large')
+      return send(res, 413, 'PAYLOAD_TOO_LARGE', `body is larger than api.bodyLimitBytes=${cfg.bodyLimitBytes}`);
+    if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported')
+      return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', e.message);
     if (err instanceof FleetError) {
       const status = STATUS[err.code] ?? 500;
-      if (status >= 500) log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
+      if (status >= 500)
+        log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
       return send(res, status, err.code, err.message, err.details);
     }
-    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500) return send(res, e.status, 'INVALID_REQUEST', e.message);
-    log.error('unexpected error', { error: toError(err).message, stack: toError(err).stack, method: req.method, path: req.path });
+    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500)
+      return send(res, e.status, 'INVALID_REQUEST', e.message);
+    log.error('unexpected error', {
+      error: toError(err).message,
+      stack: toError(err).stack,
+      method: req.method,
+      path: req.path,
+    });
     send(res, 500, 'INTERNAL', 'internal error; see the server log');
   });
   return app;
@@ -334,11 +398,19 @@ const LINGER_MS = 2000;
 function parserRefusal(err: NodeJS.ErrnoException): { status: number; code: string; message: string } {
   switch (err.code) {
     case 'HPE_HEADER_OVERFLOW':
-      return { status: 431, code: 'HEADERS_TOO_LARGE', message: 'request headers are larger than the server accepts (16 KiB in all)' };
+      return {
+        status: 431,
+        code: 'HEADERS_TOO_LARGE',
+        message: 'request headers are larger than the server accepts (16 KiB in all)',
+      };
     case 'ERR_HTTP_REQUEST_TIMEOUT':
       return { status: 408, code: 'REQUEST_TIMEOUT', message: 'the request was not received in time' };
     default:
-      return { status: 400, code: 'BAD_HTTP_REQUEST', message: `not a valid HTTP/1.1 request (${err.code ?? 'parse error'})` };
+      return {
+        status: 400,
+        code: 'BAD_HTTP_REQUEST',
+        message: `not a valid HTTP/1.1 request (${err.code ?? 'parse error'})`,
+      };
   }
 }
 
@@ -357,7 +429,9 @@ function answerParserErrors(server: Server): void {
     }
     const r = parserRefusal(err);
     const body = JSON.stringify({ error: { code: r.code, message: r.message } });
-    socket.end(`HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    socket.end(
+      `HTTP/1.1 ${r.status} ${STATUS_CODES[r.status] ?? 'Error'}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+    );
     socket.on('error', () => undefined);
     socket.resume();
     setTimeout(() => socket.destroy(), LINGER_MS).unref();

@@ -59,7 +59,13 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
   for (const role of REDIS_ROLES) {
     const what = `redis role ${role}`;
     if (!access.hasRole(role)) {
-      out.push((production ? fail : warn)(what, `no credentials of its own (${rolePasswordEnv(role)}): it connects with REDIS_URL's identity, which can do anything`, 'run `fleet redis setup` with an admin REDIS_URL and give each role its password'));
+      out.push(
+        (production ? fail : warn)(
+          what,
+          `no credentials of its own (${rolePasswordEnv(role)}): it connects with REDIS_URL's identity, which can do anything`,
+          'run `fleet redis setup` with an admin REDIS_URL and give each role its password',
+        ),
+      );
       continue;
     }
     const redis = connectRedis(access.urlFor(role), 'producer', { lazyConnect: true });
@@ -80,12 +86,30 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
           allowed.push(probe.what);
         } catch (err) {
           // DEBUG may also be refused by the server itself (enable-debug-command no), before the ACL.
-          if (!/NOPERM|DEBUG command not allowed/.test(toError(err).message)) allowed.push(`${probe.what} (answered: ${toError(err).message.slice(0, 60)})`);
+          if (!/NOPERM|DEBUG command not allowed/.test(toError(err).message))
+            allowed.push(`${probe.what} (answered: ${toError(err).message.slice(0, 60)})`);
         }
       }
-      out.push(allowed.length ? fail(what, `user ${user} may run ${allowed.join(', ')}: more than the role needs`, 'run `fleet redis setup` again to reset its rules') : pass(what, `user ${user}, refused CONFIG, KEYS, DEBUG, ACL and deleting or trimming the audit stream${role === 'retention' ? ' (may trim: the retention path)' : ''}`));
+      out.push(
+        allowed.length
+          ? fail(
+              what,
+              `user ${user} may run ${allowed.join(', ')}: more than the role needs`,
+              'run `fleet redis setup` again to reset its rules',
+            )
+          : pass(
+              what,
+              `user ${user}, refused CONFIG, KEYS, DEBUG, ACL and deleting or trimming the audit stream${role === 'retention' ? ' (may trim: the retention path)' : ''}`,
+            ),
+      );
     } catch (err) {
-      out.push(fail(what, `cannot connect as its user: ${toError(err).message}`, `check ${rolePasswordEnv(role)} and that \`fleet redis setup\` ran on this Redis`));
+      out.push(
+        fail(
+          what,
+          `cannot connect as its user: ${toError(err).message}`,
+          `check ${rolePasswordEnv(role)} and that \`fleet redis setup\` ran on this Redis`,
+        ),
+      );
     } finally {
       redis.disconnect();
     }
@@ -108,52 +132,133 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   // Secrets come from an external manager.
   for (const [name, kind] of config.secretProviders) {
     if (kind === 'local') {
-      out.push(options.production
-        ? fail(`secret ${name}: external provider`, 'served by the dev-only local store', `set secrets.items.${name}.provider (or secrets.provider) to "vault" or "kms"`)
-        : warn(`secret ${name}: external provider`, 'served by the dev-only local store (fine for development)', 'use "vault" or "kms" in production'));
+      out.push(
+        options.production
+          ? fail(
+              `secret ${name}: external provider`,
+              'served by the dev-only local store',
+              `set secrets.items.${name}.provider (or secrets.provider) to "vault" or "kms"`,
+            )
+          : warn(
+              `secret ${name}: external provider`,
+              'served by the dev-only local store (fine for development)',
+              'use "vault" or "kms" in production',
+            ),
+      );
     } else out.push(pass(`secret ${name}: external provider`, kind));
   }
 
   const macKind = auditKeyProvider(config);
   const macCheck = `audit MAC key ${config.secrets.audit.macKey}: external provider`;
-  if (macKind === 'local') out.push((options.production ? fail : warn)(macCheck, 'in the dev-only local store, whose master key sits beside the data', `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`));
+  if (macKind === 'local')
+    out.push(
+      (options.production ? fail : warn)(
+        macCheck,
+        'in the dev-only local store, whose master key sits beside the data',
+        `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`,
+      ),
+    );
   else out.push(pass(macCheck, macKind));
 
   // Secrets a type holds in its sandbox although they could be injected at egress.
   for (const t of config.jobTypes.values()) {
     for (const [name, mode] of t.secretModes) {
       const binding = config.secrets.items[name]?.binding;
-      if (mode === 'deliver' && binding) out.push(warn(`job type ${t.name}: secret ${name} mode`, `delivered into the sandbox although it has a binding (${binding.hosts.join(', ')}): a compromised processor can read and leak it`, `take it as "${name}" (inject, the default with a binding) unless the job needs the value itself`));
-      else if (mode === 'inject') out.push(pass(`job type ${t.name}: secret ${name} mode`, `injected at egress toward ${binding!.hosts.join(', ')}; the sandbox holds a placeholder`));
+      if (mode === 'deliver' && binding)
+        out.push(
+          warn(
+            `job type ${t.name}: secret ${name} mode`,
+            `delivered into the sandbox although it has a binding (${binding.hosts.join(', ')}): a compromised processor can read and leak it`,
+            `take it as "${name}" (inject, the default with a binding) unless the job needs the value itself`,
+          ),
+        );
+      else if (mode === 'inject')
+        out.push(
+          pass(
+            `job type ${t.name}: secret ${name} mode`,
+            `injected at egress toward ${binding!.hosts.join(', ')}; the sandbox holds a placeholder`,
+          ),
+        );
     }
   }
 
   // Critical work: request-bound execution with a short timeout; concurrency caps.
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity === 'critical') {
-      out.push(t.isolation === 'job' && t.timeoutMs <= CRITICAL_MAX_TIMEOUT_MS
-        ? pass(`job type ${t.name}: critical isolation`, `fresh sandbox per job (auto-destroy), timeout ${t.timeoutMs} ms`)
-        : fail(`job type ${t.name}: critical isolation`, `isolation ${t.isolation}, timeout ${t.timeoutMs} ms`, 'isolation "job" and timeoutMs ≤ 120000'));
-      out.push(t.globalConcurrency !== undefined
-        ? pass(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor, ${t.globalConcurrency} fleet-wide`)
-        : warn(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor, no fleet-wide cap`, `set jobTypes.${t.name}.globalConcurrency`));
+      out.push(
+        t.isolation === 'job' && t.timeoutMs <= CRITICAL_MAX_TIMEOUT_MS
+          ? pass(
+              `job type ${t.name}: critical isolation`,
+              `fresh sandbox per job (auto-destroy), timeout ${t.timeoutMs} ms`,
+            )
+          : fail(
+              `job type ${t.name}: critical isolation`,
+              `isolation ${t.isolation}, timeout ${t.timeoutMs} ms`,
+              'isolation "job" and timeoutMs ≤ 120000',
+            ),
+      );
+      out.push(
+        t.globalConcurrency !== undefined
+          ? pass(
+              `job type ${t.name}: concurrency caps`,
+              `${t.concurrency} per supervisor, ${t.globalConcurrency} fleet-wide`,
+            )
+          : warn(
+              `job type ${t.name}: concurrency caps`,
+              `${t.concurrency} per supervisor, no fleet-wide cap`,
+              `set jobTypes.${t.name}.globalConcurrency`,
+            ),
+      );
     } else {
-      out.push(pass(`job type ${t.name}: concurrency caps`, `${t.concurrency} per supervisor${t.globalConcurrency ? `, ${t.globalConcurrency} fleet-wide` : ''}`));
-      if (t.timeoutMs > 300_000 && t.isolation === 'pool') out.push(warn(`job type ${t.name}: timeout`, `${t.timeoutMs} ms in a reused sandbox`, 'routine work: ≤ 300 s, or a concurrency limit for long-running work'));
+      out.push(
+        pass(
+          `job type ${t.name}: concurrency caps`,
+          `${t.concurrency} per supervisor${t.globalConcurrency ? `, ${t.globalConcurrency} fleet-wide` : ''}`,
+        ),
+      );
+      if (t.timeoutMs > 300_000 && t.isolation === 'pool')
+        out.push(
+          warn(
+            `job type ${t.name}: timeout`,
+            `${t.timeoutMs} ms in a reused sandbox`,
+            'routine work: ≤ 300 s, or a concurrency limit for long-running work',
+          ),
+        );
     }
   }
 
   // Critical types need the OS layer (namespaces) in production: without it a compromised
   // processor keeps the host's network and can fill disk (see README "Threat model").
-  const { live: reports, invalid } = await readSupervisorStatuses(redis, config.redis.prefix, config.supervisor.heartbeatMs).catch(() => ({ live: [], invalid: [] }));
-  if (invalid.length) out.push(warn('supervisors: heartbeats', `${invalid.length} record(s) in ${supervisorsKey(config.redis.prefix)} are not valid heartbeats: ${invalid.slice(0, 5).join(', ')}`, 'find what writes them; only supervisors should (Redis ACLs)'));
+  const { live: reports, invalid } = await readSupervisorStatuses(
+    redis,
+    config.redis.prefix,
+    config.supervisor.heartbeatMs,
+  ).catch(() => ({ live: [], invalid: [] }));
+  if (invalid.length)
+    out.push(
+      warn(
+        'supervisors: heartbeats',
+        `${invalid.length} record(s) in ${supervisorsKey(config.redis.prefix)} are not valid heartbeats: ${invalid.slice(0, 5).join(', ')}`,
+        'find what writes them; only supervisors should (Redis ACLs)',
+      ),
+    );
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity !== 'critical') continue;
-    const seen = reports.flatMap((r) => r.types.filter((x) => x.jobType === t.name && x.layers.length).map((x) => ({ id: r.id, layers: x.layers })));
+    const seen = reports.flatMap((r) =>
+      r.types.filter((x) => x.jobType === t.name && x.layers.length).map((x) => ({ id: r.id, layers: x.layers })),
+    );
     const without = seen.filter((x) => !x.layers.includes('namespaces'));
     const what = `job type ${t.name}: sandbox OS layer`;
-    if (!seen.length) out.push(warn(what, 'no running supervisor reports this type', 'start a worker, then run fleet doctor again'));
-    else if (without.length) out.push((options.production ? fail : warn)(what, `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]!.layers.join('+')})`, 'install bubblewrap and allow user namespaces on the worker hosts (README "Deploy"), or set supervisor.osLayer: "required"'));
+    if (!seen.length)
+      out.push(warn(what, 'no running supervisor reports this type', 'start a worker, then run fleet doctor again'));
+    else if (without.length)
+      out.push(
+        (options.production ? fail : warn)(
+          what,
+          `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]!.layers.join('+')})`,
+          'install bubblewrap and allow user namespaces on the worker hosts (README "Deploy"), or set supervisor.osLayer: "required"',
+        ),
+      );
     else out.push(pass(what, `${seen[0]!.layers.join('+')} on ${seen.length} supervisor(s)`));
   }
 
@@ -167,7 +272,15 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   try {
     if (admin !== redis) await ensureReady(admin);
     const [, policy] = (await admin.config('GET', 'maxmemory-policy')) as [string, string];
-    out.push(policy === 'noeviction' ? pass('redis: eviction policy', 'noeviction') : fail('redis: eviction policy', policy, 'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)'));
+    out.push(
+      policy === 'noeviction'
+        ? pass('redis: eviction policy', 'noeviction')
+        : fail(
+            'redis: eviction policy',
+            policy,
+            'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)',
+          ),
+    );
     const [, aof] = (await admin.config('GET', 'appendonly')) as [string, string];
     const [, save] = (await admin.config('GET', 'save')) as [string, string];
     if (aof === 'yes') {
@@ -177,17 +290,49 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       if (user) {
         const flags = (user[user.indexOf('flags') + 1] as string[]) ?? [];
         const commands = String(user[user.indexOf('commands') + 1] ?? '');
-        out.push(flags.includes('off') || !commands.startsWith('+@all')
-          ? fail('redis: default user and AOF', `the default user is ${flags.includes('off') ? 'off' : `restricted (${commands.slice(0, 40)})`}: Redis replays the AOF's transactions as default and drops the ones it may not run (redis/redis#14541), so a restart silently loses jobs and audit records`, 'keep default on with +@all ~* &* behind a strong password (it is the admin); give the fleet the fleet-<role> users')
-          : flags.includes('nopass')
-            ? (options.production ? fail : warn)('redis: default user', 'no password: whoever reaches Redis has every right, and the per-role users protect nothing', 'requirepass <strong password> (default stays the admin); the fleet uses the fleet-<role> users')
-            : pass('redis: default user and AOF', 'default keeps its rights (AOF transactions replay), behind a password'));
+        out.push(
+          flags.includes('off') || !commands.startsWith('+@all')
+            ? fail(
+                'redis: default user and AOF',
+                `the default user is ${flags.includes('off') ? 'off' : `restricted (${commands.slice(0, 40)})`}: Redis replays the AOF's transactions as default and drops the ones it may not run (redis/redis#14541), so a restart silently loses jobs and audit records`,
+                'keep default on with +@all ~* &* behind a strong password (it is the admin); give the fleet the fleet-<role> users',
+              )
+            : flags.includes('nopass')
+              ? (options.production ? fail : warn)(
+                  'redis: default user',
+                  'no password: whoever reaches Redis has every right, and the per-role users protect nothing',
+                  'requirepass <strong password> (default stays the admin); the fleet uses the fleet-<role> users',
+                )
+              : pass(
+                  'redis: default user and AOF',
+                  'default keeps its rights (AOF transactions replay), behind a password',
+                ),
+        );
       }
-    }
-    else if (save) out.push(warn('redis: persistence', `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`, 'redis-server --appendonly yes'));
-    else out.push((options.production ? fail : warn)('redis: persistence', 'none: a restart loses every queued job', 'redis-server --appendonly yes'));
+    } else if (save)
+      out.push(
+        warn(
+          'redis: persistence',
+          `RDB snapshots only (${save}): jobs since the last snapshot are lost on a crash`,
+          'redis-server --appendonly yes',
+        ),
+      );
+    else
+      out.push(
+        (options.production ? fail : warn)(
+          'redis: persistence',
+          'none: a restart loses every queued job',
+          'redis-server --appendonly yes',
+        ),
+      );
   } catch (err) {
-    out.push(warn('redis: settings', `could not read CONFIG (${toError(err).message}); managed Redis, or REDIS_URL without an admin user?`, 'confirm noeviction and persistence with your provider, or run fleet doctor with an admin user in REDIS_URL'));
+    out.push(
+      warn(
+        'redis: settings',
+        `could not read CONFIG (${toError(err).message}); managed Redis, or REDIS_URL without an admin user?`,
+        'confirm noeviction and persistence with your provider, or run fleet doctor with an admin user in REDIS_URL',
+      ),
+    );
   } finally {
     if (admin !== redis) admin.disconnect();
   }
@@ -196,14 +341,37 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   try {
     const length = await redis.xlen(auditStreamKey(config.redis.prefix));
     const max = config.secrets.audit.maxEntries;
-    out.push(length > max * 2 ? warn('audit: retention', `${length} records, over twice secrets.audit.maxEntries (${max})`, 'run a scheduler role (it trims behind signed checkpoints with the retention Redis role)') : pass('audit: retention', `${length} records (limit ${max})`));
+    out.push(
+      length > max * 2
+        ? warn(
+            'audit: retention',
+            `${length} records, over twice secrets.audit.maxEntries (${max})`,
+            'run a scheduler role (it trims behind signed checkpoints with the retention Redis role)',
+          )
+        : pass('audit: retention', `${length} records (limit ${max})`),
+    );
     if (length === 0) throw Object.assign(new Error('no records yet'), { empty: true });
     const { auditVerify } = await import('./trail-commands.js');
     const r = await auditVerify(config, redis, {});
-    out.push(r.ok ? pass('audit: MAC chain', `${r.records} records from ${r.writers} writer(s) verify`) : fail('audit: MAC chain', `broken at ${r.firstBreak!.at} (writer ${r.firstBreak!.writer}): ${r.firstBreak!.reason}`, 'someone with Redis access changed the audit stream: compare with the exported copy; find the credential used'));
+    out.push(
+      r.ok
+        ? pass('audit: MAC chain', `${r.records} records from ${r.writers} writer(s) verify`)
+        : fail(
+            'audit: MAC chain',
+            `broken at ${r.firstBreak!.at} (writer ${r.firstBreak!.writer}): ${r.firstBreak!.reason}`,
+            'someone with Redis access changed the audit stream: compare with the exported copy; find the credential used',
+          ),
+    );
   } catch (err) {
     if ((err as { empty?: boolean }).empty) out.push(pass('audit: MAC chain', 'no records yet'));
-    else out.push(warn('audit: MAC chain', `not verified: ${toError(err).message}`, 'fleet audit verify with an identity that can read secrets.audit.macKey'));
+    else
+      out.push(
+        warn(
+          'audit: MAC chain',
+          `not verified: ${toError(err).message}`,
+          'fleet audit verify with an identity that can read secrets.audit.macKey',
+        ),
+      );
   }
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.
@@ -213,22 +381,53 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     try {
       provider = await makeProvider(kind, config, { redis, logger: silentLogger });
       await provider.check();
-      out.push(pass(`${kind}: credentials`, kind === 'vault' ? 'supervisor token valid' : kind === 'kms' ? `key ${config.secrets.kms!.keyId} reachable` : 'master key readable'));
+      out.push(
+        pass(
+          `${kind}: credentials`,
+          kind === 'vault'
+            ? 'supervisor token valid'
+            : kind === 'kms'
+              ? `key ${config.secrets.kms!.keyId} reachable`
+              : 'master key readable',
+        ),
+      );
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
       if (kind === 'kms') {
         const on = await (provider as KmsProvider).keyRotationEnabled();
-        out.push(on ? pass('kms: customer key rotation', 'automatic rotation on') : warn('kms: customer key rotation', 'automatic rotation off', 'set secrets.kms.enableKeyRotation (the scheduler turns it on) or aws kms enable-key-rotation'));
+        out.push(
+          on
+            ? pass('kms: customer key rotation', 'automatic rotation on')
+            : warn(
+                'kms: customer key rotation',
+                'automatic rotation off',
+                'set secrets.kms.enableKeyRotation (the scheduler turns it on) or aws kms enable-key-rotation',
+              ),
+        );
       }
       if (kind === 'vault') {
         for (const t of config.jobTypes.values()) {
           const names = t.secrets.filter((n) => config.secretProviders.get(n) === 'vault');
           if (!names.length) continue;
           const problem = await (provider as VaultProvider).probeJobPolicy(t.name, names);
-          out.push(problem ? fail(`vault: policy for ${t.name}`, problem, 'run `fleet vault setup` with an admin token') : pass(`vault: policy for ${t.name}`, `job token reads exactly ${names.join(', ')}`));
+          out.push(
+            problem
+              ? fail(`vault: policy for ${t.name}`, problem, 'run `fleet vault setup` with an admin token')
+              : pass(`vault: policy for ${t.name}`, `job token reads exactly ${names.join(', ')}`),
+          );
         }
       }
     } catch (err) {
-      out.push(fail(`${kind}: credentials`, toError(err).message, kind === 'vault' ? 'check VAULT_ADDR and the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID)' : kind === 'kms' ? 'check secrets.kms.keyId/region/endpoint and AWS credentials' : 'check the master key'));
+      out.push(
+        fail(
+          `${kind}: credentials`,
+          toError(err).message,
+          kind === 'vault'
+            ? 'check VAULT_ADDR and the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID)'
+            : kind === 'kms'
+              ? 'check secrets.kms.keyId/region/endpoint and AWS credentials'
+              : 'check the master key',
+        ),
+      );
     } finally {
       await provider?.close();
     }
@@ -239,35 +438,94 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     const policy = config.secrets.items[h.secret]?.rotation;
     const limit = MAX_AGE_MS[h.kind];
     if (!policy) {
-      out.push(fail(`secret ${h.secret}: rotation policy`, 'none', `add secrets.items.${h.secret}.rotation (${h.kind === 'encryption-key' ? 'daily' : 'weekly or more often'})`));
+      out.push(
+        fail(
+          `secret ${h.secret}: rotation policy`,
+          'none',
+          `add secrets.items.${h.secret}.rotation (${h.kind === 'encryption-key' ? 'daily' : 'weekly or more often'})`,
+        ),
+      );
       continue;
     }
     const interval = scheduleOf(policy.schedule).intervalMs;
-    if (interval === null) out.push(warn(`secret ${h.secret}: rotation policy`, `cron "${policy.schedule}": cadence not checked`, `make sure it runs at least every ${limit / 86_400_000} day(s)`));
-    else if (interval > limit) out.push(fail(`secret ${h.secret}: rotation policy`, `every ${Math.round(interval / 3_600_000)} h, longer than allowed for ${h.kind} (${limit / 3_600_000} h)`, `rotate ${h.kind === 'encryption-key' ? 'daily' : 'at least weekly'}`));
+    if (interval === null)
+      out.push(
+        warn(
+          `secret ${h.secret}: rotation policy`,
+          `cron "${policy.schedule}": cadence not checked`,
+          `make sure it runs at least every ${limit / 86_400_000} day(s)`,
+        ),
+      );
+    else if (interval > limit)
+      out.push(
+        fail(
+          `secret ${h.secret}: rotation policy`,
+          `every ${Math.round(interval / 3_600_000)} h, longer than allowed for ${h.kind} (${limit / 3_600_000} h)`,
+          `rotate ${h.kind === 'encryption-key' ? 'daily' : 'at least weekly'}`,
+        ),
+      );
     else out.push(pass(`secret ${h.secret}: rotation policy`, `${policy.schedule} (${policy.rotator.type})`));
-    if (h.overdue) out.push(fail(`secret ${h.secret}: rotation due`, `overdue since ${new Date(h.nextDueAt!).toISOString()}`, 'run a scheduler role, or fleet rotate ' + h.secret));
-    else if (h.rotation.lastOutcome === 'failed') out.push(fail(`secret ${h.secret}: last rotation`, `failed at step ${h.rotation.lastFailedStep}: ${h.rotation.lastError}`, `fleet audit --secret ${h.secret}; fix the rotator, then fleet rotate ${h.secret} --now`));
-    else out.push(pass(`secret ${h.secret}: rotation due`, h.nextDueAt ? `next ${new Date(h.nextDueAt).toISOString()}` : 'scheduled'));
+    if (h.overdue)
+      out.push(
+        fail(
+          `secret ${h.secret}: rotation due`,
+          `overdue since ${new Date(h.nextDueAt!).toISOString()}`,
+          'run a scheduler role, or fleet rotate ' + h.secret,
+        ),
+      );
+    else if (h.rotation.lastOutcome === 'failed')
+      out.push(
+        fail(
+          `secret ${h.secret}: last rotation`,
+          `failed at step ${h.rotation.lastFailedStep}: ${h.rotation.lastError}`,
+          `fleet audit --secret ${h.secret}; fix the rotator, then fleet rotate ${h.secret} --now`,
+        ),
+      );
+    else
+      out.push(
+        pass(
+          `secret ${h.secret}: rotation due`,
+          h.nextDueAt ? `next ${new Date(h.nextDueAt).toISOString()}` : 'scheduled',
+        ),
+      );
   }
 
   // Monitoring.
-  if (!options.metricsUrls.length) out.push(warn('monitoring: metrics endpoint', 'no --metrics-url given', 'pass the API and supervisor /metrics URLs'));
+  if (!options.metricsUrls.length)
+    out.push(
+      warn('monitoring: metrics endpoint', 'no --metrics-url given', 'pass the API and supervisor /metrics URLs'),
+    );
   for (const url of options.metricsUrls) {
     try {
       const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
       const body = await r.text();
-      out.push(r.ok && body.includes('fleet_') ? pass(`monitoring: ${url}`, 'serves fleet metrics') : fail(`monitoring: ${url}`, `HTTP ${r.status}`, 'is the process running with that port?'));
+      out.push(
+        r.ok && body.includes('fleet_')
+          ? pass(`monitoring: ${url}`, 'serves fleet metrics')
+          : fail(`monitoring: ${url}`, `HTTP ${r.status}`, 'is the process running with that port?'),
+      );
     } catch (err) {
       out.push(fail(`monitoring: ${url}`, toError(err).message, 'is the process running with that port?'));
     }
   }
   if (options.prometheusUrl) {
     try {
-      const r = (await (await fetch(`${options.prometheusUrl}/api/v1/targets`, { signal: AbortSignal.timeout(3000) })).json()) as { data: { activeTargets: { labels: { job: string }; health: string }[] } };
+      const r = (await (
+        await fetch(`${options.prometheusUrl}/api/v1/targets`, { signal: AbortSignal.timeout(3000) })
+      ).json()) as { data: { activeTargets: { labels: { job: string }; health: string }[] } };
       const fleet = r.data.activeTargets.filter((t) => t.labels.job.startsWith('fleet'));
       const down = fleet.filter((t) => t.health !== 'up');
-      out.push(!fleet.length ? fail('monitoring: prometheus targets', 'no fleet-* scrape jobs', 'add the fleet to the scrape config (deploy/prometheus.yml)') : down.length ? fail('monitoring: prometheus targets', `${down.length} of ${fleet.length} down`, 'check the targets page') : pass('monitoring: prometheus targets', `${fleet.length} fleet targets up`));
+      out.push(
+        !fleet.length
+          ? fail(
+              'monitoring: prometheus targets',
+              'no fleet-* scrape jobs',
+              'add the fleet to the scrape config (deploy/prometheus.yml)',
+            )
+          : down.length
+            ? fail('monitoring: prometheus targets', `${down.length} of ${fleet.length} down`, 'check the targets page')
+            : pass('monitoring: prometheus targets', `${fleet.length} fleet targets up`),
+      );
     } catch (err) {
       out.push(fail('monitoring: prometheus', toError(err).message, 'check --prometheus-url'));
     }
@@ -276,5 +534,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
 }
 
 export function renderChecks(checks: Check[]): string {
-  return checks.map((c) => `${c.status.padEnd(4)}  ${c.check}: ${c.detail}${c.fix ? `  → fix: ${c.fix}` : ''}`).join('\n');
+  return checks
+    .map((c) => `${c.status.padEnd(4)}  ${c.check}: ${c.detail}${c.fix ? `  → fix: ${c.fix}` : ''}`)
+    .join('\n');
 }

@@ -57,7 +57,11 @@ interface Io {
 /** The Redis URL for a command, as the Redis role that command needs (see `fleet redis setup`). */
 function need(config: FleetConfig, role: RedisRole): string {
   const access = discoverRedisAccess(config);
-  if (!access) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.');
+  if (!access)
+    throw new FleetError(
+      'REDIS_UNAVAILABLE',
+      'no Redis to talk to. Fix: set REDIS_URL, or run `npm start` (which starts a private Redis) in this folder first.',
+    );
   return access.urlFor(role);
 }
 
@@ -81,9 +85,15 @@ async function withRedis<T>(config: FleetConfig, role: RedisRole, fn: (r: RedisC
   }
 }
 
-function status(config: FleetConfig): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
+function status(
+  config: FleetConfig,
+): Promise<{ supervisors: SupervisorStatus[]; queues: Record<string, Record<string, number>> }> {
   return withRedis(config, 'ops', async (redis) => {
-    const { live: supervisors } = await readSupervisorStatuses(redis, config.redis.prefix, config.supervisor.heartbeatMs);
+    const { live: supervisors } = await readSupervisorStatuses(
+      redis,
+      config.redis.prefix,
+      config.supervisor.heartbeatMs,
+    );
     const queues: Record<string, Record<string, number>> = {};
     for (const name of config.jobTypes.keys()) {
       const q = new Queue(name, { connection: redis, prefix: queuePrefix(config.redis.prefix, name) });
@@ -98,17 +108,25 @@ function renderStatus(s: Awaited<ReturnType<typeof status>>): string {
   const lines = [`supervisors: ${s.supervisors.length}`];
   for (const sup of s.supervisors) {
     lines.push(`  ${sup.id}  ${sup.state}  pid ${sup.pid}  up ${Math.round((Date.now() - sup.startedAt) / 1000)}s`);
-    for (const t of sup.types) lines.push(`    ${t.jobType.padEnd(20)} ${t.isolation.padEnd(4)} active ${t.active}/${t.concurrency}  sandboxes warm ${t.warm} busy ${t.busy} starting ${t.starting}  layers ${(t.layers ?? []).join('+') || '(none started)'}`);
+    for (const t of sup.types)
+      lines.push(
+        `    ${t.jobType.padEnd(20)} ${t.isolation.padEnd(4)} active ${t.active}/${t.concurrency}  sandboxes warm ${t.warm} busy ${t.busy} starting ${t.starting}  layers ${(t.layers ?? []).join('+') || '(none started)'}`,
+      );
   }
   lines.push('queues:');
   for (const [name, c] of Object.entries(s.queues)) {
-    lines.push(`  ${name.padEnd(20)} waiting ${c.waiting ?? 0}  active ${c.active ?? 0}  delayed ${c.delayed ?? 0}  failed ${c.failed ?? 0}  completed ${c.completed ?? 0}`);
+    lines.push(
+      `  ${name.padEnd(20)} waiting ${c.waiting ?? 0}  active ${c.active ?? 0}  delayed ${c.delayed ?? 0}  failed ${c.failed ?? 0}  completed ${c.completed ?? 0}`,
+    );
   }
   return lines.join('\n');
 }
 
 /** Runs the CLI; resolves with the exit code. `start` resolves only after shutdown. */
-export async function main(argv: string[], io: Io = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) }): Promise<number> {
+export async function main(
+  argv: string[],
+  io: Io = { out: (s) => process.stdout.write(`${s}\n`), err: (s) => process.stderr.write(`${s}\n`) },
+): Promise<number> {
   let parsed;
   try {
     parsed = parseArgs({
@@ -153,13 +171,17 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
     const config = await loadConfig(opts.config ? { path: opts.config } : {});
     switch (command) {
       case 'start': {
-        if (!ROLES.includes(opts.role as Role)) throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
+        if (!ROLES.includes(opts.role as Role))
+          throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
         const logger = makeLogger();
         // Several supervisors on one host each need their own metrics port: flag > env > config.
         const portText = opts['metrics-port'] ?? process.env.FLEET_METRICS_PORT;
         const metricsPort = portText === undefined ? undefined : Number(portText);
         if (metricsPort !== undefined && !(Number.isInteger(metricsPort) && metricsPort >= 0 && metricsPort <= 65535)) {
-          throw new FleetError('CONFIG_INVALID', `--metrics-port / FLEET_METRICS_PORT must be a port number 0–65535 (0 picks a free one); got "${portText}"`);
+          throw new FleetError(
+            'CONFIG_INVALID',
+            `--metrics-port / FLEET_METRICS_PORT must be a port number 0–65535 (0 picks a free one); got "${portText}"`,
+          );
         }
         // Signal handlers go in before start-up, so a SIGTERM that arrives while it runs still drains.
         let fleet: Awaited<ReturnType<typeof startFleet>> | null = null;
@@ -177,7 +199,12 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         };
         process.on('SIGTERM', onSignal);
         process.on('SIGINT', onSignal);
-        fleet = await startFleet({ config, role: opts.role as Role, logger, ...(metricsPort !== undefined ? { metricsPort } : {}) });
+        fleet = await startFleet({
+          config,
+          role: opts.role as Role,
+          logger,
+          ...(metricsPort !== undefined ? { metricsPort } : {}),
+        });
         if (signalled) void fleet.release().then(stop);
         await stopped;
         return 0;
@@ -232,7 +259,15 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
             print(`${r.name}: stored version ${r.version} in ${r.provider}`, r);
           } else if (sub === 'list') {
             const rows = await sec.secretsList(config, redis);
-            print(rows.map((m) => `${m.name.padEnd(24)} ${m.provider.padEnd(6)} v${m.version}  ${new Date(m.updatedAt).toISOString()}`).join('\n') || 'no secrets stored', rows);
+            print(
+              rows
+                .map(
+                  (m) =>
+                    `${m.name.padEnd(24)} ${m.provider.padEnd(6)} v${m.version}  ${new Date(m.updatedAt).toISOString()}`,
+                )
+                .join('\n') || 'no secrets stored',
+              rows,
+            );
           } else if (sub === 'delete' && name) {
             await sec.secretsDelete(config, redis, name, opts.provider);
             print(`${name}: deleted`, { name, deleted: true });
@@ -250,15 +285,27 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
           redis?.on('error', () => undefined);
           try {
             if (redis) await ensureReady(redis);
-            const r = await trail.auditVerify(config, redis, { ...(opts.since ? { since: opts.since } : {}), ...(opts.file ? { file: opts.file } : {}) });
-            print(trail.renderVerify(r), { ok: r.ok, records: r.records, writers: r.writers, breaks: r.breaks, firstBreak: r.firstBreak, checkpoint: r.checkpoint });
+            const r = await trail.auditVerify(config, redis, {
+              ...(opts.since ? { since: opts.since } : {}),
+              ...(opts.file ? { file: opts.file } : {}),
+            });
+            print(trail.renderVerify(r), {
+              ok: r.ok,
+              records: r.records,
+              writers: r.writers,
+              breaks: r.breaks,
+              firstBreak: r.firstBreak,
+              checkpoint: r.checkpoint,
+            });
             return r.ok ? 0 : 1;
           } finally {
             redis?.disconnect();
           }
         }
         if (sub === 'export') {
-          const n = await withRedis(config, 'ops', (r) => trail.auditExport(config, r, opts.since ? { since: opts.since } : {}, (line) => io.out(line)));
+          const n = await withRedis(config, 'ops', (r) =>
+            trail.auditExport(config, r, opts.since ? { since: opts.since } : {}, (line) => io.out(line)),
+          );
           io.err(`${n} records exported`);
           return 0;
         }
@@ -274,9 +321,18 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
           }
           return 0;
         }
-        if (sub) throw new FleetError('INVALID_REQUEST', `unknown audit subcommand "${sub}". Use: fleet audit [verify | export | init-key]`);
+        if (sub)
+          throw new FleetError(
+            'INVALID_REQUEST',
+            `unknown audit subcommand "${sub}". Use: fleet audit [verify | export | init-key]`,
+          );
         const rows = await withRedis(config, 'ops', (r) =>
-          sec.audit(config, r, { ...(opts.since ? { since: opts.since } : {}), ...(opts.secret ? { secret: opts.secret } : {}), denied: opts.denied, ...(opts.limit ? { limit: Number(opts.limit) } : {}) }),
+          sec.audit(config, r, {
+            ...(opts.since ? { since: opts.since } : {}),
+            ...(opts.secret ? { secret: opts.secret } : {}),
+            denied: opts.denied,
+            ...(opts.limit ? { limit: Number(opts.limit) } : {}),
+          }),
         );
         print(sec.renderAudit(rows), rows);
         return 0;
@@ -284,34 +340,57 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
       case 'rotate': {
         const [secret] = rest;
         if (!secret) throw new FleetError('INVALID_REQUEST', 'usage: fleet rotate <secret> [--now]');
-        const out: { secret: string; jobId: string | undefined; state: string; version?: string; error?: string } = await withRedis(config, 'scheduler', async (r) => {
-          const queue = rotationQueue(config, r);
-          try {
-            const job = await requestRotation(config, queue, secret);
-            if (!opts.now) return { secret, jobId: job.id, state: 'queued' };
-            for (;;) {
-              const state = await job.getState();
-              if (state === 'completed' || (state === 'failed' && (await queue.getJob(job.id!))?.finishedOn)) {
-                const fresh = (await queue.getJob(job.id!))!;
-                return { secret, jobId: job.id, state, ...(state === 'completed' ? { version: (fresh.returnvalue as { version: string }).version } : { error: fresh.failedReason }) };
+        const out: { secret: string; jobId: string | undefined; state: string; version?: string; error?: string } =
+          await withRedis(config, 'scheduler', async (r) => {
+            const queue = rotationQueue(config, r);
+            try {
+              const job = await requestRotation(config, queue, secret);
+              if (!opts.now) return { secret, jobId: job.id, state: 'queued' };
+              for (;;) {
+                const state = await job.getState();
+                if (state === 'completed' || (state === 'failed' && (await queue.getJob(job.id!))?.finishedOn)) {
+                  const fresh = (await queue.getJob(job.id!))!;
+                  return {
+                    secret,
+                    jobId: job.id,
+                    state,
+                    ...(state === 'completed'
+                      ? { version: (fresh.returnvalue as { version: string }).version }
+                      : { error: fresh.failedReason }),
+                  };
+                }
+                await new Promise((res) => setTimeout(res, 100));
               }
-              await new Promise((res) => setTimeout(res, 100));
+            } finally {
+              await queue.close();
             }
-          } finally {
-            await queue.close();
-          }
-        });
-        print(out.state === 'completed' ? `${secret}: rotated to version ${out.version}` : out.state === 'queued' ? `${secret}: rotation queued (${out.jobId}); a scheduler role runs it` : `${secret}: rotation failed: ${out.error}`, out);
+          });
+        print(
+          out.state === 'completed'
+            ? `${secret}: rotated to version ${out.version}`
+            : out.state === 'queued'
+              ? `${secret}: rotation queued (${out.jobId}); a scheduler role runs it`
+              : `${secret}: rotation failed: ${out.error}`,
+          out,
+        );
         return out.state === 'failed' ? 1 : 0;
       }
       case 'kms': {
         const action = rest[0];
-        if (action !== 'rotate-key' && action !== 'ensure-key') throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key | fleet kms ensure-key');
-        if (!config.secrets.kms) throw new FleetError('CONFIG_INVALID', 'secrets.kms is not configured. Fix: add secrets.kms { keyId, region } to the config.');
+        if (action !== 'rotate-key' && action !== 'ensure-key')
+          throw new FleetError('INVALID_REQUEST', 'usage: fleet kms rotate-key | fleet kms ensure-key');
+        if (!config.secrets.kms)
+          throw new FleetError(
+            'CONFIG_INVALID',
+            'secrets.kms is not configured. Fix: add secrets.kms { keyId, region } to the config.',
+          );
         const keyId = config.secrets.kms.keyId;
         const out = await withRedis(config, 'scheduler', async (r) => {
           const { makeProvider } = await import('../secrets/providers.js');
-          const kms = (await makeProvider('kms', config, { redis: r, logger: makeLogger({ level: 'silent' }) })) as import('../secrets/kms-provider.js').KmsProvider;
+          const kms = (await makeProvider('kms', config, {
+            redis: r,
+            logger: makeLogger({ level: 'silent' }),
+          })) as import('../secrets/kms-provider.js').KmsProvider;
           try {
             if (action === 'ensure-key') return await kms.ensureKey();
             await kms.rotateKeyNow();
@@ -320,37 +399,82 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
             await kms.close();
           }
         });
-        if (out) print(out.created ? `KMS key ${keyId}: created (${out.keyId})` : `KMS key ${keyId}: exists (${out.keyId})`, { keyId, kmsKeyId: out.keyId, created: out.created });
-        else print(`KMS key ${keyId}: rotated on demand (existing data keys stay decryptable)`, { keyId, rotated: true });
+        if (out)
+          print(out.created ? `KMS key ${keyId}: created (${out.keyId})` : `KMS key ${keyId}: exists (${out.keyId})`, {
+            keyId,
+            kmsKeyId: out.keyId,
+            created: out.created,
+          });
+        else
+          print(`KMS key ${keyId}: rotated on demand (existing data keys stay decryptable)`, { keyId, rotated: true });
         return 0;
       }
       case 'doctor': {
         const checks = await withRedis(config, 'ops', (r) =>
           doctor(config, r, {
-            access: discoverRedisAccess(config)!, production: opts.production, metricsUrls: opts['metrics-url'] ?? [], ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}) }),
+            access: discoverRedisAccess(config)!,
+            production: opts.production,
+            metricsUrls: opts['metrics-url'] ?? [],
+            ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}),
+          }),
         );
         const failed = checks.filter((c) => c.status === 'FAIL').length;
         const warned = checks.filter((c) => c.status === 'WARN').length;
-        print(`${renderChecks(checks)}\n\n${checks.length} checks: ${checks.length - failed - warned} pass, ${warned} warn, ${failed} fail`, { checks, failed, warned });
+        print(
+          `${renderChecks(checks)}\n\n${checks.length} checks: ${checks.length - failed - warned} pass, ${warned} warn, ${failed} fail`,
+          { checks, failed, warned },
+        );
         return failed ? 1 : 0;
       }
       case 'redis': {
         if (rest[0] === 'rules') {
           // The exact rules, for managed Redis or your own tooling (passwords are yours to add).
-          print(REDIS_ROLES.map((r) => `ACL SETUSER fleet-${r} on clearselectors ${roleRules(r, config.redis.prefix).join(' ')}`).join('\n'), Object.fromEntries(REDIS_ROLES.map((r) => [r, roleRules(r, config.redis.prefix)])));
+          print(
+            REDIS_ROLES.map(
+              (r) => `ACL SETUSER fleet-${r} on clearselectors ${roleRules(r, config.redis.prefix).join(' ')}`,
+            ).join('\n'),
+            Object.fromEntries(REDIS_ROLES.map((r) => [r, roleRules(r, config.redis.prefix)])),
+          );
           return 0;
         }
-        if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet redis setup [--role R]... [--keep-old | --drop-old] | fleet redis rules');
+        if (rest[0] !== 'setup')
+          throw new FleetError(
+            'INVALID_REQUEST',
+            'usage: fleet redis setup [--role R]... [--keep-old | --drop-old] | fleet redis rules',
+          );
         const adminUrl = discoverRedisAccess(config)?.adminUrl() ?? config.redis.url;
-        if (!adminUrl) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to set up. Fix: set REDIS_URL to the server, with an admin user in it (redis://admin:…@host:6379).');
+        if (!adminUrl)
+          throw new FleetError(
+            'REDIS_UNAVAILABLE',
+            'no Redis to set up. Fix: set REDIS_URL to the server, with an admin user in it (redis://admin:…@host:6379).',
+          );
         const roles = (opts.role === 'all' ? [...REDIS_ROLES] : (opts.role ?? '').split(',')) as RedisRole[];
-        for (const r of roles) if (!REDIS_ROLES.includes(r)) throw new FleetError('INVALID_REQUEST', `--role ${r}: not a Redis role. Roles: ${REDIS_ROLES.join(', ')}`);
-        if (opts['keep-old'] && opts['drop-old']) throw new FleetError('INVALID_REQUEST', '--keep-old and --drop-old exclude each other: the first adds a new password, the second then removes the old ones.');
+        for (const r of roles)
+          if (!REDIS_ROLES.includes(r))
+            throw new FleetError('INVALID_REQUEST', `--role ${r}: not a Redis role. Roles: ${REDIS_ROLES.join(', ')}`);
+        if (opts['keep-old'] && opts['drop-old'])
+          throw new FleetError(
+            'INVALID_REQUEST',
+            '--keep-old and --drop-old exclude each other: the first adds a new password, the second then removes the old ones.',
+          );
         // --drop-old keeps the passwords the roles have now (from the environment) and removes every other one.
         const passwords = opts['drop-old'] ? roleCredentialsFromEnv() : undefined;
-        if (opts['drop-old']) for (const r of roles) if (!passwords?.[r]) throw new FleetError('INVALID_REQUEST', `--drop-old keeps the password in ${rolePasswordEnv(r)} and removes the others; it is not set. Fix: export the new password first.`);
-        const r = await trail.redisSetup(config, adminUrl, { roles, keepOld: opts['keep-old'], dropOld: opts['drop-old'], ...(passwords ? { passwords } : {}) });
-        io.err('Store each password like any credential: give each role only its own, as FLEET_REDIS_<ROLE>_PASSWORD or _FILE.');
+        if (opts['drop-old'])
+          for (const r of roles)
+            if (!passwords?.[r])
+              throw new FleetError(
+                'INVALID_REQUEST',
+                `--drop-old keeps the password in ${rolePasswordEnv(r)} and removes the others; it is not set. Fix: export the new password first.`,
+              );
+        const r = await trail.redisSetup(config, adminUrl, {
+          roles,
+          keepOld: opts['keep-old'],
+          dropOld: opts['drop-old'],
+          ...(passwords ? { passwords } : {}),
+        });
+        io.err(
+          'Store each password like any credential: give each role only its own, as FLEET_REDIS_<ROLE>_PASSWORD or _FILE.',
+        );
         print(trail.renderRedisSetup(r), { nodes: r.nodes, saved: r.saved, credentials: r.credentials });
         return 0;
       }
@@ -358,7 +482,10 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
         if (rest[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');
         const r = await sec.vaultSetup(config);
         io.err('Store the secret_id like a password: give it to supervisors as VAULT_SECRET_ID, never in config.');
-        print(`policies: ${r.policies.join(', ')}\n# supervisors (worker role)\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}\n# rotation scheduler (scheduler role)\nVAULT_ROTATOR_ROLE_ID=${r.rotator.roleId}\nVAULT_ROTATOR_SECRET_ID=${r.rotator.secretId}`, r);
+        print(
+          `policies: ${r.policies.join(', ')}\n# supervisors (worker role)\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}\n# rotation scheduler (scheduler role)\nVAULT_ROTATOR_ROLE_ID=${r.rotator.roleId}\nVAULT_ROTATOR_SECRET_ID=${r.rotator.secretId}`,
+          r,
+        );
         return 0;
       }
       default:
@@ -368,8 +495,20 @@ export async function main(argv: string[], io: Io = { out: (s) => process.stdout
   } catch (err) {
     const e = toError(err);
     const code = err instanceof FleetError ? err.code : 'INTERNAL';
-    if (opts.json) io.err(JSON.stringify({ error: { code, message: e.message, ...(err instanceof FleetError && err.details ? { details: err.details } : {}) } }));
-    else io.err(`error [${code}]: ${e.message}${err instanceof FleetError && err.details ? `\n${JSON.stringify(err.details, null, 2)}` : ''}`);
+    if (opts.json)
+      io.err(
+        JSON.stringify({
+          error: {
+            code,
+            message: e.message,
+            ...(err instanceof FleetError && err.details ? { details: err.details } : {}),
+          },
+        }),
+      );
+    else
+      io.err(
+        `error [${code}]: ${e.message}${err instanceof FleetError && err.details ? `\n${JSON.stringify(err.details, null, 2)}` : ''}`,
+      );
     return 1;
   }
 }

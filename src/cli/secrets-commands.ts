@@ -12,14 +12,18 @@ import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
   if (explicit) {
-    if (!['local', 'vault', 'kms'].includes(explicit)) throw new FleetError('INVALID_REQUEST', `--provider must be local, vault or kms`);
+    if (!['local', 'vault', 'kms'].includes(explicit))
+      throw new FleetError('INVALID_REQUEST', `--provider must be local, vault or kms`);
     return explicit as ProviderKind;
   }
   return config.secretProviders.get(name) ?? config.secrets.provider;
 }
 
 /** Reads a secret value from stdin; the value never appears in argv or shell history. */
-export async function readValueFromStdin(stdin: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin, prompt: (s: string) => void = () => undefined): Promise<Buffer> {
+export async function readValueFromStdin(
+  stdin: NodeJS.ReadableStream & { isTTY?: boolean } = process.stdin,
+  prompt: (s: string) => void = () => undefined,
+): Promise<Buffer> {
   if (stdin.isTTY) prompt('enter the value, then Ctrl-D:');
   const chunks: Buffer[] = [];
   for await (const c of stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
@@ -30,13 +34,24 @@ export async function readValueFromStdin(stdin: NodeJS.ReadableStream & { isTTY?
   const value = Buffer.alloc(end);
   all.copy(value, 0, 0, end);
   all.fill(0);
-  if (!value.length) throw new FleetError('INVALID_REQUEST', 'no value on stdin. Fix: printf %s "$VALUE" | fleet secrets set <name>');
+  if (!value.length)
+    throw new FleetError('INVALID_REQUEST', 'no value on stdin. Fix: printf %s "$VALUE" | fleet secrets set <name>');
   return value;
 }
 
-export async function secretsSet(config: FleetConfig, redis: RedisClient | undefined, name: string, value: Buffer, explicit?: string): Promise<{ name: string; provider: ProviderKind; version: string }> {
+export async function secretsSet(
+  config: FleetConfig,
+  redis: RedisClient | undefined,
+  name: string,
+  value: Buffer,
+  explicit?: string,
+): Promise<{ name: string; provider: ProviderKind; version: string }> {
   const kind = providerFor(config, name, explicit);
-  const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+  const p = await makeProvider(kind, config, {
+    ...(redis ? { redis } : {}),
+    logger: silentLogger,
+    preferVaultToken: true,
+  });
   try {
     const { version } = await p.write(name, value);
     return { name, provider: kind, version };
@@ -46,13 +61,24 @@ export async function secretsSet(config: FleetConfig, redis: RedisClient | undef
   }
 }
 
-export async function secretsList(config: FleetConfig, redis: RedisClient | undefined): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
+export async function secretsList(
+  config: FleetConfig,
+  redis: RedisClient | undefined,
+): Promise<(SecretMetadata & { provider: ProviderKind })[]> {
   // Every provider in use, the default, and KMS when configured (`fleet secrets set --provider kms`
   // can store a value before any job type names it).
-  const kinds = new Set<ProviderKind>([...usedProviders(config), config.secrets.provider, ...(config.secrets.kms ? (['kms'] as const) : [])]);
+  const kinds = new Set<ProviderKind>([
+    ...usedProviders(config),
+    config.secrets.provider,
+    ...(config.secrets.kms ? (['kms'] as const) : []),
+  ]);
   const out: (SecretMetadata & { provider: ProviderKind })[] = [];
   for (const kind of kinds) {
-    const p = await makeProvider(kind, config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+    const p = await makeProvider(kind, config, {
+      ...(redis ? { redis } : {}),
+      logger: silentLogger,
+      preferVaultToken: true,
+    });
     try {
       for (const m of await p.list()) out.push({ ...m, provider: kind });
     } finally {
@@ -62,8 +88,17 @@ export async function secretsList(config: FleetConfig, redis: RedisClient | unde
   return out.sort((a, b) => a.name.localeCompare(b.name));
 }
 
-export async function secretsDelete(config: FleetConfig, redis: RedisClient | undefined, name: string, explicit?: string): Promise<void> {
-  const p = await makeProvider(providerFor(config, name, explicit), config, { ...(redis ? { redis } : {}), logger: silentLogger, preferVaultToken: true });
+export async function secretsDelete(
+  config: FleetConfig,
+  redis: RedisClient | undefined,
+  name: string,
+  explicit?: string,
+): Promise<void> {
+  const p = await makeProvider(providerFor(config, name, explicit), config, {
+    ...(redis ? { redis } : {}),
+    logger: silentLogger,
+    preferVaultToken: true,
+  });
   try {
     await p.remove(name);
   } finally {
@@ -93,7 +128,10 @@ export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider
 export async function secretsStatus(config: FleetConfig, redis: RedisClient): Promise<SecretStatusRow[]> {
   const names = [...config.secretProviders.keys()].sort();
   const stats = await readSecretStats(redis, config.redis.prefix, names);
-  const { meta, problems } = await listSecrets(config.secretProviders.values(), async (kind) => ({ provider: await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true }), close: true }));
+  const { meta, problems } = await listSecrets(config.secretProviders.values(), async (kind) => ({
+    provider: await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true }),
+    close: true,
+  }));
   const health = new Map((await secretHealth(config, redis, meta)).map((h) => [h.secret, h]));
   return names.map((secret, i) => {
     const provider = config.secretProviders.get(secret)!;
@@ -111,7 +149,11 @@ export async function secretsStatus(config: FleetConfig, redis: RedisClient): Pr
       denied: s.denied,
       errors: s.errors,
       usedBy: [...config.jobTypes.values()].filter((t) => t.secrets.includes(secret)).map((t) => t.name),
-      modes: Object.fromEntries([...config.jobTypes.values()].flatMap((t) => (t.secretModes.has(secret) ? [[t.name, t.secretModes.get(secret)!]] : []))),
+      modes: Object.fromEntries(
+        [...config.jobTypes.values()].flatMap((t) =>
+          t.secretModes.has(secret) ? [[t.name, t.secretModes.get(secret)!]] : [],
+        ),
+      ),
       binding: config.secrets.items[secret]?.binding ?? null,
       ...(problem ? { problem } : {}),
     };
@@ -121,18 +163,33 @@ export async function secretsStatus(config: FleetConfig, redis: RedisClient): Pr
 export function renderSecretsStatus(rows: SecretStatusRow[]): string {
   if (!rows.length) return 'no secrets declared';
   const when = (t: number | null): string => (t ? new Date(t).toISOString() : '-');
-  const age = (s: number | null): string => (s === null ? '?' : s < 3600 ? `${Math.round(s / 60)}m` : s < 172_800 ? `${Math.round(s / 3600)}h` : `${Math.round(s / 86_400)}d`);
+  const age = (s: number | null): string =>
+    s === null
+      ? '?'
+      : s < 3600
+        ? `${Math.round(s / 60)}m`
+        : s < 172_800
+          ? `${Math.round(s / 3600)}h`
+          : `${Math.round(s / 86_400)}d`;
   return rows
     .map((r) => {
       const rot = r.hasPolicy
         ? `last rotation ${r.rotation.lastOutcome ?? 'never'} ${when(r.rotation.lastRotationAt)}  next due ${when(r.nextDueAt)}${r.overdue ? '  OVERDUE' : ''}`
         : 'no rotation policy';
-      return `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  age ${age(r.ageSeconds)}  risk ${r.exposureRisk}  ${rot}\n    last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${Object.entries(r.modes).map(([t, m]) => `${t} (${m})`).join(', ') || '-'}${r.binding ? `\n    binding: ${r.binding.hosts.join(', ')}  ${r.binding.header}: ${r.binding.format}${r.binding.body ? '  (+ body)' : ''}` : ''}${r.problem ? `\n    ! ${r.problem}` : ''}`;
+      return `${r.secret.padEnd(24)} ${r.provider.padEnd(6)} v${r.version ?? '?'}  age ${age(r.ageSeconds)}  risk ${r.exposureRisk}  ${rot}\n    last access ${when(r.lastAccessAt)}  granted ${r.granted} denied ${r.denied} errors ${r.errors}  used by ${
+        Object.entries(r.modes)
+          .map(([t, m]) => `${t} (${m})`)
+          .join(', ') || '-'
+      }${r.binding ? `\n    binding: ${r.binding.hosts.join(', ')}  ${r.binding.header}: ${r.binding.format}${r.binding.body ? '  (+ body)' : ''}` : ''}${r.problem ? `\n    ! ${r.problem}` : ''}`;
     })
     .join('\n');
 }
 
-export async function audit(config: FleetConfig, redis: RedisClient, opts: { since?: string; secret?: string; denied?: boolean; limit?: number }): Promise<AuditRecord[]> {
+export async function audit(
+  config: FleetConfig,
+  redis: RedisClient,
+  opts: { since?: string; secret?: string; denied?: boolean; limit?: number },
+): Promise<AuditRecord[]> {
   return readAudit(redis, config.redis.prefix, {
     ...(opts.since ? { sinceMs: Date.now() - parseDuration(opts.since) } : {}),
     ...(opts.secret ? { secret: opts.secret } : {}),
@@ -144,16 +201,24 @@ export async function audit(config: FleetConfig, redis: RedisClient, opts: { sin
 export function renderAudit(rows: AuditRecord[]): string {
   if (!rows.length) return 'no audit records match';
   return rows
-    .map((r) => `${new Date(r.ts).toISOString()}  ${r.action.padEnd(14)} ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.action === 'access' ? `${r.jobId}  ` : ''}${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`)
+    .map(
+      (r) =>
+        `${new Date(r.ts).toISOString()}  ${r.action.padEnd(14)} ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.action === 'access' ? `${r.jobId}  ` : ''}${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`,
+    )
     .join('\n');
 }
 
 /** `fleet vault setup`: policies, token role and AppRole, with the admin token in VAULT_TOKEN. */
 export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnType<typeof VaultProvider.setup>>> {
   const v = config.secrets.vault;
-  if (!v) throw new FleetError('CONFIG_INVALID', 'secrets.vault is not configured. Fix: add secrets.vault to the config.');
+  if (!v)
+    throw new FleetError('CONFIG_INVALID', 'secrets.vault is not configured. Fix: add secrets.vault to the config.');
   const scopes = new Map<string, string[]>();
-  for (const t of config.jobTypes.values()) scopes.set(t.name, t.secrets.filter((n) => config.secretProviders.get(n) === 'vault'));
+  for (const t of config.jobTypes.values())
+    scopes.set(
+      t.name,
+      t.secrets.filter((n) => config.secretProviders.get(n) === 'vault'),
+    );
   return VaultProvider.setup({
     address: v.address ?? process.env.VAULT_ADDR ?? '',
     adminToken: requireEnv(v.tokenEnv, '`fleet vault setup` (an admin token)'),

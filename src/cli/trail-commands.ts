@@ -4,7 +4,15 @@ import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
-import { REDIS_ROLES, ROLE_PURPOSE, roleRules, rolePasswordEnv, setupRoleUsers, type RedisRole, type RoleCredentials } from '../redis/acl.js';
+import {
+  REDIS_ROLES,
+  ROLE_PURPOSE,
+  roleRules,
+  rolePasswordEnv,
+  setupRoleUsers,
+  type RedisRole,
+  type RoleCredentials,
+} from '../redis/acl.js';
 import { loadAuditKeys, verifyEntries, type AuditEntry, type VerifyReport } from '../secrets/audit-chain.js';
 import { readEntries, verifyAuditTrail } from '../secrets/audit.js';
 import { makeProvider } from '../secrets/providers.js';
@@ -27,10 +35,13 @@ export async function redisSetup(
 }
 
 export function renderRedisSetup(r: Awaited<ReturnType<typeof redisSetup>>): string {
-  const lines = [`wrote ${Object.keys(r.credentials).length} ACL users on ${r.nodes} node(s)${r.saved ? ' and saved them to the ACL file' : ' (no aclfile configured: ACL SAVE failed, so they last until the server restarts; configure aclfile, or run this again after each restart)'}`];
+  const lines = [
+    `wrote ${Object.keys(r.credentials).length} ACL users on ${r.nodes} node(s)${r.saved ? ' and saved them to the ACL file' : ' (no aclfile configured: ACL SAVE failed, so they last until the server restarts; configure aclfile, or run this again after each restart)'}`,
+  ];
   for (const role of REDIS_ROLES) {
     const c = r.credentials[role];
-    if (c) lines.push(`# ${role}: ${ROLE_PURPOSE[role]} (user ${c.username})`, `${rolePasswordEnv(role)}=${c.password}`);
+    if (c)
+      lines.push(`# ${role}: ${ROLE_PURPOSE[role]} (user ${c.username})`, `${rolePasswordEnv(role)}=${c.password}`);
   }
   return lines.join('\n');
 }
@@ -47,7 +58,10 @@ async function macKeyProvider(config: FleetConfig, redis: RedisClient | undefine
 }
 
 /** `fleet audit init-key`: creates the audit MAC key if it does not exist yet. */
-export async function auditInitKey(config: FleetConfig, redis: RedisClient | undefined): Promise<{ secret: string; provider: string; version: string }> {
+export async function auditInitKey(
+  config: FleetConfig,
+  redis: RedisClient | undefined,
+): Promise<{ secret: string; provider: string; version: string }> {
   const provider = await macKeyProvider(config, redis);
   try {
     const keys = await loadAuditKeys(provider, config.secrets.audit.macKey, { create: true });
@@ -63,24 +77,42 @@ export async function auditInitKey(config: FleetConfig, redis: RedisClient | und
  * `fleet audit verify`: the whole stream from its first record or checkpoint (or, with `since`, a
  * window whose first record per writer is taken as given), or an exported JSON-lines file.
  */
-export async function auditVerify(config: FleetConfig, redis: RedisClient | undefined, options: { since?: string; file?: string }): Promise<VerifyReport> {
+export async function auditVerify(
+  config: FleetConfig,
+  redis: RedisClient | undefined,
+  options: { since?: string; file?: string },
+): Promise<VerifyReport> {
   const provider = await macKeyProvider(config, redis);
   try {
     const keys = await loadAuditKeys(provider, config.secrets.audit.macKey, { create: false });
     try {
       if (options.file) {
-        const lines = readFileSync(options.file, 'utf8').split('\n').filter((l) => l.trim());
+        const lines = readFileSync(options.file, 'utf8')
+          .split('\n')
+          .filter((l) => l.trim());
         const entries: AuditEntry[] = lines.map((l, i) => {
           try {
             return { fields: JSON.parse(l) as Record<string, string> };
           } catch {
-            throw new FleetError('INVALID_REQUEST', `${options.file} line ${i + 1} is not JSON. Fix: pass the file secrets.audit.export writes.`);
+            throw new FleetError(
+              'INVALID_REQUEST',
+              `${options.file} line ${i + 1} is not JSON. Fix: pass the file secrets.audit.export writes.`,
+            );
           }
         });
         return await verifyEntries(entries, keys, { mode: options.since ? 'anchored' : 'full' });
       }
-      if (!redis) throw new FleetError('REDIS_UNAVAILABLE', 'no Redis to verify. Fix: set REDIS_URL, or pass --file <export.jsonl>.');
-      return await verifyAuditTrail(redis, config.redis.prefix, keys, options.since ? { sinceMs: Date.now() - parseDuration(options.since) } : {});
+      if (!redis)
+        throw new FleetError(
+          'REDIS_UNAVAILABLE',
+          'no Redis to verify. Fix: set REDIS_URL, or pass --file <export.jsonl>.',
+        );
+      return await verifyAuditTrail(
+        redis,
+        config.redis.prefix,
+        keys,
+        options.since ? { sinceMs: Date.now() - parseDuration(options.since) } : {},
+      );
     } finally {
       keys.discard();
     }
@@ -97,8 +129,17 @@ export function renderVerify(r: VerifyReport): string {
 }
 
 /** `fleet audit export`: the stream as JSON lines with the chain fields, for a SIEM to verify on its own. */
-export async function auditExport(config: FleetConfig, redis: RedisClient, options: { since?: string }, write: (line: string) => void): Promise<number> {
-  const entries = await readEntries(redis, config.redis.prefix, options.since ? `${Date.now() - parseDuration(options.since)}-0` : '-');
+export async function auditExport(
+  config: FleetConfig,
+  redis: RedisClient,
+  options: { since?: string },
+  write: (line: string) => void,
+): Promise<number> {
+  const entries = await readEntries(
+    redis,
+    config.redis.prefix,
+    options.since ? `${Date.now() - parseDuration(options.since)}-0` : '-',
+  );
   for (const e of entries) write(JSON.stringify(e.fields));
   return entries.length;
 }

@@ -9,6 +9,9 @@ import { ConfigError } from '../errors.js';
 export function requireEnv(name: string, what: string): string {
   const file = process.env[`${name}_FILE`];
   const v = file ? readFileSync(file, 'utf8').trim() : process.env[name];
-  if (!v) throw new ConfigError(`${what} needs the environment variable ${name} (or ${name}_FILE). Fix: export ${name}=… (never put credentials in the config file).`);
+  if (!v)
+    throw new ConfigError(
+      `${what} needs the environment variable ${name} (or ${name}_FILE). Fix: export ${name}=… (never put credentials in the config file).`,
+    );
   return v;
 }

@@ -5,18 +5,16 @@ import { z } from 'zod';
 import { ConfigError } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
-import {
-  CRITICAL_MAX_TIMEOUT_MS,
-  fleetConfigSchema,
-  type FleetConfigInput,
-  type jobTypeSchema,
-} from './schema.js';
+import { CRITICAL_MAX_TIMEOUT_MS, fleetConfigSchema, type FleetConfigInput, type jobTypeSchema } from './schema.js';
 
 type ParsedJobType = z.output<typeof jobTypeSchema>;
 type ParsedConfig = z.output<typeof fleetConfigSchema>;
 
 /** A job type with every default filled in and its processor path made absolute. */
-export interface JobType extends Omit<ParsedJobType, 'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox' | 'secrets'> {
+export interface JobType extends Omit<
+  ParsedJobType,
+  'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox' | 'secrets'
+> {
   /** Names of the secrets this type may use. */
   secrets: string[];
   /** How each of them reaches the job: handed to the sandbox, or injected at egress. */
@@ -50,9 +48,7 @@ export function defineConfig(config: FleetConfigInput): FleetConfigInput {
 const CONFIG_FILES = ['fleet.config.ts', 'fleet.config.js', 'fleet.config.mjs', 'fleet.config.json'];
 
 function formatZodIssues(error: z.ZodError): string {
-  return error.issues
-    .map((i) => `  - ${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`)
-    .join('\n');
+  return error.issues.map((i) => `  - ${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('\n');
 }
 
 function deepFreeze<T>(value: T): T {
@@ -81,9 +77,12 @@ function toJsonSchema(name: string, schema: z.ZodType): Record<string, unknown> 
   try {
     return z.toJSONSchema(schema, { unrepresentable: 'any' }) as Record<string, unknown>;
   } catch (err) {
-    throw new ConfigError(`jobTypes.${name}.payloadSchema cannot be exported as JSON Schema: ${(err as Error).message}`, {
-      cause: err,
-    });
+    throw new ConfigError(
+      `jobTypes.${name}.payloadSchema cannot be exported as JSON Schema: ${(err as Error).message}`,
+      {
+        cause: err,
+      },
+    );
   }
 }
 
@@ -94,7 +93,9 @@ function toJsonSchema(name: string, schema: z.ZodType): Record<string, unknown> 
 export function resolveConfig(input: unknown, options: { baseDir?: string; source?: string | null } = {}): FleetConfig {
   const parsed = fleetConfigSchema.safeParse(input);
   if (!parsed.success) {
-    throw new ConfigError(`fleet config${options.source ? ` (${options.source})` : ''} is invalid:\n${formatZodIssues(parsed.error)}`);
+    throw new ConfigError(
+      `fleet config${options.source ? ` (${options.source})` : ''} is invalid:\n${formatZodIssues(parsed.error)}`,
+    );
   }
   const cfg = parsed.data;
   const baseDir = options.baseDir ?? process.cwd();
@@ -108,10 +109,16 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       const name = typeof s === 'string' ? s : s.name;
       const binding = cfg.secrets.items[name]?.binding;
       const mode: SecretMode = typeof s === 'string' ? (binding ? 'inject' : 'deliver') : s.mode;
-      if (mode === 'inject' && !binding) problems.push(`${at}.secrets: "${name}" is to be injected but has no binding. Fix: add secrets.items.${name}.binding { hosts: [...] }, or take it as { name: "${name}", mode: "deliver" }.`);
+      if (mode === 'inject' && !binding)
+        problems.push(
+          `${at}.secrets: "${name}" is to be injected but has no binding. Fix: add secrets.items.${name}.binding { hosts: [...] }, or take it as { name: "${name}", mode: "deliver" }.`,
+        );
       if (mode === 'inject' && binding && jt0.egress !== 'any') {
-        for (const h of binding.hosts) if (!patternCovered(h, jt0.egress === 'none' ? [] : jt0.egress))
-          problems.push(`${at}.egress does not allow ${h}, where its injected secret "${name}" is bound. Fix: add "${h}" to the type's egress.`);
+        for (const h of binding.hosts)
+          if (!patternCovered(h, jt0.egress === 'none' ? [] : jt0.egress))
+            problems.push(
+              `${at}.egress does not allow ${h}, where its injected secret "${name}" is bound. Fix: add "${h}" to the type's egress.`,
+            );
       }
       secretModes.set(name, mode);
     }
@@ -119,26 +126,40 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     if (jobTypes.has(jt.name)) problems.push(`${at}: declared twice. Fix: give each job type a unique name.`);
     if (jt.sensitivity === 'critical') {
       if (jt.isolation !== 'job')
-        problems.push(`${at}.isolation is "${jt.isolation}" but the type is critical. Fix: set isolation: "job" (a fresh sandbox per job) or sensitivity: "routine".`);
+        problems.push(
+          `${at}.isolation is "${jt.isolation}" but the type is critical. Fix: set isolation: "job" (a fresh sandbox per job) or sensitivity: "routine".`,
+        );
       if (jt.timeoutMs > CRITICAL_MAX_TIMEOUT_MS)
-        problems.push(`${at}.timeoutMs is ${jt.timeoutMs} but critical work must end within ${CRITICAL_MAX_TIMEOUT_MS} ms. Fix: lower timeoutMs to ≤ ${CRITICAL_MAX_TIMEOUT_MS}.`);
+        problems.push(
+          `${at}.timeoutMs is ${jt.timeoutMs} but critical work must end within ${CRITICAL_MAX_TIMEOUT_MS} ms. Fix: lower timeoutMs to ≤ ${CRITICAL_MAX_TIMEOUT_MS}.`,
+        );
     }
     if (jt.abortGraceMs >= jt.timeoutMs)
-      problems.push(`${at}.abortGraceMs (${jt.abortGraceMs}) must be below timeoutMs (${jt.timeoutMs}). Fix: lower abortGraceMs.`);
+      problems.push(
+        `${at}.abortGraceMs (${jt.abortGraceMs}) must be below timeoutMs (${jt.timeoutMs}). Fix: lower abortGraceMs.`,
+      );
     if (jt.globalConcurrency !== undefined && jt.globalConcurrency < 1)
       problems.push(`${at}.globalConcurrency must be ≥ 1.`);
     const recycle = jt.recycleHeapUsedMb ?? jt.maxOldGenerationSizeMb * 0.75;
     if (recycle > jt.maxOldGenerationSizeMb)
-      problems.push(`${at}.recycleHeapUsedMb (${recycle}) exceeds maxOldGenerationSizeMb (${jt.maxOldGenerationSizeMb}). Fix: lower it.`);
+      problems.push(
+        `${at}.recycleHeapUsedMb (${recycle}) exceeds maxOldGenerationSizeMb (${jt.maxOldGenerationSizeMb}). Fix: lower it.`,
+      );
     if (new Set(jt.secrets).size !== jt.secrets.length) problems.push(`${at}.secrets lists a name twice.`);
 
     const sandbox = jt.sandbox ?? (jt.secrets.length > 0 || jt.sensitivity === 'critical' ? 'process' : 'thread');
     if (sandbox === 'thread' && jt.secrets.length > 0)
-      problems.push(`${at}.sandbox is "thread" but the type declares secrets; a thread shares the supervisor's process and credentials. Fix: remove sandbox (process sandboxes are the default) or the secrets.`);
+      problems.push(
+        `${at}.sandbox is "thread" but the type declares secrets; a thread shares the supervisor's process and credentials. Fix: remove sandbox (process sandboxes are the default) or the secrets.`,
+      );
     if (sandbox === 'thread' && jt.sensitivity === 'critical')
-      problems.push(`${at}.sandbox is "thread" but the type is critical. Fix: remove sandbox: "thread" (critical types run in process sandboxes).`);
+      problems.push(
+        `${at}.sandbox is "thread" but the type is critical. Fix: remove sandbox: "thread" (critical types run in process sandboxes).`,
+      );
     if (sandbox === 'thread' && jt.egress !== 'none')
-      problems.push(`${at}.egress is only enforced for process sandboxes, and sandbox is "thread". Fix: set sandbox: "process".`);
+      problems.push(
+        `${at}.egress is only enforced for process sandboxes, and sandbox is "thread". Fix: set sandbox: "process".`,
+      );
     const readPaths = jt.readPaths.map((p) => path.resolve(baseDir, p));
     for (const p of readPaths) if (!existsSync(p)) problems.push(`${at}.readPaths: ${p} does not exist.`);
     const processorPath = path.resolve(baseDir, jt.processor);
@@ -171,7 +192,9 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   for (const p of cfg.producers) {
     for (const t of p.jobTypes) {
       if (t !== '*' && !jobTypes.has(t))
-        problems.push(`producers.${p.name}.jobTypes names "${t}", which is not a declared job type. Fix: declare it or remove it.`);
+        problems.push(
+          `producers.${p.name}.jobTypes names "${t}", which is not a declared job type. Fix: declare it or remove it.`,
+        );
     }
   }
   const sec = cfg.secrets;
@@ -182,13 +205,19 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   for (const [name, item] of Object.entries(sec.items)) secretProviders.set(name, item.provider ?? sec.provider);
   for (const t of jobTypes.values()) {
     if (t.secrets.includes(sec.audit.macKey))
-      problems.push(`job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`);
+      problems.push(
+        `job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`,
+      );
   }
   for (const [name, provider] of secretProviders) {
     if (provider === 'vault' && !sec.vault)
-      problems.push(`secret "${name}" uses provider "vault" but secrets.vault is not configured. Fix: add secrets.vault ({ address, auth }) or pick another provider.`);
+      problems.push(
+        `secret "${name}" uses provider "vault" but secrets.vault is not configured. Fix: add secrets.vault ({ address, auth }) or pick another provider.`,
+      );
     if (provider === 'kms' && !sec.kms)
-      problems.push(`secret "${name}" uses provider "kms" but secrets.kms is not configured. Fix: add secrets.kms ({ keyId, region, endpoint? }).`);
+      problems.push(
+        `secret "${name}" uses provider "kms" but secrets.kms is not configured. Fix: add secrets.kms ({ keyId, region, endpoint? }).`,
+      );
   }
   for (const [name, item] of Object.entries(sec.items)) {
     const r = item.rotation;
@@ -199,7 +228,9 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push(`secrets.items.${name}.rotation.schedule: ${(err as Error).message}`);
     }
     if (r.rotator.type === 'kms-rewrap' && secretProviders.get(name) !== 'kms')
-      problems.push(`secrets.items.${name}.rotation.rotator "kms-rewrap" needs provider "kms". Fix: set provider: "kms" or use another rotator.`);
+      problems.push(
+        `secrets.items.${name}.rotation.rotator "kms-rewrap" needs provider "kms". Fix: set provider: "kms" or use another rotator.`,
+      );
     if (r.rotator.type === 'module') {
       const abs = path.resolve(baseDir, r.rotator.path);
       if (!existsSync(abs)) problems.push(`secrets.items.${name}.rotation.rotator.path: ${abs} does not exist.`);
@@ -211,19 +242,30 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
 
   const hashes = new Set<string>();
   for (const p of cfg.producers) {
-    if (hashes.has(p.tokenSha256)) problems.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
+    if (hashes.has(p.tokenSha256))
+      problems.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
     hashes.add(p.tokenSha256);
   }
 
   if (problems.length) {
-    throw new ConfigError(`fleet config${options.source ? ` (${options.source})` : ''} is refused:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    throw new ConfigError(
+      `fleet config${options.source ? ` (${options.source})` : ''} is refused:\n${problems.map((p) => `  - ${p}`).join('\n')}`,
+    );
   }
 
   const { jobTypes: _jt, ...top } = cfg;
   return deepFreeze({
     ...top,
     redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
-    secrets: { ...cfg.secrets, audit: { ...cfg.secrets.audit, ...(cfg.secrets.audit.export && cfg.secrets.audit.export !== '-' ? { export: path.resolve(baseDir, cfg.secrets.audit.export) } : {}) } },
+    secrets: {
+      ...cfg.secrets,
+      audit: {
+        ...cfg.secrets.audit,
+        ...(cfg.secrets.audit.export && cfg.secrets.audit.export !== '-'
+          ? { export: path.resolve(baseDir, cfg.secrets.audit.export) }
+          : {}),
+      },
+    },
     dataDir: path.resolve(baseDir, cfg.dataDir),
     source: options.source ?? null,
     secretProviders,
@@ -241,14 +283,19 @@ export function findConfigFile(explicit?: string, cwd = process.cwd()): string {
   const chosen = explicit ?? process.env.FLEET_CONFIG;
   if (chosen) {
     const abs = path.resolve(cwd, chosen);
-    if (!existsSync(abs)) throw new ConfigError(`config file ${abs} does not exist (from ${explicit ? '--config' : 'FLEET_CONFIG'}). Fix: point it at your fleet.config.ts/.js/.json.`);
+    if (!existsSync(abs))
+      throw new ConfigError(
+        `config file ${abs} does not exist (from ${explicit ? '--config' : 'FLEET_CONFIG'}). Fix: point it at your fleet.config.ts/.js/.json.`,
+      );
     return abs;
   }
   for (const f of CONFIG_FILES) {
     const abs = path.join(cwd, f);
     if (existsSync(abs)) return abs;
   }
-  throw new ConfigError(`no fleet config found in ${cwd}. Fix: create fleet.config.ts (see README "Configuration") or pass --config <path> / FLEET_CONFIG.`);
+  throw new ConfigError(
+    `no fleet config found in ${cwd}. Fix: create fleet.config.ts (see README "Configuration") or pass --config <path> / FLEET_CONFIG.`,
+  );
 }
 
 /** Loads, validates and freezes the config file. `.ts` files are loaded through tsx. */
@@ -270,6 +317,7 @@ export async function loadConfig(options: { path?: string; cwd?: string } = {}):
   } catch (err) {
     throw new ConfigError(`could not read config file ${file}: ${(err as Error).message}`, { cause: err });
   }
-  if (raw === undefined) throw new ConfigError(`config file ${file} has no default export. Fix: export default defineConfig({...}).`);
+  if (raw === undefined)
+    throw new ConfigError(`config file ${file} has no default export. Fix: export default defineConfig({...}).`);
   return resolveConfig(raw, { baseDir: path.dirname(file), source: file });
 }

@@ -24,8 +24,11 @@ export function scheduleOf(schedule: string): Schedule {
     const [min, hour, dom, mon, dow] = fields.length === 6 ? fields.slice(1) : fields;
     let intervalMs: number | null = null;
     if (dom === '*' && mon === '*' && dow === '*' && /^\d+$/.test(min!) && /^\d+$/.test(hour!)) intervalMs = 86_400_000;
-    else if (dom === '*' && mon === '*' && /^\d$/.test(dow!) && /^\d+$/.test(min!) && /^\d+$/.test(hour!)) intervalMs = 604_800_000;
+    else if (dom === '*' && mon === '*' && /^\d$/.test(dow!) && /^\d+$/.test(min!) && /^\d+$/.test(hour!))
+      intervalMs = 604_800_000;
     return { pattern: s, intervalMs };
   }
-  throw new Error(`"${schedule}" is not a schedule. Use daily, weekly, an interval (90s, 6h, 2d) or a cron pattern ("0 3 * * *").`);
+  throw new Error(
+    `"${schedule}" is not a schedule. Use daily, weekly, an interval (90s, 6h, 2d) or a cron pattern ("0 3 * * *").`,
+  );
 }

@@ -58,7 +58,11 @@ export const jobTypeSchema = z
     /** Whether a timed-out job is retried (within `attempts`). @defaultValue true */
     retryOnTimeout: z.boolean().default(true),
     /** Results larger than this (JSON bytes) fail the job. @defaultValue 1048576 */
-    maxResultBytes: z.number().int().positive().default(1024 * 1024),
+    maxResultBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(1024 * 1024),
     /**
      * The secrets this type may use; nothing else is ever handed to it. A name alone takes the
      * secret's default mode: `inject` when the secret has a `binding`, else `deliver`. Or
@@ -66,7 +70,14 @@ export const jobTypeSchema = z
      * decryption); `inject` gives it only a placeholder, swapped for the value by the egress proxy
      * toward the secret's bound hosts. @defaultValue []
      */
-    secrets: z.array(z.union([z.string().regex(SECRET_NAME), z.object({ name: z.string().regex(SECRET_NAME), mode: z.enum(['deliver', 'inject']) }).strict()])).default([]),
+    secrets: z
+      .array(
+        z.union([
+          z.string().regex(SECRET_NAME),
+          z.object({ name: z.string().regex(SECRET_NAME), mode: z.enum(['deliver', 'inject']) }).strict(),
+        ]),
+      )
+      .default([]),
     /**
      * The boundary each sandbox of this type runs behind. `process`: its own OS process with an
      * empty environment, under Node's permission model and (on Linux) its own namespaces.
@@ -81,7 +92,12 @@ export const jobTypeSchema = z
      * patterns (port defaults to 443). Loopback, link-local (cloud metadata), private addresses and
      * the fleet's own Redis/Vault/KMS are refused unless listed by address. @defaultValue `"none"`
      */
-    egress: z.union([z.enum(['none', 'any']), z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1)]).default('none'),
+    egress: z
+      .union([
+        z.enum(['none', 'any']),
+        z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1),
+      ])
+      .default('none'),
     /** Size cap of a process sandbox's private /tmp (OS layer). @defaultValue 64 */
     tmpSizeMb: z.number().int().min(1).max(4096).default(64),
     /** Extra read-only paths a process sandbox may read besides its processor's directory (absolute or relative to the config). @defaultValue [] */
@@ -117,14 +133,16 @@ export const rotationSchema = z
     /** Time zone of a cron schedule. @defaultValue UTC */
     tz: z.string().optional(),
     rotator: z.discriminatedUnion('type', [
-      z.object({
-        /** Mint a random token ourselves. */
-        type: z.literal('random'),
-        /** @defaultValue 32 */
-        bytes: z.number().int().min(16).max(1024).default(32),
-        /** @defaultValue `"base64url"` */
-        encoding: z.enum(['hex', 'base64', 'base64url']).default('base64url'),
-      }).strict(),
+      z
+        .object({
+          /** Mint a random token ourselves. */
+          type: z.literal('random'),
+          /** @defaultValue 32 */
+          bytes: z.number().int().min(16).max(1024).default(32),
+          /** @defaultValue `"base64url"` */
+          encoding: z.enum(['hex', 'base64', 'base64url']).default('base64url'),
+        })
+        .strict(),
       /** KMS only: re-encrypt the same value under a fresh data key. */
       z.object({ type: z.literal('kms-rewrap') }).strict(),
       /**
@@ -133,19 +151,26 @@ export const rotationSchema = z
        * the previous version retires (after `graceSeconds`). Needs an admin Redis URL in the
        * scheduler's environment, `adminUrlEnv`.
        */
-      z.object({
-        type: z.literal('redis-acl'),
-        role: z.enum(['api', 'worker', 'scheduler', 'ops', 'retention']),
-        /** @defaultValue `"FLEET_REDIS_ADMIN_URL"` */
-        adminUrlEnv: z.string().regex(/^[A-Z_][A-Z0-9_]*$/).default('FLEET_REDIS_ADMIN_URL'),
-      }).strict(),
+      z
+        .object({
+          type: z.literal('redis-acl'),
+          role: z.enum(['api', 'worker', 'scheduler', 'ops', 'retention']),
+          /** @defaultValue `"FLEET_REDIS_ADMIN_URL"` */
+          adminUrlEnv: z
+            .string()
+            .regex(/^[A-Z_][A-Z0-9_]*$/)
+            .default('FLEET_REDIS_ADMIN_URL'),
+        })
+        .strict(),
       /** A module exporting `create`, and optionally `set`, `test`, `finish` (external credentials). */
-      z.object({
-        type: z.literal('module'),
-        path: z.string().min(1),
-        /** Where the rotator's sandbox may connect (the service it sets the credential on). Same syntax as a job type's egress. @defaultValue `"any"` (public addresses only) */
-        egress: z.union([z.enum(['none', 'any']), z.array(z.string().min(1)).min(1)]).default('any'),
-      }).strict(),
+      z
+        .object({
+          type: z.literal('module'),
+          path: z.string().min(1),
+          /** Where the rotator's sandbox may connect (the service it sets the credential on). Same syntax as a job type's egress. @defaultValue `"any"` (public addresses only) */
+          egress: z.union([z.enum(['none', 'any']), z.array(z.string().min(1)).min(1)]).default('any'),
+        })
+        .strict(),
     ]),
     /** How long the previous version stays readable after promotion. @defaultValue 3600 */
     graceSeconds: z.number().int().min(0).default(3600),
@@ -179,9 +204,14 @@ export const secretsSchema = z
              */
             binding: z
               .object({
-                hosts: z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1),
+                hosts: z
+                  .array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port'))
+                  .min(1),
                 /** @defaultValue `"authorization"` */
-                header: z.string().regex(/^[A-Za-z0-9-]+$/).default('authorization'),
+                header: z
+                  .string()
+                  .regex(/^[A-Za-z0-9-]+$/)
+                  .default('authorization'),
                 /** The header's whole value, `{value}` standing for the secret. @defaultValue `"Bearer {value}"` */
                 format: z.string().includes('{value}', { message: 'must contain {value}' }).default('Bearer {value}'),
                 /** Also swap placeholders in request bodies to these hosts. @defaultValue false */
@@ -291,7 +321,10 @@ export const fleetConfigSchema = z
         /** `redis://…`; unset means `npm start` runs a private redis-server. @defaultValue `$REDIS_URL` */
         url: z.string().optional(),
         /** Key prefix of every key the fleet writes. @defaultValue `"fleet"` */
-        prefix: z.string().regex(/^[A-Za-z0-9_-]+$/).default('fleet'),
+        prefix: z
+          .string()
+          .regex(/^[A-Za-z0-9_-]+$/)
+          .default('fleet'),
       })
       .strict()
       .default({ prefix: 'fleet' }),
@@ -302,7 +335,11 @@ export const fleetConfigSchema = z
         /** @defaultValue 8080 */
         port: z.number().int().min(0).max(65535).default(8080),
         /** Largest accepted request body. @defaultValue 1048576 */
-        bodyLimitBytes: z.number().int().positive().default(1024 * 1024),
+        bodyLimitBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(1024 * 1024),
         /** Most jobs in one batch request. @defaultValue 1000 */
         maxBatchSize: z.number().int().positive().default(1000),
         /** Deepest nesting of arrays/objects a JSON body may have (checked on the raw bytes, before parsing); deeper gets 400 PAYLOAD_TOO_DEEP. @defaultValue 100 */
@@ -312,7 +349,10 @@ export const fleetConfigSchema = z
             /** @defaultValue true (admin producers only) */
             enabled: z.boolean().default(true),
             /** @defaultValue `"/admin/queues"` */
-            path: z.string().regex(/^\/[A-Za-z0-9/_-]+$/).default('/admin/queues'),
+            path: z
+              .string()
+              .regex(/^\/[A-Za-z0-9/_-]+$/)
+              .default('/admin/queues'),
             /** No retries, removals or cleaning from the UI. @defaultValue true */
             readOnly: z.boolean().default(true),
           })
@@ -350,7 +390,11 @@ export const fleetConfigSchema = z
          */
         upstreamCaFile: z.string().min(1).optional(),
         /** Largest request body the egress proxy buffers to look for placeholders. @defaultValue 16777216 */
-        injectMaxBodyBytes: z.number().int().positive().default(16 * 1024 * 1024),
+        injectMaxBodyBytes: z
+          .number()
+          .int()
+          .positive()
+          .default(16 * 1024 * 1024),
       })
       .strict()
       .prefault({}),

@@ -22,7 +22,13 @@ export interface LoggerOptions {
 }
 
 const LEVELS: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO ', 40: 'WARN ', 50: 'ERROR', 60: 'FATAL' };
-const COLORS: Record<number, string> = { 20: '\x1b[90m', 30: '\x1b[36m', 40: '\x1b[33m', 50: '\x1b[31m', 60: '\x1b[31m' };
+const COLORS: Record<number, string> = {
+  20: '\x1b[90m',
+  30: '\x1b[36m',
+  40: '\x1b[33m',
+  50: '\x1b[31m',
+  60: '\x1b[31m',
+};
 
 /** `12:03:04 INFO  message  key=value …` for a person at a terminal (the same fields as the JSON). */
 export function prettyLine(json: string, color = false): string {
@@ -62,7 +68,8 @@ function wrap(p: PinoLogger, bound: Record<string, unknown> = {}): Logger {
 
 export function makeLogger(options: LoggerOptions = {}): Logger {
   const level = options.level ?? process.env.LOG_LEVEL ?? 'info';
-  const envFormat = process.env.LOG_FORMAT === 'json' || process.env.LOG_FORMAT === 'pretty' ? process.env.LOG_FORMAT : undefined;
+  const envFormat =
+    process.env.LOG_FORMAT === 'json' || process.env.LOG_FORMAT === 'pretty' ? process.env.LOG_FORMAT : undefined;
   const format = options.format ?? envFormat ?? (!options.destination && process.stdout.isTTY ? 'pretty' : 'json');
   let destination = options.destination;
   if (format === 'pretty') {
@@ -70,7 +77,9 @@ export function makeLogger(options: LoggerOptions = {}): Logger {
     const color = !options.destination && process.stdout.isTTY === true && !process.env.NO_COLOR;
     destination = { write: (line: string) => void out.write(prettyLine(line, color)) };
   }
-  const p = destination ? pino({ level, base: { pid: process.pid } }, destination) : pino({ level, base: { pid: process.pid } });
+  const p = destination
+    ? pino({ level, base: { pid: process.pid } }, destination)
+    : pino({ level, base: { pid: process.pid } });
   return wrap(p);
 }
 

@@ -17,37 +17,195 @@ export class FleetMetrics {
     buckets: [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300],
     registers: [this.registry],
   });
-  readonly jobs = new Counter({ name: 'fleet_jobs_total', help: 'Jobs ended, by type and outcome (completed, failed, timeout, cancelled, oom, crashed, requeued).', labelNames: ['job_type', 'outcome'] as const, registers: [this.registry] });
-  readonly timeouts = new Counter({ name: 'fleet_job_timeouts_total', help: 'Jobs whose sandbox was terminated at timeoutMs.', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly retries = new Counter({ name: 'fleet_job_retries_total', help: 'Failed attempts that will be retried.', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly queueWait = new Histogram({ name: 'fleet_job_queue_wait_seconds', help: 'Time from enqueue to start.', labelNames: ['job_type'] as const, buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120], registers: [this.registry] });
-  readonly jobCpu = new Histogram({ name: 'fleet_job_cpu_seconds', help: "Time the sandbox's event loop was busy during a job (per-thread CPU proxy).", labelNames: ['job_type'] as const, buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30], registers: [this.registry] });
-  readonly jobHeap = new Histogram({ name: 'fleet_job_peak_heap_bytes', help: 'V8 heap reserved by the sandbox at job end.', labelNames: ['job_type'] as const, buckets: [4e6, 8e6, 16e6, 32e6, 64e6, 128e6, 256e6, 512e6, 1e9], registers: [this.registry] });
-  readonly spawn = new Histogram({ name: 'fleet_sandbox_spawn_seconds', help: 'Time to start a sandbox and load its processor.', labelNames: ['job_type'] as const, buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5], registers: [this.registry] });
-  readonly sandboxes = new Gauge({ name: 'fleet_sandboxes', help: 'Sandboxes by state (warm, busy, starting).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
-  readonly concurrencyLimit = new Gauge({ name: 'fleet_concurrency_limit', help: 'Per-supervisor concurrency of each job type.', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly concurrencyInUse = new Gauge({ name: 'fleet_concurrency_in_use', help: 'Jobs of each type running now.', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly queueJobs = new Gauge({ name: 'fleet_queue_jobs', help: 'Jobs in Redis by type and state (waiting, active, delayed, prioritized, completed, failed).', labelNames: ['job_type', 'state'] as const, registers: [this.registry] });
-  readonly supervisorState = new Gauge({ name: 'fleet_supervisor_state', help: '1 for the state this supervisor is in.', labelNames: ['state'] as const, registers: [this.registry] });
-  readonly enqueued = new Counter({ name: 'fleet_jobs_enqueued_total', help: 'Jobs enqueued, by type and path (http, client).', labelNames: ['job_type', 'via'] as const, registers: [this.registry] });
-  readonly httpRequests = new Counter({ name: 'fleet_http_requests_total', help: 'API requests by method, route pattern and status.', labelNames: ['method', 'route', 'status'] as const, registers: [this.registry] });
-  readonly httpDuration = new Histogram({ name: 'fleet_http_request_duration_seconds', help: 'API request latency by method and route pattern.', labelNames: ['method', 'route'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1], registers: [this.registry] });
-  readonly secretAccesses = new Counter({ name: 'fleet_secret_accesses_total', help: 'Secret access attempts by secret name, job type and outcome (granted, denied, error).', labelNames: ['secret', 'job_type', 'outcome'] as const, registers: [this.registry] });
-  readonly secretFetch = new Histogram({ name: 'fleet_secret_fetch_seconds', help: 'Time to fetch one secret, by provider.', labelNames: ['provider'] as const, buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2], registers: [this.registry] });
-  readonly rotations = new Counter({ name: 'fleet_secret_rotations_total', help: 'Rotations by secret and outcome (ok, failed).', labelNames: ['secret', 'outcome'] as const, registers: [this.registry] });
-  readonly rotationFailures = new Counter({ name: 'fleet_secret_rotation_failures_total', help: 'Failed rotations by secret and the step that failed (create, set, test, promote, retire).', labelNames: ['secret', 'step'] as const, registers: [this.registry] });
-  readonly lastRotation = new Gauge({ name: 'fleet_secret_last_rotation_timestamp_seconds', help: 'When the secret was last rotated successfully (Unix time).', labelNames: ['secret'] as const, registers: [this.registry] });
-  readonly secretAge = new Gauge({ name: 'fleet_secret_age_seconds', help: 'Age of the current version.', labelNames: ['secret'] as const, registers: [this.registry] });
-  readonly rotationOverdue = new Gauge({ name: 'fleet_secret_rotation_overdue', help: '1 when the secret is past its rotation due time.', labelNames: ['secret'] as const, registers: [this.registry] });
-  readonly exposureRisk = new Gauge({ name: 'fleet_secret_exposure_risk', help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.', labelNames: ['secret'] as const, registers: [this.registry] });
-  readonly redisFull = new Counter({ name: 'fleet_redis_full_total', help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).', labelNames: ['operation'] as const, registers: [this.registry] });
-  readonly egressRefused = new Counter({ name: 'fleet_egress_refused_total', help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).', labelNames: ['job_type'] as const, registers: [this.registry] });
-  readonly secretInjections = new Counter({ name: 'fleet_secret_injections_total', help: 'Requests the egress proxy sent with an injected secret put in (toward its bound host).', labelNames: ['job_type', 'secret'] as const, registers: [this.registry] });
-  readonly secretInjectionsRefused = new Counter({ name: 'fleet_secret_injection_refused_total', help: 'Requests refused for a secret placeholder sent where its binding does not allow (other host or header, URL, body, another job, a replay): possible exfiltration, each one audited.', labelNames: ['job_type', 'secret'] as const, registers: [this.registry] });
-  readonly auditChainOk = new Gauge({ name: 'fleet_audit_chain_ok', help: '1 until a check of the audit MAC chain finds a break, then 0: it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).', registers: [this.registry] });
-  readonly auditChainBreaks = new Counter({ name: 'fleet_audit_chain_breaks_total', help: 'Audit chain checks that found a broken link.', labelNames: ['by'] as const, registers: [this.registry] });
-  readonly auditRecordsChecked = new Counter({ name: 'fleet_audit_records_verified_total', help: 'Audit records whose MAC and link were checked.', registers: [this.registry] });
-  readonly secretValuesAlive = new Gauge({ name: 'fleet_secret_values_alive', help: 'Secret values held by sandboxes right now (0 when idle).', registers: [this.registry] });
+  readonly jobs = new Counter({
+    name: 'fleet_jobs_total',
+    help: 'Jobs ended, by type and outcome (completed, failed, timeout, cancelled, oom, crashed, requeued).',
+    labelNames: ['job_type', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly timeouts = new Counter({
+    name: 'fleet_job_timeouts_total',
+    help: 'Jobs whose sandbox was terminated at timeoutMs.',
+    labelNames: ['job_type'] as const,
+    registers: [this.registry],
+  });
+  readonly retries = new Counter({
+    name: 'fleet_job_retries_total',
+    help: 'Failed attempts that will be retried.',
+    labelNames: ['job_type'] as const,
+    registers: [this.registry],
+  });
+  readonly queueWait = new Histogram({
+    name: 'fleet_job_queue_wait_seconds',
+    help: 'Time from enqueue to start.',
+    labelNames: ['job_type'] as const,
+    buckets: [0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30, 120],
+    registers: [this.registry],
+  });
+  readonly jobCpu = new Histogram({
+    name: 'fleet_job_cpu_seconds',
+    help: "Time the sandbox's event loop was busy during a job (per-thread CPU proxy).",
+    labelNames: ['job_type'] as const,
+    buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
+    registers: [this.registry],
+  });
+  readonly jobHeap = new Histogram({
+    name: 'fleet_job_peak_heap_bytes',
+    help: 'V8 heap reserved by the sandbox at job end.',
+    labelNames: ['job_type'] as const,
+    buckets: [4e6, 8e6, 16e6, 32e6, 64e6, 128e6, 256e6, 512e6, 1e9],
+    registers: [this.registry],
+  });
+  readonly spawn = new Histogram({
+    name: 'fleet_sandbox_spawn_seconds',
+    help: 'Time to start a sandbox and load its processor.',
+    labelNames: ['job_type'] as const,
+    buckets: [0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [this.registry],
+  });
+  readonly sandboxes = new Gauge({
+    name: 'fleet_sandboxes',
+    help: 'Sandboxes by state (warm, busy, starting).',
+    labelNames: ['job_type', 'state'] as const,
+    registers: [this.registry],
+  });
+  readonly concurrencyLimit = new Gauge({
+    name: 'fleet_concurrency_limit',
+    help: 'Per-supervisor concurrency of each job type.',
+    labelNames: ['job_type'] as const,
+    registers: [this.registry],
+  });
+  readonly concurrencyInUse = new Gauge({
+    name: 'fleet_concurrency_in_use',
+    help: 'Jobs of each type running now.',
+    labelNames: ['job_type'] as const,
+    registers: [this.registry],
+  });
+  readonly queueJobs = new Gauge({
+    name: 'fleet_queue_jobs',
+    help: 'Jobs in Redis by type and state (waiting, active, delayed, prioritized, completed, failed).',
+    labelNames: ['job_type', 'state'] as const,
+    registers: [this.registry],
+  });
+  readonly supervisorState = new Gauge({
+    name: 'fleet_supervisor_state',
+    help: '1 for the state this supervisor is in.',
+    labelNames: ['state'] as const,
+    registers: [this.registry],
+  });
+  readonly enqueued = new Counter({
+    name: 'fleet_jobs_enqueued_total',
+    help: 'Jobs enqueued, by type and path (http, client).',
+    labelNames: ['job_type', 'via'] as const,
+    registers: [this.registry],
+  });
+  readonly httpRequests = new Counter({
+    name: 'fleet_http_requests_total',
+    help: 'API requests by method, route pattern and status.',
+    labelNames: ['method', 'route', 'status'] as const,
+    registers: [this.registry],
+  });
+  readonly httpDuration = new Histogram({
+    name: 'fleet_http_request_duration_seconds',
+    help: 'API request latency by method and route pattern.',
+    labelNames: ['method', 'route'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1],
+    registers: [this.registry],
+  });
+  readonly secretAccesses = new Counter({
+    name: 'fleet_secret_accesses_total',
+    help: 'Secret access attempts by secret name, job type and outcome (granted, denied, error).',
+    labelNames: ['secret', 'job_type', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly secretFetch = new Histogram({
+    name: 'fleet_secret_fetch_seconds',
+    help: 'Time to fetch one secret, by provider.',
+    labelNames: ['provider'] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2],
+    registers: [this.registry],
+  });
+  readonly rotations = new Counter({
+    name: 'fleet_secret_rotations_total',
+    help: 'Rotations by secret and outcome (ok, failed).',
+    labelNames: ['secret', 'outcome'] as const,
+    registers: [this.registry],
+  });
+  readonly rotationFailures = new Counter({
+    name: 'fleet_secret_rotation_failures_total',
+    help: 'Failed rotations by secret and the step that failed (create, set, test, promote, retire).',
+    labelNames: ['secret', 'step'] as const,
+    registers: [this.registry],
+  });
+  readonly lastRotation = new Gauge({
+    name: 'fleet_secret_last_rotation_timestamp_seconds',
+    help: 'When the secret was last rotated successfully (Unix time).',
+    labelNames: ['secret'] as const,
+    registers: [this.registry],
+  });
+  readonly secretAge = new Gauge({
+    name: 'fleet_secret_age_seconds',
+    help: 'Age of the current version.',
+    labelNames: ['secret'] as const,
+    registers: [this.registry],
+  });
+  readonly rotationOverdue = new Gauge({
+    name: 'fleet_secret_rotation_overdue',
+    help: '1 when the secret is past its rotation due time.',
+    labelNames: ['secret'] as const,
+    registers: [this.registry],
+  });
+  readonly exposureRisk = new Gauge({
+    name: 'fleet_secret_exposure_risk',
+    help: 'max(age / allowed age, overdue, last rotation failed, no policy, denied accesses in 24h): 0 healthy, >= 1 needs action.',
+    labelNames: ['secret'] as const,
+    registers: [this.registry],
+  });
+  readonly redisFull = new Counter({
+    name: 'fleet_redis_full_total',
+    help: 'Writes Redis refused at maxmemory (enqueues answered 507 REDIS_FULL).',
+    labelNames: ['operation'] as const,
+    registers: [this.registry],
+  });
+  readonly egressRefused = new Counter({
+    name: 'fleet_egress_refused_total',
+    help: 'Connections a process sandbox tried outside its egress policy (each one audited with its destination).',
+    labelNames: ['job_type'] as const,
+    registers: [this.registry],
+  });
+  readonly secretInjections = new Counter({
+    name: 'fleet_secret_injections_total',
+    help: 'Requests the egress proxy sent with an injected secret put in (toward its bound host).',
+    labelNames: ['job_type', 'secret'] as const,
+    registers: [this.registry],
+  });
+  readonly secretInjectionsRefused = new Counter({
+    name: 'fleet_secret_injection_refused_total',
+    help: 'Requests refused for a secret placeholder sent where its binding does not allow (other host or header, URL, body, another job, a replay): possible exfiltration, each one audited.',
+    labelNames: ['job_type', 'secret'] as const,
+    registers: [this.registry],
+  });
+  readonly auditChainOk = new Gauge({
+    name: 'fleet_audit_chain_ok',
+    help: '1 until a check of the audit MAC chain finds a break, then 0: it found a deleted, inserted, edited or reordered record (see `fleet audit verify`).',
+    registers: [this.registry],
+  });
+  readonly auditChainBreaks = new Counter({
+    name: 'fleet_audit_chain_breaks_total',
+    help: 'Audit chain checks that found a broken link.',
+    labelNames: ['by'] as const,
+    registers: [this.registry],
+  });
+  readonly auditRecordsChecked = new Counter({
+    name: 'fleet_audit_records_verified_total',
+    help: 'Audit records whose MAC and link were checked.',
+    registers: [this.registry],
+  });
+  readonly secretValuesAlive = new Gauge({
+    name: 'fleet_secret_values_alive',
+    help: 'Secret values held by sandboxes right now (0 when idle).',
+    registers: [this.registry],
+  });
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
@@ -90,7 +248,8 @@ export class FleetMetrics {
         if (!e.ok) this.rotationFailures.labels(e.secret, e.step ?? 'create').inc();
       }),
       events.on('supervisor:state', (e) => {
-        for (const s of ['starting', 'running', 'draining', 'stopped', 'failed'] satisfies LifecycleState[]) this.supervisorState.labels(s).set(s === e.state ? 1 : 0);
+        for (const s of ['starting', 'running', 'draining', 'stopped', 'failed'] satisfies LifecycleState[])
+          this.supervisorState.labels(s).set(s === e.state ? 1 : 0);
       }),
     ];
     return () => offs.forEach((off) => off());

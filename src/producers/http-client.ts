@@ -24,7 +24,10 @@ export interface HttpClientOptions {
 
 export interface HttpClient {
   enqueue(type: string, data: unknown, options?: { idempotencyKey?: string }): Promise<{ id: string; type: string }>;
-  enqueueBatch(type: string, jobs: { data: unknown; idempotencyKey?: string }[]): Promise<{ id: string; type: string }[]>;
+  enqueueBatch(
+    type: string,
+    jobs: { data: unknown; idempotencyKey?: string }[],
+  ): Promise<{ id: string; type: string }[]>;
   getJob(id: string): Promise<Record<string, unknown>>;
   cancel(id: string): Promise<Record<string, unknown>>;
   jobTypes(): Promise<Record<string, unknown>[]>;
@@ -32,10 +35,19 @@ export interface HttpClient {
 
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   const base = options.baseUrl.replace(/\/+$/, '');
-  async function call<T>(method: string, path: string, body?: unknown, headers: Record<string, string> = {}): Promise<T> {
+  async function call<T>(
+    method: string,
+    path: string,
+    body?: unknown,
+    headers: Record<string, string> = {},
+  ): Promise<T> {
     const res = await fetch(`${base}${path}`, {
       method,
-      headers: { authorization: `Bearer ${options.token}`, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+      headers: {
+        authorization: `Bearer ${options.token}`,
+        ...(body === undefined ? {} : { 'content-type': 'application/json' }),
+        ...headers,
+      },
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
       signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
     });
@@ -49,8 +61,10 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
   }
   const seg = encodeURIComponent;
   return {
-    enqueue: (type, data, o = {}) => call('POST', `/v1/jobs/${seg(type)}`, data, o.idempotencyKey ? { 'idempotency-key': o.idempotencyKey } : {}),
-    enqueueBatch: async (type, jobs) => (await call<{ jobs: { id: string; type: string }[] }>('POST', `/v1/jobs/${seg(type)}/batch`, { jobs })).jobs,
+    enqueue: (type, data, o = {}) =>
+      call('POST', `/v1/jobs/${seg(type)}`, data, o.idempotencyKey ? { 'idempotency-key': o.idempotencyKey } : {}),
+    enqueueBatch: async (type, jobs) =>
+      (await call<{ jobs: { id: string; type: string }[] }>('POST', `/v1/jobs/${seg(type)}/batch`, { jobs })).jobs,
     getJob: (id) => call('GET', `/v1/jobs/${seg(id)}`),
     cancel: (id) => call('DELETE', `/v1/jobs/${seg(id)}`),
     jobTypes: async () => (await call<{ jobTypes: Record<string, unknown>[] }>('GET', '/v1/job-types')).jobTypes,

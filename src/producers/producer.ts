@@ -36,7 +36,8 @@ export interface EnqueueResult {
   type: string;
 }
 
-export type JobState = 'waiting' | 'delayed' | 'prioritized' | 'active' | 'completed' | 'failed' | 'waiting-children' | 'unknown';
+export type JobState =
+  'waiting' | 'delayed' | 'prioritized' | 'active' | 'completed' | 'failed' | 'waiting-children' | 'unknown';
 
 /** What anyone may see of a job: never secret values (jobs never hold any). */
 export interface JobView {
@@ -67,7 +68,9 @@ export interface JobTypeView {
 
 /** Payload types of each job type of a config written with `defineConfig`. */
 export type PayloadsOf<C extends { jobTypes: readonly { name: string; payloadSchema?: unknown }[] }> = {
-  [J in C['jobTypes'][number] as J['name']]: J['payloadSchema'] extends z.ZodType ? z.input<J['payloadSchema']> : unknown;
+  [J in C['jobTypes'][number] as J['name']]: J['payloadSchema'] extends z.ZodType
+    ? z.input<J['payloadSchema']>
+    : unknown;
 };
 
 export interface ProducerOptions {
@@ -86,7 +89,13 @@ export interface ProducerOptions {
  */
 /** JSON with object keys sorted, so two equal payloads compare equal whatever their key order. */
 function canonicalJson(v: unknown): string {
-  return JSON.stringify(v, (_k, x: unknown) => (x && typeof x === 'object' && !Array.isArray(x) ? Object.fromEntries(Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))) : x));
+  return JSON.stringify(v, (_k, x: unknown) =>
+    x && typeof x === 'object' && !Array.isArray(x)
+      ? Object.fromEntries(
+          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
+        )
+      : x,
+  );
 }
 
 export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
@@ -125,9 +134,12 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   jobType(name: string): JobType {
     const t = this.config.jobTypes.get(name);
     if (!t) {
-      throw new UnknownJobTypeError(`unknown job type "${name}". Known: ${[...this.config.jobTypes.keys()].join(', ')}.`, {
-        details: { jobType: name },
-      });
+      throw new UnknownJobTypeError(
+        `unknown job type "${name}". Known: ${[...this.config.jobTypes.keys()].join(', ')}.`,
+        {
+          details: { jobType: name },
+        },
+      );
     }
     return t;
   }
@@ -148,7 +160,9 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const r = type.payload.safeParse(data);
     if (r.success) return r.data;
     throw new ValidationError(`payload does not match the schema of "${type.name}"`, {
-      details: { issues: r.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message, code: i.code })) },
+      details: {
+        issues: r.error.issues.map((i) => ({ path: i.path.map(String).join('.'), message: i.message, code: i.code })),
+      },
     });
   }
 
@@ -207,11 +221,18 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
           { cause: e },
         );
       }
-      throw new RedisUnavailableError(`${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`, { cause: e });
+      throw new RedisUnavailableError(
+        `${what} failed: Redis is unreachable or refused the command (${e.message}). Nothing was enqueued; retry later.`,
+        { cause: e },
+      );
     }
   }
 
-  async enqueue<T extends keyof Payloads & string>(typeName: T, data: Payloads[T], options: EnqueueOptions = {}): Promise<EnqueueResult> {
+  async enqueue<T extends keyof Payloads & string>(
+    typeName: T,
+    data: Payloads[T],
+    options: EnqueueOptions = {},
+  ): Promise<EnqueueResult> {
     const type = this.jobType(typeName);
     const payload = this.validate(type, data);
     const id = this.#idFor(type, options);
@@ -228,7 +249,11 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       const marker = idempotencyInFlightKey(this.config.redis.prefix, type.name, id);
       const first = (await this.redis.set(marker, '1', 'PX', IN_FLIGHT_MS, 'NX')) === 'OK';
       if (!first && !(await q.getJob(id))) {
-        throw new FleetError('IDEMPOTENCY_KEY_IN_FLIGHT', `a request with Idempotency-Key ${JSON.stringify(key)} is still being processed; retry after it completes.`, { retryable: true, details: { jobId: id } });
+        throw new FleetError(
+          'IDEMPOTENCY_KEY_IN_FLIGHT',
+          `a request with Idempotency-Key ${JSON.stringify(key)} is still being processed; retry after it completes.`,
+          { retryable: true, details: { jobId: id } },
+        );
       }
       try {
         await q.add(this.#name, payload, this.#jobOptions(type, id, options));
@@ -246,14 +271,21 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
    * answered with the first job's id while the second body is dropped. BullMQ keeps the first job
    * when an id exists, so the stored payload is compared with the one just sent.
    */
-  async #sameBodyOrRefuse(q: Queue, sent: { id: string; key: string; payload: unknown; index?: number }[]): Promise<void> {
+  async #sameBodyOrRefuse(
+    q: Queue,
+    sent: { id: string; key: string; payload: unknown; index?: number }[],
+  ): Promise<void> {
     const stored = await Promise.all(sent.map((s) => q.getJob(s.id)));
     sent.forEach((s, i) => {
       const job = stored[i];
       if (job && canonicalJson(job.data) !== canonicalJson(s.payload)) {
-        throw new FleetError('IDEMPOTENCY_KEY_REUSED', `Idempotency-Key ${JSON.stringify(s.key)}${s.index === undefined ? '' : ` (jobs[${s.index}])`} was already used with a different body, for job ${s.id}. Fix: send a new key for a new request, or resend the original body.`, {
-          details: { jobId: s.id, ...(s.index === undefined ? {} : { index: s.index }) },
-        });
+        throw new FleetError(
+          'IDEMPOTENCY_KEY_REUSED',
+          `Idempotency-Key ${JSON.stringify(s.key)}${s.index === undefined ? '' : ` (jobs[${s.index}])`} was already used with a different body, for job ${s.id}. Fix: send a new key for a new request, or resend the original body.`,
+          {
+            details: { jobId: s.id, ...(s.index === undefined ? {} : { index: s.index }) },
+          },
+        );
       }
     });
   }
@@ -273,22 +305,35 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
         const payload = this.validate(type, item.data);
         return { name: this.#name, data: payload, opts: this.#jobOptions(type, this.#idFor(type, item), item) };
       } catch (err) {
-        problems.push({ index, issues: err instanceof FleetError ? (err.details?.issues ?? err.message) : toError(err).message });
+        problems.push({
+          index,
+          issues: err instanceof FleetError ? (err.details?.issues ?? err.message) : toError(err).message,
+        });
         return null;
       }
     });
     if (problems.length) {
-      throw new ValidationError(`${problems.length} of ${items.length} payloads are invalid; nothing was enqueued`, { details: { items: problems } });
+      throw new ValidationError(`${problems.length} of ${items.length} payloads are invalid; nothing was enqueued`, {
+        details: { items: problems },
+      });
     }
     const jobs = prepared.filter((p) => p !== null);
     // The same key twice in one batch must carry the same body too.
-    const keyed = items.flatMap((item, index) => (item.idempotencyKey === undefined ? [] : [{ id: jobs[index]!.opts.jobId!, key: item.idempotencyKey, payload: jobs[index]!.data, index }]));
+    const keyed = items.flatMap((item, index) =>
+      item.idempotencyKey === undefined
+        ? []
+        : [{ id: jobs[index]!.opts.jobId!, key: item.idempotencyKey, payload: jobs[index]!.data, index }],
+    );
     const firstByKey = new Map<string, (typeof keyed)[number]>();
     for (const k of keyed) {
       const first = firstByKey.get(k.key);
       if (!first) firstByKey.set(k.key, k);
       else if (canonicalJson(first.payload) !== canonicalJson(k.payload)) {
-        throw new FleetError('IDEMPOTENCY_KEY_REUSED', `jobs[${k.index}] reuses the Idempotency-Key ${JSON.stringify(k.key)} of jobs[${first.index}] with a different body; nothing was enqueued.`, { details: { index: k.index, firstIndex: first.index } });
+        throw new FleetError(
+          'IDEMPOTENCY_KEY_REUSED',
+          `jobs[${k.index}] reuses the Idempotency-Key ${JSON.stringify(k.key)} of jobs[${first.index}] with a different body; nothing was enqueued.`,
+          { details: { index: k.index, firstIndex: first.index } },
+        );
       }
     }
     await this.#guard('batch enqueue', async () => {
@@ -315,7 +360,10 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
           return state === 'unknown' ? undefined : { state, job: await q.getJob(id) };
         })
       : undefined;
-    if (!type || !found?.job) throw new JobNotFoundError(`no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`);
+    if (!type || !found?.job)
+      throw new JobNotFoundError(
+        `no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`,
+      );
     return { type, job: found.job, state: found.state };
   }
 
@@ -346,12 +394,16 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
    * Cancels a job: a waiting or delayed one is removed; an active one is aborted in its sandbox
    * (the supervisor running it gets the message on the control channel). Finished jobs stay.
    */
-  async cancel(id: string): Promise<{ id: string; previousState: JobState; outcome: 'removed' | 'cancelling' | 'already-finished' }> {
+  async cancel(
+    id: string,
+  ): Promise<{ id: string; previousState: JobState; outcome: 'removed' | 'cancelling' | 'already-finished' }> {
     const { job, state } = await this.#find(id);
     if (state === 'completed' || state === 'failed') return { id, previousState: state, outcome: 'already-finished' };
     if (state === 'active') {
       const msg: ControlMessage = { kind: 'cancel', jobId: id };
-      await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
+      await this.#guard('cancel', () =>
+        this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)),
+      );
       return { id, previousState: state, outcome: 'cancelling' };
     }
     try {
@@ -360,7 +412,9 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     } catch {
       // It became active between the state read and the removal: cancel it where it runs.
       const msg: ControlMessage = { kind: 'cancel', jobId: id };
-      await this.#guard('cancel', () => this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)));
+      await this.#guard('cancel', () =>
+        this.redis.publish(controlChannel(this.config.redis.prefix), JSON.stringify(msg)),
+      );
       return { id, previousState: 'active', outcome: 'cancelling' };
     }
   }
@@ -396,6 +450,8 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
 }
 
 /** Creates a {@link Producer}. Pass `PayloadsOf<typeof config>` as the type argument for typed payloads. */
-export function createProducer<Payloads extends Record<string, unknown> = Record<string, unknown>>(options: ProducerOptions): Producer<Payloads> {
+export function createProducer<Payloads extends Record<string, unknown> = Record<string, unknown>>(
+  options: ProducerOptions,
+): Producer<Payloads> {
   return new Producer<Payloads>(options);
 }

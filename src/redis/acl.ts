@@ -16,24 +16,69 @@ export const REDIS_ROLES: readonly RedisRole[] = ['api', 'worker', 'scheduler', 
 export const ROLE_PURPOSE: Record<RedisRole, string> = {
   api: 'HTTP API and `fleet enqueue`: enqueue, read and cancel jobs; read the audit trail',
   worker: 'supervisors: take and finish jobs, append audit records, heartbeats, read KMS envelopes',
-  scheduler: 'rotation service and `fleet rotate`/`fleet secrets`: rotation queue and state, KMS envelopes, append audit records',
+  scheduler:
+    'rotation service and `fleet rotate`/`fleet secrets`: rotation queue and state, KMS envelopes, append audit records',
   ops: '`fleet status`, `fleet audit`, `fleet audit verify`, Bull Board: read only',
   retention: 'audit retention (in the scheduler): write a signed checkpoint, then trim the audit stream',
 };
 
 /** What no fleet role may ever run; `fleet doctor` and the tests check each of these is refused. */
-export const FORBIDDEN_COMMANDS = ['flushall', 'flushdb', 'config', 'keys', 'debug', 'module', 'script|flush', 'function', 'acl|setuser', 'acl|deluser', 'shutdown', 'monitor', 'migrate', 'restore', 'swapdb', 'replicaof'] as const;
+export const FORBIDDEN_COMMANDS = [
+  'flushall',
+  'flushdb',
+  'config',
+  'keys',
+  'debug',
+  'module',
+  'script|flush',
+  'function',
+  'acl|setuser',
+  'acl|deluser',
+  'shutdown',
+  'monitor',
+  'migrate',
+  'restore',
+  'swapdb',
+  'replicaof',
+] as const;
 
 /** Connection housekeeping every role needs (ioredis ready check, cluster topology, client names). */
 const BASE = [
-  '+ping', '+echo', '+info', '+select', '+quit', '+readonly', '+readwrite',
-  '+client|setname', '+client|getname', '+client|id',
+  '+ping',
+  '+echo',
+  '+info',
+  '+select',
+  '+quit',
+  '+readonly',
+  '+readwrite',
+  '+client|setname',
+  '+client|getname',
+  '+client|id',
   '+acl|whoami',
-  '+cluster|slots', '+cluster|shards', '+cluster|nodes', '+cluster|info', '+cluster|myid',
+  '+cluster|slots',
+  '+cluster|shards',
+  '+cluster|nodes',
+  '+cluster|info',
+  '+cluster|myid',
 ];
 
 /** BullMQ: its Lua scripts run with the caller's rights, so these cover what the scripts call. */
-const QUEUE_COMMANDS = ['+@read', '+@write', '+@transaction', '+eval', '+evalsha', '+script|load', '+script|exists', '+bzpopmin', '+blmove', '+brpoplpush', '-@dangerous', '-function', '-rename', '-renamenx'];
+const QUEUE_COMMANDS = [
+  '+@read',
+  '+@write',
+  '+@transaction',
+  '+eval',
+  '+evalsha',
+  '+script|load',
+  '+script|exists',
+  '+bzpopmin',
+  '+blmove',
+  '+brpoplpush',
+  '-@dangerous',
+  '-function',
+  '-rename',
+  '-renamenx',
+];
 
 /** Read-only commands. */
 const READ_COMMANDS = ['+@read', '-@dangerous', '-keys'];
@@ -47,7 +92,20 @@ const READ_COMMANDS = ['+@read', '-@dangerous', '-keys'];
 const READ_SCRIPTS = ['+eval', '+evalsha', '+script|load', '+script|exists', '+client|list'];
 
 /** Appending to the audit trail: XADD, the per-secret counters and the chain heads, in one MULTI. */
-const AUDIT_APPEND = ['+xadd', '+hincrby', '+hset', '+multi', '+exec', '+discard', '+xrevrange', '+xrange', '+hget', '+hgetall', '+hmget', '+xlen'];
+const AUDIT_APPEND = [
+  '+xadd',
+  '+hincrby',
+  '+hset',
+  '+multi',
+  '+exec',
+  '+discard',
+  '+xrevrange',
+  '+xrange',
+  '+hget',
+  '+hgetall',
+  '+hmget',
+  '+xlen',
+];
 
 const keys = (patterns: readonly string[], mode: '' | '%R' = ''): string[] => patterns.map((p) => `${mode}~${p}`);
 const selector = (rules: readonly string[]): string => `(${rules.join(' ')})`;
@@ -56,11 +114,22 @@ const selector = (rules: readonly string[]): string => `(${rules.join(' ')})`;
  * The ACL rules of a role, as `ACL SETUSER` arguments after the password (root rules first, then
  * selectors). Built from `keyPatterns` so they follow the key layout in one place.
  */
-export function roleRules(role: RedisRole, prefix: string, server: RedisServerFeatures = { clientSetinfo: false }): string[] {
+export function roleRules(
+  role: RedisRole,
+  prefix: string,
+  server: RedisServerFeatures = { clientSetinfo: false },
+): string[] {
   // Housekeeping goes last: the role's own sets remove @dangerous, which holds INFO. CLIENT SETINFO
   // (client libraries announce themselves) exists from Redis 7.2; naming an unknown command is an
   // error in an ACL rule.
-  return ['resetkeys', 'resetchannels', '-@all', ...rulesOf(role, prefix), ...BASE, ...(server.clientSetinfo ? ['+client|setinfo'] : [])];
+  return [
+    'resetkeys',
+    'resetchannels',
+    '-@all',
+    ...rulesOf(role, prefix),
+    ...BASE,
+    ...(server.clientSetinfo ? ['+client|setinfo'] : []),
+  ];
 }
 
 /** What the target server knows, where ACL rules depend on it. */
@@ -84,21 +153,44 @@ function rulesOf(role: RedisRole, prefix: string): string[] {
       return [...QUEUE_COMMANDS, '+publish', ...keys(k.queues), control, auditRead];
     case 'worker':
       return [
-        ...QUEUE_COMMANDS, '+subscribe', '+unsubscribe', ...keys(k.queues), control,
+        ...QUEUE_COMMANDS,
+        '+subscribe',
+        '+unsubscribe',
+        ...keys(k.queues),
+        control,
         auditAppend,
         selector(['+hset', '+hdel', '+hgetall', '+hget', ...keys(k.supervisors)]),
         selector([...READ_COMMANDS, ...keys(k.kms, '%R')]),
       ];
     case 'scheduler':
       return [
-        ...QUEUE_COMMANDS, ...keys(k.rotationQueue), ...keys(k.rotation), ...keys(k.kms),
+        ...QUEUE_COMMANDS,
+        ...keys(k.rotationQueue),
+        ...keys(k.rotation),
+        ...keys(k.kms),
         auditAppend,
         selector([...READ_COMMANDS, ...keys(k.supervisors, '%R')]),
       ];
     case 'ops':
       return [...READ_COMMANDS, ...READ_SCRIPTS, `~${prefix}:*`];
     case 'retention':
-      return ['+xtrim', '+xadd', '+xrange', '+xrevrange', '+xlen', '+xinfo|stream', '+hgetall', '+hget', '+hset', '+multi', '+exec', '+discard', `~${auditStreamKey(prefix)}`, `~${auditHeadsKey(prefix)}`, `%R~${secretStatsKey(prefix, '*')}`];
+      return [
+        '+xtrim',
+        '+xadd',
+        '+xrange',
+        '+xrevrange',
+        '+xlen',
+        '+xinfo|stream',
+        '+hgetall',
+        '+hget',
+        '+hset',
+        '+multi',
+        '+exec',
+        '+discard',
+        `~${auditStreamKey(prefix)}`,
+        `~${auditHeadsKey(prefix)}`,
+        `%R~${secretStatsKey(prefix, '*')}`,
+      ];
   }
 }
 
@@ -124,11 +216,19 @@ export function embeddedUsersFile(dataDir: string): string {
 }
 
 /** Reads, or on first use generates, the embedded Redis's role passwords and admin password. */
-export function ensureEmbeddedUsers(dataDir: string, userPrefix = 'fleet-'): { roles: RoleCredentials; admin: RoleCredential } {
+export function ensureEmbeddedUsers(
+  dataDir: string,
+  userPrefix = 'fleet-',
+): { roles: RoleCredentials; admin: RoleCredential } {
   const file = embeddedUsersFile(dataDir);
   if (existsSync(file)) {
     const saved = JSON.parse(readFileSync(file, 'utf8')) as { roles: RoleCredentials; admin: RoleCredential };
-    if (REDIS_ROLES.every((r) => saved.roles[r]?.password) && saved.admin?.password && saved.admin.username === 'default') return saved;
+    if (
+      REDIS_ROLES.every((r) => saved.roles[r]?.password) &&
+      saved.admin?.password &&
+      saved.admin.username === 'default'
+    )
+      return saved;
   }
   const gen = (username: string): RoleCredential => ({ username, password: randomBytes(24).toString('hex') });
   const roles = Object.fromEntries(REDIS_ROLES.map((r) => [r, gen(roleUsername(r, userPrefix))])) as RoleCredentials;
@@ -145,7 +245,9 @@ export function readEmbeddedUsers(dataDir: string): { roles: RoleCredentials; ad
   try {
     return JSON.parse(readFileSync(file, 'utf8')) as { roles: RoleCredentials; admin: RoleCredential };
   } catch (err) {
-    throw new ConfigError(`${file} is not valid JSON (${(err as Error).message}). Fix: delete it and restart \`npm start\` (new passwords are generated).`);
+    throw new ConfigError(
+      `${file} is not valid JSON (${(err as Error).message}). Fix: delete it and restart \`npm start\` (new passwords are generated).`,
+    );
   }
 }
 
@@ -158,7 +260,11 @@ const sha256 = (s: string): string => createHash('sha256').update(s).digest('hex
  * `default` and re-checks its ACL (redis/redis#14541, fixed upstream by redis/redis#14545; valkey#3983), so a
  * restricted `default` silently drops every transaction at restart (BullMQ's and the audit's).
  */
-export function aclFileText(prefix: string, creds: { roles: RoleCredentials; admin: RoleCredential }, server?: RedisServerFeatures): string {
+export function aclFileText(
+  prefix: string,
+  creds: { roles: RoleCredentials; admin: RoleCredential },
+  server?: RedisServerFeatures,
+): string {
   const lines = [`user default on #${sha256(creds.admin.password)} ~* &* +@all`];
   for (const role of REDIS_ROLES) {
     const c = creds.roles[role];
@@ -184,10 +290,16 @@ export function roleCredentialsFromEnv(env: NodeJS.ProcessEnv = process.env, use
       try {
         password = readFileSync(file, 'utf8').trim();
       } catch (err) {
-        throw new ConfigError(`${name}_FILE names ${file}, which cannot be read (${(err as Error).message}). Fix: point it at the file holding the ${role} role's Redis password.`);
+        throw new ConfigError(
+          `${name}_FILE names ${file}, which cannot be read (${(err as Error).message}). Fix: point it at the file holding the ${role} role's Redis password.`,
+        );
       }
     }
-    if (password) out[role] = { username: env[`FLEET_REDIS_${role.toUpperCase()}_USER`] ?? roleUsername(role, userPrefix), password };
+    if (password)
+      out[role] = {
+        username: env[`FLEET_REDIS_${role.toUpperCase()}_USER`] ?? roleUsername(role, userPrefix),
+        password,
+      };
   }
   return out;
 }
@@ -234,7 +346,11 @@ export async function assertAclSupport(redis: RedisClient): Promise<RedisServerF
   const info = await node.info('server');
   const version = /redis_version:([\d.]+)/.exec(info)?.[1] ?? '0';
   if (Number(version.split('.')[0]) < 7) {
-    throw new FleetError('INVALID_REQUEST', `Redis ${version} has no ACL selectors. Fix: per-role ACL users need Redis ≥ 7.0 (or Valkey ≥ 7.2).`, { retryable: false });
+    throw new FleetError(
+      'INVALID_REQUEST',
+      `Redis ${version} has no ACL selectors. Fix: per-role ACL users need Redis ≥ 7.0 (or Valkey ≥ 7.2).`,
+      { retryable: false },
+    );
   }
   return serverFeatures(version);
 }
@@ -246,13 +362,23 @@ export async function assertAclSupport(redis: RedisClient): Promise<RedisServerF
  */
 export async function setupRoleUsers(
   admin: RedisClient,
-  options: { prefix: string; roles?: readonly RedisRole[]; passwords?: RoleCredentials; userPrefix?: string; keepOld?: boolean; dropOld?: boolean },
+  options: {
+    prefix: string;
+    roles?: readonly RedisRole[];
+    passwords?: RoleCredentials;
+    userPrefix?: string;
+    keepOld?: boolean;
+    dropOld?: boolean;
+  },
 ): Promise<{ credentials: RoleCredentials; nodes: number; saved: boolean }> {
   const features = await assertAclSupport(admin);
   const roles = options.roles ?? REDIS_ROLES;
   const credentials: RoleCredentials = {};
   for (const role of roles) {
-    credentials[role] = options.passwords?.[role] ?? { username: roleUsername(role, options.userPrefix), password: randomBytes(24).toString('hex') };
+    credentials[role] = options.passwords?.[role] ?? {
+      username: roleUsername(role, options.userPrefix),
+      password: randomBytes(24).toString('hex'),
+    };
   }
   const nodes = masters(admin);
   let saved = true;
@@ -267,7 +393,15 @@ export async function setupRoleUsers(
         const hashes = idx >= 0 ? ((current![idx + 1] as string[]) ?? []) : [];
         passwordRules = [...hashes.filter((h) => h !== sha256(c.password)).map((h) => `!${h}`), `>${c.password}`];
       }
-      await node.call('ACL', 'SETUSER', c.username, 'on', 'clearselectors', ...passwordRules, ...roleRules(role, options.prefix, features));
+      await node.call(
+        'ACL',
+        'SETUSER',
+        c.username,
+        'on',
+        'clearselectors',
+        ...passwordRules,
+        ...roleRules(role, options.prefix, features),
+      );
     }
     try {
       await node.call('ACL', 'SAVE');

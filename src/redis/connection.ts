@@ -9,7 +9,6 @@ export function isClusterUrl(url: string): boolean {
 }
 import { RedisUnavailableError } from '../errors.js';
 
-
 export type ConnectionRole =
   /** Blocking BullMQ workers: commands wait for a reconnect instead of failing. */
   | 'worker'
@@ -25,17 +24,31 @@ export function connectRedis(url: string, role: ConnectionRole, extra: RedisOpti
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
       : { maxRetriesPerRequest: 2, enableOfflineQueue: false, connectTimeout: 5000 };
-  const options: RedisOptions = { ...base, retryStrategy: (times) => Math.min(times * 200, 2000), lazyConnect: false, ...extra };
+  const options: RedisOptions = {
+    ...base,
+    retryStrategy: (times) => Math.min(times * 200, 2000),
+    lazyConnect: false,
+    ...extra,
+  };
   if (!isClusterUrl(url)) return new Redis(url, options);
   const u = new URL(url.replace(/^(rediss?)-cluster:/, '$1:').replace(/,.*$/, ''));
-  const hosts = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/\/.*$/, '').split(',');
+  const hosts = url
+    .replace(/^[a-z-]+:\/\/([^@]*@)?/, '')
+    .replace(/\/.*$/, '')
+    .split(',');
   const nodes = hosts.map((h) => {
     const [host, port] = h.split(':');
     return { host: host!, port: Number(port ?? 6379) };
   });
   const { retryStrategy: _r, enableOfflineQueue, lazyConnect, maxRetriesPerRequest, ...redisOptions } = options;
   return new Cluster(nodes, {
-    redisOptions: { ...redisOptions, maxRetriesPerRequest, ...(u.password ? { password: decodeURIComponent(u.password) } : {}), ...(u.username ? { username: decodeURIComponent(u.username) } : {}), ...(u.protocol === 'rediss:' ? { tls: {} } : {}) },
+    redisOptions: {
+      ...redisOptions,
+      maxRetriesPerRequest,
+      ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
+      ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
+      ...(u.protocol === 'rediss:' ? { tls: {} } : {}),
+    },
     enableOfflineQueue: enableOfflineQueue ?? true,
     lazyConnect: lazyConnect ?? false,
     clusterRetryStrategy: (times) => Math.min(times * 200, 2000),
@@ -76,7 +89,11 @@ export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void>
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       redis.off('ready', onReady);
-      reject(new RedisUnavailableError(`Redis is not reachable (connection ${redis.status} for ${timeoutMs} ms). Fix: check REDIS_URL and that Redis is up.`));
+      reject(
+        new RedisUnavailableError(
+          `Redis is not reachable (connection ${redis.status} for ${timeoutMs} ms). Fix: check REDIS_URL and that Redis is up.`,
+        ),
+      );
     }, timeoutMs);
     const onReady = (): void => {
       clearTimeout(timer);
@@ -99,13 +116,21 @@ export async function checkRedisSettings(redis: RedisClient, warn: (msg: string)
     policy = ((await client.config('GET', 'maxmemory-policy')) as string[])[1] ?? '';
     aof = ((await client.config('GET', 'appendonly')) as string[])[1] ?? '';
   } catch (err) {
-    warn(`could not read Redis CONFIG (${(err as Error).message}); make sure maxmemory-policy is noeviction and persistence is on`);
+    warn(
+      `could not read Redis CONFIG (${(err as Error).message}); make sure maxmemory-policy is noeviction and persistence is on`,
+    );
     return;
   }
   if (policy !== 'noeviction') {
-    throw new RedisUnavailableError(`Redis maxmemory-policy is "${policy}": evicted keys are lost jobs and audit records. Fix: set maxmemory-policy noeviction (redis-server --maxmemory-policy noeviction).`, { retryable: false });
+    throw new RedisUnavailableError(
+      `Redis maxmemory-policy is "${policy}": evicted keys are lost jobs and audit records. Fix: set maxmemory-policy noeviction (redis-server --maxmemory-policy noeviction).`,
+      { retryable: false },
+    );
   }
-  if (aof !== 'yes') warn('Redis persistence: AOF is off, so a Redis restart can lose queued jobs. For production: redis-server --appendonly yes.');
+  if (aof !== 'yes')
+    warn(
+      'Redis persistence: AOF is off, so a Redis restart can lose queued jobs. For production: redis-server --appendonly yes.',
+    );
 }
 
 /** Redact credentials from a Redis URL before it is shown anywhere. */

@@ -77,12 +77,28 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
   const aclArgs: string[] = [];
   if (options.acl) {
     const file = path.join(options.dataDir, 'users.acl');
-    writeFileSync(file, aclFileText(options.acl.prefix, options.acl.users, serverFeatures(redisServerVersion())), { mode: 0o600 });
+    writeFileSync(file, aclFileText(options.acl.prefix, options.acl.users, serverFeatures(redisServerVersion())), {
+      mode: 0o600,
+    });
     aclArgs.push('--aclfile', file);
   }
   const child = spawn(
     'redis-server',
-    ['--port', String(port), '--bind', '127.0.0.1', '--dir', options.dataDir, '--maxmemory-policy', 'noeviction', '--protected-mode', 'yes', ...aclArgs, ...persistence, ...(options.args ?? [])],
+    [
+      '--port',
+      String(port),
+      '--bind',
+      '127.0.0.1',
+      '--dir',
+      options.dataDir,
+      '--maxmemory-policy',
+      'noeviction',
+      '--protected-mode',
+      'yes',
+      ...aclArgs,
+      ...persistence,
+      ...(options.args ?? []),
+    ],
     { stdio: ['ignore', 'ignore', 'pipe'] },
   );
   let stderr = '';
@@ -92,7 +108,10 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
   while (!(await canConnect(port))) {
     if (child.exitCode !== null || Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new FleetError('REDIS_UNAVAILABLE', `embedded redis-server on port ${port} did not start: ${stderr.trim() || 'no output'}`);
+      throw new FleetError(
+        'REDIS_UNAVAILABLE',
+        `embedded redis-server on port ${port} did not start: ${stderr.trim() || 'no output'}`,
+      );
     }
     await new Promise((r) => setTimeout(r, 20));
   }

@@ -73,7 +73,9 @@ export function kmsIndexKey(prefix: string): string {
  * The key patterns of each concern, for access rules: `~pattern` in a Redis ACL. The patterns do
  * not overlap: `prefix:{*}:*` (job queues) matches none of the others' keys.
  */
-export function keyPatterns(prefix: string): Record<'queues' | 'rotationQueue' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
+export function keyPatterns(
+  prefix: string,
+): Record<'queues' | 'rotationQueue' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
   return {
     queues: [`${prefix}:{*}:*`],
     rotationQueue: [`${rotationQueuePrefix(prefix)}:*`],

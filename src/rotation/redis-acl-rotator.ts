@@ -15,7 +15,10 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
   const username = roleUsername(options.role);
   const admin = async <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> => {
     const url = process.env[options.adminUrlEnv];
-    if (!url) throw new ConfigError(`rotating the Redis password of role ${options.role} needs an admin Redis URL in ${options.adminUrlEnv} (the scheduler's environment). It lets the scheduler change ACL users: give it only where this rotation runs.`);
+    if (!url)
+      throw new ConfigError(
+        `rotating the Redis password of role ${options.role} needs an admin Redis URL in ${options.adminUrlEnv} (the scheduler's environment). It lets the scheduler change ACL users: give it only where this rotation runs.`,
+      );
     const r = connectRedis(url, 'producer');
     r.on('error', () => undefined);
     try {
@@ -28,7 +31,15 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
   const text = (v: Uint8Array): string => Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('utf8');
   return {
     create: randomRotator(24, 'hex').create,
-    set: (_ctx, value) => admin((r) => setupRoleUsers(r, { prefix: options.prefix, roles: [options.role], passwords: { [options.role]: { username, password: text(value) } }, keepOld: true })).then(() => undefined),
+    set: (_ctx, value) =>
+      admin((r) =>
+        setupRoleUsers(r, {
+          prefix: options.prefix,
+          roles: [options.role],
+          passwords: { [options.role]: { username, password: text(value) } },
+          keepOld: true,
+        }),
+      ).then(() => undefined),
     test: async (_ctx, value) => {
       const url = process.env[options.adminUrlEnv]!;
       const r = connectRedis(urlWithCredential(url, { username, password: text(value) }), 'producer');
@@ -44,7 +55,14 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
     finish: async (ctx) => {
       const current = await ctx.current();
       try {
-        await admin((r) => setupRoleUsers(r, { prefix: options.prefix, roles: [options.role], passwords: { [options.role]: { username, password: current.toString('utf8') } }, dropOld: true }));
+        await admin((r) =>
+          setupRoleUsers(r, {
+            prefix: options.prefix,
+            roles: [options.role],
+            passwords: { [options.role]: { username, password: current.toString('utf8') } },
+            dropOld: true,
+          }),
+        );
       } finally {
         current.fill(0);
       }

@@ -36,10 +36,25 @@ export function rotationQueue(config: FleetConfig, connection: RedisClient): Que
 /** Enqueues an immediate rotation of `secret` (used by `fleet rotate`). */
 export function requestRotation(config: FleetConfig, queue: Queue, secret: string): Promise<Job> {
   const policy = config.secrets.items[secret]?.rotation;
-  if (!policy) return Promise.reject(new FleetError('INVALID_REQUEST', `secret "${secret}" has no rotation policy. Fix: add secrets.items.${secret}.rotation.`));
-  return queue.add('rotate', { secret, force: true }, { jobId: `rotate-now-${secret}-${Date.now()}`, attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } });
+  if (!policy)
+    return Promise.reject(
+      new FleetError(
+        'INVALID_REQUEST',
+        `secret "${secret}" has no rotation policy. Fix: add secrets.items.${secret}.rotation.`,
+      ),
+    );
+  return queue.add(
+    'rotate',
+    { secret, force: true },
+    {
+      jobId: `rotate-now-${secret}-${Date.now()}`,
+      attempts: policy.attempts,
+      backoff: { type: 'exponential', delay: policy.backoffMs },
+      removeOnComplete: { count: 200 },
+      removeOnFail: { count: 200 },
+    },
+  );
 }
-
 
 class StepError extends FleetError {
   override name = 'RotationStepError';
@@ -48,7 +63,10 @@ class StepError extends FleetError {
     cause: unknown,
   ) {
     const e = toError(cause);
-    super(e instanceof FleetError ? e.code : 'INTERNAL', `rotation step "${step}" failed: ${e.message}`, { cause, retryable: true });
+    super(e instanceof FleetError ? e.code : 'INTERNAL', `rotation step "${step}" failed: ${e.message}`, {
+      cause,
+      retryable: true,
+    });
   }
 }
 
@@ -99,7 +117,8 @@ export class RotationService {
   /** Secrets with a rotation policy. */
   policies(): Map<string, RotationPolicy> {
     const out = new Map<string, RotationPolicy>();
-    for (const [name, item] of Object.entries(this.#config.secrets.items)) if (item.rotation) out.set(name, item.rotation);
+    for (const [name, item] of Object.entries(this.#config.secrets.items))
+      if (item.rotation) out.set(name, item.rotation);
     return out;
   }
 
@@ -116,15 +135,27 @@ export class RotationService {
     this.#queue = rotationQueue(this.#config, this.#redis);
     this.#queue.on('error', (err) => this.#log.warn('rotation queue error', { error: err.message }));
     const auditCfg = this.#config.secrets.audit;
-    const opened = openAuditLog({ redis: this.#redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: await this.#provider(auditCfg.macKey), audit: auditCfg, writer: `rotation-${this.#id}` });
+    const opened = openAuditLog({
+      redis: this.#redis,
+      prefix: this.#config.redis.prefix,
+      logger: this.#log,
+      provider: await this.#provider(auditCfg.macKey),
+      audit: auditCfg,
+      writer: `rotation-${this.#id}`,
+    });
     this.#audit = opened.log;
     this.#stopAuditKeys = opened.stop;
-    void opened.keys.then((k) => {
-      this.#auditKeys = k;
-      this.#retentionChain = new ChainWriter(`retention-${this.#id}`, k);
-    }, () => undefined);
+    void opened.keys.then(
+      (k) => {
+        this.#auditKeys = k;
+        this.#retentionChain = new ChainWriter(`retention-${this.#id}`, k);
+      },
+      () => undefined,
+    );
     this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker');
-    this.#retentionRedis.on('error', (err) => this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }));
+    this.#retentionRedis.on('error', (err) =>
+      this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }),
+    );
     this.#retention = setInterval(() => void this.trimAudit(), auditCfg.retentionEveryMs);
     this.#retention.unref();
     await this.#queue.setGlobalConcurrency(1);
@@ -135,7 +166,16 @@ export class RotationService {
       await this.#queue.upsertJobScheduler(
         `rotate-${name}`,
         'every' in s ? { every: s.every } : { pattern: s.pattern, ...(policy.tz ? { tz: policy.tz } : {}) },
-        { name: 'rotate', data: { secret: name }, opts: { attempts: policy.attempts, backoff: { type: 'exponential', delay: policy.backoffMs }, removeOnComplete: { count: 200 }, removeOnFail: { count: 200 } } },
+        {
+          name: 'rotate',
+          data: { secret: name },
+          opts: {
+            attempts: policy.attempts,
+            backoff: { type: 'exponential', delay: policy.backoffMs },
+            removeOnComplete: { count: 200 },
+            removeOnFail: { count: 200 },
+          },
+        },
       );
     }
     // Schedules of secrets that lost their policy are removed.
@@ -144,11 +184,21 @@ export class RotationService {
       if (name && !policies.has(name)) await this.#queue.removeJobScheduler(s.key);
     }
 
-    this.#worker = new Worker(ROTATION_QUEUE, (job: Job<{ secret: string; force?: boolean }>) => this.#rotate(job.data.secret, job, job.data.force === true), { connection: this.#redis, prefix, concurrency: 1 });
+    this.#worker = new Worker(
+      ROTATION_QUEUE,
+      (job: Job<{ secret: string; force?: boolean }>) => this.#rotate(job.data.secret, job, job.data.force === true),
+      { connection: this.#redis, prefix, concurrency: 1 },
+    );
     this.#worker.on('error', (err) => this.#log.warn('rotation worker error', { error: err.message }));
     await this.#worker.waitUntilReady();
     const sweepMs = Math.max(250, Math.min(30_000, ...[...policies.values()].map((p) => (p.graceSeconds * 1000) / 2)));
-    this.#sweeper = setInterval(() => void this.sweep().catch((err: unknown) => this.#log.warn('retire sweep failed', { error: toError(err).message })), sweepMs);
+    this.#sweeper = setInterval(
+      () =>
+        void this.sweep().catch((err: unknown) =>
+          this.#log.warn('retire sweep failed', { error: toError(err).message }),
+        ),
+      sweepMs,
+    );
     this.#sweeper.unref();
     const kms = this.#config.secrets.kms;
     if (kms?.enableKeyRotation && [...this.#config.secretProviders.values()].includes('kms')) {
@@ -156,7 +206,9 @@ export class RotationService {
       await ((await this.#provider(name)) as KmsProvider)
         .enableKeyRotation()
         .then(() => this.#log.info('KMS automatic rotation of the customer key is on', { keyId: kms.keyId }))
-        .catch((err: unknown) => this.#log.warn('could not enable KMS key rotation', { keyId: kms.keyId, error: toError(err).message }));
+        .catch((err: unknown) =>
+          this.#log.warn('could not enable KMS key rotation', { keyId: kms.keyId, error: toError(err).message }),
+        );
     }
     this.#log.info('rotation scheduler running', { secrets: [...policies.keys()] });
   }
@@ -193,7 +245,13 @@ export class RotationService {
    */
   #sandboxed(secret: string, rotatorPath: string): Rotator {
     const policy = this.policies().get(secret)!.rotator;
-    const opts = { timeoutMs: 60_000, maxOldGenerationSizeMb: 128, log: this.#log, config: this.#config, egress: policy.type === 'module' ? policy.egress : ('none' as const) };
+    const opts = {
+      timeoutMs: 60_000,
+      maxOldGenerationSizeMb: 128,
+      log: this.#log,
+      config: this.#config,
+      egress: policy.type === 'module' ? policy.egress : ('none' as const),
+    };
     const current = async (ctx: RotatorContext): Promise<{ current?: Uint8Array }> => {
       const cur = await ctx.current().catch(() => null);
       return cur ? { current: new Uint8Array(cur) } : {};
@@ -204,13 +262,30 @@ export class RotationService {
         if (!v) throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
         return v;
       },
-      set: async (ctx, value) => void (await runRotatorStep(rotatorPath, { step: 'set', secret, value: new Uint8Array(value), ...(await current(ctx)) }, opts)),
-      test: async (ctx, value) => void (await runRotatorStep(rotatorPath, { step: 'test', secret, value: new Uint8Array(value), ...(await current(ctx)) }, opts)),
-      finish: async (ctx) => void (await runRotatorStep(rotatorPath, { step: 'finish', secret, retiredVersion: ctx.retiredVersion }, opts)),
+      set: async (ctx, value) =>
+        void (await runRotatorStep(
+          rotatorPath,
+          { step: 'set', secret, value: new Uint8Array(value), ...(await current(ctx)) },
+          opts,
+        )),
+      test: async (ctx, value) =>
+        void (await runRotatorStep(
+          rotatorPath,
+          { step: 'test', secret, value: new Uint8Array(value), ...(await current(ctx)) },
+          opts,
+        )),
+      finish: async (ctx) =>
+        void (await runRotatorStep(rotatorPath, { step: 'finish', secret, retiredVersion: ctx.retiredVersion }, opts)),
     };
   }
 
-  #auditStep(secret: string, step: RotationStep, outcome: 'granted' | 'error', started: number, extra: { version?: string; reason?: string } = {}): void {
+  #auditStep(
+    secret: string,
+    step: RotationStep,
+    outcome: 'granted' | 'error',
+    started: number,
+    extra: { version?: string; reason?: string } = {},
+  ): void {
     this.#audit?.record({
       ts: Date.now(),
       outcome,
@@ -225,7 +300,12 @@ export class RotationService {
     });
   }
 
-  async #step<T>(secret: string, step: RotationStep, fn: () => Promise<T>, version?: (r: T) => string | undefined): Promise<T> {
+  async #step<T>(
+    secret: string,
+    step: RotationStep,
+    fn: () => Promise<T>,
+    version?: (r: T) => string | undefined,
+  ): Promise<T> {
     const t = performance.now();
     try {
       const r = await fn();
@@ -233,7 +313,9 @@ export class RotationService {
       this.#auditStep(secret, step, 'granted', t, v ? { version: v } : {});
       return r;
     } catch (err) {
-      this.#auditStep(secret, step, 'error', t, { reason: err instanceof FleetError ? err.code : toError(err).message.slice(0, 200) });
+      this.#auditStep(secret, step, 'error', t, {
+        reason: err instanceof FleetError ? err.code : toError(err).message.slice(0, 200),
+      });
       throw new StepError(step, err);
     }
   }
@@ -278,7 +360,8 @@ export class RotationService {
         secret,
         current: async () => {
           const cur = (await base.list()).find((m) => m.name === secret);
-          if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
+          if (!cur)
+            throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version to rotate from`);
           const v = await scoped.readVersion(secret, cur.version);
           held.push(v.value);
           return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
@@ -287,7 +370,12 @@ export class RotationService {
       const previous = (await base.list()).find((m) => m.name === secret)?.version ?? null;
       let value: Uint8Array | null = null;
       if (rotator === 'kms-rewrap') {
-        pending = await this.#step(secret, 'create', () => (scoped as KmsProvider).rewrapPending(secret), (r) => r.version);
+        pending = await this.#step(
+          secret,
+          'create',
+          () => (scoped as KmsProvider).rewrapPending(secret),
+          (r) => r.version,
+        );
       } else {
         const created = await this.#step(
           secret,
@@ -311,13 +399,33 @@ export class RotationService {
         held.push(back.value);
         const expected = value ?? (previous ? (await scoped.readVersion(secret, previous)).value : null);
         if (expected) held.push(expected);
-        if (!expected || Buffer.compare(Buffer.from(back.value), Buffer.from(expected)) !== 0) throw new Error('pending version does not read back as created');
+        if (!expected || Buffer.compare(Buffer.from(back.value), Buffer.from(expected)) !== 0)
+          throw new Error('pending version does not read back as created');
         if (rotator !== 'kms-rewrap' && rotator.test) await rotator.test(ctx, back.value);
       });
-      const promoted = await this.#step(secret, 'promote', () => scoped.promote(secret, p.version), (r) => r.version);
+      const promoted = await this.#step(
+        secret,
+        'promote',
+        () => scoped.promote(secret, p.version),
+        (r) => r.version,
+      );
       pending = null;
-      const multi = this.#redis!.multi().hset(key, 'currentVersion', promoted.version, 'lastRotationAt', String(started), 'lastSuccessAt', String(Date.now()), 'lastOutcome', 'ok').hdel(key, 'lastFailedStep', 'lastError').hincrby(key, 'rotations', 1);
-      if (previous && previous !== promoted.version) multi.hset(key, `retire:${previous}`, String(Date.now() + policy.graceSeconds * 1000));
+      const multi = this.#redis!.multi()
+        .hset(
+          key,
+          'currentVersion',
+          promoted.version,
+          'lastRotationAt',
+          String(started),
+          'lastSuccessAt',
+          String(Date.now()),
+          'lastOutcome',
+          'ok',
+        )
+        .hdel(key, 'lastFailedStep', 'lastError')
+        .hincrby(key, 'rotations', 1);
+      if (previous && previous !== promoted.version)
+        multi.hset(key, `retire:${previous}`, String(Date.now() + policy.graceSeconds * 1000));
       await multi.exec();
       this.#events.emit('rotation:finished', { secret, ok: true, durationMs: performance.now() - t0 });
       this.#log.info('secret rotated', { secret, version: promoted.version, previous });
@@ -327,15 +435,44 @@ export class RotationService {
       const step = err instanceof StepError ? err.step : 'create';
       if (pending && provider) {
         const abandoned = pending.version;
-        await provider.retire(secret, abandoned).catch((e: unknown) => this.#log.warn('could not drop the failed pending version', { secret, version: abandoned, error: toError(e).message }));
+        await provider.retire(secret, abandoned).catch((e: unknown) =>
+          this.#log.warn('could not drop the failed pending version', {
+            secret,
+            version: abandoned,
+            error: toError(e).message,
+          }),
+        );
       }
-      await this.#redis!.multi().hset(key, 'lastRotationAt', String(started), 'lastOutcome', 'failed', 'lastFailedStep', step, 'lastError', toError(err).message.slice(0, 500)).hincrby(key, 'failures', 1).exec();
+      await this.#redis!.multi()
+        .hset(
+          key,
+          'lastRotationAt',
+          String(started),
+          'lastOutcome',
+          'failed',
+          'lastFailedStep',
+          step,
+          'lastError',
+          toError(err).message.slice(0, 500),
+        )
+        .hincrby(key, 'failures', 1)
+        .exec();
       this.#events.emit('rotation:finished', { secret, ok: false, step, durationMs: performance.now() - t0 });
-      this.#log.warn('secret rotation failed; the current version stays in place', { secret, step, error: toError(err).message, attempt: job ? job.attemptsMade + 1 : 1 });
+      this.#log.warn('secret rotation failed; the current version stays in place', {
+        secret,
+        step,
+        error: toError(err).message,
+        attempt: job ? job.attemptsMade + 1 : 1,
+      });
       throw err;
     } finally {
       for (const b of held) b.fill(0);
-      await scope?.release().catch((e: unknown) => this.#log.error('could not revoke the rotation token; it expires by its TTL', { secret, error: toError(e).message }));
+      await scope?.release().catch((e: unknown) =>
+        this.#log.error('could not revoke the rotation token; it expires by its TTL', {
+          secret,
+          error: toError(e).message,
+        }),
+      );
     }
   }
 
@@ -361,27 +498,37 @@ export class RotationService {
         // rotator's finish step, twice. A failed retirement is put back for the next sweep.
         const key = rotationStateKey(this.#config.redis.prefix, secret);
         if ((await this.#redis.hdel(key, `retire:${version}`)) !== 1) continue;
-        await this.#step(secret, 'retire', async () => {
-          const base = await this.#provider(secret);
-          const rotator = await this.#rotator(secret);
-          const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
-          try {
-            await (scope?.provider ?? base).retire(secret, version);
-            if (rotator !== 'kms-rewrap' && rotator.finish) {
-              // finish gets the current value (the one that stays), read like the rotation reads it.
-              const reader = scope?.provider ?? base;
-              const current = async (): Promise<Buffer> => {
-                const cur = (await base.list()).find((m) => m.name === secret);
-                if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version`);
-                const v = await reader.readVersion(secret, cur.version);
-                return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
-              };
-              await rotator.finish({ secret, retiredVersion: version, current });
+        await this.#step(
+          secret,
+          'retire',
+          async () => {
+            const base = await this.#provider(secret);
+            const rotator = await this.#rotator(secret);
+            const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+            try {
+              await (scope?.provider ?? base).retire(secret, version);
+              if (rotator !== 'kms-rewrap' && rotator.finish) {
+                // finish gets the current value (the one that stays), read like the rotation reads it.
+                const reader = scope?.provider ?? base;
+                const current = async (): Promise<Buffer> => {
+                  const cur = (await base.list()).find((m) => m.name === secret);
+                  if (!cur) throw new FleetError('SECRET_NOT_FOUND', `secret "${secret}" has no current version`);
+                  const v = await reader.readVersion(secret, cur.version);
+                  return Buffer.from(v.value.buffer, v.value.byteOffset, v.value.byteLength);
+                };
+                await rotator.finish({ secret, retiredVersion: version, current });
+              }
+            } finally {
+              await scope?.release().catch((e: unknown) =>
+                this.#log.error('could not revoke the rotation token; it expires by its TTL', {
+                  secret,
+                  error: toError(e).message,
+                }),
+              );
             }
-          } finally {
-            await scope?.release().catch((e: unknown) => this.#log.error('could not revoke the rotation token; it expires by its TTL', { secret, error: toError(e).message }));
-          }
-        }, () => version).catch(async (err: unknown) => {
+          },
+          () => version,
+        ).catch(async (err: unknown) => {
           await this.#redis?.hset(key, `retire:${version}`, String(at));
           throw err;
         });
@@ -401,7 +548,8 @@ export class RotationService {
       return { provider: await this.#provider(name), close: false };
     });
     // A provider that cannot list leaves its secrets without a version here; say why once.
-    for (const [kind, error] of problems) this.#log.warn(`secret provider "${kind}" could not list its secrets; their age is unknown`, { error });
+    for (const [kind, error] of problems)
+      this.#log.warn(`secret provider "${kind}" could not list its secrets; their age is unknown`, { error });
     return secretHealth(this.#config, this.#redis!, meta);
   }
 
@@ -421,10 +569,24 @@ export class RotationService {
     const chain = this.#retentionChain;
     if (!redis || !this.#auditKeys || !chain) return null;
     try {
-      const r = await trimAuditWithCheckpoint(redis, this.#config.redis.prefix, { maxEntries: this.#config.secrets.audit.maxEntries, chain, keys: this.#auditKeys });
-      if (r.report) this.#events.emit('audit:verified', { by: 'retention', ok: r.report.ok, records: r.report.records, firstBreak: r.report.firstBreak });
-      if (r.report && !r.report.ok) this.#log.error('audit retention refused to trim: the records it would drop do not verify', { firstBreak: r.report.firstBreak });
-      else if (r.trimmed) this.#log.info(`audit retention: trimmed ${r.trimmed} records behind checkpoint ${r.checkpoint}`);
+      const r = await trimAuditWithCheckpoint(redis, this.#config.redis.prefix, {
+        maxEntries: this.#config.secrets.audit.maxEntries,
+        chain,
+        keys: this.#auditKeys,
+      });
+      if (r.report)
+        this.#events.emit('audit:verified', {
+          by: 'retention',
+          ok: r.report.ok,
+          records: r.report.records,
+          firstBreak: r.report.firstBreak,
+        });
+      if (r.report && !r.report.ok)
+        this.#log.error('audit retention refused to trim: the records it would drop do not verify', {
+          firstBreak: r.report.firstBreak,
+        });
+      else if (r.trimmed)
+        this.#log.info(`audit retention: trimmed ${r.trimmed} records behind checkpoint ${r.checkpoint}`);
       return { trimmed: r.trimmed, checkpoint: r.checkpoint, ok: r.report?.ok ?? true };
     } catch (err) {
       this.#log.warn('audit retention could not run', { error: toError(err).message });

@@ -30,13 +30,17 @@ export function randomRotator(bytes: number, encoding: 'hex' | 'base64' | 'base6
 export async function loadRotator(cfg: RotatorConfig): Promise<Rotator | 'kms-rewrap'> {
   if (cfg.type === 'random') return randomRotator(cfg.bytes, cfg.encoding);
   if (cfg.type === 'kms-rewrap') return 'kms-rewrap';
-  if (cfg.type === 'redis-acl') throw new ConfigError('redis-acl rotators are built by the rotation service (they need the key prefix)');
+  if (cfg.type === 'redis-acl')
+    throw new ConfigError('redis-acl rotators are built by the rotation service (they need the key prefix)');
   if (/\.[cm]?ts$/.test(cfg.path)) {
     const { register } = await import('tsx/esm/api');
     register();
   }
   const mod = (await import(pathToFileURL(cfg.path).href)) as { default?: Partial<Rotator> } & Partial<Rotator>;
   const r = (mod.default ?? mod) as Partial<Rotator>;
-  if (typeof r.create !== 'function') throw new ConfigError(`rotator module ${cfg.path} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`);
+  if (typeof r.create !== 'function')
+    throw new ConfigError(
+      `rotator module ${cfg.path} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`,
+    );
   return r as Rotator;
 }

@@ -28,9 +28,15 @@ export interface RotatorStepOptions {
  * masked), destroyed afterwards. Values travel like a job's secrets (`current`, `value`) and are
  * zero-filled here once sent; a created value comes back as bytes. Killed at `timeoutMs`.
  */
-export async function runRotatorStep(rotatorPath: string, msg: RotatorStepMessage, options: RotatorStepOptions): Promise<Uint8Array | undefined> {
+export async function runRotatorStep(
+  rotatorPath: string,
+  msg: RotatorStepMessage,
+  options: RotatorStepOptions,
+): Promise<Uint8Array | undefined> {
   const { config, log } = options;
-  const secrets = (['current', 'value'] as const).flatMap((name) => (msg[name] ? [{ name, value: msg[name], version: '' }] : []));
+  const secrets = (['current', 'value'] as const).flatMap((name) =>
+    msg[name] ? [{ name, value: msg[name], version: '' }] : [],
+  );
   const jobType = `rotator:${msg.secret}`;
   let sandbox: Sandbox;
   try {
@@ -47,7 +53,13 @@ export async function runRotatorStep(rotatorPath: string, msg: RotatorStepMessag
         readPaths: [],
         forbiddenPaths: [config.dataDir],
         fleetAddresses: await fleetServiceAddresses(config, config.redis.url ?? ''),
-        onEgressRefused: (r) => log.warn('rotator egress refused', { secret: msg.secret, step: msg.step, destination: r.destination, reason: r.reason }),
+        onEgressRefused: (r) =>
+          log.warn('rotator egress refused', {
+            secret: msg.secret,
+            step: msg.step,
+            destination: r.destination,
+            reason: r.reason,
+          }),
       },
     });
   } catch (err) {
@@ -56,10 +68,27 @@ export async function runRotatorStep(rotatorPath: string, msg: RotatorStepMessag
   }
   try {
     const r = await sandbox.run(
-      { type: 'run', jobId: `rotation:${msg.secret}:${msg.step}`, jobType, attempt: 1, data: { step: msg.step, secret: msg.secret, ...(msg.retiredVersion ? { retiredVersion: msg.retiredVersion } : {}) }, secretNames: secrets.map((s) => s.name), secrets },
-      { timeoutMs: options.timeoutMs, abortGraceMs: Math.min(1000, options.timeoutMs / 2), onLog: (_level, m) => log.info(m, { secret: msg.secret, step: msg.step, source: 'rotator' }) },
+      {
+        type: 'run',
+        jobId: `rotation:${msg.secret}:${msg.step}`,
+        jobType,
+        attempt: 1,
+        data: {
+          step: msg.step,
+          secret: msg.secret,
+          ...(msg.retiredVersion ? { retiredVersion: msg.retiredVersion } : {}),
+        },
+        secretNames: secrets.map((s) => s.name),
+        secrets,
+      },
+      {
+        timeoutMs: options.timeoutMs,
+        abortGraceMs: Math.min(1000, options.timeoutMs / 2),
+        onLog: (_level, m) => log.info(m, { secret: msg.secret, step: msg.step, source: 'rotator' }),
+      },
     );
-    if (msg.step === 'create' && !r.value) throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
+    if (msg.step === 'create' && !r.value)
+      throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
     return r.value;
   } finally {
     await sandbox.destroy();

@@ -28,9 +28,18 @@ export interface SecretHealth {
   exposureRisk: number;
 }
 
-export async function secretHealth(config: FleetConfig, redis: RedisClient, meta: ReadonlyMap<string, SecretMetadata>, now = Date.now()): Promise<SecretHealth[]> {
+export async function secretHealth(
+  config: FleetConfig,
+  redis: RedisClient,
+  meta: ReadonlyMap<string, SecretMetadata>,
+  now = Date.now(),
+): Promise<SecretHealth[]> {
   const names = [...config.secretProviders.keys()].sort();
-  const denied = await readAudit(redis, config.redis.prefix, { sinceMs: now - 86_400_000, deniedOnly: true, limit: 10_000 });
+  const denied = await readAudit(redis, config.redis.prefix, {
+    sinceMs: now - 86_400_000,
+    deniedOnly: true,
+    limit: 10_000,
+  });
   return Promise.all(
     names.map(async (secret) => {
       const item = config.secrets.items[secret];
@@ -44,9 +53,16 @@ export async function secretHealth(config: FleetConfig, redis: RedisClient, meta
       const ageMs = since ? Math.max(0, now - since) : null;
       const nextDueAt = since && intervalMs ? since + intervalMs : null;
       // A rotation runs when due; give it a little slack before calling it overdue.
-      const overdue = nextDueAt !== null && intervalMs !== null && now > nextDueAt + Math.min(intervalMs * 0.1, 3_600_000);
+      const overdue =
+        nextDueAt !== null && intervalMs !== null && now > nextDueAt + Math.min(intervalMs * 0.1, 3_600_000);
       const deniedLast24h = denied.filter((d) => d.secret === secret).length;
-      const signals = [ageMs === null ? 0 : ageMs / allowedMs, overdue ? 1 : 0, rotation.lastOutcome === 'failed' ? 1 : 0, policy ? 0 : 1, deniedLast24h > 0 ? 1 : 0];
+      const signals = [
+        ageMs === null ? 0 : ageMs / allowedMs,
+        overdue ? 1 : 0,
+        rotation.lastOutcome === 'failed' ? 1 : 0,
+        policy ? 0 : 1,
+        deniedLast24h > 0 ? 1 : 0,
+      ];
       return {
         secret,
         provider: config.secretProviders.get(secret)!,

@@ -54,7 +54,8 @@ export class AuditKeyRing {
   readonly #keys = new Map<string, Uint8Array>();
   constructor(
     readonly current: { version: string; key: Uint8Array },
-    readonly loadVersion: (version: string) => Promise<SecretValue> = () => Promise.reject(new Error('no other key versions')),
+    readonly loadVersion: (version: string) => Promise<SecretValue> = () =>
+      Promise.reject(new Error('no other key versions')),
   ) {
     this.#keys.set(current.version, current.key);
   }
@@ -82,7 +83,11 @@ export class AuditKeyRing {
  * Reads the audit MAC key with the provider's own identity; creates it (32 random bytes) when it
  * does not exist yet and `create` is allowed and the identity may write it.
  */
-export async function loadAuditKeys(provider: SecretProvider, name: string, options: { create: boolean }): Promise<AuditKeyRing> {
+export async function loadAuditKeys(
+  provider: SecretProvider,
+  name: string,
+  options: { create: boolean },
+): Promise<AuditKeyRing> {
   let current: SecretValue;
   try {
     current = await provider.readCurrent(name);
@@ -99,7 +104,11 @@ export async function loadAuditKeys(provider: SecretProvider, name: string, opti
     try {
       await provider.write(name, fresh);
     } catch (writeErr) {
-      throw new SecretUnavailableError('SECRET_NOT_FOUND', `the audit MAC key "${name}" does not exist in the ${provider.kind} provider and this identity may not create it (${(writeErr as Error).message}). Fix: run \`fleet audit init-key\` once with an identity that may write secrets (or \`fleet vault setup\`).`, { cause: writeErr });
+      throw new SecretUnavailableError(
+        'SECRET_NOT_FOUND',
+        `the audit MAC key "${name}" does not exist in the ${provider.kind} provider and this identity may not create it (${(writeErr as Error).message}). Fix: run \`fleet audit init-key\` once with an identity that may write secrets (or \`fleet vault setup\`).`,
+        { cause: writeErr },
+      );
     } finally {
       fresh.fill(0);
     }
@@ -123,7 +132,13 @@ export class ChainWriter {
   ) {}
 
   seal(fields: Record<string, string>): Record<string, string> {
-    const sealed: Record<string, string> = { ...fields, writer: this.writer, seq: String(++this.#seq), prev: this.#prev, kv: this.keys.current.version };
+    const sealed: Record<string, string> = {
+      ...fields,
+      writer: this.writer,
+      seq: String(++this.#seq),
+      prev: this.#prev,
+      kv: this.keys.current.version,
+    };
     sealed.mac = macOf(this.keys.current.key, sealed);
     this.#prev = sealed.mac;
     return sealed;
@@ -201,7 +216,11 @@ export interface VerifyOptions {
 }
 
 /** Verifies records in stream order. */
-export async function verifyEntries(entries: readonly AuditEntry[], keys: AuditKeyRing, options: VerifyOptions): Promise<VerifyReport> {
+export async function verifyEntries(
+  entries: readonly AuditEntry[],
+  keys: AuditKeyRing,
+  options: VerifyOptions,
+): Promise<VerifyReport> {
   const state = new Map<string, ChainLink>(options.start ?? []);
   let firstBreak: ChainBreak | null = null;
   let breaks = 0;
@@ -218,7 +237,8 @@ export async function verifyEntries(entries: readonly AuditEntry[], keys: AuditK
     for (const e of entries) {
       if (e.fields.action !== 'checkpoint' || !e.fields.cut || !e.id) continue;
       const chains = decodeChains(e.fields.chains);
-      if (chains && first && compareIds(e.fields.cut, first) <= 0 && (!best || compareIds(e.fields.cut, best.cut) > 0)) best = { cut: e.fields.cut, id: e.id, chains };
+      if (chains && first && compareIds(e.fields.cut, first) <= 0 && (!best || compareIds(e.fields.cut, best.cut) > 0))
+        best = { cut: e.fields.cut, id: e.id, chains };
     }
     if (best) {
       checkpoint = best.id;
@@ -243,7 +263,11 @@ export async function verifyEntries(entries: readonly AuditEntry[], keys: AuditK
     const f = e.fields;
     const writer = f.writer ?? '';
     if (!f.mac || !writer || !f.seq || !f.prev || !f.kv) {
-      fail(at, writer || '(none)', 'record has no MAC chain fields (writer, seq, prev, kv, mac): inserted by something other than a fleet writer');
+      fail(
+        at,
+        writer || '(none)',
+        'record has no MAC chain fields (writer, seq, prev, kv, mac): inserted by something other than a fleet writer',
+      );
       return;
     }
     const bad = macProblem[index];
@@ -254,18 +278,39 @@ export async function verifyEntries(entries: readonly AuditEntry[], keys: AuditK
     if (!anchoring) {
       const expectedSeq = (last?.seq ?? 0) + 1;
       const expectedPrev = last?.mac ?? GENESIS;
-      if (seq < expectedSeq) fail(at, writer, `seq ${seq} after seq ${expectedSeq - 1}: a record was reordered or replayed`);
-      else if (seq > expectedSeq) fail(at, writer, `seq ${seq} follows seq ${expectedSeq - 1}: ${seq - expectedSeq} record(s) of this writer are missing before it${last ? '' : ' (trimmed without a checkpoint, or deleted)'}`);
-      else if (!sameMac(f.prev, expectedPrev)) fail(at, writer, 'prev does not match the MAC of the previous record: the chain was rewritten');
+      if (seq < expectedSeq)
+        fail(at, writer, `seq ${seq} after seq ${expectedSeq - 1}: a record was reordered or replayed`);
+      else if (seq > expectedSeq)
+        fail(
+          at,
+          writer,
+          `seq ${seq} follows seq ${expectedSeq - 1}: ${seq - expectedSeq} record(s) of this writer are missing before it${last ? '' : ' (trimmed without a checkpoint, or deleted)'}`,
+        );
+      else if (!sameMac(f.prev, expectedPrev))
+        fail(at, writer, 'prev does not match the MAC of the previous record: the chain was rewritten');
     }
     state.set(writer, { seq, mac: f.mac });
     const head = heads.get(writer);
-    if (head && head.seq === seq && !sameMac(head.mac, f.mac)) fail(at, writer, `record seq ${seq} differs from the writer's head in Redis`);
+    if (head && head.seq === seq && !sameMac(head.mac, f.mac))
+      fail(at, writer, `record seq ${seq} differs from the writer's head in Redis`);
   });
   for (const [writer, head] of options.heads ?? []) {
     const got = state.get(writer);
     if (!got && options.mode === 'anchored') continue;
-    if (!got || got.seq < head.seq) fail(`end`, writer, `the chain ends at seq ${got?.seq ?? 0} but the writer's head is seq ${head.seq}: the newest ${head.seq - (got?.seq ?? 0)} record(s) were removed`);
+    if (!got || got.seq < head.seq)
+      fail(
+        `end`,
+        writer,
+        `the chain ends at seq ${got?.seq ?? 0} but the writer's head is seq ${head.seq}: the newest ${head.seq - (got?.seq ?? 0)} record(s) were removed`,
+      );
   }
-  return { ok: breaks === 0, records: entries.length, writers: new Set(entries.map((e) => e.fields.writer)).size, firstBreak, breaks, checkpoint, state };
+  return {
+    ok: breaks === 0,
+    records: entries.length,
+    writers: new Set(entries.map((e) => e.fields.writer)).size,
+    firstBreak,
+    breaks,
+    checkpoint,
+    state,
+  };
 }

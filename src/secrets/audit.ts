@@ -2,7 +2,18 @@ import type { RedisClient } from '../redis/connection.js';
 import { toError } from '../errors.js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { auditHeadsKey, auditStreamKey, secretStatsKey } from '../redis/keys.js';
-import { ChainWriter, compareIds, decodeChains, encodeChains, loadAuditKeys, verifyEntries, type AuditEntry, type AuditKeyRing, type ChainLink, type VerifyReport } from './audit-chain.js';
+import {
+  ChainWriter,
+  compareIds,
+  decodeChains,
+  encodeChains,
+  loadAuditKeys,
+  verifyEntries,
+  type AuditEntry,
+  type AuditKeyRing,
+  type ChainLink,
+  type VerifyReport,
+} from './audit-chain.js';
 import type { SecretProvider } from './provider.js';
 import type { Logger } from '../observability/logger.js';
 
@@ -36,7 +47,6 @@ export interface SecretStats {
   lastVersion: string | null;
 }
 
-
 /** Where audit records are copied outside Redis, as JSON lines with their MAC chain fields. */
 export interface AuditSink {
   write(line: string): void;
@@ -45,7 +55,8 @@ export interface AuditSink {
 
 /** JSON lines appended to a file (O_APPEND, so several writers may share it) or written to stdout. */
 export function openAuditSink(target: string): AuditSink {
-  if (target === '-' || target === 'stdout') return { write: (line) => void process.stdout.write(`${line}\n`), close: () => Promise.resolve() };
+  if (target === '-' || target === 'stdout')
+    return { write: (line) => void process.stdout.write(`${line}\n`), close: () => Promise.resolve() };
   const fd = openSync(target, 'a', 0o600);
   return {
     write: (line) => void writeSync(fd, `${line}\n`),
@@ -151,7 +162,10 @@ export class AuditLog {
           this.#queue.splice(0, batch.length);
         }
       } catch (err) {
-        this.#log.error('audit write to Redis failed; kept in memory and retried', { error: toError(err).message, pending: this.#queue.length });
+        this.#log.error('audit write to Redis failed; kept in memory and retried', {
+          error: toError(err).message,
+          pending: this.#queue.length,
+        });
         this.#retry ??= setTimeout(() => {
           this.#retry = null;
           void this.#drain();
@@ -215,7 +229,9 @@ export class AuditLog {
    */
   async close(): Promise<void> {
     if (this.#unsealed.length && !this.#chain) {
-      this.#log.error(`the audit MAC key never became readable: ${this.#unsealed.length} record(s) are written without a MAC (verify will report them)`);
+      this.#log.error(
+        `the audit MAC key never became readable: ${this.#unsealed.length} record(s) are written without a MAC (verify will report them)`,
+      );
       this.#seal(true);
     }
     await this.flush();
@@ -257,7 +273,13 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
         latencyMs: Number(r.latencyMs) || 0,
         action: r.action ?? 'access',
         ...(r.version ? { version: r.version } : {}),
-        ...(r.reason || !outcome ? { reason: outcome ? r.reason! : `stored record has no valid outcome (${JSON.stringify(r.outcome ?? null).slice(0, 40)}): see fleet audit verify` } : {}),
+        ...(r.reason || !outcome
+          ? {
+              reason: outcome
+                ? r.reason!
+                : `stored record has no valid outcome (${JSON.stringify(r.outcome ?? null).slice(0, 40)}): see fleet audit verify`,
+            }
+          : {}),
       };
       if (q.secret && rec.secret !== q.secret) continue;
       if (q.deniedOnly && rec.outcome !== 'denied') continue;
@@ -271,7 +293,11 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
   return out;
 }
 
-export async function readSecretStats(redis: RedisClient, prefix: string, names: readonly string[]): Promise<SecretStats[]> {
+export async function readSecretStats(
+  redis: RedisClient,
+  prefix: string,
+  names: readonly string[],
+): Promise<SecretStats[]> {
   return Promise.all(
     names.map(async (secret) => {
       const h = await redis.hgetall(secretStatsKey(prefix, secret));
@@ -309,11 +335,23 @@ export async function readHeads(redis: RedisClient, prefix: string): Promise<Map
 }
 
 /** Records in stream order from `start` (inclusive) to `end`, paged; at most `limit`. */
-export async function readEntries(redis: RedisClient, prefix: string, start = '-', end = '+', limit = Infinity): Promise<AuditEntry[]> {
+export async function readEntries(
+  redis: RedisClient,
+  prefix: string,
+  start = '-',
+  end = '+',
+  limit = Infinity,
+): Promise<AuditEntry[]> {
   const out: AuditEntry[] = [];
   let from = start;
   while (out.length < limit) {
-    const page = (await redis.xrange(auditStreamKey(prefix), from, end, 'COUNT', Math.min(1000, limit - out.length))) as [string, string[]][];
+    const page = (await redis.xrange(
+      auditStreamKey(prefix),
+      from,
+      end,
+      'COUNT',
+      Math.min(1000, limit - out.length),
+    )) as [string, string[]][];
     out.push(...page.map(toEntry));
     if (page.length < 1000) break;
     from = `(${page[page.length - 1]![0]}`;
@@ -322,18 +360,30 @@ export async function readEntries(redis: RedisClient, prefix: string, start = '-
 }
 
 /** Verifies the audit stream (all of it, or the records since `sinceMs`, or the newest `tail`). */
-export async function verifyAuditTrail(redis: RedisClient, prefix: string, keys: AuditKeyRing, window: { sinceMs?: number; tail?: number } = {}): Promise<VerifyReport> {
+export async function verifyAuditTrail(
+  redis: RedisClient,
+  prefix: string,
+  keys: AuditKeyRing,
+  window: { sinceMs?: number; tail?: number } = {},
+): Promise<VerifyReport> {
   // Heads first: every record a head names was written with it, so the records read after cover them.
   const heads = await readHeads(redis, prefix);
   let entries: AuditEntry[];
-  if (window.tail) entries = ((await redis.xrevrange(auditStreamKey(prefix), '+', '-', 'COUNT', window.tail)) as [string, string[]][]).map(toEntry).reverse();
+  if (window.tail)
+    entries = ((await redis.xrevrange(auditStreamKey(prefix), '+', '-', 'COUNT', window.tail)) as [string, string[]][])
+      .map(toEntry)
+      .reverse();
   else entries = await readEntries(redis, prefix, window.sinceMs ? `${window.sinceMs}-0` : '-');
   const anchored = window.tail !== undefined || window.sinceMs !== undefined;
   return verifyEntries(entries, keys, { mode: anchored ? 'anchored' : 'full', heads });
 }
 
 /** The signed checkpoint that covers the stream's head (the one with the largest cut at or before `firstId`). */
-async function findCheckpoint(redis: RedisClient, prefix: string, firstId: string): Promise<Map<string, ChainLink> | null> {
+async function findCheckpoint(
+  redis: RedisClient,
+  prefix: string,
+  firstId: string,
+): Promise<Map<string, ChainLink> | null> {
   const usable = (e: AuditEntry | undefined): Map<string, ChainLink> | null => {
     if (!e || e.fields.action !== 'checkpoint' || !e.fields.cut || compareIds(e.fields.cut, firstId) > 0) return null;
     return decodeChains(e.fields.chains);
@@ -347,7 +397,9 @@ async function findCheckpoint(redis: RedisClient, prefix: string, firstId: strin
   // No locator (or a stale one): look through the stream, newest first.
   let end = '+';
   for (;;) {
-    const page = ((await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)) as [string, string[]][]).map(toEntry);
+    const page = ((await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)) as [string, string[]][]).map(
+      toEntry,
+    );
     for (const e of page) {
       const chains = usable(e);
       if (chains) return chains;
@@ -421,7 +473,13 @@ export function openAuditLog(options: {
   createKey?: boolean;
 }): { log: AuditLog; keys: Promise<AuditKeyRing>; stop: () => void } {
   const sink = options.audit.export ? openAuditSink(options.audit.export) : null;
-  const log = new AuditLog({ redis: options.redis, prefix: options.prefix, logger: options.logger, chain: 'pending', sink });
+  const log = new AuditLog({
+    redis: options.redis,
+    prefix: options.prefix,
+    logger: options.logger,
+    chain: 'pending',
+    sink,
+  });
   // The key is read in the background, retried while the store is unreachable (a supervisor starts
   // even when Vault is down, like its jobs' secrets); records wait for it, in order.
   let stopped = false;
@@ -433,7 +491,11 @@ export function openAuditLog(options: {
         return ring;
       } catch (err) {
         if (stopped) throw err;
-        if (attempt === 0 || attempt % 30 === 0) options.logger.error('audit records wait for the audit MAC key', { error: toError(err).message, retryingEveryMs: 2000 });
+        if (attempt === 0 || attempt % 30 === 0)
+          options.logger.error('audit records wait for the audit MAC key', {
+            error: toError(err).message,
+            retryingEveryMs: 2000,
+          });
         await new Promise((r) => setTimeout(r, 2000).unref());
         if (stopped) throw err;
       }

@@ -35,8 +35,20 @@ export class JobSecrets {
   async request(name: string): Promise<SecretValue> {
     if (this.#type.secretModes.get(name) === 'inject') {
       const b = this.#broker;
-      const err = new SecretScopeError(`secret "${name}" is injected at egress for job type "${this.#type.name}": its value is never handed to a sandbox. Fix: use ctx.secrets.placeholder("${name}").`);
-      b.audit({ secret: name, jobId: this.#jobId, jobType: this.#type.name, workerId: b.workerId, action: 'access', provider: b.config.secretProviders.get(name) ?? b.config.secrets.provider, outcome: 'denied', reason: 'SECRET_INJECT_ONLY', latencyMs: 0 });
+      const err = new SecretScopeError(
+        `secret "${name}" is injected at egress for job type "${this.#type.name}": its value is never handed to a sandbox. Fix: use ctx.secrets.placeholder("${name}").`,
+      );
+      b.audit({
+        secret: name,
+        jobId: this.#jobId,
+        jobType: this.#type.name,
+        workerId: b.workerId,
+        action: 'access',
+        provider: b.config.secretProviders.get(name) ?? b.config.secrets.provider,
+        outcome: 'denied',
+        reason: 'SECRET_INJECT_ONLY',
+        latencyMs: 0,
+      });
       throw err;
     }
     return this.get(name);
@@ -49,7 +61,9 @@ export class JobSecrets {
     const base = { secret: name, jobId: this.#jobId, jobType: this.#type.name, workerId: b.workerId, action: 'access' };
     const provider = b.config.secretProviders.get(name) ?? b.config.secrets.provider;
     if (!this.#type.secrets.includes(name)) {
-      const err = new SecretScopeError(`job type "${this.#type.name}" may not read secret "${name}"; it declares: ${this.#type.secrets.join(', ') || '(none)'}. Fix: add it to jobTypes.${this.#type.name}.secrets if this is intended.`);
+      const err = new SecretScopeError(
+        `job type "${this.#type.name}" may not read secret "${name}"; it declares: ${this.#type.secrets.join(', ') || '(none)'}. Fix: add it to jobTypes.${this.#type.name}.secrets if this is intended.`,
+      );
       b.audit({ ...base, provider, outcome: 'denied', reason: err.code, latencyMs: performance.now() - started });
       throw err;
     }
@@ -62,8 +76,21 @@ export class JobSecrets {
       b.audit({ ...base, provider, outcome: 'granted', version: v.version, latencyMs: performance.now() - started });
       return v;
     } catch (caught) {
-      const err = caught instanceof FleetError ? caught : new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `reading secret "${name}" failed: ${toError(caught).message}`, { retryable: true, cause: caught });
-      b.audit({ ...base, provider, outcome: err.code === 'SECRET_PERMISSION_DENIED' ? 'denied' : 'error', reason: err.code, latencyMs: performance.now() - started });
+      const err =
+        caught instanceof FleetError
+          ? caught
+          : new SecretUnavailableError(
+              'SECRET_PROVIDER_UNAVAILABLE',
+              `reading secret "${name}" failed: ${toError(caught).message}`,
+              { retryable: true, cause: caught },
+            );
+      b.audit({
+        ...base,
+        provider,
+        outcome: err.code === 'SECRET_PERMISSION_DENIED' ? 'denied' : 'error',
+        reason: err.code,
+        latencyMs: performance.now() - started,
+      });
       throw err;
     }
   }
@@ -71,7 +98,12 @@ export class JobSecrets {
   #lease(kind: ProviderKind): Promise<SecretLease> {
     let l = this.#leases.get(kind);
     if (!l) {
-      l = this.#broker.provider(kind).lease({ jobId: this.#jobId, jobType: this.#type.name, names: this.#type.secrets.filter((n) => this.#broker.config.secretProviders.get(n) === kind), ttlMs: this.#type.timeoutMs });
+      l = this.#broker.provider(kind).lease({
+        jobId: this.#jobId,
+        jobType: this.#type.name,
+        names: this.#type.secrets.filter((n) => this.#broker.config.secretProviders.get(n) === kind),
+        ttlMs: this.#type.timeoutMs,
+      });
       // A failed mint is not kept: the next read tries again.
       l.catch(() => this.#leases.delete(kind));
       this.#leases.set(kind, l);
@@ -85,7 +117,9 @@ export class JobSecrets {
    * fetched for a job that cannot start stays in memory.
    */
   async fetchDeclared(): Promise<(SecretValue & { name: string })[]> {
-    const settled = await Promise.allSettled(this.#type.secrets.map(async (name) => ({ name, ...(await this.get(name)) })));
+    const settled = await Promise.allSettled(
+      this.#type.secrets.map(async (name) => ({ name, ...(await this.get(name)) })),
+    );
     const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
     const values = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
     if (failed) {
@@ -100,7 +134,9 @@ export class JobSecrets {
    * sandbox (the caller transfers them and keeps nothing), `inject` values kept in `injections`
    * behind a per-job placeholder each (the sandbox gets only the placeholder).
    */
-  async fetchForSandbox(injections: InjectionRegistry | null): Promise<{ deliver: (SecretValue & { name: string })[]; placeholders: { name: string; placeholder: string }[] }> {
+  async fetchForSandbox(
+    injections: InjectionRegistry | null,
+  ): Promise<{ deliver: (SecretValue & { name: string })[]; placeholders: { name: string; placeholder: string }[] }> {
     const values = await this.fetchDeclared();
     const deliver: (SecretValue & { name: string })[] = [];
     const placeholders: { name: string; placeholder: string }[] = [];
@@ -108,7 +144,10 @@ export class JobSecrets {
       const binding = this.#broker.config.secrets.items[s.name]?.binding;
       if (this.#type.secretModes.get(s.name) === 'inject' && binding && injections) {
         this.#injections = injections;
-        placeholders.push({ name: s.name, placeholder: injections.issue(this.#jobId, this.#type.name, s.name, s.value, binding) });
+        placeholders.push({
+          name: s.name,
+          placeholder: injections.issue(this.#jobId, this.#type.name, s.name, s.value, binding),
+        });
       } else deliver.push(s);
     }
     return { deliver, placeholders };
@@ -145,7 +184,14 @@ export class SecretBroker {
   readonly #audit: AuditLog;
   readonly #events: FleetEventBus;
 
-  constructor(options: { config: FleetConfig; providers: ReadonlyMap<ProviderKind, SecretProvider>; audit: AuditLog; events: FleetEventBus; workerId: string; logger: Logger }) {
+  constructor(options: {
+    config: FleetConfig;
+    providers: ReadonlyMap<ProviderKind, SecretProvider>;
+    audit: AuditLog;
+    events: FleetEventBus;
+    workerId: string;
+    logger: Logger;
+  }) {
     this.config = options.config;
     this.#providers = options.providers;
     this.#audit = options.audit;
@@ -156,7 +202,11 @@ export class SecretBroker {
 
   provider(kind: ProviderKind): SecretProvider {
     const p = this.#providers.get(kind);
-    if (!p) throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `secret provider "${kind}" is not configured on this supervisor. Fix: add secrets.${kind} to the config.`);
+    if (!p)
+      throw new SecretUnavailableError(
+        'SECRET_PROVIDER_UNAVAILABLE',
+        `secret provider "${kind}" is not configured on this supervisor. Fix: add secrets.${kind} to the config.`,
+      );
     return p;
   }
 
@@ -171,7 +221,13 @@ export class SecretBroker {
   audit(rec: Omit<Parameters<AuditLog['record']>[0], 'ts'>): void {
     const full = { ts: Date.now(), ...rec, latencyMs: Math.round(rec.latencyMs * 1000) / 1000 };
     this.#audit.record(full);
-    this.#events.emit('secret:accessed', { secret: rec.secret, jobType: rec.jobType, outcome: rec.outcome, provider: rec.provider, latencyMs: full.latencyMs });
+    this.#events.emit('secret:accessed', {
+      secret: rec.secret,
+      jobType: rec.jobType,
+      outcome: rec.outcome,
+      provider: rec.provider,
+      latencyMs: full.latencyMs,
+    });
   }
 
   /** The `fleet_secret_values_alive` gauge: +n when values are fetched for a job, -n when it ends. */

@@ -39,6 +39,10 @@ export function unseal(key: Uint8Array, box: SealedBox, aad: string, what: strin
     b.fill(0);
     return out;
   } catch (err) {
-    throw new SecretUnavailableError('SECRET_INTEGRITY', `${what} failed its integrity check (tampered ciphertext, wrong key or wrong binding). Fix: re-set the secret; investigate who changed the store.`, { cause: err });
+    throw new SecretUnavailableError(
+      'SECRET_INTEGRITY',
+      `${what} failed its integrity check (tampered ciphertext, wrong key or wrong binding). Fix: re-set the secret; investigate who changed the store.`,
+      { cause: err },
+    );
   }
 }

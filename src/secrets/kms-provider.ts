@@ -1,4 +1,15 @@
-import { CreateAliasCommand, CreateKeyCommand, DecryptCommand, DescribeKeyCommand, EnableKeyRotationCommand, GenerateDataKeyCommand, GetKeyRotationStatusCommand, KMSClient, RotateKeyOnDemandCommand, type KMSClientConfig } from '@aws-sdk/client-kms';
+import {
+  CreateAliasCommand,
+  CreateKeyCommand,
+  DecryptCommand,
+  DescribeKeyCommand,
+  EnableKeyRotationCommand,
+  GenerateDataKeyCommand,
+  GetKeyRotationStatusCommand,
+  KMSClient,
+  RotateKeyOnDemandCommand,
+  type KMSClientConfig,
+} from '@aws-sdk/client-kms';
 import { z } from 'zod';
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
@@ -20,7 +31,14 @@ export interface KmsProviderOptions {
 
 /** One stored version: the data key encrypted by KMS, and the value sealed under that data key. */
 /** One stored KMS envelope, validated when read back from Redis (anyone with Redis access can write there). */
-const envelopeSchema = z.object({ iv: z.string(), tag: z.string(), ct: z.string(), encryptedDataKey: z.string().min(1), keyId: z.string().min(1), createdAt: z.number() });
+const envelopeSchema = z.object({
+  iv: z.string(),
+  tag: z.string(),
+  ct: z.string(),
+  encryptedDataKey: z.string().min(1),
+  keyId: z.string().min(1),
+  createdAt: z.number(),
+});
 type Envelope = z.infer<typeof envelopeSchema> & SealedBox;
 
 function parseEnvelope(name: string, version: string, raw: string): Envelope {
@@ -31,7 +49,11 @@ function parseEnvelope(name: string, version: string, raw: string): Envelope {
     parsed = null;
   }
   const r = envelopeSchema.safeParse(parsed);
-  if (!r.success) throw new SecretUnavailableError('SECRET_INTEGRITY', `the stored KMS envelope of secret "${name}" v${version} is not an envelope (${r.error.issues[0]?.path.join('.') || 'not JSON'}): it was altered in Redis. Fix: fleet secrets set ${name} --provider kms.`);
+  if (!r.success)
+    throw new SecretUnavailableError(
+      'SECRET_INTEGRITY',
+      `the stored KMS envelope of secret "${name}" v${version} is not an envelope (${r.error.issues[0]?.path.join('.') || 'not JSON'}): it was altered in Redis. Fix: fleet secrets set ${name} --provider kms.`,
+    );
   return r.data;
 }
 
@@ -44,18 +66,42 @@ function kmsError(err: unknown, what: string, secret?: string): SecretUnavailabl
   const e = toError(err) as Error & { name: string; $metadata?: { httpStatusCode?: number }; code?: string };
   const subject = secret ? `secret "${secret}"` : 'KMS';
   const byName: Record<string, [ErrorCode, boolean, string]> = {
-    InvalidCiphertextException: ['SECRET_INTEGRITY', false, `KMS refused to decrypt the data key of ${subject}: the ciphertext or its encryption context does not match (tampered, or stored under another name/version).`],
+    InvalidCiphertextException: [
+      'SECRET_INTEGRITY',
+      false,
+      `KMS refused to decrypt the data key of ${subject}: the ciphertext or its encryption context does not match (tampered, or stored under another name/version).`,
+    ],
     IncorrectKeyException: ['SECRET_INTEGRITY', false, `${subject} was encrypted under a different KMS key.`],
-    AccessDeniedException: ['SECRET_PERMISSION_DENIED', false, `KMS denied ${what} for ${subject}. Fix: grant kms:Decrypt/GenerateDataKey on the key to the fleet's role.`],
-    NotFoundException: ['SECRET_NOT_FOUND', false, `KMS key for ${subject} does not exist. Fix: check secrets.kms.keyId.`],
+    AccessDeniedException: [
+      'SECRET_PERMISSION_DENIED',
+      false,
+      `KMS denied ${what} for ${subject}. Fix: grant kms:Decrypt/GenerateDataKey on the key to the fleet's role.`,
+    ],
+    NotFoundException: [
+      'SECRET_NOT_FOUND',
+      false,
+      `KMS key for ${subject} does not exist. Fix: check secrets.kms.keyId.`,
+    ],
     DisabledException: ['SECRET_PERMISSION_DENIED', false, `KMS key for ${subject} is disabled. Fix: enable it.`],
-    KMSInvalidStateException: ['SECRET_PROVIDER_UNAVAILABLE', true, `KMS key for ${subject} is in an invalid state (pending deletion/import?).`],
+    KMSInvalidStateException: [
+      'SECRET_PROVIDER_UNAVAILABLE',
+      true,
+      `KMS key for ${subject} is in an invalid state (pending deletion/import?).`,
+    ],
     ExpiredTokenException: ['SECRET_AUTH_EXPIRED', true, `AWS credentials expired during ${what} for ${subject}.`],
-    UnrecognizedClientException: ['SECRET_AUTH_EXPIRED', false, `AWS rejected the credentials during ${what} for ${subject}. Fix: check the AWS credentials of the supervisor.`],
+    UnrecognizedClientException: [
+      'SECRET_AUTH_EXPIRED',
+      false,
+      `AWS rejected the credentials during ${what} for ${subject}. Fix: check the AWS credentials of the supervisor.`,
+    ],
   };
   const known = byName[e.name];
   if (known) return new SecretUnavailableError(known[0], known[2], { retryable: known[1], cause: err });
-  return new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `KMS is unreachable or failed during ${what} for ${subject} (${e.name}: ${e.message}). Fix: check secrets.kms.endpoint/region and network.`, { retryable: true, cause: err });
+  return new SecretUnavailableError(
+    'SECRET_PROVIDER_UNAVAILABLE',
+    `KMS is unreachable or failed during ${what} for ${subject} (${e.name}: ${e.message}). Fix: check secrets.kms.endpoint/region and network.`,
+    { retryable: true, cause: err },
+  );
 }
 
 /**
@@ -70,7 +116,11 @@ export class KmsProvider implements SecretProvider {
 
   constructor(options: KmsProviderOptions) {
     this.#o = options;
-    const cfg: KMSClientConfig = { region: options.region, maxAttempts: 2, requestHandler: { requestTimeout: options.requestTimeoutMs } as never };
+    const cfg: KMSClientConfig = {
+      region: options.region,
+      maxAttempts: 2,
+      requestHandler: { requestTimeout: options.requestTimeoutMs } as never,
+    };
     if (options.endpoint) cfg.endpoint = options.endpoint;
     this.#kms = new KMSClient(cfg);
   }
@@ -94,9 +144,25 @@ export class KmsProvider implements SecretProvider {
   }
 
   async #decrypt(name: string, version: string, env: Envelope): Promise<SecretValue> {
-    const res = await this.#send('Decrypt', () => this.#kms.send(new DecryptCommand({ CiphertextBlob: Buffer.from(env.encryptedDataKey, 'base64'), EncryptionContext: encryptionContext(name, version), KeyId: env.keyId })), name);
+    const res = await this.#send(
+      'Decrypt',
+      () =>
+        this.#kms.send(
+          new DecryptCommand({
+            CiphertextBlob: Buffer.from(env.encryptedDataKey, 'base64'),
+            EncryptionContext: encryptionContext(name, version),
+            KeyId: env.keyId,
+          }),
+        ),
+      name,
+    );
     const dataKey = res.Plaintext;
-    if (!dataKey) throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `KMS returned no plaintext data key for secret "${name}"`, { retryable: true });
+    if (!dataKey)
+      throw new SecretUnavailableError(
+        'SECRET_PROVIDER_UNAVAILABLE',
+        `KMS returned no plaintext data key for secret "${name}"`,
+        { retryable: true },
+      );
     try {
       return { value: unseal(dataKey, env, `fleet:${name}:${version}`, `KMS secret "${name}" v${version}`), version };
     } finally {
@@ -114,11 +180,19 @@ export class KmsProvider implements SecretProvider {
     try {
       fields = await this.#o.redis.hgetall(this.#key(name));
     } catch (err) {
-      throw new SecretUnavailableError('SECRET_PROVIDER_UNAVAILABLE', `could not read the ciphertext of secret "${name}" from Redis: ${toError(err).message}`, { retryable: true, cause: err });
+      throw new SecretUnavailableError(
+        'SECRET_PROVIDER_UNAVAILABLE',
+        `could not read the ciphertext of secret "${name}" from Redis: ${toError(err).message}`,
+        { retryable: true, cause: err },
+      );
     }
     const v = version ?? fields.current;
     const raw = v ? fields[`v${v}`] : undefined;
-    if (!v || !raw) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS ciphertext${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} --provider kms (value on stdin).`);
+    if (!v || !raw)
+      throw new SecretUnavailableError(
+        'SECRET_NOT_FOUND',
+        `secret "${name}" has no KMS ciphertext${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} --provider kms (value on stdin).`,
+      );
     return this.#decrypt(name, v, parseEnvelope(name, v, raw));
   }
 
@@ -126,7 +200,13 @@ export class KmsProvider implements SecretProvider {
     const allowed = new Set(request.names);
     return Promise.resolve({
       read: (name: string) => {
-        if (!allowed.has(name)) return Promise.reject(new SecretUnavailableError('SECRET_PERMISSION_DENIED', `lease for ${request.jobId} does not cover "${name}"`));
+        if (!allowed.has(name))
+          return Promise.reject(
+            new SecretUnavailableError(
+              'SECRET_PERMISSION_DENIED',
+              `lease for ${request.jobId} does not cover "${name}"`,
+            ),
+          );
         return this.readVersion(name);
       },
       release: () => Promise.resolve(),
@@ -143,7 +223,11 @@ export class KmsProvider implements SecretProvider {
 
   async promote(name: string, pendingVersion: string): Promise<{ version: string }> {
     const key = this.#key(name);
-    if (!(await this.#o.redis.hexists(key, `v${pendingVersion}`))) throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no KMS version ${pendingVersion} to promote`);
+    if (!(await this.#o.redis.hexists(key, `v${pendingVersion}`)))
+      throw new SecretUnavailableError(
+        'SECRET_NOT_FOUND',
+        `secret "${name}" has no KMS version ${pendingVersion} to promote`,
+      );
     await this.#o.redis.hset(key, 'current', pendingVersion, 'updatedAt', String(Date.now()));
     return { version: pendingVersion };
   }
@@ -169,9 +253,25 @@ export class KmsProvider implements SecretProvider {
   async #add(name: string, value: Uint8Array, makeCurrent: boolean): Promise<{ version: string }> {
     const key = this.#key(name);
     const version = String(await this.#o.redis.hincrby(key, 'seq', 1));
-    const dk = await this.#send('GenerateDataKey', () => this.#kms.send(new GenerateDataKeyCommand({ KeyId: this.#o.keyId, KeySpec: 'AES_256', EncryptionContext: encryptionContext(name, version) })), name);
+    const dk = await this.#send(
+      'GenerateDataKey',
+      () =>
+        this.#kms.send(
+          new GenerateDataKeyCommand({
+            KeyId: this.#o.keyId,
+            KeySpec: 'AES_256',
+            EncryptionContext: encryptionContext(name, version),
+          }),
+        ),
+      name,
+    );
     const plaintextKey = dk.Plaintext!;
-    const env: Envelope = { ...seal(plaintextKey, value, `fleet:${name}:${version}`), encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'), keyId: dk.KeyId ?? this.#o.keyId, createdAt: Date.now() };
+    const env: Envelope = {
+      ...seal(plaintextKey, value, `fleet:${name}:${version}`),
+      encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'),
+      keyId: dk.KeyId ?? this.#o.keyId,
+      createdAt: Date.now(),
+    };
     plaintextKey.fill(0);
     const stale = Number(version) - this.#o.keepVersions;
     const multi = this.#o.redis.multi().hset(key, `v${version}`, JSON.stringify(env));
@@ -211,27 +311,44 @@ export class KmsProvider implements SecretProvider {
       const d = await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
       return { keyId: d.KeyMetadata!.KeyId!, created: false };
     } catch (err) {
-      if ((err as Error).name !== 'NotFoundException' || !this.#o.keyId.startsWith('alias/')) throw kmsError(err, 'DescribeKey');
+      if ((err as Error).name !== 'NotFoundException' || !this.#o.keyId.startsWith('alias/'))
+        throw kmsError(err, 'DescribeKey');
     }
-    const created = await this.#send('CreateKey', () => this.#kms.send(new CreateKeyCommand({ Description: `fleet secrets (${this.#o.keyId})`, KeySpec: 'SYMMETRIC_DEFAULT', KeyUsage: 'ENCRYPT_DECRYPT' })));
+    const created = await this.#send('CreateKey', () =>
+      this.#kms.send(
+        new CreateKeyCommand({
+          Description: `fleet secrets (${this.#o.keyId})`,
+          KeySpec: 'SYMMETRIC_DEFAULT',
+          KeyUsage: 'ENCRYPT_DECRYPT',
+        }),
+      ),
+    );
     const keyId = created.KeyMetadata!.KeyId!;
-    await this.#send('CreateAlias', () => this.#kms.send(new CreateAliasCommand({ AliasName: this.#o.keyId, TargetKeyId: keyId })));
+    await this.#send('CreateAlias', () =>
+      this.#kms.send(new CreateAliasCommand({ AliasName: this.#o.keyId, TargetKeyId: keyId })),
+    );
     return { keyId, created: true };
   }
 
   /** Customer-key rotation: turn on KMS's automatic rotation (yearly by default in AWS). */
   async enableKeyRotation(): Promise<void> {
-    await this.#send('EnableKeyRotation', async () => this.#kms.send(new EnableKeyRotationCommand({ KeyId: await this.#keyArnOrId() })));
+    await this.#send('EnableKeyRotation', async () =>
+      this.#kms.send(new EnableKeyRotationCommand({ KeyId: await this.#keyArnOrId() })),
+    );
   }
 
   async keyRotationEnabled(): Promise<boolean> {
-    const res = await this.#send('GetKeyRotationStatus', async () => this.#kms.send(new GetKeyRotationStatusCommand({ KeyId: await this.#keyArnOrId() })));
+    const res = await this.#send('GetKeyRotationStatus', async () =>
+      this.#kms.send(new GetKeyRotationStatusCommand({ KeyId: await this.#keyArnOrId() })),
+    );
     return res.KeyRotationEnabled === true;
   }
 
   /** Customer-key rotation now (`fleet kms rotate-key`); stored data keys stay decryptable. */
   async rotateKeyNow(): Promise<void> {
-    await this.#send('RotateKeyOnDemand', async () => this.#kms.send(new RotateKeyOnDemandCommand({ KeyId: await this.#keyArnOrId() })));
+    await this.#send('RotateKeyOnDemand', async () =>
+      this.#kms.send(new RotateKeyOnDemandCommand({ KeyId: await this.#keyArnOrId() })),
+    );
   }
 
   /** Rotation APIs take a key id or ARN, not an alias. */

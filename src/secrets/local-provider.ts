@@ -47,7 +47,10 @@ export class LocalProvider implements SecretProvider {
     let key: Buffer;
     if (fromEnv) {
       key = Buffer.from(fromEnv, 'base64');
-      if (key.length !== 32) throw new ConfigError(`${this.#o.masterKeyEnv} must be 32 bytes, base64-encoded (got ${key.length}). Fix: openssl rand -base64 32`);
+      if (key.length !== 32)
+        throw new ConfigError(
+          `${this.#o.masterKeyEnv} must be 32 bytes, base64-encoded (got ${key.length}). Fix: openssl rand -base64 32`,
+        );
     } else {
       if (!existsSync(this.#o.keyFile)) {
         mkdirSync(path.dirname(this.#o.keyFile), { recursive: true });
@@ -56,7 +59,10 @@ export class LocalProvider implements SecretProvider {
       const mode = statSync(this.#o.keyFile).mode & 0o777;
       if (mode & 0o077) chmodSync(this.#o.keyFile, 0o600);
       key = Buffer.from(readFileSync(this.#o.keyFile, 'utf8').trim(), 'base64');
-      if (key.length !== 32) throw new ConfigError(`master key file ${this.#o.keyFile} is not a base64 32-byte key. Fix: delete it to generate a new one (existing secrets become unreadable) or restore it.`);
+      if (key.length !== 32)
+        throw new ConfigError(
+          `master key file ${this.#o.keyFile} is not a base64 32-byte key. Fix: delete it to generate a new one (existing secrets become unreadable) or restore it.`,
+        );
     }
     this.#key = key;
     return key;
@@ -83,16 +89,26 @@ export class LocalProvider implements SecretProvider {
     const entry = this.#load().secrets[name];
     const v = entry?.versions.find((x) => x.version === (version ?? entry.current));
     if (!entry || !v) {
-      throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} (reads the value from stdin).`);
+      throw new SecretUnavailableError(
+        'SECRET_NOT_FOUND',
+        `secret "${name}" is not in the local store${version ? ` at version ${version}` : ''}. Fix: fleet secrets set ${name} (reads the value from stdin).`,
+      );
     }
-    return { value: unseal(this.#masterKey(), v, `fleet:${name}:${v.version}`, `local secret "${name}" v${v.version}`), version: String(v.version) };
+    return {
+      value: unseal(this.#masterKey(), v, `fleet:${name}:${v.version}`, `local secret "${name}" v${v.version}`),
+      version: String(v.version),
+    };
   }
 
   lease(request: LeaseRequest): Promise<SecretLease> {
     const allowed = new Set(request.names);
     return Promise.resolve({
       read: async (name: string) => {
-        if (!allowed.has(name)) throw new SecretUnavailableError('SECRET_PERMISSION_DENIED', `lease for ${request.jobId} does not cover "${name}"`);
+        if (!allowed.has(name))
+          throw new SecretUnavailableError(
+            'SECRET_PERMISSION_DENIED',
+            `lease for ${request.jobId} does not cover "${name}"`,
+          );
         return this.#readNow(name);
       },
       release: () => Promise.resolve(),
@@ -119,7 +135,11 @@ export class LocalProvider implements SecretProvider {
     const store = structuredClone(this.#load());
     const entry = (store.secrets[name] ??= { current: 0, versions: [] });
     const version = Math.max(0, ...entry.versions.map((v) => v.version)) + 1;
-    entry.versions.push({ version, createdAt: Date.now(), ...seal(this.#masterKey(), value, `fleet:${name}:${version}`) });
+    entry.versions.push({
+      version,
+      createdAt: Date.now(),
+      ...seal(this.#masterKey(), value, `fleet:${name}:${version}`),
+    });
     // Keep the newest versions, never dropping the current one.
     while (entry.versions.length > this.#o.keepVersions) {
       const i = entry.versions.findIndex((v) => v.version !== entry.current);
@@ -142,7 +162,9 @@ export class LocalProvider implements SecretProvider {
     const store = structuredClone(this.#load());
     const entry = store.secrets[name];
     if (!entry?.versions.some((v) => v.version === Number(pendingVersion))) {
-      return Promise.reject(new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no version ${pendingVersion} to promote`));
+      return Promise.reject(
+        new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" has no version ${pendingVersion} to promote`),
+      );
     }
     entry.current = Number(pendingVersion);
     this.#save(store);
@@ -171,7 +193,10 @@ export class LocalProvider implements SecretProvider {
 
   remove(name: string): Promise<void> {
     const store = structuredClone(this.#load());
-    if (!store.secrets[name]) return Promise.reject(new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store`));
+    if (!store.secrets[name])
+      return Promise.reject(
+        new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" is not in the local store`),
+      );
     delete store.secrets[name];
     this.#save(store);
     return Promise.resolve();

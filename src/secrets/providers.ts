@@ -12,23 +12,47 @@ export function usedProviders(config: FleetConfig): Set<ProviderKind> {
   return new Set([...config.secretProviders.values(), auditKeyProvider(config)]);
 }
 
-export function vaultAuthFromEnv(v: NonNullable<FleetConfig['secrets']['vault']>, preferToken = false, identity: 'supervisor' | 'rotator' = 'supervisor'): VaultAuth {
-  if (v.auth === 'token' || (preferToken && (process.env[v.tokenEnv] || process.env[`${v.tokenEnv}_FILE`]))) return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
+export function vaultAuthFromEnv(
+  v: NonNullable<FleetConfig['secrets']['vault']>,
+  preferToken = false,
+  identity: 'supervisor' | 'rotator' = 'supervisor',
+): VaultAuth {
+  if (v.auth === 'token' || (preferToken && (process.env[v.tokenEnv] || process.env[`${v.tokenEnv}_FILE`])))
+    return { method: 'token', token: requireEnv(v.tokenEnv, 'secrets.vault (auth "token")') };
   if (identity === 'rotator') {
-    return { method: 'approle', roleId: requireEnv(v.rotatorRoleIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), secretId: requireEnv(v.rotatorSecretIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'), mount: v.approleMount };
+    return {
+      method: 'approle',
+      roleId: requireEnv(v.rotatorRoleIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'),
+      secretId: requireEnv(v.rotatorSecretIdEnv, 'the rotation scheduler (AppRole fleet-rotator)'),
+      mount: v.approleMount,
+    };
   }
-  return { method: 'approle', roleId: requireEnv(v.roleIdEnv, 'secrets.vault (AppRole)'), secretId: requireEnv(v.secretIdEnv, 'secrets.vault (AppRole)'), mount: v.approleMount };
+  return {
+    method: 'approle',
+    roleId: requireEnv(v.roleIdEnv, 'secrets.vault (AppRole)'),
+    secretId: requireEnv(v.secretIdEnv, 'secrets.vault (AppRole)'),
+    mount: v.approleMount,
+  };
 }
 
 /**
  * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
  * local store never loads node-vault or the AWS SDK.
  */
-export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean; vaultIdentity?: 'supervisor' | 'rotator' }): Promise<SecretProvider> {
+export async function makeProvider(
+  kind: ProviderKind,
+  config: FleetConfig,
+  deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean; vaultIdentity?: 'supervisor' | 'rotator' },
+): Promise<SecretProvider> {
   const s = config.secrets;
   if (kind === 'local') {
     const { LocalProvider } = await import('./local-provider.js');
-    return new LocalProvider({ file: path.resolve(config.dataDir, s.local.file), keyFile: path.resolve(config.dataDir, s.local.keyFile), masterKeyEnv: s.local.masterKeyEnv, keepVersions: s.local.keepVersions });
+    return new LocalProvider({
+      file: path.resolve(config.dataDir, s.local.file),
+      keyFile: path.resolve(config.dataDir, s.local.keyFile),
+      masterKeyEnv: s.local.masterKeyEnv,
+      keepVersions: s.local.keepVersions,
+    });
   }
   if (kind === 'vault') {
     if (!s.vault) throw new ConfigError('secrets.vault is not configured');
@@ -47,7 +71,8 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
     });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
-  if (!deps.redis) throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
+  if (!deps.redis)
+    throw new ConfigError('the kms provider keeps its ciphertexts in Redis. Fix: set REDIS_URL (or run `npm start`).');
   // Its ciphertexts are read and written through this connection: it must be up before the
   // first command (a fail-fast connection refuses commands while it is still connecting).
   await ensureReady(deps.redis, 10_000);
@@ -63,7 +88,11 @@ export async function makeProvider(kind: ProviderKind, config: FleetConfig, deps
   });
 }
 
-export async function makeProviders(config: FleetConfig, deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean }, kinds = usedProviders(config)): Promise<Map<ProviderKind, SecretProvider>> {
+export async function makeProviders(
+  config: FleetConfig,
+  deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean },
+  kinds = usedProviders(config),
+): Promise<Map<ProviderKind, SecretProvider>> {
   const out = new Map<ProviderKind, SecretProvider>();
   for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
   return out;

@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import nodeVault from 'node-vault';
-import { ConfigError, SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
@@ -10,7 +10,8 @@ import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretV
 export const ROTATE_TOKEN_ROLE = 'fleet-rotate';
 export const ROTATE_POLICY_PREFIX = 'fleet-rotate-';
 
-export type VaultAuth = { method: 'token'; token: string } | { method: 'approle'; roleId: string; secretId: string; mount: string };
+export type VaultAuth =
+  { method: 'token'; token: string } | { method: 'approle'; roleId: string; secretId: string; mount: string };
 
 export interface VaultProviderOptions {
   address: string;
@@ -75,7 +76,10 @@ export class VaultProvider implements SecretProvider {
   readonly #o: VaultProviderOptions;
   readonly #client: nodeVault.client;
   /** Keep-alive: node-vault (axios) would otherwise open a TCP (and TLS) connection per call. */
-  readonly #agents = { httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }), httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }) };
+  readonly #agents = {
+    httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
+    httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }),
+  };
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   #loggingIn: Promise<string> | null = null;
@@ -123,14 +127,24 @@ export class VaultProvider implements SecretProvider {
     let ttlSeconds = 0;
     if (auth.method === 'token') {
       this.#token = auth.token;
-      const self = await this.#call<{ data: { ttl: number; renewable: boolean } }>(auth.token, 'GET', 'auth/token/lookup-self').catch((err: unknown) => {
+      const self = await this.#call<{ data: { ttl: number; renewable: boolean } }>(
+        auth.token,
+        'GET',
+        'auth/token/lookup-self',
+      ).catch((err: unknown) => {
         this.#token = null;
         throw vaultError(err, 'token lookup');
       });
       ttlSeconds = self.data.renewable ? self.data.ttl : 0;
     } else {
       const res = await this.#client
-        .request({ method: 'POST', path: `/auth/${auth.mount}/login`, json: { role_id: auth.roleId, secret_id: auth.secretId }, timeout: this.#o.requestTimeoutMs, ...this.#agents } as nodeVault.RequestOption)
+        .request({
+          method: 'POST',
+          path: `/auth/${auth.mount}/login`,
+          json: { role_id: auth.roleId, secret_id: auth.secretId },
+          timeout: this.#o.requestTimeoutMs,
+          ...this.#agents,
+        } as nodeVault.RequestOption)
         .catch((err: unknown) => {
           throw vaultError(err, 'AppRole login');
         });
@@ -158,7 +172,9 @@ export class VaultProvider implements SecretProvider {
     } catch (err) {
       this.#o.logger.warn('vault token renewal failed; logging in again', { error: toError(err).message });
       this.#token = null;
-      await this.#supervisorToken().catch((e: unknown) => this.#o.logger.error('vault login failed', { error: toError(e).message }));
+      await this.#supervisorToken().catch((e: unknown) =>
+        this.#o.logger.error('vault login failed', { error: toError(e).message }),
+      );
     }
   }
 
@@ -177,16 +193,28 @@ export class VaultProvider implements SecretProvider {
     for (let attempt = 0; ; attempt++) {
       const token = await this.#supervisorToken();
       try {
-        const res = await this.#call<{ auth: { client_token: string; accessor: string } }>(token, 'POST', `auth/token/create/${this.#o.tokenRole}`, body);
+        const res = await this.#call<{ auth: { client_token: string; accessor: string } }>(
+          token,
+          'POST',
+          `auth/token/create/${this.#o.tokenRole}`,
+          body,
+        );
         return { token: res.auth.client_token, accessor: res.auth.accessor };
       } catch (err) {
         const e = vaultError(err, 'minting the job token');
         // Vault answers an expired or revoked token with a plain 403, like a missing permission:
         // ask whether our own token is still alive before calling it either.
-        if ((e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED') && !(await this.#tokenAlive(token))) {
+        if (
+          (e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED') &&
+          !(await this.#tokenAlive(token))
+        ) {
           this.#token = null;
           if (attempt === 0) continue;
-          throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', 'Vault authentication expired and logging in again did not help. Fix: check the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID) and its token TTLs.', { retryable: true, cause: err });
+          throw new SecretUnavailableError(
+            'SECRET_AUTH_EXPIRED',
+            'Vault authentication expired and logging in again did not help. Fix: check the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID) and its token TTLs.',
+            { retryable: true, cause: err },
+          );
         }
         throw e;
       }
@@ -207,7 +235,8 @@ export class VaultProvider implements SecretProvider {
     let token: string | null = minted.token;
     return {
       read: async (name: string): Promise<SecretValue> => {
-        if (!token) throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
+        if (!token)
+          throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
         let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
         try {
           res = await this.#call(token, 'GET', this.#path('data', name));
@@ -216,7 +245,11 @@ export class VaultProvider implements SecretProvider {
         }
         const raw = res.data.data.value;
         if (typeof raw !== 'string') {
-          throw new SecretUnavailableError('SECRET_NOT_FOUND', `Vault entry for secret "${name}" has no string field "value". Fix: vault kv put ${this.#o.mount}/${this.#o.prefix}/${name} value=…`, { retryable: false });
+          throw new SecretUnavailableError(
+            'SECRET_NOT_FOUND',
+            `Vault entry for secret "${name}" has no string field "value". Fix: vault kv put ${this.#o.mount}/${this.#o.prefix}/${name} value=…`,
+            { retryable: false },
+          );
         }
         const bytes = Buffer.from(raw, 'utf8');
         const value = new Uint8Array(bytes.length);
@@ -253,7 +286,11 @@ export class VaultProvider implements SecretProvider {
         meta: { rotating: secret },
       });
     } catch (err) {
-      throw vaultError(err, `minting the rotation token (run \`fleet vault setup\` after adding a rotation policy)`, secret);
+      throw vaultError(
+        err,
+        `minting the rotation token (run \`fleet vault setup\` after adding a rotation policy)`,
+        secret,
+      );
     }
     const provider = new VaultProvider({ ...this.#o, auth: { method: 'token', token: res.auth.client_token } });
     return {
@@ -263,9 +300,15 @@ export class VaultProvider implements SecretProvider {
       release: async () => {
         await provider.close();
         try {
-          await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor: res.auth.accessor });
+          await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', {
+            accessor: res.auth.accessor,
+          });
         } catch (err) {
-          throw vaultError(err, `revoking the rotation token of ${secret} (it expires by TTL in ${Math.ceil(ttlMs / 1000)} s)`, secret);
+          throw vaultError(
+            err,
+            `revoking the rotation token of ${secret} (it expires by TTL in ${Math.ceil(ttlMs / 1000)} s)`,
+            secret,
+          );
         }
       },
     };
@@ -277,7 +320,9 @@ export class VaultProvider implements SecretProvider {
    * Returns a problem description, or null.
    */
   async probeJobPolicy(jobType: string, names: readonly string[]): Promise<string | null> {
-    const lease = await this.lease({ jobId: `doctor.${Date.now()}`, jobType, names, ttlMs: 10_000 }).catch((err: unknown) => toError(err));
+    const lease = await this.lease({ jobId: `doctor.${Date.now()}`, jobType, names, ttlMs: 10_000 }).catch(
+      (err: unknown) => toError(err),
+    );
     if (lease instanceof Error) return `cannot mint a job token through role "${this.#o.tokenRole}": ${lease.message}`;
     try {
       for (const name of names) {
@@ -296,7 +341,9 @@ export class VaultProvider implements SecretProvider {
   async write(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name), { data: { value: Buffer.from(value).toString('utf8') } });
+      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name), {
+        data: { value: Buffer.from(value).toString('utf8') },
+      });
       return { version: String(res.data.version) };
     } catch (err) {
       throw vaultError(err, 'write', name);
@@ -310,7 +357,9 @@ export class VaultProvider implements SecretProvider {
   async writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name, true), { data: { value: Buffer.from(value).toString('utf8') } });
+      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name, true), {
+        data: { value: Buffer.from(value).toString('utf8') },
+      });
       return { version: `pending-${res.data.version}` };
     } catch (err) {
       throw vaultError(err, 'write pending', name);
@@ -327,12 +376,22 @@ export class VaultProvider implements SecretProvider {
     const v = pending ? version.slice('pending-'.length) : version;
     let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
     try {
-      res = await this.#call(token, 'GET', version === 'current' ? this.#path('data', name) : `${this.#path('data', name, pending)}?version=${encodeURIComponent(v)}`);
+      res = await this.#call(
+        token,
+        'GET',
+        version === 'current'
+          ? this.#path('data', name)
+          : `${this.#path('data', name, pending)}?version=${encodeURIComponent(v)}`,
+      );
     } catch (err) {
       throw vaultError(err, `read version ${version}`, name);
     }
     const raw = res.data.data?.value;
-    if (typeof raw !== 'string') throw new SecretUnavailableError('SECRET_NOT_FOUND', `secret "${name}" version ${version} has no value (destroyed or deleted)`);
+    if (typeof raw !== 'string')
+      throw new SecretUnavailableError(
+        'SECRET_NOT_FOUND',
+        `secret "${name}" version ${version} has no value (destroyed or deleted)`,
+      );
     const bytes = Buffer.from(raw, 'utf8');
     const out = new Uint8Array(bytes.length);
     out.set(bytes);
@@ -373,7 +432,11 @@ export class VaultProvider implements SecretProvider {
     }
     return Promise.all(
       keys.map(async (name) => {
-        const m = await this.#call<{ data: { current_version: number; updated_time: string } }>(token, 'GET', this.#path('metadata', name));
+        const m = await this.#call<{ data: { current_version: number; updated_time: string } }>(
+          token,
+          'GET',
+          this.#path('metadata', name),
+        );
         return { name, version: String(m.data.current_version), updatedAt: Date.parse(m.data.updated_time) };
       }),
     );
@@ -428,28 +491,46 @@ export class VaultProvider implements SecretProvider {
     const client = nodeVault({ endpoint: options.address, debug: () => undefined });
     client.token = '';
     const call = (method: 'GET' | 'POST' | 'PUT', path: string, json?: unknown): Promise<unknown> =>
-      client.request({ method, path: `/${path}`, headers: { 'X-Vault-Token': options.adminToken }, ...(json === undefined ? {} : { json }) }).catch((err: unknown) => {
-        throw vaultError(err, `setup: ${method} ${path}`);
-      });
+      client
+        .request({
+          method,
+          path: `/${path}`,
+          headers: { 'X-Vault-Token': options.adminToken },
+          ...(json === undefined ? {} : { json }),
+        })
+        .catch((err: unknown) => {
+          throw vaultError(err, `setup: ${method} ${path}`);
+        });
     const policies: string[] = [];
     for (const [jobType, names] of options.scopes) {
       const name = `${options.policyPrefix}${jobType}`;
       const rules = names.length
-        ? names.map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`).join('\n')
+        ? names
+            .map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`)
+            .join('\n')
         : '# no secrets';
       await call('PUT', `sys/policies/acl/${name}`, { policy: rules });
       policies.push(name);
     }
-    const systemReads = (options.systemSecrets ?? []).map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`);
+    const systemReads = (options.systemSecrets ?? []).map(
+      (n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`,
+    );
     for (const n of options.systemSecrets ?? []) {
       const exists = await client
-        .request({ method: 'GET', path: `/${options.mount}/data/${options.prefix}/${n}`, headers: { 'X-Vault-Token': options.adminToken } })
+        .request({
+          method: 'GET',
+          path: `/${options.mount}/data/${options.prefix}/${n}`,
+          headers: { 'X-Vault-Token': options.adminToken },
+        })
         .then(() => true)
         .catch((err: { response?: { statusCode?: number } }) => {
           if (err.response?.statusCode === 404) return false;
           throw vaultError(err, `setup: GET ${n}`);
         });
-      if (!exists) await call('PUT', `${options.mount}/data/${options.prefix}/${n}`, { data: { value: randomBytes(32).toString('hex') } });
+      if (!exists)
+        await call('PUT', `${options.mount}/data/${options.prefix}/${n}`, {
+          data: { value: randomBytes(32).toString('hex') },
+        });
     }
     const supervisorPolicy = [
       ...systemReads,
@@ -503,11 +584,23 @@ export class VaultProvider implements SecretProvider {
     });
     const auths = (await call('GET', 'sys/auth')) as Record<string, unknown>;
     const mounts = (auths.data ?? auths) as Record<string, unknown>;
-    if (!(`${options.approleMount}/` in mounts)) await call('POST', `sys/auth/${options.approleMount}`, { type: 'approle' });
+    if (!(`${options.approleMount}/` in mounts))
+      await call('POST', `sys/auth/${options.approleMount}`, { type: 'approle' });
     const creds = async (role: string, policy: string): Promise<{ roleId: string; secretId: string }> => {
-      await call('POST', `auth/${options.approleMount}/role/${role}`, { token_policies: [policy], token_ttl: '1h', token_max_ttl: '24h', secret_id_ttl: '0' });
-      const roleId = ((await call('GET', `auth/${options.approleMount}/role/${role}/role-id`)) as { data: { role_id: string } }).data.role_id;
-      const secretId = ((await call('POST', `auth/${options.approleMount}/role/${role}/secret-id`, {})) as { data: { secret_id: string } }).data.secret_id;
+      await call('POST', `auth/${options.approleMount}/role/${role}`, {
+        token_policies: [policy],
+        token_ttl: '1h',
+        token_max_ttl: '24h',
+        secret_id_ttl: '0',
+      });
+      const roleId = (
+        (await call('GET', `auth/${options.approleMount}/role/${role}/role-id`)) as { data: { role_id: string } }
+      ).data.role_id;
+      const secretId = (
+        (await call('POST', `auth/${options.approleMount}/role/${role}/secret-id`, {})) as {
+          data: { secret_id: string };
+        }
+      ).data.secret_id;
       return { roleId, secretId };
     };
     const supervisor = await creds('fleet-supervisor', 'fleet-supervisor');
@@ -515,4 +608,3 @@ export class VaultProvider implements SecretProvider {
     return { ...supervisor, rotator, policies };
   }
 }
-

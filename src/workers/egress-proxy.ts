@@ -63,10 +63,26 @@ export interface EgressProxyOptions {
 /** Loopback, link-local (169.254/16: cloud metadata), private, CGNAT, multicast and unspecified. */
 const NON_PUBLIC = new BlockList();
 for (const [net, bits] of [
-  ['0.0.0.0', 8], ['10.0.0.0', 8], ['100.64.0.0', 10], ['127.0.0.0', 8], ['169.254.0.0', 16], ['172.16.0.0', 12],
-  ['192.168.0.0', 16], ['224.0.0.0', 4], ['240.0.0.0', 4],
-] as const) NON_PUBLIC.addSubnet(net, bits, 'ipv4');
-for (const [net, bits] of [['::', 128], ['::1', 128], ['fc00::', 7], ['fe80::', 10], ['ff00::', 8], ['::ffff:0:0', 96]] as const) NON_PUBLIC.addSubnet(net, bits, 'ipv6');
+  ['0.0.0.0', 8],
+  ['10.0.0.0', 8],
+  ['100.64.0.0', 10],
+  ['127.0.0.0', 8],
+  ['169.254.0.0', 16],
+  ['172.16.0.0', 12],
+  ['192.168.0.0', 16],
+  ['224.0.0.0', 4],
+  ['240.0.0.0', 4],
+] as const)
+  NON_PUBLIC.addSubnet(net, bits, 'ipv4');
+for (const [net, bits] of [
+  ['::', 128],
+  ['::1', 128],
+  ['fc00::', 7],
+  ['fe80::', 10],
+  ['ff00::', 8],
+  ['::ffff:0:0', 96],
+] as const)
+  NON_PUBLIC.addSubnet(net, bits, 'ipv6');
 
 function family(ip: string): 'ipv4' | 'ipv6' {
   return isIP(ip) === 6 ? 'ipv6' : 'ipv4';
@@ -74,7 +90,17 @@ function family(ip: string): 'ipv4' | 'ipv6' {
 
 export { matchesEgress, splitHostPort } from '../config/hosts.js';
 
-const HOP_BY_HOP = ['connection', 'proxy-connection', 'keep-alive', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'proxy-authorization', 'proxy-authenticate'];
+const HOP_BY_HOP = [
+  'connection',
+  'proxy-connection',
+  'keep-alive',
+  'transfer-encoding',
+  'te',
+  'trailer',
+  'upgrade',
+  'proxy-authorization',
+  'proxy-authenticate',
+];
 
 /** Every occurrence of `needle` in `buf` replaced by `by`. */
 function replaceBytes(buf: Buffer, needle: Uint8Array, by: Uint8Array): Buffer<ArrayBufferLike> {
@@ -145,7 +171,10 @@ export class EgressProxy {
     this.#o = options;
     this.#fleet = new Set(options.fleetAddresses ?? []);
     this.#server = http.createServer((req, res) => void this.#onRequest(req, res));
-    this.#server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#onConnect(req, socket, head));
+    this.#server.on(
+      'connect',
+      (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#onConnect(req, socket, head),
+    );
     this.#server.on('connection', (s: Socket) => {
       this.#sockets.add(s);
       s.on('close', () => this.#sockets.delete(s));
@@ -153,7 +182,10 @@ export class EgressProxy {
     if (options.inject) {
       this.#inner = http.createServer((req, res) => void this.#onInjectable(req, res));
       this.#plainInner = http.createServer((req, res) => this.#onTunneledPlain(req, res));
-      this.#agent = new https.Agent({ keepAlive: true, ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}) });
+      this.#agent = new https.Agent({
+        keepAlive: true,
+        ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}),
+      });
     }
   }
 
@@ -178,7 +210,8 @@ export class EgressProxy {
   async #decide(host: string, port: number): Promise<{ ok: true; address: string } | { ok: false; reason: string }> {
     const egress = this.#o.egress;
     if (egress === 'none') return { ok: false, reason: 'egress is "none" for this job type' };
-    if (egress !== 'any' && !egress.some((p) => matchesEgress(p, host, port))) return { ok: false, reason: `not in the egress list (${egress.join(', ')})` };
+    if (egress !== 'any' && !egress.some((p) => matchesEgress(p, host, port)))
+      return { ok: false, reason: `not in the egress list (${egress.join(', ')})` };
     let addresses: string[];
     try {
       addresses = isIP(host) ? [host] : (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
@@ -187,8 +220,10 @@ export class EgressProxy {
     }
     const listedByAddress = (a: string): boolean => egress !== 'any' && egress.some((p) => matchesEgress(p, a, port));
     for (const a of addresses) {
-      if (this.#fleet.has(a) && !listedByAddress(a)) return { ok: false, reason: `${a} is one of the fleet's own services` };
-      if (NON_PUBLIC.check(a, family(a)) && !listedByAddress(a)) return { ok: false, reason: `${host} resolves to ${a}, a loopback, link-local or private address` };
+      if (this.#fleet.has(a) && !listedByAddress(a))
+        return { ok: false, reason: `${a} is one of the fleet's own services` };
+      if (NON_PUBLIC.check(a, family(a)) && !listedByAddress(a))
+        return { ok: false, reason: `${host} resolves to ${a}, a loopback, link-local or private address` };
     }
     return { ok: true, address: addresses[0]! };
   }
@@ -209,7 +244,9 @@ export class EgressProxy {
     const verdict = await this.#decide(target.host, target.port);
     if (!verdict.ok) {
       this.#refuse(dest, verdict.reason);
-      socket.end(`HTTP/1.1 403 Forbidden\r\nConnection: close\r\nX-Fleet-Egress: refused\r\nContent-Type: text/plain\r\n\r\nfleet egress proxy refused ${dest}: ${verdict.reason}\n`);
+      socket.end(
+        `HTTP/1.1 403 Forbidden\r\nConnection: close\r\nX-Fleet-Egress: refused\r\nContent-Type: text/plain\r\n\r\nfleet egress proxy refused ${dest}: ${verdict.reason}\n`,
+      );
       return;
     }
     this.stats.allowed += 1;
@@ -242,7 +279,11 @@ export class EgressProxy {
         socket.destroy();
         return;
       }
-      const tlsSocket = new tls.TLSSocket(socket as Socket, { isServer: true, secureContext: context, ALPNProtocols: ['http/1.1'] });
+      const tlsSocket = new tls.TLSSocket(socket as Socket, {
+        isServer: true,
+        secureContext: context,
+        ALPNProtocols: ['http/1.1'],
+      });
       tlsSocket.on('error', () => tlsSocket.destroy());
       this.#sockets.add(tlsSocket);
       tlsSocket.on('close', () => this.#sockets.delete(tlsSocket));
@@ -276,7 +317,9 @@ export class EgressProxy {
       url = new URL(req.url ?? '');
       if (url.protocol !== 'http:') throw new Error('not http');
     } catch {
-      res.writeHead(400, { 'content-type': 'text/plain' }).end('fleet egress proxy: send absolute http:// URLs, or CONNECT for https\n');
+      res
+        .writeHead(400, { 'content-type': 'text/plain' })
+        .end('fleet egress proxy: send absolute http:// URLs, or CONNECT for https\n');
       return;
     }
     const port = Number(url.port || 80);
@@ -285,7 +328,9 @@ export class EgressProxy {
     const verdict = await this.#decide(host, port);
     if (!verdict.ok) {
       this.#refuse(dest, verdict.reason);
-      res.writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' }).end(`fleet egress proxy refused ${dest}: ${verdict.reason}\n`);
+      res
+        .writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' })
+        .end(`fleet egress proxy refused ${dest}: ${verdict.reason}\n`);
       return;
     }
     this.stats.allowed += 1;
@@ -299,7 +344,12 @@ export class EgressProxy {
     const found = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
     if (!found.length) return false;
     const s = this.#o.inject.registry.lookup(found[0]!);
-    this.#refuseInjection(res, { jobId: this.#o.inject.currentJob(), secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null, destination: dest, reason: 'a secret placeholder in a plain-HTTP request: injected secrets are sent only over https' });
+    this.#refuseInjection(res, {
+      jobId: this.#o.inject.currentJob(),
+      secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null,
+      destination: dest,
+      reason: 'a secret placeholder in a plain-HTTP request: injected secrets are sent only over https',
+    });
     return true;
   }
 
@@ -318,7 +368,9 @@ export class EgressProxy {
   #refuseInjection(res: ServerResponse, refusal: InjectionRefusal): void {
     this.stats.injectionsRefused += 1;
     this.#o.inject?.onRefused(refusal);
-    res.writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' }).end(`fleet egress proxy refused to send a secret placeholder to ${refusal.destination}: ${refusal.reason}\n`);
+    res
+      .writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' })
+      .end(`fleet egress proxy refused to send a secret placeholder to ${refusal.destination}: ${refusal.reason}\n`);
   }
 
   /**
@@ -341,7 +393,11 @@ export class EgressProxy {
     for await (const c of req as AsyncIterable<Buffer>) {
       size += c.length;
       if (size > inject.maxBodyBytes) {
-        res.writeHead(413, { 'content-type': 'text/plain', connection: 'close' }).end(`fleet egress proxy: request bodies above ${inject.maxBodyBytes} bytes are not sent by a sandbox with injected secrets (supervisor.injectMaxBodyBytes)\n`);
+        res
+          .writeHead(413, { 'content-type': 'text/plain', connection: 'close' })
+          .end(
+            `fleet egress proxy: request bodies above ${inject.maxBodyBytes} bytes are not sent by a sandbox with injected secrets (supervisor.injectMaxBodyBytes)\n`,
+          );
         return;
       }
       chunks.push(c);
@@ -350,18 +406,38 @@ export class EgressProxy {
     const swaps = new Map<string, Injection>();
     const check = (ph: string, where: { header: string; value: string } | 'body' | 'url'): InjectionRefusal | null => {
       const s = inject.registry.lookup(ph);
-      const refusal = (secret: string | null, reason: string): InjectionRefusal => ({ jobId, secret, destination, reason });
+      const refusal = (secret: string | null, reason: string): InjectionRefusal => ({
+        jobId,
+        secret,
+        destination,
+        reason,
+      });
       if (s.state === 'unknown') return refusal(null, 'an unknown secret placeholder');
-      if (s.state === 'retired') return refusal(s.secret, `the placeholder of job ${s.jobId}, which has ended (a replay)`);
+      if (s.state === 'retired')
+        return refusal(s.secret, `the placeholder of job ${s.jobId}, which has ended (a replay)`);
       const inj = s.injection;
       if (inj.jobId !== jobId) return refusal(inj.secret, `the placeholder of another job (${inj.jobId})`);
-      if (where === 'url') return refusal(inj.secret, 'a secret placeholder in the URL (paths and query strings end up in logs)');
-      if (!bindingAllows(inj.binding, t.host, t.port)) return refusal(inj.secret, `"${inj.secret}" is bound to ${inj.binding.hosts.join(', ')}, not ${destination}`);
+      if (where === 'url')
+        return refusal(inj.secret, 'a secret placeholder in the URL (paths and query strings end up in logs)');
+      if (!bindingAllows(inj.binding, t.host, t.port))
+        return refusal(inj.secret, `"${inj.secret}" is bound to ${inj.binding.hosts.join(', ')}, not ${destination}`);
       if (where === 'body') {
-        if (!inj.binding.body) return refusal(inj.secret, `a placeholder of "${inj.secret}" in the request body, which its binding does not allow (body: true)`);
+        if (!inj.binding.body)
+          return refusal(
+            inj.secret,
+            `a placeholder of "${inj.secret}" in the request body, which its binding does not allow (body: true)`,
+          );
       } else {
-        if (where.header !== inj.binding.header.toLowerCase()) return refusal(inj.secret, `a placeholder of "${inj.secret}" in header ${where.header}; it may only be sent in ${inj.binding.header}`);
-        if (where.value !== inj.binding.format.replace('{value}', ph)) return refusal(inj.secret, `header ${where.header} must be exactly "${inj.binding.format}" with the placeholder as {value}`);
+        if (where.header !== inj.binding.header.toLowerCase())
+          return refusal(
+            inj.secret,
+            `a placeholder of "${inj.secret}" in header ${where.header}; it may only be sent in ${inj.binding.header}`,
+          );
+        if (where.value !== inj.binding.format.replace('{value}', ph))
+          return refusal(
+            inj.secret,
+            `header ${where.header} must be exactly "${inj.binding.format}" with the placeholder as {value}`,
+          );
       }
       swaps.set(ph, inj);
       return null;
@@ -371,10 +447,11 @@ export class EgressProxy {
     const headers: http.OutgoingHttpHeaders = {};
     for (const [name, raw] of Object.entries(req.headers)) {
       if (HOP_BY_HOP.includes(name) || raw === undefined) continue;
-      for (const value of Array.isArray(raw) ? raw : [raw]) for (const m of value.matchAll(PLACEHOLDER)) {
-        const p = check(m[0], { header: name, value });
-        if (p) problems.push(p);
-      }
+      for (const value of Array.isArray(raw) ? raw : [raw])
+        for (const m of value.matchAll(PLACEHOLDER)) {
+          const p = check(m[0], { header: name, value });
+          if (p) problems.push(p);
+        }
       headers[name] = raw;
     }
     for (const m of body.toString('latin1').matchAll(PLACEHOLDER)) {
@@ -394,12 +471,22 @@ export class EgressProxy {
       value.fill(0);
       inject.onInjected({ injection: inj, destination });
     }
-    if (body.length || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined) headers['content-length'] = body.length;
+    if (body.length || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined)
+      headers['content-length'] = body.length;
     // Responses are searched for the values: they must arrive uncompressed.
     headers['accept-encoding'] = 'identity';
     const pairs = inject.registry.valuesOf(jobId).map((i) => ({ value: i.value, by: Buffer.from(i.placeholder) }));
     const upstream = https.request(
-      { host: t.address, port: t.port, ...(isIP(t.host) ? {} : { servername: t.host }), method: req.method, path: req.url, headers, agent: this.#agent!, timeout: this.#o.connectTimeoutMs ?? 10_000 },
+      {
+        host: t.address,
+        port: t.port,
+        ...(isIP(t.host) ? {} : { servername: t.host }),
+        method: req.method,
+        path: req.url,
+        headers,
+        agent: this.#agent!,
+        timeout: this.#o.connectTimeoutMs ?? 10_000,
+      },
       (up) => {
         const out: http.OutgoingHttpHeaders = {};
         for (const [name, raw] of Object.entries(up.headers)) {
@@ -412,7 +499,10 @@ export class EgressProxy {
     );
     upstream.on('timeout', () => upstream.destroy(new Error('upstream timeout')));
     upstream.on('error', (err) => {
-      if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain', 'x-fleet-egress': 'upstream-error' }).end(`fleet egress proxy: ${destination}: ${err.message}\n`);
+      if (!res.headersSent)
+        res
+          .writeHead(502, { 'content-type': 'text/plain', 'x-fleet-egress': 'upstream-error' })
+          .end(`fleet egress proxy: ${destination}: ${err.message}\n`);
       else res.destroy();
     });
     upstream.end(body);
@@ -422,10 +512,21 @@ export class EgressProxy {
     const headers = { ...req.headers };
     delete headers['proxy-connection'];
     delete headers['proxy-authorization'];
-    const upstream = http.request({ host: address, port, method: req.method, path: `${url.pathname}${url.search}`, headers, setHost: false, timeout: this.#o.connectTimeoutMs ?? 10_000 }, (up) => {
-      res.writeHead(up.statusCode ?? 502, up.headers);
-      up.pipe(res);
-    });
+    const upstream = http.request(
+      {
+        host: address,
+        port,
+        method: req.method,
+        path: `${url.pathname}${url.search}`,
+        headers,
+        setHost: false,
+        timeout: this.#o.connectTimeoutMs ?? 10_000,
+      },
+      (up) => {
+        res.writeHead(up.statusCode ?? 502, up.headers);
+        up.pipe(res);
+      },
+    );
     upstream.on('error', () => {
       if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
       res.end();

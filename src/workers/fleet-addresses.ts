@@ -5,7 +5,12 @@ import type { FleetConfig } from '../config/resolve.js';
 /** Host names in a Redis URL (`redis://`, `rediss://`, `redis-cluster://a:1,b:2`). */
 function redisHosts(url: string): string[] {
   const hostPart = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/\/.*$/, '');
-  return hostPart.split(',').map((h) => h.replace(/^\[/, '').replace(/\](:\d+)?$/, '').replace(/:\d+$/, ''));
+  return hostPart.split(',').map((h) =>
+    h
+      .replace(/^\[/, '')
+      .replace(/\](:\d+)?$/, '')
+      .replace(/:\d+$/, ''),
+  );
 }
 
 /**

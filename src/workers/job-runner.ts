@@ -60,7 +60,10 @@ export class JobRunner {
     try {
       // Jobs can be written to Redis by anyone holding its credentials; check again here.
       const parsed = t.payload.safeParse(job.data);
-      if (!parsed.success) throw new ValidationError(`payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`);
+      if (!parsed.success)
+        throw new ValidationError(
+          `payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`,
+        );
       // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
       const [acquired, handed] = await Promise.allSettled([pool.acquire(), secrets.fetchForSandbox(injections)]);
       if (acquired.status === 'fulfilled') sandbox = acquired.value;
@@ -70,12 +73,24 @@ export class JobRunner {
       }
       const { deliver, placeholders } = handed.value;
       const result = await sandbox!.run(
-        { type: 'run', jobId, jobType: t.name, attempt, data: parsed.data, secretNames: [...t.secrets], secrets: deliver, ...(placeholders.length ? { placeholders } : {}) },
+        {
+          type: 'run',
+          jobId,
+          jobType: t.name,
+          attempt,
+          data: parsed.data,
+          secretNames: [...t.secrets],
+          secrets: deliver,
+          ...(placeholders.length ? { placeholders } : {}),
+        },
         {
           timeoutMs: t.timeoutMs,
           abortGraceMs: t.abortGraceMs,
           signal: controller.signal,
-          onProgress: (value) => void job.updateProgress(value as object).catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
+          onProgress: (value) =>
+            void job
+              .updateProgress(value as object)
+              .catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
           onLog: (level, msg, fields, source) => {
             log[level](msg, { ...fields, source });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
@@ -84,21 +99,43 @@ export class JobRunner {
         },
       );
       clean = true;
-      this.#d.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'completed', durationMs: Date.now() - started, willRetry: false, cpuMs: result.cpuMs, peakHeapBytes: result.peakHeapBytes });
+      this.#d.events.emit('job:finished', {
+        jobId,
+        jobType: t.name,
+        outcome: 'completed',
+        durationMs: Date.now() - started,
+        willRetry: false,
+        cpuMs: result.cpuMs,
+        peakHeapBytes: result.peakHeapBytes,
+      });
       return JSON.parse(result.resultJson) as unknown;
     } catch (caught) {
-      const err = caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });
+      const err =
+        caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });
       if (err.code === 'SHUTDOWN' && token) {
         // Not a failure: the job goes back to wait for another supervisor, attempts untouched.
         await job.moveToWait(token);
-        this.#d.events.emit('job:finished', { jobId, jobType: t.name, outcome: 'requeued', durationMs: Date.now() - started, willRetry: true });
+        this.#d.events.emit('job:finished', {
+          jobId,
+          jobType: t.name,
+          outcome: 'requeued',
+          durationMs: Date.now() - started,
+          willRetry: true,
+        });
         log.info('job returned to the queue on shutdown');
         throw new WaitingError();
       }
       const retryable = err.retryable && !(err.code === 'TIMEOUT' && !t.retryOnTimeout);
       const willRetry = retryable && attempt < (job.opts.attempts ?? 1);
       const outcome = OUTCOME_BY_CODE[err.code] ?? 'failed';
-      this.#d.events.emit('job:finished', { jobId, jobType: t.name, outcome, durationMs: Date.now() - started, errorCode: err.code, willRetry });
+      this.#d.events.emit('job:finished', {
+        jobId,
+        jobType: t.name,
+        outcome,
+        durationMs: Date.now() - started,
+        errorCode: err.code,
+        willRetry,
+      });
       log.warn('job failed', { errorCode: err.code, error: err.message, attempt, willRetry });
       const reason = formatFailedReason(err);
       const out = retryable ? new Error(reason) : new UnrecoverableError(reason);

@@ -22,7 +22,8 @@ export interface InitMessage {
   type: 'init';
   init: SandboxInit;
 }
-export type ToSandbox = RunMessage | SecretReply | InitMessage | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
+export type ToSandbox =
+  RunMessage | SecretReply | InitMessage | { type: 'abort'; reason: 'timeout' | 'cancelled' | 'shutdown' };
 
 export type LogLevel = 'debug' | 'info' | 'warn' | 'error';
 

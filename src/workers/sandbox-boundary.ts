@@ -45,10 +45,21 @@ let probed: Promise<OsLayer> | null = null;
 export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = 'bwrap'): Promise<OsLayer> {
   if (setting === 'off') return Promise.resolve({ available: false, reason: 'supervisor.osLayer is "off"', bwrapPath });
   if (process.platform !== 'linux') {
-    return Promise.resolve({ available: false, reason: `namespaces are Linux-only (this is ${process.platform}); sandboxes run under the permission model alone. Fix: run workers on Linux (the Docker image does).`, bwrapPath });
+    return Promise.resolve({
+      available: false,
+      reason: `namespaces are Linux-only (this is ${process.platform}); sandboxes run under the permission model alone. Fix: run workers on Linux (the Docker image does).`,
+      bwrapPath,
+    });
   }
   probed ??= new Promise<OsLayer>((resolve) => {
-    const args = [...systemMounts(), '--unshare-all', '--die-with-parent', '--new-session', ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []), 'true'];
+    const args = [
+      ...systemMounts(),
+      '--unshare-all',
+      '--die-with-parent',
+      '--new-session',
+      ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
+      'true',
+    ];
     execFile(bwrapPath, args, { timeout: 5000, env: {} }, (err, _stdout, stderr) => {
       if (!err) return resolve({ available: true, reason: '', bwrapPath });
       const e = err as NodeJS.ErrnoException;
@@ -117,7 +128,10 @@ export function assertNoEscapingLinks(root: string, allowed: readonly string[], 
   const walk = (dir: string): void => {
     for (const name of readdirSync(dir)) {
       if (name === 'node_modules') continue; // packages: listed separately, read-only, no secrets
-      if (++seen > maxEntries) throw new ProcessorLoadError(`processor directory ${root} holds more than ${maxEntries} entries. Fix: point the processor at a directory of its own (a package), not a project root.`);
+      if (++seen > maxEntries)
+        throw new ProcessorLoadError(
+          `processor directory ${root} holds more than ${maxEntries} entries. Fix: point the processor at a directory of its own (a package), not a project root.`,
+        );
       const p = path.join(dir, name);
       const st = lstatSync(p);
       if (st.isSymbolicLink()) {
@@ -127,7 +141,10 @@ export function assertNoEscapingLinks(root: string, allowed: readonly string[], 
         } catch {
           continue; // dangling: reads nothing
         }
-        if (!inside(target)) throw new ProcessorLoadError(`processor directory ${root} holds a symlink that leaves it: ${p} -> ${target}. Fix: copy what it needs into the directory, or list the target in readPaths.`);
+        if (!inside(target))
+          throw new ProcessorLoadError(
+            `processor directory ${root} holds a symlink that leaves it: ${p} -> ${target}. Fix: copy what it needs into the directory, or list the target in readPaths.`,
+          );
       } else if (st.isDirectory()) walk(p);
     }
   };
@@ -162,7 +179,12 @@ export function readableRoots(spec: Pick<ProcessSandboxSpec, 'entry' | 'processo
   const processorDir = realpathSync(path.dirname(spec.processorPath));
   // The sandbox runtime: the compiled dist/ tree the entry lives in (no config, no data).
   const runtimeDir = realpathSync(path.dirname(path.dirname(spec.entry)));
-  const roots = [processorDir, runtimeDir, ...spec.readPaths.map((p) => realpathSync(p)), ...nodeModulesDirs(processorDir)];
+  const roots = [
+    processorDir,
+    runtimeDir,
+    ...spec.readPaths.map((p) => realpathSync(p)),
+    ...nodeModulesDirs(processorDir),
+  ];
   return [...new Set(roots)];
 }
 
@@ -184,14 +206,23 @@ function checkedRoots(spec: ProcessSandboxSpec): string[] {
   const roots = readableRoots(spec);
   for (const f of spec.forbiddenPaths) {
     const root = roots.find((r) => f === r || f.startsWith(r + path.sep));
-    if (root) throw new ProcessorLoadError(`the sandbox of ${spec.processorPath} would be able to read ${f} (through ${root}). Fix: keep processors in a directory of their own, away from dataDir.`);
+    if (root)
+      throw new ProcessorLoadError(
+        `the sandbox of ${spec.processorPath} would be able to read ${f} (through ${root}). Fix: keep processors in a directory of their own, away from dataDir.`,
+      );
   }
   assertNoEscapingLinks(realpathSync(path.dirname(spec.processorPath)), roots);
   checkedTrees.set(key, { roots, at: Date.now() });
   return roots;
 }
 
-export function processSandboxCommand(spec: ProcessSandboxSpec): { command: string; args: string[]; env: Record<string, string>; layers: SandboxLayer[]; lazyProxy: boolean } {
+export function processSandboxCommand(spec: ProcessSandboxSpec): {
+  command: string;
+  args: string[];
+  env: Record<string, string>;
+  layers: SandboxLayer[];
+  lazyProxy: boolean;
+} {
   const roots = checkedRoots(spec);
   const os = spec.osLayer.available;
   const tmpInside = os ? SANDBOX_TMP : spec.tmpDir;
@@ -219,7 +250,11 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     '--no-warnings',
     spec.entry,
   ];
-  const env: Record<string, string> = { NODE_ENV: process.env.NODE_ENV ?? 'production', TMPDIR: tmpInside, HOME: tmpInside };
+  const env: Record<string, string> = {
+    NODE_ENV: process.env.NODE_ENV ?? 'production',
+    TMPDIR: tmpInside,
+    HOME: tmpInside,
+  };
   // Injected secrets: the sandbox trusts the fleet egress CA (its certificate only; the key stays
   // in the supervisor's data dir, which no sandbox can read).
   const caInside = spec.caCertFile ? (os ? SANDBOX_CA_CERT : spec.caCertFile) : null;
@@ -230,7 +265,11 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
   const lazyProxy = networked && LAZY_PROXY;
   if (networked && spec.proxyUrl) {
     const proxy = spec.proxyUrl;
-    Object.assign(env, { HTTP_PROXY: proxy, HTTPS_PROXY: proxy, http_proxy: proxy, https_proxy: proxy }, lazyProxy ? {} : { NODE_USE_ENV_PROXY: '1' });
+    Object.assign(
+      env,
+      { HTTP_PROXY: proxy, HTTPS_PROXY: proxy, http_proxy: proxy, https_proxy: proxy },
+      lazyProxy ? {} : { NODE_USE_ENV_PROXY: '1' },
+    );
   }
   const node = realpathSync(process.execPath);
   const layers: SandboxLayer[] = spec.permissionModel === false ? ['process'] : ['process', 'permission-model'];
@@ -245,18 +284,30 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): { command: stri
     '--die-with-parent',
     '--new-session',
     ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
-    '--uid', '65534', '--gid', '65534',
-    '--hostname', 'sandbox',
+    '--uid',
+    '65534',
+    '--gid',
+    '65534',
+    '--hostname',
+    'sandbox',
     ...systemMounts(),
-    '--proc', '/proc',
-    '--dev', '/dev',
+    '--proc',
+    '/proc',
+    '--dev',
+    '/dev',
     // The private /tmp first: bubblewrap mounts in order, and a processor tree that lives under
     // /tmp (a CI checkout) must be bound on top of it, not hidden by it.
-    '--size', String(spec.tmpSizeMb * 1024 * 1024), '--tmpfs', SANDBOX_TMP,
+    '--size',
+    String(spec.tmpSizeMb * 1024 * 1024),
+    '--tmpfs',
+    SANDBOX_TMP,
     ...binds,
-    ...(networked && spec.egressSocket ? ['--dir', '/run/fleet', '--bind', spec.egressSocket, SANDBOX_EGRESS_SOCKET] : []),
+    ...(networked && spec.egressSocket
+      ? ['--dir', '/run/fleet', '--bind', spec.egressSocket, SANDBOX_EGRESS_SOCKET]
+      : []),
     ...(spec.caCertFile ? ['--ro-bind', spec.caCertFile, SANDBOX_CA_CERT] : []),
-    '--chdir', SANDBOX_TMP,
+    '--chdir',
+    SANDBOX_TMP,
     '--',
     node,
     ...nodeArgs,

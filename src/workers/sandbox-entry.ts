@@ -11,7 +11,17 @@ import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { format } from 'node:util';
 import v8 from 'node:v8';
-import { CancelledError, ProcessorLoadError, ResultError, SecretScopeError, ShutdownError, TimeoutError, deserializeError, serializeError, type SerializedError } from '../errors.js';
+import {
+  CancelledError,
+  ProcessorLoadError,
+  ResultError,
+  SecretScopeError,
+  ShutdownError,
+  TimeoutError,
+  deserializeError,
+  serializeError,
+  type SerializedError,
+} from '../errors.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import type { Rotator } from './processor-api.js';
@@ -39,25 +49,53 @@ interface Current {
 let current: Current | null = null;
 let reqSeq = 0;
 
-function emitLog(level: LogLevel, msg: string, fields: Record<string, unknown> | undefined, source: 'processor' | 'console'): void {
+function emitLog(
+  level: LogLevel,
+  msg: string,
+  fields: Record<string, unknown> | undefined,
+  source: 'processor' | 'console',
+): void {
   const c = current;
   if (c) {
     c.logLines += 1;
     if (c.logLines > init.maxLogLines) {
-      if (c.logLines === init.maxLogLines + 1) post({ type: 'log', level: 'warn', msg: `log output above ${init.maxLogLines} lines; the rest of this job's output is dropped`, source: 'processor' });
+      if (c.logLines === init.maxLogLines + 1)
+        post({
+          type: 'log',
+          level: 'warn',
+          msg: `log output above ${init.maxLogLines} lines; the rest of this job's output is dropped`,
+          source: 'processor',
+        });
       return;
     }
   }
   const m = c?.mask;
-  post({ type: 'log', level, msg: m ? m.text(msg) : msg, ...(fields ? { fields: m ? m.value(fields) : fields } : {}), source });
+  post({
+    type: 'log',
+    level,
+    msg: m ? m.text(msg) : msg,
+    ...(fields ? { fields: m ? m.value(fields) : fields } : {}),
+    source,
+  });
 }
 
 // Console and stdout/stderr go through the same masked, capped path as ctx.log.
-const consoleLevels: Record<string, LogLevel> = { log: 'info', info: 'info', debug: 'debug', warn: 'warn', error: 'error', trace: 'debug' };
+const consoleLevels: Record<string, LogLevel> = {
+  log: 'info',
+  info: 'info',
+  debug: 'debug',
+  warn: 'warn',
+  error: 'error',
+  trace: 'debug',
+};
 for (const [method, level] of Object.entries(consoleLevels)) {
-  (console as unknown as Record<string, (...a: unknown[]) => void>)[method] = (...args: unknown[]) => emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console');
+  (console as unknown as Record<string, (...a: unknown[]) => void>)[method] = (...args: unknown[]) =>
+    emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console');
 }
-for (const [stream, level] of [[process.stdout, 'info'], [process.stderr, 'warn']] as const) {
+for (const [stream, level] of [
+  [process.stdout, 'info'],
+  [process.stderr, 'warn'],
+] as const) {
   stream.write = ((chunk: unknown) => {
     emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
     return true;
@@ -75,11 +113,16 @@ async function load(): Promise<Processor | Rotator> {
   const mod = (await import(pathToFileURL(init.processorPath).href)) as { default?: unknown } & Partial<Rotator>;
   if (init.kind === 'rotator') {
     const r = (mod.default ?? mod) as Partial<Rotator>;
-    if (typeof r.create !== 'function') throw new ProcessorLoadError(`rotator module ${init.processorPath} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`);
+    if (typeof r.create !== 'function')
+      throw new ProcessorLoadError(
+        `rotator module ${init.processorPath} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`,
+      );
     return r as Rotator;
   }
   if (typeof mod.default !== 'function') {
-    throw new ProcessorLoadError(`processor ${init.processorPath} has no default export function. Fix: export default async function (job, ctx) { … }`);
+    throw new ProcessorLoadError(
+      `processor ${init.processorPath} has no default export function. Fix: export default async function (job, ctx) { … }`,
+    );
   }
   return mod.default as Processor;
 }
@@ -92,7 +135,11 @@ interface RotatorStepData {
 }
 
 /** Runs one rotator step: `current` and `value` arrive as the job's secrets; `create` returns new bytes. */
-async function rotatorStep(rotator: Rotator, msg: RunMessage, bytes: (name: string) => Uint8Array | undefined): Promise<{ value?: Uint8Array }> {
+async function rotatorStep(
+  rotator: Rotator,
+  msg: RunMessage,
+  bytes: (name: string) => Uint8Array | undefined,
+): Promise<{ value?: Uint8Array }> {
   const d = msg.data as RotatorStepData;
   const view = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   const ctx = {
@@ -161,7 +208,13 @@ function onSecretReply(msg: SecretReply): void {
 }
 
 async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> {
-  const c: Current = { controller: new AbortController(), mask: new SecretMask(), handed: [], pending: new Map(), logLines: 0 };
+  const c: Current = {
+    controller: new AbortController(),
+    mask: new SecretMask(),
+    handed: [],
+    pending: new Map(),
+    logLines: 0,
+  };
   current = c;
   const delivered = new Map<string, Uint8Array>();
   for (const s of msg.secrets) {
@@ -174,7 +227,12 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
   const bytesOf = (name: string): Promise<Uint8Array> => {
     const v = delivered.get(name);
     if (v) return Promise.resolve(v);
-    if (placeholders.has(name)) return Promise.reject(new SecretScopeError(`secret "${name}" is injected at egress: this sandbox never holds its value. Fix: send ctx.secrets.placeholder("${name}") where the value goes (its binding's host and header); the egress proxy puts the value in.`));
+    if (placeholders.has(name))
+      return Promise.reject(
+        new SecretScopeError(
+          `secret "${name}" is injected at egress: this sandbox never holds its value. Fix: send ctx.secrets.placeholder("${name}") where the value goes (its binding's host and header); the egress proxy puts the value in.`,
+        ),
+      );
     return requestSecret(c, name);
   };
   const eluStart = performance.eventLoopUtilization();
@@ -199,8 +257,13 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
       placeholder: (name) => {
         const p = placeholders.get(name);
         if (p) return p;
-        if (delivered.has(name)) throw new SecretScopeError(`secret "${name}" is delivered to this job, not injected: use ctx.secrets.get("${name}"), or give it a binding (secrets.items.${name}.binding) to have it injected.`);
-        throw new SecretScopeError(`secret "${name}" is not injected for job type ${msg.jobType}. Fix: declare it in the type's secrets with a binding (secrets.items.${name}.binding).`);
+        if (delivered.has(name))
+          throw new SecretScopeError(
+            `secret "${name}" is delivered to this job, not injected: use ctx.secrets.get("${name}"), or give it a binding (secrets.items.${name}.binding) to have it injected.`,
+          );
+        throw new SecretScopeError(
+          `secret "${name}" is not injected for job type ${msg.jobType}. Fix: declare it in the type's secrets with a binding (secrets.items.${name}.binding).`,
+        );
       },
     },
   };
@@ -208,13 +271,24 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
   let produced: Uint8Array | undefined;
   try {
     let result: unknown;
-    if (typeof module === 'function') result = await module({ id: msg.jobId, type: msg.jobType, attempt: msg.attempt, data: msg.data }, ctx);
+    if (typeof module === 'function')
+      result = await module({ id: msg.jobId, type: msg.jobType, attempt: msg.attempt, data: msg.data }, ctx);
     else produced = (await rotatorStep(module, msg, (n) => delivered.get(n))).value;
     const resultJson = c.mask.text(JSON.stringify(result ?? null, rejectUnserializable));
     const bytes = Buffer.byteLength(resultJson);
     outcome =
       bytes > init.maxResultBytes
-        ? { ok: false, error: { ...serializeError(new ResultError(`result is ${bytes} bytes, above maxResultBytes=${init.maxResultBytes}. Fix: store large output elsewhere and return a reference.`)), code: 'RESULT_TOO_LARGE' } }
+        ? {
+            ok: false,
+            error: {
+              ...serializeError(
+                new ResultError(
+                  `result is ${bytes} bytes, above maxResultBytes=${init.maxResultBytes}. Fix: store large output elsewhere and return a reference.`,
+                ),
+              ),
+              code: 'RESULT_TOO_LARGE',
+            },
+          }
         : { ok: true, resultJson };
   } catch (err) {
     const reason = c.controller.signal.aborted ? String(c.controller.signal.reason) : null;
@@ -224,14 +298,22 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
         ? new ResultError(`result cannot be serialized: ${err.message}. Fix: return plain JSON data.`)
         : err;
     const s = serializeError(error);
-    outcome = { ok: false, error: { ...s, message: c.mask.text(s.message), ...(s.stack ? { stack: c.mask.text(s.stack) } : {}) } };
+    outcome = {
+      ok: false,
+      error: { ...s, message: c.mask.text(s.message), ...(s.stack ? { stack: c.mask.text(s.stack) } : {}) },
+    };
   }
   // Discard: every value handed to this job is zero-filled before the job is reported done.
   for (const b of c.handed) b.fill(0);
   for (const w of c.pending.values()) w.reject(new CancelledError('job ended'));
   current = null;
   // A rotator's created value leaves as bytes (moved, for threads), never through the masked text paths.
-  const done = { type: 'done', ...outcome, ...stats(eluStart, c.handed.length), ...(produced && outcome.ok ? { value: produced } : {}) } as FromSandbox;
+  const done = {
+    type: 'done',
+    ...outcome,
+    ...stats(eluStart, c.handed.length),
+    ...(produced && outcome.ok ? { value: produced } : {}),
+  } as FromSandbox;
   post(done, produced && port ? [produced.buffer as ArrayBuffer] : []);
   if (produced && !port) produced.fill(0);
 }
@@ -328,7 +410,14 @@ async function main(): Promise<void> {
   try {
     module = await load();
   } catch (err) {
-    post({ type: 'load-failed', error: serializeError(err instanceof ProcessorLoadError ? err : new ProcessorLoadError(`could not load processor ${init.processorPath}: ${(err as Error).message}`)) });
+    post({
+      type: 'load-failed',
+      error: serializeError(
+        err instanceof ProcessorLoadError
+          ? err
+          : new ProcessorLoadError(`could not load processor ${init.processorPath}: ${(err as Error).message}`),
+      ),
+    });
     return;
   }
   onMessage((msg: ToSandbox) => {

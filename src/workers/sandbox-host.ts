@@ -11,11 +11,25 @@ import { mkdtempSync, rmSync, chmodSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
-import { FleetError, MemoryLimitError, ProcessorError, ProcessorLoadError, SandboxCrashError, deserializeError } from '../errors.js';
+import {
+  FleetError,
+  MemoryLimitError,
+  ProcessorError,
+  ProcessorLoadError,
+  SandboxCrashError,
+  deserializeError,
+} from '../errors.js';
 import { compiledPath } from '../runtime-path.js';
 import { EgressProxy, type EgressRefusal, type InjectOptions } from './egress-proxy.js';
 import type { FromSandbox, SandboxInit, ToSandbox } from './protocol.js';
-import { processSandboxCommand, SANDBOX_EGRESS_SOCKET, SANDBOX_PROXY_PORT, type Egress, type OsLayer, type SandboxLayer } from './sandbox-boundary.js';
+import {
+  processSandboxCommand,
+  SANDBOX_EGRESS_SOCKET,
+  SANDBOX_PROXY_PORT,
+  type Egress,
+  type OsLayer,
+  type SandboxLayer,
+} from './sandbox-boundary.js';
 
 export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.js');
 
@@ -54,7 +68,10 @@ const LOAD_TIMEOUT_MS = 30_000;
 function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
   return new Promise((resolve, reject) => {
     let done = false;
-    const timer = setTimeout(() => finish(new ProcessorLoadError(`${what} did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
+    const timer = setTimeout(
+      () => finish(new ProcessorLoadError(`${what} did not load within ${LOAD_TIMEOUT_MS} ms`)),
+      LOAD_TIMEOUT_MS,
+    );
     const finish = (err: Error | null): void => {
       if (done) return;
       done = true;
@@ -94,11 +111,15 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
   worker.on('error', (err: Error & { code?: string }) =>
     die(
       err.code === 'ERR_WORKER_OUT_OF_MEMORY'
-        ? new MemoryLimitError(`job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`)
+        ? new MemoryLimitError(
+            `job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`,
+          )
         : new ProcessorError(`uncaught error in sandbox: ${err.message}`, { cause: err }),
     ),
   );
-  worker.on('exit', (code) => die(new SandboxCrashError(`sandbox exited with code ${code} mid-job (process.exit() or a crash in the processor)`)));
+  worker.on('exit', (code) =>
+    die(new SandboxCrashError(`sandbox exited with code ${code} mid-job (process.exit() or a crash in the processor)`)),
+  );
   const host: SandboxHost = {
     layers: ['thread'],
     post: (msg, transfer = [], sent) => {
@@ -121,7 +142,11 @@ function tail(buf: string, chunk: Buffer): string {
   return (buf + chunk.toString('utf8')).slice(-4000);
 }
 
-export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb: number, options: ProcessHostOptions): Promise<SandboxHost> {
+export async function startProcessHost(
+  init: SandboxInit,
+  maxOldGenerationSizeMb: number,
+  options: ProcessHostOptions,
+): Promise<SandboxHost> {
   // One private directory per sandbox on the host: its temp dir (without the OS layer) and the
   // egress socket. Mode 0700, removed with the sandbox.
   const hostDir = mkdtempSync(path.join(tmpdir(), 'fleet-sandbox-'));
@@ -145,7 +170,15 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
         egress: options.egress,
         fleetAddresses: options.fleetAddresses,
         onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }),
-        ...(options.inject ? { inject: { ...options.inject, currentJob: () => jobId, onRefused: (r) => options.inject!.onRefused({ ...r, jobType: init.jobType }) } } : {}),
+        ...(options.inject
+          ? {
+              inject: {
+                ...options.inject,
+                currentJob: () => jobId,
+                onRefused: (r) => options.inject!.onRefused({ ...r, jobType: init.jobType }),
+              },
+            }
+          : {}),
       });
       if (os) {
         egressSocket = path.join(hostDir, 'egress.sock');
@@ -199,10 +232,18 @@ export async function startProcessHost(init: SandboxInit, maxOldGenerationSizeMb
       if (dead || killed) return;
       dead = true;
       if (/heap limit|out of memory|Allocation failed/i.test(stderr)) {
-        onDeath(new MemoryLimitError(`job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`));
+        onDeath(
+          new MemoryLimitError(
+            `job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`,
+          ),
+        );
       } else {
         const last = stderr.trim().split('\n').slice(-3).join(' | ');
-        onDeath(new SandboxCrashError(`sandbox process exited (${signal ?? `code ${code}`}) mid-job: process.exit() or a crash in the processor${last ? ` (${last})` : ''}`));
+        onDeath(
+          new SandboxCrashError(
+            `sandbox process exited (${signal ?? `code ${code}`}) mid-job: process.exit() or a crash in the processor${last ? ` (${last})` : ''}`,
+          ),
+        );
       }
     });
     const host: SandboxHost = {

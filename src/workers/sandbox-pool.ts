@@ -87,7 +87,13 @@ export class SandboxPool {
                 forbiddenPaths: b.forbiddenPaths,
                 fleetAddresses: b.fleetAddresses,
                 ...(b.inject && [...t.secretModes.values()].includes('inject') ? { inject: b.inject } : {}),
-                onEgressRefused: (r) => this.#events.emit('egress:refused', { jobType: t.name, jobId: r.jobId, destination: r.destination, reason: r.reason }),
+                onEgressRefused: (r) =>
+                  this.#events.emit('egress:refused', {
+                    jobType: t.name,
+                    jobId: r.jobId,
+                    destination: r.destination,
+                    reason: r.reason,
+                  }),
               },
             }
           : {}),
@@ -150,7 +156,14 @@ export class SandboxPool {
   }
 
   stats(): SandboxPoolStats {
-    return { jobType: this.#type.name, isolation: this.#type.isolation, layers: this.#layers, warm: this.#idle.length, busy: this.#busy.size, starting: this.#starting };
+    return {
+      jobType: this.#type.name,
+      isolation: this.#type.isolation,
+      layers: this.#layers,
+      warm: this.#idle.length,
+      busy: this.#busy.size,
+      starting: this.#starting,
+    };
   }
 
   /** Destroys every sandbox, idle and busy. */

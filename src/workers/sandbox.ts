@@ -28,7 +28,12 @@ export interface RunOptions {
   /** Aborting it cancels the job through the same path as a timeout; its reason picks the error. */
   signal?: AbortSignal;
   onProgress?: (value: unknown) => void;
-  onLog?: (level: LogLevel, msg: string, fields: Record<string, unknown> | undefined, source: 'processor' | 'console') => void;
+  onLog?: (
+    level: LogLevel,
+    msg: string,
+    fields: Record<string, unknown> | undefined,
+    source: 'processor' | 'console',
+  ) => void;
   /** Serves `ctx.secrets.get(name)` for names not delivered at job start (undeclared: denied and audited). */
   onSecretRequest?: (name: string) => Promise<SecretValue>;
 }
@@ -51,8 +56,10 @@ function ownBuffer(value: Uint8Array): Uint8Array {
 
 /** The error a job ends with when it is stopped from outside. */
 function stopError(reason: StopReason, timeoutMs: number): FleetError {
-  if (reason === 'timeout') return new TimeoutError(`job exceeded timeoutMs=${timeoutMs} and its sandbox was terminated`);
-  if (reason === 'shutdown') return new ShutdownError('supervisor shut down before the job finished; it is returned to the queue');
+  if (reason === 'timeout')
+    return new TimeoutError(`job exceeded timeoutMs=${timeoutMs} and its sandbox was terminated`);
+  if (reason === 'shutdown')
+    return new ShutdownError('supervisor shut down before the job finished; it is returned to the queue');
   return new CancelledError('job was cancelled and its sandbox was terminated');
 }
 
@@ -105,7 +112,9 @@ export class Sandbox {
       maxLogLines: options.maxLogLines ?? 1000,
       ...(options.kind ? { kind: options.kind } : {}),
     };
-    const host = options.process ? await startProcessHost(init, options.maxOldGenerationSizeMb, options.process) : await startThreadHost(init, options.maxOldGenerationSizeMb);
+    const host = options.process
+      ? await startProcessHost(init, options.maxOldGenerationSizeMb, options.process)
+      : await startThreadHost(init, options.maxOldGenerationSizeMb);
     return new Sandbox(host, options.jobType, performance.now() - started);
   }
 
@@ -128,6 +137,8 @@ export class Sandbox {
     this.jobsRun += 1;
     return new Promise<RunResult>((resolve, reject) => {
       let stopping: StopReason | null = null;
+      // Assigned below, after settle() (which clears it) is defined.
+      // eslint-disable-next-line prefer-const
       let softTimer: NodeJS.Timeout | undefined;
       let killTimer: NodeJS.Timeout | undefined;
       const settle = (): void => {
@@ -155,7 +166,10 @@ export class Sandbox {
         stop(reason === 'shutdown' ? 'shutdown' : 'cancelled', options.abortGraceMs);
       };
       // The processor is warned abortGraceMs before the deadline; the kill lands at timeoutMs.
-      softTimer = setTimeout(() => stop('timeout', options.abortGraceMs), Math.max(0, options.timeoutMs - options.abortGraceMs));
+      softTimer = setTimeout(
+        () => stop('timeout', options.abortGraceMs),
+        Math.max(0, options.timeoutMs - options.abortGraceMs),
+      );
       const hardTimer = setTimeout(() => {
         stopping = 'timeout';
         settle();
@@ -181,7 +195,15 @@ export class Sandbox {
           case 'done':
             settle();
             this.lastHeapUsedBytes = msg.heapUsedBytes;
-            if (msg.ok) resolve({ resultJson: msg.resultJson, cpuMs: msg.cpuMs, heapUsedBytes: msg.heapUsedBytes, peakHeapBytes: msg.peakHeapBytes, secretsZeroed: msg.secretsZeroed, ...(msg.value ? { value: msg.value } : {}) });
+            if (msg.ok)
+              resolve({
+                resultJson: msg.resultJson,
+                cpuMs: msg.cpuMs,
+                heapUsedBytes: msg.heapUsedBytes,
+                peakHeapBytes: msg.peakHeapBytes,
+                secretsZeroed: msg.secretsZeroed,
+                ...(msg.value ? { value: msg.value } : {}),
+              });
             else reject(stopping ? stopError(stopping, options.timeoutMs) : deserializeError(msg.error));
             break;
           default:
@@ -195,9 +217,13 @@ export class Sandbox {
       // channel and this side's bytes are zero-filled as soon as they have left.
       const values = message.secrets.map((s) => ownBuffer(s.value));
       const secrets = message.secrets.map((s, i) => ({ ...s, value: values[i]! }));
-      this.#host.post({ ...message, secrets }, values.map((v) => v.buffer as ArrayBuffer), () => {
-        for (const v of values) if (v.byteLength) v.fill(0);
-      });
+      this.#host.post(
+        { ...message, secrets },
+        values.map((v) => v.buffer as ArrayBuffer),
+        () => {
+          for (const v of values) if (v.byteLength) v.fill(0);
+        },
+      );
     });
   }
 
@@ -207,20 +233,21 @@ export class Sandbox {
       fail(new SecretScopeError(`this job type declares no secrets; "${name}" is not available`));
       return;
     }
-    serve(name).then(
-      ({ value, version }) => {
-        // Transfer, not copy: after this the bytes exist only in the sandbox.
-        const own = ownBuffer(value);
-        if (this.#dead) {
-          own.fill(0);
-          return;
-        }
-        this.#host.post({ type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox, [own.buffer as ArrayBuffer], () => {
+    serve(name).then(({ value, version }) => {
+      // Transfer, not copy: after this the bytes exist only in the sandbox.
+      const own = ownBuffer(value);
+      if (this.#dead) {
+        own.fill(0);
+        return;
+      }
+      this.#host.post(
+        { type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox,
+        [own.buffer as ArrayBuffer],
+        () => {
           if (own.byteLength) own.fill(0);
-        });
-      },
-      fail,
-    );
+        },
+      );
+    }, fail);
   }
 
   #post(msg: ToSandbox): void {

@@ -77,7 +77,9 @@ export class SecretMask {
   /** Console arguments: a Buffer or typed array holding a value is replaced before it is formatted. */
   args(args: unknown[]): unknown[] {
     if (this.#values.length === 0) return args;
-    return args.map((a) => (ArrayBuffer.isView(a) && this.#holdsSecret(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)) ? MASK : a));
+    return args.map((a) =>
+      ArrayBuffer.isView(a) && this.#holdsSecret(new Uint8Array(a.buffer, a.byteOffset, a.byteLength)) ? MASK : a,
+    );
   }
 
   /** Masks any JSON-able value (by its JSON text); returns it unchanged when nothing is masked. */

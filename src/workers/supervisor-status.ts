@@ -29,7 +29,11 @@ export type SupervisorStatus = z.infer<typeof supervisorStatusSchema>;
  * The supervisors that reported within three heartbeats (a SIGKILLed one leaves its last record
  * behind), and the ids of records that are not valid heartbeats (written by something else).
  */
-export async function readSupervisorStatuses(redis: RedisClient, prefix: string, heartbeatMs: number): Promise<{ live: SupervisorStatus[]; invalid: string[] }> {
+export async function readSupervisorStatuses(
+  redis: RedisClient,
+  prefix: string,
+  heartbeatMs: number,
+): Promise<{ live: SupervisorStatus[]; invalid: string[] }> {
   const raw = await redis.hgetall(supervisorsKey(prefix));
   const staleAfter = Date.now() - heartbeatMs * 3;
   const live: SupervisorStatus[] = [];
@@ -52,6 +56,8 @@ export async function readSupervisorStatuses(redis: RedisClient, prefix: string,
 export const COUNTED_STATES = ['waiting', 'active', 'delayed', 'prioritized', 'completed', 'failed'] as const;
 
 /** Jobs in one queue per counted state (one Lua call). */
-export function queueDepths(queue: { getJobCounts(...types: string[]): Promise<Record<string, number>> }): Promise<Record<string, number>> {
+export function queueDepths(queue: {
+  getJobCounts(...types: string[]): Promise<Record<string, number>>;
+}): Promise<Record<string, number>> {
   return queue.getJobCounts(...COUNTED_STATES);
 }

@@ -41,9 +41,6 @@ export interface SupervisorOptions {
   sealAudit?: boolean;
 }
 
-
-
-
 /**
  * Takes jobs from Redis and runs each one in a sandbox of its type, with the type's hard timeout,
  * memory limit and concurrency. Stateless: supervisors on many hosts share the work.
@@ -135,14 +132,19 @@ export class Supervisor {
       for (const t of this.#types) await this.#applyGlobalConcurrency(t);
 
       this.#subscriber = duplicateClient(this.#redis);
-      this.#subscriber.on('error', (err) => this.#log.warn('control channel error; reconnecting', { error: err.message }));
+      this.#subscriber.on('error', (err) =>
+        this.#log.warn('control channel error; reconnecting', { error: err.message }),
+      );
       await this.#subscriber.subscribe(controlChannel(this.#config.redis.prefix));
       this.#subscriber.on('message', (_channel, raw: string) => this.#onControl(raw));
 
       for (const t of this.#types) this.#workers.set(t.name, this.#makeWorker(t));
       await Promise.all([...this.#workers.values()].map((w) => w.waitUntilReady()));
 
-      this.#heartbeat = setInterval(() => void this.#beat().catch(() => undefined), this.#config.supervisor.heartbeatMs);
+      this.#heartbeat = setInterval(
+        () => void this.#beat().catch(() => undefined),
+        this.#config.supervisor.heartbeatMs,
+      );
       this.#heartbeat.unref();
       this.#setState('running');
     } catch (err) {
@@ -161,20 +163,57 @@ export class Supervisor {
     const osLayer = await probeOsLayer(sv.osLayer, sv.bwrapPath);
     const processTypes = this.#types.filter((t) => t.sandbox === 'process');
     if (!osLayer.available && processTypes.length) {
-      if (sv.osLayer === 'required') throw new ConfigError(`supervisor.osLayer is "required" but the OS layer is unavailable: ${osLayer.reason}`);
-      this.#log.warn(`process sandboxes run WITHOUT the OS layer (namespaces): ${osLayer.reason}`, { jobTypes: processTypes.map((t) => t.name) });
+      if (sv.osLayer === 'required')
+        throw new ConfigError(`supervisor.osLayer is "required" but the OS layer is unavailable: ${osLayer.reason}`);
+      this.#log.warn(`process sandboxes run WITHOUT the OS layer (namespaces): ${osLayer.reason}`, {
+        jobTypes: processTypes.map((t) => t.name),
+      });
     }
     for (const t of this.#types) {
-      const layers = t.sandbox === 'thread' ? ['thread (bounds time and memory; no security boundary)'] : ['process', 'permission-model', ...(osLayer.available ? ['namespaces'] : []), ...(t.egress !== 'none' ? [osLayer.available ? 'egress-proxy' : 'egress-proxy (advisory without namespaces)'] : [])];
-      this.#log.info(`sandbox layers of ${t.name}: ${layers.join(', ')}`, { jobType: t.name, layers, egress: t.egress });
+      const layers =
+        t.sandbox === 'thread'
+          ? ['thread (bounds time and memory; no security boundary)']
+          : [
+              'process',
+              'permission-model',
+              ...(osLayer.available ? ['namespaces'] : []),
+              ...(t.egress !== 'none'
+                ? [osLayer.available ? 'egress-proxy' : 'egress-proxy (advisory without namespaces)']
+                : []),
+            ];
+      this.#log.info(`sandbox layers of ${t.name}: ${layers.join(', ')}`, {
+        jobType: t.name,
+        layers,
+        egress: t.egress,
+      });
     }
     // The audit trail of every refused connection, with the job that tried it.
     this.events.on('egress:refused', (r) => {
-      this.#log.warn('egress refused', { jobType: r.jobType, jobId: r.jobId, destination: r.destination, reason: r.reason });
-      this.#secrets?.auditEvent({ action: 'egress-refused', outcome: 'denied', secret: '-', jobId: r.jobId ?? '-', jobType: r.jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: `${r.destination}: ${r.reason}` });
+      this.#log.warn('egress refused', {
+        jobType: r.jobType,
+        jobId: r.jobId,
+        destination: r.destination,
+        reason: r.reason,
+      });
+      this.#secrets?.auditEvent({
+        action: 'egress-refused',
+        outcome: 'denied',
+        secret: '-',
+        jobId: r.jobId ?? '-',
+        jobType: r.jobType,
+        workerId: this.id,
+        provider: 'egress',
+        latencyMs: 0,
+        reason: `${r.destination}: ${r.reason}`,
+      });
     });
-    const boundary: ProcessBoundary = { osLayer, forbiddenPaths: [this.#config.dataDir], fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl) };
-    if (this.#types.some((t) => [...t.secretModes.values()].includes('inject'))) boundary.inject = await this.#injection();
+    const boundary: ProcessBoundary = {
+      osLayer,
+      forbiddenPaths: [this.#config.dataDir],
+      fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl),
+    };
+    if (this.#types.some((t) => [...t.secretModes.values()].includes('inject')))
+      boundary.inject = await this.#injection();
     return boundary;
   }
 
@@ -193,7 +232,9 @@ export class Supervisor {
       try {
         upstreamCa = readFileSync(sv.upstreamCaFile, 'utf8');
       } catch (err) {
-        throw new ConfigError(`supervisor.upstreamCaFile: ${sv.upstreamCaFile} cannot be read (${toError(err).message}). Fix: point it at a PEM file of CA certificates.`);
+        throw new ConfigError(
+          `supervisor.upstreamCaFile: ${sv.upstreamCaFile} cannot be read (${toError(err).message}). Fix: point it at a PEM file of CA certificates.`,
+        );
       }
     }
     /** First use of each (job, secret, destination): one audit record, not one per request. */
@@ -209,13 +250,39 @@ export class Supervisor {
         if (seen.has(key)) return;
         seen.add(key);
         if (seen.size > 10_000) seen.clear();
-        this.#secrets?.auditEvent({ action: 'inject', outcome: 'granted', secret: i.secret, jobId: i.jobId, jobType: i.jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: destination });
+        this.#secrets?.auditEvent({
+          action: 'inject',
+          outcome: 'granted',
+          secret: i.secret,
+          jobId: i.jobId,
+          jobType: i.jobType,
+          workerId: this.id,
+          provider: 'egress',
+          latencyMs: 0,
+          reason: destination,
+        });
       },
       onRefused: (r) => {
         const jobType = r.jobType ?? '-';
-        this.#log.warn('secret placeholder refused at egress (possible exfiltration)', { jobType, jobId: r.jobId, secret: r.secret, destination: r.destination, reason: r.reason });
+        this.#log.warn('secret placeholder refused at egress (possible exfiltration)', {
+          jobType,
+          jobId: r.jobId,
+          secret: r.secret,
+          destination: r.destination,
+          reason: r.reason,
+        });
         this.events.emit('secret:inject-refused', { jobType, secret: r.secret ?? '-' });
-        this.#secrets?.auditEvent({ action: 'inject-refused', outcome: 'denied', secret: r.secret ?? '-', jobId: r.jobId ?? '-', jobType, workerId: this.id, provider: 'egress', latencyMs: 0, reason: `${r.destination}: ${r.reason}` });
+        this.#secrets?.auditEvent({
+          action: 'inject-refused',
+          outcome: 'denied',
+          secret: r.secret ?? '-',
+          jobId: r.jobId ?? '-',
+          jobType,
+          workerId: this.id,
+          provider: 'egress',
+          latencyMs: 0,
+          reason: `${r.destination}: ${r.reason}`,
+        });
       },
     };
   }
@@ -225,18 +292,39 @@ export class Supervisor {
     const auditCfg = this.#config.secrets.audit;
     let audit: AuditLog;
     if (this.#sealAudit) {
-      const opened = openAuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, provider: providers.get(auditKeyProvider(this.#config))!, audit: auditCfg, writer: this.id });
+      const opened = openAuditLog({
+        redis,
+        prefix: this.#config.redis.prefix,
+        logger: this.#log,
+        provider: providers.get(auditKeyProvider(this.#config))!,
+        audit: auditCfg,
+        writer: this.id,
+      });
       audit = opened.log;
       this.#stopAuditKeys = opened.stop;
-      void opened.keys.then((k) => (this.#auditKeys = k), () => undefined);
+      void opened.keys.then(
+        (k) => (this.#auditKeys = k),
+        () => undefined,
+      );
     } else audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, chain: null });
     this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
     this.#auditCheck.unref();
-    this.#secrets = new SecretBroker({ config: this.#config, providers, audit, events: this.events, workerId: this.id, logger: this.#log });
+    this.#secrets = new SecretBroker({
+      config: this.#config,
+      providers,
+      audit,
+      events: this.events,
+      workerId: this.id,
+      logger: this.#log,
+    });
     // An unreachable provider does not stop start-up: its jobs fail retryably until it is back.
     await Promise.all(
       [...providers.values()].map((p) =>
-        p.check().catch((err: unknown) => this.#log.warn(`secret provider "${p.kind}" is not ready; jobs that need it will fail and retry`, { error: toError(err).message })),
+        p.check().catch((err: unknown) =>
+          this.#log.warn(`secret provider "${p.kind}" is not ready; jobs that need it will fail and retry`, {
+            error: toError(err).message,
+          }),
+        ),
       ),
     );
   }
@@ -322,7 +410,9 @@ export class Supervisor {
         (err: unknown) => toError(err).message,
       );
     }
-    checks.audit = this.#auditKeys ? 'ok' : `records wait for the audit MAC key "${this.#config.secrets.audit.macKey}" (see the log)`;
+    checks.audit = this.#auditKeys
+      ? 'ok'
+      : `records wait for the audit MAC key "${this.#config.secrets.audit.macKey}" (see the log)`;
     return checks;
   }
 
@@ -338,18 +428,30 @@ export class Supervisor {
     try {
       await audit.flush();
       const mine = audit.pending === 0 ? audit.head : null;
-      const report = await verifyAuditTrail(redis, this.#config.redis.prefix, keys, { tail: this.#config.secrets.audit.verifyTail });
+      const report = await verifyAuditTrail(redis, this.#config.redis.prefix, keys, {
+        tail: this.#config.secrets.audit.verifyTail,
+      });
       if (mine && mine.seq > 0) {
         const stored = (await readHeads(redis, this.#config.redis.prefix)).get(this.id);
         if (!stored || stored.seq !== mine.seq || stored.mac !== mine.mac) {
-          const brk = { at: 'head', writer: this.id, reason: `this supervisor wrote ${mine.seq} records but its head in Redis says ${stored?.seq ?? 'nothing'}: its records were removed and the head rewritten` };
+          const brk = {
+            at: 'head',
+            writer: this.id,
+            reason: `this supervisor wrote ${mine.seq} records but its head in Redis says ${stored?.seq ?? 'nothing'}: its records were removed and the head rewritten`,
+          };
           report.ok = false;
           report.breaks++;
           report.firstBreak ??= brk;
         }
       }
-      if (!report.ok) this.#log.error('audit trail MAC chain is broken', { firstBreak: report.firstBreak, breaks: report.breaks });
-      this.events.emit('audit:verified', { by: 'tail', ok: report.ok, records: report.records, firstBreak: report.firstBreak });
+      if (!report.ok)
+        this.#log.error('audit trail MAC chain is broken', { firstBreak: report.firstBreak, breaks: report.breaks });
+      this.events.emit('audit:verified', {
+        by: 'tail',
+        ok: report.ok,
+        records: report.records,
+        firstBreak: report.firstBreak,
+      });
       return report;
     } catch (err) {
       this.#log.warn('audit tail check could not run', { error: toError(err).message });
@@ -375,7 +477,8 @@ export class Supervisor {
     if (this.#state === 'stopped') return;
     this.#setState('draining');
     const timer = setTimeout(() => {
-      if (this.#active.size) this.#log.warn('shutdown deadline reached; returning running jobs to the queue', { jobs: this.#active.size });
+      if (this.#active.size)
+        this.#log.warn('shutdown deadline reached; returning running jobs to the queue', { jobs: this.#active.size });
       for (const ctl of this.#active.values()) ctl.abort('shutdown');
     }, deadlineMs);
     try {
@@ -397,11 +500,14 @@ export class Supervisor {
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => undefined)));
     this.#queues.clear();
-    await this.#secrets?.close().catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
+    await this.#secrets
+      ?.close()
+      .catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
     this.#secrets = null;
     this.#auditKeys?.discard();
     this.#auditKeys = null;
-    if (this.#redis?.status === 'ready') await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
+    if (this.#redis?.status === 'ready')
+      await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
     this.#subscriber?.disconnect();
     this.#redis?.disconnect();
     this.#subscriber = null;

@@ -41,15 +41,26 @@ export interface ChaosRedis {
 export async function chaosFleet(redis: ChaosRedis, input: Record<string, unknown>): Promise<ChaosFleet> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-chaos-'));
   const file = path.join(dir, 'fleet.config.json');
-  const raw = { dataDir: dir, redis: { prefix: redis.prefix }, ...input, supervisor: { metricsPort: 0, heartbeatMs: 500, ...(input.supervisor as object) } };
+  const raw = {
+    dataDir: dir,
+    redis: { prefix: redis.prefix },
+    ...input,
+    supervisor: { metricsPort: 0, heartbeatMs: 500, ...(input.supervisor as object) },
+  };
   writeFileSync(file, JSON.stringify(raw));
   const redisUrl = redis.url;
-  const config = resolveConfig({ ...raw, redis: { ...(raw.redis as object), url: redisUrl } }, { baseDir: dir, source: file });
+  const config = resolveConfig(
+    { ...raw, redis: { ...(raw.redis as object), url: redisUrl } },
+    { baseDir: dir, source: file },
+  );
   const producer = new Producer({ config, redis: urlWithCredential(redisUrl, redis.users.roles.api!), name: 'chaos' });
   const roleEnv = Object.fromEntries(REDIS_ROLES.map((r) => [rolePasswordEnv(r), redis.users.roles[r]!.password]));
   const supervisors: SupervisorProcess[] = [];
   const spawnSupervisor = async (): Promise<SupervisorProcess> => {
-    const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], { env: { ...process.env, ...roleEnv, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], {
+      env: { ...process.env, ...roleEnv, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
     let out = '';
     child.stdout!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
     child.stderr!.on('data', (d: Buffer) => (out = (out + d.toString()).slice(-20_000)));
@@ -77,8 +88,15 @@ export async function chaosFleet(redis: ChaosRedis, input: Record<string, unknow
     // Ready when its heartbeat says running.
     const deadline = Date.now() + 20_000;
     for (;;) {
-      const h = await producer.redis.hgetall(supervisorsKey(config.redis.prefix)).catch(() => ({}) as Record<string, string>);
-      if (Object.values(h).some((v) => (JSON.parse(v) as { pid: number; state: string }).pid === child.pid && v.includes('"running"'))) break;
+      const h = await producer.redis
+        .hgetall(supervisorsKey(config.redis.prefix))
+        .catch(() => ({}) as Record<string, string>);
+      if (
+        Object.values(h).some(
+          (v) => (JSON.parse(v) as { pid: number; state: string }).pid === child.pid && v.includes('"running"'),
+        )
+      )
+        break;
       if (!alive || Date.now() > deadline) throw new Error(`supervisor did not start: ${out.slice(-2000)}`);
       await new Promise((r) => setTimeout(r, 50));
     }

@@ -5,7 +5,13 @@
 import { parseArgs } from 'node:util';
 import { fuzz, killWorkers, load, redisRestart, runaways, vaultOutage } from './scenarios.js';
 
-const { values: args } = parseArgs({ options: { json: { type: 'boolean', default: false }, quick: { type: 'boolean', default: false }, only: { type: 'string' } } });
+const { values: args } = parseArgs({
+  options: {
+    json: { type: 'boolean', default: false },
+    quick: { type: 'boolean', default: false },
+    only: { type: 'string' },
+  },
+});
 const quick = args.quick;
 const scenarios: [string, () => Promise<Record<string, unknown>>][] = [
   ['killWorkers', () => killWorkers({ jobs: quick ? 200 : 1000, kills: quick ? 2 : 5 })],
@@ -27,7 +33,8 @@ for (const [name, run] of scenarios) {
     failed++;
     out[name] = { error: (err as Error).message };
   }
-  if (!args.json) process.stderr.write(`${name} (${((Date.now() - t) / 1000).toFixed(1)} s): ${JSON.stringify(out[name])}\n`);
+  if (!args.json)
+    process.stderr.write(`${name} (${((Date.now() - t) / 1000).toFixed(1)} s): ${JSON.stringify(out[name])}\n`);
 }
 if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
 process.exit(failed ? 1 : 0);

@@ -15,10 +15,22 @@ import { ensureEmbeddedUsers, urlWithCredential } from '../../src/redis/acl.js';
 const p = (f: string): string => path.join(CHAOS_PROCESSORS, f);
 
 /** A chaos Redis with the fleet's ACL users (generated once per dir, so a restart keeps them). */
-async function redisFor(persistent: boolean, args: string[] = [], port?: number, dir?: string, prefix = `chaos${Date.now().toString(36)}`): Promise<EmbeddedRedis & ChaosRedis & { dir: string }> {
+async function redisFor(
+  persistent: boolean,
+  args: string[] = [],
+  port?: number,
+  dir?: string,
+  prefix = `chaos${Date.now().toString(36)}`,
+): Promise<EmbeddedRedis & ChaosRedis & { dir: string }> {
   const d = dir ?? mkdtempSync(path.join(tmpdir(), 'fleet-chaos-redis-'));
   const users = ensureEmbeddedUsers(d);
-  const r = await startEmbeddedRedis({ dataDir: d, persistent, args, acl: { prefix, users }, ...(port ? { port } : {}) });
+  const r = await startEmbeddedRedis({
+    dataDir: d,
+    persistent,
+    args,
+    acl: { prefix, users },
+    ...(port ? { port } : {}),
+  });
   return { ...r, dir: d, prefix, users };
 }
 
@@ -27,13 +39,29 @@ export async function killWorkers(opts: { jobs: number; kills: number }): Promis
   const redis = await redisFor(false);
   const fleet = await chaosFleet(redis, {
     supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownDeadlineMs: 1000 },
-    jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 4, attempts: 5, backoff: { type: 'fixed', delayMs: 100 }, timeoutMs: 10_000 }],
+    jobTypes: [
+      {
+        name: 'work',
+        processor: p('work.js'),
+        isolation: 'pool',
+        concurrency: 4,
+        warmSandboxes: 4,
+        attempts: 5,
+        backoff: { type: 'fixed', delayMs: 100 },
+        timeoutMs: 10_000,
+      },
+    ],
   });
   const log = path.join(fleet.dir, 'executions.log');
   try {
     await fleet.spawnSupervisor();
     await fleet.spawnSupervisor();
-    const ids = (await fleet.producer.enqueueBatch('work', Array.from({ length: opts.jobs }, () => ({ data: { ms: 40, log } })))).map((j) => j.id);
+    const ids = (
+      await fleet.producer.enqueueBatch(
+        'work',
+        Array.from({ length: opts.jobs }, () => ({ data: { ms: 40, log } })),
+      )
+    ).map((j) => j.id);
     for (let k = 0; k < opts.kills; k++) {
       await new Promise((r) => setTimeout(r, 700));
       const victim = fleet.supervisors.find((s) => s.alive())!;
@@ -42,15 +70,29 @@ export async function killWorkers(opts: { jobs: number; kills: number }): Promis
       await fleet.spawnSupervisor();
     }
     const q = fleet.producer.queue('work');
-    await until('all jobs to end', async () => {
-      const c = await q.getJobCounts('completed', 'failed');
-      return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
-    }, 120_000);
+    await until(
+      'all jobs to end',
+      async () => {
+        const c = await q.getJobCounts('completed', 'failed');
+        return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
+      },
+      120_000,
+    );
     const c = await q.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
     const executions = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').length : 0;
     let retried = 0;
     for (const id of ids) if (((await q.getJob(id))?.attemptsMade ?? 0) > 1) retried++;
-    return { jobs: opts.jobs, kills: opts.kills, completed: c.completed ?? 0, failed: c.failed ?? 0, lost: opts.jobs - (c.completed ?? 0) - (c.failed ?? 0), leftInQueue: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0), executions, reExecuted: executions - opts.jobs, retried };
+    return {
+      jobs: opts.jobs,
+      kills: opts.kills,
+      completed: c.completed ?? 0,
+      failed: c.failed ?? 0,
+      lost: opts.jobs - (c.completed ?? 0) - (c.failed ?? 0),
+      leftInQueue: (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0),
+      executions,
+      reExecuted: executions - opts.jobs,
+      retried,
+    };
   } finally {
     await fleet.release();
     await redis.release();
@@ -63,13 +105,27 @@ export async function killWorkers(opts: { jobs: number; kills: number }): Promis
  * never a silent drop. With `appendfsync always` every acknowledged job survives; with
  * `everysec` up to about one second of acknowledged writes can be lost on a crash (reported).
  */
-export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds: number }): Promise<Record<string, number | string>> {
+export async function redisRestart(opts: {
+  fsync: 'always' | 'everysec';
+  seconds: number;
+}): Promise<Record<string, number | string>> {
   const port = await freePort();
   let redis = await redisFor(true, ['--appendfsync', opts.fsync], port);
   const dir = redis.dir;
   const fleet = await chaosFleet(redis, {
     supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000 },
-    jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 2, attempts: 5, backoff: { type: 'fixed', delayMs: 200 }, keepCompletedSeconds: 3600 }],
+    jobTypes: [
+      {
+        name: 'work',
+        processor: p('work.js'),
+        isolation: 'pool',
+        concurrency: 8,
+        warmSandboxes: 2,
+        attempts: 5,
+        backoff: { type: 'fixed', delayMs: 200 },
+        keepCompletedSeconds: 3600,
+      },
+    ],
   });
   const acked: string[] = [];
   let errors = 0;
@@ -104,7 +160,10 @@ export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds
     await until(
       'acknowledged jobs to be processed',
       async () => {
-        const finished = new Set([...(await client.zrange(q.toKey('completed'), '0', '-1')), ...(await client.zrange(q.toKey('failed'), '0', '-1'))]);
+        const finished = new Set([
+          ...(await client.zrange(q.toKey('completed'), '0', '-1')),
+          ...(await client.zrange(q.toKey('failed'), '0', '-1')),
+        ]);
         open = new Set([...open].filter((id) => !finished.has(id)));
         const pipe = client.pipeline();
         for (const id of open) pipe.exists(q.toKey(id));
@@ -117,7 +176,14 @@ export async function redisRestart(opts: { fsync: 'always' | 'everysec'; seconds
       60_000 + acked.length,
     );
     const supervisorAlive = fleet.supervisors.every((s) => s.alive()) ? 1 : 0;
-    return { fsync: opts.fsync, acknowledged: acked.length, producerErrors: errors, processed: acked.length - lost, lostAcknowledged: lost, supervisorAlive };
+    return {
+      fsync: opts.fsync,
+      acknowledged: acked.length,
+      producerErrors: errors,
+      processed: acked.length - lost,
+      lostAcknowledged: lost,
+      supervisorAlive,
+    };
   } finally {
     await fleet.release();
     await redis.release();
@@ -131,10 +197,32 @@ export async function runaways(): Promise<Record<string, number | string>> {
   const timeoutMs = 2000;
   const fleet = await chaosFleet(redis, {
     jobTypes: [
-      { name: 'runaway', processor: p('runaway.js'), isolation: 'job', concurrency: 5, warmSandboxes: 5, attempts: 1, timeoutMs, abortGraceMs: 200, maxOldGenerationSizeMb: 128, maxResultBytes: 1_048_576 },
+      {
+        name: 'runaway',
+        processor: p('runaway.js'),
+        isolation: 'job',
+        concurrency: 5,
+        warmSandboxes: 5,
+        attempts: 1,
+        timeoutMs,
+        abortGraceMs: 200,
+        maxOldGenerationSizeMb: 128,
+        maxResultBytes: 1_048_576,
+      },
       // Memory hogs get a long timeout: their outcome must be the memory limit, however slowly a
       // busy machine lets V8 reach it (near the limit it spends seconds in last-resort GCs).
-      { name: 'hog', processor: p('runaway.js'), isolation: 'job', concurrency: 2, warmSandboxes: 2, attempts: 1, timeoutMs: 30_000, abortGraceMs: 200, maxOldGenerationSizeMb: 128, maxResultBytes: 1_048_576 },
+      {
+        name: 'hog',
+        processor: p('runaway.js'),
+        isolation: 'job',
+        concurrency: 2,
+        warmSandboxes: 2,
+        attempts: 1,
+        timeoutMs: 30_000,
+        abortGraceMs: 200,
+        maxOldGenerationSizeMb: 128,
+        maxResultBytes: 1_048_576,
+      },
       { name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 2, warmSandboxes: 2, attempts: 1 },
     ],
   });
@@ -142,7 +230,9 @@ export async function runaways(): Promise<Record<string, number | string>> {
     const sup = await fleet.spawnSupervisor();
     const modes = ['loop', 'alloc', 'timers', 'huge', 'flood'] as const;
     const typeOf = (mode: (typeof modes)[number]): string => (mode === 'alloc' || mode === 'huge' ? 'hog' : 'runaway');
-    const ids = await Promise.all(modes.map(async (mode) => [mode, (await fleet.producer.enqueue(typeOf(mode), { mode })).id] as const));
+    const ids = await Promise.all(
+      modes.map(async (mode) => [mode, (await fleet.producer.enqueue(typeOf(mode), { mode })).id] as const),
+    );
     const latencies: number[] = [];
     const state = async (id: string): Promise<string> => (await fleet.producer.getJob(id)).state;
     const started = Date.now();
@@ -153,7 +243,11 @@ export async function runaways(): Promise<Record<string, number | string>> {
       latencies.push(j.timings.finishedAt! - j.timings.enqueuedAt);
       await new Promise((r) => setTimeout(r, 50));
     }
-    await until('runaways to end', async () => (await Promise.all(ids.map(([, id]) => state(id)))).every((s) => s === 'failed' || s === 'completed'), 40_000);
+    await until(
+      'runaways to end',
+      async () => (await Promise.all(ids.map(([, id]) => state(id)))).every((s) => s === 'failed' || s === 'completed'),
+      40_000,
+    );
     const out: Record<string, number | string> = {};
     for (const [mode, id] of ids) {
       const j = await fleet.producer.getJob(id);
@@ -188,7 +282,16 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
         { name: 'limited', tokenSha256: sha256Hex(limited), jobTypes: ['other'] },
       ],
       jobTypes: [
-        { name: 'greet', processor: p('work.js'), payloadSchema: { type: 'object', properties: { name: { type: 'string', minLength: 1, maxLength: 100 } }, required: ['name'], additionalProperties: false } },
+        {
+          name: 'greet',
+          processor: p('work.js'),
+          payloadSchema: {
+            type: 'object',
+            properties: { name: { type: 'string', minLength: 1, maxLength: 100 } },
+            required: ['name'],
+            additionalProperties: false,
+          },
+        },
         { name: 'other', processor: p('work.js') },
       ],
     },
@@ -204,12 +307,51 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
   };
   const deep = (n: number): string => '['.repeat(n) + ']'.repeat(n);
   const bodies = [
-    '{"name":', '{name: "x"}', '', 'null', '[]', '"just a string"', '{"name": 42}', '{"name": ""}', '{"name": "x", "extra": 1}',
-    `{"name": "${'x'.repeat(200)}"}`, JSON.stringify({ nom\u0065: 1, '\u0000\u202e\ud800': 'x' }), `{"n\\u0061me": ${'1'.repeat(400)}}`, `{"nombre": "${'\\ud83d'.repeat(10)}"}`, Buffer.from([0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xc0, 0x22, 0x7d]), deep(5000), deep(200_000), 'x'.repeat(70_000),
-    '{"__proto__": {"polluted": true}}', '{"constructor": {"prototype": {"polluted": 1}}}', '\uFEFF{"nome":"bom"}',
+    '{"name":',
+    '{name: "x"}',
+    '',
+    'null',
+    '[]',
+    '"just a string"',
+    '{"name": 42}',
+    '{"name": ""}',
+    '{"name": "x", "extra": 1}',
+    `{"name": "${'x'.repeat(200)}"}`,
+    JSON.stringify({ nome: 1, '\u0000\u202e\ud800': 'x' }),
+    `{"n\\u0061me": ${'1'.repeat(400)}}`,
+    `{"nombre": "${'\\ud83d'.repeat(10)}"}`,
+    Buffer.from([0x7b, 0x22, 0x6e, 0x61, 0x6d, 0x65, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0xc0, 0x22, 0x7d]),
+    deep(5000),
+    deep(200_000),
+    'x'.repeat(70_000),
+    '{"__proto__": {"polluted": true}}',
+    '{"constructor": {"prototype": {"polluted": 1}}}',
+    '\uFEFF{"nome":"bom"}',
   ];
-  const paths = ['/v1/jobs/greet', '/v1/jobs/..%2F..%2Fetc%2Fpasswd', '/v1/jobs/%00', '/v1/jobs/GREET', '/v1/jobs/greet%20', '/v1/jobs/' + 'a'.repeat(300), '/v1/jobs/greet/batch', '/v1/jobs/../../etc/passwd', '/v1/jobs/%2e%2e', '/v1/jobs/other'];
-  const auths = [`Bearer ${token}`, `Bearer ${token}`, `Bearer ${token}`, undefined, 'Bearer ', 'Basic abc', `Bearer ${token}x`, `Bearer ${limited}`, `bearer ${token}`, `Bearer ${'x'.repeat(600)}`];
+  const paths = [
+    '/v1/jobs/greet',
+    '/v1/jobs/..%2F..%2Fetc%2Fpasswd',
+    '/v1/jobs/%00',
+    '/v1/jobs/GREET',
+    '/v1/jobs/greet%20',
+    '/v1/jobs/' + 'a'.repeat(300),
+    '/v1/jobs/greet/batch',
+    '/v1/jobs/../../etc/passwd',
+    '/v1/jobs/%2e%2e',
+    '/v1/jobs/other',
+  ];
+  const auths = [
+    `Bearer ${token}`,
+    `Bearer ${token}`,
+    `Bearer ${token}`,
+    undefined,
+    'Bearer ',
+    'Basic abc',
+    `Bearer ${token}x`,
+    `Bearer ${limited}`,
+    `bearer ${token}`,
+    `Bearer ${'x'.repeat(600)}`,
+  ];
   const byStatus: Record<string, number> = {};
   const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
   const send = (i: number): Promise<number> =>
@@ -223,10 +365,13 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
       if (auth !== undefined) headers.authorization = auth;
       if (rand(20) === 0) headers['x-junk'] = 'y'.repeat(20_000);
       if (rand(15) === 0) headers['idempotency-key'] = 'bad key with spaces';
-      const req = http.request({ host: '127.0.0.1', port, path: path_, method: i % 17 === 0 ? 'PUT' : 'POST', headers, agent }, (res) => {
-        res.resume();
-        res.on('end', () => resolve(res.statusCode ?? 0));
-      });
+      const req = http.request(
+        { host: '127.0.0.1', port, path: path_, method: i % 17 === 0 ? 'PUT' : 'POST', headers, agent },
+        (res) => {
+          res.resume();
+          res.on('end', () => resolve(res.statusCode ?? 0));
+        },
+      );
       req.on('error', () => resolve(-1));
       req.end(body);
     });
@@ -241,11 +386,26 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
         }
       }),
     );
-    const alive = await new Promise<number>((resolve) => http.get({ host: '127.0.0.1', port, path: '/healthz' }, (res) => resolve(res.statusCode === 200 ? 1 : 0)).on('error', () => resolve(0)));
-    const enqueued = (await producer.queue('greet').getJobCounts('waiting', 'delayed', 'prioritized')).waiting! + (await producer.queue('other').getJobCounts('waiting')).waiting!;
-    const not4xx = Object.entries(byStatus).filter(([s]) => !/^4\d\d$/.test(s)).reduce((n, [, c]) => n + c, 0);
+    const alive = await new Promise<number>((resolve) =>
+      http
+        .get({ host: '127.0.0.1', port, path: '/healthz' }, (res) => resolve(res.statusCode === 200 ? 1 : 0))
+        .on('error', () => resolve(0)),
+    );
+    const enqueued =
+      (await producer.queue('greet').getJobCounts('waiting', 'delayed', 'prioritized')).waiting! +
+      (await producer.queue('other').getJobCounts('waiting')).waiting!;
+    const not4xx = Object.entries(byStatus)
+      .filter(([s]) => !/^4\d\d$/.test(s))
+      .reduce((n, [, c]) => n + c, 0);
     const prototypePolluted = 'polluted' in ({} as Record<string, unknown>) ? 1 : 0;
-    return { requests: opts.requests, ...Object.fromEntries(Object.entries(byStatus).map(([k, v]) => [`status${k}`, v])), not4xx, enqueued, serverAlive: alive, prototypePolluted };
+    return {
+      requests: opts.requests,
+      ...Object.fromEntries(Object.entries(byStatus).map(([k, v]) => [`status${k}`, v])),
+      not4xx,
+      enqueued,
+      serverAlive: alive,
+      prototypePolluted,
+    };
   } finally {
     agent.destroy();
     server.close();
@@ -261,7 +421,18 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
   const redis = await redisFor(false);
   const fleet = await chaosFleet(redis, {
     jobTypes: [
-      { name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 8, warmSandboxes: 4, attempts: 1, timeoutMs: 300, abortGraceMs: 50, keepCompletedSeconds: 3600, keepFailedSeconds: 3600 },
+      {
+        name: 'work',
+        processor: p('work.js'),
+        isolation: 'pool',
+        concurrency: 8,
+        warmSandboxes: 4,
+        attempts: 1,
+        timeoutMs: 300,
+        abortGraceMs: 50,
+        keepCompletedSeconds: 3600,
+        keepFailedSeconds: 3600,
+      },
       { name: 'fresh', processor: p('work.js'), isolation: 'job', concurrency: 2, warmSandboxes: 2, attempts: 1 },
     ],
   });
@@ -278,15 +449,21 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
         await new Promise((r) => setTimeout(r, 20));
         continue;
       }
-      const batch = Array.from({ length: 50 }, (_, i) => ({ data: i % 20 === 0 ? { ms: 1000 } : i % 10 === 1 ? { ms: 2, fail: true } : { ms: 2 } }));
+      const batch = Array.from({ length: 50 }, (_, i) => ({
+        data: i % 20 === 0 ? { ms: 1000 } : i % 10 === 1 ? { ms: 2, fail: true } : { ms: 2 },
+      }));
       await fleet.producer.enqueueBatch('work', batch);
       if (enqueued % 500 === 0) await fleet.producer.enqueue('fresh', { ms: 2 });
       enqueued += batch.length;
     }
-    await until('queue to drain', async () => {
-      const c = await q.getJobCounts('waiting', 'active', 'delayed');
-      return (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) === 0;
-    }, 60_000);
+    await until(
+      'queue to drain',
+      async () => {
+        const c = await q.getJobCounts('waiting', 'active', 'delayed');
+        return (c.waiting ?? 0) + (c.active ?? 0) + (c.delayed ?? 0) === 0;
+      },
+      60_000,
+    );
     clearInterval(sampler);
     const finished = [...(await q.getJobs(['completed'], 0, -1)), ...(await q.getJobs(['failed'], 0, -1))];
     const lat = finished.map((j) => (j.finishedOn ?? 0) - j.timestamp).filter((x) => x >= 0);
@@ -294,7 +471,9 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
     const counts = await q.getJobCounts('completed', 'failed');
     await new Promise((r) => setTimeout(r, 1500));
-    const status = Object.values(await fleet.producer.redis.hgetall(supervisorsKey(fleet.config.redis.prefix))).map((v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] });
+    const status = Object.values(await fleet.producer.redis.hgetall(supervisorsKey(fleet.config.redis.prefix))).map(
+      (v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] },
+    );
     const mine = status.find((s) => s.pid === sup.child.pid);
     const warm = mine?.types.find((t) => t.jobType === 'fresh')?.warm ?? -1;
     return {
@@ -320,7 +499,9 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
 }
 
 /** A TCP proxy that can cut every connection and refuse new ones for a while: a real outage. */
-async function outageProxy(targetPort: number): Promise<{ port: number; cut(): Promise<void>; restore(): Promise<void>; close(): Promise<void> }> {
+async function outageProxy(
+  targetPort: number,
+): Promise<{ port: number; cut(): Promise<void>; restore(): Promise<void>; close(): Promise<void> }> {
   const net = await import('node:net');
   const port = await freePort();
   const sockets = new Set<import('node:net').Socket>();
@@ -354,21 +535,45 @@ async function outageProxy(targetPort: number): Promise<{ port: number; cut(): P
  * succeed after recovery; every delivery and every failed fetch is in the audit stream.
  */
 export async function vaultOutage(opts: { jobs: number; outageMs: number }): Promise<Record<string, number | string>> {
-  const { startVault } = await import('../servers/test-servers.js');
-  const { VaultProvider } = await import('../../src/secrets/vault-provider.js');
+  const { startVault, setupDevVault } = await import('../servers/test-servers.js');
   const { readAudit } = await import('../../src/secrets/audit.js');
   const vault = await startVault();
   if ('reason' in vault) return { skipped: vault.reason };
   const redis = await redisFor(false);
   const proxy = await outageProxy(Number(new URL(vault.url).port));
   try {
-    const setup = await VaultProvider.setup({ address: vault.url, adminToken: vault.rootToken, mount: 'secret', prefix: 'fleet', tokenRole: 'fleet-job', policyPrefix: 'fleet-job-', approleMount: 'approle', scopes: new Map([['work', ['api-key']]]), systemSecrets: ['audit-mac-key'] });
-    await fetch(`${vault.url}/v1/secret/data/fleet/api-key`, { method: 'POST', headers: { 'X-Vault-Token': vault.rootToken }, body: JSON.stringify({ data: { value: 'chaos-vault-secret-0123456789' } }) });
+    const setup = await setupDevVault(vault, [['work', ['api-key']]]);
+    await fetch(`${vault.url}/v1/secret/data/fleet/api-key`, {
+      method: 'POST',
+      headers: { 'X-Vault-Token': vault.rootToken },
+      body: JSON.stringify({ data: { value: 'chaos-vault-secret-0123456789' } }),
+    });
     process.env.FLEET_CHAOS_ROLE_ID = setup.roleId;
     process.env.FLEET_CHAOS_SECRET_ID = setup.secretId;
     const fleet = await chaosFleet(redis, {
-      secrets: { provider: 'vault', vault: { address: `http://127.0.0.1:${proxy.port}`, auth: 'approle', roleIdEnv: 'FLEET_CHAOS_ROLE_ID', secretIdEnv: 'FLEET_CHAOS_SECRET_ID', requestTimeoutMs: 1000 } },
-      jobTypes: [{ name: 'work', processor: p('work.js'), isolation: 'pool', concurrency: 4, warmSandboxes: 2, attempts: 20, backoff: { type: 'fixed', delayMs: 300 }, secrets: ['api-key'], keepCompletedSeconds: 3600 }],
+      secrets: {
+        provider: 'vault',
+        vault: {
+          address: `http://127.0.0.1:${proxy.port}`,
+          auth: 'approle',
+          roleIdEnv: 'FLEET_CHAOS_ROLE_ID',
+          secretIdEnv: 'FLEET_CHAOS_SECRET_ID',
+          requestTimeoutMs: 1000,
+        },
+      },
+      jobTypes: [
+        {
+          name: 'work',
+          processor: p('work.js'),
+          isolation: 'pool',
+          concurrency: 4,
+          warmSandboxes: 2,
+          attempts: 20,
+          backoff: { type: 'fixed', delayMs: 300 },
+          secrets: ['api-key'],
+          keepCompletedSeconds: 3600,
+        },
+      ],
     });
     try {
       await fleet.spawnSupervisor();
@@ -386,10 +591,14 @@ export async function vaultOutage(opts: { jobs: number; outageMs: number }): Pro
       await proxy.restore();
       await enqueueing;
       const q = fleet.producer.queue('work');
-      await until('jobs to end after recovery', async () => {
-        const c = await q.getJobCounts('completed', 'failed');
-        return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
-      }, 60_000);
+      await until(
+        'jobs to end after recovery',
+        async () => {
+          const c = await q.getJobCounts('completed', 'failed');
+          return (c.completed ?? 0) + (c.failed ?? 0) >= opts.jobs;
+        },
+        60_000,
+      );
       const c = await q.getJobCounts('completed', 'failed');
       let retried = 0;
       let attempts = 0;
@@ -403,7 +612,17 @@ export async function vaultOutage(opts: { jobs: number; outageMs: number }): Pro
       const granted = audit.filter((a) => a.outcome === 'granted' && a.action === 'access').length;
       const errors = audit.filter((a) => a.outcome === 'error').length;
       await fleet.release();
-      return { jobs: opts.jobs, outageMs: opts.outageMs, completed: c.completed ?? 0, failed: c.failed ?? 0, retriedJobs: retried, failedAttempts: attempts - (c.completed ?? 0) - (c.failed ?? 0), auditGranted: granted, auditErrors: errors, server: vault.via };
+      return {
+        jobs: opts.jobs,
+        outageMs: opts.outageMs,
+        completed: c.completed ?? 0,
+        failed: c.failed ?? 0,
+        retriedJobs: retried,
+        failedAttempts: attempts - (c.completed ?? 0) - (c.failed ?? 0),
+        auditGranted: granted,
+        auditErrors: errors,
+        server: vault.via,
+      };
     } catch (err) {
       await fleet.release();
       throw err;

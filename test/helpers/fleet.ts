@@ -22,14 +22,29 @@ export function writeJsonConfig(content: Record<string, unknown>, name = 'fleet'
 
 /** A job type running a fixture processor, with test-friendly defaults. */
 export function fixtureType(name: string, fixture: string, extra: Partial<JobTypeInput> = {}): JobTypeInput {
-  return { name, processor: `./${fixture}`, timeoutMs: 5000, abortGraceMs: 200, attempts: 1, warmSandboxes: 1, concurrency: 2, ...extra };
+  return {
+    name,
+    processor: `./${fixture}`,
+    timeoutMs: 5000,
+    abortGraceMs: 200,
+    attempts: 1,
+    warmSandboxes: 1,
+    concurrency: 2,
+    ...extra,
+  };
 }
 
 /** A resolved config over fixture processors, with its own Redis prefix. */
 export function testConfig(url: string, jobTypes: JobTypeInput[], extra: Record<string, unknown> = {}): FleetConfig {
   return resolveConfig(
     // A data dir of its own: never inside the fixtures, which every fixture's sandbox may read.
-    { redis: { url, prefix: uniquePrefix() }, dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-data-')), supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000 }, jobTypes, ...extra },
+    {
+      redis: { url, prefix: uniquePrefix() },
+      dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-data-')),
+      supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000 },
+      jobTypes,
+      ...extra,
+    },
     { baseDir: FIXTURES },
   );
 }
@@ -51,7 +66,11 @@ export function makeProducer(config: FleetConfig): Producer {
 }
 
 /** Polls until the job reaches a finished state (or the time runs out). */
-export async function waitForJob(p: Producer, id: string, timeoutMs = 15_000): Promise<Awaited<ReturnType<Producer['getJob']>>> {
+export async function waitForJob(
+  p: Producer,
+  id: string,
+  timeoutMs = 15_000,
+): Promise<Awaited<ReturnType<Producer['getJob']>>> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const j = await p.getJob(id);

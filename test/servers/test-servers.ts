@@ -53,7 +53,8 @@ async function waitHttp(url: string, child: ChildProcess, timeoutMs: number, log
     } catch {
       /* not up yet */
     }
-    if (Date.now() > deadline) throw new Error(`server at ${url} did not come up in ${timeoutMs} ms: ${log().slice(-2000)}`);
+    if (Date.now() > deadline)
+      throw new Error(`server at ${url} did not come up in ${timeoutMs} ms: ${log().slice(-2000)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -76,6 +77,30 @@ export interface VaultServer extends TestServer {
   kill(): Promise<void>;
 }
 
+/**
+ * `fleet vault setup` against a dev server with the fleet's default names (mount `secret`, prefix
+ * `fleet`, token role `fleet-job`, AppRole mount `approle`), and the audit MAC key created.
+ */
+export async function setupDevVault(
+  vault: { url: string; rootToken: string },
+  scopes: Iterable<[string, string[]]>,
+  rotated: readonly string[] = [],
+): Promise<Awaited<ReturnType<typeof import('../../src/secrets/vault-provider.js').VaultProvider.setup>>> {
+  const { VaultProvider } = await import('../../src/secrets/vault-provider.js');
+  return VaultProvider.setup({
+    address: vault.url,
+    adminToken: vault.rootToken,
+    mount: 'secret',
+    prefix: 'fleet',
+    tokenRole: 'fleet-job',
+    policyPrefix: 'fleet-job-',
+    approleMount: 'approle',
+    scopes: new Map(scopes),
+    rotated,
+    systemSecrets: ['audit-mac-key'],
+  });
+}
+
 /** A Vault-API server in dev mode (in-memory, unsealed, KV v2 at `secret/`). */
 export async function startVault(): Promise<VaultServer | { reason: string }> {
   const rootToken = `root-${randomBytes(8).toString('hex')}`;
@@ -83,10 +108,14 @@ export async function startVault(): Promise<VaultServer | { reason: string }> {
   if (bin) {
     const port = await freePort();
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-vault-'));
-    const child = spawn(bin, ['server', '-dev', `-dev-root-token-id=${rootToken}`, `-dev-listen-address=127.0.0.1:${port}`], {
-      env: { ...process.env, HOME: dir, BAO_ADDR: '', VAULT_ADDR: '' },
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const child = spawn(
+      bin,
+      ['server', '-dev', `-dev-root-token-id=${rootToken}`, `-dev-listen-address=127.0.0.1:${port}`],
+      {
+        env: { ...process.env, HOME: dir, BAO_ADDR: '', VAULT_ADDR: '' },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     let out = '';
     child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
     child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
@@ -106,9 +135,17 @@ export async function startVault(): Promise<VaultServer | { reason: string }> {
       .withWaitStrategy(Wait.forHttp('/v1/sys/health', 8200))
       .start();
     const url = `http://${c.getHost()}:${c.getMappedPort(8200)}`;
-    return { url, rootToken, via: 'testcontainers hashicorp/vault:1.17', kill: async () => void (await c.stop()), release: async () => void (await c.stop()) };
+    return {
+      url,
+      rootToken,
+      via: 'testcontainers hashicorp/vault:1.17',
+      kill: async () => void (await c.stop()),
+      release: async () => void (await c.stop()),
+    };
   }
-  return { reason: `no Vault-API server: neither bao/vault in ${CACHE_BIN} or on PATH nor a Docker engine. Fix: bash scripts/install-test-servers.sh${existsSync(path.join(path.dirname(CACHE_BIN), 'bao.failed')) ? ` (last build failed: ${readFileSync(path.join(path.dirname(CACHE_BIN), 'bao.failed'), 'utf8').trim()})` : ''}` };
+  return {
+    reason: `no Vault-API server: neither bao/vault in ${CACHE_BIN} or on PATH nor a Docker engine. Fix: bash scripts/install-test-servers.sh${existsSync(path.join(path.dirname(CACHE_BIN), 'bao.failed')) ? ` (last build failed: ${readFileSync(path.join(path.dirname(CACHE_BIN), 'bao.failed'), 'utf8').trim()})` : ''}`,
+  };
 }
 
 /** A KMS-API server (moto). */
@@ -126,10 +163,19 @@ export async function startKms(): Promise<TestServer | { reason: string }> {
   }
   if (await dockerAvailable()) {
     const { GenericContainer, Wait } = await import('testcontainers');
-    const c = await new GenericContainer('nsmithuk/local-kms:3').withExposedPorts(8080).withWaitStrategy(Wait.forListeningPorts()).start();
-    return { url: `http://${c.getHost()}:${c.getMappedPort(8080)}`, via: 'testcontainers nsmithuk/local-kms:3', release: async () => void (await c.stop()) };
+    const c = await new GenericContainer('nsmithuk/local-kms:3')
+      .withExposedPorts(8080)
+      .withWaitStrategy(Wait.forListeningPorts())
+      .start();
+    return {
+      url: `http://${c.getHost()}:${c.getMappedPort(8080)}`,
+      via: 'testcontainers nsmithuk/local-kms:3',
+      release: async () => void (await c.stop()),
+    };
   }
-  return { reason: `no KMS-API server: no moto_server in ${CACHE_BIN} or on PATH and no Docker engine. Fix: bash scripts/install-test-servers.sh` };
+  return {
+    reason: `no KMS-API server: no moto_server in ${CACHE_BIN} or on PATH and no Docker engine. Fix: bash scripts/install-test-servers.sh`,
+  };
 }
 
 /** Fake AWS credentials for local KMS-API servers (they accept any). */
