@@ -51,6 +51,23 @@ describe('logs and messages', () => {
     const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' });
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toBe(0);
+    // Nor does the CLI, or a process of any role before it starts one (the API's express and Bull
+    // Board included: a worker never loads them).
+    for (const entry of [path.join('cli', 'main.js'), 'app.js']) {
+      const other = spawnSync(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          script
+            .replace(path.join('secrets', 'providers.js'), entry)
+            .replace('node-vault|@aws-sdk', 'node-vault|@aws-sdk|express|@bull-board'),
+        ],
+        { encoding: 'utf8' },
+      );
+      expect(other.stderr, entry).toBe('');
+      expect(JSON.parse(other.stdout), entry).toBe(0);
+    }
     // The check can fail: importing the Vault provider itself does load node-vault.
     const control = spawnSync(
       process.execPath,

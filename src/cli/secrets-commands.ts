@@ -6,7 +6,7 @@ import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
-import { VaultProvider } from '../secrets/vault-provider.js';
+import type { VaultProvider } from '../secrets/vault-provider.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
@@ -219,7 +219,9 @@ export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnTyp
       t.name,
       t.secrets.filter((n) => config.secretProviders.get(n) === 'vault'),
     );
-  return VaultProvider.setup({
+  // node-vault loads here, not with every CLI command.
+  const { VaultProvider: Vault } = await import('../secrets/vault-provider.js');
+  return Vault.setup({
     address: v.address ?? process.env.VAULT_ADDR ?? '',
     adminToken: requireEnv(v.tokenEnv, '`fleet vault setup` (an admin token)'),
     mount: v.mount,
