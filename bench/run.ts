@@ -33,7 +33,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead. */
+    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
     only: { type: 'string' },
   },
 });
@@ -698,24 +698,27 @@ async function injectionOverhead(requests: number): Promise<{
   }
 }
 
-/** RSS of a real, idle `fleet start --role worker` process running the demo config. */
-async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxes: number }> {
+/**
+ * RSS of a real, idle `fleet start --role <role>` process (demo config: one pool type, so a worker
+ * holds one warm thread sandbox), 4 s after start: what each role loads.
+ */
+async function idleRoleRss(url: string, role: 'api' | 'worker' | 'scheduler'): Promise<number> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-'));
   const file = path.join(dir, 'fleet.config.json');
   writeFileSync(
     file,
     JSON.stringify({
       redis: { prefix: `bench${++prefixSeq}` },
+      dataDir: dir,
+      api: { port: 0 },
+      supervisor: { metricsPort: 0 },
       jobTypes: [{ name: 'noop', processor: NOOP, isolation: 'pool', concurrency: 4 }],
     }),
   );
   const child = spawn(
     process.execPath,
-    [path.resolve(path.dirname(NOOP), '..', '..', 'bin', 'fleet.js'), 'start', '--role', 'worker', '--config', file],
-    {
-      env: { ...process.env, REDIS_URL: url, LOG_LEVEL: 'warn' },
-      stdio: 'ignore',
-    },
+    [path.resolve(path.dirname(NOOP), '..', '..', 'bin', 'fleet.js'), 'start', '--role', role, '--config', file],
+    { env: { ...process.env, REDIS_URL: url, LOG_LEVEL: 'warn' }, stdio: 'ignore' },
   );
   await new Promise((r) => setTimeout(r, 4000));
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
@@ -724,8 +727,16 @@ async function idleSupervisorRss(url: string): Promise<{ rssMb: number; sandboxe
   await new Promise((r) => child.once('exit', r));
   rmSync(dir, { recursive: true, force: true });
   const rssMb = round(rssKb / 1024, 1);
-  say(`  ${'idle supervisor RSS (1 warm sandbox)'.padEnd(34)} ${String(rssMb).padStart(7)} MB`);
-  return { rssMb, sandboxes: 1 };
+  say(`  ${`idle ${role} RSS`.padEnd(34)} ${String(rssMb).padStart(7)} MB`);
+  return rssMb;
+}
+
+async function idleRolesRss(url: string): Promise<Record<'api' | 'worker' | 'scheduler', number>> {
+  return {
+    api: await idleRoleRss(url, 'api'),
+    worker: await idleRoleRss(url, 'worker'),
+    scheduler: await idleRoleRss(url, 'scheduler'),
+  };
 }
 
 async function main(): Promise<void> {
@@ -738,6 +749,11 @@ async function main(): Promise<void> {
     `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`,
   );
   try {
+    if (args.only === 'roles') {
+      const rss = await idleRolesRss(redis.url);
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, rssPerRole: rss })}\n`);
+      return;
+    }
     if (args.only === 'injection') {
       const inj = await injectionOverhead(1000);
       if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, injection: inj })}\n`);
@@ -801,7 +817,8 @@ async function main(): Promise<void> {
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
     const injection = await injectionOverhead(1000);
-    const idle = await idleSupervisorRss(redis.url);
+    const rssPerRole = await idleRolesRss(redis.url);
+    const idle = { rssMb: rssPerRole.worker, sandboxes: 1 };
     const ratios = {
       processPoolVsBullmqThreads: round(processPool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
       processPoolVsBullmqProcesses: round(processPool.jobsPerSecond / bullmqProcesses.jobsPerSecond),
