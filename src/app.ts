@@ -133,7 +133,13 @@ export async function startFleet(options: {
     let supervisor: Supervisor | null = null;
     let metricsUrl: string | null = null;
     if (role === 'worker' || role === 'all') {
-      const sup = new Supervisor({ config, redisUrl: access.urlFor('worker'), logger, events });
+      // The connection is opened here and handed in (the supervisor does not build its own).
+      const supRedis = connectRedis(access.urlFor('worker'), 'worker');
+      supRedis.on('error', (err) =>
+        logger.warn('redis connection error (worker); reconnecting', { error: err.message }),
+      );
+      cleanups.push(async () => supRedis.disconnect());
+      const sup = new Supervisor({ config, redisUrl: access.urlFor('worker'), redis: supRedis, logger, events });
       supervisor = sup;
       await sup.start();
       cleanups.push(() => sup.stop());
@@ -152,9 +158,15 @@ export async function startFleet(options: {
 
     let rotation: RotationService | null = null;
     if (role === 'scheduler' || role === 'all') {
+      const rotRedis = connectRedis(access.urlFor('scheduler'), 'worker');
+      rotRedis.on('error', (err) =>
+        logger.warn('redis connection error (scheduler); reconnecting', { error: err.message }),
+      );
+      cleanups.push(async () => rotRedis.disconnect());
       const rot = new RotationService({
         config,
         redisUrl: access.urlFor('scheduler'),
+        redis: rotRedis,
         retentionUrl: access.urlFor('retention'),
         events,
         logger,

@@ -90,6 +90,7 @@ export class RotationService {
   #retentionRun: Promise<void> = Promise.resolve();
   #auditKeys: AuditKeyRing | null = null;
   #retentionChain: ChainWriter | null = null;
+  readonly #givenRedis: RedisClient | null;
   #stopAuditKeys: (() => void) | null = null;
   #redis: RedisClient | null = null;
   #queue: Queue | null = null;
@@ -102,6 +103,8 @@ export class RotationService {
   constructor(options: {
     config: FleetConfig;
     redisUrl: string;
+    /** A connection (as the `scheduler` Redis role) the caller owns and closes. @defaultValue one of its own, to redisUrl */
+    redis?: RedisClient;
     /** The audit retention path's connection (the `retention` Redis role, the only one that may trim the audit stream). @defaultValue redisUrl */
     retentionUrl?: string;
     events: FleetEventBus;
@@ -110,6 +113,7 @@ export class RotationService {
     this.#config = options.config;
     this.#redisUrl = options.redisUrl;
     this.#retentionUrl = options.retentionUrl ?? options.redisUrl;
+    this.#givenRedis = options.redis ?? null;
     this.#events = options.events;
     this.#log = (options.logger ?? silentLogger).scope({ component: 'rotation' });
   }
@@ -128,8 +132,9 @@ export class RotationService {
   }
 
   async start(): Promise<void> {
-    this.#redis = connectRedis(this.#redisUrl, 'worker');
-    this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
+    this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker');
+    if (!this.#givenRedis)
+      this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
     await waitForRedis(this.#redis);
     const prefix = rotationQueuePrefix(this.#config.redis.prefix);
     this.#queue = rotationQueue(this.#config, this.#redis);
@@ -609,7 +614,7 @@ export class RotationService {
     await this.#audit?.close();
     this.#auditKeys?.discard();
     for (const p of this.#providers.values()) await p.close();
-    this.#redis?.disconnect();
+    if (!this.#givenRedis) this.#redis?.disconnect();
     this.#redis = null;
   }
 }

@@ -28,6 +28,11 @@ export interface SupervisorOptions {
   config: FleetConfig;
   /** @defaultValue config.redis.url */
   redisUrl?: string;
+  /**
+   * A connection (as the `worker` Redis role) the caller owns and closes, as app.ts passes one:
+   * the supervisor then neither opens nor closes its main connection. @defaultValue one of its own, to redisUrl
+   */
+  redis?: RedisClient;
   logger?: Logger;
   events?: FleetEventBus;
   /** Only these job types; @defaultValue all */
@@ -68,6 +73,7 @@ export class Supervisor {
   #auditCheck: NodeJS.Timeout | null = null;
   #stopAuditKeys: (() => void) | null = null;
   readonly #sealAudit: boolean;
+  readonly #givenRedis: RedisClient | null;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -79,6 +85,7 @@ export class Supervisor {
     this.events = options.events ?? new FleetEventBus();
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#sealAudit = options.sealAudit ?? true;
+    this.#givenRedis = options.redis ?? null;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
     this.#runner = new JobRunner({
       config: this.#config,
@@ -116,8 +123,11 @@ export class Supervisor {
     this.#setState('starting');
     this.#startedAt = Date.now();
     try {
-      this.#redis = connectRedis(this.#redisUrl, 'worker');
-      this.#redis.on('error', (err) => this.#log.warn('redis connection error; reconnecting', { error: err.message }));
+      this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker');
+      if (!this.#givenRedis)
+        this.#redis.on('error', (err) =>
+          this.#log.warn('redis connection error; reconnecting', { error: err.message }),
+        );
       await waitForRedis(this.#redis);
       await this.#startSecrets(this.#redis);
 
@@ -509,7 +519,7 @@ export class Supervisor {
     if (this.#redis?.status === 'ready')
       await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
     this.#subscriber?.disconnect();
-    this.#redis?.disconnect();
+    if (!this.#givenRedis) this.#redis?.disconnect();
     this.#subscriber = null;
     this.#redis = null;
   }
