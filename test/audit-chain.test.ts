@@ -21,7 +21,6 @@ import {
   type AuditRecord,
 } from '../src/secrets/audit.js';
 import { ChainWriter, loadAuditKeys, type AuditKeyRing } from '../src/secrets/audit-chain.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import {
   fixtureType,
   guardAgainstLeaks,
@@ -29,20 +28,12 @@ import {
   startSupervisor,
   testConfig,
   waitForJob,
+  localStore,
 } from './helpers/fleet.js';
 import { uniquePrefix, useTestRedis } from './helpers/redis.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
-
-function localStore(dir: string): LocalProvider {
-  return new LocalProvider({
-    file: path.join(dir, 'secrets.enc.json'),
-    keyFile: path.join(dir, 'master.key'),
-    masterKeyEnv: 'FLEET_AUDIT_TEST_NONE',
-    keepVersions: 5,
-  });
-}
 
 async function keyRing(
   dir = mkdtempSync(path.join(tmpdir(), 'fleet-audit-')),

@@ -19,7 +19,6 @@ import {
 } from '../src/workers/sandbox-boundary.js';
 import type { EgressRefusal } from '../src/workers/egress-proxy.js';
 import { readAudit } from '../src/secrets/audit.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { FleetEventBus } from '../src/events.js';
 import {
@@ -30,6 +29,7 @@ import {
   startSupervisor,
   testConfig,
   waitForJob,
+  localStore,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
@@ -236,12 +236,7 @@ describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor 
   it("cannot find another type's secret value in any memory or environment it can reach while that job runs", async () => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-hostile-'));
     const value = `other-types-secret-${Date.now()}-value`;
-    await new LocalProvider({
-      file: path.join(dataDir, 'secrets.enc.json'),
-      keyFile: path.join(dataDir, 'master.key'),
-      masterKeyEnv: 'FLEET_HOSTILE_NONE',
-      keepVersions: 2,
-    }).write('payments-key', Buffer.from(value));
+    await localStore(dataDir, 2).write('payments-key', Buffer.from(value));
     const config = testConfig(
       redis.url,
       [

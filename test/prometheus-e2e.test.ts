@@ -6,11 +6,10 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startFleet, type FleetProcess } from '../src/app.js';
 import { sha256Hex } from '../src/api/auth.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { allDashboards } from '../grafana/dashboards.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, testConfig } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, localStore, testConfig } from './helpers/fleet.js';
 import { startTestRedis } from './helpers/redis.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
@@ -54,18 +53,8 @@ beforeAll(async () => {
   redis = await startTestRedis();
   if (!PROMETHEUS) return;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
-  await new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_E2E_NONE',
-    keepVersions: 2,
-  }).write('api-key', Buffer.from(SECRET_VALUE));
-  await new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_E2E_NONE',
-    keepVersions: 2,
-  }).write('bound-key', Buffer.from(`${SECRET_VALUE}-bound`));
+  await localStore(dataDir, 2).write('api-key', Buffer.from(SECRET_VALUE));
+  await localStore(dataDir, 2).write('bound-key', Buffer.from(`${SECRET_VALUE}-bound`));
   const config = testConfig(
     redis.url,
     [

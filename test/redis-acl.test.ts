@@ -34,9 +34,15 @@ import {
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readAudit, verifyAuditTrail } from '../src/secrets/audit.js';
 import { loadAuditKeys } from '../src/secrets/audit-chain.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { readSupervisorStatuses } from '../src/workers/supervisor-status.js';
-import { fixtureType, guardAgainstLeaks, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+  localStore,
+} from './helpers/fleet.js';
 
 const PREFIX = 'acl';
 const ADMIN_TOKEN = 'acl-admin-token-0123456789abcdef';
@@ -88,12 +94,7 @@ function aclConfig(extra: Record<string, unknown> = {}): ReturnType<typeof testC
 describe('Redis ACL users per role', () => {
   it('each role does its job end to end: api enqueues, worker runs a job with its secret, scheduler rotates and retention trims, ops reads status, audit and Bull Board', async () => {
     const config = aclConfig();
-    await new LocalProvider({
-      file: path.join(dataDir, 'secrets.enc.json'),
-      keyFile: path.join(dataDir, 'master.key'),
-      masterKeyEnv: 'FLEET_ACL_NONE',
-      keepVersions: 5,
-    }).write('api-key', Buffer.from('acl-secret-value-0123'));
+    await localStore(dataDir).write('api-key', Buffer.from('acl-secret-value-0123'));
     const events = new FleetEventBus();
     await startSupervisor({ config, redisUrl: url('worker'), events });
     const rotation = new RotationService({
@@ -131,16 +132,7 @@ describe('Redis ACL users per role', () => {
       expect(left.map((a) => a.action)).toContain('checkpoint');
 
       // ops: status, audit, job counts and the chain, read only.
-      const keys = await loadAuditKeys(
-        new LocalProvider({
-          file: path.join(dataDir, 'secrets.enc.json'),
-          keyFile: path.join(dataDir, 'master.key'),
-          masterKeyEnv: 'FLEET_ACL_NONE',
-          keepVersions: 5,
-        }),
-        config.secrets.audit.macKey,
-        { create: false },
-      );
+      const keys = await loadAuditKeys(localStore(dataDir), config.secrets.audit.macKey, { create: false });
       const report = await verifyAuditTrail(ops, PREFIX, keys);
       expect(report.firstBreak).toBeNull();
       expect(report.checkpoint).not.toBeNull();
@@ -282,12 +274,7 @@ describe('Redis ACL users per role', () => {
 
 describe('rotating a role password as a rotation policy (rotator redis-acl)', () => {
   it('sets the new password beside the old, tests it, and removes the old one when the previous version retires', async () => {
-    const store = new LocalProvider({
-      file: path.join(dataDir, 'secrets.enc.json'),
-      keyFile: path.join(dataDir, 'master.key'),
-      masterKeyEnv: 'FLEET_ACL_NONE',
-      keepVersions: 5,
-    });
+    const store = localStore(dataDir);
     const original = users.roles.ops!.password;
     await store.write('redis-ops-password', Buffer.from(original));
     const config = aclConfig({

@@ -14,9 +14,8 @@ import { connectRedis, ensureReady } from '../src/redis/connection.js';
 import { verifyAuditTrail } from '../src/secrets/audit.js';
 import { loadAuditKeys } from '../src/secrets/audit-chain.js';
 import { readAudit } from '../src/secrets/audit.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { readRotationState } from '../src/rotation/state.js';
-import { fixtureType, guardAgainstLeaks, testConfig, waitForJob } from './helpers/fleet.js';
+import { fixtureType, guardAgainstLeaks, testConfig, waitForJob, localStore } from './helpers/fleet.js';
 
 const HAS_CLI = spawnSync('redis-cli', ['--version']).status === 0;
 if (!HAS_CLI)
@@ -101,12 +100,7 @@ beforeAll(async () => {
   await startCluster();
   url = `redis-cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-data-'));
-  await new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_CLUSTER_NONE',
-    keepVersions: 5,
-  }).write('api-key', Buffer.from('cluster-secret-value-123'));
+  await localStore(dataDir).write('api-key', Buffer.from('cluster-secret-value-123'));
   const config = testConfig(
     url,
     [
@@ -186,16 +180,7 @@ describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
     const ops = connectRedis(roleUrl('ops'), 'producer');
     try {
       await ensureReady(ops);
-      const keys = await loadAuditKeys(
-        new LocalProvider({
-          file: path.join(producer.config.dataDir, 'secrets.enc.json'),
-          keyFile: path.join(producer.config.dataDir, 'master.key'),
-          masterKeyEnv: 'FLEET_CLUSTER_NONE',
-          keepVersions: 5,
-        }),
-        'audit-mac-key',
-        { create: false },
-      );
+      const keys = await loadAuditKeys(localStore(producer.config.dataDir), 'audit-mac-key', { create: false });
       const report = await verifyAuditTrail(ops, prefix, keys);
       expect(report.firstBreak).toBeNull();
       expect(report.records).toBeGreaterThan(0);

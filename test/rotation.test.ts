@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { LocalProvider } from '../src/secrets/local-provider.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -8,7 +9,6 @@ import type { JobTypeInput } from '../src/config/schema.js';
 import { FleetEventBus, type FleetEvents } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { readAudit } from '../src/secrets/audit.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readRotationState } from '../src/rotation/state.js';
 import {
@@ -19,6 +19,7 @@ import {
   startSupervisor,
   testConfig,
   waitForJob,
+  localStore,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
@@ -37,12 +38,7 @@ async function setup(
 ): Promise<{ config: FleetConfig; local: LocalProvider }> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-rot-'));
   const config = testConfig(redis.url, types, { dataDir, secrets: { items: { 'api-key': { rotation } } } });
-  const local = new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_ROT_NONE',
-    keepVersions: 10,
-  });
+  const local = localStore(dataDir, 10);
   await local.write('api-key', Buffer.from('initial-value-0001'));
   return { config, local };
 }

@@ -13,7 +13,6 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { readAudit } from '../src/secrets/audit.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { EgressCa } from '../src/workers/egress-ca.js';
 import {
   fixtureType,
@@ -22,6 +21,7 @@ import {
   startSupervisor,
   testConfig,
   waitForJob,
+  localStore,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
@@ -103,12 +103,7 @@ async function withFleet<T>(
   isolation: 'job' | 'pool' = 'pool',
 ): Promise<T> {
   const config = injectConfig({ isolation });
-  const store = new LocalProvider({
-    file: path.join(config.dataDir, 'secrets.enc.json'),
-    keyFile: path.join(config.dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_INJECT_NONE',
-    keepVersions: 2,
-  });
+  const store = localStore(config.dataDir, 2);
   await store.write('api-token', Buffer.from(TOKEN));
   await store.write('body-token', Buffer.from(BODY_TOKEN));
   const events = new FleetEventBus();

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { LocalProvider } from '../src/secrets/local-provider.js';
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -7,7 +8,6 @@ import { describe, expect, it, vi } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { readAudit, readSecretStats } from '../src/secrets/audit.js';
-import { LocalProvider } from '../src/secrets/local-provider.js';
 import { encodings, SecretMask } from '../src/workers/secret-mask.js';
 import {
   fixtureType,
@@ -16,6 +16,7 @@ import {
   startSupervisor,
   testConfig,
   waitForJob,
+  localStore,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { useTestRedis } from './helpers/redis.js';
@@ -32,12 +33,7 @@ async function withLocalSecrets(
 ): Promise<{ config: FleetConfig; provider: LocalProvider }> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-secrets-'));
   const config = testConfig(redis.url, types, { dataDir });
-  const provider = new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_TEST_NO_SUCH_ENV',
-    keepVersions: 3,
-  });
+  const provider = localStore(dataDir, 3);
   for (const [name, value] of Object.entries(secrets)) await provider.write(name, Buffer.from(value));
   return { config, provider };
 }

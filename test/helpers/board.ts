@@ -5,8 +5,7 @@ import path from 'node:path';
 import { sha256Hex } from '../../src/api/auth.js';
 import { createApiApp, listen } from '../../src/api/http-api.js';
 import { Producer } from '../../src/producers/producer.js';
-import { LocalProvider } from '../../src/secrets/local-provider.js';
-import { fixtureType, startSupervisor, testConfig, waitForJob } from './fleet.js';
+import { fixtureType, startSupervisor, testConfig, waitForJob, localStore } from './fleet.js';
 
 /**
  * A fleet for the Bull Board tests: types `ok` and `leaky` (which tries to leak its secret
@@ -19,12 +18,7 @@ export async function boardFleet(
   secretValue: string,
 ): Promise<{ base: string; producer: Producer; jobs: { id: string }[]; release(): Promise<void> }> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-board-'));
-  await new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_BOARD_NONE',
-    keepVersions: 2,
-  }).write('api-key', Buffer.from(secretValue));
+  await localStore(dataDir, 2).write('api-key', Buffer.from(secretValue));
   const config = testConfig(
     redisUrl,
     [

@@ -8,6 +8,7 @@ import type { JobTypeInput } from '../../src/config/schema.js';
 import { liveSandboxCount } from '../../src/workers/sandbox.js';
 import { Supervisor, type SupervisorOptions } from '../../src/workers/supervisor.js';
 import { Producer } from '../../src/producers/producer.js';
+import { LocalProvider } from '../../src/secrets/local-provider.js';
 import { uniquePrefix } from './redis.js';
 
 export const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
@@ -92,5 +93,15 @@ export function guardAgainstLeaks(scope: 'each' | 'file' = 'each'): void {
     // Terminated threads report exit asynchronously; give them a moment.
     for (let i = 0; i < 50 && liveSandboxCount() > 0; i++) await new Promise((r) => setTimeout(r, 20));
     expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0);
+  });
+}
+
+/** The local secret store of a data dir, as a supervisor with the default `secrets.local` settings opens it. */
+export function localStore(dataDir: string, keepVersions = 5): LocalProvider {
+  return new LocalProvider({
+    file: path.join(dataDir, 'secrets.enc.json'),
+    keyFile: path.join(dataDir, 'master.key'),
+    masterKeyEnv: 'FLEET_TEST_NO_MASTER_KEY_ENV',
+    keepVersions,
   });
 }
