@@ -18,6 +18,7 @@ import {
   type RedisRole,
 } from './redis/acl.js';
 import { Supervisor } from './workers/supervisor.js';
+import { closeProviders, makeProvider, makeProviders } from './secrets/providers.js';
 import { FleetMetrics } from './observability/metrics.js';
 import { RotationService } from './rotation/rotation-service.js';
 import { startMetricsServer } from './observability/metrics-server.js';
@@ -64,7 +65,7 @@ export function discoverRedisAccess(config: FleetConfig): RedisAccess | undefine
 }
 
 /** Roles each fleet role's components connect as. */
-const REDIS_ROLES_OF: Record<Role, readonly RedisRole[]> = {
+const REDIS_ROLES_OF: Record<Role, readonly [RedisRole, ...RedisRole[]]> = {
   api: ['api', 'ops'],
   worker: ['worker'],
   scheduler: ['scheduler', 'retention'],
@@ -121,7 +122,7 @@ export async function startFleet(options: {
         );
     }
     const redisUrl = access.url;
-    const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]!), 'worker');
+    const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]), 'worker');
     probe.on('error', () => undefined);
     try {
       await waitForRedis(probe);
@@ -139,7 +140,17 @@ export async function startFleet(options: {
         logger.warn('redis connection error (worker); reconnecting', { error: err.message }),
       );
       cleanups.push(async () => supRedis.disconnect());
-      const sup = new Supervisor({ config, redisUrl: access.urlFor('worker'), redis: supRedis, logger, events });
+      // So are the secret backends, opened with the supervisor's identity.
+      const supProviders = await makeProviders(config, { redis: supRedis, logger });
+      cleanups.push(() => closeProviders(supProviders));
+      const sup = new Supervisor({
+        config,
+        redisUrl: access.urlFor('worker'),
+        redis: supRedis,
+        providers: supProviders,
+        logger,
+        events,
+      });
       supervisor = sup;
       await sup.start();
       cleanups.push(() => sup.stop());
@@ -167,6 +178,12 @@ export async function startFleet(options: {
         config,
         redisUrl: access.urlFor('scheduler'),
         redis: rotRedis,
+        openProvider: (kind) =>
+          makeProvider(kind, config, {
+            redis: rotRedis,
+            logger: logger.scope({ component: 'rotation' }),
+            vaultIdentity: 'rotator',
+          }),
         retentionUrl: access.urlFor('retention'),
         events,
         logger,
@@ -204,8 +221,9 @@ export async function startFleet(options: {
     let apiUrl: string | null = null;
     let producer: Producer | null = null;
     if (role === 'api' || role === 'all') {
-      producer = new Producer({ config, redis: access.urlFor('api'), name: 'api', events, via: 'http' });
-      cleanups.push(() => producer!.close());
+      const api = new Producer({ config, redis: access.urlFor('api'), name: 'api', events, via: 'http' });
+      producer = api;
+      cleanups.push(() => api.close());
       // Bull Board builds its queues now; they must see a ready connection (see Producer#readyQueue).
       await waitForRedis(producer.redis);
       let producers: readonly ProducerIdentity[] = config.producers;

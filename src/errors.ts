@@ -106,6 +106,22 @@ export function toError(value: unknown): Error {
   return new Error(`non-Error value thrown: ${rendered}`);
 }
 
+/** The message of anything thrown. */
+export function errorMessage(value: unknown): string {
+  return toError(value).message;
+}
+
+/** A property of anything thrown or parsed (`err.status`, `body.error`), or undefined; never throws. */
+export function fieldOf(value: unknown, key: string): unknown {
+  return typeof value === 'object' && value !== null && key in value ? Reflect.get(value, key) : undefined;
+}
+
+/** The `code` of a Node system error (`ENOENT`, `EADDRINUSE`, …), if it has one. */
+export function errnoCode(value: unknown): string | undefined {
+  const code = fieldOf(value, 'code');
+  return typeof code === 'string' ? code : undefined;
+}
+
 /** The plain shape of an error that crossed a thread or process boundary. */
 export interface SerializedError {
   name: string;
@@ -151,5 +167,7 @@ export function formatFailedReason(err: Error): string {
 
 export function parseFailedReason(reason: string): { code: string; message: string } {
   const m = /^\[([A-Z_]+)\] ([\s\S]*)$/.exec(reason);
-  return m ? { code: m[1]!, message: m[2]! } : { code: 'PROCESSOR_FAILED', message: reason };
+  return m?.[1] !== undefined && m[2] !== undefined
+    ? { code: m[1], message: m[2] }
+    : { code: 'PROCESSOR_FAILED', message: reason };
 }

@@ -9,6 +9,8 @@ import { matchesEgress, patternCovered, splitHostPort } from '../src/config/host
 import { scheduleOf } from '../src/config/schedule.js';
 import {
   deserializeError,
+  errnoCode,
+  fieldOf,
   formatFailedReason,
   parseFailedReason,
   SecretScopeError,
@@ -22,6 +24,11 @@ import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from 
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
 import { ValueMasker } from '../src/workers/egress-proxy.js';
 import { makeLogger, prettyLine } from '../src/observability/logger.js';
+import { isOneOf, required } from '../src/guards.js';
+import { parseControlMessage } from '../src/workers/control.js';
+import { rotatorOf } from '../src/workers/processor-api.js';
+import { SecretMask } from '../src/workers/secret-mask.js';
+import { ESLint } from 'eslint';
 
 describe('pure modules', () => {
   it('durations and schedules', () => {
@@ -164,5 +171,56 @@ describe('pure modules', () => {
     // A window: the first record of each writer is taken as given.
     expect((await verifyEntries(recs.slice(1), keys, { mode: 'anchored' })).ok).toBe(true);
     expect((await verifyEntries(recs.slice(1), keys, { mode: 'full' })).ok).toBe(false);
+  });
+
+  it('narrowing helpers: fields of unknown values, one-of, required answers', () => {
+    expect(fieldOf({ status: 413 }, 'status')).toBe(413);
+    expect(fieldOf(null, 'status')).toBeUndefined();
+    expect(fieldOf('text', 'length')).toBeUndefined();
+    expect(errnoCode(Object.assign(new Error('x'), { code: 'ENOENT' }))).toBe('ENOENT');
+    expect(errnoCode(Object.assign(new Error('x'), { code: 1 }))).toBeUndefined();
+    expect(isOneOf(['api', 'worker'], 'worker')).toBe(true);
+    expect(isOneOf(['api', 'worker'], 'all')).toBe(false);
+    expect(required('k', 'key id')).toBe('k');
+    expect(() => required(undefined, 'KMS DescribeKey: KeyMetadata.KeyId')).toThrow(/KeyId is missing from the answer/);
+    expect(parseControlMessage('{"kind":"cancel","jobId":"a.1"}')).toEqual({ kind: 'cancel', jobId: 'a.1' });
+    expect(parseControlMessage('{"kind":"cancel","jobId":7}')).toBeNull();
+    expect(parseControlMessage('not json')).toBeNull();
+    const create = async (): Promise<Uint8Array> => new Uint8Array(1);
+    expect(rotatorOf({ default: { create } })?.create).toBe(create);
+    expect(rotatorOf({ create })?.create).toBe(create);
+    expect(rotatorOf({ default: () => 1 })).toBeNull();
+  });
+
+  it('masked log fields stay an object, even when masking breaks their JSON', () => {
+    const mask = new SecretMask();
+    mask.add(new Uint8Array(Buffer.from('hunter22')));
+    expect(mask.fields({ key: 'hunter22', n: 1 })).toEqual({ key: '***', n: 1 });
+    const broken = mask.fields({ a: 'x', b: 'hunter22' });
+    expect(typeof broken).toBe('object');
+    expect(JSON.stringify(broken)).not.toContain('hunter22');
+  });
+
+  it('lint refuses non-null assertions and unexplained casts in src/', async () => {
+    const eslint = new ESLint({ cwd: process.cwd() });
+    const lint = async (code: string): Promise<string[]> =>
+      (await eslint.lintText(code, { filePath: 'src/lint-probe.ts' }))[0]?.messages.map((m) => m.ruleId ?? m.message) ??
+      [];
+    expect(await lint('export const f = (m: string[]): string => m[0]!;\n')).toContain(
+      '@typescript-eslint/no-non-null-assertion',
+    );
+    expect(await lint('export const f = (v: unknown): string => v as string;\n')).toContain(
+      '@typescript-eslint/consistent-type-assertions',
+    );
+    expect(
+      await lint(
+        '// eslint-disable-next-line @typescript-eslint/consistent-type-assertions\nexport const f = (v: unknown): string => v as string;\n',
+      ),
+    ).toContain('fleet/disable-needs-reason');
+    expect(
+      await lint(
+        '// eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- a reason\nexport const f = (v: unknown): string => v as string;\n',
+      ),
+    ).toEqual([]);
   });
 });

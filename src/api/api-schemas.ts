@@ -125,26 +125,37 @@ type Json = Record<string, unknown>;
  * and its references are rewritten.
  */
 function hoisted(root: Json, prefix: string, components: Record<string, Json>): Json {
-  const { $defs, $schema: _s, ...rest } = root as Json & { $defs?: Record<string, Json> };
-  const rewrite = (v: unknown): unknown => {
-    if (Array.isArray(v)) return v.map(rewrite);
-    if (v && typeof v === 'object') {
-      return Object.fromEntries(
-        Object.entries(v as Json).map(([k, x]) => [
-          k,
-          k === '$ref' && typeof x === 'string' && x.startsWith('#/$defs/')
-            ? `#/components/schemas/${prefix}_${x.slice(8)}`
-            : rewrite(x),
-        ]),
-      );
-    }
-    return v;
-  };
-  for (const [name, def] of Object.entries($defs ?? {})) components[`${prefix}_${name}`] = rewrite(def) as Json;
-  return rewrite(rest) as Json;
+  const { $defs, $schema: _s, ...rest } = root;
+  const rewriteJson = (v: Json): Json =>
+    Object.fromEntries(
+      Object.entries(v).map(([k, x]) => [
+        k,
+        k === '$ref' && typeof x === 'string' && x.startsWith('#/$defs/')
+          ? `#/components/schemas/${prefix}_${x.slice(8)}`
+          : rewrite(x),
+      ]),
+    );
+  const rewrite = (v: unknown): unknown => (Array.isArray(v) ? v.map(rewrite) : isJson(v) ? rewriteJson(v) : v);
+  for (const [name, def] of Object.entries(isJson($defs) ? $defs : {})) {
+    if (isJson(def)) components[`${prefix}_${name}`] = rewriteJson(def);
+  }
+  return rewriteJson(rest);
 }
 
-const schema = (s: z.ZodType): Json => z.toJSONSchema(s, { unrepresentable: 'any', io: 'output' }) as Json;
+const isJson = (v: unknown): v is Json => typeof v === 'object' && v !== null && !Array.isArray(v);
+
+/** Sets `value` at `path` inside a schema made above; a path that is not there is a bug here, said so. */
+function setIn(root: Json, path: readonly string[], value: Json): void {
+  let at = root;
+  for (const key of path.slice(0, -1)) {
+    const next = at[key];
+    if (!isJson(next)) throw new Error(`OpenAPI schema has no object at ${path.join('.')} (stopped at ${key})`);
+    at = next;
+  }
+  at[path[path.length - 1] ?? ''] = value;
+}
+
+const schema = (s: z.ZodType): Json => z.toJSONSchema(s, { unrepresentable: 'any', io: 'output' });
 const ref = (name: string): Json => ({ $ref: `#/components/schemas/${name}` });
 
 function errors(...statuses: number[]): Record<string, Json> {
@@ -172,7 +183,7 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
   for (const t of types) {
     // What a client sends: the input side of the schema (fields with defaults are optional).
     const payload = hoisted(
-      z.toJSONSchema(t.payload, { unrepresentable: 'any', io: 'input' }) as Json,
+      z.toJSONSchema(t.payload, { unrepresentable: 'any', io: 'input' }),
       `payload_${t.name.replace(/-/g, '_')}`,
       components,
     );
@@ -190,10 +201,8 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
         },
       },
     };
-    const batch = hoisted(schema(batchBodySchema(options.maxBatchSize)), 'batch', components) as Json & {
-      properties: { jobs: { items: { properties: Json } } };
-    };
-    batch.properties.jobs.items.properties.data = payload;
+    const batch = hoisted(schema(batchBodySchema(options.maxBatchSize)), 'batch', components);
+    setIn(batch, ['properties', 'jobs', 'items', 'properties', 'data'], payload);
     paths[`/v1/jobs/${t.name}/batch`] = {
       post: {
         operationId: `enqueue_batch_${t.name.replace(/-/g, '_')}`,
@@ -287,13 +296,11 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
       responses: { '200': json({ type: 'object' }, 'the OpenAPI document'), ...common },
     },
   };
-  const errorSchema = hoisted(schema(errorEnvelopeSchema), 'error', components) as Json & {
-    properties: { error: { properties: { code: Json } } };
-  };
-  errorSchema.properties.error.properties.code = {
+  const errorSchema = hoisted(schema(errorEnvelopeSchema), 'error', components);
+  setIn(errorSchema, ['properties', 'error', 'properties', 'code'], {
     type: 'string',
     enum: [...new Set(Object.values(API_ERRORS).flat())],
-  };
+  });
   const strip = (s: z.ZodType, name: string): Json => hoisted(schema(s), name, components);
   return {
     openapi: '3.1.0',
@@ -315,4 +322,9 @@ export function openApiDocument(types: readonly JobType[], options: { maxBatchSi
       },
     },
   };
+}
+
+/** The first problem zod found (a failed parse always has one), for a one-line error message. */
+export function firstIssue(error: z.ZodError): { path: PropertyKey[]; message: string } {
+  return error.issues[0] ?? { path: [], message: error.message };
 }

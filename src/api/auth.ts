@@ -47,9 +47,10 @@ export class ProducerAuth {
   /** The producer presenting this `Authorization` header; throws {@link AuthError} otherwise. */
   authenticate(header: string | undefined): ProducerIdentity {
     if (!header) throw new AuthError('missing Authorization header. Fix: send "Authorization: Bearer <token>".');
-    const m = /^Bearer ([\x21-\x7e]{16,512})$/.exec(header);
-    if (!m) throw new AuthError('Authorization header must be "Bearer <token>" (16–512 visible ASCII characters)');
-    const p = this.#byHash.get(sha256Hex(m[1]!));
+    const token = /^Bearer ([\x21-\x7e]{16,512})$/.exec(header)?.[1];
+    if (token === undefined)
+      throw new AuthError('Authorization header must be "Bearer <token>" (16–512 visible ASCII characters)');
+    const p = this.#byHash.get(sha256Hex(token));
     if (!p) throw new AuthError('unknown or revoked token');
     return p;
   }

@@ -35,7 +35,7 @@ export function mountBullBoard(
       description: t.description,
     });
     adapter.setFormatter('data', (data: unknown) => ({
-      ...(maskFields(data) as object),
+      ...Object(maskFields(data)),
       ...(t.secrets.length ? { '(secret references)': t.secrets } : {}),
     }));
     adapter.setFormatter('returnValue', (v: unknown) => maskFields(v));
@@ -48,9 +48,9 @@ export function mountBullBoard(
     (req, res, next) => {
       const header = req.get('authorization') ?? '';
       let bearer = header;
-      const basic = /^Basic (.+)$/.exec(header);
-      if (basic) {
-        const decoded = Buffer.from(basic[1]!, 'base64').toString('utf8');
+      const basic = /^Basic (.+)$/.exec(header)?.[1];
+      if (basic !== undefined) {
+        const decoded = Buffer.from(basic, 'base64').toString('utf8');
         bearer = `Bearer ${decoded.slice(decoded.indexOf(':') + 1)}`;
       }
       try {
@@ -67,6 +67,7 @@ export function mountBullBoard(
         });
       }
     },
-    serverAdapter.getRouter() as express.Router,
+    // Bull Board's adapter types its router as any; it is an Express router.
+    serverAdapter.getRouter(),
   );
 }

@@ -1,14 +1,14 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
 import { STATUS_CODES, type Server } from 'node:http';
 import { JOB_TYPE_NAME } from '../config/schema.js';
-import { FleetError, JobNotFoundError, toError, type ErrorCode } from '../errors.js';
+import { AuthError, FleetError, JobNotFoundError, fieldOf, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { mountBullBoard } from './bull-board.js';
 import type { FleetMetrics } from '../observability/metrics.js';
 import { mayCancelJob, maySeeJob, ProducerAuth, type ProducerIdentity } from './auth.js';
 import { parseDuration } from '../config/duration.js';
 import { jobTypeOfId } from '../producers/job-id.js';
-import { auditQuerySchema, batchBodySchema, openApiDocument } from './api-schemas.js';
+import { auditQuerySchema, batchBodySchema, firstIssue, openApiDocument } from './api-schemas.js';
 
 /** The API's version in its OpenAPI document. */
 const API_VERSION = '1.0.0';
@@ -134,8 +134,9 @@ export function createApiApp(options: ApiOptions): express.Express {
 
   const known = (type: string | undefined): boolean => type !== undefined && producer.config.jobTypes.has(type);
   const allowedMethods = (p: string): string | undefined => {
-    const m = /^\/v1\/jobs\/([^/]+?)(\/batch)?$/.exec(p);
-    if (m) return known(m[1]) ? 'POST' : /^[a-z][a-z0-9-]{0,62}\./.test(m[1]!) && !m[2] ? 'GET, DELETE' : undefined;
+    const [, segment, batch] = /^\/v1\/jobs\/([^/]+?)(\/batch)?$/.exec(p) ?? [];
+    if (segment !== undefined)
+      return known(segment) ? 'POST' : /^[a-z][a-z0-9-]{0,62}\./.test(segment) && !batch ? 'GET, DELETE' : undefined;
     if (/^\/v1\/(job-types|audit|openapi\.json)$/.test(p) || /^\/(healthz|readyz|metrics)$/.test(p)) return 'GET';
     return undefined;
   };
@@ -196,12 +197,17 @@ export function createApiApp(options: ApiOptions): express.Express {
     }),
   );
 
+  /** Who is calling; every /v1 route runs after the authenticating middleware above. */
+  const caller = (req: Authed): ProducerIdentity => {
+    if (!req.producer) throw new AuthError('request reached a /v1 route without authentication');
+    return req.producer;
+  };
   const jobTypeParam = (req: Authed): string => {
     const name = String(req.params.type);
     if (!JOB_TYPE_NAME.test(name) || !producer.config.jobTypes.has(name)) {
       throw new FleetError('UNKNOWN_JOB_TYPE', `unknown job type ${shown(name)}. GET /v1/job-types lists them.`);
     }
-    auth.authorize(req.producer!, name);
+    auth.authorize(caller(req), name);
     return name;
   };
   const jobIdParam = (req: Authed): string => {
@@ -209,7 +215,7 @@ export function createApiApp(options: ApiOptions): express.Express {
     const type = jobTypeOfId(id);
     if (!type || !producer.config.jobTypes.has(type))
       throw new FleetError('JOB_NOT_FOUND', `no job with id ${shown(id)}`);
-    auth.authorize(req.producer!, type);
+    auth.authorize(caller(req), type);
     return id;
   };
   const idempotencyKey = (req: Request): { idempotencyKey?: string } => {
@@ -217,16 +223,18 @@ export function createApiApp(options: ApiOptions): express.Express {
     return key === undefined ? {} : { idempotencyKey: key };
   };
   // Each producer's idempotency keys are its own: two services may use the same key.
-  const producerFor = (req: Authed): Producer => producerByName(producer, req.producer!.name);
+  const producerFor = (req: Authed): Producer => producerByName(producer, caller(req).name);
 
   v1.get('/job-types', (req: Authed, res) => {
-    res.json({ jobTypes: producer.listJobTypes().filter((t) => auth.allows(req.producer!, t.name)) });
+    res.json({ jobTypes: producer.listJobTypes().filter((t) => auth.allows(caller(req), t.name)) });
   });
 
   v1.post('/jobs/:type', async (req: Authed, res, next) => {
     if (isJobId(req)) return next();
     const type = jobTypeParam(req);
     if (req.body === undefined) throw new FleetError('INVALID_JSON', 'request body is empty; send the payload as JSON');
+    // The payload is checked against the type's schema inside enqueue; the static Payloads map is for TS callers.
+    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
     const r = await producerFor(req).enqueue(type, req.body as never, idempotencyKey(req));
     res.status(202).location(`/v1/jobs/${r.id}`).json(r);
   });
@@ -236,7 +244,7 @@ export function createApiApp(options: ApiOptions): express.Express {
     const type = jobTypeParam(req);
     const parsed = batchBody.safeParse(req.body);
     if (!parsed.success) {
-      const jobs = (req.body as { jobs?: unknown } | undefined)?.jobs;
+      const jobs = fieldOf(req.body, 'jobs');
       if (Array.isArray(jobs) && jobs.length > cfg.maxBatchSize)
         throw new FleetError(
           'INVALID_REQUEST',
@@ -247,7 +255,7 @@ export function createApiApp(options: ApiOptions): express.Express {
           'INVALID_REQUEST',
           'batch body must be {"jobs": [{"data": …, "idempotencyKey"?: "…"}, …]} with at least one job',
         );
-      const issue = parsed.error.issues[0]!;
+      const issue = firstIssue(parsed.error);
       const at = issue.path
         .map((p) => (typeof p === 'number' ? `[${p}]` : `.${String(p)}`))
         .join('')
@@ -258,17 +266,20 @@ export function createApiApp(options: ApiOptions): express.Express {
         },
       });
     }
+    // As for single enqueue: enqueueBatch checks each payload against the type's schema.
+    /* eslint-disable @typescript-eslint/consistent-type-assertions -- see the line above */
     const items = parsed.data.jobs.map((j) =>
       j.idempotencyKey === undefined
         ? { data: j.data as never }
         : { data: j.data as never, idempotencyKey: j.idempotencyKey },
     );
+    /* eslint-enable @typescript-eslint/consistent-type-assertions -- end of the payload casts */
     const r = await producerFor(req).enqueueBatch(type, items);
     res.status(202).json({ jobs: r });
   });
 
   v1.get('/openapi.json', (req: Authed, res) => {
-    const types = [...producer.config.jobTypes.values()].filter((t) => auth.allows(req.producer!, t.name));
+    const types = [...producer.config.jobTypes.values()].filter((t) => auth.allows(caller(req), t.name));
     res.json(openApiDocument(types, { maxBatchSize: cfg.maxBatchSize, version: API_VERSION }));
   });
 
@@ -276,7 +287,7 @@ export function createApiApp(options: ApiOptions): express.Express {
   const visibleJob = async (req: Authed, may: (p: ProducerIdentity, j: JobView) => boolean): Promise<JobView> => {
     const id = jobIdParam(req);
     const job = await producer.getJob(id);
-    if (!may(req.producer!, job))
+    if (!may(caller(req), job))
       throw new JobNotFoundError(
         `no job with id "${id}" (finished jobs are kept for keepCompletedSeconds/keepFailedSeconds)`,
       );
@@ -294,10 +305,10 @@ export function createApiApp(options: ApiOptions): express.Express {
   v1.delete('/jobs/:id', async (req: Authed, res, next) => {
     if (!isJobId(req)) return next();
     const job = await visibleJob(req, maySeeJob);
-    if (!mayCancelJob(req.producer!, job))
+    if (!mayCancelJob(caller(req), job))
       throw new FleetError(
         'FORBIDDEN',
-        `producer "${req.producer!.name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`,
+        `producer "${caller(req).name}" may read job ${job.id} (read scope) but not cancel it: only its owner "${job.owner}" or an admin can.`,
       );
     const r = await producer.cancel(job.id);
     if (r.outcome === 'already-finished') {
@@ -308,14 +319,14 @@ export function createApiApp(options: ApiOptions): express.Express {
   });
 
   v1.get('/audit', async (req: Authed, res) => {
-    if (!req.producer!.admin)
+    if (!caller(req).admin)
       throw new FleetError(
         'FORBIDDEN',
-        `producer "${req.producer!.name}" may not read the audit log. Fix: set admin: true on it.`,
+        `producer "${caller(req).name}" may not read the audit log. Fix: set admin: true on it.`,
       );
     const parsedQuery = auditQuerySchema.safeParse(req.query);
     if (!parsedQuery.success) {
-      const issue = parsedQuery.error.issues[0]!;
+      const issue = firstIssue(parsedQuery.error);
       throw new FleetError(
         'INVALID_REQUEST',
         `query ${issue.path.join('.') || ''}: ${issue.message}`.replace('query : ', 'query: '),
@@ -353,20 +364,23 @@ export function createApiApp(options: ApiOptions): express.Express {
     send(res, 404, 'NOT_FOUND', `no route ${req.method} ${shown(req.path)}`);
   });
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    const e = err as { type?: string; status?: number } & Error;
-    if (e.type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${e.message}`);
-    if (e.type === 'entity.too.large')
+    // body-parser's errors carry `type` and `status`.
+    const type = fieldOf(err, 'type');
+    const status = fieldOf(err, 'status');
+    const message = toError(err).message;
+    if (type === 'entity.parse.failed') return send(res, 400, 'INVALID_JSON', `body is not valid JSON: ${message}`);
+    if (type === 'entity.too.large')
       return send(res, 413, 'PAYLOAD_TOO_LARGE', `body is larger than api.bodyLimitBytes=${cfg.bodyLimitBytes}`);
-    if (e.type === 'encoding.unsupported' || e.type === 'charset.unsupported')
-      return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', e.message);
+    if (type === 'encoding.unsupported' || type === 'charset.unsupported')
+      return send(res, 415, 'UNSUPPORTED_MEDIA_TYPE', message);
     if (err instanceof FleetError) {
       const status = STATUS[err.code] ?? 500;
       if (status >= 500)
         log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
       return send(res, status, err.code, err.message, err.details);
     }
-    if (typeof e.status === 'number' && e.status >= 400 && e.status < 500)
-      return send(res, e.status, 'INVALID_REQUEST', e.message);
+    if (typeof status === 'number' && status >= 400 && status < 500)
+      return send(res, status, 'INVALID_REQUEST', message);
     log.error('unexpected error', {
       error: toError(err).message,
       stack: toError(err).stack,

@@ -1,18 +1,22 @@
 import { auditStreamKey, supervisorsKey } from '../redis/keys.js';
 import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js';
-import { connectRedis, ensureReady } from '../redis/connection.js';
+import { aclGetUser, configGet, connectRedis, ensureReady, stringList } from '../redis/connection.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import { CRITICAL_MAX_TIMEOUT_MS } from '../config/schema.js';
-import { toError } from '../errors.js';
+import { z } from 'zod';
+import { fieldOf, toError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { MAX_AGE_MS, secretHealth } from '../rotation/secret-health.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
-import { makeProvider } from '../secrets/providers.js';
-import type { VaultProvider } from '../secrets/vault-provider.js';
-import type { KmsProvider } from '../secrets/kms-provider.js';
+import { makeProvider, providerOfKind } from '../secrets/providers.js';
+
+/** The part of Prometheus's /api/v1/targets answer the monitoring check reads. */
+const prometheusTargets = z.object({
+  data: z.object({ activeTargets: z.array(z.object({ labels: z.object({ job: z.string() }), health: z.string() })) }),
+});
 
 export type CheckStatus = 'PASS' | 'WARN' | 'FAIL';
 export interface Check {
@@ -82,7 +86,7 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
         const args = probe.args;
         if (probe.what.startsWith('XTRIM') && role === 'retention') continue;
         try {
-          await redis.call(args[0]!, ...args.slice(1));
+          await redis.call(...args);
           allowed.push(probe.what);
         } catch (err) {
           // DEBUG may also be refused by the server itself (enable-debug-command no), before the ACL.
@@ -176,7 +180,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         out.push(
           pass(
             `job type ${t.name}: secret ${name} mode`,
-            `injected at egress toward ${binding!.hosts.join(', ')}; the sandbox holds a placeholder`,
+            `injected at egress toward ${binding?.hosts.join(', ')}; the sandbox holds a placeholder`,
           ),
         );
     }
@@ -255,11 +259,11 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       out.push(
         (options.production ? fail : warn)(
           what,
-          `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]!.layers.join('+')})`,
+          `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]?.layers.join('+')})`,
           'install bubblewrap and allow user namespaces on the worker hosts (README "Deploy"), or set supervisor.osLayer: "required"',
         ),
       );
-    else out.push(pass(what, `${seen[0]!.layers.join('+')} on ${seen.length} supervisor(s)`));
+    else out.push(pass(what, `${seen[0]?.layers.join('+')} on ${seen.length} supervisor(s)`));
   }
 
   if (options.access) out.push(...(await redisRoleChecks(config, options.access, options.production)));
@@ -271,7 +275,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   admin.on('error', () => undefined);
   try {
     if (admin !== redis) await ensureReady(admin);
-    const [, policy] = (await admin.config('GET', 'maxmemory-policy')) as [string, string];
+    const policy = await configGet(admin, 'maxmemory-policy');
     out.push(
       policy === 'noeviction'
         ? pass('redis: eviction policy', 'noeviction')
@@ -281,15 +285,15 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
             'redis-server --maxmemory-policy noeviction (evicted keys are lost jobs)',
           ),
     );
-    const [, aof] = (await admin.config('GET', 'appendonly')) as [string, string];
-    const [, save] = (await admin.config('GET', 'save')) as [string, string];
+    const aof = await configGet(admin, 'appendonly');
+    const save = await configGet(admin, 'save');
     if (aof === 'yes') {
       out.push(pass('redis: persistence', 'AOF on'));
       // Redis replays the AOF's MULTI/EXEC blocks as `default` and re-checks its ACL (redis/redis#14541).
-      const user = (await admin.call('ACL', 'GETUSER', 'default').catch(() => null)) as unknown[] | null;
+      const user = await aclGetUser(admin, 'default');
       if (user) {
-        const flags = (user[user.indexOf('flags') + 1] as string[]) ?? [];
-        const commands = String(user[user.indexOf('commands') + 1] ?? '');
+        const flags = stringList(user.get('flags'));
+        const commands = String(user.get('commands') ?? '');
         out.push(
           flags.includes('off') || !commands.startsWith('+@all')
             ? fail(
@@ -358,12 +362,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         ? pass('audit: MAC chain', `${r.records} records from ${r.writers} writer(s) verify`)
         : fail(
             'audit: MAC chain',
-            `broken at ${r.firstBreak!.at} (writer ${r.firstBreak!.writer}): ${r.firstBreak!.reason}`,
+            `broken at ${r.firstBreak?.at} (writer ${r.firstBreak?.writer}): ${r.firstBreak?.reason}`,
             'someone with Redis access changed the audit stream: compare with the exported copy; find the credential used',
           ),
     );
   } catch (err) {
-    if ((err as { empty?: boolean }).empty) out.push(pass('audit: MAC chain', 'no records yet'));
+    if (fieldOf(err, 'empty') === true) out.push(pass('audit: MAC chain', 'no records yet'));
     else
       out.push(
         warn(
@@ -376,7 +380,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
 
   // Providers: credentials valid, Vault policies present, KMS key reachable.
   const meta = new Map<string, SecretMetadata>();
-  for (const kind of new Set(config.secretProviders.values()) as Set<ProviderKind>) {
+  for (const kind of new Set<ProviderKind>(config.secretProviders.values())) {
     let provider;
     try {
       provider = await makeProvider(kind, config, { redis, logger: silentLogger });
@@ -387,13 +391,13 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
           kind === 'vault'
             ? 'supervisor token valid'
             : kind === 'kms'
-              ? `key ${config.secrets.kms!.keyId} reachable`
+              ? `key ${config.secrets.kms?.keyId} reachable`
               : 'master key readable',
         ),
       );
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
       if (kind === 'kms') {
-        const on = await (provider as KmsProvider).keyRotationEnabled();
+        const on = await providerOfKind(provider, 'kms').keyRotationEnabled();
         out.push(
           on
             ? pass('kms: customer key rotation', 'automatic rotation on')
@@ -408,7 +412,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         for (const t of config.jobTypes.values()) {
           const names = t.secrets.filter((n) => config.secretProviders.get(n) === 'vault');
           if (!names.length) continue;
-          const problem = await (provider as VaultProvider).probeJobPolicy(t.name, names);
+          const problem = await providerOfKind(provider, 'vault').probeJobPolicy(t.name, names);
           out.push(
             problem
               ? fail(`vault: policy for ${t.name}`, problem, 'run `fleet vault setup` with an admin token')
@@ -469,7 +473,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       out.push(
         fail(
           `secret ${h.secret}: rotation due`,
-          `overdue since ${new Date(h.nextDueAt!).toISOString()}`,
+          `overdue since ${new Date(h.nextDueAt ?? 0).toISOString()}`,
           'run a scheduler role, or fleet rotate ' + h.secret,
         ),
       );
@@ -510,9 +514,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   }
   if (options.prometheusUrl) {
     try {
-      const r = (await (
-        await fetch(`${options.prometheusUrl}/api/v1/targets`, { signal: AbortSignal.timeout(3000) })
-      ).json()) as { data: { activeTargets: { labels: { job: string }; health: string }[] } };
+      const r = prometheusTargets.parse(
+        await (await fetch(`${options.prometheusUrl}/api/v1/targets`, { signal: AbortSignal.timeout(3000) })).json(),
+      );
       const fleet = r.data.activeTargets.filter((t) => t.labels.job.startsWith('fleet'));
       const down = fleet.filter((t) => t.health !== 'up');
       out.push(

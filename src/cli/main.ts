@@ -1,10 +1,11 @@
 import { parseArgs } from 'node:util';
 import { Queue } from 'bullmq';
-import { discoverRedisAccess, ROLES, startFleet, type Role } from '../app.js';
+import { discoverRedisAccess, ROLES, startFleet } from '../app.js';
 import { REDIS_ROLES, roleCredentialsFromEnv, rolePasswordEnv, roleRules, type RedisRole } from '../redis/acl.js';
 import * as trail from './trail-commands.js';
 import { loadConfig, type FleetConfig } from '../config/resolve.js';
-import { FleetError, toError } from '../errors.js';
+import { FleetError, fieldOf, toError } from '../errors.js';
+import { isOneOf } from '../guards.js';
 import { makeLogger } from '../observability/logger.js';
 import { Producer } from '../producers/producer.js';
 import { connectRedis, ensureReady } from '../redis/connection.js';
@@ -171,8 +172,8 @@ export async function main(
     const config = await loadConfig(opts.config ? { path: opts.config } : {});
     switch (command) {
       case 'start': {
-        if (!ROLES.includes(opts.role as Role))
-          throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
+        const role = opts.role;
+        if (!isOneOf(ROLES, role)) throw new FleetError('INVALID_REQUEST', `--role must be one of ${ROLES.join(', ')}`);
         const logger = makeLogger();
         // Several supervisors on one host each need their own metrics port: flag > env > config.
         const portText = opts['metrics-port'] ?? process.env.FLEET_METRICS_PORT;
@@ -201,7 +202,7 @@ export async function main(
         process.on('SIGINT', onSignal);
         fleet = await startFleet({
           config,
-          role: opts.role as Role,
+          role,
           logger,
           ...(metricsPort !== undefined ? { metricsPort } : {}),
         });
@@ -348,14 +349,15 @@ export async function main(
               if (!opts.now) return { secret, jobId: job.id, state: 'queued' };
               for (;;) {
                 const state = await job.getState();
-                if (state === 'completed' || (state === 'failed' && (await queue.getJob(job.id!))?.finishedOn)) {
-                  const fresh = (await queue.getJob(job.id!))!;
+                const fresh = job.id === undefined ? undefined : await queue.getJob(job.id);
+                if (!fresh) throw new FleetError('INTERNAL', `rotation job ${job.id} of ${secret} vanished from Redis`);
+                if (state === 'completed' || (state === 'failed' && fresh.finishedOn)) {
                   return {
                     secret,
                     jobId: job.id,
                     state,
                     ...(state === 'completed'
-                      ? { version: (fresh.returnvalue as { version: string }).version }
+                      ? { version: String(fieldOf(fresh.returnvalue, 'version')) }
                       : { error: fresh.failedReason }),
                   };
                 }
@@ -386,11 +388,11 @@ export async function main(
           );
         const keyId = config.secrets.kms.keyId;
         const out = await withRedis(config, 'scheduler', async (r) => {
-          const { makeProvider } = await import('../secrets/providers.js');
-          const kms = (await makeProvider('kms', config, {
-            redis: r,
-            logger: makeLogger({ level: 'silent' }),
-          })) as import('../secrets/kms-provider.js').KmsProvider;
+          const { makeProvider, providerOfKind } = await import('../secrets/providers.js');
+          const kms = providerOfKind(
+            await makeProvider('kms', config, { redis: r, logger: makeLogger({ level: 'silent' }) }),
+            'kms',
+          );
           try {
             if (action === 'ensure-key') return await kms.ensureKey();
             await kms.rotateKeyNow();
@@ -412,7 +414,7 @@ export async function main(
       case 'doctor': {
         const checks = await withRedis(config, 'ops', (r) =>
           doctor(config, r, {
-            access: discoverRedisAccess(config)!,
+            access: discoverRedisAccess(config),
             production: opts.production,
             metricsUrls: opts['metrics-url'] ?? [],
             ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}),
@@ -448,10 +450,12 @@ export async function main(
             'REDIS_UNAVAILABLE',
             'no Redis to set up. Fix: set REDIS_URL to the server, with an admin user in it (redis://admin:…@host:6379).',
           );
-        const roles = (opts.role === 'all' ? [...REDIS_ROLES] : (opts.role ?? '').split(',')) as RedisRole[];
-        for (const r of roles)
-          if (!REDIS_ROLES.includes(r))
+        const roles: RedisRole[] = [];
+        for (const r of opts.role === 'all' ? REDIS_ROLES : (opts.role ?? '').split(',')) {
+          if (!isOneOf(REDIS_ROLES, r))
             throw new FleetError('INVALID_REQUEST', `--role ${r}: not a Redis role. Roles: ${REDIS_ROLES.join(', ')}`);
+          roles.push(r);
+        }
         if (opts['keep-old'] && opts['drop-old'])
           throw new FleetError(
             'INVALID_REQUEST',

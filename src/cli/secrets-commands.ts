@@ -3,7 +3,7 @@ import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
-import { readAudit, readSecretStats, type AuditRecord } from '../secrets/audit.js';
+import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
 import type { VaultProvider } from '../secrets/vault-provider.js';
@@ -12,9 +12,9 @@ import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
   if (explicit) {
-    if (!['local', 'vault', 'kms'].includes(explicit))
+    if (explicit !== 'local' && explicit !== 'vault' && explicit !== 'kms')
       throw new FleetError('INVALID_REQUEST', `--provider must be local, vault or kms`);
-    return explicit as ProviderKind;
+    return explicit;
   }
   return config.secretProviders.get(name) ?? config.secrets.provider;
 }
@@ -26,7 +26,7 @@ export async function readValueFromStdin(
 ): Promise<Buffer> {
   if (stdin.isTTY) prompt('enter the value, then Ctrl-D:');
   const chunks: Buffer[] = [];
-  for await (const c of stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(c as string));
+  for await (const c of stdin) chunks.push(Buffer.isBuffer(c) ? c : Buffer.from(String(c)));
   const all = Buffer.concat(chunks);
   chunks.forEach((c) => c.fill(0));
   // One trailing newline (from echo or a terminal) is not part of the value.
@@ -126,38 +126,38 @@ export interface SecretStatusRow extends Omit<SecretHealth, 'secret' | 'provider
 
 /** `fleet status --secrets`: each secret the config names, with its provider, version and access counts. */
 export async function secretsStatus(config: FleetConfig, redis: RedisClient): Promise<SecretStatusRow[]> {
-  const names = [...config.secretProviders.keys()].sort();
-  const stats = await readSecretStats(redis, config.redis.prefix, names);
   const { meta, problems } = await listSecrets(config.secretProviders.values(), async (kind) => ({
     provider: await makeProvider(kind, config, { redis, logger: silentLogger, preferVaultToken: true }),
     close: true,
   }));
-  const health = new Map((await secretHealth(config, redis, meta)).map((h) => [h.secret, h]));
-  return names.map((secret, i) => {
-    const provider = config.secretProviders.get(secret)!;
-    const m = meta.get(secret);
-    const s = stats[i]!;
-    const problem = problems.get(provider);
-    return {
-      ...health.get(secret)!,
-      secret,
-      provider,
-      version: m?.version ?? null,
-      updatedAt: m?.updatedAt ?? null,
-      lastAccessAt: s.lastAccessAt,
-      granted: s.granted,
-      denied: s.denied,
-      errors: s.errors,
-      usedBy: [...config.jobTypes.values()].filter((t) => t.secrets.includes(secret)).map((t) => t.name),
-      modes: Object.fromEntries(
-        [...config.jobTypes.values()].flatMap((t) =>
-          t.secretModes.has(secret) ? [[t.name, t.secretModes.get(secret)!]] : [],
+  // One health row per secret the config names.
+  const health = await secretHealth(config, redis, meta);
+  return Promise.all(
+    health.map(async (h): Promise<SecretStatusRow> => {
+      const { secret, provider } = h;
+      const m = meta.get(secret);
+      const s = await readSecretStat(redis, config.redis.prefix, secret);
+      const problem = problems.get(provider);
+      return {
+        ...h,
+        version: m?.version ?? null,
+        updatedAt: m?.updatedAt ?? null,
+        lastAccessAt: s.lastAccessAt,
+        granted: s.granted,
+        denied: s.denied,
+        errors: s.errors,
+        usedBy: [...config.jobTypes.values()].filter((t) => t.secrets.includes(secret)).map((t) => t.name),
+        modes: Object.fromEntries(
+          [...config.jobTypes.values()].flatMap((t) => {
+            const mode = t.secretModes.get(secret);
+            return mode ? [[t.name, mode]] : [];
+          }),
         ),
-      ),
-      binding: config.secrets.items[secret]?.binding ?? null,
-      ...(problem ? { problem } : {}),
-    };
-  });
+        binding: config.secrets.items[secret]?.binding ?? null,
+        ...(problem ? { problem } : {}),
+      };
+    }),
+  );
 }
 
 export function renderSecretsStatus(rows: SecretStatusRow[]): string {

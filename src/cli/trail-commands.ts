@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
+import { z } from 'zod';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
@@ -19,6 +20,9 @@ import { makeProvider } from '../secrets/providers.js';
 import type { SecretProvider } from '../secrets/provider.js';
 
 /** `fleet redis setup`: the per-role ACL users, written with the admin identity in REDIS_URL. */
+/** One line of the export file: a record's fields, as Redis holds them (strings). */
+const exportedRecord = z.record(z.string(), z.string());
+
 export async function redisSetup(
   config: FleetConfig,
   adminUrl: string,
@@ -91,14 +95,22 @@ export async function auditVerify(
           .split('\n')
           .filter((l) => l.trim());
         const entries: AuditEntry[] = lines.map((l, i) => {
+          let parsed: unknown;
           try {
-            return { fields: JSON.parse(l) as Record<string, string> };
+            parsed = JSON.parse(l);
           } catch {
             throw new FleetError(
               'INVALID_REQUEST',
               `${options.file} line ${i + 1} is not JSON. Fix: pass the file secrets.audit.export writes.`,
             );
           }
+          const fields = exportedRecord.safeParse(parsed);
+          if (!fields.success)
+            throw new FleetError(
+              'INVALID_REQUEST',
+              `${options.file} line ${i + 1} is not an audit record (an object of string fields). Fix: pass the file secrets.audit.export writes.`,
+            );
+          return { fields: fields.data };
         });
         return await verifyEntries(entries, keys, { mode: options.since ? 'anchored' : 'full' });
       }
@@ -124,8 +136,8 @@ export async function auditVerify(
 export function renderVerify(r: VerifyReport): string {
   const head = `${r.records} records from ${r.writers} writer(s)${r.checkpoint ? `, from checkpoint ${r.checkpoint}` : ''}`;
   if (r.ok) return `audit chain OK: ${head}`;
-  const b = r.firstBreak!;
-  return `audit chain BROKEN: ${head}; ${r.breaks} broken link(s)\nfirst at ${b.at} (writer ${b.writer}): ${b.reason}`;
+  const b = r.firstBreak;
+  return `audit chain BROKEN: ${head}; ${r.breaks} broken link(s)\nfirst at ${b?.at} (writer ${b?.writer}): ${b?.reason}`;
 }
 
 /** `fleet audit export`: the stream as JSON lines with the chain fields, for a SIEM to verify on its own. */

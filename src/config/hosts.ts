@@ -2,11 +2,11 @@
 
 /** `host:port` split, with IPv6 brackets removed. */
 export function splitHostPort(target: string, defaultPort: number): { host: string; port: number } | null {
-  const m = /^\[([^\]]+)\](?::(\d+))?$/.exec(target) ?? /^([^:]+)(?::(\d+))?$/.exec(target);
-  if (!m) return null;
-  const port = m[2] ? Number(m[2]) : defaultPort;
+  const [, host, portText] = /^\[([^\]]+)\](?::(\d+))?$/.exec(target) ?? /^([^:]+)(?::(\d+))?$/.exec(target) ?? [];
+  if (host === undefined) return null;
+  const port = portText ? Number(portText) : defaultPort;
   if (!Number.isInteger(port) || port < 1 || port > 65535) return null;
-  return { host: m[1]!.toLowerCase().replace(/\.$/, ''), port };
+  return { host: host.toLowerCase().replace(/\.$/, ''), port };
 }
 
 /** Whether `host:port` matches one pattern (`host`, `host:port`, `*.domain`, `*.domain:port`; port defaults to 443). */

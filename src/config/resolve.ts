@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
-import { ConfigError } from '../errors.js';
+import { ConfigError, errorMessage, fieldOf } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
 import { CRITICAL_MAX_TIMEOUT_MS, fleetConfigSchema, type FleetConfigInput, type jobTypeSchema } from './schema.js';
@@ -63,10 +63,12 @@ function toPayloadSchema(name: string, schema: unknown): z.ZodType {
   if (schema === undefined) return z.json();
   if (schema instanceof z.ZodType) return schema;
   try {
+    // zod checks the schema itself and throws a readable error (caught below) for anything else.
+    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
     return z.fromJSONSchema(schema as Parameters<typeof z.fromJSONSchema>[0]);
   } catch (err) {
     throw new ConfigError(
-      `jobTypes.${name}.payloadSchema is not a JSON Schema zod can read: ${(err as Error).message}. ` +
+      `jobTypes.${name}.payloadSchema is not a JSON Schema zod can read: ${errorMessage(err)}. ` +
         'Fix: give a JSON Schema object (draft 2020-12) or, in a .ts/.js config, a zod schema.',
       { cause: err },
     );
@@ -75,14 +77,11 @@ function toPayloadSchema(name: string, schema: unknown): z.ZodType {
 
 function toJsonSchema(name: string, schema: z.ZodType): Record<string, unknown> {
   try {
-    return z.toJSONSchema(schema, { unrepresentable: 'any' }) as Record<string, unknown>;
+    return z.toJSONSchema(schema, { unrepresentable: 'any' });
   } catch (err) {
-    throw new ConfigError(
-      `jobTypes.${name}.payloadSchema cannot be exported as JSON Schema: ${(err as Error).message}`,
-      {
-        cause: err,
-      },
-    );
+    throw new ConfigError(`jobTypes.${name}.payloadSchema cannot be exported as JSON Schema: ${errorMessage(err)}`, {
+      cause: err,
+    });
   }
 }
 
@@ -172,7 +171,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       payload = toPayloadSchema(jt.name, jt.payloadSchema);
       payloadJsonSchema = toJsonSchema(jt.name, payload);
     } catch (err) {
-      problems.push((err as Error).message);
+      problems.push(errorMessage(err));
       payload = z.json();
     }
     const { payloadSchema: _omit, warmSandboxes, recycleHeapUsedMb: _r, sandbox: _s, readPaths: _rp, ...rest } = jt;
@@ -225,7 +224,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     try {
       scheduleOf(r.schedule);
     } catch (err) {
-      problems.push(`secrets.items.${name}.rotation.schedule: ${(err as Error).message}`);
+      problems.push(`secrets.items.${name}.rotation.schedule: ${errorMessage(err)}`);
     }
     if (r.rotator.type === 'kms-rewrap' && secretProviders.get(name) !== 'kms')
       problems.push(
@@ -254,7 +253,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   }
 
   const { jobTypes: _jt, ...top } = cfg;
-  return deepFreeze({
+  const config: FleetConfig = {
     ...top,
     redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
     secrets: {
@@ -270,7 +269,8 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     source: options.source ?? null,
     secretProviders,
     jobTypes,
-  }) as FleetConfig;
+  };
+  return deepFreeze(config);
 }
 
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
@@ -308,14 +308,12 @@ export async function loadConfig(options: { path?: string; cwd?: string } = {}):
       raw = JSON.parse(await readFile(file, 'utf8'));
     } else if (file.endsWith('.ts')) {
       const { tsImport } = await import('tsx/esm/api');
-      const mod = (await tsImport(pathToFileURL(file).href, import.meta.url)) as { default?: unknown };
-      raw = mod.default;
+      raw = fieldOf(await tsImport(pathToFileURL(file).href, import.meta.url), 'default');
     } else {
-      const mod = (await import(pathToFileURL(file).href)) as { default?: unknown };
-      raw = mod.default;
+      raw = fieldOf(await import(pathToFileURL(file).href), 'default');
     }
   } catch (err) {
-    throw new ConfigError(`could not read config file ${file}: ${(err as Error).message}`, { cause: err });
+    throw new ConfigError(`could not read config file ${file}: ${errorMessage(err)}`, { cause: err });
   }
   if (raw === undefined)
     throw new ConfigError(`config file ${file} has no default export. Fix: export default defineConfig({...}).`);

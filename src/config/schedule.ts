@@ -21,10 +21,10 @@ export function scheduleOf(schedule: string): Schedule {
   if (CRON.test(s)) {
     // The common fixed-cadence forms, so age limits and overdue checks can use them.
     const fields = s.split(/\s+/);
-    const [min, hour, dom, mon, dow] = fields.length === 6 ? fields.slice(1) : fields;
+    const [min = '', hour = '', dom, mon, dow = ''] = fields.length === 6 ? fields.slice(1) : fields;
     let intervalMs: number | null = null;
-    if (dom === '*' && mon === '*' && dow === '*' && /^\d+$/.test(min!) && /^\d+$/.test(hour!)) intervalMs = 86_400_000;
-    else if (dom === '*' && mon === '*' && /^\d$/.test(dow!) && /^\d+$/.test(min!) && /^\d+$/.test(hour!))
+    if (dom === '*' && mon === '*' && dow === '*' && /^\d+$/.test(min) && /^\d+$/.test(hour)) intervalMs = 86_400_000;
+    else if (dom === '*' && mon === '*' && /^\d$/.test(dow) && /^\d+$/.test(min) && /^\d+$/.test(hour))
       intervalMs = 604_800_000;
     return { pattern: s, intervalMs };
   }

@@ -32,12 +32,14 @@ const COLORS: Record<number, string> = {
 
 /** `12:03:04 INFO  message  key=value …` for a person at a terminal (the same fields as the JSON). */
 export function prettyLine(json: string, color = false): string {
-  let o: Record<string, unknown>;
+  let parsed: unknown;
   try {
-    o = JSON.parse(json) as Record<string, unknown>;
+    parsed = JSON.parse(json);
   } catch {
     return json;
   }
+  if (typeof parsed !== 'object' || parsed === null) return json;
+  const o: Record<string, unknown> = { ...parsed };
   const { level, time, msg, pid: _pid, ...fields } = o;
   const t = new Date(Number(time)).toISOString().slice(11, 19);
   const lv = LEVELS[Number(level)] ?? String(level);

@@ -56,9 +56,9 @@ export function startMetricsServer(options: {
       ),
     );
     server.listen(options.port, options.host, () => {
-      const addr = server.address() as { port: number };
+      const addr = server.address();
       resolve({
-        url: `http://${options.host}:${addr.port}`,
+        url: `http://${options.host}:${typeof addr === 'object' && addr ? addr.port : options.port}`,
         release: () =>
           new Promise<void>((r) => {
             server.close(() => r());

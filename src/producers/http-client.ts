@@ -2,6 +2,8 @@
  * A dependency-free HTTP client for the enqueue API, for services that do not share the fleet's
  * config or Redis. Errors carry the API's machine-readable `code`.
  */
+import { fieldOf } from '../errors.js';
+
 export class FleetHttpError extends Error {
   override name = 'FleetHttpError';
   constructor(
@@ -52,11 +54,28 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
       signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
     });
     const text = await res.text();
-    const json = text ? (JSON.parse(text) as Record<string, unknown>) : {};
-    if (!res.ok) {
-      const e = (json.error ?? {}) as { code?: string; message?: string; details?: Record<string, unknown> };
-      throw new FleetHttpError(res.status, e.code ?? 'HTTP_ERROR', e.message ?? `HTTP ${res.status}`, e.details);
+    let json: unknown = {};
+    try {
+      if (text) json = JSON.parse(text);
+    } catch {
+      throw new FleetHttpError(
+        res.status,
+        'HTTP_ERROR',
+        `HTTP ${res.status}, and the body is not JSON: ${text.slice(0, 200)}`,
+      );
     }
+    if (!res.ok) {
+      const e = fieldOf(json, 'error');
+      const [code, message, details] = [fieldOf(e, 'code'), fieldOf(e, 'message'), fieldOf(e, 'details')];
+      throw new FleetHttpError(
+        res.status,
+        typeof code === 'string' ? code : 'HTTP_ERROR',
+        typeof message === 'string' ? message : `HTTP ${res.status}`,
+        typeof details === 'object' && details !== null ? { ...details } : undefined,
+      );
+    }
+    // The answer of a 2xx is the shape the API's OpenAPI document gives for this route.
+    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
     return json as T;
   }
   const seg = encodeURIComponent;

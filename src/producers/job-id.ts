@@ -19,8 +19,8 @@ const JOB_ID = /^([a-z][a-z0-9-]{0,62})\.(k?[0-9a-f]{32,40})$/;
 
 /** The job type named by an id, or `null` when the id is not one of ours. */
 export function jobTypeOfId(id: string): string | null {
-  const m = JOB_ID.exec(id);
-  return m && JOB_TYPE_NAME.test(m[1]!) ? m[1]! : null;
+  const type = JOB_ID.exec(id)?.[1];
+  return type !== undefined && JOB_TYPE_NAME.test(type) ? type : null;
 }
 
 /** Idempotency keys: 1–200 visible ASCII characters. */

@@ -91,9 +91,7 @@ export interface ProducerOptions {
 function canonicalJson(v: unknown): string {
   return JSON.stringify(v, (_k, x: unknown) =>
     x && typeof x === 'object' && !Array.isArray(x)
-      ? Object.fromEntries(
-          Object.entries(x as Record<string, unknown>).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)),
-        )
+      ? Object.fromEntries(Object.entries(x).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
       : x,
   );
 }
@@ -303,7 +301,8 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const prepared = items.map((item, index) => {
       try {
         const payload = this.validate(type, item.data);
-        return { name: this.#name, data: payload, opts: this.#jobOptions(type, this.#idFor(type, item), item) };
+        const id = this.#idFor(type, item);
+        return { id, job: { name: this.#name, data: payload, opts: this.#jobOptions(type, id, item) } };
       } catch (err) {
         problems.push({
           index,
@@ -319,11 +318,12 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     }
     const jobs = prepared.filter((p) => p !== null);
     // The same key twice in one batch must carry the same body too.
-    const keyed = items.flatMap((item, index) =>
-      item.idempotencyKey === undefined
+    const keyed = items.flatMap((item, index) => {
+      const prep = jobs[index];
+      return item.idempotencyKey === undefined || !prep
         ? []
-        : [{ id: jobs[index]!.opts.jobId!, key: item.idempotencyKey, payload: jobs[index]!.data, index }],
-    );
+        : [{ id: prep.id, key: item.idempotencyKey, payload: prep.job.data, index }];
+    });
     const firstByKey = new Map<string, (typeof keyed)[number]>();
     for (const k of keyed) {
       const first = firstByKey.get(k.key);
@@ -340,10 +340,10 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       const q = await this.#readyQueue(type.name);
       // Checked before adding: a refused batch enqueues nothing.
       if (keyed.length) await this.#sameBodyOrRefuse(q, [...firstByKey.values()]);
-      await q.addBulk(jobs);
+      await q.addBulk(jobs.map((p) => p.job));
     });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: jobs.length, via: this.#via });
-    return jobs.map((j) => ({ id: j.opts.jobId!, type: type.name }));
+    return jobs.map((p) => ({ id: p.id, type: type.name }));
   }
 
   /**
@@ -356,7 +356,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const found = type
       ? await this.#guard('job lookup', async () => {
           const q = await this.#readyQueue(type.name);
-          const state = (await q.getJobState(id)) as JobState;
+          const state: JobState = await q.getJobState(id);
           return state === 'unknown' ? undefined : { state, job: await q.getJob(id) };
         })
       : undefined;

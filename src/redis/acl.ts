@@ -2,8 +2,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { Cluster } from 'ioredis';
-import { ConfigError, FleetError } from '../errors.js';
-import type { RedisClient } from './connection.js';
+import { z } from 'zod';
+import { ConfigError, FleetError, errorMessage } from '../errors.js';
+import { aclGetUser, stringList, type RedisClient } from './connection.js';
 import { auditHeadsKey, auditStreamKey, controlChannel, keyPatterns, secretStatsKey } from './keys.js';
 
 /**
@@ -210,6 +211,19 @@ export interface RoleCredential {
 
 export type RoleCredentials = Partial<Record<RedisRole, RoleCredential>>;
 
+const credentialSchema = z.object({ username: z.string().min(1), password: z.string().min(1) });
+/** The embedded Redis's users file (`dataDir/redis/users.json`). */
+const embeddedUsersSchema = z.object({
+  roles: z.object({
+    api: credentialSchema.optional(),
+    worker: credentialSchema.optional(),
+    scheduler: credentialSchema.optional(),
+    ops: credentialSchema.optional(),
+    retention: credentialSchema.optional(),
+  }),
+  admin: credentialSchema,
+});
+
 /** Passwords of the embedded Redis's users, generated once (mode 0600). */
 export function embeddedUsersFile(dataDir: string): string {
   return path.join(dataDir, 'redis', 'users.json');
@@ -222,16 +236,12 @@ export function ensureEmbeddedUsers(
 ): { roles: RoleCredentials; admin: RoleCredential } {
   const file = embeddedUsersFile(dataDir);
   if (existsSync(file)) {
-    const saved = JSON.parse(readFileSync(file, 'utf8')) as { roles: RoleCredentials; admin: RoleCredential };
-    if (
-      REDIS_ROLES.every((r) => saved.roles[r]?.password) &&
-      saved.admin?.password &&
-      saved.admin.username === 'default'
-    )
-      return saved;
+    const saved = embeddedUsersSchema.safeParse(JSON.parse(readFileSync(file, 'utf8')));
+    if (saved.success && REDIS_ROLES.every((r) => saved.data.roles[r]) && saved.data.admin.username === 'default')
+      return saved.data;
   }
   const gen = (username: string): RoleCredential => ({ username, password: randomBytes(24).toString('hex') });
-  const roles = Object.fromEntries(REDIS_ROLES.map((r) => [r, gen(roleUsername(r, userPrefix))])) as RoleCredentials;
+  const roles: RoleCredentials = Object.fromEntries(REDIS_ROLES.map((r) => [r, gen(roleUsername(r, userPrefix))]));
   const out = { roles, admin: gen('default') };
   mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
   writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`, { mode: 0o600 });
@@ -243,10 +253,10 @@ export function readEmbeddedUsers(dataDir: string): { roles: RoleCredentials; ad
   const file = embeddedUsersFile(dataDir);
   if (!existsSync(file)) return null;
   try {
-    return JSON.parse(readFileSync(file, 'utf8')) as { roles: RoleCredentials; admin: RoleCredential };
+    return embeddedUsersSchema.parse(JSON.parse(readFileSync(file, 'utf8')));
   } catch (err) {
     throw new ConfigError(
-      `${file} is not valid JSON (${(err as Error).message}). Fix: delete it and restart \`npm start\` (new passwords are generated).`,
+      `${file} is not the users file npm start writes (${errorMessage(err)}). Fix: delete it and restart \`npm start\` (new passwords are generated).`,
     );
   }
 }
@@ -291,7 +301,7 @@ export function roleCredentialsFromEnv(env: NodeJS.ProcessEnv = process.env, use
         password = readFileSync(file, 'utf8').trim();
       } catch (err) {
         throw new ConfigError(
-          `${name}_FILE names ${file}, which cannot be read (${(err as Error).message}). Fix: point it at the file holding the ${role} role's Redis password.`,
+          `${name}_FILE names ${file}, which cannot be read (${errorMessage(err)}). Fix: point it at the file holding the ${role} role's Redis password.`,
         );
       }
     }
@@ -342,8 +352,7 @@ function masters(redis: RedisClient): RedisClient[] {
 
 /** Redis ≥ 7.0 (ACL selectors and `%R~` key permissions); returns what the server knows. */
 export async function assertAclSupport(redis: RedisClient): Promise<RedisServerFeatures> {
-  const node = masters(redis)[0]!;
-  const info = await node.info('server');
+  const info = await (masters(redis)[0] ?? redis).info('server');
   const version = /redis_version:([\d.]+)/.exec(info)?.[1] ?? '0';
   if (Number(version.split('.')[0]) < 7) {
     throw new FleetError(
@@ -373,24 +382,22 @@ export async function setupRoleUsers(
 ): Promise<{ credentials: RoleCredentials; nodes: number; saved: boolean }> {
   const features = await assertAclSupport(admin);
   const roles = options.roles ?? REDIS_ROLES;
-  const credentials: RoleCredentials = {};
-  for (const role of roles) {
-    credentials[role] = options.passwords?.[role] ?? {
+  const plan = roles.map((role): [RedisRole, RoleCredential] => [
+    role,
+    options.passwords?.[role] ?? {
       username: roleUsername(role, options.userPrefix),
       password: randomBytes(24).toString('hex'),
-    };
-  }
+    },
+  ]);
+  const credentials: RoleCredentials = Object.fromEntries(plan);
   const nodes = masters(admin);
   let saved = true;
   for (const node of nodes) {
-    for (const role of roles) {
-      const c = credentials[role]!;
+    for (const [role, c] of plan) {
       let passwordRules = ['resetpass', `>${c.password}`];
       if (options.keepOld) passwordRules = [`>${c.password}`];
       if (options.dropOld) {
-        const current = (await node.call('ACL', 'GETUSER', c.username).catch(() => null)) as unknown[] | null;
-        const idx = current ? current.indexOf('passwords') : -1;
-        const hashes = idx >= 0 ? ((current![idx + 1] as string[]) ?? []) : [];
+        const hashes = stringList((await aclGetUser(node, c.username))?.get('passwords'));
         passwordRules = [...hashes.filter((h) => h !== sha256(c.password)).map((h) => `!${h}`), `>${c.password}`];
       }
       await node.call(

@@ -7,7 +7,7 @@ export type RedisClient = Redis | Cluster;
 export function isClusterUrl(url: string): boolean {
   return url.startsWith('redis-cluster://') || url.startsWith('rediss-cluster://');
 }
-import { RedisUnavailableError } from '../errors.js';
+import { RedisUnavailableError, errorMessage } from '../errors.js';
 
 export type ConnectionRole =
   /** Blocking BullMQ workers: commands wait for a reconnect instead of failing. */
@@ -37,8 +37,8 @@ export function connectRedis(url: string, role: ConnectionRole, extra: RedisOpti
     .replace(/\/.*$/, '')
     .split(',');
   const nodes = hosts.map((h) => {
-    const [host, port] = h.split(':');
-    return { host: host!, port: Number(port ?? 6379) };
+    const [host = '', port] = h.split(':');
+    return { host, port: Number(port ?? 6379) };
   });
   const { retryStrategy: _r, enableOfflineQueue, lazyConnect, maxRetriesPerRequest, ...redisOptions } = options;
   return new Cluster(nodes, {
@@ -73,7 +73,7 @@ export async function waitForRedis(redis: RedisClient, timeoutMs = 10_000): Prom
     await new Promise((r) => setTimeout(r, 100));
   }
   throw new RedisUnavailableError(
-    `Redis did not answer within ${timeoutMs} ms${last ? ` (${(last as Error).message})` : ''}. Fix: check REDIS_URL / redis.url and that redis-server is running.`,
+    `Redis did not answer within ${timeoutMs} ms${last ? ` (${errorMessage(last)})` : ''}. Fix: check REDIS_URL / redis.url and that redis-server is running.`,
     { cause: last },
   );
 }
@@ -103,6 +103,24 @@ export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void>
   });
 }
 
+/** One setting read with CONFIG GET ('' when the server does not know it). */
+export async function configGet(client: Redis | Cluster, name: string): Promise<string> {
+  const reply: unknown = await client.config('GET', name);
+  return Array.isArray(reply) && typeof reply[1] === 'string' ? reply[1] : '';
+}
+
+/** ACL GETUSER's answer as field → value (`flags`, `passwords`, `commands`, …); null without such a user or the right. */
+export async function aclGetUser(client: Redis | Cluster, username: string): Promise<Map<string, unknown> | null> {
+  const reply: unknown = await client.call('ACL', 'GETUSER', username).catch(() => null);
+  if (!Array.isArray(reply)) return null;
+  const fields = new Map<string, unknown>();
+  for (let i = 0; i + 1 < reply.length; i += 2) fields.set(String(reply[i]), reply[i + 1]);
+  return fields;
+}
+
+/** A Redis reply that should be a list of strings, as one ([] for anything else). */
+export const stringList = (reply: unknown): string[] => (Array.isArray(reply) ? reply.map(String) : []);
+
 /**
  * Start-up check of the Redis the fleet will use: an evicting Redis silently loses jobs and audit
  * records, so it is refused; missing persistence is a warning (fine for development).
@@ -113,11 +131,11 @@ export async function checkRedisSettings(redis: RedisClient, warn: (msg: string)
   let policy: string;
   let aof: string;
   try {
-    policy = ((await client.config('GET', 'maxmemory-policy')) as string[])[1] ?? '';
-    aof = ((await client.config('GET', 'appendonly')) as string[])[1] ?? '';
+    policy = await configGet(client, 'maxmemory-policy');
+    aof = await configGet(client, 'appendonly');
   } catch (err) {
     warn(
-      `could not read Redis CONFIG (${(err as Error).message}); make sure maxmemory-policy is noeviction and persistence is on`,
+      `could not read Redis CONFIG (${errorMessage(err)}); make sure maxmemory-policy is noeviction and persistence is on`,
     );
     return;
   }

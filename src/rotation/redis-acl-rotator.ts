@@ -13,13 +13,16 @@ import { randomRotator, type Rotator } from './rotators.js';
  */
 export function redisAclRotator(options: { role: RedisRole; prefix: string; adminUrlEnv: string }): Rotator {
   const username = roleUsername(options.role);
-  const admin = async <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> => {
+  const adminUrl = (): string => {
     const url = process.env[options.adminUrlEnv];
     if (!url)
       throw new ConfigError(
         `rotating the Redis password of role ${options.role} needs an admin Redis URL in ${options.adminUrlEnv} (the scheduler's environment). It lets the scheduler change ACL users: give it only where this rotation runs.`,
       );
-    const r = connectRedis(url, 'producer');
+    return url;
+  };
+  const admin = async <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> => {
+    const r = connectRedis(adminUrl(), 'producer');
     r.on('error', () => undefined);
     try {
       await ensureReady(r);
@@ -41,8 +44,7 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
         }),
       ).then(() => undefined),
     test: async (_ctx, value) => {
-      const url = process.env[options.adminUrlEnv]!;
-      const r = connectRedis(urlWithCredential(url, { username, password: text(value) }), 'producer');
+      const r = connectRedis(urlWithCredential(adminUrl(), { username, password: text(value) }), 'producer');
       r.on('error', () => undefined);
       try {
         await ensureReady(r);

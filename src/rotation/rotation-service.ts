@@ -15,11 +15,9 @@ import { readRotationState, type RotationStep } from './state.js';
 
 import { openAuditLog, trimAuditWithCheckpoint, type AuditLog } from '../secrets/audit.js';
 import { ChainWriter, type AuditKeyRing } from '../secrets/audit-chain.js';
-import type { KmsProvider } from '../secrets/kms-provider.js';
-import type { VaultProvider } from '../secrets/vault-provider.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { secretHealth, type SecretHealth } from './secret-health.js';
-import { listSecrets, makeProvider } from '../secrets/providers.js';
+import { listSecrets, makeProvider, providerOfKind } from '../secrets/providers.js';
 import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
 import { runRotatorStep } from './sandboxed-rotator.js';
 import { redisAclRotator } from './redis-acl-rotator.js';
@@ -98,6 +96,7 @@ export class RotationService {
   #audit: AuditLog | null = null;
   #sweeper: NodeJS.Timeout | null = null;
   readonly #providers = new Map<ProviderKind, SecretProvider>();
+  readonly #openProvider: ((kind: ProviderKind) => Promise<SecretProvider>) | null;
   readonly #rotators = new Map<string, Rotator | 'kms-rewrap'>();
 
   constructor(options: {
@@ -107,9 +106,16 @@ export class RotationService {
     redis?: RedisClient;
     /** The audit retention path's connection (the `retention` Redis role, the only one that may trim the audit stream). @defaultValue redisUrl */
     retentionUrl?: string;
+    /**
+     * Opens a secret backend with the rotator's identity, on first use of its kind (app.ts passes
+     * it; a scheduler whose policies never touch Vault needs no rotator credentials). The service
+     * closes what it opened. @defaultValue makeProvider with the config
+     */
+    openProvider?: (kind: ProviderKind) => Promise<SecretProvider>;
     events: FleetEventBus;
     logger?: Logger;
   }) {
+    this.#openProvider = options.openProvider ?? null;
     this.#config = options.config;
     this.#redisUrl = options.redisUrl;
     this.#retentionUrl = options.retentionUrl ?? options.redisUrl;
@@ -207,8 +213,7 @@ export class RotationService {
     this.#sweeper.unref();
     const kms = this.#config.secrets.kms;
     if (kms?.enableKeyRotation && [...this.#config.secretProviders.values()].includes('kms')) {
-      const name = [...this.#config.secretProviders].find(([, k]) => k === 'kms')![0];
-      await ((await this.#provider(name)) as KmsProvider)
+      await providerOfKind(await this.#providerOfKind('kms'), 'kms')
         .enableKeyRotation()
         .then(() => this.#log.info('KMS automatic rotation of the customer key is on', { keyId: kms.keyId }))
         .catch((err: unknown) =>
@@ -218,11 +223,29 @@ export class RotationService {
     this.#log.info('rotation scheduler running', { secrets: [...policies.keys()] });
   }
 
-  async #provider(name: string): Promise<SecretProvider> {
-    const kind = this.#config.secretProviders.get(name) ?? this.#config.secrets.provider;
+  /** The Redis connection; start() opens it. */
+  get #db(): RedisClient {
+    if (!this.#redis) throw new FleetError('INTERNAL', 'the rotation service was used before start()');
+    return this.#redis;
+  }
+
+  /** The policy of a secret the scheduler rotates (only those reach here). */
+  #policy(secret: string): RotationPolicy {
+    const policy = this.policies().get(secret);
+    if (!policy) throw new FleetError('INVALID_REQUEST', `secret "${secret}" has no rotation policy`);
+    return policy;
+  }
+
+  #provider(secret: string): Promise<SecretProvider> {
+    return this.#providerOfKind(this.#config.secretProviders.get(secret) ?? this.#config.secrets.provider);
+  }
+
+  async #providerOfKind(kind: ProviderKind): Promise<SecretProvider> {
     let p = this.#providers.get(kind);
     if (!p) {
-      p = await makeProvider(kind, this.#config, { redis: this.#redis!, logger: this.#log, vaultIdentity: 'rotator' });
+      p = this.#openProvider
+        ? await this.#openProvider(kind)
+        : await makeProvider(kind, this.#config, { redis: this.#db, logger: this.#log, vaultIdentity: 'rotator' });
       this.#providers.set(kind, p);
     }
     return p;
@@ -231,7 +254,7 @@ export class RotationService {
   async #rotator(name: string): Promise<Rotator | 'kms-rewrap'> {
     let r = this.#rotators.get(name);
     if (!r) {
-      const cfg = this.policies().get(name)!.rotator;
+      const cfg = this.#policy(name).rotator;
       r =
         cfg.type === 'module'
           ? this.#sandboxed(name, cfg.path)
@@ -249,7 +272,7 @@ export class RotationService {
    * timeout), given only this secret's current value (and the new one), as bytes.
    */
   #sandboxed(secret: string, rotatorPath: string): Rotator {
-    const policy = this.policies().get(secret)!.rotator;
+    const policy = this.#policy(secret).rotator;
     const opts = {
       timeoutMs: 60_000,
       maxOldGenerationSizeMb: 128,
@@ -334,7 +357,7 @@ export class RotationService {
   async #isDue(secret: string, policy: RotationPolicy, provider: SecretProvider): Promise<boolean> {
     const { intervalMs } = scheduleOf(policy.schedule);
     if (intervalMs === null) return true;
-    const state = await readRotationState(this.#redis!, this.#config.redis.prefix, secret);
+    const state = await readRotationState(this.#db, this.#config.redis.prefix, secret);
     const since = state.lastSuccessAt ?? (await provider.list()).find((m) => m.name === secret)?.updatedAt ?? 0;
     return Date.now() - since >= intervalMs - Math.min(intervalMs * 0.1, 60_000);
   }
@@ -347,7 +370,7 @@ export class RotationService {
     const started = Date.now();
     const t0 = performance.now();
     const held: Uint8Array[] = [];
-    let scope: Awaited<ReturnType<VaultProvider['scopedTo']>> | null = null;
+    let scope: Awaited<ReturnType<import('../secrets/vault-provider.js').VaultProvider['scopedTo']>> | null = null;
     let pending: { version: string } | null = null;
     let provider: SecretProvider | null = null;
     // Everything from here on is inside the try: a failed due-check, rotation-token mint or
@@ -357,7 +380,7 @@ export class RotationService {
       const base = await this.#provider(secret);
       if (!force && !(await this.#isDue(secret, policy, base))) return { skipped: 'not-due' };
       // Vault: the steps run with a token that can write this one secret only.
-      scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+      scope = base.kind === 'vault' ? await providerOfKind(base, 'vault').scopedTo(secret) : null;
       const scoped: SecretProvider = scope?.provider ?? base;
       provider = scoped;
       const rotator = await this.#rotator(secret);
@@ -378,7 +401,7 @@ export class RotationService {
         pending = await this.#step(
           secret,
           'create',
-          () => (scoped as KmsProvider).rewrapPending(secret),
+          () => providerOfKind(scoped, 'kms').rewrapPending(secret),
           (r) => r.version,
         );
       } else {
@@ -395,7 +418,7 @@ export class RotationService {
         value = created.value;
         pending = { version: created.version };
         const v = value;
-        if (rotator.set) await this.#step(secret, 'set', async () => rotator.set!(ctx, v));
+        if (rotator.set) await this.#step(secret, 'set', async () => rotator.set?.(ctx, v));
       }
       const p = pending;
       await this.#step(secret, 'test', async () => {
@@ -415,7 +438,8 @@ export class RotationService {
         (r) => r.version,
       );
       pending = null;
-      const multi = this.#redis!.multi()
+      const multi = this.#db
+        .multi()
         .hset(
           key,
           'currentVersion',
@@ -448,7 +472,8 @@ export class RotationService {
           }),
         );
       }
-      await this.#redis!.multi()
+      await this.#db
+        .multi()
         .hset(
           key,
           'lastRotationAt',
@@ -509,7 +534,7 @@ export class RotationService {
           async () => {
             const base = await this.#provider(secret);
             const rotator = await this.#rotator(secret);
-            const scope = base.kind === 'vault' ? await (base as VaultProvider).scopedTo(secret) : null;
+            const scope = base.kind === 'vault' ? await providerOfKind(base, 'vault').scopedTo(secret) : null;
             try {
               await (scope?.provider ?? base).retire(secret, version);
               if (rotator !== 'kms-rewrap' && rotator.finish) {
@@ -548,14 +573,14 @@ export class RotationService {
 
   /** Health of every secret the config names (for metrics and status). */
   async health(): Promise<SecretHealth[]> {
-    const { meta, problems } = await listSecrets(this.#config.secretProviders.values(), async (kind) => {
-      const name = [...this.#config.secretProviders].find(([, k]) => k === kind)![0];
-      return { provider: await this.#provider(name), close: false };
-    });
+    const { meta, problems } = await listSecrets(this.#config.secretProviders.values(), async (kind) => ({
+      provider: await this.#providerOfKind(kind),
+      close: false,
+    }));
     // A provider that cannot list leaves its secrets without a version here; say why once.
     for (const [kind, error] of problems)
       this.#log.warn(`secret provider "${kind}" could not list its secrets; their age is unknown`, { error });
-    return secretHealth(this.#config, this.#redis!, meta);
+    return secretHealth(this.#config, this.#db, meta);
   }
 
   /**

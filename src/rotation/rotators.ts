@@ -3,7 +3,7 @@ import { pathToFileURL } from 'node:url';
 import { ConfigError } from '../errors.js';
 
 // The rotator module shape lives with the other module shapes a sandbox loads (processor-api).
-import type { Rotator } from '../workers/processor-api.js';
+import { rotatorOf, type Rotator } from '../workers/processor-api.js';
 export type { Rotator, RotatorContext } from '../workers/processor-api.js';
 
 export type RotatorConfig =
@@ -36,11 +36,10 @@ export async function loadRotator(cfg: RotatorConfig): Promise<Rotator | 'kms-re
     const { register } = await import('tsx/esm/api');
     register();
   }
-  const mod = (await import(pathToFileURL(cfg.path).href)) as { default?: Partial<Rotator> } & Partial<Rotator>;
-  const r = (mod.default ?? mod) as Partial<Rotator>;
-  if (typeof r.create !== 'function')
+  const r = rotatorOf(await import(pathToFileURL(cfg.path).href));
+  if (!r)
     throw new ConfigError(
       `rotator module ${cfg.path} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`,
     );
-  return r as Rotator;
+  return r;
 }

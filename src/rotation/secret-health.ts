@@ -34,14 +34,14 @@ export async function secretHealth(
   meta: ReadonlyMap<string, SecretMetadata>,
   now = Date.now(),
 ): Promise<SecretHealth[]> {
-  const names = [...config.secretProviders.keys()].sort();
+  const names = [...config.secretProviders].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const denied = await readAudit(redis, config.redis.prefix, {
     sinceMs: now - 86_400_000,
     deniedOnly: true,
     limit: 10_000,
   });
   return Promise.all(
-    names.map(async (secret) => {
+    names.map(async ([secret, provider]) => {
       const item = config.secrets.items[secret];
       const kind = item?.kind ?? 'api-key';
       const policy = item?.rotation;
@@ -65,7 +65,7 @@ export async function secretHealth(
       ];
       return {
         secret,
-        provider: config.secretProviders.get(secret)!,
+        provider,
         kind,
         version: m?.version ?? rotation.currentVersion,
         ageSeconds: ageMs === null ? null : Math.round(ageMs / 1000),

@@ -1,7 +1,9 @@
 import type { RedisClient } from '../redis/connection.js';
+import { isOneOf } from '../guards.js';
 import { rotationStateKey } from '../redis/keys.js';
 
-export type RotationStep = 'create' | 'set' | 'test' | 'promote' | 'retire';
+export const ROTATION_STEPS = ['create', 'set', 'test', 'promote', 'retire'] as const;
+export type RotationStep = (typeof ROTATION_STEPS)[number];
 
 /** What `fleet status --secrets` and the metrics show about one secret's rotation. */
 export interface RotationState {
@@ -26,8 +28,8 @@ export async function readRotationState(redis: RedisClient, prefix: string, secr
     secret,
     currentVersion: h.currentVersion ?? null,
     lastRotationAt: h.lastRotationAt ? Number(h.lastRotationAt) : null,
-    lastOutcome: (h.lastOutcome as 'ok' | 'failed' | undefined) ?? null,
-    lastFailedStep: (h.lastFailedStep as RotationStep | undefined) ?? null,
+    lastOutcome: isOneOf(['ok', 'failed'], h.lastOutcome) ? h.lastOutcome : null,
+    lastFailedStep: isOneOf(ROTATION_STEPS, h.lastFailedStep) ? h.lastFailedStep : null,
     lastError: h.lastError ?? null,
     lastSuccessAt: h.lastSuccessAt ? Number(h.lastSuccessAt) : null,
     rotations: Number(h.rotations ?? 0),

@@ -1,7 +1,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import type { SecretProvider, SecretValue } from './provider.js';
-import { SecretUnavailableError } from '../errors.js';
+import { SecretUnavailableError, errorMessage } from '../errors.js';
 
 /**
  * The audit trail's tamper evidence: a MAC chain per writer.
@@ -94,8 +94,8 @@ export async function loadAuditKeys(
   } catch (err) {
     if (!(err instanceof SecretUnavailableError && err.code === 'SECRET_NOT_FOUND') || !options.create) {
       throw new SecretUnavailableError(
-        (err as SecretUnavailableError).code ?? 'SECRET_NOT_FOUND',
-        `the audit MAC key "${name}" cannot be read from the ${provider.kind} provider (${(err as Error).message}). Fix: run \`fleet audit init-key\` (or \`fleet vault setup\`), and let this identity read it (secrets.audit.macKey).`,
+        err instanceof SecretUnavailableError ? err.code : 'SECRET_NOT_FOUND',
+        `the audit MAC key "${name}" cannot be read from the ${provider.kind} provider (${errorMessage(err)}). Fix: run \`fleet audit init-key\` (or \`fleet vault setup\`), and let this identity read it (secrets.audit.macKey).`,
         { cause: err },
       );
     }
@@ -106,7 +106,7 @@ export async function loadAuditKeys(
     } catch (writeErr) {
       throw new SecretUnavailableError(
         'SECRET_NOT_FOUND',
-        `the audit MAC key "${name}" does not exist in the ${provider.kind} provider and this identity may not create it (${(writeErr as Error).message}). Fix: run \`fleet audit init-key\` once with an identity that may write secrets (or \`fleet vault setup\`).`,
+        `the audit MAC key "${name}" does not exist in the ${provider.kind} provider and this identity may not create it (${errorMessage(writeErr)}). Fix: run \`fleet audit init-key\` once with an identity that may write secrets (or \`fleet vault setup\`).`,
         { cause: writeErr },
       );
     } finally {
@@ -232,7 +232,7 @@ export async function verifyEntries(
   if (options.mode === 'full' && !options.start && entries.length) {
     // The checkpoint that covers the stream's head: the one with the largest cut at or before the
     // first record still there (its MAC is checked below, as part of its writer's chain).
-    const first = entries[0]!.id;
+    const first = entries[0]?.id;
     let best: { cut: string; id: string; chains: Map<string, ChainLink> } | null = null;
     for (const e of entries) {
       if (e.fields.action !== 'checkpoint' || !e.fields.cut || !e.id) continue;

@@ -1,5 +1,6 @@
 import type { RedisClient } from '../redis/connection.js';
 import { toError } from '../errors.js';
+import { isOneOf } from '../guards.js';
 import { closeSync, openSync, writeSync } from 'node:fs';
 import { auditHeadsKey, auditStreamKey, secretStatsKey } from '../redis/keys.js';
 import {
@@ -17,8 +18,8 @@ import {
 import type { SecretProvider } from './provider.js';
 import type { Logger } from '../observability/logger.js';
 
-export type AuditOutcome = 'granted' | 'denied' | 'error';
-const OUTCOMES = new Set<AuditOutcome>(['granted', 'denied', 'error']);
+export const AUDIT_OUTCOMES = ['granted', 'denied', 'error'] as const;
+export type AuditOutcome = (typeof AUDIT_OUTCOMES)[number];
 
 /** One secret access attempt. Never holds the value. */
 export interface AuditRecord {
@@ -197,8 +198,8 @@ export class AuditLog {
       for (const [outcome, n] of counts) multi.hincrby(stats, outcome, n);
       multi.hset(stats, 'lastAccessAt', last.ts ?? '0', ...(last.version ? ['lastVersion', last.version] : []));
     }
-    const newest = records[records.length - 1]!;
-    if (newest.writer) multi.hset(auditHeadsKey(this.#prefix), newest.writer, `${newest.seq}:${newest.mac}`);
+    const newest = records[records.length - 1];
+    if (newest?.writer) multi.hset(auditHeadsKey(this.#prefix), newest.writer, `${newest.seq}:${newest.mac}`);
     const res = await multi.exec();
     const failed = res?.find(([err]) => err);
     if (!res || failed) throw failed?.[0] ?? new Error('transaction aborted');
@@ -257,11 +258,10 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
     const page = await redis.xrevrange(auditStreamKey(prefix), end, start, 'COUNT', 500);
     if (!page.length) break;
     for (const [, fields] of page) {
-      const r: Record<string, string> = {};
-      for (let i = 0; i < fields.length; i += 2) r[fields[i]!] = fields[i + 1]!;
+      const r = pairsToFields(fields);
       // Stored fields are whatever Redis holds (anyone with write access could put anything there):
       // an outcome that is none of ours is shown as an error with the reason, never passed on as is.
-      const outcome = OUTCOMES.has(r.outcome as AuditOutcome) ? (r.outcome as AuditOutcome) : null;
+      const outcome = isOneOf(AUDIT_OUTCOMES, r.outcome) ? r.outcome : null;
       const rec: AuditRecord = {
         ts: Number(r.ts) || 0,
         outcome: outcome ?? 'error',
@@ -276,7 +276,7 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
         ...(r.reason || !outcome
           ? {
               reason: outcome
-                ? r.reason!
+                ? (r.reason ?? '')
                 : `stored record has no valid outcome (${JSON.stringify(r.outcome ?? null).slice(0, 40)}): see fleet audit verify`,
             }
           : {}),
@@ -286,9 +286,8 @@ export async function readAudit(redis: RedisClient, prefix: string, q: AuditQuer
       out.push(rec);
       if (out.length >= limit) break;
     }
-    const last = page[page.length - 1]!;
-    end = `(${last[0]}`;
     if (page.length < 500) break;
+    end = `(${page[page.length - 1]?.[0]}`;
   }
   return out;
 }
@@ -298,29 +297,32 @@ export async function readSecretStats(
   prefix: string,
   names: readonly string[],
 ): Promise<SecretStats[]> {
-  return Promise.all(
-    names.map(async (secret) => {
-      const h = await redis.hgetall(secretStatsKey(prefix, secret));
-      return {
-        secret,
-        granted: Number(h.granted ?? 0),
-        denied: Number(h.denied ?? 0),
-        errors: Number(h.error ?? 0),
-        lastAccessAt: h.lastAccessAt ? Number(h.lastAccessAt) : null,
-        lastVersion: h.lastVersion ?? null,
-      };
-    }),
-  );
+  return Promise.all(names.map((secret) => readSecretStat(redis, prefix, secret)));
+}
+
+export async function readSecretStat(redis: RedisClient, prefix: string, secret: string): Promise<SecretStats> {
+  const h = await redis.hgetall(secretStatsKey(prefix, secret));
+  return {
+    secret,
+    granted: Number(h.granted ?? 0),
+    denied: Number(h.denied ?? 0),
+    errors: Number(h.error ?? 0),
+    lastAccessAt: h.lastAccessAt ? Number(h.lastAccessAt) : null,
+    lastVersion: h.lastVersion ?? null,
+  };
 }
 
 /** Where the latest checkpoint sits, kept in the heads hash (a locator only: the checkpoint itself is signed). */
 const CHECKPOINT_FIELD = ':checkpoint';
 
-const toEntry = ([id, flat]: [string, string[]]): AuditEntry => {
+/** A stream entry's flat `[field, value, field, value, …]` as an object. */
+function pairsToFields(flat: readonly string[]): Record<string, string> {
   const fields: Record<string, string> = {};
-  for (let i = 0; i < flat.length; i += 2) fields[flat[i]!] = flat[i + 1]!;
-  return { id, fields };
-};
+  for (let i = 0; i + 1 < flat.length; i += 2) fields[flat[i] ?? ''] = flat[i + 1] ?? '';
+  return fields;
+}
+
+const toEntry = ([id, flat]: [string, string[]]): AuditEntry => ({ id, fields: pairsToFields(flat) });
 
 /** Each writer's head (`seq:mac`) as Redis holds it. */
 export async function readHeads(redis: RedisClient, prefix: string): Promise<Map<string, ChainLink>> {
@@ -345,16 +347,10 @@ export async function readEntries(
   const out: AuditEntry[] = [];
   let from = start;
   while (out.length < limit) {
-    const page = (await redis.xrange(
-      auditStreamKey(prefix),
-      from,
-      end,
-      'COUNT',
-      Math.min(1000, limit - out.length),
-    )) as [string, string[]][];
+    const page = await redis.xrange(auditStreamKey(prefix), from, end, 'COUNT', Math.min(1000, limit - out.length));
     out.push(...page.map(toEntry));
     if (page.length < 1000) break;
-    from = `(${page[page.length - 1]![0]}`;
+    from = `(${page[page.length - 1]?.[0]}`;
   }
   return out;
 }
@@ -370,9 +366,7 @@ export async function verifyAuditTrail(
   const heads = await readHeads(redis, prefix);
   let entries: AuditEntry[];
   if (window.tail)
-    entries = ((await redis.xrevrange(auditStreamKey(prefix), '+', '-', 'COUNT', window.tail)) as [string, string[]][])
-      .map(toEntry)
-      .reverse();
+    entries = (await redis.xrevrange(auditStreamKey(prefix), '+', '-', 'COUNT', window.tail)).map(toEntry).reverse();
   else entries = await readEntries(redis, prefix, window.sinceMs ? `${window.sinceMs}-0` : '-');
   const anchored = window.tail !== undefined || window.sinceMs !== undefined;
   return verifyEntries(entries, keys, { mode: anchored ? 'anchored' : 'full', heads });
@@ -390,22 +384,20 @@ async function findCheckpoint(
   };
   const locator = await redis.hget(auditHeadsKey(prefix), CHECKPOINT_FIELD);
   if (locator) {
-    const [hit] = ((await redis.xrange(auditStreamKey(prefix), locator, locator)) as [string, string[]][]).map(toEntry);
+    const [hit] = (await redis.xrange(auditStreamKey(prefix), locator, locator)).map(toEntry);
     const chains = usable(hit);
     if (chains) return chains;
   }
   // No locator (or a stale one): look through the stream, newest first.
   let end = '+';
   for (;;) {
-    const page = ((await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)) as [string, string[]][]).map(
-      toEntry,
-    );
+    const page = (await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)).map(toEntry);
     for (const e of page) {
       const chains = usable(e);
       if (chains) return chains;
     }
     if (page.length < 1000) return null;
-    end = `(${page[page.length - 1]!.id}`;
+    end = `(${page[page.length - 1]?.id}`;
   }
 }
 
@@ -427,8 +419,9 @@ export async function trimAuditWithCheckpoint(
   const entries = await readEntries(redis, prefix, '-', '+', drop + 1);
   const segment = entries.slice(0, drop);
   const cut = entries[drop]?.id;
-  if (!cut || !segment.length) return { trimmed: 0, checkpoint: null, report: null };
-  const start = (await findCheckpoint(redis, prefix, segment[0]!.id!)) ?? undefined;
+  const firstId = segment[0]?.id;
+  if (!cut || !firstId) return { trimmed: 0, checkpoint: null, report: null };
+  const start = (await findCheckpoint(redis, prefix, firstId)) ?? undefined;
   const report = await verifyEntries(segment, options.keys, { mode: 'full', ...(start ? { start } : {}) });
   if (!report.ok) return { trimmed: 0, checkpoint: null, report };
   const sealed = options.chain.seal({
@@ -453,9 +446,10 @@ export async function trimAuditWithCheckpoint(
     .exec();
   const failed = res?.find(([err]) => err);
   if (!res || failed) throw failed?.[0] ?? new Error('checkpoint transaction aborted');
-  const checkpoint = res[0]![1] as string;
+  const [[, added], [, trimmed]] = [res[0] ?? [], res[1] ?? []];
+  const checkpoint = String(added);
   await redis.hset(auditHeadsKey(prefix), CHECKPOINT_FIELD, checkpoint);
-  return { trimmed: Number(res[1]![1]), checkpoint, report };
+  return { trimmed: Number(trimmed), checkpoint, report };
 }
 
 /**

@@ -183,10 +183,13 @@ export class SecretBroker {
   readonly #providers: ReadonlyMap<ProviderKind, SecretProvider>;
   readonly #audit: AuditLog;
   readonly #events: FleetEventBus;
+  readonly #closeProviders: boolean;
 
   constructor(options: {
     config: FleetConfig;
     providers: ReadonlyMap<ProviderKind, SecretProvider>;
+    /** Whether close() closes the providers too (false when the caller owns them). @defaultValue true */
+    closeProviders?: boolean;
     audit: AuditLog;
     events: FleetEventBus;
     workerId: string;
@@ -194,6 +197,7 @@ export class SecretBroker {
   }) {
     this.config = options.config;
     this.#providers = options.providers;
+    this.#closeProviders = options.closeProviders ?? true;
     this.#audit = options.audit;
     this.#events = options.events;
     this.workerId = options.workerId;
@@ -246,6 +250,6 @@ export class SecretBroker {
 
   async close(): Promise<void> {
     await this.#audit.close();
-    await Promise.all([...this.#providers.values()].map((p) => p.close()));
+    if (this.#closeProviders) await Promise.all([...this.#providers.values()].map((p) => p.close()));
   }
 }

@@ -77,7 +77,10 @@ export class InjectionRegistry {
       this.#active.delete(p);
       this.#retired.set(p, { jobId: a.jobId, jobType: a.jobType, secret: a.secret });
     }
-    while (this.#retired.size > RETIRED_KEPT) this.#retired.delete(this.#retired.keys().next().value!);
+    for (const oldest of this.#retired.keys()) {
+      if (this.#retired.size <= RETIRED_KEPT) break;
+      this.#retired.delete(oldest);
+    }
     return list.length;
   }
 

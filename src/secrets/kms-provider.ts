@@ -13,6 +13,7 @@ import {
 import { z } from 'zod';
 import type { RedisClient } from '../redis/connection.js';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import { required } from '../guards.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
 import { kmsIndexKey, kmsSecretKey } from '../redis/keys.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
@@ -63,7 +64,7 @@ export function encryptionContext(name: string, version: string): Record<string,
 }
 
 function kmsError(err: unknown, what: string, secret?: string): SecretUnavailableError {
-  const e = toError(err) as Error & { name: string; $metadata?: { httpStatusCode?: number }; code?: string };
+  const e = toError(err);
   const subject = secret ? `secret "${secret}"` : 'KMS';
   const byName: Record<string, [ErrorCode, boolean, string]> = {
     InvalidCiphertextException: [
@@ -119,7 +120,7 @@ export class KmsProvider implements SecretProvider {
     const cfg: KMSClientConfig = {
       region: options.region,
       maxAttempts: 2,
-      requestHandler: { requestTimeout: options.requestTimeoutMs } as never,
+      requestHandler: { requestTimeout: options.requestTimeoutMs },
     };
     if (options.endpoint) cfg.endpoint = options.endpoint;
     this.#kms = new KMSClient(cfg);
@@ -265,10 +266,12 @@ export class KmsProvider implements SecretProvider {
         ),
       name,
     );
-    const plaintextKey = dk.Plaintext!;
+    const plaintextKey = required(dk.Plaintext, 'KMS GenerateDataKey: Plaintext');
     const env: Envelope = {
       ...seal(plaintextKey, value, `fleet:${name}:${version}`),
-      encryptedDataKey: Buffer.from(dk.CiphertextBlob!).toString('base64'),
+      encryptedDataKey: Buffer.from(required(dk.CiphertextBlob, 'KMS GenerateDataKey: CiphertextBlob')).toString(
+        'base64',
+      ),
       keyId: dk.KeyId ?? this.#o.keyId,
       createdAt: Date.now(),
     };
@@ -309,9 +312,9 @@ export class KmsProvider implements SecretProvider {
   async ensureKey(): Promise<{ keyId: string; created: boolean }> {
     try {
       const d = await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
-      return { keyId: d.KeyMetadata!.KeyId!, created: false };
+      return { keyId: required(d.KeyMetadata?.KeyId, 'KMS DescribeKey: KeyMetadata.KeyId'), created: false };
     } catch (err) {
-      if ((err as Error).name !== 'NotFoundException' || !this.#o.keyId.startsWith('alias/'))
+      if (toError(err).name !== 'NotFoundException' || !this.#o.keyId.startsWith('alias/'))
         throw kmsError(err, 'DescribeKey');
     }
     const created = await this.#send('CreateKey', () =>
@@ -323,7 +326,7 @@ export class KmsProvider implements SecretProvider {
         }),
       ),
     );
-    const keyId = created.KeyMetadata!.KeyId!;
+    const keyId = required(created.KeyMetadata?.KeyId, 'KMS CreateKey: KeyMetadata.KeyId');
     await this.#send('CreateAlias', () =>
       this.#kms.send(new CreateAliasCommand({ AliasName: this.#o.keyId, TargetKeyId: keyId })),
     );
@@ -355,7 +358,7 @@ export class KmsProvider implements SecretProvider {
   async #keyArnOrId(): Promise<string> {
     if (!this.#o.keyId.startsWith('alias/')) return this.#o.keyId;
     const d = await this.#kms.send(new DescribeKeyCommand({ KeyId: this.#o.keyId }));
-    return d.KeyMetadata!.KeyId!;
+    return required(d.KeyMetadata?.KeyId, 'KMS DescribeKey: KeyMetadata.KeyId');
   }
 
   close(): Promise<void> {

@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto';
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
+import { z } from 'zod';
 import { ConfigError, SecretUnavailableError } from '../errors.js';
-import { seal, unseal, type SealedBox } from './crypto.js';
+import { seal, unseal } from './crypto.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 export interface LocalProviderOptions {
@@ -16,14 +17,19 @@ export interface LocalProviderOptions {
   keepVersions: number;
 }
 
-interface StoredVersion extends SealedBox {
-  version: number;
-  createdAt: number;
-}
-interface Store {
-  format: 1;
-  secrets: Record<string, { current: number; versions: StoredVersion[] }>;
-}
+const storeSchema = z.object({
+  format: z.literal(1),
+  secrets: z.record(
+    z.string(),
+    z.object({
+      current: z.number(),
+      versions: z.array(
+        z.object({ version: z.number(), createdAt: z.number(), iv: z.string(), tag: z.string(), ct: z.string() }),
+      ),
+    }),
+  ),
+});
+type Store = z.infer<typeof storeSchema>;
 
 /**
  * DEV ONLY: secrets in an AES-256-GCM encrypted file, for `npm start` with nothing installed.
@@ -72,7 +78,12 @@ export class LocalProvider implements SecretProvider {
     const st = statSync(this.#o.file, { throwIfNoEntry: false });
     if (!st) return { format: 1, secrets: {} };
     if (this.#cache && this.#cache.mtimeMs === st.mtimeMs && this.#cache.size === st.size) return this.#cache.store;
-    const store = JSON.parse(readFileSync(this.#o.file, 'utf8')) as Store;
+    const parsed = storeSchema.safeParse(JSON.parse(readFileSync(this.#o.file, 'utf8')));
+    if (!parsed.success)
+      throw new ConfigError(
+        `${this.#o.file} is not a fleet local secret store (${parsed.error.issues[0]?.message}). Fix: restore it from a backup, or move it away to start an empty store.`,
+      );
+    const store = parsed.data;
     this.#cache = { mtimeMs: st.mtimeMs, size: st.size, store };
     return store;
   }

@@ -5,7 +5,22 @@ import { ConfigError, toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
 import { requireEnv } from '../config/credentials.js';
-import type { VaultAuth } from './vault-provider.js';
+import type { VaultAuth, VaultProvider } from './vault-provider.js';
+import type { KmsProvider } from './kms-provider.js';
+import type { LocalProvider } from './local-provider.js';
+
+interface ProviderByKind {
+  local: LocalProvider;
+  vault: VaultProvider;
+  kms: KmsProvider;
+}
+
+/** `provider` as its own class, checked by `kind` (each provider class sets it to its own kind). */
+export function providerOfKind<K extends ProviderKind>(provider: SecretProvider, kind: K): ProviderByKind[K] {
+  if (provider.kind !== kind) throw new Error(`expected the ${kind} secret provider, got the ${provider.kind} one`);
+  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- checked on the line above
+  return provider as ProviderByKind[K];
+}
 
 /** Provider kinds the config actually uses: by some secret, or for the audit MAC key. */
 export function usedProviders(config: FleetConfig): Set<ProviderKind> {
@@ -90,12 +105,17 @@ export async function makeProvider(
 
 export async function makeProviders(
   config: FleetConfig,
-  deps: { redis?: RedisClient; logger: Logger; preferVaultToken?: boolean },
+  deps: Parameters<typeof makeProvider>[2],
   kinds = usedProviders(config),
 ): Promise<Map<ProviderKind, SecretProvider>> {
   const out = new Map<ProviderKind, SecretProvider>();
   for (const k of kinds) out.set(k, await makeProvider(k, config, deps));
   return out;
+}
+
+/** Closes providers a caller opened with makeProviders; one that fails to close does not stop the others. */
+export async function closeProviders(providers: ReadonlyMap<ProviderKind, SecretProvider>): Promise<void> {
+  await Promise.allSettled([...providers.values()].map((p) => p.close()));
 }
 
 /**

@@ -2,7 +2,9 @@ import { randomBytes } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
 import nodeVault from 'node-vault';
-import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import { z } from 'zod';
+import { SecretUnavailableError, errnoCode, fieldOf, toError, type ErrorCode } from '../errors.js';
+import { required } from '../guards.js';
 import type { Logger } from '../observability/logger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
@@ -32,15 +34,15 @@ export interface VaultProviderOptions {
   logger: Logger;
 }
 
-interface VaultApiError extends Error {
-  response?: { statusCode?: number; body?: unknown };
-  code?: string;
-}
+/** node-vault's errors carry the HTTP answer: its status code. */
+const statusOf = (err: unknown): unknown => fieldOf(fieldOf(err, 'response'), 'statusCode');
+
+const approleLogin = z.object({ auth: z.object({ client_token: z.string(), lease_duration: z.number() }) });
 
 /** Maps a Vault failure to a specific, named error. */
 function vaultError(err: unknown, what: string, secret?: string): SecretUnavailableError {
-  const e = toError(err) as VaultApiError;
-  const status = e.response?.statusCode;
+  const e = toError(err);
+  const status = statusOf(err);
   const name = secret ? `secret "${secret}"` : 'Vault';
   let code: ErrorCode = 'SECRET_PROVIDER_UNAVAILABLE';
   let retryable = true;
@@ -59,7 +61,7 @@ function vaultError(err: unknown, what: string, secret?: string): SecretUnavaila
   } else if (status !== undefined) {
     message = `Vault answered ${status} to ${what} for ${name}: ${e.message}`;
   } else {
-    message = `Vault is unreachable (${what}${secret ? ` for ${name}` : ''}: ${e.code ?? e.message}). Fix: check VAULT_ADDR and that Vault is up and unsealed.`;
+    message = `Vault is unreachable (${what}${secret ? ` for ${name}` : ''}: ${errnoCode(err) ?? e.message}). Fix: check VAULT_ADDR and that Vault is up and unsealed.`;
   }
   return new SecretUnavailableError(code, message, { retryable, cause: err });
 }
@@ -104,7 +106,9 @@ export class VaultProvider implements SecretProvider {
     return `${this.#o.policyPrefix}${jobType}`;
   }
 
+  /** One Vault API call; `T` is the answer's shape as Vault's API documents it for that path. */
   async #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
+    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- node-vault answers any; see above
     return (await this.#client.request({
       method,
       path: `/${path}`,
@@ -112,7 +116,7 @@ export class VaultProvider implements SecretProvider {
       timeout: this.#o.requestTimeoutMs,
       ...this.#agents,
       ...(json === undefined ? {} : { json }),
-    } as nodeVault.RequestOption)) as T;
+    })) as T;
   }
 
   /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
@@ -144,16 +148,17 @@ export class VaultProvider implements SecretProvider {
           json: { role_id: auth.roleId, secret_id: auth.secretId },
           timeout: this.#o.requestTimeoutMs,
           ...this.#agents,
-        } as nodeVault.RequestOption)
+        })
         .catch((err: unknown) => {
           throw vaultError(err, 'AppRole login');
         });
-      const a = (res as { auth: { client_token: string; lease_duration: number } }).auth;
-      this.#token = a.client_token;
-      ttlSeconds = a.lease_duration;
+      const a = approleLogin.safeParse(res);
+      if (!a.success) throw vaultError(new Error('AppRole login answered without auth.client_token'), 'AppRole login');
+      this.#token = a.data.auth.client_token;
+      ttlSeconds = a.data.auth.lease_duration;
     }
     this.#scheduleRenewal(ttlSeconds);
-    return this.#token!;
+    return required(this.#token, 'Vault login: client token');
   }
 
   #scheduleRenewal(ttlSeconds: number): void {
@@ -427,7 +432,7 @@ export class VaultProvider implements SecretProvider {
     try {
       keys = (await this.#call<{ data: { keys: string[] } }>(token, 'LIST', this.#path('metadata'))).data.keys;
     } catch (err) {
-      if ((err as VaultApiError).response?.statusCode === 404) return [];
+      if (statusOf(err) === 404) return [];
       throw vaultError(err, 'list');
     }
     return Promise.all(
@@ -582,9 +587,9 @@ export class VaultProvider implements SecretProvider {
       token_type: 'service',
       token_explicit_max_ttl: 3600,
     });
-    const auths = (await call('GET', 'sys/auth')) as Record<string, unknown>;
-    const mounts = (auths.data ?? auths) as Record<string, unknown>;
-    if (!(`${options.approleMount}/` in mounts))
+    const auths = await call('GET', 'sys/auth');
+    const mounts = fieldOf(auths, 'data') ?? auths;
+    if (fieldOf(mounts, `${options.approleMount}/`) === undefined)
       await call('POST', `sys/auth/${options.approleMount}`, { type: 'approle' });
     const creds = async (role: string, policy: string): Promise<{ roleId: string; secretId: string }> => {
       await call('POST', `auth/${options.approleMount}/role/${role}`, {
@@ -593,14 +598,15 @@ export class VaultProvider implements SecretProvider {
         token_max_ttl: '24h',
         secret_id_ttl: '0',
       });
-      const roleId = (
-        (await call('GET', `auth/${options.approleMount}/role/${role}/role-id`)) as { data: { role_id: string } }
-      ).data.role_id;
-      const secretId = (
-        (await call('POST', `auth/${options.approleMount}/role/${role}/secret-id`, {})) as {
-          data: { secret_id: string };
-        }
-      ).data.secret_id;
+      const roleId = String(
+        fieldOf(fieldOf(await call('GET', `auth/${options.approleMount}/role/${role}/role-id`), 'data'), 'role_id'),
+      );
+      const secretId = String(
+        fieldOf(
+          fieldOf(await call('POST', `auth/${options.approleMount}/role/${role}/secret-id`, {}), 'data'),
+          'secret_id',
+        ),
+      );
       return { roleId, secretId };
     };
     const supervisor = await creds('fleet-supervisor', 'fleet-supervisor');

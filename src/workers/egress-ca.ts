@@ -17,9 +17,17 @@ import * as x509 from '@peculiar/x509';
 type CryptoKey = webcrypto.CryptoKey;
 type CryptoKeyPair = webcrypto.CryptoKeyPair;
 
+// Node's webcrypto is the Web Crypto API; its TypeScript types differ from the DOM's that x509 names.
+// eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
 x509.cryptoProvider.set(webcrypto as unknown as Parameters<typeof x509.cryptoProvider.set>[0]);
 
 const ALG = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' } as const;
+
+async function newKeyPair(): Promise<CryptoKeyPair> {
+  const keys = await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify']);
+  if (!('privateKey' in keys)) throw new Error('WebCrypto made one key where ECDSA makes a pair');
+  return keys;
+}
 const DAY = 86_400_000;
 
 function pemKey(der: ArrayBuffer): string {
@@ -55,7 +63,7 @@ export class EgressCa {
     if (!existsSync(certFile) || !existsSync(keyFile)) {
       mkdirSync(dir, { recursive: true, mode: 0o700 });
       chmodSync(dir, 0o700);
-      const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as CryptoKeyPair;
+      const keys = await newKeyPair();
       const now = Date.now();
       const cert = await x509.X509CertificateGenerator.createSelfSigned({
         serialNumber: randomBytes(8).toString('hex'),
@@ -101,7 +109,7 @@ export class EgressCa {
 
   async #leaf(host: string): Promise<{ key: string; cert: string }> {
     this.#leafKeys ??= (async () => {
-      const keys = (await webcrypto.subtle.generateKey(ALG, true, ['sign', 'verify'])) as CryptoKeyPair;
+      const keys = await newKeyPair();
       return { keys, pem: pemKey(await webcrypto.subtle.exportKey('pkcs8', keys.privateKey)) };
     })();
     const leaf = await this.#leafKeys;

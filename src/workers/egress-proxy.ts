@@ -17,6 +17,7 @@ import { Transform, type TransformCallback } from 'node:stream';
 import { bindingAllows, PLACEHOLDER, type Injection, type InjectionRegistry } from '../secrets/injection.js';
 import type { EgressCa } from './egress-ca.js';
 import { BlockList, isIP, connect, type Socket } from 'node:net';
+import { errnoCode } from '../errors.js';
 import type { Duplex } from 'node:stream';
 import type { Egress } from './sandbox-boundary.js';
 import { matchesEgress, splitHostPort } from '../config/hosts.js';
@@ -216,7 +217,7 @@ export class EgressProxy {
     try {
       addresses = isIP(host) ? [host] : (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
     } catch (err) {
-      return { ok: false, reason: `DNS lookup failed (${(err as NodeJS.ErrnoException).code ?? 'error'})` };
+      return { ok: false, reason: `DNS lookup failed (${errnoCode(err) ?? 'error'})` };
     }
     const listedByAddress = (a: string): boolean => egress !== 'any' && egress.some((p) => matchesEgress(p, a, port));
     for (const a of addresses) {
@@ -225,7 +226,8 @@ export class EgressProxy {
       if (NON_PUBLIC.check(a, family(a)) && !listedByAddress(a))
         return { ok: false, reason: `${host} resolves to ${a}, a loopback, link-local or private address` };
     }
-    return { ok: true, address: addresses[0]! };
+    const [address] = addresses;
+    return address ? { ok: true, address } : { ok: false, reason: `DNS lookup of ${host} returned no address` };
   }
 
   #refuse(destination: string, reason: string): void {
@@ -254,21 +256,21 @@ export class EgressProxy {
       // Injection: terminate the sandbox's TLS with a certificate of the fleet CA for this host,
       // read its HTTP requests, and send each on over a TLS connection of our own.
       socket.write('HTTP/1.1 200 Connection Established\r\n\r\n');
-      if (head.length) (socket as Socket).unshift(head);
+      if (head.length) socket.unshift(head);
       // Some clients tunnel plain HTTP through CONNECT too (Node 22's fetch): a first byte that
       // does not open a TLS handshake is plain HTTP, checked like an absolute-form request.
       const first = await new Promise<Buffer | null>((resolve) => {
         socket.once('data', (chunk: Buffer) => {
           socket.pause();
-          (socket as Socket).unshift(chunk);
+          socket.unshift(chunk);
           resolve(chunk);
         });
         socket.once('close', () => resolve(null));
       });
       if (!first) return;
-      if (first[0] !== 0x16) {
+      if (first[0] !== 0x16 && this.#plainInner) {
         this.#targets.set(socket, { host: target.host, port: target.port, address: verdict.address });
-        this.#plainInner!.emit('connection', socket);
+        this.#plainInner.emit('connection', socket);
         socket.resume();
         return;
       }
@@ -279,7 +281,7 @@ export class EgressProxy {
         socket.destroy();
         return;
       }
-      const tlsSocket = new tls.TLSSocket(socket as Socket, {
+      const tlsSocket = new tls.TLSSocket(socket, {
         isServer: true,
         secureContext: context,
         ALPNProtocols: ['http/1.1'],
@@ -341,9 +343,9 @@ export class EgressProxy {
   /** Injected secrets travel only over TLS: a placeholder in a plain-HTTP request is refused (true). */
   #placeholderInPlainHttp(req: IncomingMessage, res: ServerResponse, dest: string): boolean {
     if (!this.#o.inject) return false;
-    const found = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
-    if (!found.length) return false;
-    const s = this.#o.inject.registry.lookup(found[0]!);
+    const [found] = [...`${req.url ?? ''}\n${JSON.stringify(req.headers)}`.matchAll(PLACEHOLDER)].map((m) => m[0]);
+    if (found === undefined) return false;
+    const s = this.#o.inject.registry.lookup(found);
     this.#refuseInjection(res, {
       jobId: this.#o.inject.currentJob(),
       secret: s.state === 'active' ? s.injection.secret : s.state === 'retired' ? s.secret : null,
@@ -380,9 +382,10 @@ export class EgressProxy {
    * sent back with every value of the job replaced by its placeholder.
    */
   async #onInjectable(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const inject = this.#o.inject!;
+    const inject = this.#o.inject;
+    const agent = this.#agent;
     const t = this.#targets.get(req.socket);
-    if (!t) {
+    if (!t || !inject || !agent) {
       res.writeHead(502).end();
       return;
     }
@@ -390,7 +393,8 @@ export class EgressProxy {
     const jobId = inject.currentJob();
     const chunks: Buffer[] = [];
     let size = 0;
-    for await (const c of req as AsyncIterable<Buffer>) {
+    for await (const data of req) {
+      const c = Buffer.isBuffer(data) ? data : Buffer.from(String(data));
       size += c.length;
       if (size > inject.maxBodyBytes) {
         res
@@ -443,7 +447,10 @@ export class EgressProxy {
       return null;
     };
     const problems: InjectionRefusal[] = [];
-    for (const m of (req.url ?? '').matchAll(PLACEHOLDER)) problems.push(check(m[0], 'url')!);
+    for (const m of (req.url ?? '').matchAll(PLACEHOLDER)) {
+      const p = check(m[0], 'url');
+      if (p) problems.push(p);
+    }
     const headers: http.OutgoingHttpHeaders = {};
     for (const [name, raw] of Object.entries(req.headers)) {
       if (HOP_BY_HOP.includes(name) || raw === undefined) continue;
@@ -458,8 +465,9 @@ export class EgressProxy {
       const p = check(m[0], 'body');
       if (p) problems.push(p);
     }
-    if (problems.length) {
-      this.#refuseInjection(res, problems[0]!);
+    const [refused] = problems;
+    if (refused) {
+      this.#refuseInjection(res, refused);
       return;
     }
     for (const [ph, inj] of swaps) {
@@ -484,7 +492,7 @@ export class EgressProxy {
         method: req.method,
         path: req.url,
         headers,
-        agent: this.#agent!,
+        agent,
         timeout: this.#o.connectTimeoutMs ?? 10_000,
       },
       (up) => {

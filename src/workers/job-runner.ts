@@ -42,7 +42,10 @@ export class JobRunner {
   }
 
   async run(t: JobType, job: Job, token: string | undefined): Promise<unknown> {
-    const jobId = job.id!;
+    const jobId = job.id;
+    const pool = this.#d.pools.get(t.name);
+    if (jobId === undefined || !pool)
+      throw new Error(`job runner got ${jobId ? `type ${t.name} without a pool` : 'a job without id'}`);
     const log = this.#d.log.scope({ jobId, jobType: t.name });
     const started = Date.now();
     const attempt = job.attemptsMade + 1;
@@ -50,7 +53,6 @@ export class JobRunner {
 
     const controller = new AbortController();
     this.#d.active.set(jobId, controller);
-    const pool = this.#d.pools.get(t.name)!;
     let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
     let clean = false;
     const broker = this.#d.broker();
@@ -67,12 +69,13 @@ export class JobRunner {
       // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
       const [acquired, handed] = await Promise.allSettled([pool.acquire(), secrets.fetchForSandbox(injections)]);
       if (acquired.status === 'fulfilled') sandbox = acquired.value;
-      if (handed.status === 'rejected' || acquired.status === 'rejected') {
-        if (handed.status === 'fulfilled') for (const s of handed.value.deliver) s.value.fill(0);
-        throw handed.status === 'rejected' ? handed.reason : (acquired as PromiseRejectedResult).reason;
+      if (handed.status === 'rejected') throw handed.reason;
+      if (acquired.status === 'rejected') {
+        for (const s of handed.value.deliver) s.value.fill(0);
+        throw acquired.reason;
       }
       const { deliver, placeholders } = handed.value;
-      const result = await sandbox!.run(
+      const result = await acquired.value.run(
         {
           type: 'run',
           jobId,
@@ -89,7 +92,7 @@ export class JobRunner {
           signal: controller.signal,
           onProgress: (value) =>
             void job
-              .updateProgress(value as object)
+              .updateProgress(typeof value === 'number' || (typeof value === 'object' && value) ? value : { value })
               .catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
           onLog: (level, msg, fields, source) => {
             log[level](msg, { ...fields, source });
@@ -108,7 +111,8 @@ export class JobRunner {
         cpuMs: result.cpuMs,
         peakHeapBytes: result.peakHeapBytes,
       });
-      return JSON.parse(result.resultJson) as unknown;
+      const value: unknown = JSON.parse(result.resultJson);
+      return value;
     } catch (caught) {
       const err =
         caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });

@@ -10,6 +10,8 @@
  * export default run;
  * ```
  */
+import { fieldOf } from '../errors.js';
+
 export interface ProcessorJob<Data = unknown> {
   id: string;
   type: string;
@@ -72,6 +74,16 @@ export interface RotatorContext {
  * refuse it), `finish` runs when the previous version is retired after its grace window (revoke
  * the old credential there).
  */
+/**
+ * The rotator a module exports (a default object, or named functions), or null when it has no
+ * `create` function. The optional steps are called with `?.`, so only `create` needs checking.
+ */
+export function rotatorOf(mod: unknown): Rotator | null {
+  const r: unknown = fieldOf(mod, 'default') ?? mod;
+  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- create() is checked on this line
+  return typeof fieldOf(r, 'create') === 'function' ? (r as Rotator) : null;
+}
+
 export interface Rotator {
   create(ctx: RotatorContext): Promise<Uint8Array> | Uint8Array;
   set?(ctx: RotatorContext, value: Uint8Array): Promise<void> | void;

@@ -7,7 +7,7 @@ import { execFile } from 'node:child_process';
 import http from 'node:http';
 import { lstatSync, readdirSync, realpathSync } from 'node:fs';
 import path from 'node:path';
-import { ProcessorLoadError } from '../errors.js';
+import { ProcessorLoadError, errnoCode, fieldOf } from '../errors.js';
 
 /** Where a sandbox's private temp dir, and its egress socket, appear inside the OS layer. */
 export const SANDBOX_TMP = '/tmp';
@@ -37,7 +37,7 @@ export type SandboxLayer = 'thread' | 'process' | 'permission-model' | 'namespac
 export const PERMISSION_MODEL_COVERS_NETWORK = process.allowedNodeEnvironmentFlags.has('--allow-net');
 
 /** Node 24+ has `http.setGlobalProxyFromEnv()`: proxy settings can be applied on first use. */
-const LAZY_PROXY = typeof (http as { setGlobalProxyFromEnv?: unknown }).setGlobalProxyFromEnv === 'function';
+const LAZY_PROXY = typeof fieldOf(http, 'setGlobalProxyFromEnv') === 'function';
 
 let probed: Promise<OsLayer> | null = null;
 
@@ -62,11 +62,10 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
     ];
     execFile(bwrapPath, args, { timeout: 5000, env: {} }, (err, _stdout, stderr) => {
       if (!err) return resolve({ available: true, reason: '', bwrapPath });
-      const e = err as NodeJS.ErrnoException;
       const why =
-        e.code === 'ENOENT'
+        errnoCode(err) === 'ENOENT'
           ? `${bwrapPath} not found. Fix: apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora), or set supervisor.bwrapPath.`
-          : `${bwrapPath} cannot create namespaces here (${String(stderr).trim() || e.message}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with security_opt seccomp=unconfined and apparmor=unconfined (see README "Deploy").`;
+          : `${bwrapPath} cannot create namespaces here (${String(stderr).trim() || err.message}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with security_opt seccomp=unconfined and apparmor=unconfined (see README "Deploy").`;
       resolve({ available: false, reason: why, bwrapPath });
     });
   });

@@ -21,10 +21,12 @@ import {
   deserializeError,
   serializeError,
   type SerializedError,
+  errorMessage,
+  fieldOf,
 } from '../errors.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
-import type { Rotator } from './processor-api.js';
+import { rotatorOf, type Rotator } from './processor-api.js';
 import { SecretMask } from './secret-mask.js';
 
 /** The channel to the supervisor: the thread's port, or the process's IPC channel. */
@@ -33,11 +35,21 @@ const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
   if (port) port.postMessage(msg, transfer);
   else process.send?.(msg);
 };
+/*
+ * What arrives here (workerData, thread and IPC messages) comes only from the supervisor, which
+ * builds it with the protocol's types: these two casts name that contract, they do not check it.
+ */
+/* eslint-disable @typescript-eslint/consistent-type-assertions -- see the comment above */
+const fromSupervisor =
+  (fn: (msg: ToSandbox) => void) =>
+  (m: unknown): void =>
+    fn(m as ToSandbox);
+let init: SandboxInit = (port ? workerData : null) as SandboxInit;
+/* eslint-enable @typescript-eslint/consistent-type-assertions -- end of the supervisor's contract */
 const onMessage = (fn: (msg: ToSandbox) => void): void => {
   if (port) port.on('message', fn);
-  else process.on('message', fn as (m: unknown) => void);
+  else process.on('message', fromSupervisor(fn));
 };
-let init: SandboxInit = (port ? workerData : null) as SandboxInit;
 /** State of the job running now; reset after each job. */
 interface Current {
   controller: AbortController;
@@ -74,7 +86,7 @@ function emitLog(
     type: 'log',
     level,
     msg: m ? m.text(msg) : msg,
-    ...(fields ? { fields: m ? m.value(fields) : fields } : {}),
+    ...(fields ? { fields: m ? m.fields(fields) : fields } : {}),
     source,
   });
 }
@@ -89,17 +101,19 @@ const consoleLevels: Record<string, LogLevel> = {
   trace: 'debug',
 };
 for (const [method, level] of Object.entries(consoleLevels)) {
-  (console as unknown as Record<string, (...a: unknown[]) => void>)[method] = (...args: unknown[]) =>
-    emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console');
+  Reflect.set(console, method, (...args: unknown[]) =>
+    emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console'),
+  );
 }
 for (const [stream, level] of [
   [process.stdout, 'info'],
   [process.stderr, 'warn'],
 ] as const) {
-  stream.write = ((chunk: unknown) => {
+  // write() has overloads (encoding, callback); every form lands here and is reported as written.
+  Reflect.set(stream, 'write', (chunk: unknown) => {
     emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
     return true;
-  }) as typeof stream.write;
+  });
 }
 
 /** The module's export: a processor function, or a rotator object. */
@@ -110,21 +124,24 @@ async function load(): Promise<Processor | Rotator> {
     const { register } = await import('tsx/esm/api');
     register();
   }
-  const mod = (await import(pathToFileURL(init.processorPath).href)) as { default?: unknown } & Partial<Rotator>;
+  const mod: unknown = await import(pathToFileURL(init.processorPath).href);
   if (init.kind === 'rotator') {
-    const r = (mod.default ?? mod) as Partial<Rotator>;
-    if (typeof r.create !== 'function')
+    const r = rotatorOf(mod);
+    if (!r)
       throw new ProcessorLoadError(
         `rotator module ${init.processorPath} exports no create(ctx) function. Fix: export { create, set?, test?, finish? } or a default object with them.`,
       );
-    return r as Rotator;
+    return r;
   }
-  if (typeof mod.default !== 'function') {
+  const processor = fieldOf(mod, 'default');
+  if (typeof processor !== 'function') {
     throw new ProcessorLoadError(
       `processor ${init.processorPath} has no default export function. Fix: export default async function (job, ctx) { … }`,
     );
   }
-  return mod.default as Processor;
+  // A function is all that can be checked of a processor before it runs; its result is checked after.
+  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
+  return processor as Processor;
 }
 
 /** Data of a rotator step's run message. */
@@ -139,7 +156,9 @@ async function rotatorStep(
   rotator: Rotator,
   msg: RunMessage,
   bytes: (name: string) => Uint8Array | undefined,
-): Promise<{ value?: Uint8Array }> {
+): Promise<{ value?: Uint8Array<ArrayBuffer> }> {
+  // A rotator sandbox's jobs are built by the rotation service (sandboxed-rotator.ts) in this shape.
+  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- see the line above
   const d = msg.data as RotatorStepData;
   const view = (b: Uint8Array): Buffer => Buffer.from(b.buffer, b.byteOffset, b.byteLength);
   const ctx = {
@@ -157,8 +176,9 @@ async function rotatorStep(
     created.fill(0);
     return { value: out };
   }
-  if (d.step === 'set') await rotator.set?.(ctx, value!);
-  else if (d.step === 'test') await rotator.test?.(ctx, value!);
+  if ((d.step === 'set' || d.step === 'test') && !value) throw new Error(`rotator step ${d.step} got no value`);
+  if (d.step === 'set' && value) await rotator.set?.(ctx, value);
+  else if (d.step === 'test' && value) await rotator.test?.(ctx, value);
   else await rotator.finish?.({ ...ctx, retiredVersion: d.retiredVersion ?? '' });
   return {};
 }
@@ -268,7 +288,7 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
     },
   };
   let outcome: { ok: true; resultJson: string } | { ok: false; error: SerializedError };
-  let produced: Uint8Array | undefined;
+  let produced: Uint8Array<ArrayBuffer> | undefined;
   try {
     let result: unknown;
     if (typeof module === 'function')
@@ -308,13 +328,11 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
   for (const w of c.pending.values()) w.reject(new CancelledError('job ended'));
   current = null;
   // A rotator's created value leaves as bytes (moved, for threads), never through the masked text paths.
-  const done = {
-    type: 'done',
-    ...outcome,
-    ...stats(eluStart, c.handed.length),
-    ...(produced && outcome.ok ? { value: produced } : {}),
-  } as FromSandbox;
-  post(done, produced && port ? [produced.buffer as ArrayBuffer] : []);
+  const runStats = stats(eluStart, c.handed.length);
+  const done: FromSandbox = outcome.ok
+    ? { type: 'done', ...outcome, ...runStats, ...(produced ? { value: produced } : {}) }
+    : { type: 'done', ...outcome, ...runStats };
+  post(done, produced && port ? [produced.buffer] : []);
   if (produced && !port) produced.fill(0);
 }
 
@@ -371,14 +389,15 @@ async function armProxyOnFirstUse(): Promise<void> {
   const arm = (): void => {
     if (armed) return;
     armed = true;
-    (require('node:http') as { setGlobalProxyFromEnv(): void }).setGlobalProxyFromEnv();
+    const http: typeof import('node:http') & { setGlobalProxyFromEnv(): void } = require('node:http');
+    http.setGlobalProxyFromEnv();
   };
   const originalFetch = globalThis.fetch;
-  globalThis.fetch = ((...args: Parameters<typeof fetch>) => {
+  globalThis.fetch = (...args: Parameters<typeof fetch>) => {
     arm();
     globalThis.fetch = originalFetch;
     return originalFetch(...args);
-  }) as typeof fetch;
+  };
   const clients = new Set(['http', 'https', 'node:http', 'node:https']);
   registerHooks({
     resolve(specifier, context, nextResolve) {
@@ -392,13 +411,13 @@ async function main(): Promise<void> {
   if (!port) {
     // A process sandbox: its init is the first IPC message.
     init = await new Promise<SandboxInit>((resolve) => {
-      const first = (m: ToSandbox): void => {
+      const first = fromSupervisor((m) => {
         if (m.type === 'init') {
-          process.off('message', first as (m: unknown) => void);
+          process.off('message', first);
           resolve(m.init);
         }
-      };
-      process.on('message', first as (m: unknown) => void);
+      });
+      process.on('message', first);
     });
     harden();
     // The IPC channel must not keep an idle sandbox alive after the supervisor is gone.
@@ -415,7 +434,7 @@ async function main(): Promise<void> {
       error: serializeError(
         err instanceof ProcessorLoadError
           ? err
-          : new ProcessorLoadError(`could not load processor ${init.processorPath}: ${(err as Error).message}`),
+          : new ProcessorLoadError(`could not load processor ${init.processorPath}: ${errorMessage(err)}`),
       ),
     });
     return;

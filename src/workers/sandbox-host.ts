@@ -160,6 +160,7 @@ export async function startProcessHost(
     await proxy?.close().catch(() => undefined);
     rmSync(hostDir, { recursive: true, force: true });
   };
+  const inject = options.inject;
   try {
     const os = options.osLayer.available;
     let egressSocket: string | null = null;
@@ -170,12 +171,12 @@ export async function startProcessHost(
         egress: options.egress,
         fleetAddresses: options.fleetAddresses,
         onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }),
-        ...(options.inject
+        ...(inject
           ? {
               inject: {
-                ...options.inject,
+                ...inject,
                 currentJob: () => jobId,
-                onRefused: (r) => options.inject!.onRefused({ ...r, jobType: init.jobType }),
+                onRefused: (r) => inject.onRefused({ ...r, jobType: init.jobType }),
               },
             }
           : {}),
@@ -215,7 +216,7 @@ export async function startProcessHost(
     });
     const proc = child;
     let stderr = '';
-    proc.stderr!.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
+    proc.stderr?.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
     let onMessage: (msg: FromSandbox) => void = () => undefined;
     let onDeath: (err: FleetError) => void = () => undefined;
     let dead = false;

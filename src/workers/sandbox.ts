@@ -47,9 +47,11 @@ export interface RunResult extends RunStats {
 type StopReason = 'timeout' | 'cancelled' | 'shutdown';
 
 /** A view that owns its whole ArrayBuffer, so it can be transferred; a copy (and the original zeroed) otherwise. */
-function ownBuffer(value: Uint8Array): Uint8Array {
-  if (value.byteOffset === 0 && value.byteLength === value.buffer.byteLength) return value;
-  const own = value.slice();
+function ownBuffer(value: Uint8Array): Uint8Array<ArrayBuffer> {
+  const { buffer } = value;
+  if (buffer instanceof ArrayBuffer && value.byteOffset === 0 && value.byteLength === buffer.byteLength)
+    return new Uint8Array(buffer);
+  const own = new Uint8Array(value);
   value.fill(0);
   return own;
 }
@@ -138,7 +140,7 @@ export class Sandbox {
     return new Promise<RunResult>((resolve, reject) => {
       let stopping: StopReason | null = null;
       // Assigned below, after settle() (which clears it) is defined.
-      // eslint-disable-next-line prefer-const
+      // eslint-disable-next-line prefer-const -- assigned after settle(), which reads it, is defined
       let softTimer: NodeJS.Timeout | undefined;
       let killTimer: NodeJS.Timeout | undefined;
       const settle = (): void => {
@@ -215,11 +217,11 @@ export class Sandbox {
       this.#host.setJob(message.jobId);
       // Secret bytes are transferred to a thread; for a process they are serialized onto the IPC
       // channel and this side's bytes are zero-filled as soon as they have left.
-      const values = message.secrets.map((s) => ownBuffer(s.value));
-      const secrets = message.secrets.map((s, i) => ({ ...s, value: values[i]! }));
+      const secrets = message.secrets.map((s) => ({ ...s, value: ownBuffer(s.value) }));
+      const values = secrets.map((s) => s.value);
       this.#host.post(
         { ...message, secrets },
-        values.map((v) => v.buffer as ArrayBuffer),
+        values.map((v) => v.buffer),
         () => {
           for (const v of values) if (v.byteLength) v.fill(0);
         },
@@ -242,7 +244,7 @@ export class Sandbox {
       }
       this.#host.post(
         { type: 'secret', reqId, ok: true, value: own, version } satisfies ToSandbox,
-        [own.buffer as ArrayBuffer],
+        [own.buffer],
         () => {
           if (own.byteLength) own.fill(0);
         },

@@ -83,22 +83,28 @@ export class SecretMask {
   }
 
   /** Masks any JSON-able value (by its JSON text); returns it unchanged when nothing is masked. */
-  value<T>(v: T): T {
+  value(v: unknown): unknown {
     if (this.empty || v === undefined) return v;
-    let json: string;
+    let json: string | undefined;
     try {
       json = JSON.stringify(v);
     } catch {
-      return this.text(String(v)) as T;
+      return this.text(String(v));
     }
     if (json === undefined) return v;
     const masked = this.text(json);
     if (masked === json) return v;
     try {
-      return JSON.parse(masked) as T;
+      return JSON.parse(masked);
     } catch {
       // A value spanning JSON punctuation: fall back to the masked text itself.
-      return masked as T;
+      return masked;
     }
+  }
+
+  /** Masks a log line's fields; if masking broke their JSON shape, the masked text is kept under `masked`. */
+  fields(f: Record<string, unknown>): Record<string, unknown> {
+    const v = this.value(f);
+    return typeof v === 'object' && v !== null && !Array.isArray(v) ? { ...v } : { masked: v };
   }
 }

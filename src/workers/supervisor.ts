@@ -15,6 +15,7 @@ import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker } from '../secrets/broker.js';
 import { InjectionRegistry } from '../secrets/injection.js';
 import { makeProviders } from '../secrets/providers.js';
+import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { parseControlMessage } from './control.js';
 import { JobRunner } from './job-runner.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
@@ -33,6 +34,11 @@ export interface SupervisorOptions {
    * the supervisor then neither opens nor closes its main connection. @defaultValue one of its own, to redisUrl
    */
   redis?: RedisClient;
+  /**
+   * The secret backends the broker reads through, opened with the supervisor's identity (app.ts
+   * passes them); the caller owns and closes them. @defaultValue its own, from the config
+   */
+  providers?: ReadonlyMap<ProviderKind, SecretProvider>;
   logger?: Logger;
   events?: FleetEventBus;
   /** Only these job types; @defaultValue all */
@@ -74,6 +80,7 @@ export class Supervisor {
   #stopAuditKeys: (() => void) | null = null;
   readonly #sealAudit: boolean;
   readonly #givenRedis: RedisClient | null;
+  readonly #givenProviders: ReadonlyMap<ProviderKind, SecretProvider> | null;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
   #state: LifecycleState | null = null;
@@ -86,6 +93,7 @@ export class Supervisor {
     this.id = options.supervisorId ?? `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
     this.#sealAudit = options.sealAudit ?? true;
     this.#givenRedis = options.redis ?? null;
+    this.#givenProviders = options.providers ?? null;
     this.#log = (options.logger ?? silentLogger).scope({ supervisorId: this.id });
     this.#runner = new JobRunner({
       config: this.#config,
@@ -298,7 +306,12 @@ export class Supervisor {
   }
 
   async #startSecrets(redis: RedisClient): Promise<void> {
-    const providers = await makeProviders(this.#config, { redis, logger: this.#log });
+    const providers = this.#givenProviders ?? (await makeProviders(this.#config, { redis, logger: this.#log }));
+    const auditKeys = providers.get(auditKeyProvider(this.#config));
+    if (!auditKeys)
+      throw new ConfigError(
+        `no "${auditKeyProvider(this.#config)}" secret provider for the audit MAC key (secrets.audit.macKey). Fix: pass every provider usedProviders(config) names.`,
+      );
     const auditCfg = this.#config.secrets.audit;
     let audit: AuditLog;
     if (this.#sealAudit) {
@@ -306,7 +319,7 @@ export class Supervisor {
         redis,
         prefix: this.#config.redis.prefix,
         logger: this.#log,
-        provider: providers.get(auditKeyProvider(this.#config))!,
+        provider: auditKeys,
         audit: auditCfg,
         writer: this.id,
       });
@@ -322,6 +335,7 @@ export class Supervisor {
     this.#secrets = new SecretBroker({
       config: this.#config,
       providers,
+      closeProviders: !this.#givenProviders,
       audit,
       events: this.events,
       workerId: this.id,
@@ -340,10 +354,16 @@ export class Supervisor {
   }
 
   /** One BullMQ Queue per type for the supervisor's life (global concurrency, queue-depth gauges): a scrape builds none. */
+  /** The main Redis connection; start() opens it (or takes the caller's). */
+  get #db(): RedisClient {
+    if (!this.#redis) throw new Error('the supervisor was used before start()');
+    return this.#redis;
+  }
+
   #queue(t: JobType): Queue {
     let q = this.#queues.get(t.name);
     if (!q) {
-      q = new Queue(t.name, { connection: this.#redis!, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
+      q = new Queue(t.name, { connection: this.#db, prefix: queuePrefix(this.#config.redis.prefix, t.name) });
       q.on('error', (err) => this.#log.warn('queue error', { jobType: t.name, error: err.message }));
       this.#queues.set(t.name, q);
     }
@@ -358,7 +378,7 @@ export class Supervisor {
 
   #makeWorker(t: JobType): Worker {
     const worker = new Worker(t.name, (job, token) => this.#runner.run(t, job, token), {
-      connection: this.#redis!,
+      connection: this.#db,
       prefix: queuePrefix(this.#config.redis.prefix, t.name),
       concurrency: t.concurrency,
       autorun: true,
@@ -389,11 +409,17 @@ export class Supervisor {
       state: this.#state ?? 'starting',
       startedAt: this.#startedAt,
       updatedAt: Date.now(),
-      types: this.#types.map((t) => ({
-        ...this.#pools.get(t.name)!.stats(),
-        concurrency: t.concurrency,
-        active: [...this.#active.keys()].filter((id) => id.startsWith(`${t.name}.`)).length,
-      })),
+      types: this.#types.flatMap((t) => {
+        const pool = this.#pools.get(t.name);
+        if (!pool) return [];
+        return [
+          {
+            ...pool.stats(),
+            concurrency: t.concurrency,
+            active: [...this.#active.keys()].filter((id) => id.startsWith(`${t.name}.`)).length,
+          },
+        ];
+      }),
     };
   }
 
