@@ -82,6 +82,8 @@ export async function startFleet(options: {
   logger: Logger;
   /** Overrides supervisor.metricsPort (`--metrics-port`, `FLEET_METRICS_PORT`); 0 picks a free port. */
   metricsPort?: number;
+  /** Extra routes on the API's Express app, before its own (a custom health check; `npm run bench`'s no-op route). */
+  apiMount?: (app: import('express').Express) => void;
 }): Promise<FleetProcess> {
   const { config, role, logger } = options;
   const events = new FleetEventBus();
@@ -244,7 +246,14 @@ export async function startFleet(options: {
         cleanups.push(() => board.close());
         await waitForRedis(board.redis);
       }
-      const app = createApiApp({ producer, producers, logger, metrics, ...(boardProducer ? { boardProducer } : {}) });
+      const app = createApiApp({
+        producer,
+        producers,
+        logger,
+        metrics,
+        ...(boardProducer ? { boardProducer } : {}),
+        ...(options.apiMount ? { mount: options.apiMount } : {}),
+      });
       const server: Server = await listen(app, config.api.host, config.api.port);
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.api.port;

@@ -20,6 +20,7 @@ import {
   testConfig,
   waitForJob,
   localStore,
+  until,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
@@ -60,14 +61,6 @@ async function stopAll(): Promise<void> {
 
 async function currentVersion(local: LocalProvider): Promise<string> {
   return (await local.list()).find((m) => m.name === 'api-key')!.version;
-}
-
-async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await fn())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(50);
-  }
 }
 
 describe('secret rotation', () => {

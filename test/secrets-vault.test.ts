@@ -14,6 +14,7 @@ import {
   makeProducer,
   startSupervisor,
   testConfig,
+  until,
   waitForJob,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
@@ -101,7 +102,18 @@ function vaultConfig(extraTypes: Parameters<typeof fixtureType>[] = []): FleetCo
   );
 }
 
-function provider(config: FleetConfig): VaultProvider {
+/** Job tokens minted ahead (not a job's yet): accessor and policies. */
+async function spareTokens(): Promise<{ accessor: string; policies: string[] }[]> {
+  const list = await root('GET', 'auth/token/accessors?list=true');
+  const out: { accessor: string; policies: string[] }[] = [];
+  for (const accessor of list.data.keys as string[]) {
+    const info = await root('POST', 'auth/token/lookup-accessor', { accessor }).catch(() => null);
+    if (info?.data?.meta?.spare === 'true') out.push({ accessor, policies: info.data.policies });
+  }
+  return out;
+}
+
+function provider(config: FleetConfig, spareTokens = 0): VaultProvider {
   const v = config.secrets.vault!;
   return new VaultProvider({
     address: server!.url,
@@ -118,6 +130,7 @@ function provider(config: FleetConfig): VaultProvider {
     tokenTtlMarginMs: v.tokenTtlMarginMs,
     readsPerSecret: v.readsPerSecret,
     requestTimeoutMs: v.requestTimeoutMs,
+    spareTokens,
     logger: silentLogger,
   });
 }
@@ -157,6 +170,32 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(await liveJobTokens()).toEqual([]);
     await expect(lease.read('a-key')).rejects.toMatchObject({ code: 'SECRET_AUTH_EXPIRED' });
     await prov.close();
+  });
+
+  it("spare job tokens: a job start takes one minted ahead; each carries only its type's policy, serves one job, and shutdown revokes the unused", async () => {
+    // Supervisors of earlier tests keep spares of their own: only this provider's count here.
+    const others = new Set((await spareTokens()).map((t) => t.accessor));
+    const mine = async () => (await spareTokens()).filter((t) => !others.has(t.accessor));
+    const prov = provider(vaultConfig(), 1);
+    const lease = (jobId: string) => prov.lease({ jobId, jobType: 'reader', names: ['a-key'], ttlMs: 5000 });
+    const first = await lease('reader.1');
+    await first.release();
+    await until('one spare token', async () => (await mine()).length === 1);
+    const [spare] = await mine();
+    expect(spare!.policies).toEqual(['fleet-job-reader']);
+    const second = await lease('reader.2');
+    expect(Buffer.from((await second.read('a-key')).value).toString()).toBe(SECRETS['a-key']);
+    await expect(second.read('b-key')).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+    await second.release();
+    // The second job ran on the spare: releasing it revoked that very token, and a new spare waits.
+    await expect(root('POST', 'auth/token/lookup-accessor', { accessor: spare!.accessor })).rejects.toMatchObject({
+      status: 400,
+    });
+    await until('one spare token', async () => (await mine()).length === 1);
+    expect((await mine())[0]!.accessor).not.toBe(spare!.accessor);
+    expect(await liveJobTokens()).toEqual([]);
+    await prov.close();
+    expect(await mine()).toEqual([]);
   });
 
   it("fleet doctor's probe confirms a type's policy, and names the gap when it does not cover a secret", async () => {

@@ -266,6 +266,13 @@ export const secretsSchema = z
         tokenTtlMarginMs: z.number().int().min(0).default(30_000),
         /** `num_uses` of a job token per declared secret. @defaultValue 4 */
         readsPerSecret: z.number().int().min(1).default(4),
+        /**
+         * Job tokens minted ahead per job type, so a job start pays one Vault read instead of a
+         * token mint and a read. A spare carries exactly the type's policy, is used by one job
+         * only, and is revoked unused when it gets older than tokenTtlMarginMs (the job would
+         * otherwise get less than its timeout) or at shutdown. 0 mints at job start. @defaultValue 1
+         */
+        spareTokens: z.number().int().min(0).max(16).default(1),
         /** @defaultValue 5000 */
         requestTimeoutMs: z.number().int().positive().default(5000),
       })
@@ -381,6 +388,13 @@ export const fleetConfigSchema = z
          * fails without it. `off`: never (the permission model alone). @defaultValue `"auto"`
          */
         osLayer: z.enum(['auto', 'required', 'off']).default('auto'),
+        /**
+         * CPU priority (nice, 0–19) of the sandboxes, below the supervisor's: handing a job to an
+         * idle sandbox then does not preempt the supervisor's dispatch and lock renewal on a busy
+         * host, and a CPU-bound job cannot starve them; jobs still get every idle cycle. 0 runs
+         * them at the supervisor's priority. @defaultValue 10
+         */
+        sandboxNice: z.number().int().min(0).max(19).default(10),
         /** The bubblewrap binary. @defaultValue `"bwrap"` (from PATH) */
         bwrapPath: z.string().default('bwrap'),
         /**

@@ -81,6 +81,7 @@ export async function makeProvider(
       policyPrefix: s.vault.policyPrefix,
       tokenTtlMarginMs: s.vault.tokenTtlMarginMs,
       readsPerSecret: s.vault.readsPerSecret,
+      spareTokens: s.vault.spareTokens,
       requestTimeoutMs: s.vault.requestTimeoutMs,
       logger: deps.logger,
     });

@@ -30,8 +30,22 @@ export interface VaultProviderOptions {
   tokenTtlMarginMs: number;
   /** Reads allowed per declared secret on one job token (`num_uses`). @defaultValue 4 */
   readsPerSecret: number;
+  /** Job tokens minted ahead per job type (see secrets.vault.spareTokens). @defaultValue 0 */
+  spareTokens?: number;
   requestTimeoutMs: number;
   logger: Logger;
+}
+
+/** The job id a token minted ahead is minted for. */
+const SPARE = '(spare)';
+
+/** A job token and when it was minted (a spare's age decides whether it still covers a whole job). */
+interface Minted {
+  token: string;
+  accessor: string;
+  mintedAt: number;
+  /** Minted ahead (not for this job). */
+  spare?: boolean;
 }
 
 /** node-vault's errors carry the HTTP answer: its status code. */
@@ -84,6 +98,9 @@ export class VaultProvider implements SecretProvider {
   };
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
+  /** Job tokens minted ahead, per (type, names, timeout), oldest first. */
+  readonly #spares = new Map<string, Promise<Minted>[]>();
+  #closed = false;
   #loggingIn: Promise<string> | null = null;
 
   constructor(options: VaultProviderOptions) {
@@ -106,17 +123,56 @@ export class VaultProvider implements SecretProvider {
     return `${this.#o.policyPrefix}${jobType}`;
   }
 
-  /** One Vault API call; `T` is the answer's shape as Vault's API documents it for that path. */
-  async #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
-    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- node-vault answers any; see above
-    return (await this.#client.request({
-      method,
-      path: `/${path}`,
-      headers: { 'X-Vault-Token': token },
-      timeout: this.#o.requestTimeoutMs,
-      ...this.#agents,
-      ...(json === undefined ? {} : { json }),
-    })) as T;
+  /**
+   * One Vault API call; `T` is the answer's shape as Vault's API documents it for that path. The
+   * per-job path (mint, read, revoke) goes straight over the keep-alive agents: node-vault's
+   * request layer added ~0.7 ms to every call (p50 1.62 vs 0.94 ms for the same KV read on the
+   * same server), more than the whole per-job budget. node-vault still logs in and runs `fleet
+   * vault setup`. Errors carry `response.statusCode` and Vault's `errors`, as node-vault's do.
+   */
+  #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
+    const url = new URL(`${this.#o.address.replace(/\/+$/, '')}/v1/${path}`);
+    const tls = url.protocol === 'https:';
+    const body = json === undefined ? undefined : JSON.stringify(json);
+    return new Promise<T>((resolve, reject) => {
+      const req = (tls ? https : http).request(
+        url,
+        {
+          method,
+          agent: tls ? this.#agents.httpsAgent : this.#agents.httpAgent,
+          timeout: this.#o.requestTimeoutMs,
+          headers: {
+            'X-Vault-Token': token,
+            ...(body === undefined
+              ? {}
+              : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
+          },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('error', reject);
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            let answer: unknown = {};
+            try {
+              if (text) answer = JSON.parse(text);
+            } catch {
+              answer = { errors: [text.slice(0, 200)] };
+            }
+            const status = res.statusCode ?? 0;
+            // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- T: see the doc comment
+            if (status >= 200 && status < 300) return resolve(answer as T);
+            const errors = fieldOf(answer, 'errors');
+            const message = Array.isArray(errors) && errors.length ? errors.map(String).join(', ') : `HTTP ${status}`;
+            reject(Object.assign(new Error(message), { response: { statusCode: status, body: answer } }));
+          });
+        },
+      );
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.#o.requestTimeoutMs} ms`)));
+      req.on('error', reject);
+      req.end(body);
+    });
   }
 
   /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
@@ -183,8 +239,56 @@ export class VaultProvider implements SecretProvider {
     }
   }
 
+  /**
+   * The job's token: a spare minted ahead for the same type, names and timeout when one is young
+   * enough (its TTL still covers the whole job), else a fresh one. A spare too old is revoked
+   * unused; replacements are minted when the job releases its lease (its read is not slowed by
+   * them).
+   */
+  async #jobToken(request: LeaseRequest): Promise<Minted> {
+    const want = this.#o.spareTokens ?? 0;
+    if (want === 0) return this.#mint(request);
+    const key = this.#spareKey(request);
+    let spares = this.#spares.get(key);
+    if (!spares) this.#spares.set(key, (spares = []));
+    let token: Minted | null = null;
+    while (!token && spares.length) {
+      const spare = spares.shift();
+      const minted = await spare?.catch(() => null);
+      if (!minted) continue;
+      if (Date.now() - minted.mintedAt < this.#o.tokenTtlMarginMs) token = { ...minted, spare: true };
+      else void this.#revoke(minted.accessor).catch(() => undefined);
+    }
+    return token ?? this.#mint(request);
+  }
+
+  /** Mints spares up to secrets.vault.spareTokens for this request's kind, after a job is done with Vault. */
+  #refill(request: LeaseRequest): void {
+    const spares = this.#spares.get(this.#spareKey(request));
+    while (spares && !this.#closed && spares.length < (this.#o.spareTokens ?? 0)) {
+      const next = this.#mint({ ...request, jobId: SPARE });
+      next.catch(() => undefined);
+      spares.push(next);
+    }
+  }
+
+  #spareKey(request: LeaseRequest): string {
+    return `${request.jobType}\n${request.names.join(',')}\n${request.ttlMs}`;
+  }
+
+  /** Revokes the spares (best effort) and forgets them. */
+  #dropSpares(): void {
+    const spares = [...this.#spares.values()].flat();
+    this.#spares.clear();
+    for (const s of spares) void s.then((m) => this.#revoke(m.accessor)).catch(() => undefined);
+  }
+
+  async #revoke(accessor: string): Promise<void> {
+    await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor });
+  }
+
   /** Mints the job token; one retry after re-login if the supervisor's own token expired. */
-  async #mint(request: LeaseRequest): Promise<{ token: string; accessor: string }> {
+  async #mint(request: LeaseRequest): Promise<Minted> {
     const body = {
       policies: [this.policyName(request.jobType)],
       ttl: `${Math.ceil((request.ttlMs + this.#o.tokenTtlMarginMs) / 1000)}s`,
@@ -193,7 +297,11 @@ export class VaultProvider implements SecretProvider {
       renewable: false,
       no_default_policy: true,
       display_name: `job-${request.jobType}`,
-      meta: { job_id: request.jobId, job_type: request.jobType },
+      // A spare is not a job's yet: it says so instead of naming one.
+      meta:
+        request.jobId === SPARE
+          ? { job_type: request.jobType, spare: 'true' }
+          : { job_id: request.jobId, job_type: request.jobType },
     };
     for (let attempt = 0; ; attempt++) {
       const token = await this.#supervisorToken();
@@ -204,7 +312,7 @@ export class VaultProvider implements SecretProvider {
           `auth/token/create/${this.#o.tokenRole}`,
           body,
         );
-        return { token: res.auth.client_token, accessor: res.auth.accessor };
+        return { token: res.auth.client_token, accessor: res.auth.accessor, mintedAt: Date.now() };
       } catch (err) {
         const e = vaultError(err, 'minting the job token');
         // Vault answers an expired or revoked token with a plain 403, like a missing permission:
@@ -236,7 +344,7 @@ export class VaultProvider implements SecretProvider {
   }
 
   async lease(request: LeaseRequest): Promise<SecretLease> {
-    const minted = await this.#mint(request);
+    let minted = await this.#jobToken(request);
     let token: string | null = minted.token;
     return {
       read: async (name: string): Promise<SecretValue> => {
@@ -246,7 +354,22 @@ export class VaultProvider implements SecretProvider {
         try {
           res = await this.#call(token, 'GET', this.#path('data', name));
         } catch (err) {
-          throw vaultError(err, 'read', name);
+          const e = vaultError(err, 'read', name);
+          // A spare dies with the login it was minted under (its parent, the supervisor's token,
+          // revoked or expired): then drop the spares and go on with a token minted now. A job token
+          // may not look itself up, so the parent's life decides.
+          const refused = e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED';
+          if (!minted.spare || !refused || (this.#token && (await this.#tokenAlive(this.#token)))) throw e;
+          this.#token = null;
+          this.#dropSpares();
+          void this.#revoke(minted.accessor).catch(() => undefined);
+          minted = await this.#mint(request);
+          token = minted.token;
+          try {
+            res = await this.#call(token, 'GET', this.#path('data', name));
+          } catch (again) {
+            throw vaultError(again, 'read', name);
+          }
         }
         const raw = res.data.data.value;
         if (typeof raw !== 'string') {
@@ -264,6 +387,7 @@ export class VaultProvider implements SecretProvider {
       },
       release: async () => {
         token = null;
+        this.#refill(request);
         const sup = await this.#supervisorToken();
         try {
           await this.#call(sup, 'POST', 'auth/token/revoke-accessor', { accessor: minted.accessor });
@@ -461,13 +585,22 @@ export class VaultProvider implements SecretProvider {
     });
   }
 
-  close(): Promise<void> {
+  async close(): Promise<void> {
+    this.#closed = true;
+    // Spares never handed to a job are revoked (they would otherwise live out their TTL).
+    const spares = [...this.#spares.values()].flat();
+    this.#spares.clear();
+    await Promise.all(
+      spares.map(async (s) => {
+        const minted = await s.catch(() => null);
+        if (minted) await this.#revoke(minted.accessor).catch(() => undefined);
+      }),
+    );
     if (this.#renewTimer) clearTimeout(this.#renewTimer);
     this.#renewTimer = null;
     this.#token = null;
     this.#agents.httpAgent.destroy();
     this.#agents.httpsAgent.destroy();
-    return Promise.resolve();
   }
 
   /**

@@ -54,6 +54,8 @@ export interface SandboxInit {
   processorPath: string;
   jobType: string;
   maxResultBytes: number;
+  /** CPU priority (nice) the sandbox's JS thread lowers itself to before loading the module. */
+  nice?: number;
   /** Log lines a job may write (ctx.log and console together) before the rest is dropped. */
   maxLogLines: number;
   /** OS layer: a loopback listener inside the sandbox's network namespace, relayed to the egress proxy's socket. */

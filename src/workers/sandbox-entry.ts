@@ -7,6 +7,7 @@
  */
 import { parentPort, workerData } from 'node:worker_threads';
 import { createServer, connect } from 'node:net';
+import { setPriority } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import { format } from 'node:util';
@@ -424,6 +425,20 @@ async function main(): Promise<void> {
     process.on('disconnect', () => process.exit(0));
     if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
     if (init.lazyProxy) await armProxyOnFirstUse();
+  }
+  // Below the supervisor's priority (this thread only: pid 0 is the calling thread on Linux). Without
+  // CAP_SYS_NICE the sandbox cannot raise it back.
+  if (init.nice) {
+    try {
+      setPriority(0, init.nice);
+    } catch (err) {
+      emitLog(
+        'warn',
+        `could not lower the sandbox's CPU priority to nice ${init.nice}: ${errorMessage(err)}`,
+        undefined,
+        'console',
+      );
+    }
   }
   let module: Processor | Rotator;
   try {

@@ -15,6 +15,8 @@ export interface ProcessBoundary {
   fleetAddresses: readonly string[];
   /** Secret injection at egress, for the types that take a secret as `inject`. */
   inject?: Omit<InjectOptions, 'currentJob'>;
+  /** CPU priority of every sandbox, thread or process (supervisor.sandboxNice). */
+  nice?: number;
 }
 
 export interface SandboxPoolStats {
@@ -77,6 +79,7 @@ export class SandboxPool {
         jobType: t.name,
         maxResultBytes: t.maxResultBytes,
         maxOldGenerationSizeMb: t.maxOldGenerationSizeMb,
+        ...(b.nice ? { nice: b.nice } : {}),
         ...(t.sandbox === 'process'
           ? {
               process: {

@@ -113,6 +113,7 @@ export class Sandbox {
       maxResultBytes: options.maxResultBytes,
       maxLogLines: options.maxLogLines ?? 1000,
       ...(options.kind ? { kind: options.kind } : {}),
+      ...(options.nice ? { nice: options.nice } : {}),
     };
     const host = options.process
       ? await startProcessHost(init, options.maxOldGenerationSizeMb, options.process)

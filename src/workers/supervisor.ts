@@ -229,6 +229,7 @@ export class Supervisor {
       osLayer,
       forbiddenPaths: [this.#config.dataDir],
       fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl),
+      nice: sv.sandboxNice,
     };
     if (this.#types.some((t) => [...t.secretModes.values()].includes('inject')))
       boundary.inject = await this.#injection();

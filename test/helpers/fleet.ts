@@ -67,6 +67,15 @@ export function makeProducer(config: FleetConfig): Producer {
 }
 
 /** Polls until the job reaches a finished state (or the time runs out). */
+/** Polls `fn` every 50 ms until it holds; fails naming `what` after `timeoutMs`. */
+export async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+  const end = Date.now() + timeoutMs;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 export async function waitForJob(
   p: Producer,
   id: string,
