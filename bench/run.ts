@@ -204,6 +204,11 @@ async function fleetRun(
   return figures;
 }
 
+/** The fleet pool with process sandboxes (the kind types with secrets run in): their baseline. */
+function processPoolRun(url: string, jobs: number, label = 'fleet pool, process sandboxes'): Promise<RunFigures> {
+  return fleetRun(url, 'pool', jobs, benchConfig(url, 'pool', { sandbox: 'process' }), label);
+}
+
 async function bullmqRun(
   url: string,
   mode: 'sandboxed' | 'sandboxed-process' | 'inline',
@@ -795,11 +800,13 @@ async function idleRoleRss(url: string, role: 'api' | 'worker' | 'scheduler'): P
   await new Promise((r) => setTimeout(r, 4000));
   const status = readFileSync(`/proc/${child.pid}/status`, 'utf8');
   const rssKb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? NaN);
+  // The anonymous part is this process's own; the rest is the node binary's pages, shared by every Node process.
+  const anonKb = Number(/RssAnon:\s+(\d+)/.exec(status)?.[1] ?? NaN);
   child.kill('SIGTERM');
   await new Promise((r) => child.once('exit', r));
   rmSync(dir, { recursive: true, force: true });
   const rssMb = round(rssKb / 1024, 1);
-  say(`  ${`idle ${role} RSS`.padEnd(34)} ${String(rssMb).padStart(7)} MB`);
+  say(`  ${`idle ${role} RSS`.padEnd(34)} ${String(rssMb).padStart(7)} MB (anonymous ${round(anonKb / 1024, 1)} MB)`);
   return rssMb;
 }
 
@@ -826,13 +833,7 @@ async function main(): Promise<void> {
       // and without one local secret.
       const inline = await bullmqRun(redis.url, 'inline', JOBS);
       const pool = await fleetRun(redis.url, 'pool', JOBS);
-      const processPool = await fleetRun(
-        redis.url,
-        'pool',
-        SECRET_JOBS,
-        benchConfig(redis.url, 'pool', { sandbox: 'process' }),
-        'fleet pool, process sandboxes',
-      );
+      const processPool = await processPoolRun(redis.url, SECRET_JOBS, 'fleet pool, process sandboxes');
       const secrets = await secretRuns(redis.url, SECRET_JOBS, ['local']);
       const ratios = {
         poolVsBullmqInline: round(pool.jobsPerSecond / inline.jobsPerSecond),
@@ -847,13 +848,7 @@ async function main(): Promise<void> {
       return;
     }
     if (args.only === 'secrets') {
-      const none = await fleetRun(
-        redis.url,
-        'pool',
-        SECRET_JOBS,
-        benchConfig(redis.url, 'pool', { sandbox: 'process' }),
-        'fleet pool, process sandboxes',
-      );
+      const none = await processPoolRun(redis.url, SECRET_JOBS, 'fleet pool, process sandboxes');
       const secrets = await secretRuns(redis.url, SECRET_JOBS);
       const overhead = Object.fromEntries(
         Object.entries(secrets).map(([k, f]) => [k, 'p50StartMs' in f ? round(f.p50StartMs - none.p50StartMs) : NaN]),
@@ -897,13 +892,7 @@ async function main(): Promise<void> {
     const bullmqSandboxed = await bullmqRun(redis.url, 'sandboxed', JOBS);
     const bullmqProcesses = await bullmqRun(redis.url, 'sandboxed-process', JOBS);
     const pool = await fleetRun(redis.url, 'pool', JOBS);
-    const processPool = await fleetRun(
-      redis.url,
-      'pool',
-      JOBS,
-      benchConfig(redis.url, 'pool', { sandbox: 'process' }),
-      'fleet pool, process sandboxes',
-    );
+    const processPool = await processPoolRun(redis.url, JOBS, 'fleet pool, process sandboxes');
     const processPoolNoOs = await fleetRun(
       redis.url,
       'pool',
@@ -931,13 +920,7 @@ async function main(): Promise<void> {
     const poolSameSize =
       SECRET_JOBS === JOBS
         ? processPool
-        : await fleetRun(
-            redis.url,
-            'pool',
-            SECRET_JOBS,
-            benchConfig(redis.url, 'pool', { sandbox: 'process' }),
-            `fleet pool, process (${SECRET_JOBS} jobs)`,
-          );
+        : await processPoolRun(redis.url, SECRET_JOBS, `fleet pool, process (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);

@@ -5,7 +5,7 @@ import type { FleetConfig } from './config/resolve.js';
 import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
-import { Producer } from './producers/producer.js';
+import type { Producer } from './producers/producer.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import {
@@ -17,10 +17,10 @@ import {
   rolePasswordEnv,
   type RedisRole,
 } from './redis/acl.js';
-import { Supervisor } from './workers/supervisor.js';
+import type { Supervisor } from './workers/supervisor.js';
 import { closeProviders, makeProvider, makeProviders } from './secrets/providers.js';
 import { FleetMetrics } from './observability/metrics.js';
-import { RotationService } from './rotation/rotation-service.js';
+import type { RotationService } from './rotation/rotation-service.js';
 import { startMetricsServer } from './observability/metrics-server.js';
 
 export type Role = 'api' | 'worker' | 'scheduler' | 'all';
@@ -145,6 +145,7 @@ export async function startFleet(options: {
       // So are the secret backends, opened with the supervisor's identity.
       const supProviders = await makeProviders(config, { redis: supRedis, logger });
       cleanups.push(() => closeProviders(supProviders));
+      const { Supervisor } = await import('./workers/supervisor.js');
       const sup = new Supervisor({
         config,
         redisUrl: access.urlFor('worker'),
@@ -176,6 +177,8 @@ export async function startFleet(options: {
         logger.warn('redis connection error (scheduler); reconnecting', { error: err.message }),
       );
       cleanups.push(async () => rotRedis.disconnect());
+      // Each role loads only its own parts: a worker never loads the rotation service, the API or Bull Board.
+      const { RotationService } = await import('./rotation/rotation-service.js');
       const rot = new RotationService({
         config,
         redisUrl: access.urlFor('scheduler'),
@@ -223,6 +226,7 @@ export async function startFleet(options: {
     let apiUrl: string | null = null;
     let producer: Producer | null = null;
     if (role === 'api' || role === 'all') {
+      const { Producer } = await import('./producers/producer.js');
       const api = new Producer({ config, redis: access.urlFor('api'), name: 'api', events, via: 'http' });
       producer = api;
       cleanups.push(() => api.close());
@@ -241,6 +245,7 @@ export async function startFleet(options: {
       // A read-only Bull Board reads through the ops role (it cannot write even if its read-only mode had a hole).
       let boardProducer: Producer | undefined;
       if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {
+        const { Producer } = await import('./producers/producer.js');
         const board = new Producer({ config, redis: access.urlFor('ops'), name: 'bull-board' });
         boardProducer = board;
         cleanups.push(() => board.close());
