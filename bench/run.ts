@@ -482,25 +482,7 @@ async function secretRuns(
   const value = Buffer.from('bench-secret-value-0123456789abcdef');
   const out = {} as Record<'local' | 'vault' | 'kms', SecretFigures>;
 
-  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-secrets-'));
-  const local = new LocalProvider({
-    file: path.join(dataDir, 'secrets.enc.json'),
-    keyFile: path.join(dataDir, 'master.key'),
-    masterKeyEnv: 'FLEET_BENCH_NO_ENV',
-    keepVersions: 2,
-  });
-  await local.write('bench-key', value);
-  out.local = {
-    ...(await fleetRun(
-      url,
-      'pool',
-      jobs,
-      benchConfig(url, 'pool', { processor: WITH_SECRET, dataDir, secrets: { provider: 'local' } }),
-      'fleet pool + 1 secret (local)',
-    )),
-    server: 'local file',
-  };
-  rmSync(dataDir, { recursive: true, force: true });
+  out.local = { ...(await localSecretRun(url, jobs)), server: 'local file' };
 
   if (!only.includes('vault')) out.vault = { skipped: 'not selected' };
   const vault = only.includes('vault') ? await startVault() : null;
@@ -572,6 +554,51 @@ async function secretRuns(
     }
   }
   return out;
+}
+
+/** The process pool with one secret per job from the local store (the store made for the run). */
+async function localSecretRun(url: string, jobs: number): Promise<RunFigures> {
+  const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-secrets-'));
+  try {
+    const local = new LocalProvider({
+      file: path.join(dataDir, 'secrets.enc.json'),
+      keyFile: path.join(dataDir, 'master.key'),
+      masterKeyEnv: 'FLEET_BENCH_NO_ENV',
+      keepVersions: 2,
+    });
+    await local.write('bench-key', Buffer.from('bench-secret-value-0123456789abcdef'));
+    return await fleetRun(
+      url,
+      'pool',
+      jobs,
+      benchConfig(url, 'pool', { processor: WITH_SECRET, dataDir, secrets: { provider: 'local' } }),
+      'fleet pool + 1 secret (local)',
+    );
+  } finally {
+    rmSync(dataDir, { recursive: true, force: true });
+  }
+}
+
+/**
+ * A ratio that matters, measured as the median of `rounds` back-to-back pairs of runs: single
+ * runs on this 2-core machine swing by ±30%, adjacent ones drift less.
+ */
+async function pairedRatio(
+  baseline: () => Promise<RunFigures>,
+  contender: () => Promise<RunFigures>,
+  rounds = 3,
+): Promise<{ ratio: number; pairs: [number, number][] }> {
+  const pairs: [number, number][] = [];
+  for (let i = 0; i < rounds; i++) {
+    // Alternating order (AB, BA, AB): a warm-up or drift within a pair favours neither side.
+    if (i % 2 === 0) pairs.push([(await baseline()).jobsPerSecond, (await contender()).jobsPerSecond]);
+    else {
+      const c = (await contender()).jobsPerSecond;
+      pairs.push([(await baseline()).jobsPerSecond, c]);
+    }
+  }
+  const ratios = pairs.map(([a, b]) => b / a).sort((x, y) => x - y);
+  return { ratio: round(ratios[Math.floor(ratios.length / 2)] ?? NaN), pairs };
 }
 
 /**
@@ -818,6 +845,23 @@ async function idleRolesRss(url: string): Promise<Record<'api' | 'worker' | 'sch
   };
 }
 
+/** The per-job path's two ratios, each from back-to-back pairs (pairedRatio). */
+async function pairedRuns(
+  url: string,
+): Promise<Record<'poolVsBullmqInline' | 'oneLocalSecretVsNone', { ratio: number; pairs: [number, number][] }>> {
+  say('paired runs (baseline and contender, order alternating) × 3:');
+  return {
+    poolVsBullmqInline: await pairedRatio(
+      () => bullmqRun(url, 'inline', JOBS),
+      () => fleetRun(url, 'pool', JOBS),
+    ),
+    oneLocalSecretVsNone: await pairedRatio(
+      () => processPoolRun(url, JOBS),
+      () => localSecretRun(url, JOBS),
+    ),
+  };
+}
+
 async function main(): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-redis-'));
   const redis = await startEmbeddedRedis({ dataDir: dir, persistent: false });
@@ -831,19 +875,12 @@ async function main(): Promise<void> {
     if (args.only === 'pool') {
       // The per-job path alone (for profiling): BullMQ inline vs the thread pool, and process pools with
       // and without one local secret.
-      const inline = await bullmqRun(redis.url, 'inline', JOBS);
-      const pool = await fleetRun(redis.url, 'pool', JOBS);
-      const processPool = await processPoolRun(redis.url, SECRET_JOBS, 'fleet pool, process sandboxes');
-      const secrets = await secretRuns(redis.url, SECRET_JOBS, ['local']);
+      const paired = await pairedRuns(redis.url);
       const ratios = {
-        poolVsBullmqInline: round(pool.jobsPerSecond / inline.jobsPerSecond),
-        oneLocalSecretVsNone:
-          'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / processPool.jobsPerSecond) : NaN,
+        poolVsBullmqInline: paired.poolVsBullmqInline.ratio,
+        oneLocalSecretVsNone: paired.oneLocalSecretVsNone.ratio,
       };
-      if (args.json)
-        process.stdout.write(
-          `${JSON.stringify({ node: process.version, inline, pool, processPool, secrets, ratios })}\n`,
-        );
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, paired, ratios })}\n`);
       else say(`ratios: ${JSON.stringify(ratios)}`);
       return;
     }
@@ -922,6 +959,7 @@ async function main(): Promise<void> {
         ? processPool
         : await processPoolRun(redis.url, SECRET_JOBS, `fleet pool, process (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
+    const paired = await pairedRuns(redis.url);
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
     const injection = await injectionOverhead(1000);
@@ -936,14 +974,13 @@ async function main(): Promise<void> {
       processPoolVsBullmqProcesses: round(processPool.jobsPerSecond / bullmqProcesses.jobsPerSecond),
       processJobVsRawSpawnRate: round(processJob.jobsPerSecond / spawnRates[processBoundary]),
       poolVsBullmqSandboxed: round(pool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
-      poolVsBullmqInline: round(pool.jobsPerSecond / bullmqInline.jobsPerSecond),
+      poolVsBullmqInline: paired.poolVsBullmqInline.ratio,
       jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
       httpSingleVsNoopRoute1: httpVsNoop(1),
       httpSingleVsNoopRoute16: httpVsNoop(16),
       httpSingleVsNoopRoute64: httpVsNoop(64),
       httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond / enqueue.addBulkPerSecond),
-      oneLocalSecretVsNone:
-        'jobsPerSecond' in secrets.local ? round(secrets.local.jobsPerSecond / poolSameSize.jobsPerSecond) : NaN,
+      oneLocalSecretVsNone: paired.oneLocalSecretVsNone.ratio,
       aclEnqueueVsNone: round(leastPrivilege.enqueueApiUserPerSecond / leastPrivilege.enqueueAdminPerSecond),
       aclAndAuditChainJobsVsNone: round(
         leastPrivilege.jobsRoleUsersChainPerSecond / leastPrivilege.jobsAdminUnsealedPerSecond,
@@ -1015,6 +1052,7 @@ async function main(): Promise<void> {
       leastPrivilege,
       injection,
       idleSupervisor: idle,
+      paired,
       ratios,
       targets,
     };
