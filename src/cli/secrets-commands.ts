@@ -6,7 +6,6 @@ import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
 import { listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
-import type { VaultProvider } from '../secrets/vault-provider.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
@@ -209,7 +208,9 @@ export function renderAudit(rows: AuditRecord[]): string {
 }
 
 /** `fleet vault setup`: policies, token role and AppRole, with the admin token in VAULT_TOKEN. */
-export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnType<typeof VaultProvider.setup>>> {
+export async function vaultSetup(
+  config: FleetConfig,
+): Promise<Awaited<ReturnType<typeof import('../secrets/vault-setup.js').setupVault>>> {
   const v = config.secrets.vault;
   if (!v)
     throw new FleetError('CONFIG_INVALID', 'secrets.vault is not configured. Fix: add secrets.vault to the config.');
@@ -220,8 +221,8 @@ export async function vaultSetup(config: FleetConfig): Promise<Awaited<ReturnTyp
       t.secrets.filter((n) => config.secretProviders.get(n) === 'vault'),
     );
   // node-vault loads here, not with every CLI command.
-  const { VaultProvider: Vault } = await import('../secrets/vault-provider.js');
-  return Vault.setup({
+  const { setupVault } = await import('../secrets/vault-setup.js');
+  return setupVault({
     address: v.address ?? process.env.VAULT_ADDR ?? '',
     adminToken: requireEnv(v.tokenEnv, '`fleet vault setup` (an admin token)'),
     mount: v.mount,

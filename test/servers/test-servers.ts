@@ -85,9 +85,9 @@ export async function setupDevVault(
   vault: { url: string; rootToken: string },
   scopes: Iterable<[string, string[]]>,
   rotated: readonly string[] = [],
-): Promise<Awaited<ReturnType<typeof import('../../src/secrets/vault-provider.js').VaultProvider.setup>>> {
-  const { VaultProvider } = await import('../../src/secrets/vault-provider.js');
-  return VaultProvider.setup({
+): Promise<Awaited<ReturnType<typeof import('../../src/secrets/vault-setup.js').setupVault>>> {
+  const { setupVault } = await import('../../src/secrets/vault-setup.js');
+  return setupVault({
     address: vault.url,
     adminToken: vault.rootToken,
     mount: 'secret',
