@@ -67,7 +67,7 @@ export function mountBullBoard(
         });
       }
     },
-    // Bull Board's adapter types its router as any; it is an Express router.
+    // Bull Board's adapter leaves its router untyped; it is an Express router.
     serverAdapter.getRouter(),
   );
 }
