@@ -113,7 +113,7 @@ async function spareTokens(): Promise<{ accessor: string; policies: string[] }[]
   return out;
 }
 
-function provider(config: FleetConfig, spareTokens = 0): VaultProvider {
+function provider(config: FleetConfig, spareTokens = 0, tokenTtlMarginMs?: number): VaultProvider {
   const v = config.secrets.vault!;
   return new VaultProvider({
     address: server!.url,
@@ -127,7 +127,7 @@ function provider(config: FleetConfig, spareTokens = 0): VaultProvider {
     },
     tokenRole: v.tokenRole,
     policyPrefix: v.policyPrefix,
-    tokenTtlMarginMs: v.tokenTtlMarginMs,
+    tokenTtlMarginMs: tokenTtlMarginMs ?? v.tokenTtlMarginMs,
     readsPerSecret: v.readsPerSecret,
     requestTimeoutMs: v.requestTimeoutMs,
     spareTokens,
@@ -196,6 +196,12 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     expect(await liveJobTokens()).toEqual([]);
     await prov.close();
     expect(await mine()).toEqual([]);
+    // Without a TTL margin a spare could never cover a whole job: none is minted.
+    const noMargin = provider(vaultConfig(), 1, 0);
+    await (await noMargin.lease({ jobId: 'reader.3', jobType: 'reader', names: ['a-key'], ttlMs: 5000 })).release();
+    await new Promise((r) => setTimeout(r, 300));
+    expect(await mine()).toEqual([]);
+    await noMargin.close();
   });
 
   it("fleet doctor's probe confirms a type's policy, and names the gap when it does not cover a secret", async () => {

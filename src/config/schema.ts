@@ -270,7 +270,8 @@ export const secretsSchema = z
          * Job tokens minted ahead per job type, so a job start pays one Vault read instead of a
          * token mint and a read. A spare carries exactly the type's policy, is used by one job
          * only, and is revoked unused when it gets older than tokenTtlMarginMs (the job would
-         * otherwise get less than its timeout) or at shutdown. 0 mints at job start. @defaultValue 1
+         * otherwise get less than its timeout) or at shutdown. 0 (or tokenTtlMarginMs 0) mints at job
+         * start. @defaultValue 1
          */
         spareTokens: z.number().int().min(0).max(16).default(1),
         /** @defaultValue 5000 */

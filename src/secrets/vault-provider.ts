@@ -245,8 +245,7 @@ export class VaultProvider implements SecretProvider {
    * them).
    */
   async #jobToken(request: LeaseRequest): Promise<Minted> {
-    const want = this.#o.spareTokens ?? 0;
-    if (want === 0) return this.#mint(request);
+    if (this.#spareCount() === 0) return this.#mint(request);
     const key = this.#spareKey(request);
     let spares = this.#spares.get(key);
     if (!spares) this.#spares.set(key, (spares = []));
@@ -264,11 +263,16 @@ export class VaultProvider implements SecretProvider {
   /** Mints spares up to secrets.vault.spareTokens for this request's kind, after a job is done with Vault. */
   #refill(request: LeaseRequest): void {
     const spares = this.#spares.get(this.#spareKey(request));
-    while (spares && !this.#closed && spares.length < (this.#o.spareTokens ?? 0)) {
+    while (spares && !this.#closed && spares.length < this.#spareCount()) {
       const next = this.#mint({ ...request, jobId: SPARE });
       next.catch(() => undefined);
       spares.push(next);
     }
+  }
+
+  /** Spares kept per kind of job; none when tokenTtlMarginMs is 0 (a spare would never cover a whole job). */
+  #spareCount(): number {
+    return this.#o.tokenTtlMarginMs > 0 ? (this.#o.spareTokens ?? 0) : 0;
   }
 
   #spareKey(request: LeaseRequest): string {
