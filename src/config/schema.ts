@@ -392,7 +392,7 @@ export const fleetConfigSchema = z
         /**
          * CPU priority (nice, 0–19) of the sandboxes, below the supervisor's: handing a job to an
          * idle sandbox then does not preempt the supervisor's dispatch and lock renewal on a busy
-         * host, and a CPU-bound job cannot starve them; jobs still get every idle cycle. 0 runs
+         * host, and they get the CPU ahead of a CPU-bound job; jobs still get every idle cycle. 0 runs
          * them at the supervisor's priority. @defaultValue 10
          */
         sandboxNice: z.number().int().min(0).max(19).default(10),
