@@ -7,6 +7,8 @@
 #   compose-check (compose-go, the Docker Compose loader) built from the Go module proxy
 # Re-running is cheap: each step is skipped when its binary is already cached.
 set -euo pipefail
+# Resolved before any `cd`: a relative $0 means nothing once the OpenBao build has left the repo.
+repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
 
 CACHE_DIR="${FLEET_SERVERS_CACHE:-$HOME/.cache/fleet-test-servers}"
 # OpenBao (the Vault fork, same HTTP API). Its v2 tags are not valid versions of its module
@@ -54,7 +56,7 @@ if [ ! -x "$CACHE_DIR/bin/bao" ]; then
     log "WARNING: building OpenBao failed; the Vault tests will be skipped with this reason"
     echo "go build of github.com/openbao/openbao@$OPENBAO_VERSION failed (see CI log)" >"$CACHE_DIR/bao.failed"
   fi
-  cd / && rm -rf "$work"
+  cd "$repo_dir" && rm -rf "$work"
 fi
 
 if [ ! -x "$CACHE_DIR/moto/bin/moto_server" ]; then
@@ -77,7 +79,6 @@ fi
 
 # compose-check: docker-compose.yml loaded by compose-go (the loader Docker Compose uses), built
 # from test/compose-check; rebuilt when its go.sum changes.
-repo_dir="$(cd "$(dirname "$0")/.." && pwd)"
 cc_sum="$(sha256sum "$repo_dir/test/compose-check/go.sum" "$repo_dir/test/compose-check/main.go" | sha256sum | cut -c1-16)"
 if [ ! -x "$CACHE_DIR/bin/compose-check" ] || [ "$(cat "$CACHE_DIR/compose-check.sum" 2>/dev/null)" != "$cc_sum" ]; then
   log "building compose-check (compose-go) from the Go module proxy"

@@ -24,6 +24,8 @@ export type ErrorCode =
   | 'SHUTDOWN'
   | 'MEMORY_LIMIT'
   | 'SANDBOX_CRASHED'
+  | 'SANDBOX_PROTOCOL'
+  | 'SANDBOX_LIMIT'
   | 'PROCESSOR_FAILED'
   | 'PROCESSOR_LOAD_FAILED'
   | 'RESULT_NOT_SERIALIZABLE'
@@ -80,6 +82,14 @@ export class CancelledError extends define('CancelledError', 'CANCELLED', false)
 export class ShutdownError extends define('ShutdownError', 'SHUTDOWN', true) {}
 export class MemoryLimitError extends define('MemoryLimitError', 'MEMORY_LIMIT', false) {}
 export class SandboxCrashError extends define('SandboxCrashError', 'SANDBOX_CRASHED', true) {}
+/**
+ * A sandbox sent what the protocol does not allow (a malformed or out-of-turn message, a frame
+ * above the channel's cap, a secret-request flood): the sandbox is killed and the job fails without
+ * a retry (a replay would only run the same code again).
+ */
+export class SandboxProtocolError extends define('SandboxProtocolError', 'SANDBOX_PROTOCOL', false) {}
+/** A job went past a limit the supervisor enforces outside its sandbox (result size, messages, log volume). */
+export class SandboxLimitError extends define('SandboxLimitError', 'SANDBOX_LIMIT', false) {}
 export class ProcessorError extends define('ProcessorError', 'PROCESSOR_FAILED', true) {}
 export class ProcessorLoadError extends define('ProcessorLoadError', 'PROCESSOR_LOAD_FAILED', false) {}
 export class ResultError extends define('ResultError', 'RESULT_NOT_SERIALIZABLE', false) {}

@@ -4,7 +4,16 @@ import { EventEmitter } from 'node:events';
  * Typed events the core emits. Metrics, audit and logs subscribe to these instead of being
  * sprinkled through the supervisor and sandboxes.
  */
-export type JobOutcome = 'completed' | 'failed' | 'timeout' | 'cancelled' | 'oom' | 'crashed' | 'requeued';
+/** `violation`: the sandbox broke the protocol or a limit the supervisor enforces, and was killed. */
+export type JobOutcome =
+  | 'completed'
+  | 'failed'
+  | 'timeout'
+  | 'cancelled'
+  | 'oom'
+  | 'crashed'
+  | 'violation'
+  | 'requeued';
 export type LifecycleState = 'starting' | 'running' | 'draining' | 'stopped' | 'failed';
 
 export interface FleetEvents {
@@ -22,6 +31,16 @@ export interface FleetEvents {
   };
   'sandbox:spawned': { jobType: string; spawnMs: number };
   'sandbox:destroyed': { jobType: string; reason: string };
+  /**
+   * A sandbox sent what the protocol or its job's limits do not allow and was killed; its job (if
+   * it ran one) failed with `code`. `problem` describes what was sent, never its content.
+   */
+  'sandbox:violation': {
+    jobType: string;
+    jobId: string | null;
+    code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT';
+    problem: string;
+  };
   /** A process sandbox tried to reach a destination outside its type's egress policy. */
   'egress:refused': { jobType: string; jobId: string | null; destination: string; reason: string };
   /** The egress proxy put an injected secret's value into a request toward its bound host. */

@@ -135,7 +135,11 @@ export async function auditVerify(
 
 export function renderVerify(r: VerifyReport): string {
   const head = `${r.records} records from ${r.writers} writer(s)${r.checkpoint ? `, from checkpoint ${r.checkpoint}` : ''}`;
-  if (r.ok) return `audit chain OK: ${head}`;
+  const denied = Object.entries(r.trimmed?.denied ?? {});
+  const trimmed = r.trimmed
+    ? `\nretention trimmed ${r.trimmed.records} older records, ${denied.length ? `among them denied: ${denied.map(([a, n]) => `${a} ${n}`).join(', ')}` : 'none of them denied'}`
+    : '';
+  if (r.ok) return `audit chain OK: ${head}${trimmed}`;
   const b = r.firstBreak;
   return `audit chain BROKEN: ${head}; ${r.breaks} broken link(s)\nfirst at ${b?.at} (writer ${b?.writer}): ${b?.reason}`;
 }

@@ -98,6 +98,42 @@ export const jobTypeSchema = z
         z.array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port')).min(1),
       ])
       .default('none'),
+    /**
+     * What one job may send out of its sandbox, enforced by the supervisor outside it. A sandbox's
+     * own runtime keeps an honest processor within them (it drops log lines past the cap, throws on
+     * an oversized progress value); a sandbox that goes past them anyway is killed and its job fails
+     * with `SANDBOX_LIMIT`.
+     */
+    limits: z
+      .object({
+        /** Log lines per job (ctx.log and console together); the rest are dropped. @defaultValue 1000 */
+        maxLogLines: z.number().int().min(1).max(1_000_000).default(1000),
+        /** Log characters per job (messages and fields); the rest are dropped. @defaultValue 1048576 */
+        maxLogBytes: z
+          .number()
+          .int()
+          .min(1024)
+          .default(1024 * 1024),
+        /** JSON bytes of one ctx.progress() value. @defaultValue 16384 */
+        maxProgressBytes: z
+          .number()
+          .int()
+          .min(64)
+          .max(1024 * 1024)
+          .default(16 * 1024),
+        /** ctx.secrets requests per job for names not delivered at its start. @defaultValue 100 */
+        maxSecretRequests: z.number().int().min(0).default(100),
+        /** Denied secret requests per job; one more kills the sandbox. @defaultValue 10 */
+        maxDeniedSecretRequests: z.number().int().min(0).default(10),
+        /** Messages of any kind per job. @defaultValue 100000 */
+        maxMessagesPerJob: z.number().int().min(100).default(100_000),
+        /** Egress connections a process sandbox holds open at once; more are dropped. @defaultValue 64 */
+        maxEgressConnections: z.number().int().min(1).max(10_000).default(64),
+        /** Request bytes the injecting egress proxy holds at once for one sandbox. @defaultValue 2 × supervisor.injectMaxBodyBytes */
+        maxEgressBufferedBytes: z.number().int().min(1024).optional(),
+      })
+      .strict()
+      .prefault({}),
     /** Size cap of a process sandbox's private /tmp (OS layer). @defaultValue 64 */
     tmpSizeMb: z.number().int().min(1).max(4096).default(64),
     /** Extra read-only paths a process sandbox may read besides its processor's directory (absolute or relative to the config). @defaultValue [] */

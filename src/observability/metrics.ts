@@ -19,7 +19,7 @@ export class FleetMetrics {
   });
   readonly jobs = new Counter({
     name: 'fleet_jobs_total',
-    help: 'Jobs ended, by type and outcome (completed, failed, timeout, cancelled, oom, crashed, requeued).',
+    help: 'Jobs ended, by type and outcome (completed, failed, timeout, cancelled, oom, crashed, violation, requeued).',
     labelNames: ['job_type', 'outcome'] as const,
     registers: [this.registry],
   });
@@ -173,6 +173,12 @@ export class FleetMetrics {
     labelNames: ['job_type'] as const,
     registers: [this.registry],
   });
+  readonly sandboxViolations = new Counter({
+    name: 'fleet_sandbox_violations_total',
+    help: 'Sandboxes killed for what they sent: SANDBOX_PROTOCOL (a message or frame the protocol does not allow) or SANDBOX_LIMIT (past a limit of its job); each one audited.',
+    labelNames: ['job_type', 'code'] as const,
+    registers: [this.registry],
+  });
   readonly secretInjections = new Counter({
     name: 'fleet_secret_injections_total',
     help: 'Requests the egress proxy sent with an injected secret put in (toward its bound host).',
@@ -235,6 +241,7 @@ export class FleetMetrics {
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
+      events.on('sandbox:violation', (e) => this.sandboxViolations.labels(e.jobType, e.code).inc()),
       events.on('secret:injected', (e) => this.secretInjections.labels(e.jobType, e.secret).inc()),
       events.on('secret:inject-refused', (e) => this.secretInjectionsRefused.labels(e.jobType, e.secret).inc()),
       events.on('audit:verified', (e) => {

@@ -61,6 +61,16 @@ function canConnect(port: number): Promise<boolean> {
   });
 }
 
+let setpriv: string | null | undefined;
+/** `setpriv` when it can set a parent-death signal here (Linux, util-linux ≥ 2.33). */
+function deathGuard(): string | null {
+  if (setpriv === undefined) {
+    const r = process.platform === 'linux' ? spawnSync('setpriv', ['--help'], { encoding: 'utf8' }) : null;
+    setpriv = r?.status === 0 && r.stdout.includes('--pdeathsig') ? 'setpriv' : null;
+  }
+  return setpriv;
+}
+
 export function hasRedisServer(): boolean {
   return spawnSync('redis-server', ['--version'], { stdio: 'ignore' }).status === 0;
 }
@@ -82,9 +92,14 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
     });
     aclArgs.push('--aclfile', file);
   }
+  // The server dies with the process that started it, however that one ends (a crash, SIGKILL):
+  // util-linux's setpriv sets the parent-death signal before it execs redis-server. Where it is
+  // missing (macOS), only a clean stop ends the server.
+  const guard = deathGuard();
   const child = spawn(
-    'redis-server',
+    guard ?? 'redis-server',
     [
+      ...(guard ? ['--pdeathsig', 'TERM', '--', 'redis-server'] : []),
       '--port',
       String(port),
       '--bind',

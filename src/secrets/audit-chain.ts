@@ -171,6 +171,12 @@ export interface VerifyReport {
   breaks: number;
   /** The checkpoint the verification started from (after a retention trim). */
   checkpoint: string | null;
+  /**
+   * What retention trimmed before that checkpoint, from its signed fields: records in all, and
+   * the security records among them (`denied` outcomes) by action, so a flood that pushed
+   * evidence out is still seen. Null without a checkpoint (or one written before these counts).
+   */
+  trimmed: { records: number; denied: Record<string, number> } | null;
   /** Chain state at the end: each writer's last seq and MAC. */
   state: Map<string, ChainLink>;
 }
@@ -193,6 +199,19 @@ export function decodeChains(text: string | undefined): Map<string, ChainLink> |
   }
   const r = chainsSchema.safeParse(parsed);
   return r.success ? new Map(Object.entries(r.data).map(([w, [seq, mac]]) => [w, { seq, mac }])) : null;
+}
+
+const countsSchema = z.record(z.string(), z.number().int().min(0));
+
+/** A checkpoint's `trimmedDenied` field (denied records trimmed so far, by action). */
+export function decodeCounts(text: string | undefined): Record<string, number> | null {
+  if (!text) return null;
+  try {
+    const r = countsSchema.safeParse(JSON.parse(text));
+    return r.success ? r.data : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Stream ids compare as (ms, seq). */
@@ -229,20 +248,24 @@ export async function verifyEntries(
     firstBreak ??= { at, writer, reason };
   };
   let checkpoint: string | null = null;
+  let trimmed: VerifyReport['trimmed'] = null;
   if (options.mode === 'full' && !options.start && entries.length) {
     // The checkpoint that covers the stream's head: the one with the largest cut at or before the
     // first record still there (its MAC is checked below, as part of its writer's chain).
     const first = entries[0]?.id;
-    let best: { cut: string; id: string; chains: Map<string, ChainLink> } | null = null;
+    let best: { cut: string; id: string; chains: Map<string, ChainLink>; fields: Record<string, string> } | null =
+      null;
     for (const e of entries) {
       if (e.fields.action !== 'checkpoint' || !e.fields.cut || !e.id) continue;
       const chains = decodeChains(e.fields.chains);
       if (chains && first && compareIds(e.fields.cut, first) <= 0 && (!best || compareIds(e.fields.cut, best.cut) > 0))
-        best = { cut: e.fields.cut, id: e.id, chains };
+        best = { cut: e.fields.cut, id: e.id, chains, fields: e.fields };
     }
     if (best) {
       checkpoint = best.id;
       for (const [w, l] of best.chains) state.set(w, l);
+      const denied = decodeCounts(best.fields.trimmedDenied);
+      if (denied) trimmed = { records: Number(best.fields.trimmedTotal ?? best.fields.trimmed ?? 0), denied };
     }
   }
   // MACs first (they may need other key versions, each loaded once), then one pass in stream order.
@@ -311,6 +334,7 @@ export async function verifyEntries(
     firstBreak,
     breaks,
     checkpoint,
+    trimmed,
     state,
   };
 }

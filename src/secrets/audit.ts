@@ -7,6 +7,7 @@ import {
   ChainWriter,
   compareIds,
   decodeChains,
+  decodeCounts,
   encodeChains,
   loadAuditKeys,
   verifyEntries,
@@ -377,10 +378,11 @@ async function findCheckpoint(
   redis: RedisClient,
   prefix: string,
   firstId: string,
-): Promise<Map<string, ChainLink> | null> {
-  const usable = (e: AuditEntry | undefined): Map<string, ChainLink> | null => {
+): Promise<{ chains: Map<string, ChainLink>; fields: Record<string, string> } | null> {
+  const usable = (e: AuditEntry | undefined): { chains: Map<string, ChainLink>; fields: Record<string, string> } | null => {
     if (!e || e.fields.action !== 'checkpoint' || !e.fields.cut || compareIds(e.fields.cut, firstId) > 0) return null;
-    return decodeChains(e.fields.chains);
+    const chains = decodeChains(e.fields.chains);
+    return chains ? { chains, fields: e.fields } : null;
   };
   const locator = await redis.hget(auditHeadsKey(prefix), CHECKPOINT_FIELD);
   if (locator) {
@@ -421,9 +423,19 @@ export async function trimAuditWithCheckpoint(
   const cut = entries[drop]?.id;
   const firstId = segment[0]?.id;
   if (!cut || !firstId) return { trimmed: 0, checkpoint: null, report: null };
-  const start = (await findCheckpoint(redis, prefix, firstId)) ?? undefined;
+  const previous = await findCheckpoint(redis, prefix, firstId);
+  const start = previous?.chains;
   const report = await verifyEntries(segment, options.keys, { mode: 'full', ...(start ? { start } : {}) });
   if (!report.ok) return { trimmed: 0, checkpoint: null, report };
+  // Running totals of what retention dropped, carried from checkpoint to checkpoint: the security
+  // records (denied outcomes) by action, so a flood that pushes evidence out still leaves its count.
+  const denied: Record<string, number> = { ...decodeCounts(previous?.fields.trimmedDenied) };
+  for (const e of segment)
+    if (e.fields.outcome === 'denied') {
+      const action = e.fields.action ?? 'unknown';
+      denied[action] = (denied[action] ?? 0) + 1;
+    }
+  const trimmedTotal = Number(previous?.fields.trimmedTotal ?? 0) + segment.length;
   const sealed = options.chain.seal({
     ts: String(Date.now()),
     outcome: 'granted',
@@ -436,6 +448,8 @@ export async function trimAuditWithCheckpoint(
     latencyMs: '0',
     cut,
     trimmed: String(segment.length),
+    trimmedTotal: String(trimmedTotal),
+    trimmedDenied: JSON.stringify(denied),
     chains: encodeChains(report.state),
   });
   const res = await redis

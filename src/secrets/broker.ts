@@ -7,6 +7,9 @@ import type { AuditLog } from './audit.js';
 import type { InjectionRegistry } from './injection.js';
 import type { ProviderKind, SecretLease, SecretProvider, SecretValue } from './provider.js';
 
+/** The audit and metrics bucket of requests for names no config declares. */
+export const UNDECLARED_SECRET = '(undeclared)';
+
 /**
  * Hands secrets to one job: checks scope, fetches through a lease minted for this job (per
  * provider, on first use), audits every attempt and counts it. `release()` revokes the leases;
@@ -61,10 +64,21 @@ export class JobSecrets {
     const base = { secret: name, jobId: this.#jobId, jobType: this.#type.name, workerId: b.workerId, action: 'access' };
     const provider = b.config.secretProviders.get(name) ?? b.config.secrets.provider;
     if (!this.#type.secrets.includes(name)) {
+      const known = b.config.secretProviders.has(name) || name in b.config.secrets.items;
+      const shown = known ? name : JSON.stringify(name.slice(0, 64));
       const err = new SecretScopeError(
-        `job type "${this.#type.name}" may not read secret "${name}"; it declares: ${this.#type.secrets.join(', ') || '(none)'}. Fix: add it to jobTypes.${this.#type.name}.secrets if this is intended.`,
+        `job type "${this.#type.name}" may not read secret ${known ? `"${name}"` : shown}; it declares: ${this.#type.secrets.join(', ') || '(none)'}. Fix: add it to jobTypes.${this.#type.name}.secrets if this is intended.`,
       );
-      b.audit({ ...base, provider, outcome: 'denied', reason: err.code, latencyMs: performance.now() - started });
+      // A name no config knows is chosen by the sandbox: it is audited and counted in one bucket,
+      // never as a key or a metric label of its own (20k names would be 20k keys and series).
+      b.audit({
+        ...base,
+        secret: known ? name : UNDECLARED_SECRET,
+        provider: known ? provider : '-',
+        outcome: 'denied',
+        reason: known ? err.code : `${err.code}: ${shown}`,
+        latencyMs: performance.now() - started,
+      });
       throw err;
     }
     try {

@@ -57,9 +57,18 @@ export interface EgressProxyOptions {
   /** Addresses of the fleet's own services (Redis, Vault, KMS) that no sandbox may reach unless listed. */
   fleetAddresses?: readonly string[];
   onRefused: (refusal: EgressRefusal) => void;
+  /** A handler failed on what the sandbox sent (its connection was closed); for logs. */
+  onError?: (what: string, err: unknown) => void;
   /** Upstream connect timeout. @defaultValue 10000 */
   connectTimeoutMs?: number;
+  /** Connections from the sandbox open at once; more are dropped (descriptors it can make the supervisor hold). @defaultValue 64 */
+  maxConnections?: number;
+  /** Request bytes held at once while looking for placeholders (injection). @defaultValue 2 × inject.maxBodyBytes */
+  maxBufferedBytes?: number;
 }
+
+/** Connections a sandbox may hold open through its proxy at once, unless configured. */
+export const DEFAULT_MAX_EGRESS_CONNECTIONS = 64;
 
 /** Loopback, link-local (169.254/16: cloud metadata), private, CGNAT, multicast and unspecified. */
 const NON_PUBLIC = new BlockList();
@@ -155,6 +164,46 @@ function maskText(text: string, pairs: { value: Uint8Array; by: Uint8Array }[]):
   return out.toString('latin1');
 }
 
+/** The path of a request, from origin form (`/p?q`) or absolute form (`https://host/p?q`). */
+function requestPath(req: IncomingMessage): string {
+  const url = req.url ?? '/';
+  if (url.startsWith('/')) return url;
+  try {
+    const u = new URL(url);
+    return `${u.pathname}${u.search}`;
+  } catch {
+    return '/';
+  }
+}
+
+/**
+ * Why a request that arrived inside a tunnel names another destination than the tunnel's (its
+ * `Host` header or an absolute-form URL), or null when it names the tunnel's own.
+ */
+export function namesOtherHost(req: IncomingMessage, t: { host: string; port: number }): string | null {
+  const tunnel = `${t.host}:${t.port}`;
+  const url = req.url ?? '/';
+  if (!url.startsWith('/')) {
+    let u: URL;
+    try {
+      u = new URL(url);
+    } catch {
+      return `a request target that is neither a path nor a URL, inside a tunnel to ${tunnel}`;
+    }
+    const port = Number(u.port || (u.protocol === 'https:' ? 443 : 80));
+    const host = u.hostname.replace(/^\[|\]$/g, '').toLowerCase();
+    if (host !== t.host || port !== t.port)
+      return `a request for ${host.slice(0, 100)}:${port} inside a tunnel to ${tunnel} (a possible exfiltration)`;
+  }
+  const h = req.headers.host;
+  if (h !== undefined) {
+    const named = splitHostPort(h, t.port);
+    if (!named || named.host !== t.host || named.port !== t.port)
+      return `Host: ${h.slice(0, 100)} inside a tunnel to ${tunnel} (a possible exfiltration)`;
+  }
+  return null;
+}
+
 export class EgressProxy {
   readonly #o: EgressProxyOptions;
   readonly #server: http.Server;
@@ -165,24 +214,60 @@ export class EgressProxy {
   readonly #agent: https.Agent | null = null;
   readonly #sockets = new Set<Socket | Duplex>();
   readonly #fleet: Set<string>;
-  /** Counted for tests and `fleet status`: connections allowed and refused, requests refused for a placeholder. */
-  readonly stats = { allowed: 0, refused: 0, injectionsRefused: 0 };
+  /** Request bytes held now for placeholder checks, against `maxBufferedBytes`. */
+  #buffered = 0;
+  readonly #maxBuffered: number;
+  /** Whether a dropped connection was reported since the last job ended (one report per job). */
+  #dropReported = false;
+  /** Counted for tests and `fleet status`: connections allowed, refused and dropped, requests refused for a placeholder. */
+  readonly stats = { allowed: 0, refused: 0, dropped: 0, injectionsRefused: 0 };
 
   constructor(options: EgressProxyOptions) {
     this.#o = options;
     this.#fleet = new Set(options.fleetAddresses ?? []);
-    this.#server = http.createServer((req, res) => void this.#onRequest(req, res));
-    this.#server.on(
-      'connect',
-      (req: IncomingMessage, socket: Duplex, head: Buffer) => void this.#onConnect(req, socket, head),
-    );
+    this.#maxBuffered = options.maxBufferedBytes ?? 2 * (options.inject?.maxBodyBytes ?? 0);
+    // Every handler is contained: whatever a sandbox sends (an aborted upload, a reset mid-TLS)
+    // ends that connection, never the supervisor.
+    const contain =
+      (what: string, socket: () => Duplex | undefined) =>
+      (err: unknown): void => {
+        socket()?.destroy();
+        this.#o.onError?.(what, err);
+      };
+    this.#server = http.createServer((req, res) => {
+      this.#onRequest(req, res).catch(contain('plain request', () => req.socket));
+    });
+    this.#server.maxConnections = options.maxConnections ?? DEFAULT_MAX_EGRESS_CONNECTIONS;
+    this.#server.on('drop', () => {
+      this.stats.dropped += 1;
+      if (this.#dropReported) return;
+      this.#dropReported = true;
+      this.#refuse(
+        'egress proxy',
+        `more than ${this.#server.maxConnections} connections open at once (maxEgressConnections); further ones are dropped`,
+      );
+    });
+    this.#server.on('clientError', (_err, socket: Duplex) => socket.destroy());
+    this.#server.on('connect', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      this.#onConnect(req, socket, head).catch(contain('CONNECT', () => socket));
+    });
     this.#server.on('connection', (s: Socket) => {
       this.#sockets.add(s);
       s.on('close', () => this.#sockets.delete(s));
     });
     if (options.inject) {
-      this.#inner = http.createServer((req, res) => void this.#onInjectable(req, res));
-      this.#plainInner = http.createServer((req, res) => this.#onTunneledPlain(req, res));
+      this.#inner = http.createServer((req, res) => {
+        this.#onInjectable(req, res).catch(contain('terminated request', () => req.socket));
+      });
+      this.#inner.on('clientError', (_err, socket: Duplex) => socket.destroy());
+      this.#plainInner = http.createServer((req, res) => {
+        try {
+          this.#onTunneledPlain(req, res);
+        } catch (err) {
+          contain('tunneled request', () => req.socket)(err);
+        }
+      });
+      this.#plainInner.on('clientError', (_err, socket: Duplex) => socket.destroy());
       this.#agent = new https.Agent({
         keepAlive: true,
         ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}),
@@ -363,8 +448,23 @@ export class EgressProxy {
       return;
     }
     const dest = `${t.host}:${t.port}`;
+    const other = namesOtherHost(req, t);
+    if (other) {
+      this.#refuseInjection(res, { jobId: this.#o.inject?.currentJob() ?? null, secret: null, destination: dest, reason: other });
+      return;
+    }
     if (this.#placeholderInPlainHttp(req, res, dest)) return;
-    this.#forward(req, res, t.address, t.port, new URL(req.url ?? '/', `http://${dest}`));
+    this.#forward(req, res, t.address, t.port, new URL(requestPath(req), `http://${dest}`));
+  }
+
+  /**
+   * Job end (the sandbox host calls it): every connection of the sandbox and every upstream one
+   * is closed, so no response reaches the sandbox after the job's values were zeroed (unmasked).
+   */
+  endConnections(): void {
+    this.#dropReported = false;
+    for (const s of this.#sockets) s.destroy();
+    this.#agent?.destroy();
   }
 
   #refuseInjection(res: ServerResponse, refusal: InjectionRefusal): void {
@@ -391,11 +491,30 @@ export class EgressProxy {
     }
     const destination = `${t.host}:${t.port}`;
     const jobId = inject.currentJob();
+    // A request inside the tunnel for another host would carry the value to whatever a shared
+    // front end routes that Host to.
+    const other = namesOtherHost(req, t);
+    if (other) {
+      this.#refuseInjection(res, { jobId, secret: null, destination, reason: other });
+      return;
+    }
     const chunks: Buffer[] = [];
     let size = 0;
+    // Bytes held for this request count against the sandbox's total until its response ends.
+    res.once('close', () => (this.#buffered -= size));
     for await (const data of req) {
       const c = Buffer.isBuffer(data) ? data : Buffer.from(String(data));
       size += c.length;
+      this.#buffered += c.length;
+      if (this.#buffered > this.#maxBuffered) {
+        res
+          .writeHead(503, { 'content-type': 'text/plain', connection: 'close', 'x-fleet-egress': 'refused' })
+          .end(
+            `fleet egress proxy: this sandbox's requests hold more than ${this.#maxBuffered} bytes at once (maxEgressBufferedBytes); send fewer uploads in parallel\n`,
+          );
+        req.destroy();
+        return;
+      }
       if (size > inject.maxBodyBytes) {
         res
           .writeHead(413, { 'content-type': 'text/plain', connection: 'close' })
@@ -490,7 +609,7 @@ export class EgressProxy {
         port: t.port,
         ...(isIP(t.host) ? {} : { servername: t.host }),
         method: req.method,
-        path: req.url,
+        path: requestPath(req),
         headers,
         agent,
         timeout: this.#o.connectTimeoutMs ?? 10_000,

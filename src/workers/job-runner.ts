@@ -12,7 +12,51 @@ const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
   CANCELLED: 'cancelled',
   MEMORY_LIMIT: 'oom',
   SANDBOX_CRASHED: 'crashed',
+  SANDBOX_PROTOCOL: 'violation',
+  SANDBOX_LIMIT: 'violation',
 };
+
+/**
+ * Progress writes to Redis, at most one in flight and one per `intervalMs`: the newest value wins,
+ * so a sandbox reporting progress in a loop costs Redis a few writes a second, not one per call.
+ */
+function progressWriter(
+  write: (value: number | object) => Promise<void>,
+  onError: (err: unknown) => void,
+  intervalMs = 100,
+): { push(value: number | object): void; flush(): Promise<void> } {
+  let latest: { value: number | object } | null = null;
+  let running: Promise<void> | null = null;
+  let timer: NodeJS.Timeout | null = null;
+  const pump = (): void => {
+    if (running || timer || !latest) return;
+    const { value } = latest;
+    latest = null;
+    running = write(value)
+      .catch(onError)
+      .finally(() => {
+        running = null;
+        timer = setTimeout(() => {
+          timer = null;
+          pump();
+        }, intervalMs);
+      });
+  };
+  return {
+    push(value) {
+      latest = { value };
+      pump();
+    },
+    async flush() {
+      if (timer) clearTimeout(timer);
+      timer = null;
+      await running;
+      const last = latest;
+      latest = null;
+      if (last) await write(last.value).catch(onError);
+    },
+  };
+}
 
 export interface JobRunnerDeps {
   config: FleetConfig;
@@ -75,6 +119,10 @@ export class JobRunner {
         throw acquired.reason;
       }
       const { deliver, placeholders } = handed.value;
+      const progress = progressWriter(
+        (value) => job.updateProgress(value),
+        (e: unknown) => log.warn('progress not saved', { error: toError(e).message }),
+      );
       const result = await acquired.value.run(
         {
           type: 'run',
@@ -91,9 +139,7 @@ export class JobRunner {
           abortGraceMs: t.abortGraceMs,
           signal: controller.signal,
           onProgress: (value) =>
-            void job
-              .updateProgress(typeof value === 'number' || (typeof value === 'object' && value) ? value : { value })
-              .catch((e: unknown) => log.warn('progress not saved', { error: toError(e).message })),
+            progress.push(typeof value === 'number' || (typeof value === 'object' && value) ? value : { value }),
           onLog: (level, msg, fields, source) => {
             log[level](msg, { ...fields, source });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
@@ -102,6 +148,7 @@ export class JobRunner {
         },
       );
       clean = true;
+      await progress.flush();
       this.#d.events.emit('job:finished', {
         jobId,
         jobType: t.name,
@@ -111,8 +158,7 @@ export class JobRunner {
         cpuMs: result.cpuMs,
         peakHeapBytes: result.peakHeapBytes,
       });
-      const value: unknown = JSON.parse(result.resultJson);
-      return value;
+      return result.result;
     } catch (caught) {
       const err =
         caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });

@@ -1,6 +1,10 @@
 import type { SerializedError } from '../errors.js';
 
-/** Messages between a supervisor and one sandbox thread. Values only ever travel in `run`. */
+/**
+ * Messages between a supervisor and one sandbox. Values only ever travel in `run` and `secret`.
+ * A process sandbox's travel as frames on a channel of their own (channel.ts); every message a
+ * sandbox sends is parsed against protocol-schema.ts before the supervisor acts on it.
+ */
 export interface RunMessage {
   type: 'run';
   jobId: string;
@@ -58,6 +62,10 @@ export interface SandboxInit {
   nice?: number;
   /** Log lines a job may write (ctx.log and console together) before the rest is dropped. */
   maxLogLines: number;
+  /** Log bytes (messages and fields) a job may write before the rest is dropped. */
+  maxLogBytes: number;
+  /** JSON bytes of one `ctx.progress()` value; a larger one throws in the processor. */
+  maxProgressBytes: number;
   /** OS layer: a loopback listener inside the sandbox's network namespace, relayed to the egress proxy's socket. */
   egressForwarder?: { port: number; socket: string };
   /** Switch HTTP clients to HTTP(S)_PROXY on their first use (Node ≥ 24), not at start-up. */

@@ -171,6 +171,8 @@ export interface ProcessSandboxSpec {
   forbiddenPaths: readonly string[];
   /** Only `npm run bench` turns this off, to price the permission model alone. @defaultValue true */
   permissionModel?: boolean;
+  /** The Node binary to run (without the OS layer, one the sandbox's uid can execute). @defaultValue process.execPath */
+  nodePath?: string;
 }
 
 /** The readable tree of a sandbox: its processor directory, packages, the sandbox runtime and Node. */
@@ -270,7 +272,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): {
       lazyProxy ? {} : { NODE_USE_ENV_PROXY: '1' },
     );
   }
-  const node = realpathSync(process.execPath);
+  const node = spec.nodePath ?? realpathSync(process.execPath);
   const layers: SandboxLayer[] = spec.permissionModel === false ? ['process'] : ['process', 'permission-model'];
   if (!os) return { command: node, args: nodeArgs, env, layers, lazyProxy };
 

@@ -6,7 +6,7 @@
  * so every output channel is masked the same way everywhere.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { createServer, connect } from 'node:net';
+import { createServer, connect, Socket } from 'node:net';
 import { setPriority } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
@@ -25,32 +25,72 @@ import {
   errorMessage,
   fieldOf,
 } from '../errors.js';
+import { encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import { rotatorOf, type Rotator } from './processor-api.js';
 import { SecretMask } from './secret-mask.js';
 
-/** The channel to the supervisor: the thread's port, or the process's IPC channel. */
+/**
+ * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with
+ * length-prefixed frames (channel.ts). Opened in main() for a process.
+ */
 const port = parentPort;
+let channel: Socket | null = null;
 const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
-  if (port) port.postMessage(msg, transfer);
-  else process.send?.(msg);
+  if (port) {
+    port.postMessage(msg, transfer);
+    return;
+  }
+  if (!channel || channel.destroyed) return;
+  const frame = encodeFrame(msg);
+  channel.write(frame.bytes, () => frame.wipe());
 };
 /*
- * What arrives here (workerData, thread and IPC messages) comes only from the supervisor, which
- * builds it with the protocol's types: these two casts name that contract, they do not check it.
+ * What arrives here (workerData, thread messages and frames) comes only from the supervisor, which
+ * builds it with the protocol's types: these casts name that contract, they do not check it.
  */
 /* eslint-disable @typescript-eslint/consistent-type-assertions -- see the comment above */
-const fromSupervisor =
-  (fn: (msg: ToSandbox) => void) =>
-  (m: unknown): void =>
-    fn(m as ToSandbox);
+const asToSandbox = (m: unknown): ToSandbox => m as ToSandbox;
 let init: SandboxInit = (port ? workerData : null) as SandboxInit;
 /* eslint-enable @typescript-eslint/consistent-type-assertions -- end of the supervisor's contract */
+let onSupervisorMessage: (msg: ToSandbox) => void = () => undefined;
 const onMessage = (fn: (msg: ToSandbox) => void): void => {
-  if (port) port.on('message', fn);
-  else process.on('message', fromSupervisor(fn));
+  if (port) port.on('message', (m: unknown) => fn(asToSandbox(m)));
+  else onSupervisorMessage = fn;
 };
+
+/** Opens fd 3 as the channel; resolves with the init message (the first frame). */
+function openChannel(): Promise<SandboxInit> {
+  return new Promise((resolve) => {
+    const socket = new Socket({ fd: 3, readable: true, writable: true });
+    channel = socket;
+    const decoder = new FrameDecoder(MAX_OUTGOING_FRAME_BYTES);
+    let initialized = false;
+    socket.on('data', (chunk: Buffer) => {
+      for (const raw of decoder.push(chunk)) {
+        const m = asToSandbox(raw);
+        if (!initialized) {
+          if (m.type === 'init') {
+            initialized = true;
+            resolve(m.init);
+          }
+        } else onSupervisorMessage(m);
+      }
+    });
+    // The supervisor is gone (or closed the channel): nothing is left to do here.
+    socket.on('end', () => process.exit(0));
+    socket.on('error', () => process.exit(0));
+  });
+}
+
+/** A log line's longest message; longer ones are cut (the bytes count against maxLogBytes). */
+const MAX_LOG_MESSAGE = 16 * 1024;
+/** Fields whose JSON is longer than this are replaced by a note. */
+const MAX_LOG_FIELDS = 16 * 1024;
+/** At most one progress message per this interval leaves the sandbox (the latest value wins). */
+const PROGRESS_INTERVAL_MS = 50;
+
 /** State of the job running now; reset after each job. */
 interface Current {
   controller: AbortController;
@@ -58,38 +98,87 @@ interface Current {
   handed: Uint8Array[];
   pending: Map<number, { resolve: (v: Uint8Array) => void; reject: (e: Error) => void }>;
   logLines: number;
+  logBytes: number;
+  /** Progress waiting for its interval to pass (the latest value), and the timer that sends it. */
+  progress: { value: unknown; pending: boolean; timer: NodeJS.Timeout | null };
 }
 let current: Current | null = null;
 let reqSeq = 0;
 
+/** Fields as JSON-safe data of bounded size (a BigInt or a cycle must not break the log line). */
+function boundedFields(fields: Record<string, unknown>): Record<string, unknown> {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(fields);
+  } catch (err) {
+    return { unserializable: errorMessage(err) };
+  }
+  if (json === undefined) return {};
+  if (json.length > MAX_LOG_FIELDS) return { truncated: `fields of ${json.length} characters were dropped` };
+  const parsed: unknown = JSON.parse(json);
+  return typeof parsed === 'object' && parsed !== null ? { ...parsed } : {};
+}
+
 function emitLog(
   level: LogLevel,
-  msg: string,
-  fields: Record<string, unknown> | undefined,
+  text: string,
+  rawFields: Record<string, unknown> | undefined,
   source: 'processor' | 'console',
 ): void {
   const c = current;
+  const m = c?.mask;
+  const cut = text.length > MAX_LOG_MESSAGE ? `${text.slice(0, MAX_LOG_MESSAGE)}… [cut]` : text;
+  const msg = m ? m.text(cut) : cut;
+  const fields = rawFields ? boundedFields(m ? m.fields(rawFields) : rawFields) : undefined;
   if (c) {
+    const bytes = msg.length + (fields ? JSON.stringify(fields).length : 0);
     c.logLines += 1;
-    if (c.logLines > init.maxLogLines) {
-      if (c.logLines === init.maxLogLines + 1)
+    c.logBytes += bytes;
+    if (c.logLines > init.maxLogLines || c.logBytes > init.maxLogBytes) {
+      if (c.logLines !== Infinity)
         post({
           type: 'log',
           level: 'warn',
-          msg: `log output above ${init.maxLogLines} lines; the rest of this job's output is dropped`,
+          msg: `log output above ${init.maxLogLines} lines or ${init.maxLogBytes} bytes; the rest of this job's output is dropped`,
           source: 'processor',
         });
+      c.logLines = Infinity;
       return;
     }
   }
-  const m = c?.mask;
-  post({
-    type: 'log',
-    level,
-    msg: m ? m.text(msg) : msg,
-    ...(fields ? { fields: m ? m.fields(fields) : fields } : {}),
-    source,
-  });
+  post({ type: 'log', level, msg, ...(fields ? { fields } : {}), source });
+}
+
+/** Sends the job's latest progress value now (at the interval, and before the job reports done). */
+function flushProgress(c: Current): void {
+  const p = c.progress;
+  if (p.timer) clearTimeout(p.timer);
+  p.timer = null;
+  if (!p.pending) return;
+  p.pending = false;
+  post({ type: 'progress', value: p.value });
+}
+
+/** ctx.progress(): JSON data within maxProgressBytes; at most one message per interval, the latest wins. */
+function reportProgress(c: Current, value: unknown): void {
+  let json: string | undefined;
+  try {
+    json = JSON.stringify(value);
+  } catch (err) {
+    throw new ResultError(`progress must be JSON data: ${errorMessage(err)}`);
+  }
+  if (json === undefined) throw new ResultError('progress must be JSON data (got undefined or a function)');
+  const bytes = Buffer.byteLength(json);
+  if (bytes > init.maxProgressBytes)
+    throw new ResultError(
+      `progress value is ${bytes} bytes, above maxProgressBytes=${init.maxProgressBytes}. Fix: report a small summary (a percentage, a stage name).`,
+    );
+  const p = c.progress;
+  p.value = c.mask.value(JSON.parse(json));
+  p.pending = true;
+  if (p.timer) return;
+  flushProgress(c);
+  p.timer = setTimeout(() => flushProgress(c), PROGRESS_INTERVAL_MS);
 }
 
 // Console and stdout/stderr go through the same masked, capped path as ctx.log.
@@ -235,6 +324,8 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
     handed: [],
     pending: new Map(),
     logLines: 0,
+    logBytes: 0,
+    progress: { value: null, pending: false, timer: null },
   };
   current = c;
   const delivered = new Map<string, Uint8Array>();
@@ -264,7 +355,7 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
   const ctx: ProcessorContext = {
     signal: c.controller.signal,
     log: { debug: logAt('debug'), info: logAt('info'), warn: logAt('warn'), error: logAt('error') },
-    progress: (value) => post({ type: 'progress', value: c.mask.value(value) }),
+    progress: (value) => reportProgress(c, value),
     secrets: {
       names: Object.freeze([...msg.secretNames]),
       get: async (name) => {
@@ -325,6 +416,7 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
     };
   }
   // Discard: every value handed to this job is zero-filled before the job is reported done.
+  flushProgress(c);
   for (const b of c.handed) b.fill(0);
   for (const w of c.pending.values()) w.reject(new CancelledError('job ended'));
   current = null;
@@ -410,19 +502,9 @@ async function armProxyOnFirstUse(): Promise<void> {
 
 async function main(): Promise<void> {
   if (!port) {
-    // A process sandbox: its init is the first IPC message.
-    init = await new Promise<SandboxInit>((resolve) => {
-      const first = fromSupervisor((m) => {
-        if (m.type === 'init') {
-          process.off('message', first);
-          resolve(m.init);
-        }
-      });
-      process.on('message', first);
-    });
+    // A process sandbox: its init is the channel's first frame.
+    init = await openChannel();
     harden();
-    // The IPC channel must not keep an idle sandbox alive after the supervisor is gone.
-    process.on('disconnect', () => process.exit(0));
     if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
     if (init.lazyProxy) await armProxyOnFirstUse();
   }

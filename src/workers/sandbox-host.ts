@@ -7,7 +7,18 @@
  *   private size-capped /tmp and no network but its egress proxy.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, chmodSync, mkdirSync } from 'node:fs';
+import {
+  mkdtempSync,
+  rmSync,
+  chmodSync,
+  chownSync,
+  copyFileSync,
+  linkSync,
+  mkdirSync,
+  realpathSync,
+  statSync,
+} from 'node:fs';
+import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -17,11 +28,13 @@ import {
   ProcessorError,
   ProcessorLoadError,
   SandboxCrashError,
-  deserializeError,
+  errorMessage,
 } from '../errors.js';
+import { encodeFrame, FrameDecoder } from './channel.js';
+import { parseFromSandbox } from './protocol-schema.js';
 import { compiledPath } from '../runtime-path.js';
 import { EgressProxy, type EgressRefusal, type InjectOptions } from './egress-proxy.js';
-import type { FromSandbox, SandboxInit, ToSandbox } from './protocol.js';
+import type { SandboxInit, ToSandbox } from './protocol.js';
 import {
   processSandboxCommand,
   SANDBOX_EGRESS_SOCKET,
@@ -37,9 +50,15 @@ export interface SandboxHost {
   readonly layers: readonly SandboxLayer[];
   /** The OS process (bubblewrap's, with the OS layer); absent for threads. */
   readonly pid?: number;
-  /** Sends a message; `transfer` moves ArrayBuffers (threads); `sent` runs once the bytes left this process. */
+  /**
+   * Sends a message; `transfer` moves ArrayBuffers (threads); `sent` runs once the bytes left this
+   * process. Throws only for a message too large for the channel.
+   */
   post(msg: ToSandbox, transfer?: ArrayBuffer[], sent?: () => void): void;
-  onMessage(fn: (msg: FromSandbox) => void): void;
+  /** Every message the sandbox sends, unchecked: the {@link Sandbox} parses it. */
+  onMessage(fn: (msg: unknown) => void): void;
+  /** The channel itself was broken (bytes that are no frame, a frame above the cap). */
+  onViolation(fn: (problem: string) => void): void;
   /** Called once when the sandbox ends on its own (crash, exit, memory limit). */
   onDeath(fn: (err: FleetError) => void): void;
   /** The job the egress proxy attributes connections to. */
@@ -60,9 +79,23 @@ export interface ProcessHostOptions {
   inject?: Omit<InjectOptions, 'currentJob'>;
   /** Only `npm run bench` turns this off, to price the permission model alone. @defaultValue true */
   permissionModel?: boolean;
+  /** Open egress connections at once (descriptors the sandbox can make the supervisor hold). @defaultValue 64 */
+  maxEgressConnections?: number;
+  /** Request bytes the injecting proxy holds at once for this sandbox. @defaultValue 2 × injectMaxBodyBytes */
+  maxEgressBufferedBytes?: number;
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
+/** The uid and gid a sandbox runs as when a root supervisor has no OS layer to map it (nobody). */
+export const SANDBOX_UID = 65534;
+
+/**
+ * The largest frame the supervisor reads from a sandbox: a result at its limit, JSON-escaped in
+ * the worst case (each character as `\u00XX`), plus room for the rest of the message.
+ */
+export function maxFrameFromSandbox(maxResultBytes: number): number {
+  return Math.max(1024 * 1024, 6 * maxResultBytes + 64 * 1024);
+}
 
 /** Resolves with the host once the processor loaded (`ready`); rejects with a load error. */
 function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
@@ -81,10 +114,15 @@ function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
         reject(err);
       } else resolve(host);
     };
-    host.onMessage((msg) => {
-      if (msg.type === 'ready') finish(null);
-      else if (msg.type === 'load-failed') finish(deserializeError(msg.error));
+    host.onMessage((raw) => {
+      const parsed = parseFromSandbox(raw);
+      if (!parsed.ok) finish(new ProcessorLoadError(`${what} sent ${parsed.problem} while loading`));
+      else if (parsed.msg.type === 'ready') finish(null);
+      else if (parsed.msg.type === 'load-failed')
+        finish(new ProcessorLoadError(parsed.msg.error.message.slice(0, 8192)));
+      else finish(new ProcessorLoadError(`${what} sent a "${parsed.msg.type}" message before it loaded`));
     });
+    host.onViolation((problem) => finish(new ProcessorLoadError(`${what} broke its channel while loading: ${problem}`)));
     host.onDeath((err) => finish(new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err })));
   });
 }
@@ -99,7 +137,7 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
     stderr: false,
     resourceLimits: { maxOldGenerationSizeMb, maxYoungGenerationSizeMb: 16, stackSizeMb: 4 },
   });
-  let onMessage: (msg: FromSandbox) => void = () => undefined;
+  let onMessage: (msg: unknown) => void = () => undefined;
   let onDeath: (err: FleetError) => void = () => undefined;
   let dead = false;
   const die = (err: FleetError): void => {
@@ -107,7 +145,10 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
     dead = true;
     onDeath(err);
   };
-  worker.on('message', (m: FromSandbox) => onMessage(m));
+  worker.on('message', (m: unknown) => onMessage(m));
+  // A message the supervisor's thread cannot deserialize (a thread is no security boundary, but it
+  // must not crash the supervisor either).
+  worker.on('messageerror', (err) => die(new ProcessorError(`sandbox sent a message that cannot be read: ${err.message}`)));
   worker.on('error', (err: Error & { code?: string }) =>
     die(
       err.code === 'ERR_WORKER_OUT_OF_MEMORY'
@@ -127,6 +168,7 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
       sent?.();
     },
     onMessage: (fn) => (onMessage = fn),
+    onViolation: () => undefined,
     onDeath: (fn) => (onDeath = fn),
     setJob: () => undefined,
     kill: async () => {
@@ -135,6 +177,38 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
     },
   };
   return awaitReady(host, `sandbox thread for ${init.jobType}`);
+}
+
+let reachableNode: string | null = null;
+/**
+ * The Node binary as a path `uid` can execute. Node often lives under a home directory other users
+ * cannot enter (`/root/.cache/…`): then a hard link (or, across file systems, a copy) of it is
+ * made once, in a directory of its own under the temp dir.
+ */
+function nodeReachableBy(uid: number): string {
+  if (reachableNode) return reachableNode;
+  const node = realpathSync(process.execPath);
+  const open = (p: string, bits: number): boolean => {
+    const st = statSync(p);
+    return st.uid === uid || (st.mode & bits) === bits;
+  };
+  const parents: string[] = [];
+  for (let d = path.dirname(node); ; d = path.dirname(d)) {
+    parents.push(d);
+    if (path.dirname(d) === d) break;
+  }
+  if (open(node, 0o005) && parents.every((d) => open(d, 0o001))) return (reachableNode = node);
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-node-'));
+  chmodSync(dir, 0o755);
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  const target = path.join(dir, 'node');
+  try {
+    linkSync(node, target);
+  } catch {
+    copyFileSync(node, target);
+    chmodSync(target, 0o755);
+  }
+  return (reachableNode = target);
 }
 
 /** The last bytes a sandbox process wrote to stderr (Node's own fatal errors; processors' output goes over IPC). */
@@ -156,13 +230,37 @@ export async function startProcessHost(
   let jobId: string | null = null;
   let proxy: EgressProxy | null = null;
   let child: ChildProcess | null = null;
-  const cleanup = async (): Promise<void> => {
-    await proxy?.close().catch(() => undefined);
-    rmSync(hostDir, { recursive: true, force: true });
-  };
+  let cleaned: Promise<void> | null = null;
+  // Never throws: clean-up runs from exit handlers, where a throw (EMFILE, EBUSY) would reach the
+  // supervisor's event loop.
+  const cleanup = (): Promise<void> =>
+    (cleaned ??= (async () => {
+      await proxy?.close().catch(() => undefined);
+      try {
+        rmSync(hostDir, { recursive: true, force: true });
+      } catch {
+        // Left for the OS's temp cleaning: nothing in it outlives the sandbox's use.
+      }
+    })());
   const inject = options.inject;
+  const os = options.osLayer.available;
+  // Without namespaces to map it, a root supervisor's sandbox would run as root (and could, say,
+  // lower the supervisor's CPU priority): it runs as nobody instead.
+  const dropTo = !os && process.getuid?.() === 0 ? SANDBOX_UID : null;
   try {
-    const os = options.osLayer.available;
+    let caCertFile = options.inject?.ca.certFile;
+    if (dropTo !== null) {
+      // The host dir stays the supervisor's (traversable); the temp dir inside it is the sandbox's.
+      chmodSync(hostDir, 0o711);
+      chownSync(tmpDir, dropTo, dropTo);
+      // The CA certificate lives in the data dir, which nobody may read: the sandbox gets a copy.
+      if (caCertFile) {
+        const copy = path.join(hostDir, 'ca.pem');
+        copyFileSync(caCertFile, copy);
+        chmodSync(copy, 0o444);
+        caCertFile = copy;
+      }
+    }
     let egressSocket: string | null = null;
     let proxyUrl: string | null = null;
     let processInit: SandboxInit = init;
@@ -171,6 +269,8 @@ export async function startProcessHost(
         egress: options.egress,
         fleetAddresses: options.fleetAddresses,
         onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }),
+        ...(options.maxEgressConnections ? { maxConnections: options.maxEgressConnections } : {}),
+        ...(options.maxEgressBufferedBytes ? { maxBufferedBytes: options.maxEgressBufferedBytes } : {}),
         ...(inject
           ? {
               inject: {
@@ -203,29 +303,55 @@ export async function startProcessHost(
       proxyUrl,
       osLayer: options.osLayer,
       forbiddenPaths: options.forbiddenPaths,
-      ...(options.inject ? { caCertFile: options.inject.ca.certFile } : {}),
+      ...(caCertFile ? { caCertFile } : {}),
       ...(options.permissionModel === false ? { permissionModel: false } : {}),
+      ...(dropTo !== null ? { nodePath: nodeReachableBy(dropTo) } : {}),
     });
     child = spawn(cmd.command, cmd.args, {
       env: cmd.env,
-      // stdin closed, stdout ignored (processors' output goes over IPC, masked), stderr kept for
-      // Node's own fatal errors, fd 3 the IPC channel; nothing else is inherited.
-      stdio: ['ignore', 'ignore', 'pipe', 'ipc'],
-      serialization: 'advanced',
+      // stdin closed, stdout ignored (processors' output goes over the channel, masked), stderr kept
+      // for Node's own fatal errors, fd 3 the channel (a socket pair); nothing else is inherited.
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
       detached: false,
+      ...(dropTo !== null ? { uid: dropTo, gid: dropTo } : {}),
     });
     const proc = child;
+    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- stdio[3] is 'pipe': libuv makes it a socket pair, a net.Socket here
+    const channel = proc.stdio[3] as Socket;
     let stderr = '';
     proc.stderr?.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
-    let onMessage: (msg: FromSandbox) => void = () => undefined;
+    proc.stderr?.on('error', () => undefined);
+    let onMessage: (msg: unknown) => void = () => undefined;
+    let onViolation: (problem: string) => void = () => undefined;
     let onDeath: (err: FleetError) => void = () => undefined;
     let dead = false;
     let killed = false;
-    const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
-    proc.on('message', (m: FromSandbox) => onMessage(m));
+    const exited = new Promise<void>((resolve) => {
+      proc.once('exit', () => resolve());
+      proc.once('error', () => resolve());
+    });
+    const decoder = new FrameDecoder(maxFrameFromSandbox(init.maxResultBytes));
+    channel.on('data', (chunk: Buffer) => {
+      if (dead) return;
+      let messages: unknown[];
+      try {
+        messages = decoder.push(chunk);
+      } catch (err) {
+        channel.destroy();
+        onViolation(errorMessage(err));
+        return;
+      }
+      for (const m of messages) {
+        if (dead) return;
+        onMessage(m);
+      }
+    });
+    channel.on('error', () => undefined);
+    channel.on('close', () => decoder.discard());
     proc.on('error', (err) => {
       if (dead) return;
       dead = true;
+      void cleanup();
       onDeath(new SandboxCrashError(`sandbox process could not run (${err.message})`, { cause: err }));
     });
     proc.on('exit', (code, signal) => {
@@ -247,31 +373,42 @@ export async function startProcessHost(
         );
       }
     });
+    const send = (msg: ToSandbox, sent?: () => void): void => {
+      // `sent` runs once the frame left for the sandbox, or at once when it cannot be sent:
+      // either way the caller zero-fills its bytes then.
+      if (dead || channel.destroyed) {
+        sent?.();
+        return;
+      }
+      const frame = encodeFrame(msg);
+      channel.write(frame.bytes, () => {
+        frame.wipe();
+        sent?.();
+      });
+    };
     const host: SandboxHost = {
       layers: cmd.layers,
       ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
-      post: (msg, _transfer, sent) => {
-        // `sent` runs once the serialized copy left for the sandbox, or at once when it cannot
-        // be sent: either way the caller zero-fills its bytes then.
-        if (dead || !proc.connected) {
-          sent?.();
-          return;
-        }
-        proc.send(msg, () => sent?.());
-      },
+      post: (msg, _transfer, sent) => send(msg, sent),
       onMessage: (fn) => (onMessage = fn),
+      onViolation: (fn) => (onViolation = fn),
       onDeath: (fn) => (onDeath = fn),
-      setJob: (id) => (jobId = id),
+      setJob: (id) => {
+        // At a job's end its egress connections close: nothing arrives for it later (unmasked).
+        if (jobId !== null && id !== jobId) proxy?.endConnections();
+        jobId = id;
+      },
       kill: async () => {
         killed = true;
         dead = true;
+        channel.destroy();
         if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
         await exited;
         await cleanup();
       },
     };
     const initMessage: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
-    proc.once('spawn', () => proc.send({ type: 'init', init: initMessage }));
+    proc.once('spawn', () => send({ type: 'init', init: initMessage }));
     return await awaitReady(host, `sandbox process for ${init.jobType}`);
   } catch (err) {
     child?.kill('SIGKILL');

@@ -79,6 +79,8 @@ export class SandboxPool {
         jobType: t.name,
         maxResultBytes: t.maxResultBytes,
         maxOldGenerationSizeMb: t.maxOldGenerationSizeMb,
+        limits: t.limits,
+        onViolation: (v) => this.#events.emit('sandbox:violation', v),
         ...(b.nice ? { nice: b.nice } : {}),
         ...(t.sandbox === 'process'
           ? {
@@ -89,6 +91,8 @@ export class SandboxPool {
                 readPaths: t.readPaths,
                 forbiddenPaths: b.forbiddenPaths,
                 fleetAddresses: b.fleetAddresses,
+                maxEgressConnections: t.limits.maxEgressConnections,
+                ...(t.limits.maxEgressBufferedBytes ? { maxEgressBufferedBytes: t.limits.maxEgressBufferedBytes } : {}),
                 ...(b.inject && [...t.secretModes.values()].includes('inject') ? { inject: b.inject } : {}),
                 onEgressRefused: (r) =>
                   this.#events.emit('egress:refused', {

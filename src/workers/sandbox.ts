@@ -3,23 +3,69 @@ import type { SecretValue } from '../secrets/provider.js';
 import {
   CancelledError,
   serializeError,
-  deserializeError,
   FleetError,
   SandboxCrashError,
+  SandboxLimitError,
+  SandboxProtocolError,
   SecretScopeError,
   ShutdownError,
   TimeoutError,
+  type ErrorCode,
+  type SerializedError,
 } from '../errors.js';
-import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './protocol.js';
+import type { LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './protocol.js';
+import { MAX_ERROR_TEXT, parseFromSandbox, type ParsedFromSandbox } from './protocol-schema.js';
 import type { SandboxLayer } from './sandbox-boundary.js';
 import { startProcessHost, startThreadHost, type ProcessHostOptions, type SandboxHost } from './sandbox-host.js';
+import { SecretMask } from './secret-mask.js';
 
-export interface SandboxOptions extends Omit<SandboxInit, 'maxLogLines' | 'egressForwarder'> {
+/**
+ * What one job may send out of its sandbox, enforced by the supervisor (a sandbox's own entry keeps
+ * an honest processor inside them; a hostile one that goes past them is killed).
+ */
+export interface BoundaryLimits {
+  /** Log lines per job (ctx.log and console together); the entry drops the rest. @defaultValue 1000 */
+  maxLogLines: number;
+  /** Log bytes per job (messages and fields). @defaultValue 1048576 */
+  maxLogBytes: number;
+  /** JSON bytes of one progress value. @defaultValue 16384 */
+  maxProgressBytes: number;
+  /** Secret requests per job (names not delivered at job start). @defaultValue 100 */
+  maxSecretRequests: number;
+  /** Denied secret requests per job; one more and the sandbox is killed. @defaultValue 10 */
+  maxDeniedSecretRequests: number;
+  /** Messages of any kind per job. @defaultValue 100000 */
+  maxMessagesPerJob: number;
+}
+
+export const DEFAULT_BOUNDARY_LIMITS: BoundaryLimits = Object.freeze({
+  maxLogLines: 1000,
+  maxLogBytes: 1024 * 1024,
+  maxProgressBytes: 16 * 1024,
+  maxSecretRequests: 100,
+  maxDeniedSecretRequests: 10,
+  maxMessagesPerJob: 100_000,
+});
+
+/** A sandbox broke the protocol or a limit and was killed (audit, metrics). */
+export interface SandboxViolation {
+  jobType: string;
+  /** The job it was running; null when it was idle. */
+  jobId: string | null;
+  code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT';
+  /** What it sent, described (never the content itself). */
+  problem: string;
+}
+
+export interface SandboxOptions
+  extends Omit<SandboxInit, 'maxLogLines' | 'maxLogBytes' | 'maxProgressBytes' | 'egressForwarder'> {
   maxOldGenerationSizeMb: number;
-  /** @defaultValue 1000 */
-  maxLogLines?: number;
+  /** @defaultValue {@link DEFAULT_BOUNDARY_LIMITS} */
+  limits?: Partial<BoundaryLimits>;
   /** Run as its own OS process with these settings; a worker thread when absent. */
   process?: ProcessHostOptions;
+  /** Told when the sandbox is killed for a violation (the job, if any, fails with its code). */
+  onViolation?: (v: SandboxViolation) => void;
 }
 
 export interface RunOptions {
@@ -40,6 +86,8 @@ export interface RunOptions {
 
 export interface RunResult extends RunStats {
   resultJson: string;
+  /** The result, parsed (and masked) by the supervisor. */
+  result: unknown;
   /** A rotator step's created value. */
   value?: Uint8Array;
 }
@@ -65,6 +113,66 @@ function stopError(reason: StopReason, timeoutMs: number): FleetError {
   return new CancelledError('job was cancelled and its sandbox was terminated');
 }
 
+/**
+ * Codes a sandbox may report its job failed with. The rest mean something to the supervisor
+ * (a timeout it enforced, a shutdown it started, a crash it saw), so a sandbox claiming one is
+ * reported as a processor failure instead: a hostile job cannot send itself back to the queue.
+ */
+const SANDBOX_CLAIMABLE = new Set<string>([
+  'PROCESSOR_FAILED',
+  'PROCESSOR_LOAD_FAILED',
+  'RESULT_NOT_SERIALIZABLE',
+  'RESULT_TOO_LARGE',
+  'INVALID_PAYLOAD',
+  'SECRET_SCOPE',
+  'SECRET_NOT_FOUND',
+  'SECRET_PROVIDER_UNAVAILABLE',
+  'SECRET_PERMISSION_DENIED',
+  'SECRET_AUTH_EXPIRED',
+  'SECRET_INTEGRITY',
+]);
+
+function clip(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}… [${text.length - max} characters cut]` : text;
+}
+
+/** An error a sandbox reported, bounded, masked and with a code it may claim. */
+export function errorFromSandbox(
+  s: Pick<SerializedError, 'name' | 'message' | 'retryable'> & { code: string; stack?: string | undefined },
+  mask?: SecretMask,
+): FleetError {
+  const text = (t: string, max: number): string => clip(mask ? mask.text(t) : t, max);
+  const claimable = SANDBOX_CLAIMABLE.has(s.code);
+  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- membership in SANDBOX_CLAIMABLE (ErrorCode values) checked on the line above
+  const code: ErrorCode = claimable ? (s.code as ErrorCode) : 'PROCESSOR_FAILED';
+  const message = text(s.message, MAX_ERROR_TEXT.message);
+  const err = new FleetError(code, claimable ? message : `[sandbox reported ${clip(s.code, 40)}] ${message}`, {
+    retryable: s.retryable,
+  });
+  err.name = text(s.name, MAX_ERROR_TEXT.name);
+  err.stack = s.stack !== undefined ? text(s.stack, MAX_ERROR_TEXT.stack) : `${err.name}: ${message}`;
+  return err;
+}
+
+/** JSON bytes of a value, or null when it is not JSON (too deep, a cycle). */
+function jsonBytes(value: unknown): number | null {
+  try {
+    const json = JSON.stringify(value);
+    return json === undefined ? 0 : Buffer.byteLength(json);
+  } catch {
+    return null;
+  }
+}
+
+/** JSON characters of a value, or null when it is not JSON. */
+function jsonLength(value: unknown): number | null {
+  try {
+    return JSON.stringify(value)?.length ?? 0;
+  } catch {
+    return null;
+  }
+}
+
 const live = new Set<Sandbox>();
 /** Sandboxes started and not yet destroyed in this process (tests assert it returns to 0). */
 export function liveSandboxCount(): number {
@@ -77,6 +185,17 @@ export function liveSandboxCount(): number {
  * Linux, namespaces (see {@link startProcessHost}). `destroy()` stops it even inside
  * `while (true) {}`.
  */
+/**
+ * One isolated execution instance that runs one job at a time: a worker thread (own V8 heap,
+ * module graph, empty environment) or its own OS process behind the permission model and, on
+ * Linux, namespaces (see {@link startProcessHost}). `destroy()` stops it even inside
+ * `while (true) {}`.
+ *
+ * Everything a sandbox sends is hostile input: each message is parsed against the protocol's
+ * schema and checked against the sandbox's state (no `done` without a job, no reply ids out of
+ * turn) and the job's limits; a violation kills the sandbox and fails its job with
+ * `SANDBOX_PROTOCOL` or `SANDBOX_LIMIT`, and touches nothing else.
+ */
 export class Sandbox {
   readonly jobType: string;
   readonly spawnMs: number;
@@ -86,16 +205,25 @@ export class Sandbox {
   lastHeapUsedBytes = 0;
   #host: SandboxHost;
   #dead = false;
+  readonly #limits: BoundaryLimits;
+  readonly #maxResultBytes: number;
+  readonly #onViolationReport: ((v: SandboxViolation) => void) | undefined;
+  /** The job running now: its id, and how it ends on a violation. */
+  #job: { id: string; fail: (err: FleetError) => void } | null = null;
   #onDeath: ((err: FleetError) => void) | null = null;
-  #onMessage: ((msg: FromSandbox) => void) | null = null;
+  #onMessage: ((msg: ParsedFromSandbox) => void) | null = null;
 
-  private constructor(host: SandboxHost, jobType: string, spawnMs: number) {
+  private constructor(host: SandboxHost, options: SandboxOptions, limits: BoundaryLimits, spawnMs: number) {
     this.#host = host;
-    this.jobType = jobType;
+    this.jobType = options.jobType;
     this.spawnMs = spawnMs;
     this.layers = host.layers;
+    this.#limits = limits;
+    this.#maxResultBytes = options.maxResultBytes;
+    this.#onViolationReport = options.onViolation;
     live.add(this);
-    host.onMessage((msg) => this.#onMessage?.(msg));
+    host.onMessage((raw) => this.#receive(raw));
+    host.onViolation((problem) => this.#violate('SANDBOX_PROTOCOL', problem));
     host.onDeath((err) => {
       live.delete(this);
       if (this.#dead) return;
@@ -107,18 +235,21 @@ export class Sandbox {
   /** Spawns a sandbox and resolves once its processor module has loaded. */
   static async start(options: SandboxOptions): Promise<Sandbox> {
     const started = performance.now();
+    const limits: BoundaryLimits = { ...DEFAULT_BOUNDARY_LIMITS, ...options.limits };
     const init: SandboxInit = {
       processorPath: options.processorPath,
       jobType: options.jobType,
       maxResultBytes: options.maxResultBytes,
-      maxLogLines: options.maxLogLines ?? 1000,
+      maxLogLines: limits.maxLogLines,
+      maxLogBytes: limits.maxLogBytes,
+      maxProgressBytes: limits.maxProgressBytes,
       ...(options.kind ? { kind: options.kind } : {}),
       ...(options.nice ? { nice: options.nice } : {}),
     };
     const host = options.process
       ? await startProcessHost(init, options.maxOldGenerationSizeMb, options.process)
       : await startThreadHost(init, options.maxOldGenerationSizeMb);
-    return new Sandbox(host, options.jobType, performance.now() - started);
+    return new Sandbox(host, options, limits, performance.now() - started);
   }
 
   get alive(): boolean {
@@ -130,6 +261,42 @@ export class Sandbox {
     return this.#host.pid;
   }
 
+  /** Every message from the sandbox: parsed, then handed to the running job's handler. */
+  #receive(raw: unknown): void {
+    if (this.#dead) return;
+    const parsed = parseFromSandbox(raw);
+    if (!parsed.ok) {
+      this.#violate('SANDBOX_PROTOCOL', parsed.problem);
+      return;
+    }
+    const msg = parsed.msg;
+    const handler = this.#onMessage;
+    if (handler) {
+      handler(msg);
+      return;
+    }
+    // Between jobs: a timer the last job left may still log (dropped), nothing else may arrive.
+    if (msg.type !== 'log' && msg.type !== 'progress')
+      this.#violate('SANDBOX_PROTOCOL', `a "${msg.type}" message while no job was running`);
+  }
+
+  /** Kills the sandbox for what it sent, fails its job (if any) with `code`, and reports it. */
+  #violate(code: SandboxViolation['code'], problem: string): void {
+    if (this.#dead) return;
+    const job = this.#job;
+    const err =
+      code === 'SANDBOX_LIMIT'
+        ? new SandboxLimitError(`the sandbox was killed: ${problem}`)
+        : new SandboxProtocolError(`the sandbox was killed for a protocol violation: ${problem}`);
+    void this.destroy();
+    job?.fail(err);
+    try {
+      this.#onViolationReport?.({ jobType: this.jobType, jobId: job?.id ?? null, code, problem });
+    } catch {
+      // A reporting hook must not turn a contained violation into a supervisor crash.
+    }
+  }
+
   /** Runs one job. Rejects with a {@link FleetError} describing how it failed. */
   run(message: RunMessage, options: RunOptions): Promise<RunResult> {
     if (this.#dead) {
@@ -138,20 +305,45 @@ export class Sandbox {
       return Promise.reject(new SandboxCrashError('sandbox is no longer running'));
     }
     this.jobsRun += 1;
+    const limits = this.#limits;
     return new Promise<RunResult>((resolve, reject) => {
       let stopping: StopReason | null = null;
       // Assigned below, after settle() (which clears it) is defined.
       // eslint-disable-next-line prefer-const -- assigned after settle(), which reads it, is defined
       let softTimer: NodeJS.Timeout | undefined;
       let killTimer: NodeJS.Timeout | undefined;
+      // What the job sent so far, counted against its limits.
+      let messages = 0;
+      let logLines = 0;
+      let logBytes = 0;
+      let secretRequests = 0;
+      let deniedRequests = 0;
+      const pending = new Set<number>();
+      // The supervisor's own mask over the values this job holds (a hostile sandbox skips its own).
+      const mask = new SecretMask();
+      const maskCopies: Uint8Array[] = [];
+      const maskWith = (value: Uint8Array): void => {
+        const copy = new Uint8Array(value);
+        maskCopies.push(copy);
+        mask.add(copy);
+      };
+      let settled = false;
       const settle = (): void => {
+        settled = true;
         clearTimeout(softTimer);
         clearTimeout(hardTimer);
         clearTimeout(killTimer);
         options.signal?.removeEventListener('abort', onAbort);
         this.#onMessage = null;
         this.#onDeath = null;
+        this.#job = null;
         this.#host.setJob(null);
+        for (const c of maskCopies) c.fill(0);
+      };
+      const fail = (err: FleetError): void => {
+        if (settled) return;
+        settle();
+        reject(err);
       };
       /** Abort signal first, hard kill after the grace period (or at the deadline for timeouts). */
       const stop = (reason: StopReason, killAfterMs: number): void => {
@@ -180,66 +372,181 @@ export class Sandbox {
         reject(stopError('timeout', options.timeoutMs));
       }, options.timeoutMs);
 
+      this.#job = { id: message.jobId, fail };
       this.#onDeath = (err) => {
         settle();
         reject(stopping ? stopError(stopping, options.timeoutMs) : err);
       };
+      const limit = (problem: string): void => this.#violate('SANDBOX_LIMIT', problem);
       this.#onMessage = (msg) => {
+        if (++messages > limits.maxMessagesPerJob) {
+          limit(`it sent more than ${limits.maxMessagesPerJob} messages in one job (maxMessagesPerJob)`);
+          return;
+        }
         switch (msg.type) {
-          case 'progress':
-            options.onProgress?.(msg.value);
+          case 'progress': {
+            const bytes = jsonBytes(msg.value);
+            if (bytes === null || bytes > limits.maxProgressBytes) {
+              limit(
+                `a progress value of ${bytes ?? 'unmeasurable'} bytes, above maxProgressBytes=${limits.maxProgressBytes}`,
+              );
+              return;
+            }
+            options.onProgress?.(mask.value(msg.value));
             break;
-          case 'log':
-            options.onLog?.(msg.level, msg.msg, msg.fields, msg.source);
+          }
+          case 'log': {
+            logLines += 1;
+            // Characters, counted as the entry counts them.
+            const bytes = msg.msg.length + (msg.fields ? (jsonLength(msg.fields) ?? Infinity) : 0);
+            logBytes += bytes;
+            // The entry adds one warning line when it starts dropping, so one line more is honest.
+            if (logLines > limits.maxLogLines + 1 || logBytes > limits.maxLogBytes + 1024) {
+              limit(
+                `log output past its limits (${logLines} lines, ${logBytes} bytes; maxLogLines=${limits.maxLogLines}, maxLogBytes=${limits.maxLogBytes})`,
+              );
+              return;
+            }
+            options.onLog?.(
+              msg.level,
+              mask.text(msg.msg),
+              msg.fields ? mask.fields(msg.fields) : undefined,
+              msg.source,
+            );
             break;
+          }
           case 'secret-request':
-            this.#serveSecret(msg.reqId, msg.name, options.onSecretRequest);
+            if (pending.has(msg.reqId)) {
+              this.#violate('SANDBOX_PROTOCOL', `secret request id ${msg.reqId} reused while it is pending`);
+              return;
+            }
+            if (++secretRequests > limits.maxSecretRequests) {
+              limit(`more than ${limits.maxSecretRequests} secret requests in one job (maxSecretRequests)`);
+              return;
+            }
+            pending.add(msg.reqId);
+            this.#serveSecret(msg.reqId, msg.name, options.onSecretRequest, {
+              granted: (value) => {
+                pending.delete(msg.reqId);
+                if (!settled) maskWith(value);
+                return !settled;
+              },
+              denied: () => {
+                pending.delete(msg.reqId);
+                if (!settled && ++deniedRequests > limits.maxDeniedSecretRequests)
+                  limit(
+                    `more than ${limits.maxDeniedSecretRequests} denied secret requests in one job (maxDeniedSecretRequests)`,
+                  );
+              },
+            });
             break;
           case 'done':
-            settle();
             this.lastHeapUsedBytes = msg.heapUsedBytes;
-            if (msg.ok)
-              resolve({
-                resultJson: msg.resultJson,
-                cpuMs: msg.cpuMs,
-                heapUsedBytes: msg.heapUsedBytes,
-                peakHeapBytes: msg.peakHeapBytes,
-                secretsZeroed: msg.secretsZeroed,
-                ...(msg.value ? { value: msg.value } : {}),
-              });
-            else reject(stopping ? stopError(stopping, options.timeoutMs) : deserializeError(msg.error));
+            if (!msg.ok) {
+              settle();
+              reject(stopping ? stopError(stopping, options.timeoutMs) : errorFromSandbox(msg.error, mask));
+              return;
+            }
+            this.#finish(msg, mask, settle, resolve, reject);
             break;
           default:
-            break;
+            this.#violate('SANDBOX_PROTOCOL', `a "${msg.type}" message while a job was running`);
         }
       };
       if (options.signal?.aborted) onAbort();
       else options.signal?.addEventListener('abort', onAbort, { once: true });
       this.#host.setJob(message.jobId);
-      // Secret bytes are transferred to a thread; for a process they are serialized onto the IPC
-      // channel and this side's bytes are zero-filled as soon as they have left.
+      // Secret bytes are transferred to a thread; for a process they are written onto its channel
+      // and this side's bytes are zero-filled as soon as they have left. The supervisor's mask
+      // keeps a copy until the job ends.
+      for (const s of message.secrets) maskWith(s.value);
       const secrets = message.secrets.map((s) => ({ ...s, value: ownBuffer(s.value) }));
       const values = secrets.map((s) => s.value);
-      this.#host.post(
-        { ...message, secrets },
-        values.map((v) => v.buffer),
-        () => {
-          for (const v of values) if (v.byteLength) v.fill(0);
-        },
-      );
+      try {
+        this.#host.post(
+          { ...message, secrets },
+          values.map((v) => v.buffer),
+          () => {
+            for (const v of values) if (v.byteLength) v.fill(0);
+          },
+        );
+      } catch (err) {
+        for (const v of values) v.fill(0);
+        settle();
+        reject(new FleetError('INVALID_PAYLOAD', `the job could not be handed to its sandbox: ${String(err)}`));
+      }
     });
   }
 
-  #serveSecret(reqId: number, name: string, serve: RunOptions['onSecretRequest']): void {
-    const fail = (err: unknown): void => this.#post({ type: 'secret', reqId, ok: false, error: serializeError(err) });
+  /** A successful `done`: the result checked against its limit, parsed and masked here. */
+  #finish(
+    msg: ParsedFromSandbox & { type: 'done'; ok: true },
+    mask: SecretMask,
+    settle: () => void,
+    resolve: (r: RunResult) => void,
+    reject: (e: Error) => void,
+  ): void {
+    const bytes = Buffer.byteLength(msg.resultJson);
+    if (bytes > this.#maxResultBytes) {
+      settle();
+      reject(
+        new FleetError(
+          'RESULT_TOO_LARGE',
+          `result is ${bytes} bytes, above maxResultBytes=${this.#maxResultBytes}. Fix: store large output elsewhere and return a reference.`,
+        ),
+      );
+      return;
+    }
+    let result: unknown;
+    try {
+      result = JSON.parse(msg.resultJson);
+    } catch {
+      this.#violate('SANDBOX_PROTOCOL', 'a result that is not JSON');
+      return;
+    }
+    settle();
+    let resultJson = msg.resultJson;
+    if (!mask.empty) {
+      const masked = mask.text(resultJson);
+      if (masked !== resultJson) {
+        resultJson = masked;
+        try {
+          result = JSON.parse(masked);
+        } catch {
+          result = masked;
+          resultJson = JSON.stringify(masked);
+        }
+      }
+    }
+    resolve({
+      resultJson,
+      result,
+      cpuMs: msg.cpuMs,
+      heapUsedBytes: msg.heapUsedBytes,
+      peakHeapBytes: msg.peakHeapBytes,
+      secretsZeroed: msg.secretsZeroed,
+      ...(msg.value ? { value: msg.value } : {}),
+    });
+  }
+
+  #serveSecret(
+    reqId: number,
+    name: string,
+    serve: RunOptions['onSecretRequest'],
+    outcome: { granted: (value: Uint8Array) => boolean; denied: () => void },
+  ): void {
+    const fail = (err: unknown): void => {
+      this.#post({ type: 'secret', reqId, ok: false, error: serializeError(err) });
+      outcome.denied();
+    };
     if (!serve) {
       fail(new SecretScopeError(`this job type declares no secrets; "${name}" is not available`));
       return;
     }
     serve(name).then(({ value, version }) => {
-      // Transfer, not copy: after this the bytes exist only in the sandbox.
+      // Transfer, not copy: after this the bytes exist only in the sandbox (and the job's mask).
       const own = ownBuffer(value);
-      if (this.#dead) {
+      if (this.#dead || !outcome.granted(own)) {
         own.fill(0);
         return;
       }
@@ -254,13 +561,19 @@ export class Sandbox {
   }
 
   #post(msg: ToSandbox): void {
-    if (!this.#dead) this.#host.post(msg);
+    if (this.#dead) return;
+    try {
+      this.#host.post(msg);
+    } catch {
+      // Only a message too large for the channel throws, and these are small.
+    }
   }
 
   /** Ends the sandbox; everything it held (module state, secrets, heap, private /tmp) goes with it. */
   async destroy(): Promise<void> {
     this.#dead = true;
     this.#onDeath = null;
+    this.#job = null;
     this.#host.setJob(null);
     await this.#host.kill();
     live.delete(this);

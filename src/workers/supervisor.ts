@@ -225,6 +225,26 @@ export class Supervisor {
         reason: `${r.destination}: ${r.reason}`,
       });
     });
+    // A sandbox killed for what it sent: evidence, like an egress refusal.
+    this.events.on('sandbox:violation', (v) => {
+      this.#log.warn('sandbox killed for a violation', {
+        jobType: v.jobType,
+        jobId: v.jobId,
+        code: v.code,
+        problem: v.problem,
+      });
+      this.#secrets?.auditEvent({
+        action: 'sandbox-violation',
+        outcome: 'denied',
+        secret: '-',
+        jobId: v.jobId ?? '-',
+        jobType: v.jobType,
+        workerId: this.id,
+        provider: 'supervisor',
+        latencyMs: 0,
+        reason: `${v.code}: ${v.problem.slice(0, 500)}`,
+      });
+    });
     const boundary: ProcessBoundary = {
       osLayer,
       forbiddenPaths: [this.#config.dataDir],
