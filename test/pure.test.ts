@@ -28,6 +28,9 @@ import { isOneOf, required } from '../src/guards.js';
 import { parseControlMessage } from '../src/workers/control.js';
 import { rotatorOf } from '../src/workers/processor-api.js';
 import { SecretMask } from '../src/workers/secret-mask.js';
+import { ChannelError, encodeFrame, FrameDecoder } from '../src/workers/channel.js';
+import { parseFromSandbox } from '../src/workers/protocol-schema.js';
+import { errorFromSandbox } from '../src/workers/sandbox.js';
 import { ESLint } from 'eslint';
 
 describe('pure modules', () => {
@@ -222,5 +225,104 @@ describe('pure modules', () => {
         '// eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- a reason\nexport const f = (v: unknown): string => v as string;\n',
       ),
     ).toEqual([]);
+  });
+});
+
+describe('the sandbox channel (frames) and the protocol schema', () => {
+  it('round-trips messages with byte values outside the JSON, split at any byte, and wipes what held bytes', () => {
+    const secret = new Uint8Array(Buffer.from('s3cret-bytes'));
+    const frame = encodeFrame({ type: 'secret', reqId: 1, ok: true, value: secret, version: 'v1' });
+    expect(frame.bytes.includes(Buffer.from('s3cret-bytes'))).toBe(true);
+    expect(frame.bytes.toString('latin1')).toContain('{"$bytes":[0,12]}');
+    const two = Buffer.concat([frame.bytes, encodeFrame({ type: 'abort', reason: 'timeout' }).bytes]);
+    for (let cut = 0; cut <= two.length; cut++) {
+      const d = new FrameDecoder(1024);
+      const head = Buffer.from(two.subarray(0, cut));
+      const got = [...d.push(head), ...d.push(Buffer.from(two.subarray(cut)))];
+      expect(got).toHaveLength(2);
+      expect(Buffer.from(fieldOf(got[0], 'value') as Uint8Array).toString()).toBe('s3cret-bytes');
+      expect(got[1]).toEqual({ type: 'abort', reason: 'timeout' });
+      // The chunk handed in is zeroed once copied: a read buffer keeps no secret bytes.
+      expect(head.every((b) => b === 0)).toBe(true);
+    }
+    frame.wipe();
+    expect(frame.bytes.every((b) => b === 0)).toBe(true);
+  });
+
+  it('refuses a frame above its cap from the header alone, and anything that is no frame, with ChannelError', () => {
+    const header = Buffer.alloc(4);
+    header.writeUInt32BE(0xfffffff0, 0);
+    const d = new FrameDecoder(1024 * 1024);
+    expect(() => d.push(header)).toThrow(/announced 4294967280 bytes, above this channel's limit of 1048576/);
+    expect(d.buffered).toBe(0);
+    expect(() => d.push(Buffer.from('x'))).toThrow(ChannelError);
+    const bad = (hex: string): unknown => {
+      try {
+        return new FrameDecoder(1024).push(Buffer.from(hex, 'hex'));
+      } catch (err) {
+        return err;
+      }
+    };
+    expect(bad('00000002ffff')).toBeInstanceOf(ChannelError); // too short for its JSON length
+    expect(bad('000000060000ffff7b7d')).toBeInstanceOf(ChannelError); // JSON length past the end
+    expect(bad('00000005000000017b')).toBeInstanceOf(ChannelError); // not JSON
+    expect(bad('0000000600000002' + Buffer.from('[]').toString('hex'))).toBeInstanceOf(ChannelError); // not an object
+    const ref = Buffer.from('{"v":{"$bytes":[0,5]}}');
+    const f = Buffer.alloc(8 + ref.length);
+    f.writeUInt32BE(4 + ref.length, 0);
+    f.writeUInt32BE(ref.length, 4);
+    ref.copy(f, 8);
+    expect(bad(f.toString('hex'))).toBeInstanceOf(ChannelError); // byte reference out of the frame
+  });
+
+  it('fuzzed: 20,000 random and mutated frames end in a message or a ChannelError, never another throw', () => {
+    let seed = 42;
+    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const samples = [
+      { type: 'log', level: 'info', msg: 'hello', source: 'processor' },
+      { type: 'done', ok: true, resultJson: '{"a":1}', value: new Uint8Array([1, 2, 3]), cpuMs: 1, heapUsedBytes: 1, peakHeapBytes: 1, secretsZeroed: 0 },
+      { type: 'progress', value: { deep: [[[{}]]] } },
+    ];
+    let messages = 0;
+    let refused = 0;
+    let valid = 0;
+    for (let i = 0; i < 20_000; i++) {
+      const b = Buffer.from(encodeFrame(samples[i % samples.length]!).bytes);
+      const n = 1 + Math.floor(rnd() * 4);
+      for (let k = 0; k < n; k++) b[Math.floor(rnd() * b.length)] ^= 1 << Math.floor(rnd() * 8);
+      const input = rnd() < 0.1 ? Buffer.from(Array.from({ length: Math.floor(rnd() * 40) }, () => Math.floor(rnd() * 256))) : b;
+      try {
+        for (const m of new FrameDecoder(4096).push(input)) {
+          messages++;
+          if (parseFromSandbox(m).ok) valid++;
+        }
+      } catch (err) {
+        expect(err).toBeInstanceOf(ChannelError);
+        refused++;
+      }
+    }
+    expect(messages + refused).toBeGreaterThan(10_000);
+    expect(refused).toBeGreaterThan(1000);
+    expect(valid).toBeGreaterThan(0);
+  });
+
+  it('the schema refuses messages of the wrong shape with the first problem named', () => {
+    expect(parseFromSandbox({ type: 'log', level: 'nope', msg: 'x', source: 'processor' })).toMatchObject({
+      ok: false,
+      problem: expect.stringMatching(/^a "log" message that does not match the protocol at level/),
+    });
+    expect(parseFromSandbox(null)).toMatchObject({ ok: false, problem: expect.stringMatching(/^a malformed message/) });
+    expect(parseFromSandbox({ type: 'secret-request', reqId: 1, name: 'x'.repeat(300) }).ok).toBe(false);
+    expect(parseFromSandbox({ type: 'ready', extra: 1 }).ok).toBe(false);
+    expect(parseFromSandbox({ type: 'ready' }).ok).toBe(true);
+  });
+
+  it('an error a sandbox reports keeps only codes it may claim, cut to size', () => {
+    const e = errorFromSandbox({ name: 'X', code: 'SHUTDOWN', message: 'm'.repeat(20_000), retryable: true });
+    expect(e.code).toBe('PROCESSOR_FAILED');
+    expect(e.message).toMatch(/^\[sandbox reported SHUTDOWN\] m+… \[\d+ characters cut\]$/);
+    expect(errorFromSandbox({ name: 'SecretScopeError', code: 'SECRET_SCOPE', message: 'no', retryable: false }).code).toBe(
+      'SECRET_SCOPE',
+    );
   });
 });

@@ -48,7 +48,10 @@ async function service(pem: {
     req.on('end', () => {
       seen.push({ method: req.method ?? '', path: req.url ?? '', headers: req.headers, body });
       res.setHeader('x-echo', String(req.headers.authorization ?? ''));
-      res.end(JSON.stringify({ youSent: req.headers.authorization ?? null, body }));
+      const answer = (): void => void res.end(JSON.stringify({ youSent: req.headers.authorization ?? null, body }));
+      // `/slow`: the answer comes after the job that asked has ended (pool isolation keeps the sandbox).
+      if (req.url?.startsWith('/slow')) setTimeout(answer, 1500);
+      else answer();
     });
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
@@ -282,6 +285,36 @@ describe('hostile: a processor misusing an injected secret', () => {
         expect(audit.some((a) => a.action === 'inject-refused' && a.jobId === replay.jobId)).toBe(true);
       }, isolation);
     }
+  });
+
+  it('cannot send the value inside the tunnel to another Host or an absolute-form URL: refused, audited as exfiltration', async () => {
+    await withFleet(async ({ run, config }) => {
+      const n = bound.seen.length;
+      const host = await run({ url: boundUrl(), hostHeader: 'internal-admin.example' });
+      expect(host.status).toBe(403);
+      expect(host.text).toMatch(/Host: internal-admin\.example inside a tunnel to 127\.0\.0\.1:\d+ \(a possible exfiltration\)/);
+      const absolute = await run({ url: boundUrl(), absolutePath: 'https://internal-admin.example/steal' });
+      expect(absolute.status).toBe(403);
+      expect(absolute.text).toMatch(/a request for internal-admin\.example:443 inside a tunnel/);
+      expect(bound.seen.length).toBe(n);
+      // The same request with the tunnel's own Host goes through.
+      const own = await run({ url: boundUrl(), hostHeader: `127.0.0.1:${bound.port}` });
+      expect(own.status).toBe(200);
+      const audit = await readAudit(redis.client, config.redis.prefix, { deniedOnly: true });
+      for (const r of [host, absolute])
+        expect(audit.some((a) => a.action === 'inject-refused' && a.jobId === r.jobId)).toBe(true);
+    });
+  });
+
+  it('a response that arrives after its job ended never reaches the sandbox (pool isolation): the exchange is cut at job end', async () => {
+    await withFleet(async ({ run }) => {
+      const fired = await run({ url: `https://127.0.0.1:${bound.port}/slow`, fireLate: true });
+      expect(fired).toMatchObject({ fired: true });
+      // The next job of the same sandbox reads whatever came back for the first one.
+      const next = await run({ readLate: 3000 });
+      expect(String(next.late)).not.toContain(TOKEN);
+      expect(String(next.late)).toMatch(/^error: /);
+    }, 'pool');
   });
 
   it("cannot read the proxy's CA key, and cannot get the value over the raw IPC channel", async () => {

@@ -214,6 +214,8 @@ export class EgressProxy {
   readonly #agent: https.Agent | null = null;
   readonly #sockets = new Set<Socket | Duplex>();
   readonly #fleet: Set<string>;
+  /** Exchanges on terminated connections whose response has not ended (cut at job end). */
+  readonly #inFlight = new Set<{ socket: Duplex; upstream: http.ClientRequest | null }>();
   /** Request bytes held now for placeholder checks, against `maxBufferedBytes`. */
   #buffered = 0;
   readonly #maxBuffered: number;
@@ -458,12 +460,19 @@ export class EgressProxy {
   }
 
   /**
-   * Job end (the sandbox host calls it): every connection of the sandbox and every upstream one
-   * is closed, so no response reaches the sandbox after the job's values were zeroed (unmasked).
+   * Job end (the sandbox host calls it, before the job's values are zeroed): every exchange of a
+   * terminated (injecting) connection still in flight is cut, upstream and toward the sandbox, and
+   * the upstream connections are closed, so no response for the ended job reaches the sandbox
+   * (where its values, zeroed, could no longer mask it). Idle connections from the sandbox stay
+   * open for its next job; raw tunnels (types without injected secrets) carry no values and stay.
    */
-  endConnections(): void {
+  endJob(): void {
     this.#dropReported = false;
-    for (const s of this.#sockets) s.destroy();
+    for (const x of this.#inFlight) {
+      x.upstream?.destroy();
+      x.socket.destroy();
+    }
+    this.#inFlight.clear();
     this.#agent?.destroy();
   }
 
@@ -500,8 +509,13 @@ export class EgressProxy {
     }
     const chunks: Buffer[] = [];
     let size = 0;
+    const exchange: { socket: Duplex; upstream: http.ClientRequest | null } = { socket: req.socket, upstream: null };
+    this.#inFlight.add(exchange);
     // Bytes held for this request count against the sandbox's total until its response ends.
-    res.once('close', () => (this.#buffered -= size));
+    res.once('close', () => {
+      this.#buffered -= size;
+      this.#inFlight.delete(exchange);
+    });
     for await (const data of req) {
       const c = Buffer.isBuffer(data) ? data : Buffer.from(String(data));
       size += c.length;
@@ -624,8 +638,11 @@ export class EgressProxy {
         up.pipe(new ValueMasker(pairs)).pipe(res);
       },
     );
+    exchange.upstream = upstream;
+    if (!this.#inFlight.has(exchange)) upstream.destroy(); // the job ended while the body was read
     upstream.on('timeout', () => upstream.destroy(new Error('upstream timeout')));
     upstream.on('error', (err) => {
+      if (res.destroyed) return;
       if (!res.headersSent)
         res
           .writeHead(502, { 'content-type': 'text/plain', 'x-fleet-egress': 'upstream-error' })

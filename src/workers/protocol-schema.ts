@@ -56,7 +56,11 @@ export const fromSandboxSchema = z.union([
  * (The schema's output is the protocol's type but for `error.code`, a string checked later.)
  */
 export function parseFromSandbox(raw: unknown): { ok: true; msg: ParsedFromSandbox } | { ok: false; problem: string } {
-  const r = fromSandboxSchema.safeParse(raw);
+  // The variant the message names, so the problem is told in its terms (not "no union member").
+  const named = typeof raw === 'object' && raw !== null ? Reflect.get(raw, 'type') : undefined;
+  const variant = fromSandboxSchema.options.filter((o) => o.shape.type.value === named);
+  const schema = variant.length === 1 && variant[0] ? variant[0] : fromSandboxSchema;
+  const r = schema.safeParse(raw);
   if (r.success) return { ok: true, msg: r.data };
   const issue = r.error.issues[0];
   const where = issue?.path.length ? ` at ${issue.path.join('.')}` : '';

@@ -161,6 +161,11 @@ function flushProgress(c: Current): void {
 
 /** ctx.progress(): JSON data within maxProgressBytes; at most one message per interval, the latest wins. */
 function reportProgress(c: Current, value: unknown): void {
+  // Bytes serialize to several characters each: refuse a large buffer before stringifying it.
+  if (ArrayBuffer.isView(value) && value.byteLength > init.maxProgressBytes)
+    throw new ResultError(
+      `progress value is a ${value.byteLength}-byte buffer, above maxProgressBytes=${init.maxProgressBytes}. Fix: report a small summary (a percentage, a stage name).`,
+    );
   let json: string | undefined;
   try {
     json = JSON.stringify(value);

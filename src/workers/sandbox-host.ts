@@ -28,6 +28,7 @@ import {
   ProcessorError,
   ProcessorLoadError,
   SandboxCrashError,
+  SandboxProtocolError,
   errorMessage,
 } from '../errors.js';
 import { encodeFrame, FrameDecoder } from './channel.js';
@@ -116,13 +117,15 @@ function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
     };
     host.onMessage((raw) => {
       const parsed = parseFromSandbox(raw);
-      if (!parsed.ok) finish(new ProcessorLoadError(`${what} sent ${parsed.problem} while loading`));
+      if (!parsed.ok) finish(new SandboxProtocolError(`${what} sent ${parsed.problem} while loading`));
       else if (parsed.msg.type === 'ready') finish(null);
       else if (parsed.msg.type === 'load-failed')
         finish(new ProcessorLoadError(parsed.msg.error.message.slice(0, 8192)));
-      else finish(new ProcessorLoadError(`${what} sent a "${parsed.msg.type}" message before it loaded`));
+      else finish(new SandboxProtocolError(`${what} sent a "${parsed.msg.type}" message before it loaded`));
     });
-    host.onViolation((problem) => finish(new ProcessorLoadError(`${what} broke its channel while loading: ${problem}`)));
+    host.onViolation((problem) =>
+      finish(new SandboxProtocolError(`${what} broke its channel while loading: ${problem}`)),
+    );
     host.onDeath((err) => finish(new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err })));
   });
 }
@@ -394,8 +397,8 @@ export async function startProcessHost(
       onViolation: (fn) => (onViolation = fn),
       onDeath: (fn) => (onDeath = fn),
       setJob: (id) => {
-        // At a job's end its egress connections close: nothing arrives for it later (unmasked).
-        if (jobId !== null && id !== jobId) proxy?.endConnections();
+        // At a job's end its exchanges in flight are cut: nothing arrives for it later (unmasked).
+        if (jobId !== null && id !== jobId) proxy?.endJob();
         jobId = id;
       },
       kill: async () => {

@@ -1,5 +1,5 @@
 import type { JobType } from '../config/resolve.js';
-import { toError } from '../errors.js';
+import { SandboxProtocolError, toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import { Sandbox } from './sandbox.js';
@@ -62,10 +62,23 @@ export class SandboxPool {
     return this.#layers;
   }
 
-  /** Starts the warm sandboxes; rejects if the processor cannot be loaded. */
+  /**
+   * Starts the warm sandboxes; rejects if the processor cannot be loaded. A processor that breaks
+   * the protocol while loading is hostile code, not a configuration mistake: it does not stop the
+   * supervisor (and every other type) from starting; its jobs fail with SANDBOX_PROTOCOL.
+   */
   async start(): Promise<void> {
     const n = this.#type.warmSandboxes;
-    const started = await Promise.all(Array.from({ length: n }, () => this.#spawn()));
+    const settled = await Promise.allSettled(Array.from({ length: n }, () => this.#spawn()));
+    const started = settled.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+    const failed = settled.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed && !(failed.reason instanceof SandboxProtocolError)) {
+      await Promise.all(started.map((sb) => sb.destroy()));
+      throw failed.reason;
+    }
+    if (failed) this.#log.error('sandboxes of this type break the protocol while loading; its jobs will fail', {
+      error: toError(failed.reason).message,
+    });
     this.#idle.push(...started);
   }
 
@@ -111,6 +124,13 @@ export class SandboxPool {
       return sb;
     } catch (err) {
       this.#lastSpawnError = toError(err);
+      if (err instanceof SandboxProtocolError)
+        this.#events.emit('sandbox:violation', {
+          jobType: this.#type.name,
+          jobId: null,
+          code: 'SANDBOX_PROTOCOL',
+          problem: err.message,
+        });
       throw err;
     } finally {
       this.#starting -= 1;
