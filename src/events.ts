@@ -6,14 +6,7 @@ import { EventEmitter } from 'node:events';
  */
 /** `violation`: the sandbox broke the protocol or a limit the supervisor enforces, and was killed. */
 export type JobOutcome =
-  | 'completed'
-  | 'failed'
-  | 'timeout'
-  | 'cancelled'
-  | 'oom'
-  | 'crashed'
-  | 'violation'
-  | 'requeued';
+  'completed' | 'failed' | 'timeout' | 'cancelled' | 'oom' | 'crashed' | 'violation' | 'requeued';
 export type LifecycleState = 'starting' | 'running' | 'draining' | 'stopped' | 'failed';
 
 export interface FleetEvents {

@@ -11,7 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
@@ -20,7 +20,14 @@ import { readAudit } from '../src/secrets/audit.js';
 import { probeOsLayer } from '../src/workers/sandbox-boundary.js';
 import type { Supervisor } from '../src/workers/supervisor.js';
 import type { Producer } from '../src/producers/producer.js';
-import { fixtureType, guardAgainstLeaks, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import {
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const redis = useTestRedis();
@@ -123,8 +130,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
         (await readAudit(redis.client, config.redis.prefix, {})).filter((a) => a.action === 'sandbox-violation');
       await expect.poll(async () => (await violations()).length).toBeGreaterThanOrEqual(ids.length);
       const audit = await violations();
-      for (const id of ids)
-        expect(audit.find((a) => a.jobId === id)?.reason, id).toMatch(/^SANDBOX_PROTOCOL: /);
+      for (const id of ids) expect(audit.find((a) => a.jobId === id)?.reason, id).toMatch(/^SANDBOX_PROTOCOL: /);
       expect(await metrics.registry.getSingleMetricAsString('fleet_sandbox_violations_total')).toContain(
         `fleet_sandbox_violations_total{job_type="hostile",code="SANDBOX_PROTOCOL"} ${cases.length}`,
       );
@@ -277,10 +283,16 @@ describe('the embedded redis-server', () => {
       console.log(r.port); setInterval(() => {}, 1000);`;
     const { mkdtempSync } = await import('node:fs');
     const { tmpdir } = await import('node:os');
-    const child = spawn(process.execPath, ['--input-type=module', '-e', script, mkdtempSync(path.join(tmpdir(), 'fleet-orphan-'))], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const port = await new Promise<number>((resolve) => child.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim()))));
+    const child = spawn(
+      process.execPath,
+      ['--input-type=module', '-e', script, mkdtempSync(path.join(tmpdir(), 'fleet-orphan-'))],
+      {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      },
+    );
+    const port = await new Promise<number>((resolve) =>
+      child.stdout.once('data', (d: Buffer) => resolve(Number(String(d).trim()))),
+    );
     const reachable = (): Promise<boolean> =>
       new Promise((resolve) => {
         const s = net.connect(port, '127.0.0.1');

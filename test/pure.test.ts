@@ -277,10 +277,19 @@ describe('the sandbox channel (frames) and the protocol schema', () => {
 
   it('fuzzed: 20,000 random and mutated frames end in a message or a ChannelError, never another throw', () => {
     let seed = 42;
-    const rnd = (): number => ((seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32);
+    const rnd = (): number => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32;
     const samples = [
       { type: 'log', level: 'info', msg: 'hello', source: 'processor' },
-      { type: 'done', ok: true, resultJson: '{"a":1}', value: new Uint8Array([1, 2, 3]), cpuMs: 1, heapUsedBytes: 1, peakHeapBytes: 1, secretsZeroed: 0 },
+      {
+        type: 'done',
+        ok: true,
+        resultJson: '{"a":1}',
+        value: new Uint8Array([1, 2, 3]),
+        cpuMs: 1,
+        heapUsedBytes: 1,
+        peakHeapBytes: 1,
+        secretsZeroed: 0,
+      },
       { type: 'progress', value: { deep: [[[{}]]] } },
     ];
     let messages = 0;
@@ -289,8 +298,12 @@ describe('the sandbox channel (frames) and the protocol schema', () => {
     for (let i = 0; i < 20_000; i++) {
       const b = Buffer.from(encodeFrame(samples[i % samples.length]!).bytes);
       const n = 1 + Math.floor(rnd() * 4);
-      for (let k = 0; k < n; k++) b[Math.floor(rnd() * b.length)] ^= 1 << Math.floor(rnd() * 8);
-      const input = rnd() < 0.1 ? Buffer.from(Array.from({ length: Math.floor(rnd() * 40) }, () => Math.floor(rnd() * 256))) : b;
+      for (let k = 0; k < n; k++) {
+        const at = Math.floor(rnd() * b.length);
+        b[at] = (b[at] ?? 0) ^ (1 << Math.floor(rnd() * 8));
+      }
+      const input =
+        rnd() < 0.1 ? Buffer.from(Array.from({ length: Math.floor(rnd() * 40) }, () => Math.floor(rnd() * 256))) : b;
       try {
         for (const m of new FrameDecoder(4096).push(input)) {
           messages++;
@@ -321,8 +334,8 @@ describe('the sandbox channel (frames) and the protocol schema', () => {
     const e = errorFromSandbox({ name: 'X', code: 'SHUTDOWN', message: 'm'.repeat(20_000), retryable: true });
     expect(e.code).toBe('PROCESSOR_FAILED');
     expect(e.message).toMatch(/^\[sandbox reported SHUTDOWN\] m+… \[\d+ characters cut\]$/);
-    expect(errorFromSandbox({ name: 'SecretScopeError', code: 'SECRET_SCOPE', message: 'no', retryable: false }).code).toBe(
-      'SECRET_SCOPE',
-    );
+    expect(
+      errorFromSandbox({ name: 'SecretScopeError', code: 'SECRET_SCOPE', message: 'no', retryable: false }).code,
+    ).toBe('SECRET_SCOPE');
   });
 });

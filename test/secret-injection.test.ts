@@ -292,7 +292,9 @@ describe('hostile: a processor misusing an injected secret', () => {
       const n = bound.seen.length;
       const host = await run({ url: boundUrl(), hostHeader: 'internal-admin.example' });
       expect(host.status).toBe(403);
-      expect(host.text).toMatch(/Host: internal-admin\.example inside a tunnel to 127\.0\.0\.1:\d+ \(a possible exfiltration\)/);
+      expect(host.text).toMatch(
+        /Host: internal-admin\.example inside a tunnel to 127\.0\.0\.1:\d+ \(a possible exfiltration\)/,
+      );
       const absolute = await run({ url: boundUrl(), absolutePath: 'https://internal-admin.example/steal' });
       expect(absolute.status).toBe(403);
       expect(absolute.text).toMatch(/a request for internal-admin\.example:443 inside a tunnel/);

@@ -185,7 +185,9 @@ describe('secrets in jobs', () => {
     expect(b.error).toMatchObject({ code: 'SECRET_SCOPE' });
     expect(b.attemptsMade).toBe(1);
     expect(b.error!.message).toContain('may not read secret "theirs"');
-    expect(await new Redis(redis.url).keys(`${config.redis.prefix}:audit-stats:*theirs*`).finally(() => undefined)).toEqual([]);
+    expect(
+      await new Redis(redis.url).keys(`${config.redis.prefix}:audit-stats:*theirs*`).finally(() => undefined),
+    ).toEqual([]);
     // "theirs" is in the store but no type declares it: a name the config does not know is audited
     // and counted in one bucket (a sandbox picks these names; each would be a key and a series).
     expect(denials).toEqual(['nosy:(undeclared)', 'plain:(undeclared)']);

@@ -253,8 +253,7 @@ export async function verifyEntries(
     // The checkpoint that covers the stream's head: the one with the largest cut at or before the
     // first record still there (its MAC is checked below, as part of its writer's chain).
     const first = entries[0]?.id;
-    let best: { cut: string; id: string; chains: Map<string, ChainLink>; fields: Record<string, string> } | null =
-      null;
+    let best: { cut: string; id: string; chains: Map<string, ChainLink>; fields: Record<string, string> } | null = null;
     for (const e of entries) {
       if (e.fields.action !== 'checkpoint' || !e.fields.cut || !e.id) continue;
       const chains = decodeChains(e.fields.chains);

@@ -379,7 +379,9 @@ async function findCheckpoint(
   prefix: string,
   firstId: string,
 ): Promise<{ chains: Map<string, ChainLink>; fields: Record<string, string> } | null> {
-  const usable = (e: AuditEntry | undefined): { chains: Map<string, ChainLink>; fields: Record<string, string> } | null => {
+  const usable = (
+    e: AuditEntry | undefined,
+  ): { chains: Map<string, ChainLink>; fields: Record<string, string> } | null => {
     if (!e || e.fields.action !== 'checkpoint' || !e.fields.cut || compareIds(e.fields.cut, firstId) > 0) return null;
     const chains = decodeChains(e.fields.chains);
     return chains ? { chains, fields: e.fields } : null;

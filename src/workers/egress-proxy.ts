@@ -452,7 +452,12 @@ export class EgressProxy {
     const dest = `${t.host}:${t.port}`;
     const other = namesOtherHost(req, t);
     if (other) {
-      this.#refuseInjection(res, { jobId: this.#o.inject?.currentJob() ?? null, secret: null, destination: dest, reason: other });
+      this.#refuseInjection(res, {
+        jobId: this.#o.inject?.currentJob() ?? null,
+        secret: null,
+        destination: dest,
+        reason: other,
+      });
       return;
     }
     if (this.#placeholderInPlainHttp(req, res, dest)) return;

@@ -151,7 +151,9 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
   worker.on('message', (m: unknown) => onMessage(m));
   // A message the supervisor's thread cannot deserialize (a thread is no security boundary, but it
   // must not crash the supervisor either).
-  worker.on('messageerror', (err) => die(new ProcessorError(`sandbox sent a message that cannot be read: ${err.message}`)));
+  worker.on('messageerror', (err) =>
+    die(new ProcessorError(`sandbox sent a message that cannot be read: ${err.message}`)),
+  );
   worker.on('error', (err: Error & { code?: string }) =>
     die(
       err.code === 'ERR_WORKER_OUT_OF_MEMORY'

@@ -76,9 +76,10 @@ export class SandboxPool {
       await Promise.all(started.map((sb) => sb.destroy()));
       throw failed.reason;
     }
-    if (failed) this.#log.error('sandboxes of this type break the protocol while loading; its jobs will fail', {
-      error: toError(failed.reason).message,
-    });
+    if (failed)
+      this.#log.error('sandboxes of this type break the protocol while loading; its jobs will fail', {
+        error: toError(failed.reason).message,
+      });
     this.#idle.push(...started);
   }
 

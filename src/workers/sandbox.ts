@@ -57,8 +57,10 @@ export interface SandboxViolation {
   problem: string;
 }
 
-export interface SandboxOptions
-  extends Omit<SandboxInit, 'maxLogLines' | 'maxLogBytes' | 'maxProgressBytes' | 'egressForwarder'> {
+export interface SandboxOptions extends Omit<
+  SandboxInit,
+  'maxLogLines' | 'maxLogBytes' | 'maxProgressBytes' | 'egressForwarder'
+> {
   maxOldGenerationSizeMb: number;
   /** @defaultValue {@link DEFAULT_BOUNDARY_LIMITS} */
   limits?: Partial<BoundaryLimits>;
