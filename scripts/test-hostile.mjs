@@ -11,6 +11,7 @@ const args = [
   'vitest',
   'run',
   'test/hostile.test.ts',
+  'test/boundary.test.ts',
   ...(json ? ['--reporter=json', `--outputFile=${out}`, '--silent'] : []),
 ];
 const r = spawnSync('npx', args, { stdio: json ? ['ignore', 'ignore', 'inherit'] : 'inherit' });

@@ -205,6 +205,35 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak?.reason).toMatch(/missing before it|no MAC chain fields/);
   });
 
+  it('a flood of cheap denials cannot push an egress refusal out without trace: checkpoints count what they trimmed, by action', async () => {
+    const { keys } = await keyRing();
+    const prefix = uniquePrefix();
+    const retention = new ChainWriter('retention-test', keys);
+    const w = `sup-${uniquePrefix()}`;
+    const log = new AuditLog({ redis: redis.client, prefix, logger: silentLogger, chain: new ChainWriter(w, keys) });
+    const denied = (action: string, secret: string): AuditRecord => ({
+      ...record(0, w),
+      action,
+      secret,
+      outcome: 'denied',
+      reason: 'x',
+    });
+    log.record(denied('egress-refused', '-'));
+    for (let i = 0; i < 300; i++) log.record(denied('access', '(undeclared)'));
+    await log.flush();
+    await trimAuditWithCheckpoint(redis.client, prefix, { maxEntries: 100, chain: retention, keys });
+    for (let i = 0; i < 300; i++) log.record(denied('access', '(undeclared)'));
+    await log.flush();
+    await trimAuditWithCheckpoint(redis.client, prefix, { maxEntries: 100, chain: retention, keys });
+    const r = await verifyAuditTrail(redis.client, prefix, keys);
+    expect(r.ok).toBe(true);
+    // Running totals across both checkpoints: the refusal is gone from the stream, not from the count.
+    expect(r.trimmed?.denied).toEqual({ 'egress-refused': 1, access: expect.any(Number) as number });
+    expect(r.trimmed?.denied.access).toBeGreaterThanOrEqual(400);
+    const { renderVerify } = await import('../src/cli/trail-commands.js');
+    expect(renderVerify(r)).toMatch(/retention trimmed \d+ older records, among them denied: egress-refused 1, access \d+/);
+  });
+
   it('retention refuses to trim a segment that does not verify (it would launder the tampering)', async () => {
     const { keys } = await keyRing();
     const prefix = uniquePrefix();

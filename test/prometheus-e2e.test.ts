@@ -69,6 +69,8 @@ beforeAll(async () => {
       fixtureType('missing', 'secret-reader.mjs', { secrets: ['no-such-key'], isolation: 'pool' }),
       // A processor that tries the cloud metadata address through its egress proxy.
       fixtureType('exfil', 'hostile/attack.mjs', { sandbox: 'process', egress: 'any', isolation: 'pool' }),
+      // A processor that breaks its channel's protocol (a log line of no known level, sent raw).
+      fixtureType('rogue', 'hostile/boundary.mjs', { sandbox: 'process', isolation: 'pool', attempts: 1 }),
       // A processor that sends its injected secret's placeholder to an allowed but unbound host.
       fixtureType('injector', 'inject-client.mjs', {
         secrets: ['bound-key'],
@@ -148,6 +150,7 @@ scrape_configs:
         post('missing', { names: ['no-such-key'] }),
         post('exfil', { attack: 'fetch', url: 'http://169.254.169.254/latest/meta-data/' }),
         post('injector', { url: 'https://127.0.0.1:10/', where: 'header', secret: 'bound-key' }),
+        post('rogue', { attack: 'frame', message: { type: 'log', level: 'nope', msg: 'x', source: 'processor' } }),
         fetch(`${fleet.apiUrl}/v1/jobs/nope`, {
           method: 'POST',
           headers: { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' },
