@@ -231,7 +231,9 @@ describe('audit MAC chain', () => {
     expect(r.trimmed?.denied).toEqual({ 'egress-refused': 1, access: expect.any(Number) as number });
     expect(r.trimmed?.denied.access).toBeGreaterThanOrEqual(400);
     const { renderVerify } = await import('../src/cli/trail-commands.js');
-    expect(renderVerify(r)).toMatch(/retention trimmed \d+ older records, among them denied: egress-refused 1, access \d+/);
+    expect(renderVerify(r)).toMatch(
+      /retention trimmed \d+ older records, among them denied: egress-refused 1, access \d+/,
+    );
   });
 
   it('retention refuses to trim a segment that does not verify (it would launder the tampering)', async () => {

@@ -28,7 +28,8 @@ import {
   testConfig,
   waitForJob,
 } from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
+import { dumpKeys, useTestRedis } from './helpers/redis.js';
+import { makeLogger } from '../src/observability/logger.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks('file');
@@ -39,6 +40,7 @@ const FUZZ_SEED = Number(process.env.FLEET_FUZZ_SEED ?? 20261130);
 const FUZZ_JOBS = 100;
 const FUZZ_FRAMES_PER_JOB = 100;
 
+const DECLARED_VALUE = 'declared-one-value-4242';
 const stats = { cpuMs: 1, heapUsedBytes: 1, peakHeapBytes: 1, secretsZeroed: 0 };
 
 const modes = [
@@ -51,6 +53,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
   let config: FleetConfig;
   let sup: Supervisor;
   let producer: Producer;
+  const logLines: string[] = [];
   const events = new FleetEventBus();
   const metrics = new FleetMetrics({ defaultMetrics: false });
   metrics.attach(events);
@@ -87,8 +90,9 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
       { supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000, osLayer: setting } },
     );
     const { localStore } = await import('./helpers/fleet.js');
-    await localStore(config.dataDir).write('declared-one', Buffer.from('declared-one-value-4242'));
-    sup = await startSupervisor({ config, events });
+    await localStore(config.dataDir).write('declared-one', Buffer.from(DECLARED_VALUE));
+    const logger = makeLogger({ format: 'json', destination: { write: (line: string) => void logLines.push(line) } });
+    sup = await startSupervisor({ config, events, logger });
     producer = makeProducer(config);
   });
 
@@ -176,6 +180,62 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
       const ctxProgress = await run('hostile', { attack: 'progress-ctx' });
       expect(ctxProgress.error?.code).toBe('RESULT_NOT_SERIALIZABLE');
       expect(ctxProgress.error?.message).toMatch(/above maxProgressBytes=16384/);
+      await fleetStillServes();
+    },
+  );
+
+  it.skipIf(skip)(
+    "a delivered value sent raw as an error code or a \\u-escaped result is masked by the supervisor: not in the job's error or result, nor anywhere in Redis or the logs",
+    async () => {
+      const code = await run('hostile', { attack: 'code-leak', name: 'declared-one' });
+      expect(code.error?.code).toBe('PROCESSOR_FAILED');
+      expect(code.error?.message).toBe('[sandbox reported a malformed code] boom');
+      const escaped = await run('hostile', { attack: 'unicode-result', name: 'declared-one' });
+      expect(escaped.state).toBe('completed');
+      expect(escaped.result).toEqual({ v: '***' });
+      const everything = [...(await dumpKeys(redis.url, `${config.redis.prefix}*`)).values()].join('\n');
+      expect(everything).toContain(escaped.id);
+      expect(everything).not.toContain(DECLARED_VALUE);
+      expect(logLines.join('')).not.toContain(DECLARED_VALUE);
+      await fleetStillServes();
+    },
+  );
+
+  it.skipIf(skip)(
+    "a sandbox's log fields cannot stand in for the supervisor's own nor forge an audit line",
+    async () => {
+      const job = await run('hostile', { attack: 'log-forge', victim: 'VICTIM-42' });
+      expect(job.state).toBe('completed');
+      const lines = logLines.map((l) => JSON.parse(l) as Record<string, unknown>);
+      expect(lines.filter((l) => l.jobId === 'VICTIM-42')).toEqual([]);
+      const line = lines.find((l) => l.source === 'processor' && l.msg === 'secret access');
+      expect(line).toMatchObject({
+        jobId: job.id,
+        jobType: 'hostile',
+        source: 'processor',
+        fields: { jobId: 'VICTIM-42' },
+      });
+      expect(line?.audit).toBeUndefined();
+      expect(line?.component).toBeUndefined();
+    },
+  );
+
+  it.skipIf(skip)(
+    'refused egress attempts one after another: killed past maxEgressRefusals (SANDBOX_LIMIT); at most that many audit records, each cut to size',
+    async () => {
+      const job = await run('hostile', { attack: 'refusal-flood', count: 500, hostLen: 8000, parallel: 4 });
+      expect(job.error?.code).toBe('SANDBOX_LIMIT');
+      expect(job.error?.message).toMatch(/more than 20 refused egress attempts in one job \(maxEgressRefusals\)/);
+      const refusals = (await readAudit(redis.client, config.redis.prefix, {})).filter(
+        (a) => a.action === 'egress-refused' && a.jobId === job.id,
+      );
+      expect(refusals.length).toBeLessThanOrEqual(20);
+      // Nothing reported after the kill either (not attributed to no job, nor to a later one).
+      const unattributed = (await readAudit(redis.client, config.redis.prefix, {})).filter(
+        (a) => a.action === 'egress-refused' && a.jobId === '-' && a.reason?.includes('aaaa'),
+      );
+      expect(unattributed).toEqual([]);
+      for (const r of refusals) expect((r.reason ?? '').length).toBeLessThan(800);
       await fleetStillServes();
     },
   );

@@ -67,7 +67,7 @@ describe('egress policy', () => {
     const url2 = await byAddress.listen(0);
     expect(await viaProxy(url2, `127.0.0.1:${port}`, 'CONNECT')).toBe(200);
     expect(await viaProxy(url2, `127.0.0.1:${port}`, 'GET')).toBe(200);
-    expect(byAddress.stats).toEqual({ allowed: 2, refused: 0, injectionsRefused: 0 });
+    expect(byAddress.stats).toEqual({ allowed: 2, refused: 0, dropped: 0, injectionsRefused: 0 });
     await byAddress.close();
   });
 

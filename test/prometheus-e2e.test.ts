@@ -250,7 +250,7 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
       data: { groups: { rules: { name: string; health: string }[] }[] };
     };
     const loaded = rules.data.groups.flatMap((g) => g.rules);
-    expect(loaded.length).toBe(13);
+    expect(loaded.length).toBe(14);
     for (const r of loaded) expect(r.health, r.name).not.toBe('err');
   });
 

@@ -131,6 +131,8 @@ export const jobTypeSchema = z
         maxEgressConnections: z.number().int().min(1).max(10_000).default(64),
         /** Request bytes the injecting egress proxy holds at once for one sandbox. @defaultValue 2 × supervisor.injectMaxBodyBytes */
         maxEgressBufferedBytes: z.number().int().min(1024).optional(),
+        /** Refused egress attempts per job (each one audited); one more kills the sandbox. @defaultValue 20 */
+        maxEgressRefusals: z.number().int().min(0).default(20),
       })
       .strict()
       .prefault({}),

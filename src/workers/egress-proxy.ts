@@ -164,6 +164,10 @@ function maskText(text: string, pairs: { value: Uint8Array; by: Uint8Array }[]):
   return out.toString('latin1');
 }
 
+function clipText(text: string, max: number): string {
+  return text.length > max ? `${text.slice(0, max)}…` : text;
+}
+
 /** The path of a request, from origin form (`/p?q`) or absolute form (`https://host/p?q`). */
 function requestPath(req: IncomingMessage): string {
   const url = req.url ?? '/';
@@ -319,7 +323,8 @@ export class EgressProxy {
 
   #refuse(destination: string, reason: string): void {
     this.stats.refused += 1;
-    this.#o.onRefused({ destination, reason });
+    // The destination is the sandbox's text: a DNS name is at most 253 characters.
+    this.#o.onRefused({ destination: clipText(destination, 260), reason: clipText(reason, 500) });
   }
 
   async #onConnect(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -483,7 +488,11 @@ export class EgressProxy {
 
   #refuseInjection(res: ServerResponse, refusal: InjectionRefusal): void {
     this.stats.injectionsRefused += 1;
-    this.#o.inject?.onRefused(refusal);
+    this.#o.inject?.onRefused({
+      ...refusal,
+      destination: clipText(refusal.destination, 260),
+      reason: clipText(refusal.reason, 500),
+    });
     res
       .writeHead(403, { 'content-type': 'text/plain', 'x-fleet-egress': 'refused' })
       .end(`fleet egress proxy refused to send a secret placeholder to ${refusal.destination}: ${refusal.reason}\n`);

@@ -141,7 +141,9 @@ export class JobRunner {
           onProgress: (value) =>
             progress.push(typeof value === 'number' || (typeof value === 'object' && value) ? value : { value }),
           onLog: (level, msg, fields, source) => {
-            log[level](msg, { ...fields, source });
+            // The sandbox's fields nested, never merged: they cannot stand in for the scope's own
+            // (jobId, jobType) nor make a line look like the supervisor's (component, audit).
+            log[level](msg, { source, ...(fields ? { fields } : {}) });
             void job.log(`${level}: ${msg}`).catch(() => undefined);
           },
           onSecretRequest: (name) => secrets.request(name),

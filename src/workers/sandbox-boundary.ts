@@ -52,20 +52,38 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
     });
   }
   probed ??= new Promise<OsLayer>((resolve) => {
+    // The same shape of sandbox a job gets (a fresh /proc, /dev, a size-capped tmpfs): what the
+    // probe reports is what jobs will meet. Docker, for one, lets bubblewrap create namespaces but
+    // masks paths under /proc, and the kernel then refuses a fresh procfs.
     const args = [
-      ...systemMounts(),
       '--unshare-all',
       '--die-with-parent',
       '--new-session',
       ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
+      '--uid',
+      '65534',
+      '--gid',
+      '65534',
+      ...systemMounts(),
+      '--proc',
+      '/proc',
+      '--dev',
+      '/dev',
+      '--size',
+      String(1024 * 1024),
+      '--tmpfs',
+      SANDBOX_TMP,
       'true',
     ];
     execFile(bwrapPath, args, { timeout: 5000, env: {} }, (err, _stdout, stderr) => {
       if (!err) return resolve({ available: true, reason: '', bwrapPath });
+      const said = String(stderr).trim() || err.message;
       const why =
         errnoCode(err) === 'ENOENT'
           ? `${bwrapPath} not found. Fix: apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora), or set supervisor.bwrapPath.`
-          : `${bwrapPath} cannot create namespaces here (${String(stderr).trim() || err.message}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with security_opt seccomp=unconfined and apparmor=unconfined (see README "Deploy").`;
+          : /mount proc|proc on/i.test(said)
+            ? `${bwrapPath} creates namespaces but cannot mount a fresh /proc (${said}): the container masks paths under /proc. Fix: run the worker with security_opt systempaths=unconfined (Docker; Kubernetes: procMount: Unmasked with user namespaces), see README "Deploy".`
+            : `${bwrapPath} cannot create namespaces here (${said}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with the seccomp profile in deploy/ and apparmor=unconfined, systempaths=unconfined (see README "Deploy").`;
       resolve({ available: false, reason: why, bwrapPath });
     });
   });

@@ -58,8 +58,12 @@ export interface SandboxHost {
   post(msg: ToSandbox, transfer?: ArrayBuffer[], sent?: () => void): void;
   /** Every message the sandbox sends, unchecked: the {@link Sandbox} parses it. */
   onMessage(fn: (msg: unknown) => void): void;
-  /** The channel itself was broken (bytes that are no frame, a frame above the cap). */
-  onViolation(fn: (problem: string) => void): void;
+  /**
+   * The channel itself was broken (bytes that are no frame, a frame above the cap:
+   * SANDBOX_PROTOCOL), or the sandbox went past a limit its host enforces (egress refusals:
+   * SANDBOX_LIMIT).
+   */
+  onViolation(fn: (problem: string, code?: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void): void;
   /** Called once when the sandbox ends on its own (crash, exit, memory limit). */
   onDeath(fn: (err: FleetError) => void): void;
   /** The job the egress proxy attributes connections to. */
@@ -84,6 +88,8 @@ export interface ProcessHostOptions {
   maxEgressConnections?: number;
   /** Request bytes the injecting proxy holds at once for this sandbox. @defaultValue 2 × injectMaxBodyBytes */
   maxEgressBufferedBytes?: number;
+  /** Refused egress attempts per job; one more kills the sandbox (each is an audit record). @defaultValue 20 */
+  maxEgressRefusals?: number;
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
@@ -233,6 +239,12 @@ export async function startProcessHost(
   const tmpDir = path.join(hostDir, 'tmp');
   mkdirSync(tmpDir, { mode: 0o700 });
   let jobId: string | null = null;
+  /** Egress refusals of the job running now (reset at each job). */
+  let refusals = 0;
+  /** Set once the process is gone or killed: nothing it sends or causes is acted on after. */
+  let dead = false;
+  /** Set once the host exists: reports a violation to the sandbox that owns this host. */
+  let reportViolation: (problem: string, code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
   let proxy: EgressProxy | null = null;
   let child: ChildProcess | null = null;
   let cleaned: Promise<void> | null = null;
@@ -270,10 +282,29 @@ export async function startProcessHost(
     let proxyUrl: string | null = null;
     let processInit: SandboxInit = init;
     if (options.egress !== 'none') {
+      // Each refusal is an audit record: past maxEgressRefusals in one job the sandbox is killed
+      // (SANDBOX_LIMIT) rather than let it write the audit stream full.
+      const maxRefusals = options.maxEgressRefusals ?? 20;
+      /** Whether this refusal is reported (audited); past the cap the sandbox is killed instead. */
+      const countRefusal = (): boolean => {
+        // A killed sandbox's proxy may still be deciding: nothing of it is reported any more.
+        if (dead) return false;
+        refusals += 1;
+        if (refusals <= maxRefusals) return true;
+        // Reporting kills the sandbox (and resets the count): decided before it.
+        if (refusals === maxRefusals + 1)
+          reportViolation(
+            `more than ${maxRefusals} refused egress attempts in one job (maxEgressRefusals)`,
+            'SANDBOX_LIMIT',
+          );
+        return false;
+      };
       proxy = new EgressProxy({
         egress: options.egress,
         fleetAddresses: options.fleetAddresses,
-        onRefused: (r) => options.onEgressRefused?.({ ...r, jobId }),
+        onRefused: (r) => {
+          if (countRefusal()) options.onEgressRefused?.({ ...r, jobId });
+        },
         ...(options.maxEgressConnections ? { maxConnections: options.maxEgressConnections } : {}),
         ...(options.maxEgressBufferedBytes ? { maxBufferedBytes: options.maxEgressBufferedBytes } : {}),
         ...(inject
@@ -281,7 +312,9 @@ export async function startProcessHost(
               inject: {
                 ...inject,
                 currentJob: () => jobId,
-                onRefused: (r) => inject.onRefused({ ...r, jobType: init.jobType }),
+                onRefused: (r) => {
+                  if (countRefusal()) inject.onRefused({ ...r, jobType: init.jobType });
+                },
               },
             }
           : {}),
@@ -327,9 +360,8 @@ export async function startProcessHost(
     proc.stderr?.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
     proc.stderr?.on('error', () => undefined);
     let onMessage: (msg: unknown) => void = () => undefined;
-    let onViolation: (problem: string) => void = () => undefined;
+    let onViolation: (problem: string, code?: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
     let onDeath: (err: FleetError) => void = () => undefined;
-    let dead = false;
     let killed = false;
     const exited = new Promise<void>((resolve) => {
       proc.once('exit', () => resolve());
@@ -401,6 +433,7 @@ export async function startProcessHost(
       setJob: (id) => {
         // At a job's end its exchanges in flight are cut: nothing arrives for it later (unmasked).
         if (jobId !== null && id !== jobId) proxy?.endJob();
+        if (id !== jobId) refusals = 0;
         jobId = id;
       },
       kill: async () => {
@@ -411,6 +444,9 @@ export async function startProcessHost(
         await exited;
         await cleanup();
       },
+    };
+    reportViolation = (problem, code) => {
+      if (!dead) onViolation(problem, code);
     };
     const initMessage: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
     proc.once('spawn', () => send({ type: 'init', init: initMessage }));

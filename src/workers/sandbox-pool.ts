@@ -106,6 +106,7 @@ export class SandboxPool {
                 forbiddenPaths: b.forbiddenPaths,
                 fleetAddresses: b.fleetAddresses,
                 maxEgressConnections: t.limits.maxEgressConnections,
+                maxEgressRefusals: t.limits.maxEgressRefusals,
                 ...(t.limits.maxEgressBufferedBytes ? { maxEgressBufferedBytes: t.limits.maxEgressBufferedBytes } : {}),
                 ...(b.inject && [...t.secretModes.values()].includes('inject') ? { inject: b.inject } : {}),
                 onEgressRefused: (r) =>

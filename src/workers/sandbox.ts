@@ -148,7 +148,9 @@ export function errorFromSandbox(
   // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- membership in SANDBOX_CLAIMABLE (ErrorCode values) checked on the line above
   const code: ErrorCode = claimable ? (s.code as ErrorCode) : 'PROCESSOR_FAILED';
   const message = text(s.message, MAX_ERROR_TEXT.message);
-  const err = new FleetError(code, claimable ? message : `[sandbox reported ${clip(s.code, 40)}] ${message}`, {
+  // The code is named only when it looks like one (a sandbox can put anything there, a value too).
+  const reported = /^[A-Z][A-Z0-9_]{0,39}$/.test(s.code) ? text(s.code, 40) : 'a malformed code';
+  const err = new FleetError(code, claimable ? message : `[sandbox reported ${reported}] ${message}`, {
     retryable: s.retryable,
   });
   err.name = text(s.name, MAX_ERROR_TEXT.name);
@@ -225,7 +227,7 @@ export class Sandbox {
     this.#onViolationReport = options.onViolation;
     live.add(this);
     host.onMessage((raw) => this.#receive(raw));
-    host.onViolation((problem) => this.#violate('SANDBOX_PROTOCOL', problem));
+    host.onViolation((problem, code) => this.#violate(code ?? 'SANDBOX_PROTOCOL', problem));
     host.onDeath((err) => {
       live.delete(this);
       if (this.#dead) return;
@@ -509,6 +511,9 @@ export class Sandbox {
     settle();
     let resultJson = msg.resultJson;
     if (!mask.empty) {
+      // Masked in its canonical JSON form: escapes a sandbox chose (`\u0073…`) are undone by the
+      // parse above, so the text it sent is not what would be stored.
+      resultJson = JSON.stringify(result) ?? 'null';
       const masked = mask.text(resultJson);
       if (masked !== resultJson) {
         resultJson = masked;
