@@ -168,6 +168,41 @@ function clipText(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }
 
+/**
+ * Passes an upstream response on to the sandbox, or a 502 when it cannot be: a status Node would
+ * refuse to write (`HTTP/1.1 099`), headers it would refuse, or what `prepare` refuses. An upstream
+ * the sandbox may reach is as untrusted as the sandbox: nothing it answers may throw here.
+ */
+function answer(
+  res: ServerResponse,
+  up: IncomingMessage,
+  destination: string,
+  prepare: () => { headers: http.OutgoingHttpHeaders | http.IncomingHttpHeaders; body?: Transform } | { status: number; text: string },
+): void {
+  const fail = (text: string): void => {
+    up.destroy();
+    if (res.headersSent) res.destroy();
+    else res.writeHead(502, { 'content-type': 'text/plain', 'x-fleet-egress': 'upstream-error' }).end(text);
+  };
+  const status = up.statusCode ?? 0;
+  if (!Number.isInteger(status) || status < 200 || status > 599) {
+    fail(`fleet egress proxy: ${destination} answered with status ${status}, which is not passed on\n`);
+    return;
+  }
+  try {
+    const ready = prepare();
+    if ('status' in ready) {
+      fail(ready.text);
+      return;
+    }
+    res.writeHead(status, ready.headers);
+    if (ready.body) up.pipe(ready.body).pipe(res);
+    else up.pipe(res);
+  } catch (err) {
+    fail(`fleet egress proxy: ${destination} answered with what cannot be passed on (${err instanceof Error ? err.message.slice(0, 200) : 'error'})\n`);
+  }
+}
+
 /** The path of a request, from origin form (`/p?q`) or absolute form (`https://host/p?q`). */
 function requestPath(req: IncomingMessage): string {
   const url = req.url ?? '/';
@@ -628,8 +663,13 @@ export class EgressProxy {
     }
     if (body.length || req.headers['content-length'] !== undefined || req.headers['transfer-encoding'] !== undefined)
       headers['content-length'] = body.length;
-    // Responses are searched for the values: they must arrive uncompressed.
+    // Responses are searched for the values: they must arrive uncompressed, and whole (a Range
+    // request would bring back a slice the whole-value mask does not recognise).
     headers['accept-encoding'] = 'identity';
+    if (swaps.size) {
+      delete headers.range;
+      delete headers['if-range'];
+    }
     const pairs = inject.registry.valuesOf(jobId).map((i) => ({ value: i.value, by: Buffer.from(i.placeholder) }));
     const upstream = https.request(
       {
@@ -642,15 +682,26 @@ export class EgressProxy {
         agent,
         timeout: this.#o.connectTimeoutMs ?? 10_000,
       },
-      (up) => {
-        const out: http.OutgoingHttpHeaders = {};
-        for (const [name, raw] of Object.entries(up.headers)) {
-          if (HOP_BY_HOP.includes(name) || name === 'content-length' || raw === undefined) continue;
-          out[name] = Array.isArray(raw) ? raw.map((v) => maskText(v, pairs)) : maskText(raw, pairs);
-        }
-        res.writeHead(up.statusCode ?? 502, out);
-        up.pipe(new ValueMasker(pairs)).pipe(res);
-      },
+      (up) =>
+        answer(res, up, destination, () => {
+          // Masking reads the bytes as sent: a body the upstream compressed anyway (it was asked for
+          // identity) could carry the value past the mask, so it is not passed on.
+          const encoding = String(up.headers['content-encoding'] ?? 'identity').toLowerCase();
+          if (encoding !== 'identity') {
+            up.destroy();
+            return {
+              status: 502,
+              text: `fleet egress proxy: ${destination} answered with Content-Encoding ${encoding.slice(0, 40)} although asked for identity; a response to a request with injected secrets must be uncompressed to be masked\n`,
+            };
+          }
+          const out: http.OutgoingHttpHeaders = {};
+          for (const [name, raw] of Object.entries(up.headers)) {
+            if (HOP_BY_HOP.includes(name) || name === 'content-length' || raw === undefined) continue;
+            // Names too: a reflected value can sit in a header's name as well as in its value.
+            out[maskText(name, pairs)] = Array.isArray(raw) ? raw.map((v) => maskText(v, pairs)) : maskText(raw, pairs);
+          }
+          return { headers: out, body: new ValueMasker(pairs) };
+        }),
     );
     exchange.upstream = upstream;
     if (!this.#inFlight.has(exchange)) upstream.destroy(); // the job ended while the body was read
@@ -680,10 +731,7 @@ export class EgressProxy {
         setHost: false,
         timeout: this.#o.connectTimeoutMs ?? 10_000,
       },
-      (up) => {
-        res.writeHead(up.statusCode ?? 502, up.headers);
-        up.pipe(res);
-      },
+      (up) => answer(res, up, `${address}:${port}`, () => ({ headers: up.headers })),
     );
     upstream.on('error', () => {
       if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
