@@ -1,6 +1,9 @@
-# syntax=docker/dockerfile:1
+# The Node.js image both stages start from. Official by default; where no registry image can be
+# pulled, scripts/build-standin-images.sh builds one from package registries and
+# deploy/compose.standin.yml passes it here (NODE_IMAGE=fleet-standin/node:26.10.0).
+ARG NODE_IMAGE=node:26.10.0-trixie-slim
 # Build stage: compile TypeScript with the dev toolchain.
-FROM node:26.10.0-trixie-slim AS build
+FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --no-audit --no-fund
@@ -11,7 +14,7 @@ COPY examples/demo ./examples/demo
 RUN npx tsc -p tsconfig.build.json && npx tsc -p tsconfig.examples.json
 
 # Runtime stage: production dependencies only, non-root, node as PID 1 so SIGTERM reaches it.
-FROM node:26.10.0-trixie-slim
+FROM ${NODE_IMAGE}
 ENV NODE_ENV=production
 # bubblewrap: the OS layer of process sandboxes (namespaces). See README "Deploy" for the
 # seccomp/AppArmor setting the worker container needs for unprivileged user namespaces.

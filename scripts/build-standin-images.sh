@@ -54,6 +54,8 @@ if ! have "fleet-standin/node:$NODE_VERSION"; then
   (cd "$work/node" && npm pack --silent npm@11 >/dev/null && tar xzf npm-*.tgz && mv package npm && rm npm-*.tgz)
   cat >"$work/node/Dockerfile" <<'EOF'
 FROM fleet-standin/debian:bookworm
+# Node's binary links libatomic (not in a minbase system).
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends libatomic1 >/dev/null && rm -rf /var/lib/apt/lists/*
 COPY node /usr/local/bin/node
 COPY npm /usr/local/lib/node_modules/npm
 RUN ln -s ../lib/node_modules/npm/bin/npm-cli.js /usr/local/bin/npm \
@@ -63,6 +65,8 @@ ENV NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt
 CMD ["node"]
 EOF
   docker build -q -t "fleet-standin/node:$NODE_VERSION" "$work/node" >/dev/null
+  docker run --rm "fleet-standin/node:$NODE_VERSION" sh -c 'node --version && npm --version' >/dev/null ||
+    { log "fleet-standin/node:$NODE_VERSION does not run node and npm"; exit 1; }
 fi
 
 apt_image() { # <tag> <packages...> : the base with Debian packages

@@ -5,6 +5,7 @@
 #   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
 #   st (schemathesis, contract fuzzing of the HTTP API) in a virtualenv
 #   compose-check (compose-go, the Docker Compose loader) built from the Go module proxy
+#   docker compose v2 (the CLI plugin) built from the Go module proxy
 # Re-running is cheap: each step is skipped when its binary is already cached.
 set -euo pipefail
 # Resolved before any `cd`: a relative $0 means nothing once the OpenBao build has left the repo.
@@ -87,6 +88,23 @@ if [ ! -x "$CACHE_DIR/bin/compose-check" ] || [ "$(cat "$CACHE_DIR/compose-check
   else
     log "WARNING: building compose-check failed; the compose-go test will be skipped with this reason"
   fi
+fi
+
+# docker compose v2 (the CLI plugin `npm run test:compose` drives): Debian's docker.io has none, so
+# it is built from the Go module proxy and linked into ~/.docker/cli-plugins.
+COMPOSE_VERSION="${FLEET_COMPOSE_VERSION:-v2.32.4}"
+if [ ! -x "$CACHE_DIR/bin/docker-compose" ] || [ "$(cat "$CACHE_DIR/docker-compose.version" 2>/dev/null)" != "$COMPOSE_VERSION" ]; then
+  log "building docker compose $COMPOSE_VERSION from the Go module proxy (several minutes, once)"
+  if GOBIN="$CACHE_DIR/gobin" go install "github.com/docker/compose/v2/cmd@$COMPOSE_VERSION"; then
+    mv "$CACHE_DIR/gobin/cmd" "$CACHE_DIR/bin/docker-compose" && rm -rf "$CACHE_DIR/gobin"
+    echo "$COMPOSE_VERSION" >"$CACHE_DIR/docker-compose.version"
+  else
+    log "WARNING: building docker compose failed; npm run test:compose will skip with this reason"
+  fi
+fi
+if [ -x "$CACHE_DIR/bin/docker-compose" ]; then
+  mkdir -p "$HOME/.docker/cli-plugins"
+  ln -sf "$CACHE_DIR/bin/docker-compose" "$HOME/.docker/cli-plugins/docker-compose"
 fi
 
 log "ready in $CACHE_DIR/bin: $(ls "$CACHE_DIR/bin" | tr '\n' ' ')"
