@@ -13,7 +13,8 @@ import { fileURLToPath } from 'node:url';
 
 /** Calls every process here uses: memory, files, time, signals, sockets, threads, process life. */
 const everyday = {
-  memory: 'brk mmap mmap2 munmap mremap mprotect madvise mincore mlock mlock2 munlock mlockall munlockall msync membarrier memfd_create remap_file_pages pkey_alloc pkey_free pkey_mprotect',
+  memory:
+    'brk mmap mmap2 munmap mremap mprotect madvise mincore mlock mlock2 munlock mlockall munlockall msync membarrier memfd_create remap_file_pages pkey_alloc pkey_free pkey_mprotect',
   files:
     'read write readv writev pread64 pwrite64 preadv preadv2 pwritev pwritev2 open openat openat2 close close_range creat lseek _llseek dup dup2 dup3 fcntl fcntl64 ioctl ' +
     'stat stat64 lstat lstat64 fstat fstat64 fstatat64 newfstatat statx statfs statfs64 fstatfs fstatfs64 access faccessat faccessat2 ' +
@@ -66,7 +67,11 @@ const profile = {
     { architecture: 'SCMP_ARCH_AARCH64', subArchitectures: ['SCMP_ARCH_ARM'] },
   ],
   syscalls: [
-    { names: allow, action: 'SCMP_ACT_ALLOW', comment: 'everyday calls and sandbox namespace creation (scripts/seccomp-profile.mjs)' },
+    {
+      names: allow,
+      action: 'SCMP_ACT_ALLOW',
+      comment: 'everyday calls and sandbox namespace creation (scripts/seccomp-profile.mjs)',
+    },
     {
       names: ['socket'],
       action: 'SCMP_ACT_ALLOW',

@@ -3,7 +3,7 @@
  * config instead of being run: images pinned, env vars the app reads set (and none it does not),
  * ports and Prometheus targets consistent, mounted files present, Dockerfile production-minded.
  */
-import { spawnSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -74,14 +74,15 @@ const composeConfig = (): ReturnType<typeof resolveConfig> => {
   }
 };
 
-describe('docker compose stack (checked statically: no Docker engine here)', () => {
+describe('docker compose stack, checked statically (npm run test:compose runs it on a real engine)', () => {
   it('pins every image to a version', () => {
     for (const [name, s] of Object.entries(services)) {
       expect(s.image, `${name} has an image`).toBeTruthy();
       expect(s.image, name).toMatch(/:[\w.-]*\d[\w.-]*$/);
       expect(s.image, name).not.toMatch(/:latest$/);
     }
-    expect(read('Dockerfile')).not.toMatch(/FROM \S+:latest|FROM [^:\s]+\s/);
+    // The stages start from NODE_IMAGE, whose default is pinned (checked with the runtime image below).
+    expect(read('Dockerfile')).not.toMatch(/FROM \S+:latest|FROM (?!\$\{NODE_IMAGE\})[^:\s]+\s/);
   });
 
   it('runs Redis with noeviction, AOF persistence, a healthcheck and ACLs: default is a password-protected admin, each role its own user', () => {
@@ -310,7 +311,9 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
 
   it('uses maintained releases: current Node LTS base image, Prometheus 3, Redis 8, Grafana 12, moto for KMS', () => {
     const df = read('Dockerfile');
-    for (const from of df.match(/^FROM \S+/gm)!) expect(from).toMatch(/^FROM node:26\.\d+\.\d+-trixie-slim$/);
+    // Both stages start from NODE_IMAGE, the Node 26 LTS image unless a stand-in is passed.
+    expect(df).toMatch(/^ARG NODE_IMAGE=node:26\.\d+\.\d+-trixie-slim$/m);
+    for (const from of df.match(/^FROM \S+/gm)!) expect(from).toBe('FROM ${NODE_IMAGE}');
     expect(df).not.toMatch(/node:2[02]\b/);
     expect(services.prometheus!.image).toMatch(/^prom\/prometheus:v3\./);
     expect(services.redis!.image).toMatch(/^redis:8\./);
@@ -318,14 +321,46 @@ describe('docker compose stack (checked statically: no Docker engine here)', () 
     expect(services.kms!.image).toMatch(/^motoserver\/moto:5\./);
   });
 
-  it('lets the worker and scheduler create sandbox namespaces, and requires the OS layer there', () => {
+  it('lets the worker and scheduler create sandbox namespaces with no more than that, and requires the OS layer there', () => {
     const df = read('Dockerfile');
     expect(df).toMatch(/apt-get install[^\n]*bubblewrap/);
     for (const name of ['worker', 'scheduler']) {
-      expect((services[name] as { security_opt?: string[] }).security_opt, name).toEqual(
-        expect.arrayContaining(['seccomp=unconfined', 'apparmor=unconfined']),
-      );
+      // A seccomp profile of our own (not unconfined), and /proc unmasked for the sandbox's procfs.
+      expect((services[name] as { security_opt?: string[] }).security_opt, name).toEqual([
+        'seccomp=./deploy/seccomp-sandbox.json',
+        'apparmor=unconfined',
+        'systempaths=unconfined',
+      ]);
     }
+    // The committed profile is what scripts/seccomp-profile.mjs writes, and it keeps the dangerous calls out.
+    const text = execFileSync(
+      process.execPath,
+      ['--input-type=module', '-e', "process.stdout.write((await import('./scripts/seccomp-profile.mjs')).text)"],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
+    expect(
+      read('deploy/seccomp-sandbox.json'),
+      'deploy/seccomp-sandbox.json is stale: node scripts/seccomp-profile.mjs',
+    ).toBe(text);
+    const profile = JSON.parse(text) as { defaultAction: string; syscalls: { names: string[]; action: string }[] };
+    expect(profile.defaultAction).toBe('SCMP_ACT_ERRNO');
+    const allowed = new Set(profile.syscalls.filter((r) => r.action === 'SCMP_ACT_ALLOW').flatMap((r) => r.names));
+    for (const needed of ['unshare', 'mount', 'pivot_root', 'clone', 'setns', 'seccomp'])
+      expect(allowed.has(needed), needed).toBe(true);
+    for (const denied of [
+      'ptrace',
+      'process_vm_readv',
+      'bpf',
+      'perf_event_open',
+      'kexec_load',
+      'init_module',
+      'keyctl',
+      'add_key',
+      'userfaultfd',
+      'io_uring_setup',
+      'open_by_handle_at',
+    ])
+      expect(allowed.has(denied), denied).toBe(false);
     // The API runs no sandboxes: it keeps Docker's default profiles.
     expect((services.api as { security_opt?: string[] }).security_opt).toBeUndefined();
     expect(composeConfig().supervisor.osLayer).toBe('required');

@@ -155,7 +155,10 @@ describe.skipIf(reason !== null)('docker compose up: the whole stack on a real D
     );
     files = ['docker-compose.yml', ...(images === 'standin' ? ['deploy/compose.standin.yml'] : []), ports];
     if (images === 'standin')
-      execFileSync('bash', [path.join(ROOT, 'scripts', 'build-standin-images.sh')], { stdio: 'inherit', timeout: 1_200_000 });
+      execFileSync('bash', [path.join(ROOT, 'scripts', 'build-standin-images.sh')], {
+        stdio: 'inherit',
+        timeout: 1_200_000,
+      });
     const started = Date.now();
     await dc(['up', '-d', '--build', '--wait', '--wait-timeout', '300'], 1_200_000);
     summary.upSeconds = Math.round((Date.now() - started) / 1000);
@@ -201,7 +204,9 @@ describe.skipIf(reason !== null)('docker compose up: the whole stack on a real D
 
     // The workers report the layers their sandboxes run behind (read through the API container,
     // which holds the read-only ops credential).
-    const status = JSON.parse(await dc(['exec', '-T', 'api', 'node', 'bin/fleet.js', 'status', '--workers', '--json'])) as {
+    const status = JSON.parse(
+      await dc(['exec', '-T', 'api', 'node', 'bin/fleet.js', 'status', '--workers', '--json']),
+    ) as {
       supervisors: { types: { jobType: string; layers: string[] }[] }[];
     };
     const layers = status.supervisors.flatMap((x) => x.types).find((t) => t.jobType === 'sign-webhook')?.layers ?? [];
@@ -209,7 +214,14 @@ describe.skipIf(reason !== null)('docker compose up: the whole stack on a real D
     summary.osLayer = layers.includes('namespaces') ? 'namespaces' : 'none';
 
     // Nowhere: every key and value in Redis, every service's log, the results.
-    const dump = await dc(['exec', '-T', 'redis', 'sh', '-c', `redis-cli --no-auth-warning -a "$REDIS_ADMIN_PASSWORD" --raw eval "${EVERY_VALUE}" 0`]);
+    const dump = await dc([
+      'exec',
+      '-T',
+      'redis',
+      'sh',
+      '-c',
+      `redis-cli --no-auth-warning -a "$REDIS_ADMIN_PASSWORD" --raw eval "${EVERY_VALUE}" 0`,
+    ]);
     expect(dump.length).toBeGreaterThan(1000);
     expect(dump).toContain(signed.id);
     const logs = await dc(['logs', '--no-color']);
@@ -241,7 +253,9 @@ describe.skipIf(reason !== null)('docker compose up: the whole stack on a real D
 
   it('`docker compose stop worker` drains: no job is lost; a restarted worker finishes what was returned', async () => {
     const ids = await Promise.all(
-      Array.from({ length: 12 }, (_, i) => post('sign-webhook', { url: 'https://example.com/hook', body: `drain-${i}` })),
+      Array.from({ length: 12 }, (_, i) =>
+        post('sign-webhook', { url: 'https://example.com/hook', body: `drain-${i}` }),
+      ),
     );
     await dc(['stop', 'worker'], 120_000);
     await dc(['start', 'worker'], 120_000);
