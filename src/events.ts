@@ -21,6 +21,8 @@ export interface FleetEvents {
     willRetry: boolean;
     cpuMs?: number;
     peakHeapBytes?: number;
+    /** Peak memory of the sandbox's cgroup (process sandboxes with cgroups). */
+    peakMemoryBytes?: number;
   };
   'sandbox:spawned': { jobType: string; spawnMs: number };
   'sandbox:destroyed': { jobType: string; reason: string };

@@ -13,8 +13,10 @@ type ParsedConfig = z.output<typeof fleetConfigSchema>;
 /** A job type with every default filled in and its processor path made absolute. */
 export interface JobType extends Omit<
   ParsedJobType,
-  'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox' | 'secrets'
+  'payloadSchema' | 'warmSandboxes' | 'recycleHeapUsedMb' | 'sandbox' | 'secrets' | 'memoryLimitMb' | 'maxFileSizeMb'
 > {
+  memoryLimitMb: number;
+  maxFileSizeMb: number;
   /** Names of the secrets this type may use. */
   secrets: string[];
   /** How each of them reaches the job: handed to the sandbox, or injected at egress. */
@@ -145,6 +147,13 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
         `${at}.recycleHeapUsedMb (${recycle}) exceeds maxOldGenerationSizeMb (${jt.maxOldGenerationSizeMb}). Fix: lower it.`,
       );
     if (new Set(jt.secrets).size !== jt.secrets.length) problems.push(`${at}.secrets lists a name twice.`);
+    const memoryLimitMb = jt.memoryLimitMb ?? Math.max(256, 2 * jt.maxOldGenerationSizeMb + 128);
+    // Node itself takes some 50 MB beside its heap: a cap below heap + 64 MB kills sandboxes whose
+    // heap is still within its own limit.
+    if (memoryLimitMb < jt.maxOldGenerationSizeMb + 64)
+      problems.push(
+        `${at}.memoryLimitMb (${memoryLimitMb}) leaves no room beside the heap limit (maxOldGenerationSizeMb ${jt.maxOldGenerationSizeMb}). Fix: set memoryLimitMb ≥ ${jt.maxOldGenerationSizeMb + 64}, or lower maxOldGenerationSizeMb.`,
+      );
 
     const sandbox = jt.sandbox ?? (jt.secrets.length > 0 || jt.sensitivity === 'critical' ? 'process' : 'thread');
     if (sandbox === 'thread' && jt.secrets.length > 0)
@@ -185,6 +194,8 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       payloadJsonSchema,
       warmSandboxes: warmSandboxes ?? (jt.isolation === 'job' ? jt.concurrency : 1),
       recycleHeapUsedMb: recycle,
+      memoryLimitMb,
+      maxFileSizeMb: jt.maxFileSizeMb ?? jt.tmpSizeMb,
     });
   }
 

@@ -136,6 +136,22 @@ export const jobTypeSchema = z
       })
       .strict()
       .prefault({}),
+    /**
+     * Memory of a whole process sandbox (heap, Buffers, native memory, its /tmp pages, kernel
+     * memory), capped by its cgroup with swap off; going past it fails the job with MEMORY_LIMIT.
+     * @defaultValue max(256, 2 × maxOldGenerationSizeMb + 128)
+     */
+    memoryLimitMb: z.number().int().min(64).optional(),
+    /** Processes and threads of one process sandbox (cgroup pids.max; Node alone runs about a dozen threads). @defaultValue 64 */
+    maxProcesses: z.number().int().min(16).max(100_000).default(64),
+    /** CPU share of a process sandbox against the others, 1–10000 (cgroup weight; 100 is an equal share). @defaultValue 100 */
+    cpuWeight: z.number().int().min(1).max(10_000).default(100),
+    /** Hard CPU cap of a process sandbox, in percent of one core (cgroup quota). @defaultValue none */
+    cpuQuotaPercent: z.number().int().min(1).max(100_000).optional(),
+    /** Descriptors a process sandbox may hold (RLIMIT_NOFILE). @defaultValue 1024 */
+    maxOpenFiles: z.number().int().min(64).max(1_048_576).default(1024),
+    /** The largest file a process sandbox may write (RLIMIT_FSIZE). @defaultValue tmpSizeMb */
+    maxFileSizeMb: z.number().int().min(1).optional(),
     /** Size cap of a process sandbox's private /tmp (OS layer). @defaultValue 64 */
     tmpSizeMb: z.number().int().min(1).max(4096).default(64),
     /** Extra read-only paths a process sandbox may read besides its processor's directory (absolute or relative to the config). @defaultValue [] */
@@ -434,6 +450,13 @@ export const fleetConfigSchema = z
          * them at the supervisor's priority. @defaultValue 10
          */
         sandboxNice: z.number().int().min(0).max(19).default(10),
+        /**
+         * The kernel's caps on each process sandbox: a cgroup (memory, processes, CPU), rlimits (no
+         * core dumps, descriptors, file size) and a seccomp filter. `auto`: what this host allows,
+         * and the supervisor says which are missing and why. `required`: start-up fails without all
+         * of them. `off`: none. @defaultValue `"auto"`
+         */
+        resourceLimits: z.enum(['auto', 'required', 'off']).default('auto'),
         /** The bubblewrap binary. @defaultValue `"bwrap"` (from PATH) */
         bwrapPath: z.string().default('bwrap'),
         /**

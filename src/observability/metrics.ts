@@ -44,7 +44,7 @@ export class FleetMetrics {
   });
   readonly jobCpu = new Histogram({
     name: 'fleet_job_cpu_seconds',
-    help: "Time the sandbox's event loop was busy during a job (per-thread CPU proxy).",
+    help: "CPU time of a job: user + system of its sandbox's cgroup where it has one, else the time the sandbox's event loop was busy (a per-thread proxy the sandbox reports).",
     labelNames: ['job_type'] as const,
     buckets: [0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30],
     registers: [this.registry],
@@ -54,6 +54,13 @@ export class FleetMetrics {
     help: 'V8 heap reserved by the sandbox at job end.',
     labelNames: ['job_type'] as const,
     buckets: [4e6, 8e6, 16e6, 32e6, 64e6, 128e6, 256e6, 512e6, 1e9],
+    registers: [this.registry],
+  });
+  readonly jobMemory = new Histogram({
+    name: 'fleet_job_peak_memory_bytes',
+    help: "Peak memory of a process sandbox's cgroup during a job (heap, Buffers, native, /tmp pages).",
+    labelNames: ['job_type'] as const,
+    buckets: [32e6, 64e6, 128e6, 256e6, 512e6, 1e9, 2e9, 4e9],
     registers: [this.registry],
   });
   readonly spawn = new Histogram({
@@ -232,6 +239,7 @@ export class FleetMetrics {
         if (e.willRetry && e.outcome !== 'requeued') this.retries.labels(e.jobType).inc();
         if (e.cpuMs !== undefined) this.jobCpu.labels(e.jobType).observe(e.cpuMs / 1000);
         if (e.peakHeapBytes !== undefined) this.jobHeap.labels(e.jobType).observe(e.peakHeapBytes);
+        if (e.peakMemoryBytes !== undefined) this.jobMemory.labels(e.jobType).observe(e.peakMemoryBytes);
       }),
       events.on('sandbox:spawned', (e) => this.spawn.labels(e.jobType).observe(e.spawnMs / 1000)),
       events.on('job:enqueued', (e) => this.enqueued.labels(e.jobType, e.via).inc(e.count)),

@@ -177,7 +177,9 @@ function answer(
   res: ServerResponse,
   up: IncomingMessage,
   destination: string,
-  prepare: () => { headers: http.OutgoingHttpHeaders | http.IncomingHttpHeaders; body?: Transform } | { status: number; text: string },
+  prepare: () =>
+    | { headers: http.OutgoingHttpHeaders | http.IncomingHttpHeaders; body?: Transform }
+    | { status: number; text: string },
 ): void {
   const fail = (text: string): void => {
     up.destroy();
@@ -199,7 +201,9 @@ function answer(
     if (ready.body) up.pipe(ready.body).pipe(res);
     else up.pipe(res);
   } catch (err) {
-    fail(`fleet egress proxy: ${destination} answered with what cannot be passed on (${err instanceof Error ? err.message.slice(0, 200) : 'error'})\n`);
+    fail(
+      `fleet egress proxy: ${destination} answered with what cannot be passed on (${err instanceof Error ? err.message.slice(0, 200) : 'error'})\n`,
+    );
   }
 }
 

@@ -159,6 +159,7 @@ export class JobRunner {
         willRetry: false,
         cpuMs: result.cpuMs,
         peakHeapBytes: result.peakHeapBytes,
+        ...(result.peakMemoryBytes !== undefined ? { peakMemoryBytes: result.peakMemoryBytes } : {}),
       });
       return result.result;
     } catch (caught) {

@@ -28,7 +28,17 @@ export interface OsLayer {
 }
 
 /** The layers a sandbox runs behind, in the order a hostile processor meets them. */
-export type SandboxLayer = 'thread' | 'process' | 'permission-model' | 'namespaces' | 'egress-proxy';
+export const SANDBOX_LAYERS = [
+  'thread',
+  'process',
+  'permission-model',
+  'namespaces',
+  'egress-proxy',
+  'cgroup',
+  'rlimits',
+  'seccomp',
+] as const;
+export type SandboxLayer = (typeof SANDBOX_LAYERS)[number];
 
 /**
  * Node accepts `--allow-net` from 25 on; before that the permission model does not cover the
@@ -191,6 +201,8 @@ export interface ProcessSandboxSpec {
   permissionModel?: boolean;
   /** The Node binary to run (without the OS layer, one the sandbox's uid can execute). @defaultValue process.execPath */
   nodePath?: string;
+  /** The descriptor (in the child) bubblewrap reads the seccomp filter from (OS layer). */
+  seccompFd?: number;
 }
 
 /** The readable tree of a sandbox: its processor directory, packages, the sandbox runtime and Node. */
@@ -296,6 +308,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): {
 
   layers.push('namespaces');
   if (networked) layers.push('egress-proxy');
+  if (spec.seccompFd !== undefined) layers.push('seccomp');
   const binds: string[] = [];
   for (const r of [...roots, ...nodeRuntimePaths()]) binds.push('--ro-bind', r, r);
   const args = [
@@ -327,6 +340,8 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): {
     ...(spec.caCertFile ? ['--ro-bind', spec.caCertFile, SANDBOX_CA_CERT] : []),
     '--chdir',
     SANDBOX_TMP,
+    // Loaded last, just before Node starts: bubblewrap's own set-up needs what the filter denies.
+    ...(spec.seccompFd !== undefined ? ['--seccomp', String(spec.seccompFd)] : []),
     '--',
     node,
     ...nodeArgs,

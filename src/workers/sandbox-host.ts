@@ -17,6 +17,9 @@ import {
   mkdirSync,
   realpathSync,
   statSync,
+  openSync,
+  closeSync,
+  writeFileSync,
 } from 'node:fs';
 import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -32,6 +35,15 @@ import {
   errorMessage,
 } from '../errors.js';
 import { encodeFrame, FrameDecoder } from './channel.js';
+import {
+  createSandboxCgroup,
+  limitedCommand,
+  type CgroupUsage,
+  type ResourceLayer,
+  type SandboxCgroup,
+  type SandboxResources,
+} from './resource-limits.js';
+import { seccompProgram } from './seccomp-filter.js';
 import { parseFromSandbox } from './protocol-schema.js';
 import { compiledPath } from '../runtime-path.js';
 import { EgressProxy, type EgressRefusal, type InjectOptions } from './egress-proxy.js';
@@ -66,8 +78,10 @@ export interface SandboxHost {
   onViolation(fn: (problem: string, code?: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void): void;
   /** Called once when the sandbox ends on its own (crash, exit, memory limit). */
   onDeath(fn: (err: FleetError) => void): void;
-  /** The job the egress proxy attributes connections to. */
+  /** The job the egress proxy attributes connections to; a new job also restarts the cgroup's figures. */
   setJob(jobId: string | null): void;
+  /** CPU time and peak memory of the job so far, from the sandbox's cgroup (null without one). */
+  usage(): CgroupUsage | null;
   kill(): Promise<void>;
 }
 
@@ -90,6 +104,8 @@ export interface ProcessHostOptions {
   maxEgressBufferedBytes?: number;
   /** Refused egress attempts per job; one more kills the sandbox (each is an audit record). @defaultValue 20 */
   maxEgressRefusals?: number;
+  /** The kernel's caps (cgroup, rlimits, seccomp), as far as this host allows them. */
+  resources?: { limits: SandboxResources; layer: ResourceLayer };
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
@@ -182,6 +198,7 @@ export function startThreadHost(init: SandboxInit, maxOldGenerationSizeMb: numbe
     onViolation: () => undefined,
     onDeath: (fn) => (onDeath = fn),
     setJob: () => undefined,
+    usage: () => null,
     kill: async () => {
       dead = true;
       await worker.terminate();
@@ -247,6 +264,8 @@ export async function startProcessHost(
   let reportViolation: (problem: string, code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
   let proxy: EgressProxy | null = null;
   let child: ChildProcess | null = null;
+  let cgroup: SandboxCgroup | null = null;
+  let seccompFd: number | null = null;
   let cleaned: Promise<void> | null = null;
   // Never throws: clean-up runs from exit handlers, where a throw (EMFILE, EBUSY) would reach the
   // supervisor's event loop.
@@ -258,6 +277,7 @@ export async function startProcessHost(
       } catch {
         // Left for the OS's temp cleaning: nothing in it outlives the sandbox's use.
       }
+      cgroup?.remove();
     })());
   const inject = options.inject;
   const os = options.osLayer.available;
@@ -329,6 +349,11 @@ export async function startProcessHost(
         proxyUrl = await proxy.listen(0);
       }
     }
+    const resources = options.resources;
+    if (resources?.layer.cgroups) cgroup = createSandboxCgroup(path.basename(hostDir), resources.limits);
+    // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox:
+    // bubblewrap reads it to its end.
+    if (resources?.layer.seccomp && os) seccompFd = openSync(seccompFile(), 'r');
     const cmd = processSandboxCommand({
       entry: SANDBOX_ENTRY,
       processorPath: init.processorPath,
@@ -344,15 +369,33 @@ export async function startProcessHost(
       ...(caCertFile ? { caCertFile } : {}),
       ...(options.permissionModel === false ? { permissionModel: false } : {}),
       ...(dropTo !== null ? { nodePath: nodeReachableBy(dropTo) } : {}),
+      ...(seccompFd !== null ? { seccompFd: 4 } : {}),
     });
-    child = spawn(cmd.command, cmd.args, {
+    // Without the OS layer a root supervisor's sandbox drops to nobody: through setpriv after the
+    // cgroup is entered when there are kernel limits to set up, else by spawn's own uid/gid.
+    const dropInCommand = dropTo !== null && resources !== undefined && (cgroup !== null || resources.layer.rlimits);
+    const limited = resources
+      ? limitedCommand(cmd.command, cmd.args, resources.limits, {
+          cgroup,
+          rlimits: resources.layer.rlimits,
+          dropToUid: dropInCommand ? dropTo : null,
+        })
+      : { command: cmd.command, args: cmd.args };
+    const layers = [
+      ...cmd.layers,
+      ...(cgroup ? (['cgroup'] as const) : []),
+      ...(resources?.layer.rlimits ? (['rlimits'] as const) : []),
+    ];
+    child = spawn(limited.command, limited.args, {
       env: cmd.env,
       // stdin closed, stdout ignored (processors' output goes over the channel, masked), stderr kept
       // for Node's own fatal errors, fd 3 the channel (a socket pair); nothing else is inherited.
-      stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+      stdio: ['ignore', 'ignore', 'pipe', 'pipe', ...(seccompFd !== null ? [seccompFd] : [])],
       detached: false,
-      ...(dropTo !== null ? { uid: dropTo, gid: dropTo } : {}),
+      ...(dropTo !== null && !dropInCommand ? { uid: dropTo, gid: dropTo } : {}),
     });
+    if (seccompFd !== null) closeSync(seccompFd);
+    seccompFd = null;
     const proc = child;
     // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- stdio[3] is 'pipe': libuv makes it a socket pair, a net.Socket here
     const channel = proc.stdio[3] as Socket;
@@ -395,7 +438,13 @@ export async function startProcessHost(
       void cleanup();
       if (dead || killed) return;
       dead = true;
-      if (/heap limit|out of memory|Allocation failed/i.test(stderr)) {
+      if (cgroup?.oomKilled()) {
+        onDeath(
+          new MemoryLimitError(
+            `the sandbox went past its memory limit (memoryLimitMb=${resources?.limits.memoryLimitMb}: heap, Buffers and /tmp together) and the kernel ended it`,
+          ),
+        );
+      } else if (/heap limit|out of memory|Allocation failed/i.test(stderr)) {
         onDeath(
           new MemoryLimitError(
             `job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`,
@@ -424,7 +473,7 @@ export async function startProcessHost(
       });
     };
     const host: SandboxHost = {
-      layers: cmd.layers,
+      layers,
       ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
       post: (msg, _transfer, sent) => send(msg, sent),
       onMessage: (fn) => (onMessage = fn),
@@ -434,8 +483,10 @@ export async function startProcessHost(
         // At a job's end its exchanges in flight are cut: nothing arrives for it later (unmasked).
         if (jobId !== null && id !== jobId) proxy?.endJob();
         if (id !== jobId) refusals = 0;
+        if (id !== null && id !== jobId) cgroup?.resetPeak();
         jobId = id;
       },
+      usage: () => cgroup?.usage() ?? null,
       kill: async () => {
         killed = true;
         dead = true;
@@ -452,8 +503,20 @@ export async function startProcessHost(
     proc.once('spawn', () => send({ type: 'init', init: initMessage }));
     return await awaitReady(host, `sandbox process for ${init.jobType}`);
   } catch (err) {
+    if (seccompFd !== null) closeSync(seccompFd);
     child?.kill('SIGKILL');
     await cleanup();
     throw err;
   }
+}
+
+let filterFile: string | null = null;
+/** The seccomp filter, written once per process to a file of its own (mode 0400). */
+function seccompFile(): string {
+  if (filterFile) return filterFile;
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-seccomp-'));
+  const file = path.join(dir, 'filter.bpf');
+  writeFileSync(file, seccompProgram(), { mode: 0o400 });
+  process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  return (filterFile = file);
 }

@@ -5,6 +5,7 @@ import type { Logger } from '../observability/logger.js';
 import { Sandbox } from './sandbox.js';
 import type { OsLayer, SandboxLayer } from './sandbox-boundary.js';
 import type { InjectOptions } from './egress-proxy.js';
+import type { ResourceLayer } from './resource-limits.js';
 
 /** What process sandboxes of every type share: the OS layer probe, and what none may reach. */
 export interface ProcessBoundary {
@@ -17,6 +18,8 @@ export interface ProcessBoundary {
   inject?: Omit<InjectOptions, 'currentJob'>;
   /** CPU priority of every sandbox, thread or process (supervisor.sandboxNice). */
   nice?: number;
+  /** What the kernel can cap per process sandbox here (cgroup, rlimits, seccomp). */
+  resources?: ResourceLayer;
 }
 
 export interface SandboxPoolStats {
@@ -107,6 +110,21 @@ export class SandboxPool {
                 fleetAddresses: b.fleetAddresses,
                 maxEgressConnections: t.limits.maxEgressConnections,
                 maxEgressRefusals: t.limits.maxEgressRefusals,
+                ...(b.resources
+                  ? {
+                      resources: {
+                        layer: b.resources,
+                        limits: {
+                          memoryLimitMb: t.memoryLimitMb,
+                          maxProcesses: t.maxProcesses,
+                          cpuWeight: t.cpuWeight,
+                          maxOpenFiles: t.maxOpenFiles,
+                          maxFileSizeMb: t.maxFileSizeMb,
+                          ...(t.cpuQuotaPercent ? { cpuQuotaPercent: t.cpuQuotaPercent } : {}),
+                        },
+                      },
+                    }
+                  : {}),
                 ...(t.limits.maxEgressBufferedBytes ? { maxEgressBufferedBytes: t.limits.maxEgressBufferedBytes } : {}),
                 ...(b.inject && [...t.secretModes.values()].includes('inject') ? { inject: b.inject } : {}),
                 onEgressRefused: (r) =>

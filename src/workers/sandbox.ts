@@ -90,6 +90,8 @@ export interface RunResult extends RunStats {
   resultJson: string;
   /** The result, parsed (and masked) by the supervisor. */
   result: unknown;
+  /** Peak memory of the sandbox's cgroup during the job (process sandboxes with cgroups). */
+  peakMemoryBytes?: number;
   /** A rotator step's created value. */
   value?: Uint8Array;
 }
@@ -525,10 +527,13 @@ export class Sandbox {
         }
       }
     }
+    // The cgroup's figures where there is one: measured outside the sandbox, not reported by it.
+    const usage = this.#host.usage();
     resolve({
       resultJson,
       result,
-      cpuMs: msg.cpuMs,
+      cpuMs: usage?.cpuMs ?? msg.cpuMs,
+      ...(usage?.peakMemoryBytes != null ? { peakMemoryBytes: usage.peakMemoryBytes } : {}),
       heapUsedBytes: msg.heapUsedBytes,
       peakHeapBytes: msg.peakHeapBytes,
       secretsZeroed: msg.secretsZeroed,

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { SANDBOX_LAYERS } from './sandbox-boundary.js';
 import type { RedisClient } from '../redis/connection.js';
 import { supervisorsKey } from '../redis/keys.js';
 
@@ -14,7 +15,7 @@ export const supervisorStatusSchema = z.object({
     z.object({
       jobType: z.string(),
       isolation: z.enum(['job', 'pool']),
-      layers: z.array(z.enum(['thread', 'process', 'permission-model', 'namespaces', 'egress-proxy'])).readonly(),
+      layers: z.array(z.enum(SANDBOX_LAYERS)).readonly(),
       warm: z.number().int(),
       busy: z.number().int(),
       starting: z.number().int(),

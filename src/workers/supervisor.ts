@@ -23,6 +23,7 @@ import { queueDepths, type SupervisorStatus } from './supervisor-status.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
 import { probeOsLayer } from './sandbox-boundary.js';
+import { probeResourceLimits, type ResourceLayer } from './resource-limits.js';
 import { fleetServiceAddresses } from './fleet-addresses.js';
 
 export interface SupervisorOptions {
@@ -187,6 +188,7 @@ export class Supervisor {
         jobTypes: processTypes.map((t) => t.name),
       });
     }
+    const resources = this.#resourceLayer(processTypes, osLayer.available);
     for (const t of this.#types) {
       const layers =
         t.sandbox === 'thread'
@@ -198,6 +200,15 @@ export class Supervisor {
               ...(t.egress !== 'none'
                 ? [osLayer.available ? 'egress-proxy' : 'egress-proxy (advisory without namespaces)']
                 : []),
+              ...(resources.cgroups
+                ? [
+                    `cgroup (memory ${t.memoryLimitMb} MB, ${t.maxProcesses} processes, cpu weight ${t.cpuWeight}${t.cpuQuotaPercent ? `, quota ${t.cpuQuotaPercent}%` : ''})`,
+                  ]
+                : []),
+              ...(resources.rlimits
+                ? [`rlimits (no core, ${t.maxOpenFiles} files, ${t.maxFileSizeMb} MB file size)`]
+                : []),
+              ...(resources.seccomp && osLayer.available ? ['seccomp'] : []),
             ];
       this.#log.info(`sandbox layers of ${t.name}: ${layers.join(', ')}`, {
         jobType: t.name,
@@ -250,10 +261,38 @@ export class Supervisor {
       forbiddenPaths: [this.#config.dataDir],
       fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl),
       nice: sv.sandboxNice,
+      resources,
     };
     if (this.#types.some((t) => [...t.secretModes.values()].includes('inject')))
       boundary.inject = await this.#injection();
     return boundary;
+  }
+
+  /**
+   * Probes what the kernel can cap per process sandbox (cgroup, rlimits, seccomp) and says what is
+   * missing, why, and the fix; with `supervisor.resourceLimits: "required"` a missing one stops
+   * start-up. Thread sandboxes get none of them (they share this process).
+   */
+  #resourceLayer(processTypes: readonly JobType[], namespaces: boolean): ResourceLayer {
+    const sv = this.#config.supervisor;
+    const layer = probeResourceLimits(sv.resourceLimits);
+    if (!processTypes.length || sv.resourceLimits === 'off') return layer;
+    const missing = [
+      ...layer.reasons,
+      ...(layer.seccomp && !namespaces
+        ? ['seccomp: the filter is loaded by bubblewrap, and the OS layer is unavailable']
+        : []),
+    ];
+    if (missing.length) {
+      if (sv.resourceLimits === 'required')
+        throw new ConfigError(
+          `supervisor.resourceLimits is "required" but not every limit can be had here: ${missing.join('; ')}`,
+        );
+      this.#log.warn(`process sandboxes run WITHOUT some kernel limits: ${missing.join('; ')}`, {
+        jobTypes: processTypes.map((t) => t.name),
+      });
+    }
+    return layer;
   }
 
   /**

@@ -1,0 +1,290 @@
+/**
+ * What the kernel caps per process sandbox, outside it: a cgroup of its own (memory with swap off,
+ * processes, CPU weight and an optional quota), rlimits (no core dumps, descriptors, file size),
+ * and the seccomp filter (seccomp-filter.ts). `--max-old-space-size` caps only the V8 heap; these
+ * cap what a sandbox's Buffers, threads, children, tmpfs pages and descriptors take from the host.
+ *
+ * cgroup v1 (each controller mounted on its own, as on this project's machines) and v2 (a delegated
+ * subtree: systemd `Delegate=yes`, a container with its own cgroup namespace) are both handled; the
+ * supervisor's own cgroup is the parent, so an outer limit (a container's) still applies.
+ */
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { errorMessage } from '../errors.js';
+import { seccompSupported } from './seccomp-filter.js';
+
+/** The limits of one job type's sandboxes. */
+export interface SandboxResources {
+  /** Memory of the whole sandbox (heap, Buffers, native, its tmpfs pages, kernel memory). */
+  memoryLimitMb: number;
+  /** Processes and threads (Node alone runs about a dozen threads). */
+  maxProcesses: number;
+  /** Relative CPU share, 1–10000 (100: an equal share). */
+  cpuWeight: number;
+  /** Hard CPU cap in percent of one core; none when absent. */
+  cpuQuotaPercent?: number;
+  /** RLIMIT_NOFILE. */
+  maxOpenFiles: number;
+  /** RLIMIT_FSIZE: the largest file it may write. */
+  maxFileSizeMb: number;
+}
+
+/** What this host can cap, found once per process. */
+export interface ResourceLayer {
+  cgroups: 'v1' | 'v2' | null;
+  rlimits: boolean;
+  seccomp: boolean;
+  /** Why each missing part is missing, with the fix. */
+  reasons: string[];
+}
+
+type Controller = 'memory' | 'pids' | 'cpu' | 'cpuacct';
+
+interface CgroupRoots {
+  version: 'v1' | 'v2';
+  /** v1: one directory per controller; v2: one directory for all. */
+  dirs: Partial<Record<Controller, string>>;
+}
+
+let roots: CgroupRoots | null = null;
+let probed: ResourceLayer | null = null;
+
+/** This process's cgroup path per controller (`/proc/self/cgroup`). */
+function ownCgroups(): Map<string, string> {
+  const out = new Map<string, string>();
+  for (const line of readFileSync('/proc/self/cgroup', 'utf8').split('\n')) {
+    const m = /^\d+:([^:]*):(.*)$/.exec(line);
+    if (!m) continue;
+    const [, ctrls = '', where = '/'] = m;
+    if (ctrls === '') out.set('', where);
+    for (const c of ctrls.split(',')) if (c) out.set(c, where);
+  }
+  return out;
+}
+
+/** A directory of our own for the sandboxes' cgroups, below the supervisor's cgroup. */
+function findRoots(): CgroupRoots {
+  const own = ownCgroups();
+  const base = '/sys/fs/cgroup';
+  const ours = `fleet-${process.pid}`;
+  if (existsSync(path.join(base, 'cgroup.controllers'))) {
+    // v2: processes may not sit in a cgroup whose controllers are enabled for children, so the
+    // sandboxes get a sibling subtree under the supervisor's parent when the supervisor's own
+    // cgroup is not a delegated leaf we can split.
+    const mine = path.join(base, own.get('') ?? '/');
+    const dir = path.join(mine, ours);
+    mkdirSync(dir);
+    for (const c of ['memory', 'pids', 'cpu'])
+      try {
+        writeFileSync(path.join(mine, 'cgroup.subtree_control'), `+${c}`);
+      } catch (err) {
+        rmdirSync(dir);
+        throw new Error(
+          `cannot enable the ${c} controller below ${mine} (${errorMessage(err)}). Fix: run the supervisor in a delegated cgroup (systemd Delegate=yes, or a container with its own cgroup namespace).`,
+        );
+      }
+    writeFileSync(path.join(dir, 'cgroup.subtree_control'), '+memory +pids +cpu');
+    return { version: 'v2', dirs: { memory: dir, pids: dir, cpu: dir, cpuacct: dir } };
+  }
+  const dirs: Partial<Record<Controller, string>> = {};
+  for (const c of ['memory', 'pids', 'cpu', 'cpuacct'] as const) {
+    const mount = [path.join(base, c), path.join(base, 'cpu,cpuacct')].find((d) => existsSync(path.join(d, 'tasks')));
+    if (!mount) {
+      if (c === 'cpuacct') continue; // CPU time from cpuacct is a figure, not a limit
+      throw new Error(`the cgroup v1 ${c} controller is not mounted under ${base}. Fix: mount it, or use cgroup v2.`);
+    }
+    const dir = path.join(mount, own.get(c) ?? own.get('cpu,cpuacct') ?? '/', ours);
+    mkdirSync(dir, { recursive: true });
+    dirs[c] = dir;
+  }
+  return { version: 'v1', dirs };
+}
+
+/** Removes this process's sandbox cgroup roots (at exit; they are empty by then). */
+function removeRoots(): void {
+  for (const dir of new Set(Object.values(roots?.dirs ?? {})))
+    try {
+      rmdirSync(dir);
+    } catch {
+      // a sandbox still being killed: the OS's cgroup release cleans it up
+    }
+}
+
+/**
+ * Finds, once per process, which caps this host allows: a cgroup subtree we may write, `prlimit`
+ * (util-linux) for the rlimits, and the seccomp filter's architecture.
+ */
+export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): ResourceLayer {
+  if (setting === 'off')
+    return { cgroups: null, rlimits: false, seccomp: false, reasons: ['supervisor.resourceLimits is "off"'] };
+  if (probed) return probed;
+  const reasons: string[] = [];
+  let cgroups: ResourceLayer['cgroups'] = null;
+  if (process.platform !== 'linux')
+    reasons.push(`cgroups, rlimits and seccomp are Linux-only (this is ${process.platform})`);
+  else {
+    try {
+      roots = findRoots();
+      cgroups = roots.version;
+      process.once('exit', removeRoots);
+    } catch (err) {
+      reasons.push(
+        `cgroups: ${errorMessage(err).replace(/^EACCES.*$/, 'no write access to the cgroup tree')}. Fix: run the supervisor as root, or with a delegated cgroup subtree (systemd Delegate=yes; Docker: see README "Deploy").`,
+      );
+    }
+  }
+  let rlimits = false;
+  if (process.platform === 'linux')
+    try {
+      execFileSync('prlimit', ['--core=0', '--', 'true'], { stdio: 'ignore', timeout: 5000 });
+      rlimits = true;
+    } catch (err) {
+      reasons.push(
+        `rlimits: prlimit (util-linux) does not run here (${errorMessage(err)}). Fix: apt-get install util-linux.`,
+      );
+    }
+  const seccomp = seccompSupported();
+  if (!seccomp && process.platform === 'linux')
+    reasons.push(`seccomp: the filter is written for x86_64 (this is ${process.arch}); sandboxes run without it`);
+  probed = { cgroups, rlimits, seccomp, reasons };
+  return probed;
+}
+
+/** Usage of one sandbox's cgroup: CPU time since the last reset and the peak memory. */
+export interface CgroupUsage {
+  cpuMs: number | null;
+  peakMemoryBytes: number | null;
+}
+
+/** One sandbox's cgroup. */
+export interface SandboxCgroup {
+  /** The files a process writes its pid to, to enter the cgroup. */
+  readonly procsFiles: readonly string[];
+  /** Whether the kernel's OOM killer acted in it (the sandbox went past memoryLimitMb). */
+  oomKilled(): boolean;
+  /** CPU time and peak memory since the last `resetPeak()`. */
+  usage(): CgroupUsage;
+  resetPeak(): void;
+  /** Removes it (the sandbox has exited). */
+  remove(): void;
+}
+
+function read(file: string): string | null {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return null;
+  }
+}
+
+/** Creates the cgroup of one sandbox with the type's limits. */
+export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgroup {
+  if (!roots) throw new Error('probeResourceLimits() found no cgroup tree');
+  const { version, dirs } = roots;
+  const dirOf = (c: Controller): string | null => (dirs[c] ? path.join(dirs[c], id) : null);
+  const made = [...new Set((['memory', 'pids', 'cpu', 'cpuacct'] as const).flatMap((c) => dirOf(c) ?? []))];
+  for (const d of made) mkdirSync(d);
+  const set = (c: Controller, file: string, value: string | number): void =>
+    writeFileSync(path.join(dirOf(c) ?? '', file), String(value));
+  const bytes = r.memoryLimitMb * 1024 * 1024;
+  try {
+    if (version === 'v1') {
+      set('memory', 'memory.limit_in_bytes', bytes);
+      // Swap off: the memory+swap limit equal to the memory limit (absent without swap accounting).
+      if (existsSync(path.join(dirOf('memory') ?? '', 'memory.memsw.limit_in_bytes')))
+        set('memory', 'memory.memsw.limit_in_bytes', bytes);
+      set('memory', 'memory.swappiness', 0);
+      set('pids', 'pids.max', r.maxProcesses);
+      set('cpu', 'cpu.shares', Math.max(2, Math.round((r.cpuWeight * 1024) / 100)));
+      if (r.cpuQuotaPercent) {
+        set('cpu', 'cpu.cfs_period_us', 100_000);
+        set('cpu', 'cpu.cfs_quota_us', r.cpuQuotaPercent * 1000);
+      }
+    } else {
+      set('memory', 'memory.max', bytes);
+      set('memory', 'memory.swap.max', 0);
+      set('pids', 'pids.max', r.maxProcesses);
+      set('cpu', 'cpu.weight', r.cpuWeight);
+      if (r.cpuQuotaPercent) set('cpu', 'cpu.max', `${r.cpuQuotaPercent * 1000} 100000`);
+    }
+  } catch (err) {
+    for (const d of made) rmdirSync(d);
+    throw err;
+  }
+  const procsFiles = made.map((d) => path.join(d, 'cgroup.procs'));
+  let cpuBase = 0;
+  const cpuNs = (): number | null => {
+    if (version === 'v1') {
+      const t = read(path.join(dirOf('cpuacct') ?? '', 'cpuacct.usage'));
+      return t === null ? null : Number(t);
+    }
+    const m = /usage_usec (\d+)/.exec(read(path.join(dirOf('cpu') ?? '', 'cpu.stat')) ?? '');
+    return m?.[1] ? Number(m[1]) * 1000 : null;
+  };
+  return {
+    procsFiles,
+    oomKilled: () => {
+      const text =
+        version === 'v1'
+          ? read(path.join(dirOf('memory') ?? '', 'memory.oom_control'))
+          : read(path.join(dirOf('memory') ?? '', 'memory.events'));
+      return Number(/oom_kill (\d+)/.exec(text ?? '')?.[1] ?? 0) > 0;
+    },
+    usage: () => {
+      const ns = cpuNs();
+      const peak = read(
+        path.join(dirOf('memory') ?? '', version === 'v1' ? 'memory.max_usage_in_bytes' : 'memory.peak'),
+      );
+      return {
+        cpuMs: ns === null ? null : (ns - cpuBase) / 1e6,
+        peakMemoryBytes: peak === null ? null : Number(peak),
+      };
+    },
+    resetPeak: () => {
+      cpuBase = cpuNs() ?? 0;
+      if (version === 'v1')
+        try {
+          set('memory', 'memory.max_usage_in_bytes', 0);
+        } catch {
+          // not resettable here: the peak then covers the sandbox's life
+        }
+    },
+    remove: () => {
+      for (const d of made)
+        try {
+          rmdirSync(d);
+        } catch {
+          // still has a dying task: released by the kernel with it
+        }
+    },
+  };
+}
+
+/**
+ * The command that starts a sandbox inside its limits: a shell that moves itself into the cgroup
+ * (so nothing the sandbox starts runs outside it, not even for a moment), then `prlimit` that sets
+ * the rlimits and execs the sandbox's own command. Paths are the supervisor's own (hex ids).
+ */
+export function limitedCommand(
+  command: string,
+  args: readonly string[],
+  r: SandboxResources,
+  options: { cgroup: SandboxCgroup | null; rlimits: boolean; dropToUid: number | null },
+): { command: string; args: string[] } {
+  // After entering the cgroup (which takes the supervisor's rights), the uid drops (util-linux
+  // setpriv), then the rlimits are lowered (which any uid may do), then the sandbox starts.
+  const chain = [
+    ...(options.dropToUid !== null
+      ? ['setpriv', `--reuid=${options.dropToUid}`, `--regid=${options.dropToUid}`, '--clear-groups', '--']
+      : []),
+    ...(options.rlimits
+      ? ['prlimit', '--core=0', `--nofile=${r.maxOpenFiles}`, `--fsize=${r.maxFileSizeMb * 1024 * 1024}`, '--']
+      : []),
+    command,
+    ...args,
+  ];
+  if (!options.cgroup) return { command: chain[0] ?? command, args: chain.slice(1) };
+  const enter = options.cgroup.procsFiles.map((f) => `echo $$ > ${f}`).join(' && ');
+  return { command: '/bin/sh', args: ['-c', `${enter} && exec "$@"`, 'sandbox', ...chain] };
+}
