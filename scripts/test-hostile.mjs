@@ -12,6 +12,7 @@ const args = [
   'run',
   'test/hostile.test.ts',
   'test/boundary.test.ts',
+  'test/resource-limits.test.ts',
   ...(json ? ['--reporter=json', `--outputFile=${out}`, '--silent'] : []),
 ];
 const r = spawnSync('npx', args, { stdio: json ? ['ignore', 'ignore', 'inherit'] : 'inherit' });

@@ -512,7 +512,7 @@ export async function startProcessHost(
 
 let filterFile: string | null = null;
 /** The seccomp filter, written once per process to a file of its own (mode 0400). */
-function seccompFile(): string {
+export function seccompFile(): string {
   if (filterFile) return filterFile;
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-seccomp-'));
   const file = path.join(dir, 'filter.bpf');

@@ -1,0 +1,273 @@
+/**
+ * Resource isolation from the kernel (part of `npm test` and `npm run test:hostile`): a sandbox
+ * cannot take more memory, processes, inodes or descriptors than its type allows, and cannot make
+ * the denied system calls even from native code. Under a real supervisor, with the OS layer on
+ * (when this machine has it) and off; each test asserts the refusal's code, that the supervisor
+ * still runs, and that another type's job still completes. The native half runs a small C program
+ * (compiled here with `cc`) under the exact bubblewrap command line, cgroup, rlimits and seccomp
+ * filter a sandbox gets, in place of Node, and the same program without them as the control.
+ */
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { FleetConfig } from '../src/config/resolve.js';
+import { FleetEventBus } from '../src/events.js';
+import { FleetMetrics } from '../src/observability/metrics.js';
+import type { Producer } from '../src/producers/producer.js';
+import { createSandboxCgroup, limitedCommand, probeResourceLimits } from '../src/workers/resource-limits.js';
+import { probeOsLayer, processSandboxCommand } from '../src/workers/sandbox-boundary.js';
+import { SANDBOX_ENTRY, seccompFile } from '../src/workers/sandbox-host.js';
+import { deniedSyscalls } from '../src/workers/seccomp-filter.js';
+import type { Supervisor } from '../src/workers/supervisor.js';
+import {
+  FIXTURES,
+  fixtureType,
+  guardAgainstLeaks,
+  makeProducer,
+  startSupervisor,
+  testConfig,
+  waitForJob,
+} from './helpers/fleet.js';
+import { useTestRedis } from './helpers/redis.js';
+
+const redis = useTestRedis();
+guardAgainstLeaks('file');
+
+const osLayer = await probeOsLayer('auto');
+const layer = probeResourceLimits('auto');
+if (!layer.cgroups || !layer.rlimits)
+  console.warn(`SKIPPING the kernel-limit half of the resource suite: ${layer.reasons.join('; ')}`);
+if (!osLayer.available) console.warn(`SKIPPING the OS-layer runs of the resource suite: ${osLayer.reason}`);
+const CC = spawnSync('cc', ['--version']).status === 0;
+if (!CC) console.warn('SKIPPING the native-code attacks: no C compiler (`cc`). Fix: apt-get install gcc.');
+
+const modes = [
+  ['OS layer on', 'auto'],
+  ['OS layer off', 'off'],
+] as const;
+
+describe.each(modes)('a sandbox past its kernel limits, %s', (mode, setting) => {
+  const skip = !layer.cgroups || !layer.rlimits || (setting === 'auto' && !osLayer.available);
+  let config: FleetConfig;
+  let sup: Supervisor;
+  let producer: Producer;
+  const events = new FleetEventBus();
+  const metrics = new FleetMetrics({ defaultMetrics: false });
+  metrics.attach(events);
+
+  beforeAll(async () => {
+    if (skip) return;
+    config = testConfig(
+      redis.url,
+      [
+        fixtureType('greedy', 'hostile/appetite.mjs', {
+          sandbox: 'process',
+          isolation: 'job',
+          attempts: 1,
+          timeoutMs: 30_000,
+          maxOldGenerationSizeMb: 64,
+          memoryLimitMb: 192,
+          maxOpenFiles: 128,
+          tmpSizeMb: 8,
+        }),
+        fixtureType('bystander', 'ok.mjs', { sandbox: 'process', isolation: 'pool' }),
+      ],
+      {
+        supervisor: {
+          metricsPort: 0,
+          heartbeatMs: 500,
+          shutdownDeadlineMs: 2000,
+          osLayer: setting,
+          // Without the OS layer no seccomp filter can be loaded: "required" refuses (tested below).
+          resourceLimits: setting === 'auto' ? 'required' : 'auto',
+        },
+      },
+    );
+    sup = await startSupervisor({ config, events });
+    producer = makeProducer(config);
+  });
+
+  const run = async (data: Record<string, unknown>) =>
+    waitForJob(producer, (await producer.enqueue('greedy', data)).id, 60_000);
+  const fleetStillServes = async (): Promise<void> => {
+    expect(sup.state).toBe('running');
+    const other = await waitForJob(producer, (await producer.enqueue('bystander', { ok: 1 })).id);
+    expect(other.state).toBe('completed');
+  };
+
+  it.skipIf(skip)('runs behind its cgroup and rlimits (and the seccomp filter with the OS layer)', async () => {
+    const layers = sup.status().types.find((t) => t.jobType === 'greedy')?.layers ?? [];
+    expect(layers).toEqual(expect.arrayContaining(['cgroup', 'rlimits']));
+    if (setting === 'auto') expect(layers).toContain('seccomp');
+    else {
+      expect(layers).not.toContain('seccomp');
+      // A limit that cannot be had stops a supervisor that requires them all, naming it.
+      const strict = testConfig(redis.url, [fixtureType('greedy', 'hostile/appetite.mjs', { sandbox: 'process' })], {
+        supervisor: { metricsPort: 0, osLayer: 'off', resourceLimits: 'required' },
+      });
+      await expect(startSupervisor({ config: strict })).rejects.toThrow(
+        /supervisor.resourceLimits is "required" but not every limit can be had here: seccomp: the filter is loaded by bubblewrap, and the OS layer is unavailable/,
+      );
+    }
+  });
+
+  it.skipIf(skip)(
+    'allocating 1 GB of Buffers (off the 64 MB heap) past memoryLimitMb=192: MEMORY_LIMIT, counted; the supervisor carries on',
+    async () => {
+      const before = process.memoryUsage().rss;
+      const job = await run({ what: 'buffers', mb: 1024 });
+      expect(job.error?.code).toBe('MEMORY_LIMIT');
+      expect(job.error?.message).toMatch(/memoryLimitMb=192/);
+      expect(process.memoryUsage().rss - before).toBeLessThan(100 * 1024 * 1024);
+      expect(await metrics.registry.getSingleMetricAsString('fleet_jobs_total')).toContain(
+        'fleet_jobs_total{job_type="greedy",outcome="oom"} 1',
+      );
+      await fleetStillServes();
+    },
+  );
+
+  it.skipIf(skip)('opening descriptors stops at maxOpenFiles (EMFILE)', async () => {
+    const job = await run({ what: 'fds' });
+    expect(job.state).toBe('completed');
+    const r = job.result as { open: number; err: string };
+    expect(r.err).toBe('EMFILE');
+    expect(r.open).toBeLessThanOrEqual(128);
+    await fleetStillServes();
+  });
+
+  it.skipIf(skip || setting !== 'auto')(
+    '300,000 empty files in its /tmp: the inodes are kernel memory charged to its cgroup (MEMORY_LIMIT), not the host',
+    async () => {
+      const job = await run({ what: 'inodes', n: 300_000 });
+      expect(job.error?.code, JSON.stringify(job.result)).toBe('MEMORY_LIMIT');
+      await fleetStillServes();
+    },
+  );
+
+  it.skipIf(skip)("reports the cgroup's CPU time and peak memory to the job metrics", async () => {
+    const job = await run({ what: 'buffers', mb: 32 });
+    expect(job.state).toBe('completed');
+    const peak = await metrics.registry.getSingleMetricAsString('fleet_job_peak_memory_bytes');
+    expect(peak).toMatch(/fleet_job_peak_memory_bytes_count\{job_type="greedy"\} [1-9]/);
+    expect(mode).toBeTruthy();
+  });
+});
+
+describe.skipIf(!CC || !layer.cgroups || !layer.rlimits || !osLayer.available || !layer.seccomp)(
+  'native code in place of Node, under the exact command line, cgroup, rlimits and filter of a sandbox',
+  () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'fleet-native-'));
+    const binary = path.join(dir, 'limits');
+
+    beforeAll(() => {
+      execFileSync('cc', ['-O1', '-o', binary, path.join(FIXTURES, 'native', 'limits.c')]);
+    });
+
+    interface Outcome {
+      calls: Record<string, { ret: number; errno: number }>;
+      calls2: Record<string, { ret: number; errno: number }>;
+      rlimitCore: number;
+      rlimitNofile: number;
+      forked: number;
+      forkErrno: number;
+      raiseCore: number;
+      abortSignal: number;
+      coreDumped: number;
+    }
+
+    /** Runs the program as a sandbox's Node would be run (`limited`) or plainly (the control). */
+    async function runNative(limited: boolean): Promise<Outcome> {
+      const tmp = mkdtempSync(path.join(tmpdir(), 'fleet-native-tmp-'));
+      let command = binary;
+      let args: string[] = [];
+      let cgroup = null;
+      let fd: number | null = null;
+      if (limited) {
+        fd = openSync(seccompFile(), 'r');
+        const cmd = processSandboxCommand({
+          entry: SANDBOX_ENTRY,
+          processorPath: path.join(FIXTURES, 'ok.mjs'),
+          readPaths: [dir],
+          tmpDir: tmp,
+          tmpSizeMb: 8,
+          maxOldGenerationSizeMb: 64,
+          egress: 'none',
+          egressSocket: null,
+          proxyUrl: null,
+          osLayer,
+          forbiddenPaths: [],
+          seccompFd: 4,
+        });
+        // Everything bubblewrap gets, up to `--`; then the program in place of `node …`.
+        const bwrapArgs = [...cmd.args.slice(0, cmd.args.indexOf('--') + 1), binary];
+        cgroup = createSandboxCgroup(`native-${process.pid}-${Date.now()}`, {
+          memoryLimitMb: 256,
+          maxProcesses: 32,
+          cpuWeight: 100,
+          maxOpenFiles: 128,
+          maxFileSizeMb: 8,
+        });
+        ({ command, args } = limitedCommand(
+          cmd.command,
+          bwrapArgs,
+          { memoryLimitMb: 256, maxProcesses: 32, cpuWeight: 100, maxOpenFiles: 128, maxFileSizeMb: 8 },
+          { cgroup, rlimits: true, dropToUid: null },
+        ));
+      }
+      const child = spawn(command, args, {
+        stdio: ['ignore', 'pipe', 'inherit', 'ignore', ...(fd !== null ? [fd] : [])],
+        env: { TMPDIR: limited ? '/tmp' : tmp },
+        cwd: tmp,
+      });
+      if (fd !== null) closeSync(fd);
+      let out = '';
+      child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
+      cgroup?.remove();
+      expect(code, out).toBe(0);
+      if (limited)
+        expect(
+          readdirSync(tmp).filter((f) => f.startsWith('core')),
+          'a core file was written',
+        ).toEqual([]);
+      return JSON.parse(out) as Outcome;
+    }
+
+    it('each denied system call fails with EPERM (clone3 ENOSYS), where the same program without the filter gets through or fails otherwise', async () => {
+      const control = await runNative(false);
+      const limited = await runNative(true);
+      const all = { ...limited.calls, ...limited.calls2 };
+      const controlAll = { ...control.calls, ...control.calls2 };
+      for (const [name, r] of Object.entries(all)) {
+        expect(r.ret, name).toBe(-1);
+        expect(r.errno, name).toBe(name === 'clone3' ? 38 : 1);
+      }
+      // The filter, not the kernel's own rules, refused them: without it most go through or fail
+      // with another errno (EFAULT, EINVAL, EAFNOSUPPORT, …).
+      const differs = Object.keys(all).filter(
+        (n) => controlAll[n]?.ret !== -1 || controlAll[n]?.errno !== all[n]?.errno,
+      );
+      expect(differs.length).toBeGreaterThanOrEqual(Object.keys(all).length - 4);
+      for (const n of ['unshare', 'ptrace', 'personality', 'process_vm_readv', 'clone_newuser'])
+        expect(controlAll[n]?.ret, `${n} without the filter`).not.toBe(-1);
+      // Every call the filter's spec names was tried (those a C library exposes).
+      expect(deniedSyscalls().length).toBeGreaterThan(40);
+    });
+
+    it('a fork bomb stops at pids.max; no core is dumped, and RLIMIT_CORE cannot be raised back', async () => {
+      const control = await runNative(false);
+      const limited = await runNative(true);
+      expect(control.forked).toBe(4096);
+      expect(limited.forked).toBeLessThan(32);
+      expect(limited.forkErrno).toBe(11); // EAGAIN: the cgroup's pids.max
+      expect(limited.rlimitCore).toBe(0);
+      expect(limited.rlimitNofile).toBe(128);
+      expect(limited.raiseCore).toBe(1); // EPERM: a hard limit of 0 is not raised without privilege
+      expect(limited.abortSignal).toBe(6);
+      expect(limited.coreDumped).toBe(0);
+      expect(existsSync(binary)).toBe(true);
+    });
+  },
+);
