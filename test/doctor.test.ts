@@ -116,4 +116,19 @@ describe('fleet doctor', () => {
     });
     expect(forged.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL' });
   });
+
+  it('fails a critical type whose supervisors run its sandboxes without memory and process limits (production)', async () => {
+    const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
+    const off = testConfig(redis.url, types, {
+      supervisor: { metricsPort: 0, heartbeatMs: 200, resourceLimits: 'off' },
+    });
+    await startSupervisor({ config: off });
+    await new Promise((r) => setTimeout(r, 300));
+    const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
+    expect(checks.find((c) => c.check === 'job type pay: memory and process limits')).toMatchObject({
+      status: 'FAIL',
+      detail: expect.stringContaining('runs without a cgroup (memoryLimitMb 384, maxProcesses 64 not enforced)'),
+      fix: expect.stringContaining('supervisor.resourceLimits'),
+    });
+  });
 });

@@ -264,6 +264,21 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         ),
       );
     else out.push(pass(what, `${seen[0]?.layers.join('+')} on ${seen.length} supervisor(s)`));
+    // And the kernel's caps: without a cgroup one job can take the memory and processes of every
+    // other job on the host (README "What holds").
+    if (seen.length) {
+      const uncapped = seen.filter((x) => !x.layers.includes('cgroup'));
+      const limits = `job type ${t.name}: memory and process limits`;
+      if (uncapped.length)
+        out.push(
+          (options.production ? fail : warn)(
+            limits,
+            `runs without a cgroup (memoryLimitMb ${t.memoryLimitMb}, maxProcesses ${t.maxProcesses} not enforced) on ${uncapped.map((x) => x.id).join(', ')}`,
+            'run the supervisor with a writable cgroup subtree (root, systemd Delegate=yes, or a container with its own cgroup namespace; README "Resource limits"), or set supervisor.resourceLimits: "required"',
+          ),
+        );
+      else out.push(pass(limits, `cgroup: ${t.memoryLimitMb} MB, ${t.maxProcesses} processes`));
+    }
   }
 
   if (options.access) out.push(...(await redisRoleChecks(config, options.access, options.production)));
