@@ -19,6 +19,7 @@ import { ensureEmbeddedUsers, urlWithCredential } from '../src/redis/acl.js';
 import { compiledPath } from '../src/runtime-path.js';
 import { Sandbox } from '../src/workers/sandbox.js';
 import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
+import { probeResourceLimits } from '../src/workers/resource-limits.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
@@ -31,7 +32,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
+    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
@@ -245,14 +246,20 @@ type Boundary =
   | 'process'
   | 'process+permission'
   | 'process+permission+namespaces'
-  | 'process+permission+namespaces+egress';
+  | 'process+permission+namespaces+egress'
+  | 'process+permission+namespaces+cgroup+rlimits'
+  | 'process+permission+namespaces+cgroup+rlimits+seccomp';
 const BOUNDARIES: Boundary[] = [
   'thread',
   'process',
   'process+permission',
   'process+permission+namespaces',
   'process+permission+namespaces+egress',
+  'process+permission+namespaces+cgroup+rlimits',
+  'process+permission+namespaces+cgroup+rlimits+seccomp',
 ];
+/** The kernel's caps of the layer table's sandboxes (the job type defaults for a 128 MB heap). */
+const BENCH_RESOURCES = { memoryLimitMb: 384, maxProcesses: 64, cpuWeight: 100, maxOpenFiles: 1024, maxFileSizeMb: 64 };
 
 function sandboxOptions(boundary: Boundary, osLayer: OsLayer): Parameters<typeof Sandbox.start>[0] {
   const base = { processorPath: NOOP, jobType: 'noop', maxResultBytes: 1024, maxOldGenerationSizeMb: 128 };
@@ -269,6 +276,14 @@ function sandboxOptions(boundary: Boundary, osLayer: OsLayer): Parameters<typeof
       forbiddenPaths: [],
       fleetAddresses: [],
       ...(boundary === 'process' ? { permissionModel: false } : {}),
+      ...(boundary.includes('cgroup')
+        ? {
+            resources: {
+              limits: BENCH_RESOURCES,
+              layer: { ...probeResourceLimits('auto'), seccomp: boundary.endsWith('seccomp') },
+            },
+          }
+        : {}),
     },
   };
 }
@@ -884,6 +899,35 @@ async function main(): Promise<void> {
       else say(`ratios: ${JSON.stringify(ratios)}`);
       return;
     }
+    if (args.only === 'layers') {
+      // The price of the kernel's limits per sandbox start: namespaces alone, + cgroup and rlimits,
+      // + the seccomp filter, in alternating rounds (median of 3 each), OS layer required.
+      const osLayer = await probeOsLayer('auto');
+      const kernel = probeResourceLimits('auto');
+      if (!osLayer.available || !kernel.cgroups) {
+        say(`layers: skipped (${osLayer.reason || kernel.reasons.join('; ')})`);
+        return;
+      }
+      const compared: Boundary[] = [
+        'process+permission+namespaces',
+        'process+permission+namespaces+cgroup+rlimits',
+        'process+permission+namespaces+cgroup+rlimits+seccomp',
+      ];
+      const runs = Object.fromEntries(compared.map((b) => [b, [] as number[]])) as Record<Boundary, number[]>;
+      for (let round3 = 0; round3 < 3; round3++)
+        for (const b of compared) runs[b].push(await rawSpawnRate(100, b, osLayer));
+      const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[1] ?? NaN;
+      const ms = (b: Boundary): number => 1000 / median(runs[b]);
+      const layerCostMs = {
+        cgroupAndRlimits: round(ms(compared[1] ?? 'thread') - ms(compared[0] ?? 'thread')),
+        seccomp: round(ms(compared[2] ?? 'thread') - ms(compared[1] ?? 'thread')),
+        kernelLimits: round(ms(compared[2] ?? 'thread') - ms(compared[0] ?? 'thread')),
+      };
+      say(`spawn cost of the kernel's limits (ms per sandbox, ${C} at a time, median of 3): ${JSON.stringify(layerCostMs)} (target: kernelLimits ≤ 2)`);
+      if (args.json)
+        process.stdout.write(`${JSON.stringify({ node: process.version, spawnRates: runs, layerCostMs })}\n`);
+      return;
+    }
     if (args.only === 'secrets') {
       const none = await processPoolRun(redis.url, SECRET_JOBS, 'fleet pool, process sandboxes');
       const secrets = await secretRuns(redis.url, SECRET_JOBS);
@@ -938,8 +982,9 @@ async function main(): Promise<void> {
       'fleet pool, process, no OS layer',
     );
     const spawnRates = {} as Record<Boundary, number>;
+    const kernel = probeResourceLimits('auto');
     for (const b of BOUNDARIES)
-      if (osLayer.available || !b.includes('namespaces'))
+      if ((osLayer.available || !b.includes('namespaces')) && (kernel.cgroups || !b.includes('cgroup')))
         spawnRates[b] = await rawSpawnRate(Math.min(SPAWN_JOBS, b === 'thread' ? SPAWN_JOBS : 200), b, osLayer);
     const spawnRate = spawnRates.thread;
     const job = await fleetRun(redis.url, 'job', SPAWN_JOBS);
@@ -1004,6 +1049,13 @@ async function main(): Promise<void> {
       permissionModel: round(msPer('process+permission') - msPer('process')),
       namespaces: round(msPer('process+permission+namespaces') - msPer('process+permission')),
       egressProxy: round(msPer('process+permission+namespaces+egress') - msPer('process+permission+namespaces')),
+      cgroupAndRlimits: round(msPer('process+permission+namespaces+cgroup+rlimits') - msPer('process+permission+namespaces')),
+      seccomp: round(
+        msPer('process+permission+namespaces+cgroup+rlimits+seccomp') - msPer('process+permission+namespaces+cgroup+rlimits'),
+      ),
+      kernelLimits: round(
+        msPer('process+permission+namespaces+cgroup+rlimits+seccomp') - msPer('process+permission+namespaces'),
+      ),
     };
     say(`spawn cost per layer (ms per sandbox, ${C} at a time): ${JSON.stringify(layerCostMs)}`);
     const targets = {
