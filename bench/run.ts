@@ -923,7 +923,9 @@ async function main(): Promise<void> {
         seccomp: round(ms(compared[2] ?? 'thread') - ms(compared[1] ?? 'thread')),
         kernelLimits: round(ms(compared[2] ?? 'thread') - ms(compared[0] ?? 'thread')),
       };
-      say(`spawn cost of the kernel's limits (ms per sandbox, ${C} at a time, median of 3): ${JSON.stringify(layerCostMs)} (target: kernelLimits ≤ 2)`);
+      say(
+        `spawn cost of the kernel's limits (ms per sandbox, ${C} at a time, median of 3): ${JSON.stringify(layerCostMs)} (target: kernelLimits ≤ 2)`,
+      );
       if (args.json)
         process.stdout.write(`${JSON.stringify({ node: process.version, spawnRates: runs, layerCostMs })}\n`);
       return;
@@ -1049,9 +1051,12 @@ async function main(): Promise<void> {
       permissionModel: round(msPer('process+permission') - msPer('process')),
       namespaces: round(msPer('process+permission+namespaces') - msPer('process+permission')),
       egressProxy: round(msPer('process+permission+namespaces+egress') - msPer('process+permission+namespaces')),
-      cgroupAndRlimits: round(msPer('process+permission+namespaces+cgroup+rlimits') - msPer('process+permission+namespaces')),
+      cgroupAndRlimits: round(
+        msPer('process+permission+namespaces+cgroup+rlimits') - msPer('process+permission+namespaces'),
+      ),
       seccomp: round(
-        msPer('process+permission+namespaces+cgroup+rlimits+seccomp') - msPer('process+permission+namespaces+cgroup+rlimits'),
+        msPer('process+permission+namespaces+cgroup+rlimits+seccomp') -
+          msPer('process+permission+namespaces+cgroup+rlimits'),
       ),
       kernelLimits: round(
         msPer('process+permission+namespaces+cgroup+rlimits+seccomp') - msPer('process+permission+namespaces'),
