@@ -8,7 +8,7 @@
  * filter a sandbox gets, in place of Node, and the same program without them as the control.
  */
 import { execFileSync, spawn, spawnSync } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readdirSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
@@ -225,7 +225,7 @@ describe.skipIf(!CC || !layer.cgroups || !layer.rlimits || !osLayer.available ||
       let out = '';
       child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
       const code = await new Promise<number | null>((resolve) => child.once('exit', (c) => resolve(c)));
-      cgroup?.remove();
+      await cgroup?.remove();
       expect(code, out).toBe(0);
       if (limited)
         expect(
@@ -269,5 +269,93 @@ describe.skipIf(!CC || !layer.cgroups || !layer.rlimits || !osLayer.available ||
       expect(limited.coreDumped).toBe(0);
       expect(existsSync(binary)).toBe(true);
     });
+  },
+);
+
+/** Kernel TCP memory in use on this host (`/proc/net/sockstat`, pages). */
+function tcpMemBytes(): number {
+  const m = /TCP: .* mem (\d+)/.exec(readFileSync('/proc/net/sockstat', 'utf8'));
+  return Number(m?.[1] ?? 0) * 4096;
+}
+
+/** This process's memory-cgroup directory of sandbox cgroups (cgroup v1). */
+function sandboxCgroupRoot(): string {
+  const line = readFileSync('/proc/self/cgroup', 'utf8')
+    .split('\n')
+    .find((l) => /^\d+:memory:/.test(l));
+  return path.join('/sys/fs/cgroup/memory', line?.split(':')[2] ?? '/', `fleet-${process.pid}`);
+}
+
+describe.skipIf(layer.cgroups !== 'v1' || !osLayer.available || !layer.seccomp)(
+  "what an attacker's review found in the kernel limits (OS layer on)",
+  () => {
+    let producer: Producer;
+    let sup: Supervisor;
+    beforeAll(async () => {
+      const config = testConfig(
+        redis.url,
+        [
+          fixtureType('spoof', 'hostile/spoof-oom.mjs', { sandbox: 'process', isolation: 'job', attempts: 1 }),
+          fixtureType('linger', 'hostile/linger.mjs', {
+            sandbox: 'process',
+            isolation: 'job',
+            attempts: 1,
+            maxOldGenerationSizeMb: 64,
+            memoryLimitMb: 192,
+            timeoutMs: 1500,
+            abortGraceMs: 100,
+            concurrency: 4,
+          }),
+          fixtureType('tcphog', 'hostile/tcp-hog.mjs', {
+            sandbox: 'process',
+            isolation: 'pool',
+            attempts: 1,
+            egress: 'any',
+            maxOldGenerationSizeMb: 64,
+            memoryLimitMb: 128,
+            timeoutMs: 40_000,
+            concurrency: 1,
+          }),
+          fixtureType('bystander', 'ok.mjs', { sandbox: 'process', isolation: 'pool' }),
+        ],
+        { supervisor: { metricsPort: 0, heartbeatMs: 500, shutdownDeadlineMs: 2000, resourceLimits: 'required' } },
+      );
+      sup = await startSupervisor({ config });
+      producer = makeProducer(config);
+    });
+
+    it('a heap-limit line a processor writes to its own stderr does not make its exit a MEMORY_LIMIT', async () => {
+      const job = await waitForJob(producer, (await producer.enqueue('spoof', {})).id, 20_000);
+      expect(job.error?.code).toBe('SANDBOX_CRASHED');
+    });
+
+    it('loopback TCP buffers in its own network namespace are charged to its cgroup (v1 kmem.tcp), not parked outside it', async () => {
+      const before = tcpMemBytes();
+      const job = await waitForJob(producer, (await producer.enqueue('tcphog', { connections: 120 })).id, 50_000);
+      const parked = tcpMemBytes() - before;
+      expect(job.state, JSON.stringify(job.error)).not.toBe('active');
+      // Without the TCP limit the same processor parked ~480 MB here; with it, at most its cap.
+      expect(parked).toBeLessThan(160 * 1024 * 1024);
+      expect((await waitForJob(producer, (await producer.enqueue('bystander', { ok: 1 })).id)).state).toBe('completed');
+      expect(sup.state).toBe('running');
+    }, 60_000);
+
+    it('no sandbox cgroup outlives its sandbox: killed at the timeout, each is emptied and removed', async () => {
+      const ids = await Promise.all(
+        Array.from({ length: 4 }, async () => (await producer.enqueue('linger', { mb: 120 })).id),
+      );
+      for (const id of ids) expect((await waitForJob(producer, id, 30_000)).error?.code).toBe('TIMEOUT');
+      // Every cgroup left belongs to a live sandbox (a warm spare has one): none is empty.
+      await expect
+        .poll(
+          () =>
+            readdirSync(sandboxCgroupRoot(), { withFileTypes: true })
+              .filter((d) => d.isDirectory())
+              .filter((d) => readFileSync(path.join(sandboxCgroupRoot(), d.name, 'cgroup.procs'), 'utf8').trim() === '')
+              .length,
+          { timeout: 10_000, interval: 100 },
+        )
+        .toBe(0);
+    }, 60_000);
   },
 );

@@ -9,9 +9,9 @@
  * supervisor's own cgroup is the parent, so an outer limit (a container's) still applies.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { errorMessage } from '../errors.js';
+import { errnoCode, errorMessage } from '../errors.js';
 import { seccompSupported } from './seccomp-filter.js';
 
 /** The limits of one job type's sandboxes. */
@@ -101,13 +101,24 @@ function findRoots(): CgroupRoots {
   return { version: 'v1', dirs };
 }
 
-/** Removes this process's sandbox cgroup roots (at exit; they are empty by then). */
+/**
+ * Removes this process's sandbox cgroup roots at exit (synchronously: nothing can wait then). A
+ * sandbox cgroup still there is removed if empty; one that is not is left for the next supervisor
+ * on this host, which removes the cgroups of supervisors that are gone.
+ */
 function removeRoots(): void {
   for (const dir of new Set(Object.values(roots?.dirs ?? {})))
     try {
+      for (const child of readdirSync(dir, { withFileTypes: true }))
+        if (child.isDirectory())
+          try {
+            rmdirSync(path.join(dir, child.name));
+          } catch {
+            // still has a task
+          }
       rmdirSync(dir);
     } catch {
-      // a sandbox still being killed: the OS's cgroup release cleans it up
+      // left for the next supervisor's clean-up of stale cgroups
     }
 }
 
@@ -127,6 +138,7 @@ export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): Resou
     try {
       roots = findRoots();
       cgroups = roots.version;
+      removeStale(Object.values(roots.dirs));
       process.once('exit', removeRoots);
     } catch (err) {
       reasons.push(
@@ -166,8 +178,11 @@ export interface SandboxCgroup {
   /** CPU time and peak memory since the last `resetPeak()`. */
   usage(): CgroupUsage;
   resetPeak(): void;
-  /** Removes it (the sandbox has exited). */
-  remove(): void;
+  /**
+   * Kills whatever still runs in it (a sandbox's processes die with its PID namespace, but not in
+   * the same instant as bubblewrap), waits until it is empty, and removes it. Never throws.
+   */
+  remove(): Promise<void>;
 }
 
 function read(file: string): string | null {
@@ -195,6 +210,10 @@ export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgr
       if (existsSync(path.join(dirOf('memory') ?? '', 'memory.memsw.limit_in_bytes')))
         set('memory', 'memory.memsw.limit_in_bytes', bytes);
       set('memory', 'memory.swappiness', 0);
+      // cgroup v1 charges TCP buffers to a cgroup only once its TCP limit is set (v2 always does):
+      // without it a sandbox parks hundreds of MB in loopback sockets of its own network namespace.
+      if (existsSync(path.join(dirOf('memory') ?? '', 'memory.kmem.tcp.limit_in_bytes')))
+        set('memory', 'memory.kmem.tcp.limit_in_bytes', bytes);
       set('pids', 'pids.max', r.maxProcesses);
       set('cpu', 'cpu.shares', Math.max(2, Math.round((r.cpuWeight * 1024) / 100)));
       if (r.cpuQuotaPercent) {
@@ -250,15 +269,76 @@ export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgr
           // not resettable here: the peak then covers the sandbox's life
         }
     },
-    remove: () => {
-      for (const d of made)
-        try {
-          rmdirSync(d);
-        } catch {
-          // still has a dying task: released by the kernel with it
-        }
+    remove: async () => {
+      await emptyAndRemove(made);
     },
   };
+}
+
+/** The pids in a cgroup directory (empty when it is gone). */
+function pidsIn(dir: string): number[] {
+  return (read(path.join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
+}
+
+/** SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them. */
+async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
+  for (let attempt = 0; attempt < 250; attempt++) {
+    let left = 0;
+    for (const d of dirs) {
+      if (!existsSync(d)) continue;
+      for (const pid of pidsIn(d))
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // already gone
+        }
+      try {
+        rmdirSync(d);
+      } catch {
+        left++;
+      }
+    }
+    if (!left) return;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/**
+ * The sandbox cgroups of supervisors that are gone (SIGKILL, a crash): their `fleet-<pid>`
+ * directories, emptied and removed, so nothing accumulates in the host's cgroup tree.
+ */
+function removeStale(dirs: readonly string[]): void {
+  for (const dir of dirs) {
+    const parent = path.dirname(dir);
+    let names: string[];
+    try {
+      names = readdirSync(parent);
+    } catch {
+      continue;
+    }
+    for (const name of names) {
+      const pid = Number(/^fleet-(\d+)$/.exec(name)?.[1] ?? NaN);
+      if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
+      const stale = path.join(parent, name);
+      try {
+        for (const child of readdirSync(stale, { withFileTypes: true }))
+          if (child.isDirectory() && pidsIn(path.join(stale, child.name)).length === 0)
+            rmdirSync(path.join(stale, child.name));
+        rmdirSync(stale);
+      } catch {
+        // something still runs there: left alone
+      }
+    }
+  }
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return errnoCode(err) === 'EPERM';
+  }
 }
 
 /**

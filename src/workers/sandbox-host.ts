@@ -277,7 +277,7 @@ export async function startProcessHost(
       } catch {
         // Left for the OS's temp cleaning: nothing in it outlives the sandbox's use.
       }
-      cgroup?.remove();
+      await cgroup?.remove();
     })());
   const inject = options.inject;
   const os = options.osLayer.available;
@@ -438,13 +438,18 @@ export async function startProcessHost(
       void cleanup();
       if (dead || killed) return;
       dead = true;
+      // The kernel's word (the cgroup's OOM kill) first; the heap message is the sandbox's own
+      // stderr, which it controls, so it counts only with the abort V8 ends a heap overrun with.
       if (cgroup?.oomKilled()) {
         onDeath(
           new MemoryLimitError(
             `the sandbox went past its memory limit (memoryLimitMb=${resources?.limits.memoryLimitMb}: heap, Buffers and /tmp together) and the kernel ended it`,
           ),
         );
-      } else if (/heap limit|out of memory|Allocation failed/i.test(stderr)) {
+      } else if (
+        (signal === 'SIGABRT' || signal === 'SIGTRAP' || code === 134) &&
+        /heap limit|out of memory|Allocation failed/i.test(stderr)
+      ) {
         onDeath(
           new MemoryLimitError(
             `job exceeded its memory limit (maxOldGenerationSizeMb=${maxOldGenerationSizeMb}) and its sandbox was terminated`,
