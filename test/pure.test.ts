@@ -31,6 +31,7 @@ import { SecretMask } from '../src/workers/secret-mask.js';
 import { ChannelError, encodeFrame, FrameDecoder } from '../src/workers/channel.js';
 import { parseFromSandbox } from '../src/workers/protocol-schema.js';
 import { errorFromSandbox } from '../src/workers/sandbox.js';
+import { deniedSyscalls, seccompProgram } from '../src/workers/seccomp-filter.js';
 import { ESLint } from 'eslint';
 
 describe('pure modules', () => {
@@ -337,5 +338,65 @@ describe('the sandbox channel (frames) and the protocol schema', () => {
     expect(
       errorFromSandbox({ name: 'SecretScopeError', code: 'SECRET_SCOPE', message: 'no', retryable: false }).code,
     ).toBe('SECRET_SCOPE');
+  });
+});
+
+describe('the seccomp filter (run by a small classic-BPF interpreter, no kernel needed)', () => {
+  /** Runs the program against one system call: returns the action word. */
+  function run(prog: Buffer, call: { nr: number; arch?: number; args?: number[] }): number {
+    const data = Buffer.alloc(64);
+    data.writeUInt32LE(call.nr >>> 0, 0);
+    data.writeUInt32LE((call.arch ?? 0xc000003e) >>> 0, 4);
+    (call.args ?? []).forEach((a, i) => data.writeUInt32LE(a >>> 0, 16 + 8 * i));
+    let acc = 0;
+    for (let pc = 0; pc < prog.length / 8;) {
+      const code = prog.readUInt16LE(pc * 8);
+      const jt = prog.readUInt8(pc * 8 + 2);
+      const jf = prog.readUInt8(pc * 8 + 3);
+      const k = prog.readUInt32LE(pc * 8 + 4);
+      if (code === 0x20) acc = data.readUInt32LE(k);
+      else if (code === 0x06) return k;
+      else if (code === 0x15) pc += acc === k ? jt : jf;
+      else if (code === 0x35) pc += acc >= k ? jt : jf;
+      else if (code === 0x45) pc += (acc & k) !== 0 ? jt : jf;
+      else throw new Error(`unexpected BPF code ${code}`);
+      pc++;
+    }
+    throw new Error('fell off the end of the program');
+  }
+  const ALLOW = 0x7fff0000;
+  const EPERM = 0x00050001;
+  const prog = seccompProgram();
+
+  it('denies each listed call with EPERM, clone3 with ENOSYS, and allows the everyday ones', () => {
+    for (const d of deniedSyscalls().filter((x) => /^[a-z_0-9]+$/.test(x.name) && x.name !== 'clone3'))
+      expect(run(prog, { nr: d.nr }), d.name).toBe(EPERM);
+    expect(run(prog, { nr: 435 })).toBe(0x00050000 | 38);
+    for (const [name, nr] of [
+      ['read', 0],
+      ['write', 1],
+      ['openat', 257],
+      ['mmap', 9],
+      ['futex', 202],
+      ['epoll_wait', 232],
+      ['exit_group', 231],
+    ] as const)
+      expect(run(prog, { nr }), name).toBe(ALLOW);
+  });
+
+  it('reads clone flags and socket families; refuses the x32 ABI, foreign architectures and unreviewed new calls', () => {
+    expect(run(prog, { nr: 56, args: [0x11 /* SIGCHLD */] })).toBe(ALLOW);
+    expect(run(prog, { nr: 56, args: [0x10000000 | 0x11] })).toBe(EPERM); // CLONE_NEWUSER
+    expect(run(prog, { nr: 56, args: [0x3d0f00 /* pthread_create's flags */] })).toBe(ALLOW);
+    for (const family of [1, 2, 10]) expect(run(prog, { nr: 41, args: [family] }), `socket ${family}`).toBe(ALLOW);
+    for (const family of [16, 17, 40]) expect(run(prog, { nr: 41, args: [family] }), `socket ${family}`).toBe(EPERM);
+    expect(run(prog, { nr: 53, args: [1] })).toBe(ALLOW);
+    expect(run(prog, { nr: 53, args: [2] })).toBe(EPERM);
+    expect(run(prog, { nr: 0x40000000 + 101 })).toBe(EPERM);
+    expect(run(prog, { nr: 0, arch: 0x40000003 /* i386 */ })).toBe(0x80000000);
+    expect(run(prog, { nr: 467 /* open_tree_attr */ })).toBe(EPERM);
+    expect(run(prog, { nr: 457 /* statmount */ })).toBe(EPERM);
+    expect(run(prog, { nr: 452 /* fchmodat2 */ })).toBe(ALLOW);
+    expect(run(prog, { nr: 454 /* futex_wake */ })).toBe(ALLOW);
   });
 });
