@@ -33,9 +33,42 @@ export interface Frame {
   bytes: Buffer;
   /** Zero-fills the frame (it may hold secret bytes); call once it has been written. */
   wipe(): void;
+  /** Whether it holds bytes to zero (`wipe` is a no-op otherwise, and no write callback is needed). */
+  secret: boolean;
 }
 
+/**
+ * Whether a message carries bytes where the protocol puts them: a top-level field, or a field of
+ * an object in a top-level array (`run.secrets[].value`). Most messages carry none and take the
+ * fast path (no replacer, no private buffer to zero).
+ */
+function carriesBytes(msg: object): boolean {
+  for (const v of Object.values(msg)) {
+    if (isBytes(v)) return true;
+    if (Array.isArray(v))
+      for (const item of v)
+        if (typeof item === 'object' && item !== null && Object.values(item).some(isBytes)) return true;
+  }
+  return false;
+}
+
+const noWipe = (): void => undefined;
+
 export function encodeFrame(msg: object): Frame {
+  if (!carriesBytes(msg)) {
+    const json = JSON.stringify(msg);
+    const jsonBytes = Buffer.byteLength(json);
+    if (jsonBytes + HEADER_BYTES > MAX_OUTGOING_FRAME_BYTES)
+      throw new ChannelError(
+        `a message of ${jsonBytes} bytes is above the channel's ${MAX_OUTGOING_FRAME_BYTES}-byte limit`,
+      );
+    // Nothing secret in it: Node's pooled allocation is fine, and nothing needs zeroing.
+    const out = Buffer.allocUnsafe(HEADER_BYTES + jsonBytes);
+    out.writeUInt32BE(4 + jsonBytes, 0);
+    out.writeUInt32BE(jsonBytes, 4);
+    out.write(json, HEADER_BYTES, 'utf8');
+    return { bytes: out, wipe: noWipe, secret: false };
+  }
   const parts: Uint8Array[] = [];
   let attached = 0;
   const json = JSON.stringify(msg, function replacer(this: unknown, key: string, value: unknown): unknown {
@@ -63,7 +96,7 @@ export function encodeFrame(msg: object): Frame {
     out.set(p, at);
     at += p.byteLength;
   }
-  return { bytes: out, wipe: () => out.fill(0) };
+  return { bytes: out, wipe: () => out.fill(0), secret: true };
 }
 
 /**
@@ -91,9 +124,9 @@ export class FrameDecoder {
 
   push(chunk: Buffer): unknown[] {
     if (this.#broken) throw this.#broken;
-    // Copied in, and the read buffer wiped: it may hold secret bytes.
-    this.#chunks.push(Buffer.from(chunk));
-    chunk.fill(0);
+    // Chunks are held until their frames are complete, and zeroed as they are consumed (they may
+    // hold secret bytes): the caller hands them over.
+    this.#chunks.push(chunk);
     this.#buffered += chunk.length;
     const out: unknown[] = [];
     try {
@@ -133,6 +166,17 @@ export class FrameDecoder {
 
   /** The first `n` buffered bytes, removed from the buffer (the consumed chunks zeroed). */
   #take(n: number): Buffer {
+    const first = this.#chunks[0];
+    if (first && first.length >= n) {
+      // Within one chunk (the usual case): a copy of that slice, the slice zeroed.
+      const out = Buffer.allocUnsafe(n);
+      first.copy(out, 0, 0, n);
+      first.fill(0, 0, n);
+      if (first.length === n) this.#chunks.shift();
+      else this.#chunks[0] = first.subarray(n);
+      this.#buffered -= n;
+      return out;
+    }
     const out = Buffer.allocUnsafeSlow(n);
     let filled = 0;
     while (filled < n) {
@@ -161,23 +205,29 @@ function decodeBody(frame: Buffer): object {
   const bytesStart = 4 + jsonBytes;
   const bytesLength = frame.length - bytesStart;
   let parsed: unknown;
+  const text = frame.toString('utf8', 4, bytesStart);
   try {
-    parsed = JSON.parse(frame.toString('utf8', 4, bytesStart), (_key, value: unknown) => {
-      if (typeof value === 'object' && value !== null && '$bytes' in value) {
-        const ref: unknown = Reflect.get(value, '$bytes');
-        if (
-          !Array.isArray(ref) ||
-          ref.length !== 2 ||
-          !ref.every((n) => Number.isSafeInteger(n) && Number(n) >= 0) ||
-          Number(ref[0]) + Number(ref[1]) > bytesLength
-        )
-          throw new ChannelError(`a byte reference ${JSON.stringify(ref)} outside the frame's ${bytesLength} bytes`);
-        const start = bytesStart + Number(ref[0]);
-        // A copy of its own (the frame is zeroed after decoding).
-        return new Uint8Array(frame.subarray(start, start + Number(ref[1])));
-      }
-      return value;
-    });
+    parsed =
+      !bytesLength && !text.includes('"$bytes"')
+        ? JSON.parse(text)
+        : JSON.parse(text, (_key, value: unknown) => {
+            if (typeof value === 'object' && value !== null && '$bytes' in value) {
+              const ref: unknown = Reflect.get(value, '$bytes');
+              if (
+                !Array.isArray(ref) ||
+                ref.length !== 2 ||
+                !ref.every((n) => Number.isSafeInteger(n) && Number(n) >= 0) ||
+                Number(ref[0]) + Number(ref[1]) > bytesLength
+              )
+                throw new ChannelError(
+                  `a byte reference ${JSON.stringify(ref)} outside the frame's ${bytesLength} bytes`,
+                );
+              const start = bytesStart + Number(ref[0]);
+              // A copy of its own (the frame is zeroed after decoding).
+              return new Uint8Array(frame.subarray(start, start + Number(ref[1])));
+            }
+            return value;
+          });
   } catch (err) {
     if (err instanceof ChannelError) throw err;
     throw new ChannelError(`a frame that is not JSON (${err instanceof Error ? err.message : String(err)})`);

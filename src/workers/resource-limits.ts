@@ -163,6 +163,24 @@ export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): Resou
   return probed;
 }
 
+/**
+ * The CPU weight of all sandboxes together against the supervisor, from `supervisor.sandboxNice`.
+ * Inside a cgroup a nice value only orders the cgroup's own tasks: without this the sandboxes'
+ * group would weigh as much as a nice-0 task and preempt the supervisor's dispatch and lock
+ * renewal, which `sandboxNice` exists to keep ahead. Work-conserving: idle cycles still go to jobs.
+ */
+export function weighSandboxes(nice: number): void {
+  if (!roots?.dirs.cpu) return;
+  // The kernel's nice-to-weight table is 1024 / 1.25^nice.
+  const shares = Math.max(2, Math.round(1024 / 1.25 ** nice));
+  try {
+    if (roots.version === 'v1') writeFileSync(path.join(roots.dirs.cpu, 'cpu.shares'), String(shares));
+    else writeFileSync(path.join(roots.dirs.cpu, 'cpu.weight'), String(Math.max(1, Math.round((shares * 100) / 1024))));
+  } catch {
+    // not writable: sandboxes then weigh as one nice-0 task
+  }
+}
+
 /** Usage of one sandbox's cgroup: CPU time since the last reset and the peak memory. */
 export interface CgroupUsage {
   cpuMs: number | null;

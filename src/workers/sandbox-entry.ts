@@ -44,7 +44,8 @@ const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
   }
   if (!channel || channel.destroyed) return;
   const frame = encodeFrame(msg);
-  channel.write(frame.bytes, () => frame.wipe());
+  if (frame.secret) channel.write(frame.bytes, () => frame.wipe());
+  else channel.write(frame.bytes);
 };
 /*
  * What arrives here (workerData, thread messages and frames) comes only from the supervisor, which

@@ -472,6 +472,11 @@ export async function startProcessHost(
         return;
       }
       const frame = encodeFrame(msg);
+      if (!frame.secret) {
+        channel.write(frame.bytes);
+        sent?.();
+        return;
+      }
       channel.write(frame.bytes, () => {
         frame.wipe();
         sent?.();

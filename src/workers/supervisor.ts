@@ -23,7 +23,7 @@ import { queueDepths, type SupervisorStatus } from './supervisor-status.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
 import { probeOsLayer } from './sandbox-boundary.js';
-import { probeResourceLimits, type ResourceLayer } from './resource-limits.js';
+import { probeResourceLimits, weighSandboxes, type ResourceLayer } from './resource-limits.js';
 import { fleetServiceAddresses } from './fleet-addresses.js';
 
 export interface SupervisorOptions {
@@ -277,6 +277,7 @@ export class Supervisor {
     const sv = this.#config.supervisor;
     const layer = probeResourceLimits(sv.resourceLimits);
     if (!processTypes.length || sv.resourceLimits === 'off') return layer;
+    weighSandboxes(sv.sandboxNice);
     const missing = [
       ...layer.reasons,
       ...(layer.seccomp && !namespaces
