@@ -146,6 +146,19 @@ describe.each(modes)('a sandbox past its kernel limits, %s', (mode, setting) => 
     },
   );
 
+  it.skipIf(skip)(
+    'one sandbox hitting every limit at once (descriptors, files, memory) ends alone; jobs of another type complete meanwhile',
+    async () => {
+      const greedy = producer.enqueue('greedy', { what: 'everything' });
+      const others = await Promise.all(Array.from({ length: 5 }, () => producer.enqueue('bystander', { ok: 1 })));
+      const job = await waitForJob(producer, (await greedy).id, 60_000);
+      expect(job.error?.code).toBe('MEMORY_LIMIT');
+      for (const o of others) expect((await waitForJob(producer, o.id)).state).toBe('completed');
+      expect(sup.state).toBe('running');
+    },
+    90_000,
+  );
+
   it.skipIf(skip)("reports the cgroup's CPU time and peak memory to the job metrics", async () => {
     const job = await run({ what: 'buffers', mb: 32 });
     expect(job.state).toBe('completed');
