@@ -270,7 +270,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
       const before = sup.events;
       const refusals: string[] = [];
       const off = before.on('egress:refused', (r) => refusals.push(r.reason));
-      const job = await run('hostile', { attack: 'egress-flood', count: 300 });
+      const job = await run('hostile', { attack: 'egress-flood', count: 300, cap: 16 });
       off();
       expect(job.state, JSON.stringify(job.error)).toBe('completed');
       const r = job.result as { opened: number; open: number };

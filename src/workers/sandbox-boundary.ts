@@ -65,26 +65,7 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
     // The same shape of sandbox a job gets (a fresh /proc, /dev, a size-capped tmpfs): what the
     // probe reports is what jobs will meet. Docker, for one, lets bubblewrap create namespaces but
     // masks paths under /proc, and the kernel then refuses a fresh procfs.
-    const args = [
-      '--unshare-all',
-      '--die-with-parent',
-      '--new-session',
-      ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
-      '--uid',
-      '65534',
-      '--gid',
-      '65534',
-      ...systemMounts(),
-      '--proc',
-      '/proc',
-      '--dev',
-      '/dev',
-      '--size',
-      String(1024 * 1024),
-      '--tmpfs',
-      SANDBOX_TMP,
-      'true',
-    ];
+    const args = [...sandboxShape(1), 'true'];
     execFile(bwrapPath, args, { timeout: 5000, env: {} }, (err, _stdout, stderr) => {
       if (!err) return resolve({ available: true, reason: '', bwrapPath });
       const said = String(stderr).trim() || err.message;
@@ -98,6 +79,35 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
     });
   });
   return probed;
+}
+
+/**
+ * The namespaces, identity and mounts every sandbox gets, the OS-layer probe's too (so what the
+ * probe reports is what jobs meet). The private /tmp comes before any bind: bubblewrap mounts in
+ * order, and a processor tree that lives under /tmp (a CI checkout) must be bound on top of it.
+ */
+function sandboxShape(tmpSizeMb: number): string[] {
+  return [
+    '--unshare-all', // user, PID, mount, IPC, UTS, cgroup and network namespaces
+    '--die-with-parent',
+    '--new-session',
+    ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
+    '--uid',
+    '65534',
+    '--gid',
+    '65534',
+    '--hostname',
+    'sandbox',
+    ...systemMounts(),
+    '--proc',
+    '/proc',
+    '--dev',
+    '/dev',
+    '--size',
+    String(tmpSizeMb * 1024 * 1024),
+    '--tmpfs',
+    SANDBOX_TMP,
+  ];
 }
 
 /** The system directories every sandbox needs read-only to start Node (its shared libraries). */
@@ -312,27 +322,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): {
   const binds: string[] = [];
   for (const r of [...roots, ...nodeRuntimePaths()]) binds.push('--ro-bind', r, r);
   const args = [
-    '--unshare-all', // user, PID, mount, IPC, UTS, cgroup and network namespaces
-    '--die-with-parent',
-    '--new-session',
-    ...(process.getuid?.() === 0 ? ['--cap-drop', 'ALL'] : []),
-    '--uid',
-    '65534',
-    '--gid',
-    '65534',
-    '--hostname',
-    'sandbox',
-    ...systemMounts(),
-    '--proc',
-    '/proc',
-    '--dev',
-    '/dev',
-    // The private /tmp first: bubblewrap mounts in order, and a processor tree that lives under
-    // /tmp (a CI checkout) must be bound on top of it, not hidden by it.
-    '--size',
-    String(spec.tmpSizeMb * 1024 * 1024),
-    '--tmpfs',
-    SANDBOX_TMP,
+    ...sandboxShape(spec.tmpSizeMb),
     ...binds,
     ...(networked && spec.egressSocket
       ? ['--dir', '/run/fleet', '--bind', spec.egressSocket, SANDBOX_EGRESS_SOCKET]

@@ -216,46 +216,26 @@ export class Supervisor {
         egress: t.egress,
       });
     }
-    // The audit trail of every refused connection, with the job that tried it.
-    this.events.on('egress:refused', (r) => {
-      this.#log.warn('egress refused', {
-        jobType: r.jobType,
-        jobId: r.jobId,
+    // Evidence: every refused connection and every sandbox killed for what it sent, with its job.
+    this.events.on('egress:refused', (r) =>
+      this.#denied('egress refused', 'egress-refused', 'egress', r, `${r.destination}: ${r.reason}`, {
         destination: r.destination,
         reason: r.reason,
-      });
-      this.#secrets?.auditEvent({
-        action: 'egress-refused',
-        outcome: 'denied',
-        secret: '-',
-        jobId: r.jobId ?? '-',
-        jobType: r.jobType,
-        workerId: this.id,
-        provider: 'egress',
-        latencyMs: 0,
-        reason: `${r.destination}: ${r.reason}`,
-      });
-    });
-    // A sandbox killed for what it sent: evidence, like an egress refusal.
-    this.events.on('sandbox:violation', (v) => {
-      this.#log.warn('sandbox killed for a violation', {
-        jobType: v.jobType,
-        jobId: v.jobId,
-        code: v.code,
-        problem: v.problem,
-      });
-      this.#secrets?.auditEvent({
-        action: 'sandbox-violation',
-        outcome: 'denied',
-        secret: '-',
-        jobId: v.jobId ?? '-',
-        jobType: v.jobType,
-        workerId: this.id,
-        provider: 'supervisor',
-        latencyMs: 0,
-        reason: `${v.code}: ${v.problem.slice(0, 500)}`,
-      });
-    });
+      }),
+    );
+    this.events.on('sandbox:violation', (v) =>
+      this.#denied(
+        'sandbox killed for a violation',
+        'sandbox-violation',
+        'supervisor',
+        v,
+        `${v.code}: ${v.problem.slice(0, 500)}`,
+        {
+          code: v.code,
+          problem: v.problem,
+        },
+      ),
+    );
     const boundary: ProcessBoundary = {
       osLayer,
       forbiddenPaths: [this.#config.dataDir],
@@ -266,6 +246,29 @@ export class Supervisor {
     if (this.#types.some((t) => [...t.secretModes.values()].includes('inject')))
       boundary.inject = await this.#injection();
     return boundary;
+  }
+
+  /** A refusal the audit trail keeps (no secret involved), logged with what it names. */
+  #denied(
+    what: string,
+    action: string,
+    provider: string,
+    e: { jobType: string; jobId: string | null },
+    reason: string,
+    fields: Record<string, unknown>,
+  ): void {
+    this.#log.warn(what, { jobType: e.jobType, jobId: e.jobId, ...fields });
+    this.#secrets?.auditEvent({
+      action,
+      outcome: 'denied',
+      secret: '-',
+      jobId: e.jobId ?? '-',
+      jobType: e.jobType,
+      workerId: this.id,
+      provider,
+      latencyMs: 0,
+      reason,
+    });
   }
 
   /**
