@@ -33,6 +33,21 @@ const TOKEN = 'sk-live-injected-0123456789abcdef';
 const redis = useTestRedis();
 guardAgainstLeaks('file');
 
+/** The body of a raw HTTP/1.1 response, taken out of its chunked framing (the proxy re-chunks). */
+function dechunk(raw: string): string {
+  let body = raw.slice(raw.indexOf('\r\n\r\n') + 4);
+  if (!/transfer-encoding: chunked/i.test(raw.slice(0, raw.indexOf('\r\n\r\n')))) return body;
+  let data = '';
+  while (body.length) {
+    const nl = body.indexOf('\r\n');
+    const n = parseInt(body.slice(0, nl), 16);
+    if (!n) break;
+    data += body.slice(nl + 2, nl + 2 + n);
+    body = body.slice(nl + 2 + n + 2);
+  }
+  return data;
+}
+
 let plainUpstream: net.Server;
 let plainPort: number;
 let server: https.Server;
@@ -122,7 +137,9 @@ describe('injecting egress proxy: response masking and handler containment', () 
 
   it('control: a plain reflection is masked', async () => {
     const r = await run({ raw: req('/echo') });
-    expect(r.text).toContain(r.ph);
+    // The masker may split the body into chunks anywhere (it holds back a value's length - 1).
+    expect(dechunk(r.text)).toContain(r.ph);
+    expect(dechunk(r.text)).not.toContain(TOKEN);
     expect(r.text).not.toContain(TOKEN);
   });
 
@@ -143,17 +160,7 @@ describe('injecting egress proxy: response masking and handler containment', () 
     // {"youSent":"Bearer <token>"} : the token starts at byte 19
     for (let at = 19; at < 19 + TOKEN.length; at += 8) {
       const r = await run({ raw: req('/range', `Range: bytes=${at}-${at + 7}\r\n`) });
-      // the proxy re-chunks the body: take the data out of the chunked framing
-      let body = r.text.slice(r.text.indexOf('\r\n\r\n') + 4);
-      let data = '';
-      while (body.length) {
-        const nl = body.indexOf('\r\n');
-        const n = parseInt(body.slice(0, nl), 16);
-        if (!n) break;
-        data += body.slice(nl + 2, nl + 2 + n);
-        body = body.slice(nl + 2 + n + 2);
-      }
-      recovered += data;
+      recovered += dechunk(r.text);
     }
     expect(recovered).not.toContain(TOKEN);
   });
