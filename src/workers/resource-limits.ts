@@ -9,7 +9,7 @@
  * supervisor's own cgroup is the parent, so an outer limit (a container's) still applies.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { errnoCode, errorMessage } from '../errors.js';
 import { seccompSupported } from './seccomp-filter.js';
@@ -338,7 +338,10 @@ function removeStale(dirs: readonly string[]): void {
       const pid = Number(/^fleet-(\d+)$/.exec(name)?.[1] ?? NaN);
       if (!Number.isInteger(pid) || pid === process.pid || alive(pid)) continue;
       const stale = path.join(parent, name);
+      // A supervisor in another PID namespace sharing this tree looks dead from here: only what
+      // has not changed for a minute is taken for stale.
       try {
+        if (Date.now() - statSync(stale).mtimeMs < 60_000) continue;
         for (const child of readdirSync(stale, { withFileTypes: true }))
           if (child.isDirectory() && pidsIn(path.join(stale, child.name)).length === 0)
             rmdirSync(path.join(stale, child.name));
