@@ -165,7 +165,7 @@ export function seccompProgram(): Buffer {
   prog.push([BPF_JGE_K, 0, newer.length + 1, FIRST_UNREVIEWED]);
   newer.forEach((nr, i) => prog.push([BPF_JEQ_K, newer.length - i, 0, nr]));
   prog.push(errno(EPERM));
-  // clone(flags, …): any namespace flag → EPERM (the accumulator is reloaded below).
+  // clone(flags, …) with a namespace flag → EPERM (the accumulator is reloaded below).
   prog.push([BPF_JEQ_K, 0, 3, CLONE]);
   prog.push([BPF_LD_W_ABS, 0, 0, offArg(0)]);
   prog.push([BPF_JSET_K, 0, 1, CLONE_NAMESPACE_FLAGS]);
