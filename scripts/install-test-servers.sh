@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the real servers the test suite talks to, caching builds outside the repo.
-#   redis-server, prometheus, bubblewrap, chromium   Debian packages
+#   redis-server, prometheus, bubblewrap, chromium, postgresql   Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
 #   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
 #   st (schemathesis, contract fuzzing of the HTTP API) in a virtualenv
@@ -26,6 +26,8 @@ command -v prometheus   >/dev/null 2>&1 || need_apt+=(prometheus)
 command -v bwrap        >/dev/null 2>&1 || need_apt+=(bubblewrap)
 # chromium: the real browser the Bull Board test drives (through playwright-core).
 command -v chromium     >/dev/null 2>&1 || need_apt+=(chromium)
+# postgresql: the database whose per-job users OpenBao's database engine creates and drops.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need_apt+=(postgresql)
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then SUDO=sudo; else SUDO=; fi
   log "apt-get install ${need_apt[*]}"
@@ -33,7 +35,7 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
 fi
 # The Debian packages start system services we do not use; tests start their own instances.
-for svc in redis-server prometheus prometheus-node-exporter; do
+for svc in redis-server prometheus prometheus-node-exporter postgresql; do
   (systemctl stop "$svc" && systemctl disable "$svc") >/dev/null 2>&1 || true
 done
 

@@ -67,6 +67,10 @@ export interface FleetEvents {
   };
   /** Secret values now held by sandboxes: +n when handed over, -n when the job ends and they are zeroed. */
   'secret:values': { delta: number };
+  /** Credentials a backend minted for running jobs (Vault dynamic secrets): +1 minted, -n at job end. */
+  'secret:dynamic': { delta: number };
+  /** Job tokens of dead supervisors revoked by a ledger sweep (their dynamic credentials with them). */
+  'secret:orphans-revoked': { count: number };
 }
 
 export type FleetEventName = keyof FleetEvents;

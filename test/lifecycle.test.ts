@@ -5,7 +5,14 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, startSupervisor, waitForJob } from './helpers/fleet.js';
+import {
+  FIXTURES,
+  guardAgainstLeaks,
+  makeProducer,
+  spawnWorker,
+  startSupervisor,
+  waitForJob,
+} from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
@@ -103,18 +110,12 @@ describe('supervisor process lifecycle', () => {
     it(`on ${signal} mid-job: drains, returns the unfinished job to wait, exits 0; nothing is lost`, async () => {
       const file = writeConfig();
       const config = await loadConfig({ path: file });
-      const child = spawn(process.execPath, [FLEET, 'start', '--role', 'worker', '--config', file], {
-        env: { ...process.env, REDIS_URL: redis.url, LOG_LEVEL: 'info' },
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
-      let out = '';
-      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-      child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+      const { child, output } = spawnWorker(file, { REDIS_URL: redis.url });
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       try {
-        for (let i = 0; i < 300 && !out.includes('"supervisor running"'); i++)
+        for (let i = 0; i < 300 && !output().includes('"supervisor running"'); i++)
           await new Promise((r) => setTimeout(r, 50));
-        expect(out).toContain('"supervisor running"');
+        expect(output()).toContain('"supervisor running"');
 
         const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
         const long = await p.enqueue('slow', { ms: 20_000 });
@@ -125,7 +126,7 @@ describe('supervisor process lifecycle', () => {
 
         child.kill(signal);
         expect(await exited).toBe(0);
-        const states = [...out.matchAll(/"state":"(\w+)"/g)].map((m) => m[1]);
+        const states = [...output().matchAll(/"state":"(\w+)"/g)].map((m) => m[1]);
         expect(states).toEqual(['starting', 'running', 'draining', 'stopped']);
 
         const back = await p.getJob(long.id);

@@ -456,6 +456,10 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   for (const h of await secretHealth(config, redis, meta)) {
     const policy = config.secrets.items[h.secret]?.rotation;
     const limit = MAX_AGE_MS[h.kind];
+    if (config.secrets.items[h.secret]?.dynamic) {
+      out.push(pass(`secret ${h.secret}: rotation policy`, 'dynamic: minted per job, destroyed at its end'));
+      continue;
+    }
     if (!policy) {
       out.push(
         fail(

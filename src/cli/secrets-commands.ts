@@ -5,7 +5,7 @@ import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
-import { listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
+import { dynamicSecrets, listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
@@ -231,6 +231,7 @@ export async function vaultSetup(
     policyPrefix: v.policyPrefix,
     approleMount: v.approleMount,
     scopes,
+    dynamic: new Map([...dynamicSecrets(config)].map(([name, d]) => [name, d.path])),
     rotated: Object.entries(config.secrets.items)
       .filter(([name, item]) => item.rotation && config.secretProviders.get(name) === 'vault')
       .map(([name]) => name),

@@ -230,6 +230,16 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       );
   }
   for (const [name, item] of Object.entries(sec.items)) {
+    if (item.dynamic && secretProviders.get(name) !== 'vault')
+      problems.push(
+        `secrets.items.${name}.dynamic needs provider "vault" (a dynamic credential is minted by Vault's secrets engines). Fix: set provider: "vault" or remove dynamic.`,
+      );
+    if (item.dynamic && item.rotation)
+      problems.push(
+        `secrets.items.${name} is dynamic and has a rotation policy: a dynamic credential is minted fresh for every job and destroyed at its end, so there is nothing to rotate. Fix: remove rotation.`,
+      );
+    if (item.dynamic && name === sec.audit.macKey)
+      problems.push(`secrets.items.${name} is the audit MAC key and may not be dynamic. Fix: keep it a stored secret.`);
     const r = item.rotation;
     if (!r) continue;
     try {

@@ -251,6 +251,31 @@ export const secretsSchema = z
             description: z.string().default(''),
             rotation: rotationSchema.optional(),
             /**
+             * Vault only: a credential the backend creates for each job and destroys when the job ends
+             * (a dynamic secret, e.g. the database engine's `database/creds/<role>`). The job's own
+             * token reads it, so the lease is the job's; the supervisor revokes the lease when the job
+             * ends, and Vault revokes it with the job token should the supervisor die.
+             */
+            dynamic: z
+              .object({
+                /** The Vault path that mints the credential, e.g. `database/creds/orders-ro`. */
+                path: z
+                  .string()
+                  .regex(
+                    /^[a-zA-Z0-9_-]+(\/[a-zA-Z0-9_.@-]+)+$/,
+                    'a Vault path such as "database/creds/orders-ro" (no leading slash, no "..")',
+                  )
+                  .refine((p) => !p.split('/').includes('..'), 'may not contain ".."'),
+                /**
+                 * What the sandbox gets: the credential's fields put into a string, `{field}` as is and
+                 * `{field:url}` percent-encoded, e.g. `postgresql://{username:url}:{password:url}@db:5432/orders`.
+                 * @defaultValue the fields as JSON (`{"username":…,"password":…}`)
+                 */
+                format: z.string().min(1).optional(),
+              })
+              .strict()
+              .optional(),
+            /**
              * Where the value may be used, for `inject`: the egress proxy swaps a job's placeholder
              * for the value only in requests to these hosts (`host`, `host:port`, `*.domain`; port
              * 443 by default), only in `header` (shaped as `format`), and in the body only with

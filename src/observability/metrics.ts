@@ -219,10 +219,22 @@ export class FleetMetrics {
     help: 'Secret values held by sandboxes right now (0 when idle).',
     registers: [this.registry],
   });
+  readonly dynamicLeasesAlive = new Gauge({
+    name: 'fleet_dynamic_leases_alive',
+    help: 'Credentials a backend minted for jobs still running (Vault dynamic secrets); each is revoked at its job end.',
+    registers: [this.registry],
+  });
+  readonly orphanedLeasesRevoked = new Counter({
+    name: 'fleet_orphaned_leases_revoked_total',
+    help: 'Job tokens (and their dynamic credentials) revoked for a supervisor that died mid-job.',
+    registers: [this.registry],
+  });
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
     if (options.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry });
     this.secretValuesAlive.set(0);
+    this.dynamicLeasesAlive.set(0);
+    this.orphanedLeasesRevoked.inc(0);
     this.auditChainOk.set(1);
     // Present from the first scrape, so an alert on its increase has a series to compare with.
     for (const op of ['enqueue', 'batch enqueue']) this.redisFull.labels(op).inc(0);
@@ -248,6 +260,8 @@ export class FleetMetrics {
         if (e.outcome === 'granted') this.secretFetch.labels(e.provider).observe(e.latencyMs / 1000);
       }),
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
+      events.on('secret:dynamic', (e) => this.dynamicLeasesAlive.inc(e.delta)),
+      events.on('secret:orphans-revoked', (e) => this.orphanedLeasesRevoked.inc(e.count)),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
       events.on('sandbox:violation', (e) => this.sandboxViolations.labels(e.jobType, e.code).inc()),
       events.on('secret:injected', (e) => this.secretInjections.labels(e.jobType, e.secret).inc()),

@@ -160,7 +160,7 @@ function rulesOf(role: RedisRole, prefix: string): string[] {
         ...keys(k.queues),
         control,
         auditAppend,
-        selector(['+hset', '+hdel', '+hgetall', '+hget', ...keys(k.supervisors)]),
+        selector(['+hset', '+hdel', '+hgetall', '+hget', ...keys(k.supervisors), ...keys(k.leases)]),
         selector([...READ_COMMANDS, ...keys(k.kms, '%R')]),
       ];
     case 'scheduler':

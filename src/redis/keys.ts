@@ -59,6 +59,11 @@ export function supervisorsKey(prefix: string): string {
   return `${prefix}:supervisors`;
 }
 
+/** Job tokens holding Vault dynamic credentials, by accessor (see secrets/lease-ledger.ts). */
+export function dynamicLeasesKey(prefix: string): string {
+  return `${prefix}:dynamic-leases`;
+}
+
 /** KMS envelopes of one secret (every stored version). */
 export function kmsSecretKey(prefix: string, name: string): string {
   return `${prefix}:kms-secret:{${name}}`;
@@ -75,13 +80,14 @@ export function kmsIndexKey(prefix: string): string {
  */
 export function keyPatterns(
   prefix: string,
-): Record<'queues' | 'rotationQueue' | 'audit' | 'rotation' | 'supervisors' | 'kms', string[]> {
+): Record<'queues' | 'rotationQueue' | 'audit' | 'rotation' | 'supervisors' | 'leases' | 'kms', string[]> {
   return {
     queues: [`${prefix}:{*}:*`],
     rotationQueue: [`${rotationQueuePrefix(prefix)}:*`],
     audit: [auditStreamKey(prefix), secretStatsKey(prefix, '*'), auditHeadsKey(prefix)],
     rotation: [rotationStateKey(prefix, '*')],
     supervisors: [supervisorsKey(prefix)],
+    leases: [dynamicLeasesKey(prefix)],
     kms: [kmsSecretKey(prefix, '*'), kmsIndexKey(prefix)],
   };
 }

@@ -49,7 +49,10 @@ export async function secretHealth(
       const allowedMs = Math.min(intervalMs ?? MAX_AGE_MS[kind], MAX_AGE_MS[kind]);
       const rotation = await readRotationState(redis, config.redis.prefix, secret);
       const m = meta.get(secret);
-      const since = rotation.lastSuccessAt ?? m?.updatedAt ?? null;
+      // A dynamic credential is minted for each job and destroyed at its end: it has no age to
+      // grow old and needs no rotation policy.
+      const dynamic = Boolean(item?.dynamic);
+      const since = dynamic ? null : (rotation.lastSuccessAt ?? m?.updatedAt ?? null);
       const ageMs = since ? Math.max(0, now - since) : null;
       const nextDueAt = since && intervalMs ? since + intervalMs : null;
       // A rotation runs when due; give it a little slack before calling it overdue.
@@ -60,7 +63,7 @@ export async function secretHealth(
         ageMs === null ? 0 : ageMs / allowedMs,
         overdue ? 1 : 0,
         rotation.lastOutcome === 'failed' ? 1 : 0,
-        policy ? 0 : 1,
+        policy || dynamic ? 0 : 1,
         deniedLast24h > 0 ? 1 : 0,
       ];
       return {
@@ -70,7 +73,7 @@ export async function secretHealth(
         version: m?.version ?? rotation.currentVersion,
         ageSeconds: ageMs === null ? null : Math.round(ageMs / 1000),
         allowedAgeSeconds: allowedMs / 1000,
-        hasPolicy: Boolean(policy),
+        hasPolicy: Boolean(policy) || dynamic,
         rotation,
         nextDueAt,
         overdue,

@@ -5,7 +5,7 @@ import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import type { AuditLog } from './audit.js';
 import type { InjectionRegistry } from './injection.js';
-import type { ProviderKind, SecretLease, SecretProvider, SecretValue } from './provider.js';
+import type { LeaseLedger, ProviderKind, SecretLease, SecretProvider, SecretValue } from './provider.js';
 
 /** The audit and metrics bucket of requests for names no config declares. */
 export const UNDECLARED_SECRET = '(undeclared)';
@@ -22,6 +22,8 @@ export class JobSecrets {
   readonly #leases = new Map<ProviderKind, Promise<SecretLease>>();
   /** Values handed to the sandbox in this job (for the values-alive gauge). */
   handed = 0;
+  /** Names whose value the backend minted for this job (counted in the dynamic-leases gauge). */
+  readonly #minted = new Set<string>();
   /** Where this job's injected values are kept, once there are any. */
   #injections: InjectionRegistry | null = null;
 
@@ -87,6 +89,10 @@ export class JobSecrets {
       // Counted the moment a value exists here; release() counts them all back down.
       this.handed += 1;
       b.valuesAlive(1);
+      if (v.leaseId && !this.#minted.has(name)) {
+        this.#minted.add(name);
+        b.dynamicLeases(1);
+      }
       b.audit({ ...base, provider, outcome: 'granted', version: v.version, latencyMs: performance.now() - started });
       return v;
     } catch (caught) {
@@ -117,6 +123,7 @@ export class JobSecrets {
         jobType: this.#type.name,
         names: this.#type.secrets.filter((n) => this.#broker.config.secretProviders.get(n) === kind),
         ttlMs: this.#type.timeoutMs,
+        ...(this.#broker.ledger ? { ledger: this.#broker.ledger } : {}),
       });
       // A failed mint is not kept: the next read tries again.
       l.catch(() => this.#leases.delete(kind));
@@ -176,17 +183,42 @@ export class JobSecrets {
     this.#injections = null;
     if (this.handed) this.#broker.valuesAlive(-this.handed);
     this.handed = 0;
-    const leases = [...this.#leases.values()];
+    const leases = [...this.#leases];
     this.#leases.clear();
+    const b = this.#broker;
     await Promise.all(
-      leases.map(async (p) => {
+      leases.map(async ([provider, p]) => {
         try {
-          await (await p).release();
+          for (const end of (await (await p).release()) ?? []) {
+            // The backend destroyed the credential (or was asked to and failed): audited with its
+            // lease id, never the credential.
+            b.auditEvent({
+              secret: end.name,
+              jobId: this.#jobId,
+              jobType: this.#type.name,
+              workerId: b.workerId,
+              action: 'revoke',
+              provider,
+              version: end.leaseId,
+              outcome: end.error ? 'error' : 'granted',
+              ...(end.error ? { reason: `SECRET_REVOKE_FAILED: ${end.error.slice(0, 300)}` } : {}),
+              latencyMs: 0,
+            });
+            if (end.error)
+              b.log.warn('revoking a dynamic credential failed; it ends with the job token (TTL)', {
+                jobId: this.#jobId,
+                secret: end.name,
+                leaseId: end.leaseId,
+                error: end.error,
+              });
+          }
         } catch (err) {
-          this.#broker.log.warn('releasing a secret lease failed', { jobId: this.#jobId, error: toError(err).message });
+          b.log.warn('releasing a secret lease failed', { jobId: this.#jobId, error: toError(err).message });
         }
       }),
     );
+    if (this.#minted.size) b.dynamicLeases(-this.#minted.size);
+    this.#minted.clear();
   }
 }
 
@@ -194,6 +226,7 @@ export class SecretBroker {
   readonly config: FleetConfig;
   readonly workerId: string;
   readonly log: Logger;
+  readonly ledger: LeaseLedger | null;
   readonly #providers: ReadonlyMap<ProviderKind, SecretProvider>;
   readonly #audit: AuditLog;
   readonly #events: FleetEventBus;
@@ -208,6 +241,8 @@ export class SecretBroker {
     events: FleetEventBus;
     workerId: string;
     logger: Logger;
+    /** Where job tokens that mint backend credentials are noted (see lease-ledger.ts). */
+    ledger?: LeaseLedger;
   }) {
     this.config = options.config;
     this.#providers = options.providers;
@@ -216,6 +251,7 @@ export class SecretBroker {
     this.#events = options.events;
     this.workerId = options.workerId;
     this.log = options.logger;
+    this.ledger = options.ledger ?? null;
   }
 
   provider(kind: ProviderKind): SecretProvider {
@@ -251,6 +287,11 @@ export class SecretBroker {
   /** The `fleet_secret_values_alive` gauge: +n when values are fetched for a job, -n when it ends. */
   valuesAlive(delta: number): void {
     this.#events.emit('secret:values', { delta });
+  }
+
+  /** The `fleet_dynamic_leases_alive` gauge: credentials minted for running jobs. */
+  dynamicLeases(delta: number): void {
+    this.#events.emit('secret:dynamic', { delta });
   }
 
   /** An audit record that is not a secret read (an egress refusal): written, not counted as an access. */

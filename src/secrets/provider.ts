@@ -8,12 +8,40 @@ export interface SecretValue {
   /** Plaintext in memory of its own (never Node's shared Buffer pool), so it can be zeroed or transferred. */
   value: Uint8Array;
   version: string;
+  /**
+   * A credential the backend minted for this job (a Vault dynamic secret): its lease id, which the
+   * backend revokes at job end. The audit records it; it is not itself a credential.
+   */
+  leaseId?: string;
+  /**
+   * Parts of the value to mask on their own as well (a dynamic credential's password inside its
+   * connection string). Owned by the lease: zero-filled when it is released.
+   */
+  maskAlso?: readonly Uint8Array[];
+}
+
+/** How a backend-minted credential ended at job end (audited as `revoke`). */
+export interface LeaseEnd {
+  name: string;
+  leaseId: string;
+  /** The error, when the backend did not confirm the revocation (the credential then ends with the job token's TTL). */
+  error?: string;
 }
 
 /** Access for one job. `release()` always runs at job end, whatever happened to the job. */
 export interface SecretLease {
   read(name: string): Promise<SecretValue>;
-  release(): Promise<void>;
+  /** Ends the job's access; reports each backend-minted credential it revoked (or failed to). */
+  release(): Promise<LeaseEnd[] | void>;
+}
+
+/**
+ * Where a supervisor notes the backend tokens that hold credentials minted for its jobs, before the
+ * first one is minted, so that another supervisor can revoke them should this one die mid-job.
+ */
+export interface LeaseLedger {
+  hold(entry: { accessor: string; jobId: string; jobType: string; expiresAt: number }): Promise<void>;
+  drop(accessor: string): Promise<void>;
 }
 
 export interface LeaseRequest {
@@ -23,6 +51,8 @@ export interface LeaseRequest {
   names: readonly string[];
   /** How long the job may run; credentials minted for it expire soon after. */
   ttlMs: number;
+  /** Where tokens that mint backend credentials are noted (the supervisor's; absent in the CLI). */
+  ledger?: LeaseLedger;
 }
 
 export interface SecretMetadata {

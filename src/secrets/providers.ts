@@ -6,6 +6,7 @@ import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
 import { requireEnv } from '../config/credentials.js';
 import type { VaultAuth, VaultProvider } from './vault-provider.js';
+import type { DynamicSecret } from './vault-dynamic.js';
 import type { KmsProvider } from './kms-provider.js';
 import type { LocalProvider } from './local-provider.js';
 
@@ -25,6 +26,13 @@ export function providerOfKind<K extends ProviderKind>(provider: SecretProvider,
 /** Provider kinds the config actually uses: by some secret, or for the audit MAC key. */
 export function usedProviders(config: FleetConfig): Set<ProviderKind> {
   return new Set([...config.secretProviders.values(), auditKeyProvider(config)]);
+}
+
+/** The secrets Vault mints per job (`secrets.items.*.dynamic`), by name. */
+export function dynamicSecrets(config: FleetConfig): Map<string, DynamicSecret> {
+  const out = new Map<string, DynamicSecret>();
+  for (const [name, item] of Object.entries(config.secrets.items)) if (item.dynamic) out.set(name, item.dynamic);
+  return out;
 }
 
 export function vaultAuthFromEnv(
@@ -82,6 +90,7 @@ export async function makeProvider(
       tokenTtlMarginMs: s.vault.tokenTtlMarginMs,
       readsPerSecret: s.vault.readsPerSecret,
       spareTokens: s.vault.spareTokens,
+      dynamic: dynamicSecrets(config),
       requestTimeoutMs: s.vault.requestTimeoutMs,
       logger: deps.logger,
     });

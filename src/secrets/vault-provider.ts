@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { SecretUnavailableError, errnoCode, fieldOf, toError, type ErrorCode } from '../errors.js';
 import { required } from '../guards.js';
 import type { Logger } from '../observability/logger.js';
+import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 /** Rotation tokens are minted through this role, each with the policy of exactly one secret. */
@@ -31,6 +32,8 @@ export interface VaultProviderOptions {
   readsPerSecret: number;
   /** Job tokens minted ahead per job type (see secrets.vault.spareTokens). @defaultValue 0 */
   spareTokens?: number;
+  /** Secrets Vault mints per job (secrets.items.*.dynamic), by name. */
+  dynamic?: ReadonlyMap<string, DynamicSecret>;
   requestTimeoutMs: number;
   logger: Logger;
 }
@@ -349,31 +352,64 @@ export class VaultProvider implements SecretProvider {
   async lease(request: LeaseRequest): Promise<SecretLease> {
     let minted = await this.#jobToken(request);
     let token: string | null = minted.token;
+    const credentials = new JobCredentials();
+    /** Accessors noted in the ledger (a token that mints a dynamic credential is noted first). */
+    const held = new Set<string>();
+    /** One read with the job token; a spare whose login died is replaced by a token minted now. */
+    const get = async <T>(path: string, name: string, note: boolean): Promise<T> => {
+      if (!token)
+        throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
+      const hold = async (): Promise<void> => {
+        if (!note || !request.ledger || held.has(minted.accessor)) return;
+        await request.ledger
+          .hold({
+            accessor: minted.accessor,
+            jobId: request.jobId,
+            jobType: request.jobType,
+            expiresAt: Date.now() + request.ttlMs + this.#o.tokenTtlMarginMs,
+          })
+          .catch((err: unknown) => {
+            throw new SecretUnavailableError(
+              'SECRET_PROVIDER_UNAVAILABLE',
+              `secret "${name}" is not minted: the job token could not be noted in Redis first (${toError(err).message}), so no other supervisor could revoke it should this one die. Fix: check the Redis connection.`,
+              { retryable: true, cause: err },
+            );
+          });
+        held.add(minted.accessor);
+      };
+      try {
+        await hold();
+        return await this.#call<T>(token, 'GET', path);
+      } catch (err) {
+        if (err instanceof SecretUnavailableError && !statusOf(err)) throw err;
+        const e = vaultError(err, 'read', name);
+        // A spare dies with the login it was minted under (its parent, the supervisor's token,
+        // revoked or expired): then drop the spares and go on with a token minted now. A job token
+        // may not look itself up, so the parent's life decides.
+        const refused = e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED';
+        if (!minted.spare || !refused || (this.#token && (await this.#tokenAlive(this.#token)))) throw e;
+        this.#token = null;
+        this.#dropSpares();
+        void this.#revoke(minted.accessor).catch(() => undefined);
+        minted = await this.#mint(request);
+        token = minted.token;
+        try {
+          await hold();
+          return await this.#call<T>(token, 'GET', path);
+        } catch (again) {
+          throw again instanceof SecretUnavailableError && !statusOf(again) ? again : vaultError(again, 'read', name);
+        }
+      }
+    };
     return {
       read: async (name: string): Promise<SecretValue> => {
-        if (!token)
-          throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
-        let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
-        try {
-          res = await this.#call(token, 'GET', this.#path('data', name));
-        } catch (err) {
-          const e = vaultError(err, 'read', name);
-          // A spare dies with the login it was minted under (its parent, the supervisor's token,
-          // revoked or expired): then drop the spares and go on with a token minted now. A job token
-          // may not look itself up, so the parent's life decides.
-          const refused = e.code === 'SECRET_AUTH_EXPIRED' || e.code === 'SECRET_PERMISSION_DENIED';
-          if (!minted.spare || !refused || (this.#token && (await this.#tokenAlive(this.#token)))) throw e;
-          this.#token = null;
-          this.#dropSpares();
-          void this.#revoke(minted.accessor).catch(() => undefined);
-          minted = await this.#mint(request);
-          token = minted.token;
-          try {
-            res = await this.#call(token, 'GET', this.#path('data', name));
-          } catch (again) {
-            throw vaultError(again, 'read', name);
-          }
-        }
+        const dynamic = this.#o.dynamic?.get(name);
+        if (dynamic) return credentials.get(name, dynamic, () => get<unknown>(dynamic.path, name, true));
+        const res = await get<{ data: { data: Record<string, unknown>; metadata: { version: number } } }>(
+          this.#path('data', name),
+          name,
+          false,
+        );
         const raw = res.data.data.value;
         if (typeof raw !== 'string') {
           throw new SecretUnavailableError(
@@ -392,13 +428,38 @@ export class VaultProvider implements SecretProvider {
         token = null;
         this.#refill(request);
         const sup = await this.#supervisorToken();
+        // Each credential is revoked on its own first: Vault destroys it (drops the database user)
+        // before answering, so it is gone when the job is reported done. Revoking the token then
+        // ends anything else it holds.
+        const ended = await credentials.end((leaseId) =>
+          this.#call(sup, 'POST', 'sys/leases/revoke', { lease_id: leaseId }),
+        );
         try {
           await this.#call(sup, 'POST', 'auth/token/revoke-accessor', { accessor: minted.accessor });
         } catch (err) {
-          throw vaultError(err, `revoking job token of ${request.jobId} (it expires by TTL)`);
+          const e = vaultError(err, `revoking job token of ${request.jobId} (it expires by TTL)`);
+          if (!ended.length) throw e;
+          // The credentials' own revocations are what the caller audits; the token's failure is logged.
+          this.#o.logger.warn(e.message, { jobId: request.jobId });
+          return ended;
         }
+        for (const accessor of held) await request.ledger?.drop(accessor).catch(() => undefined);
+        return ended;
       },
     };
+  }
+
+  /**
+   * Revokes a job token by accessor (and with it every lease it minted), for a ledger sweep after a
+   * supervisor died. A token Vault no longer knows (expired, already revoked) counts as revoked.
+   */
+  async revokeAccessor(accessor: string): Promise<void> {
+    try {
+      await this.#revoke(accessor);
+    } catch (err) {
+      if (statusOf(err) === 400 && /invalid accessor|not found/i.test(toError(err).message)) return;
+      throw vaultError(err, 'revoking an orphaned job token');
+    }
   }
 
   /**

@@ -22,6 +22,8 @@ export async function setupVault(options: {
   approleMount: string;
   /** job type → secret names it may read from Vault */
   scopes: ReadonlyMap<string, readonly string[]>;
+  /** Secret name → the Vault path that mints it per job (secrets.items.*.dynamic.path). */
+  dynamic?: ReadonlyMap<string, string>;
   /** Vault secrets with a rotation policy: each gets a write policy of its own. */
   rotated?: readonly string[];
   /**
@@ -46,9 +48,13 @@ export async function setupVault(options: {
   const policies: string[] = [];
   for (const [jobType, names] of options.scopes) {
     const name = `${options.policyPrefix}${jobType}`;
+    // A dynamic secret's path is read by the job token (so the lease is the job's); a stored one's KV path.
     const rules = names.length
       ? names
-          .map((n) => `path "${options.mount}/data/${options.prefix}/${n}" {\n  capabilities = ["read"]\n}`)
+          .map(
+            (n) =>
+              `path "${options.dynamic?.get(n) ?? `${options.mount}/data/${options.prefix}/${n}`}" {\n  capabilities = ["read"]\n}`,
+          )
           .join('\n')
       : '# no secrets';
     await call('PUT', `sys/policies/acl/${name}`, { policy: rules });
@@ -80,6 +86,9 @@ export async function setupVault(options: {
     'path "auth/token/revoke-accessor" {\n  capabilities = ["update"]\n}',
     'path "auth/token/renew-self" {\n  capabilities = ["update"]\n}',
     'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
+    // At job end the supervisor revokes each dynamic credential and waits for the backend to destroy
+    // it (revoking, never reading: the lease id alone grants nothing else).
+    ...(options.dynamic?.size ? ['path "sys/leases/revoke" {\n  capabilities = ["update"]\n}'] : []),
   ].join('\n');
   await call('PUT', 'sys/policies/acl/fleet-supervisor', { policy: supervisorPolicy });
   policies.push('fleet-supervisor');

@@ -147,6 +147,7 @@ export class JobRunner {
             void job.log(`${level}: ${msg}`).catch(() => undefined);
           },
           onSecretRequest: (name) => secrets.request(name),
+          maskAlso: deliver.flatMap((s) => s.maskAlso ?? []),
         },
       );
       clean = true;

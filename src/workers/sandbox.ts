@@ -84,6 +84,8 @@ export interface RunOptions {
   ) => void;
   /** Serves `ctx.secrets.get(name)` for names not delivered at job start (undeclared: denied and audited). */
   onSecretRequest?: (name: string) => Promise<SecretValue>;
+  /** Parts of the delivered values to mask on their own too (a dynamic credential's password). */
+  maskAlso?: readonly Uint8Array[];
 }
 
 export interface RunResult extends RunStats {
@@ -432,9 +434,9 @@ export class Sandbox {
             }
             pending.add(msg.reqId);
             this.#serveSecret(msg.reqId, msg.name, options.onSecretRequest, {
-              granted: (value) => {
+              granted: (value, parts) => {
                 pending.delete(msg.reqId);
-                if (!settled) maskWith(value);
+                if (!settled) for (const v of [value, ...(parts ?? [])]) maskWith(v);
                 return !settled;
               },
               denied: () => {
@@ -466,7 +468,8 @@ export class Sandbox {
       // and this side's bytes are zero-filled as soon as they have left. The supervisor's mask
       // keeps a copy until the job ends.
       for (const s of message.secrets) maskWith(s.value);
-      const secrets = message.secrets.map((s) => ({ ...s, value: ownBuffer(s.value) }));
+      for (const part of options.maskAlso ?? []) maskWith(part);
+      const secrets = message.secrets.map((s) => ({ name: s.name, version: s.version, value: ownBuffer(s.value) }));
       const values = secrets.map((s) => s.value);
       try {
         this.#host.post(
@@ -545,7 +548,7 @@ export class Sandbox {
     reqId: number,
     name: string,
     serve: RunOptions['onSecretRequest'],
-    outcome: { granted: (value: Uint8Array) => boolean; denied: () => void },
+    outcome: { granted: (value: Uint8Array, maskAlso?: readonly Uint8Array[]) => boolean; denied: () => void },
   ): void {
     const fail = (err: unknown): void => {
       this.#post({ type: 'secret', reqId, ok: false, error: serializeError(err) });
@@ -555,10 +558,10 @@ export class Sandbox {
       fail(new SecretScopeError(`this job type declares no secrets; "${name}" is not available`));
       return;
     }
-    serve(name).then(({ value, version }) => {
+    serve(name).then(({ value, version, maskAlso }) => {
       // Transfer, not copy: after this the bytes exist only in the sandbox (and the job's mask).
       const own = ownBuffer(value);
-      if (this.#dead || !outcome.granted(own)) {
+      if (this.#dead || !outcome.granted(own, maskAlso)) {
         own.fill(0);
         return;
       }

@@ -14,12 +14,13 @@ import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker } from '../secrets/broker.js';
 import { InjectionRegistry } from '../secrets/injection.js';
-import { makeProviders } from '../secrets/providers.js';
+import { dynamicSecrets, makeProviders, providerOfKind } from '../secrets/providers.js';
+import { RedisLeaseLedger, sweepOrphanedTokens } from '../secrets/lease-ledger.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { parseControlMessage } from './control.js';
 import { JobRunner } from './job-runner.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
-import { queueDepths, type SupervisorStatus } from './supervisor-status.js';
+import { queueDepths, readSupervisorStatuses, type SupervisorStatus } from './supervisor-status.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
 import { probeOsLayer } from './sandbox-boundary.js';
@@ -75,6 +76,8 @@ export class Supervisor {
   readonly #active = new Map<string, AbortController>();
   #redis: RedisClient | null = null;
   #secrets: SecretBroker | null = null;
+  /** The dynamic-lease ledger and the Vault provider that revokes what it lists (only with dynamic secrets). */
+  #ledger: { ledger: RedisLeaseLedger; vault: SecretProvider } | null = null;
   #injections: InjectionRegistry | null = null;
   #auditKeys: AuditKeyRing | null = null;
   #auditCheck: NodeJS.Timeout | null = null;
@@ -396,6 +399,11 @@ export class Supervisor {
     } else audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, chain: null });
     this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
     this.#auditCheck.unref();
+    // Job tokens that mint dynamic credentials are noted in Redis first, so that should this
+    // supervisor die mid-job, another one revokes them (and the credentials) without waiting for their TTL.
+    const vault = providers.get('vault');
+    if (vault && dynamicSecrets(this.#config).size)
+      this.#ledger = { ledger: new RedisLeaseLedger(redis, this.#config.redis.prefix, this.id), vault };
     this.#secrets = new SecretBroker({
       config: this.#config,
       providers,
@@ -404,7 +412,9 @@ export class Supervisor {
       events: this.events,
       workerId: this.id,
       logger: this.#log,
+      ...(this.#ledger ? { ledger: this.#ledger.ledger } : {}),
     });
+    void this.#sweepLedger();
     // An unreachable provider does not stop start-up: its jobs fail retryably until it is back.
     await Promise.all(
       [...providers.values()].map((p) =>
@@ -562,6 +572,53 @@ export class Supervisor {
   async #beat(): Promise<void> {
     if (!this.#redis) return;
     await this.#redis.hset(supervisorsKey(this.#config.redis.prefix), this.id, JSON.stringify(this.status()));
+    await this.#sweepLedger();
+  }
+
+  /** Revokes the job tokens (and dynamic credentials) supervisors that died mid-job left in the ledger. */
+  async #sweepLedger(): Promise<void> {
+    const l = this.#ledger;
+    const redis = this.#redis;
+    const broker = this.#secrets;
+    if (!l || !redis || !broker) return;
+    const vault = providerOfKind(l.vault, 'vault');
+    try {
+      const out = await sweepOrphanedTokens({
+        ledger: l.ledger,
+        liveSupervisors: async () => {
+          const { live } = await readSupervisorStatuses(
+            redis,
+            this.#config.redis.prefix,
+            this.#config.supervisor.heartbeatMs,
+          );
+          return new Set([this.id, ...live.map((s) => s.id)]);
+        },
+        revoke: (accessor) => vault.revokeAccessor(accessor),
+        audit: (entry, error) =>
+          broker.auditEvent({
+            secret: '-',
+            jobId: entry.jobId,
+            jobType: entry.jobType,
+            workerId: this.id,
+            action: 'revoke-orphaned',
+            provider: 'vault',
+            outcome: error ? 'error' : 'granted',
+            reason: `job token of supervisor ${entry.owner} (gone)${error ? `: ${error.slice(0, 300)}` : ''}`,
+            latencyMs: 0,
+          }),
+      });
+      if (out.revoked.length) {
+        this.events.emit('secret:orphans-revoked', { count: out.revoked.length });
+        this.#log.info('revoked job tokens (and their dynamic credentials) left by supervisors that died', {
+          tokens: out.revoked.length,
+          supervisors: [...new Set(out.revoked.map((e) => e.owner))],
+        });
+      }
+    } catch (err) {
+      this.#log.warn('sweeping the dynamic-lease ledger failed; it runs again with the next heartbeat', {
+        error: toError(err).message,
+      });
+    }
   }
 
   /**

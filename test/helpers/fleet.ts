@@ -1,3 +1,4 @@
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -113,4 +114,22 @@ export function localStore(dataDir: string, keepVersions = 5): LocalProvider {
     masterKeyEnv: 'FLEET_TEST_NO_MASTER_KEY_ENV',
     keepVersions,
   });
+}
+
+/** `bin/fleet.js`, for tests that run the CLI as its own process. */
+export const FLEET_BIN = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bin', 'fleet.js');
+
+/** `fleet start --role worker` as a child process (stop it by its PID); `output()` is its stdout and stderr so far. */
+export function spawnWorker(
+  configFile: string,
+  env: Record<string, string>,
+): { child: ChildProcessWithoutNullStreams; output(): string } {
+  const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', configFile], {
+    env: { ...process.env, LOG_LEVEL: 'info', ...env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr.on('data', (d: Buffer) => (out += d.toString()));
+  return { child, output: () => out };
 }

@@ -59,15 +59,16 @@ async function waitHttp(url: string, child: ChildProcess, timeoutMs: number, log
   }
 }
 
-function stop(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return Promise.resolve();
+/** Stops a server child by its PID: `signal`, then SIGKILL after 5 s. */
+function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
   return new Promise((resolve) => {
     const t = setTimeout(() => child.kill('SIGKILL'), 5000);
     child.once('exit', () => {
       clearTimeout(t);
       resolve();
     });
-    child.kill('SIGTERM');
+    child.kill(signal);
   });
 }
 
@@ -85,6 +86,7 @@ export async function setupDevVault(
   vault: { url: string; rootToken: string },
   scopes: Iterable<[string, string[]]>,
   rotated: readonly string[] = [],
+  dynamic: ReadonlyMap<string, string> = new Map(),
 ): Promise<Awaited<ReturnType<typeof import('../../src/secrets/vault-setup.js').setupVault>>> {
   const { setupVault } = await import('../../src/secrets/vault-setup.js');
   return setupVault({
@@ -96,6 +98,7 @@ export async function setupDevVault(
     policyPrefix: 'fleet-job-',
     approleMount: 'approle',
     scopes: new Map(scopes),
+    dynamic,
     rotated,
     systemSecrets: ['audit-mac-key'],
   });
@@ -183,4 +186,130 @@ export function useLocalAwsCredentials(): void {
   process.env.AWS_ACCESS_KEY_ID ??= 'fleet-test';
   process.env.AWS_SECRET_ACCESS_KEY ??= 'fleet-test';
   process.env.AWS_REGION ??= 'us-east-1';
+}
+
+export interface PostgresServer {
+  port: number;
+  /** The superuser OpenBao's database engine manages roles with. */
+  admin: { user: string; password: string };
+  via: string;
+  /** One SQL statement as the admin (psql), its rows as lines of `|`-separated fields. */
+  query(sql: string): Promise<string[]>;
+  release(): Promise<void>;
+}
+
+/**
+ * A real PostgreSQL (Debian's package) on a free loopback port, in a fresh data directory. It
+ * refuses to run as root, so as root it runs as the `postgres` system user. Logins over TCP use
+ * the password method (clear text on loopback: the fixtures speak the wire protocol themselves).
+ */
+export async function startPostgres(): Promise<PostgresServer | { reason: string }> {
+  const { readdirSync, writeFileSync, chmodSync, chownSync } = await import('node:fs');
+  const { userInfo } = await import('node:os');
+  const { execFile } = await import('node:child_process');
+  const versions = existsSync('/usr/lib/postgresql')
+    ? readdirSync('/usr/lib/postgresql').filter((v) => existsSync(`/usr/lib/postgresql/${v}/bin/initdb`))
+    : [];
+  const version = versions.sort((a, b) => Number(b) - Number(a))[0];
+  const psql = findBinary(['psql']);
+  if (!version || !psql)
+    return {
+      reason: `no PostgreSQL: /usr/lib/postgresql/*/bin/initdb or psql not found. Fix: bash scripts/install-test-servers.sh (apt package postgresql)`,
+    };
+  const bin = `/usr/lib/postgresql/${version}/bin`;
+  let uid: number | undefined;
+  let gid: number | undefined;
+  if (userInfo().uid === 0) {
+    const entry = readFileSync('/etc/passwd', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('postgres:'));
+    if (!entry) return { reason: 'running as root and there is no "postgres" user to run PostgreSQL as' };
+    const [, , u, g] = entry.split(':');
+    uid = Number(u);
+    gid = Number(g);
+  }
+  const dir = mkdtempSync(path.join(tmpdir(), 'fleet-pg-'));
+  chmodSync(dir, 0o700);
+  const password = randomBytes(12).toString('hex');
+  writeFileSync(path.join(dir, 'pw'), password);
+  if (uid !== undefined && gid !== undefined) {
+    chownSync(dir, uid, gid);
+    chownSync(path.join(dir, 'pw'), uid, gid);
+  }
+  const as = uid !== undefined ? { uid, gid } : {};
+  const data = path.join(dir, 'data');
+  await new Promise<void>((resolve, reject) =>
+    execFile(
+      `${bin}/initdb`,
+      [
+        '-D',
+        data,
+        '-U',
+        'fleet_admin',
+        '--auth-local=trust',
+        '--auth-host=password',
+        `--pwfile=${dir}/pw`,
+        '-E',
+        'UTF8',
+      ],
+      { ...as, env: { ...process.env, LC_ALL: 'C' } },
+      (err, _o, e) => (err ? reject(new Error(`initdb failed: ${e || err.message}`)) : resolve()),
+    ),
+  );
+  const port = await freePort();
+  const child = spawn(
+    `${bin}/postgres`,
+    ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1', '-c', 'fsync=off'],
+    { ...as, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const query = (sql: string): Promise<string[]> =>
+    new Promise((resolve, reject) =>
+      execFile(
+        psql,
+        [
+          '-h',
+          '127.0.0.1',
+          '-p',
+          String(port),
+          '-U',
+          'fleet_admin',
+          '-d',
+          'postgres',
+          '-tA',
+          '-v',
+          'ON_ERROR_STOP=1',
+          '-c',
+          sql,
+        ],
+        { env: { ...process.env, PGPASSWORD: password, PGCONNECT_TIMEOUT: '5' } },
+        (err, stdout, stderr) =>
+          err ? reject(new Error(`psql: ${stderr || err.message}`)) : resolve(stdout.split('\n').filter(Boolean)),
+      ),
+    );
+  const deadline = Date.now() + 30_000;
+  for (;;) {
+    if (child.exitCode !== null) throw new Error(`postgres exited with code ${child.exitCode}: ${out.slice(-2000)}`);
+    try {
+      await query('select 1');
+      break;
+    } catch (err) {
+      if (Date.now() > deadline)
+        throw new Error(`postgres did not come up in 30 s: ${String(err)} ${out.slice(-2000)}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+  return {
+    port,
+    admin: { user: 'fleet_admin', password },
+    via: `postgres ${version} (${bin}, as ${uid !== undefined ? 'postgres' : 'this user'})`,
+    query,
+    release: async () => {
+      // SIGINT: PostgreSQL's fast shutdown (SIGTERM waits for every client, OpenBao's pool among them).
+      await stop(child, 'SIGINT');
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
 }
