@@ -24,6 +24,7 @@ import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
 import { Supervisor } from '../src/workers/supervisor.js';
+import { silentLogger } from '../src/observability/logger.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -32,7 +33,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
+    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `dynamic`: only a dynamic database credential's mint and revoke (OpenBao + PostgreSQL); `roles`: only the idle RSS of each role. */
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
@@ -571,6 +572,85 @@ async function secretRuns(
   return out;
 }
 
+interface DynamicFigures {
+  server: string;
+  /** The process pool without secrets, and with one dynamic database credential per job, same run. */
+  none: RunFigures;
+  dynamic: RunFigures;
+  /** One credential minted (job token + database user) and revoked (user dropped), measured on the provider. */
+  mintMs: { p50: number; p99: number };
+  revokeMs: { p50: number; p99: number };
+}
+
+/**
+ * Per-job cost of a dynamic database credential (OpenBao's database engine, a real PostgreSQL):
+ * the provider's mint and revoke, timed on their own, and the process pool with one such secret
+ * per job against the same pool without secrets.
+ */
+async function dynamicSecretRun(url: string, jobs: number): Promise<DynamicFigures | { skipped: string }> {
+  const { startVault, startPostgres, setupDevVault, setupDatabaseEngine } =
+    await import('../test/servers/test-servers.js');
+  const vault = await startVault();
+  if ('reason' in vault) return { skipped: vault.reason };
+  const pg = await startPostgres();
+  if ('reason' in pg) {
+    await vault.release();
+    return { skipped: pg.reason };
+  }
+  try {
+    const credsPath = await setupDatabaseEngine(vault, pg, 'bench');
+    const setup = await setupDevVault(vault, [['noop', ['bench-key']]], [], new Map([['bench-key', credsPath]]));
+    process.env.FLEET_BENCH_ROLE_ID = setup.roleId;
+    process.env.FLEET_BENCH_SECRET_ID = setup.secretId;
+    const secrets = {
+      provider: 'vault',
+      vault: {
+        address: vault.url,
+        auth: 'approle',
+        roleIdEnv: 'FLEET_BENCH_ROLE_ID',
+        secretIdEnv: 'FLEET_BENCH_SECRET_ID',
+      },
+      items: { 'bench-key': { dynamic: { path: credsPath } } },
+    };
+    const config = benchConfig(url, 'pool', { processor: WITH_SECRET, secrets });
+    const { makeProvider } = await import('../src/secrets/providers.js');
+    const provider = await makeProvider('vault', config, { logger: silentLogger });
+    const mint: number[] = [];
+    const revoke: number[] = [];
+    try {
+      for (let i = 0; i < 60; i++) {
+        const lease = await provider.lease({
+          jobId: `bench-${i}`,
+          jobType: 'noop',
+          names: ['bench-key'],
+          ttlMs: 30_000,
+        });
+        const t0 = performance.now();
+        (await lease.read('bench-key')).value.fill(0);
+        const t1 = performance.now();
+        await lease.release();
+        const t2 = performance.now();
+        if (i >= 10) {
+          mint.push(t1 - t0);
+          revoke.push(t2 - t1);
+        }
+      }
+    } finally {
+      await provider.close();
+    }
+    const q = (xs: number[]): { p50: number; p99: number } => {
+      const sorted = [...xs].sort((a, b) => a - b);
+      return { p50: round(quantile(sorted, 0.5)), p99: round(quantile(sorted, 0.99)) };
+    };
+    const none = await processPoolRun(url, jobs, 'fleet pool, process sandboxes');
+    const dynamic = await fleetRun(url, 'pool', jobs, config, 'fleet pool + 1 dynamic DB credential');
+    return { server: `${vault.via}; ${pg.via}`, none, dynamic, mintMs: q(mint), revokeMs: q(revoke) };
+  } finally {
+    await vault.release();
+    await pg.release();
+  }
+}
+
 /** The process pool with one secret per job from the local store (the store made for the run). */
 async function localSecretRun(url: string, jobs: number): Promise<RunFigures> {
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-secrets-'));
@@ -938,6 +1018,17 @@ async function main(): Promise<void> {
       );
       say(`secret overhead p50 enqueue→start vs none: ${JSON.stringify(overhead)}`);
       if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, none, secrets, overhead })}\n`);
+      return;
+    }
+    if (args.only === 'dynamic') {
+      const dyn = await dynamicSecretRun(redis.url, Math.min(SECRET_JOBS, 300));
+      if ('skipped' in dyn) say(`dynamic credentials skipped: ${dyn.skipped}`);
+      else
+        say(
+          `dynamic DB credential per job: mint p50 ${dyn.mintMs.p50} ms (p99 ${dyn.mintMs.p99}), revoke p50 ${dyn.revokeMs.p50} ms (p99 ${dyn.revokeMs.p99}); ` +
+            `pool throughput ${dyn.dynamic.jobsPerSecond} vs ${dyn.none.jobsPerSecond} jobs/s without secrets, p50 start +${round(dyn.dynamic.p50StartMs - dyn.none.p50StartMs)} ms`,
+        );
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, dynamic: dyn })}\n`);
       return;
     }
     if (args.only === 'enqueue') {

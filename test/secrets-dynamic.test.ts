@@ -25,7 +25,14 @@ import {
   waitForJob,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
-import { setupDevVault, startPostgres, startVault, type PostgresServer, type VaultServer } from './helpers/servers.js';
+import {
+  setupDatabaseEngine,
+  setupDevVault,
+  startPostgres,
+  startVault,
+  type PostgresServer,
+  type VaultServer,
+} from './helpers/servers.js';
 
 describe('dynamic credentials: formatting and answers (no servers)', () => {
   it('fills {field} and {field:url}, and masks what proves but not what names', () => {
@@ -127,40 +134,12 @@ const redis = useTestRedis();
 const ROLE = 'orders';
 const PATH = `database/creds/${ROLE}`;
 
-async function root(method: string, p: string, body?: unknown): Promise<unknown> {
-  const r = await fetch(`${server!.url}/v1/${p}`, {
-    method,
-    headers: { 'X-Vault-Token': server!.rootToken },
-    ...(body ? { body: JSON.stringify(body) } : {}),
-  });
-  const text = await r.text();
-  if (!r.ok) throw new Error(`${method} ${p}: ${r.status} ${text}`);
-  return text ? JSON.parse(text) : {};
-}
-
 /** The PostgreSQL users OpenBao made (its usernames start with `v-`). */
 const dynamicUsers = async (): Promise<string[]> => db!.query("select rolname from pg_roles where rolname like 'v-%'");
 
 beforeAll(async () => {
   if (!server || !db) return;
-  await db.query('create table orders (id int); insert into orders values (1), (2), (3)');
-  await root('POST', 'sys/mounts/database', { type: 'database' });
-  await root('POST', 'database/config/pg', {
-    plugin_name: 'postgresql-database-plugin',
-    connection_url: `postgresql://{{username}}:{{password}}@127.0.0.1:${db.port}/postgres?sslmode=disable`,
-    username: db.admin.user,
-    password: db.admin.password,
-    allowed_roles: [ROLE],
-  });
-  await root('POST', `database/roles/${ROLE}`, {
-    db_name: 'pg',
-    creation_statements: [
-      `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
-      'GRANT SELECT ON orders TO "{{name}}";',
-    ],
-    default_ttl: '1h',
-    max_ttl: '24h',
-  });
+  await setupDatabaseEngine(server, db, ROLE);
   const setup = await setupDevVault(server, [['db', ['orders-db']]], [], new Map([['orders-db', PATH]]));
   process.env.FLEET_TEST_DYN_ROLE_ID = setup.roleId;
   process.env.FLEET_TEST_DYN_SECRET_ID = setup.secretId;

@@ -313,3 +313,42 @@ export async function startPostgres(): Promise<PostgresServer | { reason: string
     },
   };
 }
+
+/**
+ * OpenBao's database engine over `pg`: mounted at `database/`, one connection `pg` and one role
+ * whose users may log in and read `orders` (created here with three rows). Returns the path that
+ * mints a credential, `database/creds/<role>`.
+ */
+export async function setupDatabaseEngine(
+  vault: { url: string; rootToken: string },
+  pg: PostgresServer,
+  role = 'orders',
+): Promise<string> {
+  const root = async (p: string, body: unknown): Promise<void> => {
+    const r = await fetch(`${vault.url}/v1/${p}`, {
+      method: 'POST',
+      headers: { 'X-Vault-Token': vault.rootToken },
+      body: JSON.stringify(body),
+    });
+    if (!r.ok) throw new Error(`POST ${p}: ${r.status} ${await r.text()}`);
+  };
+  await pg.query('create table if not exists orders (id int); insert into orders values (1), (2), (3)');
+  await root('sys/mounts/database', { type: 'database' });
+  await root('database/config/pg', {
+    plugin_name: 'postgresql-database-plugin',
+    connection_url: `postgresql://{{username}}:{{password}}@127.0.0.1:${pg.port}/postgres?sslmode=disable`,
+    username: pg.admin.user,
+    password: pg.admin.password,
+    allowed_roles: [role],
+  });
+  await root(`database/roles/${role}`, {
+    db_name: 'pg',
+    creation_statements: [
+      `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
+      'GRANT SELECT ON orders TO "{{name}}";',
+    ],
+    default_ttl: '1h',
+    max_ttl: '24h',
+  });
+  return `database/creds/${role}`;
+}
