@@ -2,6 +2,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EgressProxy, matchesEgress, type EgressRefusal } from '../src/workers/egress-proxy.js';
+import { allowedAddresses, allowedByName, isNonPublic } from '../src/workers/egress-policy.js';
 
 /** One request through the proxy, as an HTTP client configured with it would send it. */
 function viaProxy(proxyUrl: string, target: string, method: 'GET' | 'CONNECT'): Promise<number> {
@@ -37,6 +38,57 @@ beforeAll(async () => {
 afterAll(() => upstream.close());
 
 describe('egress policy', () => {
+  it.each([
+    // [address, refused unless listed, what it is]
+    ['127.0.0.1', true, 'loopback'],
+    ['10.1.2.3', true, 'private'],
+    ['100.64.0.1', true, 'CGNAT'],
+    ['169.254.169.254', true, 'link-local: cloud metadata'],
+    ['192.168.1.1', true, 'private'],
+    ['198.18.0.1', true, 'benchmarking range'],
+    ['0.0.0.0', true, 'unspecified'],
+    ['224.0.0.1', true, 'multicast'],
+    ['8.8.8.8', false, 'public IPv4'],
+    ['::', true, 'unspecified'],
+    ['::1', true, 'loopback'],
+    ['::a9fe:a9fe', true, 'IPv4-compatible 169.254.169.254'],
+    ['::ffff:127.0.0.1', true, 'IPv4-mapped loopback'],
+    ['64:ff9b::a9fe:a9fe', true, 'NAT64 of 169.254.169.254'],
+    ['64:ff9b:1::a00:1', true, 'local-use NAT64'],
+    ['2002:a9fe:a9fe::1', true, '6to4 of 169.254.169.254'],
+    ['2001:0:4136:e378::1', true, 'Teredo'],
+    ['fd00::1', true, 'unique local'],
+    ['fe80::1', true, 'link-local'],
+    ['ff02::1', true, 'multicast'],
+    ['2606:4700:4700::1111', false, 'public IPv6'],
+  ])('%s: refused unless listed = %s (%s)', (address, refused) => {
+    expect(isNonPublic(address)).toBe(refused);
+    const verdict = allowedAddresses('any', 'api.example.com', 443, [address], new Set());
+    expect(verdict.ok).toBe(!refused);
+    if (!verdict.ok)
+      expect(verdict.reason).toBe(`api.example.com resolves to ${address}, a loopback, link-local or private address`);
+    // Listed by its address (IPv4: patterns take no IPv6 literal), it is allowed: a database on a private network.
+    if (!address.includes(':'))
+      expect(allowedAddresses([`${address}:443`], address, 443, [address], new Set()).ok).toBe(true);
+  });
+
+  it("refuses by name before any lookup, and the fleet's own services unless listed by address", () => {
+    expect(allowedByName('none', 'a.com', 443)).toEqual({ ok: false, reason: 'egress is "none" for this job type' });
+    expect(allowedByName(['b.com'], 'a.com', 443)).toEqual({ ok: false, reason: 'not in the egress list (b.com)' });
+    expect(allowedByName(['a.com'], 'a.com', 443)).toEqual({ ok: true });
+    const fleet = new Set(['203.0.113.7']);
+    expect(allowedAddresses('any', 'vault.example.com', 443, ['203.0.113.7'], fleet)).toEqual({
+      ok: false,
+      reason: "203.0.113.7 is one of the fleet's own services",
+    });
+    // A listed name that resolves to a private address is still refused: only the address itself unlocks it.
+    expect(allowedAddresses(['db.internal:5432'], 'db.internal', 5432, ['10.0.3.7'], new Set()).ok).toBe(false);
+    expect(allowedAddresses('any', 'x.example.com', 443, [], new Set())).toEqual({
+      ok: false,
+      reason: 'DNS lookup of x.example.com returned no address',
+    });
+  });
+
   it('matches host, host:port and *.domain patterns, port 443 by default', () => {
     expect(matchesEgress('api.stripe.com', 'api.stripe.com', 443)).toBe(true);
     expect(matchesEgress('api.stripe.com', 'api.stripe.com', 80)).toBe(false);

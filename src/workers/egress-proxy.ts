@@ -15,7 +15,8 @@ import https from 'node:https';
 import tls from 'node:tls';
 import { bindingAllows, PLACEHOLDER, type Injection, type InjectionRegistry } from '../secrets/injection.js';
 import type { EgressCa } from './egress-ca.js';
-import { BlockList, isIP, connect, type Socket } from 'node:net';
+import { isIP, connect, type Socket } from 'node:net';
+import { allowedAddresses, allowedByName, type EgressVerdict } from './egress-policy.js';
 import { errnoCode } from '../errors.js';
 import type { Duplex } from 'node:stream';
 import type { Egress } from './sandbox-boundary.js';
@@ -78,34 +79,6 @@ export interface EgressProxyOptions {
 
 /** Connections a sandbox may hold open through its proxy at once, unless configured. */
 export const DEFAULT_MAX_EGRESS_CONNECTIONS = 64;
-
-/** Loopback, link-local (169.254/16: cloud metadata), private, CGNAT, multicast and unspecified. */
-const NON_PUBLIC = new BlockList();
-for (const [net, bits] of [
-  ['0.0.0.0', 8],
-  ['10.0.0.0', 8],
-  ['100.64.0.0', 10],
-  ['127.0.0.0', 8],
-  ['169.254.0.0', 16],
-  ['172.16.0.0', 12],
-  ['192.168.0.0', 16],
-  ['224.0.0.0', 4],
-  ['240.0.0.0', 4],
-] as const)
-  NON_PUBLIC.addSubnet(net, bits, 'ipv4');
-for (const [net, bits] of [
-  ['::', 128],
-  ['::1', 128],
-  ['fc00::', 7],
-  ['fe80::', 10],
-  ['ff00::', 8],
-  ['::ffff:0:0', 96],
-] as const)
-  NON_PUBLIC.addSubnet(net, bits, 'ipv6');
-
-function family(ip: string): 'ipv4' | 'ipv6' {
-  return isIP(ip) === 6 ? 'ipv6' : 'ipv4';
-}
 
 export { matchesEgress, splitHostPort } from '../config/hosts.js';
 export { ValueMasker, namesOtherHost } from './egress-http.js';
@@ -201,26 +174,16 @@ export class EgressProxy {
    * (a listed name that resolves to a private or fleet address is still refused, unless the
    * address itself is listed). Resolves to the address to connect to.
    */
-  async #decide(host: string, port: number): Promise<{ ok: true; address: string } | { ok: false; reason: string }> {
-    const egress = this.#o.egress;
-    if (egress === 'none') return { ok: false, reason: 'egress is "none" for this job type' };
-    if (egress !== 'any' && !egress.some((p) => matchesEgress(p, host, port)))
-      return { ok: false, reason: `not in the egress list (${egress.join(', ')})` };
+  async #decide(host: string, port: number): Promise<EgressVerdict> {
+    const byName = allowedByName(this.#o.egress, host, port);
+    if (!byName.ok) return byName;
     let addresses: string[];
     try {
       addresses = isIP(host) ? [host] : (await lookup(host, { all: true, verbatim: true })).map((a) => a.address);
     } catch (err) {
       return { ok: false, reason: `DNS lookup failed (${errnoCode(err) ?? 'error'})` };
     }
-    const listedByAddress = (a: string): boolean => egress !== 'any' && egress.some((p) => matchesEgress(p, a, port));
-    for (const a of addresses) {
-      if (this.#fleet.has(a) && !listedByAddress(a))
-        return { ok: false, reason: `${a} is one of the fleet's own services` };
-      if (NON_PUBLIC.check(a, family(a)) && !listedByAddress(a))
-        return { ok: false, reason: `${host} resolves to ${a}, a loopback, link-local or private address` };
-    }
-    const [address] = addresses;
-    return address ? { ok: true, address } : { ok: false, reason: `DNS lookup of ${host} returned no address` };
+    return allowedAddresses(this.#o.egress, host, port, addresses, this.#fleet);
   }
 
   #refuse(destination: string, reason: string): void {
