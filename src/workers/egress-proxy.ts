@@ -30,7 +30,7 @@ import {
   requestPath,
   ValueMasker,
 } from './egress-http.js';
-import { matchesEgress, splitHostPort } from '../config/hosts.js';
+import { splitHostPort } from '../config/hosts.js';
 
 export interface EgressRefusal {
   destination: string;
