@@ -34,6 +34,14 @@ const msg = (data: unknown = {}) => ({
   secrets: [],
 });
 
+const STRAY_SECRET = 'stray-secret-value-0123456789';
+/** A job for stray-error.mjs whose error message would carry a delivered secret's value. */
+const strayJob = (how: 'throw' | 'rejection') => ({
+  ...msg({ how, secret: 'k' }),
+  secretNames: ['k'],
+  secrets: [{ name: 'k', value: new Uint8Array(Buffer.from(STRAY_SECRET)), version: '1' }],
+});
+
 async function failure(p: Promise<unknown>): Promise<FleetError> {
   const err = await p.then(
     () => {
@@ -118,6 +126,22 @@ describe('sandbox', () => {
     expect(err.code).toBe('MEMORY_LIMIT');
     expect(err.message).toContain('maxOldGenerationSizeMb=32');
     expect(sb.alive).toBe(false);
+  });
+
+  it('a stray throw or rejection in a thread fails its job (masked) and ends the thread', async () => {
+    for (const how of ['throw', 'rejection'] as const) {
+      const sb = await start('stray-error.mjs');
+      try {
+        const err = await failure(sb.run(strayJob(how), { timeoutMs: 8000, abortGraceMs: 100 }));
+        expect(err.code).toBe('PROCESSOR_FAILED');
+        expect(err.message).toContain('in the processor: stray');
+        expect(err.message).toContain('***');
+        expect(err.message).not.toContain(STRAY_SECRET);
+        await expect.poll(() => sb.alive).toBe(false);
+      } finally {
+        await sb.destroy();
+      }
+    }
   });
 
   it('fails the job, not the host, when the processor calls process.exit()', async () => {
@@ -274,6 +298,26 @@ describe.each([
       },
     });
   const skip = wantOs && !OS_LAYER.available;
+
+  it.skipIf(skip)(
+    'a stray throw or rejection fails its job (masked, PROCESSOR_FAILED) and ends the sandbox',
+    async () => {
+      for (const how of ['throw', 'rejection'] as const) {
+        const sb = await startProcess('stray-error.mjs');
+        try {
+          const err = await failure(sb.run(strayJob(how), { timeoutMs: 8000, abortGraceMs: 100 }));
+          expect(err.code).toBe('PROCESSOR_FAILED');
+          expect(err.message).toContain(
+            `${how === 'throw' ? 'uncaught exception' : 'unhandled rejection'} in the processor: stray ${how} ***`,
+          );
+          expect(err.message).not.toContain(STRAY_SECRET);
+          await expect.poll(() => sb.alive).toBe(false);
+        } finally {
+          await sb.destroy();
+        }
+      }
+    },
+  );
 
   it.skipIf(skip)('runs processors (TypeScript too, by native type stripping) and reports its layers', async () => {
     const sb = await startProcess('typed.ts');

@@ -37,7 +37,10 @@ import { SecretMask } from './secret-mask.js';
  */
 const port = parentPort;
 let channel: Socket | null = null;
+/** Set once the sandbox is ending after a stray error: nothing more leaves it. */
+let ending = false;
 const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
+  if (ending) return;
   if (port) {
     port.postMessage(msg, transfer);
     return;
@@ -102,6 +105,8 @@ interface Current {
   logBytes: number;
   /** Progress waiting for its interval to pass (the latest value), and the timer that sends it. */
   progress: { value: unknown; pending: boolean; timer: NodeJS.Timeout | null };
+  /** Event-loop use when the job started (for its run stats). */
+  eluStart: ReturnType<typeof performance.eventLoopUtilization>;
 }
 let current: Current | null = null;
 let reqSeq = 0;
@@ -332,6 +337,7 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
     logLines: 0,
     logBytes: 0,
     progress: { value: null, pending: false, timer: null },
+    eluStart: performance.eventLoopUtilization(),
   };
   current = c;
   const delivered = new Map<string, Uint8Array>();
@@ -353,7 +359,7 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
       );
     return requestSecret(c, name);
   };
-  const eluStart = performance.eventLoopUtilization();
+  const { eluStart } = c;
   const logAt =
     (level: LogLevel) =>
     (m: string, fields?: Record<string, unknown>): void =>
@@ -506,7 +512,42 @@ async function armProxyOnFirstUse(): Promise<void> {
   });
 }
 
+/**
+ * A throw or a rejection nothing awaits (a timer callback, a forgotten promise), as BullMQ's child
+ * processes treat it: the job it happened in fails with the error (masked, code PROCESSOR_FAILED,
+ * retried as the type allows), and the sandbox ends, since its state is no longer known. Without
+ * this, the sandbox would die with Node's default report on stderr and the job count as a crash.
+ */
+function onStrayError(kind: 'uncaught exception' | 'unhandled rejection', err: unknown): void {
+  if (ending) return;
+  const c = current;
+  if (c) {
+    current = null;
+    const s = serializeError(err instanceof Error ? err : new Error(errorMessage(err)));
+    flushProgress(c);
+    for (const b of c.handed) b.fill(0);
+    for (const w of c.pending.values()) w.reject(new CancelledError('job ended'));
+    post({
+      type: 'done',
+      ok: false,
+      error: {
+        ...s,
+        code: 'PROCESSOR_FAILED',
+        message: c.mask.text(`${kind} in the processor: ${s.message}`),
+        ...(s.stack ? { stack: c.mask.text(s.stack) } : {}),
+      },
+      ...stats(c.eluStart, c.handed.length),
+    });
+  }
+  ending = true;
+  if (port) process.exit(70);
+  else if (channel && !channel.destroyed) channel.end(() => process.exit(70));
+  else process.exit(70);
+}
+
 async function main(): Promise<void> {
+  process.on('uncaughtException', (err) => onStrayError('uncaught exception', err));
+  process.on('unhandledRejection', (err) => onStrayError('unhandled rejection', err));
   if (!port) {
     // A process sandbox: its init is the channel's first frame.
     init = await openChannel();
