@@ -133,7 +133,9 @@ export class ExecProvider implements SecretProvider {
       run.stdout.fill(0);
       run.stderr.fill(0);
     }
-    const mask = this.#mask(answer.values.values());
+    // Built only when a message needs it: a mask holds string forms of every value.
+    let mask: SecretMask | undefined;
+    const masked = (t: string): string => programText(t, (mask ??= this.#mask(answer.values.values())), 'head');
     for (const id of ids) {
       const name = names(id);
       const value = answer.values.get(id);
@@ -148,7 +150,7 @@ export class ExecProvider implements SecretProvider {
         out.set(
           id,
           notFound(
-            `reported an error${reported ? ` (${programText(reported, mask, 'head')})` : ''}`,
+            `reported an error${reported ? ` (${masked(reported)})` : ''}`,
             "check that the id exists in the program's store and that its credentials may read it",
           ),
         );
