@@ -210,6 +210,31 @@ describe('exec provider', () => {
     await l.release();
   });
 
+  it("one program's failure leaves the other programs' secrets readable", async () => {
+    const dir = programDir();
+    const good = writeProgram(dir, 'good', `answer({ protocolVersion: 1, values: { a: 'from-good-program' } });`);
+    const link = path.join(dir, 'link');
+    symlinkSync(good, link);
+    const p = new ExecProvider({
+      programs: new Map([
+        ['good', program(good, { name: 'good' })],
+        ['linked', program(link, { name: 'linked' })],
+      ]),
+      secrets: new Map([
+        ['a', { program: 'good', id: 'a' }],
+        ['b', { program: 'linked', id: 'b' }],
+      ]),
+    });
+    const l = await lease(p, ['a', 'b']);
+    expect(text((await l.read('a')).value)).toBe('from-good-program');
+    await expect(l.read('b')).rejects.toMatchObject({
+      code: 'SECRET_PROVIDER_UNAVAILABLE',
+      retryable: false,
+      message: expect.stringContaining('exec program "linked"'),
+    });
+    await l.release();
+  });
+
   it('kills a hanging program and its whole process group at the timeout', async () => {
     const dir = programDir();
     const pids = path.join(dir, 'pids');

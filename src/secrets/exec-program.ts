@@ -86,7 +86,11 @@ export async function checkProgram(p: ExecProgram): Promise<string> {
       refuse(`is a symlink whose target cannot be resolved (${toError(err).message})`, 'repair the link'),
     );
   }
-  if (p.trustedDirs.length && !p.trustedDirs.some((d) => !path.relative(d, file).startsWith('..')))
+  const inside = (dir: string): boolean => {
+    const rel = path.relative(dir, file);
+    return rel !== '..' && !rel.startsWith(`..${path.sep}`);
+  };
+  if (p.trustedDirs.length && !p.trustedDirs.some(inside))
     refuse(
       `resolves to ${file}, outside trustedDirs (${p.trustedDirs.join(', ')})`,
       'install it there or extend trustedDirs',

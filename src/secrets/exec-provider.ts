@@ -1,4 +1,4 @@
-import { SecretUnavailableError } from '../errors.js';
+import { SecretUnavailableError, toError } from '../errors.js';
 import { SecretMask } from '../workers/secret-mask.js';
 import { checkProgram, ExecProgramError, runProgram, type ExecProgram } from './exec-program.js';
 import { ExecResponseError, parseExecAnswer } from './exec-response.js';
@@ -91,12 +91,13 @@ export class ExecProvider implements SecretProvider {
       const file = await checkProgram(p);
       run = await runProgram(file, p, JSON.stringify({ protocolVersion: 1, provider: p.name, ids }), this.#env(p));
     } catch (err) {
-      if (!(err instanceof ExecProgramError)) throw err;
+      // Anything else (a directory above it unreadable, spawn refusing its arguments) is no
+      // reason to lose the other programs' answers: it fails this program's secrets only.
       return all(
         new SecretUnavailableError(
           'SECRET_PROVIDER_UNAVAILABLE',
-          `${at}, asked for ${ids.map(names).join(', ')}: ${err.message}`,
-          { retryable: err.retryable },
+          `${at}, asked for ${ids.map(names).join(', ')}: ${err instanceof ExecProgramError ? err.message : `could not be checked or started: ${toError(err).message}`}`,
+          { retryable: err instanceof ExecProgramError && err.retryable, cause: err },
         ),
       );
     }
@@ -122,11 +123,10 @@ export class ExecProvider implements SecretProvider {
       }
       answer = parseExecAnswer(run.stdout, ids, p.jsonOnly);
     } catch (err) {
-      if (!(err instanceof ExecResponseError)) throw err;
       return all(
         new SecretUnavailableError(
           'SECRET_PROVIDER_UNAVAILABLE',
-          `${at} did not answer in the exec protocol: ${err.message}. Fix: print {"protocolVersion":1,"values":{"<id>":"<value>"}} on stdout${p.jsonOnly ? ', or set jsonOnly: false for a program that prints one bare value' : ''}.`,
+          `${at} did not answer in the exec protocol: ${err instanceof ExecResponseError ? err.message : `its answer could not be read (${toError(err).message})`}. Fix: print {"protocolVersion":1,"values":{"<id>":"<value>"}} on stdout${p.jsonOnly ? ', or set jsonOnly: false for a program that prints one bare value' : ''}.`,
         ),
       );
     } finally {
@@ -164,7 +164,10 @@ export class ExecProvider implements SecretProvider {
       else if (!value)
         out.set(
           id,
-          notFound('returned no value', "add the id to the program's store, or correct secrets.items.<name>.exec.id"),
+          notFound(
+            'returned no value',
+            `add the id to the program's store, or correct secrets.items.${name.split('"')[0]}.exec.id`,
+          ),
         );
       else if (!value.length) out.set(id, notFound('returned an empty value', "set a value in the program's store"));
       else out.set(id, { value });
