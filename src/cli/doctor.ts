@@ -407,7 +407,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
             ? 'supervisor token valid'
             : kind === 'kms'
               ? `key ${config.secrets.kms?.keyId} reachable`
-              : 'master key readable',
+              : kind === 'exec'
+                ? `program(s) ${Object.keys(config.secrets.exec ?? {}).join(', ')}: absolute, no symlink, owned by root or this user, writable by no one else (not run)`
+                : 'master key readable',
         ),
       );
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
@@ -444,7 +446,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
             ? 'check VAULT_ADDR and the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID)'
             : kind === 'kms'
               ? 'check secrets.kms.keyId/region/endpoint and AWS credentials'
-              : 'check the master key',
+              : kind === 'exec'
+                ? 'see the fix named for each program under secrets.exec'
+                : 'check the master key',
         ),
       );
     } finally {
@@ -458,6 +462,17 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     const limit = MAX_AGE_MS[h.kind];
     if (config.secrets.items[h.secret]?.dynamic) {
       out.push(pass(`secret ${h.secret}: rotation policy`, 'dynamic: minted per job, destroyed at its end'));
+      continue;
+    }
+    if (h.provider === 'exec') {
+      // Read-only: fleet neither rotates it nor sees its age.
+      out.push(
+        warn(
+          `secret ${h.secret}: rotation policy`,
+          "served by the exec provider: rotated in the program's own store, where fleet cannot see its age",
+          `rotate it there ${h.kind === 'encryption-key' ? 'daily' : 'at least weekly'} (1Password, Bitwarden, sops, …)`,
+        ),
+      );
       continue;
     }
     if (!policy) {

@@ -33,7 +33,7 @@ export interface JobType extends Omit<
 
 export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
   /** Which provider serves each secret named anywhere in the config. */
-  secretProviders: ReadonlyMap<string, 'local' | 'vault' | 'kms'>;
+  secretProviders: ReadonlyMap<string, 'local' | 'vault' | 'kms' | 'exec'>;
   /** Absolute path of the file this came from, or `null` when built in code. */
   source: string | null;
   dataDir: string;
@@ -208,7 +208,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     }
   }
   const sec = cfg.secrets;
-  const secretProviders = new Map<string, 'local' | 'vault' | 'kms'>();
+  const secretProviders = new Map<string, 'local' | 'vault' | 'kms' | 'exec'>();
   for (const t of jobTypes.values()) {
     for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
   }
@@ -228,6 +228,30 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push(
         `secret "${name}" uses provider "kms" but secrets.kms is not configured. Fix: add secrets.kms ({ keyId, region, endpoint? }).`,
       );
+    if (provider === 'exec') {
+      const ref = execRef(sec, name);
+      if ('problem' in ref) problems.push(ref.problem);
+    } else if (sec.items[name]?.exec)
+      problems.push(
+        `secrets.items.${name}.exec is set but the secret's provider is "${provider}". Fix: set secrets.items.${name}.provider to "exec", or remove exec.`,
+      );
+  }
+  if (auditKeyProvider({ secrets: sec }) === 'exec')
+    problems.push(
+      `the audit MAC key "${sec.audit.macKey}" (secrets.audit.macKey) would come from the exec provider, which has no versions (the trail is verified by key version) and cannot create it. Fix: set secrets.items.${sec.audit.macKey}.provider to "vault", "kms" or "local".`,
+    );
+  for (const [program, p] of Object.entries(sec.exec ?? {})) {
+    if (p.jsonOnly) continue;
+    const ids = new Set(
+      [...secretProviders]
+        .filter(([, kind]) => kind === 'exec')
+        .map(([name]) => execRef(sec, name))
+        .flatMap((r) => ('program' in r && r.program === program ? [r.id] : [])),
+    );
+    if (ids.size > 1)
+      problems.push(
+        `secrets.exec.${program} has jsonOnly: false but answers for ${ids.size} ids (${[...ids].join(', ')}); a bare value can only answer one. Fix: give each its own program, or set jsonOnly: true and answer in JSON.`,
+      );
   }
   for (const [name, item] of Object.entries(sec.items)) {
     if (item.dynamic && secretProviders.get(name) !== 'vault')
@@ -242,6 +266,10 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
       problems.push(`secrets.items.${name} is the audit MAC key and may not be dynamic. Fix: keep it a stored secret.`);
     const r = item.rotation;
     if (!r) continue;
+    if (secretProviders.get(name) === 'exec')
+      problems.push(
+        `secrets.items.${name}.rotation: the secret comes from the exec provider, which is read-only. Fix: remove the rotation and rotate it in the program's own store (1Password, Bitwarden, sops, …).`,
+      );
     try {
       scheduleOf(r.schedule);
     } catch (err) {
@@ -294,8 +322,38 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   return deepFreeze(config);
 }
 
+/**
+ * Which `exec` program answers for secret `name`, and the id it is asked by: the item's
+ * `exec.program` (else the only program configured) and `exec.id` (else the name), or what is wrong.
+ */
+export function execRef(
+  secrets: Pick<ParsedConfig['secrets'], 'exec' | 'items'>,
+  name: string,
+): { program: string; id: string } | { problem: string } {
+  const programs = Object.keys(secrets.exec ?? {});
+  const wanted = secrets.items[name]?.exec;
+  const id = wanted?.id ?? name;
+  if (!programs.length)
+    return {
+      problem: `secret "${name}" uses provider "exec" but secrets.exec names no program. Fix: add secrets.exec.<name> ({ command: "/absolute/path", passEnv: [...] }).`,
+    };
+  if (wanted?.program !== undefined) {
+    if (!programs.includes(wanted.program))
+      return {
+        problem: `secrets.items.${name}.exec.program is "${wanted.program}", which secrets.exec does not configure (it has ${programs.join(', ')}). Fix: correct the name or add the program.`,
+      };
+    return { program: wanted.program, id };
+  }
+  const [only] = programs;
+  if (programs.length > 1 || only === undefined)
+    return {
+      problem: `secret "${name}" uses provider "exec" and secrets.exec has several programs (${programs.join(', ')}). Fix: set secrets.items.${name}.exec.program.`,
+    };
+  return { program: only, id };
+}
+
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
-export function auditKeyProvider(config: FleetConfig): 'local' | 'vault' | 'kms' {
+export function auditKeyProvider(config: Pick<FleetConfig, 'secrets'>): 'local' | 'vault' | 'kms' | 'exec' {
   return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
 }
 

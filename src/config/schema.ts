@@ -178,7 +178,46 @@ export const producerSchema = z
   })
   .strict();
 
-const providerKind = z.enum(['local', 'vault', 'kms']);
+const providerKind = z.enum(['local', 'vault', 'kms', 'exec']);
+
+/** Names under `secrets.exec` (sent to the program as `provider`) and the ids it is asked for: OpenClaw's patterns. */
+export const EXEC_PROGRAM_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
+export const EXEC_ID = /^[A-Za-z0-9][A-Za-z0-9._:/-]{0,255}$/;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+const absolutePath = z.string().startsWith('/', 'must be an absolute path (there is no shell and no PATH lookup)');
+
+/**
+ * One program of the `exec` provider (OpenClaw's exec secret provider protocol). It is run with no
+ * shell, `{"protocolVersion":1,"provider":<name>,"ids":[…]}` on stdin, and answers
+ * `{"protocolVersion":1,"values":{…},"errors":{…}}` on stdout.
+ */
+export const execProgramSchema = z
+  .object({
+    /** Absolute path of the program. It must not be a symlink, or writable or owned by anyone but root or the supervisor's user, nor may any directory above it. */
+    command: absolutePath,
+    /** Its arguments, passed as they are (no shell). @defaultValue [] */
+    args: z.array(z.string()).default([]),
+    /** Variables passed from the supervisor's environment; nothing else is (not even PATH or HOME unless listed). @defaultValue [] */
+    passEnv: z.array(z.string().regex(ENV_NAME)).default([]),
+    /** Fixed variables for non-secret settings (credentials belong in passEnv, not in the config file). @defaultValue {} */
+    env: z.record(z.string().regex(ENV_NAME), z.string()).default({}),
+    /** The run is killed (its whole process group) past this. @defaultValue 5000 */
+    timeoutMs: z.number().int().min(100).max(120_000).default(5000),
+    /** stdout and stderr together; past it the run is killed. @defaultValue 1048576 */
+    maxOutputBytes: z
+      .number()
+      .int()
+      .min(1024)
+      .max(64 * 1024 * 1024)
+      .default(1024 * 1024),
+    /** `false`: a program asked for one id may print the bare value instead of the JSON answer (`op read`, `sops -d --extract`). @defaultValue true */
+    jsonOnly: z.boolean().default(true),
+    /** Accept a symlinked command (a package manager's shim); its target is checked instead. Pair it with trustedDirs. @defaultValue false */
+    allowSymlinkCommand: z.boolean().default(false),
+    /** When given, the program (after symlinks) must lie inside one of these directories. @defaultValue [] */
+    trustedDirs: z.array(absolutePath).default([]),
+  })
+  .strict();
 
 export const rotationSchema = z
   .object({
@@ -246,6 +285,17 @@ export const secretsSchema = z
         z
           .object({
             provider: providerKind.optional(),
+            /**
+             * `exec` provider only: which program answers for this secret and the id it is asked
+             * by. @defaultValue the only program under secrets.exec; the secret's name as id
+             */
+            exec: z
+              .object({
+                program: z.string().regex(EXEC_PROGRAM_NAME).optional(),
+                id: z.string().regex(EXEC_ID, 'use letters, digits and . _ : / - (OpenClaw exec ids)').optional(),
+              })
+              .strict()
+              .optional(),
             /** Drives rotation rules: API keys at least weekly, encryption keys daily. @defaultValue `"api-key"` */
             kind: z.enum(['api-key', 'encryption-key', 'other']).default('api-key'),
             description: z.string().default(''),
@@ -358,6 +408,12 @@ export const secretsSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * Programs for the `exec` provider, by name (the `provider` each is sent): secrets kept in
+     * 1Password (`op`), Bitwarden Secrets Manager (`bws`), `sops`, `pass` or any store with a CLI.
+     * Read-only: values are set and rotated in the program's own store. @defaultValue none
+     */
+    exec: z.record(z.string().regex(EXEC_PROGRAM_NAME), execProgramSchema).optional(),
     kms: z
       .object({
         /** Key id, ARN or alias of the customer master key. */

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { ensureReady, type RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, execRef, type FleetConfig } from '../config/resolve.js';
 import { ConfigError, toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
@@ -9,11 +9,14 @@ import type { VaultAuth, VaultProvider } from './vault-provider.js';
 import type { DynamicSecret } from './vault-dynamic.js';
 import type { KmsProvider } from './kms-provider.js';
 import type { LocalProvider } from './local-provider.js';
+import type { ExecProvider } from './exec-provider.js';
+import type { ExecProgram } from './exec-program.js';
 
 interface ProviderByKind {
   local: LocalProvider;
   vault: VaultProvider;
   kms: KmsProvider;
+  exec: ExecProvider;
 }
 
 /** `provider` as its own class, checked by `kind` (each provider class sets it to its own kind). */
@@ -94,6 +97,20 @@ export async function makeProvider(
       requestTimeoutMs: s.vault.requestTimeoutMs,
       logger: deps.logger,
     });
+  }
+  if (kind === 'exec') {
+    const { ExecProvider } = await import('./exec-provider.js');
+    const programs = new Map<string, ExecProgram>(
+      Object.entries(s.exec ?? {}).map(([name, p]) => [name, { name, ...p }]),
+    );
+    const secrets = new Map<string, { program: string; id: string }>();
+    for (const [name, k] of config.secretProviders) {
+      if (k !== 'exec') continue;
+      const ref = execRef(s, name);
+      if ('problem' in ref) throw new ConfigError(ref.problem);
+      secrets.set(name, ref);
+    }
+    return new ExecProvider({ programs, secrets });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
   if (!deps.redis)
