@@ -219,6 +219,35 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
         `job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`,
       );
   }
+  const dataKey = sec.dataKey.name;
+  const encrypting = [...jobTypes.values()].filter((t) => t.encryptData);
+  if (encrypting.length) secretProviders.set(dataKey, sec.items[dataKey]?.provider ?? sec.provider);
+  for (const t of jobTypes.values()) {
+    if (t.secrets.includes(dataKey))
+      problems.push(
+        `job type "${t.name}" declares "${dataKey}", the key sealing job data at rest (secrets.dataKey.name): a job holding it could open every sealed job. Fix: remove it from the type's secrets.`,
+      );
+  }
+  if (dataKey === sec.audit.macKey)
+    problems.push(
+      `secrets.dataKey.name and secrets.audit.macKey are both "${dataKey}". Fix: give the data key a name of its own.`,
+    );
+  const dataKeyRotation = sec.items[dataKey]?.rotation;
+  if (dataKeyRotation) {
+    const r = dataKeyRotation.rotator;
+    if (r.type === 'redis-acl')
+      problems.push(
+        `secrets.items.${dataKey}.rotation.rotator is "redis-acl", but "${dataKey}" is the data key. Fix: use { type: "random", bytes: 32 }.`,
+      );
+    if (r.type === 'random' && r.bytes < 32)
+      problems.push(
+        `secrets.items.${dataKey}.rotation.rotator.bytes is ${r.bytes}; the data key needs at least 32. Fix: set bytes: 32.`,
+      );
+    if (dataKeyRotation.graceSeconds < 2 * sec.dataKey.refreshSeconds)
+      problems.push(
+        `secrets.items.${dataKey}.rotation.graceSeconds (${dataKeyRotation.graceSeconds}) is below twice secrets.dataKey.refreshSeconds (${sec.dataKey.refreshSeconds}): a producer could still seal under a version being retired. Fix: raise graceSeconds to ≥ ${2 * sec.dataKey.refreshSeconds}.`,
+      );
+  }
   for (const [name, provider] of secretProviders) {
     if (provider === 'vault' && !sec.vault)
       problems.push(
@@ -287,6 +316,16 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
 export function auditKeyProvider(config: FleetConfig): 'local' | 'vault' | 'kms' {
   return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
+}
+
+/** The provider holding the data key of job data at rest (`secrets.dataKey.name`): its own item's, else the default. */
+export function dataKeyProvider(config: FleetConfig): 'local' | 'vault' | 'kms' {
+  return config.secrets.items[config.secrets.dataKey.name]?.provider ?? config.secrets.provider;
+}
+
+/** Whether any job type seals its data at rest. */
+export function encryptsData(config: FleetConfig): boolean {
+  return [...config.jobTypes.values()].some((t) => t.encryptData);
 }
 
 /** Finds the config file: explicit path > `FLEET_CONFIG` > `fleet.config.{ts,js,mjs,json}` in `cwd`. */
