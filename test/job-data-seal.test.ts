@@ -21,7 +21,12 @@ import {
 import type { SecretProvider } from '../src/secrets/provider.js';
 import { localStore } from './helpers/fleet.js';
 
-const CTX: SealContext = { jobType: 'pay', jobId: 'pay.0123456789abcdef0123456789abcdef', owner: 'billing', field: 'payload' };
+const CTX: SealContext = {
+  jobType: 'pay',
+  jobId: 'pay.0123456789abcdef0123456789abcdef',
+  owner: 'billing',
+  field: 'payload',
+};
 const KEY = deriveDataKey('1', new Uint8Array(Buffer.from('a'.repeat(64))));
 const PAYLOAD = { customerId: 'cust-4242-plaintext', amountCents: 1999 };
 
