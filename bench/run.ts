@@ -24,6 +24,7 @@ import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
 import { Supervisor } from '../src/workers/supervisor.js';
+import { atRestRuns } from './at-rest.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -32,7 +33,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
+    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `at-rest`: only job data sealed at rest vs not; `injection`: only the secret injection overhead; `roles`: only the idle RSS of each role. */
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
@@ -938,6 +939,11 @@ async function main(): Promise<void> {
       );
       say(`secret overhead p50 enqueue→start vs none: ${JSON.stringify(overhead)}`);
       if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, none, secrets, overhead })}\n`);
+      return;
+    }
+    if (args.only === 'at-rest') {
+      const atRest = await atRestRuns(redis.url, { processor: NOOP, jobs: SECRET_JOBS, concurrency: C, say });
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, atRest })}\n`);
       return;
     }
     if (args.only === 'enqueue') {

@@ -33,16 +33,30 @@ import {
   waitForJob,
 } from './helpers/fleet.js';
 import { dumpKeys } from './helpers/redis.js';
+import { ensureEmbeddedUsers, urlWithCredential, type RedisRole } from '../src/redis/acl.js';
 
 let server: EmbeddedRedis;
 let dir: string;
 let client: Redis;
+let users: ReturnType<typeof ensureEmbeddedUsers>;
+/** The prefix the Redis ACL users are built for (the rotation test runs each component as its role). */
+const PREFIX = 'atrest';
+const roleUrl = (role: RedisRole): string => urlWithCredential(server.url, users.roles[role]!);
+/** The admin's URL: the other tests take a prefix of their own, outside the roles' patterns. */
+let adminUrl: string;
 
 beforeAll(async () => {
-  // Production-shaped persistence: an append-only file, written at every command.
+  // Production-shaped: an append-only file (written at every command), one ACL user per role.
   dir = mkdtempSync(path.join(tmpdir(), 'fleet-at-rest-'));
-  server = await startEmbeddedRedis({ dataDir: dir, persistent: true, args: ['--appendfsync', 'always'] });
-  client = new Redis(server.url);
+  users = ensureEmbeddedUsers(dir);
+  server = await startEmbeddedRedis({
+    dataDir: path.join(dir, 'redis'),
+    persistent: true,
+    args: ['--appendfsync', 'always'],
+    acl: { prefix: PREFIX, users },
+  });
+  adminUrl = urlWithCredential(server.url, users.admin);
+  client = new Redis(adminUrl);
 });
 afterAll(async () => {
   client.disconnect();
@@ -53,13 +67,13 @@ guardAgainstLeaks();
 
 /** Every byte of the append-only files (Redis 7 keeps a base and increments in `appendonlydir/`). */
 function aofBytes(): Buffer {
-  const aofDir = path.join(dir, 'appendonlydir');
+  const aofDir = path.join(dir, 'redis', 'appendonlydir');
   return Buffer.concat(readdirSync(aofDir).map((f) => readFileSync(path.join(aofDir, f))));
 }
 
 /** Every key and value the config's prefix holds, as one text. */
 async function redisText(config: FleetConfig): Promise<string> {
-  return [...(await dumpKeys(server.url, `${config.redis.prefix}:*`))].map(([k, v]) => `${k} ${v}`).join('\n');
+  return [...(await dumpKeys(adminUrl, `${config.redis.prefix}:*`))].map(([k, v]) => `${k} ${v}`).join('\n');
 }
 
 const SEALED = (extra: Record<string, unknown> = {}) =>
@@ -67,7 +81,7 @@ const SEALED = (extra: Record<string, unknown> = {}) =>
 
 describe('job data at rest', () => {
   it('a scan of every Redis key and of the AOF finds no payload, progress, log, result or failure plaintext of an encrypting type, and finds each of the same type without encryptData', async () => {
-    const config = testConfig(server.url, [SEALED(), fixtureType('plain', 'marks-everything.mjs', { attempts: 1 })]);
+    const config = testConfig(adminUrl, [SEALED(), fixtureType('plain', 'marks-everything.mjs', { attempts: 1 })]);
     await startSupervisor({ config });
     const producer = makeProducer(config);
     const sealedMark = `sealed-${randomUUID()}`;
@@ -139,7 +153,7 @@ describe('job data at rest', () => {
   });
 
   it('a tampered ciphertext, or one copied from another job, fails its job with JOB_DATA_TAMPERED and no retry', async () => {
-    const config = testConfig(server.url, [SEALED({ attempts: 3, backoff: { type: 'fixed', delayMs: 0 } })]);
+    const config = testConfig(adminUrl, [SEALED({ attempts: 3, backoff: { type: 'fixed', delayMs: 0 } })]);
     const producer = makeProducer(config);
     const [a, b, c] = [
       await producer.enqueue('sealed', { marker: 'a' }),
@@ -163,7 +177,7 @@ describe('job data at rest', () => {
   });
 
   it('a job a plain BullMQ client wrote fails with JOB_DATA_NOT_SEALED naming the fix, without a retry, and its plaintext payload is removed', async () => {
-    const config = testConfig(server.url, [SEALED({ attempts: 3 })]);
+    const config = testConfig(adminUrl, [SEALED({ attempts: 3 })]);
     const queue = new Queue('sealed', { connection: client, prefix: queuePrefix(config.redis.prefix, 'sealed') });
     const marker = `foreign-${randomUUID()}`;
     const id = newJobId('sealed');
@@ -182,8 +196,8 @@ describe('job data at rest', () => {
     expect(await client.hget(queueKey(config.redis.prefix, 'sealed', id), 'data')).not.toContain(marker);
   });
 
-  it('a data key rotation with jobs in flight loses none: the old version stays until no stored job is sealed under it, then retires', async () => {
-    const config = testConfig(server.url, [SEALED({ concurrency: 4, warmSandboxes: 2 })], {
+  it('a data key rotation with jobs in flight loses none: the old version stays until no stored job is sealed under it, then retires (each component as its Redis role)', async () => {
+    const base = testConfig(adminUrl, [SEALED({ concurrency: 4, warmSandboxes: 2 })], {
       secrets: {
         dataKey: { refreshSeconds: 1 },
         items: {
@@ -194,13 +208,19 @@ describe('job data at rest', () => {
         },
       },
     });
-    const rotation = new RotationService({ config, redisUrl: server.url, events: new FleetEventBus() });
+    const config: FleetConfig = { ...base, redis: { ...base.redis, prefix: PREFIX } };
+    const rotation = new RotationService({
+      config,
+      redisUrl: roleUrl('scheduler'),
+      retentionUrl: roleUrl('retention'),
+      events: new FleetEventBus(),
+    });
     await rotation.start();
+    const producer = new Producer({ config, redis: roleUrl('api') });
     try {
       const store = localStore(config.dataDir);
       // The scheduler created the key at its start.
       expect((await store.list()).find((m) => m.name === 'fleet-data-key')?.version).toBe('1');
-      const producer = makeProducer(config);
       const version = async (id: string): Promise<string | null> =>
         envelopeVersion(
           sealedEnvelope(
@@ -235,7 +255,7 @@ describe('job data at rest', () => {
       );
       expect((await store.readVersion('fleet-data-key', '1')).version).toBe('1');
 
-      await startSupervisor({ config });
+      await startSupervisor({ config, redisUrl: roleUrl('worker') });
       const done = await Promise.all(ids.map((id) => waitForJob(producer, id, 20_000)));
       expect(done.map((j) => j.state)).toEqual(ids.map(() => 'completed'));
       for (const j of done) {
@@ -243,7 +263,9 @@ describe('job data at rest', () => {
         expect(opened.result).toEqual({ echoed: `result-${(opened.data as { marker: string }).marker}` });
       }
       // Once no stored job uses it, version 1 retires at the next sweep after its window.
-      await producer.queue('sealed').obliterate({ force: true });
+      const admin = new Queue('sealed', { connection: client, prefix: queuePrefix(PREFIX, 'sealed') });
+      await admin.obliterate({ force: true });
+      await admin.close();
       await vi.waitFor(
         async () => {
           await rotation.sweep();
@@ -252,13 +274,14 @@ describe('job data at rest', () => {
         { timeout: 10_000, interval: 250 },
       );
     } finally {
+      await producer.close();
       await rotation.stop();
     }
   });
 
   it('the API opens the data for the job owner only; readers by scope, admins, Bull Board and the ops role see it sealed', async () => {
     const tokens = { owner: `owner-${randomUUID()}`, reader: `reader-${randomUUID()}`, admin: `admin-${randomUUID()}` };
-    const config = testConfig(server.url, [SEALED()], {
+    const config = testConfig(adminUrl, [SEALED()], {
       producers: [
         { name: 'owner', tokenSha256: sha256Hex(tokens.owner), jobTypes: ['sealed'] },
         { name: 'reader', tokenSha256: sha256Hex(tokens.reader), jobTypes: ['sealed'], read: ['sealed'] },
