@@ -64,9 +64,25 @@ function aad(ctx: SealContext, version: string): Buffer {
   return Buffer.from(JSON.stringify(['fleet-job-data/v1', ctx.jobType, ctx.jobId, ctx.owner, ctx.field, version]));
 }
 
+/**
+ * Random nonces, drawn from the CSPRNG 1024 at a time (one call per job cost as much as the
+ * encryption itself). Each is used once; a drained pool is replaced, never overwritten.
+ */
+let ivPool = Buffer.alloc(0);
+let ivAt = 0;
+function nextIv(): Buffer {
+  if (ivAt + IV_BYTES > ivPool.length) {
+    ivPool = randomBytes(IV_BYTES * 1024);
+    ivAt = 0;
+  }
+  const iv = ivPool.subarray(ivAt, ivAt + IV_BYTES);
+  ivAt += IV_BYTES;
+  return iv;
+}
+
 /** Seals text into an envelope. */
 export function sealText(key: DataKey, ctx: SealContext, plaintext: string): string {
-  const iv = randomBytes(IV_BYTES);
+  const iv = nextIv();
   const cipher = createCipheriv('aes-256-gcm', key.key, iv);
   cipher.setAAD(aad(ctx, key.version));
   const ct = Buffer.concat([cipher.update(plaintext, 'utf8'), cipher.final()]);
