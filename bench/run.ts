@@ -25,6 +25,7 @@ import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
 import { Supervisor } from '../src/workers/supervisor.js';
 import { silentLogger } from '../src/observability/logger.js';
+import { atRestRuns } from './at-rest.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -33,7 +34,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `dynamic`: only a dynamic database credential's mint and revoke (OpenBao + PostgreSQL); `roles`: only the idle RSS of each role. */
+    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `at-rest`: only job data sealed at rest vs not; `dynamic`: only a dynamic database credential's mint and revoke (OpenBao + PostgreSQL); `roles`: only the idle RSS of each role. */
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
@@ -1029,6 +1030,11 @@ async function main(): Promise<void> {
             `pool throughput ${dyn.dynamic.jobsPerSecond} vs ${dyn.none.jobsPerSecond} jobs/s without secrets, p50 start +${round(dyn.dynamic.p50StartMs - dyn.none.p50StartMs)} ms`,
         );
       if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, dynamic: dyn })}\n`);
+      return;
+    }
+    if (args.only === 'at-rest') {
+      const atRest = await atRestRuns(redis.url, { processor: NOOP, jobs: SECRET_JOBS, concurrency: C, say });
+      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, atRest })}\n`);
       return;
     }
     if (args.only === 'enqueue') {

@@ -246,7 +246,7 @@ export async function startFleet(options: {
       let boardProducer: Producer | undefined;
       if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {
         const { Producer } = await import('./producers/producer.js');
-        const board = new Producer({ config, redis: access.urlFor('ops'), name: 'bull-board' });
+        const board = new Producer({ config, redis: access.urlFor('ops'), name: 'bull-board', dataKeys: null });
         boardProducer = board;
         cleanups.push(() => board.close());
         await waitForRedis(board.redis);

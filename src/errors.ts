@@ -39,6 +39,10 @@ export type ErrorCode =
   | 'SECRET_PERMISSION_DENIED'
   | 'SECRET_AUTH_EXPIRED'
   | 'SECRET_INTEGRITY'
+  | 'JOB_DATA_NOT_SEALED'
+  | 'JOB_DATA_TAMPERED'
+  | 'DATA_KEY_UNAVAILABLE'
+  | 'DATA_KEY_RETIRED'
   | 'INTERNAL';
 
 export interface FleetErrorOptions {
@@ -97,6 +101,18 @@ export class RedisUnavailableError extends define('RedisUnavailableError', 'REDI
 /** Redis refused a write because it is at `maxmemory` (noeviction): retrying cannot help until memory is freed. */
 export class RedisFullError extends define('RedisFullError', 'REDIS_FULL', false) {}
 export class SecretScopeError extends define('SecretScopeError', 'SECRET_SCOPE', false) {}
+
+/**
+ * A job of a type with `encryptData` whose stored data is not sealed (written around the fleet's
+ * producers, e.g. by a BullMQ client in another language): it fails without a retry.
+ */
+export class DataNotSealedError extends define('DataNotSealedError', 'JOB_DATA_NOT_SEALED', false) {}
+/** Sealed job data that fails authentication: altered, or moved from another job, type, owner or field. */
+export class DataTamperedError extends define('DataTamperedError', 'JOB_DATA_TAMPERED', false) {}
+/** The data key cannot be had right now (its store is unreachable, or this component holds none). */
+export class DataKeyUnavailableError extends define('DataKeyUnavailableError', 'DATA_KEY_UNAVAILABLE', true) {}
+/** Job data sealed under a data key version that has been retired from the store. */
+export class DataKeyRetiredError extends define('DataKeyRetiredError', 'DATA_KEY_RETIRED', false) {}
 
 /** A secret could not be produced; `code` tells why (missing, provider down, denied, auth expired, tampered). */
 export class SecretUnavailableError extends FleetError {

@@ -50,6 +50,29 @@ describe('config', () => {
     expect(msg).toContain('isolation: "job"');
   });
 
+  it('refuses a data key a job could hold, or one whose rotation could retire a version still in use for sealing', () => {
+    const msg = refusal({
+      secrets: {
+        dataKey: { refreshSeconds: 30 },
+        items: {
+          'fleet-data-key': {
+            rotation: { schedule: 'daily', rotator: { type: 'random', bytes: 16 }, graceSeconds: 59 },
+          },
+        },
+      },
+      jobTypes: [{ name: 'pay', processor: './ok.mjs', encryptData: true, secrets: ['fleet-data-key'] }],
+    });
+    expect(msg).toMatch(/job type "pay" declares "fleet-data-key", the key sealing job data at rest.*Fix: remove it/);
+    expect(msg).toMatch(/rotation\.rotator\.bytes is 16; the data key needs at least 32\. Fix: set bytes: 32/);
+    expect(msg).toMatch(
+      /graceSeconds \(59\) is below twice secrets\.dataKey\.refreshSeconds \(30\).*Fix: raise graceSeconds to ≥ 60/,
+    );
+    const ok = resolve({ jobTypes: [{ name: 'pay', processor: './ok.mjs', encryptData: true }] });
+    expect(ok.jobTypes.get('pay')?.encryptData).toBe(true);
+    expect(ok.secrets.dataKey).toEqual({ name: 'fleet-data-key', refreshSeconds: 60 });
+    expect(ok.secretProviders.get('fleet-data-key')).toBe('local');
+  });
+
   it('refuses critical work with a timeout above 120 s', () => {
     const msg = refusal({
       jobTypes: [{ name: 'pay', processor: './ok.mjs', sensitivity: 'critical', timeoutMs: 120_001 }],

@@ -42,6 +42,7 @@ const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   INVALID_PAYLOAD: 422,
   IDEMPOTENCY_KEY_REUSED: 422,
   REDIS_UNAVAILABLE: 503,
+  DATA_KEY_UNAVAILABLE: 503,
   REDIS_FULL: 507,
 };
 
@@ -299,7 +300,9 @@ export function createApiApp(options: ApiOptions): express.Express {
   const isJobId = (req: Request): boolean => /^[a-z][a-z0-9-]{0,62}\./.test(String(req.params.id ?? req.params.type));
   v1.get('/jobs/:id', async (req: Authed, res, next) => {
     if (!isJobId(req)) return next();
-    res.json(await visibleJob(req, maySeeJob));
+    const job = await visibleJob(req, maySeeJob);
+    // Data sealed at rest is opened for its owner alone; readers by scope and admins see it sealed.
+    res.json(job.owner === caller(req).name ? await producer.openJob(job) : job);
   });
 
   v1.delete('/jobs/:id', async (req: Authed, res, next) => {

@@ -67,7 +67,13 @@ function need(config: FleetConfig, role: RedisRole): string {
 }
 
 async function withProducer<T>(config: FleetConfig, role: 'api' | 'ops', fn: (p: Producer) => Promise<T>): Promise<T> {
-  const p = new Producer({ config, redis: need(config, role), name: 'cli' });
+  // The ops role reads: it holds no data key, and shows data sealed at rest as it is stored.
+  const p = new Producer({
+    config,
+    redis: need(config, role),
+    name: 'cli',
+    ...(role === 'ops' ? { dataKeys: null } : {}),
+  });
   try {
     return await fn(p);
   } finally {

@@ -1,5 +1,5 @@
 import type { RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, dataKeyProvider, encryptsData, type FleetConfig } from '../config/resolve.js';
 import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
@@ -235,6 +235,9 @@ export async function vaultSetup(
     rotated: Object.entries(config.secrets.items)
       .filter(([name, item]) => item.rotation && config.secretProviders.get(name) === 'vault')
       .map(([name]) => name),
-    systemSecrets: auditKeyProvider(config) === 'vault' ? [config.secrets.audit.macKey] : [],
+    systemSecrets: [
+      ...(auditKeyProvider(config) === 'vault' ? [config.secrets.audit.macKey] : []),
+      ...(encryptsData(config) && dataKeyProvider(config) === 'vault' ? [config.secrets.dataKey.name] : []),
+    ],
   });
 }

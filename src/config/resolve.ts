@@ -5,7 +5,13 @@ import { z } from 'zod';
 import { ConfigError, errorMessage, fieldOf } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
-import { CRITICAL_MAX_TIMEOUT_MS, fleetConfigSchema, type FleetConfigInput, type jobTypeSchema } from './schema.js';
+import {
+  CRITICAL_MAX_TIMEOUT_MS,
+  fleetConfigSchema,
+  type FleetConfigInput,
+  type jobTypeSchema,
+  type ProviderKind,
+} from './schema.js';
 
 type ParsedJobType = z.output<typeof jobTypeSchema>;
 type ParsedConfig = z.output<typeof fleetConfigSchema>;
@@ -33,7 +39,7 @@ export interface JobType extends Omit<
 
 export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
   /** Which provider serves each secret named anywhere in the config. */
-  secretProviders: ReadonlyMap<string, 'local' | 'vault' | 'kms' | 'exec'>;
+  secretProviders: ReadonlyMap<string, ProviderKind>;
   /** Absolute path of the file this came from, or `null` when built in code. */
   source: string | null;
   dataDir: string;
@@ -208,7 +214,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     }
   }
   const sec = cfg.secrets;
-  const secretProviders = new Map<string, 'local' | 'vault' | 'kms' | 'exec'>();
+  const secretProviders = new Map<string, ProviderKind>();
   for (const t of jobTypes.values()) {
     for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
   }
@@ -217,6 +223,35 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     if (t.secrets.includes(sec.audit.macKey))
       problems.push(
         `job type "${t.name}" declares "${sec.audit.macKey}", the audit trail's MAC key (secrets.audit.macKey): a job holding it could forge audit records. Fix: remove it from the type's secrets.`,
+      );
+  }
+  const dataKey = sec.dataKey.name;
+  const encrypting = [...jobTypes.values()].filter((t) => t.encryptData);
+  if (encrypting.length) secretProviders.set(dataKey, sec.items[dataKey]?.provider ?? sec.provider);
+  for (const t of jobTypes.values()) {
+    if (t.secrets.includes(dataKey))
+      problems.push(
+        `job type "${t.name}" declares "${dataKey}", the key sealing job data at rest (secrets.dataKey.name): a job holding it could open every sealed job. Fix: remove it from the type's secrets.`,
+      );
+  }
+  if (dataKey === sec.audit.macKey)
+    problems.push(
+      `secrets.dataKey.name and secrets.audit.macKey are both "${dataKey}". Fix: give the data key a name of its own.`,
+    );
+  const dataKeyRotation = sec.items[dataKey]?.rotation;
+  if (dataKeyRotation) {
+    const r = dataKeyRotation.rotator;
+    if (r.type === 'redis-acl')
+      problems.push(
+        `secrets.items.${dataKey}.rotation.rotator is "redis-acl", but "${dataKey}" is the data key. Fix: use { type: "random", bytes: 32 }.`,
+      );
+    if (r.type === 'random' && r.bytes < 32)
+      problems.push(
+        `secrets.items.${dataKey}.rotation.rotator.bytes is ${r.bytes}; the data key needs at least 32. Fix: set bytes: 32.`,
+      );
+    if (dataKeyRotation.graceSeconds < 2 * sec.dataKey.refreshSeconds)
+      problems.push(
+        `secrets.items.${dataKey}.rotation.graceSeconds (${dataKeyRotation.graceSeconds}) is below twice secrets.dataKey.refreshSeconds (${sec.dataKey.refreshSeconds}): a producer could still seal under a version being retired. Fix: raise graceSeconds to ≥ ${2 * sec.dataKey.refreshSeconds}.`,
       );
   }
   for (const [name, provider] of secretProviders) {
@@ -239,6 +274,10 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   if (auditKeyProvider({ secrets: sec }) === 'exec')
     problems.push(
       `the audit MAC key "${sec.audit.macKey}" (secrets.audit.macKey) would come from the exec provider, which has no versions (the trail is verified by key version) and cannot create it. Fix: set secrets.items.${sec.audit.macKey}.provider to "vault", "kms" or "local".`,
+    );
+  if (encrypting.length && (sec.items[dataKey]?.provider ?? sec.provider) === 'exec')
+    problems.push(
+      `the data key "${dataKey}" (secrets.dataKey.name) would come from the exec provider, which cannot create or rotate it. Fix: set secrets.items.${dataKey}.provider to "vault", "kms" or "local".`,
     );
   for (const [program, p] of Object.entries(sec.exec ?? {})) {
     if (p.jsonOnly) continue;
@@ -353,8 +392,18 @@ export function execRef(
 }
 
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
-export function auditKeyProvider(config: Pick<FleetConfig, 'secrets'>): 'local' | 'vault' | 'kms' | 'exec' {
+export function auditKeyProvider(config: Pick<FleetConfig, 'secrets'>): ProviderKind {
   return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
+}
+
+/** The provider holding the data key of job data at rest (`secrets.dataKey.name`): its own item's, else the default. */
+export function dataKeyProvider(config: FleetConfig): ProviderKind {
+  return config.secrets.items[config.secrets.dataKey.name]?.provider ?? config.secrets.provider;
+}
+
+/** Whether any job type seals its data at rest. */
+export function encryptsData(config: FleetConfig): boolean {
+  return [...config.jobTypes.values()].some((t) => t.encryptData);
 }
 
 /** Finds the config file: explicit path > `FLEET_CONFIG` > `fleet.config.{ts,js,mjs,json}` in `cwd`. */

@@ -156,6 +156,14 @@ export const jobTypeSchema = z
     tmpSizeMb: z.number().int().min(1).max(4096).default(64),
     /** Extra read-only paths a process sandbox may read besides its processor's directory (absolute or relative to the config). @defaultValue [] */
     readPaths: z.array(z.string().min(1)).default([]),
+    /**
+     * Seal this type's job data at rest: payloads, results, progress values, failure reasons and
+     * log lines are stored in Redis as AES-256-GCM envelopes under the fleet's data key
+     * (`secrets.dataKey`), bound to the job's type, id, owner and field. Only the fleet's producers
+     * (HTTP API, TypeScript producer) can enqueue such a type; a job written by another BullMQ
+     * client fails with `JOB_DATA_NOT_SEALED`. @defaultValue false
+     */
+    encryptData: z.boolean().default(false),
     /** Finished jobs are kept this long (seconds), so their status and idempotency keys hold. @defaultValue 86400 */
     keepCompletedSeconds: z.number().int().min(0).default(86_400),
     /** @defaultValue 604800 */
@@ -179,6 +187,8 @@ export const producerSchema = z
   .strict();
 
 const providerKind = z.enum(['local', 'vault', 'kms', 'exec']);
+/** A secret backend's name, as the config spells it. */
+export type ProviderKind = z.infer<typeof providerKind>;
 
 /** Names under `secrets.exec` (sent to the program as `provider`) and the ids it is asked for: OpenClaw's patterns. */
 export const EXEC_PROGRAM_NAME = /^[a-z][a-z0-9_-]{0,63}$/;
@@ -431,6 +441,23 @@ export const secretsSchema = z
       })
       .strict()
       .optional(),
+    /** The data key that seals the job data of types with `encryptData`. */
+    dataKey: z
+      .object({
+        /**
+         * The secret holding it (provider as for any secret: `items` or the default). Created (32
+         * random bytes) on first use where the identity may write it: the local store, the scheduler
+         * with KMS, `fleet vault setup` with Vault. Rotate it like any secret, with a `random`
+         * rotator in `secrets.items.<name>.rotation`: the previous version stays readable for the
+         * rotation's `graceSeconds` and is retired only once no stored job is sealed under it. No
+         * job type may declare it. @defaultValue `"fleet-data-key"`
+         */
+        name: z.string().regex(SECRET_NAME).default('fleet-data-key'),
+        /** How often producers and supervisors look up its current version (a rotation takes effect within this). @defaultValue 60 */
+        refreshSeconds: z.number().int().min(1).max(3600).default(60),
+      })
+      .strict()
+      .prefault({}),
     audit: z
       .object({
         /** Audit stream retention: the scheduler trims to this many records (once 10% over), leaving a signed checkpoint. @defaultValue 100000 */

@@ -1,8 +1,9 @@
 import { Queue, type Job, type JobsOptions } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
 import type { z } from 'zod';
-import type { FleetConfig, JobType } from '../config/resolve.js';
+import { dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
 import {
+  DataKeyUnavailableError,
   FleetError,
   JobNotFoundError,
   parseFailedReason,
@@ -19,6 +20,9 @@ import { controlChannel, idempotencyInFlightKey, queuePrefix } from '../redis/ke
 /** How long an Idempotency-Key counts as in flight if its request dies before finishing. */
 const IN_FLIGHT_MS = 10_000;
 import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
+import type { DataKeyRing } from '../secrets/data-key.js';
+import { envelopeVersion, sealedEnvelope, type SealContext, type SealedField } from '../secrets/job-data-seal.js';
+import type { SecretProvider } from '../secrets/provider.js';
 import type { ControlMessage } from '../workers/control.js';
 import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
 
@@ -81,6 +85,59 @@ export interface ProducerOptions {
   name?: string;
   events?: FleetEventBus;
   via?: 'http' | 'client';
+  /**
+   * The data key sealing the job data of types with `encryptData` (and opening it in
+   * {@link Producer.openJob}). `null`: this producer holds none (Bull Board, `fleet job`): it
+   * shows such data sealed and refuses to enqueue such types. @defaultValue opened from the config
+   * on first use (the data key's store, with this process's identity) and closed by close()
+   */
+  dataKeys?: DataKeyRing | null;
+}
+
+/** The data key of a producer and the producers made from it with withName(): opened once, on first use. */
+class DataKeys {
+  #opened: Promise<{ ring: DataKeyRing; provider: SecretProvider | null }> | null;
+  readonly #open: () => Promise<{ ring: DataKeyRing; provider: SecretProvider | null }>;
+  readonly none: boolean;
+
+  constructor(given: DataKeyRing | null | undefined, config: FleetConfig, redis: RedisClient) {
+    this.none = given === null;
+    this.#opened = given ? Promise.resolve({ ring: given, provider: null }) : null;
+    this.#open = async () => {
+      const { makeProvider, dataKeyRing } = await import('../secrets/providers.js');
+      const { silentLogger } = await import('../observability/logger.js');
+      const provider = await makeProvider(dataKeyProvider(config), config, { redis, logger: silentLogger });
+      return { ring: dataKeyRing(config, provider), provider };
+    };
+  }
+
+  ring(type: JobType): Promise<DataKeyRing> {
+    if (this.none)
+      return Promise.reject(
+        new DataKeyUnavailableError(
+          `job type "${type.name}" seals its data at rest (encryptData), and this producer holds no data key (a read-only view). Fix: enqueue through the HTTP API or a producer made with the data key.`,
+          { retryable: false },
+        ),
+      );
+    if (!this.#opened) {
+      const opening = this.#open();
+      this.#opened = opening;
+      // A store that could not be opened is tried again by the next call.
+      opening.catch(() => {
+        if (this.#opened === opening) this.#opened = null;
+      });
+    }
+    return this.#opened.then((o) => o.ring);
+  }
+
+  async close(): Promise<void> {
+    const opened = await this.#opened?.catch(() => null);
+    this.#opened = null;
+    if (opened?.provider) {
+      opened.ring.discard();
+      await opened.provider.close();
+    }
+  }
 }
 
 /**
@@ -104,8 +161,10 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   readonly #name: string;
   readonly #events: FleetEventBus | undefined;
   readonly #via: 'http' | 'client';
+  readonly #keys: DataKeys;
+  readonly #ownsKeys: boolean;
 
-  constructor(options: ProducerOptions, queues = new Map<string, Queue>()) {
+  constructor(options: ProducerOptions, queues = new Map<string, Queue>(), keys?: DataKeys) {
     this.config = options.config;
     const r = options.redis ?? options.config.redis.url;
     if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
@@ -117,6 +176,8 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     this.#name = options.name ?? 'client';
     this.#events = options.events;
     this.#via = options.via ?? 'client';
+    this.#ownsKeys = keys === undefined;
+    this.#keys = keys ?? new DataKeys(options.dataKeys, this.config, this.redis);
   }
 
   /**
@@ -126,7 +187,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   withName(name: string): Producer<Payloads> {
     const opts: ProducerOptions = { config: this.config, redis: this.redis, name, via: this.#via };
     if (this.#events) opts.events = this.#events;
-    return new Producer<Payloads>(opts, this.#queues);
+    return new Producer<Payloads>(opts, this.#queues, this.#keys);
   }
 
   jobType(name: string): JobType {
@@ -226,6 +287,20 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     }
   }
 
+  /** What BullMQ stores as the job's data: the payload, sealed for a type with `encryptData`. */
+  async #stored(type: JobType, id: string, payload: unknown): Promise<unknown> {
+    if (!type.encryptData) return payload;
+    const ring = await this.#keys.ring(type);
+    return ring.seal({ jobType: type.name, jobId: id, owner: this.#name, field: 'payload' }, payload);
+  }
+
+  /** A stored job's payload as enqueued (opened, for a type with `encryptData`). */
+  async #payloadOf(type: JobType, job: Job): Promise<unknown> {
+    if (!type.encryptData) return job.data;
+    const ring = await this.#keys.ring(type);
+    return ring.open({ jobType: type.name, jobId: job.id ?? '', owner: job.name, field: 'payload' }, job.data);
+  }
+
   async enqueue<T extends keyof Payloads & string>(
     typeName: T,
     data: Payloads[T],
@@ -234,12 +309,14 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const type = this.jobType(typeName);
     const payload = this.validate(type, data);
     const id = this.#idFor(type, options);
+    // Sealed before it leaves this process: Redis (its AOF, its replicas) never holds the plaintext.
+    const stored = await this.#stored(type, id, payload);
     await this.#guard('enqueue', async () => {
       const q = await this.#readyQueue(type.name);
       const key = options.idempotencyKey;
       // The BullMQ job name records who enqueued it: the owner that may read and cancel it.
       if (key === undefined) {
-        await q.add(this.#name, payload, this.#jobOptions(type, id, options));
+        await q.add(this.#name, stored, this.#jobOptions(type, id, options));
         return;
       }
       // While the first request with a key is being enqueued, a second one gets 409 (IETF
@@ -254,8 +331,8 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
         );
       }
       try {
-        await q.add(this.#name, payload, this.#jobOptions(type, id, options));
-        await this.#sameBodyOrRefuse(q, [{ id, key, payload }]);
+        await q.add(this.#name, stored, this.#jobOptions(type, id, options));
+        await this.#sameBodyOrRefuse(q, type, [{ id, key, payload }]);
       } finally {
         if (first) await this.redis.del(marker);
       }
@@ -271,12 +348,18 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
    */
   async #sameBodyOrRefuse(
     q: Queue,
+    type: JobType,
     sent: { id: string; key: string; payload: unknown; index?: number }[],
   ): Promise<void> {
-    const stored = await Promise.all(sent.map((s) => q.getJob(s.id)));
+    const stored = await Promise.all(
+      sent.map(async (s) => {
+        const job = await q.getJob(s.id);
+        return job ? { payload: await this.#payloadOf(type, job) } : null;
+      }),
+    );
     sent.forEach((s, i) => {
       const job = stored[i];
-      if (job && canonicalJson(job.data) !== canonicalJson(s.payload)) {
+      if (job && canonicalJson(job.payload) !== canonicalJson(s.payload)) {
         throw new FleetError(
           'IDEMPOTENCY_KEY_REUSED',
           `Idempotency-Key ${JSON.stringify(s.key)}${s.index === undefined ? '' : ` (jobs[${s.index}])`} was already used with a different body, for job ${s.id}. Fix: send a new key for a new request, or resend the original body.`,
@@ -302,7 +385,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       try {
         const payload = this.validate(type, item.data);
         const id = this.#idFor(type, item);
-        return { id, job: { name: this.#name, data: payload, opts: this.#jobOptions(type, id, item) } };
+        return { id, payload, job: { name: this.#name, data: payload, opts: this.#jobOptions(type, id, item) } };
       } catch (err) {
         problems.push({
           index,
@@ -322,7 +405,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
       const prep = jobs[index];
       return item.idempotencyKey === undefined || !prep
         ? []
-        : [{ id: prep.id, key: item.idempotencyKey, payload: prep.job.data, index }];
+        : [{ id: prep.id, key: item.idempotencyKey, payload: prep.payload, index }];
     });
     const firstByKey = new Map<string, (typeof keyed)[number]>();
     for (const k of keyed) {
@@ -336,10 +419,11 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
         );
       }
     }
+    for (const p of jobs) p.job.data = await this.#stored(type, p.id, p.payload);
     await this.#guard('batch enqueue', async () => {
       const q = await this.#readyQueue(type.name);
       // Checked before adding: a refused batch enqueues nothing.
-      if (keyed.length) await this.#sameBodyOrRefuse(q, [...firstByKey.values()]);
+      if (keyed.length) await this.#sameBodyOrRefuse(q, type, [...firstByKey.values()]);
       await q.addBulk(jobs.map((p) => p.job));
     });
     this.#events?.emit('job:enqueued', { jobType: type.name, count: jobs.length, via: this.#via });
@@ -387,6 +471,42 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
         finishedAt: job.finishedOn ?? null,
         durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : null,
       },
+    };
+  }
+
+  /**
+   * The view with its sealed fields opened (a type with `encryptData`; others are returned as
+   * they are): for the job's owner only, which the caller checks. A field that cannot be opened
+   * (tampered, sealed under a retired key) stays sealed, with the code of the reason beside it.
+   */
+  async openJob(view: JobView): Promise<JobView> {
+    const type = this.jobType(view.type);
+    if (!type.encryptData) return view;
+    const ring = await this.#keys.ring(type);
+    const ctx = (field: SealedField): SealContext => ({ jobType: type.name, jobId: view.id, owner: view.owner, field });
+    const open = async (field: SealedField, stored: unknown): Promise<unknown> => {
+      if (sealedEnvelope(stored) === null) return stored;
+      try {
+        return await ring.open(ctx(field), stored);
+      } catch (err) {
+        if (!(err instanceof FleetError)) throw err;
+        return { ...Object(stored), openError: err.code };
+      }
+    };
+    let error = view.error;
+    if (error && envelopeVersion(error.message) !== null) {
+      const message = await ring.openText(ctx('failure'), error.message).catch((err: unknown) => {
+        if (!(err instanceof FleetError)) throw err;
+        return `${error?.message ?? ''} (not opened: ${err.code})`;
+      });
+      error = { code: error.code, message };
+    }
+    return {
+      ...view,
+      data: await open('payload', view.data),
+      result: await open('result', view.result),
+      progress: await open('progress', view.progress),
+      error,
     };
   }
 
@@ -445,6 +565,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   async close(): Promise<void> {
     await Promise.all([...this.#queues.values()].map((q) => q.close()));
     this.#queues.clear();
+    if (this.#ownsKeys) await this.#keys.close();
     if (this.#ownsRedis) this.redis.disconnect();
   }
 }

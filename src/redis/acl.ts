@@ -15,10 +15,10 @@ export type RedisRole = 'api' | 'worker' | 'scheduler' | 'ops' | 'retention';
 export const REDIS_ROLES: readonly RedisRole[] = ['api', 'worker', 'scheduler', 'ops', 'retention'];
 
 export const ROLE_PURPOSE: Record<RedisRole, string> = {
-  api: 'HTTP API and `fleet enqueue`: enqueue, read and cancel jobs; read the audit trail',
+  api: 'HTTP API and `fleet enqueue`: enqueue, read and cancel jobs; read the audit trail and KMS envelopes (the data key)',
   worker: 'supervisors: take and finish jobs, append audit records, heartbeats, read KMS envelopes',
   scheduler:
-    'rotation service and `fleet rotate`/`fleet secrets`: rotation queue and state, KMS envelopes, append audit records',
+    'rotation service and `fleet rotate`/`fleet secrets`: rotation queue and state, KMS envelopes, append audit records, read job queues (data key retirement)',
   ops: '`fleet status`, `fleet audit`, `fleet audit verify`, Bull Board: read only',
   retention: 'audit retention (in the scheduler): write a signed checkpoint, then trim the audit stream',
 };
@@ -151,7 +151,15 @@ function rulesOf(role: RedisRole, prefix: string): string[] {
   const control = `&${controlChannel(prefix)}`;
   switch (role) {
     case 'api':
-      return [...QUEUE_COMMANDS, '+publish', ...keys(k.queues), control, auditRead];
+      return [
+        ...QUEUE_COMMANDS,
+        '+publish',
+        ...keys(k.queues),
+        control,
+        auditRead,
+        // The data key, when its store is KMS (envelopes in Redis; opening one takes KMS Decrypt).
+        selector([...READ_COMMANDS, ...keys(k.kms, '%R')]),
+      ];
     case 'worker':
       return [
         ...QUEUE_COMMANDS,
@@ -171,6 +179,8 @@ function rulesOf(role: RedisRole, prefix: string): string[] {
         ...keys(k.kms),
         auditAppend,
         selector([...READ_COMMANDS, ...keys(k.supervisors, '%R')]),
+        // Before a data key version retires: which stored jobs are still sealed under it.
+        selector([...READ_COMMANDS, ...keys(k.queues, '%R')]),
       ];
     case 'ops':
       return [...READ_COMMANDS, ...READ_SCRIPTS, `~${prefix}:*`];

@@ -13,6 +13,11 @@ export function queuePrefix(prefix: string, jobType: string): string {
   return `${prefix}:{${jobType}}`;
 }
 
+/** One of BullMQ's keys of a job type's queue: `wait`, `completed`, … or a job id (the job's hash). */
+export function queueKey(prefix: string, jobType: string, suffix: string): string {
+  return `${queuePrefix(prefix, jobType)}:${jobType}:${suffix}`;
+}
+
 /** The audit stream (every secret access, every egress refusal). */
 export function auditStreamKey(prefix: string): string {
   return `${prefix}:{audit}`;

@@ -3,7 +3,7 @@ import { hostname } from 'node:os';
 import { performance } from 'node:perf_hooks';
 import { Queue, Worker, type Job } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
-import type { FleetConfig } from '../config/resolve.js';
+import { encryptsData, type FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import type { rotationSchema } from '../config/schema.js';
 import { FleetError, toError } from '../errors.js';
@@ -17,7 +17,8 @@ import { openAuditLog, trimAuditWithCheckpoint, type AuditLog } from '../secrets
 import { ChainWriter, type AuditKeyRing } from '../secrets/audit-chain.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { secretHealth, type SecretHealth } from './secret-health.js';
-import { listSecrets, makeProvider, providerOfKind } from '../secrets/providers.js';
+import { dataKeyRing, listSecrets, makeProvider, providerOfKind } from '../secrets/providers.js';
+import { jobsSealedUnder } from './data-key-use.js';
 import { loadRotator, type Rotator, type RotatorContext } from './rotators.js';
 import { runRotatorStep } from './sandboxed-rotator.js';
 import { redisAclRotator } from './redis-acl-rotator.js';
@@ -220,7 +221,26 @@ export class RotationService {
           this.#log.warn('could not enable KMS key rotation', { keyId: kms.keyId, error: toError(err).message }),
         );
     }
+    if (encryptsData(this.#config)) await this.#ensureDataKey();
     this.#log.info('rotation scheduler running', { secrets: [...policies.keys()] });
+  }
+
+  /**
+   * Creates the data key of job data at rest when its store has none (the scheduler's identity may
+   * write KMS envelopes, which supervisors and the API may only read). Not fatal: producers and
+   * supervisors say what is missing when they need it.
+   */
+  async #ensureDataKey(): Promise<void> {
+    const name = this.#config.secrets.dataKey.name;
+    const ring = dataKeyRing(this.#config, await this.#provider(name));
+    try {
+      const key = await ring.current();
+      this.#log.info('data key for job data at rest is ready', { secret: name, version: key.version });
+    } catch (err) {
+      this.#log.warn('the data key for job data at rest is not ready', { secret: name, error: toError(err).message });
+    } finally {
+      ring.discard();
+    }
   }
 
   /** The Redis connection; start() opens it. */
@@ -528,6 +548,8 @@ export class RotationService {
         // rotator's finish step, twice. A failed retirement is put back for the next sweep.
         const key = rotationStateKey(this.#config.redis.prefix, secret);
         if ((await this.#redis.hdel(key, `retire:${version}`)) !== 1) continue;
+        if (secret === this.#config.secrets.dataKey.name && (await this.#dataKeyStillUsed(secret, version, key)))
+          continue;
         await this.#step(
           secret,
           'retire',
@@ -564,6 +586,27 @@ export class RotationService {
         });
       }
     }
+  }
+
+  /**
+   * A data key version retires only once no stored job is sealed under it: while some are, its
+   * retirement moves on by another grace window (a job waiting longer than one loses nothing).
+   */
+  async #dataKeyStillUsed(secret: string, version: string, stateKey: string): Promise<boolean> {
+    const users = await jobsSealedUnder(this.#db, this.#config, version).catch(async (err: unknown) => {
+      await this.#redis?.hset(stateKey, `retire:${version}`, String(Date.now() + 60_000));
+      throw err;
+    });
+    if (!users.length) return false;
+    const graceMs = Math.max(1000, this.#policy(secret).graceSeconds * 1000);
+    await this.#db.hset(stateKey, `retire:${version}`, String(Date.now() + graceMs));
+    this.#log.info('data key version still seals stored jobs; its retirement waits', {
+      secret,
+      version,
+      jobs: users,
+      retryInMs: graceMs,
+    });
+    return true;
   }
 
   /** `fleet rotate <secret>`: an immediate rotation, outside the schedule (still one at a time). */

@@ -2,7 +2,8 @@
  * The one small interface every secret backend implements. The core never imports a backend SDK;
  * it talks to these.
  */
-export type ProviderKind = 'local' | 'vault' | 'kms' | 'exec';
+import type { ProviderKind } from '../config/schema.js';
+export type { ProviderKind };
 
 export interface SecretValue {
   /** Plaintext in memory of its own (never Node's shared Buffer pool), so it can be zeroed or transferred. */

@@ -1,9 +1,10 @@
 import path from 'node:path';
 import { ensureReady, type RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, execRef, type FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, dataKeyProvider, encryptsData, execRef, type FleetConfig } from '../config/resolve.js';
 import { ConfigError, toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
+import { DataKeyRing } from './data-key.js';
 import { requireEnv } from '../config/credentials.js';
 import type { VaultAuth, VaultProvider } from './vault-provider.js';
 import type { DynamicSecret } from './vault-dynamic.js';
@@ -26,9 +27,13 @@ export function providerOfKind<K extends ProviderKind>(provider: SecretProvider,
   return provider as ProviderByKind[K];
 }
 
-/** Provider kinds the config actually uses: by some secret, or for the audit MAC key. */
+/** Provider kinds the config actually uses: by some secret, for the audit MAC key, or for the data key. */
 export function usedProviders(config: FleetConfig): Set<ProviderKind> {
-  return new Set([...config.secretProviders.values(), auditKeyProvider(config)]);
+  return new Set([
+    ...config.secretProviders.values(),
+    auditKeyProvider(config),
+    ...(encryptsData(config) ? [dataKeyProvider(config)] : []),
+  ]);
 }
 
 /** The secrets Vault mints per job (`secrets.items.*.dynamic`), by name. */
@@ -170,4 +175,10 @@ export async function listSecrets(
     }
   }
   return { meta, problems };
+}
+
+/** The data key ring of job data at rest (`secrets.dataKey`), read through `provider` (the data key's store, opened with the caller's identity). */
+export function dataKeyRing(config: FleetConfig, provider: SecretProvider): DataKeyRing {
+  const { name, refreshSeconds } = config.secrets.dataKey;
+  return new DataKeyRing({ provider, name, refreshMs: refreshSeconds * 1000, create: true });
 }

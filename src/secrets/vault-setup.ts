@@ -27,7 +27,7 @@ export async function setupVault(options: {
   /** Vault secrets with a rotation policy: each gets a write policy of its own. */
   rotated?: readonly string[];
   /**
-   * The fleet's own keys (the audit MAC key), read by supervisors and the scheduler with their own
+   * The fleet's own keys (the audit MAC key, the data key of job data at rest), read by supervisors and the scheduler with their own
    * identity; created (64 random hex characters) when missing.
    */
   systemSecrets?: readonly string[];

@@ -1,9 +1,18 @@
 import { UnrecoverableError, WaitingError, type Job } from 'bullmq';
 import type { FleetConfig, JobType } from '../config/resolve.js';
-import { FleetError, ProcessorError, ValidationError, formatFailedReason, toError } from '../errors.js';
+import {
+  DataKeyUnavailableError,
+  FleetError,
+  ProcessorError,
+  ValidationError,
+  formatFailedReason,
+  toError,
+} from '../errors.js';
 import type { FleetEventBus, JobOutcome } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import type { JobSecrets, SecretBroker } from '../secrets/broker.js';
+import type { DataKeyRing } from '../secrets/data-key.js';
+import type { SealContext, SealedField } from '../secrets/job-data-seal.js';
 import type { InjectionRegistry } from '../secrets/injection.js';
 import type { SandboxPool } from './sandbox-pool.js';
 
@@ -69,6 +78,51 @@ export interface JobRunnerDeps {
   broker: () => SecretBroker | null;
   /** Placeholders of injected secrets, when a type injects any. */
   injections: () => InjectionRegistry | null;
+  /** The data key, when a type seals its data at rest (`encryptData`). */
+  dataKeys: () => DataKeyRing | null;
+}
+
+/**
+ * What this job writes back to Redis, as it is stored: sealed under the data key for a type with
+ * `encryptData` (after the sandbox's output was masked), as it is otherwise.
+ */
+interface JobData {
+  payload(): Promise<unknown>;
+  value(field: 'result' | 'progress', value: unknown): Promise<unknown>;
+  text(field: 'log', text: string): Promise<string>;
+  /** BullMQ's failedReason: `[CODE] message`, the message sealed; never the plaintext. */
+  failure(err: FleetError): Promise<string>;
+}
+
+function plainData(job: Job): JobData {
+  return {
+    payload: () => Promise.resolve(job.data),
+    value: (_f, v) => Promise.resolve(v),
+    text: (_f, t) => Promise.resolve(t),
+    failure: (err) => Promise.resolve(formatFailedReason(err)),
+  };
+}
+
+function sealedData(t: JobType, job: Job, jobId: string, ring: DataKeyRing | null): JobData {
+  const ctx = (field: SealedField): SealContext => ({ jobType: t.name, jobId, owner: job.name, field });
+  const keys = (): Promise<DataKeyRing> =>
+    ring
+      ? Promise.resolve(ring)
+      : Promise.reject(
+          new DataKeyUnavailableError(`type "${t.name}" seals its data at rest but the supervisor has no data key`),
+        );
+  return {
+    payload: async () => (await keys()).open(ctx('payload'), job.data),
+    value: async (field, v) => (await keys()).seal(ctx(field), v),
+    text: async (field, text) => (await keys()).sealText(ctx(field), text),
+    failure: async (err) => {
+      try {
+        return `[${err.code}] ${await (await keys()).sealText(ctx('failure'), err.message)}`;
+      } catch {
+        return `[${err.code}] (message withheld: the data key to seal it is unavailable)`;
+      }
+    },
+  };
 }
 
 /**
@@ -103,9 +157,18 @@ export class JobRunner {
     if (!broker) throw new Error('job runner used before the supervisor started');
     const secrets: JobSecrets = broker.forJob(t, jobId);
     const injections = this.#d.injections();
+    const stored = t.encryptData ? sealedData(t, job, jobId, this.#d.dataKeys()) : plainData(job);
     try {
+      const data = await stored.payload().catch(async (err: unknown) => {
+        // A payload written in plaintext around the fleet's producers does not stay at rest.
+        if (err instanceof FleetError && err.code === 'JOB_DATA_NOT_SEALED')
+          await job
+            .updateData({ $removed: 'the plaintext payload was removed (JOB_DATA_NOT_SEALED)' })
+            .catch(() => undefined);
+        throw err;
+      });
       // Jobs can be written to Redis by anyone holding its credentials; check again here.
-      const parsed = t.payload.safeParse(job.data);
+      const parsed = t.payload.safeParse(data);
       if (!parsed.success)
         throw new ValidationError(
           `payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`,
@@ -120,7 +183,11 @@ export class JobRunner {
       }
       const { deliver, placeholders } = handed.value;
       const progress = progressWriter(
-        (value) => job.updateProgress(value),
+        async (value) => {
+          const v = await stored.value('progress', value);
+          // A sealed value is an object; BullMQ's type says number | object.
+          await job.updateProgress(typeof v === 'number' || (typeof v === 'object' && v) ? v : { value: v });
+        },
         (e: unknown) => log.warn('progress not saved', { error: toError(e).message }),
       );
       const result = await acquired.value.run(
@@ -144,7 +211,10 @@ export class JobRunner {
             // The sandbox's fields nested, never merged: they cannot stand in for the scope's own
             // (jobId, jobType) nor make a line look like the supervisor's (component, audit).
             log[level](msg, { source, ...(fields ? { fields } : {}) });
-            void job.log(`${level}: ${msg}`).catch(() => undefined);
+            void stored
+              .text('log', `${level}: ${msg}`)
+              .then((line) => job.log(line))
+              .catch(() => undefined);
           },
           onSecretRequest: (name) => secrets.request(name),
           maskAlso: deliver.flatMap((s) => s.maskAlso ?? []),
@@ -162,7 +232,7 @@ export class JobRunner {
         peakHeapBytes: result.peakHeapBytes,
         ...(result.peakMemoryBytes !== undefined ? { peakMemoryBytes: result.peakMemoryBytes } : {}),
       });
-      return result.result;
+      return await stored.value('result', result.result);
     } catch (caught) {
       const err =
         caught instanceof FleetError ? caught : new ProcessorError(toError(caught).message, { cause: caught });
@@ -191,9 +261,12 @@ export class JobRunner {
         willRetry,
       });
       log.warn('job failed', { errorCode: err.code, error: err.message, attempt, willRetry });
-      const reason = formatFailedReason(err);
+      const reason = await stored.failure(err);
       const out = retryable ? new Error(reason) : new UnrecoverableError(reason);
-      out.stack = `${out.name}: ${reason}\n${err.stack?.split('\n').slice(1).join('\n') ?? ''}`;
+      // BullMQ stores the stack too: for a sealed type, the frames (text the sandbox sent) stay out.
+      out.stack = t.encryptData
+        ? `${out.name}: ${reason}`
+        : `${out.name}: ${reason}\n${err.stack?.split('\n').slice(1).join('\n') ?? ''}`;
       throw out;
     } finally {
       this.#d.active.delete(jobId);

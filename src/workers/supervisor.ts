@@ -4,7 +4,7 @@ import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Queue, Worker } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
+import { auditKeyProvider, dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
 import { toError, ConfigError } from '../errors.js';
 import { FleetEventBus, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
@@ -14,8 +14,9 @@ import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/
 import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
 import { SecretBroker } from '../secrets/broker.js';
 import { InjectionRegistry } from '../secrets/injection.js';
-import { dynamicSecrets, makeProviders, providerOfKind } from '../secrets/providers.js';
+import { dataKeyRing, dynamicSecrets, makeProviders, providerOfKind } from '../secrets/providers.js';
 import { RedisLeaseLedger, sweepOrphanedTokens } from '../secrets/lease-ledger.js';
+import type { DataKeyRing } from '../secrets/data-key.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { parseControlMessage } from './control.js';
 import { JobRunner } from './job-runner.js';
@@ -80,6 +81,8 @@ export class Supervisor {
   #ledger: { ledger: RedisLeaseLedger; vault: SecretProvider } | null = null;
   #injections: InjectionRegistry | null = null;
   #auditKeys: AuditKeyRing | null = null;
+  /** The data key, when one of this supervisor's types seals its data at rest. */
+  #dataKeys: DataKeyRing | null = null;
   #auditCheck: NodeJS.Timeout | null = null;
   #stopAuditKeys: (() => void) | null = null;
   readonly #sealAudit: boolean;
@@ -107,6 +110,7 @@ export class Supervisor {
       active: this.#active,
       broker: () => this.#secrets,
       injections: () => this.#injections,
+      dataKeys: () => this.#dataKeys,
     });
     const url = options.redisUrl ?? options.config.redis.url;
     if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
@@ -379,6 +383,16 @@ export class Supervisor {
       throw new ConfigError(
         `no "${auditKeyProvider(this.#config)}" secret provider for the audit MAC key (secrets.audit.macKey). Fix: pass every provider usedProviders(config) names.`,
       );
+    if (this.#types.some((t) => t.encryptData)) {
+      const kind = dataKeyProvider(this.#config);
+      const store = providers.get(kind);
+      if (!store)
+        throw new ConfigError(
+          `no "${kind}" secret provider for the data key (secrets.dataKey). Fix: pass every provider usedProviders(config) names.`,
+        );
+      // Read on first use (a job's payload), like a job's secrets: a store that is down does not stop start-up.
+      this.#dataKeys = dataKeyRing(this.#config, store);
+    }
     const auditCfg = this.#config.secrets.audit;
     let audit: AuditLog;
     if (this.#sealAudit) {
@@ -663,6 +677,8 @@ export class Supervisor {
     this.#secrets = null;
     this.#auditKeys?.discard();
     this.#auditKeys = null;
+    this.#dataKeys?.discard();
+    this.#dataKeys = null;
     if (this.#redis?.status === 'ready')
       await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
     this.#subscriber?.disconnect();
