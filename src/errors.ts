@@ -43,6 +43,7 @@ export type ErrorCode =
   | 'JOB_DATA_TAMPERED'
   | 'DATA_KEY_UNAVAILABLE'
   | 'DATA_KEY_RETIRED'
+  | 'ILLEGAL_STATE'
   | 'INTERNAL';
 
 export interface FleetErrorOptions {
@@ -113,6 +114,12 @@ export class DataTamperedError extends define('DataTamperedError', 'JOB_DATA_TAM
 export class DataKeyUnavailableError extends define('DataKeyUnavailableError', 'DATA_KEY_UNAVAILABLE', true) {}
 /** Job data sealed under a data key version that has been retired from the store. */
 export class DataKeyRetiredError extends define('DataKeyRetiredError', 'DATA_KEY_RETIRED', false) {}
+
+/**
+ * A lifecycle call out of turn: a supervisor or scheduler started twice, or started again after it
+ * stopped (each instance runs once, as Temporal's workers do). A caller's bug, not retried.
+ */
+export class IllegalStateError extends define('IllegalStateError', 'ILLEGAL_STATE', false) {}
 
 /** A secret could not be produced; `code` tells why (missing, provider down, denied, auth expired, tampered). */
 export class SecretUnavailableError extends FleetError {

@@ -1,7 +1,10 @@
 import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/keys.js';
-import type { FleetEvents } from '../src/events.js';
+import { FleetEventBus, type FleetEvents, type LifecycleState } from '../src/events.js';
+import { Supervisor } from '../src/workers/supervisor.js';
+import { Lifecycle } from '../src/lifecycle.js';
+import { capturingLogger } from './helpers/leaks.js';
 import {
   fixtureType,
   guardAgainstLeaks,
@@ -248,5 +251,94 @@ describe('supervisor', () => {
         active: 0,
       },
     ]);
+  });
+});
+
+describe('supervisor lifecycle', () => {
+  it('allows exactly the documented moves', () => {
+    const all = ['starting', 'running', 'draining', 'stopped', 'failed'] as const;
+    const allowed: Record<string, readonly string[]> = {
+      new: ['starting', 'stopped'],
+      starting: ['running', 'failed'],
+      running: ['draining'],
+      draining: ['stopped'],
+      failed: ['stopped'],
+      stopped: [],
+    };
+    const path: Record<string, readonly (typeof all)[number][]> = {
+      new: [],
+      starting: ['starting'],
+      running: ['starting', 'running'],
+      draining: ['starting', 'running', 'draining'],
+      failed: ['starting', 'failed'],
+      stopped: ['stopped'],
+    };
+    for (const [from, moves] of Object.entries(allowed)) {
+      for (const to of all) {
+        const life = new Lifecycle('t');
+        for (const step of path[from] ?? []) life.to(step);
+        expect(life.state).toBe(from);
+        if (moves.includes(to)) life.to(to);
+        else expect(() => life.to(to)).toThrow(expect.objectContaining({ code: 'ILLEGAL_STATE' }));
+      }
+    }
+  });
+
+  const states = (events: FleetEventBus): LifecycleState[] => {
+    const seen: LifecycleState[] = [];
+    events.on('supervisor:state', (e) => seen.push(e.state));
+    return seen;
+  };
+
+  it('starts once: a second start() and a start() after stop() are refused with ILLEGAL_STATE', async () => {
+    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
+    const events = new FleetEventBus();
+    const seen = states(events);
+    const sup = await startSupervisor({ config, events });
+    await expect(sup.start()).rejects.toMatchObject({
+      code: 'ILLEGAL_STATE',
+      message: expect.stringContaining('cannot go from "running" to "starting"'),
+    });
+    await sup.stop(0);
+    await expect(sup.start()).rejects.toMatchObject({
+      code: 'ILLEGAL_STATE',
+      message: expect.stringContaining('create a new instance to start again'),
+    });
+    // stop() again is a no-op that resolves.
+    await sup.stop(0);
+    expect(seen).toEqual(['starting', 'running', 'draining', 'stopped']);
+  });
+
+  it('stop() before start() ends it without starting; stop() during start() waits, then drains', async () => {
+    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
+    const never = new Supervisor({ config });
+    await never.stop(0);
+    expect(never.state).toBe('stopped');
+    await expect(never.start()).rejects.toMatchObject({ code: 'ILLEGAL_STATE' });
+
+    const events = new FleetEventBus();
+    const seen = states(events);
+    const sup = new Supervisor({ config, events });
+    const starting = sup.start();
+    const stopping = sup.stop(0);
+    await starting;
+    await stopping;
+    expect(seen).toEqual(['starting', 'running', 'draining', 'stopped']);
+  });
+
+  it('a failed start closes what it opened (state failed, then stopped) and its listeners are gone', async () => {
+    // A processor without a default export: its warm sandboxes cannot load it.
+    const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs'), fixtureType('broken', 'no-default.mjs')]);
+    const { logger, lines } = capturingLogger();
+    const events = new FleetEventBus();
+    const seen = states(events);
+    const sup = new Supervisor({ config, events, logger });
+    await expect(sup.start()).rejects.toMatchObject({ code: 'PROCESSOR_LOAD_FAILED' });
+    expect(sup.state).toBe('failed');
+    await sup.stop(0);
+    expect(seen).toEqual(['starting', 'failed', 'stopped']);
+    // The supervisor's own listeners were removed: an event on the shared bus reaches none of them.
+    events.emit('sandbox:violation', { jobId: 'x', jobType: 'ok', code: 'SANDBOX_PROTOCOL', problem: 'late' });
+    expect(lines.join('')).not.toContain('sandbox killed for a violation');
   });
 });

@@ -149,15 +149,16 @@ export class JobRunner {
     const attempt = job.attemptsMade + 1;
     this.#d.events.emit('job:started', { jobId, jobType: t.name, attempt, queuedMs: started - job.timestamp });
 
-    const controller = new AbortController();
-    this.#d.active.set(jobId, controller);
-    let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
-    let clean = false;
     const broker = this.#d.broker();
     if (!broker) throw new Error('job runner used before the supervisor started');
     const secrets: JobSecrets = broker.forJob(t, jobId);
     const injections = this.#d.injections();
     const stored = t.encryptData ? sealedData(t, job, jobId, this.#d.dataKeys()) : plainData(job);
+    let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
+    let clean = false;
+    const controller = new AbortController();
+    // Registered right before the try whose finally removes it: nothing between can throw.
+    this.#d.active.set(jobId, controller);
     try {
       const data = await stored.payload().catch(async (err: unknown) => {
         // A payload written in plaintext around the fleet's producers does not stay at rest.

@@ -6,6 +6,7 @@ import { Queue, Worker } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
 import { toError, ConfigError } from '../errors.js';
+import { Lifecycle } from '../lifecycle.js';
 import { FleetEventBus, type LifecycleState } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
@@ -90,7 +91,11 @@ export class Supervisor {
   readonly #givenProviders: ReadonlyMap<ProviderKind, SecretProvider> | null;
   #subscriber: RedisClient | null = null;
   #heartbeat: NodeJS.Timeout | null = null;
-  #state: LifecycleState | null = null;
+  readonly #life = new Lifecycle('supervisor', (state, previous) => this.#onState(state, previous));
+  /** start()'s run, so that a stop() during start-up waits for it before draining. */
+  #starting: Promise<void> | null = null;
+  /** Unsubscribes of the supervisor's own listeners on its event bus (removed when it stops). */
+  readonly #listeners: (() => void)[] = [];
   #startedAt = 0;
   #stopping: Promise<void> | null = null;
 
@@ -123,20 +128,39 @@ export class Supervisor {
     });
   }
 
+  /** The lifecycle state; null before start(). */
   get state(): LifecycleState | null {
-    return this.#state;
+    const s = this.#life.state;
+    return s === 'new' ? null : s;
   }
 
   #setState(state: LifecycleState): void {
-    const previous = this.#state;
-    this.#state = state;
-    this.#log.info(`supervisor ${state}`, { state, previous });
-    this.events.emit('supervisor:state', { supervisorId: this.id, state, previous });
+    this.#life.to(state);
+  }
+
+  #onState(state: LifecycleState, previous: LifecycleState | 'new'): void {
+    const prev = previous === 'new' ? null : previous;
+    this.#log.info(`supervisor ${state}`, { state, previous: prev });
+    this.events.emit('supervisor:state', { supervisorId: this.id, state, previous: prev });
     if (state === 'running' || state === 'draining') void this.#beat().catch(() => undefined);
   }
 
-  async start(): Promise<void> {
-    this.#setState('starting');
+  /**
+   * Connects, starts the secret providers, the sandbox pools and one BullMQ worker per type. Once
+   * per instance: a second call, or a call after stop(), throws IllegalStateError. A start that
+   * fails closes what it opened (state `failed`) before it rethrows.
+   */
+  start(): Promise<void> {
+    try {
+      this.#setState('starting');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.#starting = this.#start();
+    return this.#starting;
+  }
+
+  async #start(): Promise<void> {
     this.#startedAt = Date.now();
     try {
       this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker');
@@ -224,23 +248,25 @@ export class Supervisor {
       });
     }
     // Evidence: every refused connection and every sandbox killed for what it sent, with its job.
-    this.events.on('egress:refused', (r) =>
-      this.#denied('egress refused', 'egress-refused', 'egress', r, `${r.destination}: ${r.reason}`, {
-        destination: r.destination,
-        reason: r.reason,
-      }),
-    );
-    this.events.on('sandbox:violation', (v) =>
-      this.#denied(
-        'sandbox killed for a violation',
-        'sandbox-violation',
-        'supervisor',
-        v,
-        `${v.code}: ${v.problem.slice(0, 500)}`,
-        {
-          code: v.code,
-          problem: v.problem,
-        },
+    this.#listeners.push(
+      this.events.on('egress:refused', (r) =>
+        this.#denied('egress refused', 'egress-refused', 'egress', r, `${r.destination}: ${r.reason}`, {
+          destination: r.destination,
+          reason: r.reason,
+        }),
+      ),
+      this.events.on('sandbox:violation', (v) =>
+        this.#denied(
+          'sandbox killed for a violation',
+          'sandbox-violation',
+          'supervisor',
+          v,
+          `${v.code}: ${v.problem.slice(0, 500)}`,
+          {
+            code: v.code,
+            problem: v.problem,
+          },
+        ),
       ),
     );
     const boundary: ProcessBoundary = {
@@ -494,7 +520,7 @@ export class Supervisor {
       id: this.id,
       host: hostname(),
       pid: process.pid,
-      state: this.#state ?? 'starting',
+      state: this.state ?? 'starting',
       startedAt: this.#startedAt,
       updatedAt: Date.now(),
       types: this.#types.flatMap((t) => {
@@ -522,7 +548,7 @@ export class Supervisor {
   /** Readiness: RedisClient answers and every secret provider in use is reachable. */
   async ready(): Promise<Record<string, string>> {
     const checks: Record<string, string> = {};
-    checks.state = this.#state === 'running' ? 'ok' : `supervisor is ${this.#state ?? 'not started'}`;
+    checks.state = this.state === 'running' ? 'ok' : `supervisor is ${this.state ?? 'not started'}`;
     try {
       checks.redis = this.#redis && (await this.#redis.ping()) === 'PONG' ? 'ok' : 'not connected';
     } catch (err) {
@@ -645,7 +671,13 @@ export class Supervisor {
   }
 
   async #drain(deadlineMs: number): Promise<void> {
-    if (this.#state === 'stopped') return;
+    // A stop() during start-up waits for it: then drains what started, or closes a failed start.
+    await this.#starting?.catch(() => undefined);
+    if (this.#life.state === 'new' || this.#life.state === 'failed') {
+      this.#setState('stopped');
+      return;
+    }
+    if (this.#life.state === 'stopped') return;
     this.#setState('draining');
     const timer = setTimeout(() => {
       if (this.#active.size)
@@ -662,6 +694,7 @@ export class Supervisor {
   }
 
   async #release(): Promise<void> {
+    for (const off of this.#listeners.splice(0)) off();
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
     if (this.#auditCheck) clearInterval(this.#auditCheck);
