@@ -20,7 +20,8 @@ import {
 } from '../src/errors.js';
 import { idempotentJobId, jobTypeOfId, newJobId } from '../src/producers/job-id.js';
 import { REDIS_ROLES, roleRules, serverFeatures, urlWithCredential } from '../src/redis/acl.js';
-import { isClusterUrl, isTlsUrl, redactUrl, redisUrlNodes } from '../src/redis/connection.js';
+import { isClusterUrl, redactUrl, redisUrlNodes } from '../src/redis/connection.js';
+import { isRedisTlsUrl } from '../src/config/tls.js';
 import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
 import { ValueMasker } from '../src/workers/egress-proxy.js';
@@ -435,7 +436,7 @@ describe('transport: loopback, Redis URLs, TLS failures', () => {
       { host: 'h2', port: 7001 },
       { host: '::1', port: 6379 },
     ]);
-    expect(['redis://a', 'rediss://a', 'redis-cluster://a:1', 'rediss-cluster://a:1'].map(isTlsUrl)).toEqual([
+    expect(['redis://a', 'rediss://a', 'redis-cluster://a:1', 'rediss-cluster://a:1'].map(isRedisTlsUrl)).toEqual([
       false,
       true,
       false,

@@ -1,15 +1,8 @@
 import { auditStreamKey, supervisorsKey } from '../redis/keys.js';
 import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js';
-import {
-  aclGetUser,
-  configGet,
-  connectRedis,
-  ensureReady,
-  isTlsUrl,
-  redisUrlNodes,
-  stringList,
-} from '../redis/connection.js';
+import { aclGetUser, configGet, connectRedis, ensureReady, redisUrlNodes, stringList } from '../redis/connection.js';
 import { isLoopbackHost } from '../config/hosts.js';
+import { isRedisTlsUrl } from '../config/tls.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
@@ -178,7 +171,7 @@ export function transportChecks(
   for (const [check, url] of redisUrls) {
     out.push(
       transportCheck(check, options.production, {
-        tls: isTlsUrl(url),
+        tls: isRedisTlsUrl(url),
         hosts: redisUrlNodes(url).map((n) => n.host),
         trust: trustOf(config.redis.tls, 'REDIS_TLS_CA_FILE'),
         fix: redisFix,

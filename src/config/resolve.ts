@@ -5,7 +5,16 @@ import { z } from 'zod';
 import { ConfigError, errorMessage, fieldOf } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
-import { API_TLS, hasTlsFiles, REDIS_TLS, resolveTlsFiles, settingName, tlsFileProblems, VAULT_TLS } from './tls.js';
+import {
+  API_TLS,
+  hasTlsFiles,
+  isRedisTlsUrl,
+  REDIS_TLS,
+  resolveTlsFiles,
+  settingName,
+  tlsFileProblems,
+  VAULT_TLS,
+} from './tls.js';
 import type { TlsFiles, TlsSettingNames } from './tls.js';
 import { CRITICAL_MAX_TIMEOUT_MS, fleetConfigSchema, type FleetConfigInput, type jobTypeSchema } from './schema.js';
 
@@ -263,7 +272,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   const redisUrl = cfg.redis.url ?? process.env.REDIS_URL;
   const redisTls = resolveTlsFiles(cfg.redis.tls, REDIS_TLS, baseDir);
   problems.push(...tlsPathProblems(redisTls, REDIS_TLS));
-  if (hasTlsFiles(redisTls) && !(redisUrl && /^rediss(-cluster)?:\/\//.test(redisUrl)))
+  if (hasTlsFiles(redisTls) && !(redisUrl && isRedisTlsUrl(redisUrl)))
     problems.push(
       redisUrl
         ? `redis.tls (or REDIS_TLS_*) is set but the Redis URL is not rediss:// or rediss-cluster://: the connection would be plain TCP. Fix: use the rediss:// form of the URL, or remove the TLS settings.`

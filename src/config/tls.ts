@@ -60,6 +60,11 @@ export const API_TLS: TlsSettingNames = {
 
 const FILE_KEYS = ['caFile', 'certFile', 'keyFile'] as const;
 
+/** `rediss://` and `rediss-cluster://` speak TLS. */
+export function isRedisTlsUrl(url: string): boolean {
+  return /^rediss(-cluster)?:\/\//.test(url);
+}
+
 /** `redis.tls.caFile (REDIS_TLS_CA_FILE)`. */
 export function settingName(names: TlsSettingNames, key: keyof TlsFiles): string {
   const env = names.env[key];

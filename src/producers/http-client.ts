@@ -85,7 +85,7 @@ export interface HttpClient {
 
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   const base = options.baseUrl.replace(/\/+$/, '');
-  const send = options.ca ? sendWithCa(options.ca) : sendWithFetch;
+  const send = options.ca && base.startsWith('https:') ? sendWithCa(options.ca) : sendWithFetch;
   async function call<T>(
     method: string,
     path: string,

@@ -1,6 +1,6 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { ConnectionOptions } from 'node:tls';
-import { hasTlsFiles, loadTlsFiles, REDIS_TLS, tlsFix, type TlsFiles } from '../config/tls.js';
+import { hasTlsFiles, isRedisTlsUrl, loadTlsFiles, REDIS_TLS, tlsFix, type TlsFiles } from '../config/tls.js';
 import { ConfigError, RedisUnavailableError, TlsRefusedError, errorMessage, tlsFailureOf } from '../errors.js';
 
 /** A single Redis or a Redis Cluster; every part of the fleet works with either. */
@@ -9,11 +9,6 @@ export type RedisClient = Redis | Cluster;
 /** `redis-cluster://host1:port1,host2:port2` names cluster seed nodes. */
 export function isClusterUrl(url: string): boolean {
   return url.startsWith('redis-cluster://') || url.startsWith('rediss-cluster://');
-}
-
-/** `rediss://` and `rediss-cluster://` speak TLS. */
-export function isTlsUrl(url: string): boolean {
-  return /^rediss(-cluster)?:\/\//.test(url);
 }
 
 /** Host and port of each node a Redis URL names (the server, or a cluster's seeds); IPv6 without brackets. */
@@ -36,7 +31,7 @@ export type ConnectOptions = Omit<RedisOptions, 'tls'> & { tls?: TlsFiles };
 
 /** TLS options for a `rediss://` URL (verification always on); none for a plain one, which refuses TLS files. */
 function tlsFor(url: string, files: TlsFiles): ConnectionOptions | undefined {
-  if (isTlsUrl(url)) return loadTlsFiles(files, REDIS_TLS);
+  if (isRedisTlsUrl(url)) return loadTlsFiles(files, REDIS_TLS);
   if (hasTlsFiles(files))
     throw new ConfigError(
       'Redis TLS files (redis.tls / REDIS_TLS_*) are given for a plain redis:// URL, which would send everything in clear. Fix: use the rediss:// form of the URL.',
