@@ -26,7 +26,7 @@ import {
   waitForJob,
   writeJsonConfig,
 } from './helpers/fleet.js';
-import { capturingLogger } from './helpers/leaks.js';
+import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { uniquePrefix } from './helpers/redis.js';
 import { HAS_REDIS_CLI, startRedisCluster, type TestCluster } from './helpers/redis-cluster.js';
 import { setupDevVault, startVault, type VaultServer } from './helpers/servers.js';
@@ -354,7 +354,13 @@ describe.skipIf(!vault)('Vault over TLS (OpenBao with HTTPS listeners)', () => {
         code: 'TLS_REFUSED',
         message: expect.stringContaining("Fix: pass `ca` (the PEM of the CA that signed the API's certificate)"),
       });
-      expect(lines.join('')).not.toContain(SECRET);
+      // The value is nowhere but in the job's own sandbox: not in Redis, the logs, the job's record or the metrics.
+      const texts = {
+        logs: lines.join(''),
+        job: JSON.stringify(await client.getJob(id)),
+        metrics: (await fleet.metrics.render()).body,
+      };
+      expect(await scanForLeaks(mtlsUrl(), [SECRET], texts, '*', clientFiles)).toEqual([]);
     } finally {
       await fleet.release();
     }
