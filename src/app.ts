@@ -1,11 +1,11 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import type { Server } from 'node:http';
 import path from 'node:path';
 import type { FleetConfig } from './config/resolve.js';
 import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
 import type { Producer } from './producers/producer.js';
+import type { Server } from './api/http-api.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import {
@@ -124,7 +124,9 @@ export async function startFleet(options: {
         );
     }
     const redisUrl = access.url;
-    const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]), 'worker');
+    const probe = connectRedis(access.admin ? access.adminUrl() : access.urlFor(REDIS_ROLES_OF[role][0]), 'worker', {
+      tls: config.redis.tls,
+    });
     probe.on('error', () => undefined);
     try {
       await waitForRedis(probe);
@@ -137,7 +139,7 @@ export async function startFleet(options: {
     let metricsUrl: string | null = null;
     if (role === 'worker' || role === 'all') {
       // The connection is opened here and handed in (the supervisor does not build its own).
-      const supRedis = connectRedis(access.urlFor('worker'), 'worker');
+      const supRedis = connectRedis(access.urlFor('worker'), 'worker', { tls: config.redis.tls });
       supRedis.on('error', (err) =>
         logger.warn('redis connection error (worker); reconnecting', { error: err.message }),
       );
@@ -172,7 +174,7 @@ export async function startFleet(options: {
 
     let rotation: RotationService | null = null;
     if (role === 'scheduler' || role === 'all') {
-      const rotRedis = connectRedis(access.urlFor('scheduler'), 'worker');
+      const rotRedis = connectRedis(access.urlFor('scheduler'), 'worker', { tls: config.redis.tls });
       rotRedis.on('error', (err) =>
         logger.warn('redis connection error (scheduler); reconnecting', { error: err.message }),
       );
@@ -259,10 +261,10 @@ export async function startFleet(options: {
         ...(boardProducer ? { boardProducer } : {}),
         ...(options.apiMount ? { mount: options.apiMount } : {}),
       });
-      const server: Server = await listen(app, config.api.host, config.api.port);
+      const server: Server = await listen(app, config.api.host, config.api.port, config.api.tls);
       const addr = server.address();
       const port = typeof addr === 'object' && addr ? addr.port : config.api.port;
-      apiUrl = `http://${config.api.host}:${port}`;
+      apiUrl = `${config.api.tls.certFile ? 'https' : 'http'}://${config.api.host}:${port}`;
       logger.info(`API listening on ${apiUrl}`);
       cleanups.push(
         () =>

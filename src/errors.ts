@@ -33,6 +33,7 @@ export type ErrorCode =
   | 'REDIS_UNAVAILABLE'
   | 'REDIS_FULL'
   | 'REDIS_NOT_INSTALLED'
+  | 'TLS_REFUSED'
   | 'SECRET_SCOPE'
   | 'SECRET_NOT_FOUND'
   | 'SECRET_PROVIDER_UNAVAILABLE'
@@ -101,6 +102,12 @@ export class ResultError extends define('ResultError', 'RESULT_NOT_SERIALIZABLE'
 export class RedisUnavailableError extends define('RedisUnavailableError', 'REDIS_UNAVAILABLE', true) {}
 /** Redis refused a write because it is at `maxmemory` (noeviction): retrying cannot help until memory is freed. */
 export class RedisFullError extends define('RedisFullError', 'REDIS_FULL', false) {}
+/**
+ * A TLS connection (to Redis, Vault or the API) failed its handshake: the peer's certificate is not
+ * trusted or does not name the host, it asked for a client certificate, or it does not speak TLS.
+ * Retrying the same settings cannot help.
+ */
+export class TlsRefusedError extends define('TlsRefusedError', 'TLS_REFUSED', false) {}
 export class SecretScopeError extends define('SecretScopeError', 'SECRET_SCOPE', false) {}
 
 /**
@@ -153,6 +160,48 @@ export function fieldOf(value: unknown, key: string): unknown {
 export function errnoCode(value: unknown): string | undefined {
   const code = fieldOf(value, 'code');
   return typeof code === 'string' ? code : undefined;
+}
+
+/** Why a TLS handshake failed, in the terms an operator acts on. */
+export interface TlsFailure {
+  kind: 'untrusted' | 'name' | 'expired' | 'client-certificate' | 'client-certificate-refused' | 'not-tls' | 'other';
+  /** Node's or OpenSSL's own words, with its code. */
+  reason: string;
+}
+
+const TLS_KINDS: [RegExp, TlsFailure['kind']][] = [
+  [
+    /^(UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED_CERT_IN_CHAIN|DEPTH_ZERO_SELF_SIGNED_CERT|UNABLE_TO_GET_ISSUER_CERT(_LOCALLY)?|CERT_UNTRUSTED|CERT_SIGNATURE_FAILURE|CERT_CHAIN_TOO_LONG|INVALID_CA)$/,
+    'untrusted',
+  ],
+  [/^(ERR_TLS_CERT_ALTNAME_INVALID|HOSTNAME_MISMATCH)$/, 'name'],
+  [/^(CERT_HAS_EXPIRED|CERT_NOT_YET_VALID)$/, 'expired'],
+  [/CERTIFICATE_REQUIRED$/, 'client-certificate'],
+  [
+    /ALERT_(BAD_CERTIFICATE|UNKNOWN_CA|CERTIFICATE_UNKNOWN|UNSUPPORTED_CERTIFICATE|CERTIFICATE_EXPIRED)$/,
+    'client-certificate-refused',
+  ],
+  [/^ERR_SSL_(WRONG_VERSION_NUMBER|PACKET_LENGTH_TOO_LONG|HTTP_REQUEST)$/, 'not-tls'],
+  [/^(ERR_SSL_|ERR_TLS_|EPROTO$)/, 'other'],
+];
+
+/**
+ * The TLS failure behind an error, if that is what it is. Looks through `cause` (fetch) and
+ * `lastNodeError` (an ioredis Cluster that could reach no node).
+ */
+export function tlsFailureOf(value: unknown): TlsFailure | null {
+  for (let e: unknown = value, depth = 0; e && depth < 5; depth++) {
+    const code = errnoCode(e);
+    if (code) {
+      const kind = TLS_KINDS.find(([re]) => re.test(code))?.[1];
+      // OpenSSL's `reason` ("tlsv13 alert certificate required") without its file and line noise.
+      const reason = fieldOf(e, 'reason');
+      const words = (typeof reason === 'string' && reason ? reason : toError(e).message).trim();
+      if (kind) return { kind, reason: `${words} (${code})` };
+    }
+    e = fieldOf(e, 'cause') ?? fieldOf(e, 'lastNodeError');
+  }
+  return null;
 }
 
 /** The plain shape of an error that crossed a thread or process boundary. */

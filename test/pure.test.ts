@@ -5,7 +5,7 @@
 import { Readable } from 'node:stream';
 import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../src/config/duration.js';
-import { matchesEgress, patternCovered, splitHostPort } from '../src/config/hosts.js';
+import { isLoopbackHost, matchesEgress, patternCovered, splitHostPort } from '../src/config/hosts.js';
 import { scheduleOf } from '../src/config/schedule.js';
 import {
   deserializeError,
@@ -16,10 +16,12 @@ import {
   SecretScopeError,
   serializeError,
   TimeoutError,
+  tlsFailureOf,
 } from '../src/errors.js';
 import { idempotentJobId, jobTypeOfId, newJobId } from '../src/producers/job-id.js';
 import { REDIS_ROLES, roleRules, serverFeatures, urlWithCredential } from '../src/redis/acl.js';
-import { isClusterUrl, redactUrl } from '../src/redis/connection.js';
+import { isClusterUrl, redactUrl, redisUrlNodes } from '../src/redis/connection.js';
+import { isRedisTlsUrl } from '../src/config/tls.js';
 import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
 import { ValueMasker } from '../src/workers/egress-proxy.js';
@@ -398,5 +400,77 @@ describe('the seccomp filter (run by a small classic-BPF interpreter, no kernel 
     expect(run(prog, { nr: 457 /* statmount */ })).toBe(EPERM);
     expect(run(prog, { nr: 452 /* fchmodat2 */ })).toBe(ALLOW);
     expect(run(prog, { nr: 454 /* futex_wake */ })).toBe(ALLOW);
+  });
+});
+
+describe('transport: loopback, Redis URLs, TLS failures', () => {
+  it.each([
+    ['127.0.0.1', true],
+    ['127.255.0.9', true],
+    ['localhost', true],
+    ['LOCALHOST.', true],
+    ['::1', true],
+    ['[::1]', true],
+    ['0:0:0:0:0:0:0:1', true],
+    ['::ffff:127.0.0.1', true],
+    ['0.0.0.0', false],
+    ['::', false],
+    ['10.0.0.5', false],
+    ['128.0.0.1', false],
+    ['127.0.0.1.nip.io', false],
+    ['127.evil.example', false],
+    ['127.1', false],
+    ['localhost.example.com', false],
+    ['redis', false],
+    ['', false],
+  ])('isLoopbackHost(%j) is %s', (host, loopback) => {
+    expect(isLoopbackHost(host)).toBe(loopback);
+  });
+
+  it('reads the nodes of every Redis URL form, and which of them speak TLS', () => {
+    expect(redisUrlNodes('redis://u:p%40ss@10.0.0.5:6380/2?family=6')).toEqual([{ host: '10.0.0.5', port: 6380 }]);
+    expect(redisUrlNodes('rediss://redis.internal')).toEqual([{ host: 'redis.internal', port: 6379 }]);
+    expect(redisUrlNodes('redis://[::1]:7000')).toEqual([{ host: '::1', port: 7000 }]);
+    expect(redisUrlNodes('rediss-cluster://a:pw@h1:7000,h2:7001,[::1]')).toEqual([
+      { host: 'h1', port: 7000 },
+      { host: 'h2', port: 7001 },
+      { host: '::1', port: 6379 },
+    ]);
+    expect(['redis://a', 'rediss://a', 'redis-cluster://a:1', 'rediss-cluster://a:1'].map(isRedisTlsUrl)).toEqual([
+      false,
+      true,
+      false,
+      true,
+    ]);
+  });
+
+  it('names what a failed handshake means from its code, through causes; other errors are not TLS', () => {
+    const err = (code: string, extra: Record<string, unknown> = {}): Error =>
+      Object.assign(new Error(`${code} happened\n`), { code, ...extra });
+    expect(tlsFailureOf(err('SELF_SIGNED_CERT_IN_CHAIN'))).toEqual({
+      kind: 'untrusted',
+      reason: 'SELF_SIGNED_CERT_IN_CHAIN happened (SELF_SIGNED_CERT_IN_CHAIN)',
+    });
+    expect(tlsFailureOf(new TypeError('fetch failed', { cause: err('UNABLE_TO_VERIFY_LEAF_SIGNATURE') }))?.kind).toBe(
+      'untrusted',
+    );
+    expect(
+      tlsFailureOf(
+        Object.assign(new Error('Failed to refresh slots cache.'), { lastNodeError: err('CERT_HAS_EXPIRED') }),
+      )?.kind,
+    ).toBe('expired');
+    expect(tlsFailureOf(err('ERR_TLS_CERT_ALTNAME_INVALID'))?.kind).toBe('name');
+    expect(
+      tlsFailureOf(err('ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED', { reason: 'tlsv13 alert certificate required' })),
+    ).toEqual({
+      kind: 'client-certificate',
+      reason: 'tlsv13 alert certificate required (ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED)',
+    });
+    expect(tlsFailureOf(err('ERR_SSL_SSLV3_ALERT_BAD_CERTIFICATE'))?.kind).toBe('client-certificate-refused');
+    expect(tlsFailureOf(err('ERR_SSL_WRONG_VERSION_NUMBER'))?.kind).toBe('not-tls');
+    expect(tlsFailureOf(err('ERR_SSL_SOMETHING_NEW'))?.kind).toBe('other');
+    for (const code of ['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'ENOTFOUND'])
+      expect(tlsFailureOf(err(code))).toBeNull();
+    expect(tlsFailureOf('a string')).toBeNull();
   });
 });

@@ -1,5 +1,4 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Cluster } from 'ioredis';
@@ -8,7 +7,6 @@ import { startFleet, type FleetProcess } from '../src/app.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { Producer } from '../src/producers/producer.js';
-import { freePort } from '../src/redis/embedded-redis.js';
 import { REDIS_ROLES, rolePasswordEnv, setupRoleUsers, urlWithCredential, type RedisRole } from '../src/redis/acl.js';
 import { connectRedis, ensureReady } from '../src/redis/connection.js';
 import { verifyAuditTrail } from '../src/secrets/audit.js';
@@ -16,89 +14,28 @@ import { loadAuditKeys } from '../src/secrets/audit-chain.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { readRotationState } from '../src/rotation/state.js';
 import { fixtureType, guardAgainstLeaks, testConfig, waitForJob, localStore } from './helpers/fleet.js';
+import { HAS_REDIS_CLI, startRedisCluster, type TestCluster } from './helpers/redis-cluster.js';
 
-const HAS_CLI = spawnSync('redis-cli', ['--version']).status === 0;
-if (!HAS_CLI)
+if (!HAS_REDIS_CLI)
   console.warn(
     'SKIPPING Redis Cluster tests: redis-cli not found. Fix: apt-get install -y redis-server (it ships redis-cli).',
   );
 
 const TOKEN = 'cluster-admin-token-0123456789';
 guardAgainstLeaks('file');
-let dir: string;
-const nodes: { port: number; proc: ChildProcess }[] = [];
+let cluster: TestCluster | undefined;
 let url: string;
 let fleet: FleetProcess;
 let producer: Producer;
 let admin: Cluster;
 let roleUrl: (role: RedisRole) => string;
 
-/** A real 3-master Redis Cluster on loopback ports, no persistence. */
-async function startCluster(): Promise<void> {
-  dir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-'));
-  for (let i = 0; i < 3; i++) {
-    const port = await freePort();
-    const proc = spawn(
-      'redis-server',
-      [
-        '--port',
-        String(port),
-        '--bind',
-        '127.0.0.1',
-        '--cluster-enabled',
-        'yes',
-        '--cluster-config-file',
-        `nodes-${port}.conf`,
-        '--dir',
-        dir,
-        '--save',
-        '',
-        '--appendonly',
-        'no',
-        '--maxmemory-policy',
-        'noeviction',
-      ],
-      { stdio: 'ignore' },
-    );
-    nodes.push({ port, proc });
-  }
-  for (const n of nodes) {
-    for (
-      let i = 0;
-      i < 100 &&
-      spawnSync('redis-cli', ['-p', String(n.port), 'ping'])
-        .stdout?.toString()
-        .trim() !== 'PONG';
-      i++
-    )
-      await new Promise((r) => setTimeout(r, 50));
-  }
-  const create = spawnSync(
-    'redis-cli',
-    ['--cluster', 'create', ...nodes.map((n) => `127.0.0.1:${n.port}`), '--cluster-replicas', '0', '--cluster-yes'],
-    { encoding: 'utf8' },
-  );
-  if (create.status !== 0) throw new Error(`redis-cli --cluster create failed: ${create.stdout}${create.stderr}`);
-  for (let i = 0; i < 200; i++) {
-    if (
-      nodes.every((n) =>
-        spawnSync('redis-cli', ['-p', String(n.port), 'cluster', 'info'], { encoding: 'utf8' }).stdout.includes(
-          'cluster_state:ok',
-        ),
-      )
-    )
-      return;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('cluster did not reach cluster_state:ok');
-}
-
 const TYPES = ['alpha', 'bravo', 'charlie', 'delta', 'echo'];
 
 beforeAll(async () => {
-  if (!HAS_CLI) return;
-  await startCluster();
-  url = `redis-cluster://${nodes.map((n) => `127.0.0.1:${n.port}`).join(',')}`;
+  if (!HAS_REDIS_CLI) return;
+  cluster = await startRedisCluster();
+  url = cluster.url;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-cluster-data-'));
   await localStore(dataDir).write('api-key', Buffer.from('cluster-secret-value-123'));
   const config = testConfig(
@@ -116,7 +53,7 @@ beforeAll(async () => {
     },
   );
   // The fleet runs with its per-role ACL users, written on every node by `fleet redis setup`'s code.
-  admin = new Cluster(nodes.map((n) => ({ host: '127.0.0.1', port: n.port })));
+  admin = new Cluster(cluster.ports.map((port) => ({ host: '127.0.0.1', port })));
   await admin.ping();
   const setup = await setupRoleUsers(admin, { prefix: config.redis.prefix });
   expect(setup.nodes).toBe(3);
@@ -131,11 +68,10 @@ afterAll(async () => {
   await producer?.close();
   await fleet?.release();
   admin?.disconnect();
-  for (const n of nodes) n.proc.kill('SIGKILL');
-  if (dir) rmSync(dir, { recursive: true, force: true });
+  await cluster?.release();
 }, 60_000);
 
-describe.skipIf(!HAS_CLI)('on a real 3-master Redis Cluster', () => {
+describe.skipIf(!HAS_REDIS_CLI)('on a real 3-master Redis Cluster', () => {
   it('enqueues over HTTP and processes jobs of every type; queues spread over shards', async () => {
     const ids: string[] = [];
     for (const t of TYPES) {

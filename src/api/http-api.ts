@@ -1,5 +1,7 @@
 import express, { type NextFunction, type Request, type Response } from 'express';
-import { STATUS_CODES, type Server } from 'node:http';
+import { STATUS_CODES, type Server as HttpServer } from 'node:http';
+import https from 'node:https';
+import { API_TLS, loadTlsFiles, type TlsFiles } from '../config/tls.js';
 import { JOB_TYPE_NAME } from '../config/schema.js';
 import { AuthError, FleetError, JobNotFoundError, fieldOf, toError, type ErrorCode } from '../errors.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
@@ -43,6 +45,7 @@ const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   IDEMPOTENCY_KEY_REUSED: 422,
   REDIS_UNAVAILABLE: 503,
   DATA_KEY_UNAVAILABLE: 503,
+  TLS_REFUSED: 503,
   REDIS_FULL: 507,
 };
 
@@ -455,10 +458,31 @@ function answerParserErrors(server: Server): void {
   });
 }
 
-/** Starts the API on the configured host/port; resolves with the listening server. */
-export function listen(app: express.Express, host: string, port: number): Promise<Server> {
+/** The API's server: plain HTTP, or HTTPS with `api.tls`. */
+export type Server = HttpServer | https.Server;
+
+/**
+ * Starts the API on the configured host/port, over HTTPS when `tls` names a certificate and key
+ * (read once, here); resolves with the listening server.
+ */
+export function listen(
+  app: express.Express,
+  host: string,
+  port: number,
+  tls: Pick<TlsFiles, 'certFile' | 'keyFile'> = {},
+): Promise<Server> {
+  const pem = tls.certFile ? loadTlsFiles(tls, API_TLS) : null;
   return new Promise((resolve, reject) => {
-    const server = app.listen(port, host, (err?: Error) => (err ? reject(err) : resolve(server)));
+    const onError = (err: Error): void => reject(err);
+    const onListening = (err?: Error): void => {
+      server.off('error', onError);
+      if (err) reject(err);
+      else resolve(server);
+    };
+    const server: Server = pem
+      ? https.createServer({ cert: pem.cert, key: pem.key }, app).listen(port, host, onListening)
+      : app.listen(port, host, onListening);
+    server.once('error', onError);
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;
     answerParserErrors(server);

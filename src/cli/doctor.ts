@@ -1,6 +1,8 @@
 import { auditStreamKey, supervisorsKey } from '../redis/keys.js';
 import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js';
-import { aclGetUser, configGet, connectRedis, ensureReady, stringList } from '../redis/connection.js';
+import { aclGetUser, configGet, connectRedis, ensureReady, redisUrlNodes, stringList } from '../redis/connection.js';
+import { isLoopbackHost } from '../config/hosts.js';
+import { isRedisTlsUrl } from '../config/tls.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
@@ -72,7 +74,7 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
       );
       continue;
     }
-    const redis = connectRedis(access.urlFor(role), 'producer', { lazyConnect: true });
+    const redis = connectRedis(access.urlFor(role), 'producer', { lazyConnect: true, tls: config.redis.tls });
     redis.on('error', () => undefined);
     try {
       await ensureReady(redis);
@@ -125,13 +127,106 @@ const pass = (check: string, detail: string): Check => ({ status: 'PASS', check,
 const warn = (check: string, detail: string, fix: string): Check => ({ status: 'WARN', check, detail, fix });
 const fail = (check: string, detail: string, fix: string): Check => ({ status: 'FAIL', check, detail, fix });
 
+/** One service's URL: TLS passes; plain TCP passes on loopback only, else fails in production. */
+function transportCheck(
+  check: string,
+  production: boolean,
+  how: { tls: boolean; hosts: string[]; trust: string; fix: string },
+): Check {
+  const shown = how.hosts.join(', ');
+  if (how.tls) return pass(check, `TLS to ${shown} (${how.trust})`);
+  const remote = how.hosts.filter((h) => !isLoopbackHost(h));
+  if (!remote.length) return pass(check, `plain TCP to ${shown}: loopback only`);
+  return (production ? fail : warn)(
+    check,
+    `plain TCP to ${remote.join(', ')}, not loopback: credentials, secrets and job data cross the network in clear`,
+    how.fix,
+  );
+}
+
+const trustOf = (files: { caFile?: string; certFile?: string }, env: string): string =>
+  `${files.caFile ? `CA ${files.caFile}` : `Node's bundled roots (no ${env})`}${files.certFile ? ', client certificate' : ''}`;
+
+/**
+ * Every connection that leaves the process: Redis (the shared URL every role's URL is built from,
+ * and the admin URL of each redis-acl rotation), Vault, a KMS endpoint, and the API. Decided on the
+ * configured URLs alone (no connection), so it also judges a config before its deployment.
+ */
+export function transportChecks(
+  config: FleetConfig,
+  options: { production: boolean; redisUrl?: string | undefined; env?: NodeJS.ProcessEnv },
+): Check[] {
+  const env = options.env ?? process.env;
+  const out: Check[] = [];
+  const redisUrls = new Map<string, string>();
+  const shared = options.redisUrl ?? config.redis.url;
+  if (shared) redisUrls.set('redis: transport', shared);
+  for (const item of Object.values(config.secrets.items)) {
+    const r = item.rotation?.rotator;
+    const url = r?.type === 'redis-acl' ? env[r.adminUrlEnv] : undefined;
+    if (r?.type === 'redis-acl' && url) redisUrls.set(`redis: transport (${r.adminUrlEnv})`, url);
+  }
+  const redisFix =
+    'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (README "TLS")';
+  for (const [check, url] of redisUrls) {
+    out.push(
+      transportCheck(check, options.production, {
+        tls: isRedisTlsUrl(url),
+        hosts: redisUrlNodes(url).map((n) => n.host),
+        trust: trustOf(config.redis.tls, 'REDIS_TLS_CA_FILE'),
+        fix: redisFix,
+      }),
+    );
+  }
+  const http = (check: string, url: string, trust: string, fix: string): void => {
+    let host: string;
+    try {
+      host = new URL(url).hostname;
+    } catch {
+      out.push(fail(check, 'not a URL', fix));
+      return;
+    }
+    out.push(transportCheck(check, options.production, { tls: url.startsWith('https://'), hosts: [host], trust, fix }));
+  };
+  const vault = config.secrets.vault;
+  const vaultAddress = vault ? (vault.address ?? env.VAULT_ADDR) : undefined;
+  if (vault && vaultAddress)
+    http(
+      'vault: transport',
+      vaultAddress,
+      trustOf(vault.tls, 'VAULT_CACERT'),
+      'use the https:// address of Vault with secrets.vault.tls.caFile / VAULT_CACERT (README "TLS")',
+    );
+  const kmsEndpoint = config.secrets.kms?.endpoint;
+  if (kmsEndpoint)
+    http(
+      'kms: transport',
+      kmsEndpoint,
+      "Node's bundled roots",
+      'use an https:// endpoint for secrets.kms.endpoint (KMS answers carry plaintext data keys)',
+    );
+  const api = config.api;
+  out.push(
+    api.tls.certFile
+      ? pass('api: transport', `HTTPS on ${api.host} (${api.tls.certFile})`)
+      : isLoopbackHost(api.host)
+        ? pass('api: transport', `plain HTTP on ${api.host}: loopback only (a local TLS proxy in front, or local use)`)
+        : warn(
+            'api: transport',
+            `plain HTTP on ${api.host}: bearer tokens and payloads are in clear unless a TLS-terminating proxy is in front`,
+            'set api.tls (FLEET_API_TLS_CERT_FILE / FLEET_API_TLS_KEY_FILE), or listen on 127.0.0.1 behind a TLS proxy',
+          ),
+  );
+  return out;
+}
+
 /**
  * The pre-deploy checklist of the zero-trust rules, as checks: external secrets, per-job isolation
  * and short timeouts for critical work, concurrency caps, monitoring, Redis settings, Vault/KMS
  * credentials and policies, rotation policies and overdue rotations.
  */
 export async function doctor(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
-  const out: Check[] = [];
+  const out: Check[] = transportChecks(config, { production: options.production, redisUrl: options.access?.url });
 
   // Secrets come from an external manager.
   for (const [name, kind] of config.secretProviders) {
@@ -286,7 +381,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   // Redis: no eviction (jobs and audit records must never be evicted), persistence. CONFIG needs
   // an admin identity (the roles may not read it): the embedded server's, or REDIS_URL's own.
   const adminUrl = options.access?.admin ? options.access.adminUrl() : options.access?.url;
-  const admin = adminUrl ? connectRedis(adminUrl, 'producer', { lazyConnect: true }) : redis;
+  const admin = adminUrl ? connectRedis(adminUrl, 'producer', { lazyConnect: true, tls: config.redis.tls }) : redis;
   admin.on('error', () => undefined);
   try {
     if (admin !== redis) await ensureReady(admin);

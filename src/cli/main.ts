@@ -82,7 +82,7 @@ async function withProducer<T>(config: FleetConfig, role: 'api' | 'ops', fn: (p:
 }
 
 async function withRedis<T>(config: FleetConfig, role: RedisRole, fn: (r: RedisClient) => Promise<T>): Promise<T> {
-  const redis = connectRedis(need(config, role), 'producer');
+  const redis = connectRedis(need(config, role), 'producer', { tls: config.redis.tls });
   redis.on('error', () => undefined);
   try {
     await ensureReady(redis);
@@ -257,7 +257,7 @@ export async function main(
       case 'secrets': {
         const [sub, name] = rest;
         const url = discoverRedisAccess(config)?.urlFor('scheduler');
-        const redis = url ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+        const redis = url ? connectRedis(url, 'producer', { lazyConnect: true, tls: config.redis.tls }) : undefined;
         redis?.on('error', () => undefined);
         try {
           if (sub === 'set' && name) {
@@ -288,7 +288,8 @@ export async function main(
         const sub = rest[0];
         if (sub === 'verify') {
           const url = discoverRedisAccess(config)?.urlFor('ops');
-          const redis = url && !opts.file ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+          const redis =
+            url && !opts.file ? connectRedis(url, 'producer', { lazyConnect: true, tls: config.redis.tls }) : undefined;
           redis?.on('error', () => undefined);
           try {
             if (redis) await ensureReady(redis);
@@ -318,7 +319,7 @@ export async function main(
         }
         if (sub === 'init-key') {
           const url = discoverRedisAccess(config)?.urlFor('scheduler');
-          const redis = url ? connectRedis(url, 'producer', { lazyConnect: true }) : undefined;
+          const redis = url ? connectRedis(url, 'producer', { lazyConnect: true, tls: config.redis.tls }) : undefined;
           redis?.on('error', () => undefined);
           try {
             const r = await trail.auditInitKey(config, redis);

@@ -5,7 +5,7 @@ import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
 import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
-import { dynamicSecrets, listSecrets, makeProvider, usedProviders } from '../secrets/providers.js';
+import { dynamicSecrets, listSecrets, makeProvider, usedProviders, vaultEndpoint } from '../secrets/providers.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
@@ -223,7 +223,7 @@ export async function vaultSetup(
   // node-vault loads here, not with every CLI command.
   const { setupVault } = await import('../secrets/vault-setup.js');
   return setupVault({
-    address: v.address ?? process.env.VAULT_ADDR ?? '',
+    ...vaultEndpoint(v),
     adminToken: requireEnv(v.tokenEnv, '`fleet vault setup` (an admin token)'),
     mount: v.mount,
     prefix: v.prefix,

@@ -28,7 +28,7 @@ export async function redisSetup(
   adminUrl: string,
   options: { roles?: RedisRole[]; keepOld?: boolean; dropOld?: boolean; passwords?: RoleCredentials },
 ): Promise<{ credentials: RoleCredentials; nodes: number; saved: boolean }> {
-  const admin = connectRedis(adminUrl, 'producer');
+  const admin = connectRedis(adminUrl, 'producer', { tls: config.redis.tls });
   admin.on('error', () => undefined);
   try {
     await ensureReady(admin);

@@ -6,6 +6,17 @@ import { ConfigError, errorMessage, fieldOf } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
 import {
+  API_TLS,
+  hasTlsFiles,
+  isRedisTlsUrl,
+  REDIS_TLS,
+  resolveTlsFiles,
+  settingName,
+  tlsFileProblems,
+  VAULT_TLS,
+} from './tls.js';
+import type { TlsFiles, TlsSettingNames } from './tls.js';
+import {
   CRITICAL_MAX_TIMEOUT_MS,
   fleetConfigSchema,
   type FleetConfigInput,
@@ -37,7 +48,13 @@ export interface JobType extends Omit<
   recycleHeapUsedMb: number;
 }
 
-export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
+type ParsedVault = NonNullable<ParsedConfig['secrets']['vault']>;
+
+export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes' | 'redis' | 'api' | 'secrets'> {
+  /** `tls`: files as absolute paths, each from the config or else its environment variable. */
+  redis: Omit<ParsedConfig['redis'], 'tls'> & { tls: TlsFiles };
+  api: Omit<ParsedConfig['api'], 'tls'> & { tls: Pick<TlsFiles, 'certFile' | 'keyFile'> };
+  secrets: Omit<ParsedConfig['secrets'], 'vault'> & { vault?: Omit<ParsedVault, 'tls'> & { tls: TlsFiles } };
   /** Which provider serves each secret named anywhere in the config. */
   secretProviders: ReadonlyMap<string, ProviderKind>;
   /** Absolute path of the file this came from, or `null` when built in code. */
@@ -327,6 +344,27 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   if (sec.vault && !(sec.vault.address ?? process.env.VAULT_ADDR))
     problems.push('secrets.vault.address is not set and VAULT_ADDR is empty. Fix: set one of them.');
 
+  // TLS: files that exist, a certificate with its key, and no TLS settings beside a plain URL
+  // (the operator would believe the traffic encrypted).
+  const redisUrl = cfg.redis.url ?? process.env.REDIS_URL;
+  const redisTls = resolveTlsFiles(cfg.redis.tls, REDIS_TLS, baseDir);
+  problems.push(...tlsPathProblems(redisTls, REDIS_TLS));
+  if (hasTlsFiles(redisTls) && !(redisUrl && isRedisTlsUrl(redisUrl)))
+    problems.push(
+      redisUrl
+        ? `redis.tls (or REDIS_TLS_*) is set but the Redis URL is not rediss:// or rediss-cluster://: the connection would be plain TCP. Fix: use the rediss:// form of the URL, or remove the TLS settings.`
+        : 'redis.tls (or REDIS_TLS_*) is set but no Redis URL is: the private redis-server `npm start` runs speaks plain TCP on loopback. Fix: set REDIS_URL to your rediss:// server, or remove the TLS settings.',
+    );
+  const vaultTls = sec.vault ? resolveTlsFiles(sec.vault.tls, VAULT_TLS, baseDir) : {};
+  problems.push(...tlsPathProblems(vaultTls, VAULT_TLS));
+  const vaultAddress = sec.vault?.address ?? process.env.VAULT_ADDR;
+  if (hasTlsFiles(vaultTls) && vaultAddress && !vaultAddress.startsWith('https://'))
+    problems.push(
+      'secrets.vault.tls (or VAULT_CACERT / VAULT_CLIENT_CERT) is set but the Vault address is not https://: the connection would be plain HTTP. Fix: use the https:// address of Vault, or remove the TLS settings.',
+    );
+  const apiTls = resolveTlsFiles(cfg.api.tls, API_TLS, baseDir);
+  problems.push(...tlsPathProblems(apiTls, API_TLS));
+
   const hashes = new Set<string>();
   for (const p of cfg.producers) {
     if (hashes.has(p.tokenSha256))
@@ -341,11 +379,14 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   }
 
   const { jobTypes: _jt, ...top } = cfg;
+  const { vault: _v, ...secretsWithoutVault } = cfg.secrets;
   const config: FleetConfig = {
     ...top,
-    redis: { ...cfg.redis, url: cfg.redis.url ?? process.env.REDIS_URL },
+    redis: { ...cfg.redis, url: redisUrl, tls: redisTls },
+    api: { ...cfg.api, tls: apiTls },
     secrets: {
-      ...cfg.secrets,
+      ...secretsWithoutVault,
+      ...(sec.vault ? { vault: { ...sec.vault, tls: vaultTls } } : {}),
       audit: {
         ...cfg.secrets.audit,
         ...(cfg.secrets.audit.export && cfg.secrets.audit.export !== '-'
@@ -391,8 +432,21 @@ export function execRef(
   return { program: only, id };
 }
 
+/** A certificate without its key, and files that do not exist. */
+function tlsPathProblems(files: TlsFiles, names: TlsSettingNames): string[] {
+  const out = tlsFileProblems(files, names);
+  for (const key of ['caFile', 'certFile', 'keyFile'] as const) {
+    const file = files[key];
+    if (file && !existsSync(file))
+      out.push(`${settingName(names, key)}: ${file} does not exist. Fix: give the path of the PEM file.`);
+  }
+  return out;
+}
+
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
-export function auditKeyProvider(config: Pick<FleetConfig, 'secrets'>): ProviderKind {
+export function auditKeyProvider(config: {
+  secrets: Pick<FleetConfig['secrets'], 'items' | 'audit' | 'provider'>;
+}): ProviderKind {
   return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
 }
 

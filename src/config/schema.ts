@@ -14,6 +14,24 @@ export const CRITICAL_MAX_TIMEOUT_MS = 120_000;
 
 const isZodSchema = (v: unknown): v is z.ZodType => v instanceof z.ZodType;
 
+/**
+ * PEM files of a TLS client, paths relative to the config file. Each setting left unset is read
+ * from its environment variable (named where this is used). Verification of the server's
+ * certificate is always on; no setting turns it off.
+ */
+const tlsClientSchema = z
+  .object({
+    /** CA certificates (PEM) trusted for the server's certificate, instead of Node's bundled roots. @defaultValue its environment variable, else Node's bundled roots */
+    caFile: z.string().min(1).optional(),
+    /** Client certificate (PEM), for a server that requires one; with keyFile. @defaultValue its environment variable, else none */
+    certFile: z.string().min(1).optional(),
+    /** The client certificate's unencrypted private key (PEM). @defaultValue its environment variable, else none */
+    keyFile: z.string().min(1).optional(),
+    /** The name the server's certificate must carry, when it is not the host connected to. @defaultValue its environment variable, else the host */
+    servername: z.string().min(1).optional(),
+  })
+  .strict();
+
 const backoffSchema = z
   .object({
     /** @defaultValue `"exponential"` */
@@ -377,8 +395,15 @@ export const secretsSchema = z
       .prefault({}),
     vault: z
       .object({
-        /** @defaultValue `$VAULT_ADDR` */
+        /** `https://…` (or `http://` on loopback only: `fleet doctor --production` fails it elsewhere). @defaultValue `$VAULT_ADDR` */
         address: z.string().optional(),
+        /**
+         * TLS toward Vault, for an `https://` address. Environment: the Vault CLI's own
+         * `VAULT_CACERT`, `VAULT_CLIENT_CERT`, `VAULT_CLIENT_KEY`, `VAULT_TLS_SERVER_NAME`
+         * (`VAULT_SKIP_VERIFY` is ignored: verification is always on). @defaultValue Node's bundled
+         * roots, no client certificate
+         */
+        tls: tlsClientSchema.optional(),
         /** KV v2 mount. @defaultValue `"secret"` */
         mount: z.string().default('secret'),
         /** Folder under the mount. @defaultValue `"fleet"` */
@@ -488,8 +513,18 @@ export const fleetConfigSchema = z
     dataDir: z.string().default('.fleet'),
     redis: z
       .object({
-        /** `redis://…`; unset means `npm start` runs a private redis-server. @defaultValue `$REDIS_URL` */
+        /**
+         * `redis://…`, `rediss://…` (TLS), `redis-cluster://h1:p1,h2:p2` or `rediss-cluster://…`;
+         * unset means `npm start` runs a private redis-server. @defaultValue `$REDIS_URL`
+         */
         url: z.string().optional(),
+        /**
+         * TLS toward Redis, used by every connection of every role when the URL is `rediss://` or
+         * `rediss-cluster://` (and refused with a plain URL). Environment: `REDIS_TLS_CA_FILE`,
+         * `REDIS_TLS_CERT_FILE`, `REDIS_TLS_KEY_FILE`, `REDIS_TLS_SERVERNAME`. @defaultValue Node's
+         * bundled roots, no client certificate
+         */
+        tls: tlsClientSchema.optional(),
         /** Key prefix of every key the fleet writes. @defaultValue `"fleet"` */
         prefix: z
           .string()
@@ -504,6 +539,21 @@ export const fleetConfigSchema = z
         host: z.string().default('127.0.0.1'),
         /** @defaultValue 8080 */
         port: z.number().int().min(0).max(65535).default(8080),
+        /**
+         * Serve HTTPS with this certificate and key (PEM, relative to the config; read at start, a
+         * new certificate takes a restart). Environment: `FLEET_API_TLS_CERT_FILE`,
+         * `FLEET_API_TLS_KEY_FILE`. Without it the API speaks plain HTTP: keep it on loopback or
+         * behind a TLS-terminating proxy. @defaultValue none (HTTP)
+         */
+        tls: z
+          .object({
+            /** Certificate chain (PEM): the server's certificate first. @defaultValue `$FLEET_API_TLS_CERT_FILE` */
+            certFile: z.string().min(1).optional(),
+            /** Its unencrypted private key (PEM). @defaultValue `$FLEET_API_TLS_KEY_FILE` */
+            keyFile: z.string().min(1).optional(),
+          })
+          .strict()
+          .optional(),
         /** Largest accepted request body. @defaultValue 1048576 */
         bodyLimitBytes: z
           .number()

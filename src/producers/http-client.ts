@@ -2,7 +2,7 @@
  * A dependency-free HTTP client for the enqueue API, for services that do not share the fleet's
  * config or Redis. Errors carry the API's machine-readable `code`.
  */
-import { fieldOf } from '../errors.js';
+import { fieldOf, tlsFailureOf, type TlsFailure } from '../errors.js';
 
 export class FleetHttpError extends Error {
   override name = 'FleetHttpError';
@@ -17,11 +17,59 @@ export class FleetHttpError extends Error {
 }
 
 export interface HttpClientOptions {
-  /** e.g. `http://127.0.0.1:8080` */
+  /** e.g. `https://fleet-api:8443`, or `http://127.0.0.1:8080` on loopback */
   baseUrl: string;
   token: string;
   /** @defaultValue 10000 */
   timeoutMs?: number;
+  /**
+   * CA certificates (PEM) trusted for an `https` API's certificate instead of the runtime's
+   * bundled roots: a private CA's. Node only (requests then go through `node:https`); verification
+   * is always on. @defaultValue the bundled roots
+   */
+  ca?: string | Buffer;
+}
+
+const CLIENT_TLS_FIX: Record<TlsFailure['kind'], string> = {
+  untrusted: "pass `ca` (the PEM of the CA that signed the API's certificate) to createHttpClient",
+  name: 'use a baseUrl whose host the certificate names',
+  expired: "renew the API's certificate (api.tls.certFile)",
+  'client-certificate': 'the server asks for a client certificate, which the fleet API never does: is baseUrl right?',
+  'client-certificate-refused':
+    'the server refuses client certificates, which the fleet API never asks for: is baseUrl right?',
+  'not-tls': 'the API speaks plain HTTP on that port: use http:// (on loopback only) or set api.tls',
+  other: "check the API's certificate (api.tls)",
+};
+
+/** One HTTP exchange: status and body text. */
+type Send = (
+  method: string,
+  url: string,
+  headers: Record<string, string>,
+  body: string | undefined,
+  signal: AbortSignal,
+) => Promise<{ status: number; text: string }>;
+
+const sendWithFetch: Send = async (method, url, headers, body, signal) => {
+  const res = await fetch(url, { method, headers, ...(body === undefined ? {} : { body }), signal });
+  return { status: res.status, text: await res.text() };
+};
+
+/** `fetch` cannot be given a CA; `node:https` can (loaded only when a CA is given). */
+function sendWithCa(ca: string | Buffer): Send {
+  return async (method, url, headers, body, signal) => {
+    const https = await import('node:https');
+    return new Promise((resolve, reject) => {
+      const req = https.request(url, { method, headers, ca, rejectUnauthorized: true, signal }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('error', reject);
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, text: Buffer.concat(chunks).toString('utf8') }));
+      });
+      req.on('error', reject);
+      req.end(body);
+    });
+  };
 }
 
 export interface HttpClient {
@@ -37,23 +85,33 @@ export interface HttpClient {
 
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   const base = options.baseUrl.replace(/\/+$/, '');
+  const send = options.ca && base.startsWith('https:') ? sendWithCa(options.ca) : sendWithFetch;
   async function call<T>(
     method: string,
     path: string,
     body?: unknown,
     headers: Record<string, string> = {},
   ): Promise<T> {
-    const res = await fetch(`${base}${path}`, {
+    const res = await send(
       method,
-      headers: {
+      `${base}${path}`,
+      {
         authorization: `Bearer ${options.token}`,
         ...(body === undefined ? {} : { 'content-type': 'application/json' }),
         ...headers,
       },
-      ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      signal: AbortSignal.timeout(options.timeoutMs ?? 10_000),
+      body === undefined ? undefined : JSON.stringify(body),
+      AbortSignal.timeout(options.timeoutMs ?? 10_000),
+    ).catch((err: unknown) => {
+      const tls = tlsFailureOf(err);
+      if (!tls) throw err;
+      throw new FleetHttpError(
+        0,
+        'TLS_REFUSED',
+        `the fleet API at ${base} refused TLS: ${tls.reason}. Fix: ${CLIENT_TLS_FIX[tls.kind]}.`,
+      );
     });
-    const text = await res.text();
+    const text = res.text;
     let json: unknown = {};
     try {
       if (text) json = JSON.parse(text);
@@ -64,7 +122,7 @@ export function createHttpClient(options: HttpClientOptions): HttpClient {
         `HTTP ${res.status}, and the body is not JSON: ${text.slice(0, 200)}`,
       );
     }
-    if (!res.ok) {
+    if (res.status < 200 || res.status > 299) {
       const e = fieldOf(json, 'error');
       const [code, message, details] = [fieldOf(e, 'code'), fieldOf(e, 'message'), fieldOf(e, 'details')];
       throw new FleetHttpError(

@@ -169,7 +169,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const r = options.redis ?? options.config.redis.url;
     if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
     this.#ownsRedis = typeof r === 'string';
-    this.redis = typeof r === 'string' ? connectRedis(r, 'producer') : r;
+    this.redis = typeof r === 'string' ? connectRedis(r, 'producer', { tls: options.config.redis.tls }) : r;
     this.#queues = queues;
     // Errors surface as rejections of the call that hit them; keep the emitter from throwing.
     if (this.#ownsRedis) this.redis.on('error', () => undefined);

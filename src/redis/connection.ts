@@ -1,4 +1,7 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
+import type { ConnectionOptions } from 'node:tls';
+import { hasTlsFiles, isRedisTlsUrl, loadTlsFiles, REDIS_TLS, tlsFix, type TlsFiles } from '../config/tls.js';
+import { ConfigError, RedisUnavailableError, TlsRefusedError, errorMessage, tlsFailureOf } from '../errors.js';
 
 /** A single Redis or a Redis Cluster; every part of the fleet works with either. */
 export type RedisClient = Redis | Cluster;
@@ -7,7 +10,15 @@ export type RedisClient = Redis | Cluster;
 export function isClusterUrl(url: string): boolean {
   return url.startsWith('redis-cluster://') || url.startsWith('rediss-cluster://');
 }
-import { RedisUnavailableError, errorMessage } from '../errors.js';
+
+/** Host and port of each node a Redis URL names (the server, or a cluster's seeds); IPv6 without brackets. */
+export function redisUrlNodes(url: string): { host: string; port: number }[] {
+  const hostPart = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/[/?].*$/, '');
+  return hostPart.split(',').map((h) => {
+    const [, host = '', port] = /^\[([^\]]*)\](?::(\d+))?$/.exec(h) ?? /^([^:]*)(?::(\d+))?$/.exec(h) ?? [];
+    return { host, port: Number(port ?? 6379) };
+  });
+}
 
 export type ConnectionRole =
   /** Blocking BullMQ workers: commands wait for a reconnect instead of failing. */
@@ -15,11 +26,27 @@ export type ConnectionRole =
   /** Producers and the API: fail fast so a caller gets an error, never a silent drop. */
   | 'producer';
 
+/** ioredis options over the role's defaults; `tls` is the fleet's PEM files (`config.redis.tls`), not ioredis's own. */
+export type ConnectOptions = Omit<RedisOptions, 'tls'> & { tls?: TlsFiles };
+
+/** TLS options for a `rediss://` URL (verification always on); none for a plain one, which refuses TLS files. */
+function tlsFor(url: string, files: TlsFiles): ConnectionOptions | undefined {
+  if (isRedisTlsUrl(url)) return loadTlsFiles(files, REDIS_TLS);
+  if (hasTlsFiles(files))
+    throw new ConfigError(
+      'Redis TLS files (redis.tls / REDIS_TLS_*) are given for a plain redis:// URL, which would send everything in clear. Fix: use the rediss:// form of the URL.',
+    );
+  return undefined;
+}
+
 /**
  * A Redis connection tuned for its role. `redis-cluster://a:7000,b:7001` connects to a Redis
- * Cluster (credentials as in a redis:// URL). The URL is never logged (it may carry a password).
+ * Cluster (credentials as in a redis:// URL); `rediss://` and `rediss-cluster://` connect over TLS
+ * with `options.tls`'s files. The URL is never logged (it may carry a password).
  */
-export function connectRedis(url: string, role: ConnectionRole, extra: RedisOptions = {}): RedisClient {
+export function connectRedis(url: string, role: ConnectionRole, extra: ConnectOptions = {}): RedisClient {
+  const { tls: files = {}, ...rest } = extra;
+  const tls = tlsFor(url, files);
   const base: RedisOptions =
     role === 'worker'
       ? { maxRetriesPerRequest: null, enableReadyCheck: true }
@@ -28,31 +55,96 @@ export function connectRedis(url: string, role: ConnectionRole, extra: RedisOpti
     ...base,
     retryStrategy: (times) => Math.min(times * 200, 2000),
     lazyConnect: false,
-    ...extra,
+    ...rest,
+    ...(tls ? { tls } : {}),
   };
   if (!isClusterUrl(url)) return new Redis(url, options);
   const u = new URL(url.replace(/^(rediss?)-cluster:/, '$1:').replace(/,.*$/, ''));
-  const hosts = url
-    .replace(/^[a-z-]+:\/\/([^@]*@)?/, '')
-    .replace(/\/.*$/, '')
-    .split(',');
-  const nodes = hosts.map((h) => {
-    const [host = '', port] = h.split(':');
-    return { host, port: Number(port ?? 6379) };
-  });
   const { retryStrategy: _r, enableOfflineQueue, lazyConnect, maxRetriesPerRequest, ...redisOptions } = options;
-  return new Cluster(nodes, {
+  return new Cluster(redisUrlNodes(url), {
     redisOptions: {
       ...redisOptions,
       maxRetriesPerRequest,
       ...(u.password ? { password: decodeURIComponent(u.password) } : {}),
       ...(u.username ? { username: decodeURIComponent(u.username) } : {}),
-      ...(u.protocol === 'rediss:' ? { tls: {} } : {}),
     },
+    // Over TLS the seed nodes are reached by the names in the URL, not the addresses they resolve
+    // to, so each certificate is checked against the name the operator wrote.
+    ...(tls
+      ? { dnsLookup: (address: string, callback: (err: null, address: string) => void) => callback(null, address) }
+      : {}),
     enableOfflineQueue: enableOfflineQueue ?? true,
     lazyConnect: lazyConnect ?? false,
     clusterRetryStrategy: (times) => Math.min(times * 200, 2000),
   });
+}
+
+/** `host:port` of a connection (a cluster's first known node), for messages. */
+function whereOf(redis: RedisClient): string {
+  const o = redis instanceof Cluster ? redis.nodes()[0]?.options : redis.options;
+  return o ? `${o.host}:${o.port}` : 'the Redis Cluster';
+}
+
+/**
+ * A Cluster drops its nodes' handshake errors (it asks for the slots over connections whose errors
+ * it ignores, and reports only "Failed to refresh slots cache"): one direct connection to a node,
+ * with the same options, shows what the handshake says.
+ */
+async function clusterTlsFailure(cluster: Cluster): Promise<{ err: unknown; where: string } | null> {
+  const node = cluster.nodes()[0];
+  if (!node?.options.tls) return null;
+  const probe = node.duplicate({ lazyConnect: true, retryStrategy: () => null, maxRetriesPerRequest: 0 });
+  let seen: unknown = null;
+  const keep = (err: unknown): void => void (tlsFailureOf(err) && (seen ??= err));
+  probe.on('error', keep);
+  try {
+    await probe.connect();
+    await probe.ping();
+  } catch (err) {
+    keep(err);
+  } finally {
+    probe.disconnect();
+  }
+  return seen ? { err: seen, where: `${node.options.host}:${node.options.port}` } : null;
+}
+
+/**
+ * Calls `onRefused` with a named error the first time the connection fails a TLS handshake (a
+ * certificate it does not trust, a client certificate the server asks for, a server that does not
+ * speak TLS): retrying cannot help, so waiting for the connection stops there. Returns the unsubscribe.
+ */
+function onTlsRefusal(redis: RedisClient, onRefused: (err: TlsRefusedError) => void): () => void {
+  let active = true;
+  let probing = false;
+  const refuse = (err: unknown, where: string): boolean => {
+    const failure = tlsFailureOf(err);
+    if (failure && active)
+      onRefused(
+        new TlsRefusedError(`Redis at ${where} refused TLS: ${failure.reason}. Fix: ${tlsFix(failure, REDIS_TLS)}.`, {
+          cause: err,
+        }),
+      );
+    return failure !== null;
+  };
+  const listener = (err: unknown, node?: unknown): void => {
+    if (refuse(err, typeof node === 'string' ? node : whereOf(redis))) return;
+    if (redis instanceof Cluster && !probing && errorMessage(err).startsWith('Failed to refresh slots cache')) {
+      // Again at each failed refresh while none runs: the server's alert can lose the race with
+      // its own close (the client then reads ECONNRESET).
+      probing = true;
+      void clusterTlsFailure(redis).then((found) => {
+        probing = false;
+        if (found) refuse(found.err, found.where);
+      });
+    }
+  };
+  redis.on('error', listener);
+  if (redis instanceof Cluster) redis.on('node error', listener);
+  return () => {
+    active = false;
+    redis.off('error', listener);
+    if (redis instanceof Cluster) redis.off('node error', listener);
+  };
 }
 
 /** A second connection like `client` (for pub/sub). */
@@ -64,14 +156,21 @@ export function duplicateClient(client: RedisClient): RedisClient {
 export async function waitForRedis(redis: RedisClient, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
-  while (Date.now() < deadline) {
-    try {
-      if (redis.status === 'ready' && (await redis.ping()) === 'PONG') return;
-    } catch (err) {
-      last = err;
+  let refused: TlsRefusedError | undefined;
+  const unsubscribe = onTlsRefusal(redis, (err) => (refused ??= err));
+  try {
+    while (Date.now() < deadline && !refused) {
+      try {
+        if (redis.status === 'ready' && (await redis.ping()) === 'PONG') return;
+      } catch (err) {
+        last = err;
+      }
+      await new Promise((r) => setTimeout(r, 100));
     }
-    await new Promise((r) => setTimeout(r, 100));
+  } finally {
+    unsubscribe();
   }
+  if (refused) throw refused;
   throw new RedisUnavailableError(
     `Redis did not answer within ${timeoutMs} ms${last ? ` (${errorMessage(last)})` : ''}. Fix: check REDIS_URL / redis.url and that redis-server is running.`,
     { cause: last },
@@ -87,8 +186,13 @@ export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void>
   // A lazy connection (the CLI opens one only for commands that need Redis) starts here.
   if (redis.status === 'wait') void redis.connect().catch(() => undefined);
   return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
+    const done = (): void => {
+      clearTimeout(timer);
       redis.off('ready', onReady);
+      unsubscribe();
+    };
+    const timer = setTimeout(() => {
+      done();
       reject(
         new RedisUnavailableError(
           `Redis is not reachable (connection ${redis.status} for ${timeoutMs} ms). Fix: check REDIS_URL and that Redis is up.`,
@@ -96,9 +200,13 @@ export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void>
       );
     }, timeoutMs);
     const onReady = (): void => {
-      clearTimeout(timer);
+      done();
       resolve();
     };
+    const unsubscribe = onTlsRefusal(redis, (err) => {
+      done();
+      reject(err);
+    });
     redis.once('ready', onReady);
   });
 }

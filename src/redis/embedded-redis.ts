@@ -19,6 +19,11 @@ export interface EmbeddedRedisOptions {
    * 0600; the `default` user off). Without it the server has only the passwordless default user.
    */
   acl?: { prefix: string; users: { roles: RoleCredentials; admin: RoleCredential } };
+  /**
+   * Serve TLS only (no plain port) with these PEM files; the URL is then `rediss://`. With
+   * `authClients` the server demands a client certificate signed by `caFile`. @defaultValue plain TCP
+   */
+  tls?: { certFile: string; keyFile: string; caFile: string; authClients: boolean };
 }
 
 /** The version of the `redis-server` on PATH, e.g. `7.0.15`. */
@@ -100,8 +105,22 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
     guard ?? 'redis-server',
     [
       ...(guard ? ['--pdeathsig', 'TERM', '--', 'redis-server'] : []),
-      '--port',
-      String(port),
+      ...(options.tls
+        ? [
+            '--port',
+            '0',
+            '--tls-port',
+            String(port),
+            '--tls-cert-file',
+            options.tls.certFile,
+            '--tls-key-file',
+            options.tls.keyFile,
+            '--tls-ca-cert-file',
+            options.tls.caFile,
+            '--tls-auth-clients',
+            options.tls.authClients ? 'yes' : 'no',
+          ]
+        : ['--port', String(port)]),
       '--bind',
       '127.0.0.1',
       '--dir',
@@ -131,7 +150,7 @@ export async function startEmbeddedRedis(options: EmbeddedRedisOptions): Promise
     await new Promise((r) => setTimeout(r, 20));
   }
   return {
-    url: `redis://127.0.0.1:${port}`,
+    url: `${options.tls ? 'rediss' : 'redis'}://127.0.0.1:${port}`,
     port,
     process: child,
     async release() {

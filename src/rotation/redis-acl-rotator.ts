@@ -1,3 +1,4 @@
+import type { TlsFiles } from '../config/tls.js';
 import { ConfigError } from '../errors.js';
 import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
 import { roleUsername, setupRoleUsers, urlWithCredential, type RedisRole } from '../redis/acl.js';
@@ -11,7 +12,13 @@ import { randomRotator, type Rotator } from './rotators.js';
  * store (e.g. a Vault Agent template rendering `FLEET_REDIS_<ROLE>_PASSWORD_FILE`) and reconnect
  * within the grace window; connections already logged in are not cut by Redis.
  */
-export function redisAclRotator(options: { role: RedisRole; prefix: string; adminUrlEnv: string }): Rotator {
+export function redisAclRotator(options: {
+  role: RedisRole;
+  prefix: string;
+  adminUrlEnv: string;
+  /** The PEM files for a rediss:// admin URL (config.redis.tls). */
+  tls: TlsFiles;
+}): Rotator {
   const username = roleUsername(options.role);
   const adminUrl = (): string => {
     const url = process.env[options.adminUrlEnv];
@@ -22,7 +29,7 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
     return url;
   };
   const admin = async <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> => {
-    const r = connectRedis(adminUrl(), 'producer');
+    const r = connectRedis(adminUrl(), 'producer', { tls: options.tls });
     r.on('error', () => undefined);
     try {
       await ensureReady(r);
@@ -44,7 +51,9 @@ export function redisAclRotator(options: { role: RedisRole; prefix: string; admi
         }),
       ).then(() => undefined),
     test: async (_ctx, value) => {
-      const r = connectRedis(urlWithCredential(adminUrl(), { username, password: text(value) }), 'producer');
+      const r = connectRedis(urlWithCredential(adminUrl(), { username, password: text(value) }), 'producer', {
+        tls: options.tls,
+      });
       r.on('error', () => undefined);
       try {
         await ensureReady(r);

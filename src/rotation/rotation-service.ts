@@ -139,7 +139,7 @@ export class RotationService {
   }
 
   async start(): Promise<void> {
-    this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker');
+    this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker', { tls: this.#config.redis.tls });
     if (!this.#givenRedis)
       this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
     await waitForRedis(this.#redis);
@@ -164,7 +164,7 @@ export class RotationService {
       },
       () => undefined,
     );
-    this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker');
+    this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker', { tls: this.#config.redis.tls });
     this.#retentionRedis.on('error', (err) =>
       this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }),
     );
@@ -279,7 +279,12 @@ export class RotationService {
         cfg.type === 'module'
           ? this.#sandboxed(name, cfg.path)
           : cfg.type === 'redis-acl'
-            ? redisAclRotator({ role: cfg.role, prefix: this.#config.redis.prefix, adminUrlEnv: cfg.adminUrlEnv })
+            ? redisAclRotator({
+                role: cfg.role,
+                prefix: this.#config.redis.prefix,
+                adminUrlEnv: cfg.adminUrlEnv,
+                tls: this.#config.redis.tls,
+              })
             : await loadRotator(cfg);
       this.#rotators.set(name, r);
     }

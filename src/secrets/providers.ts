@@ -6,6 +6,8 @@ import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';
 import { DataKeyRing } from './data-key.js';
 import { requireEnv } from '../config/credentials.js';
+import { loadTlsFiles, VAULT_TLS } from '../config/tls.js';
+import type { ConnectionOptions } from 'node:tls';
 import type { VaultAuth, VaultProvider } from './vault-provider.js';
 import type { DynamicSecret } from './vault-dynamic.js';
 import type { KmsProvider } from './kms-provider.js';
@@ -66,6 +68,15 @@ export function vaultAuthFromEnv(
   };
 }
 
+/** Where Vault is (the config's address, else VAULT_ADDR) and, for https, its TLS files loaded. */
+export function vaultEndpoint(v: NonNullable<FleetConfig['secrets']['vault']>): {
+  address: string;
+  tls: ConnectionOptions;
+} {
+  const address = v.address ?? process.env.VAULT_ADDR ?? '';
+  return { address, tls: address.startsWith('https://') ? loadTlsFiles(v.tls, VAULT_TLS) : {} };
+}
+
 /**
  * Builds one provider. Backend SDKs are imported here, on demand, so a fleet that uses only the
  * local store never loads node-vault or the AWS SDK.
@@ -88,8 +99,10 @@ export async function makeProvider(
   if (kind === 'vault') {
     if (!s.vault) throw new ConfigError('secrets.vault is not configured');
     const { VaultProvider } = await import('./vault-provider.js');
+    const { address, tls } = vaultEndpoint(s.vault);
     return new VaultProvider({
-      address: s.vault.address ?? process.env.VAULT_ADDR ?? '',
+      address,
+      tls,
       mount: s.vault.mount,
       prefix: s.vault.prefix,
       auth: vaultAuthFromEnv(s.vault, deps.preferVaultToken, deps.vaultIdentity),

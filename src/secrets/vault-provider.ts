@@ -1,8 +1,10 @@
 import http from 'node:http';
 import https from 'node:https';
+import type { ConnectionOptions } from 'node:tls';
 import nodeVault from 'node-vault';
 import { z } from 'zod';
-import { SecretUnavailableError, errnoCode, fieldOf, toError, type ErrorCode } from '../errors.js';
+import { tlsFix, VAULT_TLS } from '../config/tls.js';
+import { SecretUnavailableError, errnoCode, fieldOf, tlsFailureOf, toError, type ErrorCode } from '../errors.js';
 import { required } from '../guards.js';
 import type { Logger } from '../observability/logger.js';
 import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
@@ -35,7 +37,29 @@ export interface VaultProviderOptions {
   /** Secrets Vault mints per job (secrets.items.*.dynamic), by name. */
   dynamic?: ReadonlyMap<string, DynamicSecret>;
   requestTimeoutMs: number;
+  /** For an https address: CA, client certificate and key, server name (secrets.vault.tls, loaded). @defaultValue Node's bundled roots */
+  tls?: ConnectionOptions;
   logger: Logger;
+}
+
+/** The HTTPS agent of Vault calls: the configured CA and client certificate, verification always on. */
+export function vaultHttpsAgent(tls: ConnectionOptions = {}, keepAlive = true): https.Agent {
+  return new https.Agent({ keepAlive, maxSockets: 64, ...tls, rejectUnauthorized: true });
+}
+
+/**
+ * A node-vault client that never prints request bodies (they carry secrets) and verifies TLS even
+ * where VAULT_SKIP_VERIFY is set (node-vault honours it otherwise). Calls pass their own agents.
+ */
+export function nodeVaultClient(address: string, requestTimeoutMs?: number): nodeVault.client {
+  const client = nodeVault({
+    endpoint: address,
+    debug: () => undefined,
+    requestOptions: { strictSSL: true, ...(requestTimeoutMs ? { timeout: requestTimeoutMs } : {}) },
+  });
+  // Every request sets X-Vault-Token explicitly; the client-wide token stays empty.
+  client.token = '';
+  return client;
 }
 
 /** The job id a token minted ahead is minted for. */
@@ -60,6 +84,7 @@ export function vaultError(err: unknown, what: string, secret?: string): SecretU
   const e = toError(err);
   const status = statusOf(err);
   const name = secret ? `secret "${secret}"` : 'Vault';
+  const tls = status === undefined ? tlsFailureOf(err) : null;
   let code: ErrorCode = 'SECRET_PROVIDER_UNAVAILABLE';
   let retryable = true;
   let message: string;
@@ -76,6 +101,10 @@ export function vaultError(err: unknown, what: string, secret?: string): SecretU
     message = `Vault denied ${what} for ${name} (403 permission denied). Fix: run \`fleet vault setup\` so the job type's policy covers it.`;
   } else if (status !== undefined) {
     message = `Vault answered ${status} to ${what} for ${name}: ${e.message}`;
+  } else if (tls) {
+    code = 'TLS_REFUSED';
+    retryable = false;
+    message = `Vault refused TLS (${what}${secret ? ` for ${name}` : ''}): ${tls.reason}. Fix: ${tlsFix(tls, VAULT_TLS)}.`;
   } else {
     message = `Vault is unreachable (${what}${secret ? ` for ${name}` : ''}: ${errnoCode(err) ?? e.message}). Fix: check VAULT_ADDR and that Vault is up and unsealed.`;
   }
@@ -94,10 +123,7 @@ export class VaultProvider implements SecretProvider {
   readonly #o: VaultProviderOptions;
   readonly #client: nodeVault.client;
   /** Keep-alive: node-vault (axios) would otherwise open a TCP (and TLS) connection per call. */
-  readonly #agents = {
-    httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
-    httpsAgent: new https.Agent({ keepAlive: true, maxSockets: 64 }),
-  };
+  readonly #agents: { httpAgent: http.Agent; httpsAgent: https.Agent };
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   /** Job tokens minted ahead, per (type, names, timeout), oldest first. */
@@ -107,14 +133,11 @@ export class VaultProvider implements SecretProvider {
 
   constructor(options: VaultProviderOptions) {
     this.#o = options;
-    this.#client = nodeVault({
-      endpoint: options.address,
-      // Request bodies carry secrets: never let node-vault's debug output print them.
-      debug: () => undefined,
-      requestOptions: { timeout: options.requestTimeoutMs },
-    });
-    // Every request sets X-Vault-Token explicitly; the client-wide token stays empty.
-    this.#client.token = '';
+    this.#agents = {
+      httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
+      httpsAgent: vaultHttpsAgent(options.tls),
+    };
+    this.#client = nodeVaultClient(options.address, options.requestTimeoutMs);
   }
 
   #path(kind: 'data' | 'metadata' | 'destroy', name?: string, pending = false): string {

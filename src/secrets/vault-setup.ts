@@ -2,10 +2,16 @@
  * `fleet vault setup`: the one-time Vault side of the fleet, with an admin token. Kept apart from
  * the provider (which runs with the supervisor's and rotator's narrow identities).
  */
-import nodeVault from 'node-vault';
 import { randomBytes } from 'node:crypto';
+import type { ConnectionOptions } from 'node:tls';
 import { fieldOf } from '../errors.js';
-import { ROTATE_POLICY_PREFIX, ROTATE_TOKEN_ROLE, vaultError } from './vault-provider.js';
+import {
+  nodeVaultClient,
+  ROTATE_POLICY_PREFIX,
+  ROTATE_TOKEN_ROLE,
+  vaultError,
+  vaultHttpsAgent,
+} from './vault-provider.js';
 
 /**
  * One-time setup with an admin token (`fleet vault setup`): a read policy per job type, the
@@ -31,15 +37,29 @@ export async function setupVault(options: {
    * identity; created (64 random hex characters) when missing.
    */
   systemSecrets?: readonly string[];
+  /** For an https address: CA, client certificate and key (secrets.vault.tls, loaded). @defaultValue Node's bundled roots */
+  tls?: ConnectionOptions;
 }): Promise<{ roleId: string; secretId: string; rotator: { roleId: string; secretId: string }; policies: string[] }> {
-  const client = nodeVault({ endpoint: options.address, debug: () => undefined });
-  client.token = '';
+  const httpsAgent = vaultHttpsAgent(options.tls, false);
+  try {
+    return await setup(options, nodeVaultClient(options.address), httpsAgent);
+  } finally {
+    httpsAgent.destroy();
+  }
+}
+
+async function setup(
+  options: Parameters<typeof setupVault>[0],
+  client: ReturnType<typeof nodeVaultClient>,
+  httpsAgent: ReturnType<typeof vaultHttpsAgent>,
+): ReturnType<typeof setupVault> {
   const call = (method: 'GET' | 'POST' | 'PUT', path: string, json?: unknown): Promise<unknown> =>
     client
       .request({
         method,
         path: `/${path}`,
         headers: { 'X-Vault-Token': options.adminToken },
+        httpsAgent,
         ...(json === undefined ? {} : { json }),
       })
       .catch((err: unknown) => {
@@ -69,6 +89,7 @@ export async function setupVault(options: {
         method: 'GET',
         path: `/${options.mount}/data/${options.prefix}/${n}`,
         headers: { 'X-Vault-Token': options.adminToken },
+        httpsAgent,
       })
       .then(() => true)
       .catch((err: { response?: { statusCode?: number } }) => {

@@ -1,17 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { FleetConfig } from '../config/resolve.js';
-
-/** Host names in a Redis URL (`redis://`, `rediss://`, `redis-cluster://a:1,b:2`). */
-function redisHosts(url: string): string[] {
-  const hostPart = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/\/.*$/, '');
-  return hostPart.split(',').map((h) =>
-    h
-      .replace(/^\[/, '')
-      .replace(/\](:\d+)?$/, '')
-      .replace(/:\d+$/, ''),
-  );
-}
+import { redisUrlNodes } from '../redis/connection.js';
 
 /**
  * The addresses of the fleet's own services (Redis, Vault, KMS endpoint): every egress proxy
@@ -19,7 +9,7 @@ function redisHosts(url: string): string[] {
  * are unreachable anyway).
  */
 export async function fleetServiceAddresses(config: FleetConfig, redisUrl: string): Promise<string[]> {
-  const hosts = new Set<string>(redisHosts(redisUrl));
+  const hosts = new Set<string>(redisUrlNodes(redisUrl).map((n) => n.host));
   const vault = config.secrets.vault?.address ?? (config.secrets.vault ? process.env.VAULT_ADDR : undefined);
   for (const u of [vault, config.secrets.kms?.endpoint]) {
     if (!u) continue;

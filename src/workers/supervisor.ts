@@ -163,7 +163,7 @@ export class Supervisor {
   async #start(): Promise<void> {
     this.#startedAt = Date.now();
     try {
-      this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker');
+      this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker', { tls: this.#config.redis.tls });
       if (!this.#givenRedis)
         this.#redis.on('error', (err) =>
           this.#log.warn('redis connection error; reconnecting', { error: err.message }),

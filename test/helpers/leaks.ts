@@ -1,5 +1,6 @@
 import { Writable } from 'node:stream';
 import { makeLogger, type Logger } from '../../src/observability/logger.js';
+import type { TlsFiles } from '../../src/config/tls.js';
 import { dumpKeys } from './redis.js';
 
 /** A logger whose JSON lines are kept for inspection. */
@@ -36,8 +37,9 @@ export async function scanForLeaks(
   values: string[],
   texts: Record<string, string>,
   pattern = '*',
+  tls?: TlsFiles,
 ): Promise<string[]> {
-  const keys = await dumpKeys(redisUrl, pattern);
+  const keys = await dumpKeys(redisUrl, pattern, tls);
   const haystacks: [string, string][] = [
     ...[...keys].map(([k, v]) => [`redis ${k}`, `${k}\n${v}`] as [string, string]),
     ...Object.entries(texts),

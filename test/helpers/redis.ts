@@ -4,6 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll } from 'vitest';
+import { loadTlsFiles, REDIS_TLS, type TlsFiles } from '../../src/config/tls.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../../src/redis/embedded-redis.js';
 
 /**
@@ -50,9 +51,9 @@ export function uniquePrefix(): string {
   return `t${randomUUID().slice(0, 8)}`;
 }
 
-/** Every key and value under a prefix, for leak scans and assertions. */
-export async function dumpKeys(url: string, pattern = '*'): Promise<Map<string, string>> {
-  const r = new Redis(url);
+/** Every key and value under a prefix, for leak scans and assertions; `tls` for a rediss:// URL. */
+export async function dumpKeys(url: string, pattern = '*', tls?: TlsFiles): Promise<Map<string, string>> {
+  const r = new Redis(url, tls ? { tls: loadTlsFiles(tls, REDIS_TLS) } : {});
   try {
     const out = new Map<string, string>();
     for (const key of await r.keys(pattern)) {

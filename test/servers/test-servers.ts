@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { homedir, tmpdir } from 'node:os';
 import path from 'node:path';
 import { freePort } from '../../src/redis/embedded-redis.js';
@@ -74,6 +74,8 @@ function stop(child: ChildProcess, signal: NodeJS.Signals = 'SIGTERM'): Promise<
 
 export interface VaultServer extends TestServer {
   rootToken: string;
+  /** With `tls`: a second HTTPS listener that demands a client certificate signed by `tls.caFile`. */
+  clientCertUrl?: string;
   /** Stops the server process (for outage tests); `release` still cleans up. */
   kill(): Promise<void>;
 }
@@ -87,6 +89,7 @@ export async function setupDevVault(
   scopes: Iterable<[string, string[]]>,
   rotated: readonly string[] = [],
   dynamic: ReadonlyMap<string, string> = new Map(),
+  tls?: import('node:tls').ConnectionOptions,
 ): Promise<Awaited<ReturnType<typeof import('../../src/secrets/vault-setup.js').setupVault>>> {
   const { setupVault } = await import('../../src/secrets/vault-setup.js');
   return setupVault({
@@ -101,19 +104,42 @@ export async function setupDevVault(
     dynamic,
     rotated,
     systemSecrets: ['audit-mac-key'],
+    ...(tls ? { tls } : {}),
   });
 }
 
-/** A Vault-API server in dev mode (in-memory, unsealed, KV v2 at `secret/`). */
-export async function startVault(): Promise<VaultServer | { reason: string }> {
+/**
+ * A Vault-API server in dev mode (in-memory, unsealed, KV v2 at `secret/`). With `tls` (a local
+ * binary only), `url` is an HTTPS listener with that certificate, beside the dev mode's own plain one.
+ */
+export async function startVault(
+  options: { tls?: { certFile: string; keyFile: string; caFile: string } } = {},
+): Promise<VaultServer | { reason: string }> {
   const rootToken = `root-${randomBytes(8).toString('hex')}`;
   const bin = findBinary(['bao', 'vault']);
   if (bin) {
     const port = await freePort();
     const dir = mkdtempSync(path.join(tmpdir(), 'fleet-vault-'));
+    const tlsArgs: string[] = [];
+    let tlsUrls: { url: string; clientCertUrl: string } | null = null;
+    if (options.tls) {
+      // Each listener also takes the next port for its cluster address.
+      const [httpsPort, mtlsPort] = [await freePort(), await freePort()];
+      const { certFile, keyFile, caFile } = options.tls;
+      const listener = (p: number, extra: string): string =>
+        `listener "tcp" {\n  address = "127.0.0.1:${p}"\n  tls_cert_file = "${certFile}"\n  tls_key_file = "${keyFile}"\n${extra}}\n`;
+      const file = path.join(dir, 'tls.hcl');
+      writeFileSync(
+        file,
+        listener(httpsPort, '') +
+          listener(mtlsPort, `  tls_require_and_verify_client_cert = true\n  tls_client_ca_file = "${caFile}"\n`),
+      );
+      tlsArgs.push(`-config=${file}`);
+      tlsUrls = { url: `https://127.0.0.1:${httpsPort}`, clientCertUrl: `https://127.0.0.1:${mtlsPort}` };
+    }
     const child = spawn(
       bin,
-      ['server', '-dev', `-dev-root-token-id=${rootToken}`, `-dev-listen-address=127.0.0.1:${port}`],
+      ['server', '-dev', `-dev-root-token-id=${rootToken}`, `-dev-listen-address=127.0.0.1:${port}`, ...tlsArgs],
       {
         env: { ...process.env, HOME: dir, BAO_ADDR: '', VAULT_ADDR: '' },
         stdio: ['ignore', 'pipe', 'pipe'],
@@ -128,8 +154,17 @@ export async function startVault(): Promise<VaultServer | { reason: string }> {
       await stop(child);
       rmSync(dir, { recursive: true, force: true });
     };
-    return { url, rootToken, via: `${path.basename(bin)} server -dev (${bin})`, kill: () => stop(child), release };
+    return {
+      url,
+      rootToken,
+      via: `${path.basename(bin)} server -dev${tlsUrls ? ' with TLS listeners' : ''} (${bin})`,
+      kill: () => stop(child),
+      release,
+      ...tlsUrls,
+    };
   }
+  if (options.tls)
+    return { reason: `no bao/vault binary in ${CACHE_BIN} or on PATH (a TLS listener needs a local server)` };
   if (await dockerAvailable()) {
     const { GenericContainer, Wait } = await import('testcontainers');
     const c = await new GenericContainer('hashicorp/vault:1.17')
