@@ -10,7 +10,7 @@ import { z } from 'zod';
 import { fieldOf, toError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { MAX_AGE_MS, secretHealth } from '../rotation/secret-health.js';
-import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
+import { PROVIDER_KINDS, type ProviderKind, type SecretMetadata } from '../secrets/provider.js';
 import { makeProvider, providerOfKind } from '../secrets/providers.js';
 
 /** The part of Prometheus's /api/v1/targets answer the monitoring check reads. */
@@ -121,6 +121,11 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
   return out;
 }
 
+/** The providers a production secret may use: every one but the dev-only local store (`"vault", "kms" or …`). */
+const EXTERNAL = ((kinds) => `${kinds.slice(0, -1).join(', ')} or ${kinds.at(-1)}`)(
+  PROVIDER_KINDS.filter((k) => k !== 'local').map((k) => `"${k}"`),
+);
+
 const pass = (check: string, detail: string): Check => ({ status: 'PASS', check, detail });
 const warn = (check: string, detail: string, fix: string): Check => ({ status: 'WARN', check, detail, fix });
 const fail = (check: string, detail: string, fix: string): Check => ({ status: 'FAIL', check, detail, fix });
@@ -141,12 +146,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
           ? fail(
               `secret ${name}: external provider`,
               'served by the dev-only local store',
-              `set secrets.items.${name}.provider (or secrets.provider) to "vault" or "kms"`,
+              `set secrets.items.${name}.provider (or secrets.provider) to ${EXTERNAL}`,
             )
           : warn(
               `secret ${name}: external provider`,
               'served by the dev-only local store (fine for development)',
-              'use "vault" or "kms" in production',
+              `use ${EXTERNAL} in production`,
             ),
       );
     } else out.push(pass(`secret ${name}: external provider`, kind));
@@ -159,7 +164,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       (options.production ? fail : warn)(
         macCheck,
         'in the dev-only local store, whose master key sits beside the data',
-        `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`,
+        `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to ${EXTERNAL}`,
       ),
     );
   else out.push(pass(macCheck, macKind));
@@ -407,7 +412,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
             ? 'supervisor token valid'
             : kind === 'kms'
               ? `key ${config.secrets.kms?.keyId} reachable`
-              : 'master key readable',
+              : kind === 'secrets-manager'
+                ? `secrets under "${config.secrets.secretsManager.namePrefix}" listable`
+                : 'master key readable',
         ),
       );
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
@@ -444,7 +451,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
             ? 'check VAULT_ADDR and the AppRole (VAULT_ROLE_ID/VAULT_SECRET_ID)'
             : kind === 'kms'
               ? 'check secrets.kms.keyId/region/endpoint and AWS credentials'
-              : 'check the master key',
+              : kind === 'secrets-manager'
+                ? 'check secrets.secretsManager.region/endpoint and AWS credentials (secretsmanager:ListSecrets)'
+                : 'check the master key',
         ),
       );
     } finally {

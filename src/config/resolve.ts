@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { ConfigError, errorMessage, fieldOf } from '../errors.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
+import type { ProviderKind } from '../secrets/provider.js';
 import { CRITICAL_MAX_TIMEOUT_MS, fleetConfigSchema, type FleetConfigInput, type jobTypeSchema } from './schema.js';
 
 type ParsedJobType = z.output<typeof jobTypeSchema>;
@@ -33,7 +34,7 @@ export interface JobType extends Omit<
 
 export interface FleetConfig extends Omit<ParsedConfig, 'jobTypes'> {
   /** Which provider serves each secret named anywhere in the config. */
-  secretProviders: ReadonlyMap<string, 'local' | 'vault' | 'kms'>;
+  secretProviders: ReadonlyMap<string, ProviderKind>;
   /** Absolute path of the file this came from, or `null` when built in code. */
   source: string | null;
   dataDir: string;
@@ -208,7 +209,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
     }
   }
   const sec = cfg.secrets;
-  const secretProviders = new Map<string, 'local' | 'vault' | 'kms'>();
+  const secretProviders = new Map<string, ProviderKind>();
   for (const t of jobTypes.values()) {
     for (const name of t.secrets) secretProviders.set(name, sec.items[name]?.provider ?? sec.provider);
   }
@@ -285,7 +286,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
 }
 
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
-export function auditKeyProvider(config: FleetConfig): 'local' | 'vault' | 'kms' {
+export function auditKeyProvider(config: FleetConfig): ProviderKind {
   return config.secrets.items[config.secrets.audit.macKey]?.provider ?? config.secrets.provider;
 }
 

@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { PROVIDER_KINDS } from '../secrets/provider.js';
 
 /**
  * The fleet configuration, as written in `fleet.config.ts|js|json`. Parsed once at start-up by
@@ -178,7 +179,7 @@ export const producerSchema = z
   })
   .strict();
 
-const providerKind = z.enum(['local', 'vault', 'kms']);
+const providerKind = z.enum(PROVIDER_KINDS);
 
 export const rotationSchema = z
   .object({
@@ -350,6 +351,46 @@ export const secretsSchema = z
       })
       .strict()
       .optional(),
+    /**
+     * AWS Secrets Manager (provider `"secrets-manager"`). Each fleet secret is the Secrets Manager
+     * secret `namePrefix + name`; jobs read its `AWSCURRENT` version, and rotation moves the native
+     * staging labels (`AWSPENDING` → `AWSCURRENT`, the old version keeping `AWSPREVIOUS` through
+     * the grace window), as AWS's own rotation does. Credentials come from the AWS SDK's usual
+     * chain (environment, shared files, instance or task role).
+     */
+    secretsManager: z
+      .object({
+        /** @defaultValue `$AWS_REGION` or `"us-east-1"` */
+        region: z.string().optional(),
+        /** A local Secrets-Manager-API server (moto). @defaultValue AWS */
+        endpoint: z.string().optional(),
+        /**
+         * Prepended to every secret name; the IAM policy grants `secret:<namePrefix>*` and
+         * `fleet secrets list` shows only names under it. @defaultValue `"fleet/"`
+         */
+        namePrefix: z
+          .string()
+          .regex(
+            /^[A-Za-z0-9/_+=.@-]*$/,
+            'use the characters Secrets Manager allows in names: A-Z a-z 0-9 / _ + = . @ -',
+          )
+          .default('fleet/'),
+        /** The KMS key `fleet secrets set` creates new secrets under. @defaultValue the account's `aws/secretsmanager` key */
+        kmsKeyId: z.string().min(1).optional(),
+        /**
+         * `fleet secrets delete`: days the secret stays restorable (7–30), or 0 to delete it at
+         * once without recovery. @defaultValue 30
+         */
+        recoveryWindowDays: z
+          .number()
+          .int()
+          .refine((d) => d === 0 || (d >= 7 && d <= 30), 'use 0 (delete at once, no recovery) or 7 to 30 days')
+          .default(30),
+        /** @defaultValue 5000 */
+        requestTimeoutMs: z.number().int().positive().default(5000),
+      })
+      .strict()
+      .prefault({}),
     audit: z
       .object({
         /** Audit stream retention: the scheduler trims to this many records (once 10% over), leaving a signed checkpoint. @defaultValue 100000 */

@@ -2,7 +2,12 @@
  * The one small interface every secret backend implements. The core never imports a backend SDK;
  * it talks to these.
  */
-export type ProviderKind = 'local' | 'vault' | 'kms';
+/**
+ * Every backend, by the name config uses. `secrets-manager` is AWS Secrets Manager, named after the
+ * service as `kms` is (the AWS SDK client is `client-secrets-manager`).
+ */
+export const PROVIDER_KINDS = ['local', 'vault', 'kms', 'secrets-manager'] as const;
+export type ProviderKind = (typeof PROVIDER_KINDS)[number];
 
 export interface SecretValue {
   /** Plaintext in memory of its own (never Node's shared Buffer pool), so it can be zeroed or transferred. */

@@ -8,11 +8,13 @@ import { requireEnv } from '../config/credentials.js';
 import type { VaultAuth, VaultProvider } from './vault-provider.js';
 import type { KmsProvider } from './kms-provider.js';
 import type { LocalProvider } from './local-provider.js';
+import type { SecretsManagerProvider } from './secrets-manager-provider.js';
 
 interface ProviderByKind {
   local: LocalProvider;
   vault: VaultProvider;
   kms: KmsProvider;
+  'secrets-manager': SecretsManagerProvider;
 }
 
 /** `provider` as its own class, checked by `kind` (each provider class sets it to its own kind). */
@@ -84,6 +86,18 @@ export async function makeProvider(
       spareTokens: s.vault.spareTokens,
       requestTimeoutMs: s.vault.requestTimeoutMs,
       logger: deps.logger,
+    });
+  }
+  if (kind === 'secrets-manager') {
+    const sm = s.secretsManager;
+    const { SecretsManagerProvider } = await import('./secrets-manager-provider.js');
+    return new SecretsManagerProvider({
+      region: sm.region ?? process.env.AWS_REGION ?? 'us-east-1',
+      ...(sm.endpoint ? { endpoint: sm.endpoint } : {}),
+      namePrefix: sm.namePrefix,
+      ...(sm.kmsKeyId ? { kmsKeyId: sm.kmsKeyId } : {}),
+      recoveryWindowDays: sm.recoveryWindowDays,
+      requestTimeoutMs: sm.requestTimeoutMs,
     });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
