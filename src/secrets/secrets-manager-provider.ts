@@ -39,7 +39,8 @@ const strictUtf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
  * consumer: `writePending` adds a version labelled `AWSPENDING`; `promote` moves `AWSCURRENT` onto
  * it (Secrets Manager moves `AWSPREVIOUS` onto the old one) and drops its `AWSPENDING`; `retire`
  * removes the labels fleet gave a version (`AWSPENDING` of a failed rotation, `AWSPREVIOUS` after the
- * grace window), so Secrets Manager deprecates it. A version with no label is not read any more.
+ * grace window), so Secrets Manager deprecates it and deletes it on its own schedule (it has no call
+ * that deletes one version). Jobs only ever read `AWSCURRENT`.
  *
  * There is no per-job credential here: every read uses the supervisor's AWS identity, so a lease is
  * the fleet's own scope check, and its values are zero-filled at release.
@@ -154,8 +155,9 @@ export class SecretsManagerProvider implements SecretProvider {
   }
 
   /**
-   * One version by its VersionId. A version without any staging label was retired (or deprecated
-   * by Secrets Manager's own rotation): Secrets Manager may still hold it, but it is not served.
+   * One version by its VersionId, labelled or not: a retired version (no label left) stays readable
+   * until Secrets Manager deletes it, because the audit MAC key's older versions must stay readable
+   * to verify the records sealed with them, and Secrets Manager cannot delete a single version.
    */
   async readVersion(name: string, version: string): Promise<SecretValue> {
     const res = await this.#send(
@@ -164,15 +166,7 @@ export class SecretsManagerProvider implements SecretProvider {
       name,
       version,
     );
-    const v = this.#value(name, res);
-    if (!res.VersionStages?.length) {
-      v.value.fill(0);
-      throw new SecretUnavailableError(
-        'SECRET_NOT_FOUND',
-        `secret "${name}" version ${version} was retired (it has no staging label left in Secrets Manager).`,
-      );
-    }
-    return v;
+    return this.#value(name, res);
   }
 
   lease(request: LeaseRequest): Promise<SecretLease> {
