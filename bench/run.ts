@@ -23,6 +23,7 @@ import { probeResourceLimits } from '../src/workers/resource-limits.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
 import { KmsProvider } from '../src/secrets/kms-provider.js';
+import { SecretsManagerProvider } from '../src/secrets/secrets-manager-provider.js';
 import { Supervisor } from '../src/workers/supervisor.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { atRestRuns } from './at-rest.js';
@@ -34,7 +35,7 @@ const { values: args } = parseArgs({
     'spawn-jobs': { type: 'string', default: '400' },
     concurrency: { type: 'string', default: '8' },
     'secret-jobs': { type: 'string', default: '1000' },
-    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `at-rest`: only job data sealed at rest vs not; `dynamic`: only a dynamic database credential's mint and revoke (OpenBao + PostgreSQL); `roles`: only the idle RSS of each role. */
+    /** `layers`: only the spawn cost of the kernel's limits (cgroup + rlimits, seccomp); `least-privilege`: only the Redis ACL users + audit MAC chain comparison; `injection`: only the secret injection overhead; `at-rest`: only job data sealed at rest vs not; `dynamic`: only a dynamic database credential's mint and revoke (OpenBao + PostgreSQL); `roles`: only the idle RSS of each role; `secrets`: the per-job overhead of one secret from each provider vs none; `secrets-manager`: that for Secrets Manager (moto) alone. */
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
@@ -488,18 +489,22 @@ interface EnqueueFigures {
 
 type SecretFigures = (RunFigures & { server: string }) | { skipped: string };
 
+type BenchProvider = 'local' | 'vault' | 'kms' | 'secrets-manager';
+
 /** Pool isolation, one secret fetched per job, from each provider (real servers where installed). */
 async function secretRuns(
   url: string,
   jobs: number,
-  only: readonly ('local' | 'vault' | 'kms')[] = ['local', 'vault', 'kms'],
-): Promise<Record<'local' | 'vault' | 'kms', SecretFigures>> {
-  const { startVault, startKms, useLocalAwsCredentials, setupDevVault } =
+  only: readonly BenchProvider[] = ['local', 'vault', 'kms', 'secrets-manager'],
+): Promise<Record<BenchProvider, SecretFigures>> {
+  const { startVault, startKms, startSecretsManager, useLocalAwsCredentials, setupDevVault } =
     await import('../test/servers/test-servers.js');
   const value = Buffer.from('bench-secret-value-0123456789abcdef');
-  const out = {} as Record<'local' | 'vault' | 'kms', SecretFigures>;
+  const out = {} as Record<BenchProvider, SecretFigures>;
 
-  out.local = { ...(await localSecretRun(url, jobs)), server: 'local file' };
+  out.local = only.includes('local')
+    ? { ...(await localSecretRun(url, jobs)), server: 'local file' }
+    : { skipped: 'not selected' };
 
   if (!only.includes('vault')) out.vault = { skipped: 'not selected' };
   const vault = only.includes('vault') ? await startVault() : null;
@@ -568,6 +573,30 @@ async function secretRuns(
     } finally {
       redis.disconnect();
       await kms.release();
+    }
+  }
+
+  // moto on loopback stands in for AWS: it answers in about the time of its Python request
+  // handling, with no network round trip to a region and no KMS decryption behind it.
+  const sm = only.includes('secrets-manager') ? await startSecretsManager() : null;
+  if (!sm) out['secrets-manager'] = { skipped: 'not selected' };
+  else if ('reason' in sm) out['secrets-manager'] = { skipped: sm.reason };
+  else {
+    try {
+      const secretsManager = { endpoint: sm.url, region: 'us-east-1', namePrefix: `bench${++prefixSeq}/` };
+      const writer = new SecretsManagerProvider({ ...secretsManager, recoveryWindowDays: 0, requestTimeoutMs: 5000 });
+      await writer.write('bench-key', value);
+      await writer.close();
+      const config = benchConfig(url, 'pool', {
+        processor: WITH_SECRET,
+        secrets: { provider: 'secrets-manager', secretsManager },
+      });
+      out['secrets-manager'] = {
+        ...(await fleetRun(url, 'pool', jobs, config, 'fleet pool + 1 secret (Secrets Manager, moto)')),
+        server: `${sm.via}, a stand-in for AWS`,
+      };
+    } finally {
+      await sm.release();
     }
   }
   return out;
@@ -1011,9 +1040,15 @@ async function main(): Promise<void> {
         process.stdout.write(`${JSON.stringify({ node: process.version, spawnRates: runs, layerCostMs })}\n`);
       return;
     }
-    if (args.only === 'secrets') {
+    if (args.only === 'secrets' || args.only === 'secrets-manager') {
+      // Secrets are fetched before the processor starts: their cost is the enqueue→start latency
+      // over a process pool without secrets, measured in the same run.
       const none = await processPoolRun(redis.url, SECRET_JOBS, 'fleet pool, process sandboxes');
-      const secrets = await secretRuns(redis.url, SECRET_JOBS);
+      const secrets = await secretRuns(
+        redis.url,
+        SECRET_JOBS,
+        args.only === 'secrets-manager' ? ['secrets-manager'] : undefined,
+      );
       const overhead = Object.fromEntries(
         Object.entries(secrets).map(([k, f]) => [k, 'p50StartMs' in f ? round(f.p50StartMs - none.p50StartMs) : NaN]),
       );
@@ -1137,9 +1172,10 @@ async function main(): Promise<void> {
       local: overhead(secrets.local),
       vault: overhead(secrets.vault),
       kms: overhead(secrets.kms),
+      secretsManager: overhead(secrets['secrets-manager']),
     };
     say(
-      `secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms`,
+      `secret overhead per job (p50 enqueue→start vs none): local ${secretOverheadP50Ms.local} ms, Vault ${secretOverheadP50Ms.vault} ms, KMS ${secretOverheadP50Ms.kms} ms, Secrets Manager (moto) ${secretOverheadP50Ms.secretsManager} ms`,
     );
     // Spawn cost of each layer: milliseconds per sandbox added by it (C in parallel on this machine).
     const msPer = (b: Boundary): number => (spawnRates[b] ? 1000 / spawnRates[b] : NaN);

@@ -2,7 +2,7 @@
 # Installs the real servers the test suite talks to, caching builds outside the repo.
 #   redis-server, prometheus, bubblewrap, chromium, postgresql   Debian packages
 #   bao (OpenBao v2.4.0, Vault's HTTP API) built from the Go module proxy
-#   moto_server (moto[server], serves the AWS KMS API) in a virtualenv
+#   moto_server (moto[server], serves the AWS KMS and Secrets Manager APIs) in a virtualenv
 #   st (schemathesis, contract fuzzing of the HTTP API) in a virtualenv
 #   compose-check (compose-go, the Docker Compose loader) built from the Go module proxy
 #   docker compose v2 (the CLI plugin) built from the Go module proxy

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
@@ -9,13 +8,13 @@ import {
   FIXTURES,
   guardAgainstLeaks,
   makeProducer,
+  runFleet,
   startSupervisor,
   waitForJob,
   writeJsonConfig,
 } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
-const FLEET = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
 const redis = useTestRedis();
 guardAgainstLeaks();
 
@@ -24,17 +23,7 @@ function fleet(
   file: string,
   stdin?: string,
 ): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [FLEET, ...args, '--config', file], {
-      env: { ...process.env, REDIS_URL: redis.url },
-    });
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    child.on('exit', (code) => resolve({ code, stdout, stderr }));
-    child.stdin.end(stdin ?? '');
-  });
+  return runFleet(args, file, redis.url, stdin);
 }
 
 const ADMIN = 'admin-token-0123456789abcdef';

@@ -48,7 +48,7 @@ describe('fleet doctor', () => {
     const byName = (prefix: string) => checks.filter((c) => c.check.startsWith(prefix));
     expect(byName('secret api-key: external provider')[0]).toMatchObject({
       status: 'FAIL',
-      fix: expect.stringContaining('"vault" or "kms"'),
+      fix: expect.stringContaining('"vault", "kms", "exec" or "secrets-manager"'),
     });
     expect(byName('secret orphan-key: rotation policy')[0]).toMatchObject({ status: 'FAIL' });
     expect(byName('secret enc-key: rotation policy')[0]).toMatchObject({

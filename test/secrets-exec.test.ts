@@ -12,6 +12,7 @@ import { parseExecAnswer } from '../src/secrets/exec-response.js';
 import { makeProvider } from '../src/secrets/providers.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { execTestBackend, program, programDir, writeProgram } from './helpers/exec-provider.js';
+import { CONTRACT_SECRETS, CONTRACT_UNDECLARED, providerContract } from './helpers/provider-contract.js';
 import {
   FIXTURES,
   fixtureType,
@@ -551,5 +552,19 @@ describe('exec secrets in jobs', () => {
     });
     expect(hits).toEqual([]);
     expect(existsSync(path.join(b.dir, 'store.json'))).toBe(true);
+  });
+});
+
+describe('exec provider: the shared provider contract (read-only)', () => {
+  providerContract({
+    readOnly: true,
+    open: async () => {
+      const backend = execTestBackend([...CONTRACT_SECRETS, CONTRACT_UNDECLARED]);
+      return {
+        provider: backend.provider,
+        seed: async (name, value) => backend.set(name, Buffer.from(value).toString()),
+        release: async () => backend.release(),
+      };
+    },
   });
 });

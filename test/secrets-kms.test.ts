@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
@@ -11,12 +10,14 @@ import {
   fixtureType,
   guardAgainstLeaks,
   makeProducer,
+  runFleet,
   startSupervisor,
   testConfig,
   waitForJob,
   writeJsonConfig,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
+import { providerContract } from './helpers/provider-contract.js';
 import { startTestRedis, uniquePrefix } from './helpers/redis.js';
 import { startKms, useLocalAwsCredentials, type TestServer } from './helpers/servers.js';
 
@@ -57,6 +58,10 @@ function provider(prefix: string): KmsProvider {
     requestTimeoutMs: 5000,
   });
 }
+
+describe.skipIf(!server)('provider contract: kms', () => {
+  providerContract({ open: () => Promise.resolve({ provider: provider(uniquePrefix()) }) });
+});
 
 describe.skipIf(!server)('KMS provider (real KMS API)', () => {
   it('stores only envelope ciphertext in Redis; a job decrypts its secret with the bound context', async () => {
@@ -196,19 +201,7 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
       },
       'kms-cli',
     );
-    const run = (args: string[], stdin = ''): Promise<{ code: number | null; out: string }> =>
-      new Promise((resolve) => {
-        const child = spawn(
-          process.execPath,
-          [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), ...args, '--config', file],
-          { env: { ...process.env, REDIS_URL: redis.url } },
-        );
-        let out = '';
-        child.stdout.on('data', (d: Buffer) => (out += d.toString()));
-        child.stderr.on('data', (d: Buffer) => (out += d.toString()));
-        child.on('exit', (code) => resolve({ code, out }));
-        child.stdin.end(stdin);
-      });
+    const run = (args: string[], stdin = ''): ReturnType<typeof runFleet> => runFleet(args, file, redis.url, stdin);
     const set = await run(['secrets', 'set', 'cli-kms-key', '--provider', 'kms'], 'value-from-the-cli-0123');
     expect(set.out).toContain('cli-kms-key: stored version 1 in kms');
     expect(set.code).toBe(0);

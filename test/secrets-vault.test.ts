@@ -18,6 +18,7 @@ import {
   waitForJob,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
+import { CONTRACT_JOB_TYPE, CONTRACT_SECRETS, providerContract } from './helpers/provider-contract.js';
 import { startTestRedis } from './helpers/redis.js';
 import { setupDevVault, startVault, type VaultServer } from './helpers/servers.js';
 
@@ -40,6 +41,7 @@ beforeAll(async () => {
       ['reader', ['a-key']],
       ['other', ['b-key']],
       ['retrier', ['a-key']],
+      [CONTRACT_JOB_TYPE, [...CONTRACT_SECRETS]],
     ],
     ['a-key'],
   );
@@ -134,6 +136,30 @@ function provider(config: FleetConfig, spareTokens = 0, tokenTtlMarginMs?: numbe
     logger: silentLogger,
   });
 }
+
+describe.skipIf(!server)('provider contract: vault', () => {
+  // Writes and version reads take a privileged token (the supervisor's AppRole can read no secret);
+  // leases still get job tokens minted through the token role, scoped by Vault to the contract type.
+  providerContract({
+    open: () => {
+      const v = vaultConfig().secrets.vault!;
+      return Promise.resolve({
+        provider: new VaultProvider({
+          address: server!.url,
+          mount: v.mount,
+          prefix: v.prefix,
+          auth: { method: 'token', token: server!.rootToken },
+          tokenRole: v.tokenRole,
+          policyPrefix: v.policyPrefix,
+          tokenTtlMarginMs: v.tokenTtlMarginMs,
+          readsPerSecret: v.readsPerSecret,
+          requestTimeoutMs: v.requestTimeoutMs,
+          logger: silentLogger,
+        }),
+      });
+    },
+  });
+});
 
 describe.skipIf(!server)('Vault provider (real Vault API)', () => {
   it('a job reads its secret through a token minted for it, which is revoked when the job ends', async () => {

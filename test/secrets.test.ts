@@ -19,6 +19,7 @@ import {
   localStore,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
+import { providerContract } from './helpers/provider-contract.js';
 import { useTestRedis } from './helpers/redis.js';
 
 const redis = useTestRedis();
@@ -87,6 +88,12 @@ describe('local provider (dev store)', () => {
     await expect(lease.read('b')).rejects.toMatchObject({ code: 'SECRET_INTEGRITY' });
     expect(Buffer.from((await lease.read('a')).value).toString()).toBe('value-of-a');
     await expect(lease.read('nope')).rejects.toMatchObject({ code: 'SECRET_PERMISSION_DENIED' });
+  });
+});
+
+describe('provider contract: local', () => {
+  providerContract({
+    open: () => Promise.resolve({ provider: localStore(mkdtempSync(path.join(tmpdir(), 'fleet-contract-'))) }),
   });
 });
 

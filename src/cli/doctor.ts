@@ -12,7 +12,7 @@ import { z } from 'zod';
 import { fieldOf, toError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { MAX_AGE_MS, secretHealth } from '../rotation/secret-health.js';
-import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
+import { PROVIDER_KINDS, type ProviderKind, type SecretMetadata } from '../secrets/provider.js';
 import { makeProvider, providerOfKind } from '../secrets/providers.js';
 
 /** The part of Prometheus's /api/v1/targets answer the monitoring check reads. */
@@ -122,6 +122,12 @@ export async function redisRoleChecks(config: FleetConfig, access: RedisAccess, 
   }
   return out;
 }
+
+const orList = (kinds: readonly string[]): string => `${kinds.slice(0, -1).join(', ')} or ${kinds.at(-1) ?? ''}`;
+/** The providers a production secret may use: every one but the dev-only local store (`"vault", "kms" or …`). */
+const EXTERNAL = orList(PROVIDER_KINDS.filter((k) => k !== 'local').map((k) => `"${k}"`));
+/** The fleet's own keys (audit MAC key) need a store that keeps versions and can create them: not exec. */
+const EXTERNAL_STORE = orList(PROVIDER_KINDS.filter((k) => k !== 'local' && k !== 'exec').map((k) => `"${k}"`));
 
 const pass = (check: string, detail: string): Check => ({ status: 'PASS', check, detail });
 const warn = (check: string, detail: string, fix: string): Check => ({ status: 'WARN', check, detail, fix });
@@ -236,12 +242,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
           ? fail(
               `secret ${name}: external provider`,
               'served by the dev-only local store',
-              `set secrets.items.${name}.provider (or secrets.provider) to "vault" or "kms"`,
+              `set secrets.items.${name}.provider (or secrets.provider) to ${EXTERNAL}`,
             )
           : warn(
               `secret ${name}: external provider`,
               'served by the dev-only local store (fine for development)',
-              'use "vault" or "kms" in production',
+              `use ${EXTERNAL} in production`,
             ),
       );
     } else out.push(pass(`secret ${name}: external provider`, kind));
@@ -254,7 +260,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       (options.production ? fail : warn)(
         macCheck,
         'in the dev-only local store, whose master key sits beside the data',
-        `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to "vault" or "kms"`,
+        `set secrets.items.${config.secrets.audit.macKey}.provider (or secrets.provider) to ${EXTERNAL_STORE}`,
       ),
     );
   else out.push(pass(macCheck, macKind));
@@ -504,7 +510,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
               ? `key ${config.secrets.kms?.keyId} reachable`
               : kind === 'exec'
                 ? `program(s) ${Object.keys(config.secrets.exec ?? {}).join(', ')}: absolute, no symlink, owned by root or this user, writable by no one else (not run)`
-                : 'master key readable',
+                : kind === 'secrets-manager'
+                  ? `secrets under "${config.secrets.secretsManager.namePrefix}" listable`
+                  : 'master key readable',
         ),
       );
       for (const m of await provider.list().catch(() => [])) meta.set(m.name, m);
@@ -543,7 +551,9 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
               ? 'check secrets.kms.keyId/region/endpoint and AWS credentials'
               : kind === 'exec'
                 ? 'see the fix named for each program under secrets.exec'
-                : 'check the master key',
+                : kind === 'secrets-manager'
+                  ? 'check secrets.secretsManager.region/endpoint and AWS credentials (secretsmanager:ListSecrets)'
+                  : 'check the master key',
         ),
       );
     } finally {

@@ -4,15 +4,16 @@ import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
 import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
-import type { ProviderKind, SecretMetadata } from '../secrets/provider.js';
+import { PROVIDER_KINDS, type ProviderKind, type SecretMetadata } from '../secrets/provider.js';
+import { isOneOf } from '../guards.js';
 import { dynamicSecrets, listSecrets, makeProvider, usedProviders, vaultEndpoint } from '../secrets/providers.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
   if (explicit) {
-    if (explicit !== 'local' && explicit !== 'vault' && explicit !== 'kms')
-      throw new FleetError('INVALID_REQUEST', `--provider must be local, vault or kms`);
+    if (!isOneOf(PROVIDER_KINDS, explicit))
+      throw new FleetError('INVALID_REQUEST', `--provider must be one of ${PROVIDER_KINDS.join(', ')}`);
     return explicit;
   }
   return config.secretProviders.get(name) ?? config.secrets.provider;

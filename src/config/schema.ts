@@ -204,7 +204,12 @@ export const producerSchema = z
   })
   .strict();
 
-const providerKind = z.enum(['local', 'vault', 'kms', 'exec']);
+/**
+ * Every secret backend, by the name config uses. `secrets-manager` is AWS Secrets Manager, named
+ * after the service as `kms` is (the AWS SDK client is `client-secrets-manager`).
+ */
+export const PROVIDER_KINDS = ['local', 'vault', 'kms', 'exec', 'secrets-manager'] as const;
+const providerKind = z.enum(PROVIDER_KINDS);
 /** A secret backend's name, as the config spells it. */
 export type ProviderKind = z.infer<typeof providerKind>;
 
@@ -480,6 +485,46 @@ export const secretsSchema = z
         name: z.string().regex(SECRET_NAME).default('fleet-data-key'),
         /** How often producers and supervisors look up its current version (a rotation takes effect within this). @defaultValue 60 */
         refreshSeconds: z.number().int().min(1).max(3600).default(60),
+      })
+      .strict()
+      .prefault({}),
+    /**
+     * AWS Secrets Manager (provider `"secrets-manager"`). Each fleet secret is the Secrets Manager
+     * secret `namePrefix + name`; jobs read its `AWSCURRENT` version, and rotation moves the native
+     * staging labels (`AWSPENDING` → `AWSCURRENT`, the old version keeping `AWSPREVIOUS` through
+     * the grace window), as AWS's own rotation does. Credentials come from the AWS SDK's usual
+     * chain (environment, shared files, instance or task role).
+     */
+    secretsManager: z
+      .object({
+        /** @defaultValue `$AWS_REGION` or `"us-east-1"` */
+        region: z.string().optional(),
+        /** A local Secrets-Manager-API server (moto). @defaultValue AWS */
+        endpoint: z.string().optional(),
+        /**
+         * Prepended to every secret name; the IAM policy grants `secret:<namePrefix>*` and
+         * `fleet secrets list` shows only names under it. @defaultValue `"fleet/"`
+         */
+        namePrefix: z
+          .string()
+          .regex(
+            /^[A-Za-z0-9/_+=.@-]*$/,
+            'use the characters Secrets Manager allows in names: A-Z a-z 0-9 / _ + = . @ -',
+          )
+          .default('fleet/'),
+        /** The KMS key `fleet secrets set` creates new secrets under. @defaultValue the account's `aws/secretsmanager` key */
+        kmsKeyId: z.string().min(1).optional(),
+        /**
+         * `fleet secrets delete`: days the secret stays restorable (7–30), or 0 to delete it at
+         * once without recovery. @defaultValue 30
+         */
+        recoveryWindowDays: z
+          .number()
+          .int()
+          .refine((d) => d === 0 || (d >= 7 && d <= 30), 'use 0 (delete at once, no recovery) or 7 to 30 days')
+          .default(30),
+        /** @defaultValue 5000 */
+        requestTimeoutMs: z.number().int().positive().default(5000),
       })
       .strict()
       .prefault({}),

@@ -2,6 +2,7 @@ import { SecretUnavailableError, toError } from '../errors.js';
 import { SecretMask } from '../workers/secret-mask.js';
 import { checkProgram, ExecProgramError, runProgram, type ExecProgram } from './exec-program.js';
 import { ExecResponseError, parseExecAnswer } from './exec-response.js';
+import { declaredLease } from './lease.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 /**
@@ -212,40 +213,29 @@ export class ExecProvider implements SecretProvider {
   }
 
   async lease(request: LeaseRequest): Promise<SecretLease> {
-    const allowed = new Set(request.names);
     const held = request.names.length ? await this.#fetch(request.names) : new Map<string, Outcome>();
     for (const o of held.values()) if ('value' in o) this.#live.add(o.value);
-    let released = false;
+    // Scope, zero-filling of what was handed out and refusal after release: as every lease that
+    // mints no per-job credential. Each read hands out a copy; the lease keeps and zeroes its own.
+    const lease = declaredLease(request, (name) => {
+      const o = held.get(name);
+      if (!o)
+        return Promise.reject(
+          new SecretUnavailableError('SECRET_NOT_FOUND', `the exec provider returned nothing for "${name}"`),
+        );
+      if ('error' in o) return Promise.reject(o.error);
+      return Promise.resolve({ value: o.value.slice(), version: EXEC_VERSION });
+    });
     return {
-      read: (name: string): Promise<SecretValue> => {
-        if (!allowed.has(name))
-          return Promise.reject(
-            new SecretUnavailableError(
-              'SECRET_PERMISSION_DENIED',
-              `lease for ${request.jobId} does not cover "${name}"`,
-            ),
-          );
-        const o = held.get(name);
-        if (released || !o)
-          return Promise.reject(
-            new SecretUnavailableError(
-              'SECRET_PROVIDER_UNAVAILABLE',
-              `the exec lease of ${request.jobId} was released`,
-            ),
-          );
-        if ('error' in o) return Promise.reject(o.error);
-        // A copy: the caller transfers it to the sandbox; the lease keeps and zeroes its own.
-        return Promise.resolve({ value: o.value.slice(), version: EXEC_VERSION });
-      },
-      release: () => {
-        released = true;
+      read: lease.read,
+      release: async () => {
+        await lease.release();
         for (const o of held.values()) {
           if (!('value' in o)) continue;
           o.value.fill(0);
           this.#live.delete(o.value);
         }
         held.clear();
-        return Promise.resolve();
       },
     };
   }

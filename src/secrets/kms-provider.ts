@@ -12,10 +12,12 @@ import {
 } from '@aws-sdk/client-kms';
 import { z } from 'zod';
 import type { RedisClient } from '../redis/connection.js';
-import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
+import { SecretUnavailableError, toError } from '../errors.js';
+import { awsClientConfig, awsError, sendMapped } from './aws.js';
 import { required } from '../guards.js';
 import { seal, unseal, type SealedBox } from './crypto.js';
 import { kmsIndexKey, kmsSecretKey } from '../redis/keys.js';
+import { declaredLease } from './lease.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 export interface KmsProviderOptions {
@@ -64,44 +66,37 @@ export function encryptionContext(name: string, version: string): Record<string,
 }
 
 function kmsError(err: unknown, what: string, secret?: string): SecretUnavailableError {
-  const e = toError(err);
   const subject = secret ? `secret "${secret}"` : 'KMS';
-  const byName: Record<string, [ErrorCode, boolean, string]> = {
-    InvalidCiphertextException: [
-      'SECRET_INTEGRITY',
-      false,
-      `KMS refused to decrypt the data key of ${subject}: the ciphertext or its encryption context does not match (tampered, or stored under another name/version).`,
-    ],
-    IncorrectKeyException: ['SECRET_INTEGRITY', false, `${subject} was encrypted under a different KMS key.`],
-    AccessDeniedException: [
-      'SECRET_PERMISSION_DENIED',
-      false,
-      `KMS denied ${what} for ${subject}. Fix: grant kms:Decrypt/GenerateDataKey on the key to the fleet's role.`,
-    ],
-    NotFoundException: [
-      'SECRET_NOT_FOUND',
-      false,
-      `KMS key for ${subject} does not exist. Fix: check secrets.kms.keyId.`,
-    ],
-    DisabledException: ['SECRET_PERMISSION_DENIED', false, `KMS key for ${subject} is disabled. Fix: enable it.`],
-    KMSInvalidStateException: [
-      'SECRET_PROVIDER_UNAVAILABLE',
-      true,
-      `KMS key for ${subject} is in an invalid state (pending deletion/import?).`,
-    ],
-    ExpiredTokenException: ['SECRET_AUTH_EXPIRED', true, `AWS credentials expired during ${what} for ${subject}.`],
-    UnrecognizedClientException: [
-      'SECRET_AUTH_EXPIRED',
-      false,
-      `AWS rejected the credentials during ${what} for ${subject}. Fix: check the AWS credentials of the supervisor.`,
-    ],
-  };
-  const known = byName[e.name];
-  if (known) return new SecretUnavailableError(known[0], known[2], { retryable: known[1], cause: err });
-  return new SecretUnavailableError(
-    'SECRET_PROVIDER_UNAVAILABLE',
-    `KMS is unreachable or failed during ${what} for ${subject} (${e.name}: ${e.message}). Fix: check secrets.kms.endpoint/region and network.`,
-    { retryable: true, cause: err },
+  return awsError(
+    err,
+    'KMS',
+    what,
+    subject,
+    {
+      InvalidCiphertextException: [
+        'SECRET_INTEGRITY',
+        false,
+        `KMS refused to decrypt the data key of ${subject}: the ciphertext or its encryption context does not match (tampered, or stored under another name/version).`,
+      ],
+      IncorrectKeyException: ['SECRET_INTEGRITY', false, `${subject} was encrypted under a different KMS key.`],
+      AccessDeniedException: [
+        'SECRET_PERMISSION_DENIED',
+        false,
+        `KMS denied ${what} for ${subject}. Fix: grant kms:Decrypt/GenerateDataKey on the key to the fleet's role.`,
+      ],
+      NotFoundException: [
+        'SECRET_NOT_FOUND',
+        false,
+        `KMS key for ${subject} does not exist. Fix: check secrets.kms.keyId.`,
+      ],
+      DisabledException: ['SECRET_PERMISSION_DENIED', false, `KMS key for ${subject} is disabled. Fix: enable it.`],
+      KMSInvalidStateException: [
+        'SECRET_PROVIDER_UNAVAILABLE',
+        true,
+        `KMS key for ${subject} is in an invalid state (pending deletion/import?).`,
+      ],
+    },
+    'check secrets.kms.endpoint/region and network',
   );
 }
 
@@ -117,22 +112,13 @@ export class KmsProvider implements SecretProvider {
 
   constructor(options: KmsProviderOptions) {
     this.#o = options;
-    const cfg: KMSClientConfig = {
-      region: options.region,
-      maxAttempts: 2,
-      requestHandler: { requestTimeout: options.requestTimeoutMs },
-    };
-    if (options.endpoint) cfg.endpoint = options.endpoint;
+    const cfg: KMSClientConfig = awsClientConfig(options);
     this.#kms = new KMSClient(cfg);
   }
 
   /** Sends one KMS command; failures become specific, named errors. */
-  async #send<T>(what: string, send: () => Promise<T>, secret?: string): Promise<T> {
-    try {
-      return await send();
-    } catch (err) {
-      throw kmsError(err, what, secret);
-    }
+  #send<T>(what: string, send: () => Promise<T>, secret?: string): Promise<T> {
+    return sendMapped(send, (err) => kmsError(err, what, secret));
   }
 
   #key(name: string): string {
@@ -198,20 +184,7 @@ export class KmsProvider implements SecretProvider {
   }
 
   lease(request: LeaseRequest): Promise<SecretLease> {
-    const allowed = new Set(request.names);
-    return Promise.resolve({
-      read: (name: string) => {
-        if (!allowed.has(name))
-          return Promise.reject(
-            new SecretUnavailableError(
-              'SECRET_PERMISSION_DENIED',
-              `lease for ${request.jobId} does not cover "${name}"`,
-            ),
-          );
-        return this.readVersion(name);
-      },
-      release: () => Promise.resolve(),
-    });
+    return Promise.resolve(declaredLease(request, (name) => this.readVersion(name)));
   }
 
   write(name: string, value: Uint8Array): Promise<{ version: string }> {

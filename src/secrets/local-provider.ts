@@ -4,6 +4,7 @@ import path from 'node:path';
 import { z } from 'zod';
 import { ConfigError, SecretUnavailableError } from '../errors.js';
 import { seal, unseal } from './crypto.js';
+import { declaredLease } from './lease.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 export interface LocalProviderOptions {
@@ -112,18 +113,7 @@ export class LocalProvider implements SecretProvider {
   }
 
   lease(request: LeaseRequest): Promise<SecretLease> {
-    const allowed = new Set(request.names);
-    return Promise.resolve({
-      read: async (name: string) => {
-        if (!allowed.has(name))
-          throw new SecretUnavailableError(
-            'SECRET_PERMISSION_DENIED',
-            `lease for ${request.jobId} does not cover "${name}"`,
-          );
-        return this.#readNow(name);
-      },
-      release: () => Promise.resolve(),
-    });
+    return Promise.resolve(declaredLease(request, async (name) => this.#readNow(name)));
   }
 
   readCurrent(name: string): Promise<SecretValue> {

@@ -3,6 +3,7 @@
  * it talks to these.
  */
 import type { ProviderKind } from '../config/schema.js';
+export { PROVIDER_KINDS } from '../config/schema.js';
 export type { ProviderKind };
 
 export interface SecretValue {

@@ -14,12 +14,14 @@ import type { KmsProvider } from './kms-provider.js';
 import type { LocalProvider } from './local-provider.js';
 import type { ExecProvider } from './exec-provider.js';
 import type { ExecProgram } from './exec-program.js';
+import type { SecretsManagerProvider } from './secrets-manager-provider.js';
 
 interface ProviderByKind {
   local: LocalProvider;
   vault: VaultProvider;
   kms: KmsProvider;
   exec: ExecProvider;
+  'secrets-manager': SecretsManagerProvider;
 }
 
 /** `provider` as its own class, checked by `kind` (each provider class sets it to its own kind). */
@@ -129,6 +131,18 @@ export async function makeProvider(
       secrets.set(name, ref);
     }
     return new ExecProvider({ programs, secrets });
+  }
+  if (kind === 'secrets-manager') {
+    const sm = s.secretsManager;
+    const { SecretsManagerProvider } = await import('./secrets-manager-provider.js');
+    return new SecretsManagerProvider({
+      region: sm.region ?? process.env.AWS_REGION ?? 'us-east-1',
+      ...(sm.endpoint ? { endpoint: sm.endpoint } : {}),
+      namePrefix: sm.namePrefix,
+      ...(sm.kmsKeyId ? { kmsKeyId: sm.kmsKeyId } : {}),
+      recoveryWindowDays: sm.recoveryWindowDays,
+      requestTimeoutMs: sm.requestTimeoutMs,
+    });
   }
   if (!s.kms) throw new ConfigError('secrets.kms is not configured');
   if (!deps.redis)

@@ -424,10 +424,16 @@ export class VaultProvider implements SecretProvider {
         }
       }
     };
+    // Zero-filled at release, like the values of every other provider's lease.
+    const handed: Uint8Array[] = [];
     return {
       read: async (name: string): Promise<SecretValue> => {
         const dynamic = this.#o.dynamic?.get(name);
-        if (dynamic) return credentials.get(name, dynamic, () => get<unknown>(dynamic.path, name, true));
+        if (dynamic) {
+          const v = await credentials.get(name, dynamic, () => get<unknown>(dynamic.path, name, true));
+          handed.push(v.value);
+          return v;
+        }
         const res = await get<{ data: { data: Record<string, unknown>; metadata: { version: number } } }>(
           this.#path('data', name),
           name,
@@ -445,10 +451,12 @@ export class VaultProvider implements SecretProvider {
         const value = new Uint8Array(bytes.length);
         value.set(bytes);
         bytes.fill(0);
+        handed.push(value);
         return { value, version: String(res.data.metadata.version) };
       },
       release: async () => {
         token = null;
+        for (const v of handed.splice(0)) v.fill(0);
         this.#refill(request);
         const sup = await this.#supervisorToken();
         // Each credential is revoked on its own first: Vault destroys it (drops the database user)
@@ -631,7 +639,12 @@ export class VaultProvider implements SecretProvider {
     const token = await this.#supervisorToken();
     try {
       if (version.startsWith('pending-')) await this.#call(token, 'DELETE', this.#path('metadata', name, true));
-      else await this.#call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
+      else {
+        // The current version is never retired (as in every other provider): jobs read it.
+        const m = await this.#call<{ data: { current_version: number } }>(token, 'GET', this.#path('metadata', name));
+        if (m.data.current_version === Number(version)) return;
+        await this.#call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
+      }
     } catch (err) {
       throw vaultError(err, `retire version ${version}`, name);
     }

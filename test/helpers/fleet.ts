@@ -14,6 +14,34 @@ import { uniquePrefix } from './redis.js';
 
 export const FIXTURES = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'fixtures');
 
+/**
+ * Runs the `fleet` CLI (built) with `--config file` against the Redis at `redisUrl`, feeding
+ * `stdin`. `out` is stdout and stderr as they came.
+ */
+export function runFleet(
+  args: string[],
+  file: string,
+  redisUrl: string,
+  stdin = '',
+): Promise<{ code: number | null; stdout: string; stderr: string; out: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(
+      process.execPath,
+      [path.join(FIXTURES, '..', '..', 'bin', 'fleet.js'), ...args, '--config', file],
+      {
+        env: { ...process.env, REDIS_URL: redisUrl },
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => ((stdout += d.toString()), (out += d.toString())));
+    child.stderr.on('data', (d: Buffer) => ((stderr += d.toString()), (out += d.toString())));
+    child.on('exit', (code) => resolve({ code, stdout, stderr, out }));
+    child.stdin.end(stdin);
+  });
+}
+
 /** Writes a JSON config file into a fresh temp dir (also its dataDir unless given). */
 export function writeJsonConfig(content: Record<string, unknown>, name = 'fleet'): { dir: string; file: string } {
   const dir = mkdtempSync(path.join(tmpdir(), `fleet-${name}-`));

@@ -186,19 +186,22 @@ export async function startVault(
   };
 }
 
+/** moto_server on a free loopback port: one process serves every AWS API it mocks (KMS, Secrets Manager). */
+async function startMoto(bin: string): Promise<TestServer> {
+  const port = await freePort();
+  const child = spawn(bin, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
+  const url = `http://127.0.0.1:${port}`;
+  await waitHttp(`${url}/moto-api/`, child, 60_000, () => out);
+  return { url, via: `moto_server (${bin})`, release: () => stop(child) };
+}
+
 /** A KMS-API server (moto). */
 export async function startKms(): Promise<TestServer | { reason: string }> {
   const bin = findBinary(['moto_server']);
-  if (bin) {
-    const port = await freePort();
-    const child = spawn(bin, ['-H', '127.0.0.1', '-p', String(port)], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
-    child.stderr?.on('data', (d: Buffer) => (out += d.toString()));
-    const url = `http://127.0.0.1:${port}`;
-    await waitHttp(`${url}/moto-api/`, child, 60_000, () => out);
-    return { url, via: `moto_server (${bin})`, release: () => stop(child) };
-  }
+  if (bin) return startMoto(bin);
   if (await dockerAvailable()) {
     const { GenericContainer, Wait } = await import('testcontainers');
     const c = await new GenericContainer('nsmithuk/local-kms:3')
@@ -216,7 +219,28 @@ export async function startKms(): Promise<TestServer | { reason: string }> {
   };
 }
 
-/** Fake AWS credentials for local KMS-API servers (they accept any). */
+/** A Secrets-Manager-API server (moto; a stand-in for AWS, with no IAM and no real KMS behind it). */
+export async function startSecretsManager(): Promise<TestServer | { reason: string }> {
+  const bin = findBinary(['moto_server']);
+  if (bin) return startMoto(bin);
+  if (await dockerAvailable()) {
+    const { GenericContainer, Wait } = await import('testcontainers');
+    const c = await new GenericContainer('motoserver/moto:5.2.5')
+      .withExposedPorts(5000)
+      .withWaitStrategy(Wait.forHttp('/moto-api/', 5000))
+      .start();
+    return {
+      url: `http://${c.getHost()}:${c.getMappedPort(5000)}`,
+      via: 'testcontainers motoserver/moto:5.2.5',
+      release: async () => void (await c.stop()),
+    };
+  }
+  return {
+    reason: `no Secrets-Manager-API server: no moto_server in ${CACHE_BIN} or on PATH and no Docker engine. Fix: bash scripts/install-test-servers.sh`,
+  };
+}
+
+/** Fake AWS credentials for local AWS-API servers (they accept any). */
 export function useLocalAwsCredentials(): void {
   process.env.AWS_ACCESS_KEY_ID ??= 'fleet-test';
   process.env.AWS_SECRET_ACCESS_KEY ??= 'fleet-test';
