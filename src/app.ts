@@ -157,8 +157,8 @@ export async function startFleet(options: {
         events,
       });
       supervisor = sup;
-      await sup.start();
       cleanups.push(() => sup.stop());
+      await sup.start();
       metrics.onCollect(async () => {
         for (const t of sup.status().types) {
           for (const state of ['warm', 'busy', 'starting'] as const)
@@ -196,8 +196,9 @@ export async function startFleet(options: {
         logger,
       });
       rotation = rot;
-      await rot.start();
+      // Registered first: stop() also ends a start that failed half-way (it closes what it opened).
       cleanups.push(() => rot.stop());
+      await rot.start();
       metrics.onCollect(async () => {
         for (const h of await rot.health()) {
           metrics.secretAge.labels(h.secret).set(h.ageSeconds ?? 0);

@@ -6,6 +6,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { encryptsData, type FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import type { rotationSchema } from '../config/schema.js';
+import { Lifecycle, type ServiceState } from '../lifecycle.js';
 import { FleetError, toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import { silentLogger, type Logger } from '../observability/logger.js';
@@ -79,6 +80,9 @@ class StepError extends FleetError {
 export class RotationService {
   readonly #config: FleetConfig;
   #sweeps: Promise<void> = Promise.resolve();
+  readonly #life = new Lifecycle('rotation scheduler');
+  #starting: Promise<void> | null = null;
+  #stopping: Promise<void> | null = null;
   readonly #log: Logger;
   readonly #events: FleetEventBus;
   readonly #redisUrl: string;
@@ -138,7 +142,33 @@ export class RotationService {
     return this.#queue;
   }
 
-  async start(): Promise<void> {
+  /**
+   * Connects, schedules every rotation policy and starts the rotation worker, the retire sweep and
+   * audit retention. Once per instance (IllegalStateError otherwise); a start that fails closes
+   * what it opened before it rethrows.
+   */
+  start(): Promise<void> {
+    try {
+      this.#life.to('starting');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    this.#starting = this.#start().then(
+      () => this.#life.to('running'),
+      async (err: unknown) => {
+        this.#life.to('failed');
+        await this.#release();
+        throw err;
+      },
+    );
+    return this.#starting;
+  }
+
+  get state(): ServiceState {
+    return this.#life.state;
+  }
+
+  async #start(): Promise<void> {
     this.#redis = this.#givenRedis ?? connectRedis(this.#redisUrl, 'worker', { tls: this.#config.redis.tls });
     if (!this.#givenRedis)
       this.#redis.on('error', (err) => this.#log.warn('redis error; reconnecting', { error: err.message }));
@@ -675,18 +705,46 @@ export class RotationService {
     }
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops taking rotation jobs, waits for a running rotation, retire sweep and audit trim to end
+   * (a retirement already claimed is finished, not lost), then closes everything. Idempotent; a
+   * stop() during start() waits for it.
+   */
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop();
+    return this.#stopping;
+  }
+
+  async #stop(): Promise<void> {
+    await this.#starting?.catch(() => undefined);
+    if (this.#life.state === 'new' || this.#life.state === 'failed') {
+      this.#life.to('stopped');
+      return;
+    }
+    this.#life.to('draining');
+    await this.#release();
+    this.#life.to('stopped');
+  }
+
+  /** Closes what start() opened, in the order that lets running work finish. Never throws. */
+  async #release(): Promise<void> {
     this.#stopAuditKeys?.();
     if (this.#retention) clearInterval(this.#retention);
-    await this.#retentionRun;
+    if (this.#sweeper) clearInterval(this.#sweeper);
+    await this.#worker
+      ?.close()
+      .catch((err: unknown) => this.#log.warn('closing the rotation worker failed', { error: toError(err).message }));
+    // A sweep that claimed a retirement (HDEL) finishes it, or puts it back, before Redis goes.
+    await this.#sweeps;
+    await this.#retentionRun.catch(() => undefined);
     this.#retentionRedis?.disconnect();
     this.#retentionRedis = null;
-    if (this.#sweeper) clearInterval(this.#sweeper);
-    await this.#worker?.close();
-    await this.#queue?.close();
-    await this.#audit?.close();
+    await this.#queue?.close().catch(() => undefined);
+    await this.#audit
+      ?.close()
+      .catch((err: unknown) => this.#log.warn('closing the audit log failed', { error: toError(err).message }));
     this.#auditKeys?.discard();
-    for (const p of this.#providers.values()) await p.close();
+    for (const p of this.#providers.values()) await p.close().catch(() => undefined);
     if (!this.#givenRedis) this.#redis?.disconnect();
     this.#redis = null;
   }
