@@ -71,6 +71,8 @@ export interface FleetEvents {
   'secret:dynamic': { delta: number };
   /** Job tokens of dead supervisors revoked by a ledger sweep (their dynamic credentials with them). */
   'secret:orphans-revoked': { count: number };
+  /** The backend did not destroy a dynamic credential at its job's end (its revocation failed). */
+  'secret:revoke-failed': { jobType: string; secret: string };
 }
 
 export type FleetEventName = keyof FleetEvents;

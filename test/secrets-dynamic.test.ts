@@ -11,6 +11,7 @@ import type { FleetConfig } from '../src/config/resolve.js';
 import { resolveConfig } from '../src/config/resolve.js';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
+import { capturingLogger } from './helpers/leaks.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { JobCredentials, formatCredential } from '../src/secrets/vault-dynamic.js';
 import { dynamicLeasesKey } from '../src/redis/keys.js';
@@ -140,7 +141,18 @@ const dynamicUsers = async (): Promise<string[]> => db!.query("select rolname fr
 beforeAll(async () => {
   if (!server || !db) return;
   await setupDatabaseEngine(server, db, ROLE);
-  const setup = await setupDevVault(server, [['db', ['orders-db']]], [], new Map([['orders-db', PATH]]));
+  const setup = await setupDevVault(
+    server,
+    [
+      ['db', ['orders-db']],
+      ['db-legacy', ['legacy-db']],
+    ],
+    [],
+    new Map([
+      ['orders-db', PATH],
+      ['legacy-db', 'database/creds/legacy'],
+    ]),
+  );
   process.env.FLEET_TEST_DYN_ROLE_ID = setup.roleId;
   process.env.FLEET_TEST_DYN_SECRET_ID = setup.secretId;
 }, 90_000);
@@ -150,7 +162,7 @@ afterAll(async () => {
 });
 guardAgainstLeaks();
 
-function rawConfig(timeoutMs: number): Record<string, unknown> {
+function rawConfig(timeoutMs: number, extra: Record<string, string> = {}): Record<string, unknown> {
   return {
     secrets: {
       provider: 'vault',
@@ -161,7 +173,10 @@ function rawConfig(timeoutMs: number): Record<string, unknown> {
         secretIdEnv: 'FLEET_TEST_DYN_SECRET_ID',
         tokenTtlMarginMs: 5000,
       },
-      items: { 'orders-db': { provider: 'vault', dynamic: { path: PATH } } },
+      items: {
+        'orders-db': { provider: 'vault', dynamic: { path: PATH } },
+        ...Object.fromEntries(Object.entries(extra).map(([n, p]) => [n, { provider: 'vault', dynamic: { path: p } }])),
+      },
     },
     jobTypes: [
       fixtureType('db', 'pg-query.mjs', {
@@ -171,12 +186,21 @@ function rawConfig(timeoutMs: number): Record<string, unknown> {
         abortGraceMs: 200,
         warmSandboxes: 0,
       }),
+      ...Object.keys(extra).map((n) =>
+        fixtureType(`db-${n.replace(/-db$/, '')}`, 'pg-query.mjs', {
+          secrets: [n],
+          egress: [`127.0.0.1:${db!.port}`],
+          timeoutMs,
+          abortGraceMs: 200,
+          warmSandboxes: 0,
+        }),
+      ),
     ],
   };
 }
 
-function dbConfig(timeoutMs = 8000): FleetConfig {
-  const { jobTypes, ...rest } = rawConfig(timeoutMs);
+function dbConfig(timeoutMs = 8000, extra: Record<string, string> = {}): FleetConfig {
+  const { jobTypes, ...rest } = rawConfig(timeoutMs, extra);
   return testConfig(redis.url, jobTypes as Parameters<typeof testConfig>[1], {
     dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-dyn-')),
     ...rest,
@@ -290,6 +314,10 @@ describe.skipIf(skipReason !== null)('dynamic credentials (OpenBao database engi
       await expect.poll(() => redis.client.hlen(dynamicLeasesKey(prefix))).toBe(1);
       child.kill('SIGKILL');
       const killedAt = Date.now();
+      // The ledger is in Redis, where the worker role writes: a note made unreadable still gets its
+      // token revoked (whose token it is comes from Vault's own metadata, not from the note).
+      const [accessor] = await redis.client.hkeys(dynamicLeasesKey(prefix));
+      await redis.client.hset(dynamicLeasesKey(prefix), accessor!, 'junk');
 
       // A supervisor started right away still sees the dead one's heartbeat as current; it
       // revokes the token once that heartbeat is three beats old.
@@ -308,5 +336,98 @@ describe.skipIf(skipReason !== null)('dynamic credentials (OpenBao database engi
     } finally {
       child.kill('SIGKILL');
     }
+  });
+
+  it('a job cannot keep its user alive by owning something (default privileges): the recommended statements drop it', async () => {
+    const config = dbConfig();
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const j = await waitForJob(
+      p,
+      (await p.enqueue('db', job({ sql: 'ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC' }))).id,
+    );
+    expect(j.state, JSON.stringify(j.error)).toBe('completed');
+    expect(await dynamicUsers()).toEqual([]);
+    const audit = await readAudit(redis.client, config.redis.prefix);
+    expect(audit.filter((r) => r.action === 'revoke' && r.jobId === j.id).map((r) => r.outcome)).toEqual(['granted']);
+  });
+
+  it('a revocation the backend cannot carry out is audited as an error, logged and counted, not hidden', async () => {
+    // A role with the engine's default revocation (a plain DROP ROLE), which a job defeats.
+    await setupDatabaseEngine(server!, db!, 'legacy', { defaultRevocation: true });
+    const config = dbConfig(8000, { 'legacy-db': 'database/creds/legacy' });
+    const { logger, lines } = capturingLogger();
+    const events = new FleetEventBus();
+    const metrics = new FleetMetrics({ defaultMetrics: false });
+    metrics.attach(events);
+    await startSupervisor({ config, events, logger });
+    const p = makeProducer(config);
+    const j = await waitForJob(
+      p,
+      (
+        await p.enqueue(
+          'db-legacy',
+          job({ secret: 'legacy-db', sql: 'ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO PUBLIC' }),
+        )
+      ).id,
+    );
+    expect(j.state, JSON.stringify(j.error)).toBe('completed');
+    const left = await dynamicUsers();
+    try {
+      expect(left).toHaveLength(1);
+      const audit = await readAudit(redis.client, config.redis.prefix);
+      const revoke = audit.find((r) => r.action === 'revoke' && r.jobId === j.id);
+      expect(revoke).toMatchObject({ outcome: 'error', reason: expect.stringContaining('SECRET_REVOKE_FAILED') });
+      expect(lines.join('')).toContain('a dynamic credential was NOT destroyed at job end');
+      const counted = await metrics.dynamicRevokeFailures.get();
+      expect(counted.values).toContainEqual(
+        expect.objectContaining({ value: 1, labels: { job_type: 'db-legacy', secret: 'legacy-db' } }),
+      );
+    } finally {
+      for (const u of left) await db!.query(`DROP OWNED BY "${u}"; DROP ROLE IF EXISTS "${u}"`);
+      await fetch(`${server!.url}/v1/sys/leases/revoke-prefix/database/creds/legacy`, {
+        method: 'PUT',
+        headers: { 'X-Vault-Token': server!.rootToken },
+      });
+    }
+  });
+
+  it("a note written into the ledger through Redis cannot get a live job's token or a foreign token revoked", async () => {
+    const config = dbConfig(20_000);
+    await startSupervisor({ config });
+    const p = makeProducer(config);
+    const held = await p.enqueue('db', job({ holdMs: 4000 }));
+    await expect.poll(dynamicUsers, { timeout: 15_000 }).toHaveLength(1);
+    const key = dynamicLeasesKey(config.redis.prefix);
+    const [accessor] = await redis.client.hkeys(key);
+    // The live job's note, claimed for a supervisor that never lived; and a note for a token that
+    // is none of the fleet's (another application's).
+    await redis.client.hset(
+      key,
+      accessor!,
+      JSON.stringify({ owner: 'ghost', jobId: 'x', jobType: 'db', expiresAt: 1 }),
+    );
+    const foreign = (await (
+      await fetch(`${server!.url}/v1/auth/token/create`, {
+        method: 'POST',
+        headers: { 'X-Vault-Token': server!.rootToken },
+        body: JSON.stringify({ policies: ['default'], ttl: '10m', display_name: 'other-app' }),
+      })
+    ).json()) as { auth: { client_token: string; accessor: string } };
+    await redis.client.hset(
+      key,
+      foreign.auth.accessor,
+      JSON.stringify({ owner: 'ghost', jobId: 'y', jobType: 'db', expiresAt: Date.now() + 60_000 }),
+    );
+    // The sweep (each heartbeat) forgets the foreign note without revoking its token...
+    await expect.poll(() => redis.client.hexists(key, foreign.auth.accessor), { timeout: 10_000 }).toBe(0);
+    const lookup = await fetch(`${server!.url}/v1/auth/token/lookup-self`, {
+      headers: { 'X-Vault-Token': foreign.auth.client_token },
+    });
+    expect(lookup.status).toBe(200);
+    // ...and leaves the live job's token alone: its job completes with its user.
+    const done = await waitForJob(p, held.id, 20_000);
+    expect(done.state, JSON.stringify(done.error)).toBe('completed');
+    expect(await dynamicUsers()).toEqual([]);
   });
 });

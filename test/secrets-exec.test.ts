@@ -116,6 +116,8 @@ describe('exec answer parsing (no JSON.parse: values never become strings)', () 
     bad('{"protocolVersion":1,"values":{"a":"x\u0001"}}', /control character/);
     bad('{"protocolVersion":2,"values":{}}', /protocolVersion must be 1, got 2/);
     bad('{"values":{}}', /protocolVersion must be 1, got none/);
+    // A string there is not echoed: a program could print a value in its place.
+    bad('{"protocolVersion":"sk_live_0123456789abcdef","values":{}}', /protocolVersion must be 1, got a string$/);
     bad('{"protocolVersion":1}', /no "values" object/);
     bad('["a"]', /must be a JSON object/);
     bad('"a"', /must be a JSON object/);
@@ -402,6 +404,24 @@ describe('exec program checks', () => {
       allowSymlinkCommand: true,
       trustedDirs: ['/opt/homebrew'],
     });
+  });
+
+  it('checks where a symlinked directory on the path leads: a writable directory there is refused too', async () => {
+    // root/shared (0777, not sticky) holds tools/resolver; root/safe/bin -> root/shared/tools. Anyone who
+    // can write to shared could swap tools for a program of their own behind the safe-looking path.
+    const root = programDir();
+    const shared = path.join(root, 'shared');
+    mkdirSync(path.join(shared, 'tools'), { recursive: true, mode: 0o755 });
+    const real = ok(path.join(shared, 'tools'));
+    mkdirSync(path.join(root, 'safe'), { mode: 0o755 });
+    symlinkSync(path.join(shared, 'tools'), path.join(root, 'safe', 'bin'));
+    const viaLink = path.join(root, 'safe', 'bin', 'ok');
+    expect(await checkProgram(program(viaLink))).toBe(real);
+    chmodSync(shared, 0o777);
+    await refused(
+      viaLink,
+      `lies in ${shared}, which is writable by everyone (mode 777): anyone there could swap the program`,
+    );
   });
 
   it('refuses a world- or group-writable program or directory, and one that is not executable', async () => {

@@ -224,6 +224,12 @@ export class FleetMetrics {
     help: 'Credentials a backend minted for jobs still running (Vault dynamic secrets); each is revoked at its job end.',
     registers: [this.registry],
   });
+  readonly dynamicRevokeFailures = new Counter({
+    name: 'fleet_dynamic_revoke_failures_total',
+    help: 'Dynamic credentials the backend did not destroy at job end (their revocation failed): each may outlive its job.',
+    labelNames: ['job_type', 'secret'],
+    registers: [this.registry],
+  });
   readonly orphanedLeasesRevoked = new Counter({
     name: 'fleet_orphaned_leases_revoked_total',
     help: 'Job tokens (and their dynamic credentials) revoked for a supervisor that died mid-job.',
@@ -262,6 +268,7 @@ export class FleetMetrics {
       events.on('secret:values', (e) => this.secretValuesAlive.inc(e.delta)),
       events.on('secret:dynamic', (e) => this.dynamicLeasesAlive.inc(e.delta)),
       events.on('secret:orphans-revoked', (e) => this.orphanedLeasesRevoked.inc(e.count)),
+      events.on('secret:revoke-failed', (e) => this.dynamicRevokeFailures.labels(e.jobType, e.secret).inc()),
       events.on('egress:refused', (e) => this.egressRefused.labels(e.jobType).inc()),
       events.on('sandbox:violation', (e) => this.sandboxViolations.labels(e.jobType, e.code).inc()),
       events.on('secret:injected', (e) => this.secretInjections.labels(e.jobType, e.secret).inc()),

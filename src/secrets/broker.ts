@@ -204,13 +204,17 @@ export class JobSecrets {
               ...(end.error ? { reason: `SECRET_REVOKE_FAILED: ${end.error.slice(0, 300)}` } : {}),
               latencyMs: 0,
             });
-            if (end.error)
-              b.log.warn('revoking a dynamic credential failed; it ends with the job token (TTL)', {
+            if (end.error) {
+              // The backend could not destroy the credential (a database user that cannot be
+              // dropped): it may outlive the job. An alert, not a footnote.
+              b.log.error('a dynamic credential was NOT destroyed at job end; check the backend', {
                 jobId: this.#jobId,
                 secret: end.name,
                 leaseId: end.leaseId,
                 error: end.error,
               });
+              b.dynamicRevokeFailed(this.#type.name, end.name);
+            }
           }
         } catch (err) {
           b.log.warn('releasing a secret lease failed', { jobId: this.#jobId, error: toError(err).message });
@@ -292,6 +296,11 @@ export class SecretBroker {
   /** The `fleet_dynamic_leases_alive` gauge: credentials minted for running jobs. */
   dynamicLeases(delta: number): void {
     this.#events.emit('secret:dynamic', { delta });
+  }
+
+  /** A backend-minted credential whose revocation failed at job end (`fleet_dynamic_revoke_failures_total`). */
+  dynamicRevokeFailed(jobType: string, secret: string): void {
+    this.#events.emit('secret:revoke-failed', { jobType, secret });
   }
 
   /** An audit record that is not a secret read (an egress refusal): written, not counted as an access. */

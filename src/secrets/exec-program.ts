@@ -75,17 +75,16 @@ export async function checkProgram(p: ExecProgram): Promise<string> {
       'install the program there or correct the path',
     );
   }
-  let file = p.command;
-  if (link.isSymbolicLink()) {
-    if (!p.allowSymlinkCommand)
-      refuse(
-        'is a symlink, which someone could repoint',
-        `give the real path (${await realpath(p.command).catch(() => 'its target')}), or set allowSymlinkCommand with trustedDirs for a package manager's shims`,
-      );
-    file = await realpath(p.command).catch((err: unknown) =>
-      refuse(`is a symlink whose target cannot be resolved (${toError(err).message})`, 'repair the link'),
+  if (link.isSymbolicLink() && !p.allowSymlinkCommand)
+    refuse(
+      'is a symlink, which someone could repoint',
+      `give the real path (${await realpath(p.command).catch(() => 'its target')}), or set allowSymlinkCommand with trustedDirs for a package manager's shims`,
     );
-  }
+  // Where the path really leads, also when a directory on it is a symlink (/opt/x/bin → /srv/shared):
+  // the checks below cover that place and every directory above it, and that is what is run.
+  const file = await realpath(p.command).catch((err: unknown) =>
+    refuse(`cannot be resolved (${toError(err).message})`, 'repair the path or the links on it'),
+  );
   const inside = (dir: string): boolean => {
     const rel = path.relative(dir, file);
     return rel !== '..' && !rel.startsWith(`..${path.sep}`);

@@ -293,7 +293,8 @@ export function parseExecAnswer(stdout: Uint8Array, ids: readonly string[], json
   if (version !== 1) {
     wipe(doc);
     throw new ExecResponseError(
-      `protocolVersion must be 1, got ${typeof version === 'number' || typeof version === 'string' ? JSON.stringify(version).slice(0, 40) : version === undefined ? 'none' : 'a non-number'}`,
+      // A number is shown; a string is not (a program that prints a value there must not see it in a log).
+      `protocolVersion must be 1, got ${typeof version === 'number' ? String(version).slice(0, 20) : version === undefined ? 'none' : `a ${typeof version === 'string' ? 'string' : 'non-number'}`}`,
     );
   }
   const values = doc.get('values');

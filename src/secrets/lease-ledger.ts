@@ -59,39 +59,78 @@ export class RedisLeaseLedger implements LeaseLedger {
   }
 }
 
+/**
+ * What Vault says about a token the ledger names (its metadata, set by the supervisor that minted
+ * it, cannot be written through Redis): a fleet job token and whose it is, a token that is not a
+ * fleet job token, or none (expired or revoked).
+ */
+export type TokenInfo = { fleet: true; supervisor: string; jobId: string; jobType: string } | { fleet: false } | null;
+
 /** What one sweep did. */
 export interface SweepOutcome {
   revoked: LedgerEntry[];
-  expired: LedgerEntry[];
+  /** Notes of tokens Vault no longer knows (expired: their credentials went with them), forgotten. */
+  expired: string[];
+  /** Notes naming a token that is not a fleet job token: forgotten, the token left alone. */
+  foreign: string[];
   failed: { entry: LedgerEntry; error: string }[];
 }
 
 /**
- * Revokes the tokens that supervisors no longer alive left in the ledger (their credentials go with
- * them), and forgets notes whose tokens have expired anyway (Vault revoked their credentials then).
- * An unexpired note of a live supervisor is left alone: that supervisor revokes it itself.
+ * Revokes the job tokens that supervisors no longer alive left in the ledger (their dynamic
+ * credentials go with them). The ledger lives in Redis, where the `worker` role may write, so a
+ * note only points at a token: whose token it is and for which job is read from Vault's own
+ * metadata of that token, and only a fleet job token (minted through the job role, with a job
+ * type's policy) of a supervisor whose heartbeat has stopped is revoked. A note can therefore not
+ * get a live supervisor's token, or any other token, revoked; a forged note or heartbeat can at
+ * worst hide an orphan, whose credentials then end with its token's TTL.
  */
 export async function sweepLedger(options: {
   ledger: RedisLeaseLedger;
   /** Ids of the supervisors whose heartbeats are current (this one included). */
   live: ReadonlySet<string>;
+  inspect: (accessor: string) => Promise<TokenInfo>;
   revoke: (accessor: string) => Promise<void>;
-  now?: number;
 }): Promise<SweepOutcome> {
-  const now = options.now ?? Date.now();
-  const out: SweepOutcome = { revoked: [], expired: [], failed: [] };
+  const out: SweepOutcome = { revoked: [], expired: [], foreign: [], failed: [] };
   const { entries, invalid } = await options.ledger.entries();
-  for (const accessor of invalid) await options.ledger.drop(accessor);
-  for (const entry of entries) {
-    if (entry.expiresAt < now) {
-      await options.ledger.drop(entry.accessor);
-      out.expired.push(entry);
+  const suspects = [
+    ...invalid,
+    // A note whose owner is live is that supervisor's to end (a forged owner only hides a note).
+    ...entries.filter((e) => !options.live.has(e.owner) && e.owner !== options.ledger.owner).map((e) => e.accessor),
+  ];
+  for (const accessor of suspects) {
+    let info: TokenInfo;
+    try {
+      info = await options.inspect(accessor);
+    } catch (err) {
+      out.failed.push({
+        entry: { accessor, owner: '?', jobId: '?', jobType: '?', expiresAt: 0 },
+        error: toError(err).message,
+      });
       continue;
     }
-    if (options.live.has(entry.owner) || entry.owner === options.ledger.owner) continue;
+    if (info === null) {
+      await options.ledger.drop(accessor);
+      out.expired.push(accessor);
+      continue;
+    }
+    if (!info.fleet) {
+      await options.ledger.drop(accessor);
+      out.foreign.push(accessor);
+      continue;
+    }
+    if (options.live.has(info.supervisor)) continue;
+    const entry: LedgerEntry = {
+      accessor,
+      owner: info.supervisor,
+      jobId: info.jobId,
+      jobType: info.jobType,
+      expiresAt: 0,
+    };
     try {
-      await options.revoke(entry.accessor);
-      await options.ledger.drop(entry.accessor);
+      await options.revoke(accessor);
+      await options.ledger.drop(accessor);
       out.revoked.push(entry);
     } catch (err) {
       out.failed.push({ entry, error: toError(err).message });
@@ -107,12 +146,14 @@ export async function sweepLedger(options: {
 export async function sweepOrphanedTokens(options: {
   ledger: RedisLeaseLedger;
   liveSupervisors: () => Promise<ReadonlySet<string>>;
+  inspect: (accessor: string) => Promise<TokenInfo>;
   revoke: (accessor: string) => Promise<void>;
   audit: (entry: LedgerEntry, error?: string) => void;
 }): Promise<SweepOutcome> {
   const out = await sweepLedger({
     ledger: options.ledger,
     live: await options.liveSupervisors(),
+    inspect: options.inspect,
     revoke: options.revoke,
   });
   for (const e of out.revoked) options.audit(e);

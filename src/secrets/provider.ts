@@ -42,6 +42,8 @@ export interface SecretLease {
  * first one is minted, so that another supervisor can revoke them should this one die mid-job.
  */
 export interface LeaseLedger {
+  /** The supervisor writing through this ledger: job tokens it mints carry its id in their metadata. */
+  readonly owner: string;
   hold(entry: { accessor: string; jobId: string; jobType: string; expiresAt: number }): Promise<void>;
   drop(accessor: string): Promise<void>;
 }

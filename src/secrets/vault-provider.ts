@@ -8,6 +8,7 @@ import { SecretUnavailableError, errnoCode, fieldOf, tlsFailureOf, toError, type
 import { required } from '../guards.js';
 import type { Logger } from '../observability/logger.js';
 import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
+import type { TokenInfo } from './lease-ledger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
 
 /** Rotation tokens are minted through this role, each with the policy of exactly one secret. */
@@ -76,6 +77,9 @@ interface Minted {
 
 /** node-vault's errors carry the HTTP answer: its status code. */
 const statusOf = (err: unknown): unknown => fieldOf(fieldOf(err, 'response'), 'statusCode');
+
+/** A job token's metadata as the supervisor that minted it wrote it (only tokens noted in a ledger have `supervisor`). */
+const tokenMeta = z.object({ job_id: z.string().min(1), job_type: z.string().min(1), supervisor: z.string().min(1) });
 
 const approleLogin = z.object({ auth: z.object({ client_token: z.string(), lease_duration: z.number() }) });
 
@@ -271,7 +275,9 @@ export class VaultProvider implements SecretProvider {
    * them).
    */
   async #jobToken(request: LeaseRequest): Promise<Minted> {
-    if (this.#spareCount() === 0) return this.#mint(request);
+    // A token that will mint dynamic credentials is minted for its job: its metadata names the job
+    // and the supervisor, which is what a ledger sweep trusts (a spare names neither).
+    if (this.#spareCount() === 0 || request.names.some((n) => this.#o.dynamic?.has(n))) return this.#mint(request);
     const key = this.#spareKey(request);
     let spares = this.#spares.get(key);
     if (!spares) this.#spares.set(key, (spares = []));
@@ -330,7 +336,11 @@ export class VaultProvider implements SecretProvider {
       meta:
         request.jobId === SPARE
           ? { job_type: request.jobType, spare: 'true' }
-          : { job_id: request.jobId, job_type: request.jobType },
+          : {
+              job_id: request.jobId,
+              job_type: request.jobType,
+              ...(request.ledger ? { supervisor: request.ledger.owner } : {}),
+            },
     };
     for (let attempt = 0; ; attempt++) {
       const token = await this.#supervisorToken();
@@ -478,6 +488,28 @@ export class VaultProvider implements SecretProvider {
         return ended;
       },
     };
+  }
+
+  /**
+   * What Vault says of the token behind `accessor` (a ledger sweep's only source of truth): a fleet
+   * job token (minted with a `<policyPrefix><job_type>` policy and a supervisor in its metadata) and
+   * whose, a token that is none of ours, or null when Vault knows no such token.
+   */
+  async inspectAccessor(accessor: string): Promise<TokenInfo> {
+    let res: { data: { policies?: unknown; meta?: unknown } };
+    try {
+      res = await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/lookup-accessor', { accessor });
+    } catch (err) {
+      if (statusOf(err) === 400 && /invalid accessor|not found/i.test(toError(err).message)) return null;
+      throw vaultError(err, 'looking up a job token by accessor (run `fleet vault setup` to grant it)');
+    }
+    const meta = tokenMeta.safeParse(res.data.meta);
+    const policies = z.array(z.string()).safeParse(res.data.policies);
+    if (!meta.success || !policies.success) return { fleet: false };
+    const { job_id: jobId, job_type: jobType, supervisor } = meta.data;
+    return policies.data.includes(this.policyName(jobType))
+      ? { fleet: true, supervisor, jobId, jobType }
+      : { fleet: false };
   }
 
   /**

@@ -109,7 +109,13 @@ async function setup(
     'path "auth/token/lookup-self" {\n  capabilities = ["read"]\n}',
     // At job end the supervisor revokes each dynamic credential and waits for the backend to destroy
     // it (revoking, never reading: the lease id alone grants nothing else).
-    ...(options.dynamic?.size ? ['path "sys/leases/revoke" {\n  capabilities = ["update"]\n}'] : []),
+    // A ledger sweep reads whose a job token is from Vault itself (the ledger in Redis only points at it).
+    ...(options.dynamic?.size
+      ? [
+          'path "sys/leases/revoke" {\n  capabilities = ["update"]\n}',
+          'path "auth/token/lookup-accessor" {\n  capabilities = ["update"]\n}',
+        ]
+      : []),
   ].join('\n');
   await call('PUT', 'sys/policies/acl/fleet-supervisor', { policy: supervisorPolicy });
   policies.push('fleet-supervisor');

@@ -633,6 +633,7 @@ export class Supervisor {
           );
           return new Set([this.id, ...live.map((s) => s.id)]);
         },
+        inspect: (accessor) => vault.inspectAccessor(accessor),
         revoke: (accessor) => vault.revokeAccessor(accessor),
         audit: (entry, error) =>
           broker.auditEvent({

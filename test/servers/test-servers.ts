@@ -373,6 +373,17 @@ export async function startPostgres(): Promise<PostgresServer | { reason: string
   };
 }
 
+/** The revocation statements README recommends for a PostgreSQL role of the database engine. */
+export function revocationStatements(admin: string): string[] {
+  return [
+    `ALTER ROLE "{{name}}" NOLOGIN VALID UNTIL 'now';`,
+    `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{{name}}';`,
+    `REASSIGN OWNED BY "{{name}}" TO "${admin}";`,
+    'DROP OWNED BY "{{name}}";',
+    'DROP ROLE IF EXISTS "{{name}}";',
+  ];
+}
+
 /**
  * OpenBao's database engine over `pg`: mounted at `database/`, one connection `pg` and one role
  * whose users may log in and read `orders` (created here with three rows). Returns the path that
@@ -382,6 +393,7 @@ export async function setupDatabaseEngine(
   vault: { url: string; rootToken: string },
   pg: PostgresServer,
   role = 'orders',
+  options: { defaultRevocation?: boolean } = {},
 ): Promise<string> {
   const root = async (p: string, body: unknown): Promise<void> => {
     const r = await fetch(`${vault.url}/v1/${p}`, {
@@ -391,14 +403,18 @@ export async function setupDatabaseEngine(
     });
     if (!r.ok) throw new Error(`POST ${p}: ${r.status} ${await r.text()}`);
   };
-  await pg.query('create table if not exists orders (id int); insert into orders values (1), (2), (3)');
-  await root('sys/mounts/database', { type: 'database' });
+  await pg.query(
+    'create table if not exists orders (id int); insert into orders select generate_series(1, 3) where not exists (select 1 from orders)',
+  );
+  const mounted = await fetch(`${vault.url}/v1/sys/mounts`, { headers: { 'X-Vault-Token': vault.rootToken } });
+  if (!JSON.stringify(await mounted.json()).includes('"database/"'))
+    await root('sys/mounts/database', { type: 'database' });
   await root('database/config/pg', {
     plugin_name: 'postgresql-database-plugin',
     connection_url: `postgresql://{{username}}:{{password}}@127.0.0.1:${pg.port}/postgres?sslmode=disable`,
     username: pg.admin.user,
     password: pg.admin.password,
-    allowed_roles: [role],
+    allowed_roles: ['*'],
   });
   await root(`database/roles/${role}`, {
     db_name: 'pg',
@@ -406,6 +422,9 @@ export async function setupDatabaseEngine(
       `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
       'GRANT SELECT ON orders TO "{{name}}";',
     ],
+    // What README recommends: the login ends first, then whatever the user came to own (default
+    // privileges a job can set on its own included, which would make a plain DROP ROLE fail).
+    ...(options.defaultRevocation ? {} : { revocation_statements: revocationStatements(pg.admin.user) }),
     default_ttl: '1h',
     max_ttl: '24h',
   });
