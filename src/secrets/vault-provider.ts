@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { tlsFix, VAULT_TLS } from '../config/tls.js';
 import { SecretUnavailableError, errnoCode, fieldOf, tlsFailureOf, toError, type ErrorCode } from '../errors.js';
 import { required } from '../guards.js';
-import type { Logger } from '../observability/logger.js';
+import { warnOnFailure, type Logger } from '../observability/logger.js';
 import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
 import type { TokenInfo } from './lease-ledger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
@@ -287,7 +287,7 @@ export class VaultProvider implements SecretProvider {
       const minted = await spare?.catch(() => null);
       if (!minted) continue;
       if (Date.now() - minted.mintedAt < this.#o.tokenTtlMarginMs) token = { ...minted, spare: true };
-      else void this.#revoke(minted.accessor).catch(() => undefined);
+      else void this.#revoke(minted.accessor).catch(this.#revokeFailed('a spare job token too old to use'));
     }
     return token ?? this.#mint(request);
   }
@@ -315,7 +315,12 @@ export class VaultProvider implements SecretProvider {
   #dropSpares(): void {
     const spares = [...this.#spares.values()].flat();
     this.#spares.clear();
-    for (const s of spares) void s.then((m) => this.#revoke(m.accessor)).catch(() => undefined);
+    for (const s of spares) void s.then((m) => this.#revoke(m.accessor)).catch(this.#revokeFailed('a spare job token'));
+  }
+
+  /** Logs a failed best-effort revoke: the token still ends with its TTL. */
+  #revokeFailed(what: string): (err: unknown) => void {
+    return warnOnFailure(this.#o.logger, `revoking ${what} failed; it expires by its TTL`);
   }
 
   async #revoke(accessor: string): Promise<void> {
@@ -423,7 +428,7 @@ export class VaultProvider implements SecretProvider {
         if (!minted.spare || !refused || (this.#token && (await this.#tokenAlive(this.#token)))) throw e;
         this.#token = null;
         this.#dropSpares();
-        void this.#revoke(minted.accessor).catch(() => undefined);
+        void this.#revoke(minted.accessor).catch(this.#revokeFailed('a spare job token of an expired login'));
         minted = await this.#mint(request);
         token = minted.token;
         try {
@@ -484,7 +489,14 @@ export class VaultProvider implements SecretProvider {
           this.#o.logger.warn(e.message, { jobId: request.jobId });
           return ended;
         }
-        for (const accessor of held) await request.ledger?.drop(accessor).catch(() => undefined);
+        for (const accessor of held)
+          await request.ledger
+            ?.drop(accessor)
+            .catch(
+              warnOnFailure(this.#o.logger, 'a revoked job token stays noted in the ledger; a sweep forgets it', {
+                jobId: request.jobId,
+              }),
+            );
         return ended;
       },
     };
@@ -725,7 +737,7 @@ export class VaultProvider implements SecretProvider {
     await Promise.all(
       spares.map(async (s) => {
         const minted = await s.catch(() => null);
-        if (minted) await this.#revoke(minted.accessor).catch(() => undefined);
+        if (minted) await this.#revoke(minted.accessor).catch(this.#revokeFailed('an unused spare job token at close'));
       }),
     );
     if (this.#renewTimer) clearTimeout(this.#renewTimer);
