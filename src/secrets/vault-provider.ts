@@ -490,13 +490,11 @@ export class VaultProvider implements SecretProvider {
           return ended;
         }
         for (const accessor of held)
-          await request.ledger
-            ?.drop(accessor)
-            .catch(
-              warnOnFailure(this.#o.logger, 'a revoked job token stays noted in the ledger; a sweep forgets it', {
-                jobId: request.jobId,
-              }),
-            );
+          await request.ledger?.drop(accessor).catch(
+            warnOnFailure(this.#o.logger, 'a revoked job token stays noted in the ledger; a sweep forgets it', {
+              jobId: request.jobId,
+            }),
+          );
         return ended;
       },
     };
