@@ -1,6 +1,4 @@
-import { readFileSync } from 'node:fs';
 import { hostname } from 'node:os';
-import path from 'node:path';
 import { randomUUID } from 'node:crypto';
 import { Queue, Worker } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
@@ -25,9 +23,7 @@ import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
 import { queueDepths, readSupervisorStatuses, type SupervisorStatus } from './supervisor-status.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
-import { probeOsLayer } from './sandbox-boundary.js';
-import { probeResourceLimits, weighSandboxes, type ResourceLayer } from './resource-limits.js';
-import { fleetServiceAddresses } from './fleet-addresses.js';
+import { prepareProcessBoundary } from './supervisor-boundary.js';
 
 export interface SupervisorOptions {
   config: FleetConfig;
@@ -211,48 +207,20 @@ export class Supervisor {
   }
 
   /**
-   * Probes the OS layer once and says, per type, which layers its sandboxes run behind; with
-   * `supervisor.osLayer: "required"` a missing OS layer stops start-up.
+   * The OS boundary of this supervisor's process sandboxes (see supervisor-boundary.ts), and the
+   * audit of every refused connection and every sandbox killed for what it sent, with its job.
    */
   async #processBoundary(): Promise<ProcessBoundary> {
-    const sv = this.#config.supervisor;
-    const osLayer = await probeOsLayer(sv.osLayer, sv.bwrapPath);
-    const processTypes = this.#types.filter((t) => t.sandbox === 'process');
-    if (!osLayer.available && processTypes.length) {
-      if (sv.osLayer === 'required')
-        throw new ConfigError(`supervisor.osLayer is "required" but the OS layer is unavailable: ${osLayer.reason}`);
-      this.#log.warn(`process sandboxes run WITHOUT the OS layer (namespaces): ${osLayer.reason}`, {
-        jobTypes: processTypes.map((t) => t.name),
-      });
-    }
-    const resources = this.#resourceLayer(processTypes, osLayer.available);
-    for (const t of this.#types) {
-      const layers =
-        t.sandbox === 'thread'
-          ? ['thread (bounds time and memory; no security boundary)']
-          : [
-              'process',
-              'permission-model',
-              ...(osLayer.available ? ['namespaces'] : []),
-              ...(t.egress !== 'none'
-                ? [osLayer.available ? 'egress-proxy' : 'egress-proxy (advisory without namespaces)']
-                : []),
-              ...(resources.cgroups
-                ? [
-                    `cgroup (memory ${t.memoryLimitMb} MB, ${t.maxProcesses} processes, cpu weight ${t.cpuWeight}${t.cpuQuotaPercent ? `, quota ${t.cpuQuotaPercent}%` : ''})`,
-                  ]
-                : []),
-              ...(resources.rlimits
-                ? [`rlimits (no core, ${t.maxOpenFiles} files, ${t.maxFileSizeMb} MB file size)`]
-                : []),
-              ...(resources.seccomp && osLayer.available ? ['seccomp'] : []),
-            ];
-      this.#log.info(`sandbox layers of ${t.name}: ${layers.join(', ')}`, {
-        jobType: t.name,
-        layers,
-        egress: t.egress,
-      });
-    }
+    const { boundary, injections } = await prepareProcessBoundary({
+      config: this.#config,
+      types: this.#types,
+      redisUrl: this.#redisUrl,
+      log: this.#log,
+      events: this.events,
+      workerId: this.id,
+      audit: (rec) => this.#secrets?.auditEvent(rec),
+    });
+    this.#injections = injections;
     // Evidence: every refused connection and every sandbox killed for what it sent, with its job.
     this.#listeners.push(
       this.events.on('egress:refused', (r) =>
@@ -275,15 +243,6 @@ export class Supervisor {
         ),
       ),
     );
-    const boundary: ProcessBoundary = {
-      osLayer,
-      forbiddenPaths: [this.#config.dataDir],
-      fleetAddresses: await fleetServiceAddresses(this.#config, this.#redisUrl),
-      nice: sv.sandboxNice,
-      resources,
-    };
-    if (this.#types.some((t) => [...t.secretModes.values()].includes('inject')))
-      boundary.inject = await this.#injection();
     return boundary;
   }
 
@@ -308,104 +267,6 @@ export class Supervisor {
       latencyMs: 0,
       reason,
     });
-  }
-
-  /**
-   * Probes what the kernel can cap per process sandbox (cgroup, rlimits, seccomp) and says what is
-   * missing, why, and the fix; with `supervisor.resourceLimits: "required"` a missing one stops
-   * start-up. Thread sandboxes get none of them (they share this process).
-   */
-  #resourceLayer(processTypes: readonly JobType[], namespaces: boolean): ResourceLayer {
-    const sv = this.#config.supervisor;
-    const layer = probeResourceLimits(sv.resourceLimits);
-    if (!processTypes.length || sv.resourceLimits === 'off') return layer;
-    weighSandboxes(sv.sandboxNice);
-    const missing = [
-      ...layer.reasons,
-      ...(layer.seccomp && !namespaces
-        ? ['seccomp: the filter is loaded by bubblewrap, and the OS layer is unavailable']
-        : []),
-    ];
-    if (missing.length) {
-      if (sv.resourceLimits === 'required')
-        throw new ConfigError(
-          `supervisor.resourceLimits is "required" but not every limit can be had here: ${missing.join('; ')}`,
-        );
-      this.#log.warn(`process sandboxes run WITHOUT some kernel limits: ${missing.join('; ')}`, {
-        jobTypes: processTypes.map((t) => t.name),
-      });
-    }
-    return layer;
-  }
-
-  /**
-   * Secrets injected at egress: the fleet egress CA (generated once under dataDir), the registry
-   * of this supervisor's placeholders, and what a use or a refusal leaves in the audit trail.
-   */
-  async #injection(): Promise<NonNullable<ProcessBoundary['inject']>> {
-    const sv = this.#config.supervisor;
-    // Loaded only here: a supervisor without injected secrets never loads the X.509 library.
-    const { EgressCa } = await import('./egress-ca.js');
-    const ca = await EgressCa.load(path.join(this.#config.dataDir, 'egress-ca'));
-    const registry = (this.#injections = new InjectionRegistry());
-    let upstreamCa: string | undefined;
-    if (sv.upstreamCaFile) {
-      try {
-        upstreamCa = readFileSync(sv.upstreamCaFile, 'utf8');
-      } catch (err) {
-        throw new ConfigError(
-          `supervisor.upstreamCaFile: ${sv.upstreamCaFile} cannot be read (${toError(err).message}). Fix: point it at a PEM file of CA certificates.`,
-        );
-      }
-    }
-    /** First use of each (job, secret, destination): one audit record, not one per request. */
-    const seen = new Set<string>();
-    return {
-      ca,
-      registry,
-      ...(upstreamCa ? { upstreamCa } : {}),
-      maxBodyBytes: sv.injectMaxBodyBytes,
-      onInjected: ({ injection: i, destination }) => {
-        this.events.emit('secret:injected', { jobType: i.jobType, secret: i.secret });
-        const key = `${i.jobId}\n${i.secret}\n${destination}`;
-        if (seen.has(key)) return;
-        seen.add(key);
-        if (seen.size > 10_000) seen.clear();
-        this.#secrets?.auditEvent({
-          action: 'inject',
-          outcome: 'granted',
-          secret: i.secret,
-          jobId: i.jobId,
-          jobType: i.jobType,
-          workerId: this.id,
-          provider: 'egress',
-          latencyMs: 0,
-          reason: destination,
-        });
-      },
-      onRefused: (r) => {
-        const jobType = r.jobType ?? '-';
-        this.#log.warn('secret placeholder refused at egress (possible exfiltration)', {
-          jobType,
-          jobId: r.jobId,
-          secret: r.secret,
-          destination: r.destination,
-          reason: r.reason,
-        });
-        this.events.emit('secret:inject-refused', { jobType, secret: r.secret ?? '-' });
-        this.#secrets?.auditEvent({
-          action: 'inject-refused',
-          outcome: 'denied',
-          secret: r.secret ?? '-',
-          jobId: r.jobId ?? '-',
-          jobType,
-          workerId: this.id,
-          provider: 'egress',
-          latencyMs: 0,
-          reason: `${r.destination}: ${r.reason}`,
-        });
-      },
-    };
   }
 
   async #startSecrets(redis: RedisClient): Promise<void> {
