@@ -14,6 +14,7 @@ import {
   writeJsonConfig,
 } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { waitForAudit } from './helpers/wait.js';
 
 const FLEET = path.join(FIXTURES, '..', '..', 'bin', 'fleet.js');
 const redis = useTestRedis();
@@ -70,7 +71,7 @@ describe('secrets and audit from the CLI and the API', () => {
     const p = makeProducer(cfg);
     const job = await waitForJob(p, (await p.enqueue('reader', { names: ['api-key'] })).id);
     expect(job.result).toMatchObject({ 'api-key': { length: 20 } });
-    await new Promise((r) => setTimeout(r, 100));
+    await waitForAudit(redis.client, cfg.redis.prefix, { secret: 'api-key' }, 1);
 
     const audit = await fleet(['audit', '--since', '1h', '--secret', 'api-key', '--json'], file);
     expect(JSON.parse(audit.stdout)).toEqual([

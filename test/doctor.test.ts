@@ -14,6 +14,7 @@ import {
   writeJsonConfig,
 } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { waitForHeartbeat } from './helpers/wait.js';
 
 const run = promisify(execFile);
 const redis = useTestRedis();
@@ -93,8 +94,8 @@ describe('fleet doctor', () => {
   it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async () => {
     const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
     const off = testConfig(redis.url, types, { supervisor: { metricsPort: 0, heartbeatMs: 200, osLayer: 'off' } });
-    await startSupervisor({ config: off });
-    await new Promise((r) => setTimeout(r, 300));
+    const sup = await startSupervisor({ config: off });
+    await waitForHeartbeat(redis.client, off.redis.prefix, sup.id);
     const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
     expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({
       status: 'FAIL',
@@ -122,8 +123,8 @@ describe('fleet doctor', () => {
     const off = testConfig(redis.url, types, {
       supervisor: { metricsPort: 0, heartbeatMs: 200, resourceLimits: 'off' },
     });
-    await startSupervisor({ config: off });
-    await new Promise((r) => setTimeout(r, 300));
+    const sup = await startSupervisor({ config: off });
+    await waitForHeartbeat(redis.client, off.redis.prefix, sup.id);
     const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
     expect(checks.find((c) => c.check === 'job type pay: memory and process limits')).toMatchObject({
       status: 'FAIL',

@@ -11,9 +11,11 @@ import {
   makeProducer,
   spawnWorker,
   startSupervisor,
+  until,
   waitForJob,
 } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { waitForJobState } from './helpers/wait.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const FLEET = path.join(ROOT, 'bin', 'fleet.js');
@@ -59,10 +61,14 @@ describe('supervisor process lifecycle', () => {
       child: ReturnType<typeof spawn>,
       ready: () => boolean,
       out: () => string,
+      opened: () => boolean = () => false,
     ): Promise<string> => {
-      for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
+      await until('the process to be up', () => Promise.resolve(ready()), 15_000);
       child.kill('SIGUSR1');
-      await new Promise((r) => setTimeout(r, 700));
+      // Waits for the inspector to open, for at most 700 ms: the supervisor's half asserts that
+      // nothing opens, so this window (several times what the control needs) is the test there.
+      const end = Date.now() + 700;
+      while (!opened() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
       return out();
     };
     // Control: without the flag, SIGUSR1 opens the inspector (so this check can fail).
@@ -79,6 +85,7 @@ describe('supervisor process lifecycle', () => {
         plain,
         () => plainOut.includes('up'),
         () => plainOut,
+        () => plainOut.includes('Debugger listening'),
       ),
     ).toContain('Debugger listening');
     plain.kill('SIGKILL');
@@ -113,15 +120,16 @@ describe('supervisor process lifecycle', () => {
       const { child, output } = spawnWorker(file, { REDIS_URL: redis.url });
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       try {
-        for (let i = 0; i < 300 && !output().includes('"supervisor running"'); i++)
-          await new Promise((r) => setTimeout(r, 50));
-        expect(output()).toContain('"supervisor running"');
+        await until(
+          'the worker to log "supervisor running"',
+          () => Promise.resolve(output().includes('"supervisor running"')),
+          15_000,
+        );
 
         const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
         const long = await p.enqueue('slow', { ms: 20_000 });
         const short = await p.enqueue('slow', { ms: 50 });
-        for (let i = 0; i < 200 && (await p.getJob(long.id)).state !== 'active'; i++)
-          await new Promise((r) => setTimeout(r, 25));
+        await waitForJobState(p, long.id, 'active');
         await waitForJob(p, short.id);
 
         child.kill(signal);

@@ -4,7 +4,7 @@ import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob, writeJsonConfig } from './helpers/fleet.js';
+import { FIXTURES, guardAgainstLeaks, makeProducer, until, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { useTestRedis, uniquePrefix } from './helpers/redis.js';
 
 const redis = useTestRedis();
@@ -43,8 +43,11 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
       procs.push(child);
     }
     try {
-      for (let i = 0; i < 300 && !outputs.every((o) => o.includes('"supervisor running"')); i++)
-        await new Promise((r) => setTimeout(r, 50));
+      await until(
+        'three workers to log "supervisor running"',
+        () => Promise.resolve(outputs.every((o) => o.includes('"supervisor running"'))),
+        15_000,
+      );
       const config = await loadConfig({ path: file });
       const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
       const jobs = await p.enqueueBatch(

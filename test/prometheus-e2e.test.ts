@@ -9,7 +9,7 @@ import { sha256Hex } from '../src/api/auth.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { allDashboards } from '../grafana/dashboards.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, localStore, testConfig } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, guardAgainstLeaks, localStore, testConfig, until } from './helpers/fleet.js';
 import { startTestRedis } from './helpers/redis.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
@@ -124,10 +124,10 @@ scrape_configs:
     ],
     { stdio: 'ignore' },
   );
-  for (let i = 0; i < 100; i++) {
-    if ((await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await until(
+    `Prometheus at ${promUrl} to be ready`,
+    async () => (await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok === true,
+  );
   console.info(`Prometheus e2e uses ${PROMETHEUS} at ${promUrl}`);
 
   // A mixed load over HTTP, kept running while queries are evaluated so every rate has samples.
@@ -157,11 +157,20 @@ scrape_configs:
           body: '{}',
         }),
       ]);
+      // Pacing, not a wait: a steady load of a dozen requests every 300 ms.
       await new Promise((r) => setTimeout(r, 300));
     }
   })();
-  // Enough scrapes for 30 s windows to hold several samples.
-  await new Promise((r) => setTimeout(r, 12_000));
+  // Enough scrapes for 30 s windows to hold several samples: five of each target.
+  await until(
+    'five scrapes of each fleet target',
+    async () => {
+      const r = await promQuery('min(count_over_time(up{job=~"fleet-.*"}[1m]))');
+      const counts = (r.data?.result ?? []) as { value: [number, string] }[];
+      return Number(counts[0]?.value[1] ?? 0) >= 5;
+    },
+    30_000,
+  );
 }, 90_000);
 
 afterAll(async () => {
@@ -255,15 +264,19 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
   });
 
   it('every dashboard and alert expression is valid and returns series', async () => {
-    const failures: string[] = [];
     const exprs = allExpressions();
     expect(exprs.length).toBeGreaterThan(30);
-    for (const { where, expr } of exprs) {
-      const r = await promQuery(expr);
-      if (r.status !== 'success') failures.push(`${where}: invalid: ${r.error}`);
-      else if (!r.data?.result.length) failures.push(`${where}: no series for ${expr}`);
-    }
-    expect(failures).toEqual([]);
+    const failures = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for (const { where, expr } of exprs) {
+        const r = await promQuery(expr);
+        if (r.status !== 'success') out.push(`${where}: invalid: ${r.error}`);
+        else if (!r.data?.result.length) out.push(`${where}: no series for ${expr}`);
+      }
+      return out;
+    };
+    // Series appear as the load's jobs reach each path and the next scrape picks their counters up.
+    await expect.poll(failures, { timeout: 30_000, interval: 1000 }).toEqual([]);
   });
 
   it('no metric label carries a job id or a secret value', async () => {

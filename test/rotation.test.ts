@@ -24,13 +24,15 @@ import {
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
+import { awaitNext, waitForBullJob, waitForJobState } from './helpers/wait.js';
 import type { Logger } from '../src/observability/logger.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
 
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+/** A span of time that is itself the measurement (runs counted over it), never a wait for a state. */
+const observe = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
 const running: RotationService[] = [];
 
 async function setup(
@@ -92,7 +94,12 @@ describe('secret rotation', () => {
     const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
     await Promise.all(Array.from({ length: 4 }, () => startRotation(config)));
     const t0 = Date.now();
-    await sleep(3500);
+    // Runs are counted over a span of about three windows: the span is the measurement.
+    await observe(3500);
+    await until(
+      'two rotations',
+      async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 2,
+    );
     const schedulers = await running[0]!.queue.getJobSchedulers();
     expect(schedulers.map((s) => s.key)).toEqual(['rotate-api-key']);
     const rotations = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
@@ -105,16 +112,22 @@ describe('secret rotation', () => {
 
   it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
     const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
-    await startRotation(config);
+    const events = new FleetEventBus();
+    await startRotation(config, events);
     await until(
       'first rotation',
       async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1,
     );
     await stopAll();
     const before = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
-    await sleep(3500); // three windows pass with nothing running
-    await startRotation(config);
-    await sleep(700);
+    await observe(3500); // three windows pass with nothing running: the missed windows are the test
+    const caughtUp = awaitNext(events, 'rotation:finished', (e) => e.secret === 'api-key');
+    const restartedAt = Date.now();
+    await startRotation(config, events);
+    await caughtUp;
+    // Runs are counted until 700 ms after the restart (less than one window, so no scheduled run
+    // falls in it): a catch-up per missed window would show three here.
+    await observe(Math.max(0, restartedAt + 700 - Date.now()));
     const after = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     expect(after - before).toBe(1);
     await stopAll();
@@ -132,7 +145,7 @@ describe('secret rotation', () => {
     events.on('rotation:finished', (e) => finished.push(e));
     const svc = await startRotation(config, events);
     const job = await svc.rotateNow('api-key');
-    await until('both attempts', async () => (await job.getState()) === 'failed');
+    await waitForBullJob(job, 'failed');
     expect(await currentVersion(local)).toBe('1');
     expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
     await expect(local.readVersion('api-key', '2')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
@@ -158,13 +171,22 @@ describe('secret rotation', () => {
     const { logger, lines } = capturingLogger();
     const svc = await startRotation(config, new FleetEventBus(), logger);
     const job = await svc.rotateNow('api-key');
-    await until('rotation', async () => (await job.getState()) === 'completed');
+    await waitForBullJob(job, 'completed');
     expect(await currentVersion(local)).toBe('2');
     expect(Buffer.from((await local.readVersion('api-key', '2')).value).toString()).toMatch(/^18-next-\d+$/);
     expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
-    await sleep(1200);
-    await svc.sweep();
-    await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    const retireAt = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).retiring['1'];
+    expect(retireAt, 'version 1 is waiting out its grace window').toBeDefined();
+    await until('version 1 to be retired once its grace window is over', async () => {
+      await svc.sweep();
+      return (
+        (await local.readVersion('api-key', '1').then(
+          () => false,
+          (e: { code?: string }) => e.code,
+        )) === 'SECRET_NOT_FOUND'
+      );
+    });
+    expect(Date.now(), 'retired no earlier than the end of its grace window').toBeGreaterThanOrEqual(retireAt!);
     // Each step ran in its own sandbox with no credential in its environment (proxy and temp settings only).
     const calls = lines.flatMap(
       (l) => (JSON.parse(l) as { msg: string }).msg.match(/^rotator-call (.*)$/)?.slice(1) ?? [],
@@ -196,9 +218,9 @@ describe('secret rotation', () => {
     const svc = await startRotation(config);
     const p = makeProducer(config);
     const inFlight = await p.enqueue('reader', { names: ['api-key'], holdMs: 1500 });
-    await until('in-flight job active', async () => (await p.getJob(inFlight.id)).state === 'active');
+    await waitForJobState(p, inFlight.id, 'active');
     const job = await svc.rotateNow('api-key');
-    await until('rotation', async () => (await job.getState()) === 'completed');
+    await waitForBullJob(job, 'completed');
     const v2 = Buffer.from((await local.readVersion('api-key', '2')).value);
     const after = await waitForJob(p, (await p.enqueue('reader', { names: ['api-key'] })).id);
     const before = await waitForJob(p, inFlight.id);

@@ -243,8 +243,7 @@ describe('sandbox pool', () => {
     expect(results.map((r) => r.runs)).toEqual([1, 1, 1]);
     expect(results.map((r) => r.touched)).toEqual([1, 1, 1]);
     // Spares are refilled in the background after each hand-out.
-    for (let i = 0; i < 100 && p.stats().warm < 2; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(p.stats().warm).toBe(2);
+    await expect.poll(() => p.stats().warm, { timeout: 5000, message: 'two warm spares again' }).toBe(2);
     await p.close();
   });
 

@@ -181,11 +181,12 @@ describe('secrets injected at egress', () => {
   it("the sandbox's memory, read from outside during the job, never holds the value; it does hold the placeholder", async () => {
     await withFleet(async ({ config }) => {
       const producer = makeProducer(config);
+      const before = bound.seen.length;
       const { id } = await producer.enqueue('caller', { url: boundUrl(), where: 'header', holdMs: 2500 });
       // Wait until the request went out (the bound service saw it), then read the sandbox's memory.
-      const before = bound.seen.length;
-      for (let i = 0; i < 200 && bound.seen.length === before; i++) await new Promise((r) => setTimeout(r, 25));
-      expect(bound.seen.length).toBeGreaterThan(before);
+      await expect
+        .poll(() => bound.seen.length, { timeout: 5000, message: 'the bound service to see the request' })
+        .toBeGreaterThan(before);
       const pids = sandboxPids();
       expect(pids.length).toBeGreaterThan(0);
       const placeholder = (await producer.getJob(id)).state === 'completed' ? null : undefined;

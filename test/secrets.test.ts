@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import { describe, expect, it, vi } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
-import { readAudit, readSecretStats } from '../src/secrets/audit.js';
+import { readSecretStats } from '../src/secrets/audit.js';
 import { encodings, SecretMask } from '../src/workers/secret-mask.js';
 import {
   fixtureType,
@@ -20,6 +20,7 @@ import {
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { useTestRedis } from './helpers/redis.js';
+import { waitForAudit } from './helpers/wait.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
@@ -104,8 +105,7 @@ describe('secrets in jobs', () => {
     expect(job.result).toEqual({ 'api-key': { length: 20, sha256: sha('sk-live-abcdef123456') } });
     expect(alive).toBe(0);
     const r = new Redis(redis.url);
-    await new Promise((res) => setTimeout(res, 100));
-    const audit = await readAudit(r, config.redis.prefix);
+    const audit = await waitForAudit(r, config.redis.prefix, {}, 1);
     expect(audit).toEqual([
       expect.objectContaining({
         outcome: 'granted',
@@ -192,8 +192,7 @@ describe('secrets in jobs', () => {
     // and counted in one bucket (a sandbox picks these names; each would be a key and a series).
     expect(denials).toEqual(['nosy:(undeclared)', 'plain:(undeclared)']);
     const r = new Redis(redis.url);
-    await new Promise((res) => setTimeout(res, 100));
-    const denied = await readAudit(r, config.redis.prefix, { deniedOnly: true });
+    const denied = await waitForAudit(r, config.redis.prefix, { deniedOnly: true }, 2);
     expect(denied.map((d) => [d.jobType, d.secret, d.reason])).toEqual([
       ['plain', '(undeclared)', 'SECRET_SCOPE: "theirs"'],
       ['nosy', '(undeclared)', 'SECRET_SCOPE: "theirs"'],

@@ -11,6 +11,7 @@ import {
   waitForJob,
 } from './helpers/fleet.js';
 import { useTestRedis } from './helpers/redis.js';
+import { waitForJobState } from './helpers/wait.js';
 
 const redis = useTestRedis();
 guardAgainstLeaks();
@@ -142,8 +143,7 @@ describe('supervisor', () => {
     const p = makeProducer(config);
     const active = await p.enqueue('deaf', {});
     const waiting = await p.enqueue('deaf', {});
-    for (let i = 0; i < 200 && (await p.getJob(active.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, active.id, 'active');
     expect(await p.cancel(waiting.id)).toMatchObject({ outcome: 'removed', previousState: 'waiting' });
     await expect(p.getJob(waiting.id)).rejects.toMatchObject({ code: 'JOB_NOT_FOUND' });
     expect(await p.cancel(active.id)).toMatchObject({ outcome: 'cancelling' });
@@ -161,8 +161,7 @@ describe('supervisor', () => {
     first.events.on('supervisor:state', (e) => states.push(e.state));
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 4000 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, a.id, 'active');
     await first.stop(200);
     expect(states).toEqual(['draining', 'stopped']);
     const back = await p.getJob(a.id);
@@ -178,8 +177,7 @@ describe('supervisor', () => {
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 300 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, a.id, 'active');
     await sup.stop(5000);
     expect((await p.getJob(a.id)).state).toBe('completed');
   });

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, expect } from 'vitest';
+import { afterAll, afterEach, expect, vi } from 'vitest';
 import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
 import type { JobTypeInput } from '../../src/config/schema.js';
 import { liveSandboxCount } from '../../src/workers/sandbox.js';
@@ -67,16 +67,24 @@ export function makeProducer(config: FleetConfig): Producer {
   return p;
 }
 
-/** Polls until the job reaches a finished state (or the time runs out). */
-/** Polls `fn` every 50 ms until it holds; fails naming `what` after `timeoutMs`. */
-export async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+/**
+ * Polls `fn` every 50 ms until it holds; fails after `timeoutMs` naming `what` (a function is
+ * called then, so the message can say what was last seen).
+ */
+export async function until(
+  what: string | (() => string),
+  fn: () => Promise<boolean>,
+  timeoutMs = 10_000,
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await fn())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
+/** Polls until the job reaches a finished state; fails naming the job and its last state after `timeoutMs`. */
 export async function waitForJob(
   p: Producer,
   id: string,
@@ -100,9 +108,11 @@ export function guardAgainstLeaks(scope: 'each' | 'file' = 'each'): void {
   (scope === 'each' ? afterEach : afterAll)(async () => {
     const leftover = started.splice(0);
     for (const s of leftover.reverse()) await s.release();
-    // Terminated threads report exit asynchronously; give them a moment.
-    for (let i = 0; i < 50 && liveSandboxCount() > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0);
+    // Terminated threads report exit asynchronously: wait for the count to reach 0, up to a second.
+    await vi.waitFor(() => expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0), {
+      timeout: 1000,
+      interval: 20,
+    });
   });
 }
 
