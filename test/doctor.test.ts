@@ -3,25 +3,16 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
 import { doctor } from '../src/cli/doctor.js';
-import {
-  FIXTURES,
-  fixtureType,
-  guardAgainstLeaks,
-  startSupervisor,
-  testConfig,
-  writeJsonConfig,
-} from './helpers/fleet.js';
-import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { FIXTURES, fixtureType, startSupervisor, testConfig, writeJsonConfig } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
 import { waitForHeartbeat } from './helpers/wait.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 const run = promisify(execFile);
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 describe('fleet doctor', () => {
-  it('flags what the zero-trust checklist forbids, each with its fix', async () => {
+  it('flags what the zero-trust checklist forbids, each with its fix', async ({ redis }) => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-'));
     const config = testConfig(
       redis.url,
@@ -69,7 +60,7 @@ describe('fleet doctor', () => {
     for (const c of checks) if (c.status !== 'PASS') expect(c.fix, c.check).toBeTruthy();
   });
 
-  it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {
+  it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async ({ redis }) => {
     const { file } = writeJsonConfig(
       { redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] },
       'doctor-cli',
@@ -91,7 +82,9 @@ describe('fleet doctor', () => {
     expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);
   });
 
-  it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async () => {
+  it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async ({
+    redis,
+  }) => {
     const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
     const off = testConfig(redis.url, types, { supervisor: { metricsPort: 0, heartbeatMs: 200, osLayer: 'off' } });
     const sup = await startSupervisor({ config: off });
@@ -118,7 +111,9 @@ describe('fleet doctor', () => {
     expect(forged.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL' });
   });
 
-  it('fails a critical type whose supervisors run its sandboxes without memory and process limits (production)', async () => {
+  it('fails a critical type whose supervisors run its sandboxes without memory and process limits (production)', async ({
+    redis,
+  }) => {
     const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
     const off = testConfig(redis.url, types, {
       supervisor: { metricsPort: 0, heartbeatMs: 200, resourceLimits: 'off' },

@@ -11,7 +11,6 @@ import http from 'node:http';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Sandbox } from '../src/workers/sandbox.js';
 import {
   PERMISSION_MODEL_COVERS_NETWORK,
@@ -26,7 +25,6 @@ import { FleetEventBus } from '../src/events.js';
 import {
   FIXTURES,
   fixtureType,
-  guardAgainstLeaks,
   makeProducer,
   startSupervisor,
   testConfig,
@@ -34,8 +32,8 @@ import {
   waitForJob,
   localStore,
 } from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
 import { awaitNext } from './helpers/wait.js';
+import { afterAll, beforeAll, describe, expect, it } from './helpers/fixture.js';
 
 const ATTACK = path.join(FIXTURES, 'hostile', 'attack.mjs');
 const osLayer = await probeOsLayer('auto');
@@ -46,9 +44,6 @@ const OFF: OsLayer = { available: false, reason: 'turned off for the test', bwra
 const SENTINEL = `supervisor-credential-${process.pid}-7c1d9e`;
 process.env.FLEET_HOSTILE_SENTINEL = SENTINEL;
 const heapCopy = Buffer.from(`${SENTINEL} kept in the supervisor heap`);
-
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 let metadata: http.Server;
 let metadataPort: number;
@@ -215,7 +210,7 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
     expectRefused(next, 'absent');
   });
 
-  it.skipIf(skip)('cannot find Redis through /proc/net/tcp', async () => {
+  it.skipIf(skip)('cannot find Redis through /proc/net/tcp', async ({ redis }) => {
     const port = Number(new URL(redis.url).port);
     const r = await attack(layer, { attack: 'proc-net-tcp', port });
     expectRefused(r, READ_DENIED);
@@ -223,7 +218,7 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
 
   it.skipIf(skip)(
     `cannot open a raw connection to Redis with egress "none"${on || PERMISSION_MODEL_COVERS_NETWORK ? '' : ' — EXCEPT without the OS layer on Node < 25, whose permission model does not cover the network'}`,
-    async () => {
+    async ({ redis }) => {
       const port = Number(new URL(redis.url).port);
       const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port });
       // The permission model refuses the socket where it covers the network; otherwise, with the
@@ -236,7 +231,7 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
 
   it.skipIf(skip)(
     `with egress "any": reaches no loopback service directly${on ? '' : ' — EXCEPT without the OS layer, where the proxy is advisory and a raw socket gets through'}`,
-    async () => {
+    async ({ redis }) => {
       const port = Number(new URL(redis.url).port);
       const r = await attack(layer, { attack: 'connect', host: '127.0.0.1', port }, { egress: 'any' });
       // The sandbox's own network namespace: its loopback is not the host's.
@@ -281,14 +276,16 @@ describe.each(modes)('a hostile processor, %s', (mode, layer) => {
 });
 
 describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor (OS layer on)', () => {
-  it("cannot find another type's secret value in any memory or environment it can reach while that job runs", async () => {
+  it("cannot find another type's secret value in any memory or environment it can reach while that job runs", async ({
+    redis,
+  }) => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-hostile-'));
     const value = `other-types-secret-${Date.now()}-value`;
     await localStore(dataDir, 2).write('payments-key', Buffer.from(value));
     const config = testConfig(
       redis.url,
       [
-        fixtureType('holder', 'secret-reader.mjs', { secrets: ['payments-key'], timeoutMs: 10_000 }),
+        fixtureType('holder', 'secret-reader.mjs', { secrets: ['payments-key'], timeoutMs: 20_000 }),
         fixtureType('hostile', 'hostile/attack.mjs', { sandbox: 'process', timeoutMs: 10_000 }),
       ],
       { dataDir },
@@ -297,7 +294,8 @@ describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor 
     await startSupervisor({ config, events });
     const producer = makeProducer(config);
     const handedOver = awaitNext(events, 'secret:accessed', (e) => e.jobType === 'holder');
-    const holder = await producer.enqueue('holder', { names: ['payments-key'], holdMs: 2500 });
+    // Held long enough for three process sandboxes to start and attack on a busy machine.
+    const holder = await producer.enqueue('holder', { names: ['payments-key'], holdMs: 8000 });
     // The holder has its value (the attacks run while that job holds it).
     expect(await handedOver).toMatchObject({ secret: 'payments-key', outcome: 'granted' });
     const results = [];
@@ -312,10 +310,12 @@ describe.skipIf(!osLayer.available)('a hostile job type under a real supervisor 
     }
     expect((await producer.getJob(holder.id)).state, 'the holder still held its value').toBe('active');
     for (const [r, reason] of results) expectRefused(r, reason);
-    expect((await waitForJob(producer, holder.id)).state).toBe('completed');
+    expect((await waitForJob(producer, holder.id, 20_000)).state).toBe('completed');
   });
 
-  it('an egress refusal is audited with type, job and destination, counted, and fails the request; a listed destination works', async () => {
+  it('an egress refusal is audited with type, job and destination, counted, and fails the request; a listed destination works', async ({
+    redis,
+  }) => {
     const allowed = http.createServer((_q, s) => s.end('allowed-upstream'));
     await new Promise<void>((r) => allowed.listen(0, '127.0.0.1', () => r()));
     const allowedPort = (allowed.address() as net.AddressInfo).port;

@@ -3,7 +3,6 @@ import { LocalProvider } from '../src/secrets/local-provider.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { FleetEventBus, type FleetEvents } from '../src/events.js';
@@ -14,7 +13,6 @@ import { readRotationState } from '../src/rotation/state.js';
 import {
   FIXTURES,
   fixtureType,
-  guardAgainstLeaks,
   makeProducer,
   startSupervisor,
   testConfig,
@@ -22,13 +20,10 @@ import {
   localStore,
   until,
 } from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
 import { awaitNext, waitForBullJob, waitForJobState } from './helpers/wait.js';
+import { describe, expect, it, type TestRedis } from './helpers/fixture.js';
 import type { Logger } from '../src/observability/logger.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
 /** A span of time that is itself the measurement (runs counted over it), never a wait for a state. */
@@ -36,6 +31,7 @@ const observe = (ms: number): Promise<void> => new Promise((res) => setTimeout(r
 const running: RotationService[] = [];
 
 async function setup(
+  redis: TestRedis,
   rotation: Record<string, unknown>,
   types: JobTypeInput[] = [fixtureType('t', 'ok.mjs')],
 ): Promise<{ config: FleetConfig; local: LocalProvider }> {
@@ -47,6 +43,7 @@ async function setup(
 }
 
 async function startRotation(
+  redis: TestRedis,
   config: FleetConfig,
   events = new FleetEventBus(),
   logger?: Logger,
@@ -66,12 +63,18 @@ async function currentVersion(local: LocalProvider): Promise<string> {
 }
 
 describe('secret rotation', () => {
-  it('a schedule fires, each rotation promotes a new version, audits every step and moves the metrics', async () => {
-    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 60 });
+  it('a schedule fires, each rotation promotes a new version, audits every step and moves the metrics', async ({
+    redis,
+  }) => {
+    const { config, local } = await setup(redis, {
+      schedule: '1s',
+      rotator: { type: 'random', bytes: 24 },
+      graceSeconds: 60,
+    });
     const events = new FleetEventBus();
     const metrics = new FleetMetrics({ defaultMetrics: false });
     metrics.attach(events);
-    const svc = await startRotation(config, events);
+    const svc = await startRotation(redis, config, events);
     await until('two rotations', async () => Number(await currentVersion(local)) >= 3);
     const state = await readRotationState(redis.client, config.redis.prefix, 'api-key');
     expect(state.lastOutcome).toBe('ok');
@@ -90,9 +93,9 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('many schedulers starting at once make one schedule and no duplicate runs', async () => {
-    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
-    await Promise.all(Array.from({ length: 4 }, () => startRotation(config)));
+  it('many schedulers starting at once make one schedule and no duplicate runs', async ({ redis }) => {
+    const { config, local } = await setup(redis, { schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+    await Promise.all(Array.from({ length: 4 }, () => startRotation(redis, config)));
     const t0 = Date.now();
     // Runs are counted over a span of about three windows: the span is the measurement.
     await observe(3500);
@@ -110,10 +113,10 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
-    const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+  it('a window missed while the scheduler was down is caught up once, not once per window', async ({ redis }) => {
+    const { config } = await setup(redis, { schedule: '1s', rotator: { type: 'random', bytes: 16 } });
     const events = new FleetEventBus();
-    await startRotation(config, events);
+    await startRotation(redis, config, events);
     await until(
       'first rotation',
       async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1,
@@ -123,7 +126,7 @@ describe('secret rotation', () => {
     await observe(3500); // three windows pass with nothing running: the missed windows are the test
     const caughtUp = awaitNext(events, 'rotation:finished', (e) => e.secret === 'api-key');
     const restartedAt = Date.now();
-    await startRotation(config, events);
+    await startRotation(redis, config, events);
     await caughtUp;
     // Runs are counted until 700 ms after the restart (less than one window, so no scheduled run
     // falls in it): a catch-up per missed window would show three here.
@@ -133,8 +136,10 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async () => {
-    const { config, local } = await setup({
+  it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async ({
+    redis,
+  }) => {
+    const { config, local } = await setup(redis, {
       schedule: 'weekly',
       rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') },
       attempts: 2,
@@ -143,7 +148,7 @@ describe('secret rotation', () => {
     const events = new FleetEventBus();
     const finished: FleetEvents['rotation:finished'][] = [];
     events.on('rotation:finished', (e) => finished.push(e));
-    const svc = await startRotation(config, events);
+    const svc = await startRotation(redis, config, events);
     const job = await svc.rotateNow('api-key');
     await waitForBullJob(job, 'failed');
     expect(await currentVersion(local)).toBe('1');
@@ -162,14 +167,14 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
-    const { config, local } = await setup({
+  it('keeps the previous version readable for the grace window, then retires it and runs finish', async ({ redis }) => {
+    const { config, local } = await setup(redis, {
       schedule: 'weekly',
       rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') },
       graceSeconds: 1,
     });
     const { logger, lines } = capturingLogger();
-    const svc = await startRotation(config, new FleetEventBus(), logger);
+    const svc = await startRotation(redis, config, new FleetEventBus(), logger);
     const job = await svc.rotateNow('api-key');
     await waitForBullJob(job, 'completed');
     expect(await currentVersion(local)).toBe('2');
@@ -210,12 +215,12 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('jobs starting after a promotion get the new version; a job already running keeps its copy', async () => {
-    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [
+  it('jobs starting after a promotion get the new version; a job already running keeps its copy', async ({ redis }) => {
+    const { config, local } = await setup(redis, { schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [
       fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
     ]);
     await startSupervisor({ config });
-    const svc = await startRotation(config);
+    const svc = await startRotation(redis, config);
     const p = makeProducer(config);
     const inFlight = await p.enqueue('reader', { names: ['api-key'], holdMs: 1500 });
     await waitForJobState(p, inFlight.id, 'active');

@@ -1,20 +1,9 @@
-import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/keys.js';
 import type { FleetEvents } from '../src/events.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-} from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { waitForJobState } from './helpers/wait.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { describe, expect, it } from './helpers/fixture.js';
 
 /** Most jobs running at one instant (a sweep over start/end events; ends sort before starts). */
 function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): number {
@@ -28,7 +17,7 @@ function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): numbe
 }
 
 describe('supervisor', () => {
-  it('runs an enqueued job in a sandbox and stores its result', async () => {
+  it('runs an enqueued job in a sandbox and stores its result', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
     await startSupervisor({ config });
     const p = makeProducer(config);
@@ -39,7 +28,7 @@ describe('supervisor', () => {
     expect(job.timings.startedAt).toBeGreaterThanOrEqual(job.timings.enqueuedAt);
   });
 
-  it('fails each failure mode with its own code and keeps serving other jobs', async () => {
+  it('fails each failure mode with its own code and keeps serving other jobs', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('throws', 'throws.mjs'),
       fixtureType('nonerror', 'throws-non-error.mjs'),
@@ -76,7 +65,7 @@ describe('supervisor', () => {
     expect(outcomes.find((o) => o.jobType === 'oom')?.outcome).toBe('oom');
   });
 
-  it('retries a failing job with backoff up to its attempts', async () => {
+  it('retries a failing job with backoff up to its attempts', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }),
     ]);
@@ -89,7 +78,7 @@ describe('supervisor', () => {
     expect(job.attemptsMade).toBe(2);
   });
 
-  it('does not retry a timeout when retryOnTimeout is false', async () => {
+  it('does not retry a timeout when retryOnTimeout is false', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('loop', 'infinite-loop.mjs', {
         timeoutMs: 300,
@@ -106,7 +95,7 @@ describe('supervisor', () => {
     expect(job.error?.code).toBe('TIMEOUT');
   });
 
-  it('never runs more than `concurrency` jobs of a type at once', async () => {
+  it('never runs more than `concurrency` jobs of a type at once', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, warmSandboxes: 2 })]);
     await startSupervisor({ config });
     const p = makeProducer(config);
@@ -119,7 +108,7 @@ describe('supervisor', () => {
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
-  it('holds a global concurrency cap across supervisors', async () => {
+  it('holds a global concurrency cap across supervisors', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('capped', 'slow.mjs', { concurrency: 3, warmSandboxes: 3, globalConcurrency: 2 }),
     ]);
@@ -135,7 +124,7 @@ describe('supervisor', () => {
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
-  it('cancels an active job in its sandbox, and removes a waiting one', async () => {
+  it('cancels an active job in its sandbox, and removes a waiting one', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('deaf', 'ignores-abort.mjs', { concurrency: 1, timeoutMs: 20_000 }),
     ]);
@@ -154,7 +143,9 @@ describe('supervisor', () => {
     expect(sup.status().types[0]!.active).toBe(0);
   });
 
-  it('on stop, returns jobs still running at the deadline to the queue; another supervisor finishes them', async () => {
+  it('on stop, returns jobs still running at the deadline to the queue; another supervisor finishes them', async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, timeoutMs: 20_000 })]);
     const first = await startSupervisor({ config });
     const states: string[] = [];
@@ -172,7 +163,7 @@ describe('supervisor', () => {
     expect(done.state).toBe('completed');
   });
 
-  it('lets running jobs finish when they end before the shutdown deadline', async () => {
+  it('lets running jobs finish when they end before the shutdown deadline', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs')]);
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
@@ -182,7 +173,7 @@ describe('supervisor', () => {
     expect((await p.getJob(a.id)).state).toBe('completed');
   });
 
-  it("fails a job whose payload was written to Redis behind the producer's back", async () => {
+  it("fails a job whose payload was written to Redis behind the producer's back", async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('strict', 'ok.mjs', {
         payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] },
@@ -201,7 +192,9 @@ describe('supervisor', () => {
     expect(job.error?.code).toBe('INVALID_PAYLOAD');
   });
 
-  it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async () => {
+  it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [
       fixtureType('mixed', 'state-or-spin.mjs', {
         isolation: 'pool',
@@ -229,7 +222,7 @@ describe('supervisor', () => {
     expect(after.runs).toBe(1);
   });
 
-  it('publishes its status for `fleet status`', async () => {
+  it('publishes its status for `fleet status`', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { isolation: 'pool' })]);
     const sup = await startSupervisor({ config });
     const s = sup.status();

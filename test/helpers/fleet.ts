@@ -105,14 +105,20 @@ export async function waitForJob(
  * that keep one fleet running across their tests.
  */
 export function guardAgainstLeaks(scope: 'each' | 'file' = 'each'): void {
-  (scope === 'each' ? afterEach : afterAll)(async () => {
-    const leftover = started.splice(0);
-    for (const s of leftover.reverse()) await s.release();
-    // Terminated threads report exit asynchronously: wait for the count to reach 0, up to a second.
-    await vi.waitFor(() => expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0), {
-      timeout: 1000,
-      interval: 20,
-    });
+  (scope === 'each' ? afterEach : afterAll)(releaseAndCheckLeaks);
+}
+
+/**
+ * Stops what startSupervisor and makeProducer started (newest first), then fails unless every
+ * sandbox has exited. The leak guard of guardAgainstLeaks and of the test fixture (fixture.ts).
+ */
+export async function releaseAndCheckLeaks(): Promise<void> {
+  const leftover = started.splice(0);
+  for (const s of leftover.reverse()) await s.release();
+  // Terminated threads report exit asynchronously: wait for the count to reach 0, up to a second.
+  await vi.waitFor(() => expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0), {
+    timeout: 1000,
+    interval: 20,
   });
 }
 
