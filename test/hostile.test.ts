@@ -26,6 +26,8 @@ import {
   FIXTURES,
   fixtureType,
   makeProducer,
+  osLayerOff,
+  processSandbox,
   startSupervisor,
   testConfig,
   until,
@@ -39,7 +41,7 @@ const ATTACK = path.join(FIXTURES, 'hostile', 'attack.mjs');
 const osLayer = await probeOsLayer('auto');
 if (!osLayer.available) console.warn(`SKIPPING the OS-layer half of the hostile suite: ${osLayer.reason}`);
 else console.info('hostile suite: OS layer (bubblewrap namespaces) available; running with it on and off');
-const OFF: OsLayer = { available: false, reason: 'turned off for the test', bwrapPath: 'bwrap' };
+const OFF = osLayerOff();
 /** The supervisor's own credential, planted in its environment and heap for the sandbox to look for. */
 const SENTINEL = `supervisor-credential-${process.pid}-7c1d9e`;
 process.env.FLEET_HOSTILE_SENTINEL = SENTINEL;
@@ -90,22 +92,18 @@ async function attack(
   data: Record<string, unknown>,
   opts: { egress?: Egress; tmpSizeMb?: number; onRefused?: (r: EgressRefusal) => void } = {},
 ): Promise<Outcome> {
-  const sb = await Sandbox.start({
-    processorPath: ATTACK,
-    jobType: 'hostile',
-    maxResultBytes: 100_000,
-    maxOldGenerationSizeMb: 64,
-    nice: 10,
-    process: {
-      osLayer: layer,
-      egress: opts.egress ?? 'none',
-      tmpSizeMb: opts.tmpSizeMb ?? 4,
-      readPaths: [],
-      forbiddenPaths: [],
-      fleetAddresses: [],
-      ...(opts.onRefused ? { onEgressRefused: opts.onRefused } : {}),
-    },
-  });
+  const sb = await Sandbox.start(
+    processSandbox(
+      ATTACK,
+      layer,
+      {
+        egress: opts.egress ?? 'none',
+        tmpSizeMb: opts.tmpSizeMb ?? 4,
+        ...(opts.onRefused ? { onEgressRefused: opts.onRefused } : {}),
+      },
+      { jobType: 'hostile', maxResultBytes: 100_000, nice: 10 },
+    ),
+  );
   try {
     const r = await sb.run(
       { type: 'run', jobId: 'hostile.1', jobType: 'hostile', attempt: 1, data, secretNames: [], secrets: [] },

@@ -15,6 +15,7 @@ import {
   startSupervisor,
   testConfig,
   until,
+  vaultSecrets,
   waitForJob,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
@@ -91,13 +92,7 @@ function vaultConfig(extraTypes: Parameters<typeof fixtureType>[] = []): FleetCo
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
-          tokenTtlMarginMs: 5000,
-        },
+        vault: vaultSecrets(server!.url, { tokenTtlMarginMs: 5000 }),
       },
     },
   );
@@ -295,14 +290,10 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-bad-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+        vault: vaultSecrets(server!.url, {
           rotatorRoleIdEnv: 'FLEET_TEST_VAULT_BAD_ROLE_ID',
           rotatorSecretIdEnv: 'FLEET_TEST_VAULT_BAD_SECRET_ID',
-        },
+        }),
         items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, attempts: 1 } } },
       },
     });
@@ -336,14 +327,10 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+        vault: vaultSecrets(server!.url, {
           rotatorRoleIdEnv: 'FLEET_TEST_VAULT_ROTATOR_ROLE_ID',
           rotatorSecretIdEnv: 'FLEET_TEST_VAULT_ROTATOR_SECRET_ID',
-        },
+        }),
         items: {
           'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, graceSeconds: 1 } },
         },

@@ -6,7 +6,9 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, expect, vi } from 'vitest';
 import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
 import type { JobTypeInput } from '../../src/config/schema.js';
-import { liveSandboxCount } from '../../src/workers/sandbox.js';
+import { liveSandboxCount, type SandboxOptions } from '../../src/workers/sandbox.js';
+import type { OsLayer } from '../../src/workers/sandbox-boundary.js';
+import type { ProcessHostOptions } from '../../src/workers/sandbox-host.js';
 import { Supervisor, type SupervisorOptions } from '../../src/workers/supervisor.js';
 import { Producer } from '../../src/producers/producer.js';
 import { LocalProvider } from '../../src/secrets/local-provider.js';
@@ -49,6 +51,55 @@ export function testConfig(url: string, jobTypes: JobTypeInput[], extra: Record<
     },
     { baseDir: FIXTURES },
   );
+}
+
+/** The OS layer turned off (a process sandbox on the permission model alone), naming why. */
+export function osLayerOff(reason = 'turned off for the test'): OsLayer {
+  return { available: false, reason, bwrapPath: 'bwrap' };
+}
+
+/**
+ * Options of a process sandbox running `processorPath` (a path, or a name under test/fixtures),
+ * with test-friendly defaults: egress "none", an 8 MB temp dir, nothing extra readable or
+ * forbidden, no fleet addresses; `process` and `extra` override them.
+ */
+export function processSandbox(
+  processorPath: string,
+  osLayer: OsLayer,
+  process: Partial<ProcessHostOptions> = {},
+  extra: Partial<Omit<SandboxOptions, 'process'>> = {},
+): SandboxOptions {
+  return {
+    processorPath: path.isAbsolute(processorPath) ? processorPath : path.join(FIXTURES, processorPath),
+    jobType: 't',
+    maxResultBytes: 1_000_000,
+    maxOldGenerationSizeMb: 64,
+    ...extra,
+    process: {
+      osLayer,
+      egress: 'none',
+      tmpSizeMb: 8,
+      readPaths: [],
+      forbiddenPaths: [],
+      fleetAddresses: [],
+      ...process,
+    },
+  };
+}
+
+/**
+ * `secrets.vault` of a test config: AppRole login with the credentials in the given environment
+ * variables (setupDevVault puts them there), against the Vault at `address`.
+ */
+export function vaultSecrets(
+  address: string,
+  extra: Record<string, unknown> = {},
+  env: { roleId: string; secretId: string } = {
+    roleId: 'FLEET_TEST_VAULT_ROLE_ID',
+    secretId: 'FLEET_TEST_VAULT_SECRET_ID',
+  },
+): Record<string, unknown> {
+  return { address, auth: 'approle', roleIdEnv: env.roleId, secretIdEnv: env.secretId, ...extra };
 }
 
 const started: { release(): Promise<void> }[] = [];
