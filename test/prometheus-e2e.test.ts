@@ -2,15 +2,14 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startFleet, type FleetProcess } from '../src/app.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { allDashboards } from '../grafana/dashboards.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, localStore, testConfig, until } from './helpers/fleet.js';
-import { startTestRedis } from './helpers/redis.js';
+import { FIXTURES, fixtureType, localStore, testConfig, until } from './helpers/fleet.js';
+import { afterAll, describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const PROMETHEUS = spawnSync('prometheus', ['--version']).status === 0 ? 'prometheus' : null;
@@ -40,8 +39,6 @@ function allExpressions(): { where: string; expr: string }[] {
   return out;
 }
 
-guardAgainstLeaks('file');
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
 let fleet: FleetProcess;
 let prom: ChildProcess;
 let promUrl: string;
@@ -49,8 +46,7 @@ let promDir: string;
 let loadRunning = true;
 let load: Promise<void>;
 
-beforeAll(async () => {
-  redis = await startTestRedis();
+it.beforeAll(async ({ redis }) => {
   if (!PROMETHEUS) return;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
   await localStore(dataDir, 2).write('api-key', Buffer.from(SECRET_VALUE));
@@ -178,7 +174,6 @@ afterAll(async () => {
   await load?.catch(() => undefined);
   prom?.kill('SIGTERM');
   await fleet?.release();
-  await redis?.release();
   if (promDir) rmSync(promDir, { recursive: true, force: true });
 }, 60_000);
 
@@ -276,8 +271,8 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
       return out;
     };
     // Series appear as the load's jobs reach each path and the next scrape picks their counters up.
-    await expect.poll(failures, { timeout: 30_000, interval: 1000 }).toEqual([]);
-  });
+    await expect.poll(failures, { timeout: 40_000, interval: 1000 }).toEqual([]);
+  }, 60_000);
 
   it('no metric label carries a job id or a secret value', async () => {
     const body = await (await fetch(`${fleet.metricsUrl}/metrics`)).text();
