@@ -9,29 +9,26 @@ import { homedir } from 'node:os';
 import type { Server } from 'node:http';
 import path from 'node:path';
 import { Validator } from '@seriousme/openapi-schema-validator';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { sha256Hex } from '../src/api/auth.js';
 import { createApiApp, listen } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import { API_ERRORS } from '../src/api/api-schemas.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, startSupervisor, testConfig } from './helpers/fleet.js';
+import { FIXTURES, fixtureType, startSupervisor, testConfig } from './helpers/fleet.js';
+import { afterAll, describe, expect, it } from './helpers/fixture.js';
 import type { FleetConfig } from '../src/config/resolve.js';
-import { useTestRedis } from './helpers/redis.js';
 
 const ADMIN = 'contract-admin-token-0123456789';
 const ST =
   process.env.FLEET_SCHEMATHESIS ?? path.join(homedir(), '.cache', 'fleet-test-servers', 'schemathesis', 'bin', 'st');
 /** The schemathesis virtualenv's Python has `requests`, all the example client needs. */
 const PYTHON = path.join(path.dirname(ST), 'python3');
-const redis = useTestRedis();
-guardAgainstLeaks();
 let server: Server;
 let producer: Producer;
 let base: string;
 let config: FleetConfig;
 
-beforeAll(async () => {
+it.beforeAll(async ({ redis }) => {
   config = testConfig(
     redis.url,
     [

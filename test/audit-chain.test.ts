@@ -6,7 +6,6 @@
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
@@ -21,19 +20,9 @@ import {
   type AuditRecord,
 } from '../src/secrets/audit.js';
 import { ChainWriter, loadAuditKeys, type AuditKeyRing } from '../src/secrets/audit-chain.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-  localStore,
-} from './helpers/fleet.js';
-import { uniquePrefix, useTestRedis } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob, localStore } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
+import { describe, expect, it, type TestRedis } from './helpers/fixture.js';
 
 async function keyRing(
   dir = mkdtempSync(path.join(tmpdir(), 'fleet-audit-')),
@@ -55,7 +44,7 @@ const record = (i: number, writer: string): AuditRecord => ({
 });
 
 /** Three writers appending interleaved records, as three supervisors do. */
-async function writeStream(prefix: string, keys: AuditKeyRing, perWriter = 10): Promise<void> {
+async function writeStream(redis: TestRedis, prefix: string, keys: AuditKeyRing, perWriter = 10): Promise<void> {
   // A writer id names one chain from start to stop: each call is a fresh set of supervisors.
   const run = uniquePrefix();
   const logs = ['sup-a', 'sup-b', 'sup-c']
@@ -68,7 +57,7 @@ async function writeStream(prefix: string, keys: AuditKeyRing, perWriter = 10): 
   for (const { log } of logs) await log.flush();
 }
 
-async function entries(prefix: string): Promise<[string, string[]][]> {
+async function entries(redis: TestRedis, prefix: string): Promise<[string, string[]][]> {
   return (await redis.client.xrange(auditStreamKey(prefix), '-', '+')) as [string, string[]][];
 }
 
@@ -80,7 +69,9 @@ function nextOfSameWriter(all: [string, string[]][], i: number): string {
 }
 
 describe('audit MAC chain', () => {
-  it('verify names the first broken link: a deleted record, an inserted forgery, an edited field, a reorder, a truncated tail', async () => {
+  it('verify names the first broken link: a deleted record, an inserted forgery, an edited field, a reorder, a truncated tail', async ({
+    redis,
+  }) => {
     const { keys } = await keyRing();
     const cases: {
       name: string;
@@ -140,9 +131,9 @@ describe('audit MAC chain', () => {
     ];
     for (const c of cases) {
       const prefix = uniquePrefix();
-      await writeStream(prefix, keys);
+      await writeStream(redis, prefix, keys);
       expect((await verifyAuditTrail(redis.client, prefix, keys)).ok, `${c.name}: clean stream`).toBe(true);
-      const at = await c.tamper(prefix, await entries(prefix));
+      const at = await c.tamper(prefix, await entries(redis, prefix));
       const r = await verifyAuditTrail(redis.client, prefix, keys);
       expect(r.ok, c.name).toBe(false);
       expect(r.firstBreak?.at, c.name).toBe(at);
@@ -150,16 +141,16 @@ describe('audit MAC chain', () => {
     }
   });
 
-  it('a record without chain fields (XADD by hand) and a replayed record are caught', async () => {
+  it('a record without chain fields (XADD by hand) and a replayed record are caught', async ({ redis }) => {
     const { keys } = await keyRing();
     const prefix = uniquePrefix();
-    await writeStream(prefix, keys, 3);
-    const all = await entries(prefix);
+    await writeStream(redis, prefix, keys, 3);
+    const all = await entries(redis, prefix);
     await redis.client.xadd(auditStreamKey(prefix), '*', ...all[1]![1]);
     let r = await verifyAuditTrail(redis.client, prefix, keys);
     expect(r.firstBreak?.reason).toMatch(/reordered or replayed/);
     const other = uniquePrefix();
-    await writeStream(other, keys, 3);
+    await writeStream(redis, other, keys, 3);
     await redis.client.xadd(
       auditStreamKey(other),
       '*',
@@ -180,11 +171,13 @@ describe('audit MAC chain', () => {
     expect(newest).toMatchObject({ outcome: 'error', ts: 0, reason: expect.stringContaining('no valid outcome') });
   });
 
-  it('a legitimate trim leaves a signed checkpoint and the stream still verifies; trimming without one (XADD MAXLEN) is found', async () => {
+  it('a legitimate trim leaves a signed checkpoint and the stream still verifies; trimming without one (XADD MAXLEN) is found', async ({
+    redis,
+  }) => {
     const { keys } = await keyRing();
     const prefix = uniquePrefix();
     const retention = new ChainWriter('retention-test', keys);
-    await writeStream(prefix, keys, 10);
+    await writeStream(redis, prefix, keys, 10);
     const first = await trimAuditWithCheckpoint(redis.client, prefix, { maxEntries: 12, chain: retention, keys });
     expect(first).toMatchObject({ trimmed: 18 });
     expect(first.checkpoint).toMatch(/^\d+-\d+$/);
@@ -192,7 +185,7 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak).toBeNull();
     expect(r.checkpoint).toBe(first.checkpoint);
     // More records, a second trim that also drops the first checkpoint: still verifies.
-    await writeStream(prefix, keys, 10);
+    await writeStream(redis, prefix, keys, 10);
     const second = await trimAuditWithCheckpoint(redis.client, prefix, { maxEntries: 12, chain: retention, keys });
     expect(second.trimmed).toBeGreaterThan(12);
     r = await verifyAuditTrail(redis.client, prefix, keys);
@@ -205,7 +198,9 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak?.reason).toMatch(/missing before it|no MAC chain fields/);
   });
 
-  it('a flood of cheap denials cannot push an egress refusal out without trace: checkpoints count what they trimmed, by action', async () => {
+  it('a flood of cheap denials cannot push an egress refusal out without trace: checkpoints count what they trimmed, by action', async ({
+    redis,
+  }) => {
     const { keys } = await keyRing();
     const prefix = uniquePrefix();
     const retention = new ChainWriter('retention-test', keys);
@@ -236,11 +231,11 @@ describe('audit MAC chain', () => {
     );
   });
 
-  it('retention refuses to trim a segment that does not verify (it would launder the tampering)', async () => {
+  it('retention refuses to trim a segment that does not verify (it would launder the tampering)', async ({ redis }) => {
     const { keys } = await keyRing();
     const prefix = uniquePrefix();
-    await writeStream(prefix, keys, 10);
-    await redis.client.xdel(auditStreamKey(prefix), (await entries(prefix))[2]![0]);
+    await writeStream(redis, prefix, keys, 10);
+    await redis.client.xdel(auditStreamKey(prefix), (await entries(redis, prefix))[2]![0]);
     const before = await redis.client.xlen(auditStreamKey(prefix));
     const r = await trimAuditWithCheckpoint(redis.client, prefix, {
       maxEntries: 12,
@@ -252,7 +247,9 @@ describe('audit MAC chain', () => {
     expect(await redis.client.xlen(auditStreamKey(prefix))).toBe(before);
   });
 
-  it('several supervisors writing at once and a restarted one all verify; the export file verifies on its own and shows an edit', async () => {
+  it('several supervisors writing at once and a restarted one all verify; the export file verifies on its own and shows an edit', async ({
+    redis,
+  }) => {
     const exportFile = path.join(mkdtempSync(path.join(tmpdir(), 'fleet-audit-export-')), 'audit.jsonl');
     const config = testConfig(
       redis.url,
@@ -280,7 +277,7 @@ describe('audit MAC chain', () => {
     expect(r.firstBreak).toBeNull();
     expect(r.records).toBe(40);
     expect(r.writers).toBeGreaterThanOrEqual(2);
-    expect(new Set((await entries(config.redis.prefix)).map(([, f]) => f[f.indexOf('writer') + 1])).size).toBe(
+    expect(new Set((await entries(redis, config.redis.prefix)).map(([, f]) => f[f.indexOf('writer') + 1])).size).toBe(
       r.writers,
     );
 
@@ -321,7 +318,7 @@ describe('audit MAC chain', () => {
     expect(broken.code).toBe(1);
     expect(broken.out).toMatch(/audit chain BROKEN[\s\S]*first at line 6 .*MAC does not match/);
     // In Redis: delete one record, and the CLI exits 1 naming it.
-    const victim = (await entries(config.redis.prefix))[12]![0];
+    const victim = (await entries(redis, config.redis.prefix))[12]![0];
     await redis.client.xdel(auditStreamKey(config.redis.prefix), victim);
     expect(await cli(['audit', 'verify'])).toMatchObject({ code: 1, out: expect.stringMatching(/audit chain BROKEN/) });
     const exported = await cli(['audit', 'export']);
@@ -333,7 +330,9 @@ describe('audit MAC chain', () => {
     ).toHaveLength(39);
   }, 60_000);
 
-  it("a supervisor's tail check turns the metric to 0 when the chain breaks, and notices its own head was rolled back", async () => {
+  it("a supervisor's tail check turns the metric to 0 when the chain breaks, and notices its own head was rolled back", async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })]);
     await localStore(config.dataDir).write('api-key', Buffer.from('tail-secret-value-42'));
     const events = new FleetEventBus();
@@ -352,7 +351,7 @@ describe('audit MAC chain', () => {
     // Cut the newest record and point the head at the one before: consistent inside Redis, but
     // the supervisor remembers what it wrote.
     const key = auditStreamKey(config.redis.prefix);
-    const all = await entries(config.redis.prefix);
+    const all = await entries(redis, config.redis.prefix);
     const [lastId] = all[all.length - 1]!;
     const prev = all[all.length - 2]![1];
     await redis.client.xdel(key, lastId);
@@ -372,7 +371,9 @@ describe('audit MAC chain', () => {
     );
   });
 
-  it('the export sink appends JSON lines with the chain fields, and a job type may not declare the MAC key', async () => {
+  it('the export sink appends JSON lines with the chain fields, and a job type may not declare the MAC key', async ({
+    redis,
+  }) => {
     const file = path.join(mkdtempSync(path.join(tmpdir(), 'fleet-audit-sink-')), 'a.jsonl');
     const { keys } = await keyRing();
     const log = new AuditLog({

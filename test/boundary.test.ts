@@ -11,7 +11,6 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Queue } from 'bullmq';
-import { beforeAll, describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
@@ -20,19 +19,10 @@ import { readAudit } from '../src/secrets/audit.js';
 import { probeOsLayer } from '../src/workers/sandbox-boundary.js';
 import type { Supervisor } from '../src/workers/supervisor.js';
 import type { Producer } from '../src/producers/producer.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-} from './helpers/fleet.js';
-import { dumpKeys, useTestRedis } from './helpers/redis.js';
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { dumpKeys } from './helpers/redis.js';
+import { describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 import { makeLogger } from '../src/observability/logger.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks('file');
 
 const osLayer = await probeOsLayer('auto');
 if (!osLayer.available) console.warn(`SKIPPING the OS-layer half of the boundary suite: ${osLayer.reason}`);
@@ -58,7 +48,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
   const metrics = new FleetMetrics({ defaultMetrics: false });
   metrics.attach(events);
 
-  beforeAll(async () => {
+  it.beforeAll(async ({ redis }) => {
     if (skip) return;
     config = testConfig(
       redis.url,
@@ -109,7 +99,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 
   it.skipIf(skip)(
     'a message of the wrong shape, out of turn, or bytes that are no frame: SANDBOX_PROTOCOL, not retried, audited and counted',
-    async () => {
+    async ({ redis }) => {
       const cases: Record<string, unknown>[] = [
         { attack: 'frame', message: { type: 'log', level: 'nope', msg: 'x', source: 'processor' } },
         { attack: 'frame', message: { type: 'done', ok: false, ...stats } },
@@ -155,7 +145,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 
   it.skipIf(skip)(
     'past its limits, sent raw: a 32 MB progress frame is refused from its header, a 100 KB progress value and 5,000 log lines are SANDBOX_LIMIT, a 5 MB result RESULT_TOO_LARGE; Redis holds none of it',
-    async () => {
+    async ({ redis }) => {
       const progress = await run('hostile', { attack: 'progress-huge', mb: 32 });
       expect(progress.error?.code).toBe('SANDBOX_PROTOCOL');
       expect(progress.error?.message).toMatch(/above this channel's limit/);
@@ -186,7 +176,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 
   it.skipIf(skip)(
     "a delivered value sent raw as an error code or a \\u-escaped result is masked by the supervisor: not in the job's error or result, nor anywhere in Redis or the logs",
-    async () => {
+    async ({ redis }) => {
       const code = await run('hostile', { attack: 'code-leak', name: 'declared-one' });
       expect(code.error?.code).toBe('PROCESSOR_FAILED');
       expect(code.error?.message).toBe('[sandbox reported a malformed code] boom');
@@ -222,7 +212,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 
   it.skipIf(skip)(
     'refused egress attempts one after another: killed past maxEgressRefusals (SANDBOX_LIMIT); at most that many audit records, each cut to size',
-    async () => {
+    async ({ redis }) => {
       const job = await run('hostile', { attack: 'refusal-flood', count: 500, hostLen: 8000, parallel: 4 });
       expect(job.error?.code).toBe('SANDBOX_LIMIT');
       expect(job.error?.message).toMatch(/more than 20 refused egress attempts in one job \(maxEgressRefusals\)/);
@@ -250,7 +240,7 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 
   it.skipIf(skip)(
     'undeclared secret names: killed past maxDeniedSecretRequests (SANDBOX_LIMIT); one audit key and one metric series for them all',
-    async () => {
+    async ({ redis }) => {
       const job = await run('hostile', { attack: 'secret-names', count: 2000 });
       expect(job.error?.code).toBe('SANDBOX_LIMIT');
       expect(job.error?.message).toMatch(/more than 10 denied secret requests/);
@@ -315,7 +305,9 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
 });
 
 describe('a processor that breaks its channel while it loads', () => {
-  it('does not stop the fleet: its type fails its jobs with SANDBOX_PROTOCOL, the other types run', async () => {
+  it('does not stop the fleet: its type fails its jobs with SANDBOX_PROTOCOL, the other types run', async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [
       fixtureType('poison', 'hostile/poison-load.mjs', { sandbox: 'process', attempts: 1 }),
       fixtureType('bystander', 'ok.mjs', { sandbox: 'process' }),

@@ -6,10 +6,9 @@
 import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
 import { chromium, type Browser } from 'playwright-core';
-import { afterAll, describe, expect, it } from 'vitest';
-import { FIXTURES, guardAgainstLeaks } from './helpers/fleet.js';
+import { FIXTURES } from './helpers/fleet.js';
 import { boardFleet } from './helpers/board.js';
-import { useTestRedis } from './helpers/redis.js';
+import { afterAll, describe, expect, it } from './helpers/fixture.js';
 
 const CHROMIUM =
   process.env.FLEET_CHROMIUM ?? ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find((p) => existsSync(p));
@@ -22,15 +21,15 @@ const PLAIN = 'browser-plain-token-0123456789';
 const SECRET_VALUE = 'browser-secret-value-5550123';
 const SHOTS = path.join(FIXTURES, '..', '..', 'test-results', 'bull-board');
 
-const redis = useTestRedis();
-guardAgainstLeaks();
 let browser: Browser | undefined;
 afterAll(async () => {
   await browser?.close();
 });
 
 describe.skipIf(!CHROMIUM)('Bull Board in Chromium', () => {
-  it('refuses non-admins, renders queues and jobs for an admin with masked data and no secret value in the DOM, and offers no write actions', async () => {
+  it('refuses non-admins, renders queues and jobs for an admin with masked data and no secret value in the DOM, and offers no write actions', async ({
+    redis,
+  }) => {
     mkdirSync(SHOTS, { recursive: true });
     const board = await boardFleet(redis.url, { admin: ADMIN, plain: PLAIN }, SECRET_VALUE);
     const { base, jobs } = board;

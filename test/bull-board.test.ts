@@ -1,19 +1,14 @@
-import { describe, expect, it } from 'vitest';
-import { guardAgainstLeaks } from './helpers/fleet.js';
 import { boardFleet } from './helpers/board.js';
-import { useTestRedis } from './helpers/redis.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 const ADMIN = 'board-admin-token-0123456789';
 const PLAIN = 'board-plain-token-0123456789';
 const SECRET_VALUE = 'board-secret-value-987654321';
 
-const redis = useTestRedis();
-guardAgainstLeaks();
-
 const basic = (token: string): string => `Basic ${Buffer.from(`anyone:${token}`).toString('base64')}`;
 
 describe('Bull Board', () => {
-  it('refuses anyone but an admin producer, is read-only, and shows no secret value', async () => {
+  it('refuses anyone but an admin producer, is read-only, and shows no secret value', async ({ redis }) => {
     const board = await boardFleet(redis.url, { admin: ADMIN, plain: PLAIN }, SECRET_VALUE);
     const { base, producer } = board;
     const [_a, b, c] = board.jobs as [{ id: string }, { id: string }, { id: string }];

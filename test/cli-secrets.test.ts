@@ -1,24 +1,15 @@
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { createApiApp, listen } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
-import {
-  FIXTURES,
-  guardAgainstLeaks,
-  makeProducer,
-  runFleet,
-  startSupervisor,
-  waitForJob,
-  writeJsonConfig,
-} from './helpers/fleet.js';
-import { useTestRedis, uniquePrefix } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { FIXTURES, makeProducer, runFleet, startSupervisor, waitForJob, writeJsonConfig } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
+import { waitForAudit } from './helpers/wait.js';
+import { describe, expect, it, type TestRedis } from './helpers/fixture.js';
 
 function fleet(
+  redis: TestRedis,
   args: string[],
   file: string,
   stdin?: string,
@@ -30,7 +21,7 @@ const ADMIN = 'admin-token-0123456789abcdef';
 const PLAIN = 'plain-token-0123456789abcdef';
 
 describe('secrets and audit from the CLI and the API', () => {
-  it('set (value from stdin), list, use in a job, then audit and status --secrets show it', async () => {
+  it('set (value from stdin), list, use in a job, then audit and status --secrets show it', async ({ redis }) => {
     const { file } = writeJsonConfig(
       {
         redis: { prefix: uniquePrefix() },
@@ -44,10 +35,10 @@ describe('secrets and audit from the CLI and the API', () => {
       },
       'cli-sec',
     );
-    const set = await fleet(['secrets', 'set', 'api-key'], file, 'sk-from-stdin-123456\n');
+    const set = await fleet(redis, ['secrets', 'set', 'api-key'], file, 'sk-from-stdin-123456\n');
     expect(set.stderr).toBe('');
     expect(set.stdout.trim()).toBe('api-key: stored version 1 in local');
-    const list = await fleet(['secrets', 'list', '--json'], file);
+    const list = await fleet(redis, ['secrets', 'list', '--json'], file);
     expect(JSON.parse(list.stdout)).toEqual([
       expect.objectContaining({ name: 'api-key', version: '1', provider: 'local' }),
     ]);
@@ -59,14 +50,16 @@ describe('secrets and audit from the CLI and the API', () => {
     const p = makeProducer(cfg);
     const job = await waitForJob(p, (await p.enqueue('reader', { names: ['api-key'] })).id);
     expect(job.result).toMatchObject({ 'api-key': { length: 20 } });
-    await new Promise((r) => setTimeout(r, 100));
+    await waitForAudit(redis.client, cfg.redis.prefix, { secret: 'api-key' }, 1);
 
-    const audit = await fleet(['audit', '--since', '1h', '--secret', 'api-key', '--json'], file);
+    const audit = await fleet(redis, ['audit', '--since', '1h', '--secret', 'api-key', '--json'], file);
     expect(JSON.parse(audit.stdout)).toEqual([
       expect.objectContaining({ outcome: 'granted', secret: 'api-key', jobId: job.id, version: '1' }),
     ]);
-    expect(JSON.parse((await fleet(['audit', '--denied', '--json'], file)).stdout)).toEqual([]);
-    const status = JSON.parse((await fleet(['status', '--secrets', '--json'], file)).stdout) as { secrets: unknown[] };
+    expect(JSON.parse((await fleet(redis, ['audit', '--denied', '--json'], file)).stdout)).toEqual([]);
+    const status = JSON.parse((await fleet(redis, ['status', '--secrets', '--json'], file)).stdout) as {
+      secrets: unknown[];
+    };
     expect(status.secrets).toEqual([
       expect.objectContaining({
         secret: 'api-key',
@@ -77,7 +70,7 @@ describe('secrets and audit from the CLI and the API', () => {
         usedBy: ['reader'],
       }),
     ]);
-    expect((await fleet(['audit', '--since', 'yesterday'], file)).stderr).toContain('not a duration');
+    expect((await fleet(redis, ['audit', '--since', 'yesterday'], file)).stderr).toContain('not a duration');
 
     const producer = new Producer({ config: cfg });
     const server = await listen(createApiApp({ producer }), '127.0.0.1', 0);
@@ -98,12 +91,14 @@ describe('secrets and audit from the CLI and the API', () => {
       await producer.close();
     }
 
-    expect((await fleet(['secrets', 'delete', 'api-key'], file)).code).toBe(0);
+    expect((await fleet(redis, ['secrets', 'delete', 'api-key'], file)).code).toBe(0);
     // Left: only the audit trail's MAC key, which the supervisor created in the local store.
     expect(
-      (JSON.parse((await fleet(['secrets', 'list', '--json'], file)).stdout) as { name: string }[]).map((s) => s.name),
+      (JSON.parse((await fleet(redis, ['secrets', 'list', '--json'], file)).stdout) as { name: string }[]).map(
+        (s) => s.name,
+      ),
     ).toEqual(['audit-mac-key']);
-    const empty = await fleet(['secrets', 'set', 'x'], file, '');
+    const empty = await fleet(redis, ['secrets', 'set', 'x'], file, '');
     expect(empty.code).toBe(1);
     expect(empty.stderr).toContain('no value on stdin');
   });

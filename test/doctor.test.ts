@@ -3,24 +3,16 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
 import { doctor, transportChecks } from '../src/cli/doctor.js';
-import {
-  FIXTURES,
-  fixtureType,
-  guardAgainstLeaks,
-  startSupervisor,
-  testConfig,
-  writeJsonConfig,
-} from './helpers/fleet.js';
-import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { FIXTURES, fixtureType, startSupervisor, testConfig, writeJsonConfig } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
+import { waitForHeartbeat } from './helpers/wait.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 const run = promisify(execFile);
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 describe('fleet doctor', () => {
-  it('flags what the zero-trust checklist forbids, each with its fix', async () => {
+  it('flags what the zero-trust checklist forbids, each with its fix', async ({ redis }) => {
     const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-doctor-'));
     const config = testConfig(
       redis.url,
@@ -98,7 +90,7 @@ describe('fleet doctor', () => {
     expect(verification({ NODE_TLS_REJECT_UNAUTHORIZED: '1' })?.status).toBe('PASS');
   });
 
-  it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {
+  it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async ({ redis }) => {
     const { file } = writeJsonConfig(
       { redis: { prefix: uniquePrefix() }, jobTypes: [{ name: 'ok', processor: path.join(FIXTURES, 'ok.mjs') }] },
       'doctor-cli',
@@ -120,11 +112,13 @@ describe('fleet doctor', () => {
     expect(JSON.parse((failing as { stdout: string }).stdout).failed).toBeGreaterThan(0);
   });
 
-  it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async () => {
+  it('fails a critical type whose supervisors run its sandboxes without the OS layer (production)', async ({
+    redis,
+  }) => {
     const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
     const off = testConfig(redis.url, types, { supervisor: { metricsPort: 0, heartbeatMs: 200, osLayer: 'off' } });
-    await startSupervisor({ config: off });
-    await new Promise((r) => setTimeout(r, 300));
+    const sup = await startSupervisor({ config: off });
+    await waitForHeartbeat(redis.client, off.redis.prefix, sup.id);
     const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
     expect(checks.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({
       status: 'FAIL',
@@ -147,13 +141,15 @@ describe('fleet doctor', () => {
     expect(forged.find((c) => c.check === 'job type pay: sandbox OS layer')).toMatchObject({ status: 'FAIL' });
   });
 
-  it('fails a critical type whose supervisors run its sandboxes without memory and process limits (production)', async () => {
+  it('fails a critical type whose supervisors run its sandboxes without memory and process limits (production)', async ({
+    redis,
+  }) => {
     const types = [fixtureType('pay', 'ok.mjs', { sensitivity: 'critical', timeoutMs: 60_000 })];
     const off = testConfig(redis.url, types, {
       supervisor: { metricsPort: 0, heartbeatMs: 200, resourceLimits: 'off' },
     });
-    await startSupervisor({ config: off });
-    await new Promise((r) => setTimeout(r, 300));
+    const sup = await startSupervisor({ config: off });
+    await waitForHeartbeat(redis.client, off.redis.prefix, sup.id);
     const checks = await doctor(off, redis.client, { production: true, metricsUrls: [] });
     expect(checks.find((c) => c.check === 'job type pay: memory and process limits')).toMatchObject({
       status: 'FAIL',

@@ -14,24 +14,13 @@ import type { AddressInfo } from 'node:net';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { EgressCa } from '../src/workers/egress-ca.js';
 import type { Producer } from '../src/producers/producer.js';
 import type { Supervisor } from '../src/workers/supervisor.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  localStore,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-} from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
+import { fixtureType, localStore, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { afterAll, beforeAll, describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 
 const TOKEN = 'sk-live-injected-0123456789abcdef';
-const redis = useTestRedis();
-guardAgainstLeaks('file');
 
 /** The body of a raw HTTP/1.1 response, taken out of its chunked framing (the proxy re-chunks). */
 function dechunk(raw: string): string {
@@ -101,7 +90,7 @@ afterAll(() => {
 describe('injecting egress proxy: response masking and handler containment', () => {
   let sup: Supervisor;
   let producer: Producer;
-  beforeAll(async () => {
+  it.beforeAll(async ({ redis }) => {
     const b = `127.0.0.1:${port}`;
     const config = testConfig(
       redis.url,
@@ -192,7 +181,9 @@ describe('injecting egress proxy: response masking and handler containment', () 
 });
 
 describe.each([['off'], ['auto']] as const)('egress proxy, upstream status < 100 (osLayer %s)', (osLayer) => {
-  it('plain-HTTP forward: answered 502, nothing thrown in the supervisor; another type still runs', async () => {
+  it('plain-HTTP forward: answered 502, nothing thrown in the supervisor; another type still runs', async ({
+    redis,
+  }) => {
     const config = testConfig(
       redis.url,
       [

@@ -3,24 +3,15 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
-import {
-  FIXTURES,
-  guardAgainstLeaks,
-  makeProducer,
-  spawnWorker,
-  startSupervisor,
-  waitForJob,
-} from './helpers/fleet.js';
-import { useTestRedis, uniquePrefix } from './helpers/redis.js';
+import { FIXTURES, makeProducer, spawnWorker, startSupervisor, until, waitForJob } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
+import { waitForJobState } from './helpers/wait.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const FLEET = path.join(ROOT, 'bin', 'fleet.js');
 const run = promisify(execFile);
-
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 /** A JSON config file over the fixtures, with its own prefix. */
 function writeConfig(extra: Record<string, unknown> = {}): string {
@@ -54,15 +45,21 @@ function writeConfig(extra: Record<string, unknown> = {}): string {
 }
 
 describe('supervisor process lifecycle', () => {
-  it('ignores SIGUSR1 (no V8 inspector opens in a supervisor), where a plain node process opens one', async () => {
+  it('ignores SIGUSR1 (no V8 inspector opens in a supervisor), where a plain node process opens one', async ({
+    redis,
+  }) => {
     const sendUsr1 = async (
       child: ReturnType<typeof spawn>,
       ready: () => boolean,
       out: () => string,
+      opened: () => boolean = () => false,
     ): Promise<string> => {
-      for (let i = 0; i < 300 && !ready(); i++) await new Promise((r) => setTimeout(r, 50));
+      await until('the process to be up', () => Promise.resolve(ready()), 15_000);
       child.kill('SIGUSR1');
-      await new Promise((r) => setTimeout(r, 700));
+      // Waits for the inspector to open, for at most 700 ms: the supervisor's half asserts that
+      // nothing opens, so this window (several times what the control needs) is the test there.
+      const end = Date.now() + 700;
+      while (!opened() && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
       return out();
     };
     // Control: without the flag, SIGUSR1 opens the inspector (so this check can fail).
@@ -79,6 +76,7 @@ describe('supervisor process lifecycle', () => {
         plain,
         () => plainOut.includes('up'),
         () => plainOut,
+        () => plainOut.includes('Debugger listening'),
       ),
     ).toContain('Debugger listening');
     plain.kill('SIGKILL');
@@ -107,21 +105,24 @@ describe('supervisor process lifecycle', () => {
     }
   });
   for (const signal of ['SIGTERM', 'SIGINT'] as const) {
-    it(`on ${signal} mid-job: drains, returns the unfinished job to wait, exits 0; nothing is lost`, async () => {
+    it(`on ${signal} mid-job: drains, returns the unfinished job to wait, exits 0; nothing is lost`, async ({
+      redis,
+    }) => {
       const file = writeConfig();
       const config = await loadConfig({ path: file });
       const { child, output } = spawnWorker(file, { REDIS_URL: redis.url });
       const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
       try {
-        for (let i = 0; i < 300 && !output().includes('"supervisor running"'); i++)
-          await new Promise((r) => setTimeout(r, 50));
-        expect(output()).toContain('"supervisor running"');
+        await until(
+          'the worker to log "supervisor running"',
+          () => Promise.resolve(output().includes('"supervisor running"')),
+          15_000,
+        );
 
         const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
         const long = await p.enqueue('slow', { ms: 20_000 });
         const short = await p.enqueue('slow', { ms: 50 });
-        for (let i = 0; i < 200 && (await p.getJob(long.id)).state !== 'active'; i++)
-          await new Promise((r) => setTimeout(r, 25));
+        await waitForJobState(p, long.id, 'active');
         await waitForJob(p, short.id);
 
         child.kill(signal);
@@ -148,7 +149,7 @@ describe('supervisor process lifecycle', () => {
 });
 
 describe('CLI', () => {
-  it('enqueue, job and status work against a running fleet, with --json for scripts', async () => {
+  it('enqueue, job and status work against a running fleet, with --json for scripts', async ({ redis }) => {
     const file = writeConfig();
     const config = await loadConfig({ path: file });
     await startSupervisor({ config: { ...config, redis: { ...config.redis, url: redis.url } } });
@@ -178,7 +179,7 @@ describe('CLI', () => {
     expect(human).toMatch(/supervisors: 1[\s\S]*slow +job +active 0\/2/);
   });
 
-  it('rejects a bad payload with its code and exit status 1, enqueuing nothing', async () => {
+  it('rejects a bad payload with its code and exit status 1, enqueuing nothing', async ({ redis }) => {
     const file = writeConfig();
     const env = { ...process.env, REDIS_URL: redis.url };
     const err = await run(process.execPath, [FLEET, 'enqueue', 'ok', '{"n":"x"}', '--json', '--config', file], {
@@ -192,7 +193,7 @@ describe('CLI', () => {
     expect((bad as { stderr: string }).stderr).toContain('INVALID_JSON');
   });
 
-  it('refuses an unsafe config at start-up, naming the setting', async () => {
+  it('refuses an unsafe config at start-up, naming the setting', async ({ redis }) => {
     const file = writeConfig({
       jobTypes: [
         { name: 'pay', processor: path.join(FIXTURES, 'ok.mjs'), sensitivity: 'critical', timeoutMs: 300_000 },
@@ -207,7 +208,7 @@ describe('CLI', () => {
 });
 
 describe('Redis requirements at start-up', () => {
-  it('refuses a Redis that evicts keys, naming the setting and the fix', async () => {
+  it('refuses a Redis that evicts keys, naming the setting and the fix', async ({ redis }) => {
     const { Redis } = await import('ioredis');
     const r = new Redis(redis.url);
     await r.config('SET', 'maxmemory-policy', 'allkeys-lru');

@@ -2,16 +2,13 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import { loadConfig } from '../src/config/resolve.js';
-import { FIXTURES, guardAgainstLeaks, makeProducer, waitForJob, writeJsonConfig } from './helpers/fleet.js';
-import { useTestRedis, uniquePrefix } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { FIXTURES, makeProducer, until, waitForJob, writeJsonConfig } from './helpers/fleet.js';
+import { uniquePrefix } from './helpers/redis.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 describe('many supervisors (separate processes, as on separate hosts)', () => {
-  it('share the work: every job runs exactly once and the fleet-wide cap holds', async () => {
+  it('share the work: every job runs exactly once and the fleet-wide cap holds', async ({ redis }) => {
     const { file } = writeJsonConfig(
       {
         redis: { prefix: uniquePrefix() },
@@ -43,8 +40,11 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
       procs.push(child);
     }
     try {
-      for (let i = 0; i < 300 && !outputs.every((o) => o.includes('"supervisor running"')); i++)
-        await new Promise((r) => setTimeout(r, 50));
+      await until(
+        'three workers to log "supervisor running"',
+        () => Promise.resolve(outputs.every((o) => o.includes('"supervisor running"'))),
+        15_000,
+      );
       const config = await loadConfig({ path: file });
       const p = makeProducer({ ...config, redis: { ...config.redis, url: redis.url } });
       const jobs = await p.enqueueBatch(
@@ -75,7 +75,9 @@ describe('many supervisors (separate processes, as on separate hosts)', () => {
     }
   });
 
-  it('a second supervisor on a taken metrics port stops with the setting and fix named; --metrics-port and FLEET_METRICS_PORT override it', async () => {
+  it('a second supervisor on a taken metrics port stops with the setting and fix named; --metrics-port and FLEET_METRICS_PORT override it', async ({
+    redis,
+  }) => {
     const busy = http.createServer();
     await new Promise<void>((r) => busy.listen(0, '127.0.0.1', () => r()));
     const port = (busy.address() as AddressInfo).port;

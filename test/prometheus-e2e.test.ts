@@ -2,15 +2,14 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { z } from 'zod';
 import { startFleet, type FleetProcess } from '../src/app.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { freePort } from '../src/redis/embedded-redis.js';
 import { allDashboards } from '../grafana/dashboards.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks, localStore, testConfig } from './helpers/fleet.js';
-import { startTestRedis } from './helpers/redis.js';
+import { FIXTURES, fixtureType, localStore, testConfig, until } from './helpers/fleet.js';
+import { afterAll, describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 
 const ROOT = path.join(FIXTURES, '..', '..');
 const PROMETHEUS = spawnSync('prometheus', ['--version']).status === 0 ? 'prometheus' : null;
@@ -40,8 +39,6 @@ function allExpressions(): { where: string; expr: string }[] {
   return out;
 }
 
-guardAgainstLeaks('file');
-let redis: Awaited<ReturnType<typeof startTestRedis>>;
 let fleet: FleetProcess;
 let prom: ChildProcess;
 let promUrl: string;
@@ -49,8 +46,7 @@ let promDir: string;
 let loadRunning = true;
 let load: Promise<void>;
 
-beforeAll(async () => {
-  redis = await startTestRedis();
+it.beforeAll(async ({ redis }) => {
   if (!PROMETHEUS) return;
   const dataDir = mkdtempSync(path.join(tmpdir(), 'fleet-e2e-'));
   await localStore(dataDir, 2).write('api-key', Buffer.from(SECRET_VALUE));
@@ -124,10 +120,10 @@ scrape_configs:
     ],
     { stdio: 'ignore' },
   );
-  for (let i = 0; i < 100; i++) {
-    if ((await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok) break;
-    await new Promise((r) => setTimeout(r, 100));
-  }
+  await until(
+    `Prometheus at ${promUrl} to be ready`,
+    async () => (await fetch(`${promUrl}/-/ready`).catch(() => null))?.ok === true,
+  );
   console.info(`Prometheus e2e uses ${PROMETHEUS} at ${promUrl}`);
 
   // A mixed load over HTTP, kept running while queries are evaluated so every rate has samples.
@@ -157,11 +153,20 @@ scrape_configs:
           body: '{}',
         }),
       ]);
+      // Pacing, not a wait: a steady load of a dozen requests every 300 ms.
       await new Promise((r) => setTimeout(r, 300));
     }
   })();
-  // Enough scrapes for 30 s windows to hold several samples.
-  await new Promise((r) => setTimeout(r, 12_000));
+  // Enough scrapes for 30 s windows to hold several samples: five of each target.
+  await until(
+    'five scrapes of each fleet target',
+    async () => {
+      const r = await promQuery('min(count_over_time(up{job=~"fleet-.*"}[1m]))');
+      const counts = (r.data?.result ?? []) as { value: [number, string] }[];
+      return Number(counts[0]?.value[1] ?? 0) >= 5;
+    },
+    30_000,
+  );
 }, 90_000);
 
 afterAll(async () => {
@@ -169,7 +174,6 @@ afterAll(async () => {
   await load?.catch(() => undefined);
   prom?.kill('SIGTERM');
   await fleet?.release();
-  await redis?.release();
   if (promDir) rmSync(promDir, { recursive: true, force: true });
 }, 60_000);
 
@@ -255,16 +259,20 @@ describe.skipIf(!PROMETHEUS)('against a real Prometheus scraping a real fleet', 
   });
 
   it('every dashboard and alert expression is valid and returns series', async () => {
-    const failures: string[] = [];
     const exprs = allExpressions();
     expect(exprs.length).toBeGreaterThan(30);
-    for (const { where, expr } of exprs) {
-      const r = await promQuery(expr);
-      if (r.status !== 'success') failures.push(`${where}: invalid: ${r.error}`);
-      else if (!r.data?.result.length) failures.push(`${where}: no series for ${expr}`);
-    }
-    expect(failures).toEqual([]);
-  });
+    const failures = async (): Promise<string[]> => {
+      const out: string[] = [];
+      for (const { where, expr } of exprs) {
+        const r = await promQuery(expr);
+        if (r.status !== 'success') out.push(`${where}: invalid: ${r.error}`);
+        else if (!r.data?.result.length) out.push(`${where}: no series for ${expr}`);
+      }
+      return out;
+    };
+    // Series appear as the load's jobs reach each path and the next scrape picks their counters up.
+    await expect.poll(failures, { timeout: 40_000, interval: 1000 }).toEqual([]);
+  }, 60_000);
 
   it('no metric label carries a job id or a secret value', async () => {
     const body = await (await fetch(`${fleet.metricsUrl}/metrics`)).text();

@@ -40,9 +40,11 @@ import {
   guardAgainstLeaks,
   startSupervisor,
   testConfig,
+  until,
   waitForJob,
   localStore,
 } from './helpers/fleet.js';
+import { awaitNext, waitForBullJob } from './helpers/wait.js';
 
 const PREFIX = 'acl';
 const ADMIN_TOKEN = 'acl-admin-token-0123456789abcdef';
@@ -115,17 +117,16 @@ describe('Redis ACL users per role', () => {
       // Rotation (scheduler role) on its 1 s schedule, and retention (retention role) trims the
       // audit stream to 12 records behind a signed checkpoint.
       const ops = as('ops');
-      for (
-        let i = 0;
-        i < 100 && !(await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote');
-        i++
-      )
-        await new Promise((r) => setTimeout(r, 100));
+      await until('a scheduled rotation of api-key audited as rotate:promote', async () =>
+        (await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote'),
+      );
       expect((await readAudit(ops, PREFIX, { secret: 'api-key' })).some((a) => a.action === 'rotate:promote')).toBe(
         true,
       );
-      let trimmed = await rotation.trimAudit();
-      for (let i = 0; i < 50 && !trimmed?.checkpoint; i++) trimmed = await rotation.trimAudit();
+      let trimmed: Awaited<ReturnType<RotationService['trimAudit']>> = null;
+      await until('audit retention to trim behind a checkpoint', async () =>
+        Boolean((trimmed = await rotation.trimAudit())?.checkpoint),
+      );
       expect(trimmed).toMatchObject({ ok: true });
       expect(await ops.xlen(auditStreamKey(PREFIX))).toBeLessThanOrEqual(40);
       const left = await readAudit(ops, PREFIX, { limit: 100 });
@@ -303,29 +304,30 @@ describe('rotating a role password as a rotation policy (rotator redis-acl)', ()
         c.disconnect();
       }
     };
+    const events = new FleetEventBus();
     const rotation = new RotationService({
       config,
       redisUrl: url('scheduler'),
       retentionUrl: url('retention'),
-      events: new FleetEventBus(),
+      events,
     });
     const saved = process.env.FLEET_REDIS_ADMIN_URL;
     process.env.FLEET_REDIS_ADMIN_URL = urlWithCredential(server.url, users.admin);
     await rotation.start();
     try {
       const job = await rotation.rotateNow('redis-ops-password');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
-        await new Promise((r) => setTimeout(r, 50));
-      expect(await job.getState()).toBe('completed');
+      await waitForBullJob(job, 'completed');
       const fresh = (await store.readCurrent('redis-ops-password')).value;
       const next = Buffer.from(fresh).toString('utf8');
       expect(next).not.toBe(original);
       // Within the grace window both work; after it, only the new one.
       expect(await canLogIn(original)).toBe(true);
       expect(await canLogIn(next)).toBe(true);
-      await new Promise((r) => setTimeout(r, 1100));
-      await rotation.sweep();
-      expect(await canLogIn(original)).toBe(false);
+      // After the grace window (1 s) the previous version retires, and the old password with it.
+      await until('the old ops password to be refused once its grace window is over', async () => {
+        await rotation.sweep();
+        return !(await canLogIn(original));
+      });
       expect(await canLogIn(next)).toBe(true);
       // The role's rules are unchanged: still refused what ops may not do.
       const ops = new Redis(urlWithCredential(server.url, { username: 'fleet-ops', password: next }));
@@ -333,10 +335,15 @@ describe('rotating a role password as a rotation policy (rotator redis-acl)', ()
       await expect(ops.call('XTRIM', auditStreamKey(PREFIX), 'MAXLEN', '0')).rejects.toThrow(/NOPERM/);
       // Without the admin URL the rotation fails at its set step, naming the variable.
       delete process.env.FLEET_REDIS_ADMIN_URL;
+      const failed = awaitNext(events, 'rotation:finished', (e) => e.secret === 'redis-ops-password');
       const failing = await rotation.rotateNow('redis-ops-password');
-      for (let i = 0; i < 100 && !(await failing.getState()).match(/failed|completed/); i++)
-        await new Promise((r) => setTimeout(r, 50));
-      expect((await rotation.queue.getJob(failing.id!))?.failedReason).toMatch(/FLEET_REDIS_ADMIN_URL/);
+      // Its first attempt fails (later attempts wait out their backoff).
+      expect(await failed).toMatchObject({ ok: false, step: 'set' });
+      let failedReason: string | undefined;
+      await until('BullMQ to record the failed attempt', async () =>
+        Boolean((failedReason = (await rotation.queue.getJob(failing.id!))?.failedReason)),
+      );
+      expect(failedReason).toMatch(/FLEET_REDIS_ADMIN_URL/);
       expect(await canLogIn(next)).toBe(true);
     } finally {
       await rotation.stop();
@@ -497,13 +504,11 @@ describe('npm start (embedded Redis)', () => {
       const io = { out: (s: string) => (out += `${s}\n`), err: (s: string) => (out += `${s}\n`) };
       expect(await main(['enqueue', 'echo', '{"hi":1}', '--config', file], io)).toBe(0);
       const id = out.trim().split('\n').pop()!;
-      for (let i = 0; i < 100; i++) {
+      await until(`fleet job ${id} to show it completed`, async () => {
         out = '';
         await main(['job', id, '--json', '--config', file], io);
-        if (out.includes('"completed"')) break;
-        await new Promise((r) => setTimeout(r, 50));
-      }
-      expect(out).toContain('"completed"');
+        return out.includes('"completed"');
+      });
       out = '';
       expect(await main(['status', '--json', '--config', file], io)).toBe(0);
       expect(JSON.parse(out).supervisors).toHaveLength(1);

@@ -99,9 +99,12 @@ describe.skipIf(!HAS_REDIS_CLI)('on a real 3-master Redis Cluster', () => {
     const job = await waitForJob(producer, (await producer.enqueue('reader', { names: ['api-key'] })).id);
     expect(job.state).toBe('completed');
     const prefix = producer.config.redis.prefix;
-    for (let i = 0; i < 100 && (await readRotationState(admin, prefix, 'api-key')).rotations < 1; i++)
-      await new Promise((r) => setTimeout(r, 50));
-    expect((await readRotationState(admin, prefix, 'api-key')).rotations).toBeGreaterThanOrEqual(1);
+    await expect
+      .poll(async () => (await readRotationState(admin, prefix, 'api-key')).rotations, {
+        timeout: 10_000,
+        message: 'a scheduled rotation of api-key',
+      })
+      .toBeGreaterThanOrEqual(1);
     const audit = await readAudit(admin, prefix, { secret: 'api-key' });
     expect(audit.some((a) => a.action === 'access' && a.jobId === job.id)).toBe(true);
     expect(audit.some((a) => a.action === 'rotate:promote')).toBe(true);
@@ -135,8 +138,9 @@ describe.skipIf(!HAS_REDIS_CLI)('on a real 3-master Redis Cluster', () => {
 
   it('cancels an active job through the control channel', async () => {
     const { id } = await producer.enqueue('deaf', {});
-    for (let i = 0; i < 200 && (await producer.getJob(id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 25));
+    await expect
+      .poll(async () => (await producer.getJob(id)).state, { timeout: 10_000, message: `job ${id} to be active` })
+      .toBe('active');
     expect(await producer.cancel(id)).toMatchObject({ outcome: 'cancelling' });
     expect((await waitForJob(producer, id)).error?.code).toBe('CANCELLED');
   });

@@ -11,7 +11,6 @@ import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, mkdtempSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { beforeAll, describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
@@ -21,19 +20,8 @@ import { probeOsLayer, processSandboxCommand } from '../src/workers/sandbox-boun
 import { SANDBOX_ENTRY, seccompFile } from '../src/workers/sandbox-host.js';
 import { deniedSyscalls } from '../src/workers/seccomp-filter.js';
 import type { Supervisor } from '../src/workers/supervisor.js';
-import {
-  FIXTURES,
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-} from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks('file');
+import { FIXTURES, fixtureType, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { beforeAll, describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 
 const osLayer = await probeOsLayer('auto');
 const layer = probeResourceLimits('auto');
@@ -57,7 +45,7 @@ describe.each(modes)('a sandbox past its kernel limits, %s', (mode, setting) => 
   const metrics = new FleetMetrics({ defaultMetrics: false });
   metrics.attach(events);
 
-  beforeAll(async () => {
+  it.beforeAll(async ({ redis }) => {
     if (skip) return;
     config = testConfig(
       redis.url,
@@ -97,21 +85,24 @@ describe.each(modes)('a sandbox past its kernel limits, %s', (mode, setting) => 
     expect(other.state).toBe('completed');
   };
 
-  it.skipIf(skip)('runs behind its cgroup and rlimits (and the seccomp filter with the OS layer)', async () => {
-    const layers = sup.status().types.find((t) => t.jobType === 'greedy')?.layers ?? [];
-    expect(layers).toEqual(expect.arrayContaining(['cgroup', 'rlimits']));
-    if (setting === 'auto') expect(layers).toContain('seccomp');
-    else {
-      expect(layers).not.toContain('seccomp');
-      // A limit that cannot be had stops a supervisor that requires them all, naming it.
-      const strict = testConfig(redis.url, [fixtureType('greedy', 'hostile/appetite.mjs', { sandbox: 'process' })], {
-        supervisor: { metricsPort: 0, osLayer: 'off', resourceLimits: 'required' },
-      });
-      await expect(startSupervisor({ config: strict })).rejects.toThrow(
-        /supervisor.resourceLimits is "required" but not every limit can be had here: seccomp: the filter is loaded by bubblewrap, and the OS layer is unavailable/,
-      );
-    }
-  });
+  it.skipIf(skip)(
+    'runs behind its cgroup and rlimits (and the seccomp filter with the OS layer)',
+    async ({ redis }) => {
+      const layers = sup.status().types.find((t) => t.jobType === 'greedy')?.layers ?? [];
+      expect(layers).toEqual(expect.arrayContaining(['cgroup', 'rlimits']));
+      if (setting === 'auto') expect(layers).toContain('seccomp');
+      else {
+        expect(layers).not.toContain('seccomp');
+        // A limit that cannot be had stops a supervisor that requires them all, naming it.
+        const strict = testConfig(redis.url, [fixtureType('greedy', 'hostile/appetite.mjs', { sandbox: 'process' })], {
+          supervisor: { metricsPort: 0, osLayer: 'off', resourceLimits: 'required' },
+        });
+        await expect(startSupervisor({ config: strict })).rejects.toThrow(
+          /supervisor.resourceLimits is "required" but not every limit can be had here: seccomp: the filter is loaded by bubblewrap, and the OS layer is unavailable/,
+        );
+      }
+    },
+  );
 
   it.skipIf(skip)(
     'allocating 1 GB of Buffers (off the 64 MB heap) past memoryLimitMb=192: MEMORY_LIMIT, counted; the supervisor carries on',
@@ -304,7 +295,7 @@ describe.skipIf(layer.cgroups !== 'v1' || !osLayer.available || !layer.seccomp)(
   () => {
     let producer: Producer;
     let sup: Supervisor;
-    beforeAll(async () => {
+    it.beforeAll(async ({ redis }) => {
       const config = testConfig(
         redis.url,
         [

@@ -3,7 +3,6 @@ import { LocalProvider } from '../src/secrets/local-provider.js';
 import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { FleetEventBus, type FleetEvents } from '../src/events.js';
@@ -14,7 +13,6 @@ import { readRotationState } from '../src/rotation/state.js';
 import {
   FIXTURES,
   fixtureType,
-  guardAgainstLeaks,
   makeProducer,
   startSupervisor,
   testConfig,
@@ -22,18 +20,18 @@ import {
   localStore,
   until,
 } from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
 import { capturingLogger } from './helpers/leaks.js';
+import { awaitNext, waitForBullJob, waitForJobState } from './helpers/wait.js';
+import { describe, expect, it, type TestRedis } from './helpers/fixture.js';
 import type { Logger } from '../src/observability/logger.js';
 
-const redis = useTestRedis();
-guardAgainstLeaks();
-
 const sha = (b: Uint8Array | string): string => createHash('sha256').update(b).digest('hex');
-const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+/** A span of time that is itself the measurement (runs counted over it), never a wait for a state. */
+const observe = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
 const running: RotationService[] = [];
 
 async function setup(
+  redis: TestRedis,
   rotation: Record<string, unknown>,
   types: JobTypeInput[] = [fixtureType('t', 'ok.mjs')],
 ): Promise<{ config: FleetConfig; local: LocalProvider }> {
@@ -45,6 +43,7 @@ async function setup(
 }
 
 async function startRotation(
+  redis: TestRedis,
   config: FleetConfig,
   events = new FleetEventBus(),
   logger?: Logger,
@@ -64,12 +63,18 @@ async function currentVersion(local: LocalProvider): Promise<string> {
 }
 
 describe('secret rotation', () => {
-  it('a schedule fires, each rotation promotes a new version, audits every step and moves the metrics', async () => {
-    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 24 }, graceSeconds: 60 });
+  it('a schedule fires, each rotation promotes a new version, audits every step and moves the metrics', async ({
+    redis,
+  }) => {
+    const { config, local } = await setup(redis, {
+      schedule: '1s',
+      rotator: { type: 'random', bytes: 24 },
+      graceSeconds: 60,
+    });
     const events = new FleetEventBus();
     const metrics = new FleetMetrics({ defaultMetrics: false });
     metrics.attach(events);
-    const svc = await startRotation(config, events);
+    const svc = await startRotation(redis, config, events);
     await until('two rotations', async () => Number(await currentVersion(local)) >= 3);
     const state = await readRotationState(redis.client, config.redis.prefix, 'api-key');
     expect(state.lastOutcome).toBe('ok');
@@ -88,11 +93,16 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('many schedulers starting at once make one schedule and no duplicate runs', async () => {
-    const { config, local } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
-    await Promise.all(Array.from({ length: 4 }, () => startRotation(config)));
+  it('many schedulers starting at once make one schedule and no duplicate runs', async ({ redis }) => {
+    const { config, local } = await setup(redis, { schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+    await Promise.all(Array.from({ length: 4 }, () => startRotation(redis, config)));
     const t0 = Date.now();
-    await sleep(3500);
+    // Runs are counted over a span of about three windows: the span is the measurement.
+    await observe(3500);
+    await until(
+      'two rotations',
+      async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 2,
+    );
     const schedulers = await running[0]!.queue.getJobSchedulers();
     expect(schedulers.map((s) => s.key)).toEqual(['rotate-api-key']);
     const rotations = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
@@ -103,25 +113,33 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('a window missed while the scheduler was down is caught up once, not once per window', async () => {
-    const { config } = await setup({ schedule: '1s', rotator: { type: 'random', bytes: 16 } });
-    await startRotation(config);
+  it('a window missed while the scheduler was down is caught up once, not once per window', async ({ redis }) => {
+    const { config } = await setup(redis, { schedule: '1s', rotator: { type: 'random', bytes: 16 } });
+    const events = new FleetEventBus();
+    await startRotation(redis, config, events);
     await until(
       'first rotation',
       async () => (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations >= 1,
     );
     await stopAll();
     const before = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
-    await sleep(3500); // three windows pass with nothing running
-    await startRotation(config);
-    await sleep(700);
+    await observe(3500); // three windows pass with nothing running: the missed windows are the test
+    const caughtUp = awaitNext(events, 'rotation:finished', (e) => e.secret === 'api-key');
+    const restartedAt = Date.now();
+    await startRotation(redis, config, events);
+    await caughtUp;
+    // Runs are counted until 700 ms after the restart (less than one window, so no scheduled run
+    // falls in it): a catch-up per missed window would show three here.
+    await observe(Math.max(0, restartedAt + 700 - Date.now()));
     const after = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).rotations;
     expect(after - before).toBe(1);
     await stopAll();
   });
 
-  it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async () => {
-    const { config, local } = await setup({
+  it('a failed test step keeps the current version, drops the pending one, retries, audits and counts', async ({
+    redis,
+  }) => {
+    const { config, local } = await setup(redis, {
       schedule: 'weekly',
       rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-failing-test.mjs') },
       attempts: 2,
@@ -130,9 +148,9 @@ describe('secret rotation', () => {
     const events = new FleetEventBus();
     const finished: FleetEvents['rotation:finished'][] = [];
     events.on('rotation:finished', (e) => finished.push(e));
-    const svc = await startRotation(config, events);
+    const svc = await startRotation(redis, config, events);
     const job = await svc.rotateNow('api-key');
-    await until('both attempts', async () => (await job.getState()) === 'failed');
+    await waitForBullJob(job, 'failed');
     expect(await currentVersion(local)).toBe('1');
     expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
     await expect(local.readVersion('api-key', '2')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
@@ -149,22 +167,31 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('keeps the previous version readable for the grace window, then retires it and runs finish', async () => {
-    const { config, local } = await setup({
+  it('keeps the previous version readable for the grace window, then retires it and runs finish', async ({ redis }) => {
+    const { config, local } = await setup(redis, {
       schedule: 'weekly',
       rotator: { type: 'module', path: path.join(FIXTURES, 'rotator-external.mjs') },
       graceSeconds: 1,
     });
     const { logger, lines } = capturingLogger();
-    const svc = await startRotation(config, new FleetEventBus(), logger);
+    const svc = await startRotation(redis, config, new FleetEventBus(), logger);
     const job = await svc.rotateNow('api-key');
-    await until('rotation', async () => (await job.getState()) === 'completed');
+    await waitForBullJob(job, 'completed');
     expect(await currentVersion(local)).toBe('2');
     expect(Buffer.from((await local.readVersion('api-key', '2')).value).toString()).toMatch(/^18-next-\d+$/);
     expect(Buffer.from((await local.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
-    await sleep(1200);
-    await svc.sweep();
-    await expect(local.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    const retireAt = (await readRotationState(redis.client, config.redis.prefix, 'api-key')).retiring['1'];
+    expect(retireAt, 'version 1 is waiting out its grace window').toBeDefined();
+    await until('version 1 to be retired once its grace window is over', async () => {
+      await svc.sweep();
+      return (
+        (await local.readVersion('api-key', '1').then(
+          () => false,
+          (e: { code?: string }) => e.code,
+        )) === 'SECRET_NOT_FOUND'
+      );
+    });
+    expect(Date.now(), 'retired no earlier than the end of its grace window').toBeGreaterThanOrEqual(retireAt!);
     // Each step ran in its own sandbox with no credential in its environment (proxy and temp settings only).
     const calls = lines.flatMap(
       (l) => (JSON.parse(l) as { msg: string }).msg.match(/^rotator-call (.*)$/)?.slice(1) ?? [],
@@ -188,17 +215,17 @@ describe('secret rotation', () => {
     await stopAll();
   });
 
-  it('jobs starting after a promotion get the new version; a job already running keeps its copy', async () => {
-    const { config, local } = await setup({ schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [
+  it('jobs starting after a promotion get the new version; a job already running keeps its copy', async ({ redis }) => {
+    const { config, local } = await setup(redis, { schedule: 'weekly', rotator: { type: 'random', bytes: 16 } }, [
       fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] }),
     ]);
     await startSupervisor({ config });
-    const svc = await startRotation(config);
+    const svc = await startRotation(redis, config);
     const p = makeProducer(config);
     const inFlight = await p.enqueue('reader', { names: ['api-key'], holdMs: 1500 });
-    await until('in-flight job active', async () => (await p.getJob(inFlight.id)).state === 'active');
+    await waitForJobState(p, inFlight.id, 'active');
     const job = await svc.rotateNow('api-key');
-    await until('rotation', async () => (await job.getState()) === 'completed');
+    await waitForBullJob(job, 'completed');
     const v2 = Buffer.from((await local.readVersion('api-key', '2')).value);
     const after = await waitForJob(p, (await p.enqueue('reader', { names: ['api-key'] })).id);
     const before = await waitForJob(p, inFlight.id);

@@ -1,7 +1,6 @@
 import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { describe, expect, it } from 'vitest';
 import { resolveConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { FleetError } from '../src/errors.js';
@@ -11,9 +10,8 @@ import { Sandbox } from '../src/workers/sandbox.js';
 import { SandboxPool } from '../src/workers/sandbox-pool.js';
 import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import type { ProcessHostOptions } from '../src/workers/sandbox-host.js';
-import { FIXTURES, fixtureType, guardAgainstLeaks } from './helpers/fleet.js';
-
-guardAgainstLeaks();
+import { FIXTURES, fixtureType, osLayerOff, processSandbox } from './helpers/fleet.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 function start(fixture: string, maxOldGenerationSizeMb = 64, maxResultBytes = 1_000_000): Promise<Sandbox> {
   return Sandbox.start({
@@ -216,7 +214,7 @@ describe('sandbox', () => {
 function pool(type: JobTypeInput): SandboxPool {
   const cfg = resolveConfig({ redis: { url: 'redis://unused' }, jobTypes: [type] }, { baseDir: FIXTURES });
   return new SandboxPool(cfg.jobTypes.get(type.name)!, silentLogger, new FleetEventBus(), {
-    osLayer: { available: false, reason: 'thread sandboxes', bwrapPath: 'bwrap' },
+    osLayer: osLayerOff('thread sandboxes'),
     forbiddenPaths: [],
     fleetAddresses: [],
   });
@@ -243,8 +241,7 @@ describe('sandbox pool', () => {
     expect(results.map((r) => r.runs)).toEqual([1, 1, 1]);
     expect(results.map((r) => r.touched)).toEqual([1, 1, 1]);
     // Spares are refilled in the background after each hand-out.
-    for (let i = 0; i < 100 && p.stats().warm < 2; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(p.stats().warm).toBe(2);
+    await expect.poll(() => p.stats().warm, { timeout: 5000, message: 'two warm spares again' }).toBe(2);
     await p.close();
   });
 
@@ -279,24 +276,9 @@ describe.each([
   ['OS layer off', false],
   ['OS layer on', true],
 ])('process sandbox (%s)', (_name, wantOs) => {
-  const layer = async (): Promise<OsLayer> =>
-    wantOs ? probeOsLayer('auto') : { available: false, reason: 'test', bwrapPath: 'bwrap' };
+  const layer = async (): Promise<OsLayer> => (wantOs ? probeOsLayer('auto') : osLayerOff('test'));
   const startProcess = async (fixture: string, extra: Partial<ProcessHostOptions> = {}): Promise<Sandbox> =>
-    Sandbox.start({
-      processorPath: path.join(FIXTURES, fixture),
-      jobType: 't',
-      maxResultBytes: 1_000_000,
-      maxOldGenerationSizeMb: 64,
-      process: {
-        osLayer: await layer(),
-        egress: 'none',
-        tmpSizeMb: 8,
-        readPaths: [],
-        forbiddenPaths: [],
-        fleetAddresses: [],
-        ...extra,
-      },
-    });
+    Sandbox.start(processSandbox(fixture, await layer(), extra));
   const skip = wantOs && !OS_LAYER.available;
 
   it.skipIf(skip)(
@@ -379,37 +361,18 @@ describe.each([
       writeFileSync(path.join(dir, 'p.mjs'), 'export default () => 1;');
       symlinkSync('/etc', path.join(dir, 'escape'));
       await expect(
-        Sandbox.start({
-          processorPath: path.join(dir, 'p.mjs'),
-          jobType: 't',
-          maxResultBytes: 1000,
-          maxOldGenerationSizeMb: 64,
-          process: {
-            osLayer: await layer(),
-            egress: 'none',
-            tmpSizeMb: 8,
-            readPaths: [],
-            forbiddenPaths: [],
-            fleetAddresses: [],
-          },
-        }),
+        Sandbox.start(processSandbox(path.join(dir, 'p.mjs'), await layer(), {}, { maxResultBytes: 1000 })),
       ).rejects.toThrow(/symlink that leaves it: .*escape -> \/etc/);
       rmSync(path.join(dir, 'escape'));
       await expect(
-        Sandbox.start({
-          processorPath: path.join(dir, 'p.mjs'),
-          jobType: 't',
-          maxResultBytes: 1000,
-          maxOldGenerationSizeMb: 64,
-          process: {
-            osLayer: await layer(),
-            egress: 'none',
-            tmpSizeMb: 8,
-            readPaths: [],
-            forbiddenPaths: [path.join(dir, '.fleet')],
-            fleetAddresses: [],
-          },
-        }),
+        Sandbox.start(
+          processSandbox(
+            path.join(dir, 'p.mjs'),
+            await layer(),
+            { forbiddenPaths: [path.join(dir, '.fleet')] },
+            { maxResultBytes: 1000 },
+          ),
+        ),
       ).rejects.toThrow(/would be able to read .*\.fleet.*Fix: keep processors in a directory of their own/);
       rmSync(dir, { recursive: true, force: true });
     },

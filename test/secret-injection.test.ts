@@ -9,26 +9,15 @@ import https from 'node:https';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { readAudit } from '../src/secrets/audit.js';
 import { EgressCa } from '../src/workers/egress-ca.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-  localStore,
-} from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob, localStore } from './helpers/fleet.js';
+import { afterAll, beforeAll, describe, expect, it, type TestRedis } from './helpers/fixture.js';
 
 const TOKEN = 'sk-live-injected-0123456789abcdef';
 const BODY_TOKEN = 'body-token-fedcba9876543210';
-const redis = useTestRedis();
-guardAgainstLeaks();
 
 interface Seen {
   method: string;
@@ -72,7 +61,7 @@ afterAll(() => {
   unbound?.server.close();
 });
 
-function injectConfig(extra: { isolation?: 'job' | 'pool' } = {}): ReturnType<typeof testConfig> {
+function injectConfig(redis: TestRedis, extra: { isolation?: 'job' | 'pool' } = {}): ReturnType<typeof testConfig> {
   const b = `127.0.0.1:${bound.port}`;
   return testConfig(
     redis.url,
@@ -97,6 +86,7 @@ function injectConfig(extra: { isolation?: 'job' | 'pool' } = {}): ReturnType<ty
 }
 
 async function withFleet<T>(
+  redis: TestRedis,
   fn: (ctx: {
     run: (data: Record<string, unknown>) => Promise<Record<string, unknown> & { jobId: string }>;
     config: ReturnType<typeof injectConfig>;
@@ -105,7 +95,7 @@ async function withFleet<T>(
   }) => Promise<T>,
   isolation: 'job' | 'pool' = 'pool',
 ): Promise<T> {
-  const config = injectConfig({ isolation });
+  const config = injectConfig(redis, { isolation });
   const store = localStore(config.dataDir, 2);
   await store.write('api-token', Buffer.from(TOKEN));
   await store.write('body-token', Buffer.from(BODY_TOKEN));
@@ -126,8 +116,10 @@ const boundUrl = (): string => `https://127.0.0.1:${bound.port}/v1/charges`;
 const unboundUrl = (): string => `https://127.0.0.1:${unbound.port}/collect`;
 
 describe('secrets injected at egress', () => {
-  it('the bound service receives the real value; the sandbox holds only a placeholder, and the echoed value comes back masked', async () => {
-    await withFleet(async ({ run, config, metrics }) => {
+  it('the bound service receives the real value; the sandbox holds only a placeholder, and the echoed value comes back masked', async ({
+    redis,
+  }) => {
+    await withFleet(redis, async ({ run, config, metrics }) => {
       const before = bound.seen.length;
       const r = await run({ url: boundUrl(), where: 'header' });
       expect(r.status).toBe(200);
@@ -153,8 +145,8 @@ describe('secrets injected at egress', () => {
     });
   });
 
-  it('in the body only where the binding allows it; a secret in its own header and format', async () => {
-    await withFleet(async ({ run }) => {
+  it('in the body only where the binding allows it; a secret in its own header and format', async ({ redis }) => {
+    await withFleet(redis, async ({ run }) => {
       const before = bound.seen.length;
       const ok = await run({ url: boundUrl(), where: 'body', secret: 'body-token' });
       expect(ok.status).toBe(200);
@@ -178,14 +170,17 @@ describe('secrets injected at egress', () => {
     });
   });
 
-  it("the sandbox's memory, read from outside during the job, never holds the value; it does hold the placeholder", async () => {
-    await withFleet(async ({ config }) => {
+  it("the sandbox's memory, read from outside during the job, never holds the value; it does hold the placeholder", async ({
+    redis,
+  }) => {
+    await withFleet(redis, async ({ config }) => {
       const producer = makeProducer(config);
+      const before = bound.seen.length;
       const { id } = await producer.enqueue('caller', { url: boundUrl(), where: 'header', holdMs: 2500 });
       // Wait until the request went out (the bound service saw it), then read the sandbox's memory.
-      const before = bound.seen.length;
-      for (let i = 0; i < 200 && bound.seen.length === before; i++) await new Promise((r) => setTimeout(r, 25));
-      expect(bound.seen.length).toBeGreaterThan(before);
+      await expect
+        .poll(() => bound.seen.length, { timeout: 5000, message: 'the bound service to see the request' })
+        .toBeGreaterThan(before);
       const pids = sandboxPids();
       expect(pids.length).toBeGreaterThan(0);
       const placeholder = (await producer.getJob(id)).state === 'completed' ? null : undefined;
@@ -204,7 +199,9 @@ describe('secrets injected at egress', () => {
 });
 
 describe('operators see the modes', () => {
-  it("fleet status --secrets shows each secret's mode per type and its binding; fleet doctor warns about a delivered secret that has a binding", async () => {
+  it("fleet status --secrets shows each secret's mode per type and its binding; fleet doctor warns about a delivered secret that has a binding", async ({
+    redis,
+  }) => {
     const { secretsStatus, renderSecretsStatus } = await import('../src/cli/secrets-commands.js');
     const { doctor } = await import('../src/cli/doctor.js');
     const b = `127.0.0.1:${bound.port}`;
@@ -234,8 +231,10 @@ describe('operators see the modes', () => {
 });
 
 describe('hostile: a processor misusing an injected secret', () => {
-  it('cannot send it to an allowed but unbound host: refused, audited, counted; the host receives nothing', async () => {
-    await withFleet(async ({ run, config, metrics }) => {
+  it('cannot send it to an allowed but unbound host: refused, audited, counted; the host receives nothing', async ({
+    redis,
+  }) => {
+    await withFleet(redis, async ({ run, config, metrics }) => {
       const r = await run({ url: unboundUrl(), where: 'header' });
       expect(r).toMatchObject({ status: 403, refused: 'refused' });
       expect(r.text).toMatch(/"api-token" is bound to 127\.0\.0\.1:\d+, not 127\.0\.0\.1:\d+/);
@@ -253,8 +252,8 @@ describe('hostile: a processor misusing an injected secret', () => {
     });
   });
 
-  it('cannot put the placeholder in a query string, another header, or a plain-HTTP request', async () => {
-    await withFleet(async ({ run }) => {
+  it('cannot put the placeholder in a query string, another header, or a plain-HTTP request', async ({ redis }) => {
+    await withFleet(redis, async ({ run }) => {
       const n = bound.seen.length;
       const query = await run({ url: boundUrl(), where: 'query' });
       expect(query.status).toBe(403);
@@ -269,26 +268,32 @@ describe('hostile: a processor misusing an injected secret', () => {
     });
   });
 
-  it('cannot replay a placeholder after its job, in job isolation too (job 1 to job 2)', async () => {
+  it('cannot replay a placeholder after its job, in job isolation too (job 1 to job 2)', async ({ redis }) => {
     for (const isolation of ['pool', 'job'] as const) {
-      await withFleet(async ({ run, config }) => {
-        const first = await run({ url: boundUrl(), where: 'header' });
-        expect(first.status).toBe(200);
-        const n = bound.seen.length;
-        const replay = await run({ url: boundUrl(), where: 'header', placeholder: first.placeholder });
-        expect(replay.status).toBe(403);
-        expect(replay.text).toMatch(
-          new RegExp(`placeholder of job ${String(first.jobId).replace('.', '\\.')}, which has ended \\(a replay\\)`),
-        );
-        expect(bound.seen.length).toBe(n);
-        const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-token' });
-        expect(audit.some((a) => a.action === 'inject-refused' && a.jobId === replay.jobId)).toBe(true);
-      }, isolation);
+      await withFleet(
+        redis,
+        async ({ run, config }) => {
+          const first = await run({ url: boundUrl(), where: 'header' });
+          expect(first.status).toBe(200);
+          const n = bound.seen.length;
+          const replay = await run({ url: boundUrl(), where: 'header', placeholder: first.placeholder });
+          expect(replay.status).toBe(403);
+          expect(replay.text).toMatch(
+            new RegExp(`placeholder of job ${String(first.jobId).replace('.', '\\.')}, which has ended \\(a replay\\)`),
+          );
+          expect(bound.seen.length).toBe(n);
+          const audit = await readAudit(redis.client, config.redis.prefix, { secret: 'api-token' });
+          expect(audit.some((a) => a.action === 'inject-refused' && a.jobId === replay.jobId)).toBe(true);
+        },
+        isolation,
+      );
     }
   });
 
-  it('cannot send the value inside the tunnel to another Host or an absolute-form URL: refused, audited as exfiltration', async () => {
-    await withFleet(async ({ run, config }) => {
+  it('cannot send the value inside the tunnel to another Host or an absolute-form URL: refused, audited as exfiltration', async ({
+    redis,
+  }) => {
+    await withFleet(redis, async ({ run, config }) => {
       const n = bound.seen.length;
       const host = await run({ url: boundUrl(), hostHeader: 'internal-admin.example' });
       expect(host.status).toBe(403);
@@ -308,19 +313,25 @@ describe('hostile: a processor misusing an injected secret', () => {
     });
   });
 
-  it('a response that arrives after its job ended never reaches the sandbox (pool isolation): the exchange is cut at job end', async () => {
-    await withFleet(async ({ run }) => {
-      const fired = await run({ url: `https://127.0.0.1:${bound.port}/slow`, fireLate: true });
-      expect(fired).toMatchObject({ fired: true });
-      // The next job of the same sandbox reads whatever came back for the first one.
-      const next = await run({ readLate: 3000 });
-      expect(String(next.late)).not.toContain(TOKEN);
-      expect(String(next.late)).toMatch(/^error: /);
-    }, 'pool');
+  it('a response that arrives after its job ended never reaches the sandbox (pool isolation): the exchange is cut at job end', async ({
+    redis,
+  }) => {
+    await withFleet(
+      redis,
+      async ({ run }) => {
+        const fired = await run({ url: `https://127.0.0.1:${bound.port}/slow`, fireLate: true });
+        expect(fired).toMatchObject({ fired: true });
+        // The next job of the same sandbox reads whatever came back for the first one.
+        const next = await run({ readLate: 3000 });
+        expect(String(next.late)).not.toContain(TOKEN);
+        expect(String(next.late)).toMatch(/^error: /);
+      },
+      'pool',
+    );
   });
 
-  it("cannot read the proxy's CA key, and cannot get the value over the raw IPC channel", async () => {
-    await withFleet(async ({ run, config }) => {
+  it("cannot read the proxy's CA key, and cannot get the value over the raw IPC channel", async ({ redis }) => {
+    await withFleet(redis, async ({ run, config }) => {
       const key = path.join(config.dataDir, 'egress-ca', 'ca.key');
       expect(readFileSync(key, 'utf8')).toContain('PRIVATE KEY');
       const r = await run({ readFile: key });

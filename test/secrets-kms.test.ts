@@ -20,6 +20,7 @@ import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { providerContract } from './helpers/provider-contract.js';
 import { startTestRedis, uniquePrefix } from './helpers/redis.js';
 import { startKms, useLocalAwsCredentials, type TestServer } from './helpers/servers.js';
+import { waitForBullJob } from './helpers/wait.js';
 
 useLocalAwsCredentials();
 const kms = await startKms();
@@ -131,9 +132,7 @@ describe.skipIf(!server)('KMS provider (real KMS API)', () => {
       // The scheduler turned on automatic rotation of the customer key (secrets.kms.enableKeyRotation).
       expect(await prov.keyRotationEnabled()).toBe(true);
       const job = await svc.rotateNow('enc-key');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
-        await new Promise((res) => setTimeout(res, 50));
-      expect(await job.getState()).toBe('completed');
+      await waitForBullJob(job, 'completed');
       const cur = await prov.readVersion('enc-key');
       expect(cur.version).toBe('2');
       expect(Buffer.from(cur.value).toString()).toBe('stable-encryption-key-material');

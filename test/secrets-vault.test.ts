@@ -15,12 +15,14 @@ import {
   startSupervisor,
   testConfig,
   until,
+  vaultSecrets,
   waitForJob,
 } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { CONTRACT_JOB_TYPE, CONTRACT_SECRETS, providerContract } from './helpers/provider-contract.js';
 import { startTestRedis } from './helpers/redis.js';
 import { setupDevVault, startVault, type VaultServer } from './helpers/servers.js';
+import { waitForBullJob } from './helpers/wait.js';
 
 const vault = await startVault();
 if ('reason' in vault) console.warn(`SKIPPING Vault tests: ${vault.reason}`);
@@ -92,13 +94,7 @@ function vaultConfig(extraTypes: Parameters<typeof fixtureType>[] = []): FleetCo
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
-          tokenTtlMarginMs: 5000,
-        },
+        vault: vaultSecrets(server!.url, { tokenTtlMarginMs: 5000 }),
       },
     },
   );
@@ -225,6 +221,8 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     // Without a TTL margin a spare could never cover a whole job: none is minted.
     const noMargin = provider(vaultConfig(), 1, 0);
     await (await noMargin.lease({ jobId: 'reader.3', jobType: 'reader', names: ['a-key'], ttlMs: 5000 })).release();
+    // Nothing to wait for: the claim is that no spare is minted, so this gives a background mint
+    // (which takes tens of ms against this Vault) the time it would need to show up.
     await new Promise((r) => setTimeout(r, 300));
     expect(await mine()).toEqual([]);
     await noMargin.close();
@@ -318,14 +316,10 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-bad-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+        vault: vaultSecrets(server!.url, {
           rotatorRoleIdEnv: 'FLEET_TEST_VAULT_BAD_ROLE_ID',
           rotatorSecretIdEnv: 'FLEET_TEST_VAULT_BAD_SECRET_ID',
-        },
+        }),
         items: { 'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, attempts: 1 } } },
       },
     });
@@ -336,8 +330,7 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await svc.start().catch(() => undefined);
     try {
       const job = await svc.rotateNow('a-key');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'failed'; i++) await new Promise((r) => setTimeout(r, 50));
-      expect(await job.getState()).toBe('failed');
+      await waitForBullJob(job, 'failed');
       // The scheduler's first tick may try too: every attempt is a recorded failure.
       expect(finished.length).toBeGreaterThan(0);
       expect(finished.every((e) => !e.ok)).toBe(true);
@@ -360,14 +353,10 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       dataDir: mkdtempSync(path.join(tmpdir(), 'fleet-vault-rot-')),
       secrets: {
         provider: 'vault',
-        vault: {
-          address: server!.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_TEST_VAULT_ROLE_ID',
-          secretIdEnv: 'FLEET_TEST_VAULT_SECRET_ID',
+        vault: vaultSecrets(server!.url, {
           rotatorRoleIdEnv: 'FLEET_TEST_VAULT_ROTATOR_ROLE_ID',
           rotatorSecretIdEnv: 'FLEET_TEST_VAULT_ROTATOR_SECRET_ID',
-        },
+        }),
         items: {
           'a-key': { rotation: { schedule: 'weekly', rotator: { type: 'random', bytes: 16 }, graceSeconds: 1 } },
         },
@@ -378,9 +367,7 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await svc.start();
     try {
       const job = await svc.rotateNow('a-key');
-      for (let i = 0; i < 100 && (await job.getState()) !== 'completed'; i++)
-        await new Promise((r) => setTimeout(r, 50));
-      expect(await job.getState()).toBe('completed');
+      await waitForBullJob(job, 'completed');
       const meta = await root('GET', 'secret/metadata/fleet/a-key');
       expect(meta.data.current_version).toBe(before + 1);
       const previous = await root('GET', `secret/data/fleet/a-key?version=${before}`);
@@ -391,10 +378,12 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
       const p = makeProducer(config);
       const res = await waitForJob(p, (await p.enqueue('reader', { names: ['a-key'] })).id);
       expect((res.result as Record<string, { length: number }>)['a-key']!.length).toBe(22);
-      await new Promise((r) => setTimeout(r, 1200));
-      await svc.sweep();
-      const destroyed = await root('GET', 'secret/metadata/fleet/a-key');
-      expect(destroyed.data.versions[String(before)].destroyed).toBe(true);
+      // The previous version is destroyed once its grace window (1 s) is over.
+      await until(`Vault version ${before} of a-key to be destroyed after the grace window`, async () => {
+        await svc.sweep();
+        const meta = await root('GET', 'secret/metadata/fleet/a-key');
+        return meta.data.versions[String(before)].destroyed === true;
+      });
     } finally {
       await svc.stop();
       // Restore the value other tests expect.

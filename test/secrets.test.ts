@@ -4,31 +4,21 @@ import { mkdtempSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { describe, expect, it, vi } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
-import { readAudit, readSecretStats } from '../src/secrets/audit.js';
+import { readSecretStats } from '../src/secrets/audit.js';
 import { encodings, SecretMask } from '../src/workers/secret-mask.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-  localStore,
-} from './helpers/fleet.js';
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob, localStore } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { providerContract } from './helpers/provider-contract.js';
-import { useTestRedis } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { waitForAudit } from './helpers/wait.js';
+import { describe, expect, it, vi, type TestRedis } from './helpers/fixture.js';
 
 const sha = (s: string): string => createHash('sha256').update(s).digest('hex');
 
 /** A config using the local provider in a fresh data dir, with the given secrets stored. */
 async function withLocalSecrets(
+  redis: TestRedis,
   types: JobTypeInput[],
   secrets: Record<string, string>,
 ): Promise<{ config: FleetConfig; provider: LocalProvider }> {
@@ -60,8 +50,10 @@ describe('secret masking', () => {
 });
 
 describe('local provider (dev store)', () => {
-  it('keeps versions, seals each with its name and version, and generates a 0600 key', async () => {
-    const { config, provider } = await withLocalSecrets([fixtureType('t', 'ok.mjs')], { 'api-key': 'first-value' });
+  it('keeps versions, seals each with its name and version, and generates a 0600 key', async ({ redis }) => {
+    const { config, provider } = await withLocalSecrets(redis, [fixtureType('t', 'ok.mjs')], {
+      'api-key': 'first-value',
+    });
     await provider.write('api-key', Buffer.from('second-value'));
     const lease = await provider.lease({ jobId: 'j', jobType: 't', names: ['api-key'], ttlMs: 1000 });
     const v = await lease.read('api-key');
@@ -73,8 +65,8 @@ describe('local provider (dev store)', () => {
     expect(await provider.list()).toEqual([expect.objectContaining({ name: 'api-key', version: '2' })]);
   });
 
-  it('fails loudly on a tampered ciphertext or one moved to another name', async () => {
-    const { config, provider } = await withLocalSecrets([fixtureType('t', 'ok.mjs')], {
+  it('fails loudly on a tampered ciphertext or one moved to another name', async ({ redis }) => {
+    const { config, provider } = await withLocalSecrets(redis, [fixtureType('t', 'ok.mjs')], {
       a: 'value-of-a',
       b: 'value-of-b',
     });
@@ -98,10 +90,14 @@ describe('provider contract: local', () => {
 });
 
 describe('secrets in jobs', () => {
-  it('hands a declared secret to the job, audits the access and leaves no value alive', async () => {
-    const { config } = await withLocalSecrets([fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })], {
-      'api-key': 'sk-live-abcdef123456',
-    });
+  it('hands a declared secret to the job, audits the access and leaves no value alive', async ({ redis }) => {
+    const { config } = await withLocalSecrets(
+      redis,
+      [fixtureType('reader', 'secret-reader.mjs', { secrets: ['api-key'] })],
+      {
+        'api-key': 'sk-live-abcdef123456',
+      },
+    );
     const sup = await startSupervisor({ config });
     let alive = 0;
     sup.events.on('secret:values', (e) => (alive += e.delta));
@@ -111,8 +107,7 @@ describe('secrets in jobs', () => {
     expect(job.result).toEqual({ 'api-key': { length: 20, sha256: sha('sk-live-abcdef123456') } });
     expect(alive).toBe(0);
     const r = new Redis(redis.url);
-    await new Promise((res) => setTimeout(res, 100));
-    const audit = await readAudit(r, config.redis.prefix);
+    const audit = await waitForAudit(r, config.redis.prefix, {}, 1);
     expect(audit).toEqual([
       expect.objectContaining({
         outcome: 'granted',
@@ -132,8 +127,11 @@ describe('secrets in jobs', () => {
     r.disconnect();
   });
 
-  it('when one of several secrets fails, the values already fetched are zero-filled and the values-alive gauge never goes negative', async () => {
+  it('when one of several secrets fails, the values already fetched are zero-filled and the values-alive gauge never goes negative', async ({
+    redis,
+  }) => {
     const { config } = await withLocalSecrets(
+      redis,
       [fixtureType('two', 'secret-reader.mjs', { secrets: ['present', 'absent'], isolation: 'job' })],
       { present: 'value-that-was-fetched-1' },
     );
@@ -173,8 +171,11 @@ describe('secrets in jobs', () => {
     }
   });
 
-  it('denies an undeclared secret with SecretScopeError, audits the denial, and never fetches it', async () => {
+  it('denies an undeclared secret with SecretScopeError, audits the denial, and never fetches it', async ({
+    redis,
+  }) => {
     const { config } = await withLocalSecrets(
+      redis,
       [
         fixtureType('nosy', 'secret-undeclared.mjs', { secrets: ['mine'] }),
         fixtureType('plain', 'secret-undeclared.mjs', { attempts: 1 }),
@@ -199,8 +200,7 @@ describe('secrets in jobs', () => {
     // and counted in one bucket (a sandbox picks these names; each would be a key and a series).
     expect(denials).toEqual(['nosy:(undeclared)', 'plain:(undeclared)']);
     const r = new Redis(redis.url);
-    await new Promise((res) => setTimeout(res, 100));
-    const denied = await readAudit(r, config.redis.prefix, { deniedOnly: true });
+    const denied = await waitForAudit(r, config.redis.prefix, { deniedOnly: true }, 2);
     expect(denied.map((d) => [d.jobType, d.secret, d.reason])).toEqual([
       ['plain', '(undeclared)', 'SECRET_SCOPE: "theirs"'],
       ['nosy', '(undeclared)', 'SECRET_SCOPE: "theirs"'],
@@ -208,9 +208,12 @@ describe('secrets in jobs', () => {
     r.disconnect();
   });
 
-  it('masks the value in logs, console, stdout, progress, result and errors; a leak scan finds nothing', async () => {
+  it('masks the value in logs, console, stdout, progress, result and errors; a leak scan finds nothing', async ({
+    redis,
+  }) => {
     const value = 'hunter2-Sup3r/Secret?&=';
     const { config } = await withLocalSecrets(
+      redis,
       [fixtureType('leaky', 'secret-leaker.mjs', { secrets: ['db-password'], attempts: 1 })],
       { 'db-password': value },
     );
@@ -230,8 +233,9 @@ describe('secrets in jobs', () => {
     expect(hits).toEqual([]);
   });
 
-  it('zero-fills the bytes handed to a job when it ends', async () => {
+  it('zero-fills the bytes handed to a job when it ends', async ({ redis }) => {
     const { config } = await withLocalSecrets(
+      redis,
       [fixtureType('keeper', 'secret-keeper.mjs', { secrets: ['k'], isolation: 'pool', concurrency: 1 })],
       { k: 'keep-me-if-you-can' },
     );
@@ -242,8 +246,9 @@ describe('secrets in jobs', () => {
     expect(second.result).toEqual({ previous: { length: 18, allZero: true } });
   });
 
-  it('fails with SECRET_NOT_FOUND naming the secret and the fix, without retrying', async () => {
+  it('fails with SECRET_NOT_FOUND naming the secret and the fix, without retrying', async ({ redis }) => {
     const { config } = await withLocalSecrets(
+      redis,
       [fixtureType('reader', 'secret-reader.mjs', { secrets: ['missing-key'], attempts: 3 })],
       {},
     );
@@ -256,7 +261,7 @@ describe('secrets in jobs', () => {
     expect(job.error!.message).toContain('fleet secrets set missing-key');
   });
 
-  it("keeps the supervisor's environment out of the sandbox", async () => {
+  it("keeps the supervisor's environment out of the sandbox", async ({ redis }) => {
     process.env.VAULT_TOKEN_FOR_TEST = 'hvs.supervisor-only';
     const config = testConfig(redis.url, [fixtureType('probe', 'env-probe.mjs')]);
     await startSupervisor({ config });

@@ -1,22 +1,12 @@
-import { describe, expect, it } from 'vitest';
 import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/keys.js';
 import { FleetEventBus, type FleetEvents, type LifecycleState } from '../src/events.js';
 import { Supervisor } from '../src/workers/supervisor.js';
 import { Lifecycle } from '../src/lifecycle.js';
 import { capturingLogger } from './helpers/leaks.js';
-import {
-  fixtureType,
-  guardAgainstLeaks,
-  makeProducer,
-  startSupervisor,
-  testConfig,
-  waitForJob,
-} from './helpers/fleet.js';
-import { useTestRedis } from './helpers/redis.js';
-
-const redis = useTestRedis();
-guardAgainstLeaks();
+import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
+import { waitForJobState } from './helpers/wait.js';
+import { describe, expect, it } from './helpers/fixture.js';
 
 /** Most jobs running at one instant (a sweep over start/end events; ends sort before starts). */
 function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): number {
@@ -30,7 +20,7 @@ function maxSimultaneous(spans: { startedAt: number; endedAt: number }[]): numbe
 }
 
 describe('supervisor', () => {
-  it('runs an enqueued job in a sandbox and stores its result', async () => {
+  it('runs an enqueued job in a sandbox and stores its result', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
     await startSupervisor({ config });
     const p = makeProducer(config);
@@ -41,7 +31,7 @@ describe('supervisor', () => {
     expect(job.timings.startedAt).toBeGreaterThanOrEqual(job.timings.enqueuedAt);
   });
 
-  it('fails each failure mode with its own code and keeps serving other jobs', async () => {
+  it('fails each failure mode with its own code and keeps serving other jobs', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('throws', 'throws.mjs'),
       fixtureType('nonerror', 'throws-non-error.mjs'),
@@ -78,7 +68,7 @@ describe('supervisor', () => {
     expect(outcomes.find((o) => o.jobType === 'oom')?.outcome).toBe('oom');
   });
 
-  it('retries a failing job with backoff up to its attempts', async () => {
+  it('retries a failing job with backoff up to its attempts', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('flaky', 'flaky.mjs', { attempts: 2, backoff: { type: 'fixed', delayMs: 50 } }),
     ]);
@@ -91,7 +81,7 @@ describe('supervisor', () => {
     expect(job.attemptsMade).toBe(2);
   });
 
-  it('does not retry a timeout when retryOnTimeout is false', async () => {
+  it('does not retry a timeout when retryOnTimeout is false', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('loop', 'infinite-loop.mjs', {
         timeoutMs: 300,
@@ -108,7 +98,7 @@ describe('supervisor', () => {
     expect(job.error?.code).toBe('TIMEOUT');
   });
 
-  it('never runs more than `concurrency` jobs of a type at once', async () => {
+  it('never runs more than `concurrency` jobs of a type at once', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, warmSandboxes: 2 })]);
     await startSupervisor({ config });
     const p = makeProducer(config);
@@ -121,7 +111,7 @@ describe('supervisor', () => {
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
-  it('holds a global concurrency cap across supervisors', async () => {
+  it('holds a global concurrency cap across supervisors', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('capped', 'slow.mjs', { concurrency: 3, warmSandboxes: 3, globalConcurrency: 2 }),
     ]);
@@ -137,7 +127,7 @@ describe('supervisor', () => {
     expect(maxSimultaneous(spans)).toBe(2);
   });
 
-  it('cancels an active job in its sandbox, and removes a waiting one', async () => {
+  it('cancels an active job in its sandbox, and removes a waiting one', async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('deaf', 'ignores-abort.mjs', { concurrency: 1, timeoutMs: 20_000 }),
     ]);
@@ -145,8 +135,7 @@ describe('supervisor', () => {
     const p = makeProducer(config);
     const active = await p.enqueue('deaf', {});
     const waiting = await p.enqueue('deaf', {});
-    for (let i = 0; i < 200 && (await p.getJob(active.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, active.id, 'active');
     expect(await p.cancel(waiting.id)).toMatchObject({ outcome: 'removed', previousState: 'waiting' });
     await expect(p.getJob(waiting.id)).rejects.toMatchObject({ code: 'JOB_NOT_FOUND' });
     expect(await p.cancel(active.id)).toMatchObject({ outcome: 'cancelling' });
@@ -157,15 +146,16 @@ describe('supervisor', () => {
     expect(sup.status().types[0]!.active).toBe(0);
   });
 
-  it('on stop, returns jobs still running at the deadline to the queue; another supervisor finishes them', async () => {
+  it('on stop, returns jobs still running at the deadline to the queue; another supervisor finishes them', async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs', { concurrency: 2, timeoutMs: 20_000 })]);
     const first = await startSupervisor({ config });
     const states: string[] = [];
     first.events.on('supervisor:state', (e) => states.push(e.state));
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 4000 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, a.id, 'active');
     await first.stop(200);
     expect(states).toEqual(['draining', 'stopped']);
     const back = await p.getJob(a.id);
@@ -176,18 +166,17 @@ describe('supervisor', () => {
     expect(done.state).toBe('completed');
   });
 
-  it('lets running jobs finish when they end before the shutdown deadline', async () => {
+  it('lets running jobs finish when they end before the shutdown deadline', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('slow', 'slow.mjs')]);
     const sup = await startSupervisor({ config });
     const p = makeProducer(config);
     const a = await p.enqueue('slow', { ms: 300 });
-    for (let i = 0; i < 200 && (await p.getJob(a.id)).state !== 'active'; i++)
-      await new Promise((r) => setTimeout(r, 20));
+    await waitForJobState(p, a.id, 'active');
     await sup.stop(5000);
     expect((await p.getJob(a.id)).state).toBe('completed');
   });
 
-  it("fails a job whose payload was written to Redis behind the producer's back", async () => {
+  it("fails a job whose payload was written to Redis behind the producer's back", async ({ redis }) => {
     const config = testConfig(redis.url, [
       fixtureType('strict', 'ok.mjs', {
         payloadSchema: { type: 'object', properties: { n: { type: 'number' } }, required: ['n'] },
@@ -206,7 +195,9 @@ describe('supervisor', () => {
     expect(job.error?.code).toBe('INVALID_PAYLOAD');
   });
 
-  it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async () => {
+  it('pool isolation reuses a sandbox after a job that threw, and replaces one that was terminated', async ({
+    redis,
+  }) => {
     const config = testConfig(redis.url, [
       fixtureType('mixed', 'state-or-spin.mjs', {
         isolation: 'pool',
@@ -234,7 +225,7 @@ describe('supervisor', () => {
     expect(after.runs).toBe(1);
   });
 
-  it('publishes its status for `fleet status`', async () => {
+  it('publishes its status for `fleet status`', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { isolation: 'pool' })]);
     const sup = await startSupervisor({ config });
     const s = sup.status();
@@ -290,7 +281,7 @@ describe('supervisor lifecycle', () => {
     return seen;
   };
 
-  it('starts once: a second start() and a start() after stop() are refused with ILLEGAL_STATE', async () => {
+  it('starts once: a second start() and a start() after stop() are refused with ILLEGAL_STATE', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
     const events = new FleetEventBus();
     const seen = states(events);
@@ -309,7 +300,7 @@ describe('supervisor lifecycle', () => {
     expect(seen).toEqual(['starting', 'running', 'draining', 'stopped']);
   });
 
-  it('stop() before start() ends it without starting; stop() during start() waits, then drains', async () => {
+  it('stop() before start() ends it without starting; stop() during start() waits, then drains', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs')]);
     const never = new Supervisor({ config });
     await never.stop(0);
@@ -326,7 +317,9 @@ describe('supervisor lifecycle', () => {
     expect(seen).toEqual(['starting', 'running', 'draining', 'stopped']);
   });
 
-  it('a failed start closes what it opened (state failed, then stopped) and its listeners are gone', async () => {
+  it('a failed start closes what it opened (state failed, then stopped) and its listeners are gone', async ({
+    redis,
+  }) => {
     // A processor without a default export: its warm sandboxes cannot load it.
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs'), fixtureType('broken', 'no-default.mjs')]);
     const { logger, lines } = capturingLogger();

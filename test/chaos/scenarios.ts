@@ -470,6 +470,7 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     const first = Math.min(...finished.map((j) => j.timestamp));
     const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
     const counts = await q.getJobCounts('completed', 'failed');
+    // The measurement: how many spares are warm again 1.5 s after the load (a heartbeat or more).
     await new Promise((r) => setTimeout(r, 1500));
     const status = Object.values(await fleet.producer.redis.hgetall(supervisorsKey(fleet.config.redis.prefix))).map(
       (v) => JSON.parse(v) as { pid: number; types: { jobType: string; warm: number; busy: number }[] },
@@ -607,9 +608,18 @@ export async function vaultOutage(opts: { jobs: number; outageMs: number }): Pro
         attempts += j?.attemptsMade ?? 0;
         if ((j?.attemptsMade ?? 0) > 1) retried++;
       }
-      await new Promise((r) => setTimeout(r, 300));
-      const audit = await readAudit(fleet.producer.redis, fleet.config.redis.prefix, { limit: 100_000 });
-      const granted = audit.filter((a) => a.outcome === 'granted' && a.action === 'access').length;
+      // Supervisors write the audit in batches: wait until every completed job's grant is in it.
+      let audit: Awaited<ReturnType<typeof readAudit>> = [];
+      const grants = (): number => audit.filter((a) => a.outcome === 'granted' && a.action === 'access').length;
+      await until(
+        'the grant of every completed job in the audit trail',
+        async () => {
+          audit = await readAudit(fleet.producer.redis, fleet.config.redis.prefix, { limit: 100_000 });
+          return grants() >= (c.completed ?? 0);
+        },
+        10_000,
+      );
+      const granted = grants();
       const errors = audit.filter((a) => a.outcome === 'error').length;
       await fleet.release();
       return {

@@ -3,10 +3,12 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, afterEach, expect } from 'vitest';
+import { afterAll, afterEach, expect, vi } from 'vitest';
 import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
 import type { JobTypeInput } from '../../src/config/schema.js';
-import { liveSandboxCount } from '../../src/workers/sandbox.js';
+import { liveSandboxCount, type SandboxOptions } from '../../src/workers/sandbox.js';
+import type { OsLayer } from '../../src/workers/sandbox-boundary.js';
+import type { ProcessHostOptions } from '../../src/workers/sandbox-host.js';
 import { Supervisor, type SupervisorOptions } from '../../src/workers/supervisor.js';
 import { Producer } from '../../src/producers/producer.js';
 import { LocalProvider } from '../../src/secrets/local-provider.js';
@@ -79,6 +81,55 @@ export function testConfig(url: string, jobTypes: JobTypeInput[], extra: Record<
   );
 }
 
+/** The OS layer turned off (a process sandbox on the permission model alone), naming why. */
+export function osLayerOff(reason = 'turned off for the test'): OsLayer {
+  return { available: false, reason, bwrapPath: 'bwrap' };
+}
+
+/**
+ * Options of a process sandbox running `processorPath` (a path, or a name under test/fixtures),
+ * with test-friendly defaults: egress "none", an 8 MB temp dir, nothing extra readable or
+ * forbidden, no fleet addresses; `process` and `extra` override them.
+ */
+export function processSandbox(
+  processorPath: string,
+  osLayer: OsLayer,
+  process: Partial<ProcessHostOptions> = {},
+  extra: Partial<Omit<SandboxOptions, 'process'>> = {},
+): SandboxOptions {
+  return {
+    processorPath: path.isAbsolute(processorPath) ? processorPath : path.join(FIXTURES, processorPath),
+    jobType: 't',
+    maxResultBytes: 1_000_000,
+    maxOldGenerationSizeMb: 64,
+    ...extra,
+    process: {
+      osLayer,
+      egress: 'none',
+      tmpSizeMb: 8,
+      readPaths: [],
+      forbiddenPaths: [],
+      fleetAddresses: [],
+      ...process,
+    },
+  };
+}
+
+/**
+ * `secrets.vault` of a test config: AppRole login with the credentials in the given environment
+ * variables (setupDevVault puts them there), against the Vault at `address`.
+ */
+export function vaultSecrets(
+  address: string,
+  extra: Record<string, unknown> = {},
+  env: { roleId: string; secretId: string } = {
+    roleId: 'FLEET_TEST_VAULT_ROLE_ID',
+    secretId: 'FLEET_TEST_VAULT_SECRET_ID',
+  },
+): Record<string, unknown> {
+  return { address, auth: 'approle', roleIdEnv: env.roleId, secretIdEnv: env.secretId, ...extra };
+}
+
 const started: { release(): Promise<void> }[] = [];
 
 /** Starts a supervisor that is stopped after the test even if the test fails. */
@@ -95,16 +146,24 @@ export function makeProducer(config: FleetConfig): Producer {
   return p;
 }
 
-/** Polls until the job reaches a finished state (or the time runs out). */
-/** Polls `fn` every 50 ms until it holds; fails naming `what` after `timeoutMs`. */
-export async function until(what: string, fn: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
+/**
+ * Polls `fn` every 50 ms until it holds; fails after `timeoutMs` naming `what` (a function is
+ * called then, so the message can say what was last seen).
+ */
+export async function until(
+  what: string | (() => string),
+  fn: () => Promise<boolean>,
+  timeoutMs = 10_000,
+): Promise<void> {
   const end = Date.now() + timeoutMs;
   while (!(await fn())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > end)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
 }
 
+/** Polls until the job reaches a finished state; fails naming the job and its last state after `timeoutMs`. */
 export async function waitForJob(
   p: Producer,
   id: string,
@@ -125,12 +184,20 @@ export async function waitForJob(
  * that keep one fleet running across their tests.
  */
 export function guardAgainstLeaks(scope: 'each' | 'file' = 'each'): void {
-  (scope === 'each' ? afterEach : afterAll)(async () => {
-    const leftover = started.splice(0);
-    for (const s of leftover.reverse()) await s.release();
-    // Terminated threads report exit asynchronously; give them a moment.
-    for (let i = 0; i < 50 && liveSandboxCount() > 0; i++) await new Promise((r) => setTimeout(r, 20));
-    expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0);
+  (scope === 'each' ? afterEach : afterAll)(releaseAndCheckLeaks);
+}
+
+/**
+ * Stops what startSupervisor and makeProducer started (newest first), then fails unless every
+ * sandbox has exited. The leak guard of guardAgainstLeaks and of the test fixture (fixture.ts).
+ */
+export async function releaseAndCheckLeaks(): Promise<void> {
+  const leftover = started.splice(0);
+  for (const s of leftover.reverse()) await s.release();
+  // Terminated threads report exit asynchronously: wait for the count to reach 0, up to a second.
+  await vi.waitFor(() => expect(liveSandboxCount(), 'sandboxes left running after the test').toBe(0), {
+    timeout: 1000,
+    interval: 20,
   });
 }
 

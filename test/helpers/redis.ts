@@ -24,25 +24,49 @@ export async function startTestRedis(): Promise<EmbeddedRedis & { dir: string }>
   };
 }
 
-/** A test Redis for the whole file (and a client to it): started before its tests, released after them. */
-export function useTestRedis(): { readonly url: string; readonly client: Redis } {
-  let server: Awaited<ReturnType<typeof startTestRedis>> | undefined;
+/** A test Redis's URL, and a client to it made on first use. */
+export interface TestRedis {
+  readonly url: string;
+  readonly client: Redis;
+}
+
+/** Starts a test Redis with its client (made on first use); `release()` closes both. */
+export async function openTestRedis(): Promise<TestRedis & { release(): Promise<void> }> {
+  const server = await startTestRedis();
   let client: Redis | undefined;
+  return {
+    url: server.url,
+    get client(): Redis {
+      client ??= new Redis(server.url);
+      return client;
+    },
+    async release() {
+      client?.disconnect();
+      await server.release();
+    },
+  };
+}
+
+/**
+ * A test Redis for the whole file (and a client to it): started before its tests, released after
+ * them. Files on the test fixture (fixture.ts) get it as `redis` in each test instead.
+ */
+export function useTestRedis(): TestRedis {
+  let redis: Awaited<ReturnType<typeof openTestRedis>> | undefined;
   beforeAll(async () => {
-    server = await startTestRedis();
+    redis = await openTestRedis();
   });
   afterAll(async () => {
-    client?.disconnect();
-    await server?.release();
+    await redis?.release();
   });
   return {
     get url(): string {
-      if (!server) throw new Error('test Redis is not started yet (use it inside tests or hooks)');
-      return server.url;
+      if (!redis) throw new Error('test Redis is not started yet (use it inside tests or hooks)');
+      return redis.url;
     },
     get client(): Redis {
-      client ??= new Redis(this.url);
-      return client;
+      if (!redis) throw new Error('test Redis is not started yet (use it inside tests or hooks)');
+      return redis.client;
     },
   };
 }
