@@ -2,7 +2,7 @@
  * The hostile-processor suite (`npm run test:hostile`; also part of `npm test`). A processor that
  * attacks its boundary, one attack per job, run in process sandboxes with the OS layer on (when
  * this machine has it; skipped loudly otherwise) and off. Each test asserts the attempt failed, or
- * exactly the weaker guarantee the README states for a sandbox without the OS layer.
+ * exactly the weaker guarantee docs/security.md states for a sandbox without the OS layer.
  */
 import { mkdtempSync, writeFileSync, existsSync, rmSync } from 'node:fs';
 import http from 'node:http';
