@@ -47,7 +47,7 @@ export const jobTypeSchema = z
     name: z.string().regex(JOB_TYPE_NAME, 'use lowercase letters, digits and dashes, starting with a letter (max 63)'),
     /** Path of the processor module (ESM, `.js`/`.mjs`/`.ts`), relative to the config file. */
     processor: z.string().min(1),
-    /** A zod schema (TS/JS config) or a JSON Schema object (JSON config) for the payload. @defaultValue any JSON value */
+    /** A zod schema (TS/JS config) or a JSON Schema object (JSON config) for the payload; served as JSON Schema by `GET /v1/job-types`. @defaultValue any JSON value */
     payloadSchema: z.union([z.custom<z.ZodType>(isZodSchema), z.record(z.string(), z.unknown())]).optional(),
     /** Shown by `GET /v1/job-types` and in the OpenAPI document. @defaultValue `""` */
     description: z.string().default(''),
