@@ -1,6 +1,8 @@
 import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { FleetConfig } from './config/resolve.js';
+import { FLEET_PRODUCER_NAMES } from './config/schema.js';
+import { tlsVerificationOff } from './config/tls.js';
 import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
@@ -86,6 +88,8 @@ export async function startFleet(options: {
   apiMount?: (app: import('express').Express) => void;
 }): Promise<FleetProcess> {
   const { config, role, logger } = options;
+  const verificationOff = tlsVerificationOff();
+  if (verificationOff) logger.error(`${verificationOff.reason}. Fix: ${verificationOff.fix}.`);
   const events = new FleetEventBus();
   const metrics = new FleetMetrics();
   metrics.attach(events);
@@ -230,7 +234,13 @@ export async function startFleet(options: {
     let producer: Producer | null = null;
     if (role === 'api' || role === 'all') {
       const { Producer } = await import('./producers/producer.js');
-      const api = new Producer({ config, redis: access.urlFor('api'), name: 'api', events, via: 'http' });
+      const api = new Producer({
+        config,
+        redis: access.urlFor('api'),
+        name: FLEET_PRODUCER_NAMES.api,
+        events,
+        via: 'http',
+      });
       producer = api;
       cleanups.push(() => api.close());
       // Bull Board builds its queues now; they must see a ready connection (see Producer#readyQueue).
@@ -249,7 +259,12 @@ export async function startFleet(options: {
       let boardProducer: Producer | undefined;
       if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {
         const { Producer } = await import('./producers/producer.js');
-        const board = new Producer({ config, redis: access.urlFor('ops'), name: 'bull-board', dataKeys: null });
+        const board = new Producer({
+          config,
+          redis: access.urlFor('ops'),
+          name: FLEET_PRODUCER_NAMES.board,
+          dataKeys: null,
+        });
         boardProducer = board;
         cleanups.push(() => board.close());
         await waitForRedis(board.redis);

@@ -148,6 +148,58 @@ describe('config', () => {
     expect(msg).toContain('producers.svc.jobTypes names "b"');
   });
 
+  it("refuses an HTTP producer named like one of the fleet's own producers, or two producers sharing a name: a job's owner is a name", () => {
+    const producer = (name: string, hash: string | string[]) => ({ name, tokenSha256: hash, jobTypes: ['a'] });
+    // The reviewer's config (issue 27): "client" is the TypeScript Producer's default owner name,
+    // and two tokens named "billing" would read each other's sealed jobs in plaintext.
+    const msg = refusal({
+      jobTypes: [fixtureType('a', 'ok.mjs', { encryptData: true })],
+      producers: [
+        producer('client', 'a'.repeat(64)),
+        producer('billing', 'b'.repeat(64)),
+        producer('billing', 'c'.repeat(64)),
+      ],
+    });
+    expect(msg).toContain(
+      'producers.client: "client" is the owner name the fleet\'s own producers record (reserved: client, cli, api, bull-board)',
+    );
+    expect(msg).toContain('Fix: give this producer another name.');
+    expect(msg).toContain('producers.billing: two producers have this name');
+    expect(msg).toContain("list the old and new hashes in one producer's tokenSha256 (an array)");
+    for (const name of ['cli', 'api', 'bull-board'])
+      expect(
+        refusal({ jobTypes: [fixtureType('a', 'ok.mjs')], producers: [producer(name, 'a'.repeat(64))] }),
+      ).toContain(`producers.${name}: "${name}" is the owner name the fleet's own producers record`);
+    // A token rotated in place: one producer, two hashes; a hash in two producers is still refused.
+    const rotated = resolve({
+      jobTypes: [fixtureType('a', 'ok.mjs')],
+      producers: [producer('billing', ['b'.repeat(64), 'c'.repeat(64)])],
+    });
+    expect(rotated.producers[0]?.tokenSha256).toEqual(['b'.repeat(64), 'c'.repeat(64)]);
+    expect(
+      refusal({
+        jobTypes: [fixtureType('a', 'ok.mjs')],
+        producers: [producer('billing', ['b'.repeat(64), 'c'.repeat(64)]), producer('orders', 'c'.repeat(64))],
+      }),
+    ).toContain('producers.orders: the same token is given to two producers. Fix: one token per service.');
+  });
+
+  it.each([
+    ['redis://redis.example.net:6379#@127.0.0.1', 'has a fragment (#…)', "remove it; write a '#' in a password as %23"],
+    ['redis://redis.example.net:6379/?x=@127.0.0.1', "has an '@' after the host", 'remove it, or write it as %40'],
+    ['redis://redis.example.net:6379/@[::1]', "has an '@' after the host", 'remove it, or write it as %40'],
+    [
+      'redis://u:p@ss@redis.example.net',
+      "has more than one '@' before the host",
+      "write an '@' in the user name or password as %40",
+    ],
+  ])('refuses the Redis URL %s at load, naming the setting and the fix', (url, reason, fix) => {
+    const msg = refusal({ redis: { url }, jobTypes: [fixtureType('a', 'ok.mjs')] });
+    expect(msg).toContain(`redis.url (or REDIS_URL) ${reason}`);
+    expect(msg).toContain(`Fix: ${fix}`);
+    expect(msg).not.toContain('redis.example.net');
+  });
+
   it('exports the payload schema as JSON Schema', () => {
     const cfg = resolve({
       jobTypes: [{ name: 'a', processor: './ok.mjs', payloadSchema: z.object({ n: z.number().int() }) }],

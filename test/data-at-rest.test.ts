@@ -20,6 +20,7 @@ import { newJobId } from '../src/producers/job-id.js';
 import { Producer, type JobView } from '../src/producers/producer.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from '../src/redis/embedded-redis.js';
 import { queueKey, queuePrefix } from '../src/redis/keys.js';
+import { jobsSealedUnder } from '../src/rotation/data-key-use.js';
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readRotationState } from '../src/rotation/state.js';
 import { envelopeVersion, sealedEnvelope } from '../src/secrets/job-data-seal.js';
@@ -276,6 +277,28 @@ describe('job data at rest', () => {
     } finally {
       await producer.close();
       await rotation.stop();
+    }
+  });
+
+  it("a version whose envelopes sit only in a job's log lines (past the first page) is still in use: the retirement scan reads the :logs list", async () => {
+    const config = testConfig(adminUrl, [SEALED()]);
+    const queue = new Queue('sealed', { connection: client, prefix: queuePrefix(config.redis.prefix, 'sealed') });
+    try {
+      // The hash under version 2; log lines written by a supervisor that still sealed under version 1.
+      const id = newJobId('sealed');
+      await queue.add('owner', { $sealed: 'fleet:v1:2:hash-envelope' }, { jobId: id });
+      const logs = queueKey(config.redis.prefix, 'sealed', `${id}:logs`);
+      await client.rpush(
+        logs,
+        ...Array.from({ length: 600 }, (_, i) => `fleet:v1:2:line-${i}`),
+        'fleet:v1:1:last-line',
+      );
+      expect(await jobsSealedUnder(client, config, '1')).toEqual([id]);
+      expect(await jobsSealedUnder(client, config, '2')).toEqual([id]);
+      expect(await jobsSealedUnder(client, config, '3')).toEqual([]);
+    } finally {
+      await queue.obliterate({ force: true });
+      await queue.close();
     }
   });
 

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { doctor } from '../src/cli/doctor.js';
+import { doctor, transportChecks } from '../src/cli/doctor.js';
 import {
   FIXTURES,
   fixtureType,
@@ -66,6 +66,36 @@ describe('fleet doctor', () => {
     });
     expect(byName('monitoring: http://127.0.0.1:1/metrics')[0]).toMatchObject({ status: 'FAIL' });
     for (const c of checks) if (c.status !== 'PASS') expect(c.fix, c.check).toBeTruthy();
+  });
+
+  // Issue 27: a first-'@' regex judged these loopback while ioredis dials redis.example.net.
+  it.each([
+    ['redis://redis.example.net:6379#@127.0.0.1', 'the URL has a fragment (#…)'],
+    ['redis://redis.example.net:6379/?x=@127.0.0.1', "the URL has an '@' after the host"],
+    ['redis://redis.example.net:6379/@[::1]', "the URL has an '@' after the host"],
+    ['redis://redis.example.net:6379', 'plain TCP to redis.example.net, not loopback'],
+  ])('fails the Redis transport of %s, whatever the text after the host says', (url, detail) => {
+    const config = testConfig('redis://127.0.0.1:1', [fixtureType('t', 'ok.mjs')]);
+    const check = transportChecks(config, { production: true, redisUrl: url, env: {} }).find(
+      (c) => c.check === 'redis: transport',
+    );
+    expect(check).toMatchObject({ status: 'FAIL', detail: expect.stringContaining(detail), fix: expect.any(String) });
+    expect(JSON.stringify(check)).not.toContain('127.0.0.1');
+  });
+
+  it('fails when NODE_TLS_REJECT_UNAUTHORIZED=0, naming the fix; passes when it is unset', () => {
+    const config = testConfig('redis://127.0.0.1:6379', [fixtureType('t', 'ok.mjs')]);
+    const verification = (env: NodeJS.ProcessEnv) =>
+      transportChecks(config, { production: false, env }).find((c) => c.check === 'tls: certificate verification');
+    expect(verification({ NODE_TLS_REJECT_UNAUTHORIZED: '0' })).toEqual({
+      status: 'FAIL',
+      check: 'tls: certificate verification',
+      detail:
+        "NODE_TLS_REJECT_UNAUTHORIZED=0 turns off certificate verification for every TLS connection that does not turn it on itself (the fleet's own connections do)",
+      fix: "unset NODE_TLS_REJECT_UNAUTHORIZED; trust a private CA with its file instead (REDIS_TLS_CA_FILE, VAULT_CACERT, createHttpClient's ca, NODE_EXTRA_CA_CERTS)",
+    });
+    expect(verification({})?.status).toBe('PASS');
+    expect(verification({ NODE_TLS_REJECT_UNAUTHORIZED: '1' })?.status).toBe('PASS');
   });
 
   it('exits non-zero from the CLI when a check fails, zero when only warnings remain', async () => {

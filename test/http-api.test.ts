@@ -16,6 +16,8 @@ import { dumpKeys, startTestRedis } from './helpers/redis.js';
 const ADMIN = 'admin-token-0123456789abcdef';
 const LIMITED = 'limited-token-0123456789abcdef';
 const PEER = 'peer-token-0123456789abcdef01';
+/** The token peer is being rotated to: both act as peer meanwhile. */
+const PEER_NEXT = 'peer-next-token-0123456789abcdef';
 const READER = 'reader-token-0123456789abcdef';
 
 let redis: Awaited<ReturnType<typeof startTestRedis>>;
@@ -47,7 +49,7 @@ async function startApi(bodyLimitBytes = 10_000): Promise<void> {
       producers: [
         { name: 'admin', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'] },
         { name: 'limited', tokenSha256: sha256Hex(LIMITED), jobTypes: ['other'] },
-        { name: 'peer', tokenSha256: sha256Hex(PEER), jobTypes: ['other'] },
+        { name: 'peer', tokenSha256: [sha256Hex(PEER), sha256Hex(PEER_NEXT)], jobTypes: ['other'] },
         { name: 'auditor', tokenSha256: sha256Hex(READER), jobTypes: ['other'], read: ['other'] },
       ],
     },
@@ -157,6 +159,24 @@ describe('HTTP API', () => {
     });
     expect((await call('DELETE', `/v1/jobs/${id}`, { token: READER })).status).toBe(403);
     expect((await call('DELETE', `/v1/jobs/${id}`, { token: LIMITED })).status).toBe(200);
+  });
+
+  it("a producer's tokens in rotation act as that one producer; an in-process Producer may not take an HTTP producer's name", async () => {
+    await startApi();
+    const posted = await call('POST', '/v1/jobs/other', { body: '{"n":1}', token: PEER });
+    expect(posted.status).toBe(202);
+    const id = posted.body.id as string;
+    expect((await call('GET', `/v1/jobs/${id}`, { token: PEER_NEXT })).body).toMatchObject({ id, owner: 'peer' });
+    expect((await call('GET', `/v1/jobs/${id}`, { token: LIMITED })).status).toBe(404);
+    // It would own its jobs together with the HTTP producer "peer", which would read them.
+    expect(() => new Producer({ config, name: 'peer' })).toThrow(
+      expect.objectContaining({
+        code: 'CONFIG_INVALID',
+        message: expect.stringContaining(
+          'a Producer named "peer" would own its jobs together with the HTTP producer of that name (producers.peer)',
+        ),
+      }),
+    );
   });
 
   it('refuses an Idempotency-Key reused with a different body (422), also inside one batch, and enqueues nothing', async () => {

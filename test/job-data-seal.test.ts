@@ -154,4 +154,29 @@ describe('data key ring over a store', () => {
     await expect(ring.seal(CTX, 1)).rejects.toMatchObject({ code: 'DATA_KEY_UNAVAILABLE' });
     await expect(ring.seal(CTX, 1)).rejects.toThrow(/secrets\.dataKey/);
   });
+
+  it('a seal or open still waiting for its key when discard() runs is refused with DATA_KEY_UNAVAILABLE, never sealed under the zero-filled key', async () => {
+    const { store } = countedStore();
+    const ring = new DataKeyRing({ provider: store, name: 'fleet-data-key', refreshMs: 60_000, create: true });
+    const sealed = await ring.seal(CTX, PAYLOAD); // the current version is now held
+    const line = await ring.sealText(CTX, 'an earlier log line');
+    // In flight: current()/version() resolved from what is held, the continuation not run yet.
+    const pending = [
+      ring.seal(CTX, { card: '4111-1111-1111-1111' }),
+      ring.sealText(CTX, 'a log line'),
+      ring.open(CTX, sealed),
+    ];
+    ring.discard(); // Producer.close() or a supervisor's stop, in the same turn
+    const outcomes = await Promise.allSettled(pending);
+    for (const o of outcomes) {
+      expect(o.status).toBe('rejected');
+      expect((o as PromiseRejectedResult).reason).toMatchObject({
+        code: 'DATA_KEY_UNAVAILABLE',
+        message: expect.stringContaining('was discarded'),
+      });
+    }
+    // And after it: the ring loads no key again (nothing would zero-fill it).
+    await expect(ring.seal(CTX, PAYLOAD)).rejects.toMatchObject({ code: 'DATA_KEY_UNAVAILABLE' });
+    await expect(ring.openText(CTX, line)).rejects.toMatchObject({ code: 'DATA_KEY_UNAVAILABLE' });
+  });
 });

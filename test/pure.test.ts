@@ -3,6 +3,7 @@
  * runs them alone; `npm test` runs them with everything else.
  */
 import { Readable } from 'node:stream';
+import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
 import { parseDuration } from '../src/config/duration.js';
 import { isLoopbackHost, matchesEgress, patternCovered, splitHostPort } from '../src/config/hosts.js';
@@ -20,7 +21,8 @@ import {
 } from '../src/errors.js';
 import { idempotentJobId, jobTypeOfId, newJobId } from '../src/producers/job-id.js';
 import { REDIS_ROLES, roleRules, serverFeatures, urlWithCredential } from '../src/redis/acl.js';
-import { isClusterUrl, redactUrl, redisUrlNodes } from '../src/redis/connection.js';
+import { redactUrl } from '../src/redis/connection.js';
+import { isClusterUrl, redisUrlNodes, redisUrlProblem } from '../src/config/redis-url.js';
 import { isRedisTlsUrl } from '../src/config/tls.js';
 import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
@@ -442,6 +444,44 @@ describe('transport: loopback, Redis URLs, TLS failures', () => {
       false,
       true,
     ]);
+  });
+
+  // Each URL once read two ways: a first-'@' regex saw 127.0.0.1 or ::1, ioredis (WHATWG URL) dials the remote host.
+  it.each([
+    ['redis://redis.example.net:6379#@127.0.0.1', 'has a fragment'],
+    ['redis://redis.example.net:6379/?x=@127.0.0.1', "has an '@' after the host"],
+    ['redis://redis.example.net:6379/@[::1]', "has an '@' after the host"],
+    ['rediss-cluster://h1:7000,h2:7001/?a=@127.0.0.1', "has an '@' after the host"],
+    ['redis://u:p@ss@redis.example.net:6379', "has more than one '@' before the host"],
+    ['redis://redis.example.net:6379,127.0.0.1', 'cannot be parsed'],
+    ['redis.example.net:6379', 'is not a Redis URL the fleet reads'],
+    ['http://127.0.0.1:6379', 'is not a Redis URL the fleet reads'],
+  ])('refuses the Redis URL %s: it %s', (url, reason) => {
+    expect(redisUrlProblem(url)?.reason).toContain(reason);
+    expect(redisUrlProblem(url)?.fix).toMatch(/\S/);
+  });
+
+  it.each([
+    ['redis://u:p%40ss@10.0.0.5:6380/2?family=6', [{ host: '10.0.0.5', port: 6380 }]],
+    ['redis://:p%23w@127.0.0.1:6379', [{ host: '127.0.0.1', port: 6379 }]],
+    ['rediss://redis.internal', [{ host: 'redis.internal', port: 6379 }]],
+    ['redis://[::1]:7000', [{ host: '::1', port: 7000 }]],
+    [
+      'rediss-cluster://a:p%40w@h1:7000,h2:7001,[::1]/?x=1',
+      [
+        { host: 'h1', port: 7000 },
+        { host: 'h2', port: 7001 },
+        { host: '::1', port: 6379 },
+      ],
+    ],
+  ])('accepts %s and reads the nodes ioredis connects to', (url, nodes) => {
+    expect(redisUrlProblem(url)).toBeNull();
+    expect(redisUrlNodes(url)).toEqual(nodes);
+    if (!isClusterUrl(url)) {
+      const r = new Redis(url, { lazyConnect: true });
+      expect([{ host: r.options.host, port: r.options.port }]).toEqual(nodes);
+      r.disconnect();
+    }
   });
 
   it('names what a failed handshake means from its code, through causes; other errors are not TLS', () => {

@@ -1,5 +1,7 @@
 import { execFile } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import https from 'node:https';
+import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -453,5 +455,44 @@ describe('fleet doctor: traffic in clear', () => {
       detail: `TLS to 127.0.0.1 (CA ${pki.caFile})`,
     });
     expect(checks.find((c) => c.check === 'redis: eviction policy')).toMatchObject({ status: 'PASS' });
+  });
+});
+
+describe('NODE_TLS_REJECT_UNAUTHORIZED=0', () => {
+  it('does not turn off verification for the HTTP client or the KMS and Secrets Manager clients: nothing reaches an untrusted server, while a plain fetch in the same process does', async () => {
+    // The server certificate of the test CA, which the child process does not trust: a MITM's.
+    const seen: string[] = [];
+    const mitm = https.createServer(
+      { cert: readFileSync(pki.server.certFile), key: readFileSync(pki.server.keyFile) },
+      (req, res) => {
+        seen.push(`${req.method} ${req.url} ${req.headers.authorization ?? ''}`);
+        res.setHeader('content-type', 'application/json');
+        res.end(JSON.stringify({ id: 'x.1', type: 'x', Plaintext: 'AAAA', SecretString: 'stolen' }));
+      },
+    );
+    await new Promise<void>((r) => mitm.listen(0, '127.0.0.1', r));
+    try {
+      const { NODE_EXTRA_CA_CERTS: _ca, ...env } = process.env;
+      const probe = await run(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          path.join(FIXTURES, 'tls-verify-probe.ts'),
+          `https://127.0.0.1:${(mitm.address() as AddressInfo).port}`,
+        ],
+        { env: { ...env, NODE_TLS_REJECT_UNAUTHORIZED: '0' }, timeout: 60_000 },
+      );
+      const out = JSON.parse(probe.stdout) as Record<string, string>;
+      // The control: the variable is in effect in the child (a fetch without an agent trusts anyone).
+      expect(out).toMatchObject({ env: '0', fetch: 'answered' });
+      expect(out.httpClient).toMatch(/^TLS_REFUSED the fleet API at https:\/\/127\.0\.0\.1:\d+ refused TLS: /);
+      expect(out.kms).toMatch(/unable to verify the first certificate/);
+      expect(out.secretsManager).toMatch(/unable to verify the first certificate/);
+      expect(seen).toEqual(['GET /control ']);
+    } finally {
+      mitm.closeAllConnections();
+      await new Promise<void>((r) => mitm.close(() => r()));
+    }
   });
 });

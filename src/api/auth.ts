@@ -5,7 +5,8 @@ import { AuthError, ForbiddenError } from '../errors.js';
 
 export interface ProducerIdentity {
   name: string;
-  tokenSha256: string;
+  /** SHA-256 (hex) of its bearer token; several while a token is rotated. */
+  tokenSha256: string | readonly string[];
   jobTypes: readonly string[];
   admin?: boolean;
   /** Job types whose jobs it may read although others enqueued them (`"*"` for all). */
@@ -37,7 +38,11 @@ export class ProducerAuth {
   readonly #byHash: Map<string, ProducerIdentity>;
 
   constructor(producers: readonly ProducerIdentity[]) {
-    this.#byHash = new Map(producers.map((p) => [p.tokenSha256, p]));
+    this.#byHash = new Map(
+      producers.flatMap((p) =>
+        (typeof p.tokenSha256 === 'string' ? [p.tokenSha256] : p.tokenSha256).map((h) => [h, p]),
+      ),
+    );
   }
 
   get size(): number {

@@ -1,8 +1,9 @@
 import { auditStreamKey, supervisorsKey } from '../redis/keys.js';
 import { REDIS_ROLES, rolePasswordEnv, type RedisAccess } from '../redis/acl.js';
-import { aclGetUser, configGet, connectRedis, ensureReady, redisUrlNodes, stringList } from '../redis/connection.js';
+import { aclGetUser, configGet, connectRedis, ensureReady, stringList } from '../redis/connection.js';
+import { redisUrlNodes, redisUrlProblem } from '../config/redis-url.js';
 import { isLoopbackHost } from '../config/hosts.js';
-import { isRedisTlsUrl } from '../config/tls.js';
+import { isRedisTlsUrl, tlsVerificationOff } from '../config/tls.js';
 import { readSupervisorStatuses } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, type FleetConfig } from '../config/resolve.js';
@@ -175,6 +176,12 @@ export function transportChecks(
   const redisFix =
     'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (docs/operations.md#tls)';
   for (const [check, url] of redisUrls) {
+    // Judged on the parse the connection makes; a URL two parsers read differently is refused.
+    const problem = redisUrlProblem(url);
+    if (problem) {
+      out.push(fail(check, `the URL ${problem.reason}`, problem.fix));
+      continue;
+    }
     out.push(
       transportCheck(check, options.production, {
         tls: isRedisTlsUrl(url),
@@ -211,6 +218,12 @@ export function transportChecks(
       "Node's bundled roots",
       'use an https:// endpoint for secrets.kms.endpoint (KMS answers carry plaintext data keys)',
     );
+  const verificationOff = tlsVerificationOff(env);
+  out.push(
+    verificationOff
+      ? fail('tls: certificate verification', verificationOff.reason, verificationOff.fix)
+      : pass('tls: certificate verification', 'on (NODE_TLS_REJECT_UNAUTHORIZED is not 0)'),
+  );
   const api = config.api;
   out.push(
     api.tls.certFile

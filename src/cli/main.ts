@@ -4,6 +4,7 @@ import { discoverRedisAccess, ROLES, startFleet } from '../app.js';
 import { REDIS_ROLES, roleCredentialsFromEnv, rolePasswordEnv, roleRules, type RedisRole } from '../redis/acl.js';
 import * as trail from './trail-commands.js';
 import { loadConfig, type FleetConfig } from '../config/resolve.js';
+import { FLEET_PRODUCER_NAMES } from '../config/schema.js';
 import { FleetError, fieldOf, toError } from '../errors.js';
 import { isOneOf } from '../guards.js';
 import { makeLogger } from '../observability/logger.js';
@@ -71,7 +72,7 @@ async function withProducer<T>(config: FleetConfig, role: 'api' | 'ops', fn: (p:
   const p = new Producer({
     config,
     redis: need(config, role),
-    name: 'cli',
+    name: FLEET_PRODUCER_NAMES.cli,
     ...(role === 'ops' ? { dataKeys: null } : {}),
   });
   try {

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { z } from 'zod';
 import { ConfigError, errorMessage, fieldOf } from '../errors.js';
+import { redisUrlProblem } from './redis-url.js';
 import { scheduleOf } from './schedule.js';
 import { patternCovered } from './hosts.js';
 import {
@@ -18,6 +19,7 @@ import {
 import type { TlsFiles, TlsSettingNames } from './tls.js';
 import {
   CRITICAL_MAX_TIMEOUT_MS,
+  FLEET_PRODUCER_NAMES,
   fleetConfigSchema,
   type FleetConfigInput,
   type jobTypeSchema,
@@ -347,6 +349,9 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   // TLS: files that exist, a certificate with its key, and no TLS settings beside a plain URL
   // (the operator would believe the traffic encrypted).
   const redisUrl = cfg.redis.url ?? process.env.REDIS_URL;
+  const redisUrlRefusal = redisUrl === undefined ? null : redisUrlProblem(redisUrl);
+  if (redisUrlRefusal)
+    problems.push(`redis.url (or REDIS_URL) ${redisUrlRefusal.reason}. Fix: ${redisUrlRefusal.fix}.`);
   const redisTls = resolveTlsFiles(cfg.redis.tls, REDIS_TLS, baseDir);
   problems.push(...tlsPathProblems(redisTls, REDIS_TLS));
   if (hasTlsFiles(redisTls) && !(redisUrl && isRedisTlsUrl(redisUrl)))
@@ -365,12 +370,7 @@ export function resolveConfig(input: unknown, options: { baseDir?: string; sourc
   const apiTls = resolveTlsFiles(cfg.api.tls, API_TLS, baseDir);
   problems.push(...tlsPathProblems(apiTls, API_TLS));
 
-  const hashes = new Set<string>();
-  for (const p of cfg.producers) {
-    if (hashes.has(p.tokenSha256))
-      problems.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
-    hashes.add(p.tokenSha256);
-  }
+  problems.push(...producerProblems(cfg.producers));
 
   if (problems.length) {
     throw new ConfigError(
@@ -444,6 +444,31 @@ function tlsPathProblems(files: TlsFiles, names: TlsSettingNames): string[] {
 }
 
 /** The provider holding the audit trail's MAC key (`secrets.audit.macKey`): its own item's, else the default. */
+/** Who owns a job is its producer's name: one per service, and none the fleet's own producers use. */
+function producerProblems(producers: readonly ParsedConfig['producers'][number][]): string[] {
+  const out: string[] = [];
+  const reserved = new Map<string, string>(Object.entries(FLEET_PRODUCER_NAMES).map(([k, v]) => [v, k]));
+  const names = new Set<string>();
+  const hashes = new Set<string>();
+  for (const p of producers) {
+    if (reserved.has(p.name))
+      out.push(
+        `producers.${p.name}: "${p.name}" is the owner name the fleet's own producers record (reserved: ${[...reserved.keys()].join(', ')}); an HTTP producer with it would read the jobs they enqueue, sealed data in plaintext. Fix: give this producer another name.`,
+      );
+    if (names.has(p.name))
+      out.push(
+        `producers.${p.name}: two producers have this name, and a job's owner is its producer's name: each would read and cancel the other's jobs, sealed data in plaintext. Fix: one name per service; to rotate a token, list the old and new hashes in one producer's tokenSha256 (an array).`,
+      );
+    names.add(p.name);
+    for (const hash of typeof p.tokenSha256 === 'string' ? [p.tokenSha256] : p.tokenSha256) {
+      if (hashes.has(hash))
+        out.push(`producers.${p.name}: the same token is given to two producers. Fix: one token per service.`);
+      hashes.add(hash);
+    }
+  }
+  return out;
+}
+
 export function auditKeyProvider(config: {
   secrets: Pick<FleetConfig['secrets'], 'items' | 'audit' | 'provider'>;
 }): ProviderKind {

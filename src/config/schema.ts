@@ -191,12 +191,37 @@ export const jobTypeSchema = z
   })
   .strict();
 
+/**
+ * The owner names the fleet's own producers record on the jobs they enqueue: the TypeScript
+ * `Producer`'s default, `fleet enqueue`, the API's own and Bull Board's. A job's owner reads it (and
+ * its sealed data in plaintext) through the API, so no HTTP producer may take one of these names.
+ */
+export const FLEET_PRODUCER_NAMES = {
+  /** `new Producer({ config })` without a name. */
+  client: 'client',
+  /** `fleet enqueue`. */
+  cli: 'cli',
+  /** The API process's base producer. */
+  api: 'api',
+  /** Bull Board (read-only, no data key). */
+  board: 'bull-board',
+} as const;
+
+const TOKEN_SHA256 = z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters: sha256 of the token');
+
 export const producerSchema = z
   .object({
-    /** Shown in logs and audit records. */
+    /**
+     * Shown in logs and audit records, and recorded as the owner of the jobs it enqueues: one name
+     * per service, none of the fleet's own: `client`, `cli`, `api`, `bull-board`
+     * ({@link FLEET_PRODUCER_NAMES}).
+     */
     name: z.string().min(1).max(100),
-    /** SHA-256 (hex) of the bearer token (`printf %s "$TOKEN" | sha256sum`). Tokens themselves never sit in config. */
-    tokenSha256: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 lowercase hex characters: sha256 of the token'),
+    /**
+     * SHA-256 (hex) of the bearer token (`printf %s "$TOKEN" | sha256sum`); several while a token is
+     * rotated (every one of them acts as this producer). Tokens themselves never sit in config.
+     */
+    tokenSha256: z.union([TOKEN_SHA256, z.array(TOKEN_SHA256).min(1).max(8)]),
     /** Job types this producer may enqueue and read; `"*"` for all. */
     jobTypes: z.array(z.string()).min(1),
     /** Sees and cancels every job, reads the audit log (`GET /v1/audit`) and may open Bull Board. @defaultValue false */

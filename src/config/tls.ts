@@ -65,6 +65,22 @@ export function isRedisTlsUrl(url: string): boolean {
   return /^rediss(-cluster)?:\/\//.test(url);
 }
 
+/**
+ * NODE_TLS_REJECT_UNAUTHORIZED=0 turns certificate verification off for every TLS connection in the
+ * process that does not set `rejectUnauthorized` itself. The fleet's own connections all set it
+ * (Redis, Vault, KMS and Secrets Manager, the HTTP client, the egress proxy's upstreams), but the
+ * setting says someone meant to trust any certificate, and any library call without an explicit
+ * agent would. Null when verification is on.
+ */
+export function tlsVerificationOff(env: NodeJS.ProcessEnv = process.env): { reason: string; fix: string } | null {
+  if (env.NODE_TLS_REJECT_UNAUTHORIZED !== '0') return null;
+  return {
+    reason:
+      "NODE_TLS_REJECT_UNAUTHORIZED=0 turns off certificate verification for every TLS connection that does not turn it on itself (the fleet's own connections do)",
+    fix: "unset NODE_TLS_REJECT_UNAUTHORIZED; trust a private CA with its file instead (REDIS_TLS_CA_FILE, VAULT_CACERT, createHttpClient's ca, NODE_EXTRA_CA_CERTS)",
+  };
+}
+
 /** `redis.tls.caFile (REDIS_TLS_CA_FILE)`. */
 export function settingName(names: TlsSettingNames, key: keyof TlsFiles): string {
   const env = names.env[key];

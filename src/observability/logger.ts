@@ -87,3 +87,12 @@ export function makeLogger(options: LoggerOptions = {}): Logger {
 
 /** A logger that drops everything, for library callers that pass none. */
 export const silentLogger: Logger = makeLogger({ level: 'silent' });
+
+/**
+ * A rejection handler for work that may fail without failing its caller (a heartbeat, a best-effort
+ * revoke, a log line copied to Redis): the failure is logged at `warn` with what was being done,
+ * never swallowed.
+ */
+export function warnOnFailure(log: Logger, what: string, fields: Record<string, unknown> = {}): (err: unknown) => void {
+  return (err: unknown) => log.warn(what, { ...fields, error: err instanceof Error ? err.message : String(err) });
+}

@@ -24,8 +24,8 @@ export interface HttpClientOptions {
   timeoutMs?: number;
   /**
    * CA certificates (PEM) trusted for an `https` API's certificate instead of the runtime's
-   * bundled roots: a private CA's. Node only (requests then go through `node:https`); verification
-   * is always on. @defaultValue the bundled roots
+   * bundled roots: a private CA's. An `https` API is reached through `node:https` (Node only), with
+   * verification always on, NODE_TLS_REJECT_UNAUTHORIZED=0 notwithstanding. @defaultValue the bundled roots
    */
   ca?: string | Buffer;
 }
@@ -55,12 +55,17 @@ const sendWithFetch: Send = async (method, url, headers, body, signal) => {
   return { status: res.status, text: await res.text() };
 };
 
-/** `fetch` cannot be given a CA; `node:https` can (loaded only when a CA is given). */
-function sendWithCa(ca: string | Buffer): Send {
+/**
+ * An `https` API is reached through `node:https` with verification set on the request itself:
+ * `fetch` takes neither a CA nor `rejectUnauthorized`, so NODE_TLS_REJECT_UNAUTHORIZED=0 would turn
+ * its verification off, and the bearer token and payload would go to whoever answers.
+ */
+function sendWithHttps(ca: string | Buffer | undefined): Send {
   return async (method, url, headers, body, signal) => {
     const https = await import('node:https');
     return new Promise((resolve, reject) => {
-      const req = https.request(url, { method, headers, ca, rejectUnauthorized: true, signal }, (res) => {
+      const options = { method, headers, ...(ca === undefined ? {} : { ca }), rejectUnauthorized: true, signal };
+      const req = https.request(url, options, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('error', reject);
@@ -85,7 +90,7 @@ export interface HttpClient {
 
 export function createHttpClient(options: HttpClientOptions): HttpClient {
   const base = options.baseUrl.replace(/\/+$/, '');
-  const send = options.ca && base.startsWith('https:') ? sendWithCa(options.ca) : sendWithFetch;
+  const send = base.startsWith('https:') ? sendWithHttps(options.ca) : sendWithFetch;
   async function call<T>(
     method: string,
     path: string,

@@ -2,7 +2,9 @@ import { Queue, type Job, type JobsOptions } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
 import type { z } from 'zod';
 import { dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
+import { FLEET_PRODUCER_NAMES } from '../config/schema.js';
 import {
+  ConfigError,
   DataKeyUnavailableError,
   FleetError,
   JobNotFoundError,
@@ -81,7 +83,11 @@ export interface ProducerOptions {
   config: FleetConfig;
   /** An existing connection (kept open on close), or the URL to open one. @defaultValue config.redis.url */
   redis?: RedisClient | string;
-  /** Name recorded with idempotency keys. @defaultValue `"client"` */
+  /**
+   * Recorded as the owner of the jobs it enqueues (and with idempotency keys). Not the name of an
+   * HTTP producer in `config.producers`: that producer would own, and read, these jobs.
+   * @defaultValue `"client"`
+   */
   name?: string;
   events?: FleetEventBus;
   via?: 'http' | 'client';
@@ -166,6 +172,12 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
 
   constructor(options: ProducerOptions, queues = new Map<string, Queue>(), keys?: DataKeys) {
     this.config = options.config;
+    // withName() (keys given) is how the HTTP API acts as a configured producer; anything else
+    // taking such a name would share that producer's jobs.
+    if (keys === undefined && options.name !== undefined && this.config.producers.some((p) => p.name === options.name))
+      throw new ConfigError(
+        `a Producer named "${options.name}" would own its jobs together with the HTTP producer of that name (producers.${options.name}), which could then read them, sealed data in plaintext. Fix: give the in-process producer a name no entry of producers has.`,
+      );
     const r = options.redis ?? options.config.redis.url;
     if (!r) throw new RedisUnavailableError('no Redis to enqueue into. Fix: set REDIS_URL or redis.url in the config.');
     this.#ownsRedis = typeof r === 'string';
@@ -173,7 +185,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     this.#queues = queues;
     // Errors surface as rejections of the call that hit them; keep the emitter from throwing.
     if (this.#ownsRedis) this.redis.on('error', () => undefined);
-    this.#name = options.name ?? 'client';
+    this.#name = options.name ?? FLEET_PRODUCER_NAMES.client;
     this.#events = options.events;
     this.#via = options.via ?? 'client';
     this.#ownsKeys = keys === undefined;

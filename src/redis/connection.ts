@@ -1,24 +1,11 @@
 import { Cluster, Redis, type RedisOptions } from 'ioredis';
 import type { ConnectionOptions } from 'node:tls';
+import { isClusterUrl, redisUrlNodes, redisUrlProblem } from '../config/redis-url.js';
 import { hasTlsFiles, isRedisTlsUrl, loadTlsFiles, REDIS_TLS, tlsFix, type TlsFiles } from '../config/tls.js';
 import { ConfigError, RedisUnavailableError, TlsRefusedError, errorMessage, tlsFailureOf } from '../errors.js';
 
 /** A single Redis or a Redis Cluster; every part of the fleet works with either. */
 export type RedisClient = Redis | Cluster;
-
-/** `redis-cluster://host1:port1,host2:port2` names cluster seed nodes. */
-export function isClusterUrl(url: string): boolean {
-  return url.startsWith('redis-cluster://') || url.startsWith('rediss-cluster://');
-}
-
-/** Host and port of each node a Redis URL names (the server, or a cluster's seeds); IPv6 without brackets. */
-export function redisUrlNodes(url: string): { host: string; port: number }[] {
-  const hostPart = url.replace(/^[a-z-]+:\/\/([^@]*@)?/, '').replace(/[/?].*$/, '');
-  return hostPart.split(',').map((h) => {
-    const [, host = '', port] = /^\[([^\]]*)\](?::(\d+))?$/.exec(h) ?? /^([^:]*)(?::(\d+))?$/.exec(h) ?? [];
-    return { host, port: Number(port ?? 6379) };
-  });
-}
 
 export type ConnectionRole =
   /** Blocking BullMQ workers: commands wait for a reconnect instead of failing. */
@@ -40,11 +27,13 @@ function tlsFor(url: string, files: TlsFiles): ConnectionOptions | undefined {
 }
 
 /**
- * A Redis connection tuned for its role. `redis-cluster://a:7000,b:7001` connects to a Redis
+ * A Redis connection tuned for its role; a URL {@link redisUrlProblem} refuses is refused here too. `redis-cluster://a:7000,b:7001` connects to a Redis
  * Cluster (credentials as in a redis:// URL); `rediss://` and `rediss-cluster://` connect over TLS
  * with `options.tls`'s files. The URL is never logged (it may carry a password).
  */
 export function connectRedis(url: string, role: ConnectionRole, extra: ConnectOptions = {}): RedisClient {
+  const problem = redisUrlProblem(url);
+  if (problem) throw new ConfigError(`the Redis URL ${problem.reason}. Fix: ${problem.fix}.`);
   const { tls: files = {}, ...rest } = extra;
   const tls = tlsFor(url, files);
   const base: RedisOptions =

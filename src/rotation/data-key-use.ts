@@ -20,10 +20,19 @@ const PAGE = 500;
 /** The job hash fields that may hold an envelope. */
 const FIELDS = ['data', 'returnvalue', 'progress', 'failedReason'] as const;
 
+/** Whether a list (a job's log lines, each sealed on its own) holds an envelope under the version. */
+async function listHolds(redis: RedisClient, key: string, needle: string): Promise<boolean> {
+  for (let start = 0; ; start += PAGE) {
+    const lines = await redis.lrange(key, start, start + PAGE - 1);
+    if (lines.some((l) => l.includes(needle))) return true;
+    if (lines.length < PAGE) return false;
+  }
+}
+
 /**
- * Ids of stored jobs (of types with `encryptData`) holding data sealed under data key `version`,
- * up to `limit`: the rotation service retires a version only when there are none. Reads with plain
- * read commands (LRANGE, ZRANGE, HMGET), page by page.
+ * Ids of stored jobs (of types with `encryptData`) holding data sealed under data key `version`
+ * (in the job's hash or its log lines), up to `limit`: the rotation service retires a version only
+ * when there are none. Reads with plain read commands (LRANGE, ZRANGE, HMGET), page by page.
  */
 export async function jobsSealedUnder(
   redis: RedisClient,
@@ -44,10 +53,15 @@ export async function jobsSealedUnder(
             ? await redis.lrange(key, start, start + PAGE - 1)
             : await redis.zrange(key, String(start), String(start + PAGE - 1));
         if (!ids.length) break;
-        const rows = await Promise.all(ids.map((id) => redis.hmget(queueKey(prefix, t.name, id), ...FIELDS)));
-        rows.forEach((row, i) => {
-          const id = ids[i];
-          if (id !== undefined && row.some((v) => v?.includes(needle))) found.push(id);
+        const uses = await Promise.all(
+          ids.map(
+            async (id) =>
+              (await redis.hmget(queueKey(prefix, t.name, id), ...FIELDS)).some((v) => v?.includes(needle)) ||
+              (await listHolds(redis, queueKey(prefix, t.name, `${id}:logs`), needle)),
+          ),
+        );
+        ids.forEach((id, i) => {
+          if (uses[i]) found.push(id);
         });
         if (found.length >= limit) return found.slice(0, limit);
         if (ids.length < PAGE) break;

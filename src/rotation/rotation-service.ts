@@ -14,8 +14,9 @@ import { connectRedis, waitForRedis } from '../redis/connection.js';
 import { rotationQueuePrefix, rotationStateKey } from '../redis/keys.js';
 import { readRotationState, type RotationStep } from './state.js';
 
-import { openAuditLog, trimAuditWithCheckpoint, type AuditLog } from '../secrets/audit.js';
-import { ChainWriter, type AuditKeyRing } from '../secrets/audit-chain.js';
+import { openAuditLog, type AuditLog } from '../secrets/audit.js';
+import type { AuditKeyRing } from '../secrets/audit-chain.js';
+import { AuditRetention, type TrimOutcome } from '../secrets/audit-retention.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { secretHealth, type SecretHealth } from './secret-health.js';
 import { dataKeyRing, listSecrets, makeProvider, providerOfKind } from '../secrets/providers.js';
@@ -88,11 +89,8 @@ export class RotationService {
   readonly #redisUrl: string;
   readonly #id = `${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`;
   readonly #retentionUrl: string;
-  #retentionRedis: RedisClient | null = null;
-  #retention: NodeJS.Timeout | null = null;
-  #retentionRun: Promise<void> = Promise.resolve();
+  #retention: AuditRetention | null = null;
   #auditKeys: AuditKeyRing | null = null;
-  #retentionChain: ChainWriter | null = null;
   readonly #givenRedis: RedisClient | null;
   #stopAuditKeys: (() => void) | null = null;
   #redis: RedisClient | null = null;
@@ -187,19 +185,21 @@ export class RotationService {
     });
     this.#audit = opened.log;
     this.#stopAuditKeys = opened.stop;
+    const retention = new AuditRetention({
+      config: this.#config,
+      redisUrl: this.#retentionUrl,
+      events: this.#events,
+      log: this.#log,
+      writer: `retention-${this.#id}`,
+    });
+    this.#retention = retention;
     void opened.keys.then(
       (k) => {
         this.#auditKeys = k;
-        this.#retentionChain = new ChainWriter(`retention-${this.#id}`, k);
+        retention.useKeys(k);
       },
       () => undefined,
     );
-    this.#retentionRedis = connectRedis(this.#retentionUrl, 'worker', { tls: this.#config.redis.tls });
-    this.#retentionRedis.on('error', (err) =>
-      this.#log.warn('redis error (audit retention); reconnecting', { error: err.message }),
-    );
-    this.#retention = setInterval(() => void this.trimAudit(), auditCfg.retentionEveryMs);
-    this.#retention.unref();
     await this.#queue.setGlobalConcurrency(1);
 
     const policies = this.policies();
@@ -661,48 +661,9 @@ export class RotationService {
     return secretHealth(this.#config, this.#db, meta);
   }
 
-  /**
-   * Audit retention: trims the stream to `secrets.audit.maxEntries` behind a signed checkpoint. A
-   * segment whose chain does not verify is left in place and reported.
-   */
-  trimAudit(): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
-    // One pass at a time: the retention chain's records must be sealed and written in order.
-    const run = this.#retentionRun.then(() => this.#trimAudit());
-    this.#retentionRun = run.then(() => undefined);
-    return run;
-  }
-
-  async #trimAudit(): Promise<{ trimmed: number; checkpoint: string | null; ok: boolean } | null> {
-    const redis = this.#retentionRedis;
-    const chain = this.#retentionChain;
-    if (!redis || !this.#auditKeys || !chain) return null;
-    try {
-      const r = await trimAuditWithCheckpoint(redis, this.#config.redis.prefix, {
-        maxEntries: this.#config.secrets.audit.maxEntries,
-        chain,
-        keys: this.#auditKeys,
-      });
-      if (r.report)
-        this.#events.emit('audit:verified', {
-          by: 'retention',
-          ok: r.report.ok,
-          records: r.report.records,
-          firstBreak: r.report.firstBreak,
-        });
-      if (r.report && !r.report.ok)
-        this.#log.error('audit retention refused to trim: the records it would drop do not verify', {
-          firstBreak: r.report.firstBreak,
-        });
-      else if (r.trimmed)
-        this.#log.info(`audit retention: trimmed ${r.trimmed} records behind checkpoint ${r.checkpoint}`);
-      return { trimmed: r.trimmed, checkpoint: r.checkpoint, ok: r.report?.ok ?? true };
-    } catch (err) {
-      this.#log.warn('audit retention could not run', { error: toError(err).message });
-      // A checkpoint may have been sealed but not written: continue on a fresh chain, so the
-      // next one does not leave a gap in this one (its head in Redis stays at its last record).
-      this.#retentionChain = new ChainWriter(`retention-${this.#id}-${randomUUID().slice(0, 4)}`, this.#auditKeys);
-      return null;
-    }
+  /** Audit retention: one trim of the stream behind a signed checkpoint (see AuditRetention). */
+  trimAudit(): Promise<TrimOutcome | null> {
+    return this.#retention?.trim() ?? Promise.resolve(null);
   }
 
   /**
@@ -729,16 +690,14 @@ export class RotationService {
   /** Closes what start() opened, in the order that lets running work finish. Never throws. */
   async #release(): Promise<void> {
     this.#stopAuditKeys?.();
-    if (this.#retention) clearInterval(this.#retention);
     if (this.#sweeper) clearInterval(this.#sweeper);
     await this.#worker
       ?.close()
       .catch((err: unknown) => this.#log.warn('closing the rotation worker failed', { error: toError(err).message }));
     // A sweep that claimed a retirement (HDEL) finishes it, or puts it back, before Redis goes.
     await this.#sweeps;
-    await this.#retentionRun.catch(() => undefined);
-    this.#retentionRedis?.disconnect();
-    this.#retentionRedis = null;
+    await this.#retention?.stop();
+    this.#retention = null;
     await this.#queue?.close().catch(() => undefined);
     await this.#audit
       ?.close()

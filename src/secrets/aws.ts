@@ -1,3 +1,4 @@
+import type { AgentOptions } from 'node:https';
 import { SecretUnavailableError, toError, type ErrorCode } from '../errors.js';
 
 /**
@@ -15,18 +16,24 @@ export interface AwsClientOptions {
 
 /**
  * The client settings both SDK clients take: one retry (a job start should fail fast and say why,
- * not sit in the SDK's backoff), and a per-request timeout.
+ * not sit in the SDK's backoff), a per-request timeout, and certificate verification set on the
+ * SDK's own HTTPS agent (options it builds its agent from, so the client's destroy() closes it):
+ * without it, NODE_TLS_REJECT_UNAUTHORIZED=0 would send signed requests, and take data keys and
+ * secret values back, from whoever answers.
  */
 export function awsClientConfig(o: AwsClientOptions): {
   region: string;
   endpoint?: string;
   maxAttempts: number;
-  requestHandler: { requestTimeout: number };
+  requestHandler: { requestTimeout: number; httpsAgent: AgentOptions };
 } {
   return {
     region: o.region,
     maxAttempts: 2,
-    requestHandler: { requestTimeout: o.requestTimeoutMs },
+    requestHandler: {
+      requestTimeout: o.requestTimeoutMs,
+      httpsAgent: { rejectUnauthorized: true, keepAlive: true, maxSockets: 50 },
+    },
     ...(o.endpoint ? { endpoint: o.endpoint } : {}),
   };
 }

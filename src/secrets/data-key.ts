@@ -49,6 +49,8 @@ export class DataKeyRing {
   #refreshing: Promise<DataKey> | null = null;
   /** Whether `list()` works for this identity (a Vault supervisor may read but not list). */
   #canList = true;
+  /** Set by discard(): the keys held were zero-filled in place, and none is loaded again. */
+  #discarded = false;
 
   constructor(options: DataKeyRingOptions) {
     this.#o = options;
@@ -114,6 +116,9 @@ export class DataKeyRing {
   }
 
   #keep(v: SecretValue): DataKey {
+    // A version read while discard() ran is not kept (nothing would zero-fill it).
+    if (this.#discarded) v.value.fill(0);
+    this.#refuseDiscarded();
     try {
       const key = deriveDataKey(v.version, v.value);
       this.#versions.set(v.version, key);
@@ -146,14 +151,33 @@ export class DataKeyRing {
     return this.#keep(v);
   }
 
+  /**
+   * A key as the await for it resolved: discard() may have zero-filled it in place meanwhile, and
+   * sealing under it would seal under 32 zero bytes (labelled with the real version).
+   */
+  #live(key: DataKey): DataKey {
+    this.#refuseDiscarded();
+    return key;
+  }
+
+  #refuseDiscarded(): void {
+    if (this.#discarded)
+      throw new DataKeyUnavailableError(
+        `the data key "${this.#o.name}" was discarded (its producer or supervisor is closing), so nothing is sealed or opened with it. Fix: seal and open through a producer or supervisor that is running; a job is retried by another supervisor.`,
+        { retryable: true },
+      );
+  }
+
   /** Seals a JSON value for BullMQ's `data`, `returnvalue` or `progress`. */
   async seal(ctx: SealContext, value: unknown): Promise<SealedValue> {
-    return sealValue(await this.current(), ctx, value);
+    this.#refuseDiscarded();
+    return sealValue(this.#live(await this.current()), ctx, value);
   }
 
   /** Seals text (a failure reason, a log line). */
   async sealText(ctx: SealContext, text: string): Promise<string> {
-    return sealText(await this.current(), ctx, text);
+    this.#refuseDiscarded();
+    return sealText(this.#live(await this.current()), ctx, text);
   }
 
   /** Opens a value stored by {@link seal}. */
@@ -161,18 +185,24 @@ export class DataKeyRing {
     const env = sealedEnvelope(stored);
     const version = env === null ? null : envelopeVersion(env);
     if (version === null) throw notSealed(ctx);
-    return openValue(await this.version(version), ctx, stored);
+    this.#refuseDiscarded();
+    return openValue(this.#live(await this.version(version)), ctx, stored);
   }
 
   /** Opens text sealed by {@link sealText}. */
   async openText(ctx: SealContext, envelope: string): Promise<string> {
     const version = envelopeVersion(envelope);
     if (version === null) throw notSealed(ctx);
-    return openText(await this.version(version), ctx, envelope);
+    this.#refuseDiscarded();
+    return openText(this.#live(await this.version(version)), ctx, envelope);
   }
 
-  /** Zero-fills every key held. */
+  /**
+   * Zero-fills every key held. Final: a seal or open still waiting for its key, and any later one,
+   * is refused with DATA_KEY_UNAVAILABLE.
+   */
   discard(): void {
+    this.#discarded = true;
     for (const k of this.#versions.values()) k.key.fill(0);
     this.#versions.clear();
     this.#current = null;

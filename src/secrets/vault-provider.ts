@@ -1,12 +1,10 @@
-import http from 'node:http';
-import https from 'node:https';
 import type { ConnectionOptions } from 'node:tls';
-import nodeVault from 'node-vault';
+import type nodeVault from 'node-vault';
 import { z } from 'zod';
-import { tlsFix, VAULT_TLS } from '../config/tls.js';
-import { SecretUnavailableError, errnoCode, fieldOf, tlsFailureOf, toError, type ErrorCode } from '../errors.js';
+import { SecretUnavailableError, toError } from '../errors.js';
+import { nodeVaultClient, statusOf, vaultAnswers, vaultError, VaultHttp, type VaultMethod } from './vault-http.js';
 import { required } from '../guards.js';
-import type { Logger } from '../observability/logger.js';
+import { warnOnFailure, type Logger } from '../observability/logger.js';
 import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
 import type { TokenInfo } from './lease-ledger.js';
 import type { LeaseRequest, SecretLease, SecretMetadata, SecretProvider, SecretValue } from './provider.js';
@@ -43,26 +41,6 @@ export interface VaultProviderOptions {
   logger: Logger;
 }
 
-/** The HTTPS agent of Vault calls: the configured CA and client certificate, verification always on. */
-export function vaultHttpsAgent(tls: ConnectionOptions = {}, keepAlive = true): https.Agent {
-  return new https.Agent({ keepAlive, maxSockets: 64, ...tls, rejectUnauthorized: true });
-}
-
-/**
- * A node-vault client that never prints request bodies (they carry secrets) and verifies TLS even
- * where VAULT_SKIP_VERIFY is set (node-vault honours it otherwise). Calls pass their own agents.
- */
-export function nodeVaultClient(address: string, requestTimeoutMs?: number): nodeVault.client {
-  const client = nodeVault({
-    endpoint: address,
-    debug: () => undefined,
-    requestOptions: { strictSSL: true, ...(requestTimeoutMs ? { timeout: requestTimeoutMs } : {}) },
-  });
-  // Every request sets X-Vault-Token explicitly; the client-wide token stays empty.
-  client.token = '';
-  return client;
-}
-
 /** The job id a token minted ahead is minted for. */
 const SPARE = '(spare)';
 
@@ -75,45 +53,10 @@ interface Minted {
   spare?: boolean;
 }
 
-/** node-vault's errors carry the HTTP answer: its status code. */
-const statusOf = (err: unknown): unknown => fieldOf(fieldOf(err, 'response'), 'statusCode');
-
 /** A job token's metadata as the supervisor that minted it wrote it (only tokens noted in a ledger have `supervisor`). */
 const tokenMeta = z.object({ job_id: z.string().min(1), job_type: z.string().min(1), supervisor: z.string().min(1) });
 
-const approleLogin = z.object({ auth: z.object({ client_token: z.string(), lease_duration: z.number() }) });
-
-/** Maps a Vault failure to a specific, named error. */
-export function vaultError(err: unknown, what: string, secret?: string): SecretUnavailableError {
-  const e = toError(err);
-  const status = statusOf(err);
-  const name = secret ? `secret "${secret}"` : 'Vault';
-  const tls = status === undefined ? tlsFailureOf(err) : null;
-  let code: ErrorCode = 'SECRET_PROVIDER_UNAVAILABLE';
-  let retryable = true;
-  let message: string;
-  if (status === 404) {
-    code = 'SECRET_NOT_FOUND';
-    retryable = false;
-    message = `${name} is missing in Vault (${what}: 404). If it was just rotated or deleted, re-set it; otherwise check mount/prefix.`;
-  } else if (status === 403 && /invalid token|token.*expired|bad token/i.test(e.message)) {
-    code = 'SECRET_AUTH_EXPIRED';
-    message = `Vault authentication expired (${what}: ${e.message}). The supervisor re-authenticates; check the AppRole secret_id/token TTL if this repeats.`;
-  } else if (status === 403) {
-    code = 'SECRET_PERMISSION_DENIED';
-    retryable = false;
-    message = `Vault denied ${what} for ${name} (403 permission denied). Fix: run \`fleet vault setup\` so the job type's policy covers it.`;
-  } else if (status !== undefined) {
-    message = `Vault answered ${status} to ${what} for ${name}: ${e.message}`;
-  } else if (tls) {
-    code = 'TLS_REFUSED';
-    retryable = false;
-    message = `Vault refused TLS (${what}${secret ? ` for ${name}` : ''}): ${tls.reason}. Fix: ${tlsFix(tls, VAULT_TLS)}.`;
-  } else {
-    message = `Vault is unreachable (${what}${secret ? ` for ${name}` : ''}: ${errnoCode(err) ?? e.message}). Fix: check VAULT_ADDR and that Vault is up and unsealed.`;
-  }
-  return new SecretUnavailableError(code, message, { retryable, cause: err });
-}
+export { nodeVaultClient, vaultError, vaultHttpsAgent } from './vault-http.js';
 
 /**
  * HashiCorp Vault (or OpenBao) KV v2. The supervisor's own token can do nothing but mint job
@@ -126,8 +69,7 @@ export class VaultProvider implements SecretProvider {
   readonly kind = 'vault' as const;
   readonly #o: VaultProviderOptions;
   readonly #client: nodeVault.client;
-  /** Keep-alive: node-vault (axios) would otherwise open a TCP (and TLS) connection per call. */
-  readonly #agents: { httpAgent: http.Agent; httpsAgent: https.Agent };
+  readonly #http: VaultHttp;
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   /** Job tokens minted ahead, per (type, names, timeout), oldest first. */
@@ -137,10 +79,11 @@ export class VaultProvider implements SecretProvider {
 
   constructor(options: VaultProviderOptions) {
     this.#o = options;
-    this.#agents = {
-      httpAgent: new http.Agent({ keepAlive: true, maxSockets: 64 }),
-      httpsAgent: vaultHttpsAgent(options.tls),
-    };
+    this.#http = new VaultHttp({
+      address: options.address,
+      requestTimeoutMs: options.requestTimeoutMs,
+      ...(options.tls ? { tls: options.tls } : {}),
+    });
     this.#client = nodeVaultClient(options.address, options.requestTimeoutMs);
   }
 
@@ -152,56 +95,18 @@ export class VaultProvider implements SecretProvider {
     return `${this.#o.policyPrefix}${jobType}`;
   }
 
-  /**
-   * One Vault API call; `T` is the answer's shape as Vault's API documents it for that path. Calls
-   * (the per-job mint, read and revoke among them) go straight over the keep-alive agents: node-vault's
-   * request layer added ~0.7 ms to every call (p50 1.62 vs 0.94 ms for the same KV read on the
-   * same server), more than the whole per-job budget. node-vault still logs in and runs `fleet
-   * vault setup`. Errors carry `response.statusCode` and Vault's `errors`, as node-vault's do.
-   */
-  #call<T>(token: string, method: 'GET' | 'POST' | 'DELETE' | 'LIST', path: string, json?: unknown): Promise<T> {
-    const url = new URL(`${this.#o.address.replace(/\/+$/, '')}/v1/${path}`);
-    const tls = url.protocol === 'https:';
-    const body = json === undefined ? undefined : JSON.stringify(json);
-    return new Promise<T>((resolve, reject) => {
-      const req = (tls ? https : http).request(
-        url,
-        {
-          method,
-          agent: tls ? this.#agents.httpsAgent : this.#agents.httpAgent,
-          timeout: this.#o.requestTimeoutMs,
-          headers: {
-            'X-Vault-Token': token,
-            ...(body === undefined
-              ? {}
-              : { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) }),
-          },
-        },
-        (res) => {
-          const chunks: Buffer[] = [];
-          res.on('data', (c: Buffer) => chunks.push(c));
-          res.on('error', reject);
-          res.on('end', () => {
-            const text = Buffer.concat(chunks).toString('utf8');
-            let answer: unknown = {};
-            try {
-              if (text) answer = JSON.parse(text);
-            } catch {
-              answer = { errors: [text.slice(0, 200)] };
-            }
-            const status = res.statusCode ?? 0;
-            // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- T: see the doc comment
-            if (status >= 200 && status < 300) return resolve(answer as T);
-            const errors = fieldOf(answer, 'errors');
-            const message = Array.isArray(errors) && errors.length ? errors.map(String).join(', ') : `HTTP ${status}`;
-            reject(Object.assign(new Error(message), { response: { statusCode: status, body: answer } }));
-          });
-        },
-      );
-      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.#o.requestTimeoutMs} ms`)));
-      req.on('error', reject);
-      req.end(body);
-    });
+  #call(token: string, method: VaultMethod, path: string, json?: unknown): Promise<unknown> {
+    return this.#http.call(token, method, path, json);
+  }
+
+  #read<S extends z.ZodType>(
+    schema: S,
+    token: string,
+    method: VaultMethod,
+    path: string,
+    json?: unknown,
+  ): Promise<z.output<S>> {
+    return this.#http.read(schema, token, method, path, json);
   }
 
   /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
@@ -216,14 +121,12 @@ export class VaultProvider implements SecretProvider {
     let ttlSeconds = 0;
     if (auth.method === 'token') {
       this.#token = auth.token;
-      const self = await this.#call<{ data: { ttl: number; renewable: boolean } }>(
-        auth.token,
-        'GET',
-        'auth/token/lookup-self',
-      ).catch((err: unknown) => {
-        this.#token = null;
-        throw vaultError(err, 'token lookup');
-      });
+      const self = await this.#read(vaultAnswers.lookupSelf, auth.token, 'GET', 'auth/token/lookup-self').catch(
+        (err: unknown) => {
+          this.#token = null;
+          throw vaultError(err, 'token lookup');
+        },
+      );
       ttlSeconds = self.data.renewable ? self.data.ttl : 0;
     } else {
       const res = await this.#client
@@ -232,12 +135,12 @@ export class VaultProvider implements SecretProvider {
           path: `/auth/${auth.mount}/login`,
           json: { role_id: auth.roleId, secret_id: auth.secretId },
           timeout: this.#o.requestTimeoutMs,
-          ...this.#agents,
+          ...this.#http.agents,
         })
         .catch((err: unknown) => {
           throw vaultError(err, 'AppRole login');
         });
-      const a = approleLogin.safeParse(res);
+      const a = vaultAnswers.approleLogin.safeParse(res);
       if (!a.success) throw vaultError(new Error('AppRole login answered without auth.client_token'), 'AppRole login');
       this.#token = a.data.auth.client_token;
       ttlSeconds = a.data.auth.lease_duration;
@@ -257,7 +160,7 @@ export class VaultProvider implements SecretProvider {
     const token = this.#token;
     if (!token) return;
     try {
-      const res = await this.#call<{ auth: { lease_duration: number } }>(token, 'POST', 'auth/token/renew-self', {});
+      const res = await this.#read(vaultAnswers.renewSelf, token, 'POST', 'auth/token/renew-self', {});
       this.#scheduleRenewal(res.auth.lease_duration);
     } catch (err) {
       this.#o.logger.warn('vault token renewal failed; logging in again', { error: toError(err).message });
@@ -287,7 +190,7 @@ export class VaultProvider implements SecretProvider {
       const minted = await spare?.catch(() => null);
       if (!minted) continue;
       if (Date.now() - minted.mintedAt < this.#o.tokenTtlMarginMs) token = { ...minted, spare: true };
-      else void this.#revoke(minted.accessor).catch(() => undefined);
+      else void this.#revoke(minted.accessor).catch(this.#revokeFailed('a spare job token too old to use'));
     }
     return token ?? this.#mint(request);
   }
@@ -315,7 +218,12 @@ export class VaultProvider implements SecretProvider {
   #dropSpares(): void {
     const spares = [...this.#spares.values()].flat();
     this.#spares.clear();
-    for (const s of spares) void s.then((m) => this.#revoke(m.accessor)).catch(() => undefined);
+    for (const s of spares) void s.then((m) => this.#revoke(m.accessor)).catch(this.#revokeFailed('a spare job token'));
+  }
+
+  /** Logs a failed best-effort revoke: the token still ends with its TTL. */
+  #revokeFailed(what: string): (err: unknown) => void {
+    return warnOnFailure(this.#o.logger, `revoking ${what} failed; it expires by its TTL`);
   }
 
   async #revoke(accessor: string): Promise<void> {
@@ -345,7 +253,8 @@ export class VaultProvider implements SecretProvider {
     for (let attempt = 0; ; attempt++) {
       const token = await this.#supervisorToken();
       try {
-        const res = await this.#call<{ auth: { client_token: string; accessor: string } }>(
+        const res = await this.#read(
+          vaultAnswers.tokenCreated,
           token,
           'POST',
           `auth/token/create/${this.#o.tokenRole}`,
@@ -389,7 +298,7 @@ export class VaultProvider implements SecretProvider {
     /** Accessors noted in the ledger (a token that mints a dynamic credential is noted first). */
     const held = new Set<string>();
     /** One read with the job token; a spare whose login died is replaced by a token minted now. */
-    const get = async <T>(path: string, name: string, note: boolean): Promise<T> => {
+    const get = async (path: string, name: string, note: boolean): Promise<unknown> => {
       if (!token)
         throw new SecretUnavailableError('SECRET_AUTH_EXPIRED', `job token for ${request.jobId} was already revoked`);
       const hold = async (): Promise<void> => {
@@ -412,7 +321,7 @@ export class VaultProvider implements SecretProvider {
       };
       try {
         await hold();
-        return await this.#call<T>(token, 'GET', path);
+        return await this.#call(token, 'GET', path);
       } catch (err) {
         if (err instanceof SecretUnavailableError && !statusOf(err)) throw err;
         const e = vaultError(err, 'read', name);
@@ -423,12 +332,12 @@ export class VaultProvider implements SecretProvider {
         if (!minted.spare || !refused || (this.#token && (await this.#tokenAlive(this.#token)))) throw e;
         this.#token = null;
         this.#dropSpares();
-        void this.#revoke(minted.accessor).catch(() => undefined);
+        void this.#revoke(minted.accessor).catch(this.#revokeFailed('a spare job token of an expired login'));
         minted = await this.#mint(request);
         token = minted.token;
         try {
           await hold();
-          return await this.#call<T>(token, 'GET', path);
+          return await this.#call(token, 'GET', path);
         } catch (again) {
           throw again instanceof SecretUnavailableError && !statusOf(again) ? again : vaultError(again, 'read', name);
         }
@@ -440,16 +349,18 @@ export class VaultProvider implements SecretProvider {
       read: async (name: string): Promise<SecretValue> => {
         const dynamic = this.#o.dynamic?.get(name);
         if (dynamic) {
-          const v = await credentials.get(name, dynamic, () => get<unknown>(dynamic.path, name, true));
+          const v = await credentials.get(name, dynamic, () => get(dynamic.path, name, true));
           handed.push(v.value);
           return v;
         }
-        const res = await get<{ data: { data: Record<string, unknown>; metadata: { version: number } } }>(
-          this.#path('data', name),
-          name,
-          false,
-        );
-        const raw = res.data.data.value;
+        const answer = vaultAnswers.kvRead.safeParse(await get(this.#path('data', name), name, false));
+        if (!answer.success)
+          throw new SecretUnavailableError(
+            'SECRET_PROVIDER_UNAVAILABLE',
+            `Vault's answer for secret "${name}" is not a KV v2 read (${answer.error.issues[0]?.message ?? 'unexpected shape'}). Fix: check secrets.vault.mount is a KV v2 mount.`,
+          );
+        const res = answer.data;
+        const raw = res.data.data?.value;
         if (typeof raw !== 'string') {
           throw new SecretUnavailableError(
             'SECRET_NOT_FOUND',
@@ -484,7 +395,12 @@ export class VaultProvider implements SecretProvider {
           this.#o.logger.warn(e.message, { jobId: request.jobId });
           return ended;
         }
-        for (const accessor of held) await request.ledger?.drop(accessor).catch(() => undefined);
+        for (const accessor of held)
+          await request.ledger?.drop(accessor).catch(
+            warnOnFailure(this.#o.logger, 'a revoked job token stays noted in the ledger; a sweep forgets it', {
+              jobId: request.jobId,
+            }),
+          );
         return ended;
       },
     };
@@ -496,9 +412,17 @@ export class VaultProvider implements SecretProvider {
    * whose, a token that is none of ours, or null when Vault knows no such token.
    */
   async inspectAccessor(accessor: string): Promise<TokenInfo> {
-    let res: { data: { policies?: unknown; meta?: unknown } };
+    let res: z.output<typeof vaultAnswers.lookupAccessor>;
     try {
-      res = await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/lookup-accessor', { accessor });
+      res = await this.#read(
+        vaultAnswers.lookupAccessor,
+        await this.#supervisorToken(),
+        'POST',
+        'auth/token/lookup-accessor',
+        {
+          accessor,
+        },
+      );
     } catch (err) {
       if (statusOf(err) === 400 && /invalid accessor|not found/i.test(toError(err).message)) return null;
       throw vaultError(err, 'looking up a job token by accessor (run `fleet vault setup` to grant it)');
@@ -532,9 +456,9 @@ export class VaultProvider implements SecretProvider {
    */
   async scopedTo(secret: string, ttlMs = 300_000): Promise<{ provider: VaultProvider; release(): Promise<void> }> {
     const sup = await this.#supervisorToken();
-    let res: { auth: { client_token: string; accessor: string } };
+    let res: z.output<typeof vaultAnswers.tokenCreated>;
     try {
-      res = await this.#call(sup, 'POST', `auth/token/create/${ROTATE_TOKEN_ROLE}`, {
+      res = await this.#read(vaultAnswers.tokenCreated, sup, 'POST', `auth/token/create/${ROTATE_TOKEN_ROLE}`, {
         policies: [`${ROTATE_POLICY_PREFIX}${secret}`],
         ttl: `${Math.ceil(ttlMs / 1000)}s`,
         renewable: false,
@@ -597,7 +521,7 @@ export class VaultProvider implements SecretProvider {
   async write(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name), {
+      const res = await this.#read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name), {
         data: { value: Buffer.from(value).toString('utf8') },
       });
       return { version: String(res.data.version) };
@@ -613,7 +537,7 @@ export class VaultProvider implements SecretProvider {
   async writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#call<{ data: { version: number } }>(token, 'POST', this.#path('data', name, true), {
+      const res = await this.#read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name, true), {
         data: { value: Buffer.from(value).toString('utf8') },
       });
       return { version: `pending-${res.data.version}` };
@@ -630,9 +554,10 @@ export class VaultProvider implements SecretProvider {
     const token = await this.#supervisorToken();
     const pending = version.startsWith('pending-');
     const v = pending ? version.slice('pending-'.length) : version;
-    let res: { data: { data: Record<string, unknown>; metadata: { version: number } } };
+    let res: z.output<typeof vaultAnswers.kvRead>;
     try {
-      res = await this.#call(
+      res = await this.#read(
+        vaultAnswers.kvRead,
         token,
         'GET',
         version === 'current'
@@ -673,7 +598,7 @@ export class VaultProvider implements SecretProvider {
       if (version.startsWith('pending-')) await this.#call(token, 'DELETE', this.#path('metadata', name, true));
       else {
         // The current version is never retired (as in every other provider): jobs read it.
-        const m = await this.#call<{ data: { current_version: number } }>(token, 'GET', this.#path('metadata', name));
+        const m = await this.#read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
         if (m.data.current_version === Number(version)) return;
         await this.#call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
       }
@@ -686,18 +611,14 @@ export class VaultProvider implements SecretProvider {
     const token = await this.#supervisorToken();
     let keys: string[];
     try {
-      keys = (await this.#call<{ data: { keys: string[] } }>(token, 'LIST', this.#path('metadata'))).data.keys;
+      keys = (await this.#read(vaultAnswers.keys, token, 'LIST', this.#path('metadata'))).data.keys;
     } catch (err) {
       if (statusOf(err) === 404) return [];
       throw vaultError(err, 'list');
     }
     return Promise.all(
       keys.map(async (name) => {
-        const m = await this.#call<{ data: { current_version: number; updated_time: string } }>(
-          token,
-          'GET',
-          this.#path('metadata', name),
-        );
+        const m = await this.#read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
         return { name, version: String(m.data.current_version), updatedAt: Date.parse(m.data.updated_time) };
       }),
     );
@@ -725,13 +646,12 @@ export class VaultProvider implements SecretProvider {
     await Promise.all(
       spares.map(async (s) => {
         const minted = await s.catch(() => null);
-        if (minted) await this.#revoke(minted.accessor).catch(() => undefined);
+        if (minted) await this.#revoke(minted.accessor).catch(this.#revokeFailed('an unused spare job token at close'));
       }),
     );
     if (this.#renewTimer) clearTimeout(this.#renewTimer);
     this.#renewTimer = null;
     this.#token = null;
-    this.#agents.httpAgent.destroy();
-    this.#agents.httpsAgent.destroy();
+    this.#http.destroy();
   }
 }

@@ -149,8 +149,10 @@ export class EgressProxy {
         }
       });
       this.#plainInner.on('clientError', (_err, socket: Duplex) => socket.destroy());
+      // Verification set here, not left to NODE_TLS_REJECT_UNAUTHORIZED: injected secrets go upstream.
       this.#agent = new https.Agent({
         keepAlive: true,
+        rejectUnauthorized: true,
         ...(options.inject.upstreamCa ? { ca: [...tls.rootCertificates, options.inject.upstreamCa] } : {}),
       });
     }

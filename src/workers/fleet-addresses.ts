@@ -1,7 +1,7 @@
 import { lookup } from 'node:dns/promises';
 import { isIP } from 'node:net';
 import type { FleetConfig } from '../config/resolve.js';
-import { redisUrlNodes } from '../redis/connection.js';
+import { redisUrlNodes } from '../config/redis-url.js';
 
 /**
  * The addresses of the fleet's own services (Redis, Vault, the KMS and Secrets Manager endpoints): every egress proxy

@@ -9,7 +9,7 @@ import {
   toError,
 } from '../errors.js';
 import type { FleetEventBus, JobOutcome } from '../events.js';
-import type { Logger } from '../observability/logger.js';
+import { warnOnFailure, type Logger } from '../observability/logger.js';
 import type { JobSecrets, SecretBroker } from '../secrets/broker.js';
 import type { DataKeyRing } from '../secrets/data-key.js';
 import type { SealContext, SealedField } from '../secrets/job-data-seal.js';
@@ -165,7 +165,7 @@ export class JobRunner {
         if (err instanceof FleetError && err.code === 'JOB_DATA_NOT_SEALED')
           await job
             .updateData({ $removed: 'the plaintext payload was removed (JOB_DATA_NOT_SEALED)' })
-            .catch(() => undefined);
+            .catch(warnOnFailure(log, 'could not remove an unsealed payload from Redis; remove the job by hand'));
         throw err;
       });
       // Jobs can be written to Redis by anyone holding its credentials; check again here.
@@ -215,7 +215,7 @@ export class JobRunner {
             void stored
               .text('log', `${level}: ${msg}`)
               .then((line) => job.log(line))
-              .catch(() => undefined);
+              .catch(warnOnFailure(log, 'a job log line was not copied to Redis (it is in the supervisor log)'));
           },
           onSecretRequest: (name) => secrets.request(name),
           maskAlso: deliver.flatMap((s) => s.maskAlso ?? []),

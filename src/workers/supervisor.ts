@@ -8,7 +8,7 @@ import { auditKeyProvider, dataKeyProvider, type FleetConfig, type JobType } fro
 import { toError, ConfigError } from '../errors.js';
 import { Lifecycle } from '../lifecycle.js';
 import { FleetEventBus, type LifecycleState } from '../events.js';
-import { silentLogger, type Logger } from '../observability/logger.js';
+import { silentLogger, warnOnFailure, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
 import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
 import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
@@ -142,7 +142,10 @@ export class Supervisor {
     const prev = previous === 'new' ? null : previous;
     this.#log.info(`supervisor ${state}`, { state, previous: prev });
     this.events.emit('supervisor:state', { supervisorId: this.id, state, previous: prev });
-    if (state === 'running' || state === 'draining') void this.#beat().catch(() => undefined);
+    if (state === 'running' || state === 'draining')
+      void this.#beat().catch(
+        warnOnFailure(this.#log, 'heartbeat not written to Redis; `fleet status` may miss this supervisor'),
+      );
   }
 
   /**
@@ -192,7 +195,10 @@ export class Supervisor {
       await Promise.all([...this.#workers.values()].map((w) => w.waitUntilReady()));
 
       this.#heartbeat = setInterval(
-        () => void this.#beat().catch(() => undefined),
+        () =>
+          void this.#beat().catch(
+            warnOnFailure(this.#log, 'heartbeat not written to Redis; `fleet status` may miss this supervisor'),
+          ),
         this.#config.supervisor.heartbeatMs,
       );
       this.#heartbeat.unref();
@@ -714,7 +720,9 @@ export class Supervisor {
     this.#dataKeys?.discard();
     this.#dataKeys = null;
     if (this.#redis?.status === 'ready')
-      await this.#redis.hdel(supervisorsKey(this.#config.redis.prefix), this.id).catch(() => undefined);
+      await this.#redis
+        .hdel(supervisorsKey(this.#config.redis.prefix), this.id)
+        .catch(warnOnFailure(this.#log, 'heartbeat not removed at stop; it goes stale on its own'));
     this.#subscriber?.disconnect();
     if (!this.#givenRedis) this.#redis?.disconnect();
     this.#subscriber = null;
