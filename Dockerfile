@@ -16,7 +16,7 @@ RUN npx tsc -p tsconfig.build.json && npx tsc -p tsconfig.examples.json
 # Runtime stage: production dependencies only, non-root, node as PID 1 so SIGTERM reaches it.
 FROM ${NODE_IMAGE}
 ENV NODE_ENV=production
-# bubblewrap: the OS layer of process sandboxes (namespaces). See README "Deploy" for the
+# bubblewrap: the OS layer of process sandboxes (namespaces). See docs/operations.md#deploy for the
 # seccomp/AppArmor setting the worker container needs for unprivileged user namespaces.
 RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
 WORKDIR /app

@@ -9,7 +9,7 @@
 #   fleet-standin/vault               that + OpenBao (built from the Go module proxy, as the tests use)
 #   fleet-standin/moto                that + moto[server] from PyPI (the AWS KMS API)
 #   fleet-standin/prometheus          that + Debian's prometheus
-# Grafana is not among them: its module is not served by these registries (README "Deploy").
+# Grafana is not among them: its module is not served by these registries (docs/operations.md#docker-compose-up).
 #
 # deploy/compose.standin.yml points the compose file at them (and the fleet image's build at the
 # Node stand-in). Each image is skipped when it exists; FLEET_STANDIN_REBUILD=1 builds them anew.

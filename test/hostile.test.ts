@@ -3,7 +3,7 @@
  * attacks its boundary, one attack per job, run in process sandboxes with the OS layer on (when
  * this machine has it; skipped loudly otherwise) and off. Each test asserts the attempt failed and
  * the reason it failed (the refusal's code, errno or status: an attack that broke for any other
- * reason fails its test), or exactly the weaker guarantee the README states for a sandbox without
+ * reason fails its test), or exactly the weaker guarantee docs/security.md states for a sandbox without
  * the OS layer.
  */
 import { mkdtempSync, writeFileSync, existsSync, rmSync } from 'node:fs';

@@ -383,7 +383,7 @@ describe('fleet doctor: traffic in clear', () => {
         status: 'FAIL',
         check: 'redis: transport',
         detail: 'plain TCP to 10.0.0.5, not loopback: credentials, secrets and job data cross the network in clear',
-        fix: 'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (README "TLS")',
+        fix: 'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (docs/operations.md#tls)',
       });
       expect(checks.find((c) => c.check === 'vault: transport')).toMatchObject({
         status: 'FAIL',

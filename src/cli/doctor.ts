@@ -174,7 +174,7 @@ export function transportChecks(
     if (r?.type === 'redis-acl' && url) redisUrls.set(`redis: transport (${r.adminUrlEnv})`, url);
   }
   const redisFix =
-    'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (README "TLS")';
+    'use rediss:// (rediss-cluster:// for a cluster) with redis.tls.caFile / REDIS_TLS_CA_FILE, Redis serving tls-port (docs/operations.md#tls)';
   for (const [check, url] of redisUrls) {
     // Judged on the parse the connection makes; a URL two parsers read differently is refused.
     const problem = redisUrlProblem(url);
@@ -208,7 +208,7 @@ export function transportChecks(
       'vault: transport',
       vaultAddress,
       trustOf(vault.tls, 'VAULT_CACERT'),
-      'use the https:// address of Vault with secrets.vault.tls.caFile / VAULT_CACERT (README "TLS")',
+      'use the https:// address of Vault with secrets.vault.tls.caFile / VAULT_CACERT (docs/operations.md#tls)',
     );
   const kmsEndpoint = config.secrets.kms?.endpoint;
   if (kmsEndpoint)
@@ -346,7 +346,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   }
 
   // Critical types need the OS layer (namespaces) in production: without it a compromised
-  // processor keeps the host's network and can fill disk (see README "Threat model").
+  // processor keeps the host's network and can fill disk (see docs/security.md#threat-model).
   const { live: reports, invalid } = await readSupervisorStatuses(
     redis,
     config.redis.prefix,
@@ -374,12 +374,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         (options.production ? fail : warn)(
           what,
           `runs without namespaces on ${without.map((x) => x.id).join(', ')} (layers: ${without[0]?.layers.join('+')})`,
-          'install bubblewrap and allow user namespaces on the worker hosts (README "Deploy"), or set supervisor.osLayer: "required"',
+          'install bubblewrap and allow user namespaces on the worker hosts (docs/operations.md#deploy), or set supervisor.osLayer: "required"',
         ),
       );
     else out.push(pass(what, `${seen[0]?.layers.join('+')} on ${seen.length} supervisor(s)`));
     // And the kernel's caps: without a cgroup one job can take the memory and processes of every
-    // other job on the host (README "What holds").
+    // other job on the host (docs/security.md#what-holds-with-and-without-the-os-layer).
     if (seen.length) {
       const uncapped = seen.filter((x) => !x.layers.includes('cgroup'));
       const limits = `job type ${t.name}: memory and process limits`;
@@ -388,7 +388,7 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
           (options.production ? fail : warn)(
             limits,
             `runs without a cgroup (memoryLimitMb ${t.memoryLimitMb}, maxProcesses ${t.maxProcesses} not enforced) on ${uncapped.map((x) => x.id).join(', ')}`,
-            'run the supervisor with a writable cgroup subtree (root, systemd Delegate=yes, or a container with its own cgroup namespace; README "Resource limits"), or set supervisor.resourceLimits: "required"',
+            'run the supervisor with a writable cgroup subtree (root, systemd Delegate=yes, or a container with its own cgroup namespace; docs/security.md#resource-limits-from-the-kernel), or set supervisor.resourceLimits: "required"',
           ),
         );
       else out.push(pass(limits, `cgroup: ${t.memoryLimitMb} MB, ${t.maxProcesses} processes`));

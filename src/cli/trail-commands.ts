@@ -50,7 +50,7 @@ export function renderRedisSetup(r: Awaited<ReturnType<typeof redisSetup>>): str
   return lines.join('\n');
 }
 
-/** The role table of the README, from the same rules the setup writes. */
+/** The role table of docs/operations.md, from the same rules the setup writes. */
 export function roleTable(prefix: string): string {
   return REDIS_ROLES.map((r) => `| \`${r}\` | ${ROLE_PURPOSE[r]} | \`${roleRules(r, prefix).join(' ')}\` |`).join('\n');
 }

@@ -501,7 +501,7 @@ export function findConfigFile(explicit?: string, cwd = process.cwd()): string {
     if (existsSync(abs)) return abs;
   }
   throw new ConfigError(
-    `no fleet config found in ${cwd}. Fix: create fleet.config.ts (see README "Configuration") or pass --config <path> / FLEET_CONFIG.`,
+    `no fleet config found in ${cwd}. Fix: create fleet.config.ts (see docs/configuration.md) or pass --config <path> / FLEET_CONFIG.`,
   );
 }
 

@@ -34,7 +34,7 @@ const tlsClientSchema = z
 
 const backoffSchema = z
   .object({
-    /** @defaultValue `"exponential"` */
+    /** `exponential` doubles the delay after each try; `fixed` keeps it. @defaultValue `"exponential"` */
     type: z.enum(['exponential', 'fixed']).default('exponential'),
     /** First retry delay. @defaultValue 1000 */
     delayMs: z.number().int().min(0).default(1000),
@@ -47,8 +47,9 @@ export const jobTypeSchema = z
     name: z.string().regex(JOB_TYPE_NAME, 'use lowercase letters, digits and dashes, starting with a letter (max 63)'),
     /** Path of the processor module (ESM, `.js`/`.mjs`/`.ts`), relative to the config file. */
     processor: z.string().min(1),
-    /** A zod schema (TS/JS config) or a JSON Schema object (JSON config) for the payload. @defaultValue any JSON value */
+    /** A zod schema (TS/JS config) or a JSON Schema object (JSON config) for the payload; served as JSON Schema by `GET /v1/job-types`. @defaultValue any JSON value */
     payloadSchema: z.union([z.custom<z.ZodType>(isZodSchema), z.record(z.string(), z.unknown())]).optional(),
+    /** Shown by `GET /v1/job-types` and in the OpenAPI document. @defaultValue `""` */
     description: z.string().default(''),
     /** `critical` work must use per-job isolation and a timeout ≤ 120 s. @defaultValue `"routine"` */
     sensitivity: z.enum(['critical', 'routine']).default('routine'),
@@ -62,7 +63,7 @@ export const jobTypeSchema = z
     concurrency: z.number().int().positive().max(1000).default(4),
     /** Cap across all supervisors (BullMQ global concurrency). @defaultValue unlimited */
     globalConcurrency: z.number().int().positive().optional(),
-    /** V8 old-generation heap limit of each sandbox. @defaultValue 128 */
+    /** V8 old-generation heap limit of each sandbox; exceeding it fails the job with `MEMORY_LIMIT`. @defaultValue 128 */
     maxOldGenerationSizeMb: z.number().int().min(8).default(128),
     /** `pool` only: sandboxes are recycled after this many jobs. @defaultValue 1000 */
     maxJobsPerSandbox: z.number().int().positive().default(1000),
@@ -72,10 +73,11 @@ export const jobTypeSchema = z
     warmSandboxes: z.number().int().min(0).optional(),
     /** Total tries, including the first. @defaultValue 3 */
     attempts: z.number().int().positive().default(3),
+    /** Delay between tries. @defaultValue `{ type: "exponential", delayMs: 1000 }` */
     backoff: backoffSchema.default({ type: 'exponential', delayMs: 1000 }),
     /** Whether a timed-out job is retried (within `attempts`). @defaultValue true */
     retryOnTimeout: z.boolean().default(true),
-    /** Results larger than this (JSON bytes) fail the job. @defaultValue 1048576 */
+    /** Results larger than this (JSON bytes) fail the job with `RESULT_TOO_LARGE`, checked by the supervisor whatever the sandbox sends. @defaultValue 1048576 */
     maxResultBytes: z
       .number()
       .int()
@@ -184,7 +186,7 @@ export const jobTypeSchema = z
     encryptData: z.boolean().default(false),
     /** Finished jobs are kept this long (seconds), so their status and idempotency keys hold. @defaultValue 86400 */
     keepCompletedSeconds: z.number().int().min(0).default(86_400),
-    /** @defaultValue 604800 */
+    /** Failed jobs are kept this long (seconds). @defaultValue 604800 */
     keepFailedSeconds: z.number().int().min(0).default(604_800),
   })
   .strict();
@@ -211,17 +213,18 @@ export const producerSchema = z
   .object({
     /**
      * Shown in logs and audit records, and recorded as the owner of the jobs it enqueues: one name
-     * per service, none of the fleet's own ({@link FLEET_PRODUCER_NAMES}).
+     * per service, none of the fleet's own: `client`, `cli`, `api`, `bull-board`
+     * ({@link FLEET_PRODUCER_NAMES}).
      */
     name: z.string().min(1).max(100),
     /**
-     * SHA-256 (hex) of the bearer token; several while a token is rotated (every one of them acts
-     * as this producer). Tokens themselves never sit in config.
+     * SHA-256 (hex) of the bearer token (`printf %s "$TOKEN" | sha256sum`); several while a token is
+     * rotated (every one of them acts as this producer). Tokens themselves never sit in config.
      */
     tokenSha256: z.union([TOKEN_SHA256, z.array(TOKEN_SHA256).min(1).max(8)]),
     /** Job types this producer may enqueue and read; `"*"` for all. */
     jobTypes: z.array(z.string()).min(1),
-    /** May read the audit log (`GET /v1/audit`). @defaultValue false */
+    /** Sees and cancels every job, reads the audit log (`GET /v1/audit`) and may open Bull Board. @defaultValue false */
     admin: z.boolean().default(false),
     /** Job types whose jobs it may read although other producers enqueued them (`"*"` for all); it always reads and cancels its own. @defaultValue [] */
     read: z.array(z.string()).default([]),
@@ -287,9 +290,9 @@ export const rotationSchema = z
         .object({
           /** Mint a random token ourselves. */
           type: z.literal('random'),
-          /** @defaultValue 32 */
+          /** Random bytes in the new value. @defaultValue 32 */
           bytes: z.number().int().min(16).max(1024).default(32),
-          /** @defaultValue `"base64url"` */
+          /** How the bytes are written as the secret's value. @defaultValue `"base64url"` */
           encoding: z.enum(['hex', 'base64', 'base64url']).default('base64url'),
         })
         .strict(),
@@ -304,8 +307,9 @@ export const rotationSchema = z
       z
         .object({
           type: z.literal('redis-acl'),
+          /** The fleet Redis role (user `fleet-<role>`) whose password this secret is. */
           role: z.enum(['api', 'worker', 'scheduler', 'ops', 'retention']),
-          /** @defaultValue `"FLEET_REDIS_ADMIN_URL"` */
+          /** The scheduler's environment variable holding an admin Redis URL (one that may run `ACL SETUSER`). @defaultValue `"FLEET_REDIS_ADMIN_URL"` */
           adminUrlEnv: z
             .string()
             .regex(/^[A-Z_][A-Z0-9_]*$/)
@@ -316,6 +320,7 @@ export const rotationSchema = z
       z
         .object({
           type: z.literal('module'),
+          /** The rotator module (`create`, and optionally `set`, `test`, `finish`), relative to the config file. */
           path: z.string().min(1),
           /** Where the rotator's sandbox may connect (the service it sets the credential on). Same syntax as a job type's egress. @defaultValue `"any"` (public addresses only) */
           egress: z.union([z.enum(['none', 'any']), z.array(z.string().min(1)).min(1)]).default('any'),
@@ -326,7 +331,7 @@ export const rotationSchema = z
     graceSeconds: z.number().int().min(0).default(3600),
     /** Tries of a failing rotation (exponential backoff). @defaultValue 5 */
     attempts: z.number().int().min(1).default(5),
-    /** @defaultValue 5000 */
+    /** First retry delay of a failing rotation. @defaultValue 5000 */
     backoffMs: z.number().int().min(0).default(5000),
   })
   .strict();
@@ -341,6 +346,7 @@ export const secretsSchema = z
         z.string().regex(SECRET_NAME),
         z
           .object({
+            /** Where this secret is kept. @defaultValue secrets.provider */
             provider: providerKind.optional(),
             /**
              * `exec` provider only: which program answers for this secret and the id it is asked
@@ -348,20 +354,24 @@ export const secretsSchema = z
              */
             exec: z
               .object({
+                /** The program under `secrets.exec` that answers for this secret. @defaultValue the only one configured */
                 program: z.string().regex(EXEC_PROGRAM_NAME).optional(),
+                /** The id the program is asked for. @defaultValue the secret's name */
                 id: z.string().regex(EXEC_ID, 'use letters, digits and . _ : / - (OpenClaw exec ids)').optional(),
               })
               .strict()
               .optional(),
             /** Drives rotation rules: API keys at least weekly, encryption keys daily. @defaultValue `"api-key"` */
             kind: z.enum(['api-key', 'encryption-key', 'other']).default('api-key'),
+            /** Shown by `fleet status --secrets`. @defaultValue `""` */
             description: z.string().default(''),
+            /** How and when the secret is rotated (see docs/rotation.md). @defaultValue none: `fleet doctor` warns */
             rotation: rotationSchema.optional(),
             /**
              * Vault only: a credential the backend creates for each job and destroys when the job ends
              * (a dynamic secret, e.g. the database engine's `database/creds/<role>`). The job's own
              * token reads it, so the lease is the job's; the supervisor revokes the lease when the job
-             * ends, and Vault revokes it with the job token should the supervisor die.
+             * ends, and Vault revokes it with the job token should the supervisor die. @defaultValue none (a stored value)
              */
             dynamic: z
               .object({
@@ -386,14 +396,15 @@ export const secretsSchema = z
              * Where the value may be used, for `inject`: the egress proxy swaps a job's placeholder
              * for the value only in requests to these hosts (`host`, `host:port`, `*.domain`; port
              * 443 by default), only in `header` (shaped as `format`), and in the body only with
-             * `body: true`.
+             * `body: true`. @defaultValue none (the secret can only be delivered)
              */
             binding: z
               .object({
+                /** The hosts requests may carry the value to: `host`, `host:port` or `*.domain:port` (port 443 by default). */
                 hosts: z
                   .array(z.string().regex(/^(\*\.)?[a-z0-9.-]+(:\d{1,5})?$/i, 'use host, host:port or *.domain:port'))
                   .min(1),
-                /** @defaultValue `"authorization"` */
+                /** The request header that carries the placeholder. @defaultValue `"authorization"` */
                 header: z
                   .string()
                   .regex(/^[A-Za-z0-9-]+$/)
@@ -409,6 +420,7 @@ export const secretsSchema = z
           .strict(),
       )
       .default({}),
+    /** The development store: an AES-256-GCM encrypted file under dataDir, its key beside it. */
     local: z
       .object({
         /** Encrypted store, relative to dataDir. @defaultValue `"secrets.enc.json"` */
@@ -417,11 +429,12 @@ export const secretsSchema = z
         keyFile: z.string().default('master.key'),
         /** Env var with a base64 32-byte master key; wins over keyFile. @defaultValue `"FLEET_MASTER_KEY"` */
         masterKeyEnv: z.string().default('FLEET_MASTER_KEY'),
-        /** @defaultValue 5 */
+        /** Versions of each secret kept in the store. @defaultValue 5 */
         keepVersions: z.number().int().min(1).default(5),
       })
       .strict()
       .prefault({}),
+    /** HashiCorp Vault or OpenBao (KV v2): per-job tokens, dynamic credentials. Only `fleet vault setup`'s roles are needed. */
     vault: z
       .object({
         /** `https://…` (or `http://` on loopback only: `fleet doctor --production` fails it elsewhere). @defaultValue `$VAULT_ADDR` */
@@ -439,21 +452,21 @@ export const secretsSchema = z
         prefix: z.string().default('fleet'),
         /** `approle` for production; `token` reads a token from `tokenEnv` (dev). @defaultValue `"approle"` */
         auth: z.enum(['approle', 'token']).default('approle'),
-        /** @defaultValue `"VAULT_TOKEN"` */
+        /** Environment variable holding the token of `auth: "token"`. @defaultValue `"VAULT_TOKEN"` */
         tokenEnv: z.string().default('VAULT_TOKEN'),
-        /** @defaultValue `"VAULT_ROLE_ID"` */
+        /** Environment variable holding the supervisor's AppRole role id (`…_FILE` reads it from a file). @defaultValue `"VAULT_ROLE_ID"` */
         roleIdEnv: z.string().default('VAULT_ROLE_ID'),
-        /** @defaultValue `"VAULT_SECRET_ID"` */
+        /** Environment variable holding the supervisor's AppRole secret id (`…_FILE` reads it from a file). @defaultValue `"VAULT_SECRET_ID"` */
         secretIdEnv: z.string().default('VAULT_SECRET_ID'),
-        /** @defaultValue `"approle"` */
+        /** Mount path of the AppRole auth method. @defaultValue `"approle"` */
         approleMount: z.string().default('approle'),
         /** The scheduler role's AppRole (`fleet-rotator`, written by `fleet vault setup`). @defaultValue `"VAULT_ROTATOR_ROLE_ID"` */
         rotatorRoleIdEnv: z.string().default('VAULT_ROTATOR_ROLE_ID'),
-        /** @defaultValue `"VAULT_ROTATOR_SECRET_ID"` */
+        /** The secret id of the scheduler's AppRole. @defaultValue `"VAULT_ROTATOR_SECRET_ID"` */
         rotatorSecretIdEnv: z.string().default('VAULT_ROTATOR_SECRET_ID'),
-        /** @defaultValue `"fleet-job"` */
+        /** The token role job tokens are minted through. @defaultValue `"fleet-job"` */
         tokenRole: z.string().default('fleet-job'),
-        /** @defaultValue `"fleet-job-"` */
+        /** Prefix of each job type's Vault policy (`fleet-job-<type>`). @defaultValue `"fleet-job-"` */
         policyPrefix: z.string().default('fleet-job-'),
         /** Job tokens outlive the job's timeout by this much. @defaultValue 30000 */
         tokenTtlMarginMs: z.number().int().min(0).default(30_000),
@@ -467,7 +480,7 @@ export const secretsSchema = z
          * start. @defaultValue 1
          */
         spareTokens: z.number().int().min(0).max(16).default(1),
-        /** @defaultValue 5000 */
+        /** Timeout of each request to Vault. @defaultValue 5000 */
         requestTimeoutMs: z.number().int().positive().default(5000),
       })
       .strict()
@@ -478,19 +491,20 @@ export const secretsSchema = z
      * Read-only: values are set and rotated in the program's own store. @defaultValue none
      */
     exec: z.record(z.string().regex(EXEC_PROGRAM_NAME), execProgramSchema).optional(),
+    /** AWS KMS envelope encryption: values sealed under data keys from `GenerateDataKey`, stored in Redis. Credentials from the AWS SDK's usual chain. */
     kms: z
       .object({
         /** Key id, ARN or alias of the customer master key. */
         keyId: z.string().min(1),
-        /** @defaultValue `$AWS_REGION` or `"us-east-1"` */
+        /** The key's AWS region. @defaultValue `$AWS_REGION` or `"us-east-1"` */
         region: z.string().optional(),
         /** A local KMS-API server (moto, local-kms). @defaultValue AWS */
         endpoint: z.string().optional(),
         /** The scheduler turns on KMS automatic rotation of the customer key at start. @defaultValue true */
         enableKeyRotation: z.boolean().default(true),
-        /** @defaultValue 5 */
+        /** Versions of each secret kept (older envelopes are deleted on a new version). @defaultValue 5 */
         keepVersions: z.number().int().min(1).default(5),
-        /** @defaultValue 5000 */
+        /** Timeout of each KMS call. @defaultValue 5000 */
         requestTimeoutMs: z.number().int().positive().default(5000),
       })
       .strict()
@@ -521,7 +535,7 @@ export const secretsSchema = z
      */
     secretsManager: z
       .object({
-        /** @defaultValue `$AWS_REGION` or `"us-east-1"` */
+        /** The secrets' AWS region. @defaultValue `$AWS_REGION` or `"us-east-1"` */
         region: z.string().optional(),
         /** A local Secrets-Manager-API server (moto). @defaultValue AWS */
         endpoint: z.string().optional(),
@@ -547,11 +561,12 @@ export const secretsSchema = z
           .int()
           .refine((d) => d === 0 || (d >= 7 && d <= 30), 'use 0 (delete at once, no recovery) or 7 to 30 days')
           .default(30),
-        /** @defaultValue 5000 */
+        /** Timeout of each Secrets Manager call. @defaultValue 5000 */
         requestTimeoutMs: z.number().int().positive().default(5000),
       })
       .strict()
       .prefault({}),
+    /** The audit trail: its retention, MAC key, export and checks (see docs/secrets.md, "Audit"). */
     audit: z
       .object({
         /** Audit stream retention: the scheduler trims to this many records (once 10% over), leaving a signed checkpoint. @defaultValue 100000 */
@@ -580,6 +595,7 @@ export const fleetConfigSchema = z
   .object({
     /** Folder for the embedded Redis, generated keys and local secrets. @defaultValue `".fleet"` */
     dataDir: z.string().default('.fleet'),
+    /** The Redis every role shares (jobs, audit trail, rotation state). */
     redis: z
       .object({
         /**
@@ -594,7 +610,7 @@ export const fleetConfigSchema = z
          * bundled roots, no client certificate
          */
         tls: tlsClientSchema.optional(),
-        /** Key prefix of every key the fleet writes. @defaultValue `"fleet"` */
+        /** Key prefix of every key the fleet writes; each job type's keys sit under the hash tag `{type}` (Redis Cluster ready). @defaultValue `"fleet"` */
         prefix: z
           .string()
           .regex(/^[A-Za-z0-9_-]+$/)
@@ -602,11 +618,12 @@ export const fleetConfigSchema = z
       })
       .strict()
       .default({ prefix: 'fleet' }),
+    /** The HTTP API (`fleet start --role api`). */
     api: z
       .object({
-        /** @defaultValue `"127.0.0.1"` */
+        /** The interface the API listens on. @defaultValue `"127.0.0.1"` */
         host: z.string().default('127.0.0.1'),
-        /** @defaultValue 8080 */
+        /** Its port; 0 picks a free one. @defaultValue 8080 */
         port: z.number().int().min(0).max(65535).default(8080),
         /**
          * Serve HTTPS with this certificate and key (PEM, relative to the config; read at start, a
@@ -633,11 +650,12 @@ export const fleetConfigSchema = z
         maxBatchSize: z.number().int().positive().default(1000),
         /** Deepest nesting of arrays/objects a JSON body may have (checked on the raw bytes, before parsing); deeper gets 400 PAYLOAD_TOO_DEEP. @defaultValue 100 */
         maxJsonDepth: z.number().int().min(1).max(10_000).default(100),
+        /** Bull Board, the queue UI: admin producers only, masked. */
         bullBoard: z
           .object({
-            /** @defaultValue true (admin producers only) */
+            /** Serve Bull Board on the API (admin producers only). @defaultValue true */
             enabled: z.boolean().default(true),
-            /** @defaultValue `"/admin/queues"` */
+            /** Where on the API it is served. @defaultValue `"/admin/queues"` */
             path: z
               .string()
               .regex(/^\/[A-Za-z0-9/_-]+$/)
@@ -650,11 +668,12 @@ export const fleetConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Each worker and scheduler process: its metrics port, shutdown, sandbox layers and egress proxy. */
     supervisor: z
       .object({
         /** Port of this supervisor's `/metrics` and `/healthz`; 0 picks a free one. @defaultValue 9464 */
         metricsPort: z.number().int().min(0).max(65535).default(9464),
-        /** @defaultValue `"127.0.0.1"` */
+        /** The interface of `/metrics` and `/healthz` (plain HTTP: counters, never secrets). @defaultValue `"127.0.0.1"` */
         metricsHost: z.string().default('127.0.0.1'),
         /** On SIGTERM, running jobs get this long to finish before they are cancelled and returned to wait. @defaultValue 30000 */
         shutdownDeadlineMs: z.number().int().min(0).default(30_000),
@@ -701,9 +720,11 @@ export const fleetConfigSchema = z
       })
       .strict()
       .prefault({}),
+    /** Where secrets come from, per-secret settings, the audit trail and the data key. */
     secrets: secretsSchema.prefault({}),
     /** Who may enqueue. Empty: `npm start` generates a dev token into dataDir and prints where. */
     producers: z.array(producerSchema).default([]),
+    /** The kinds of job the fleet runs, each with its processor, limits and secrets. */
     jobTypes: z.array(jobTypeSchema).min(1, 'declare at least one job type'),
   })
   .strict();

@@ -89,7 +89,7 @@ export class SecretsManagerProvider implements SecretProvider {
         AccessDeniedException: [
           'SECRET_PERMISSION_DENIED',
           false,
-          `Secrets Manager denied ${what} for ${subject}. Fix: grant secretsmanager:${what} on arn:aws:secretsmanager:<region>:<account>:secret:${this.#o.namePrefix}* to the fleet's role (README: least-privilege policy).`,
+          `Secrets Manager denied ${what} for ${subject}. Fix: grant secretsmanager:${what} on arn:aws:secretsmanager:<region>:<account>:secret:${this.#o.namePrefix}* to the fleet's role (least-privilege policy: docs/secrets.md#secrets-manager-aws-secrets-manager).`,
         ],
         DecryptionFailure: [
           'SECRET_PERMISSION_DENIED',

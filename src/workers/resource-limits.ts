@@ -142,7 +142,7 @@ export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): Resou
       process.once('exit', removeRoots);
     } catch (err) {
       reasons.push(
-        `cgroups: ${errorMessage(err).replace(/^EACCES.*$/, 'no write access to the cgroup tree')}. Fix: run the supervisor as root, or with a delegated cgroup subtree (systemd Delegate=yes; Docker: see README "Deploy").`,
+        `cgroups: ${errorMessage(err).replace(/^EACCES.*$/, 'no write access to the cgroup tree')}. Fix: run the supervisor as root, or with a delegated cgroup subtree (systemd Delegate=yes; Docker: see docs/operations.md#deploy).`,
       );
     }
   }

@@ -73,8 +73,8 @@ export function probeOsLayer(setting: 'auto' | 'required' | 'off', bwrapPath = '
         errnoCode(err) === 'ENOENT'
           ? `${bwrapPath} not found. Fix: apt-get install bubblewrap (Debian/Ubuntu), dnf install bubblewrap (Fedora), or set supervisor.bwrapPath.`
           : /mount proc|proc on/i.test(said)
-            ? `${bwrapPath} creates namespaces but cannot mount a fresh /proc (${said}): the container masks paths under /proc. Fix: run the worker with security_opt systempaths=unconfined (Docker; Kubernetes: procMount: Unmasked with user namespaces), see README "Deploy".`
-            : `${bwrapPath} cannot create namespaces here (${said}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with the seccomp profile in deploy/ and apparmor=unconfined, systempaths=unconfined (see README "Deploy").`;
+            ? `${bwrapPath} creates namespaces but cannot mount a fresh /proc (${said}): the container masks paths under /proc. Fix: run the worker with security_opt systempaths=unconfined (Docker; Kubernetes: procMount: Unmasked with user namespaces), see docs/operations.md#deploy.`
+            : `${bwrapPath} cannot create namespaces here (${said}). Fix: allow unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1; Ubuntu 24.04+: an AppArmor profile for bwrap), or in Docker run the worker with the seccomp profile in deploy/ and apparmor=unconfined, systempaths=unconfined (see docs/operations.md#deploy).`;
       resolve({ available: false, reason: why, bwrapPath });
     });
   });

@@ -3,7 +3,7 @@
  * (base64 with and without padding, base64url, hex in either case, Buffer inspect form,
  * URL-encoding, JSON-escaping, and base64 runs that decode to something holding the value, as in
  * `Basic base64(user:secret)`) become `***`. It catches accidents; a hostile processor can encode
- * around any mask (see README "Threat model").
+ * around any mask (see docs/security.md#threat-model).
  * Values shorter than {@link MIN_MASK_LENGTH} characters are not masked: they would shred
  * ordinary output.
  */

@@ -212,7 +212,7 @@ describe.skipIf(reason !== null)('docker compose up: the whole stack on a real D
     const layers = status.supervisors.flatMap((x) => x.types).find((t) => t.jobType === 'sign-webhook')?.layers ?? [];
     expect(layers).toContain('namespaces');
     // Inside the container: rlimits and the seccomp filter; per-sandbox cgroups only where the
-    // engine delegates a writable cgroup tree (README "Resource limits").
+    // engine delegates a writable cgroup tree (docs/security.md#resource-limits-from-the-kernel).
     expect(layers).toEqual(expect.arrayContaining(['rlimits', 'seccomp']));
     summary.osLayer = layers.includes('namespaces') ? 'namespaces' : 'none';
     summary.sandboxLayers = layers;

@@ -373,7 +373,7 @@ export async function startPostgres(): Promise<PostgresServer | { reason: string
   };
 }
 
-/** The revocation statements README recommends for a PostgreSQL role of the database engine. */
+/** The revocation statements docs/secrets.md recommends for a PostgreSQL role of the database engine. */
 export function revocationStatements(admin: string): string[] {
   return [
     `ALTER ROLE "{{name}}" NOLOGIN VALID UNTIL 'now';`,
@@ -422,7 +422,7 @@ export async function setupDatabaseEngine(
       `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
       'GRANT SELECT ON orders TO "{{name}}";',
     ],
-    // What README recommends: the login ends first, then whatever the user came to own (default
+    // What docs/secrets.md recommends: the login ends first, then whatever the user came to own (default
     // privileges a job can set on its own included, which would make a plain DROP ROLE fail).
     ...(options.defaultRevocation ? {} : { revocation_statements: revocationStatements(pg.admin.user) }),
     default_ttl: '1h',
