@@ -93,6 +93,7 @@ export async function startFleet(options: {
   const events = new FleetEventBus();
   const metrics = new FleetMetrics();
   metrics.attach(events);
+  metrics.declareJobTypes(config.jobTypes.values());
   const cleanups: (() => Promise<void>)[] = [];
   const release = async (): Promise<void> => {
     for (const c of cleanups.reverse())

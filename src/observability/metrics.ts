@@ -1,5 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { FleetEventBus, LifecycleState } from '../events.js';
+import type { JobType } from '../config/resolve.js';
 
 /**
  * The fleet's Prometheus metrics. One registry per process; the supervisor and the API attach to
@@ -247,6 +248,20 @@ export class FleetMetrics {
   }
 
   /** Subscribes to a supervisor's or API's events. Returns the unsubscribe function. */
+  /**
+   * Zero series for the refusal counters of the job types that can have refusals, so a dashboard
+   * shows 0 rather than "no data" and an alert on their increase has a series from the first
+   * scrape (a counter made only at its first event misses that increase).
+   */
+  declareJobTypes(types: Iterable<JobType>): void {
+    for (const t of types) {
+      if (t.egress === 'none') continue;
+      this.egressRefused.labels(t.name).inc(0);
+      for (const [secret, mode] of t.secretModes)
+        if (mode === 'inject') this.secretInjectionsRefused.labels(t.name, secret).inc(0);
+    }
+  }
+
   attach(events: FleetEventBus): () => void {
     const offs = [
       events.on('job:started', (e) => this.queueWait.labels(e.jobType).observe(Math.max(0, e.queuedMs) / 1000)),
