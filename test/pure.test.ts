@@ -31,7 +31,7 @@ import { makeLogger, prettyLine } from '../src/observability/logger.js';
 import { isOneOf, required } from '../src/guards.js';
 import { parseControlMessage } from '../src/workers/control.js';
 import { rotatorOf } from '../src/workers/processor-api.js';
-import { SecretMask } from '../src/workers/secret-mask.js';
+import { SecretMask } from '../src/secrets/secret-mask.js';
 import { ChannelError, encodeFrame, FrameDecoder } from '../src/workers/channel.js';
 import { parseFromSandbox } from '../src/workers/protocol-schema.js';
 import { errorFromSandbox } from '../src/workers/sandbox.js';

@@ -1,6 +1,6 @@
 import { inspect } from 'node:util';
 import { describe, expect, it } from 'vitest';
-import { SecretMask } from '../src/workers/secret-mask.js';
+import { SecretMask } from '../src/secrets/secret-mask.js';
 
 const SECRET = 'M-S3cr3t-value-0123456789';
 

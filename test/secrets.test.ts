@@ -7,7 +7,7 @@ import { Redis } from 'ioredis';
 import type { FleetConfig } from '../src/config/resolve.js';
 import type { JobTypeInput } from '../src/config/schema.js';
 import { readSecretStats } from '../src/secrets/audit.js';
-import { encodings, SecretMask } from '../src/workers/secret-mask.js';
+import { encodings, SecretMask } from '../src/secrets/secret-mask.js';
 import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob, localStore } from './helpers/fleet.js';
 import { capturingLogger, scanForLeaks } from './helpers/leaks.js';
 import { providerContract } from './helpers/provider-contract.js';

@@ -1,5 +1,5 @@
 import { SecretUnavailableError, toError } from '../errors.js';
-import { SecretMask } from '../workers/secret-mask.js';
+import { SecretMask } from './secret-mask.js';
 import { checkProgram, ExecProgramError, runProgram, type ExecProgram } from './exec-program.js';
 import { ExecResponseError, parseExecAnswer } from './exec-response.js';
 import { declaredLease } from './lease.js';

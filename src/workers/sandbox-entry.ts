@@ -29,7 +29,7 @@ import { encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.j
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import { rotatorOf, type Rotator } from './processor-api.js';
-import { SecretMask } from './secret-mask.js';
+import { SecretMask } from '../secrets/secret-mask.js';
 
 /**
  * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with

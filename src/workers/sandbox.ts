@@ -17,7 +17,7 @@ import type { LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './p
 import { MAX_ERROR_TEXT, parseFromSandbox, type ParsedFromSandbox } from './protocol-schema.js';
 import type { SandboxLayer } from './sandbox-boundary.js';
 import { startProcessHost, startThreadHost, type ProcessHostOptions, type SandboxHost } from './sandbox-host.js';
-import { SecretMask } from './secret-mask.js';
+import { SecretMask } from '../secrets/secret-mask.js';
 
 /**
  * What one job may send out of its sandbox, enforced by the supervisor (a sandbox's own entry keeps
