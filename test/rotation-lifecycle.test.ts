@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
 import { describe, expect, it } from 'vitest';
+import { ManualClock } from '../src/clock.js';
 import { FleetEventBus } from '../src/events.js';
 import { RotationService } from '../src/rotation/rotation-service.js';
 import { readRotationState } from '../src/rotation/state.js';
@@ -124,5 +125,28 @@ describe('rotation scheduler lifecycle', () => {
     const state = await readRotationState(redis.client, c.redis.prefix, 'api-key');
     expect(state.retiring).toEqual({});
     await expect(store.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+  });
+
+  it('a previous version retires when its grace window has passed on the clock, not before (no sleep)', async () => {
+    const { config: c, dataDir } = config(3600);
+    const store = localStore(dataDir, 10);
+    await store.write('api-key', Buffer.from('initial-value-0001'));
+    const clock = new ManualClock();
+    const svc = new RotationService({ config: c, redisUrl: redis.url, events: new FleetEventBus(), clock });
+    await svc.start();
+    try {
+      const job = await svc.rotateNow('api-key');
+      await expect.poll(() => job.getState(), { timeout: 15_000 }).toBe('completed');
+      await svc.sweep();
+      expect(Buffer.from((await store.readVersion('api-key', '1')).value).toString()).toBe('initial-value-0001');
+      clock.advance(3600 * 1000 - 1);
+      await svc.sweep();
+      expect((await store.readVersion('api-key', '1')).version).toBe('1');
+      clock.advance(2);
+      await svc.sweep();
+      await expect(store.readVersion('api-key', '1')).rejects.toMatchObject({ code: 'SECRET_NOT_FOUND' });
+    } finally {
+      await svc.stop();
+    }
   });
 });

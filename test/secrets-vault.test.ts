@@ -6,6 +6,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { FleetConfig } from '../src/config/resolve.js';
 import { readAudit } from '../src/secrets/audit.js';
+import { ManualClock, type Clock } from '../src/clock.js';
 import { VaultProvider } from '../src/secrets/vault-provider.js';
 import { silentLogger } from '../src/observability/logger.js';
 import {
@@ -111,7 +112,7 @@ async function spareTokens(): Promise<{ accessor: string; policies: string[] }[]
   return out;
 }
 
-function provider(config: FleetConfig, spareTokens = 0, tokenTtlMarginMs?: number): VaultProvider {
+function provider(config: FleetConfig, spareTokens = 0, tokenTtlMarginMs?: number, clock?: Clock): VaultProvider {
   const v = config.secrets.vault!;
   return new VaultProvider({
     address: server!.url,
@@ -130,6 +131,7 @@ function provider(config: FleetConfig, spareTokens = 0, tokenTtlMarginMs?: numbe
     requestTimeoutMs: v.requestTimeoutMs,
     spareTokens,
     logger: silentLogger,
+    ...(clock ? { clock } : {}),
   });
 }
 
@@ -226,6 +228,30 @@ describe.skipIf(!server)('Vault provider (real Vault API)', () => {
     await new Promise((r) => setTimeout(r, 300));
     expect(await mine()).toEqual([]);
     await noMargin.close();
+  });
+
+  it('a spare older than tokenTtlMarginMs is revoked unused and the job gets a fresh token (the clock moved, no sleep)', async () => {
+    const others = new Set((await spareTokens()).map((t) => t.accessor));
+    const mine = async () => (await spareTokens()).filter((t) => !others.has(t.accessor));
+    const clock = new ManualClock();
+    const prov = provider(vaultConfig(), 1, 5000, clock);
+    const lease = (jobId: string) => prov.lease({ jobId, jobType: 'reader', names: ['a-key'], ttlMs: 5000 });
+    await (await lease('reader.old-1')).release();
+    await until('one spare token', async () => (await mine()).length === 1);
+    const [spare] = await mine();
+    // Still young: a job would take it. Past the margin, it would not cover a whole job.
+    clock.advance(5001);
+    const job = await lease('reader.old-2');
+    expect(Buffer.from((await job.read('a-key')).value).toString()).toBe(SECRETS['a-key']);
+    expect(await liveJobTokens()).toEqual(['reader.old-2']);
+    await until('the old spare revoked', async () => {
+      const r = await root('POST', 'auth/token/lookup-accessor', { accessor: spare!.accessor }).catch(
+        (e: { status?: number }) => e.status,
+      );
+      return r === 400;
+    });
+    await job.release();
+    await prov.close();
   });
 
   it("fleet doctor's probe confirms a type's policy, and names the gap when it does not cover a secret", async () => {

@@ -6,6 +6,7 @@ import type { RedisClient } from '../redis/connection.js';
 import { encryptsData, type FleetConfig } from '../config/resolve.js';
 import { scheduleOf } from '../config/schedule.js';
 import type { rotationSchema } from '../config/schema.js';
+import { systemClock, type Clock } from '../clock.js';
 import { Lifecycle, type ServiceState } from '../lifecycle.js';
 import { FleetError, toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
@@ -82,6 +83,7 @@ export class RotationService {
   readonly #config: FleetConfig;
   #sweeps: Promise<void> = Promise.resolve();
   readonly #life = new Lifecycle('rotation scheduler');
+  readonly #clock: Clock;
   #starting: Promise<void> | null = null;
   #stopping: Promise<void> | null = null;
   readonly #log: Logger;
@@ -117,7 +119,10 @@ export class RotationService {
     openProvider?: (kind: ProviderKind) => Promise<SecretProvider>;
     events: FleetEventBus;
     logger?: Logger;
+    /** When rotations are due and versions retire. @defaultValue the system clock */
+    clock?: Clock;
   }) {
+    this.#clock = options.clock ?? systemClock;
     this.#openProvider = options.openProvider ?? null;
     this.#config = options.config;
     this.#redisUrl = options.redisUrl;
@@ -414,7 +419,7 @@ export class RotationService {
     if (intervalMs === null) return true;
     const state = await readRotationState(this.#db, this.#config.redis.prefix, secret);
     const since = state.lastSuccessAt ?? (await provider.list()).find((m) => m.name === secret)?.updatedAt ?? 0;
-    return Date.now() - since >= intervalMs - Math.min(intervalMs * 0.1, 60_000);
+    return this.#clock.now() - since >= intervalMs - Math.min(intervalMs * 0.1, 60_000);
   }
 
   /** One rotation: create (pending) → set → test → promote; the old version retires after the grace window. */
@@ -509,7 +514,7 @@ export class RotationService {
         .hdel(key, 'lastFailedStep', 'lastError')
         .hincrby(key, 'rotations', 1);
       if (previous && previous !== promoted.version)
-        multi.hset(key, `retire:${previous}`, String(Date.now() + policy.graceSeconds * 1000));
+        multi.hset(key, `retire:${previous}`, String(this.#clock.now() + policy.graceSeconds * 1000));
       await multi.exec();
       this.#events.emit('rotation:finished', { secret, ok: true, durationMs: performance.now() - t0 });
       this.#log.info('secret rotated', { secret, version: promoted.version, previous });
@@ -577,7 +582,7 @@ export class RotationService {
     for (const secret of this.policies().keys()) {
       const state = await readRotationState(this.#redis, this.#config.redis.prefix, secret);
       for (const [version, at] of Object.entries(state.retiring)) {
-        if (at > Date.now()) continue;
+        if (at > this.#clock.now()) continue;
         // Claim the retirement first (HDEL answers 1 to exactly one caller): the periodic sweep,
         // an explicit one and other scheduler replicas never retire a version, or run the
         // rotator's finish step, twice. A failed retirement is put back for the next sweep.
@@ -629,12 +634,12 @@ export class RotationService {
    */
   async #dataKeyStillUsed(secret: string, version: string, stateKey: string): Promise<boolean> {
     const users = await jobsSealedUnder(this.#db, this.#config, version).catch(async (err: unknown) => {
-      await this.#redis?.hset(stateKey, `retire:${version}`, String(Date.now() + 60_000));
+      await this.#redis?.hset(stateKey, `retire:${version}`, String(this.#clock.now() + 60_000));
       throw err;
     });
     if (!users.length) return false;
     const graceMs = Math.max(1000, this.#policy(secret).graceSeconds * 1000);
-    await this.#db.hset(stateKey, `retire:${version}`, String(Date.now() + graceMs));
+    await this.#db.hset(stateKey, `retire:${version}`, String(this.#clock.now() + graceMs));
     this.#log.info('data key version still seals stored jobs; its retirement waits', {
       secret,
       version,

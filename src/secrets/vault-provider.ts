@@ -1,6 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import type nodeVault from 'node-vault';
 import { z } from 'zod';
+import { systemClock, type Clock } from '../clock.js';
 import { SecretUnavailableError, toError } from '../errors.js';
 import { nodeVaultClient, statusOf, vaultAnswers, vaultError, VaultHttp, type VaultMethod } from './vault-http.js';
 import { required } from '../guards.js';
@@ -39,6 +40,8 @@ export interface VaultProviderOptions {
   /** For an https address: CA, client certificate and key, server name (secrets.vault.tls, loaded). @defaultValue Node's bundled roots */
   tls?: ConnectionOptions;
   logger: Logger;
+  /** @defaultValue the system clock */
+  clock?: Clock;
 }
 
 /** The job id a token minted ahead is minted for. */
@@ -70,6 +73,7 @@ export class VaultProvider implements SecretProvider {
   readonly #o: VaultProviderOptions;
   readonly #client: nodeVault.client;
   readonly #http: VaultHttp;
+  readonly #clock: Clock;
   #token: string | null = null;
   #renewTimer: NodeJS.Timeout | null = null;
   /** Job tokens minted ahead, per (type, names, timeout), oldest first. */
@@ -79,6 +83,7 @@ export class VaultProvider implements SecretProvider {
 
   constructor(options: VaultProviderOptions) {
     this.#o = options;
+    this.#clock = options.clock ?? systemClock;
     this.#http = new VaultHttp({
       address: options.address,
       requestTimeoutMs: options.requestTimeoutMs,
@@ -189,7 +194,7 @@ export class VaultProvider implements SecretProvider {
       const spare = spares.shift();
       const minted = await spare?.catch(() => null);
       if (!minted) continue;
-      if (Date.now() - minted.mintedAt < this.#o.tokenTtlMarginMs) token = { ...minted, spare: true };
+      if (this.#clock.now() - minted.mintedAt < this.#o.tokenTtlMarginMs) token = { ...minted, spare: true };
       else void this.#revoke(minted.accessor).catch(this.#revokeFailed('a spare job token too old to use'));
     }
     return token ?? this.#mint(request);
@@ -260,7 +265,7 @@ export class VaultProvider implements SecretProvider {
           `auth/token/create/${this.#o.tokenRole}`,
           body,
         );
-        return { token: res.auth.client_token, accessor: res.auth.accessor, mintedAt: Date.now() };
+        return { token: res.auth.client_token, accessor: res.auth.accessor, mintedAt: this.#clock.now() };
       } catch (err) {
         const e = vaultError(err, 'minting the job token');
         // Vault answers an expired or revoked token with a plain 403, like a missing permission:
@@ -308,7 +313,7 @@ export class VaultProvider implements SecretProvider {
             accessor: minted.accessor,
             jobId: request.jobId,
             jobType: request.jobType,
-            expiresAt: Date.now() + request.ttlMs + this.#o.tokenTtlMarginMs,
+            expiresAt: this.#clock.now() + request.ttlMs + this.#o.tokenTtlMarginMs,
           })
           .catch((err: unknown) => {
             throw new SecretUnavailableError(

@@ -34,9 +34,10 @@ export async function readSupervisorStatuses(
   redis: RedisClient,
   prefix: string,
   heartbeatMs: number,
+  now = Date.now(),
 ): Promise<{ live: SupervisorStatus[]; invalid: string[] }> {
   const raw = await redis.hgetall(supervisorsKey(prefix));
-  const staleAfter = Date.now() - heartbeatMs * 3;
+  const staleAfter = now - heartbeatMs * 3;
   const live: SupervisorStatus[] = [];
   const invalid: string[] = [];
   for (const [id, text] of Object.entries(raw)) {
