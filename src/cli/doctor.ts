@@ -239,15 +239,9 @@ export function transportChecks(
   return out;
 }
 
-/**
- * The pre-deploy checklist of the zero-trust rules, as checks: external secrets, per-job isolation
- * and short timeouts for critical work, concurrency caps, monitoring, Redis settings, Vault/KMS
- * credentials and policies, rotation policies and overdue rotations.
- */
-export async function doctor(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
-  const out: Check[] = transportChecks(config, { production: options.production, redisUrl: options.access?.url });
-
-  // Secrets come from an external manager.
+/** Secrets come from an external manager (the local store is for development). */
+function secretSourceChecks(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Check[] {
+  const out: Check[] = [];
   for (const [name, kind] of config.secretProviders) {
     if (kind === 'local') {
       out.push(
@@ -277,8 +271,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       ),
     );
   else out.push(pass(macCheck, macKind));
+  return out;
+}
 
-  // Secrets a type holds in its sandbox although they could be injected at egress.
+/** Secrets a type holds in its sandbox although they could be injected at egress. */
+function injectionChecks(config: FleetConfig): Check[] {
+  const out: Check[] = [];
   for (const t of config.jobTypes.values()) {
     for (const [name, mode] of t.secretModes) {
       const binding = config.secrets.items[name]?.binding;
@@ -299,8 +297,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         );
     }
   }
+  return out;
+}
 
-  // Critical work: request-bound execution with a short timeout; concurrency caps.
+/** Critical work: request-bound execution with a short timeout; concurrency caps. */
+function isolationChecks(config: FleetConfig): Check[] {
+  const out: Check[] = [];
   for (const t of config.jobTypes.values()) {
     if (t.sensitivity === 'critical') {
       out.push(
@@ -344,9 +346,14 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         );
     }
   }
+  return out;
+}
 
-  // Critical types need the OS layer (namespaces) in production: without it a compromised
-  // processor keeps the host's network and can fill disk (see docs/security.md#threat-model).
+/** Critical types need the OS layer (namespaces) in production. */
+async function osLayerChecks(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
+  const out: Check[] = [];
+  // Without it a compromised processor keeps the host's network and can fill disk (see
+  // docs/security.md#threat-model).
   const { live: reports, invalid } = await readSupervisorStatuses(
     redis,
     config.redis.prefix,
@@ -396,9 +403,13 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   }
 
   if (options.access) out.push(...(await redisRoleChecks(config, options.access, options.production)));
+  return out;
+}
 
-  // Redis: no eviction (jobs and audit records must never be evicted), persistence. CONFIG needs
-  // an admin identity (the roles may not read it): the embedded server's, or REDIS_URL's own.
+/** Redis: no eviction and persistence; each role's ACL user. */
+async function redisServerChecks(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
+  const out: Check[] = [];
+  // CONFIG needs an admin identity (the roles may not read it): the embedded server's, or REDIS_URL's own.
   const adminUrl = options.access?.admin ? options.access.adminUrl() : options.access?.url;
   const admin = adminUrl ? connectRedis(adminUrl, 'producer', { lazyConnect: true, tls: config.redis.tls }) : redis;
   admin.on('error', () => undefined);
@@ -469,8 +480,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
   } finally {
     if (admin !== redis) admin.disconnect();
   }
+  return out;
+}
 
-  // Audit trail: retention keeps up, and the MAC chain verifies.
+/** Audit trail: retention keeps up, and the MAC chain verifies. */
+async function auditChecks(config: FleetConfig, redis: RedisClient): Promise<Check[]> {
+  const out: Check[] = [];
   try {
     const length = await redis.xlen(auditStreamKey(config.redis.prefix));
     const max = config.secrets.audit.maxEntries;
@@ -506,8 +521,15 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         ),
       );
   }
+  return out;
+}
 
-  // Providers: credentials valid, Vault policies present, KMS key reachable.
+/** Providers: credentials valid, Vault policies present, KMS key reachable; returns the stored secrets' metadata. */
+async function providerChecks(
+  config: FleetConfig,
+  redis: RedisClient,
+): Promise<{ checks: Check[]; meta: Map<string, SecretMetadata> }> {
+  const out: Check[] = [];
   const meta = new Map<string, SecretMetadata>();
   for (const kind of new Set<ProviderKind>(config.secretProviders.values())) {
     let provider;
@@ -573,8 +595,16 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
       await provider?.close();
     }
   }
+  return { checks: out, meta };
+}
 
-  // Rotation: every secret has a policy within its kind's limit, nothing overdue or failing.
+/** Rotation: every secret has a policy within its kind's limit, nothing overdue or failing. */
+async function rotationChecks(
+  config: FleetConfig,
+  redis: RedisClient,
+  meta: ReadonlyMap<string, SecretMetadata>,
+): Promise<Check[]> {
+  const out: Check[] = [];
   for (const h of await secretHealth(config, redis, meta)) {
     const policy = config.secrets.items[h.secret]?.rotation;
     const limit = MAX_AGE_MS[h.kind];
@@ -645,8 +675,12 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
         ),
       );
   }
+  return out;
+}
 
-  // Monitoring.
+/** Monitoring: the metrics endpoints answer and Prometheus scrapes the fleet. */
+async function monitoringChecks(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
+  const out: Check[] = [];
   if (!options.metricsUrls.length)
     out.push(
       warn('monitoring: metrics endpoint', 'no --metrics-url given', 'pass the API and supervisor /metrics URLs'),
@@ -687,6 +721,25 @@ export async function doctor(config: FleetConfig, redis: RedisClient, options: D
     }
   }
   return out;
+}
+
+/**
+ * The pre-deploy checklist of the zero-trust rules, as named checks in a fixed order.
+ */
+export async function doctor(config: FleetConfig, redis: RedisClient, options: DoctorOptions): Promise<Check[]> {
+  const providers = await providerChecks(config, redis);
+  return [
+    ...transportChecks(config, { production: options.production, redisUrl: options.access?.url }),
+    ...secretSourceChecks(config, redis, options),
+    ...injectionChecks(config),
+    ...isolationChecks(config),
+    ...(await osLayerChecks(config, redis, options)),
+    ...(await redisServerChecks(config, redis, options)),
+    ...(await auditChecks(config, redis)),
+    ...providers.checks,
+    ...(await rotationChecks(config, redis, providers.meta)),
+    ...(await monitoringChecks(config, redis, options)),
+  ];
 }
 
 export function renderChecks(checks: Check[]): string {
