@@ -171,13 +171,17 @@ export class Supervisor {
       await this.#startSecrets(this.#redis);
 
       const boundary = await this.#processBoundary();
-      await Promise.all(
+      // Every pool's start is waited for, also when one fails: a sandbox still starting in another
+      // pool would otherwise be missed by the clean-up of a failed start.
+      const started = await Promise.allSettled(
         this.#types.map(async (t) => {
           const pool = new SandboxPool(t, this.#log, this.events, boundary);
           this.#pools.set(t.name, pool);
           await pool.start();
         }),
       );
+      const failed = started.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+      if (failed) throw failed.reason;
       for (const t of this.#types) await this.#applyGlobalConcurrency(t);
 
       this.#subscriber = duplicateClient(this.#redis);
