@@ -299,13 +299,14 @@ describe.skipIf(skipReason !== null)('dynamic credentials (OpenBao database engi
         supervisor: { metricsPort: 0, heartbeatMs: 500 },
       }),
     );
-    const { child, output } = spawnWorker(file, { REDIS_URL: redis.url });
     const { jobTypes: _declared, ...rest } = raw;
     const config = testConfig(redis.url, types as Parameters<typeof testConfig>[1], {
       ...rest,
       dataDir: dir,
       redis: { url: redis.url, prefix },
     });
+    // Spawned right before the try whose finally kills it (a throw before would leave it running).
+    const { child, output } = spawnWorker(file, { REDIS_URL: redis.url });
     try {
       await expect.poll(output, { timeout: 30_000 }).toContain('"supervisor running"');
       const p = makeProducer(config);
