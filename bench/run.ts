@@ -41,6 +41,8 @@ const { values: args } = parseArgs({
     profile: { type: 'string' },
     /** Pairs of runs behind each paired ratio (median kept). */
     rounds: { type: 'string', default: '3' },
+    /** With `--only cpu`: only these paired ratios (comma-separated `ratios.cpu` keys). */
+    pairs: { type: 'string' },
   },
 });
 const ROUNDS = Number(args.rounds);
@@ -1111,6 +1113,15 @@ async function pairedRuns(
   return out;
 }
 
+/** `--pairs a,b`: paired ratios by name; an unknown one is refused with the list. */
+function pairedKeys(list: string): PairedKey[] {
+  const known = Object.keys(CPU_TARGETS);
+  return list.split(',').map((k) => {
+    if (!known.includes(k)) throw new Error(`--pairs: no paired ratio "${k}". Fix: one of ${known.join(', ')}.`);
+    return k as PairedKey;
+  });
+}
+
 /** `ratios.cpu.*`: contender's CPU per job ÷ baseline's (lower is better), each the median of its pairs. */
 function cpuRatios(paired: Partial<Record<PairedKey, Paired>>): Partial<Record<PairedKey, number>> {
   return Object.fromEntries(Object.entries(paired).map(([k, v]) => [k, v.cpu.ratio]));
@@ -1160,7 +1171,9 @@ async function benchmarks(): Promise<void> {
         osLayer,
         args.only === 'pool'
           ? ['poolVsBullmqInline', 'oneLocalSecretVsNone', 'processPoolVsBullmqProcesses']
-          : undefined,
+          : args.pairs
+            ? pairedKeys(args.pairs)
+            : undefined,
       );
       const cpu = cpuRatios(paired);
       const ratios = { ...Object.fromEntries(Object.entries(paired).map(([k, v]) => [k, v.ratio])), cpu };
