@@ -216,15 +216,34 @@ for (const [method, level] of Object.entries(consoleLevels)) {
     ),
   );
 }
-for (const [stream, level] of [
-  [process.stdout, 'info'],
-  [process.stderr, 'warn'],
+/**
+ * `process.stdout`/`stderr` report their writes as log lines. Node makes each stream on first
+ * access (loading `node:stream` and its kin: ~5 ms of CPU at a process sandbox's start), so its
+ * getter is wrapped rather than called: the stream is made, and its `write` replaced, the first
+ * time a processor reaches for it, before it can write anything.
+ */
+for (const [name, level] of [
+  ['stdout', 'info'],
+  ['stderr', 'warn'],
 ] as const) {
-  // write() has overloads (encoding, callback); every form lands here and is reported as written.
-  Reflect.set(stream, 'write', (chunk: unknown) => {
-    emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
-    return true;
-  });
+  const mask = (stream: NodeJS.WriteStream): NodeJS.WriteStream => {
+    // write() has overloads (encoding, callback); every form lands here and is reported as written.
+    Reflect.set(stream, 'write', (chunk: unknown) => {
+      emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
+      return true;
+    });
+    return stream;
+  };
+  const own = Object.getOwnPropertyDescriptor(process, name);
+  const get = own?.get;
+  if (get && own.configurable) {
+    let stream: NodeJS.WriteStream | null = null;
+    Object.defineProperty(process, name, {
+      configurable: false,
+      enumerable: own.enumerable ?? true,
+      get: () => (stream ??= mask(Reflect.apply(get, process, []))),
+    });
+  } else mask(process[name]);
 }
 
 /** The module's export: a processor function, or a rotator object. */
