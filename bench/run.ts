@@ -43,6 +43,8 @@ const { values: args } = parseArgs({
     rounds: { type: 'string', default: '3' },
     /** With `--only cpu`: only these paired ratios (comma-separated `ratios.cpu` keys). */
     pairs: { type: 'string' },
+    /** supervisor.sandboxNice of fleet's contenders (the product's default when absent). */
+    'sandbox-nice': { type: 'string' },
   },
 });
 const ROUNDS = Number(args.rounds);
@@ -91,7 +93,11 @@ function benchConfig(url: string, isolation: 'job' | 'pool', extra: BenchExtra =
       ...(extra.secrets ? { secrets: extra.secrets } : {}),
       // Never beside the processors: every sandbox may read its processor's directory.
       dataDir: extra.dataDir ?? mkdtempSync(path.join(tmpdir(), 'fleet-bench-data-')),
-      supervisor: { metricsPort: 0, osLayer: extra.osLayer ?? 'auto' },
+      supervisor: {
+        metricsPort: 0,
+        osLayer: extra.osLayer ?? 'auto',
+        ...(args['sandbox-nice'] !== undefined ? { sandboxNice: Number(args['sandbox-nice']) } : {}),
+      },
       jobTypes: [
         {
           name: 'noop',

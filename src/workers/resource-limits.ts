@@ -351,12 +351,17 @@ function pidsIn(dir: string): number[] {
   return (read(path.join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
 }
 
-/** SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them. */
+/**
+ * SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them.
+ * The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved one, at its
+ * low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a sandbox that took
+ * half a second to die 25 rounds of reads, kills and failing rmdirs on the supervisor's thread.
+ */
 async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
-  for (let attempt = 0; attempt < 250; attempt++) {
-    let left = 0;
-    for (const d of dirs) {
-      if (!existsSync(d)) continue;
+  let left = dirs.filter((d) => existsSync(d));
+  const deadline = Date.now() + 5000;
+  for (let waitMs = 5; left.length; waitMs = Math.min(waitMs * 2, 320)) {
+    left = left.filter((d) => {
       for (const pid of pidsIn(d))
         try {
           process.kill(pid, 'SIGKILL');
@@ -365,12 +370,13 @@ async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
         }
       try {
         rmdirSync(d);
-      } catch {
-        left++;
+        return false;
+      } catch (err) {
+        return errnoCode(err) !== 'ENOENT';
       }
-    }
-    if (!left) return;
-    await new Promise((r) => setTimeout(r, 20));
+    });
+    if (!left.length || Date.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, waitMs));
   }
 }
 
