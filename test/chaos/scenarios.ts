@@ -1,6 +1,6 @@
 import { supervisorsKey } from '../../src/redis/keys.js';
 import type { Redis } from 'ioredis';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -489,12 +489,19 @@ export async function load(opts: {
     const heap: number[] = [];
     const external: number[] = [];
     const sampler = setInterval(() => {
-      rss.push(Math.round(sup.rssMb()));
+      const r = Math.round(sup.rssMb());
+      rss.push(r);
       void heapMb(metricsUrl).then((h) => {
         if (h) {
           heap.push(Math.round(h.usedMb));
           external.push(Math.round(h.externalMb));
         }
+        // Beside the snapshots, as they are taken: `seconds rssMb heapUsedMb heapTotalMb externalMb`.
+        if (opts.heapSnapshots)
+          appendFileSync(
+            path.join(opts.heapSnapshots, 'samples.txt'),
+            `${rss.length} ${r} ${h ? [h.usedMb, h.totalMb, h.externalMb].map(Math.round).join(' ') : '- - -'}\n`,
+          );
       });
     }, 1000);
     const snapshotAt = Date.now() + (opts.seconds * 1000) / 3;
@@ -531,8 +538,9 @@ export async function load(opts: {
     if (opts.heapSnapshots) sup.child.kill('SIGUSR2');
     const finished = [...(await q.getJobs(['completed'], 0, -1)), ...(await q.getJobs(['failed'], 0, -1))];
     const lat = finished.map((j) => (j.finishedOn ?? 0) - j.timestamp).filter((x) => x >= 0);
-    const first = Math.min(...finished.map((j) => j.timestamp));
-    const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
+    // Reduced, not spread: a soak finishes a hundred thousand jobs, past the arguments a call takes.
+    const first = finished.reduce((m, j) => Math.min(m, j.timestamp), Infinity);
+    const last = finished.reduce((m, j) => Math.max(m, j.finishedOn ?? 0), 0);
     const counts = await q.getJobCounts('completed', 'failed');
     await new Promise((r) => setTimeout(r, 1500));
     const status = Object.values(await fleet.producer.redis.hgetall(supervisorsKey(fleet.config.redis.prefix))).map(
