@@ -34,6 +34,8 @@ import { SecretMask } from './secret-mask.js';
  * only by the kind of sandbox that uses it.
  */
 const inProcess = process.env[CHANNEL_ENV] === CHANNEL_FD3;
+// Read once and gone: the processor's environment is what the sandbox was given, no more.
+Reflect.deleteProperty(process.env, CHANNEL_ENV);
 
 /**
  * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with
