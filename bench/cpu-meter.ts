@@ -36,8 +36,11 @@ export interface CpuPerJob {
 export interface CpuMeter {
   readonly source: 'cgroup-v1' | 'cgroup-v2' | 'proc';
   read(): CpuReading;
-  /** Moves this process back to where it was and removes the cgroup (call last). */
-  release(): void;
+  /**
+   * Moves this process back to where it was and removes the cgroup (call last), waiting up to
+   * 5 s for the run's last children (a server stopped with SIGTERM) to leave it.
+   */
+  release(): Promise<void>;
 }
 
 // USER_HZ: 100 on every Linux architecture Node runs on (sysconf(_SC_CLK_TCK)).
@@ -157,12 +160,21 @@ export function startCpuMeter(): CpuMeter {
     return {
       source: cg.version === 'v1' ? 'cgroup-v1' : 'cgroup-v2',
       read: () => ({ totalMs: cg.usageMs(), selfMs: selfMs(), redisMs: redisMs() }),
-      release: () => {
+      release: async () => {
         try {
           writeFileSync(path.join(cg.parent, 'cgroup.procs'), String(process.pid));
-          removeEmpty(cg.dir);
         } catch {
-          // A descendant still in it: the kernel removes nothing; left for the host's clean-up.
+          return; // this process could not leave it: nothing can be removed
+        }
+        for (let waited = 0; ; waited += 50) {
+          try {
+            removeEmpty(cg.dir);
+            return;
+          } catch {
+            // A child still in it (still exiting): try again, then leave it to the host's clean-up.
+            if (waited >= 5000) return;
+            await new Promise((r) => setTimeout(r, 50));
+          }
         }
       },
     };
@@ -173,7 +185,7 @@ export function startCpuMeter(): CpuMeter {
       selfMs: selfMs(),
       redisMs: redisMs(),
     }),
-    release: () => undefined,
+    release: () => Promise.resolve(),
   };
 }
 

@@ -1153,7 +1153,7 @@ async function main(): Promise<void> {
   try {
     await benchmarks();
   } finally {
-    meter.release();
+    await meter.release();
   }
 }
 
