@@ -10,8 +10,10 @@ RUN npm ci --no-audit --no-fund
 COPY tsconfig.json tsconfig.build.json tsconfig.examples.json ./
 COPY src ./src
 COPY examples/demo ./examples/demo
-# The product, then the demo processors the compose config runs (bench and test tooling stay out).
-RUN npx tsc -p tsconfig.build.json && npx tsc -p tsconfig.examples.json
+COPY scripts/bundle-sandbox-entry.mjs ./scripts/
+# The product (with its sandbox entry bundled into one file), then the demo processors the compose
+# config runs (bench and test tooling stay out).
+RUN npx tsc -p tsconfig.build.json && node scripts/bundle-sandbox-entry.mjs && npx tsc -p tsconfig.examples.json
 
 # Runtime stage: production dependencies only, non-root, node as PID 1 so SIGTERM reaches it.
 FROM ${NODE_IMAGE}

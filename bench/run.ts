@@ -18,7 +18,8 @@ import { startEmbeddedRedis } from '../src/redis/embedded-redis.js';
 import { ensureEmbeddedUsers, urlWithCredential } from '../src/redis/acl.js';
 import { compiledPath } from '../src/runtime-path.js';
 import { Sandbox } from '../src/workers/sandbox.js';
-import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
+import { SANDBOX_ENTRY } from '../src/workers/sandbox-host.js';
+import { probeOsLayer, processSandboxCommand, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import { probeResourceLimits } from '../src/workers/resource-limits.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
 import { LocalProvider } from '../src/secrets/local-provider.js';
@@ -27,6 +28,7 @@ import { SecretsManagerProvider } from '../src/secrets/secrets-manager-provider.
 import { Supervisor } from '../src/workers/supervisor.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { atRestRuns } from './at-rest.js';
+import { cpuPerJob, startCpuMeter, type CpuPerJob } from './cpu-meter.js';
 
 const { values: args } = parseArgs({
   options: {
@@ -39,8 +41,17 @@ const { values: args } = parseArgs({
     only: { type: 'string' },
     /** Directory: a CPU profile of this process for each contender's throughput phase (`<label>.cpuprofile`). */
     profile: { type: 'string' },
+    /** Pairs of runs behind each paired ratio (median kept). */
+    rounds: { type: 'string', default: '3' },
+    /** With `--only cpu`: only these paired ratios (comma-separated `ratios.cpu` keys). */
+    pairs: { type: 'string' },
+    /** supervisor.sandboxNice of fleet's contenders (the product's default when absent). */
+    'sandbox-nice': { type: 'string' },
   },
 });
+const ROUNDS = Number(args.rounds);
+/** Every process the run starts is accounted from here on (a cgroup of its own where it can make one). */
+const meter = startCpuMeter();
 const JOBS = Number(args.jobs);
 const SPAWN_JOBS = Number(args['spawn-jobs']);
 const C = Number(args.concurrency);
@@ -54,6 +65,8 @@ const say = (s: string): void => {
 
 interface RunFigures {
   jobs: number;
+  /** CPU per job of the throughput phase, every process of the run summed (cpu-meter.ts). */
+  cpu: CpuPerJob;
   jobsPerSecond: number;
   p50StartMs: number;
   p99StartMs: number;
@@ -82,7 +95,11 @@ function benchConfig(url: string, isolation: 'job' | 'pool', extra: BenchExtra =
       ...(extra.secrets ? { secrets: extra.secrets } : {}),
       // Never beside the processors: every sandbox may read its processor's directory.
       dataDir: extra.dataDir ?? mkdtempSync(path.join(tmpdir(), 'fleet-bench-data-')),
-      supervisor: { metricsPort: 0, osLayer: extra.osLayer ?? 'auto' },
+      supervisor: {
+        metricsPort: 0,
+        osLayer: extra.osLayer ?? 'auto',
+        ...(args['sandbox-nice'] !== undefined ? { sandboxNice: Number(args['sandbox-nice']) } : {}),
+      },
       jobTypes: [
         {
           name: 'noop',
@@ -123,6 +140,7 @@ async function measure(
     if (++done === jobs) resolveAll();
   });
   const profiler = args.profile ? await startProfile() : null;
+  const cpu0 = meter.read();
   const t0 = performance.now();
   for (let i = 0; i < jobs; i += 1000) {
     await queue.addBulk(
@@ -131,6 +149,7 @@ async function measure(
   }
   await all;
   const seconds = (performance.now() - t0) / 1000;
+  const cpu = cpuPerJob(cpu0, meter.read(), jobs);
   if (profiler && args.profile)
     await profiler.stop(path.join(args.profile, `${name.replace(/[^a-z0-9]+/gi, '-')}.cpuprofile`));
 
@@ -151,14 +170,21 @@ async function measure(
   lat.sort((a, b) => a - b);
   const figures: RunFigures = {
     jobs,
+    cpu,
     jobsPerSecond: round(jobs / seconds, 0),
     p50StartMs: round(quantile(lat, 0.5)),
     p99StartMs: round(quantile(lat, 0.99)),
   };
   say(
-    `  ${name.padEnd(34)} ${String(figures.jobsPerSecond).padStart(7)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`,
+    `  ${name.padEnd(34)} ${cpuText(cpu)}   ${String(figures.jobsPerSecond).padStart(6)} jobs/s   enqueue→start p50 ${figures.p50StartMs} ms  p99 ${figures.p99StartMs} ms`,
   );
   return figures;
+}
+
+/** CPU per job and its parts, for the text output. */
+function cpuText(c: CpuPerJob): string {
+  const ms = (n: number): string => (n < 10 ? n.toFixed(3) : n.toFixed(1));
+  return `${ms(c.totalMs).padStart(7)} ms CPU/job (supervisor ${ms(c.supervisorMs)}, sandboxes ${ms(c.sandboxesMs)}, Redis ${ms(c.redisMs)})`;
 }
 
 /** The inspector's CPU profiler on this process (the supervisor's main thread, where the per-job path runs). */
@@ -704,26 +730,60 @@ async function localSecretRun(url: string, jobs: number): Promise<RunFigures> {
   }
 }
 
+/** One ratio from alternating pairs: throughput (contender ÷ baseline) and CPU per job (contender ÷ baseline). */
+interface Paired {
+  /** Throughput ratio, median of the pairs (higher is better for the contender). */
+  ratio: number;
+  /** [baseline, contender] jobs per second. */
+  pairs: [number, number][];
+  cpu: {
+    /** CPU-per-job ratio, median of the pairs (lower is better for the contender). */
+    ratio: number;
+    /** [baseline, contender] CPU ms per job. */
+    pairs: [number, number][];
+    /** Both sides' CPU per job and its parts, from the pair that gave the median. */
+    baseline: CpuPerJob;
+    contender: CpuPerJob;
+  };
+}
+
 /**
  * A ratio that matters, measured as the median of `rounds` back-to-back pairs of runs: single
- * runs on this 2-core machine swing by ±30%, adjacent ones drift less.
+ * runs on this 2-core machine swing by ±30%, adjacent ones drift less. CPU per job swings far
+ * less than throughput (it does not count the time a run waits for the cores), and is kept too.
  */
 async function pairedRatio(
-  baseline: () => Promise<RunFigures>,
-  contender: () => Promise<RunFigures>,
-  rounds = 3,
-): Promise<{ ratio: number; pairs: [number, number][] }> {
-  const pairs: [number, number][] = [];
+  baseline: () => Promise<Pick<RunFigures, 'jobsPerSecond' | 'cpu'>>,
+  contender: () => Promise<Pick<RunFigures, 'jobsPerSecond' | 'cpu'>>,
+  rounds = ROUNDS,
+): Promise<Paired> {
+  const runs: [Pick<RunFigures, 'jobsPerSecond' | 'cpu'>, Pick<RunFigures, 'jobsPerSecond' | 'cpu'>][] = [];
   for (let i = 0; i < rounds; i++) {
     // Alternating order (AB, BA, AB): a warm-up or drift within a pair favours neither side.
-    if (i % 2 === 0) pairs.push([(await baseline()).jobsPerSecond, (await contender()).jobsPerSecond]);
+    if (i % 2 === 0) runs.push([await baseline(), await contender()]);
     else {
-      const c = (await contender()).jobsPerSecond;
-      pairs.push([(await baseline()).jobsPerSecond, c]);
+      const c = await contender();
+      runs.push([await baseline(), c]);
     }
   }
-  const ratios = pairs.map(([a, b]) => b / a).sort((x, y) => x - y);
-  return { ratio: round(ratios[Math.floor(ratios.length / 2)] ?? NaN), pairs };
+  const median = (xs: number[]): number => [...xs].sort((x, y) => x - y)[Math.floor(xs.length / 2)] ?? NaN;
+  const cpuRatios = runs.map(([a, b]) => b.cpu.totalMs / a.cpu.totalMs);
+  const cpuMedian = median(cpuRatios);
+  const at = runs[cpuRatios.indexOf(cpuMedian)] ?? runs[0]!;
+  const out: Paired = {
+    ratio: round(median(runs.map(([a, b]) => b.jobsPerSecond / a.jobsPerSecond))),
+    pairs: runs.map(([a, b]) => [a.jobsPerSecond, b.jobsPerSecond]),
+    cpu: {
+      ratio: round(cpuMedian),
+      pairs: runs.map(([a, b]) => [a.cpu.totalMs, b.cpu.totalMs]),
+      baseline: at[0].cpu,
+      contender: at[1].cpu,
+    },
+  };
+  say(
+    `  → CPU/job ratio ${out.cpu.ratio} (pairs ${out.cpu.pairs.map(([a, b]) => round(b / a)).join(', ')}), throughput ratio ${out.ratio}`,
+  );
+  return out;
 }
 
 /**
@@ -970,43 +1030,205 @@ async function idleRolesRss(url: string): Promise<Record<'api' | 'worker' | 'sch
   };
 }
 
-/** The per-job path's two ratios, each from back-to-back pairs (pairedRatio). */
+/**
+ * The floor a fresh process sandbox is measured against: one bare `node -e 0` started inside the
+ * same bubblewrap namespaces and mounts a sandbox gets (no permission flags, no fleet code, no
+ * channel), `count` of them, C at a time; CPU of every process involved, per start.
+ */
+async function namespacedNodeStart(
+  count: number,
+  osLayer: OsLayer,
+): Promise<Pick<RunFigures, 'jobsPerSecond' | 'cpu'>> {
+  const tmp = mkdtempSync(path.join(tmpdir(), 'fleet-bench-floor-'));
+  try {
+    const cmd = processSandboxCommand({
+      entry: SANDBOX_ENTRY,
+      processorPath: NOOP,
+      readPaths: [],
+      tmpDir: tmp,
+      tmpSizeMb: 64,
+      maxOldGenerationSizeMb: 128,
+      egress: 'none',
+      egressSocket: null,
+      proxyUrl: null,
+      osLayer,
+      forbiddenPaths: [],
+    });
+    const node = process.execPath;
+    const args = osLayer.available ? [...cmd.args.slice(0, cmd.args.indexOf('--') + 1), node, '-e', '0'] : ['-e', '0'];
+    const command = osLayer.available ? cmd.command : node;
+    const once = (): Promise<void> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(command, args, { env: cmd.env, stdio: 'ignore' });
+        child.once('error', reject);
+        child.once('exit', (code) =>
+          code === 0 ? resolve() : reject(new Error(`${command} ${args.join(' ')}: exit ${code}`)),
+        );
+      });
+    await once();
+    const cpu0 = meter.read();
+    const t0 = performance.now();
+    let next = 0;
+    await Promise.all(
+      Array.from({ length: C }, async () => {
+        while (next++ < count) await once();
+      }),
+    );
+    const seconds = (performance.now() - t0) / 1000;
+    const cpu = cpuPerJob(cpu0, meter.read(), count);
+    const jobsPerSecond = round(count / seconds, 0);
+    say(
+      `  ${(osLayer.available ? 'floor: bare node -e 0 in bubblewrap' : 'floor: bare node -e 0').padEnd(34)} ${cpuText(cpu).replace('CPU/job', 'CPU/start')}   ${String(jobsPerSecond).padStart(6)} starts/s`,
+    );
+    return { jobsPerSecond, cpu };
+  } finally {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+type PairedKey = 'poolVsBullmqInline' | 'oneLocalSecretVsNone' | 'processPoolVsBullmqProcesses' | 'processJobVsFloor';
+
+/**
+ * The ratios with targets, each from back-to-back pairs (pairedRatio): the thread pool against
+ * BullMQ inline, one local secret against none (process pools), the process pool against BullMQ's
+ * child processes, and a fresh process sandbox per job against the bare namespaced Node start.
+ */
 async function pairedRuns(
   url: string,
-): Promise<Record<'poolVsBullmqInline' | 'oneLocalSecretVsNone', { ratio: number; pairs: [number, number][] }>> {
-  say('paired runs (baseline and contender, order alternating) × 3:');
-  return {
-    poolVsBullmqInline: await pairedRatio(
+  osLayer: OsLayer,
+  which: readonly PairedKey[] = [
+    'poolVsBullmqInline',
+    'oneLocalSecretVsNone',
+    'processPoolVsBullmqProcesses',
+    'processJobVsFloor',
+  ],
+): Promise<Partial<Record<PairedKey, Paired>>> {
+  const out: Partial<Record<PairedKey, Paired>> = {};
+  const processJobs = Math.min(SPAWN_JOBS, 100);
+  const runs: Record<
+    PairedKey,
+    [
+      string,
+      () => Promise<Pick<RunFigures, 'jobsPerSecond' | 'cpu'>>,
+      () => Promise<Pick<RunFigures, 'jobsPerSecond' | 'cpu'>>,
+    ]
+  > = {
+    poolVsBullmqInline: [
+      'thread pool vs BullMQ inline',
       () => bullmqRun(url, 'inline', JOBS),
       () => fleetRun(url, 'pool', JOBS),
-    ),
-    oneLocalSecretVsNone: await pairedRatio(
+    ],
+    oneLocalSecretVsNone: [
+      '1 local secret vs none (process pools)',
       () => processPoolRun(url, JOBS),
       () => localSecretRun(url, JOBS),
-    ),
+    ],
+    processPoolVsBullmqProcesses: [
+      'process pool vs BullMQ child processes',
+      () => bullmqRun(url, 'sandboxed-process', JOBS),
+      () => processPoolRun(url, JOBS),
+    ],
+    processJobVsFloor: [
+      'process job vs bare namespaced Node',
+      () => namespacedNodeStart(Math.min(processJobs, 60), osLayer),
+      () =>
+        fleetRun(
+          url,
+          'job',
+          processJobs,
+          benchConfig(url, 'job', { sandbox: 'process' }),
+          'fleet job, process sandboxes',
+        ),
+    ],
   };
+  for (const key of which) {
+    const [what, baseline, contender] = runs[key];
+    say(`paired runs: ${what} (baseline and contender, order alternating) × ${ROUNDS}:`);
+    out[key] = await pairedRatio(baseline, contender);
+  }
+  return out;
+}
+
+/** `--pairs a,b`: paired ratios by name; an unknown one is refused with the list. */
+function pairedKeys(list: string): PairedKey[] {
+  const known = Object.keys(CPU_TARGETS);
+  return list.split(',').map((k) => {
+    if (!known.includes(k)) throw new Error(`--pairs: no paired ratio "${k}". Fix: one of ${known.join(', ')}.`);
+    return k as PairedKey;
+  });
+}
+
+/** `ratios.cpu.*`: contender's CPU per job ÷ baseline's (lower is better), each the median of its pairs. */
+function cpuRatios(paired: Partial<Record<PairedKey, Paired>>): Partial<Record<PairedKey, number>> {
+  return Object.fromEntries(Object.entries(paired).map(([k, v]) => [k, v.cpu.ratio]));
+}
+
+/** The CPU targets of issue 25 against `ratios.cpu`. */
+const CPU_TARGETS: Record<PairedKey, number> = {
+  poolVsBullmqInline: 1.25,
+  processJobVsFloor: 1.3,
+  processPoolVsBullmqProcesses: 0.8,
+  oneLocalSecretVsNone: 1.15,
+};
+function cpuTargets(cpu: Partial<Record<PairedKey, number>>): Record<string, { target: string; met: boolean }> {
+  return Object.fromEntries(
+    Object.entries(cpu).map(([k, v]) => [
+      `cpu.${k}`,
+      { target: `≤ ${CPU_TARGETS[k as PairedKey]}`, met: v <= CPU_TARGETS[k as PairedKey] },
+    ]),
+  );
 }
 
 async function main(): Promise<void> {
+  try {
+    await benchmarks();
+  } finally {
+    await meter.release();
+  }
+}
+
+async function benchmarks(): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'fleet-bench-redis-'));
   const redis = await startEmbeddedRedis({ dataDir: dir, persistent: false });
   const r = new Redis(redis.url);
   const redisVersion = /redis_version:(\S+)/.exec(await r.info('server'))?.[1];
   r.disconnect();
   say(
-    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores`,
+    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores; CPU from ${meter.source}`,
   );
   try {
-    if (args.only === 'pool') {
-      // The per-job path alone (for profiling): BullMQ inline vs the thread pool, and process pools with
-      // and without one local secret.
-      const paired = await pairedRuns(redis.url);
-      const ratios = {
-        poolVsBullmqInline: paired.poolVsBullmqInline.ratio,
-        oneLocalSecretVsNone: paired.oneLocalSecretVsNone.ratio,
-      };
-      if (args.json) process.stdout.write(`${JSON.stringify({ node: process.version, paired, ratios })}\n`);
-      else say(`ratios: ${JSON.stringify(ratios)}`);
+    if (args.only === 'pool' || args.only === 'cpu') {
+      // `pool`: the per-job path alone (for profiling): BullMQ inline vs the thread pool, process pools
+      // with and without one local secret, and against BullMQ's child processes. `cpu`: the same and
+      // a fresh process sandbox per job against the bare namespaced Node start: every CPU target.
+      const osLayer = await probeOsLayer('auto');
+      const paired = await pairedRuns(
+        redis.url,
+        osLayer,
+        args.only === 'pool'
+          ? ['poolVsBullmqInline', 'oneLocalSecretVsNone', 'processPoolVsBullmqProcesses']
+          : args.pairs
+            ? pairedKeys(args.pairs)
+            : undefined,
+      );
+      const cpu = cpuRatios(paired);
+      const ratios = { ...Object.fromEntries(Object.entries(paired).map(([k, v]) => [k, v.ratio])), cpu };
+      const cpuMsPerJob = Object.fromEntries(
+        Object.entries(paired).flatMap(([k, v]) => [
+          [`${k}.baseline`, v.cpu.baseline.totalMs],
+          [`${k}.contender`, v.cpu.contender.totalMs],
+        ]),
+      );
+      const targets = cpuTargets(cpu);
+      if (args.json)
+        process.stdout.write(
+          `${JSON.stringify({ node: process.version, cpuSource: meter.source, cpuMsPerJob, paired, ratios, targets })}\n`,
+        );
+      else {
+        say(`ratios: ${JSON.stringify(ratios)} (CPU from ${meter.source})`);
+        for (const [k, v] of Object.entries(targets))
+          say(`  ${k.padEnd(36)} ${v.target.padEnd(6)} ${v.met ? 'met' : 'NOT met'}`);
+      }
       return;
     }
     if (args.only === 'layers') {
@@ -1138,7 +1360,7 @@ async function main(): Promise<void> {
         ? processPool
         : await processPoolRun(redis.url, SECRET_JOBS, `fleet pool, process (${SECRET_JOBS} jobs)`);
     const secrets = await secretRuns(redis.url, SECRET_JOBS);
-    const paired = await pairedRuns(redis.url);
+    const paired = await pairedRuns(redis.url, osLayer);
     const enqueue = await enqueueRates(redis.url);
     const leastPrivilege = await aclAndChainRuns(SECRET_JOBS);
     const injection = await injectionOverhead(1000);
@@ -1153,17 +1375,35 @@ async function main(): Promise<void> {
       processPoolVsBullmqProcesses: round(processPool.jobsPerSecond / bullmqProcesses.jobsPerSecond),
       processJobVsRawSpawnRate: round(processJob.jobsPerSecond / spawnRates[processBoundary]),
       poolVsBullmqSandboxed: round(pool.jobsPerSecond / bullmqSandboxed.jobsPerSecond),
-      poolVsBullmqInline: paired.poolVsBullmqInline.ratio,
+      poolVsBullmqInline: paired.poolVsBullmqInline?.ratio ?? NaN,
       jobVsRawSpawnRate: round(job.jobsPerSecond / spawnRate),
       httpSingleVsNoopRoute1: httpVsNoop(1),
       httpSingleVsNoopRoute16: httpVsNoop(16),
       httpSingleVsNoopRoute64: httpVsNoop(64),
       httpBatchVsAddBulk: round(enqueue.httpBatchPerSecond / enqueue.addBulkPerSecond),
-      oneLocalSecretVsNone: paired.oneLocalSecretVsNone.ratio,
+      oneLocalSecretVsNone: paired.oneLocalSecretVsNone?.ratio ?? NaN,
       aclEnqueueVsNone: round(leastPrivilege.enqueueApiUserPerSecond / leastPrivilege.enqueueAdminPerSecond),
       aclAndAuditChainJobsVsNone: round(
         leastPrivilege.jobsRoleUsersChainPerSecond / leastPrivilege.jobsAdminUnsealedPerSecond,
       ),
+      /** CPU per job, contender ÷ baseline, median of alternating pairs (the primary figures). */
+      cpu: cpuRatios(paired),
+    };
+    const secretCpu = (f: SecretFigures): number => ('cpu' in f ? f.cpu.totalMs : NaN);
+    const cpuMsPerJob = {
+      bullmqInline: bullmqInline.cpu.totalMs,
+      bullmqSandboxed: bullmqSandboxed.cpu.totalMs,
+      bullmqProcesses: bullmqProcesses.cpu.totalMs,
+      pool: pool.cpu.totalMs,
+      processPool: processPool.cpu.totalMs,
+      processPoolNoOs: processPoolNoOs.cpu.totalMs,
+      job: job.cpu.totalMs,
+      processJob: processJob.cpu.totalMs,
+      secretLocal: secretCpu(secrets.local),
+      secretVault: secretCpu(secrets.vault),
+      secretKms: secretCpu(secrets.kms),
+      /** The floor: one bare `node -e 0` start in the same namespaces (the median pair's). */
+      namespacedNodeStart: paired.processJobVsFloor?.cpu.baseline.totalMs ?? NaN,
     };
     // Secrets are fetched before the processor starts, so their cost shows in enqueue→start latency.
     const overhead = (f: SecretFigures): number =>
@@ -1197,6 +1437,7 @@ async function main(): Promise<void> {
     };
     say(`spawn cost per layer (ms per sandbox, ${C} at a time): ${JSON.stringify(layerCostMs)}`);
     const targets = {
+      ...cpuTargets(ratios.cpu),
       processPoolVsBullmqThreads: { target: '≥ 1.0', met: ratios.processPoolVsBullmqThreads >= 1.0 },
       processPoolVsBullmqProcesses: { target: '≥ 1.5', met: ratios.processPoolVsBullmqProcesses >= 1.5 },
       processJobVsRawSpawnRate: { target: '≥ 0.9', met: ratios.processJobVsRawSpawnRate >= 0.9 },
@@ -1224,6 +1465,8 @@ async function main(): Promise<void> {
       redis: redisVersion,
       concurrency: C,
       osLayer: osLayer.available,
+      cpuSource: meter.source,
+      cpuMsPerJob,
       bullmqInline,
       bullmqSandboxed,
       bullmqProcesses,
@@ -1249,7 +1492,8 @@ async function main(): Promise<void> {
     if (args.json) process.stdout.write(`${JSON.stringify(out)}\n`);
     else {
       say('ratios:');
-      for (const [k, v] of Object.entries(ratios)) say(`  ${k.padEnd(24)} ${v}`);
+      for (const [k, v] of Object.entries(ratios))
+        say(`  ${k.padEnd(24)} ${typeof v === 'number' ? v : JSON.stringify(v)}`);
       say('targets:');
       for (const [k, v] of Object.entries(targets))
         say(`  ${k.padEnd(24)} ${v.target.padEnd(6)} ${v.met ? 'met' : 'NOT met'}`);

@@ -12,6 +12,13 @@
  * Pure: no sockets here, so the codec is unit-tested and fuzzed on its own.
  */
 
+/**
+ * The variable that tells a sandbox entry it is a process whose channel is fd 3 (a thread has no
+ * such variable in its environment, and gets its port from `worker_threads`).
+ */
+export const CHANNEL_ENV = 'FLEET_SANDBOX_CHANNEL';
+export const CHANNEL_FD3 = 'fd3';
+
 /** Why the reader refused what its peer sent (a sandbox's protocol violation). */
 export class ChannelError extends Error {
   override name = 'ChannelError';

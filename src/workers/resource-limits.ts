@@ -9,7 +9,19 @@
  * supervisor's own cgroup is the parent, so an outer limit (a container's) still applies.
  */
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, readdirSync, readFileSync, rmdirSync, statSync, writeFileSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmdirSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import path from 'node:path';
 import { errnoCode, errorMessage } from '../errors.js';
 import { seccompSupported } from './seccomp-filter.js';
@@ -45,6 +57,14 @@ interface CgroupRoots {
   version: 'v1' | 'v2';
   /** v1: one directory per controller; v2: one directory for all. */
   dirs: Partial<Record<Controller, string>>;
+}
+
+/** The shell that sets a sandbox's limits, then execs its command (POSIX `ulimit`: 512-byte blocks). */
+const SHELL = '/bin/sh';
+
+/** `ulimit` commands for a sandbox's rlimits (soft and hard alike: the sandbox cannot raise them). */
+function ulimits(r: Pick<SandboxResources, 'maxOpenFiles' | 'maxFileSizeMb'>): string {
+  return `ulimit -c 0 && ulimit -n ${r.maxOpenFiles} && ulimit -f ${r.maxFileSizeMb * 2048}`;
 }
 
 let roots: CgroupRoots | null = null;
@@ -123,8 +143,8 @@ function removeRoots(): void {
 }
 
 /**
- * Finds, once per process, which caps this host allows: a cgroup subtree we may write, `prlimit`
- * (util-linux) for the rlimits, and the seccomp filter's architecture.
+ * Finds, once per process, which caps this host allows: a cgroup subtree we may write, a shell's
+ * `ulimit` for the rlimits, and the seccomp filter's architecture.
  */
 export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): ResourceLayer {
   if (setting === 'off')
@@ -149,11 +169,11 @@ export function probeResourceLimits(setting: 'auto' | 'required' | 'off'): Resou
   let rlimits = false;
   if (process.platform === 'linux')
     try {
-      execFileSync('prlimit', ['--core=0', '--', 'true'], { stdio: 'ignore', timeout: 5000 });
+      execFileSync(SHELL, ['-c', ulimits({ maxOpenFiles: 64, maxFileSizeMb: 1 })], { stdio: 'ignore', timeout: 5000 });
       rlimits = true;
     } catch (err) {
       reasons.push(
-        `rlimits: prlimit (util-linux) does not run here (${errorMessage(err)}). Fix: apt-get install util-linux.`,
+        `rlimits: ${SHELL} cannot lower them with ulimit here (${errorMessage(err)}). Fix: install a POSIX shell as ${SHELL}.`,
       );
     }
   const seccomp = seccompSupported();
@@ -211,6 +231,34 @@ function read(file: string): string | null {
   }
 }
 
+/**
+ * A cgroup file a sandbox's every job reads (or resets), kept open for the sandbox's life: one
+ * `pread` from offset 0 regenerates its contents, where `readFileSync` costs open, fstat, read and
+ * close each time (a pool job read or reset four of them: ~85 µs of the supervisor's CPU per job).
+ */
+function keptFile(file: string, bytes = 64): { read(): string | null; write(v: string): void; close(): void } {
+  let fd: number | null = null;
+  const buf = Buffer.alloc(bytes);
+  return {
+    read() {
+      try {
+        fd ??= openSync(file, 'r+');
+        return buf.toString('utf8', 0, readSync(fd, buf, 0, bytes, 0));
+      } catch {
+        return null;
+      }
+    },
+    write(v) {
+      fd ??= openSync(file, 'r+');
+      writeSync(fd, v, 0);
+    },
+    close() {
+      if (fd !== null) closeSync(fd);
+      fd = null;
+    },
+  };
+}
+
 /** Creates the cgroup of one sandbox with the type's limits. */
 export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgroup {
   if (!roots) throw new Error('probeResourceLimits() found no cgroup tree');
@@ -251,12 +299,17 @@ export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgr
   }
   const procsFiles = made.map((d) => path.join(d, 'cgroup.procs'));
   let cpuBase = 0;
+  const cpuFile =
+    version === 'v1'
+      ? keptFile(path.join(dirOf('cpuacct') ?? '', 'cpuacct.usage'))
+      : keptFile(path.join(dirOf('cpu') ?? '', 'cpu.stat'), 1024);
+  const peakFile = keptFile(
+    path.join(dirOf('memory') ?? '', version === 'v1' ? 'memory.max_usage_in_bytes' : 'memory.peak'),
+  );
   const cpuNs = (): number | null => {
-    if (version === 'v1') {
-      const t = read(path.join(dirOf('cpuacct') ?? '', 'cpuacct.usage'));
-      return t === null ? null : Number(t);
-    }
-    const m = /usage_usec (\d+)/.exec(read(path.join(dirOf('cpu') ?? '', 'cpu.stat')) ?? '');
+    const t = cpuFile.read();
+    if (version === 'v1') return t === null ? null : Number(t);
+    const m = /usage_usec (\d+)/.exec(t ?? '');
     return m?.[1] ? Number(m[1]) * 1000 : null;
   };
   return {
@@ -270,9 +323,7 @@ export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgr
     },
     usage: () => {
       const ns = cpuNs();
-      const peak = read(
-        path.join(dirOf('memory') ?? '', version === 'v1' ? 'memory.max_usage_in_bytes' : 'memory.peak'),
-      );
+      const peak = peakFile.read();
       return {
         cpuMs: ns === null ? null : (ns - cpuBase) / 1e6,
         peakMemoryBytes: peak === null ? null : Number(peak),
@@ -282,12 +333,14 @@ export function createSandboxCgroup(id: string, r: SandboxResources): SandboxCgr
       cpuBase = cpuNs() ?? 0;
       if (version === 'v1')
         try {
-          set('memory', 'memory.max_usage_in_bytes', 0);
+          peakFile.write('0');
         } catch {
           // not resettable here: the peak then covers the sandbox's life
         }
     },
     remove: async () => {
+      cpuFile.close();
+      peakFile.close();
       await emptyAndRemove(made);
     },
   };
@@ -298,12 +351,17 @@ function pidsIn(dir: string): number[] {
   return (read(path.join(dir, 'cgroup.procs')) ?? '').split('\n').filter(Boolean).map(Number);
 }
 
-/** SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them. */
+/**
+ * SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them.
+ * The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved one, at its
+ * low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a sandbox that took
+ * half a second to die 25 rounds of reads, kills and failing rmdirs on the supervisor's thread.
+ */
 async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
-  for (let attempt = 0; attempt < 250; attempt++) {
-    let left = 0;
-    for (const d of dirs) {
-      if (!existsSync(d)) continue;
+  let left = dirs.filter((d) => existsSync(d));
+  const deadline = Date.now() + 5000;
+  for (let waitMs = 5; left.length; waitMs = Math.min(waitMs * 2, 320)) {
+    left = left.filter((d) => {
       for (const pid of pidsIn(d))
         try {
           process.kill(pid, 'SIGKILL');
@@ -312,12 +370,13 @@ async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
         }
       try {
         rmdirSync(d);
-      } catch {
-        left++;
+        return false;
+      } catch (err) {
+        return errnoCode(err) !== 'ENOENT';
       }
-    }
-    if (!left) return;
-    await new Promise((r) => setTimeout(r, 20));
+    });
+    if (!left.length || Date.now() > deadline) return;
+    await new Promise((r) => setTimeout(r, waitMs));
   }
 }
 
@@ -364,8 +423,10 @@ function alive(pid: number): boolean {
 
 /**
  * The command that starts a sandbox inside its limits: a shell that moves itself into the cgroup
- * (so nothing the sandbox starts runs outside it, not even for a moment), then `prlimit` that sets
- * the rlimits and execs the sandbox's own command. Paths are the supervisor's own (hex ids).
+ * (so nothing the sandbox starts runs outside it, not even for a moment), lowers the rlimits with
+ * its `ulimit` built-in, and execs the sandbox's own command: one small exec before bubblewrap
+ * (a `prlimit` exec after it cost another ~1.3 ms of CPU per sandbox start). Paths are the
+ * supervisor's own (hex ids); the numbers are the type's.
  */
 export function limitedCommand(
   command: string,
@@ -373,19 +434,20 @@ export function limitedCommand(
   r: SandboxResources,
   options: { cgroup: SandboxCgroup | null; rlimits: boolean; dropToUid: number | null },
 ): { command: string; args: string[] } {
-  // After entering the cgroup (which takes the supervisor's rights), the uid drops (util-linux
-  // setpriv), then the rlimits are lowered (which any uid may do), then the sandbox starts.
+  // The cgroup is entered (which takes the supervisor's rights) and the rlimits are lowered (which
+  // any uid may do, and which the uid drop keeps), then the uid drops (util-linux setpriv), then
+  // the sandbox starts.
   const chain = [
     ...(options.dropToUid !== null
       ? ['setpriv', `--reuid=${options.dropToUid}`, `--regid=${options.dropToUid}`, '--clear-groups', '--']
       : []),
-    ...(options.rlimits
-      ? ['prlimit', '--core=0', `--nofile=${r.maxOpenFiles}`, `--fsize=${r.maxFileSizeMb * 1024 * 1024}`, '--']
-      : []),
     command,
     ...args,
   ];
-  if (!options.cgroup) return { command: chain[0] ?? command, args: chain.slice(1) };
-  const enter = options.cgroup.procsFiles.map((f) => `echo $$ > ${f}`).join(' && ');
-  return { command: '/bin/sh', args: ['-c', `${enter} && exec "$@"`, 'sandbox', ...chain] };
+  const steps = [
+    ...(options.cgroup?.procsFiles.map((f) => `echo $$ > ${f}`) ?? []),
+    ...(options.rlimits ? [ulimits(r)] : []),
+  ];
+  if (!steps.length) return { command: chain[0] ?? command, args: chain.slice(1) };
+  return { command: SHELL, args: ['-c', `${steps.join(' && ')} && exec "$@"`, 'sandbox', ...chain] };
 }

@@ -8,6 +8,7 @@ import http from 'node:http';
 import { lstatSync, readdirSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { ProcessorLoadError, errnoCode, fieldOf } from '../errors.js';
+import { CHANNEL_ENV, CHANNEL_FD3 } from './channel.js';
 
 /** Where a sandbox's private temp dir, and its egress socket, appear inside the OS layer. */
 export const SANDBOX_TMP = '/tmp';
@@ -295,6 +296,7 @@ export function processSandboxCommand(spec: ProcessSandboxSpec): {
     NODE_ENV: process.env.NODE_ENV ?? 'production',
     TMPDIR: tmpInside,
     HOME: tmpInside,
+    [CHANNEL_ENV]: CHANNEL_FD3,
   };
   // Injected secrets: the sandbox trusts the fleet egress CA (its certificate only; the key stays
   // in the supervisor's data dir, which no sandbox can read).

@@ -5,13 +5,9 @@
  * plain, checked, masked message. One entry for both kinds of sandbox and both kinds of module,
  * so every output channel is masked the same way everywhere.
  */
-import { parentPort, workerData } from 'node:worker_threads';
-import { createServer, connect, Socket } from 'node:net';
-import { setPriority } from 'node:os';
+import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
-import { format } from 'node:util';
-import v8 from 'node:v8';
 import {
   CancelledError,
   ProcessorLoadError,
@@ -25,17 +21,28 @@ import {
   errorMessage,
   fieldOf,
 } from '../errors.js';
-import { encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
+import { CHANNEL_ENV, CHANNEL_FD3, encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import { rotatorOf, type Rotator } from './processor-api.js';
 import { SecretMask } from '../secrets/secret-mask.js';
 
 /**
+ * Node's built-in modules that are not part of its start-up snapshot cost milliseconds of CPU each
+ * to load (`node:net`, `node:v8`, `node:util`, `node:worker_threads` together ~10 ms, a third of a
+ * bare Node start), and a `job` sandbox pays that per job: each is loaded where it is used, and
+ * only by the kind of sandbox that uses it.
+ */
+const inProcess = process.env[CHANNEL_ENV] === CHANNEL_FD3;
+// Read once and gone: the processor's environment is what the sandbox was given, no more.
+Reflect.deleteProperty(process.env, CHANNEL_ENV);
+
+/**
  * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with
  * length-prefixed frames (channel.ts). Opened in main() for a process.
  */
-const port = parentPort;
+const threads = inProcess ? null : process.getBuiltinModule('node:worker_threads');
+const port = threads?.parentPort ?? null;
 let channel: Socket | null = null;
 /** Set once the sandbox is ending after a stray error: nothing more leaves it. */
 let ending = false;
@@ -56,7 +63,7 @@ const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
  */
 /* eslint-disable @typescript-eslint/consistent-type-assertions -- see the comment above */
 const asToSandbox = (m: unknown): ToSandbox => m as ToSandbox;
-let init: SandboxInit = (port ? workerData : null) as SandboxInit;
+let init: SandboxInit = (port ? threads?.workerData : null) as SandboxInit;
 /* eslint-enable @typescript-eslint/consistent-type-assertions -- end of the supervisor's contract */
 let onSupervisorMessage: (msg: ToSandbox) => void = () => undefined;
 const onMessage = (fn: (msg: ToSandbox) => void): void => {
@@ -67,7 +74,7 @@ const onMessage = (fn: (msg: ToSandbox) => void): void => {
 /** Opens fd 3 as the channel; resolves with the init message (the first frame). */
 function openChannel(): Promise<SandboxInit> {
   return new Promise((resolve) => {
-    const socket = new Socket({ fd: 3, readable: true, writable: true });
+    const socket = new (process.getBuiltinModule('node:net').Socket)({ fd: 3, readable: true, writable: true });
     channel = socket;
     const decoder = new FrameDecoder(MAX_OUTGOING_FRAME_BYTES);
     let initialized = false;
@@ -203,18 +210,42 @@ const consoleLevels: Record<string, LogLevel> = {
 };
 for (const [method, level] of Object.entries(consoleLevels)) {
   Reflect.set(console, method, (...args: unknown[]) =>
-    emitLog(level, format(...(current?.mask.args(args) ?? args)), undefined, 'console'),
+    emitLog(
+      level,
+      process.getBuiltinModule('node:util').format(...(current?.mask.args(args) ?? args)),
+      undefined,
+      'console',
+    ),
   );
 }
-for (const [stream, level] of [
-  [process.stdout, 'info'],
-  [process.stderr, 'warn'],
+/**
+ * `process.stdout`/`stderr` report their writes as log lines. Node makes each stream on first
+ * access (loading `node:stream` and its kin: ~5 ms of CPU at a process sandbox's start), so its
+ * getter is wrapped rather than called: the stream is made, and its `write` replaced, the first
+ * time a processor reaches for it, before it can write anything.
+ */
+for (const [name, level] of [
+  ['stdout', 'info'],
+  ['stderr', 'warn'],
 ] as const) {
-  // write() has overloads (encoding, callback); every form lands here and is reported as written.
-  Reflect.set(stream, 'write', (chunk: unknown) => {
-    emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
-    return true;
-  });
+  const mask = (stream: NodeJS.WriteStream): NodeJS.WriteStream => {
+    // write() has overloads (encoding, callback); every form lands here and is reported as written.
+    Reflect.set(stream, 'write', (chunk: unknown) => {
+      emitLog(level, String(chunk).replace(/\n$/, ''), undefined, 'console');
+      return true;
+    });
+    return stream;
+  };
+  const own = Object.getOwnPropertyDescriptor(process, name);
+  const get = own?.get;
+  if (get && own.configurable) {
+    let stream: NodeJS.WriteStream | null = null;
+    Object.defineProperty(process, name, {
+      configurable: false,
+      enumerable: own.enumerable ?? true,
+      get: () => (stream ??= mask(Reflect.apply(get, process, []))),
+    });
+  } else mask(process[name]);
 }
 
 /** The module's export: a processor function, or a rotator object. */
@@ -297,10 +328,28 @@ function rejectUnserializable(_key: string, value: unknown): unknown {
   return value;
 }
 
+let jobsEnded = 0;
+/**
+ * The V8 heap now. A sandbox's first job reads it from `process.memoryUsage()` (~10 µs: it also
+ * reads the RSS from /proc), which spares a sandbox that runs one job loading `node:v8`; later
+ * jobs (and a first one that left no descriptor free) read it from `v8.getHeapStatistics()` (~0.5 µs).
+ */
+function heapNow(): { used: number; total: number } {
+  if (jobsEnded++ === 0)
+    try {
+      const m = process.memoryUsage();
+      return { used: m.heapUsed, total: m.heapTotal };
+    } catch {
+      // It opens /proc/self/stat: a job that used up its descriptors (EMFILE) leaves none for it.
+    }
+  const h = process.getBuiltinModule('node:v8').getHeapStatistics();
+  return { used: h.used_heap_size, total: h.total_heap_size };
+}
+
 function stats(eluStart: ReturnType<typeof performance.eventLoopUtilization>, secretsZeroed: number): RunStats {
   const elu = performance.eventLoopUtilization(eluStart);
-  const heap = v8.getHeapStatistics();
-  return { cpuMs: elu.active, heapUsedBytes: heap.used_heap_size, peakHeapBytes: heap.total_heap_size, secretsZeroed };
+  const heap = heapNow();
+  return { cpuMs: elu.active, heapUsedBytes: heap.used, peakHeapBytes: heap.total, secretsZeroed };
 }
 
 function requestSecret(c: Current, name: string): Promise<Uint8Array> {
@@ -448,9 +497,10 @@ async function run(module: Processor | Rotator, msg: RunMessage): Promise<void> 
  * outside.
  */
 function startEgressForwarder(f: { port: number; socket: string }): Promise<void> {
+  const net = process.getBuiltinModule('node:net');
   return new Promise((resolve, reject) => {
-    const server = createServer((client) => {
-      const up = connect(f.socket);
+    const server = net.createServer((client) => {
+      const up = net.connect(f.socket);
       client.pipe(up).pipe(client);
       const end = (): void => {
         client.destroy();
@@ -559,7 +609,7 @@ async function main(): Promise<void> {
   // CAP_SYS_NICE the sandbox cannot raise it back.
   if (init.nice) {
     try {
-      setPriority(0, init.nice);
+      process.getBuiltinModule('node:os').setPriority(0, init.nice);
     } catch (err) {
       emitLog(
         'warn',

@@ -57,7 +57,12 @@ import {
   type SandboxLayer,
 } from './sandbox-boundary.js';
 
-export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.js');
+/**
+ * What every sandbox starts: the entry and the modules it imports as one file (made by `npm run
+ * build`, scripts/bundle-sandbox-entry.mjs), which spares each process sandbox's start resolving and
+ * compiling them one by one.
+ */
+export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.bundle.js');
 
 export interface SandboxHost {
   readonly layers: readonly SandboxLayer[];

@@ -18,7 +18,8 @@ export interface ChaosFleet {
   config: FleetConfig;
   producer: Producer;
   supervisors: SupervisorProcess[];
-  spawnSupervisor(): Promise<SupervisorProcess>;
+  /** `env`: added to the supervisor's environment (NODE_OPTIONS for heap snapshots, say). */
+  spawnSupervisor(env?: Record<string, string>): Promise<SupervisorProcess>;
   release(): Promise<void>;
 }
 
@@ -56,9 +57,9 @@ export async function chaosFleet(redis: ChaosRedis, input: Record<string, unknow
   const producer = new Producer({ config, redis: urlWithCredential(redisUrl, redis.users.roles.api!), name: 'chaos' });
   const roleEnv = Object.fromEntries(REDIS_ROLES.map((r) => [rolePasswordEnv(r), redis.users.roles[r]!.password]));
   const supervisors: SupervisorProcess[] = [];
-  const spawnSupervisor = async (): Promise<SupervisorProcess> => {
+  const spawnSupervisor = async (env: Record<string, string> = {}): Promise<SupervisorProcess> => {
     const child = spawn(process.execPath, [FLEET_BIN, 'start', '--role', 'worker', '--config', file], {
-      env: { ...process.env, ...roleEnv, REDIS_URL: redisUrl, LOG_LEVEL: 'warn' },
+      env: { ...process.env, ...roleEnv, REDIS_URL: redisUrl, LOG_LEVEL: 'warn', ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     let out = '';

@@ -10,9 +10,12 @@ const { values: args } = parseArgs({
     json: { type: 'boolean', default: false },
     quick: { type: 'boolean', default: false },
     only: { type: 'string' },
+    /** A directory: the load scenarios write two heap snapshots of the supervisor there. */
+    'heap-snapshots': { type: 'string' },
   },
 });
 const quick = args.quick;
+const heapSnapshots = args['heap-snapshots'] ? { heapSnapshots: args['heap-snapshots'] } : {};
 const scenarios: [string, () => Promise<Record<string, unknown>>][] = [
   ['killWorkers', () => killWorkers({ jobs: quick ? 200 : 1000, kills: quick ? 2 : 5 })],
   ['redisRestartAlways', () => redisRestart({ fsync: 'always', seconds: quick ? 4 : 10 })],
@@ -20,12 +23,14 @@ const scenarios: [string, () => Promise<Record<string, unknown>>][] = [
   ['vaultOutage', () => vaultOutage({ jobs: quick ? 60 : 200, outageMs: quick ? 2000 : 4000 })],
   ['runaways', () => runaways()],
   ['fuzz', () => fuzz({ requests: quick ? 2000 : 10_000 })],
-  ['load', () => load({ seconds: quick ? 10 : 60 })],
+  ['load', () => load({ seconds: quick ? 10 : 60, ...heapSnapshots })],
+  // Only when named (`--only soak`): the 10-minute run of the load scenario whose RSS must plateau.
+  ['soak', () => load({ seconds: 600, ...heapSnapshots })],
 ];
 const out: Record<string, unknown> = {};
 let failed = 0;
 for (const [name, run] of scenarios) {
-  if (args.only && !args.only.split(',').includes(name)) continue;
+  if (args.only ? !args.only.split(',').includes(name) : name === 'soak') continue;
   const t = Date.now();
   try {
     out[name] = await run();

@@ -1,6 +1,6 @@
 import { supervisorsKey } from '../../src/redis/keys.js';
 import type { Redis } from 'ioredis';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -416,10 +416,52 @@ export async function fuzz(opts: { requests: number; seed?: number }): Promise<R
   }
 }
 
-/** 7. Sustained mixed load for `seconds`: throughput, latency, RSS over time, spares back at the end. */
-export async function load(opts: { seconds: number }): Promise<Record<string, number | string>> {
+/** The supervisor's V8 heap, from its Prometheus endpoint (prom-client's default metrics), in MB. */
+async function heapMb(metricsUrl: string): Promise<{ usedMb: number; totalMb: number; externalMb: number } | null> {
+  try {
+    const text = await (await fetch(metricsUrl)).text();
+    const metric = (name: string): number =>
+      Number(new RegExp(`^${name} (\\S+)`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20;
+    return {
+      usedMb: metric('nodejs_heap_size_used_bytes'),
+      totalMb: metric('nodejs_heap_size_total_bytes'),
+      externalMb: metric('nodejs_external_memory_bytes'),
+    };
+  } catch {
+    return null;
+  }
+}
+
+/** Least-squares slope of samples taken once a second, in MB per minute. */
+function slopePerMinute(samples: number[]): number {
+  const n = samples.length;
+  if (n < 2) return NaN;
+  const mx = (n - 1) / 2;
+  const my = samples.reduce((a, b) => a + b, 0) / n;
+  let num = 0;
+  let den = 0;
+  samples.forEach((y, x) => {
+    num += (x - mx) * (y - my);
+    den += (x - mx) ** 2;
+  });
+  return Math.round((num / den) * 60 * 100) / 100;
+}
+
+/**
+ * 7. Sustained mixed load for `seconds`: throughput, latency, the supervisor's RSS and V8 heap
+ * every second (with the slope of each over the last half of the run), spares back at the end.
+ * `soak`: the 10-minute run whose RSS must plateau (last 5 minutes: slope ≤ 1 MB/min).
+ * `heapSnapshots`: a directory for two heap snapshots of the supervisor (a third of the way, and
+ * at the end), to compare what is retained.
+ */
+export async function load(opts: {
+  seconds: number;
+  heapSnapshots?: string;
+}): Promise<Record<string, number | string>> {
   const redis = await redisFor(false);
+  const metricsPort = await freePort();
   const fleet = await chaosFleet(redis, {
+    supervisor: { metricsPort },
     jobTypes: [
       {
         name: 'work',
@@ -437,13 +479,41 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     ],
   });
   try {
-    const sup = await fleet.spawnSupervisor();
+    const sup = await fleet.spawnSupervisor(
+      opts.heapSnapshots
+        ? { NODE_OPTIONS: `--heapsnapshot-signal=SIGUSR2 --diagnostic-dir=${opts.heapSnapshots}` }
+        : {},
+    );
+    const metricsUrl = `http://127.0.0.1:${metricsPort}/metrics`;
     const rss: number[] = [];
-    const sampler = setInterval(() => rss.push(Math.round(sup.rssMb())), 1000);
+    const heap: number[] = [];
+    const external: number[] = [];
+    const sampler = setInterval(() => {
+      const r = Math.round(sup.rssMb());
+      rss.push(r);
+      void heapMb(metricsUrl).then((h) => {
+        if (h) {
+          heap.push(Math.round(h.usedMb));
+          external.push(Math.round(h.externalMb));
+        }
+        // Beside the snapshots, as they are taken: `seconds rssMb heapUsedMb heapTotalMb externalMb`.
+        if (opts.heapSnapshots)
+          appendFileSync(
+            path.join(opts.heapSnapshots, 'samples.txt'),
+            `${rss.length} ${r} ${h ? [h.usedMb, h.totalMb, h.externalMb].map(Math.round).join(' ') : '- - -'}\n`,
+          );
+      });
+    }, 1000);
+    const snapshotAt = Date.now() + (opts.seconds * 1000) / 3;
+    let snapshots = 0;
     const stopAt = Date.now() + opts.seconds * 1000;
     let enqueued = 0;
     const q = fleet.producer.queue('work');
     while (Date.now() < stopAt) {
+      if (opts.heapSnapshots && snapshots === 0 && Date.now() > snapshotAt) {
+        snapshots++;
+        sup.child.kill('SIGUSR2');
+      }
       const waiting = (await q.getJobCounts('waiting')).waiting ?? 0;
       if (waiting > 500) {
         await new Promise((r) => setTimeout(r, 20));
@@ -465,10 +535,12 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
       60_000,
     );
     clearInterval(sampler);
+    if (opts.heapSnapshots) sup.child.kill('SIGUSR2');
     const finished = [...(await q.getJobs(['completed'], 0, -1)), ...(await q.getJobs(['failed'], 0, -1))];
     const lat = finished.map((j) => (j.finishedOn ?? 0) - j.timestamp).filter((x) => x >= 0);
-    const first = Math.min(...finished.map((j) => j.timestamp));
-    const last = Math.max(...finished.map((j) => j.finishedOn ?? 0));
+    // Reduced, not spread: a soak finishes a hundred thousand jobs, past the arguments a call takes.
+    const first = finished.reduce((m, j) => Math.min(m, j.timestamp), Infinity);
+    const last = finished.reduce((m, j) => Math.max(m, j.finishedOn ?? 0), 0);
     const counts = await q.getJobCounts('completed', 'failed');
     // The measurement: how many spares are warm again 1.5 s after the load (a heartbeat or more).
     await new Promise((r) => setTimeout(r, 1500));
@@ -477,6 +549,7 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
     );
     const mine = status.find((s) => s.pid === sup.child.pid);
     const warm = mine?.types.find((t) => t.jobType === 'fresh')?.warm ?? -1;
+    const lastHalf = (xs: number[]): number[] => xs.slice(Math.floor(xs.length / 2));
     return {
       seconds: opts.seconds,
       enqueued,
@@ -488,7 +561,14 @@ export async function load(opts: { seconds: number }): Promise<Record<string, nu
       rssFirstMb: rss[0] ?? 0,
       rssMaxMb: Math.max(...rss),
       rssLastMb: rss.at(-1) ?? 0,
+      rssSlopeLastHalfMbPerMin: slopePerMinute(lastHalf(rss)),
+      heapUsedFirstMb: heap[0] ?? 0,
+      heapUsedMaxMb: Math.max(...heap),
+      heapUsedLastMb: heap.at(-1) ?? 0,
+      heapUsedSlopeLastHalfMbPerMin: slopePerMinute(lastHalf(heap)),
+      externalLastMb: external.at(-1) ?? 0,
       rssSamples: rss.join(' '),
+      heapUsedSamples: heap.join(' '),
       freshWarmSparesAtEnd: warm,
       freshWarmSparesConfigured: 2,
     };
