@@ -517,6 +517,14 @@ type SecretFigures = (RunFigures & { server: string }) | { skipped: string };
 
 type BenchProvider = 'local' | 'vault' | 'kms' | 'secrets-manager';
 
+/** `secrets` of a bench config reading through Vault with the AppRole `setupDevVault` made (its ids in the environment). */
+function benchVaultSecrets(address: string): Record<string, unknown> {
+  return {
+    provider: 'vault',
+    vault: { address, auth: 'approle', roleIdEnv: 'FLEET_BENCH_ROLE_ID', secretIdEnv: 'FLEET_BENCH_SECRET_ID' },
+  };
+}
+
 /** Pool isolation, one secret fetched per job, from each provider (real servers where installed). */
 async function secretRuns(
   url: string,
@@ -546,15 +554,7 @@ async function secretRuns(
         headers: { 'X-Vault-Token': vault.rootToken },
         body: JSON.stringify({ data: { value: value.toString() } }),
       });
-      const secrets = {
-        provider: 'vault',
-        vault: {
-          address: vault.url,
-          auth: 'approle',
-          roleIdEnv: 'FLEET_BENCH_ROLE_ID',
-          secretIdEnv: 'FLEET_BENCH_SECRET_ID',
-        },
-      };
+      const secrets = benchVaultSecrets(vault.url);
       out.vault = {
         ...(await fleetRun(
           url,
@@ -659,13 +659,7 @@ async function dynamicSecretRun(url: string, jobs: number): Promise<DynamicFigur
     process.env.FLEET_BENCH_ROLE_ID = setup.roleId;
     process.env.FLEET_BENCH_SECRET_ID = setup.secretId;
     const secrets = {
-      provider: 'vault',
-      vault: {
-        address: vault.url,
-        auth: 'approle',
-        roleIdEnv: 'FLEET_BENCH_ROLE_ID',
-        secretIdEnv: 'FLEET_BENCH_SECRET_ID',
-      },
+      ...benchVaultSecrets(vault.url),
       items: { 'bench-key': { dynamic: { path: credsPath } } },
     };
     const config = benchConfig(url, 'pool', { processor: WITH_SECRET, secrets });

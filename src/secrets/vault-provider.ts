@@ -3,7 +3,7 @@ import type nodeVault from 'node-vault';
 import { z } from 'zod';
 import { systemClock, type Clock } from '../clock.js';
 import { SecretUnavailableError, toError } from '../errors.js';
-import { nodeVaultClient, statusOf, vaultAnswers, vaultError, VaultHttp, type VaultMethod } from './vault-http.js';
+import { nodeVaultClient, statusOf, vaultAnswers, vaultError, VaultHttp } from './vault-http.js';
 import { required } from '../guards.js';
 import { warnOnFailure, type Logger } from '../observability/logger.js';
 import { JobCredentials, type DynamicSecret } from './vault-dynamic.js';
@@ -100,20 +100,6 @@ export class VaultProvider implements SecretProvider {
     return `${this.#o.policyPrefix}${jobType}`;
   }
 
-  #call(token: string, method: VaultMethod, path: string, json?: unknown): Promise<unknown> {
-    return this.#http.call(token, method, path, json);
-  }
-
-  #read<S extends z.ZodType>(
-    schema: S,
-    token: string,
-    method: VaultMethod,
-    path: string,
-    json?: unknown,
-  ): Promise<z.output<S>> {
-    return this.#http.read(schema, token, method, path, json);
-  }
-
   /** The supervisor's token: logs in (AppRole) once and keeps the token renewed. */
   async #supervisorToken(): Promise<string> {
     if (this.#token) return this.#token;
@@ -126,12 +112,12 @@ export class VaultProvider implements SecretProvider {
     let ttlSeconds = 0;
     if (auth.method === 'token') {
       this.#token = auth.token;
-      const self = await this.#read(vaultAnswers.lookupSelf, auth.token, 'GET', 'auth/token/lookup-self').catch(
-        (err: unknown) => {
+      const self = await this.#http
+        .read(vaultAnswers.lookupSelf, auth.token, 'GET', 'auth/token/lookup-self')
+        .catch((err: unknown) => {
           this.#token = null;
           throw vaultError(err, 'token lookup');
-        },
-      );
+        });
       ttlSeconds = self.data.renewable ? self.data.ttl : 0;
     } else {
       const res = await this.#client
@@ -165,7 +151,7 @@ export class VaultProvider implements SecretProvider {
     const token = this.#token;
     if (!token) return;
     try {
-      const res = await this.#read(vaultAnswers.renewSelf, token, 'POST', 'auth/token/renew-self', {});
+      const res = await this.#http.read(vaultAnswers.renewSelf, token, 'POST', 'auth/token/renew-self', {});
       this.#scheduleRenewal(res.auth.lease_duration);
     } catch (err) {
       this.#o.logger.warn('vault token renewal failed; logging in again', { error: toError(err).message });
@@ -232,7 +218,7 @@ export class VaultProvider implements SecretProvider {
   }
 
   async #revoke(accessor: string): Promise<void> {
-    await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor });
+    await this.#http.call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', { accessor });
   }
 
   /** Mints the job token; one retry after re-login if the supervisor's own token expired. */
@@ -258,7 +244,7 @@ export class VaultProvider implements SecretProvider {
     for (let attempt = 0; ; attempt++) {
       const token = await this.#supervisorToken();
       try {
-        const res = await this.#read(
+        const res = await this.#http.read(
           vaultAnswers.tokenCreated,
           token,
           'POST',
@@ -289,7 +275,7 @@ export class VaultProvider implements SecretProvider {
 
   async #tokenAlive(token: string): Promise<boolean> {
     try {
-      await this.#call(token, 'GET', 'auth/token/lookup-self');
+      await this.#http.call(token, 'GET', 'auth/token/lookup-self');
       return true;
     } catch {
       return false;
@@ -326,7 +312,7 @@ export class VaultProvider implements SecretProvider {
       };
       try {
         await hold();
-        return await this.#call(token, 'GET', path);
+        return await this.#http.call(token, 'GET', path);
       } catch (err) {
         if (err instanceof SecretUnavailableError && !statusOf(err)) throw err;
         const e = vaultError(err, 'read', name);
@@ -342,7 +328,7 @@ export class VaultProvider implements SecretProvider {
         token = minted.token;
         try {
           await hold();
-          return await this.#call(token, 'GET', path);
+          return await this.#http.call(token, 'GET', path);
         } catch (again) {
           throw again instanceof SecretUnavailableError && !statusOf(again) ? again : vaultError(again, 'read', name);
         }
@@ -389,10 +375,10 @@ export class VaultProvider implements SecretProvider {
         // before answering, so it is gone when the job is reported done. Revoking the token then
         // ends anything else it holds.
         const ended = await credentials.end((leaseId) =>
-          this.#call(sup, 'POST', 'sys/leases/revoke', { lease_id: leaseId }),
+          this.#http.call(sup, 'POST', 'sys/leases/revoke', { lease_id: leaseId }),
         );
         try {
-          await this.#call(sup, 'POST', 'auth/token/revoke-accessor', { accessor: minted.accessor });
+          await this.#http.call(sup, 'POST', 'auth/token/revoke-accessor', { accessor: minted.accessor });
         } catch (err) {
           const e = vaultError(err, `revoking job token of ${request.jobId} (it expires by TTL)`);
           if (!ended.length) throw e;
@@ -419,7 +405,7 @@ export class VaultProvider implements SecretProvider {
   async inspectAccessor(accessor: string): Promise<TokenInfo> {
     let res: z.output<typeof vaultAnswers.lookupAccessor>;
     try {
-      res = await this.#read(
+      res = await this.#http.read(
         vaultAnswers.lookupAccessor,
         await this.#supervisorToken(),
         'POST',
@@ -463,7 +449,7 @@ export class VaultProvider implements SecretProvider {
     const sup = await this.#supervisorToken();
     let res: z.output<typeof vaultAnswers.tokenCreated>;
     try {
-      res = await this.#read(vaultAnswers.tokenCreated, sup, 'POST', `auth/token/create/${ROTATE_TOKEN_ROLE}`, {
+      res = await this.#http.read(vaultAnswers.tokenCreated, sup, 'POST', `auth/token/create/${ROTATE_TOKEN_ROLE}`, {
         policies: [`${ROTATE_POLICY_PREFIX}${secret}`],
         ttl: `${Math.ceil(ttlMs / 1000)}s`,
         renewable: false,
@@ -485,7 +471,7 @@ export class VaultProvider implements SecretProvider {
       release: async () => {
         await provider.close();
         try {
-          await this.#call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', {
+          await this.#http.call(await this.#supervisorToken(), 'POST', 'auth/token/revoke-accessor', {
             accessor: res.auth.accessor,
           });
         } catch (err) {
@@ -526,7 +512,7 @@ export class VaultProvider implements SecretProvider {
   async write(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name), {
+      const res = await this.#http.read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name), {
         data: { value: Buffer.from(value).toString('utf8') },
       });
       return { version: String(res.data.version) };
@@ -542,7 +528,7 @@ export class VaultProvider implements SecretProvider {
   async writePending(name: string, value: Uint8Array): Promise<{ version: string }> {
     const token = await this.#supervisorToken();
     try {
-      const res = await this.#read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name, true), {
+      const res = await this.#http.read(vaultAnswers.kvWritten, token, 'POST', this.#path('data', name, true), {
         data: { value: Buffer.from(value).toString('utf8') },
       });
       return { version: `pending-${res.data.version}` };
@@ -561,7 +547,7 @@ export class VaultProvider implements SecretProvider {
     const v = pending ? version.slice('pending-'.length) : version;
     let res: z.output<typeof vaultAnswers.kvRead>;
     try {
-      res = await this.#read(
+      res = await this.#http.read(
         vaultAnswers.kvRead,
         token,
         'GET',
@@ -600,12 +586,12 @@ export class VaultProvider implements SecretProvider {
   async retire(name: string, version: string): Promise<void> {
     const token = await this.#supervisorToken();
     try {
-      if (version.startsWith('pending-')) await this.#call(token, 'DELETE', this.#path('metadata', name, true));
+      if (version.startsWith('pending-')) await this.#http.call(token, 'DELETE', this.#path('metadata', name, true));
       else {
         // The current version is never retired (as in every other provider): jobs read it.
-        const m = await this.#read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
+        const m = await this.#http.read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
         if (m.data.current_version === Number(version)) return;
-        await this.#call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
+        await this.#http.call(token, 'POST', this.#path('destroy', name), { versions: [Number(version)] });
       }
     } catch (err) {
       throw vaultError(err, `retire version ${version}`, name);
@@ -616,14 +602,14 @@ export class VaultProvider implements SecretProvider {
     const token = await this.#supervisorToken();
     let keys: string[];
     try {
-      keys = (await this.#read(vaultAnswers.keys, token, 'LIST', this.#path('metadata'))).data.keys;
+      keys = (await this.#http.read(vaultAnswers.keys, token, 'LIST', this.#path('metadata'))).data.keys;
     } catch (err) {
       if (statusOf(err) === 404) return [];
       throw vaultError(err, 'list');
     }
     return Promise.all(
       keys.map(async (name) => {
-        const m = await this.#read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
+        const m = await this.#http.read(vaultAnswers.kvMetadata, token, 'GET', this.#path('metadata', name));
         return { name, version: String(m.data.current_version), updatedAt: Date.parse(m.data.updated_time) };
       }),
     );
@@ -631,14 +617,14 @@ export class VaultProvider implements SecretProvider {
 
   async remove(name: string): Promise<void> {
     const token = await this.#supervisorToken();
-    await this.#call(token, 'DELETE', this.#path('metadata', name)).catch((err: unknown) => {
+    await this.#http.call(token, 'DELETE', this.#path('metadata', name)).catch((err: unknown) => {
       throw vaultError(err, 'delete', name);
     });
   }
 
   async check(): Promise<void> {
     const token = await this.#supervisorToken();
-    await this.#call(token, 'GET', 'auth/token/lookup-self').catch((err: unknown) => {
+    await this.#http.call(token, 'GET', 'auth/token/lookup-self').catch((err: unknown) => {
       throw vaultError(err, 'token lookup');
     });
   }
