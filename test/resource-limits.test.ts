@@ -135,6 +135,7 @@ describe.each(modes)('a sandbox past its kernel limits, %s', (mode, setting) => 
       expect(job.error?.code, JSON.stringify(job.result)).toBe('MEMORY_LIMIT');
       await fleetStillServes();
     },
+    90_000,
   );
 
   it.skipIf(skip)(
@@ -357,9 +358,9 @@ describe.skipIf(layer.cgroups !== 'v1' || !osLayer.available || !layer.seccomp)(
               .filter((d) => d.isDirectory())
               .filter((d) => readFileSync(path.join(sandboxCgroupRoot(), d.name, 'cgroup.procs'), 'utf8').trim() === '')
               .length,
-          { timeout: 10_000, interval: 100 },
+          { timeout: 30_000, interval: 100 },
         )
         .toBe(0);
-    }, 60_000);
+    }, 90_000);
   },
 );

@@ -684,6 +684,13 @@ export const fleetConfigSchema = z
         /** How often stalled jobs (of dead supervisors) are looked for. @defaultValue 30000 */
         stalledIntervalMs: z.number().int().min(500).default(30_000),
         /**
+         * How many times a job may be found stalled (its supervisor died, or could not renew the
+         * lock) and returned to wait before it fails with "job stalled more than allowable limit".
+         * A stall is not an attempt; raise this where supervisors are killed often (spot
+         * instances, chaos tests). @defaultValue 1
+         */
+        maxStalledCount: z.number().int().min(0).default(1),
+        /**
          * The OS layer of process sandboxes (Linux namespaces through bubblewrap). `auto`: used when
          * it works here, otherwise the supervisor says why and runs without it. `required`: start-up
          * fails without it. `off`: never (the permission model alone). @defaultValue `"auto"`

@@ -356,28 +356,46 @@ function pidsIn(dir: string): number[] {
  * The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved one, at its
  * low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a sandbox that took
  * half a second to die 25 rounds of reads, kills and failing rmdirs on the supervisor's thread.
+ * What is still there after 5 s (a sandbox with a large memory to give back on a loaded host) is
+ * not given up: it is retried once a second in the background, for up to 10 minutes, so the job's
+ * end is not held up and no empty cgroup is left behind.
  */
 async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
   let left = dirs.filter((d) => existsSync(d));
   const deadline = Date.now() + 5000;
   for (let waitMs = 5; left.length; waitMs = Math.min(waitMs * 2, 320)) {
-    left = left.filter((d) => {
-      for (const pid of pidsIn(d))
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
-      try {
-        rmdirSync(d);
-        return false;
-      } catch (err) {
-        return errnoCode(err) !== 'ENOENT';
-      }
-    });
-    if (!left.length || Date.now() > deadline) return;
+    left = killAndRemove(left);
+    if (!left.length) return;
+    if (Date.now() > deadline) return reapLater(left);
     await new Promise((r) => setTimeout(r, waitMs));
   }
+}
+
+/** One round: SIGKILL what is in each directory, remove it; returns the ones still there. */
+function killAndRemove(dirs: readonly string[]): string[] {
+  return dirs.filter((d) => {
+    for (const pid of pidsIn(d))
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    try {
+      rmdirSync(d);
+      return false;
+    } catch (err) {
+      return errnoCode(err) !== 'ENOENT';
+    }
+  });
+}
+
+function reapLater(dirs: readonly string[], rounds = 600): void {
+  const timer = setTimeout(() => {
+    const left = killAndRemove(dirs);
+    if (left.length && rounds > 1) reapLater(left, rounds - 1);
+  }, 1000);
+  // A supervisor that is otherwise done exits; a later supervisor's start removes what is stale.
+  timer.unref();
 }
 
 /**

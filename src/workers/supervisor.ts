@@ -370,6 +370,7 @@ export class Supervisor {
       // The lock is renewed from this thread, which never runs job code, so it can stay short.
       lockDuration: this.#config.supervisor.lockDurationMs,
       stalledInterval: this.#config.supervisor.stalledIntervalMs,
+      maxStalledCount: this.#config.supervisor.maxStalledCount,
     });
     worker.on('error', (err) => this.#log.warn('worker error', { jobType: t.name, error: err.message }));
     return worker;

@@ -35,10 +35,16 @@ async function redisFor(
 }
 
 /** 1. Supervisors SIGKILLed mid-job under load: every job ends exactly once, none lost. */
-export async function killWorkers(opts: { jobs: number; kills: number }): Promise<Record<string, number>> {
+export async function killWorkers(opts: { jobs: number; kills: number }): Promise<Record<string, number | string>> {
   const redis = await redisFor(false);
   const fleet = await chaosFleet(redis, {
-    supervisor: { lockDurationMs: 2000, stalledIntervalMs: 1000, shutdownDeadlineMs: 1000 },
+    // A job can be on a supervisor at each kill: each kill may stall it once more.
+    supervisor: {
+      lockDurationMs: 2000,
+      stalledIntervalMs: 1000,
+      shutdownDeadlineMs: 1000,
+      maxStalledCount: opts.kills,
+    },
     jobTypes: [
       {
         name: 'work',
@@ -81,7 +87,13 @@ export async function killWorkers(opts: { jobs: number; kills: number }): Promis
     const c = await q.getJobCounts('completed', 'failed', 'waiting', 'active', 'delayed');
     const executions = existsSync(log) ? readFileSync(log, 'utf8').trim().split('\n').length : 0;
     let retried = 0;
-    for (const id of ids) if (((await q.getJob(id))?.attemptsMade ?? 0) > 1) retried++;
+    const failedReasons: Record<string, number> = {};
+    for (const id of ids) {
+      const job = await q.getJob(id);
+      if ((job?.attemptsMade ?? 0) > 1) retried++;
+      if (job?.failedReason && (await job.getState()) === 'failed')
+        failedReasons[job.failedReason] = (failedReasons[job.failedReason] ?? 0) + 1;
+    }
     return {
       jobs: opts.jobs,
       kills: opts.kills,
@@ -92,6 +104,7 @@ export async function killWorkers(opts: { jobs: number; kills: number }): Promis
       executions,
       reExecuted: executions - opts.jobs,
       retried,
+      failedReasons: JSON.stringify(failedReasons),
     };
   } finally {
     await fleet.release();
