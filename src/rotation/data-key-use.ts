@@ -1,6 +1,11 @@
 import type { FleetConfig } from '../config/resolve.js';
+import type { Clock } from '../clock.js';
+import { toError } from '../errors.js';
+import type { Logger } from '../observability/logger.js';
 import type { RedisClient } from '../redis/connection.js';
 import { queueKey } from '../redis/keys.js';
+import type { SecretProvider } from '../secrets/provider.js';
+import { dataKeyRing } from '../secrets/providers.js';
 
 /**
  * BullMQ's job lists and sorted sets, in the order jobs flow through them: a job that moves on
@@ -69,4 +74,53 @@ export async function jobsSealedUnder(
     }
   }
   return found;
+}
+
+/**
+ * A data key version retires only once no stored job is sealed under it: while some are, its
+ * retirement (`retire:<version>` in the rotation state at `stateKey`, already claimed by the
+ * sweep) moves on by another grace window, and a scan that fails retries in a minute; a job
+ * waiting longer than one window loses nothing. Answers whether the retirement waits.
+ */
+export async function dataKeyRetirementWaits(o: {
+  redis: RedisClient;
+  config: FleetConfig;
+  clock: Clock;
+  log: Logger;
+  version: string;
+  stateKey: string;
+  graceSeconds: number;
+}): Promise<boolean> {
+  const users = await jobsSealedUnder(o.redis, o.config, o.version).catch(async (err: unknown) => {
+    await o.redis.hset(o.stateKey, `retire:${o.version}`, String(o.clock.now() + 60_000));
+    throw err;
+  });
+  if (!users.length) return false;
+  const graceMs = Math.max(1000, o.graceSeconds * 1000);
+  await o.redis.hset(o.stateKey, `retire:${o.version}`, String(o.clock.now() + graceMs));
+  o.log.info('data key version still seals stored jobs; its retirement waits', {
+    secret: o.config.secrets.dataKey.name,
+    version: o.version,
+    jobs: users,
+    retryInMs: graceMs,
+  });
+  return true;
+}
+
+/**
+ * Creates the data key of job data at rest when its store (`provider`) has none: the scheduler's
+ * identity may write KMS envelopes, which supervisors and the API may only read. Not fatal:
+ * producers and supervisors say what is missing when they need it.
+ */
+export async function ensureDataKey(config: FleetConfig, provider: SecretProvider, log: Logger): Promise<void> {
+  const name = config.secrets.dataKey.name;
+  const ring = dataKeyRing(config, provider);
+  try {
+    const key = await ring.current();
+    log.info('data key for job data at rest is ready', { secret: name, version: key.version });
+  } catch (err) {
+    log.warn('the data key for job data at rest is not ready', { secret: name, error: toError(err).message });
+  } finally {
+    ring.discard();
+  }
 }

@@ -4,6 +4,7 @@ import type { Logger } from '../observability/logger.js';
 import { Sandbox } from '../workers/sandbox.js';
 import { probeOsLayer, type Egress } from '../workers/sandbox-boundary.js';
 import { fleetServiceAddresses } from '../workers/fleet-addresses.js';
+import type { Rotator, RotatorContext } from './rotators.js';
 
 export interface RotatorStepMessage {
   step: 'create' | 'set' | 'test' | 'finish';
@@ -93,4 +94,34 @@ export async function runRotatorStep(
   } finally {
     await sandbox.destroy();
   }
+}
+
+/**
+ * A module rotator whose every step runs in a fresh process sandbox (runRotatorStep), given only
+ * this secret's current value (and the new one), as bytes.
+ */
+export function sandboxedRotator(secret: string, rotatorPath: string, options: RotatorStepOptions): Rotator {
+  const current = async (ctx: RotatorContext): Promise<{ current?: Uint8Array }> => {
+    const cur = await ctx.current().catch(() => null);
+    return cur ? { current: new Uint8Array(cur) } : {};
+  };
+  const withValue =
+    (step: 'set' | 'test') =>
+    async (ctx: RotatorContext, value: Uint8Array): Promise<void> =>
+      void (await runRotatorStep(
+        rotatorPath,
+        { step, secret, value: new Uint8Array(value), ...(await current(ctx)) },
+        options,
+      ));
+  return {
+    create: async (ctx) => {
+      const v = await runRotatorStep(rotatorPath, { step: 'create', secret, ...(await current(ctx)) }, options);
+      if (!v) throw new FleetError('INTERNAL', `rotator ${rotatorPath} returned no value from create`);
+      return v;
+    },
+    set: withValue('set'),
+    test: withValue('test'),
+    finish: async (ctx) =>
+      void (await runRotatorStep(rotatorPath, { step: 'finish', secret, retiredVersion: ctx.retiredVersion }, options)),
+  };
 }
