@@ -2,6 +2,7 @@ import { Queue } from 'bullmq';
 import { queuePrefix } from '../src/redis/keys.js';
 import { FleetEventBus, type FleetEvents, type LifecycleState } from '../src/events.js';
 import { Supervisor } from '../src/workers/supervisor.js';
+import { liveSandboxCount } from '../src/workers/sandbox.js';
 import { Lifecycle } from '../src/lifecycle.js';
 import { capturingLogger } from './helpers/leaks.js';
 import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
@@ -315,6 +316,26 @@ describe('supervisor lifecycle', () => {
     await starting;
     await stopping;
     expect(seen).toEqual(['starting', 'running', 'draining', 'stopped']);
+  });
+
+  it('stop() returns only when no sandbox it started is alive: spares still starting and sandboxes on their way out too', async ({
+    redis,
+  }) => {
+    // Job isolation: each job's end destroys its sandbox and starts a spare in the background,
+    // which takes three seconds to load its processor (longer than the workers take to close).
+    const config = testConfig(redis.url, [
+      fixtureType('slow-load', 'slow-load.mjs', { isolation: 'job', sandbox: 'process', warmSandboxes: 2 }),
+    ]);
+    const events = new FleetEventBus();
+    const sup = new Supervisor({ config, events });
+    await sup.start();
+    // Stopped the moment the first job's sandbox is sent on its way out and its spare is asked for.
+    const stopped = new Promise<void>((resolve, reject) =>
+      events.on('sandbox:destroyed', () => sup.stop(0).then(resolve, reject)),
+    );
+    await makeProducer(config).enqueue('slow-load', { n: 1 });
+    await stopped;
+    expect(liveSandboxCount()).toBe(0);
   });
 
   it('a failed start closes what it opened (state failed, then stopped) and its listeners are gone', async ({

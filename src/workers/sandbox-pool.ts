@@ -47,6 +47,8 @@ export class SandboxPool {
   readonly #busy = new Set<Sandbox>();
   #starting = 0;
   #closed = false;
+  /** Starts and destroys in flight: close() waits for them, so nothing this pool started outlives it. */
+  readonly #settling = new Set<Promise<unknown>>();
   /** Set after a failed spawn so the refill loop does not spin on a broken processor. */
   #lastSpawnError: Error | null = null;
 
@@ -86,7 +88,22 @@ export class SandboxPool {
     this.#idle.push(...started);
   }
 
-  async #spawn(): Promise<Sandbox> {
+  #spawn(): Promise<Sandbox> {
+    return this.#track(this.#startOne());
+  }
+
+  #destroy(sb: Sandbox): void {
+    void this.#track(sb.destroy());
+  }
+
+  #track<T>(p: Promise<T>): Promise<T> {
+    this.#settling.add(p);
+    const forget = (): void => void this.#settling.delete(p);
+    p.then(forget, forget);
+    return p;
+  }
+
+  async #startOne(): Promise<Sandbox> {
     this.#starting += 1;
     try {
       const t = this.#type;
@@ -164,7 +181,7 @@ export class SandboxPool {
     for (let i = 0; i < missing; i++) {
       this.#spawn().then(
         (sb) => {
-          if (this.#closed) void sb.destroy();
+          if (this.#closed) this.#destroy(sb);
           else this.#idle.push(sb);
         },
         (err: unknown) => this.#log.error('could not start a spare sandbox', { error: toError(err).message }),
@@ -197,7 +214,7 @@ export class SandboxPool {
       this.#idle.push(sb);
       return;
     }
-    void sb.destroy();
+    this.#destroy(sb);
     this.#events.emit('sandbox:destroyed', { jobType: t.name, reason });
     this.#refill();
   }
@@ -213,11 +230,18 @@ export class SandboxPool {
     };
   }
 
-  /** Destroys every sandbox, idle and busy. */
+  /**
+   * Destroys every sandbox, idle and busy, and waits for the ones still starting or already on
+   * their way out (a spare that finishes starting now is destroyed too).
+   */
   async close(): Promise<void> {
     this.#closed = true;
-    const all = [...this.#idle.splice(0), ...this.#busy];
-    this.#busy.clear();
-    await Promise.all(all.map((sb) => sb.destroy()));
+    for (;;) {
+      const all = [...this.#idle.splice(0), ...this.#busy];
+      this.#busy.clear();
+      for (const sb of all) this.#destroy(sb);
+      if (this.#settling.size === 0) return;
+      await Promise.allSettled([...this.#settling]);
+    }
   }
 }
