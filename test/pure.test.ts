@@ -26,7 +26,7 @@ import { isClusterUrl, redisUrlNodes, redisUrlProblem } from '../src/config/redi
 import { isRedisTlsUrl } from '../src/config/tls.js';
 import { AuditKeyRing, canonical, ChainWriter, compareIds, verifyEntries } from '../src/secrets/audit-chain.js';
 import { bindingAllows, InjectionRegistry, PLACEHOLDER } from '../src/secrets/injection.js';
-import { ValueMasker } from '../src/workers/egress-proxy.js';
+import { ValueMasker } from '../src/workers/egress-masker.js';
 import { makeLogger, prettyLine } from '../src/observability/logger.js';
 import { isOneOf, required } from '../src/guards.js';
 import { parseControlMessage } from '../src/workers/control.js';

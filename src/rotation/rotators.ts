@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto';
 import { pathToFileURL } from 'node:url';
+import { utf8Bytes } from '../bytes.js';
 import { ConfigError } from '../errors.js';
 
 // The rotator module shape lives with the other module shapes a sandbox loads (processor-api).
@@ -17,11 +18,8 @@ export function randomRotator(bytes: number, encoding: 'hex' | 'base64' | 'base6
   return {
     create: () => {
       const raw = randomBytes(bytes);
-      const text = Buffer.from(raw.toString(encoding));
+      const out = utf8Bytes(raw.toString(encoding));
       raw.fill(0);
-      const out = new Uint8Array(text.length);
-      out.set(text);
-      text.fill(0);
       return out;
     },
   };

@@ -1,6 +1,7 @@
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
 import { z } from 'zod';
 import type { SecretProvider, SecretValue } from './provider.js';
+import { utf8Bytes } from '../bytes.js';
 import { SecretUnavailableError, errorMessage } from '../errors.js';
 
 /**
@@ -100,7 +101,7 @@ export async function loadAuditKeys(
       );
     }
     // Text (hex), because some stores keep values as UTF-8 strings.
-    const fresh = new Uint8Array(Buffer.from(randomBytes(32).toString('hex'), 'utf8'));
+    const fresh = utf8Bytes(randomBytes(32).toString('hex'));
     try {
       await provider.write(name, fresh);
     } catch (writeErr) {

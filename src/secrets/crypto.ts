@@ -1,4 +1,5 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { moveBytes } from '../bytes.js';
 import { SecretUnavailableError } from '../errors.js';
 
 /** AES-256-GCM ciphertext with its nonce and tag, base64-encoded for storage. */
@@ -29,15 +30,8 @@ export function unseal(key: Uint8Array, box: SealedBox, aad: string, what: strin
     const decipher = createDecipheriv('aes-256-gcm', key, Buffer.from(box.iv, 'base64'));
     decipher.setAAD(Buffer.from(aad));
     decipher.setAuthTag(Buffer.from(box.tag, 'base64'));
-    const a = decipher.update(Buffer.from(box.ct, 'base64'));
-    const b = decipher.final();
-    // Copy into memory of our own (not Node's shared pool), so it can be zeroed or transferred.
-    const out = new Uint8Array(a.length + b.length);
-    out.set(a, 0);
-    out.set(b, a.length);
-    a.fill(0);
-    b.fill(0);
-    return out;
+    // Into memory of our own (not Node's shared pool), so it can be zeroed or transferred.
+    return moveBytes(decipher.update(Buffer.from(box.ct, 'base64')), decipher.final());
   } catch (err) {
     throw new SecretUnavailableError(
       'SECRET_INTEGRITY',

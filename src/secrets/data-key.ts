@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { utf8Bytes } from '../bytes.js';
 import {
   DataKeyRetiredError,
   DataKeyUnavailableError,
@@ -99,7 +100,7 @@ export class DataKeyRing {
       if (!(err instanceof SecretUnavailableError && err.code === 'SECRET_NOT_FOUND') || !this.#o.create)
         throw unavailable(provider.kind, name, err);
     }
-    const fresh = new Uint8Array(Buffer.from(randomBytes(32).toString('hex'), 'utf8'));
+    const fresh = utf8Bytes(randomBytes(32).toString('hex'));
     try {
       await provider.write(name, fresh);
     } catch (err) {

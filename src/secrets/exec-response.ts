@@ -8,6 +8,7 @@
  * request on stdin `{"protocolVersion":1,"provider":"<name>","ids":["<id>",…]}`, answer on stdout
  * `{"protocolVersion":1,"values":{"<id>":"<value>",…},"errors":{"<id>":{"message":"…"}}}`.
  */
+import { copyBytes } from '../bytes.js';
 
 /** A string value decoded into bytes of its own. */
 export class SecretBytes {
@@ -224,9 +225,7 @@ class Reader {
         put(cp >= 0xd800 && cp <= 0xdfff ? 0xfffd : cp);
       }
       this.#i = end + 1;
-      const out = new Uint8Array(n);
-      out.set(scratch.subarray(0, n));
-      return out;
+      return copyBytes(scratch.subarray(0, n));
     } finally {
       scratch.fill(0);
     }
@@ -281,9 +280,7 @@ export function parseExecAnswer(stdout: Uint8Array, ids: readonly string[], json
     if (doc instanceof SecretBytes)
       return { values: new Map([[only, doc.bytes]]), errors: new Map(), notStrings: new Set() };
     wipe(doc);
-    const copy = new Uint8Array(body.length);
-    copy.set(body);
-    return { values: new Map([[only, copy]]), errors: new Map(), notStrings: new Set() };
+    return { values: new Map([[only, copyBytes(body)]]), errors: new Map(), notStrings: new Set() };
   }
   if (!isRecord(doc)) {
     wipe(doc);

@@ -10,6 +10,7 @@ import {
   UpdateSecretVersionStageCommand,
   type GetSecretValueCommandOutput,
 } from '@aws-sdk/client-secrets-manager';
+import { moveBytes, utf8Bytes } from '../bytes.js';
 import { SecretUnavailableError, toError } from '../errors.js';
 import { awsClientConfig, awsError, sendMapped, type AwsClientOptions } from './aws.js';
 import { declaredLease } from './lease.js';
@@ -120,15 +121,9 @@ export class SecretsManagerProvider implements SecretProvider {
     const version = res.VersionId;
     let value: Uint8Array;
     if (res.SecretBinary) {
-      value = new Uint8Array(res.SecretBinary.byteLength);
-      value.set(res.SecretBinary);
-      res.SecretBinary.fill(0);
+      value = moveBytes(res.SecretBinary);
     } else if (res.SecretString !== undefined) {
-      // A JS string cannot be zeroed; the bytes made from it can.
-      const bytes = Buffer.from(res.SecretString, 'utf8');
-      value = new Uint8Array(bytes.byteLength);
-      value.set(bytes);
-      bytes.fill(0);
+      value = utf8Bytes(res.SecretString);
     } else
       throw new SecretUnavailableError(
         'SECRET_NOT_FOUND',

@@ -1,6 +1,7 @@
 import type { ConnectionOptions } from 'node:tls';
 import type nodeVault from 'node-vault';
 import { z } from 'zod';
+import { utf8Bytes } from '../bytes.js';
 import { systemClock, type Clock } from '../clock.js';
 import { SecretUnavailableError, toError } from '../errors.js';
 import { nodeVaultClient, statusOf, vaultAnswers, vaultError, VaultHttp } from './vault-http.js';
@@ -359,10 +360,7 @@ export class VaultProvider implements SecretProvider {
             { retryable: false },
           );
         }
-        const bytes = Buffer.from(raw, 'utf8');
-        const value = new Uint8Array(bytes.length);
-        value.set(bytes);
-        bytes.fill(0);
+        const value = utf8Bytes(raw);
         handed.push(value);
         return { value, version: String(res.data.metadata.version) };
       },
@@ -564,11 +562,7 @@ export class VaultProvider implements SecretProvider {
         'SECRET_NOT_FOUND',
         `secret "${name}" version ${version} has no value (destroyed or deleted)`,
       );
-    const bytes = Buffer.from(raw, 'utf8');
-    const out = new Uint8Array(bytes.length);
-    out.set(bytes);
-    bytes.fill(0);
-    return { value: out, version: version === 'current' ? String(res.data.metadata.version) : version };
+    return { value: utf8Bytes(raw), version: version === 'current' ? String(res.data.metadata.version) : version };
   }
 
   /** Writes the pending value as the new current KV version; the previous one stays readable by version. */

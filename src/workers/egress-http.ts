@@ -1,14 +1,38 @@
 /**
  * What the egress proxy does to the HTTP messages it passes between a sandbox and an upstream:
- * the headers it drops, masking values in responses (across chunk boundaries and in header names),
- * reading a request's target, refusing a request inside a tunnel that names another host, and
- * passing an upstream's answer on without ever throwing. An upstream a sandbox may reach is as
- * untrusted as the sandbox. Pure but for `answer`, which writes the response.
+ * the headers it drops, reading a request's target, refusing a request inside a tunnel that names
+ * another host, forwarding a plain-HTTP request, and passing an upstream's answer on without ever
+ * throwing. An upstream a sandbox may reach is as untrusted as the sandbox. Pure but for
+ * `forwardPlain` and `answer`, which write the response, and `containedBy`, which ends a connection.
  */
-import type http from 'node:http';
+import http from 'node:http';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import { Transform, type TransformCallback } from 'node:stream';
+import type { Duplex, Transform } from 'node:stream';
 import { splitHostPort } from '../config/hosts.js';
+
+/** Where an allowed connection goes: the name the sandbox asked for, and the address the policy checked for it. */
+export interface EgressTarget {
+  host: string;
+  port: number;
+  address: string;
+}
+
+/** A handler that failed on what the sandbox sent; for logs. */
+export type OnEgressError = (what: string, err: unknown) => void;
+
+/**
+ * Contains a handler's failure: whatever a sandbox sends (an aborted upload, a reset mid-TLS) ends
+ * that connection, never the supervisor.
+ */
+export function containedBy(
+  onError: OnEgressError | undefined,
+): (what: string, socket: () => Duplex | undefined) => (err: unknown) => void {
+  return (what, socket) =>
+    (err: unknown): void => {
+      socket()?.destroy();
+      onError?.(what, err);
+    };
+}
 
 export const HOP_BY_HOP = [
   'connection',
@@ -38,59 +62,20 @@ export function replaceBytes(buf: Buffer, needle: Uint8Array, by: Uint8Array): B
   return Buffer.concat(parts);
 }
 
-/**
- * Replaces each value with its placeholder in a stream, across chunk boundaries: the last
- * (longest value − 1) bytes wait for the next chunk, so a value split in two is still found.
- */
-export class ValueMasker extends Transform {
-  #carry = Buffer.alloc(0);
-  readonly #pairs: { value: Uint8Array; by: Uint8Array }[];
-  readonly #keep: number;
-  constructor(pairs: { value: Uint8Array; by: Uint8Array }[]) {
-    super();
-    this.#pairs = pairs.filter((p) => p.value.length > 0);
-    this.#keep = Math.max(0, ...this.#pairs.map((p) => p.value.length - 1));
-  }
-  #mask(buf: Buffer): Buffer {
-    let out = buf;
-    for (const p of this.#pairs) out = replaceBytes(out, p.value, p.by);
-    return out;
-  }
-  override _transform(chunk: Buffer, _enc: BufferEncoding, cb: TransformCallback): void {
-    const all = this.#mask(Buffer.concat([this.#carry, chunk]));
-    const cut = Math.max(0, all.length - this.#keep);
-    this.#carry = Buffer.from(all.subarray(cut));
-    cb(null, all.subarray(0, cut));
-  }
-  override _flush(cb: TransformCallback): void {
-    cb(null, this.#mask(this.#carry));
-  }
-}
-
-/** A header value with every value replaced by its placeholder. */
-export function maskText(text: string, pairs: { value: Uint8Array; by: Uint8Array }[]): string {
-  let out: Buffer<ArrayBufferLike> = Buffer.from(text, 'latin1');
-  for (const p of pairs) out = replaceBytes(out, p.value, p.by);
-  return out.toString('latin1');
-}
-
 export function clipText(text: string, max: number): string {
   return text.length > max ? `${text.slice(0, max)}…` : text;
 }
+
+/** What is passed on of an upstream's answer (its body through `body` if set), or why it is not. */
+export type Prepared =
+  { headers: http.OutgoingHttpHeaders | http.IncomingHttpHeaders; body?: Transform } | { status: number; text: string };
 
 /**
  * Passes an upstream response on to the sandbox, or a 502 when it cannot be: a status Node would
  * refuse to write (`HTTP/1.1 099`), headers it would refuse, or what `prepare` refuses. An upstream
  * the sandbox may reach is as untrusted as the sandbox: nothing it answers may throw here.
  */
-export function answer(
-  res: ServerResponse,
-  up: IncomingMessage,
-  destination: string,
-  prepare: () =>
-    | { headers: http.OutgoingHttpHeaders | http.IncomingHttpHeaders; body?: Transform }
-    | { status: number; text: string },
-): void {
+export function answer(res: ServerResponse, up: IncomingMessage, destination: string, prepare: () => Prepared): void {
   const fail = (text: string): void => {
     up.destroy();
     if (res.headersSent) res.destroy();
@@ -155,4 +140,37 @@ export function namesOtherHost(req: IncomingMessage, t: { host: string; port: nu
       return `Host: ${h.slice(0, 100)} inside a tunnel to ${tunnel} (a possible exfiltration)`;
   }
   return null;
+}
+
+/**
+ * Sends a plain-HTTP request on to the address the policy checked, as the sandbox sent it less the
+ * proxy's own headers (its `Host` header kept), and the answer back.
+ */
+export function forwardPlain(
+  req: IncomingMessage,
+  res: ServerResponse,
+  to: { address: string; port: number },
+  url: URL,
+  timeoutMs: number,
+): void {
+  const headers = { ...req.headers };
+  delete headers['proxy-connection'];
+  delete headers['proxy-authorization'];
+  const upstream = http.request(
+    {
+      host: to.address,
+      port: to.port,
+      method: req.method,
+      path: `${url.pathname}${url.search}`,
+      headers,
+      setHost: false,
+      timeout: timeoutMs,
+    },
+    (up) => answer(res, up, `${to.address}:${to.port}`, () => ({ headers: up.headers })),
+  );
+  upstream.on('error', () => {
+    if (!res.headersSent) res.writeHead(502, { 'content-type': 'text/plain' });
+    res.end();
+  });
+  req.pipe(upstream);
 }

@@ -21,6 +21,7 @@ import {
   errorMessage,
   fieldOf,
 } from '../errors.js';
+import { moveBytes } from '../bytes.js';
 import { CHANNEL_ENV, CHANNEL_FD3, encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
@@ -303,10 +304,7 @@ async function rotatorStep(
   const value = bytes('value');
   if (d.step === 'create') {
     const created = await rotator.create(ctx);
-    const out = new Uint8Array(created.byteLength);
-    out.set(created);
-    created.fill(0);
-    return { value: out };
+    return { value: moveBytes(created) };
   }
   if ((d.step === 'set' || d.step === 'test') && !value) throw new Error(`rotator step ${d.step} got no value`);
   if (d.step === 'set' && value) await rotator.set?.(ctx, value);

@@ -1,4 +1,5 @@
 import { performance } from 'node:perf_hooks';
+import { moveBytes } from '../bytes.js';
 import type { SecretValue } from '../secrets/provider.js';
 import {
   CancelledError,
@@ -105,9 +106,7 @@ function ownBuffer(value: Uint8Array): Uint8Array<ArrayBuffer> {
   const { buffer } = value;
   if (buffer instanceof ArrayBuffer && value.byteOffset === 0 && value.byteLength === buffer.byteLength)
     return new Uint8Array(buffer);
-  const own = new Uint8Array(value);
-  value.fill(0);
-  return own;
+  return moveBytes(value);
 }
 
 /** The error a job ends with when it is stopped from outside. */
