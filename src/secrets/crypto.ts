@@ -1,6 +1,18 @@
 import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
 import { SecretUnavailableError } from '../errors.js';
 
+/**
+ * `text`'s UTF-8 bytes in memory of their own (not Node's shared pool), so they can be zeroed or
+ * transferred; the pooled copy is zeroed at once.
+ */
+export function utf8Bytes(text: string): Uint8Array {
+  const bytes = Buffer.from(text, 'utf8');
+  const out = new Uint8Array(bytes.length);
+  out.set(bytes);
+  bytes.fill(0);
+  return out;
+}
+
 /** AES-256-GCM ciphertext with its nonce and tag, base64-encoded for storage. */
 export interface SealedBox {
   iv: string;

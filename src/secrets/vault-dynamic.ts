@@ -6,6 +6,7 @@
  */
 import { z } from 'zod';
 import { SecretUnavailableError, toError } from '../errors.js';
+import { utf8Bytes } from './crypto.js';
 import type { LeaseEnd, SecretValue } from './provider.js';
 
 /** A secret item's `dynamic` settings. */
@@ -23,14 +24,6 @@ const dynamicAnswer = z.object({
 
 /** Fields that name rather than prove: not masked on their own (a user name in a log line is not a leak). */
 const NAMING_FIELDS = new Set(['username', 'user', 'name', 'account', 'db_name']);
-
-const bytesOf = (text: string): Uint8Array => {
-  const b = Buffer.from(text, 'utf8');
-  const out = new Uint8Array(b.length);
-  out.set(b);
-  b.fill(0);
-  return out;
-};
 
 /**
  * The credential's fields as the sandbox gets them: `format` with `{field}` (as is) and
@@ -58,8 +51,8 @@ export function formatCredential(
         );
       return url ? encodeURIComponent(v) : v;
     });
-  const maskAlso = [...fields].filter(([k]) => !NAMING_FIELDS.has(k)).map(([, v]) => bytesOf(v));
-  return { value: bytesOf(text), maskAlso };
+  const maskAlso = [...fields].filter(([k]) => !NAMING_FIELDS.has(k)).map(([, v]) => utf8Bytes(v));
+  return { value: utf8Bytes(text), maskAlso };
 }
 
 /**
