@@ -5,13 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import type { ConnectionOptions } from 'node:tls';
 import { fieldOf } from '../errors.js';
-import {
-  nodeVaultClient,
-  ROTATE_POLICY_PREFIX,
-  ROTATE_TOKEN_ROLE,
-  vaultError,
-  vaultHttpsAgent,
-} from './vault-provider.js';
+import { nodeVaultClient, statusOf, vaultError, vaultHttpsAgent } from './vault-http.js';
+import { ROTATE_POLICY_PREFIX, ROTATE_TOKEN_ROLE } from './vault-provider.js';
 
 /**
  * One-time setup with an admin token (`fleet vault setup`): a read policy per job type, the
@@ -92,8 +87,8 @@ async function setup(
         httpsAgent,
       })
       .then(() => true)
-      .catch((err: { response?: { statusCode?: number } }) => {
-        if (err.response?.statusCode === 404) return false;
+      .catch((err: unknown) => {
+        if (statusOf(err) === 404) return false;
         throw vaultError(err, `setup: GET ${n}`);
       });
     if (!exists)
