@@ -9,7 +9,7 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
-import { redisRoleChecks } from '../src/cli/doctor.js';
+import { redisRoleChecks } from '../src/cli/doctor/redis-checks.js';
 import { FleetEventBus } from '../src/events.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { createApiApp, listen } from '../src/api/http-api.js';

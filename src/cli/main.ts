@@ -14,7 +14,7 @@ import { queuePrefix } from '../redis/keys.js';
 import { queueDepths, readSupervisorStatuses, type SupervisorStatus } from '../workers/supervisor-status.js';
 import type { RedisClient } from '../redis/connection.js';
 import * as sec from './secrets-commands.js';
-import { doctor, renderChecks } from './doctor.js';
+import { doctor, renderChecks } from './doctor/doctor.js';
 import { requestRotation, rotationQueue } from '../rotation/rotation-service.js';
 
 const USAGE = `fleet — sandboxed job fleet on BullMQ
