@@ -2,8 +2,10 @@
  * `fleet doctor`: runs every check in a fixed order and renders the list. The checks live beside
  * this file, one file per area.
  */
+import { discoverRedisAccess } from '../../app.js';
 import type { FleetConfig } from '../../config/resolve.js';
 import type { RedisClient } from '../../redis/connection.js';
+import { withRedis, type CommandContext } from '../command.js';
 import type { Check, DoctorOptions } from './check.js';
 import { monitoringChecks } from './monitoring-checks.js';
 import { redisRoleChecks, redisServerChecks } from './redis-checks.js';
@@ -36,4 +38,23 @@ export function renderChecks(checks: Check[]): string {
   return checks
     .map((c) => `${c.status.padEnd(4)}  ${c.check}: ${c.detail}${c.fix ? `  → fix: ${c.fix}` : ''}`)
     .join('\n');
+}
+
+/** `fleet doctor [--production] [--metrics-url U]... [--prometheus-url U]`: exits 1 if any check fails. */
+export async function doctorCommand({ config, opts, print }: CommandContext): Promise<number> {
+  const checks = await withRedis(config, 'ops', (r) =>
+    doctor(config, r, {
+      access: discoverRedisAccess(config),
+      production: opts.production,
+      metricsUrls: opts['metrics-url'] ?? [],
+      ...(opts['prometheus-url'] ? { prometheusUrl: opts['prometheus-url'] } : {}),
+    }),
+  );
+  const failed = checks.filter((c) => c.status === 'FAIL').length;
+  const warned = checks.filter((c) => c.status === 'WARN').length;
+  print(
+    `${renderChecks(checks)}\n\n${checks.length} checks: ${checks.length - failed - warned} pass, ${warned} warn, ${failed} fail`,
+    { checks, failed, warned },
+  );
+  return failed ? 1 : 0;
 }
