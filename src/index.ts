@@ -15,10 +15,9 @@ export {
   Producer,
   type EnqueueOptions,
   type EnqueueResult,
-  type JobView,
-  type JobTypeView,
   type PayloadsOf,
 } from './producers/producer.js';
+export type { JobView, JobTypeView } from './producers/job-view.js';
 export { Supervisor, type SupervisorOptions, type SupervisorStatus } from './workers/supervisor.js';
 export type { Processor, ProcessorContext, ProcessorJob } from './workers/processor-api.js';
 export { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';

@@ -14,7 +14,8 @@ import { auditQuerySchema, batchBodySchema, firstIssue, openApiDocument } from '
 
 /** The API's version in its OpenAPI document. */
 const API_VERSION = '1.0.0';
-import type { JobView, Producer } from '../producers/producer.js';
+import type { JobView } from '../producers/job-view.js';
+import type { Producer } from '../producers/producer.js';
 
 export interface ApiOptions {
   producer: Producer;
