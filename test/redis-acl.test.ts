@@ -12,7 +12,8 @@ import { main } from '../src/cli/main.js';
 import { redisRoleChecks } from '../src/cli/doctor/redis-checks.js';
 import { FleetEventBus } from '../src/events.js';
 import { sha256Hex } from '../src/api/auth.js';
-import { createApiApp, listen } from '../src/api/http-api.js';
+import { listen } from '../src/api/api-server.js';
+import { createApiApp } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import {
   ensureEmbeddedUsers,
