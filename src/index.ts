@@ -1,11 +1,5 @@
-export {
-  defineConfig,
-  loadConfig,
-  resolveConfig,
-  findConfigFile,
-  type FleetConfig,
-  type JobType,
-} from './config/resolve.js';
+export { defineConfig, resolveConfig, type FleetConfig, type JobType } from './config/resolve.js';
+export { findConfigFile, loadConfig } from './config/load.js';
 export type { FleetConfigInput, JobTypeInput } from './config/schema.js';
 export * from './errors.js';
 export { FleetEventBus, type FleetEvents, type JobOutcome, type LifecycleState } from './events.js';

@@ -1,5 +1,5 @@
 import path from 'node:path';
-import { loadConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { listen } from '../src/api/api-server.js';
 import { createApiApp } from '../src/api/http-api.js';

@@ -469,7 +469,7 @@ describe('npm start (embedded Redis)', () => {
     );
     const savedUrl = process.env.REDIS_URL;
     delete process.env.REDIS_URL;
-    const { loadConfig } = await import('../src/config/resolve.js');
+    const { loadConfig } = await import('../src/config/load.js');
     const { startFleet } = await import('../src/app.js');
     const { silentLogger } = await import('../src/observability/logger.js');
     const config = await loadConfig({ path: file });

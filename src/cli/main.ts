@@ -1,5 +1,5 @@
 import { FleetError, toError } from '../errors.js';
-import { loadConfig } from '../config/resolve.js';
+import { loadConfig } from '../config/load.js';
 import { parseCommandLine, type Command, type Io } from './command.js';
 import { doctorCommand } from './doctor/doctor.js';
 import { enqueueCommand, jobCommand, statusCommand } from './job-commands.js';
