@@ -6,7 +6,7 @@
  */
 import express from 'express';
 import { startFleet } from '../src/app.js';
-import { loadConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
 import { makeLogger } from '../src/observability/logger.js';
 
 const [configPath] = process.argv.slice(2);

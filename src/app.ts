@@ -7,7 +7,7 @@ import { FleetEventBus } from './events.js';
 import type { Logger } from './observability/logger.js';
 import { ensureDevToken, type ProducerIdentity } from './api/auth.js';
 import type { Producer } from './producers/producer.js';
-import type { Server } from './api/http-api.js';
+import type { Server } from './api/api-server.js';
 import { checkRedisSettings, connectRedis, redactUrl, waitForRedis } from './redis/connection.js';
 import { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';
 import {
@@ -255,7 +255,8 @@ export async function startFleet(options: {
         );
       }
       // Loaded only for the API role: a worker-only process does not pay for express.
-      const { createApiApp, listen } = await import('./api/http-api.js');
+      const { createApiApp } = await import('./api/http-api.js');
+      const { listen } = await import('./api/api-server.js');
       // A read-only Bull Board reads through the ops role (it cannot write even if its read-only mode had a hole).
       let boardProducer: Producer | undefined;
       if (config.api.bullBoard.enabled && config.api.bullBoard.readOnly && access.hasRole('ops')) {

@@ -1,11 +1,5 @@
-export {
-  defineConfig,
-  loadConfig,
-  resolveConfig,
-  findConfigFile,
-  type FleetConfig,
-  type JobType,
-} from './config/resolve.js';
+export { defineConfig, resolveConfig, type FleetConfig, type JobType } from './config/resolve.js';
+export { findConfigFile, loadConfig } from './config/load.js';
 export type { FleetConfigInput, JobTypeInput } from './config/schema.js';
 export * from './errors.js';
 export { FleetEventBus, type FleetEvents, type JobOutcome, type LifecycleState } from './events.js';
@@ -15,10 +9,9 @@ export {
   Producer,
   type EnqueueOptions,
   type EnqueueResult,
-  type JobView,
-  type JobTypeView,
   type PayloadsOf,
 } from './producers/producer.js';
+export type { JobView, JobTypeView } from './producers/job-view.js';
 export { Supervisor, type SupervisorOptions, type SupervisorStatus } from './workers/supervisor.js';
 export type { Processor, ProcessorContext, ProcessorJob } from './workers/processor-api.js';
 export { startEmbeddedRedis, type EmbeddedRedis } from './redis/embedded-redis.js';

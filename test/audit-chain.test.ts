@@ -11,15 +11,9 @@ import { FleetEventBus } from '../src/events.js';
 import { FleetMetrics } from '../src/observability/metrics.js';
 import { silentLogger } from '../src/observability/logger.js';
 import { auditHeadsKey, auditStreamKey } from '../src/redis/keys.js';
-import {
-  AuditLog,
-  openAuditSink,
-  readAudit,
-  trimAuditWithCheckpoint,
-  verifyAuditTrail,
-  type AuditRecord,
-} from '../src/secrets/audit.js';
+import { AuditLog, openAuditSink, readAudit, verifyAuditTrail, type AuditRecord } from '../src/secrets/audit.js';
 import { ChainWriter, loadAuditKeys, type AuditKeyRing } from '../src/secrets/audit-chain.js';
+import { trimAuditWithCheckpoint } from '../src/secrets/audit-retention.js';
 import { fixtureType, makeProducer, startSupervisor, testConfig, waitForJob, localStore } from './helpers/fleet.js';
 import { uniquePrefix } from './helpers/redis.js';
 import { describe, expect, it, type TestRedis } from './helpers/fixture.js';

@@ -1,7 +1,8 @@
 import path from 'node:path';
-import { loadConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
 import { sha256Hex } from '../src/api/auth.js';
-import { createApiApp, listen } from '../src/api/http-api.js';
+import { listen } from '../src/api/api-server.js';
+import { createApiApp } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import { FIXTURES, makeProducer, runFleet, startSupervisor, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { uniquePrefix } from './helpers/redis.js';

@@ -3,7 +3,8 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { z } from 'zod';
-import { loadConfig, resolveConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
+import { resolveConfig } from '../src/config/resolve.js';
 import { ConfigError } from '../src/errors.js';
 import { FIXTURES, fixtureType } from './helpers/fleet.js';
 

@@ -3,7 +3,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { loadConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
 import { FIXTURES, makeProducer, spawnWorker, startSupervisor, until, waitForJob } from './helpers/fleet.js';
 import { uniquePrefix } from './helpers/redis.js';
 import { waitForJobState } from './helpers/wait.js';

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
-import { loadConfig } from '../src/config/resolve.js';
+import { loadConfig } from '../src/config/load.js';
 import { FIXTURES, makeProducer, until, waitForJob, writeJsonConfig } from './helpers/fleet.js';
 import { uniquePrefix } from './helpers/redis.js';
 import { describe, expect, it } from './helpers/fixture.js';

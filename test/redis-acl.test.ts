@@ -9,10 +9,11 @@ import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { main } from '../src/cli/main.js';
-import { redisRoleChecks } from '../src/cli/doctor.js';
+import { redisRoleChecks } from '../src/cli/doctor/redis-checks.js';
 import { FleetEventBus } from '../src/events.js';
 import { sha256Hex } from '../src/api/auth.js';
-import { createApiApp, listen } from '../src/api/http-api.js';
+import { listen } from '../src/api/api-server.js';
+import { createApiApp } from '../src/api/http-api.js';
 import { Producer } from '../src/producers/producer.js';
 import {
   ensureEmbeddedUsers,
@@ -468,7 +469,7 @@ describe('npm start (embedded Redis)', () => {
     );
     const savedUrl = process.env.REDIS_URL;
     delete process.env.REDIS_URL;
-    const { loadConfig } = await import('../src/config/resolve.js');
+    const { loadConfig } = await import('../src/config/load.js');
     const { startFleet } = await import('../src/app.js');
     const { silentLogger } = await import('../src/observability/logger.js');
     const config = await loadConfig({ path: file });

@@ -203,7 +203,7 @@ describe('operators see the modes', () => {
     redis,
   }) => {
     const { secretsStatus, renderSecretsStatus } = await import('../src/cli/secrets-commands.js');
-    const { doctor } = await import('../src/cli/doctor.js');
+    const { doctor } = await import('../src/cli/doctor/doctor.js');
     const b = `127.0.0.1:${bound.port}`;
     const config = testConfig(
       redis.url,

@@ -293,7 +293,7 @@ describe.skipIf(!server)('Secrets Manager provider (moto)', () => {
   });
 
   it('fleet doctor: PASS when Secrets Manager answers; FAIL naming the settings to check when it does not', async () => {
-    const { doctor } = await import('../src/cli/doctor.js');
+    const { doctor } = await import('../src/cli/doctor/doctor.js');
     const credentials = async (endpoint: string) =>
       (
         await doctor(smConfig(freshPrefix(), ['api-key'], {}, endpoint), r, {

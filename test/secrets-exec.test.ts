@@ -5,7 +5,7 @@ import { afterEach, describe, expect, it, vi } from 'vitest';
 import { resolveConfig } from '../src/config/resolve.js';
 import { FleetError } from '../src/errors.js';
 import type { SecretProvider } from '../src/secrets/provider.js';
-import { doctor } from '../src/cli/doctor.js';
+import { doctor } from '../src/cli/doctor/doctor.js';
 import { checkProgram } from '../src/secrets/exec-program.js';
 import { EXEC_VERSION, ExecProvider } from '../src/secrets/exec-provider.js';
 import { parseExecAnswer } from '../src/secrets/exec-response.js';

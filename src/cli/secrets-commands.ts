@@ -1,14 +1,14 @@
 import type { RedisClient } from '../redis/connection.js';
 import { auditKeyProvider, dataKeyProvider, encryptsData, type FleetConfig } from '../config/resolve.js';
-import { parseDuration } from '../config/duration.js';
 import { FleetError } from '../errors.js';
 import { silentLogger } from '../observability/logger.js';
-import { readAudit, readSecretStat, type AuditRecord } from '../secrets/audit.js';
+import { readSecretStat } from '../secrets/audit.js';
 import { PROVIDER_KINDS, type ProviderKind, type SecretMetadata } from '../secrets/provider.js';
 import { isOneOf } from '../guards.js';
 import { dynamicSecrets, listSecrets, makeProvider, usedProviders, vaultEndpoint } from '../secrets/providers.js';
 import { requireEnv } from '../config/credentials.js';
 import { secretHealth, type SecretHealth } from '../rotation/secret-health.js';
+import { withOptionalRedis, type CommandContext } from './command.js';
 
 function providerFor(config: FleetConfig, name: string, explicit?: string): ProviderKind {
   if (explicit) {
@@ -185,29 +185,6 @@ export function renderSecretsStatus(rows: SecretStatusRow[]): string {
     .join('\n');
 }
 
-export async function audit(
-  config: FleetConfig,
-  redis: RedisClient,
-  opts: { since?: string; secret?: string; denied?: boolean; limit?: number },
-): Promise<AuditRecord[]> {
-  return readAudit(redis, config.redis.prefix, {
-    ...(opts.since ? { sinceMs: Date.now() - parseDuration(opts.since) } : {}),
-    ...(opts.secret ? { secret: opts.secret } : {}),
-    ...(opts.denied ? { deniedOnly: true } : {}),
-    limit: opts.limit ?? 1000,
-  });
-}
-
-export function renderAudit(rows: AuditRecord[]): string {
-  if (!rows.length) return 'no audit records match';
-  return rows
-    .map(
-      (r) =>
-        `${new Date(r.ts).toISOString()}  ${r.action.padEnd(14)} ${r.outcome.padEnd(7)} ${r.secret.padEnd(24)} v${r.version ?? '-'}  ${r.provider.padEnd(5)} ${r.action === 'access' ? `${r.jobId}  ` : ''}${r.workerId}  ${r.latencyMs}ms${r.reason ? `  ${r.reason}` : ''}`,
-    )
-    .join('\n');
-}
-
 /** `fleet vault setup`: policies, token role and AppRole, with the admin token in VAULT_TOKEN. */
 export async function vaultSetup(
   config: FleetConfig,
@@ -241,4 +218,42 @@ export async function vaultSetup(
       ...(encryptsData(config) && dataKeyProvider(config) === 'vault' ? [config.secrets.dataKey.name] : []),
     ],
   });
+}
+
+/** `fleet secrets set <name> [--provider P] | list | delete <name>`: the value of `set` is read from stdin. */
+export async function secretsCommand({ config, opts, args, io, print }: CommandContext): Promise<number> {
+  const [sub, name] = args;
+  await withOptionalRedis(config, 'scheduler', async (redis) => {
+    if (sub === 'set' && name) {
+      const value = await readValueFromStdin(process.stdin, (m) => io.err(m));
+      const r = await secretsSet(config, redis, name, value, opts.provider);
+      print(`${r.name}: stored version ${r.version} in ${r.provider}`, r);
+    } else if (sub === 'list') {
+      const rows = await secretsList(config, redis);
+      print(
+        rows
+          .map(
+            (m) => `${m.name.padEnd(24)} ${m.provider.padEnd(6)} v${m.version}  ${new Date(m.updatedAt).toISOString()}`,
+          )
+          .join('\n') || 'no secrets stored',
+        rows,
+      );
+    } else if (sub === 'delete' && name) {
+      await secretsDelete(config, redis, name, opts.provider);
+      print(`${name}: deleted`, { name, deleted: true });
+    } else throw new FleetError('INVALID_REQUEST', 'usage: fleet secrets set <name> | list | delete <name>');
+  });
+  return 0;
+}
+
+/** `fleet vault setup`: prints the AppRole credentials to hand to supervisors and the scheduler. */
+export async function vaultCommand({ config, args, io, print }: CommandContext): Promise<number> {
+  if (args[0] !== 'setup') throw new FleetError('INVALID_REQUEST', 'usage: fleet vault setup');
+  const r = await vaultSetup(config);
+  io.err('Store the secret_id like a password: give it to supervisors as VAULT_SECRET_ID, never in config.');
+  print(
+    `policies: ${r.policies.join(', ')}\n# supervisors (worker role)\nVAULT_ROLE_ID=${r.roleId}\nVAULT_SECRET_ID=${r.secretId}\n# rotation scheduler (scheduler role)\nVAULT_ROTATOR_ROLE_ID=${r.rotator.roleId}\nVAULT_ROTATOR_SECRET_ID=${r.rotator.secretId}`,
+    r,
+  );
+  return 0;
 }

@@ -1,14 +1,11 @@
 import { Queue, type Job, type JobsOptions } from 'bullmq';
-import type { RedisClient } from '../redis/connection.js';
 import type { z } from 'zod';
-import { dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
+import type { FleetConfig, JobType } from '../config/resolve.js';
 import { FLEET_PRODUCER_NAMES } from '../config/schema.js';
 import {
   ConfigError,
-  DataKeyUnavailableError,
   FleetError,
   JobNotFoundError,
-  parseFailedReason,
   RedisFullError,
   RedisUnavailableError,
   UnknownJobTypeError,
@@ -16,17 +13,17 @@ import {
   toError,
 } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
-import { connectRedis, ensureReady } from '../redis/connection.js';
+import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
 import { controlChannel, idempotencyInFlightKey, queuePrefix } from '../redis/keys.js';
+import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
+import type { DataKeyRing } from '../secrets/data-key.js';
+import type { ControlMessage } from '../workers/control.js';
+import { JobDataSealer } from './job-data-sealer.js';
+import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
+import { jobTypeViewOf, jobViewOf, type JobState, type JobTypeView, type JobView } from './job-view.js';
 
 /** How long an Idempotency-Key counts as in flight if its request dies before finishing. */
 const IN_FLIGHT_MS = 10_000;
-import { readAudit, type AuditQuery, type AuditRecord } from '../secrets/audit.js';
-import type { DataKeyRing } from '../secrets/data-key.js';
-import { envelopeVersion, sealedEnvelope, type SealContext, type SealedField } from '../secrets/job-data-seal.js';
-import type { SecretProvider } from '../secrets/provider.js';
-import type { ControlMessage } from '../workers/control.js';
-import { IDEMPOTENCY_KEY, idempotentJobId, jobTypeOfId, newJobId } from './job-id.js';
 
 export interface EnqueueOptions {
   /** A repeat with the same key (same producer and type) returns the first job's id. */
@@ -40,36 +37,6 @@ export interface EnqueueOptions {
 export interface EnqueueResult {
   id: string;
   type: string;
-}
-
-export type JobState =
-  'waiting' | 'delayed' | 'prioritized' | 'active' | 'completed' | 'failed' | 'waiting-children' | 'unknown';
-
-/** What anyone may see of a job: never secret values (jobs never hold any). */
-export interface JobView {
-  id: string;
-  type: string;
-  /** The producer that enqueued it (HTTP: the token's producer name; TypeScript client: its `name`). */
-  owner: string;
-  state: JobState;
-  attemptsMade: number;
-  maxAttempts: number;
-  progress: unknown;
-  data: unknown;
-  result: unknown;
-  error: { code: string; message: string } | null;
-  timings: { enqueuedAt: number; startedAt: number | null; finishedAt: number | null; durationMs: number | null };
-}
-
-export interface JobTypeView {
-  name: string;
-  description: string;
-  sensitivity: 'critical' | 'routine';
-  isolation: 'job' | 'pool';
-  timeoutMs: number;
-  concurrency: number;
-  secrets: readonly string[];
-  payloadSchema: Record<string, unknown>;
 }
 
 /** Payload types of each job type of a config written with `defineConfig`. */
@@ -100,56 +67,6 @@ export interface ProducerOptions {
   dataKeys?: DataKeyRing | null;
 }
 
-/** The data key of a producer and the producers made from it with withName(): opened once, on first use. */
-class DataKeys {
-  #opened: Promise<{ ring: DataKeyRing; provider: SecretProvider | null }> | null;
-  readonly #open: () => Promise<{ ring: DataKeyRing; provider: SecretProvider | null }>;
-  readonly none: boolean;
-
-  constructor(given: DataKeyRing | null | undefined, config: FleetConfig, redis: RedisClient) {
-    this.none = given === null;
-    this.#opened = given ? Promise.resolve({ ring: given, provider: null }) : null;
-    this.#open = async () => {
-      const { makeProvider, dataKeyRing } = await import('../secrets/providers.js');
-      const { silentLogger } = await import('../observability/logger.js');
-      const provider = await makeProvider(dataKeyProvider(config), config, { redis, logger: silentLogger });
-      return { ring: dataKeyRing(config, provider), provider };
-    };
-  }
-
-  ring(type: JobType): Promise<DataKeyRing> {
-    if (this.none)
-      return Promise.reject(
-        new DataKeyUnavailableError(
-          `job type "${type.name}" seals its data at rest (encryptData), and this producer holds no data key (a read-only view). Fix: enqueue through the HTTP API or a producer made with the data key.`,
-          { retryable: false },
-        ),
-      );
-    if (!this.#opened) {
-      const opening = this.#open();
-      this.#opened = opening;
-      // A store that could not be opened is tried again by the next call.
-      opening.catch(() => {
-        if (this.#opened === opening) this.#opened = null;
-      });
-    }
-    return this.#opened.then((o) => o.ring);
-  }
-
-  async close(): Promise<void> {
-    const opened = await this.#opened?.catch(() => null);
-    this.#opened = null;
-    if (opened?.provider) {
-      opened.ring.discard();
-      await opened.provider.close();
-    }
-  }
-}
-
-/**
- * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
- * built on it, so both paths behave the same.
- */
 /** JSON with object keys sorted, so two equal payloads compare equal whatever their key order. */
 function canonicalJson(v: unknown): string {
   return JSON.stringify(v, (_k, x: unknown) =>
@@ -159,6 +76,10 @@ function canonicalJson(v: unknown): string {
   );
 }
 
+/**
+ * Enqueues jobs straight into Redis with the same validation as the HTTP API. The HTTP API is
+ * built on it, so both paths behave the same.
+ */
 export class Producer<Payloads extends Record<string, unknown> = Record<string, unknown>> {
   readonly config: FleetConfig;
   readonly redis: RedisClient;
@@ -167,10 +88,10 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   readonly #name: string;
   readonly #events: FleetEventBus | undefined;
   readonly #via: 'http' | 'client';
-  readonly #keys: DataKeys;
+  readonly #keys: JobDataSealer;
   readonly #ownsKeys: boolean;
 
-  constructor(options: ProducerOptions, queues = new Map<string, Queue>(), keys?: DataKeys) {
+  constructor(options: ProducerOptions, queues = new Map<string, Queue>(), keys?: JobDataSealer) {
     this.config = options.config;
     // withName() (keys given) is how the HTTP API acts as a configured producer; anything else
     // taking such a name would share that producer's jobs.
@@ -189,7 +110,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     this.#events = options.events;
     this.#via = options.via ?? 'client';
     this.#ownsKeys = keys === undefined;
-    this.#keys = keys ?? new DataKeys(options.dataKeys, this.config, this.redis);
+    this.#keys = keys ?? new JobDataSealer(options.dataKeys, this.config, this.redis);
   }
 
   /**
@@ -299,20 +220,6 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     }
   }
 
-  /** What BullMQ stores as the job's data: the payload, sealed for a type with `encryptData`. */
-  async #stored(type: JobType, id: string, payload: unknown): Promise<unknown> {
-    if (!type.encryptData) return payload;
-    const ring = await this.#keys.ring(type);
-    return ring.seal({ jobType: type.name, jobId: id, owner: this.#name, field: 'payload' }, payload);
-  }
-
-  /** A stored job's payload as enqueued (opened, for a type with `encryptData`). */
-  async #payloadOf(type: JobType, job: Job): Promise<unknown> {
-    if (!type.encryptData) return job.data;
-    const ring = await this.#keys.ring(type);
-    return ring.open({ jobType: type.name, jobId: job.id ?? '', owner: job.name, field: 'payload' }, job.data);
-  }
-
   async enqueue<T extends keyof Payloads & string>(
     typeName: T,
     data: Payloads[T],
@@ -322,7 +229,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const payload = this.validate(type, data);
     const id = this.#idFor(type, options);
     // Sealed before it leaves this process: Redis (its AOF, its replicas) never holds the plaintext.
-    const stored = await this.#stored(type, id, payload);
+    const stored = await this.#keys.seal(type, id, this.#name, payload);
     await this.#guard('enqueue', async () => {
       const q = await this.#readyQueue(type.name);
       const key = options.idempotencyKey;
@@ -366,7 +273,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
     const stored = await Promise.all(
       sent.map(async (s) => {
         const job = await q.getJob(s.id);
-        return job ? { payload: await this.#payloadOf(type, job) } : null;
+        return job ? { payload: await this.#keys.payloadOf(type, job) } : null;
       }),
     );
     sent.forEach((s, i) => {
@@ -431,7 +338,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
         );
       }
     }
-    for (const p of jobs) p.job.data = await this.#stored(type, p.id, p.payload);
+    for (const p of jobs) p.job.data = await this.#keys.seal(type, p.id, this.#name, p.payload);
     await this.#guard('batch enqueue', async () => {
       const q = await this.#readyQueue(type.name);
       // Checked before adding: a refused batch enqueues nothing.
@@ -465,25 +372,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
 
   async getJob(id: string): Promise<JobView> {
     const { type, job, state } = await this.#find(id);
-    const failed = state === 'failed' || (job.failedReason && state !== 'completed') ? job.failedReason : '';
-    return {
-      id,
-      type: type.name,
-      owner: job.name,
-      state,
-      attemptsMade: job.attemptsMade,
-      maxAttempts: job.opts.attempts ?? 1,
-      progress: job.progress,
-      data: job.data,
-      result: state === 'completed' ? (job.returnvalue ?? null) : null,
-      error: failed ? parseFailedReason(failed) : null,
-      timings: {
-        enqueuedAt: job.timestamp,
-        startedAt: job.processedOn ?? null,
-        finishedAt: job.finishedOn ?? null,
-        durationMs: job.finishedOn && job.processedOn ? job.finishedOn - job.processedOn : null,
-      },
-    };
+    return jobViewOf(id, type, job, state);
   }
 
   /**
@@ -492,34 +381,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
    * (tampered, sealed under a retired key) stays sealed, with the code of the reason beside it.
    */
   async openJob(view: JobView): Promise<JobView> {
-    const type = this.jobType(view.type);
-    if (!type.encryptData) return view;
-    const ring = await this.#keys.ring(type);
-    const ctx = (field: SealedField): SealContext => ({ jobType: type.name, jobId: view.id, owner: view.owner, field });
-    const open = async (field: SealedField, stored: unknown): Promise<unknown> => {
-      if (sealedEnvelope(stored) === null) return stored;
-      try {
-        return await ring.open(ctx(field), stored);
-      } catch (err) {
-        if (!(err instanceof FleetError)) throw err;
-        return { ...Object(stored), openError: err.code };
-      }
-    };
-    let error = view.error;
-    if (error && envelopeVersion(error.message) !== null) {
-      const message = await ring.openText(ctx('failure'), error.message).catch((err: unknown) => {
-        if (!(err instanceof FleetError)) throw err;
-        return `${error?.message ?? ''} (not opened: ${err.code})`;
-      });
-      error = { code: error.code, message };
-    }
-    return {
-      ...view,
-      data: await open('payload', view.data),
-      result: await open('result', view.result),
-      progress: await open('progress', view.progress),
-      error,
-    };
+    return this.#keys.openView(this.jobType(view.type), view);
   }
 
   /**
@@ -562,16 +424,7 @@ export class Producer<Payloads extends Record<string, unknown> = Record<string, 
   }
 
   listJobTypes(): JobTypeView[] {
-    return [...this.config.jobTypes.values()].map((t) => ({
-      name: t.name,
-      description: t.description,
-      sensitivity: t.sensitivity,
-      isolation: t.isolation,
-      timeoutMs: t.timeoutMs,
-      concurrency: t.concurrency,
-      secrets: t.secrets,
-      payloadSchema: t.payloadJsonSchema,
-    }));
+    return [...this.config.jobTypes.values()].map(jobTypeViewOf);
   }
 
   async close(): Promise<void> {

@@ -9,8 +9,118 @@ import { toError } from '../errors.js';
 import type { FleetEventBus } from '../events.js';
 import type { Logger } from '../observability/logger.js';
 import { connectRedis, type RedisClient } from '../redis/connection.js';
-import { ChainWriter, type AuditKeyRing } from './audit-chain.js';
-import { trimAuditWithCheckpoint } from './audit.js';
+import { auditHeadsKey, auditStreamKey } from '../redis/keys.js';
+import {
+  ChainWriter,
+  compareIds,
+  decodeChains,
+  decodeCounts,
+  encodeChains,
+  verifyEntries,
+  type AuditEntry,
+  type AuditKeyRing,
+  type ChainLink,
+  type VerifyReport,
+} from './audit-chain.js';
+import { readEntries, toEntry } from './audit.js';
+
+/** Where the latest checkpoint sits, kept in the heads hash (a locator only: the checkpoint itself is signed). */
+const CHECKPOINT_FIELD = ':checkpoint';
+
+/** The signed checkpoint that covers the stream's head (the one with the largest cut at or before `firstId`). */
+async function findCheckpoint(
+  redis: RedisClient,
+  prefix: string,
+  firstId: string,
+): Promise<{ chains: Map<string, ChainLink>; fields: Record<string, string> } | null> {
+  const usable = (
+    e: AuditEntry | undefined,
+  ): { chains: Map<string, ChainLink>; fields: Record<string, string> } | null => {
+    if (!e || e.fields.action !== 'checkpoint' || !e.fields.cut || compareIds(e.fields.cut, firstId) > 0) return null;
+    const chains = decodeChains(e.fields.chains);
+    return chains ? { chains, fields: e.fields } : null;
+  };
+  const locator = await redis.hget(auditHeadsKey(prefix), CHECKPOINT_FIELD);
+  if (locator) {
+    const [hit] = (await redis.xrange(auditStreamKey(prefix), locator, locator)).map(toEntry);
+    const chains = usable(hit);
+    if (chains) return chains;
+  }
+  // No locator (or a stale one): look through the stream, newest first.
+  let end = '+';
+  for (;;) {
+    const page = (await redis.xrevrange(auditStreamKey(prefix), end, '-', 'COUNT', 1000)).map(toEntry);
+    for (const e of page) {
+      const chains = usable(e);
+      if (chains) return chains;
+    }
+    if (page.length < 1000) return null;
+    end = `(${page[page.length - 1]?.id}`;
+  }
+}
+
+/**
+ * The retention path (the `retention` Redis role, run by the scheduler): when the stream holds
+ * more than `maxEntries` (+10%), verifies the oldest records from the last checkpoint on, writes a
+ * signed checkpoint with every chain's state at the cut, and trims the records before the cut in
+ * the same MULTI. A segment that does not verify is not trimmed (trimming it would launder the
+ * tampering): the caller reports the break instead.
+ */
+export async function trimAuditWithCheckpoint(
+  redis: RedisClient,
+  prefix: string,
+  options: { maxEntries: number; chain: ChainWriter; keys: AuditKeyRing },
+): Promise<{ trimmed: number; checkpoint: string | null; report: VerifyReport | null }> {
+  const length = await redis.xlen(auditStreamKey(prefix));
+  if (length <= Math.ceil(options.maxEntries * 1.1)) return { trimmed: 0, checkpoint: null, report: null };
+  const drop = length - options.maxEntries;
+  const entries = await readEntries(redis, prefix, '-', '+', drop + 1);
+  const segment = entries.slice(0, drop);
+  const cut = entries[drop]?.id;
+  const firstId = segment[0]?.id;
+  if (!cut || !firstId) return { trimmed: 0, checkpoint: null, report: null };
+  const previous = await findCheckpoint(redis, prefix, firstId);
+  const start = previous?.chains;
+  const report = await verifyEntries(segment, options.keys, { mode: 'full', ...(start ? { start } : {}) });
+  if (!report.ok) return { trimmed: 0, checkpoint: null, report };
+  // Running totals of what retention dropped, carried from checkpoint to checkpoint: the security
+  // records (denied outcomes) by action, so a flood that pushes evidence out still leaves its count.
+  const denied: Record<string, number> = { ...decodeCounts(previous?.fields.trimmedDenied) };
+  for (const e of segment)
+    if (e.fields.outcome === 'denied') {
+      const action = e.fields.action ?? 'unknown';
+      denied[action] = (denied[action] ?? 0) + 1;
+    }
+  const trimmedTotal = Number(previous?.fields.trimmedTotal ?? 0) + segment.length;
+  const sealed = options.chain.seal({
+    ts: String(Date.now()),
+    outcome: 'granted',
+    action: 'checkpoint',
+    secret: '-',
+    jobId: '-',
+    jobType: '-',
+    workerId: options.chain.writer,
+    provider: 'audit',
+    latencyMs: '0',
+    cut,
+    trimmed: String(segment.length),
+    trimmedTotal: String(trimmedTotal),
+    trimmedDenied: JSON.stringify(denied),
+    chains: encodeChains(report.state),
+  });
+  const res = await redis
+    .multi()
+    .xadd(auditStreamKey(prefix), '*', ...Object.entries(sealed).flat())
+    .xtrim(auditStreamKey(prefix), 'MINID', cut)
+    .hset(auditHeadsKey(prefix), options.chain.writer, `${sealed.seq}:${sealed.mac}`)
+    .exec();
+  const failed = res?.find(([err]) => err);
+  if (!res || failed) throw failed?.[0] ?? new Error('checkpoint transaction aborted');
+  const [[, added], [, trimmed]] = [res[0] ?? [], res[1] ?? []];
+  const checkpoint = String(added);
+  await redis.hset(auditHeadsKey(prefix), CHECKPOINT_FIELD, checkpoint);
+  return { trimmed: Number(trimmed), checkpoint, report };
+}
 
 export interface TrimOutcome {
   trimmed: number;

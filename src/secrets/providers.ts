@@ -1,6 +1,7 @@
 import path from 'node:path';
 import { ensureReady, type RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, dataKeyProvider, encryptsData, execRef, type FleetConfig } from '../config/resolve.js';
+import { auditKeyProvider, dataKeyProvider, encryptsData, type FleetConfig } from '../config/resolve.js';
+import { execRef } from '../config/secret-rules.js';
 import { ConfigError, toError } from '../errors.js';
 import type { Logger } from '../observability/logger.js';
 import type { ProviderKind, SecretMetadata, SecretProvider } from './provider.js';

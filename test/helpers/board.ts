@@ -3,7 +3,8 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { sha256Hex } from '../../src/api/auth.js';
-import { createApiApp, listen } from '../../src/api/http-api.js';
+import { listen } from '../../src/api/api-server.js';
+import { createApiApp } from '../../src/api/http-api.js';
 import { Producer } from '../../src/producers/producer.js';
 import { fixtureType, startSupervisor, testConfig, waitForJob, localStore } from './fleet.js';
 

@@ -4,7 +4,8 @@
  * records. Each wait fails with a message naming what it waited for, never falls through.
  */
 import type { FleetEventBus, FleetEventName, FleetEvents } from '../../src/events.js';
-import type { JobState, JobView, Producer } from '../../src/producers/producer.js';
+import type { JobState, JobView } from '../../src/producers/job-view.js';
+import type { Producer } from '../../src/producers/producer.js';
 import { supervisorsKey } from '../../src/redis/keys.js';
 import { readAudit, type AuditQuery, type AuditRecord } from '../../src/secrets/audit.js';
 import type { RedisClient } from '../../src/redis/connection.js';
