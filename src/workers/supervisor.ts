@@ -2,25 +2,21 @@ import { hostname } from 'node:os';
 import { randomUUID } from 'node:crypto';
 import { Queue, Worker } from 'bullmq';
 import type { RedisClient } from '../redis/connection.js';
-import { auditKeyProvider, dataKeyProvider, type FleetConfig, type JobType } from '../config/resolve.js';
+import type { FleetConfig, JobType } from '../config/resolve.js';
 import { toError, ConfigError } from '../errors.js';
 import { Lifecycle } from '../lifecycle.js';
 import { FleetEventBus, type LifecycleState } from '../events.js';
 import { silentLogger, warnOnFailure, type Logger } from '../observability/logger.js';
 import { connectRedis, duplicateClient, waitForRedis } from '../redis/connection.js';
 import { controlChannel, queuePrefix, supervisorsKey } from '../redis/keys.js';
-import { AuditLog, openAuditLog, readHeads, verifyAuditTrail } from '../secrets/audit.js';
-import type { AuditKeyRing, VerifyReport } from '../secrets/audit-chain.js';
-import { SecretBroker } from '../secrets/broker.js';
+import type { VerifyReport } from '../secrets/audit-chain.js';
 import { InjectionRegistry } from '../secrets/injection.js';
-import { dataKeyRing, dynamicSecrets, makeProviders, providerOfKind } from '../secrets/providers.js';
-import { RedisLeaseLedger, sweepOrphanedTokens } from '../secrets/lease-ledger.js';
-import type { DataKeyRing } from '../secrets/data-key.js';
 import type { ProviderKind, SecretProvider } from '../secrets/provider.js';
 import { parseControlMessage } from './control.js';
 import { JobRunner } from './job-runner.js';
 import { SandboxPool, type ProcessBoundary } from './sandbox-pool.js';
-import { queueDepths, readSupervisorStatuses, type SupervisorStatus } from './supervisor-status.js';
+import { queueDepths, type SupervisorStatus } from './supervisor-status.js';
+import { SupervisorSecrets } from './supervisor-secrets.js';
 
 export type { SupervisorStatus } from './supervisor-status.js';
 import { prepareProcessBoundary } from './supervisor-boundary.js';
@@ -73,15 +69,9 @@ export class Supervisor {
   /** Running jobs, so cancellation and shutdown can reach them. */
   readonly #active = new Map<string, AbortController>();
   #redis: RedisClient | null = null;
-  #secrets: SecretBroker | null = null;
-  /** The dynamic-lease ledger and the Vault provider that revokes what it lists (only with dynamic secrets). */
-  #ledger: { ledger: RedisLeaseLedger; vault: SecretProvider } | null = null;
+  /** Providers, broker, audit log, data key and dynamic-lease ledger (supervisor-secrets.ts). */
+  #secrets: SupervisorSecrets | null = null;
   #injections: InjectionRegistry | null = null;
-  #auditKeys: AuditKeyRing | null = null;
-  /** The data key, when one of this supervisor's types seals its data at rest. */
-  #dataKeys: DataKeyRing | null = null;
-  #auditCheck: NodeJS.Timeout | null = null;
-  #stopAuditKeys: (() => void) | null = null;
   readonly #sealAudit: boolean;
   readonly #givenRedis: RedisClient | null;
   readonly #givenProviders: ReadonlyMap<ProviderKind, SecretProvider> | null;
@@ -109,9 +99,9 @@ export class Supervisor {
       log: this.#log,
       pools: this.#pools,
       active: this.#active,
-      broker: () => this.#secrets,
+      broker: () => this.#secrets?.broker ?? null,
       injections: () => this.#injections,
-      dataKeys: () => this.#dataKeys,
+      dataKeys: () => this.#secrets?.dataKeys ?? null,
     });
     const url = options.redisUrl ?? options.config.redis.url;
     if (!url) throw new ConfigError('the supervisor needs Redis. Fix: set REDIS_URL or redis.url.');
@@ -168,7 +158,16 @@ export class Supervisor {
           this.#log.warn('redis connection error; reconnecting', { error: err.message }),
         );
       await waitForRedis(this.#redis);
-      await this.#startSecrets(this.#redis);
+      this.#secrets = await SupervisorSecrets.open({
+        config: this.#config,
+        redis: this.#redis,
+        types: this.#types,
+        supervisorId: this.id,
+        log: this.#log,
+        events: this.events,
+        providers: this.#givenProviders,
+        sealAudit: this.#sealAudit,
+      });
 
       const boundary = await this.#processBoundary();
       // Every pool's start is waited for, also when one fails: a sandbox still starting in another
@@ -222,19 +221,19 @@ export class Supervisor {
       log: this.#log,
       events: this.events,
       workerId: this.id,
-      audit: (rec) => this.#secrets?.auditEvent(rec),
+      audit: (rec) => this.#secrets?.broker.auditEvent(rec),
     });
     this.#injections = injections;
     // Evidence: every refused connection and every sandbox killed for what it sent, with its job.
     this.#listeners.push(
       this.events.on('egress:refused', (r) =>
-        this.#denied('egress refused', 'egress-refused', 'egress', r, `${r.destination}: ${r.reason}`, {
+        this.#secrets?.denied('egress refused', 'egress-refused', 'egress', r, `${r.destination}: ${r.reason}`, {
           destination: r.destination,
           reason: r.reason,
         }),
       ),
       this.events.on('sandbox:violation', (v) =>
-        this.#denied(
+        this.#secrets?.denied(
           'sandbox killed for a violation',
           'sandbox-violation',
           'supervisor',
@@ -250,101 +249,13 @@ export class Supervisor {
     return boundary;
   }
 
-  /** A refusal the audit trail keeps (no secret involved), logged with what it names. */
-  #denied(
-    what: string,
-    action: string,
-    provider: string,
-    e: { jobType: string; jobId: string | null },
-    reason: string,
-    fields: Record<string, unknown>,
-  ): void {
-    this.#log.warn(what, { jobType: e.jobType, jobId: e.jobId, ...fields });
-    this.#secrets?.auditEvent({
-      action,
-      outcome: 'denied',
-      secret: '-',
-      jobId: e.jobId ?? '-',
-      jobType: e.jobType,
-      workerId: this.id,
-      provider,
-      latencyMs: 0,
-      reason,
-    });
-  }
-
-  async #startSecrets(redis: RedisClient): Promise<void> {
-    const providers = this.#givenProviders ?? (await makeProviders(this.#config, { redis, logger: this.#log }));
-    const auditKeys = providers.get(auditKeyProvider(this.#config));
-    if (!auditKeys)
-      throw new ConfigError(
-        `no "${auditKeyProvider(this.#config)}" secret provider for the audit MAC key (secrets.audit.macKey). Fix: pass every provider usedProviders(config) names.`,
-      );
-    if (this.#types.some((t) => t.encryptData)) {
-      const kind = dataKeyProvider(this.#config);
-      const store = providers.get(kind);
-      if (!store)
-        throw new ConfigError(
-          `no "${kind}" secret provider for the data key (secrets.dataKey). Fix: pass every provider usedProviders(config) names.`,
-        );
-      // Read on first use (a job's payload), like a job's secrets: a store that is down does not stop start-up.
-      this.#dataKeys = dataKeyRing(this.#config, store);
-    }
-    const auditCfg = this.#config.secrets.audit;
-    let audit: AuditLog;
-    if (this.#sealAudit) {
-      const opened = openAuditLog({
-        redis,
-        prefix: this.#config.redis.prefix,
-        logger: this.#log,
-        provider: auditKeys,
-        audit: auditCfg,
-        writer: this.id,
-      });
-      audit = opened.log;
-      this.#stopAuditKeys = opened.stop;
-      void opened.keys.then(
-        (k) => (this.#auditKeys = k),
-        () => undefined,
-      );
-    } else audit = new AuditLog({ redis, prefix: this.#config.redis.prefix, logger: this.#log, chain: null });
-    this.#auditCheck = setInterval(() => void this.checkAuditTail(), auditCfg.verifyEveryMs);
-    this.#auditCheck.unref();
-    // Job tokens that mint dynamic credentials are noted in Redis first, so that should this
-    // supervisor die mid-job, another one revokes them (and the credentials) without waiting for their TTL.
-    const vault = providers.get('vault');
-    if (vault && dynamicSecrets(this.#config).size)
-      this.#ledger = { ledger: new RedisLeaseLedger(redis, this.#config.redis.prefix, this.id), vault };
-    this.#secrets = new SecretBroker({
-      config: this.#config,
-      providers,
-      closeProviders: !this.#givenProviders,
-      audit,
-      events: this.events,
-      workerId: this.id,
-      logger: this.#log,
-      ...(this.#ledger ? { ledger: this.#ledger.ledger } : {}),
-    });
-    void this.#sweepLedger();
-    // An unreachable provider does not stop start-up: its jobs fail retryably until it is back.
-    await Promise.all(
-      [...providers.values()].map((p) =>
-        p.check().catch((err: unknown) =>
-          this.#log.warn(`secret provider "${p.kind}" is not ready; jobs that need it will fail and retry`, {
-            error: toError(err).message,
-          }),
-        ),
-      ),
-    );
-  }
-
-  /** One BullMQ Queue per type for the supervisor's life (global concurrency, queue-depth gauges): a scrape builds none. */
   /** The main Redis connection; start() opens it (or takes the caller's). */
   get #db(): RedisClient {
     if (!this.#redis) throw new Error('the supervisor was used before start()');
     return this.#redis;
   }
 
+  /** One BullMQ Queue per type for the supervisor's life (global concurrency, queue-depth gauges): a scrape builds none. */
   #queue(t: JobType): Queue {
     let q = this.#queues.get(t.name);
     if (!q) {
@@ -432,106 +343,21 @@ export class Supervisor {
         (err: unknown) => toError(err).message,
       );
     }
-    checks.audit = this.#auditKeys
+    checks.audit = this.#secrets?.auditReady
       ? 'ok'
       : `records wait for the audit MAC key "${this.#config.secrets.audit.macKey}" (see the log)`;
     return checks;
   }
 
-  /**
-   * Verifies the newest records of the audit chain (MACs, links, every writer's head) and this
-   * supervisor's own head: a head in Redis behind what this writer wrote means its tail was cut.
-   */
-  async checkAuditTail(): Promise<VerifyReport | null> {
-    const redis = this.#redis;
-    const keys = this.#auditKeys;
-    const audit = this.#secrets?.auditLog;
-    if (!redis || !keys || !audit) return null;
-    try {
-      await audit.flush();
-      const mine = audit.pending === 0 ? audit.head : null;
-      const report = await verifyAuditTrail(redis, this.#config.redis.prefix, keys, {
-        tail: this.#config.secrets.audit.verifyTail,
-      });
-      if (mine && mine.seq > 0) {
-        const stored = (await readHeads(redis, this.#config.redis.prefix)).get(this.id);
-        if (!stored || stored.seq !== mine.seq || stored.mac !== mine.mac) {
-          const brk = {
-            at: 'head',
-            writer: this.id,
-            reason: `this supervisor wrote ${mine.seq} records but its head in Redis says ${stored?.seq ?? 'nothing'}: its records were removed and the head rewritten`,
-          };
-          report.ok = false;
-          report.breaks++;
-          report.firstBreak ??= brk;
-        }
-      }
-      if (!report.ok)
-        this.#log.error('audit trail MAC chain is broken', { firstBreak: report.firstBreak, breaks: report.breaks });
-      this.events.emit('audit:verified', {
-        by: 'tail',
-        ok: report.ok,
-        records: report.records,
-        firstBreak: report.firstBreak,
-      });
-      return report;
-    } catch (err) {
-      this.#log.warn('audit tail check could not run', { error: toError(err).message });
-      return null;
-    }
+  /** The audit chain's tail and this supervisor's own head, verified (see SupervisorSecrets). */
+  checkAuditTail(): Promise<VerifyReport | null> {
+    return this.#secrets?.checkAuditTail() ?? Promise.resolve(null);
   }
 
   async #beat(): Promise<void> {
     if (!this.#redis) return;
     await this.#redis.hset(supervisorsKey(this.#config.redis.prefix), this.id, JSON.stringify(this.status()));
-    await this.#sweepLedger();
-  }
-
-  /** Revokes the job tokens (and dynamic credentials) supervisors that died mid-job left in the ledger. */
-  async #sweepLedger(): Promise<void> {
-    const l = this.#ledger;
-    const redis = this.#redis;
-    const broker = this.#secrets;
-    if (!l || !redis || !broker) return;
-    const vault = providerOfKind(l.vault, 'vault');
-    try {
-      const out = await sweepOrphanedTokens({
-        ledger: l.ledger,
-        liveSupervisors: async () => {
-          const { live } = await readSupervisorStatuses(
-            redis,
-            this.#config.redis.prefix,
-            this.#config.supervisor.heartbeatMs,
-          );
-          return new Set([this.id, ...live.map((s) => s.id)]);
-        },
-        inspect: (accessor) => vault.inspectAccessor(accessor),
-        revoke: (accessor) => vault.revokeAccessor(accessor),
-        audit: (entry, error) =>
-          broker.auditEvent({
-            secret: '-',
-            jobId: entry.jobId,
-            jobType: entry.jobType,
-            workerId: this.id,
-            action: 'revoke-orphaned',
-            provider: 'vault',
-            outcome: error ? 'error' : 'granted',
-            reason: `job token of supervisor ${entry.owner} (gone)${error ? `: ${error.slice(0, 300)}` : ''}`,
-            latencyMs: 0,
-          }),
-      });
-      if (out.revoked.length) {
-        this.events.emit('secret:orphans-revoked', { count: out.revoked.length });
-        this.#log.info('revoked job tokens (and their dynamic credentials) left by supervisors that died', {
-          tokens: out.revoked.length,
-          supervisors: [...new Set(out.revoked.map((e) => e.owner))],
-        });
-      }
-    } catch (err) {
-      this.#log.warn('sweeping the dynamic-lease ledger failed; it runs again with the next heartbeat', {
-        error: toError(err).message,
-      });
-    }
+    await this.#secrets?.sweepLedger();
   }
 
   /**
@@ -570,21 +396,12 @@ export class Supervisor {
     for (const off of this.#listeners.splice(0)) off();
     if (this.#heartbeat) clearInterval(this.#heartbeat);
     this.#heartbeat = null;
-    if (this.#auditCheck) clearInterval(this.#auditCheck);
-    this.#auditCheck = null;
-    this.#stopAuditKeys?.();
     await Promise.all([...this.#workers.values()].map((w) => w.close(true).catch(() => undefined)));
     await Promise.all([...this.#pools.values()].map((p) => p.close()));
     await Promise.all([...this.#queues.values()].map((q) => q.close().catch(() => undefined)));
     this.#queues.clear();
-    await this.#secrets
-      ?.close()
-      .catch((err: unknown) => this.#log.error('closing secret providers failed', { error: toError(err).message }));
+    await this.#secrets?.close();
     this.#secrets = null;
-    this.#auditKeys?.discard();
-    this.#auditKeys = null;
-    this.#dataKeys?.discard();
-    this.#dataKeys = null;
     if (this.#redis?.status === 'ready')
       await this.#redis
         .hdel(supervisorsKey(this.#config.redis.prefix), this.id)
