@@ -9,6 +9,8 @@ import { Producer } from '../../src/producers/producer.js';
 import { compiledPath, projectRoot } from '../../src/runtime-path.js';
 
 /** Shared pieces of the chaos scenarios: real supervisor processes over a JSON config. */
+export { until } from '../helpers/until.js';
+
 export const CHAOS_PROCESSORS = path.dirname(compiledPath(import.meta.url, './processors/work.js'));
 const FLEET_BIN = path.join(projectRoot(CHAOS_PROCESSORS), 'bin', 'fleet.js');
 
@@ -116,15 +118,6 @@ export async function chaosFleet(redis: ChaosRedis, input: Record<string, unknow
       await producer.close();
     },
   };
-}
-
-/** Waits until `check` holds, polling; throws with `what` after `timeoutMs`. */
-export async function until(what: string, check: () => Promise<boolean>, timeoutMs: number): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`chaos: timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
 }
 
 export function quantile(values: number[], q: number): number {

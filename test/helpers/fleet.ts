@@ -146,22 +146,7 @@ export function makeProducer(config: FleetConfig): Producer {
   return p;
 }
 
-/**
- * Polls `fn` every 50 ms until it holds; fails after `timeoutMs` naming `what` (a function is
- * called then, so the message can say what was last seen).
- */
-export async function until(
-  what: string | (() => string),
-  fn: () => Promise<boolean>,
-  timeoutMs = 10_000,
-): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  while (!(await fn())) {
-    if (Date.now() > end)
-      throw new Error(`timed out after ${timeoutMs} ms waiting for ${typeof what === 'string' ? what : what()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
+export { until } from './until.js';
 
 /** Polls until the job reaches a finished state; fails naming the job and its last state after `timeoutMs`. */
 export async function waitForJob(
