@@ -191,12 +191,6 @@ export function liveSandboxCount(): number {
  * module graph, empty environment) or its own OS process behind the permission model and, on
  * Linux, namespaces (see {@link startProcessHost}). `destroy()` stops it even inside
  * `while (true) {}`.
- */
-/**
- * One isolated execution instance that runs one job at a time: a worker thread (own V8 heap,
- * module graph, empty environment) or its own OS process behind the permission model and, on
- * Linux, namespaces (see {@link startProcessHost}). `destroy()` stops it even inside
- * `while (true) {}`.
  *
  * Everything a sandbox sends is hostile input: each message is parsed against the protocol's
  * schema and checked against the sandbox's state (no `done` without a job, no reply ids out of
