@@ -226,6 +226,31 @@ describe('supervisor', () => {
     expect(after.runs).toBe(1);
   });
 
+  it('a dozen job types, enqueued at once before the producer has connected: no listener-leak warning', async ({
+    redis,
+  }) => {
+    const names = Array.from({ length: 12 }, (_, i) => `t${i}`);
+    const config = testConfig(
+      redis.url,
+      names.map((n) => fixtureType(n, 'ok.mjs', { warmSandboxes: 0 })),
+    );
+    const warnings: string[] = [];
+    const onWarning = (w: Error): void => void warnings.push(`${w.name}: ${w.message}`);
+    process.on('warning', onWarning);
+    try {
+      const sup = await startSupervisor({ config });
+      const p = makeProducer(config);
+      const jobs = await Promise.all(names.map((n) => p.enqueue(n, { n: 1 })));
+      for (const j of jobs) expect((await waitForJob(p, j.id)).state).toBe('completed');
+      await sup.stop(0);
+      // Warnings are emitted on the next tick.
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      expect(warnings.filter((w) => w.startsWith('MaxListenersExceededWarning'))).toEqual([]);
+    } finally {
+      process.off('warning', onWarning);
+    }
+  });
+
   it('publishes its status for `fleet status`', async ({ redis }) => {
     const config = testConfig(redis.url, [fixtureType('ok', 'ok.mjs', { isolation: 'pool' })]);
     const sup = await startSupervisor({ config });

@@ -172,6 +172,19 @@ export async function waitForRedis(redis: RedisClient, timeoutMs = 10_000): Prom
  */
 export function ensureReady(redis: RedisClient, timeoutMs = 5000): Promise<void> {
   if (redis.status === 'ready') return Promise.resolve();
+  // One wait per connection, however many callers: a burst of requests while it (re)connects
+  // shares it instead of adding a pair of listeners each (and tripping Node's leak warning).
+  let wait = readyWaits.get(redis);
+  if (!wait) {
+    wait = untilReady(redis, timeoutMs).finally(() => readyWaits.delete(redis));
+    readyWaits.set(redis, wait);
+  }
+  return wait;
+}
+
+const readyWaits = new WeakMap<RedisClient, Promise<void>>();
+
+function untilReady(redis: RedisClient, timeoutMs: number): Promise<void> {
   // A lazy connection (the CLI opens one only for commands that need Redis) starts here.
   if (redis.status === 'wait') void redis.connect().catch(() => undefined);
   return new Promise((resolve, reject) => {
