@@ -7,6 +7,7 @@ import type { FleetConfig } from '../src/config/resolve.js';
 import { sha256Hex } from '../src/api/auth.js';
 import { listen } from '../src/api/api-server.js';
 import { createApiApp } from '../src/api/http-api.js';
+import { freePort } from '../src/redis/embedded-redis.js';
 import { createHttpClient, FleetHttpError } from '../src/producers/http-client.js';
 import { Producer } from '../src/producers/producer.js';
 import { FleetEventBus } from '../src/events.js';
@@ -389,6 +390,38 @@ describe('deeply nested bodies', () => {
 });
 
 describe('when Redis is full', () => {
+  it('answers 503 REDIS_UNAVAILABLE with Retry-After when Redis is down, telling the client nothing of its address or settings', async () => {
+    // A port nothing listens on: connecting is refused, and the producer keeps retrying.
+    const port = await freePort();
+    const dead = testConfig(`redis://127.0.0.1:${port}`, [fixtureType('greet', 'ok.mjs')], {
+      producers: [{ name: 'admin', tokenSha256: sha256Hex(ADMIN), jobTypes: ['*'] }],
+    });
+    const down = new Producer({ config: dead, name: 'api' });
+    const app = await listen(createApiApp({ producer: down }), '127.0.0.1', 0);
+    try {
+      const url = `http://127.0.0.1:${(app.address() as { port: number }).port}/v1/jobs/greet`;
+      const r = await fetch(url, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${ADMIN}`, 'content-type': 'application/json' },
+        body: JSON.stringify({ name: 'x' }),
+      });
+      expect(r.status).toBe(503);
+      expect(r.headers.get('retry-after')).toBe('1');
+      const text = await r.text();
+      expect(JSON.parse(text)).toEqual({
+        error: { code: 'REDIS_UNAVAILABLE', message: expect.stringMatching(/job store is unavailable.*Retry later/) },
+      });
+      expect(text).not.toContain(String(port));
+      expect(text).not.toMatch(/REDIS_URL|127\.0\.0\.1|ECONNREFUSED/);
+    } finally {
+      await new Promise<void>((r) => {
+        app.close(() => r());
+        app.closeAllConnections();
+      });
+      await down.close();
+    }
+  });
+
   it('answers 507 REDIS_FULL naming what is full and what frees it (not a retryable 503), counts it, and enqueues nothing', async () => {
     await startApi();
     const admin = new Redis(redis.url);

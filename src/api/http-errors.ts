@@ -27,6 +27,18 @@ const STATUS: Partial<Record<ErrorCode | 'JOB_FINISHED', number>> = {
   REDIS_FULL: 507,
 };
 
+/**
+ * What a client is told of a failure on the server's side: the code, and that the request was not
+ * carried out. The full message (addresses, ACL replies, which setting to fix) is for operators:
+ * it goes to the log, never to the client. A 507's message is the client's to act on (it names
+ * what frees space), so it is sent as it is.
+ */
+const PUBLIC: Partial<Record<ErrorCode, string>> = {
+  REDIS_UNAVAILABLE: 'the job store is unavailable; the request was not carried out. Retry later.',
+  TLS_REFUSED: "the job store refused the server's connection; the request was not carried out. Retry later.",
+  DATA_KEY_UNAVAILABLE: "the job type's data key is unavailable; the request was not carried out. Retry later.",
+};
+
 interface ErrorBody {
   error: { code: string; message: string; details?: Record<string, unknown> };
 }
@@ -63,7 +75,9 @@ export function errorHandler(log: Logger, bodyLimitBytes: number): ErrorRequestH
       const status = STATUS[err.code] ?? 500;
       if (status >= 500)
         log.error('request failed', { code: err.code, error: err.message, method: req.method, path: req.path });
-      return send(res, status, err.code, err.message, err.details);
+      if (status === 503) res.setHeader('Retry-After', '1');
+      const shownMessage = status === 500 ? 'internal error; see the server log' : (PUBLIC[err.code] ?? err.message);
+      return send(res, status, err.code, shownMessage, status >= 500 && status !== 507 ? undefined : err.details);
     }
     if (typeof status === 'number' && status >= 400 && status < 500)
       return send(res, status, 'INVALID_REQUEST', message);
