@@ -20,7 +20,8 @@ import type { Supervisor } from '../src/workers/supervisor.js';
 import { fixtureType, localStore, makeProducer, startSupervisor, testConfig, waitForJob } from './helpers/fleet.js';
 import { afterAll, beforeAll, describe, expect, fleetFileTest as it } from './helpers/fixture.js';
 
-const TOKEN = 'sk-live-injected-0123456789abcdef';
+// Mixed case: Node lowercases the header names it reads, which a mask must not be fooled by.
+const TOKEN = 'sk-live-Injected-0123456789ABCDEF';
 
 /** The body of a raw HTTP/1.1 response, taken out of its chunked framing (the proxy re-chunks). */
 function dechunk(raw: string): string {
@@ -138,10 +139,10 @@ describe('injecting egress proxy: response masking and handler containment', () 
     expect(r.text).toMatch(/^HTTP\/1\.1 502[\s\S]*answered with Content-Encoding gzip although asked for identity/);
   });
 
-  it("a reflection in a response header's name is masked", async () => {
+  it("a reflection in a response header's name is masked, in any case", async () => {
     const r = await run({ raw: req('/hname') });
-    expect(r.text).not.toContain(TOKEN);
-    expect(r.text.toLowerCase()).toContain(`x-${r.ph}: 1`);
+    expect(r.text.toLowerCase()).not.toContain(TOKEN.toLowerCase());
+    expect(r.text.toLowerCase()).toContain(`x-${r.ph.toLowerCase()}: 1`);
   });
 
   it('slices chosen by a Range header do not rebuild the value: Range is not forwarded with an injected value', async () => {

@@ -7,6 +7,7 @@
 import type http from 'node:http';
 import type { IncomingMessage } from 'node:http';
 import { Transform, type TransformCallback } from 'node:stream';
+import { copyBytes } from '../bytes.js';
 import type { Injection } from '../secrets/injection.js';
 import { HOP_BY_HOP, replaceBytes, type Prepared } from './egress-http.js';
 
@@ -57,9 +58,17 @@ export function maskText(text: string, pairs: MaskPair[]): string {
   return out.toString('latin1');
 }
 
+/** `bytes` with A–Z turned to a–z, in place. */
+function lowerAscii(bytes: Uint8Array): Uint8Array {
+  bytes.forEach((b, i) => {
+    if (b >= 0x41 && b <= 0x5a) bytes[i] = b + 0x20;
+  });
+  return bytes;
+}
+
 /**
- * An upstream's answer as the sandbox may see it: its headers masked (names too: a reflected value
- * can sit in a header's name as well as in its value) and its body through a {@link ValueMasker};
+ * An upstream's answer as the sandbox may see it: its headers masked (names too, in any case: a
+ * reflected value can sit in a header's name as well as in its value) and its body through a {@link ValueMasker};
  * or a 502 for a body the upstream compressed although asked for identity (it could carry a value
  * past the mask).
  */
@@ -72,10 +81,17 @@ export function maskedResponse(up: IncomingMessage, pairs: MaskPair[], destinati
       text: `fleet egress proxy: ${destination} answered with Content-Encoding ${encoding.slice(0, 40)} although asked for identity; a response to a request with injected secrets must be uncompressed to be masked\n`,
     };
   }
+  // Node hands header names over lowercased, and names are case-insensitive anyway: a name is
+  // matched against each value lowercased (those copies are zero-filled once the headers are done).
+  const lowered = pairs.map((p) => ({ value: lowerAscii(copyBytes(p.value)), by: p.by }));
   const out: http.OutgoingHttpHeaders = {};
-  for (const [name, raw] of Object.entries(up.headers)) {
-    if (HOP_BY_HOP.includes(name) || name === 'content-length' || raw === undefined) continue;
-    out[maskText(name, pairs)] = Array.isArray(raw) ? raw.map((v) => maskText(v, pairs)) : maskText(raw, pairs);
+  try {
+    for (const [name, raw] of Object.entries(up.headers)) {
+      if (HOP_BY_HOP.includes(name) || name === 'content-length' || raw === undefined) continue;
+      out[maskText(name, lowered)] = Array.isArray(raw) ? raw.map((v) => maskText(v, pairs)) : maskText(raw, pairs);
+    }
+  } finally {
+    for (const p of lowered) p.value.fill(0);
   }
   return { headers: out, body: new ValueMasker(pairs) };
 }
