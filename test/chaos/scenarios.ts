@@ -223,14 +223,15 @@ export async function runaways(): Promise<Record<string, number | string>> {
         maxOldGenerationSizeMb: 128,
         maxResultBytes: 1_048_576,
       },
-      // Memory hogs get a long timeout: their outcome must be the memory limit, however slowly a
-      // busy machine lets V8 reach it (near the limit it spends seconds in last-resort GCs).
+      // Memory hogs and the log flood get a long timeout: their outcome must be the memory limit
+      // (or, for the flood, completion), however slowly a busy machine lets V8 reach it (near the
+      // limit it spends seconds in last-resort GCs) or lets 200,000 console lines through.
       {
         name: 'hog',
         processor: p('runaway.js'),
         isolation: 'job',
-        concurrency: 2,
-        warmSandboxes: 2,
+        concurrency: 3,
+        warmSandboxes: 3,
         attempts: 1,
         timeoutMs: 30_000,
         abortGraceMs: 200,
@@ -243,7 +244,7 @@ export async function runaways(): Promise<Record<string, number | string>> {
   try {
     const sup = await fleet.spawnSupervisor();
     const modes = ['loop', 'alloc', 'timers', 'huge', 'flood'] as const;
-    const typeOf = (mode: (typeof modes)[number]): string => (mode === 'alloc' || mode === 'huge' ? 'hog' : 'runaway');
+    const typeOf = (mode: (typeof modes)[number]): string => (mode === 'loop' || mode === 'timers' ? 'runaway' : 'hog');
     const ids = await Promise.all(
       modes.map(async (mode) => [mode, (await fleet.producer.enqueue(typeOf(mode), { mode })).id] as const),
     );
