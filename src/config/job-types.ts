@@ -36,8 +36,14 @@ export interface JobType extends Omit<
 
 export type SecretMode = 'deliver' | 'inject';
 
+/**
+ * The payload schema of a type that declares none: any JSON value. One instance, so the job runner
+ * knows it: what BullMQ read from Redis is `JSON.parse`'s output, which it always accepts.
+ */
+export const ANY_JSON_PAYLOAD: z.ZodType = z.json();
+
 function toPayloadSchema(name: string, schema: unknown): z.ZodType {
-  if (schema === undefined) return z.json();
+  if (schema === undefined) return ANY_JSON_PAYLOAD;
   if (schema instanceof z.ZodType) return schema;
   try {
     // zod checks the schema itself and throws a readable error (caught below) for anything else.
@@ -149,7 +155,7 @@ export function resolveJobType(
     payloadJsonSchema = toJsonSchema(jt.name, payload);
   } catch (err) {
     problems.push(errorMessage(err));
-    payload = z.json();
+    payload = ANY_JSON_PAYLOAD;
   }
   const { payloadSchema: _omit, warmSandboxes, recycleHeapUsedMb: _r, sandbox: _s, readPaths: _rp, ...rest } = jt;
   return {

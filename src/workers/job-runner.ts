@@ -15,6 +15,11 @@ import type { DataKeyRing } from '../secrets/data-key.js';
 import type { SealContext, SealedField } from '../secrets/job-data-seal.js';
 import type { InjectionRegistry } from '../secrets/injection.js';
 import type { SandboxPool } from './sandbox-pool.js';
+import type { Sandbox } from './sandbox.js';
+import { ANY_JSON_PAYLOAD } from '../config/job-types.js';
+
+/** What a job's secrets are handed to its sandbox as: delivered values and injected placeholders. */
+type Handed = Awaited<ReturnType<JobSecrets['fetchForSandbox']>>;
 
 const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
   TIMEOUT: 'timeout',
@@ -151,10 +156,12 @@ export class JobRunner {
 
     const broker = this.#d.broker();
     if (!broker) throw new Error('job runner used before the supervisor started');
-    const secrets: JobSecrets = broker.forJob(t, jobId);
+    // A type without secrets takes no lease and hands nothing over; a sandbox that asks for one
+    // anyway still goes through the broker (denied and audited), which is made for it then.
+    let secrets: JobSecrets | null = t.secrets.length ? broker.forJob(t, jobId) : null;
     const injections = this.#d.injections();
     const stored = t.encryptData ? sealedData(t, job, jobId, this.#d.dataKeys()) : plainData(job);
-    let sandbox: Awaited<ReturnType<SandboxPool['acquire']>> | null = null;
+    let sandbox: Sandbox | null = null;
     let clean = false;
     const controller = new AbortController();
     // Registered right before the try whose finally removes it: nothing between can throw.
@@ -168,21 +175,28 @@ export class JobRunner {
             .catch(warnOnFailure(log, 'could not remove an unsealed payload from Redis; remove the job by hand'));
         throw err;
       });
-      // Jobs can be written to Redis by anyone holding its credentials; check again here.
-      const parsed = t.payload.safeParse(data);
+      // Jobs can be written to Redis by anyone holding its credentials; check again here. (The
+      // default schema takes any JSON value, and `data` is JSON.parse's output: nothing to check.)
+      const parsed = t.payload === ANY_JSON_PAYLOAD ? { success: true as const, data } : t.payload.safeParse(data);
       if (!parsed.success)
         throw new ValidationError(
           `payload does not match the schema of "${t.name}": ${parsed.error.issues[0]?.message ?? ''}`,
         );
-      // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
-      const [acquired, handed] = await Promise.allSettled([pool.acquire(), secrets.fetchForSandbox(injections)]);
-      if (acquired.status === 'fulfilled') sandbox = acquired.value;
-      if (handed.status === 'rejected') throw handed.reason;
-      if (acquired.status === 'rejected') {
-        for (const s of handed.value.deliver) s.value.fill(0);
-        throw acquired.reason;
-      }
-      const { deliver, placeholders } = handed.value;
+      let handed: Handed = { deliver: [], placeholders: [] };
+      let box: Sandbox;
+      if (secrets) {
+        // The declared secrets are fetched while a sandbox is taken, then handed over with the job.
+        const [acquired, fetched] = await Promise.allSettled([pool.acquire(), secrets.fetchForSandbox(injections)]);
+        if (acquired.status === 'fulfilled') sandbox = acquired.value;
+        if (fetched.status === 'rejected') throw fetched.reason;
+        if (acquired.status === 'rejected') {
+          for (const s of fetched.value.deliver) s.value.fill(0);
+          throw acquired.reason;
+        }
+        handed = fetched.value;
+        box = acquired.value;
+      } else box = sandbox = await pool.acquire();
+      const { deliver, placeholders } = handed;
       const progress = progressWriter(
         async (value) => {
           const v = await stored.value('progress', value);
@@ -191,7 +205,7 @@ export class JobRunner {
         },
         (e: unknown) => log.warn('progress not saved', { error: toError(e).message }),
       );
-      const result = await acquired.value.run(
+      const result = await box.run(
         {
           type: 'run',
           jobId,
@@ -217,7 +231,7 @@ export class JobRunner {
               .then((line) => job.log(line))
               .catch(warnOnFailure(log, 'a job log line was not copied to Redis (it is in the supervisor log)'));
           },
-          onSecretRequest: (name) => secrets.request(name),
+          onSecretRequest: (name) => (secrets ??= broker.forJob(t, jobId)).request(name),
           maskAlso: deliver.flatMap((s) => s.maskAlso ?? []),
         },
       );
@@ -276,7 +290,7 @@ export class JobRunner {
       if (sandbox) pool.release(sandbox, clean || sandbox.alive);
       // The sandbox zeroed its copies (or was destroyed); injected values are zero-filled and their
       // placeholders retired; credentials minted for the job are revoked.
-      await secrets.release();
+      await secrets?.release();
     }
   }
 }
