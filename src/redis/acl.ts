@@ -92,14 +92,8 @@ const READ_COMMANDS = ['+@read', '-@dangerous', '-keys'];
  */
 const READ_SCRIPTS = ['+eval', '+evalsha', '+script|load', '+script|exists', '+client|list'];
 
-/**
- * Appending to the audit trail: XADD, the per-secret counters and the chain heads, in one script
- * (EVALSHA, or EVAL when the server does not have it yet; see secrets/audit.ts). A script's calls
- * are checked against these same rules: it can do nothing on these keys a plain command could not.
- */
+/** Appending to the audit trail: XADD, the per-secret counters and the chain heads, in one MULTI. */
 const AUDIT_APPEND = [
-  '+eval',
-  '+evalsha',
   '+xadd',
   '+hincrby',
   '+hset',

@@ -4,7 +4,7 @@
  * patterns to be built from. `prefix` is `config.redis.prefix`.
  *
  * Hash tags (`{…}`) decide the Redis Cluster slot: a job type's queue keys share one, the audit
- * stream and its counters share one (they are written in one transaction), and each secret's rotation
+ * stream and its counters share one (they are written in one MULTI), and each secret's rotation
  * state and KMS ciphertexts sit in the secret's own.
  */
 
@@ -31,7 +31,7 @@ export function secretStatsKey(prefix: string, name: string): string {
   return `${prefix}:audit-stats:{audit}:${name}`;
 }
 
-/** The last (seq, MAC) of each audit writer's chain, beside the audit stream (written in the same transaction). */
+/** The last (seq, MAC) of each audit writer's chain, beside the audit stream (written in the same MULTI). */
 export function auditHeadsKey(prefix: string): string {
   return `${prefix}:audit-heads:{audit}`;
 }

@@ -24,7 +24,7 @@ import { SecretUnavailableError, errorMessage } from '../errors.js';
  *   its seq comes after a higher one;
  * - a replayed record → a repeated seq;
  * - a truncated tail → the chain ends before the writer's head (`{audit}` heads hash, written in
- *   the same transaction as the records), and the live writer itself notices that its own head moved;
+ *   the same MULTI as the records), and the live writer itself notices that its own head moved;
  * - trimmed head → the first record does not start at seq 1 and no signed checkpoint covers it.
  */
 
