@@ -331,6 +331,18 @@ describe.each([
     },
   );
 
+  // The host's answer to an exit notice is the same with or without namespaces: one run is enough.
+  it.skipIf(skip || wantOs)(
+    'a sandbox that announces its exit and lives on is killed (SANDBOX_CRASHED by SIGKILL), well before its timeout',
+    async () => {
+      const sb = await startProcess('hostile/exit-notice.mjs');
+      const crash = await failure(sb.run(msg(), { timeoutMs: 30_000, abortGraceMs: 100 }));
+      expect(crash.code).toBe('SANDBOX_CRASHED');
+      expect(crash.message).toContain('SIGKILL');
+      await sb.destroy();
+    },
+  );
+
   it.skipIf(skip)('zero-fills the secret bytes on both sides once the job ends', async () => {
     const sb = await startProcess('secret-keeper.mjs');
     try {

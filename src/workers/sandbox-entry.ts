@@ -5,7 +5,6 @@
  * plain, checked, masked message. One entry for both kinds of sandbox and both kinds of module,
  * so every output channel is masked the same way everywhere.
  */
-import type { Socket } from 'node:net';
 import { performance } from 'node:perf_hooks';
 import { pathToFileURL } from 'node:url';
 import {
@@ -21,7 +20,8 @@ import {
   errorMessage,
   fieldOf,
 } from '../errors.js';
-import { CHANNEL_ENV, CHANNEL_FD3, encodeFrame, FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
+import { CHANNEL_ENV, CHANNEL_FD3, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
+import { openFdChannel, type FdChannel } from './fd-channel.js';
 import type { FromSandbox, LogLevel, RunMessage, RunStats, SandboxInit, SecretReply, ToSandbox } from './protocol.js';
 import type { Processor, ProcessorContext } from './processor-api.js';
 import { rotatorOf, type Rotator } from './processor-api.js';
@@ -39,11 +39,11 @@ Reflect.deleteProperty(process.env, CHANNEL_ENV);
 
 /**
  * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with
- * length-prefixed frames (channel.ts). Opened in main() for a process.
+ * length-prefixed frames (channel.ts, through fd-channel.ts). Opened in main() for a process.
  */
 const threads = inProcess ? null : process.getBuiltinModule('node:worker_threads');
 const port = threads?.parentPort ?? null;
-let channel: Socket | null = null;
+let channel: FdChannel | null = null;
 /** Set once the sandbox is ending after a stray error: nothing more leaves it. */
 let ending = false;
 const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
@@ -52,10 +52,7 @@ const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
     port.postMessage(msg, transfer);
     return;
   }
-  if (!channel || channel.destroyed) return;
-  const frame = encodeFrame(msg);
-  if (frame.secret) channel.write(frame.bytes, () => frame.wipe());
-  else channel.write(frame.bytes);
+  channel?.send(msg);
 };
 /*
  * What arrives here (workerData, thread messages and frames) comes only from the supervisor, which
@@ -65,34 +62,23 @@ const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
 const asToSandbox = (m: unknown): ToSandbox => m as ToSandbox;
 let init: SandboxInit = (port ? threads?.workerData : null) as SandboxInit;
 /* eslint-enable @typescript-eslint/consistent-type-assertions -- end of the supervisor's contract */
-let onSupervisorMessage: (msg: ToSandbox) => void = () => undefined;
 const onMessage = (fn: (msg: ToSandbox) => void): void => {
   if (port) port.on('message', (m: unknown) => fn(asToSandbox(m)));
-  else onSupervisorMessage = fn;
+  else channel?.listen((m) => fn(asToSandbox(m)));
 };
 
-/** Opens fd 3 as the channel; resolves with the init message (the first frame). */
-function openChannel(): Promise<SandboxInit> {
-  return new Promise((resolve) => {
-    const socket = new (process.getBuiltinModule('node:net').Socket)({ fd: 3, readable: true, writable: true });
-    channel = socket;
-    const decoder = new FrameDecoder(MAX_OUTGOING_FRAME_BYTES);
-    let initialized = false;
-    socket.on('data', (chunk: Buffer) => {
-      for (const raw of decoder.push(chunk)) {
-        const m = asToSandbox(raw);
-        if (!initialized) {
-          if (m.type === 'init') {
-            initialized = true;
-            resolve(m.init);
-          }
-        } else onSupervisorMessage(m);
-      }
-    });
-    // The supervisor is gone (or closed the channel): nothing is left to do here.
-    socket.on('end', () => process.exit(0));
-    socket.on('error', () => process.exit(0));
-  });
+/**
+ * Opens fd 3 as the channel and returns the init message (its first frame, which the supervisor
+ * sends as the process starts). What follows is delivered through `onMessage`, once the processor
+ * has loaded.
+ */
+function openChannel(): SandboxInit {
+  // The supervisor is gone (or closed the channel): nothing is left to do here.
+  const opened = openFdChannel(3, MAX_OUTGOING_FRAME_BYTES, () => process.exit(0));
+  channel = opened.channel;
+  const first = opened.first === null ? null : asToSandbox(opened.first);
+  if (first?.type !== 'init') process.exit(0);
+  return first.init;
 }
 
 /** A log line's longest message; longer ones are cut (the bytes count against maxLogBytes). */
@@ -590,9 +576,8 @@ function onStrayError(kind: 'uncaught exception' | 'unhandled rejection', err: u
     });
   }
   ending = true;
-  if (port) process.exit(70);
-  else if (channel && !channel.destroyed) channel.end(() => process.exit(70));
-  else process.exit(70);
+  // A process's frames have left by now (written synchronously).
+  process.exit(70);
 }
 
 async function main(): Promise<void> {
@@ -600,7 +585,7 @@ async function main(): Promise<void> {
   process.on('unhandledRejection', (err) => onStrayError('unhandled rejection', err));
   if (!port) {
     // A process sandbox: its init is the channel's first frame.
-    init = await openChannel();
+    init = openChannel();
     harden();
     if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
     if (init.lazyProxy) await armProxyOnFirstUse();
@@ -633,12 +618,13 @@ async function main(): Promise<void> {
     });
     return;
   }
+  // Ready first: a process starts its thread pool for the channel's reads after that, off the start's path.
+  post({ type: 'ready' });
   onMessage((msg: ToSandbox) => {
     if (msg.type === 'run') void run(module, msg);
     else if (msg.type === 'secret') onSecretReply(msg);
     else if (msg.type === 'abort') current?.controller.abort(msg.reason);
   });
-  post({ type: 'ready' });
 }
 
 void main();

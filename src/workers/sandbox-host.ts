@@ -34,7 +34,7 @@ import {
   SandboxProtocolError,
   errorMessage,
 } from '../errors.js';
-import { encodeFrame, FrameDecoder } from './channel.js';
+import { encodeFrame, FrameDecoder, isExitNotice } from './channel.js';
 import {
   createSandboxCgroup,
   limitedCommand,
@@ -114,6 +114,8 @@ export interface ProcessHostOptions {
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
+/** How long a process sandbox that sent its exit notice may take to end before it is killed. */
+const EXIT_NOTICE_GRACE_MS = 5_000;
 /** The uid and gid a sandbox runs as when a root supervisor has no OS layer to map it (nobody). */
 export const SANDBOX_UID = 65534;
 
@@ -416,6 +418,18 @@ export async function startProcessHost(
       proc.once('error', () => resolve());
     });
     const decoder = new FrameDecoder(maxFrameFromSandbox(init.maxResultBytes));
+    let exitTimer: NodeJS.Timeout | undefined;
+    /**
+     * The sandbox is exiting while its read of the channel waits (fd-channel.ts): this end is
+     * closed so that read returns and the process can end. One that announces its exit and lives
+     * on is killed (its job, if any, fails as a crash), not left holding a channel nobody writes to.
+     */
+    const onExitNotice = (): void => {
+      channel.end();
+      exitTimer ??= setTimeout(() => {
+        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+      }, EXIT_NOTICE_GRACE_MS);
+    };
     channel.on('data', (chunk: Buffer) => {
       if (dead) return;
       let messages: unknown[];
@@ -428,7 +442,8 @@ export async function startProcessHost(
       }
       for (const m of messages) {
         if (dead) return;
-        onMessage(m);
+        if (isExitNotice(m)) onExitNotice();
+        else onMessage(m);
       }
     });
     channel.on('error', () => undefined);
@@ -440,6 +455,7 @@ export async function startProcessHost(
       onDeath(new SandboxCrashError(`sandbox process could not run (${err.message})`, { cause: err }));
     });
     proc.on('exit', (code, signal) => {
+      clearTimeout(exitTimer);
       void cleanup();
       if (dead || killed) return;
       dead = true;
@@ -472,7 +488,7 @@ export async function startProcessHost(
     const send = (msg: ToSandbox, sent?: () => void): void => {
       // `sent` runs once the frame left for the sandbox, or at once when it cannot be sent:
       // either way the caller zero-fills its bytes then.
-      if (dead || channel.destroyed) {
+      if (dead || channel.destroyed || channel.writableEnded) {
         sent?.();
         return;
       }
