@@ -17,6 +17,7 @@ import {
   deserializeError,
   serializeError,
   type SerializedError,
+  errnoCode,
   errorMessage,
   fieldOf,
 } from '../errors.js';
@@ -234,15 +235,37 @@ for (const [name, level] of [
   } else mask(process[name]);
 }
 
+/** What `require()` of an ES module it cannot load synchronously throws: import() loads those. */
+const REQUIRE_ESM_REFUSALS = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_REQUIRE_CYCLE_MODULE']);
+
+/**
+ * The processor's module namespace. `require()` first: since Node 22.12 it loads an ES module
+ * synchronously, which spares each sandbox start the ESM loader's dynamic `import()` path. A module
+ * with top-level await (refused before it runs), a CommonJS module (whose `require()` gives its
+ * exports, not a namespace; `import()` then takes it from the require cache without running it
+ * again) and a Node without require(esm) go through `import()`, which gives what it always gave.
+ */
+async function importModule(file: string): Promise<unknown> {
+  try {
+    const mod: unknown = process.getBuiltinModule('node:module').createRequire(file)(file);
+    if (Object.prototype.toString.call(mod) === '[object Module]') return mod;
+  } catch (err) {
+    if (!REQUIRE_ESM_REFUSALS.has(errnoCode(err) ?? '')) throw err;
+  }
+  return import(pathToFileURL(file).href);
+}
+
 /** The module's export: a processor function, or a rotator object. */
 async function load(): Promise<Processor | Rotator> {
+  let mod: unknown;
   if (port && /\.[cm]?ts$/.test(init.processorPath)) {
-    // TypeScript in a thread: through tsx. A process sandbox strips types natively (Node ≥ 22.18,
-    // or --experimental-strip-types): tsx's esbuild would need a child process, which it may not start.
+    // TypeScript in a thread: through tsx, whose hooks are the ESM loader's. A process sandbox strips
+    // types natively (Node ≥ 22.18, or --experimental-strip-types): tsx's esbuild would need a
+    // child process, which it may not start.
     const { register } = await import('tsx/esm/api');
     register();
-  }
-  const mod: unknown = await import(pathToFileURL(init.processorPath).href);
+    mod = await import(pathToFileURL(init.processorPath).href);
+  } else mod = await importModule(init.processorPath);
   if (init.kind === 'rotator') {
     const r = rotatorOf(mod);
     if (!r)
@@ -523,15 +546,15 @@ function harden(): void {
  * start-up: the first `fetch()`, or the first import of `http`/`https` (a module hook), arms
  * `http.setGlobalProxyFromEnv()` once. A sandbox that never connects never loads it.
  */
-async function armProxyOnFirstUse(): Promise<void> {
-  const { createRequire, registerHooks } = await import('node:module');
-  const require = createRequire(import.meta.url);
+function armProxyOnFirstUse(): void {
+  const { registerHooks } = process.getBuiltinModule('node:module');
   let armed = false;
   const arm = (): void => {
     if (armed) return;
     armed = true;
-    const http: typeof import('node:http') & { setGlobalProxyFromEnv(): void } = require('node:http');
-    http.setGlobalProxyFromEnv();
+    const http: typeof import('node:http') & { setGlobalProxyFromEnv?: () => void } =
+      process.getBuiltinModule('node:http');
+    http.setGlobalProxyFromEnv?.();
   };
   const originalFetch = globalThis.fetch;
   globalThis.fetch = (...args: Parameters<typeof fetch>) => {
@@ -588,7 +611,7 @@ async function main(): Promise<void> {
     init = openChannel();
     harden();
     if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
-    if (init.lazyProxy) await armProxyOnFirstUse();
+    if (init.lazyProxy) armProxyOnFirstUse();
   }
   // Below the supervisor's priority (this thread only: pid 0 is the calling thread on Linux). Without
   // CAP_SYS_NICE the sandbox cannot raise it back.

@@ -58,11 +58,11 @@ import {
 } from './sandbox-boundary.js';
 
 /**
- * What every sandbox starts: the entry and the modules it imports as one file (made by `npm run
- * build`, scripts/bundle-sandbox-entry.mjs), which spares each process sandbox's start resolving and
- * compiling them one by one.
+ * What every sandbox starts: the entry and the modules it imports as one CommonJS file (made by
+ * `npm run build`, scripts/bundle-sandbox-entry.mjs), which spares each process sandbox's start
+ * resolving and compiling them one by one, and Node's ES module loader for the entry itself.
  */
-export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.bundle.js');
+export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.bundle.cjs');
 
 export interface SandboxHost {
   readonly layers: readonly SandboxLayer[];
