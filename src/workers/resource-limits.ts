@@ -352,22 +352,25 @@ function pidsIn(dir: string): number[] {
 }
 
 /**
- * SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them.
- * The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved one, at its
- * low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a sandbox that took
- * half a second to die 25 rounds of reads, kills and failing rmdirs on the supervisor's thread.
+ * SIGKILLs what is left in the directories, waits (up to 5 s) until they are empty, removes them.
+ * They are one sandbox's cgroup in each hierarchy, and hold the same processes (its shell entered
+ * them all before it started anything, and nothing inside can leave): one list of pids per round
+ * is enough. The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved
+ * one, at its low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a
+ * sandbox that took half a second to die 25 rounds of reads, kills and failing rmdirs on the
+ * supervisor's thread.
  */
 async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
-  let left = dirs.filter((d) => existsSync(d));
+  let left = [...dirs];
   const deadline = Date.now() + 5000;
-  for (let waitMs = 5; left.length; waitMs = Math.min(waitMs * 2, 320)) {
+  for (let waitMs = 5; left[0] !== undefined; waitMs = Math.min(waitMs * 2, 320)) {
+    for (const pid of pidsIn(left[0]))
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // already gone
+      }
     left = left.filter((d) => {
-      for (const pid of pidsIn(d))
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // already gone
-        }
       try {
         rmdirSync(d);
         return false;

@@ -54,6 +54,7 @@ import {
   SANDBOX_PROXY_PORT,
   type Egress,
   type OsLayer,
+  SANDBOX_TMP,
   type SandboxLayer,
 } from './sandbox-boundary.js';
 
@@ -251,17 +252,23 @@ function tail(buf: string, chunk: Buffer): string {
   return (buf + chunk.toString('utf8')).slice(-4000);
 }
 
+/** Names each process sandbox's cgroup (below this supervisor's own `fleet-<pid>` directory). */
+let sandboxSeq = 0;
+
 export async function startProcessHost(
   init: SandboxInit,
   maxOldGenerationSizeMb: number,
   options: ProcessHostOptions,
 ): Promise<SandboxHost> {
-  // One private directory per sandbox on the host: its temp dir (without the OS layer) and the
-  // egress socket. Mode 0700, removed with the sandbox.
-  const hostDir = mkdtempSync(path.join(tmpdir(), 'fleet-sandbox-'));
-  chmodSync(hostDir, 0o700);
-  const tmpDir = path.join(hostDir, 'tmp');
-  mkdirSync(tmpDir, { mode: 0o700 });
+  const os = options.osLayer.available;
+  // One private directory per sandbox on the host where it has something there: its temp dir
+  // (without the OS layer) or the egress socket. Mode 0700, removed with the sandbox. With the OS
+  // layer and no egress there is nothing (its /tmp is a tmpfs of its own), and a `job` sandbox is
+  // spared making and removing one.
+  const hostDir = !os || options.egress !== 'none' ? mkdtempSync(path.join(tmpdir(), 'fleet-sandbox-')) : null;
+  if (hostDir) chmodSync(hostDir, 0o700);
+  const tmpDir = os || !hostDir ? SANDBOX_TMP : path.join(hostDir, 'tmp');
+  if (!os) mkdirSync(tmpDir, { mode: 0o700 });
   let jobId: string | null = null;
   /** Egress refusals of the job running now (reset at each job). */
   let refusals = 0;
@@ -280,20 +287,19 @@ export async function startProcessHost(
     (cleaned ??= (async () => {
       await proxy?.close().catch(() => undefined);
       try {
-        rmSync(hostDir, { recursive: true, force: true });
+        if (hostDir) rmSync(hostDir, { recursive: true, force: true });
       } catch {
         // Left for the OS's temp cleaning: nothing in it outlives the sandbox's use.
       }
       await cgroup?.remove();
     })());
   const inject = options.inject;
-  const os = options.osLayer.available;
   // Without namespaces to map it, a root supervisor's sandbox would run as root (and could, say,
   // lower the supervisor's CPU priority): it runs as nobody instead.
   const dropTo = !os && process.getuid?.() === 0 ? SANDBOX_UID : null;
   try {
     let caCertFile = options.inject?.ca.certFile;
-    if (dropTo !== null) {
+    if (dropTo !== null && hostDir) {
       // The host dir stays the supervisor's (traversable); the temp dir inside it is the sandbox's.
       chmodSync(hostDir, 0o711);
       chownSync(tmpDir, dropTo, dropTo);
@@ -347,6 +353,7 @@ export async function startProcessHost(
           : {}),
       });
       if (os) {
+        if (!hostDir) throw new Error('internal: a sandbox with egress has no host directory');
         egressSocket = path.join(hostDir, 'egress.sock');
         await proxy.listen(egressSocket);
         processInit = { ...init, egressForwarder: { port: SANDBOX_PROXY_PORT, socket: SANDBOX_EGRESS_SOCKET } };
@@ -357,7 +364,7 @@ export async function startProcessHost(
       }
     }
     const resources = options.resources;
-    if (resources?.layer.cgroups) cgroup = createSandboxCgroup(path.basename(hostDir), resources.limits);
+    if (resources?.layer.cgroups) cgroup = createSandboxCgroup(`sandbox-${++sandboxSeq}`, resources.limits);
     // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox:
     // bubblewrap reads it to its end.
     if (resources?.layer.seccomp && os) seccompFd = openSync(seccompFile(), 'r');
