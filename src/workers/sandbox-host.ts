@@ -6,7 +6,6 @@
  *   descriptors, under Node's permission model, and on Linux inside bubblewrap's namespaces with a
  *   private size-capped /tmp and no network but its egress proxy.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import {
   mkdtempSync,
   rmSync,
@@ -17,11 +16,8 @@ import {
   mkdirSync,
   realpathSync,
   statSync,
-  openSync,
-  closeSync,
   writeFileSync,
 } from 'node:fs';
-import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -32,8 +28,10 @@ import {
   ProcessorLoadError,
   SandboxCrashError,
   SandboxProtocolError,
+  SandboxSpawnerError,
   errorMessage,
 } from '../errors.js';
+import { spawnSandbox, type SandboxExit, type SpawnedSandbox } from './sandbox-spawner.js';
 import { encodeFrame, FrameDecoder, isExitNotice } from './channel.js';
 import {
   createSandboxCgroup,
@@ -156,7 +154,14 @@ function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
     host.onViolation((problem) =>
       finish(new SandboxProtocolError(`${what} broke its channel while loading: ${problem}`)),
     );
-    host.onDeath((err) => finish(new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err })));
+    host.onDeath((err) =>
+      finish(
+        // Its spawner's death is not the processor's: that code stays, and the job is retried.
+        err instanceof SandboxSpawnerError
+          ? err
+          : new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err }),
+      ),
+    );
   });
 }
 
@@ -247,11 +252,6 @@ function nodeReachableBy(uid: number): string {
   return (reachableNode = target);
 }
 
-/** The last bytes a sandbox process wrote to stderr (Node's own fatal errors; processors' output goes over IPC). */
-function tail(buf: string, chunk: Buffer): string {
-  return (buf + chunk.toString('utf8')).slice(-4000);
-}
-
 /** Names each process sandbox's cgroup (below this supervisor's own `fleet-<pid>` directory). */
 let sandboxSeq = 0;
 
@@ -277,9 +277,8 @@ export async function startProcessHost(
   /** Set once the host exists: reports a violation to the sandbox that owns this host. */
   let reportViolation: (problem: string, code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
   let proxy: EgressProxy | null = null;
-  let child: ChildProcess | null = null;
+  let spawned: SpawnedSandbox | null = null;
   let cgroup: SandboxCgroup | null = null;
-  let seccompFd: number | null = null;
   let cleaned: Promise<void> | null = null;
   // Never throws: clean-up runs from exit handlers, where a throw (EMFILE, EBUSY) would reach the
   // supervisor's event loop.
@@ -365,9 +364,9 @@ export async function startProcessHost(
     }
     const resources = options.resources;
     if (resources?.layer.cgroups) cgroup = createSandboxCgroup(`sandbox-${++sandboxSeq}`, resources.limits);
-    // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox:
-    // bubblewrap reads it to its end.
-    if (resources?.layer.seccomp && os) seccompFd = openSync(seccompFile(), 'r');
+    // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox
+    // (bubblewrap reads it to its end) by the spawner.
+    const seccomp = resources?.layer.seccomp === true && os;
     const cmd = processSandboxCommand({
       entry: SANDBOX_ENTRY,
       processorPath: init.processorPath,
@@ -383,7 +382,7 @@ export async function startProcessHost(
       ...(caCertFile ? { caCertFile } : {}),
       ...(options.permissionModel === false ? { permissionModel: false } : {}),
       ...(dropTo !== null ? { nodePath: nodeReachableBy(dropTo) } : {}),
-      ...(seccompFd !== null ? { seccompFd: 4 } : {}),
+      ...(seccomp ? { seccompFd: 4 } : {}),
     });
     // Without the OS layer a root supervisor's sandbox drops to nobody: through setpriv after the
     // cgroup is entered when there are kernel limits to set up, else by spawn's own uid/gid.
@@ -400,30 +399,31 @@ export async function startProcessHost(
       ...(cgroup ? (['cgroup'] as const) : []),
       ...(resources?.layer.rlimits ? (['rlimits'] as const) : []),
     ];
-    child = spawn(limited.command, limited.args, {
-      env: cmd.env,
-      // stdin closed, stdout ignored (processors' output goes over the channel, masked), stderr kept
-      // for Node's own fatal errors, fd 3 the channel (a socket pair); nothing else is inherited.
-      stdio: ['ignore', 'ignore', 'pipe', 'pipe', ...(seccompFd !== null ? [seccompFd] : [])],
-      detached: false,
-      ...(dropTo !== null && !dropInCommand ? { uid: dropTo, gid: dropTo } : {}),
-    });
-    if (seccompFd !== null) closeSync(seccompFd);
-    seccompFd = null;
-    const proc = child;
-    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- stdio[3] is 'pipe': libuv makes it a socket pair, a net.Socket here
-    const channel = proc.stdio[3] as Socket;
-    let stderr = '';
-    proc.stderr?.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
-    proc.stderr?.on('error', () => undefined);
+    let proc: SpawnedSandbox;
+    try {
+      proc = await spawnSandbox({
+        command: limited.command,
+        args: limited.args,
+        env: cmd.env,
+        fd4File: seccomp ? seccompFile() : null,
+        uid: dropTo !== null && !dropInCommand ? dropTo : null,
+      });
+    } catch (err) {
+      if (err instanceof SandboxSpawnerError) throw err;
+      throw new ProcessorLoadError(
+        `sandbox process for ${init.jobType} failed to start: sandbox process could not run (${errorMessage(err)})`,
+        { cause: err },
+      );
+    }
+    spawned = proc;
+    const channel = proc.channel;
+    /** How the process ended, once it has. */
+    let ended: SandboxExit | null = null;
     let onMessage: (msg: unknown) => void = () => undefined;
     let onViolation: (problem: string, code?: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
     let onDeath: (err: FleetError) => void = () => undefined;
     let killed = false;
-    const exited = new Promise<void>((resolve) => {
-      proc.once('exit', () => resolve());
-      proc.once('error', () => resolve());
-    });
+    const exited = proc.exited.then((exit) => void (ended = exit));
     const decoder = new FrameDecoder(maxFrameFromSandbox(init.maxResultBytes));
     let exitTimer: NodeJS.Timeout | undefined;
     /**
@@ -434,7 +434,7 @@ export async function startProcessHost(
     const onExitNotice = (): void => {
       channel.end();
       exitTimer ??= setTimeout(() => {
-        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        if (!ended) proc.kill();
       }, EXIT_NOTICE_GRACE_MS);
     };
     channel.on('data', (chunk: Buffer) => {
@@ -455,17 +455,15 @@ export async function startProcessHost(
     });
     channel.on('error', () => undefined);
     channel.on('close', () => decoder.discard());
-    proc.on('error', (err) => {
-      if (dead) return;
-      dead = true;
-      void cleanup();
-      onDeath(new SandboxCrashError(`sandbox process could not run (${err.message})`, { cause: err }));
-    });
-    proc.on('exit', (code, signal) => {
+    void proc.exited.then(({ code, signal, stderr, lost }) => {
       clearTimeout(exitTimer);
       void cleanup();
       if (dead || killed) return;
       dead = true;
+      if (lost) {
+        onDeath(lost);
+        return;
+      }
       // The kernel's word (the cgroup's OOM kill) first; the heap message is the sandbox's own
       // stderr, which it controls, so it counts only with the abort V8 ends a heap overrun with.
       if (cgroup?.oomKilled()) {
@@ -512,7 +510,7 @@ export async function startProcessHost(
     };
     const host: SandboxHost = {
       layers,
-      ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
+      pid: proc.pid,
       post: (msg, _transfer, sent) => send(msg, sent),
       onMessage: (fn) => (onMessage = fn),
       onViolation: (fn) => (onViolation = fn),
@@ -529,7 +527,7 @@ export async function startProcessHost(
         killed = true;
         dead = true;
         channel.destroy();
-        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        if (!ended) proc.kill();
         await exited;
         await cleanup();
       },
@@ -538,11 +536,11 @@ export async function startProcessHost(
       if (!dead) onViolation(problem, code);
     };
     const initMessage: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
-    proc.once('spawn', () => send({ type: 'init', init: initMessage }));
-    return await awaitReady(host, `sandbox process for ${init.jobType}`);
+    const ready = awaitReady(host, `sandbox process for ${init.jobType}`);
+    send({ type: 'init', init: initMessage });
+    return await ready;
   } catch (err) {
-    if (seccompFd !== null) closeSync(seccompFd);
-    child?.kill('SIGKILL');
+    spawned?.kill();
     await cleanup();
     throw err;
   }
