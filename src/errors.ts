@@ -24,6 +24,7 @@ export type ErrorCode =
   | 'SHUTDOWN'
   | 'MEMORY_LIMIT'
   | 'SANDBOX_CRASHED'
+  | 'SANDBOX_SPAWNER_DIED'
   | 'SANDBOX_PROTOCOL'
   | 'SANDBOX_LIMIT'
   | 'PROCESSOR_FAILED'
@@ -88,6 +89,12 @@ export class CancelledError extends define('CancelledError', 'CANCELLED', false)
 export class ShutdownError extends define('ShutdownError', 'SHUTDOWN', true) {}
 export class MemoryLimitError extends define('MemoryLimitError', 'MEMORY_LIMIT', false) {}
 export class SandboxCrashError extends define('SandboxCrashError', 'SANDBOX_CRASHED', true) {}
+/**
+ * The process that starts a supervisor's process sandboxes (sandbox-spawner.ts) died, and the
+ * sandboxes it had started went with it: their jobs fail with this and are retried; the next
+ * sandbox gets a new spawner.
+ */
+export class SandboxSpawnerError extends define('SandboxSpawnerError', 'SANDBOX_SPAWNER_DIED', true) {}
 /**
  * A sandbox sent what the protocol does not allow (a malformed or out-of-turn message, a frame
  * above the channel's cap, a secret-request flood): the sandbox is killed and the job fails without

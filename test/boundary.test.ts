@@ -132,6 +132,18 @@ describe.each(modes)('a sandbox attacking its supervisor, %s', (mode, setting) =
   );
 
   it.skipIf(skip)(
+    'an exit notice sent raw: the supervisor closes the channel, the sandbox ends, and its job fails as a crash (SANDBOX_CRASHED)',
+    async () => {
+      const job = await run('hostile', { attack: 'frame', message: { type: 'exiting' } });
+      expect(job.state).toBe('failed');
+      expect(job.error?.code).toBe('SANDBOX_CRASHED');
+      // The runtime read the channel's end and exited by itself, with 0: no kill was needed.
+      expect(job.error?.message).toMatch(/sandbox process exited \(code 0\) mid-job/);
+      await fleetStillServes();
+    },
+  );
+
+  it.skipIf(skip)(
     'a frame announcing 4 GB is refused from its header (SANDBOX_PROTOCOL); the supervisor buffers none of it',
     async () => {
       const before = process.memoryUsage().rss;

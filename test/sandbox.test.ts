@@ -1,4 +1,4 @@
-import { mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { resolveConfig } from '../src/config/resolve.js';
@@ -39,6 +39,21 @@ const strayJob = (how: 'throw' | 'rejection') => ({
   secretNames: ['k'],
   secrets: [{ name: 'k', value: new Uint8Array(Buffer.from(STRAY_SECRET)), version: '1' }],
 });
+
+/** The parent of a process (a sandbox's: the spawner that started it). */
+function parentPid(pid: number | undefined): number {
+  return Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+}
+
+/** Whether a process still runs (gone, or a zombie nobody reaped yet, is not running). */
+function running(pid: number | undefined): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
+  } catch {
+    return false;
+  }
+}
 
 async function failure(p: Promise<unknown>): Promise<FleetError> {
   const err = await p.then(
@@ -328,6 +343,42 @@ describe.each([
       expect(crash.code).toBe('SANDBOX_CRASHED');
       expect(crash.message).toContain('code 3');
       await Promise.all([loop.destroy(), hog.destroy(), exits.destroy()]);
+    },
+  );
+
+  it.skipIf(skip)(
+    "its spawner's death ends the sandboxes it started, whose jobs fail with SANDBOX_SPAWNER_DIED; the next sandbox gets a new spawner",
+    async () => {
+      const busy = await startProcess('slow.mjs');
+      const idle = await startProcess('ok.mjs');
+      const spawner = parentPid(busy.pid);
+      expect(parentPid(idle.pid)).toBe(spawner);
+      const job = failure(busy.run(msg({ ms: 60_000 }), { timeoutMs: 120_000, abortGraceMs: 100 }));
+      process.kill(spawner, 'SIGKILL');
+      const err = await job;
+      expect(err.code).toBe('SANDBOX_SPAWNER_DIED');
+      expect(err.retryable).toBe(true);
+      expect(err.message).toMatch(/the sandbox spawner \(pid \d+\) exited \(SIGKILL\)/);
+      await expect.poll(() => idle.alive, { message: 'the idle sandbox is gone too' }).toBe(false);
+      // Nothing the dead spawner started runs on (with or without bubblewrap's --die-with-parent).
+      await expect.poll(() => [busy.pid, idle.pid].filter(running), { message: 'its sandboxes ended' }).toEqual([]);
+      const next = await startProcess('ok.mjs');
+      expect(parentPid(next.pid)).not.toBe(spawner);
+      const r = await next.run(msg({ n: 1 }), { timeoutMs: 10_000, abortGraceMs: 100 });
+      expect(JSON.parse(r.resultJson)).toEqual({ got: { n: 1 }, attempt: 1 });
+      await Promise.all([busy.destroy(), idle.destroy(), next.destroy()]);
+    },
+  );
+
+  // The host's answer to an exit notice is the same with or without namespaces: one run is enough.
+  it.skipIf(skip || wantOs)(
+    'a sandbox that announces its exit and lives on is killed (SANDBOX_CRASHED by SIGKILL), well before its timeout',
+    async () => {
+      const sb = await startProcess('hostile/exit-notice.mjs');
+      const crash = await failure(sb.run(msg(), { timeoutMs: 30_000, abortGraceMs: 100 }));
+      expect(crash.code).toBe('SANDBOX_CRASHED');
+      expect(crash.message).toContain('SIGKILL');
+      await sb.destroy();
     },
   );
 

@@ -19,6 +19,18 @@
 export const CHANNEL_ENV = 'FLEET_SANDBOX_CHANNEL';
 export const CHANNEL_FD3 = 'fd3';
 
+/**
+ * What a process sandbox sends as its last frame when it exits while a read of its channel waits
+ * (fd-channel.ts): the supervisor closes its end on it, which lets the sandbox's process end. Not a
+ * protocol message: the host consumes it, and a sandbox that sends it and lives on is killed.
+ */
+export const EXIT_NOTICE = { type: 'exiting' } as const;
+
+/** Whether a decoded frame is the {@link EXIT_NOTICE}. */
+export function isExitNotice(msg: unknown): boolean {
+  return typeof msg === 'object' && msg !== null && Reflect.get(msg, 'type') === EXIT_NOTICE.type;
+}
+
 /** Why the reader refused what its peer sent (a sandbox's protocol violation). */
 export class ChannelError extends Error {
   override name = 'ChannelError';

@@ -26,6 +26,7 @@ const OUTCOME_BY_CODE: Partial<Record<string, JobOutcome>> = {
   CANCELLED: 'cancelled',
   MEMORY_LIMIT: 'oom',
   SANDBOX_CRASHED: 'crashed',
+  SANDBOX_SPAWNER_DIED: 'crashed',
   SANDBOX_PROTOCOL: 'violation',
   SANDBOX_LIMIT: 'violation',
 };

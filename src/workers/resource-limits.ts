@@ -352,16 +352,18 @@ function pidsIn(dir: string): number[] {
 }
 
 /**
- * SIGKILLs what is left in each directory, waits (up to 5 s) until they are empty, removes them.
- * The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved one, at its
- * low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a sandbox that took
- * half a second to die 25 rounds of reads, kills and failing rmdirs on the supervisor's thread.
- * What is still there after 5 s (a sandbox with a large memory to give back on a loaded host) is
- * not given up: it is retried once a second in the background, for up to 10 minutes, so the job's
- * end is not held up and no empty cgroup is left behind.
+ * SIGKILLs what is left in the directories, waits (up to 5 s) until they are empty, removes them.
+ * They are one sandbox's cgroup in each hierarchy, and hold the same processes (its shell entered
+ * them all before it started anything, and nothing inside can leave): one list of pids per round
+ * is enough. The waits double from 5 ms (a killed sandbox is usually gone within a few; a starved
+ * one, at its low CPU priority on a busy host, can take hundreds): a fixed 20 ms poll cost a
+ * sandbox that took half a second to die 25 rounds of reads, kills and failing rmdirs on the
+ * supervisor's thread. What is still there after 5 s (a sandbox with a large memory to give back
+ * on a loaded host) is not given up: it is retried once a second in the background, for up to 10
+ * minutes, so the job's end is not held up and no empty cgroup is left behind.
  */
 async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
-  let left = dirs.filter((d) => existsSync(d));
+  let left = [...dirs];
   const deadline = Date.now() + 5000;
   for (let waitMs = 5; left.length; waitMs = Math.min(waitMs * 2, 320)) {
     left = killAndRemove(left);
@@ -371,15 +373,17 @@ async function emptyAndRemove(dirs: readonly string[]): Promise<void> {
   }
 }
 
-/** One round: SIGKILL what is in each directory, remove it; returns the ones still there. */
+/** One round: SIGKILL what is in them (one pid list: they hold the same processes), remove them; returns the ones still there. */
 function killAndRemove(dirs: readonly string[]): string[] {
-  return dirs.filter((d) => {
-    for (const pid of pidsIn(d))
+  const first = dirs[0];
+  if (first !== undefined)
+    for (const pid of pidsIn(first))
       try {
         process.kill(pid, 'SIGKILL');
       } catch {
         // already gone
       }
+  return dirs.filter((d) => {
     try {
       rmdirSync(d);
       return false;

@@ -8,53 +8,60 @@
  * makes the three (and what they import) one file.
  */
 import { pathToFileURL } from 'node:url';
-import { ProcessorLoadError, serializeError, errorMessage, fieldOf } from '../errors.js';
-import { FrameDecoder, MAX_OUTGOING_FRAME_BYTES } from './channel.js';
+import { ProcessorLoadError, serializeError, errnoCode, errorMessage, fieldOf } from '../errors.js';
+import { MAX_OUTGOING_FRAME_BYTES } from './channel.js';
+import { openFdChannel } from './fd-channel.js';
 import type { SandboxInit, ToSandbox } from './protocol.js';
 import { rotatorOf, type Processor, type Rotator } from './processor-api.js';
 import { catchStrayErrors, hardenProcess } from './sandbox-hardening.js';
-import { asToSandbox, init, port, post, useChannel, useInit } from './sandbox-link.js';
+import { asToSandbox, init, onMessage, port, post, useChannel, useInit } from './sandbox-link.js';
 import { abortJob, captureOutput, emitLog, onSecretReply, run } from './sandbox-run.js';
 
-let onSupervisorMessage: (msg: ToSandbox) => void = () => undefined;
-const onMessage = (fn: (msg: ToSandbox) => void): void => {
-  if (port) port.on('message', (m: unknown) => fn(asToSandbox(m)));
-  else onSupervisorMessage = fn;
-};
+/**
+ * Opens fd 3 as the channel and returns the init message (its first frame, which the supervisor
+ * sends as the process starts). What follows is delivered through `onMessage`, once the processor
+ * has loaded.
+ */
+function openChannel(): SandboxInit {
+  // The supervisor is gone (or closed the channel): nothing is left to do here.
+  const opened = openFdChannel(3, MAX_OUTGOING_FRAME_BYTES, () => process.exit(0));
+  useChannel(opened.channel);
+  const first = opened.first === null ? null : asToSandbox(opened.first);
+  if (first?.type !== 'init') process.exit(0);
+  return first.init;
+}
 
-/** Opens fd 3 as the channel; resolves with the init message (the first frame). */
-function openChannel(): Promise<SandboxInit> {
-  return new Promise((resolve) => {
-    const socket = new (process.getBuiltinModule('node:net').Socket)({ fd: 3, readable: true, writable: true });
-    useChannel(socket);
-    const decoder = new FrameDecoder(MAX_OUTGOING_FRAME_BYTES);
-    let initialized = false;
-    socket.on('data', (chunk: Buffer) => {
-      for (const raw of decoder.push(chunk)) {
-        const m = asToSandbox(raw);
-        if (!initialized) {
-          if (m.type === 'init') {
-            initialized = true;
-            resolve(m.init);
-          }
-        } else onSupervisorMessage(m);
-      }
-    });
-    // The supervisor is gone (or closed the channel): nothing is left to do here.
-    socket.on('end', () => process.exit(0));
-    socket.on('error', () => process.exit(0));
-  });
+/** What `require()` of an ES module it cannot load synchronously throws: import() loads those. */
+const REQUIRE_ESM_REFUSALS = new Set(['ERR_REQUIRE_ASYNC_MODULE', 'ERR_REQUIRE_ESM', 'ERR_REQUIRE_CYCLE_MODULE']);
+
+/**
+ * The processor's module namespace. `require()` first: since Node 22.12 it loads an ES module
+ * synchronously, which spares each sandbox start the ESM loader's dynamic `import()` path. A module
+ * with top-level await (refused before it runs), a CommonJS module (whose `require()` gives its
+ * exports, not a namespace; `import()` then takes it from the require cache without running it
+ * again) and a Node without require(esm) go through `import()`, which gives what it always gave.
+ */
+async function importModule(file: string): Promise<unknown> {
+  try {
+    const mod: unknown = process.getBuiltinModule('node:module').createRequire(file)(file);
+    if (Object.prototype.toString.call(mod) === '[object Module]') return mod;
+  } catch (err) {
+    if (!REQUIRE_ESM_REFUSALS.has(errnoCode(err) ?? '')) throw err;
+  }
+  return import(pathToFileURL(file).href);
 }
 
 /** The module's export: a processor function, or a rotator object. */
 async function load(): Promise<Processor | Rotator> {
+  let mod: unknown;
   if (port && /\.[cm]?ts$/.test(init.processorPath)) {
-    // TypeScript in a thread: through tsx. A process sandbox strips types natively (Node ≥ 22.18,
-    // or --experimental-strip-types): tsx's esbuild would need a child process, which it may not start.
+    // TypeScript in a thread: through tsx, whose hooks are the ESM loader's. A process sandbox strips
+    // types natively (Node ≥ 22.18, or --experimental-strip-types): tsx's esbuild would need a
+    // child process, which it may not start.
     const { register } = await import('tsx/esm/api');
     register();
-  }
-  const mod: unknown = await import(pathToFileURL(init.processorPath).href);
+    mod = await import(pathToFileURL(init.processorPath).href);
+  } else mod = await importModule(init.processorPath);
   if (init.kind === 'rotator') {
     const r = rotatorOf(mod);
     if (!r)
@@ -78,7 +85,7 @@ async function main(): Promise<void> {
   catchStrayErrors();
   if (!port) {
     // A process sandbox: its init is the channel's first frame.
-    useInit(await openChannel());
+    useInit(openChannel());
     await hardenProcess(init);
   }
   // Below the supervisor's priority (this thread only: pid 0 is the calling thread on Linux). Without
@@ -109,12 +116,13 @@ async function main(): Promise<void> {
     });
     return;
   }
+  // Ready first: a process starts its thread pool for the channel's reads after that, off the start's path.
+  post({ type: 'ready' });
   onMessage((msg: ToSandbox) => {
     if (msg.type === 'run') void run(module, msg);
     else if (msg.type === 'secret') onSecretReply(msg);
     else if (msg.type === 'abort') abortJob(msg.reason);
   });
-  post({ type: 'ready' });
 }
 
 captureOutput();

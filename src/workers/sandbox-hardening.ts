@@ -15,7 +15,7 @@ import { failJobOnStrayError } from './sandbox-run.js';
 export async function hardenProcess(init: SandboxInit): Promise<void> {
   harden();
   if (init.egressForwarder) await startEgressForwarder(init.egressForwarder);
-  if (init.lazyProxy) await armProxyOnFirstUse();
+  if (init.lazyProxy) armProxyOnFirstUse();
 }
 
 /** Ends the sandbox on a stray error (see {@link onStrayError}); set first thing in main(). */
@@ -71,15 +71,15 @@ function harden(): void {
  * start-up: the first `fetch()`, or the first import of `http`/`https` (a module hook), arms
  * `http.setGlobalProxyFromEnv()` once. A sandbox that never connects never loads it.
  */
-async function armProxyOnFirstUse(): Promise<void> {
-  const { createRequire, registerHooks } = await import('node:module');
-  const require = createRequire(import.meta.url);
+function armProxyOnFirstUse(): void {
+  const { registerHooks } = process.getBuiltinModule('node:module');
   let armed = false;
   const arm = (): void => {
     if (armed) return;
     armed = true;
-    const http: typeof import('node:http') & { setGlobalProxyFromEnv(): void } = require('node:http');
-    http.setGlobalProxyFromEnv();
+    const http: typeof import('node:http') & { setGlobalProxyFromEnv?: () => void } =
+      process.getBuiltinModule('node:http');
+    http.setGlobalProxyFromEnv?.();
   };
   const originalFetch = globalThis.fetch;
   globalThis.fetch = (...args: Parameters<typeof fetch>) => {

@@ -6,7 +6,6 @@
  *   descriptors, under Node's permission model, and on Linux inside bubblewrap's namespaces with a
  *   private size-capped /tmp and no network but its egress proxy.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import {
   mkdtempSync,
   rmSync,
@@ -17,11 +16,8 @@ import {
   mkdirSync,
   realpathSync,
   statSync,
-  openSync,
-  closeSync,
   writeFileSync,
 } from 'node:fs';
-import type { Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Worker } from 'node:worker_threads';
@@ -32,9 +28,11 @@ import {
   ProcessorLoadError,
   SandboxCrashError,
   SandboxProtocolError,
+  SandboxSpawnerError,
   errorMessage,
 } from '../errors.js';
-import { encodeFrame, FrameDecoder } from './channel.js';
+import { spawnSandbox, type SandboxExit, type SpawnedSandbox } from './sandbox-spawner.js';
+import { encodeFrame, FrameDecoder, isExitNotice } from './channel.js';
 import {
   createSandboxCgroup,
   limitedCommand,
@@ -54,15 +52,16 @@ import {
   SANDBOX_PROXY_PORT,
   type Egress,
   type OsLayer,
+  SANDBOX_TMP,
   type SandboxLayer,
 } from './sandbox-boundary.js';
 
 /**
- * What every sandbox starts: the entry and the modules it imports as one file (made by `npm run
- * build`, scripts/bundle-sandbox-entry.mjs), which spares each process sandbox's start resolving and
- * compiling them one by one.
+ * What every sandbox starts: the entry and the modules it imports as one CommonJS file (made by
+ * `npm run build`, scripts/bundle-sandbox-entry.mjs), which spares each process sandbox's start
+ * resolving and compiling them one by one, and Node's ES module loader for the entry itself.
  */
-export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.bundle.js');
+export const SANDBOX_ENTRY = compiledPath(import.meta.url, './sandbox-entry.bundle.cjs');
 
 export interface SandboxHost {
   readonly layers: readonly SandboxLayer[];
@@ -114,6 +113,8 @@ export interface ProcessHostOptions {
 }
 
 const LOAD_TIMEOUT_MS = 30_000;
+/** How long a process sandbox that sent its exit notice may take to end before it is killed. */
+const EXIT_NOTICE_GRACE_MS = 5_000;
 /** The uid and gid a sandbox runs as when a root supervisor has no OS layer to map it (nobody). */
 export const SANDBOX_UID = 65534;
 
@@ -153,7 +154,14 @@ function awaitReady(host: SandboxHost, what: string): Promise<SandboxHost> {
     host.onViolation((problem) =>
       finish(new SandboxProtocolError(`${what} broke its channel while loading: ${problem}`)),
     );
-    host.onDeath((err) => finish(new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err })));
+    host.onDeath((err) =>
+      finish(
+        // Its spawner's death is not the processor's: that code stays, and the job is retried.
+        err instanceof SandboxSpawnerError
+          ? err
+          : new ProcessorLoadError(`${what} failed to start: ${err.message}`, { cause: err }),
+      ),
+    );
   });
 }
 
@@ -244,22 +252,23 @@ function nodeReachableBy(uid: number): string {
   return (reachableNode = target);
 }
 
-/** The last bytes a sandbox process wrote to stderr (Node's own fatal errors; processors' output goes over IPC). */
-function tail(buf: string, chunk: Buffer): string {
-  return (buf + chunk.toString('utf8')).slice(-4000);
-}
+/** Names each process sandbox's cgroup (below this supervisor's own `fleet-<pid>` directory). */
+let sandboxSeq = 0;
 
 export async function startProcessHost(
   init: SandboxInit,
   maxOldGenerationSizeMb: number,
   options: ProcessHostOptions,
 ): Promise<SandboxHost> {
-  // One private directory per sandbox on the host: its temp dir (without the OS layer) and the
-  // egress socket. Mode 0700, removed with the sandbox.
-  const hostDir = mkdtempSync(path.join(tmpdir(), 'fleet-sandbox-'));
-  chmodSync(hostDir, 0o700);
-  const tmpDir = path.join(hostDir, 'tmp');
-  mkdirSync(tmpDir, { mode: 0o700 });
+  const os = options.osLayer.available;
+  // One private directory per sandbox on the host where it has something there: its temp dir
+  // (without the OS layer) or the egress socket. Mode 0700, removed with the sandbox. With the OS
+  // layer and no egress there is nothing (its /tmp is a tmpfs of its own), and a `job` sandbox is
+  // spared making and removing one.
+  const hostDir = !os || options.egress !== 'none' ? mkdtempSync(path.join(tmpdir(), 'fleet-sandbox-')) : null;
+  if (hostDir) chmodSync(hostDir, 0o700);
+  const tmpDir = os || !hostDir ? SANDBOX_TMP : path.join(hostDir, 'tmp');
+  if (!os) mkdirSync(tmpDir, { mode: 0o700 });
   let jobId: string | null = null;
   /** Egress refusals of the job running now (reset at each job). */
   let refusals = 0;
@@ -268,9 +277,8 @@ export async function startProcessHost(
   /** Set once the host exists: reports a violation to the sandbox that owns this host. */
   let reportViolation: (problem: string, code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
   let proxy: EgressProxy | null = null;
-  let child: ChildProcess | null = null;
+  let spawned: SpawnedSandbox | null = null;
   let cgroup: SandboxCgroup | null = null;
-  let seccompFd: number | null = null;
   let cleaned: Promise<void> | null = null;
   // Never throws: clean-up runs from exit handlers, where a throw (EMFILE, EBUSY) would reach the
   // supervisor's event loop.
@@ -278,20 +286,19 @@ export async function startProcessHost(
     (cleaned ??= (async () => {
       await proxy?.close().catch(() => undefined);
       try {
-        rmSync(hostDir, { recursive: true, force: true });
+        if (hostDir) rmSync(hostDir, { recursive: true, force: true });
       } catch {
         // Left for the OS's temp cleaning: nothing in it outlives the sandbox's use.
       }
       await cgroup?.remove();
     })());
   const inject = options.inject;
-  const os = options.osLayer.available;
   // Without namespaces to map it, a root supervisor's sandbox would run as root (and could, say,
   // lower the supervisor's CPU priority): it runs as nobody instead.
   const dropTo = !os && process.getuid?.() === 0 ? SANDBOX_UID : null;
   try {
     let caCertFile = options.inject?.ca.certFile;
-    if (dropTo !== null) {
+    if (dropTo !== null && hostDir) {
       // The host dir stays the supervisor's (traversable); the temp dir inside it is the sandbox's.
       chmodSync(hostDir, 0o711);
       chownSync(tmpDir, dropTo, dropTo);
@@ -345,6 +352,7 @@ export async function startProcessHost(
           : {}),
       });
       if (os) {
+        if (!hostDir) throw new Error('internal: a sandbox with egress has no host directory');
         egressSocket = path.join(hostDir, 'egress.sock');
         await proxy.listen(egressSocket);
         processInit = { ...init, egressForwarder: { port: SANDBOX_PROXY_PORT, socket: SANDBOX_EGRESS_SOCKET } };
@@ -355,10 +363,10 @@ export async function startProcessHost(
       }
     }
     const resources = options.resources;
-    if (resources?.layer.cgroups) cgroup = createSandboxCgroup(path.basename(hostDir), resources.limits);
-    // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox:
-    // bubblewrap reads it to its end.
-    if (resources?.layer.seccomp && os) seccompFd = openSync(seccompFile(), 'r');
+    if (resources?.layer.cgroups) cgroup = createSandboxCgroup(`sandbox-${++sandboxSeq}`, resources.limits);
+    // The filter reaches bubblewrap on descriptor 4 (3 is the channel), opened fresh per sandbox
+    // (bubblewrap reads it to its end) by the spawner.
+    const seccomp = resources?.layer.seccomp === true && os;
     const cmd = processSandboxCommand({
       entry: SANDBOX_ENTRY,
       processorPath: init.processorPath,
@@ -374,7 +382,7 @@ export async function startProcessHost(
       ...(caCertFile ? { caCertFile } : {}),
       ...(options.permissionModel === false ? { permissionModel: false } : {}),
       ...(dropTo !== null ? { nodePath: nodeReachableBy(dropTo) } : {}),
-      ...(seccompFd !== null ? { seccompFd: 4 } : {}),
+      ...(seccomp ? { seccompFd: 4 } : {}),
     });
     // Without the OS layer a root supervisor's sandbox drops to nobody: through setpriv after the
     // cgroup is entered when there are kernel limits to set up, else by spawn's own uid/gid.
@@ -391,31 +399,44 @@ export async function startProcessHost(
       ...(cgroup ? (['cgroup'] as const) : []),
       ...(resources?.layer.rlimits ? (['rlimits'] as const) : []),
     ];
-    child = spawn(limited.command, limited.args, {
-      env: cmd.env,
-      // stdin closed, stdout ignored (processors' output goes over the channel, masked), stderr kept
-      // for Node's own fatal errors, fd 3 the channel (a socket pair); nothing else is inherited.
-      stdio: ['ignore', 'ignore', 'pipe', 'pipe', ...(seccompFd !== null ? [seccompFd] : [])],
-      detached: false,
-      ...(dropTo !== null && !dropInCommand ? { uid: dropTo, gid: dropTo } : {}),
-    });
-    if (seccompFd !== null) closeSync(seccompFd);
-    seccompFd = null;
-    const proc = child;
-    // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- stdio[3] is 'pipe': libuv makes it a socket pair, a net.Socket here
-    const channel = proc.stdio[3] as Socket;
-    let stderr = '';
-    proc.stderr?.on('data', (c: Buffer) => (stderr = tail(stderr, c)));
-    proc.stderr?.on('error', () => undefined);
+    let proc: SpawnedSandbox;
+    try {
+      proc = await spawnSandbox({
+        command: limited.command,
+        args: limited.args,
+        env: cmd.env,
+        fd4File: seccomp ? seccompFile() : null,
+        uid: dropTo !== null && !dropInCommand ? dropTo : null,
+      });
+    } catch (err) {
+      if (err instanceof SandboxSpawnerError) throw err;
+      throw new ProcessorLoadError(
+        `sandbox process for ${init.jobType} failed to start: sandbox process could not run (${errorMessage(err)})`,
+        { cause: err },
+      );
+    }
+    spawned = proc;
+    const channel = proc.channel;
+    /** How the process ended, once it has. */
+    let ended: SandboxExit | null = null;
     let onMessage: (msg: unknown) => void = () => undefined;
     let onViolation: (problem: string, code?: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT') => void = () => undefined;
     let onDeath: (err: FleetError) => void = () => undefined;
     let killed = false;
-    const exited = new Promise<void>((resolve) => {
-      proc.once('exit', () => resolve());
-      proc.once('error', () => resolve());
-    });
+    const exited = proc.exited.then((exit) => void (ended = exit));
     const decoder = new FrameDecoder(maxFrameFromSandbox(init.maxResultBytes));
+    let exitTimer: NodeJS.Timeout | undefined;
+    /**
+     * The sandbox is exiting while its read of the channel waits (fd-channel.ts): this end is
+     * closed so that read returns and the process can end. One that announces its exit and lives
+     * on is killed (its job, if any, fails as a crash), not left holding a channel nobody writes to.
+     */
+    const onExitNotice = (): void => {
+      channel.end();
+      exitTimer ??= setTimeout(() => {
+        if (!ended) proc.kill();
+      }, EXIT_NOTICE_GRACE_MS);
+    };
     channel.on('data', (chunk: Buffer) => {
       if (dead) return;
       let messages: unknown[];
@@ -428,21 +449,21 @@ export async function startProcessHost(
       }
       for (const m of messages) {
         if (dead) return;
-        onMessage(m);
+        if (isExitNotice(m)) onExitNotice();
+        else onMessage(m);
       }
     });
     channel.on('error', () => undefined);
     channel.on('close', () => decoder.discard());
-    proc.on('error', (err) => {
-      if (dead) return;
-      dead = true;
-      void cleanup();
-      onDeath(new SandboxCrashError(`sandbox process could not run (${err.message})`, { cause: err }));
-    });
-    proc.on('exit', (code, signal) => {
+    void proc.exited.then(({ code, signal, stderr, lost }) => {
+      clearTimeout(exitTimer);
       void cleanup();
       if (dead || killed) return;
       dead = true;
+      if (lost) {
+        onDeath(lost);
+        return;
+      }
       // The kernel's word (the cgroup's OOM kill) first; the heap message is the sandbox's own
       // stderr, which it controls, so it counts only with the abort V8 ends a heap overrun with.
       if (cgroup?.oomKilled()) {
@@ -472,7 +493,7 @@ export async function startProcessHost(
     const send = (msg: ToSandbox, sent?: () => void): void => {
       // `sent` runs once the frame left for the sandbox, or at once when it cannot be sent:
       // either way the caller zero-fills its bytes then.
-      if (dead || channel.destroyed) {
+      if (dead || channel.destroyed || channel.writableEnded) {
         sent?.();
         return;
       }
@@ -489,7 +510,7 @@ export async function startProcessHost(
     };
     const host: SandboxHost = {
       layers,
-      ...(proc.pid !== undefined ? { pid: proc.pid } : {}),
+      pid: proc.pid,
       post: (msg, _transfer, sent) => send(msg, sent),
       onMessage: (fn) => (onMessage = fn),
       onViolation: (fn) => (onViolation = fn),
@@ -506,7 +527,7 @@ export async function startProcessHost(
         killed = true;
         dead = true;
         channel.destroy();
-        if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+        if (!ended) proc.kill();
         await exited;
         await cleanup();
       },
@@ -515,11 +536,11 @@ export async function startProcessHost(
       if (!dead) onViolation(problem, code);
     };
     const initMessage: SandboxInit = cmd.lazyProxy ? { ...processInit, lazyProxy: true } : processInit;
-    proc.once('spawn', () => send({ type: 'init', init: initMessage }));
-    return await awaitReady(host, `sandbox process for ${init.jobType}`);
+    const ready = awaitReady(host, `sandbox process for ${init.jobType}`);
+    send({ type: 'init', init: initMessage });
+    return await ready;
   } catch (err) {
-    if (seccompFd !== null) closeSync(seccompFd);
-    child?.kill('SIGKILL');
+    spawned?.kill();
     await cleanup();
     throw err;
   }

@@ -2,8 +2,8 @@
  * The sandbox's end of its link to the supervisor, shared by the entry, the job run and the
  * hardening: which kind of sandbox this is, the init it was given, and `post`, the one way out.
  */
-import type { Socket } from 'node:net';
-import { CHANNEL_ENV, CHANNEL_FD3, encodeFrame } from './channel.js';
+import { CHANNEL_ENV, CHANNEL_FD3 } from './channel.js';
+import type { FdChannel } from './fd-channel.js';
 import type { FromSandbox, SandboxInit, ToSandbox } from './protocol.js';
 
 /**
@@ -18,12 +18,13 @@ Reflect.deleteProperty(process.env, CHANNEL_ENV);
 
 /**
  * The channel to the supervisor: the thread's port, or a process's socket pair on fd 3 with
- * length-prefixed frames (channel.ts), opened by the entry's main() for a process.
+ * length-prefixed frames (channel.ts, through fd-channel.ts), opened by the entry's main() for a
+ * process.
  */
 const threads = inProcess ? null : process.getBuiltinModule('node:worker_threads');
 /** A thread sandbox's port; null in a process sandbox. */
 export const port = threads?.parentPort ?? null;
-let channel: Socket | null = null;
+let channel: FdChannel | null = null;
 /** Set once the sandbox is ending after a stray error: nothing more leaves it. */
 let ending = false;
 
@@ -43,8 +44,14 @@ export function useInit(first: SandboxInit): void {
 }
 
 /** A process sandbox's channel (fd 3), once opened. */
-export function useChannel(socket: Socket): void {
-  channel = socket;
+export function useChannel(opened: FdChannel): void {
+  channel = opened;
+}
+
+/** Messages from the supervisor: a thread's port, or a process's channel once the processor has loaded. */
+export function onMessage(fn: (msg: ToSandbox) => void): void {
+  if (port) port.on('message', (m: unknown) => fn(asToSandbox(m)));
+  else channel?.listen((m) => fn(asToSandbox(m)));
 }
 
 export const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
@@ -53,19 +60,14 @@ export const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
     port.postMessage(msg, transfer);
     return;
   }
-  if (!channel || channel.destroyed) return;
-  const frame = encodeFrame(msg);
-  if (frame.secret) channel.write(frame.bytes, () => frame.wipe());
-  else channel.write(frame.bytes);
+  channel?.send(msg);
 };
 
 /** Whether the sandbox is ending (after a stray error). */
 export const isEnding = (): boolean => ending;
 
-/** Ends the sandbox with `code`: nothing posted from now on leaves it; what was posted does first. */
+/** Ends the sandbox with `code`: nothing posted from now on leaves it; what was posted has (a process's frames are written synchronously). */
 export function endSandbox(code: number): void {
   ending = true;
-  if (port) process.exit(code);
-  else if (channel && !channel.destroyed) channel.end(() => process.exit(code));
-  else process.exit(code);
+  process.exit(code);
 }
