@@ -47,8 +47,11 @@ const { values: args } = parseArgs({
     pairs: { type: 'string' },
     /** supervisor.sandboxNice of fleet's contenders (the product's default when absent). */
     'sandbox-nice': { type: 'string' },
+    /** MB this process holds (written, so resident) before it starts anything: a larger supervisor, whose every fork() costs more. */
+    'ballast-mb': { type: 'string', default: '0' },
   },
 });
+const ballast = Array.from({ length: Number(args['ballast-mb']) }, () => Buffer.alloc(1024 * 1024, 1));
 const ROUNDS = Number(args.rounds);
 /** Every process the run starts is accounted from here on (a cgroup of its own where it can make one). */
 const meter = startCpuMeter();
@@ -1188,7 +1191,7 @@ async function benchmarks(): Promise<void> {
   const redisVersion = /redis_version:(\S+)/.exec(await r.info('server'))?.[1];
   r.disconnect();
   say(
-    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores; CPU from ${meter.source}`,
+    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores; CPU from ${meter.source}; this process ${Math.round(process.memoryUsage().rss / 1e6)} MB RSS${ballast.length ? ` (${ballast.length} MB of it ballast)` : ''}`,
   );
   try {
     if (args.only === 'pool' || args.only === 'cpu') {
