@@ -19,6 +19,7 @@ import { ensureEmbeddedUsers, urlWithCredential } from '../src/redis/acl.js';
 import { compiledPath } from '../src/runtime-path.js';
 import { Sandbox } from '../src/workers/sandbox.js';
 import { SANDBOX_ENTRY } from '../src/workers/sandbox-host.js';
+import { stopSpawner } from '../src/workers/sandbox-spawner.js';
 import { probeOsLayer, processSandboxCommand, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import { probeResourceLimits } from '../src/workers/resource-limits.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
@@ -1180,6 +1181,8 @@ async function main(): Promise<void> {
   try {
     await benchmarks();
   } finally {
+    // The sandbox spawner is this process's child, in the cgroup the meter removes.
+    await stopSpawner();
     await meter.release();
   }
 }

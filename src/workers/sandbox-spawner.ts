@@ -214,6 +214,13 @@ class Spawner {
   kill(): void {
     this.#child.kill('SIGKILL');
   }
+
+  /** Resolves once the spawner process has exited (held: the exit is awaited). */
+  exited(): Promise<void> {
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return Promise.resolve();
+    this.#child.ref();
+    return new Promise((resolve) => this.#child.once('exit', () => resolve()));
+  }
 }
 
 function killPid(pid: number | null): void {
@@ -242,4 +249,17 @@ export function spawnSandbox(options: SpawnOptions): Promise<SpawnedSandbox> {
     current = spawner;
   }
   return current.spawn(options);
+}
+
+/**
+ * Ends this process's spawner, and with it any sandbox it still runs (for a process that is done
+ * with sandboxes before it exits: the bench, which then removes the cgroup it measured in). A later
+ * sandbox starts a new one.
+ */
+export async function stopSpawner(): Promise<void> {
+  const spawner = current;
+  if (!spawner) return;
+  current = null;
+  spawner.kill();
+  await spawner.exited();
 }
