@@ -19,6 +19,7 @@ import { ensureEmbeddedUsers, urlWithCredential } from '../src/redis/acl.js';
 import { compiledPath } from '../src/runtime-path.js';
 import { Sandbox } from '../src/workers/sandbox.js';
 import { SANDBOX_ENTRY } from '../src/workers/sandbox-host.js';
+import { stopSpawner } from '../src/workers/sandbox-spawner.js';
 import { probeOsLayer, processSandboxCommand, type OsLayer } from '../src/workers/sandbox-boundary.js';
 import { probeResourceLimits } from '../src/workers/resource-limits.js';
 import { CreateKeyCommand, KMSClient } from '@aws-sdk/client-kms';
@@ -47,8 +48,11 @@ const { values: args } = parseArgs({
     pairs: { type: 'string' },
     /** supervisor.sandboxNice of fleet's contenders (the product's default when absent). */
     'sandbox-nice': { type: 'string' },
+    /** MB this process holds (written, so resident) before it starts anything: a larger supervisor, whose every fork() costs more. */
+    'ballast-mb': { type: 'string', default: '0' },
   },
 });
+const ballast = Array.from({ length: Number(args['ballast-mb']) }, () => Buffer.alloc(1024 * 1024, 1));
 const ROUNDS = Number(args.rounds);
 /** Every process the run starts is accounted from here on (a cgroup of its own where it can make one). */
 const meter = startCpuMeter();
@@ -1177,6 +1181,8 @@ async function main(): Promise<void> {
   try {
     await benchmarks();
   } finally {
+    // The sandbox spawner is this process's child, in the cgroup the meter removes.
+    await stopSpawner();
     await meter.release();
   }
 }
@@ -1188,7 +1194,7 @@ async function benchmarks(): Promise<void> {
   const redisVersion = /redis_version:(\S+)/.exec(await r.info('server'))?.[1];
   r.disconnect();
   say(
-    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores; CPU from ${meter.source}`,
+    `fleet bench: ${JOBS} no-op jobs per contender (${SPAWN_JOBS} for job isolation), concurrency ${C}, Node ${process.version}, Redis ${redisVersion}, ${(await import('node:os')).cpus().length} cores; CPU from ${meter.source}; this process ${Math.round(process.memoryUsage().rss / 1e6)} MB RSS${ballast.length ? ` (${ballast.length} MB of it ballast)` : ''}`,
   );
   try {
     if (args.only === 'pool' || args.only === 'cpu') {

@@ -370,6 +370,31 @@ describe.each([
     },
   );
 
+  it.skipIf(skip)(
+    'a sandbox that runs several jobs moves its channel onto a socket at its second and carries on: secret replies, results and an exit code as before',
+    async () => {
+      const sb = await startProcess('secret-reader.mjs');
+      const serve = (name: string) =>
+        Promise.resolve({ value: new Uint8Array(Buffer.from(`value-of-${name}`)), version: '1' });
+      try {
+        for (let i = 0; i < 3; i++) {
+          const r = await sb.run(msg({ names: ['a', 'bb'] }), {
+            timeoutMs: 10_000,
+            abortGraceMs: 100,
+            onSecretRequest: serve,
+          });
+          const got = JSON.parse(r.resultJson) as Record<string, { length: number }>;
+          expect([got.a?.length, got.bb?.length], `job ${i + 1}`).toEqual([10, 11]);
+        }
+        const crash = await failure(sb.run(msg({ names: [], exit: true }), { timeoutMs: 10_000, abortGraceMs: 100 }));
+        expect(crash.code).toBe('SANDBOX_CRASHED');
+        expect(crash.message).toContain('code 7');
+      } finally {
+        await sb.destroy();
+      }
+    },
+  );
+
   // The host's answer to an exit notice is the same with or without namespaces: one run is enough.
   it.skipIf(skip || wantOs)(
     'a sandbox that announces its exit and lives on is killed (SANDBOX_CRASHED by SIGKILL), well before its timeout',

@@ -16,10 +16,16 @@
  *   supervisor would hold `process.exit()` forever. Every `process.exit()` ends in
  *   `process.reallyExit`, which first sends the exit notice (channel.ts); the supervisor closes its
  *   end on it, the read returns, and the process exits with its own code.
+ * - **Many jobs.** Through the pool every message costs two more thread wake-ups than a socket
+ *   read by the event loop (+40 µs of a pool sandbox's ~110 µs per job here), which over a few
+ *   dozen jobs is more than loading `node:net` once. A sandbox that runs more than one job
+ *   (`isolation: "pool"`) calls {@link FdChannel.toSocket} at its second: from the next read on,
+ *   the channel is a `net.Socket` on the same descriptor, as it was before this module.
  *
  * What this side sends is checked by the supervisor like any other sandbox's bytes: nothing here is
  * trusted there, and a processor that writes to descriptor 3 itself gains nothing.
  */
+import type { Socket } from 'node:net';
 import { encodeFrame, EXIT_NOTICE, FrameDecoder } from './channel.js';
 
 /** Bytes asked for per read (what libuv reads per socket callback too). */
@@ -28,8 +34,12 @@ const READ_BYTES = 64 * 1024;
 export interface FdChannel {
   /** Writes one message; dropped once the channel is closed. */
   send(msg: object): void;
-  /** Delivers every message after the first (in order, from the thread-pool read) to `onMessage`. */
+  /** Delivers every message after the first (in order) to `onMessage`. */
   listen(onMessage: (msg: unknown) => void): void;
+  /** Moves reading and writing onto a `net.Socket` on the descriptor once the read in progress has returned. */
+  toSocket(): void;
+  /** Calls `then` once everything sent has left (at once, but for a socket's queued writes). */
+  end(then: () => void): void;
 }
 
 /**
@@ -48,6 +58,9 @@ export function openFdChannel(
   let closed = false;
   /** Whether a read waits in the thread pool (and so holds the process's exit). */
   let reading = false;
+  /** Set by toSocket(): the next read is the socket's. */
+  let wantSocket = false;
+  let socket: Socket | null = null;
   const close = (): void => {
     if (closed) return;
     closed = true;
@@ -71,7 +84,8 @@ export function openFdChannel(
     const n = fs.readSync(fd, buffer, 0, buffer.length, null);
     if (n === 0) {
       close();
-      return { first: null, channel: { send: () => undefined, listen: () => undefined } };
+      const none = (): void => undefined;
+      return { first: null, channel: { send: none, listen: none, toSocket: none, end: (then) => then() } };
     }
     early.push(...decode(n));
   }
@@ -90,10 +104,27 @@ export function openFdChannel(
       return Reflect.apply(reallyExit, process, [code]);
     });
 
+  /** The socket that carries the channel from here on, fed to the same decoder. */
+  const openSocket = (onMessage: (msg: unknown) => void): void => {
+    const s = new (process.getBuiltinModule('node:net').Socket)({ fd, readable: true, writable: true });
+    socket = s;
+    s.on('data', (chunk: Buffer) => {
+      for (const m of decoder.push(chunk)) onMessage(m);
+    });
+    s.on('end', close);
+    s.on('error', close);
+  };
+
   const channel: FdChannel = {
     send(msg) {
       if (closed) return;
       const frame = encodeFrame(msg);
+      if (socket) {
+        if (socket.destroyed) return;
+        if (frame.secret) socket.write(frame.bytes, () => frame.wipe());
+        else socket.write(frame.bytes);
+        return;
+      }
       try {
         write(frame.bytes);
       } catch {
@@ -106,6 +137,10 @@ export function openFdChannel(
     listen(onMessage) {
       const readNext = (): void => {
         if (closed) return;
+        if (wantSocket) {
+          openSocket(onMessage);
+          return;
+        }
         reading = true;
         // Through the module object at each call, not a copy of the function taken at start.
         fs.read(fd, buffer, 0, buffer.length, null, (err, n) => {
@@ -123,6 +158,13 @@ export function openFdChannel(
       };
       for (const m of early.splice(0)) onMessage(m);
       readNext();
+    },
+    toSocket() {
+      wantSocket = true;
+    },
+    end(then) {
+      if (socket && !socket.destroyed) socket.end(then);
+      else then();
     },
   };
   return { first, channel };

@@ -14,7 +14,7 @@ import { openFdChannel } from './fd-channel.js';
 import type { SandboxInit, ToSandbox } from './protocol.js';
 import { rotatorOf, type Processor, type Rotator } from './processor-api.js';
 import { catchStrayErrors, hardenProcess } from './sandbox-hardening.js';
-import { asToSandbox, init, onMessage, port, post, useChannel, useInit } from './sandbox-link.js';
+import { asToSandbox, channelForManyJobs, init, onMessage, port, post, useChannel, useInit } from './sandbox-link.js';
 import { abortJob, captureOutput, emitLog, onSecretReply, run } from './sandbox-run.js';
 
 /**
@@ -118,7 +118,9 @@ async function main(): Promise<void> {
   }
   // Ready first: a process starts its thread pool for the channel's reads after that, off the start's path.
   post({ type: 'ready' });
+  let runs = 0;
   onMessage((msg: ToSandbox) => {
+    if (msg.type === 'run' && ++runs === 2) channelForManyJobs();
     if (msg.type === 'run') void run(module, msg);
     else if (msg.type === 'secret') onSecretReply(msg);
     else if (msg.type === 'abort') abortJob(msg.reason);

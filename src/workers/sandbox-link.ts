@@ -66,8 +66,14 @@ export const post = (msg: FromSandbox, transfer: ArrayBuffer[] = []): void => {
 /** Whether the sandbox is ending (after a stray error). */
 export const isEnding = (): boolean => ending;
 
-/** Ends the sandbox with `code`: nothing posted from now on leaves it; what was posted has (a process's frames are written synchronously). */
+/** Ends the sandbox with `code`: nothing posted from now on leaves it; what was posted does first. */
 export function endSandbox(code: number): void {
   ending = true;
-  process.exit(code);
+  if (channel) channel.end(() => process.exit(code));
+  else process.exit(code);
+}
+
+/** A second job: this sandbox is a pool's, and its channel is cheaper per message as a socket. */
+export function channelForManyJobs(): void {
+  channel?.toSocket();
 }

@@ -27,6 +27,8 @@ export const SPAWNER_MAIN = compiledPath(import.meta.url, './spawner-main.js');
 
 /** How long a kill waits for the spawner's report of the exit before the supervisor kills by pid. */
 const KILL_REPORT_MS = 5_000;
+/** How long a start waits for the spawner's answer before the spawner is taken for dead (and replaced). */
+const SPAWN_ANSWER_MS = 30_000;
 
 /** What the supervisor asks of its spawner. */
 export type SpawnerRequest =
@@ -149,6 +151,14 @@ class Spawner {
       starting: null,
     };
     const started = new Promise<SpawnedSandbox>((resolve, reject) => (live.starting = { resolve, reject }));
+    // A spawner that does not answer is killed: its exit fails what it had, and the next start gets a new one.
+    const answer = setTimeout(() => {
+      if (live.starting) this.kill();
+    }, SPAWN_ANSWER_MS);
+    void started.then(
+      () => clearTimeout(answer),
+      () => clearTimeout(answer),
+    );
     this.#live.set(id, live);
     this.#holdWhileBusy();
     if (!this.#send({ type: 'spawn', id, ...options })) {
@@ -214,6 +224,13 @@ class Spawner {
   kill(): void {
     this.#child.kill('SIGKILL');
   }
+
+  /** Resolves once the spawner process has exited (held: the exit is awaited). */
+  exited(): Promise<void> {
+    if (this.#child.exitCode !== null || this.#child.signalCode !== null) return Promise.resolve();
+    this.#child.ref();
+    return new Promise((resolve) => this.#child.once('exit', () => resolve()));
+  }
 }
 
 function killPid(pid: number | null): void {
@@ -242,4 +259,17 @@ export function spawnSandbox(options: SpawnOptions): Promise<SpawnedSandbox> {
     current = spawner;
   }
   return current.spawn(options);
+}
+
+/**
+ * Ends this process's spawner, and with it any sandbox it still runs (for a process that is done
+ * with sandboxes before it exits: the bench, which then removes the cgroup it measured in). A later
+ * sandbox starts a new one.
+ */
+export async function stopSpawner(): Promise<void> {
+  const spawner = current;
+  if (!spawner) return;
+  current = null;
+  spawner.kill();
+  await spawner.exited();
 }
