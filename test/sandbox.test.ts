@@ -1,4 +1,5 @@
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { resolveConfig } from '../src/config/resolve.js';
@@ -9,7 +10,7 @@ import { silentLogger } from '../src/observability/logger.js';
 import { Sandbox } from '../src/workers/sandbox.js';
 import { SandboxPool } from '../src/workers/sandbox-pool.js';
 import { probeOsLayer, type OsLayer } from '../src/workers/sandbox-boundary.js';
-import type { ProcessHostOptions } from '../src/workers/sandbox-host.js';
+import type { ProcessHostOptions } from '../src/workers/process-host.js';
 import { FIXTURES, fixtureType, osLayerOff, processSandbox } from './helpers/fleet.js';
 import { describe, expect, it } from './helpers/fixture.js';
 
@@ -43,6 +44,32 @@ const strayJob = (how: 'throw' | 'rejection') => ({
 /** The parent of a process (a sandbox's: the spawner that started it). */
 function parentPid(pid: number | undefined): number {
   return Number(/PPid:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]);
+}
+
+/** The TCP ports a process listens on (its sockets in LISTEN state, IPv4 and IPv6). */
+function listening(pid: number): number[] {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    try {
+      const m = /^socket:\[(\d+)\]$/.exec(readlinkSync(`/proc/${pid}/fd/${fd}`));
+      if (m?.[1]) inodes.add(m[1]);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const ports: number[] = [];
+  for (const table of ['tcp', 'tcp6'])
+    for (const line of readFileSync(`/proc/${pid}/net/${table}`, 'utf8').split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f[3] === '0A' && f[9] && inodes.has(f[9])) ports.push(parseInt(f[1]?.split(':')[1] ?? '', 16));
+    }
+  return ports;
+}
+
+/** Whether a process has a handler for SIGUSR1 (bit 10 of SigCgt in its status). */
+function catchesUsr1(pid: number): boolean {
+  const m = /SigCgt:\s+([0-9a-f]+)/.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m?.[1] !== undefined && (BigInt(`0x${m[1]}`) & 0x200n) !== 0n;
 }
 
 /** Whether a process still runs (gone, or a zombie nobody reaped yet, is not running). */
@@ -343,6 +370,57 @@ describe.each([
       expect(crash.code).toBe('SANDBOX_CRASHED');
       expect(crash.message).toContain('code 3');
       await Promise.all([loop.destroy(), hog.destroy(), exits.destroy()]);
+    },
+  );
+
+  it.skipIf(skip)(
+    'its spawner ignores SIGUSR1: no V8 inspector opens outside the sandboxes, where a plain node process opens one',
+    async () => {
+      // The control: the same check sees a plain Node process's inspector open on SIGUSR1.
+      const control = spawn(process.execPath, ['--inspect-port=0', '-e', 'setInterval(() => {}, 1000)'], {
+        stdio: 'ignore',
+      });
+      try {
+        await expect.poll(() => catchesUsr1(control.pid!), { timeout: 10_000 }).toBe(true);
+        control.kill('SIGUSR1');
+        await expect.poll(() => listening(control.pid!).length, { timeout: 10_000 }).toBeGreaterThan(0);
+      } finally {
+        control.kill('SIGKILL');
+      }
+      const sb = await startProcess('ok.mjs');
+      const spawner = parentPid(sb.pid);
+      process.kill(spawner, 'SIGUSR1');
+      // No event to wait for: the claim is that nothing opens. The control's opened within tens of
+      // milliseconds; this gives the spawner's ten times that.
+      await new Promise((r) => setTimeout(r, 500));
+      expect(running(spawner)).toBe(true);
+      expect(listening(spawner)).toEqual([]);
+      const r = await sb.run(msg({ n: 2 }), { timeoutMs: 10_000, abortGraceMs: 100 });
+      expect(JSON.parse(r.resultJson)).toEqual({ got: { n: 2 }, attempt: 1 });
+      await sb.destroy();
+    },
+  );
+
+  it.skipIf(skip)(
+    'holds no descriptor its supervisor inherited without close-on-exec (its spawner closes them)',
+    async () => {
+      const dist = path.join(FIXTURES, '..', '..', 'dist');
+      const args = [path.join(FIXTURES, 'inheriting-supervisor.mjs'), dist, path.join(FIXTURES, 'fd-probe.mjs')];
+      // fd 3 of the child is a pipe it inherits without close-on-exec, as a supervisor inherits a
+      // log pipe or socket activation's descriptors.
+      const child = spawn(process.execPath, [...args, wantOs ? 'auto' : 'off'], {
+        stdio: ['ignore', 'pipe', 'inherit', 'pipe'],
+      });
+      let out = '';
+      child.stdout?.on('data', (d: Buffer) => (out += d.toString()));
+      const code = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+      expect(code, out).toBe(0);
+      const r = JSON.parse(out.trim().split('\n').pop() ?? '') as {
+        inherited: number;
+        sandbox: { fd: number; ino: number }[];
+      };
+      expect(r.sandbox.some((d) => d.fd === 3)).toBe(true); // its own channel
+      expect(r.sandbox.map((d) => d.ino)).not.toContain(r.inherited);
     },
   );
 

@@ -99,9 +99,11 @@ class Spawner {
 
   constructor(onGone: () => void) {
     // Its own entry, no flags of the supervisor's (a debugger, a test runner's loader), and none of
-    // its environment but PATH (bubblewrap is found by name).
+    // its environment but PATH (bubblewrap is found by name). It runs as the supervisor's user,
+    // outside every sandbox, so it is hardened as the supervisor is: a SIGUSR1 from anything running
+    // as that user must not open the V8 inspector in it.
     this.#child = fork(SPAWNER_MAIN, [], {
-      execArgv: [],
+      execArgv: ['--disable-sigusr1'],
       env: { PATH: process.env.PATH ?? '' },
       stdio: ['ignore', 'ignore', 'inherit', 'ipc'],
       serialization: 'json',

@@ -17,7 +17,8 @@ import {
 import type { LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './protocol.js';
 import { MAX_ERROR_TEXT, parseFromSandbox, type ParsedFromSandbox } from './protocol-schema.js';
 import type { SandboxLayer } from './sandbox-boundary.js';
-import { startProcessHost, startThreadHost, type ProcessHostOptions, type SandboxHost } from './sandbox-host.js';
+import { startThreadHost, type SandboxHost } from './sandbox-host.js';
+import { startProcessHost, type ProcessHostOptions } from './process-host.js';
 import { SecretMask } from '../secrets/secret-mask.js';
 
 /**

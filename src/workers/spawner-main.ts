@@ -6,11 +6,44 @@
  * started and exits.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, openSync, readdirSync, readFileSync } from 'node:fs';
 import type { Socket } from 'node:net';
 import type { SpawnerReply, SpawnerRequest } from './sandbox-spawner.js';
 
 const children = new Map<number, ChildProcess>();
+
+/** O_CLOEXEC as /proc/<pid>/fdinfo shows it in a descriptor's flags (octal, Linux). */
+const O_CLOEXEC = 0o2000000;
+
+/**
+ * Closes the descriptors this process inherited without close-on-exec (a pipe of whatever started
+ * the supervisor, socket activation's LISTEN_FDS, a log file): a child gets every such descriptor
+ * whatever its stdio says, so each sandbox would hold it, outside its channel and its masking.
+ * Node's and libuv's own descriptors are close-on-exec, and so are left; so are stdio and the IPC
+ * channel. Without /proc (not Linux) there is nothing to read, and nothing is closed.
+ */
+function closeInheritedDescriptors(): void {
+  const keep = new Set([0, 1, 2]);
+  const ipc: unknown = Reflect.get(process.channel ?? {}, 'fd');
+  if (typeof ipc === 'number') keep.add(ipc);
+  let names: string[];
+  try {
+    names = readdirSync('/proc/self/fd');
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const fd = Number(name);
+    if (!Number.isInteger(fd) || keep.has(fd)) continue;
+    try {
+      const flags = parseInt(/^flags:\s*([0-7]+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'))?.[1] ?? '', 8);
+      if (!Number.isNaN(flags) && (flags & O_CLOEXEC) === 0) closeSync(fd);
+    } catch {
+      // gone already (the directory's own descriptor), or not ours to read
+    }
+  }
+}
+closeInheritedDescriptors();
 
 function reply(msg: SpawnerReply, handle?: Socket): void {
   if (!process.connected) return;

@@ -8,7 +8,7 @@ import { resolveConfig, type FleetConfig } from '../../src/config/resolve.js';
 import type { JobTypeInput } from '../../src/config/schema.js';
 import { liveSandboxCount, type SandboxOptions } from '../../src/workers/sandbox.js';
 import type { OsLayer } from '../../src/workers/sandbox-boundary.js';
-import type { ProcessHostOptions } from '../../src/workers/sandbox-host.js';
+import type { ProcessHostOptions } from '../../src/workers/process-host.js';
 import { Supervisor, type SupervisorOptions } from '../../src/workers/supervisor.js';
 import { Producer } from '../../src/producers/producer.js';
 import { LocalProvider } from '../../src/secrets/local-provider.js';
