@@ -2,62 +2,36 @@ import { performance } from 'node:perf_hooks';
 import { moveBytes } from '../bytes.js';
 import type { SecretValue } from '../secrets/provider.js';
 import {
-  CancelledError,
   serializeError,
   FleetError,
   SandboxCrashError,
   SandboxLimitError,
   SandboxProtocolError,
   SecretScopeError,
-  ShutdownError,
-  TimeoutError,
-  type ErrorCode,
-  type SerializedError,
 } from '../errors.js';
 import type { LogLevel, RunMessage, RunStats, SandboxInit, ToSandbox } from './protocol.js';
-import { MAX_ERROR_TEXT, parseFromSandbox, type ParsedFromSandbox } from './protocol-schema.js';
+import { parseFromSandbox, type ParsedFromSandbox } from './protocol-schema.js';
 import type { SandboxLayer } from './sandbox-boundary.js';
 import { startThreadHost, type SandboxHost } from './sandbox-host.js';
 import { startProcessHost, type ProcessHostOptions } from './process-host.js';
 import { SecretMask } from '../secrets/secret-mask.js';
+import {
+  DEFAULT_BOUNDARY_LIMITS,
+  errorFromSandbox,
+  jsonBytes,
+  jsonLength,
+  stopError,
+  type BoundaryLimits,
+  type SandboxViolation,
+  type StopReason,
+} from './job-boundary.js';
 
-/**
- * What one job may send out of its sandbox, enforced by the supervisor (a sandbox's own entry keeps
- * an honest processor inside them; a hostile one that goes past them is killed).
- */
-export interface BoundaryLimits {
-  /** Log lines per job (ctx.log and console together); the entry drops the rest. @defaultValue 1000 */
-  maxLogLines: number;
-  /** Log bytes per job (messages and fields). @defaultValue 1048576 */
-  maxLogBytes: number;
-  /** JSON bytes of one progress value. @defaultValue 16384 */
-  maxProgressBytes: number;
-  /** Secret requests per job (names not delivered at job start). @defaultValue 100 */
-  maxSecretRequests: number;
-  /** Denied secret requests per job; one more and the sandbox is killed. @defaultValue 10 */
-  maxDeniedSecretRequests: number;
-  /** Messages of any kind per job. @defaultValue 100000 */
-  maxMessagesPerJob: number;
-}
-
-export const DEFAULT_BOUNDARY_LIMITS: BoundaryLimits = Object.freeze({
-  maxLogLines: 1000,
-  maxLogBytes: 1024 * 1024,
-  maxProgressBytes: 16 * 1024,
-  maxSecretRequests: 100,
-  maxDeniedSecretRequests: 10,
-  maxMessagesPerJob: 100_000,
-});
-
-/** A sandbox broke the protocol or a limit and was killed (audit, metrics). */
-export interface SandboxViolation {
-  jobType: string;
-  /** The job it was running; null when it was idle. */
-  jobId: string | null;
-  code: 'SANDBOX_PROTOCOL' | 'SANDBOX_LIMIT';
-  /** What it sent, described (never the content itself). */
-  problem: string;
-}
+export {
+  DEFAULT_BOUNDARY_LIMITS,
+  errorFromSandbox,
+  type BoundaryLimits,
+  type SandboxViolation,
+} from './job-boundary.js';
 
 export interface SandboxOptions extends Omit<
   SandboxInit,
@@ -100,85 +74,12 @@ export interface RunResult extends RunStats {
   value?: Uint8Array;
 }
 
-type StopReason = 'timeout' | 'cancelled' | 'shutdown';
-
 /** A view that owns its whole ArrayBuffer, so it can be transferred; a copy (and the original zeroed) otherwise. */
 function ownBuffer(value: Uint8Array): Uint8Array<ArrayBuffer> {
   const { buffer } = value;
   if (buffer instanceof ArrayBuffer && value.byteOffset === 0 && value.byteLength === buffer.byteLength)
     return new Uint8Array(buffer);
   return moveBytes(value);
-}
-
-/** The error a job ends with when it is stopped from outside. */
-function stopError(reason: StopReason, timeoutMs: number): FleetError {
-  if (reason === 'timeout')
-    return new TimeoutError(`job exceeded timeoutMs=${timeoutMs} and its sandbox was terminated`);
-  if (reason === 'shutdown')
-    return new ShutdownError('supervisor shut down before the job finished; it is returned to the queue');
-  return new CancelledError('job was cancelled and its sandbox was terminated');
-}
-
-/**
- * Codes a sandbox may report its job failed with. The rest mean something to the supervisor
- * (a timeout it enforced, a shutdown it started, a crash it saw), so a sandbox claiming one is
- * reported as a processor failure instead: a hostile job cannot send itself back to the queue.
- */
-const SANDBOX_CLAIMABLE = new Set<string>([
-  'PROCESSOR_FAILED',
-  'PROCESSOR_LOAD_FAILED',
-  'RESULT_NOT_SERIALIZABLE',
-  'RESULT_TOO_LARGE',
-  'INVALID_PAYLOAD',
-  'SECRET_SCOPE',
-  'SECRET_NOT_FOUND',
-  'SECRET_PROVIDER_UNAVAILABLE',
-  'SECRET_PERMISSION_DENIED',
-  'SECRET_AUTH_EXPIRED',
-  'SECRET_INTEGRITY',
-]);
-
-function clip(text: string, max: number): string {
-  return text.length > max ? `${text.slice(0, max)}… [${text.length - max} characters cut]` : text;
-}
-
-/** An error a sandbox reported, bounded, masked and with a code it may claim. */
-export function errorFromSandbox(
-  s: Pick<SerializedError, 'name' | 'message' | 'retryable'> & { code: string; stack?: string | undefined },
-  mask?: SecretMask,
-): FleetError {
-  const text = (t: string, max: number): string => clip(mask ? mask.text(t) : t, max);
-  const claimable = SANDBOX_CLAIMABLE.has(s.code);
-  // eslint-disable-next-line @typescript-eslint/consistent-type-assertions -- membership in SANDBOX_CLAIMABLE (ErrorCode values) checked on the line above
-  const code: ErrorCode = claimable ? (s.code as ErrorCode) : 'PROCESSOR_FAILED';
-  const message = text(s.message, MAX_ERROR_TEXT.message);
-  // The code is named only when it looks like one (a sandbox can put anything there, a value too).
-  const reported = /^[A-Z][A-Z0-9_]{0,39}$/.test(s.code) ? text(s.code, 40) : 'a malformed code';
-  const err = new FleetError(code, claimable ? message : `[sandbox reported ${reported}] ${message}`, {
-    retryable: s.retryable,
-  });
-  err.name = text(s.name, MAX_ERROR_TEXT.name);
-  err.stack = s.stack !== undefined ? text(s.stack, MAX_ERROR_TEXT.stack) : `${err.name}: ${message}`;
-  return err;
-}
-
-/** JSON bytes of a value, or null when it is not JSON (too deep, a cycle). */
-function jsonBytes(value: unknown): number | null {
-  try {
-    const json = JSON.stringify(value);
-    return json === undefined ? 0 : Buffer.byteLength(json);
-  } catch {
-    return null;
-  }
-}
-
-/** JSON characters of a value, or null when it is not JSON. */
-function jsonLength(value: unknown): number | null {
-  try {
-    return JSON.stringify(value)?.length ?? 0;
-  } catch {
-    return null;
-  }
 }
 
 const live = new Set<Sandbox>();
