@@ -96,7 +96,16 @@ process.on('message', (msg: SpawnerRequest) => {
   if (msg.type === 'spawn') start(msg);
   else if (msg.type === 'kill') children.get(msg.id)?.kill('SIGKILL');
 });
-process.on('disconnect', () => {
+/** Kills what it started and exits: its supervisor is gone. */
+function end(): never {
   for (const child of children.values()) child.kill('SIGKILL');
   process.exit(0);
-});
+}
+process.on('disconnect', end);
+// The channel's close is how a supervisor's death normally arrives; a spawner whose channel went
+// without that event (found after CI runs: orphans under init, their sandboxes still running) also
+// sees its parent change, once a second.
+const supervisor = process.ppid;
+setInterval(() => {
+  if (process.ppid !== supervisor || !process.connected) end();
+}, 1000);
