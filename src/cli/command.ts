@@ -7,7 +7,7 @@ import { discoverRedisAccess } from '../app.js';
 import type { FleetConfig } from '../config/resolve.js';
 import { FleetError } from '../errors.js';
 import type { RedisRole } from '../redis/acl.js';
-import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
+import { connectRedis, withConnection, type RedisClient } from '../redis/connection.js';
 
 export interface Io {
   out: (s: string) => void;
@@ -73,14 +73,7 @@ export async function withRedis<T>(
   role: RedisRole,
   fn: (r: RedisClient) => Promise<T>,
 ): Promise<T> {
-  const redis = connectRedis(need(config, role), 'producer', { tls: config.redis.tls });
-  redis.on('error', () => undefined);
-  try {
-    await ensureReady(redis);
-    return await fn(redis);
-  } finally {
-    redis.disconnect();
-  }
+  return withConnection(need(config, role), { tls: config.redis.tls }, fn);
 }
 
 /**

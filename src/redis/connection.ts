@@ -136,6 +136,25 @@ function onTlsRefusal(redis: RedisClient, onRefused: (err: TlsRefusedError) => v
   };
 }
 
+/**
+ * Runs `fn` on a short-lived connection to `url` (a CLI command, an ACL rotation): opened, waited
+ * for (a clear error when Redis is not there), and closed whatever `fn` does.
+ */
+export async function withConnection<T>(
+  url: string,
+  extra: ConnectOptions,
+  fn: (r: RedisClient) => Promise<T>,
+): Promise<T> {
+  const redis = connectRedis(url, 'producer', extra);
+  redis.on('error', () => undefined);
+  try {
+    await ensureReady(redis);
+    return await fn(redis);
+  } finally {
+    redis.disconnect();
+  }
+}
+
 /** A second connection like `client` (for pub/sub). */
 export function duplicateClient(client: RedisClient): RedisClient {
   return client instanceof Cluster ? client.duplicate() : client.duplicate();

@@ -1,6 +1,6 @@
 import type { TlsFiles } from '../config/tls.js';
 import { ConfigError } from '../errors.js';
-import { connectRedis, ensureReady, type RedisClient } from '../redis/connection.js';
+import { withConnection, type RedisClient } from '../redis/connection.js';
 import { roleUsername, setupRoleUsers, urlWithCredential, type RedisRole } from '../redis/acl.js';
 import { randomRotator, type Rotator } from './rotators.js';
 
@@ -28,16 +28,8 @@ export function redisAclRotator(options: {
       );
     return url;
   };
-  const admin = async <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> => {
-    const r = connectRedis(adminUrl(), 'producer', { tls: options.tls });
-    r.on('error', () => undefined);
-    try {
-      await ensureReady(r);
-      return await fn(r);
-    } finally {
-      r.disconnect();
-    }
-  };
+  const admin = <T>(fn: (r: RedisClient) => Promise<T>): Promise<T> =>
+    withConnection(adminUrl(), { tls: options.tls }, fn);
   const text = (v: Uint8Array): string => Buffer.from(v.buffer, v.byteOffset, v.byteLength).toString('utf8');
   return {
     create: randomRotator(24, 'hex').create,
@@ -50,19 +42,15 @@ export function redisAclRotator(options: {
           keepOld: true,
         }),
       ).then(() => undefined),
-    test: async (_ctx, value) => {
-      const r = connectRedis(urlWithCredential(adminUrl(), { username, password: text(value) }), 'producer', {
-        tls: options.tls,
-      });
-      r.on('error', () => undefined);
-      try {
-        await ensureReady(r);
-        const who = String(await r.call('ACL', 'WHOAMI'));
-        if (who !== username) throw new Error(`logged in as ${who}, not ${username}`);
-      } finally {
-        r.disconnect();
-      }
-    },
+    test: (_ctx, value) =>
+      withConnection(
+        urlWithCredential(adminUrl(), { username, password: text(value) }),
+        { tls: options.tls },
+        async (r) => {
+          const who = String(await r.call('ACL', 'WHOAMI'));
+          if (who !== username) throw new Error(`logged in as ${who}, not ${username}`);
+        },
+      ),
     finish: async (ctx) => {
       const current = await ctx.current();
       try {
